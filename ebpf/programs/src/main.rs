@@ -1,0 +1,335 @@
+//! keel's kernel programs. Each program returns what its `try_*` body decided; errors are counted and the
+//! connection is let through untouched (fail open per connection, never a dropped packet).
+//!
+//! - `keel_connect4` (cgroup/connect4): an enrolled pod's TCP connect() is rewritten to keel's in-pod outbound
+//!   listener; the original destination is recorded under the socket cookie.
+//! - `keel_sock_ops` (sock_ops): moves that record to the client's address once the port is bound, and puts the
+//!   two ends of an app↔keel loopback connection into the fast-path SockHash.
+//! - `keel_sk_msg` (sk_msg on the SockHash): splices messages to the peer socket's receive queue.
+//! - `keel_sk_lookup` (sk_lookup, attached per pod network namespace): steers inbound TCP to keel's listeners.
+#![no_std]
+#![no_main]
+
+mod maps;
+
+use aya_ebpf::{
+    bindings::{sk_action, BPF_ANY, BPF_F_INGRESS},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, sk_lookup, sk_msg, sock_ops},
+    programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use keel_ebpf_common::{
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, CONFIG_FAST_PATH, HBONE_PORT,
+    INBOUND_PORT, KEEL_MARK, KEEL_MARK_MASK, LISTENER_HBONE, LISTENER_INBOUND, LOOPBACK_IP4_NET,
+    OUTBOUND_PORT, SPLICE_BURST_LIMIT, SPLICE_OFF, SPLICE_PEER_READY,
+};
+use aya_log_ebpf::error;
+use maps::*;
+
+const AF_INET: u32 = 2;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const LOOPBACK_IFINDEX: u32 = 1;
+const ENOENT: i32 = 2;
+
+// sock_ops callback codes (include/uapi/linux/bpf.h).
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU touches it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_loopback(ip_net: u32) -> bool {
+    ip_net.to_ne_bytes()[0] == 127
+}
+
+#[inline(always)]
+fn fast_path_enabled() -> bool {
+    matches!(CONFIG.get(CONFIG_FAST_PATH), Some(v) if *v != 0)
+}
+
+/// Ports arrive in network order in the upper 16 bits of `remote_port` (sock_ops, sk_msg) on little-endian.
+#[inline(always)]
+fn remote_port_host(raw: u32) -> u32 {
+    u16::from_be((raw >> 16) as u16) as u32
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Outbound capture.
+
+#[cgroup_sock_addr(connect4)]
+pub fn keel_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Ok(captured) => {
+            count(if captured { counter::CONNECT4_CAPTURED } else { counter::CONNECT4_PASSED });
+        }
+        Err(()) => {
+            count(counter::CONNECT4_ERRORS);
+            error!(&ctx, "connect4: could not record an original destination; connection left uncaptured");
+        }
+    }
+    1 // always let connect() proceed: to keel when rewritten, to the original destination otherwise
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<bool, ()> {
+    // SAFETY: the context pointer is valid for the program's run; fields are read through the verifier-checked ctx.
+    let addr = unsafe { &mut *ctx.sock_addr };
+    if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
+        return Ok(false);
+    }
+    // SAFETY: helper valid for cgroup_sock_addr programs.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: plain lookup of a Copy value.
+    if unsafe { PODS.get(&netns) }.is_none() {
+        return Ok(false);
+    }
+    let sk = unsafe { addr.__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return Ok(false);
+    }
+    // keel's own sockets carry its mark: never capture them (no loops).
+    if unsafe { (*sk).mark } & KEEL_MARK_MASK == KEEL_MARK {
+        return Ok(false);
+    }
+    let ip = addr.user_ip4;
+    let port_net = addr.user_port as u16;
+    let port = u16::from_be(port_net);
+    if is_loopback(ip) || unsafe { EXCLUDED_OUTBOUND_PORTS.get(&port) }.is_some() {
+        return Ok(false);
+    }
+    if EXCLUDED_OUTBOUND_CIDRS.get(&aya_ebpf::maps::lpm_trie::Key::new(32, ip)).is_some() {
+        return Ok(false);
+    }
+    // SAFETY: helper valid for cgroup_sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let original = Endpoint4 { ip, port: port_net, _pad: 0 };
+    ORIGINAL_DST_BY_COOKIE.insert(&cookie, &original, BPF_ANY as u64).map_err(|_| ())?;
+    addr.user_ip4 = LOOPBACK_IP4_NET;
+    addr.user_port = (OUTBOUND_PORT.to_be()) as u32;
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connection events: original destination hand-over and fast-path insertion.
+
+#[sock_ops]
+pub fn keel_sock_ops(ctx: SockOpsContext) -> u32 {
+    if try_sock_ops(&ctx).is_err() {
+        count(counter::SOCK_OPS_ERRORS);
+        error!(&ctx, "sock_ops: map update failed (op {})", ctx.op());
+    }
+    1
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    if ctx.family() != AF_INET {
+        return Ok(());
+    }
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => record_client_address(ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => splice_active(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => splice_passive(ctx),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn netns_of(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper valid for sock_ops programs.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+/// The client's local port is known from TCP_CONNECT_CB on: re-key the original destination by the address keel
+/// will see as its peer, since keel's accepted socket has a different cookie.
+fn record_client_address(ctx: &SockOpsContext) -> Result<(), ()> {
+    // SAFETY: helper valid for sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(original) = (unsafe { ORIGINAL_DST_BY_COOKIE.get(&cookie) }).copied() else {
+        return Ok(());
+    };
+    let _ = ORIGINAL_DST_BY_COOKIE.remove(&cookie);
+    let key = ClientKey { netns: netns_of(ctx), ip: ctx.local_ip4(), port: ctx.local_port() };
+    ORIGINAL_DST.insert(&key, &original, BPF_ANY as u64).map_err(|_| ())?;
+    count(counter::SOCK_OPS_ORIGINAL_DST);
+    Ok(())
+}
+
+#[inline(always)]
+fn flow_key(ctx: &SockOpsContext, netns: u64) -> FlowKey {
+    FlowKey {
+        netns,
+        local_ip: ctx.local_ip4(),
+        remote_ip: ctx.remote_ip4(),
+        local_port: ctx.local_port(),
+        remote_port: remote_port_host(ctx.remote_port()),
+    }
+}
+
+/// The connecting end. Two kinds of same-netns connection have keel on one side and are spliced:
+/// an app's connection to keel's outbound listener, and keel's delivery connection to the app (marked).
+fn splice_active(ctx: &SockOpsContext) -> Result<(), ()> {
+    if !fast_path_enabled() {
+        return Ok(());
+    }
+    let netns = netns_of(ctx);
+    if unsafe { PODS.get(&netns) }.is_none() {
+        return Ok(());
+    }
+    let key = flow_key(ctx, netns);
+    let to_keel = key.remote_ip == LOOPBACK_IP4_NET && key.remote_port == OUTBOUND_PORT as u32;
+    let from_keel = key.local_ip == key.remote_ip && is_keel_socket(ctx);
+    if !(to_keel || from_keel) {
+        return Ok(());
+    }
+    // SAFETY: the context is a live bpf_sock_ops for this callback.
+    let ops = unsafe { &mut *ctx.ops };
+    SPLICE_SOCKETS.update(key, ops, BPF_ANY as u64).map_err(|_| ())?;
+    SPLICE_STATE.insert(&key, &SpliceState::default(), BPF_ANY as u64).map_err(|_| ())?;
+    PENDING_PEERS.insert(&key.reversed(), &1u8, BPF_ANY as u64).map_err(|_| ())?;
+    Ok(())
+}
+
+#[inline(always)]
+fn is_keel_socket(ctx: &SockOpsContext) -> bool {
+    // SAFETY: `sk` is a verifier-checked, possibly null socket pointer for this callback.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    !sk.is_null() && unsafe { (*sk).mark } & KEEL_MARK_MASK == KEEL_MARK
+}
+
+/// The accepting end: joins only if its connecting peer asked for a splice, then tells the peer it may start.
+fn splice_passive(ctx: &SockOpsContext) -> Result<(), ()> {
+    let netns = netns_of(ctx);
+    let key = flow_key(ctx, netns);
+    if unsafe { PENDING_PEERS.get(&key) }.is_none() {
+        return Ok(());
+    }
+    let _ = PENDING_PEERS.remove(&key);
+    // SAFETY: the context is a live bpf_sock_ops for this callback.
+    let ops = unsafe { &mut *ctx.ops };
+    SPLICE_SOCKETS.update(key, ops, BPF_ANY as u64).map_err(|_| ())?;
+    let ready = SpliceState { burst_bytes: 0, flags: SPLICE_PEER_READY };
+    SPLICE_STATE.insert(&key, &ready, BPF_ANY as u64).map_err(|_| ())?;
+    if let Some(peer) = SPLICE_STATE.get_ptr_mut(&key.reversed()) {
+        // SAFETY: a live map value; racing writers only ever add bits.
+        unsafe { (*peer).flags |= SPLICE_PEER_READY };
+    }
+    count(counter::SOCK_OPS_SPLICED);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Same-node fast path.
+
+#[sk_msg]
+pub fn keel_sk_msg(ctx: SkMsgContext) -> u32 {
+    match try_sk_msg(&ctx) {
+        Ok(true) => count(counter::SK_MSG_REDIRECTED),
+        Ok(false) => count(counter::SK_MSG_PASSED),
+        Err(()) => count(counter::SK_MSG_ERRORS),
+    }
+    // SK_PASS either way: a redirected message was queued on the peer by the helper, any other takes TCP.
+    sk_action::SK_PASS
+}
+
+fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
+    // SAFETY: the context pointer is valid for the program's run.
+    let md = unsafe { &*ctx.msg };
+    let key = FlowKey {
+        // SAFETY: helper valid for sk_msg programs.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        local_ip: md.local_ip4,
+        remote_ip: md.remote_ip4,
+        local_port: md.local_port,
+        remote_port: remote_port_host(md.remote_port),
+    };
+    let Some(state) = SPLICE_STATE.get_ptr_mut(&key) else {
+        return Ok(false);
+    };
+    // SAFETY: live map value owned by this sending socket.
+    let state = unsafe { &mut *state };
+    if state.flags & SPLICE_OFF != 0 {
+        return Ok(false);
+    }
+    // Bytes sent before the peer joined went by TCP: splicing later ones could overtake them.
+    if state.flags & SPLICE_PEER_READY == 0 || !fast_path_enabled() {
+        state.flags |= SPLICE_OFF;
+        return Ok(false);
+    }
+    state.burst_bytes = state.burst_bytes.saturating_add(ctx.size());
+    if state.burst_bytes > SPLICE_BURST_LIMIT {
+        state.flags |= SPLICE_OFF;
+        return Ok(false);
+    }
+    let peer_key = key.reversed();
+    if let Some(peer) = SPLICE_STATE.get_ptr_mut(&peer_key) {
+        // The peer's turn to talk is over once we answer: its burst starts again from zero.
+        unsafe { (*peer).burst_bytes = 0 };
+    }
+    let verdict = SPLICE_SOCKETS.redirect_msg(ctx, peer_key, BPF_F_INGRESS as u64);
+    if verdict as u32 != sk_action::SK_PASS {
+        state.flags |= SPLICE_OFF;
+        return Err(());
+    }
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Inbound capture.
+
+#[sk_lookup]
+pub fn keel_sk_lookup(ctx: SkLookupContext) -> u32 {
+    match try_sk_lookup(&ctx) {
+        Ok(true) => count(counter::SK_LOOKUP_CAPTURED),
+        Ok(false) => count(counter::SK_LOOKUP_PASSED),
+        Err(()) => {
+            count(counter::SK_LOOKUP_ERRORS);
+            error!(&ctx, "sk_lookup: assigning keel's listener failed; connection takes the regular lookup");
+        }
+    }
+    // SK_PASS: with a socket assigned the kernel uses it, otherwise the regular lookup goes on.
+    sk_action::SK_PASS
+}
+
+fn try_sk_lookup(ctx: &SkLookupContext) -> Result<bool, ()> {
+    // SAFETY: the context pointer is valid for the program's run.
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.family != AF_INET || lookup.protocol != IPPROTO_TCP {
+        return Ok(false);
+    }
+    // Loopback inside the pod is the pod's own business, and the path keel delivers inbound traffic on.
+    if lookup.ingress_ifindex == LOOPBACK_IFINDEX {
+        return Ok(false);
+    }
+    let port = lookup.local_port as u16;
+    if port == OUTBOUND_PORT || port == INBOUND_PORT {
+        return Ok(false);
+    }
+    if unsafe { EXCLUDED_INBOUND_PORTS.get(&port) }.is_some() {
+        return Ok(false);
+    }
+    let slot = if port == HBONE_PORT { LISTENER_HBONE } else { LISTENER_INBOUND };
+    let key = ListenerKey { ip: lookup.local_ip4, slot };
+    match LISTENERS.redirect_sk_lookup(ctx, key, 0) {
+        Ok(()) => Ok(true),
+        Err(e) if e == -ENOENT => Ok(false), // not a pod keel serves
+        Err(_) => Err(()),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,57 @@
+//! Every map the programs share with user space. Maps that describe configuration and enrollment are pinned by
+//! name under keel's bpffs directory, so a restarted keel finds them; per-connection fast-path state is not.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+};
+use keel_ebpf_common::{
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, SpliceState, CONFIG_LEN,
+};
+
+/// Enrolled pods by network-namespace cookie.
+#[map]
+pub static PODS: HashMap<u64, PodEntry> = HashMap::pinned(4096, 0);
+
+/// Runtime switches (`CONFIG_*`), written by user space.
+#[map]
+pub static CONFIG: Array<u32> = Array::pinned(CONFIG_LEN, 0);
+
+/// Destination ports an enrolled pod reaches directly (host order).
+#[map]
+pub static EXCLUDED_OUTBOUND_PORTS: HashMap<u16, u8> = HashMap::pinned(256, 0);
+
+/// Destination CIDRs an enrolled pod reaches directly.
+#[map]
+pub static EXCLUDED_OUTBOUND_CIDRS: LpmTrie<u32, u8> = LpmTrie::pinned(256, 1 /* BPF_F_NO_PREALLOC */);
+
+/// Pod ports that inbound traffic reaches directly (health probes, 15020/15021), host order.
+#[map]
+pub static EXCLUDED_INBOUND_PORTS: HashMap<u16, u8> = HashMap::pinned(256, 0);
+
+/// Original destination by client socket cookie, between connect() and the SYN.
+#[map]
+pub static ORIGINAL_DST_BY_COOKIE: LruHashMap<u64, Endpoint4> = LruHashMap::pinned(65536, 0);
+
+/// Original destination by the client's address in its pod: what keel reads for each accepted connection.
+#[map]
+pub static ORIGINAL_DST: LruHashMap<ClientKey, Endpoint4> = LruHashMap::pinned(65536, 0);
+
+/// Per-program counters.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+/// keel's in-pod inbound/HBONE listeners by pod IP, for sk_lookup.
+#[map]
+pub static LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(8192, 0);
+
+/// Fast-path sockets, both ends of each spliced connection.
+#[map]
+pub static SPLICE_SOCKETS: SockHash<FlowKey> = SockHash::with_max_entries(65536, 0);
+
+/// Per sending socket: may its messages be spliced, and how long is its current burst.
+#[map]
+pub static SPLICE_STATE: LruHashMap<FlowKey, SpliceState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Accepting ends whose connecting peer is spliced, keyed as the accepting end will see itself.
+#[map]
+pub static PENDING_PEERS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(16384, 0);

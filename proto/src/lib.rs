@@ -1,0 +1,1 @@
+//! Placeholder: the generated xDS/workload API lands here with the control-plane issue.

@@ -1,0 +1,60 @@
+//! The admin HTTP server in keel's own network namespace: readiness for the kubelet, stats and Prometheus metrics.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::app::Daemon;
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr).await.with_context(|| format!("binding the admin server on {addr}"))
+}
+
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let daemon = daemon.clone();
+                async move { Ok::<_, Infallible>(route(&request, &daemon).await) }
+            });
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn route(request: &Request<Incoming>, daemon: &Daemon) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/healthz/ready" if daemon.is_ready() => text(StatusCode::OK, "ready\n".into()),
+        "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/stats" => {
+            let body = serde_json::to_string_pretty(&daemon.stats()).expect("stats serialize");
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+            response
+        }
+        "/metrics" | "/stats/prometheus" => text(StatusCode::OK, daemon.metrics()),
+        _ => text(StatusCode::NOT_FOUND, "unknown path; try /healthz/ready, /stats, /metrics\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

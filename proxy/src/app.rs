@@ -1,0 +1,144 @@
+//! The daemon's life: start capture, take over persisted pods, serve the API and admin, and on SIGTERM drain and
+//! remove everything keel attached, installed or pinned.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    admin, api,
+    api::Request,
+    capture::{Capture, EbpfCounters},
+    config::{CaptureMode, Config},
+    enrollment::Enrollment,
+    l4::DataPath,
+    telemetry::{ConnectionStats, Telemetry},
+};
+
+pub struct Daemon {
+    config: Config,
+    data_path: Arc<DataPath>,
+    enrollment: Enrollment,
+    ready: AtomicBool,
+}
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub capture: CaptureMode,
+    pub fast_path: bool,
+    pub connections: ConnectionStats,
+    pub ebpf: Option<EbpfCounters>,
+}
+
+impl Daemon {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            capture: self.config.capture,
+            fast_path: self.data_path.capture.fast_path(),
+            connections: self.data_path.telemetry.connection_stats(),
+            ebpf: self.data_path.capture.counters(),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.data_path.telemetry.encode_metrics()
+    }
+
+    pub async fn handle(&self, request: Request) -> anyhow::Result<Value> {
+        Ok(match request {
+            Request::Enroll(spec) => {
+                self.enrollment.enroll(spec).await?;
+                Value::Null
+            }
+            Request::Unenroll(name) => {
+                self.enrollment.unenroll(&name).await?;
+                Value::Null
+            }
+            Request::Pods => serde_json::to_value(self.enrollment.specs().await)?,
+            Request::Stats => serde_json::to_value(self.stats())?,
+            Request::Connections => serde_json::to_value(self.data_path.telemetry.recent_connections())?,
+            Request::FastPath(on) => {
+                self.data_path.capture.set_fast_path(on)?;
+                Value::Null
+            }
+        })
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    let capture = {
+        let config = config.clone();
+        // Loading and attaching programs are blocking syscalls; the kernel logger task needs the runtime.
+        tokio::task::block_in_place(move || Capture::start(&config))?
+    };
+    let data_path = Arc::new(DataPath { capture, telemetry: Telemetry::new(), connect_timeout: config.connect_timeout });
+    let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
+    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false) });
+
+    let admin_listener = admin::bind(config.admin_addr).await?;
+    let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));
+    let restored = daemon.enrollment.restore().await?;
+    // The API socket appears only now: a caller that can talk to it talks to a ready keel.
+    let api_listener = api::bind(&config.api_socket)?;
+    let api_task = tokio::spawn(api::serve(api_listener, daemon.clone()));
+    daemon.ready.store(true, Ordering::Relaxed);
+    info!(capture = ?config.capture, restored_pods = restored, startup_ms = started.elapsed().as_millis() as u64,
+          api = %config.api_socket.display(), admin = %config.admin_addr, "keel ready");
+
+    wait_for_termination().await?;
+    info!("terminating: releasing pods and draining connections");
+    daemon.ready.store(false, Ordering::Relaxed);
+    api_task.abort();
+    let _ = std::fs::remove_file(&config.api_socket);
+    daemon.enrollment.release_all().await;
+    drain(&daemon).await;
+    admin_task.abort();
+    // Connections still running past the drain deadline are closed when the process exits; attachments and pins
+    // are removed now either way.
+    daemon.data_path.capture.shutdown()?;
+    info!("keel stopped cleanly");
+    Ok(())
+}
+
+/// Waits for active connections to finish, up to the drain deadline.
+async fn drain(daemon: &Daemon) {
+    let deadline = Instant::now() + daemon.config.drain_timeout;
+    loop {
+        let stats = daemon.data_path.telemetry.connection_stats();
+        let active = stats.outbound.active + stats.inbound.active;
+        if active <= 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!(active, "drain deadline reached");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

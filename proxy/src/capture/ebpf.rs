@@ -1,0 +1,352 @@
+//! The eBPF backend: loads keel's kernel programs, attaches the node-wide ones once, and enrolls pods by writing
+//! map entries (plus one sk_lookup link per pod network namespace, the only per-pod attachment the kernel allows).
+use std::{
+    collections::HashMap as StdHashMap,
+    fs::File,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash},
+    programs::{links::CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps},
+    Ebpf, EbpfLoader,
+};
+use keel_ebpf_common::{
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAST_PATH, LISTENER_INBOUND,
+    POD_CAPTURE_OUTBOUND,
+};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::{EbpfCounters, OriginalDstError, PodCapture, ProgramCounters};
+use crate::config::{check_fs_magic, Config, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC};
+
+/// The object file aya-build compiled from `ebpf/programs` (see build.rs).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keel"));
+
+const FALLBACK_HINT: &str = "eBPF capture is unavailable; `keel run --capture iptables` works without it";
+
+pub struct EbpfCapture {
+    /// Map handles used on the connection path, outside the lock.
+    original_dst: HashMap<MapData, ClientKey, Endpoint4>,
+    stats: PerCpuArray<MapData, u64>,
+    fast_path: AtomicBool,
+    pin_dir: PathBuf,
+    /// `None` once shut down.
+    state: Mutex<Option<Attached>>,
+}
+
+/// Everything that changes on enroll/unenroll, behind one lock (enrollment is rare; connections never take it).
+struct Attached {
+    ebpf: Ebpf,
+    pods: HashMap<MapData, u64, PodEntry>,
+    listeners: SockHash<MapData, ListenerKey>,
+    config: Array<MapData, u32>,
+    /// sk_lookup links by pod netns cookie.
+    lookup_links: StdHashMap<u64, aya::programs::sk_lookup::SkLookupLinkId>,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EbpfCapture {
+    pub fn start(config: &Config) -> anyhow::Result<EbpfCapture> {
+        check_kernel(config)?;
+        std::fs::create_dir_all(&config.bpffs_dir)
+            .with_context(|| format!("creating the pin directory {}", config.bpffs_dir.display()))?;
+        let mut ebpf = load_reusing_pins(&config.bpffs_dir)?;
+        let logger = start_kernel_logger(&mut ebpf);
+
+        let cgroup = File::open(&config.cgroup_root)
+            .with_context(|| format!("opening cgroup {}", config.cgroup_root.display()))?;
+        attach_cgroup_programs(&mut ebpf, &cgroup, &config.cgroup_root)?;
+
+        let splice_sockets: SockHash<MapData, FlowKey> = take(&mut ebpf, "SPLICE_SOCKETS")?;
+        let sk_msg: &mut SkMsg = program(&mut ebpf, "keel_sk_msg")?;
+        sk_msg.load().context("loading sk_msg")?;
+        sk_msg.attach(splice_sockets.fd()).context("attaching sk_msg to the fast-path sockhash")?;
+        let sk_lookup: &mut SkLookup = program(&mut ebpf, "keel_sk_lookup")?;
+        sk_lookup.load().context("loading sk_lookup")?;
+
+        let mut pods: HashMap<MapData, u64, PodEntry> = take(&mut ebpf, "PODS")?;
+        // Pinned maps survive a restart; the enrollment the new keel restores from its state is the truth.
+        let stale: Vec<u64> = pods.keys().filter_map(Result::ok).collect();
+        for cookie in stale {
+            let _ = pods.remove(&cookie);
+        }
+        let mut config_map: Array<MapData, u32> = take(&mut ebpf, "CONFIG")?;
+        config_map.set(CONFIG_FAST_PATH, u32::from(config.fast_path), 0).context("writing CONFIG")?;
+        write_exclusions(&mut ebpf, config)?;
+
+        let capture = EbpfCapture {
+            original_dst: take(&mut ebpf, "ORIGINAL_DST")?,
+            stats: take(&mut ebpf, "STATS")?,
+            fast_path: AtomicBool::new(config.fast_path),
+            pin_dir: config.bpffs_dir.clone(),
+            state: Mutex::new(Some(Attached {
+                listeners: take(&mut ebpf, "LISTENERS")?,
+                pods,
+                config: config_map,
+                lookup_links: StdHashMap::new(),
+                ebpf,
+                _logger: logger,
+            })),
+        };
+        // Kept alive by the program's attachment; the handle itself is no longer needed.
+        drop(splice_sockets);
+        info!(cgroup = %config.cgroup_root.display(), pins = %config.bpffs_dir.display(), fast_path = config.fast_path,
+              "eBPF capture attached");
+        Ok(capture)
+    }
+
+    pub fn enroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
+        let mut guard = self.state.lock().expect("capture state poisoned");
+        let state = guard.as_mut().context("eBPF capture is shut down")?;
+        let cookie = pod.netns.cookie();
+        for ip in &pod.spec.ips {
+            let IpAddr::V4(v4) = ip else { continue };
+            let key = ListenerKey { ip: u32::from_ne_bytes(v4.octets()), slot: LISTENER_INBOUND };
+            state
+                .listeners
+                .insert(key, pod.inbound_listener.as_raw_fd(), 0)
+                .with_context(|| format!("registering the inbound listener for {ip}"))?;
+        }
+        if !state.lookup_links.contains_key(&cookie) {
+            let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
+            let link = sk_lookup
+                .attach(pod.netns)
+                .with_context(|| format!("attaching sk_lookup to {}", pod.netns.path().display()))?;
+            state.lookup_links.insert(cookie, link);
+        }
+        let entry = PodEntry { flags: POD_CAPTURE_OUTBOUND, _pad: 0 };
+        state.pods.insert(cookie, entry, 0).context("writing the PODS entry")?;
+        Ok(())
+    }
+
+    pub fn unenroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
+        let mut guard = self.state.lock().expect("capture state poisoned");
+        let state = guard.as_mut().context("eBPF capture is shut down")?;
+        let cookie = pod.netns.cookie();
+        // Outbound capture ends with the map entry: the next connect() in the pod goes straight out.
+        let _ = state.pods.remove(&cookie);
+        for ip in &pod.spec.ips {
+            let IpAddr::V4(v4) = ip else { continue };
+            let _ = state.listeners.remove(&ListenerKey { ip: u32::from_ne_bytes(v4.octets()), slot: LISTENER_INBOUND });
+        }
+        if let Some(link) = state.lookup_links.remove(&cookie) {
+            let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
+            sk_lookup.detach(link).context("detaching sk_lookup")?;
+        }
+        Ok(())
+    }
+
+    pub fn original_destination(&self, netns_cookie: u64, stream: &TcpStream) -> Result<SocketAddrV4, OriginalDstError> {
+        let peer = stream.peer_addr()?;
+        let SocketAddr::V4(peer_v4) = peer else { return Err(OriginalDstError::NotRecorded(peer)) };
+        let key = ClientKey { netns: netns_cookie, ip: u32::from_ne_bytes(peer_v4.ip().octets()), port: peer_v4.port() as u32 };
+        match self.original_dst.get(&key, 0) {
+            Ok(dst) => Ok(SocketAddrV4::new(dst.ip.to_ne_bytes().into(), u16::from_be(dst.port))),
+            Err(aya::maps::MapError::KeyNotFound) => Err(OriginalDstError::NotRecorded(peer)),
+            Err(e) => Err(OriginalDstError::Map(e.to_string())),
+        }
+    }
+
+    pub fn set_fast_path(&self, on: bool) -> anyhow::Result<()> {
+        let mut guard = self.state.lock().expect("capture state poisoned");
+        let state = guard.as_mut().context("eBPF capture is shut down")?;
+        state.config.set(CONFIG_FAST_PATH, u32::from(on), 0).context("writing CONFIG")?;
+        self.fast_path.store(on, Ordering::Relaxed);
+        info!(on, "fast path switched");
+        Ok(())
+    }
+
+    pub fn fast_path(&self) -> bool {
+        self.fast_path.load(Ordering::Relaxed)
+    }
+
+    pub fn counters(&self) -> EbpfCounters {
+        let read = |index: u32| -> u64 {
+            self.stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        };
+        EbpfCounters {
+            connect4: ProgramCounters {
+                captured: read(counter::CONNECT4_CAPTURED),
+                passed: read(counter::CONNECT4_PASSED),
+                errors: read(counter::CONNECT4_ERRORS),
+                ..Default::default()
+            },
+            sock_ops: ProgramCounters {
+                captured: read(counter::SOCK_OPS_ORIGINAL_DST),
+                redirected: read(counter::SOCK_OPS_SPLICED),
+                errors: read(counter::SOCK_OPS_ERRORS),
+                ..Default::default()
+            },
+            sk_msg: ProgramCounters {
+                redirected: read(counter::SK_MSG_REDIRECTED),
+                passed: read(counter::SK_MSG_PASSED),
+                errors: read(counter::SK_MSG_ERRORS),
+                ..Default::default()
+            },
+            sk_lookup: ProgramCounters {
+                captured: read(counter::SK_LOOKUP_CAPTURED),
+                passed: read(counter::SK_LOOKUP_PASSED),
+                errors: read(counter::SK_LOOKUP_ERRORS),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Detaches every program (dropping the object closes its links) and removes the pins.
+    pub fn shutdown(&self) -> anyhow::Result<()> {
+        let taken = self.state.lock().expect("capture state poisoned").take();
+        if let Some(state) = taken {
+            if let Some(logger) = &state._logger {
+                logger.abort();
+            }
+            drop(state);
+        }
+        remove_pins(&self.pin_dir)
+    }
+}
+
+fn check_kernel(config: &Config) -> anyhow::Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        warn!("kernel BTF (/sys/kernel/btf/vmlinux) not found; loading may fail");
+    }
+    check_fs_magic(&config.cgroup_root, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory")
+        .with_context(|| format!("--cgroup: {FALLBACK_HINT}"))?;
+    let bpffs_parent = config.bpffs_dir.parent().unwrap_or(Path::new("/"));
+    if check_fs_magic(bpffs_parent, BPF_FS_MAGIC, "bpffs").is_err() {
+        mount_bpffs(bpffs_parent).with_context(|| format!("--bpffs: {FALLBACK_HINT}"))?;
+    }
+    Ok(())
+}
+
+/// Mounts bpffs where the pin directory's parent should be (as systemd or the kubelet usually already did).
+fn mount_bpffs(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mounting bpffs at {}", dir.display()));
+    }
+    info!(dir = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// Loads the object reusing the maps a previous keel pinned; pins that no longer match this keel's map
+/// definitions (an upgrade) are removed and the load is retried once with fresh maps.
+fn load_reusing_pins(pin_dir: &Path) -> anyhow::Result<Ebpf> {
+    let load = || EbpfLoader::new().default_map_pin_directory(pin_dir).load(PROGRAMS);
+    match load() {
+        Ok(ebpf) => Ok(ebpf),
+        Err(first) => {
+            warn!(error = %first, pins = %pin_dir.display(), "pinned maps are unusable; removing them and loading fresh");
+            remove_pins(pin_dir)?;
+            std::fs::create_dir_all(pin_dir)?;
+            load().with_context(|| format!("loading keel's eBPF programs: {FALLBACK_HINT}"))
+        }
+    }
+}
+
+fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing pins in {}", pin_dir.display())),
+    }
+}
+
+fn attach_cgroup_programs(ebpf: &mut Ebpf, cgroup: &File, cgroup_path: &Path) -> anyhow::Result<()> {
+    let connect4: &mut CgroupSockAddr = program(ebpf, "keel_connect4")?;
+    connect4.load().with_context(|| format!("loading cgroup/connect4: {FALLBACK_HINT}"))?;
+    connect4
+        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .with_context(|| format!("attaching connect4 to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
+    let sock_ops: &mut SockOps = program(ebpf, "keel_sock_ops")?;
+    sock_ops.load().with_context(|| format!("loading sock_ops: {FALLBACK_HINT}"))?;
+    sock_ops
+        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .with_context(|| format!("attaching sock_ops to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
+    Ok(())
+}
+
+/// Writes the configured exclusions over whatever a previous keel left in the pinned maps.
+fn write_exclusions(ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
+    let excl = &config.exclusions;
+    let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map_mut(ebpf, "EXCLUDED_OUTBOUND_PORTS")?)?;
+    replace_all(&mut ports, &excl.outbound_ports)?;
+    let mut ports: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map_mut(ebpf, "EXCLUDED_INBOUND_PORTS")?)?;
+    replace_all(&mut ports, &excl.inbound_ports)?;
+    let mut cidrs: LpmTrie<&mut MapData, u32, u8> = LpmTrie::try_from(map_mut(ebpf, "EXCLUDED_OUTBOUND_CIDRS")?)?;
+    let old: Vec<Key<u32>> = cidrs.keys().filter_map(Result::ok).collect();
+    for key in old {
+        let _ = cidrs.remove(&key);
+    }
+    for net in &excl.outbound_cidrs {
+        let key = Key::new(u32::from(net.prefix_len()), u32::from_ne_bytes(net.network().octets()));
+        cidrs.insert(&key, 1, 0).with_context(|| format!("excluding {net}"))?;
+    }
+    Ok(())
+}
+
+fn replace_all(map: &mut HashMap<&mut MapData, u16, u8>, ports: &[u16]) -> anyhow::Result<()> {
+    let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
+    for port in old {
+        let _ = map.remove(&port);
+    }
+    for port in ports {
+        map.insert(port, 1, 0).with_context(|| format!("excluding port {port}"))?;
+    }
+    Ok(())
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("map {name} missing from keel's eBPF object"))
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from keel's eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).with_context(|| format!("program {name} missing from keel's eBPF object"))?;
+    program.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Forwards aya-log records from the kernel programs into keel's log.
+fn start_kernel_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!(error = %e, "kernel program logging unavailable");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for as long as it lives.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e.error(), "kernel program logging unavailable");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}
+

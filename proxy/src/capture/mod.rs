@@ -1,0 +1,137 @@
+//! Capture: how an enrolled pod's TCP reaches keel's in-pod listeners, and how keel learns where it was going.
+//!
+//! Two backends behind one interface, so the same end-to-end suite and benchmark run against both:
+//! - [`ebpf`]: cgroup connect4 (+ sock_ops hand-over) for outbound, per-netns sk_lookup for inbound, an optional
+//!   sockmap fast path. No NAT, no conntrack, cost paid once per connection.
+//! - [`iptables`]: istio-init's REDIRECT rules inside the pod (the baseline, and the fallback without eBPF).
+pub mod ebpf;
+pub mod iptables;
+
+use std::{net::SocketAddrV4, os::fd::BorrowedFd};
+
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::{config::Config, netns::Netns, pods::PodSpec};
+
+/// Which way a connection crosses the pod boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// What a backend needs to capture one pod: its identity, namespace, and keel's listeners inside it.
+pub struct PodCapture<'a> {
+    pub spec: &'a PodSpec,
+    pub netns: &'a Netns,
+    pub inbound_listener: BorrowedFd<'a>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OriginalDstError {
+    #[error("no original destination recorded for client {0} (connection not made through capture)")]
+    NotRecorded(std::net::SocketAddr),
+    #[error("reading the original destination: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the original destination map: {0}")]
+    Map(String),
+}
+
+/// Counters of one kernel program.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ProgramCounters {
+    pub captured: u64,
+    pub passed: u64,
+    pub redirected: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EbpfCounters {
+    pub connect4: ProgramCounters,
+    pub sock_ops: ProgramCounters,
+    pub sk_msg: ProgramCounters,
+    pub sk_lookup: ProgramCounters,
+}
+
+pub enum Capture {
+    Ebpf(ebpf::EbpfCapture),
+    Iptables(iptables::IptablesCapture),
+}
+
+impl Capture {
+    /// Loads and attaches whatever the backend needs node-wide; fails with a message saying what is missing.
+    pub fn start(config: &Config) -> anyhow::Result<Capture> {
+        Ok(match config.capture {
+            crate::config::CaptureMode::Ebpf => Capture::Ebpf(ebpf::EbpfCapture::start(config)?),
+            crate::config::CaptureMode::Iptables => Capture::Iptables(iptables::IptablesCapture::new(config)),
+        })
+    }
+
+    pub fn enroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.enroll(pod),
+            Capture::Iptables(c) => c.enroll(pod),
+        }
+    }
+
+    /// Stops capturing the pod. Existing connections keep running; new ones are no longer captured.
+    pub fn unenroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.unenroll(pod),
+            Capture::Iptables(c) => c.unenroll(pod),
+        }
+    }
+
+    /// Where an accepted connection was going before capture steered it to keel.
+    pub fn original_destination(
+        &self,
+        direction: Direction,
+        netns_cookie: u64,
+        stream: &TcpStream,
+    ) -> Result<SocketAddrV4, OriginalDstError> {
+        match (self, direction) {
+            (Capture::Ebpf(c), Direction::Outbound) => c.original_destination(netns_cookie, stream),
+            // sk_lookup hands keel the connection unchanged: its local address is the original destination.
+            (Capture::Ebpf(_), Direction::Inbound) => match stream.local_addr()? {
+                std::net::SocketAddr::V4(v4) => Ok(v4),
+                other => Err(OriginalDstError::NotRecorded(other)),
+            },
+            (Capture::Iptables(_), _) => Ok(crate::sockopt::original_dst(stream)?),
+        }
+    }
+
+    pub fn set_fast_path(&self, on: bool) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.set_fast_path(on),
+            Capture::Iptables(_) => {
+                anyhow::ensure!(!on, "the fast path needs eBPF capture (running with --capture iptables)");
+                Ok(())
+            }
+        }
+    }
+
+    pub fn fast_path(&self) -> bool {
+        match self {
+            Capture::Ebpf(c) => c.fast_path(),
+            Capture::Iptables(_) => false,
+        }
+    }
+
+    pub fn counters(&self) -> Option<EbpfCounters> {
+        match self {
+            Capture::Ebpf(c) => Some(c.counters()),
+            Capture::Iptables(_) => None,
+        }
+    }
+
+    /// Removes everything node-wide the backend made (attachments, pins). Pods must be unenrolled first.
+    pub fn shutdown(&self) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.shutdown(),
+            Capture::Iptables(_) => Ok(()),
+        }
+    }
+}

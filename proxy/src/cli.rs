@@ -1,0 +1,195 @@
+//! The `keel` command line: `keel run` is the daemon; the other subcommands are clients of its local API.
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+
+use crate::{
+    api::{self, Request},
+    config::{cgroup2_mount, CaptureMode, Config, Exclusions},
+    pods::{PodName, PodSpec},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about = "keel: eBPF-accelerated ambient service-mesh node proxy")]
+pub struct Cli {
+    /// keel's local API socket.
+    #[arg(long, global = true, env = "KEEL_API_SOCKET", default_value = "/run/keel/keel.sock")]
+    pub api_socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node daemon.
+    Run(RunArgs),
+    /// Enroll a pod: capture its traffic from now on.
+    Enroll(EnrollArgs),
+    /// Stop capturing a pod.
+    Unenroll(PodArgs),
+    /// List enrolled pods.
+    Pods,
+    /// Connection counters and eBPF program counters.
+    Stats,
+    /// The last closed connections keel proxied.
+    Connections,
+    /// Turn the same-node sockmap fast path on or off.
+    FastPath {
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "ebpf")]
+    pub capture: CaptureMode,
+    /// cgroup v2 directory to attach the connect/sock_ops hooks to (default: the cgroup v2 mount's root).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// keel's directory on bpffs for pinned maps.
+    #[arg(long, default_value = "/sys/fs/bpf/keel")]
+    pub bpffs: PathBuf,
+    /// Where keel persists enrolled pods.
+    #[arg(long, default_value = "/run/keel")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Destination CIDR an enrolled pod reaches without keel (repeatable).
+    #[arg(long = "exclude-outbound-cidr")]
+    pub exclude_outbound_cidrs: Vec<Ipv4Net>,
+    /// Destination port an enrolled pod reaches without keel (repeatable).
+    #[arg(long = "exclude-outbound-port")]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Pod port inbound traffic reaches without keel (repeatable; default: 15020 and 15021).
+    #[arg(long = "exclude-inbound-port", default_values_t = [15020u16, 15021])]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Same-node sockmap fast path (eBPF only); switchable at run time with `keel fast-path`.
+    #[arg(long, value_enum, default_value = "on")]
+    pub fast_path: OnOff,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Connect timeout towards original destinations, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// How long SIGTERM waits for connections to finish, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub drain_timeout_ms: u64,
+    /// Async worker threads for the data path.
+    #[arg(long, default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The pod's network namespace file.
+    #[arg(long)]
+    pub netns: PathBuf,
+    /// The pod's cgroup v2 directory.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// The pod's IP (repeatable).
+    #[arg(long = "ip", required = true)]
+    pub ips: Vec<IpAddr>,
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PodArgs {
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub name: String,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run_daemon(cli.api_socket, args),
+        Command::Enroll(a) => client(&cli.api_socket, Request::Enroll(PodSpec {
+            namespace: a.namespace,
+            name: a.name,
+            service_account: a.service_account,
+            netns: a.netns,
+            cgroup: a.cgroup,
+            ips: a.ips,
+        })),
+        Command::Unenroll(a) => client(&cli.api_socket, Request::Unenroll(PodName { namespace: a.namespace, name: a.name })),
+        Command::Pods => client(&cli.api_socket, Request::Pods),
+        Command::Stats => client(&cli.api_socket, Request::Stats),
+        Command::Connections => client(&cli.api_socket, Request::Connections),
+        Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
+    let answer = api::call(socket, &request)?;
+    if !answer.is_null() {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    }
+    Ok(())
+}
+
+fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let cgroup_root = match args.cgroup {
+        Some(path) => path,
+        None => cgroup2_mount()?,
+    };
+    let config = Config {
+        capture: args.capture,
+        cgroup_root,
+        bpffs_dir: args.bpffs,
+        state_dir: args.state_dir,
+        api_socket,
+        admin_addr: args.admin_addr,
+        exclusions: Exclusions {
+            outbound_cidrs: args.exclude_outbound_cidrs,
+            outbound_ports: args.exclude_outbound_ports,
+            inbound_ports: args.exclude_inbound_ports,
+        },
+        fast_path: matches!(args.fast_path, OnOff::On) && args.capture == CaptureMode::Ebpf,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads.max(1))
+        .thread_name("keel-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::app::run(config))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

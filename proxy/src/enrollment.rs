@@ -1,0 +1,169 @@
+//! The set of pods keel serves: enroll opens keel's listeners inside the pod and turns capture on, unenroll turns
+//! it off. The set is persisted, so a restarted keel (even after `kill -9`) takes the same pods over again.
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context as _};
+use tokio::sync::{watch, Mutex};
+use tracing::{info, warn};
+
+use crate::{
+    capture::{Direction, PodCapture},
+    l4::{self, sockets, DataPath, PodContext},
+    netns::Netns,
+    pods::{PodName, PodSpec},
+};
+
+struct EnrolledPod {
+    spec: PodSpec,
+    context: Arc<PodContext>,
+    /// Kept open: the sk_lookup SockHash entry refers to it, and the accept loop serves a clone.
+    inbound_listener: std::net::TcpListener,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Enrollment {
+    data_path: Arc<DataPath>,
+    cgroup_root: PathBuf,
+    state_file: PathBuf,
+    /// An async mutex: enroll/unenroll wait on the kernel and on iptables, one at a time.
+    pods: Mutex<BTreeMap<PodName, EnrolledPod>>,
+}
+
+impl Enrollment {
+    pub fn new(data_path: Arc<DataPath>, cgroup_root: &Path, state_dir: &Path) -> Enrollment {
+        Enrollment {
+            data_path,
+            cgroup_root: cgroup_root.to_owned(),
+            state_file: state_dir.join("pods.json"),
+            pods: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Enrolls the pods a previous keel persisted. A pod that is gone meanwhile is dropped with a warning.
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let saved: Vec<PodSpec> = match std::fs::read(&self.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a list of pods", self.state_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.state_file.display())),
+        };
+        let mut restored = 0;
+        for spec in saved {
+            let name = spec.pod_name();
+            match self.enroll(spec).await {
+                Ok(()) => restored += 1,
+                Err(e) => warn!(pod = %name, error = %format!("{e:#}"), "could not restore pod; dropping it"),
+            }
+        }
+        self.persist().await?;
+        Ok(restored)
+    }
+
+    pub async fn enroll(&self, spec: PodSpec) -> anyhow::Result<()> {
+        spec.validate(&self.cgroup_root)?;
+        let name = spec.pod_name();
+        let mut pods = self.pods.lock().await;
+        if let Some(existing) = pods.get(&name) {
+            if existing.spec == spec {
+                return Ok(()); // the CNI may repeat itself
+            }
+            bail!("pod {name} is already enrolled with a different spec; unenroll it first");
+        }
+        for (other, pod) in pods.iter() {
+            if let Some(ip) = spec.ips.iter().find(|ip| pod.spec.ips.contains(ip)) {
+                bail!("field `ips`: {ip} already belongs to enrolled pod {other}");
+            }
+        }
+        let enrolled = self.start_pod(spec).await.with_context(|| format!("enrolling {name}"))?;
+        info!(pod = %name, netns = %enrolled.spec.netns.display(), ips = ?enrolled.spec.ips, "pod enrolled");
+        pods.insert(name, enrolled);
+        drop(pods);
+        self.persist().await
+    }
+
+    async fn start_pod(&self, spec: PodSpec) -> anyhow::Result<EnrolledPod> {
+        let netns_path = spec.netns.clone();
+        let (netns, listeners) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let netns = Netns::open(&netns_path)?;
+            let listeners = sockets::open_pod_listeners(&netns)
+                .context("opening keel's listeners inside the pod (is another keel serving it?)")?;
+            Ok((netns, listeners))
+        })
+        .await??;
+        let ip = spec
+            .ips
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .context("field `ips`: no IPv4 address")?;
+        let context = Arc::new(PodContext { name: spec.pod_name().to_string(), netns, ip });
+        {
+            let data_path = self.data_path.clone();
+            let (spec, context) = (spec.clone(), context.clone());
+            let inbound_fd = listeners.inbound.try_clone()?;
+            tokio::task::spawn_blocking(move || {
+                let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_fd.as_fd() };
+                data_path.capture.enroll(&capture)
+            })
+            .await??;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let inbound_listener = listeners.inbound.try_clone()?;
+        for (listener, direction) in [(listeners.outbound, Direction::Outbound), (listeners.inbound, Direction::Inbound)] {
+            let listener = sockets::into_tokio(listener)?;
+            tokio::spawn(l4::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
+        }
+        Ok(EnrolledPod { spec, context, inbound_listener, stop })
+    }
+
+    pub async fn unenroll(&self, name: &PodName) -> anyhow::Result<()> {
+        let removed = self.pods.lock().await.remove(name);
+        let Some(pod) = removed else { bail!("pod {name} is not enrolled") };
+        self.stop_pod(pod).await?;
+        info!(pod = %name, "pod unenrolled");
+        self.persist().await
+    }
+
+    /// Turns capture off first (new connections go straight through), then closes keel's listeners.
+    async fn stop_pod(&self, pod: EnrolledPod) -> anyhow::Result<()> {
+        let data_path = self.data_path.clone();
+        let EnrolledPod { spec, context, inbound_listener, stop } = pod;
+        let result = tokio::task::spawn_blocking(move || {
+            let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_listener.as_fd() };
+            data_path.capture.unenroll(&capture)
+        })
+        .await?;
+        let _ = stop.send(true);
+        result
+    }
+
+    pub async fn specs(&self) -> Vec<PodSpec> {
+        self.pods.lock().await.values().map(|p| p.spec.clone()).collect()
+    }
+
+    /// Releases every pod from capture (on shutdown) without forgetting them: the state file stays.
+    pub async fn release_all(&self) {
+        let pods = std::mem::take(&mut *self.pods.lock().await);
+        for (name, pod) in pods {
+            if let Err(e) = self.stop_pod(pod).await {
+                warn!(pod = %name, error = %format!("{e:#}"), "releasing pod failed");
+            }
+        }
+    }
+
+    async fn persist(&self) -> anyhow::Result<()> {
+        let specs = self.specs().await;
+        let json = serde_json::to_vec_pretty(&specs)?;
+        let tmp = self.state_file.with_extension("json.tmp");
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.state_file).with_context(|| format!("replacing {}", self.state_file.display()))
+    }
+}

@@ -1,0 +1,14 @@
+//! keel's node daemon: captures enrolled pods' TCP with eBPF (or iptables) into listeners keel opens inside each
+//! pod's network namespace, and proxies it.
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod enrollment;
+pub mod l4;
+pub mod netns;
+pub mod pods;
+pub mod sockopt;
+pub mod telemetry;

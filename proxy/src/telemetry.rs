@@ -1,0 +1,231 @@
+//! What keel tells about the traffic it carries: counters per direction (Prometheus and the `stats` API), the
+//! last closed connections (the `connections` API, which the demo prints), and one log line per connection.
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::Mutex,
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Serialize;
+use tracing::info;
+
+use crate::capture::Direction;
+
+/// How many closed connections the `connections` API keeps.
+const RECENT_CONNECTIONS: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: DirectionLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum DirectionLabel {
+    outbound,
+    inbound,
+}
+
+/// The counters of one direction, held directly so the connection path never looks them up.
+#[derive(Clone, Default)]
+struct DirectionMetrics {
+    opened: Counter,
+    closed: Counter,
+    errors: Counter,
+    bytes_sent: Counter,
+    bytes_received: Counter,
+    active: Gauge,
+}
+
+/// One closed connection, as the API and the demo show it. `bytes_sent` is client→server.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionRecord {
+    pub direction: Direction,
+    pub pod: String,
+    pub source: SocketAddr,
+    pub original_destination: SocketAddr,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DirectionStats {
+    pub opened: u64,
+    pub closed: u64,
+    pub active: i64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectionStats {
+    pub outbound: DirectionStats,
+    pub inbound: DirectionStats,
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    outbound: DirectionMetrics,
+    inbound: DirectionMetrics,
+    recent: Mutex<VecDeque<ConnectionRecord>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let mut registry = Registry::with_prefix("keel");
+        let opened = Family::<DirectionLabels, Counter>::default();
+        let closed = Family::<DirectionLabels, Counter>::default();
+        let errors = Family::<DirectionLabels, Counter>::default();
+        let sent = Family::<DirectionLabels, Counter>::default();
+        let received = Family::<DirectionLabels, Counter>::default();
+        let active = Family::<DirectionLabels, Gauge>::default();
+        registry.register("connections_opened", "TCP connections keel accepted from capture", opened.clone());
+        registry.register("connections_closed", "TCP connections keel finished relaying", closed.clone());
+        registry.register("connection_errors", "Connections that ended in an error", errors.clone());
+        registry.register("sent_bytes", "Bytes relayed from client to server", sent.clone());
+        registry.register("received_bytes", "Bytes relayed from server to client", received.clone());
+        registry.register("connections_active", "Connections being relayed now", active.clone());
+        let metrics_for = |direction: DirectionLabel| {
+            let labels = DirectionLabels { direction };
+            DirectionMetrics {
+                opened: opened.get_or_create_owned(&labels),
+                closed: closed.get_or_create_owned(&labels),
+                errors: errors.get_or_create_owned(&labels),
+                bytes_sent: sent.get_or_create_owned(&labels),
+                bytes_received: received.get_or_create_owned(&labels),
+                active: active.get_or_create_owned(&labels),
+            }
+        };
+        Telemetry {
+            outbound: metrics_for(DirectionLabel::outbound),
+            inbound: metrics_for(DirectionLabel::inbound),
+            registry,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_CONNECTIONS)),
+        }
+    }
+
+    fn metrics(&self, direction: Direction) -> &DirectionMetrics {
+        match direction {
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
+        }
+    }
+
+    pub fn connection_opened(&self, direction: Direction) {
+        let m = self.metrics(direction);
+        m.opened.inc();
+        m.active.inc();
+    }
+
+    /// Counts the connection's end, logs its line and keeps it for the `connections` API.
+    pub fn connection_closed(&self, record: ConnectionRecord, elapsed: Duration) {
+        let m = self.metrics(record.direction);
+        m.closed.inc();
+        m.active.dec();
+        m.bytes_sent.inc_by(record.bytes_sent);
+        m.bytes_received.inc_by(record.bytes_received);
+        if record.error.is_some() {
+            m.errors.inc();
+        }
+        info!(
+            direction = ?record.direction,
+            pod = %record.pod,
+            src = %record.source,
+            original_dst = %record.original_destination,
+            bytes_sent = record.bytes_sent,
+            bytes_received = record.bytes_received,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            error = record.error.as_deref().unwrap_or(""),
+            "connection closed"
+        );
+        let mut recent = self.recent.lock().expect("recent connections poisoned");
+        if recent.len() == RECENT_CONNECTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    pub fn recent_connections(&self) -> Vec<ConnectionRecord> {
+        self.recent.lock().expect("recent connections poisoned").iter().cloned().collect()
+    }
+
+    pub fn connection_stats(&self) -> ConnectionStats {
+        let read = |m: &DirectionMetrics| DirectionStats {
+            opened: m.opened.get(),
+            closed: m.closed.get(),
+            active: m.active.get(),
+            bytes_sent: m.bytes_sent.get(),
+            bytes_received: m.bytes_received.get(),
+            errors: m.errors.get(),
+        };
+        ConnectionStats { outbound: read(&self.outbound), inbound: read(&self.inbound) }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(direction: Direction, sent: u64, error: Option<&str>) -> ConnectionRecord {
+        ConnectionRecord {
+            direction,
+            pod: "default/a".into(),
+            source: "10.244.0.11:40000".parse().unwrap(),
+            original_destination: "10.244.0.12:8080".parse().unwrap(),
+            bytes_sent: sent,
+            bytes_received: 2 * sent,
+            duration_ms: 1.0,
+            error: error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn counts_per_direction_and_keeps_recent_connections() {
+        let t = Telemetry::new();
+        t.connection_opened(Direction::Outbound);
+        t.connection_opened(Direction::Outbound);
+        t.connection_closed(record(Direction::Outbound, 10, None), Duration::from_millis(1));
+        t.connection_opened(Direction::Inbound);
+        t.connection_closed(record(Direction::Inbound, 5, Some("reset")), Duration::from_millis(1));
+        let stats = t.connection_stats();
+        assert_eq!(stats.outbound, DirectionStats { opened: 2, closed: 1, active: 1, bytes_sent: 10, bytes_received: 20, errors: 0 });
+        assert_eq!(stats.inbound.errors, 1);
+        assert_eq!(t.recent_connections().len(), 2);
+        let text = t.encode_metrics();
+        assert!(text.contains("keel_sent_bytes_total{direction=\"outbound\"} 10"), "{text}");
+    }
+
+    #[test]
+    fn recent_connections_are_bounded() {
+        let t = Telemetry::new();
+        for i in 0..(RECENT_CONNECTIONS as u64 + 10) {
+            t.connection_opened(Direction::Outbound);
+            t.connection_closed(record(Direction::Outbound, i, None), Duration::ZERO);
+        }
+        let recent = t.recent_connections();
+        assert_eq!(recent.len(), RECENT_CONNECTIONS);
+        assert_eq!(recent[0].bytes_sent, 10, "the oldest ones are dropped first");
+    }
+}

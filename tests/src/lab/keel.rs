@@ -1,0 +1,262 @@
+//! The real `keel` daemon, run as a process in the lab's node namespace and `keel/` cgroup, and driven through its
+//! Unix-socket API (docs/keel-api.md) and admin HTTP port.
+
+use super::api::{self, Connection};
+use super::process::{self, ChildGuard};
+use super::sys::{self, Placement};
+use super::Backend;
+use super::Pod;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// How long `start` waits for the API socket to answer `"pods"`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long SIGTERM may take before we call it a failure (and SIGKILL).
+pub const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+const API_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Everything needed to start keel; the lab fills it so a restarted keel gets the same state dir, pins and socket.
+#[derive(Debug, Clone)]
+pub struct KeelSpec {
+    pub bin: PathBuf,
+    pub backend: Backend,
+    pub cgroup_root: PathBuf,
+    /// The cgroup keel itself runs in (below `cgroup_root`: the sock_ops fast path needs keel's sockets there too).
+    pub own_cgroup: PathBuf,
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub node_netns: PathBuf,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+/// A running keel. Dropping it stops it (SIGTERM, then SIGKILL after 10 s). (When a test fails, the lab prints
+/// the tail of every keel log it started: usually the explanation.)
+pub struct Keel {
+    child: ChildGuard,
+    spec: KeelSpec,
+}
+
+impl Keel {
+    pub(super) fn start(spec: KeelSpec) -> Result<Keel> {
+        if !spec.bin.is_file() {
+            bail!(
+                "keel binary not found at {} (build it, or set KEEL_BIN)",
+                spec.bin.display()
+            );
+        }
+        let mut cmd = Command::new(&spec.bin);
+        cmd.arg("run")
+            .args(["--capture", spec.backend.as_arg()])
+            .arg("--cgroup")
+            .arg(&spec.cgroup_root)
+            .arg("--bpffs")
+            .arg(&spec.bpffs)
+            .arg("--state-dir")
+            .arg(&spec.state_dir)
+            .arg("--api-socket")
+            .arg(&spec.api_socket)
+            .args([
+                "--admin-addr",
+                &spec.admin_addr.to_string(),
+                "--log-format",
+                "json",
+            ])
+            .args(&spec.extra_args)
+            .env("RUST_BACKTRACE", "1");
+        let _fds = sys::place(
+            &mut cmd,
+            &Placement {
+                netns: Some(&spec.node_netns),
+                cgroup: Some(&spec.own_cgroup),
+            },
+        )?;
+        let child = process::spawn_logged("keel", &mut cmd, &spec.log)?;
+        let mut keel = Keel { child, spec };
+        keel.wait_ready()?;
+        Ok(keel)
+    }
+
+    /// keel creates its API socket only once it is fully ready, so "ready" = `"pods"` answers.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait() {
+                bail!(
+                    "keel exited ({status}) before it was ready; log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            let err = match api::request(
+                &self.spec.api_socket,
+                &json!("pods"),
+                Duration::from_secs(2),
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "keel's API did not answer \"pods\" within {READY_TIMEOUT:?} (last error: {err:#}); log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.spec.backend
+    }
+
+    pub fn spec(&self) -> &KeelSpec {
+        &self.spec
+    }
+
+    /// keel's stdout+stderr so far.
+    pub fn log(&self) -> String {
+        self.child.log()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        process::tail(&self.log(), lines)
+    }
+
+    // ---- API -------------------------------------------------------------------------------------------------
+
+    /// One request; `{"error": ..}` becomes `Err` carrying keel's message.
+    pub fn api(&self, request: Value) -> Result<Value> {
+        api::request(&self.spec.api_socket, &request, API_TIMEOUT)
+    }
+
+    /// The enroll object keel expects for a lab pod.
+    pub fn enroll_request(pod: &Pod) -> Value {
+        json!({"enroll": {
+            "namespace": pod.namespace,
+            "name": pod.name,
+            "service_account": "default",
+            "netns": pod.netns_path,
+            "cgroup": pod.cgroup_path,
+            "ips": [pod.ip.to_string()],
+        }})
+    }
+
+    pub fn enroll(&self, pod: &Pod) -> Result<()> {
+        self.api(Self::enroll_request(pod))
+            .map(drop)
+            .with_context(|| format!("enrolling {}", pod.qualified()))
+    }
+
+    pub fn unenroll(&self, pod: &Pod) -> Result<()> {
+        self.api(json!({"unenroll": {"namespace": pod.namespace, "name": pod.name}}))
+            .map(drop)
+            .with_context(|| format!("unenrolling {}", pod.qualified()))
+    }
+
+    pub fn pods(&self) -> Result<Value> {
+        self.api(json!("pods"))
+    }
+
+    pub fn stats(&self) -> Result<Value> {
+        self.api(json!("stats"))
+    }
+
+    /// The last 1024 closed connections, oldest first.
+    pub fn connections(&self) -> Result<Vec<Connection>> {
+        let v = self.api(json!("connections"))?;
+        serde_json::from_value(v.clone())
+            .with_context(|| format!("unexpected \"connections\" answer: {v}"))
+    }
+
+    pub fn set_fast_path(&self, on: bool) -> Result<()> {
+        self.api(json!({ "fast_path": on })).map(drop)
+    }
+
+    /// Polls `"connections"` until an entry satisfies `pred` (entries appear when a connection closes).
+    pub fn wait_connection(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Connection) -> bool,
+    ) -> Result<Connection> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let conns = self.connections()?;
+            if let Some(c) = conns.iter().find(|c| pred(c)) {
+                return Ok(c.clone());
+            }
+            if Instant::now() >= deadline {
+                let last: Vec<String> = conns
+                    .iter()
+                    .rev()
+                    .take(8)
+                    .map(|c| format!("{c:?}"))
+                    .collect();
+                bail!(
+                    "no matching connection within {timeout:?}; most recent entries:\n{}",
+                    last.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET path` on the admin server (plain HTTP/1.1 from a thread inside the node namespace).
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.spec.admin_addr;
+        let path = path.to_string();
+        sys::in_netns(&self.spec.node_netns, move || {
+            super::http::get(addr, &path, Duration::from_secs(10))
+        })
+    }
+
+    // ---- lifecycle -------------------------------------------------------------------------------------------
+
+    /// SIGKILL (no cleanup by keel: pins, attachments and the socket file stay, as after a crash) and reap.
+    pub fn kill9(&mut self) -> Option<ExitStatus> {
+        self.child.kill()
+    }
+
+    /// SIGTERM and wait ≤ 10 s for a clean exit; SIGKILL and fail if it does not come.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.child.signal(libc::SIGTERM)?;
+        match self.child.wait_timeout(TERM_TIMEOUT) {
+            Some(s) => Ok(s),
+            None => {
+                self.child.kill();
+                bail!(
+                    "keel did not exit within {TERM_TIMEOUT:?} of SIGTERM; log tail:\n{}",
+                    self.log_tail(40)
+                )
+            }
+        }
+    }
+
+    pub fn api_socket(&self) -> &Path {
+        &self.spec.api_socket
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_none() {
+            let _ = self.child.signal(libc::SIGTERM);
+            if self.child.wait_timeout(TERM_TIMEOUT).is_none() {
+                eprintln!(
+                    "keel lab: keel (pid {}) ignored SIGTERM for {TERM_TIMEOUT:?}; SIGKILL",
+                    self.pid()
+                );
+                self.child.kill();
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! keel's developer tasks, run as `cargo xtask <command>` from anywhere in the workspace.
+
+mod build;
+mod demo;
+mod run;
+mod setup;
+mod test;
+mod ws;
+
+use std::{env, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+/// keel's developer tasks. Every external command is echoed (`+ ...`) before it runs.
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install rust-src, bpf-linker 0.13.0, the Debian test packages and cargo-nextest; report the
+    /// kernel prerequisites. Idempotent and quick when nothing is missing.
+    Setup,
+    /// Build keel and the test binaries (runs setup first if something is missing).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run every suite with cargo-nextest. Needs root.
+    Test {
+        /// Extra arguments for `cargo nextest run`, after `--`.
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Release build, then run the keel-demo walkthrough.
+    Demo,
+    /// Benchmarks (not yet implemented).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    let root = ws::root();
+    env::set_current_dir(root).with_context(|| format!("entering {}", root.display()))?;
+    match command {
+        Command::Setup => setup::setup()?,
+        Command::Build { release } => build::build(release)?,
+        Command::Test { nextest_args } => return test::test(&nextest_args),
+        Command::Demo => demo::demo()?,
+        Command::Bench => {
+            eprintln!("not yet implemented: see issue 3");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
