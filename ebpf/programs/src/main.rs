@@ -304,8 +304,10 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<bool, ()> {
     if lookup.family != AF_INET || lookup.protocol != IPPROTO_TCP {
         return Ok(false);
     }
-    // Loopback inside the pod is the pod's own business, and the path keel delivers inbound traffic on.
-    if lookup.ingress_ifindex == LOOPBACK_IFINDEX {
+    // Loopback inside the pod is the pod's own business, and the path keel delivers inbound traffic on. The pod
+    // talking to its own IP also crosses lo, but the kernel reports the pod interface as ingress for it: a source
+    // equal to the destination is what gives it away.
+    if lookup.ingress_ifindex == LOOPBACK_IFINDEX || lookup.remote_ip4 == lookup.local_ip4 {
         return Ok(false);
     }
     let port = lookup.local_port as u16;

@@ -263,16 +263,18 @@ fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Attached through bpf_link, which always coexists with other programs on the cgroup (Cilium's, another
+/// keel's): the link API takes no ALLOW_MULTI flag, so the mode is the default one.
 fn attach_cgroup_programs(ebpf: &mut Ebpf, cgroup: &File, cgroup_path: &Path) -> anyhow::Result<()> {
     let connect4: &mut CgroupSockAddr = program(ebpf, "keel_connect4")?;
     connect4.load().with_context(|| format!("loading cgroup/connect4: {FALLBACK_HINT}"))?;
     connect4
-        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .attach(cgroup, CgroupAttachMode::Single)
         .with_context(|| format!("attaching connect4 to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
     let sock_ops: &mut SockOps = program(ebpf, "keel_sock_ops")?;
     sock_ops.load().with_context(|| format!("loading sock_ops: {FALLBACK_HINT}"))?;
     sock_ops
-        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .attach(cgroup, CgroupAttachMode::Single)
         .with_context(|| format!("attaching sock_ops to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
     Ok(())
 }
@@ -338,7 +340,7 @@ fn start_kernel_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
-            warn!(error = %e.error(), "kernel program logging unavailable");
+            warn!(error = %e, "kernel program logging unavailable");
             return None;
         }
     };

@@ -46,6 +46,20 @@ fn run(cli: Cli) -> Result<()> {
             podapp: cli.podapp,
         },
     )?;
+    let result = demo(&lab);
+    if result.is_err() {
+        // Keep the lab's logs and print keel's log tail on the way out.
+        lab.mark_failed();
+    }
+    step("cleaning up (stopping keel, deleting namespaces and cgroups)");
+    drop(lab);
+    if result.is_ok() {
+        step("done");
+    }
+    result
+}
+
+fn demo(lab: &Lab) -> Result<()> {
     let client = lab.add_pod("client")?;
     let a = lab.add_pod("server-a")?;
     let b = lab.add_pod("server-b")?;
@@ -114,10 +128,6 @@ fn run(cli: Cli) -> Result<()> {
     print_connections(&conns);
     step("keel counters");
     print_stats(&stats);
-    step("cleaning up (stopping keel, deleting namespaces and cgroups)");
-    drop(keel);
-    drop(lab);
-    step("done");
     Ok(())
 }
 
@@ -174,7 +184,8 @@ fn print_connections(conns: &[Connection]) {
 fn print_stats(stats: &Value) {
     println!(
         "    capture {}  fast path {}",
-        stats["capture"], stats["fast_path"]
+        stats["capture"].as_str().unwrap_or("?"),
+        stats["fast_path"]
     );
     for dir in ["outbound", "inbound"] {
         let p = |k: &str| counter(stats, &format!("/connections/{dir}/{k}"));
@@ -198,6 +209,6 @@ fn print_stats(stats: &Value) {
                 println!("    ebpf {prog:<10} {}", line.join("  "));
             }
         }
-        None => println!("    ebpf: none (capture {})", stats["capture"]),
+        None => println!("    ebpf: no counters"),
     }
 }

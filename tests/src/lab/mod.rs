@@ -31,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// keel's capture backends.
@@ -75,6 +75,7 @@ pub struct Lab {
     bpffs: PathBuf,
     created: Mutex<Created>,
     spawned: Arc<AtomicU32>,
+    failed: AtomicBool,
 }
 
 impl Lab {
@@ -96,6 +97,7 @@ impl Lab {
             bins,
             created: Mutex::new(Created::default()),
             spawned: Arc::new(AtomicU32::new(0)),
+            failed: AtomicBool::new(false),
         };
         // From here on any error returns `lab`, whose Drop undoes the partial setup.
         lab.setup()
@@ -281,6 +283,12 @@ impl Lab {
     pub fn machine(&self) -> &Machine {
         &self.machine
     }
+
+    /// Marks the lab as failed without panicking (e.g. the demo returning an error): on drop it then prints keel's
+    /// log tails and keeps its temp dir, as for a panicking test.
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Lab {
@@ -322,10 +330,10 @@ impl Drop for Lab {
             );
         }
         step("removing cgroups", cgroup::remove_tree(&self.cgroup_root));
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.failed.load(Ordering::Relaxed) {
             self.print_keel_logs();
             eprintln!(
-                "keel lab {}: test failed; logs kept in {}",
+                "keel lab {}: failed; logs kept in {}",
                 self.prefix,
                 self.dir.display()
             );
