@@ -51,12 +51,12 @@ pub struct ClientKey {
     pub port: u32,
 }
 
-/// One direction of a TCP connection as seen by the socket that sends on it: the key of the fast-path SockHash.
-/// The netns cookie keeps loopback tuples of different pods apart. IPs network order, ports host order.
+/// A TCP connection as seen by one of its sockets: the key of the fast-path SockHash. Only connections between
+/// two different pods of this node are spliced, and pod IPs are unique on a node, so unlike loopback tuples
+/// (the same in every pod) these keys cannot collide across namespaces. IPs network order, ports host order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub netns: u64,
     pub local_ip: u32,
     pub remote_ip: u32,
     pub local_port: u32,
@@ -67,7 +67,6 @@ impl FlowKey {
     /// The same connection seen from the other end.
     pub const fn reversed(&self) -> FlowKey {
         FlowKey {
-            netns: self.netns,
             local_ip: self.remote_ip,
             remote_ip: self.local_ip,
             local_port: self.remote_port,

@@ -4,7 +4,7 @@
 //! - `keel_connect4` (cgroup/connect4): an enrolled pod's TCP connect() is rewritten to keel's in-pod outbound
 //!   listener; the original destination is recorded under the socket cookie.
 //! - `keel_sock_ops` (sock_ops): moves that record to the client's address once the port is bound, and puts the
-//!   two ends of an app↔keel loopback connection into the fast-path SockHash.
+//!   two ends of a keel↔keel connection between pods of this node into the fast-path SockHash.
 //! - `keel_sk_msg` (sk_msg on the SockHash): splices messages to the peer socket's receive queue.
 //! - `keel_sk_lookup` (sk_lookup, attached per pod network namespace): steers inbound TCP to keel's listeners.
 #![no_std]
@@ -163,9 +163,8 @@ fn record_client_address(ctx: &SockOpsContext) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn flow_key(ctx: &SockOpsContext, netns: u64) -> FlowKey {
+fn flow_key(ctx: &SockOpsContext) -> FlowKey {
     FlowKey {
-        netns,
         local_ip: ctx.local_ip4(),
         remote_ip: ctx.remote_ip4(),
         local_port: ctx.local_port(),
@@ -173,20 +172,17 @@ fn flow_key(ctx: &SockOpsContext, netns: u64) -> FlowKey {
     }
 }
 
-/// The connecting end. Two kinds of same-netns connection have keel on one side and are spliced:
-/// an app's connection to keel's outbound listener, and keel's delivery connection to the app (marked).
+/// The fast path splices the hop between two keels on the same node: keel's connection out of one pod into
+/// another enrolled pod, accepted by keel there. Only keel's own (marked, non-blocking) sockets ever enter the
+/// SockHash: the kernel's sockmap receive path can fail a *blocking* read with EAGAIN on a spurious wake-up, so
+/// application sockets stay on plain TCP.
 fn splice_active(ctx: &SockOpsContext) -> Result<(), ()> {
-    if !fast_path_enabled() {
+    if !fast_path_enabled() || !is_keel_socket(ctx) {
         return Ok(());
     }
-    let netns = netns_of(ctx);
-    if unsafe { PODS.get(&netns) }.is_none() {
-        return Ok(());
-    }
-    let key = flow_key(ctx, netns);
-    let to_keel = key.remote_ip == LOOPBACK_IP4_NET && key.remote_port == OUTBOUND_PORT as u32;
-    let from_keel = key.local_ip == key.remote_ip && is_keel_socket(ctx);
-    if !(to_keel || from_keel) {
+    let key = flow_key(ctx);
+    // Same-node destinations only, and never keel's delivery to an application inside its own pod.
+    if key.local_ip == key.remote_ip || unsafe { POD_IPS.get(&key.remote_ip) }.is_none() {
         return Ok(());
     }
     // SAFETY: the context is a live bpf_sock_ops for this callback.
@@ -204,14 +200,17 @@ fn is_keel_socket(ctx: &SockOpsContext) -> bool {
     !sk.is_null() && unsafe { (*sk).mark } & KEEL_MARK_MASK == KEEL_MARK
 }
 
-/// The accepting end: joins only if its connecting peer asked for a splice, then tells the peer it may start.
+/// The accepting end (keel's inbound socket, which inherits its listener's mark): joins only if its connecting
+/// peer asked for a splice, then tells the peer it may start.
 fn splice_passive(ctx: &SockOpsContext) -> Result<(), ()> {
-    let netns = netns_of(ctx);
-    let key = flow_key(ctx, netns);
+    let key = flow_key(ctx);
     if unsafe { PENDING_PEERS.get(&key) }.is_none() {
         return Ok(());
     }
     let _ = PENDING_PEERS.remove(&key);
+    if !is_keel_socket(ctx) {
+        return Ok(());
+    }
     // SAFETY: the context is a live bpf_sock_ops for this callback.
     let ops = unsafe { &mut *ctx.ops };
     SPLICE_SOCKETS.update(key, ops, BPF_ANY as u64).map_err(|_| ())?;
@@ -243,8 +242,6 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
     // SAFETY: the context pointer is valid for the program's run.
     let md = unsafe { &*ctx.msg };
     let key = FlowKey {
-        // SAFETY: helper valid for sk_msg programs.
-        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         local_ip: md.local_ip4,
         remote_ip: md.remote_ip4,
         local_port: md.local_port,

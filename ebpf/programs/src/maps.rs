@@ -12,6 +12,10 @@ use keel_ebpf_common::{
 #[map]
 pub static PODS: HashMap<u64, PodEntry> = HashMap::pinned(4096, 0);
 
+/// IPv4 addresses of enrolled pods (network order) → the pod's netns cookie: "is this destination on this node?"
+#[map]
+pub static POD_IPS: HashMap<u32, u64> = HashMap::pinned(8192, 0);
+
 /// Runtime switches (`CONFIG_*`), written by user space.
 #[map]
 pub static CONFIG: Array<u32> = Array::pinned(CONFIG_LEN, 0);
@@ -44,7 +48,7 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map]
 pub static LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(8192, 0);
 
-/// Fast-path sockets, both ends of each spliced connection.
+/// Fast-path sockets: both ends (keel's) of each spliced connection between two pods of this node.
 #[map]
 pub static SPLICE_SOCKETS: SockHash<FlowKey> = SockHash::with_max_entries(65536, 0);
 

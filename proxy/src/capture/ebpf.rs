@@ -47,6 +47,7 @@ pub struct EbpfCapture {
 struct Attached {
     ebpf: Ebpf,
     pods: HashMap<MapData, u64, PodEntry>,
+    pod_ips: HashMap<MapData, u32, u64>,
     listeners: SockHash<MapData, ListenerKey>,
     config: Array<MapData, u32>,
     /// sk_lookup links by pod netns cookie.
@@ -73,12 +74,11 @@ impl EbpfCapture {
         let sk_lookup: &mut SkLookup = program(&mut ebpf, "keel_sk_lookup")?;
         sk_lookup.load().context("loading sk_lookup")?;
 
-        let mut pods: HashMap<MapData, u64, PodEntry> = take(&mut ebpf, "PODS")?;
         // Pinned maps survive a restart; the enrollment the new keel restores from its state is the truth.
-        let stale: Vec<u64> = pods.keys().filter_map(Result::ok).collect();
-        for cookie in stale {
-            let _ = pods.remove(&cookie);
-        }
+        let mut pods: HashMap<MapData, u64, PodEntry> = take(&mut ebpf, "PODS")?;
+        clear(&mut pods);
+        let mut pod_ips: HashMap<MapData, u32, u64> = take(&mut ebpf, "POD_IPS")?;
+        clear(&mut pod_ips);
         let mut config_map: Array<MapData, u32> = take(&mut ebpf, "CONFIG")?;
         config_map.set(CONFIG_FAST_PATH, u32::from(config.fast_path), 0).context("writing CONFIG")?;
         write_exclusions(&mut ebpf, config)?;
@@ -91,6 +91,7 @@ impl EbpfCapture {
             state: Mutex::new(Some(Attached {
                 listeners: take(&mut ebpf, "LISTENERS")?,
                 pods,
+                pod_ips,
                 config: config_map,
                 lookup_links: StdHashMap::new(),
                 ebpf,
@@ -123,6 +124,10 @@ impl EbpfCapture {
                 .with_context(|| format!("attaching sk_lookup to {}", pod.netns.path().display()))?;
             state.lookup_links.insert(cookie, link);
         }
+        for ip in &pod.spec.ips {
+            let IpAddr::V4(v4) = ip else { continue };
+            state.pod_ips.insert(u32::from_ne_bytes(v4.octets()), cookie, 0).context("writing the POD_IPS entry")?;
+        }
         let entry = PodEntry { flags: POD_CAPTURE_OUTBOUND, _pad: 0 };
         state.pods.insert(cookie, entry, 0).context("writing the PODS entry")?;
         Ok(())
@@ -136,7 +141,9 @@ impl EbpfCapture {
         let _ = state.pods.remove(&cookie);
         for ip in &pod.spec.ips {
             let IpAddr::V4(v4) = ip else { continue };
-            let _ = state.listeners.remove(&ListenerKey { ip: u32::from_ne_bytes(v4.octets()), slot: LISTENER_INBOUND });
+            let ip = u32::from_ne_bytes(v4.octets());
+            let _ = state.listeners.remove(&ListenerKey { ip, slot: LISTENER_INBOUND });
+            let _ = state.pod_ips.remove(&ip);
         }
         if let Some(link) = state.lookup_links.remove(&cookie) {
             let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
@@ -298,11 +305,15 @@ fn write_exclusions(ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn replace_all(map: &mut HashMap<&mut MapData, u16, u8>, ports: &[u16]) -> anyhow::Result<()> {
-    let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
-    for port in old {
-        let _ = map.remove(&port);
+fn clear<T: std::borrow::BorrowMut<MapData>, K: aya::Pod, V: aya::Pod>(map: &mut HashMap<T, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let _ = map.remove(&key);
     }
+}
+
+fn replace_all(map: &mut HashMap<&mut MapData, u16, u8>, ports: &[u16]) -> anyhow::Result<()> {
+    clear(map);
     for port in ports {
         map.insert(port, 1, 0).with_context(|| format!("excluding port {port}"))?;
     }
