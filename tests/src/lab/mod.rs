@@ -16,9 +16,9 @@ mod keel;
 mod names;
 mod pod;
 mod prereqs;
-mod process;
+pub mod process;
 mod sweep;
-mod sys;
+pub mod sys;
 
 pub use api::{counter, port_of, Connection};
 pub use bins::{workspace_root, Binaries};

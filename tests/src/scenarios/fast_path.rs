@@ -65,7 +65,9 @@ pub fn fast_path_bulk_correct() {
     })
 }
 
-/// With the fast path on, a small echo exchange goes through the sockmap: `stats.ebpf.sk_msg.redirected` grows.
+/// With the fast path on, each connection's keel→keel hop between the two pods is spliced (`sock_ops` counts a
+/// splice per connection) and a small echo exchange goes through the sockmap (`sk_msg` redirects). Switched off
+/// at run time, new connections are not spliced and nothing more is redirected, yet the echo still works.
 pub fn fast_path_redirects() {
     with_lab("fastredir", |lab| {
         let client = lab.add_pod("client")?;
@@ -80,7 +82,21 @@ pub fn fast_path_redirects() {
             send_ok(&client, server.addr(ECHO_PORT), KIB, ServeMode::Echo)?;
         }
         let after = keel.stats()?;
+        expect_delta_at_least(&before, &after, "/ebpf/sock_ops/redirected", 3)?;
         expect_delta_at_least(&before, &after, "/ebpf/sk_msg/redirected", 1)?;
+
+        keel.set_fast_path(false)?;
+        let before = keel.stats()?;
+        for _ in 0..3 {
+            send_ok(&client, server.addr(ECHO_PORT), KIB, ServeMode::Echo)?;
+        }
+        let after = keel.stats()?;
+        for counter in ["/ebpf/sock_ops/redirected", "/ebpf/sk_msg/redirected"] {
+            let (b, a) = (crate::lab::counter(&before, counter), crate::lab::counter(&after, counter));
+            if a != b {
+                bail!("{counter} moved from {b} to {a} with the fast path off");
+            }
+        }
         Ok(())
     })
 }

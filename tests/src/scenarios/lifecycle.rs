@@ -125,6 +125,11 @@ pub fn sigterm_cleans_up(backend: Backend) {
         for pod in [&client, &server] {
             expect_no_keel_rules(lab, pod)?;
         }
+        // No program of keel's is left on the pods' cgroup (connect4 and sock_ops were attached there).
+        let attached = crate::lab::sys::run(std::process::Command::new("bpftool").args(["cgroup", "show"]).arg(lab.cgroup_root()))?;
+        if attached.contains("keel") {
+            bail!("programs still attached to {} after SIGTERM:\n{attached}", lab.cgroup_root().display());
+        }
         send_ok(&client, server.addr(PORT), MIB, ServeMode::Echo)
             .context("direct traffic after keel stopped")?;
         Ok(())

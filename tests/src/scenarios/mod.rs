@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod fast_path;
 pub mod lifecycle;
+pub mod robustness;
 pub mod selftest;
 
 use crate::lab::{Connection, Keel, Lab, Pod, ServeMode};

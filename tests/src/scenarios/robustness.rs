@@ -1,0 +1,132 @@
+//! Bad input and failures at the edges: invalid enrollment requests are refused with the field named and leave
+//! keel serving; a refused upstream reaches the client as a reset; eBPF capture refuses to start without its
+//! kernel prerequisites and says what the fallback is.
+
+use super::*;
+use crate::lab::{Backend, ServeMode};
+use serde_json::json;
+
+const PORT: u16 = 8080;
+const CLOSED_PORT: u16 = 7777;
+
+/// Each invalid request gets an error naming what is wrong; afterwards the same two pods are enrolled and a
+/// connection opened before the bad requests is still served.
+pub fn bad_requests_are_refused(backend: Backend) {
+    with_lab("badreq", |lab| {
+        let client = lab.add_pod("client")?;
+        let server = lab.add_pod("server")?;
+        let keel = lab.start_keel(backend, &[])?;
+        keel.enroll(&client)?;
+        keel.enroll(&server)?;
+        let _sink = server.serve(PORT, ServeMode::Sink, &["--read-delay-ms", "2", "--read-chunk", "16384"])?;
+        // A transfer in flight while the bad requests arrive (about 1 s at this reader's pace).
+        let in_flight = {
+            let client = client.clone();
+            let to = server.addr(PORT);
+            std::thread::spawn(move || send_ok(&client, to, 8 * MIB, ServeMode::Sink))
+        };
+
+        let with = |field: &str, value: Value| {
+            let mut request = Keel::enroll_request(&client);
+            request["enroll"]["name"] = json!("other");
+            request["enroll"][field] = value;
+            request
+        };
+        let cases: Vec<(Value, &str)> = vec![
+            (with("ips", json!([])), "`ips`"),
+            (with("ips", json!(["127.0.0.1"])), "`ips`"),
+            (with("ips", json!([client.ip.to_string()])), "already belongs to enrolled pod"),
+            (with("netns", json!("/var/run/netns/does-not-exist")), "`netns`"),
+            (with("cgroup", json!("/tmp")), "`cgroup`"),
+            (with("namespace", json!("Not_A_Namespace")), "`namespace`"),
+            (with("ips", json!(["not-an-ip"])), "invalid request"),
+            (json!({"enroll": {"namespace": "default", "name": "x"}}), "netns"),
+            (json!({"unenroll": {"namespace": "default", "name": "nobody"}}), "not enrolled"),
+            (json!("no-such-request"), "invalid request"),
+        ];
+        for (request, expected) in cases {
+            match keel.api(request.clone()) {
+                Ok(answer) => bail!("{request} was accepted ({answer}); expected an error mentioning {expected}"),
+                Err(e) if format!("{e:#}").contains(expected) => {}
+                Err(e) => bail!("{request}: error {e:#} does not mention {expected}"),
+            }
+        }
+        let pods = keel.pods()?;
+        let names: Vec<&str> = pods.as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+        if names.len() != 2 || !names.contains(&"client") || !names.contains(&"server") {
+            bail!("enrolled pods changed after bad requests: {pods}");
+        }
+        in_flight.join().map_err(|_| anyhow::anyhow!("in-flight transfer panicked"))??;
+        let _echo = server.serve(PORT + 2, ServeMode::Echo, &[])?;
+        super::capture::captured_echo(&keel, &client, server.addr(PORT + 2), 64 * KIB)?;
+        Ok(())
+    })
+}
+
+/// Captured connection to a port nobody listens on: keel's connect is refused, the client sees its connection
+/// end with a reset (not a hang, not a clean EOF after a successful connect), and keel records the error.
+pub fn refused_upstream_resets_client(backend: Backend) {
+    with_lab("refused", |lab| {
+        let client = lab.add_pod("client")?;
+        let server = lab.add_pod("server")?;
+        let keel = lab.start_keel(backend, &[])?;
+        keel.enroll(&client)?;
+        let report = client.send(server.addr(CLOSED_PORT), KIB, ServeMode::Echo, IO_TIMEOUT)?;
+        if report["ok"] != Value::Bool(false) {
+            bail!("a transfer to a closed port succeeded: {report}");
+        }
+        let error = report["error"].as_str().unwrap_or_default().to_lowercase();
+        if !(error.contains("reset") || error.contains("refused") || error.contains("broken pipe")) {
+            bail!("client saw {report}, expected a reset");
+        }
+        let deadline = std::time::Instant::now() + RECORD_TIMEOUT;
+        loop {
+            let seen = keel.connections()?.into_iter().find(|c| {
+                c.direction == "outbound" && c.original_destination == server.addr(CLOSED_PORT).to_string()
+            });
+            if let Some(c) = seen {
+                let error = c.error.clone().unwrap_or_default();
+                if !error.contains("refused") {
+                    bail!("keel recorded {c:?}; expected a connection-refused error");
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("keel never recorded the refused connection");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+/// `keel run --capture ebpf` pointed at a directory that is not cgroup v2 exits non-zero at once, and its message
+/// names the problem and the iptables fallback.
+pub fn ebpf_startup_fails_clearly_without_prerequisites() {
+    with_lab("noprereq", |lab| {
+        let not_cgroup = lab.dir().join("not-a-cgroup");
+        std::fs::create_dir_all(&not_cgroup)?;
+        let output = crate::lab::process::run_with_timeout(
+            "keel run (no cgroup v2)",
+            std::process::Command::new(&lab.binaries().keel)
+                .arg("--api-socket")
+                .arg(lab.dir().join("unused.sock"))
+                .args(["run", "--capture", "ebpf", "--admin-addr", "127.0.0.1:0", "--cgroup"])
+                .arg(&not_cgroup)
+                .arg("--bpffs")
+                .arg(lab.bpffs_dir())
+                .arg("--state-dir")
+                .arg(lab.dir().join("unused-state")),
+            Duration::from_secs(20),
+        )?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            bail!("keel started on a non-cgroup2 directory: {stderr}");
+        }
+        for needed in ["cgroup v2", "--capture iptables"] {
+            if !stderr.contains(needed) {
+                bail!("startup error does not mention {needed:?}: {stderr}");
+            }
+        }
+        Ok(())
+    })
+}
