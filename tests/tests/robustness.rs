@@ -24,3 +24,12 @@ fn refused_upstream_resets_client_iptables() {
 fn ebpf_startup_fails_clearly_without_prerequisites() {
     robustness::ebpf_startup_fails_clearly_without_prerequisites();
 }
+
+#[test]
+fn no_leaked_sockets_ebpf() {
+    robustness::no_leaked_sockets(Backend::Ebpf);
+}
+#[test]
+fn no_leaked_sockets_iptables() {
+    robustness::no_leaked_sockets(Backend::Iptables);
+}

@@ -57,7 +57,8 @@ pub struct EbpfCounters {
 }
 
 pub enum Capture {
-    Ebpf(ebpf::EbpfCapture),
+    // Boxed: the eBPF backend holds the whole loaded object; the enum lives once per daemon anyway.
+    Ebpf(Box<ebpf::EbpfCapture>),
     Iptables(iptables::IptablesCapture),
 }
 
@@ -65,7 +66,7 @@ impl Capture {
     /// Loads and attaches whatever the backend needs node-wide; fails with a message saying what is missing.
     pub fn start(config: &Config) -> anyhow::Result<Capture> {
         Ok(match config.capture {
-            crate::config::CaptureMode::Ebpf => Capture::Ebpf(ebpf::EbpfCapture::start(config)?),
+            crate::config::CaptureMode::Ebpf => Capture::Ebpf(Box::new(ebpf::EbpfCapture::start(config)?)),
             crate::config::CaptureMode::Iptables => Capture::Iptables(iptables::IptablesCapture::new(config)),
         })
     }
