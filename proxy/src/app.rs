@@ -87,7 +87,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Loading and attaching programs are blocking syscalls; the kernel logger task needs the runtime.
         tokio::task::block_in_place(move || Capture::start(&config))?
     };
-    let data_path = Arc::new(DataPath { capture, telemetry: Telemetry::new(), connect_timeout: config.connect_timeout });
+    let data_path = Arc::new(DataPath {
+        capture,
+        telemetry: Telemetry::new(),
+        connect_timeout: config.connect_timeout,
+        responder: config.responder,
+    });
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
     let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false) });
 

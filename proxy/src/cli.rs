@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Async worker threads for the data path.
     #[arg(long, default_value_t = 2)]
     pub worker_threads: usize,
+    /// Benchmark mode: answer every captured outbound HTTP request with 200 in keel, never relaying (isolates
+    /// the cost of capture from the cost of relaying). Not for real traffic.
+    #[arg(long)]
+    pub responder: bool,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +179,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         fast_path: matches!(args.fast_path, OnOff::On) && args.capture == CaptureMode::Ebpf,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        responder: args.responder,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))

@@ -40,6 +40,8 @@ pub struct Config {
     pub fast_path: bool,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Benchmark mode: keel answers outbound HTTP requests itself.
+    pub responder: bool,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).

@@ -9,6 +9,7 @@
 //!
 //! Every test here needs root, `ip`, `iptables`, bpffs and cgroup v2, and FAILS (never skips) without them.
 
+pub mod bench;
 pub mod lab;
 pub mod payload;
 pub mod scenarios;

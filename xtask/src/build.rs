@@ -28,8 +28,8 @@ pub fn cargo_build(release: bool, nightly: bool) -> Result<()> {
             "build: no nightly toolchain with rust-src: building the eBPF programs with stable"
         );
         build
-            .env("KEEL_EBPF_TOOLCHAIN", "stable")
-            .env("RUSTC_BOOTSTRAP", "keel-ebpf");
+            // proxy/build.rs sets RUSTC_BOOTSTRAP=1 for the inner eBPF build when it sees this.
+            .env("KEEL_EBPF_TOOLCHAIN", "stable");
     }
     run::run(&mut build)
 }

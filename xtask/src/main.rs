@@ -1,5 +1,6 @@
 //! keel's developer tasks, run as `cargo xtask <command>` from anywhere in the workspace.
 
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -39,8 +40,16 @@ enum Command {
     },
     /// Release build, then run the keel-demo walkthrough.
     Demo,
-    /// Benchmarks (not yet implemented).
-    Bench,
+    /// Release build, then the capture benchmark (direct, iptables, eBPF, eBPF+splice); writes
+    /// target/bench/<timestamp>/{report.md,results.json,report.svg}. Needs root.
+    Bench {
+        /// Short smoke run (one repetition, 2 s workloads, ≤ 3 minutes): correctness, not conclusions.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for keel-bench (e.g. --reps 5 --seconds 4 --arms iptables,ebpf), after `--`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,10 +71,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Build { release } => build::build(release)?,
         Command::Test { nextest_args } => return test::test(&nextest_args),
         Command::Demo => demo::demo()?,
-        Command::Bench => {
-            eprintln!("not yet implemented: see issue 3");
-            return Ok(ExitCode::FAILURE);
-        }
+        Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ const LLVM_WHEELS: [&str; 2] = [
     "mlc-llvm-static-extra-targets==23.1.1.post0",
 ];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 7] = [
+pub const PACKAGES: [&str; 8] = [
     "iproute2",
     "iptables",
     "procps",
@@ -30,6 +30,8 @@ pub const PACKAGES: [&str; 7] = [
     "iperf3",
     "bpftool",
     "util-linux",
+    // The benchmark's HTTP server (the same for every arm).
+    "nginx-light",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.

@@ -1,6 +1,7 @@
 //! L4 proxying of captured connections: accept on keel's in-pod listeners, find the original destination,
 //! connect to it from inside the pod (as the pod would have), relay, and record what happened.
 pub mod relay;
+pub mod responder;
 pub mod sockets;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct DataPath {
     pub capture: Capture,
     pub telemetry: Telemetry,
     pub connect_timeout: std::time::Duration,
+    /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see [`responder`]).
+    pub responder: bool,
 }
 
 /// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown). Connections already accepted
@@ -106,6 +109,12 @@ async fn proxy(
         .original_destination(direction, pod.netns.cookie(), client)
         .map_err(|e| e.to_string())?;
     record.original_destination = SocketAddr::V4(destination);
+    if dp.responder && direction == Direction::Outbound {
+        let (read, written) = responder::respond(client).await.map_err(|e| e.to_string())?;
+        record.bytes_sent = read;
+        record.bytes_received = written;
+        return Ok(());
+    }
     if is_keel_port(destination.port()) {
         // A connection addressed to keel's own port would come straight back to keel: refuse the loop.
         return Err(format!("refusing {destination}: a keel port, not an application's"));

@@ -1,0 +1,111 @@
+//! The benchmark's data: one [`Sample`] per (repetition, arm, workload), exactly as measured. Reports and charts
+//! are derived from a list of samples and nothing else, so `results.json` can be re-reported later.
+use serde::{Deserialize, Serialize};
+
+/// Capture setups compared, in report order. Only the capture differs between them: same keel binary, workers,
+/// client, server and target.
+pub const ARMS: [&str; 4] = ["direct", "iptables", "ebpf", "ebpf+splice"];
+
+/// Workloads, in report order.
+pub const WORKLOADS: [&str; 8] = [
+    "keepalive-c1",
+    "keepalive-c32",
+    "keepalive-c128",
+    "newconn-c32",
+    "responder-c32",
+    "bulk-1",
+    "bulk-4",
+    "integrity",
+];
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// CPU seconds spent during the workload's window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cpu {
+    /// keel's process (user + system), from its cgroup's cpu.stat.
+    pub keel_s: f64,
+    /// The load generator's pod cgroup (wrk, iperf3 client).
+    pub client_s: f64,
+    /// The server pod's cgroup (nginx, iperf3 server).
+    pub server_s: f64,
+    /// Machine-wide kernel time from /proc/stat: system + softirq (+ irq), all CPUs.
+    pub kernel_system_s: f64,
+    pub kernel_softirq_s: f64,
+    /// Run time of keel's eBPF programs (kernel.bpf_stats_enabled), all programs summed.
+    pub bpf_s: f64,
+}
+
+/// Failures are results, not aborts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Failures {
+    /// wrk: connect/read/write/timeout errors.
+    pub socket_errors: u64,
+    /// wrk: non-2xx/3xx responses.
+    pub non_2xx: u64,
+    /// nstat TcpExtTCPSynRetrans, both pods.
+    pub syn_retransmits: u64,
+    /// nstat TcpExtListenDrops, both pods.
+    pub listen_drops: u64,
+    /// iperf3 or integrity transfer errors (a failed run counts 1).
+    pub transfer_errors: u64,
+}
+
+impl Failures {
+    pub fn total(&self) -> u64 {
+        self.socket_errors + self.non_2xx + self.listen_drops + self.transfer_errors
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub arm: String,
+    pub workload: String,
+    /// Repetition number, from 0.
+    pub rep: u32,
+    /// Position of this arm within its repetition (rotating start).
+    pub order: u32,
+    /// Length of the measured window.
+    pub duration_s: f64,
+    /// Completed requests (HTTP workloads), 0 otherwise.
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// Payload bytes moved (bulk and integrity), 0 otherwise.
+    pub bytes: u64,
+    pub gbit_per_s: f64,
+    /// HTTP workloads only.
+    pub latency: Option<Latency>,
+    pub cpu: Cpu,
+    /// keel's peak resident set (VmHWM) at the end of the workload, KiB; 0 for the direct arm.
+    pub keel_rss_kib: u64,
+    pub failures: Failures,
+    /// Integrity: the echoed blob's checksum matched. Other workloads: the tool ran and reported.
+    pub ok: bool,
+    /// Anything worth knowing (a tool's error text, "n/a for this arm").
+    pub note: String,
+}
+
+/// What the run was, for the report header and results.json.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub started: String,
+    pub command: String,
+    pub kernel: String,
+    pub cpus: u32,
+    pub cpu_model: String,
+    pub iptables_backend: String,
+    pub repetitions: u32,
+    pub workload_seconds: f64,
+    pub quick: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub info: RunInfo,
+    pub samples: Vec<Sample>,
+}

@@ -1,0 +1,1402 @@
+//! The benchmark's report, derived from [`Results`] alone (so `results.json` can be re-reported later): medians and
+//! spread per (workload, arm), ratios between arms of the same run, the issue's targets as a checklist, `report.md`,
+//! and the compact summary the runner prints. Everything is a pure function except [`write_all`].
+use std::{fmt, fmt::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use super::model::{Failures, Results, RunInfo, Sample, ARMS, WORKLOADS};
+
+/// Shown for anything not measured: a missing (workload, arm), a ratio without its baseline.
+pub const MISSING: &str = "–";
+
+/// What a workload measures, which decides its headline metric and its table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// wrk: req/s, latency, CPU per request.
+    Http,
+    /// iperf3: Gbit/s, CPU per GB.
+    Bulk,
+    /// The echoed blob: ok or not.
+    Integrity,
+}
+
+pub fn kind(workload: &str) -> Kind {
+    if workload.starts_with("bulk") {
+        Kind::Bulk
+    } else if workload.starts_with("integrity") {
+        Kind::Integrity
+    } else {
+        Kind::Http
+    }
+}
+
+/// Median and spread over repetitions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` when there is no (finite) value: shown as "–", never as 0.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// CPU per unit of work — µs per request (HTTP) or s per GB moved (bulk) — each part the median over repetitions
+/// of that repetition's own ratio (so the parts need not add up to `keel_kernel` exactly).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuCost {
+    /// keel + kernel (system + softirq): the cost the capture choice changes.
+    pub keel_kernel: Spread,
+    pub keel: Spread,
+    pub kernel: Spread,
+    pub client: Spread,
+    pub server: Spread,
+    pub bpf: Spread,
+}
+
+/// One (workload, arm) over its repetitions. Medians use only runs whose tool reported (`ok`): a run that did not
+/// report has no throughput to speak of; it is counted in `runs - ok` and in the failures instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    pub workload: String,
+    pub arm: String,
+    pub kind: Kind,
+    /// Samples (repetitions) seen.
+    pub runs: usize,
+    /// Samples with `ok` (integrity: checksum matched).
+    pub ok: usize,
+    pub requests_per_s: Option<Spread>,
+    pub gbit_per_s: Option<Spread>,
+    pub p50_ms: Option<Spread>,
+    pub p90_ms: Option<Spread>,
+    pub p99_ms: Option<Spread>,
+    pub cpu: Option<CpuCost>,
+    /// keel's peak RSS (KiB) over repetitions; `None` without keel (direct arm).
+    pub keel_rss_kib: Option<Spread>,
+    /// Summed over all repetitions, field by field.
+    pub failures: Failures,
+}
+
+impl Aggregate {
+    fn from_samples(workload: &str, arm: &str, samples: &[&Sample]) -> Aggregate {
+        let kind = kind(workload);
+        let ok: Vec<&Sample> = samples.iter().copied().filter(|s| s.ok).collect();
+        let lat = |f: fn(&super::model::Latency) -> f64| {
+            Spread::of(ok.iter().filter_map(|s| s.latency.as_ref().map(f)))
+        };
+        let mut failures = Failures::default();
+        for s in samples {
+            let f = &s.failures;
+            failures.socket_errors += f.socket_errors;
+            failures.non_2xx += f.non_2xx;
+            failures.syn_retransmits += f.syn_retransmits;
+            failures.listen_drops += f.listen_drops;
+            failures.transfer_errors += f.transfer_errors;
+        }
+        let is_http = kind == Kind::Http;
+        Aggregate {
+            workload: workload.to_owned(),
+            arm: arm.to_owned(),
+            kind,
+            runs: samples.len(),
+            ok: ok.len(),
+            requests_per_s: if is_http {
+                Spread::of(ok.iter().map(|s| s.requests_per_s))
+            } else {
+                None
+            },
+            gbit_per_s: if is_http {
+                None
+            } else {
+                Spread::of(ok.iter().map(|s| s.gbit_per_s))
+            },
+            p50_ms: lat(|l| l.p50_ms),
+            p90_ms: lat(|l| l.p90_ms),
+            p99_ms: lat(|l| l.p99_ms),
+            cpu: cpu_cost(kind, &ok),
+            keel_rss_kib: Spread::of(
+                samples
+                    .iter()
+                    .filter(|s| s.keel_rss_kib > 0)
+                    .map(|s| s.keel_rss_kib as f64),
+            ),
+            failures,
+        }
+    }
+
+    /// The headline metric: req/s (HTTP) or Gbit/s (bulk); integrity has none.
+    pub fn headline(&self) -> Option<Spread> {
+        match self.kind {
+            Kind::Http => self.requests_per_s,
+            Kind::Bulk => self.gbit_per_s,
+            Kind::Integrity => None,
+        }
+    }
+}
+
+/// Per-sample CPU divided by the work done (requests, or GB moved), then the median of each part.
+fn cpu_cost(kind: Kind, samples: &[&Sample]) -> Option<CpuCost> {
+    let per_unit: Vec<(&Sample, f64)> = samples
+        .iter()
+        .filter_map(|s| {
+            let divisor = match kind {
+                Kind::Http if s.requests > 0 => s.requests as f64 / 1e6, // seconds / (requests / 1e6) = µs/request
+                Kind::Bulk if s.bytes > 0 => s.bytes as f64 / 1e9,       // seconds / GB
+                _ => return None,
+            };
+            Some((*s, divisor))
+        })
+        .collect();
+    let part = |f: fn(&Sample) -> f64| Spread::of(per_unit.iter().map(|(s, d)| f(s) / d));
+    Some(CpuCost {
+        keel_kernel: part(|s| s.cpu.keel_s + s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
+        keel: part(|s| s.cpu.keel_s)?,
+        kernel: part(|s| s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
+        client: part(|s| s.cpu.client_s)?,
+        server: part(|s| s.cpu.server_s)?,
+        bpf: part(|s| s.cpu.bpf_s)?,
+    })
+}
+
+/// A metric compared between arms, always on medians.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// req/s (HTTP) or Gbit/s (bulk).
+    Headline,
+    P50,
+    P99,
+    /// keel + kernel CPU per request (HTTP) or per GB (bulk).
+    CpuPerUnit,
+}
+
+impl Metric {
+    fn of(self, a: &Aggregate) -> Option<f64> {
+        match self {
+            Metric::Headline => a.headline(),
+            Metric::P50 => a.p50_ms,
+            Metric::P99 => a.p99_ms,
+            Metric::CpuPerUnit => a.cpu.map(|c| c.keel_kernel),
+        }
+        .map(|s| s.median)
+    }
+}
+
+/// Every (workload, arm) of one run, in report order: the known arms and workloads first, then any others found in
+/// the samples (a new arm or workload shows up without touching the report).
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub info: RunInfo,
+    pub arms: Vec<String>,
+    pub workloads: Vec<String>,
+    /// Only pairs with at least one sample.
+    pub rows: Vec<Aggregate>,
+}
+
+pub fn aggregate(results: &Results) -> Report {
+    let ordered = |known: &[&str], found: &mut dyn Iterator<Item = &String>| {
+        let mut all: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+        for name in found {
+            if !all.contains(name) {
+                all.push(name.clone());
+            }
+        }
+        all
+    };
+    let arms = ordered(&ARMS, &mut results.samples.iter().map(|s| &s.arm));
+    let workloads = ordered(&WORKLOADS, &mut results.samples.iter().map(|s| &s.workload));
+    let mut rows = Vec::new();
+    for w in &workloads {
+        for a in &arms {
+            let samples: Vec<&Sample> = results
+                .samples
+                .iter()
+                .filter(|s| &s.workload == w && &s.arm == a)
+                .collect();
+            if !samples.is_empty() {
+                rows.push(Aggregate::from_samples(w, a, &samples));
+            }
+        }
+    }
+    Report {
+        info: results.info.clone(),
+        arms,
+        workloads,
+        rows,
+    }
+}
+
+impl Report {
+    pub fn get(&self, workload: &str, arm: &str) -> Option<&Aggregate> {
+        self.rows
+            .iter()
+            .find(|r| r.workload == workload && r.arm == arm)
+    }
+
+    pub fn median(&self, workload: &str, arm: &str, metric: Metric) -> Option<f64> {
+        metric.of(self.get(workload, arm)?)
+    }
+
+    /// `arm`'s median over `baseline`'s median, same workload, same run. `None` if either is missing or the
+    /// baseline is 0.
+    pub fn ratio(&self, workload: &str, arm: &str, baseline: &str, metric: Metric) -> Option<f64> {
+        let base = self.median(workload, baseline, metric)?;
+        (base != 0.0).then_some(self.median(workload, arm, metric)? / base)
+    }
+
+    fn workloads_of(&self, kind: Kind) -> impl Iterator<Item = &String> {
+        self.workloads.iter().filter(move |w| self::kind(w) == kind)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Targets (issue 3, "Targets"): declared once, evaluated against the run's medians.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// An input is missing: never counted as a pass.
+    NotMeasured,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::NotMeasured => "NOT MEASURED",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Rule {
+    /// `arm / baseline` on `metric` must be ≥ `bound` (`at_least`) or ≤ `bound`.
+    Ratio {
+        arm: &'static str,
+        baseline: &'static str,
+        workload: &'static str,
+        metric: Metric,
+        at_least: bool,
+        bound: f64,
+    },
+    /// Every run reported and no transfer error, over all repetitions.
+    ZeroFailures {
+        arm: &'static str,
+        workload: &'static str,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub label: &'static str,
+    pub rule: Rule,
+}
+
+const fn ratio(
+    arm: &'static str,
+    baseline: &'static str,
+    workload: &'static str,
+    metric: Metric,
+    at_least: bool,
+    bound: f64,
+) -> Rule {
+    Rule::Ratio {
+        arm,
+        baseline,
+        workload,
+        metric,
+        at_least,
+        bound,
+    }
+}
+
+pub const TARGETS: [Target; 10] = [
+    Target {
+        label: "ebpf vs iptables: newconn-c32 req/s ≥ 1.2×",
+        rule: ratio(
+            "ebpf",
+            "iptables",
+            "newconn-c32",
+            Metric::Headline,
+            true,
+            1.2,
+        ),
+    },
+    Target {
+        label: "ebpf vs iptables: keepalive-c32 req/s ≥ 1.0×",
+        rule: ratio(
+            "ebpf",
+            "iptables",
+            "keepalive-c32",
+            Metric::Headline,
+            true,
+            1.0,
+        ),
+    },
+    Target {
+        label: "ebpf vs iptables: keepalive-c32 p99 ≤ 1.0×",
+        rule: ratio("ebpf", "iptables", "keepalive-c32", Metric::P99, false, 1.0),
+    },
+    Target {
+        label: "ebpf vs iptables: newconn-c32 CPU/request (keel+kernel) ≤ 0.8×",
+        rule: ratio(
+            "ebpf",
+            "iptables",
+            "newconn-c32",
+            Metric::CpuPerUnit,
+            false,
+            0.8,
+        ),
+    },
+    Target {
+        label: "ebpf+splice vs iptables: keepalive-c32 req/s ≥ 1.6×",
+        rule: ratio(
+            "ebpf+splice",
+            "iptables",
+            "keepalive-c32",
+            Metric::Headline,
+            true,
+            1.6,
+        ),
+    },
+    Target {
+        label: "ebpf+splice vs iptables: keepalive-c1 (unloaded) p50 ≤ 0.8×",
+        rule: ratio(
+            "ebpf+splice",
+            "iptables",
+            "keepalive-c1",
+            Metric::P50,
+            false,
+            0.8,
+        ),
+    },
+    Target {
+        label: "ebpf+splice: bulk-1 with zero failures",
+        rule: Rule::ZeroFailures {
+            arm: "ebpf+splice",
+            workload: "bulk-1",
+        },
+    },
+    Target {
+        label: "ebpf+splice: bulk-4 with zero failures",
+        rule: Rule::ZeroFailures {
+            arm: "ebpf+splice",
+            workload: "bulk-4",
+        },
+    },
+    Target {
+        label: "ebpf relay vs direct: keepalive-c32 req/s ≥ 0.6×",
+        rule: ratio(
+            "ebpf",
+            "direct",
+            "keepalive-c32",
+            Metric::Headline,
+            true,
+            0.6,
+        ),
+    },
+    Target {
+        label: "ebpf relay vs direct: bulk-1 Gbit/s ≥ 0.6×",
+        rule: ratio("ebpf", "direct", "bulk-1", Metric::Headline, true, 0.6),
+    },
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetCheck {
+    pub label: String,
+    /// What was measured, e.g. "1.34×" or "transfer errors 0, runs ok 9/9"; "–" when not measured.
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+impl fmt::Display for TargetCheck {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{:<12}  {} — measured {}",
+            self.verdict.to_string(),
+            self.label,
+            self.measured
+        )
+    }
+}
+
+pub fn check(report: &Report, target: &Target) -> TargetCheck {
+    let (measured, verdict) = match target.rule {
+        Rule::Ratio {
+            arm,
+            baseline,
+            workload,
+            metric,
+            at_least,
+            bound,
+        } => match report.ratio(workload, arm, baseline, metric) {
+            None => (MISSING.to_owned(), Verdict::NotMeasured),
+            Some(r) => {
+                let pass = if at_least { r >= bound } else { r <= bound };
+                (
+                    format!("{r:.2}×"),
+                    if pass { Verdict::Pass } else { Verdict::Miss },
+                )
+            }
+        },
+        Rule::ZeroFailures { arm, workload } => match report.get(workload, arm) {
+            None => (MISSING.to_owned(), Verdict::NotMeasured),
+            Some(a) => {
+                let errors = a.failures.transfer_errors;
+                let pass = errors == 0 && a.ok == a.runs;
+                (
+                    format!("transfer errors {errors}, runs ok {}/{}", a.ok, a.runs),
+                    if pass { Verdict::Pass } else { Verdict::Miss },
+                )
+            }
+        },
+    };
+    TargetCheck {
+        label: target.label.to_owned(),
+        measured,
+        verdict,
+    }
+}
+
+pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
+    TARGETS.iter().map(|t| check(report, t)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Formatting.
+
+/// Three or so significant digits: 28000, 812, 45.2, 3.25, 0.812.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| MISSING.to_owned(), num)
+}
+
+fn median(s: Option<Spread>) -> String {
+    opt(s.map(|s| s.median))
+}
+
+fn spread(s: Option<Spread>) -> String {
+    s.map_or_else(
+        || MISSING.to_owned(),
+        |s| format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)),
+    )
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| MISSING.to_owned(), |r| format!("{r:.2}×"))
+}
+
+/// The total counted as failures, with the non-zero parts; SYN retransmits are shown but are not failures by
+/// themselves (the model's `Failures::total`). Runs whose tool did not report are named too.
+pub fn failures_cell(a: &Aggregate) -> String {
+    let f = &a.failures;
+    let parts: Vec<String> = [
+        ("socket", f.socket_errors),
+        ("non-2xx", f.non_2xx),
+        ("listen drops", f.listen_drops),
+        ("transfer", f.transfer_errors),
+        ("SYN retrans", f.syn_retransmits),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .chain((a.ok < a.runs).then(|| format!("failed runs {}/{}", a.runs - a.ok, a.runs)))
+    .collect();
+    if parts.is_empty() {
+        f.total().to_string()
+    } else {
+        format!("{} ({})", f.total(), parts.join(", "))
+    }
+}
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        header.iter().map(|_| "---|").collect::<String>()
+    );
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out.push('\n');
+}
+
+/// A row of dashes for a (workload, arm) never measured.
+fn missing_row(workload: &str, arm: &str, columns: usize) -> Vec<String> {
+    let mut row = vec![workload.to_owned(), arm.to_owned()];
+    row.resize(columns, MISSING.to_owned());
+    row
+}
+
+fn mib(kib: f64) -> String {
+    format!("{} MiB", num(kib / 1024.0))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// report.md
+
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    header(&mut out, &report.info);
+    http_tables(&mut out, report);
+    bulk_table(&mut out, report);
+    integrity_table(&mut out, report);
+    resources_table(&mut out, report);
+    targets_section(&mut out, report, &check_targets(report));
+    method(&mut out, &report.info);
+    out
+}
+
+/// The markdown report needs the samples' notes (a tool's error text), which the aggregates do not keep.
+pub fn markdown_with_notes(report: &Report, results: &Results) -> String {
+    let mut out = markdown(report);
+    notes(&mut out, results);
+    out
+}
+
+fn header(out: &mut String, info: &RunInfo) {
+    let _ = writeln!(out, "# keel benchmark: eBPF capture vs iptables redirect\n");
+    let lines = [
+        ("Date", info.started.clone()),
+        ("Command", format!("`{}`", info.command)),
+        ("Kernel", info.kernel.clone()),
+        ("CPUs", format!("{} × {}", info.cpus, info.cpu_model)),
+        ("iptables backend", info.iptables_backend.clone()),
+        ("Repetitions", info.repetitions.to_string()),
+        ("Seconds per workload", num(info.workload_seconds)),
+        (
+            "Mode",
+            if info.quick {
+                "quick".to_owned()
+            } else {
+                "full".to_owned()
+            },
+        ),
+    ];
+    for (k, v) in lines {
+        let _ = writeln!(
+            out,
+            "- **{k}**: {}",
+            if v.is_empty() { MISSING.to_owned() } else { v }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{}\n",
+        if info.quick {
+            "> **Quick run: a smoke test, not for conclusions.** Too few and too short repetitions for the ratios to mean anything."
+        } else {
+            "> Quick runs (`--quick`) are smoke tests, not for conclusions; this is a full run."
+        }
+    );
+}
+
+fn http_tables(out: &mut String, r: &Report) {
+    let _ = writeln!(
+        out,
+        "## HTTP (wrk against nginx; medians over repetitions, [min–max])\n"
+    );
+    let header = [
+        "workload",
+        "arm",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "CPU µs/req keel+kernel",
+        "keel µs/req",
+        "req/s ×iptables",
+        "req/s ×direct",
+        "failures",
+    ];
+    let mut rows = Vec::new();
+    let mut ratio_rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    for w in r.workloads_of(Kind::Http) {
+        for a in &r.arms {
+            let Some(ag) = r.get(w, a) else {
+                rows.push(missing_row(w, a, header.len()));
+                continue;
+            };
+            rows.push(vec![
+                w.clone(),
+                a.clone(),
+                spread(ag.requests_per_s),
+                median(ag.p50_ms),
+                median(ag.p90_ms),
+                median(ag.p99_ms),
+                median(ag.cpu.map(|c| c.keel_kernel)),
+                median(ag.cpu.map(|c| c.keel)),
+                times(r.ratio(w, a, "iptables", Metric::Headline)),
+                times(r.ratio(w, a, "direct", Metric::Headline)),
+                failures_cell(ag),
+            ]);
+            ratio_rows.push(ratio_row(r, w, a));
+            cpu_rows.push(cpu_row(w, a, ag.cpu));
+        }
+    }
+    table(out, &header, &rows);
+    let _ = writeln!(
+        out,
+        "### Ratios (medians of the same run; p99 and CPU: lower is better)\n"
+    );
+    table(out, &RATIO_HEADER, &ratio_rows);
+    let _ = writeln!(out, "### CPU per request, µs (keel: its cgroup; kernel: system + softirq, all CPUs; eBPF: program run time)\n");
+    table(out, &CPU_HEADER, &cpu_rows);
+}
+
+const RATIO_HEADER: [&str; 8] = [
+    "workload",
+    "arm",
+    "headline ×iptables",
+    "headline ×direct",
+    "p99 ×iptables",
+    "p99 ×direct",
+    "CPU ×iptables",
+    "CPU ×direct",
+];
+
+fn ratio_row(r: &Report, w: &str, a: &str) -> Vec<String> {
+    let mut row = vec![w.to_owned(), a.to_owned()];
+    for metric in [Metric::Headline, Metric::P99, Metric::CpuPerUnit] {
+        for base in ["iptables", "direct"] {
+            row.push(times(r.ratio(w, a, base, metric)));
+        }
+    }
+    row
+}
+
+const CPU_HEADER: [&str; 8] = [
+    "workload",
+    "arm",
+    "keel+kernel",
+    "keel",
+    "kernel",
+    "client",
+    "server",
+    "eBPF",
+];
+
+fn cpu_row(w: &str, a: &str, cpu: Option<CpuCost>) -> Vec<String> {
+    let mut row = vec![w.to_owned(), a.to_owned()];
+    match cpu {
+        None => row.resize(CPU_HEADER.len(), MISSING.to_owned()),
+        Some(c) => row.extend(
+            [c.keel_kernel, c.keel, c.kernel, c.client, c.server, c.bpf].map(|s| num(s.median)),
+        ),
+    }
+    row
+}
+
+fn bulk_table(out: &mut String, r: &Report) {
+    let _ = writeln!(
+        out,
+        "## Bulk transfer (iperf3; medians over repetitions, [min–max])\n"
+    );
+    let header = [
+        "workload",
+        "arm",
+        "Gbit/s",
+        "CPU s/GB keel+kernel",
+        "keel s/GB",
+        "Gbit/s ×iptables",
+        "Gbit/s ×direct",
+        "failures",
+    ];
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    for w in r.workloads_of(Kind::Bulk) {
+        for a in &r.arms {
+            let Some(ag) = r.get(w, a) else {
+                rows.push(missing_row(w, a, header.len()));
+                continue;
+            };
+            rows.push(vec![
+                w.clone(),
+                a.clone(),
+                spread(ag.gbit_per_s),
+                median(ag.cpu.map(|c| c.keel_kernel)),
+                median(ag.cpu.map(|c| c.keel)),
+                times(r.ratio(w, a, "iptables", Metric::Headline)),
+                times(r.ratio(w, a, "direct", Metric::Headline)),
+                failures_cell(ag),
+            ]);
+            cpu_rows.push(cpu_row(w, a, ag.cpu));
+        }
+    }
+    table(out, &header, &rows);
+    let _ = writeln!(out, "### CPU per GB moved, s\n");
+    table(out, &CPU_HEADER, &cpu_rows);
+}
+
+fn integrity_table(out: &mut String, r: &Report) {
+    let _ = writeln!(
+        out,
+        "## Integrity (a large blob echoed through the path, checksum compared)\n"
+    );
+    let mut rows = Vec::new();
+    for w in r.workloads_of(Kind::Integrity) {
+        for a in &r.arms {
+            rows.push(match r.get(w, a) {
+                None => missing_row(w, a, 4),
+                Some(ag) => vec![
+                    w.clone(),
+                    a.clone(),
+                    format!("{}/{}", ag.ok, ag.runs),
+                    failures_cell(ag),
+                ],
+            });
+        }
+    }
+    table(out, &["workload", "arm", "ok/total", "failures"], &rows);
+}
+
+fn resources_table(out: &mut String, r: &Report) {
+    let _ = writeln!(out, "## Resources\n");
+    let newconn: Vec<&String> = r
+        .workloads
+        .iter()
+        .filter(|w| w.starts_with("newconn"))
+        .collect();
+    let mut header = vec![
+        "arm".to_owned(),
+        "keel RSS (median of peaks)".to_owned(),
+        "keel RSS (max)".to_owned(),
+    ];
+    header.extend(newconn.iter().map(|w| format!("eBPF µs/connection ({w})")));
+    let mut rows = Vec::new();
+    for a in &r.arms {
+        let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a).collect();
+        let rss: Vec<Spread> = arm_rows.iter().filter_map(|g| g.keel_rss_kib).collect();
+        let median_rss =
+            Spread::of(rss.iter().map(|s| s.median)).map_or(MISSING.to_owned(), |s| mib(s.median));
+        let max_rss =
+            Spread::of(rss.iter().map(|s| s.max)).map_or(MISSING.to_owned(), |s| mib(s.max));
+        let mut row = vec![a.clone(), median_rss, max_rss];
+        // A new connection per request: bpf_s / requests is the eBPF cost per connection.
+        row.extend(
+            newconn
+                .iter()
+                .map(|w| median(r.get(w, a).and_then(|g| g.cpu).map(|c| c.bpf))),
+        );
+        rows.push(row);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(out, &header, &rows);
+}
+
+fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
+    let _ = writeln!(out, "## Targets (ratios from this run)\n");
+    for c in checks {
+        let mark = if c.verdict == Verdict::Pass { "x" } else { " " };
+        let _ = writeln!(
+            out,
+            "- [{mark}] **{}** {} — measured {}",
+            c.verdict, c.label, c.measured
+        );
+    }
+    out.push('\n');
+    let _ = writeln!(out, "{}\n", verdict_sentence(checks, r.info.quick));
+}
+
+/// Missed targets said plainly, by name.
+fn verdict_sentence(checks: &[TargetCheck], quick: bool) -> String {
+    let named = |v: Verdict| -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| c.verdict == v)
+            .map(|c| c.label.as_str())
+            .collect()
+    };
+    let (missed, unmeasured) = (named(Verdict::Miss), named(Verdict::NotMeasured));
+    let passed = checks.len() - missed.len() - unmeasured.len();
+    let mut s = format!("{passed} of {} targets met.", checks.len());
+    if !missed.is_empty() {
+        let _ = write!(s, " **Missed ({}):** {}.", missed.len(), missed.join("; "));
+    }
+    if !unmeasured.is_empty() {
+        let _ = write!(
+            s,
+            " **Not measured ({}):** {}.",
+            unmeasured.len(),
+            unmeasured.join("; ")
+        );
+    }
+    if quick {
+        s.push_str(" (Quick run: these verdicts are not conclusions.)");
+    }
+    s
+}
+
+/// Each sample's note (a tool's error text, "n/a for this arm"), once per distinct (workload, arm, note).
+fn notes(out: &mut String, results: &Results) {
+    const MAX: usize = 30;
+    let mut seen: Vec<(&str, &str, &str)> = Vec::new();
+    for s in results.samples.iter().filter(|s| !s.note.is_empty()) {
+        let key = (s.workload.as_str(), s.arm.as_str(), s.note.as_str());
+        if !seen.contains(&key) {
+            seen.push(key);
+        }
+    }
+    if seen.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Notes from the runs
+"
+    );
+    for (w, a, note) in seen.iter().take(MAX) {
+        let note: String = note
+            .chars()
+            .take(300)
+            .collect::<String>()
+            .replace('\n', " ");
+        let _ = writeln!(out, "- {w} / {a}: {note}");
+    }
+    if seen.len() > MAX {
+        let _ = writeln!(out, "- … and {} more in results.json", seen.len() - MAX);
+    }
+    out.push('\n');
+}
+
+fn method(out: &mut String, info: &RunInfo) {
+    let _ = writeln!(
+        out,
+        "## Method\n\n\
+         Each repetition runs every arm once, alternating arms with a rotating start (no arm always runs first or last), \
+         and each arm starts from a clean slate: fresh namespaces, no leftover sockets or TIME_WAIT, conntrack flushed, \
+         no rule, program, cgroup or pin left behind. Figures are medians over {} repetitions of {} s per workload, \
+         with [min–max] the spread; ratios divide medians of the same run. CPU counts the whole path: keel (its \
+         cgroup), the kernel (system + softirq time from /proc/stat, all CPUs), client and server cgroups, and eBPF \
+         program run time (kernel.bpf_stats_enabled). Runs whose tool did not report are counted as failures and left \
+         out of the medians. This is a small shared VM ({} CPUs): differences under ~20% are within its noise.",
+        info.repetitions,
+        num(info.workload_seconds),
+        info.cpus
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The summary printed at the end of a run.
+
+/// The compact fixed-width table and the target verdicts; `Display` prints `text`.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub text: String,
+    pub targets: Vec<TargetCheck>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+pub fn summary(report: &Report) -> Summary {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<16}{:<13}{:>22}{:>10}{:>16}{:>11}",
+        "workload", "arm", "median", "p99 ms", "CPU keel+kern", "×iptables"
+    );
+    for w in &report.workloads {
+        if !report.rows.iter().any(|g| &g.workload == w) {
+            let _ = writeln!(text, "{w:<16}{:<13}{:>22}", "(all)", "not measured");
+            continue;
+        }
+        for a in &report.arms {
+            let line = match report.get(w, a) {
+                None => format!("{:>22}", MISSING),
+                Some(g) => match g.kind {
+                    Kind::Integrity => format!("{:>22}", format!("{}/{} ok", g.ok, g.runs)),
+                    k => {
+                        let (unit, cpu_unit) = if k == Kind::Http {
+                            ("req/s", "µs/req")
+                        } else {
+                            ("Gbit/s", "s/GB")
+                        };
+                        let cpu = g.cpu.map_or(MISSING.to_owned(), |c| {
+                            format!("{} {cpu_unit}", num(c.keel_kernel.median))
+                        });
+                        format!(
+                            "{:>22}{:>10}{:>16}{:>11}",
+                            format!("{} {unit}", median(g.headline())),
+                            median(g.p99_ms),
+                            cpu,
+                            times(report.ratio(w, a, "iptables", Metric::Headline)),
+                        )
+                    }
+                },
+            };
+            let _ = writeln!(text, "{w:<16}{a:<13}{line}");
+        }
+    }
+    let targets = check_targets(report);
+    let _ = writeln!(text, "\nTargets:");
+    for t in &targets {
+        let _ = writeln!(text, "  {t}");
+    }
+    let _ = writeln!(
+        text,
+        "{}",
+        verdict_sentence(&targets, report.info.quick).replace("**", "")
+    );
+    Summary { text, targets }
+}
+
+/// Writes `results.json` (every raw sample), `report.md` and `report.svg` into `dir`; returns the summary to print.
+pub fn write_all(dir: &Path, results: &Results) -> Result<Summary> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(results)?;
+    std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
+    let report = aggregate(results);
+    std::fs::write(dir.join("report.md"), markdown_with_notes(&report, results))
+        .context("writing report.md")?;
+    super::chart::write_svg(&dir.join("report.svg"), results).context("writing report.svg")?;
+    Ok(summary(&report))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::bench::model::{Cpu, Latency};
+
+    /// Repetition factors: the median repetition is the base value, min 0.9×, max 1.2×.
+    const FACTORS: [f64; 3] = [0.9, 1.2, 1.0];
+    const SECONDS: f64 = 10.0;
+
+    /// An HTTP sample: `rps` req/s, latencies scaled with the repetition, `cost_us` keel+kernel µs per request.
+    fn http(
+        arm: &str,
+        workload: &str,
+        rep: u32,
+        rps: f64,
+        lat: (f64, f64, f64),
+        cost_us: f64,
+    ) -> Sample {
+        let f = FACTORS[rep as usize];
+        let requests = (rps * f * SECONDS) as u64;
+        let total = cost_us * requests as f64 / 1e6;
+        Sample {
+            arm: arm.into(),
+            workload: workload.into(),
+            rep,
+            order: rep,
+            duration_s: SECONDS,
+            requests,
+            requests_per_s: rps * f,
+            latency: Some(Latency {
+                p50_ms: lat.0 * f,
+                p90_ms: lat.1 * f,
+                p99_ms: lat.2 * f,
+            }),
+            cpu: cpu(total),
+            keel_rss_kib: if arm == "direct" {
+                0
+            } else {
+                20480 + 1024 * rep as u64
+            },
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// keel 50%, kernel system 30% + softirq 20% of `total`; eBPF 5%.
+    fn cpu(total: f64) -> Cpu {
+        Cpu {
+            keel_s: total * 0.5,
+            kernel_system_s: total * 0.3,
+            kernel_softirq_s: total * 0.2,
+            client_s: 1.0,
+            server_s: 1.0,
+            bpf_s: total * 0.05,
+        }
+    }
+
+    fn bulk(arm: &str, workload: &str, rep: u32, gbit: f64, cost_s_per_gb: f64) -> Sample {
+        let f = FACTORS[rep as usize];
+        let bytes = (gbit * f * 1e9 / 8.0 * SECONDS) as u64;
+        Sample {
+            arm: arm.into(),
+            workload: workload.into(),
+            rep,
+            duration_s: SECONDS,
+            bytes,
+            gbit_per_s: gbit * f,
+            cpu: cpu(cost_s_per_gb * bytes as f64 / 1e9),
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// 3 repetitions × 4 arms with known medians, built so that targets 1, 2, 3, 6, 7, 10 pass and 4, 5, 8, 9 miss.
+    pub(crate) fn synthetic() -> Results {
+        let mut samples = Vec::new();
+        for rep in 0..3 {
+            for (arm, kc1_p50, kc32, kc32_p99, nc32, nc_cost, bulk1) in [
+                ("direct", 0.2, 50_000.0, 1.0, 10_000.0, 50.0, 20.0),
+                ("iptables", 0.5, 20_000.0, 4.0, 5_000.0, 100.0, 8.0),
+                ("ebpf", 0.45, 22_000.0, 3.6, 6_500.0, 90.0, 14.0),
+                ("ebpf+splice", 0.35, 30_000.0, 3.0, 6_000.0, 85.0, 16.0),
+            ] {
+                samples.push(http(
+                    arm,
+                    "keepalive-c1",
+                    rep,
+                    2_000.0,
+                    (kc1_p50, kc1_p50 * 2.0, kc1_p50 * 4.0),
+                    200.0,
+                ));
+                samples.push(http(
+                    arm,
+                    "keepalive-c32",
+                    rep,
+                    kc32,
+                    (kc32_p99 / 4.0, kc32_p99 / 2.0, kc32_p99),
+                    40.0,
+                ));
+                samples.push(http(
+                    arm,
+                    "newconn-c32",
+                    rep,
+                    nc32,
+                    (2.0, 4.0, 8.0),
+                    nc_cost,
+                ));
+                samples.push(bulk(arm, "bulk-1", rep, bulk1, 0.5));
+                let mut b4 = bulk(arm, "bulk-4", rep, bulk1 * 1.2, 0.6);
+                if arm == "ebpf+splice" && rep == 2 {
+                    // A failed iperf3 run: a result, not an abort; out of the medians, counted as a failure.
+                    b4 = Sample {
+                        arm: arm.into(),
+                        workload: "bulk-4".into(),
+                        rep,
+                        ok: false,
+                        note: "iperf3: unable to connect".into(),
+                        ..Default::default()
+                    };
+                    b4.failures.transfer_errors = 1;
+                }
+                samples.push(b4);
+                let mut integrity = bulk(arm, "integrity", rep, 1.0, 1.0);
+                if arm == "iptables" && rep == 1 {
+                    integrity.ok = false;
+                    integrity.failures.transfer_errors = 1;
+                }
+                samples.push(integrity);
+            }
+        }
+        let info = RunInfo {
+            started: "2025-01-01 00:00:00 UTC".into(),
+            command: "cargo xtask bench".into(),
+            kernel: "6.1.0".into(),
+            cpus: 2,
+            cpu_model: "Test CPU".into(),
+            iptables_backend: "iptables v1.8.9 (nf_tables)".into(),
+            repetitions: 3,
+            workload_seconds: SECONDS,
+            quick: false,
+        };
+        Results { info, samples }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn medians_and_spread() {
+        assert_eq!(
+            Spread::of([3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of([f64::NAN]), None);
+        assert_eq!(Spread::of([]), None);
+
+        let r = aggregate(&synthetic());
+        let g = r.get("keepalive-c32", "iptables").unwrap();
+        let rps = g.requests_per_s.unwrap();
+        assert!(
+            close(rps.median, 20_000.0) && close(rps.min, 18_000.0) && close(rps.max, 24_000.0),
+            "{rps:?}"
+        );
+        assert!(close(g.p99_ms.unwrap().median, 4.0) && close(g.p50_ms.unwrap().median, 1.0));
+        assert_eq!((g.runs, g.ok, g.gbit_per_s), (3, 3, None));
+        let cpu = g.cpu.unwrap();
+        assert!(
+            close(cpu.keel_kernel.median, 40.0)
+                && close(cpu.keel.median, 20.0)
+                && close(cpu.kernel.median, 20.0),
+            "{cpu:?}"
+        );
+        assert!(close(cpu.bpf.median, 2.0));
+        assert!(
+            close(g.keel_rss_kib.unwrap().median, 21504.0)
+                && close(g.keel_rss_kib.unwrap().max, 22528.0)
+        );
+        assert_eq!(r.get("keepalive-c32", "direct").unwrap().keel_rss_kib, None);
+
+        let b = r.get("bulk-1", "ebpf").unwrap();
+        assert!(
+            close(b.gbit_per_s.unwrap().median, 14.0)
+                && b.requests_per_s.is_none()
+                && b.p99_ms.is_none()
+        );
+        assert!(close(b.cpu.unwrap().keel_kernel.median, 0.5), "{:?}", b.cpu);
+
+        // The failed run is counted, not averaged in: the median of the two others (0.9× and 1.2× of 19.2).
+        let f = r.get("bulk-4", "ebpf+splice").unwrap();
+        assert_eq!((f.runs, f.ok, f.failures.transfer_errors), (3, 2, 1));
+        assert!(close(f.gbit_per_s.unwrap().median, 19.2 * 1.05));
+        assert_eq!(failures_cell(f), "1 (transfer 1, failed runs 1/3)");
+
+        assert!(r.get("responder-c32", "ebpf").is_none());
+        assert_eq!(r.workloads, WORKLOADS);
+    }
+
+    #[test]
+    fn ratios_come_from_medians() {
+        let r = aggregate(&synthetic());
+        assert!(close(
+            r.ratio("keepalive-c32", "ebpf", "iptables", Metric::Headline)
+                .unwrap(),
+            1.1
+        ));
+        assert!(close(
+            r.ratio("keepalive-c32", "ebpf", "direct", Metric::Headline)
+                .unwrap(),
+            0.44
+        ));
+        assert!(close(
+            r.ratio("keepalive-c32", "ebpf", "iptables", Metric::P99)
+                .unwrap(),
+            0.9
+        ));
+        assert!(close(
+            r.ratio("newconn-c32", "ebpf", "iptables", Metric::CpuPerUnit)
+                .unwrap(),
+            0.9
+        ));
+        assert!(close(
+            r.ratio("bulk-1", "ebpf", "direct", Metric::Headline)
+                .unwrap(),
+            0.7
+        ));
+        assert!(close(
+            r.ratio("bulk-1", "iptables", "iptables", Metric::Headline)
+                .unwrap(),
+            1.0
+        ));
+        assert_eq!(
+            r.ratio("responder-c32", "ebpf", "iptables", Metric::Headline),
+            None
+        );
+        assert_eq!(r.ratio("bulk-1", "ebpf", "iptables", Metric::P99), None);
+    }
+
+    #[test]
+    fn targets_pass_miss_and_not_measured() {
+        let verdicts: Vec<Verdict> = check_targets(&aggregate(&synthetic()))
+            .iter()
+            .map(|c| c.verdict)
+            .collect();
+        use Verdict::*;
+        assert_eq!(
+            verdicts,
+            [Pass, Pass, Pass, Miss, Miss, Pass, Pass, Miss, Miss, Pass]
+        );
+        let checks = check_targets(&aggregate(&synthetic()));
+        assert_eq!(checks[0].measured, "1.30×");
+        assert_eq!(checks[7].measured, "transfer errors 1, runs ok 2/3");
+
+        // Remove inputs: a target without them is NOT MEASURED, never PASS.
+        let mut results = synthetic();
+        results.samples.retain(|s| {
+            !(s.arm == "iptables" && s.workload == "newconn-c32")
+                && s.arm != "ebpf+splice"
+                && s.arm != "direct"
+        });
+        let checks = check_targets(&aggregate(&results));
+        let verdicts: Vec<Verdict> = checks.iter().map(|c| c.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                NotMeasured,
+                Pass,
+                Pass,
+                NotMeasured,
+                NotMeasured,
+                NotMeasured,
+                NotMeasured,
+                NotMeasured,
+                NotMeasured,
+                NotMeasured
+            ]
+        );
+        assert_eq!(checks[0].measured, MISSING);
+
+        // Empty results: nothing passes.
+        assert!(check_targets(&aggregate(&Results::default()))
+            .iter()
+            .all(|c| c.verdict == NotMeasured));
+    }
+
+    #[test]
+    fn markdown_has_header_tables_and_targets() {
+        let md = markdown(&aggregate(&synthetic()));
+        for text in [
+            "- **Date**: 2025-01-01 00:00:00 UTC",
+            "- **Command**: `cargo xtask bench`",
+            "- **iptables backend**: iptables v1.8.9 (nf_tables)",
+            "- **Mode**: full",
+            "not for conclusions",
+            "## HTTP",
+            "| keepalive-c32 | iptables | 20000 [18000–24000] | 1.00 | 2.00 | 4.00 | 40.0 | 20.0 | 1.00× | 0.40× | 0 |",
+            "| responder-c32 | ebpf | – |",
+            "### Ratios",
+            "## Bulk transfer",
+            "| bulk-1 | ebpf | 14.0 [12.6–16.8] |",
+            "## Integrity",
+            "| integrity | iptables | 2/3 | 1 (transfer 1, failed runs 1/3) |",
+            "| integrity | ebpf | 3/3 | 0 |",
+            "## Resources",
+            "| ebpf | 21.0 MiB | 22.0 MiB | 4.50 |",
+            "| direct | – | – | 2.50 |",
+            "## Targets",
+            "- [x] **PASS** ebpf vs iptables: newconn-c32 req/s ≥ 1.2× — measured 1.30×",
+            "- [ ] **MISS** ebpf+splice vs iptables: keepalive-c32 req/s ≥ 1.6× — measured 1.50×",
+            "6 of 10 targets met. **Missed (4):**",
+            "## Method",
+            "within its noise",
+        ] {
+            assert!(md.contains(text), "missing {text:?} in:\n{md}");
+        }
+        let mut quick = synthetic();
+        quick.info.quick = true;
+        let md = markdown(&aggregate(&quick));
+        assert!(
+            md.contains("**Quick run: a smoke test, not for conclusions.**")
+                && md.contains("- **Mode**: quick")
+        );
+    }
+
+    #[test]
+    fn summary_is_a_compact_table_with_the_targets() {
+        let s = summary(&aggregate(&synthetic()));
+        let line = s
+            .text
+            .lines()
+            .find(|l| l.starts_with("keepalive-c32   ebpf "))
+            .unwrap();
+        assert!(
+            line.contains("22000 req/s")
+                && line.contains("3.60")
+                && line.contains("40.0 µs/req")
+                && line.contains("1.10×"),
+            "{line}"
+        );
+        let line = s
+            .text
+            .lines()
+            .find(|l| l.starts_with("bulk-1          ebpf "))
+            .unwrap();
+        assert!(
+            line.contains("14.0 Gbit/s") && line.contains("0.500 s/GB"),
+            "{line}"
+        );
+        assert!(s.text.contains("3/3 ok"));
+        let line = s
+            .text
+            .lines()
+            .find(|l| l.starts_with("keepalive-c128"))
+            .unwrap();
+        assert!(
+            line.contains("(all)") && line.ends_with("not measured"),
+            "{line}"
+        );
+        assert_eq!(
+            s.text
+                .lines()
+                .filter(|l| l.starts_with("keepalive-c128"))
+                .count(),
+            1
+        );
+        assert!(s.text.contains("MISS          ebpf vs iptables: newconn-c32 CPU/request (keel+kernel) ≤ 0.8× — measured 0.90×"), "{s}");
+        assert!(s.text.contains("6 of 10 targets met. Missed (4):"));
+        assert_eq!(s.targets.len(), TARGETS.len());
+    }
+
+    #[test]
+    fn write_all_writes_the_three_files() {
+        let dir = std::env::temp_dir().join(format!(
+            "keel-bench-report-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let results = synthetic();
+        let summary = write_all(&dir, &results).unwrap();
+        assert!(summary.text.contains("Targets:"));
+        let json: Results =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
+                .unwrap();
+        // Not compared field by field: serde_json's default float parsing may differ from the original in the last bit.
+        let keys = |r: &Results| {
+            r.samples
+                .iter()
+                .map(|s| (s.arm.clone(), s.workload.clone(), s.rep, s.requests, s.ok))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&json), keys(&results));
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(
+            md.contains("## Targets")
+                && md.contains("- bulk-4 / ebpf+splice: iperf3: unable to connect"),
+            "{md}"
+        );
+        assert!(std::fs::read_to_string(dir.join("report.svg"))
+            .unwrap()
+            .starts_with("<svg"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,86 @@
+//! `keel-bench`: the benchmark runner behind `cargo xtask bench` (see `keel_tests::bench`).
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use keel_tests::{
+    bench::{self, arms, workloads, BenchOptions},
+    lab::Binaries,
+};
+
+#[derive(Parser)]
+#[command(about = "keel's capture benchmark: direct vs iptables vs eBPF vs eBPF+splice")]
+struct Args {
+    #[arg(long)]
+    keel: Option<PathBuf>,
+    #[arg(long)]
+    podapp: Option<PathBuf>,
+    /// Output directory (report.md, results.json, report.svg).
+    #[arg(long)]
+    out: PathBuf,
+    /// A short smoke run: one repetition of 2-second workloads (≤ 3 minutes). Not for conclusions.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions (full run; at least 5 for a report worth reading).
+    #[arg(long, default_value_t = 9)]
+    reps: u32,
+    /// Seconds per workload (full run).
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Only these arms (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    arms: Vec<String>,
+    /// Only these workloads (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut binaries = Binaries::locate();
+    if let Some(keel) = args.keel {
+        binaries.keel = keel;
+    }
+    if let Some(podapp) = args.podapp {
+        binaries.podapp = podapp;
+    }
+    let pick = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    let options = BenchOptions {
+        binaries,
+        out_dir: args.out.clone(),
+        repetitions: if args.quick { 1 } else { args.reps.max(1) },
+        seconds: if args.quick { 2 } else { args.seconds.max(1) },
+        quick: args.quick,
+        arms: arms::ARMS.iter().filter(|a| pick(&args.arms, a.name)).collect(),
+        workloads: workloads::WORKLOADS.iter().filter(|w| pick(&args.workloads, w.name)).collect(),
+        command: std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+    };
+    let results = match bench::run(&options) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("keel-bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match bench::report::write_all(&args.out, &results) {
+        Ok(summary) => {
+            println!("\n{summary}");
+            println!("report: {}", args.out.join("report.md").display());
+            // The quick run is a smoke test: every workload must have run without a failure.
+            let failed: Vec<String> = results
+                .samples
+                .iter()
+                .filter(|s| !s.ok || s.failures.total() > 0)
+                .map(|s| format!("{} / {}: {}", s.arm, s.workload, s.note))
+                .collect();
+            if args.quick && !failed.is_empty() {
+                eprintln!("keel-bench: failures in the smoke run:\n{}", failed.join("\n"));
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keel-bench: writing the report: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
