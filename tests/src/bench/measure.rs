@@ -14,6 +14,7 @@ use super::model::Cpu;
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     keel_usec: u64,
+    keel_user_usec: u64,
     client_usec: u64,
     server_usec: u64,
     kernel_system_ticks: u64,
@@ -41,9 +42,10 @@ impl Probes {
             listen_drops += l;
         }
         Ok(Snapshot {
-            keel_usec: self.keel_cgroup.as_deref().map(cgroup_usage_usec).transpose()?.unwrap_or(0),
-            client_usec: cgroup_usage_usec(&self.client_cgroup)?,
-            server_usec: cgroup_usage_usec(&self.server_cgroup)?,
+            keel_usec: self.keel_cgroup.as_deref().map(|c| cgroup_cpu_usec(c, "usage_usec")).transpose()?.unwrap_or(0),
+            keel_user_usec: self.keel_cgroup.as_deref().map(|c| cgroup_cpu_usec(c, "user_usec")).transpose()?.unwrap_or(0),
+            client_usec: cgroup_cpu_usec(&self.client_cgroup, "usage_usec")?,
+            server_usec: cgroup_cpu_usec(&self.server_cgroup, "usage_usec")?,
             kernel_system_ticks: system,
             kernel_softirq_ticks: softirq,
             bpf_ns: keel_bpf_run_time_ns().unwrap_or(0),
@@ -66,6 +68,7 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Delta {
     Delta {
         cpu: Cpu {
             keel_s: usec(after.keel_usec, before.keel_usec),
+            keel_user_s: usec(after.keel_user_usec, before.keel_user_usec),
             client_s: usec(after.client_usec, before.client_usec),
             server_s: usec(after.server_usec, before.server_usec),
             kernel_system_s: after.kernel_system_ticks.saturating_sub(before.kernel_system_ticks) as f64 / ticks,
@@ -82,10 +85,10 @@ fn clock_ticks_per_second() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }
 
-/// `usage_usec` of a cgroup v2 directory (present whether or not the cpu controller is enabled).
-fn cgroup_usage_usec(cgroup: &Path) -> Result<u64> {
+/// A field of a cgroup v2 directory's cpu.stat (present whether or not the cpu controller is enabled).
+fn cgroup_cpu_usec(cgroup: &Path, key: &str) -> Result<u64> {
     let stat = std::fs::read_to_string(cgroup.join("cpu.stat")).with_context(|| format!("reading {}/cpu.stat", cgroup.display()))?;
-    parse_flat_keyed(&stat, "usage_usec").with_context(|| format!("no usage_usec in {}/cpu.stat", cgroup.display()))
+    parse_flat_keyed(&stat, key).with_context(|| format!("no {key} in {}/cpu.stat", cgroup.display()))
 }
 
 fn parse_flat_keyed(text: &str, key: &str) -> Option<u64> {

@@ -30,6 +30,10 @@ pub struct Latency {
 pub struct Cpu {
     /// keel's process (user + system), from its cgroup's cpu.stat.
     pub keel_s: f64,
+    /// keel's user-space share of `keel_s`. keel's system time is also in `kernel_system_s` (machine-wide), so
+    /// "keel + kernel" adds only this part to the kernel's time, counting nothing twice.
+    #[serde(default)]
+    pub keel_user_s: f64,
     /// The load generator's pod cgroup (wrk, iperf3 client).
     pub client_s: f64,
     /// The server pod's cgroup (nginx, iperf3 server).

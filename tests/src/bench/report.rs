@@ -65,7 +65,8 @@ impl Spread {
 /// of that repetition's own ratio (so the parts need not add up to `keel_kernel` exactly).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CpuCost {
-    /// keel + kernel (system + softirq): the cost the capture choice changes.
+    /// keel's user time + kernel (system + softirq, which already holds keel's system time): the cost the
+    /// capture choice changes.
     pub keel_kernel: Spread,
     pub keel: Spread,
     pub kernel: Spread,
@@ -169,7 +170,7 @@ fn cpu_cost(kind: Kind, samples: &[&Sample]) -> Option<CpuCost> {
         .collect();
     let part = |f: fn(&Sample) -> f64| Spread::of(per_unit.iter().map(|(s, d)| f(s) / d));
     Some(CpuCost {
-        keel_kernel: part(|s| s.cpu.keel_s + s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
+        keel_kernel: part(|s| s.cpu.keel_user_s + s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
         keel: part(|s| s.cpu.keel_s)?,
         kernel: part(|s| s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
         client: part(|s| s.cpu.client_s)?,
@@ -676,7 +677,7 @@ fn http_tables(out: &mut String, r: &Report) {
         "### Ratios (medians of the same run; p99 and CPU: lower is better)\n"
     );
     table(out, &RATIO_HEADER, &ratio_rows);
-    let _ = writeln!(out, "### CPU per request, µs (keel: its cgroup; kernel: system + softirq, all CPUs; eBPF: program run time)\n");
+    let _ = writeln!(out, "### CPU per request, µs (keel: its cgroup, user + system; kernel: system + softirq, all CPUs; keel+kernel: keel's user time + kernel, so keel's system time is counted once; eBPF: program run time)\n");
     table(out, &CPU_HEADER, &cpu_rows);
 }
 
@@ -1041,6 +1042,7 @@ pub(crate) mod tests {
     fn cpu(total: f64) -> Cpu {
         Cpu {
             keel_s: total * 0.5,
+            keel_user_s: total * 0.5,
             kernel_system_s: total * 0.3,
             kernel_softirq_s: total * 0.2,
             client_s: 1.0,
