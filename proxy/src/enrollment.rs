@@ -111,7 +111,12 @@ impl Enrollment {
             let inbound_fd = listeners.inbound.try_clone()?;
             tokio::task::spawn_blocking(move || {
                 let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_fd.as_fd() };
-                data_path.capture.enroll(&capture)
+                let enrolled = data_path.capture.enroll(&capture);
+                if enrolled.is_err() {
+                    // Half-applied capture (some map entries, maybe a link) must not outlive the failed request.
+                    let _ = data_path.capture.unenroll(&capture);
+                }
+                enrolled
             })
             .await??;
         }

@@ -1,0 +1,394 @@
+//! Translation of validated objects into the resources node proxies consume: `istio.workload.Address` (Workload
+//! and Service) and `istio.security.Authorization`, named as istiod names them (`<cluster>//Pod/<ns>/<name>`,
+//! `<ns>/<hostname>`, `<ns>/<name>`). Pure functions of a whole snapshot: a push recomputes, then diffs.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use keel_proto::{
+    security::{self, Action, Clause, Match, Rule, Scope, StringMatch},
+    workload::{self, address, NetworkAddress, Port, PortList, TunnelProtocol, WorkloadType},
+};
+
+use crate::objects::{AuthorizationPolicy, Object, Operation, Pod, PortRef, Service, Source};
+
+/// Cluster-wide naming settings.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub cluster_id: String,
+    /// Service hostnames are `<name>.<namespace>.svc.<domain>`.
+    pub domain: String,
+    /// Policies in this namespace without a selector apply mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh { cluster_id: "Kubernetes".into(), domain: "cluster.local".into(), root_namespace: "istio-system".into() }
+    }
+}
+
+/// Translated resources by resource name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub addresses: BTreeMap<String, workload::Address>,
+    pub authorizations: BTreeMap<String, security::Authorization>,
+    /// Objects that translated with a caveat (e.g. HTTP-only policy fields a node proxy cannot see).
+    pub warnings: Vec<String>,
+}
+
+pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<String>> {
+    let mut out = Resources::default();
+    let mut errors = Vec::new();
+    let services: Vec<&Service> = objects.iter().filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None }).collect();
+    let policies: Vec<&AuthorizationPolicy> =
+        objects.iter().filter_map(|o| if let Object::AuthorizationPolicy(p) = o { Some(p) } else { None }).collect();
+    for object in objects {
+        match object {
+            Object::Pod(pod) => {
+                let w = pod_workload(mesh, pod, &services, &policies);
+                out.addresses.insert(w.uid.clone(), workload::Address { r#type: Some(address::Type::Workload(w)) });
+            }
+            Object::Service(svc) => match service(mesh, svc) {
+                Ok(s) => {
+                    let name = format!("{}/{}", s.namespace, s.hostname);
+                    out.addresses.insert(name, workload::Address { r#type: Some(address::Type::Service(s)) });
+                }
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
+            Object::AuthorizationPolicy(policy) => match authorization(mesh, policy) {
+                Ok(Some((a, warnings))) => {
+                    out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference())));
+                    out.authorizations.insert(format!("{}/{}", a.namespace, a.name), a);
+                }
+                Ok(None) => out.warnings.push(format!("{}: AUDIT policies have no effect on node proxies", object.reference())),
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
+            // ServiceEntry and PeerAuthentication are read and validated; their translation comes with the
+            // issues that consume them (external services, mTLS modes).
+            Object::ServiceEntry(_) | Object::PeerAuthentication(_) => {}
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.{}", mesh.domain)
+}
+
+fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&AuthorizationPolicy]) -> workload::Workload {
+    let m = &pod.metadata;
+    let label = |keys: &[&str]| keys.iter().find_map(|k| m.labels.get(*k).cloned());
+    let in_mesh = m.labels.get("istio.io/dataplane-mode").map(String::as_str) != Some("none") && !pod.spec.host_network;
+    let mut member_of = std::collections::HashMap::new();
+    for svc in services.iter().filter(|s| s.metadata.namespace == m.namespace && selects(&s.spec.selector, &m.labels)) {
+        let ports = svc
+            .spec
+            .ports
+            .iter()
+            .map(|p| Port {
+                service_port: p.port as u32,
+                // Named target ports resolve against container ports, which this input does not carry: 0 tells
+                // the proxy to use the service port.
+                target_port: match &p.target_port {
+                    Some(PortRef::Number(n)) => *n as u32,
+                    Some(PortRef::Name(_)) => 0,
+                    None => p.port as u32,
+                },
+            })
+            .collect();
+        member_of.insert(format!("{}/{}", m.namespace, hostname(mesh, &svc.metadata.name, &m.namespace)), PortList { ports });
+    }
+    let authorization_policies = policies
+        .iter()
+        .filter(|p| p.metadata.namespace == m.namespace)
+        .filter(|p| p.spec.selector.as_ref().is_some_and(|s| selects(&s.match_labels, &m.labels)))
+        .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+        .collect();
+    workload::Workload {
+        uid: format!("{}//Pod/{}/{}", mesh.cluster_id, m.namespace, m.name),
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        addresses: pod.ips().iter().map(ip_bytes).collect(),
+        tunnel_protocol: if in_mesh { TunnelProtocol::Hbone } else { TunnelProtocol::None } as i32,
+        service_account: pod.service_account().to_owned(),
+        node: pod.spec.node_name.clone(),
+        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or_else(|| m.name.clone()),
+        canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
+            .unwrap_or_else(|| "latest".into()),
+        workload_type: WorkloadType::Pod as i32,
+        workload_name: m.name.clone(),
+        services: member_of,
+        authorization_policies,
+        cluster_id: mesh.cluster_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn service(mesh: &Mesh, svc: &Service) -> Result<workload::Service, String> {
+    let m = &svc.metadata;
+    let addresses = svc.vips()?.iter().map(|ip| NetworkAddress { network: String::new(), address: ip_bytes(ip) }).collect();
+    let mut ports = Vec::new();
+    for (i, p) in svc.spec.ports.iter().enumerate() {
+        if p.port == 0 {
+            return Err(format!("field spec.ports[{i}].port: must be 1-65535"));
+        }
+        let target_port = match &p.target_port {
+            Some(PortRef::Number(0)) => return Err(format!("field spec.ports[{i}].targetPort: must be 1-65535")),
+            Some(PortRef::Number(n)) => *n as u32,
+            Some(PortRef::Name(_)) => 0,
+            None => p.port as u32,
+        };
+        ports.push(Port { service_port: p.port as u32, target_port });
+    }
+    Ok(workload::Service {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        hostname: hostname(mesh, &m.name, &m.namespace),
+        addresses,
+        ports,
+        ..Default::default()
+    })
+}
+
+/// `None` for AUDIT policies (no effect at L4). Warnings list what a node proxy cannot enforce.
+fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(security::Authorization, Vec<String>)>, String> {
+    let spec = &policy.spec;
+    let action = match spec.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => Action::Allow,
+        "DENY" => Action::Deny,
+        "AUDIT" => return Ok(None),
+        "CUSTOM" => return Err("field spec.action: CUSTOM (external authorization) is not supported".into()),
+        other => return Err(format!("field spec.action: {other:?} is not ALLOW, DENY, AUDIT or CUSTOM")),
+    };
+    let scope = match (&spec.selector, policy.metadata.namespace == mesh.root_namespace) {
+        (Some(_), _) => Scope::WorkloadSelector,
+        (None, true) => Scope::Global,
+        (None, false) => Scope::Namespace,
+    };
+    let mut warnings = Vec::new();
+    let mut rules = Vec::new();
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let mut clauses = Vec::new();
+        let mut http_only = false;
+        if !rule.from.is_empty() {
+            let mut matches = Vec::new();
+            for (j, from) in rule.from.iter().enumerate() {
+                http_only |= !from.source.request_principals.is_empty() || !from.source.not_request_principals.is_empty();
+                matches.push(source_match(&from.source).map_err(|e| format!("field spec.rules[{i}].from[{j}].source.{e}"))?);
+            }
+            clauses.push(Clause { matches });
+        }
+        if !rule.to.is_empty() {
+            let mut matches = Vec::new();
+            for (j, to) in rule.to.iter().enumerate() {
+                let op: &Operation = &to.operation;
+                http_only |= [&op.hosts, &op.not_hosts, &op.methods, &op.not_methods, &op.paths, &op.not_paths].iter().any(|v| !v.is_empty());
+                matches.push(Match {
+                    destination_ports: ports(&op.ports).map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.ports: {e}"))?,
+                    not_destination_ports: ports(&op.not_ports)
+                        .map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.notPorts: {e}"))?,
+                    ..Default::default()
+                });
+            }
+            clauses.push(Clause { matches });
+        }
+        for (j, condition) in rule.when.iter().enumerate() {
+            match condition_match(condition) {
+                Some(m) => clauses.push(Clause { matches: vec![m.map_err(|e| format!("field spec.rules[{i}].when[{j}]: {e}"))?] }),
+                None => http_only = true,
+            }
+        }
+        if http_only {
+            // A node proxy sees no HTTP. Fail closed as Istio does: an ALLOW rule that needs HTTP attributes is
+            // dropped (allows nothing); a DENY rule keeps its L4 part only (denies more, never less).
+            warnings.push(format!("rule {i} uses HTTP-only attributes: {}", if action == Action::Allow { "rule dropped" } else { "enforced on its L4 part only" }));
+            if action == Action::Allow {
+                continue;
+            }
+        }
+        rules.push(Rule { clauses });
+    }
+    Ok(Some((
+        security::Authorization {
+            name: policy.metadata.name.clone(),
+            namespace: policy.metadata.namespace.clone(),
+            scope: scope as i32,
+            action: action as i32,
+            rules,
+            dry_run: false,
+        },
+        warnings,
+    )))
+}
+
+/// Istio's string match syntax: `*` = present, `*x` = suffix, `x*` = prefix, else exact.
+fn string_match(value: &str) -> StringMatch {
+    use security::string_match::MatchType;
+    let match_type = if value == "*" {
+        MatchType::Presence(())
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        MatchType::Suffix(suffix.to_owned())
+    } else if let Some(prefix) = value.strip_suffix('*') {
+        MatchType::Prefix(prefix.to_owned())
+    } else {
+        MatchType::Exact(value.to_owned())
+    };
+    StringMatch { match_type: Some(match_type) }
+}
+
+fn cidrs(values: &[String]) -> Result<Vec<security::Address>, String> {
+    values
+        .iter()
+        .map(|v| {
+            let net: ipnet::IpNet = v.parse().or_else(|_| v.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("{v:?} is not an IP or CIDR"))?;
+            Ok(security::Address { address: ip_bytes(&net.network()), length: net.prefix_len() as u32 })
+        })
+        .collect()
+}
+
+fn ports(values: &[String]) -> Result<Vec<u32>, String> {
+    values
+        .iter()
+        .map(|v| match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p as u32),
+            _ => Err(format!("{v:?} is not a port number")),
+        })
+        .collect()
+}
+
+fn source_match(s: &Source) -> Result<Match, String> {
+    let strings = |v: &[String]| v.iter().map(|x| string_match(x)).collect();
+    Ok(Match {
+        principals: strings(&s.principals),
+        not_principals: strings(&s.not_principals),
+        namespaces: strings(&s.namespaces),
+        not_namespaces: strings(&s.not_namespaces),
+        source_ips: cidrs(&s.ip_blocks).map_err(|e| format!("ipBlocks: {e}"))?,
+        not_source_ips: cidrs(&s.not_ip_blocks).map_err(|e| format!("notIpBlocks: {e}"))?,
+        ..Default::default()
+    })
+}
+
+/// The `when` keys a node proxy can evaluate; `None` for HTTP-only keys (request.headers[...], ...).
+fn condition_match(c: &crate::objects::Condition) -> Option<Result<Match, String>> {
+    let strings = |v: &[String]| v.iter().map(|x| string_match(x)).collect::<Vec<_>>();
+    let built = match c.key.as_str() {
+        "source.ip" => cidrs(&c.values).and_then(|ips| Ok(Match { source_ips: ips, not_source_ips: cidrs(&c.not_values)?, ..Default::default() })),
+        "source.namespace" => Ok(Match { namespaces: strings(&c.values), not_namespaces: strings(&c.not_values), ..Default::default() }),
+        "source.principal" => Ok(Match { principals: strings(&c.values), not_principals: strings(&c.not_values), ..Default::default() }),
+        "destination.ip" => cidrs(&c.values)
+            .and_then(|ips| Ok(Match { destination_ips: ips, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() })),
+        "destination.port" => ports(&c.values)
+            .and_then(|p| Ok(Match { destination_ports: p, not_destination_ports: ports(&c.not_values)?, ..Default::default() })),
+        _ => return None,
+    };
+    Some(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{load_text, Loaded};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        let mut loaded = Loaded::default();
+        load_text(std::path::Path::new("t.yaml"), yaml, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.objects.into_iter().map(|(_, o)| o).collect()
+    }
+
+    const TOPOLOGY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: echo-1, namespace: demo, labels: {app: echo, version: v2}}
+spec: {serviceAccountName: echo, nodeName: node-a}
+status: {podIPs: [{ip: 10.244.0.12}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec: {selector: {app: echo}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}, {port: 81}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-sleep, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo/sa/sleep"], notNamespaces: ["kube-*"]}}, {source: {ipBlocks: [10.1.0.0/16]}}]
+    to: [{operation: {ports: ["8080"]}}]
+    when: [{key: destination.port, values: ["8080"]}]
+  - to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: istio-system}
+spec: {action: DENY, rules: [{}]}
+"#;
+
+    #[test]
+    fn pods_and_services_become_addresses_named_as_istiod_names_them() {
+        let r = translate(&Mesh::default(), &objects(TOPOLOGY)).unwrap();
+        let names: Vec<&str> = r.addresses.keys().map(String::as_str).collect();
+        assert_eq!(names, ["Kubernetes//Pod/demo/echo-1", "demo/echo.demo.svc.cluster.local"]);
+        let Some(address::Type::Workload(w)) = &r.addresses["Kubernetes//Pod/demo/echo-1"].r#type else { panic!() };
+        assert_eq!(w.addresses, vec![vec![10, 244, 0, 12]]);
+        assert_eq!((w.service_account.as_str(), w.node.as_str(), w.canonical_name.as_str(), w.canonical_revision.as_str()), ("echo", "node-a", "echo", "v2"));
+        assert_eq!(w.tunnel_protocol, TunnelProtocol::Hbone as i32);
+        assert_eq!(w.services["demo/echo.demo.svc.cluster.local"].ports, vec![Port { service_port: 80, target_port: 8080 }, Port { service_port: 81, target_port: 81 }]);
+        assert_eq!(w.authorization_policies, vec!["demo/only-sleep".to_owned()]);
+        let Some(address::Type::Service(s)) = &r.addresses["demo/echo.demo.svc.cluster.local"].r#type else { panic!() };
+        assert_eq!(s.addresses[0].address, vec![10, 96, 0, 10]);
+    }
+
+    #[test]
+    fn authorization_policies_keep_istio_semantics_at_l4() {
+        let r = translate(&Mesh::default(), &objects(TOPOLOGY)).unwrap();
+        let allow = &r.authorizations["demo/only-sleep"];
+        assert_eq!((allow.scope, allow.action), (Scope::WorkloadSelector as i32, Action::Allow as i32));
+        // The HTTP-only rule is dropped from an ALLOW policy (fail closed), with a warning.
+        assert_eq!(allow.rules.len(), 1);
+        assert!(r.warnings.iter().any(|w| w.contains("only-sleep") && w.contains("rule dropped")), "{:?}", r.warnings);
+        let clauses = &allow.rules[0].clauses;
+        assert_eq!(clauses.len(), 3, "from, to and one when clause");
+        assert_eq!(clauses[0].matches.len(), 2, "two sources: any of them");
+        use security::string_match::MatchType;
+        assert_eq!(clauses[0].matches[0].principals[0].match_type, Some(MatchType::Exact("cluster.local/ns/demo/sa/sleep".into())));
+        assert_eq!(clauses[0].matches[0].not_namespaces[0].match_type, Some(MatchType::Prefix("kube-".into())));
+        assert_eq!(clauses[0].matches[1].source_ips, vec![security::Address { address: vec![10, 1, 0, 0], length: 16 }]);
+        assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
+        let deny = &r.authorizations["istio-system/deny-all"];
+        assert_eq!((deny.scope, deny.action, deny.rules.len()), (Scope::Global as i32, Action::Deny as i32, 1));
+    }
+
+    #[test]
+    fn invalid_policy_fields_are_named() {
+        let bad = objects(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-port, namespace: demo}
+spec: {rules: [{to: [{operation: {ports: ["http"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-action, namespace: demo}
+spec: {action: MAYBE}
+"#,
+        );
+        let errors = translate(&Mesh::default(), &bad).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].contains("bad-port") && errors[0].contains("spec.rules[0].to[0].operation.ports"), "{}", errors[0]);
+        assert!(errors[1].contains("bad-action") && errors[1].contains("spec.action"), "{}", errors[1]);
+    }
+}
