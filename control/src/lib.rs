@@ -1,6 +1,9 @@
 //! keel's control plane. Input (`source`: a directory of YAML objects, later a Kubernetes watcher) is parsed into
 //! typed objects (`objects`) and validated object by object, so one bad object never hides the good ones;
-//! `translate` turns them into the workload and authorization resources node proxies consume.
+//! `translate` turns them into the workload and authorization resources node proxies consume, and `xds` serves
+//! them over delta ADS to clients `tokens` authenticated.
 pub mod objects;
 pub mod source;
+pub mod tokens;
 pub mod translate;
+pub mod xds;

@@ -1,0 +1,95 @@
+//! Translated resources as the xDS server serves them: per type URL, per resource name, the encoded resource and
+//! its version. A version is a hash of the encoded bytes, so an unchanged object keeps its version across
+//! recomputations and is never pushed again; a change of the config directory publishes a new snapshot at once.
+use std::{
+    collections::{hash_map::DefaultHasher, BTreeMap},
+    hash::{Hash, Hasher},
+};
+
+use keel_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use prost::Message;
+use prost_types::Any;
+
+use crate::translate::Resources;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub version: String,
+    pub resource: Any,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// type URL → resource name → entry.
+    pub types: BTreeMap<String, BTreeMap<String, Entry>>,
+}
+
+fn entry(type_url: &str, message: &impl Message) -> Entry {
+    let value = message.encode_to_vec();
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    Entry { version: format!("{:016x}", hasher.finish()), resource: Any { type_url: type_url.to_owned(), value } }
+}
+
+impl Snapshot {
+    pub fn from_resources(resources: &Resources) -> Snapshot {
+        let mut types = BTreeMap::new();
+        let addresses = resources.addresses.iter().map(|(name, a)| (name.clone(), entry(ADDRESS_TYPE_URL, a))).collect();
+        let authorizations =
+            resources.authorizations.iter().map(|(name, a)| (name.clone(), entry(AUTHORIZATION_TYPE_URL, a))).collect();
+        types.insert(ADDRESS_TYPE_URL.to_owned(), addresses);
+        types.insert(AUTHORIZATION_TYPE_URL.to_owned(), authorizations);
+        Snapshot { types }
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Entry>> {
+        self.types.get(type_url)
+    }
+}
+
+/// What a client holding `known` (name → version) must receive to match `current`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    pub updated: Vec<(String, Entry)>,
+    pub removed: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.updated.is_empty() && self.removed.is_empty()
+    }
+}
+
+pub fn diff(known: &BTreeMap<String, String>, current: &BTreeMap<String, Entry>) -> Diff {
+    let updated = current
+        .iter()
+        .filter(|(name, e)| known.get(*name) != Some(&e.version))
+        .map(|(name, e)| (name.clone(), e.clone()))
+        .collect();
+    let removed = known.keys().filter(|name| !current.contains_key(*name)).cloned().collect();
+    Diff { updated, removed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(items: &[(&str, &[u8])]) -> BTreeMap<String, Entry> {
+        items
+            .iter()
+            .map(|(n, v)| (n.to_string(), entry("t", &prost_types::Any { type_url: String::new(), value: v.to_vec() })))
+            .collect()
+    }
+
+    #[test]
+    fn a_diff_carries_only_changes_and_removals() {
+        let before = entries(&[("a", b"1"), ("b", b"2"), ("c", b"3")]);
+        let known: BTreeMap<String, String> = before.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect();
+        let after = entries(&[("a", b"1"), ("b", b"changed"), ("d", b"4")]);
+        let d = diff(&known, &after);
+        let updated: Vec<&str> = d.updated.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(updated, ["b", "d"]);
+        assert_eq!(d.removed, ["c"]);
+        assert!(diff(&known, &before).is_empty(), "same content, same versions: nothing to send");
+    }
+}
