@@ -14,10 +14,41 @@ struct Cli {
 enum Command {
     /// Check every object of a config directory; exits non-zero on errors, naming file, object and field.
     Validate { dir: PathBuf },
+    /// Serve the directory over delta ADS, pushing every change to connected node proxies.
+    Serve {
+        #[arg(long)]
+        config_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:15012")]
+        listen: std::net::SocketAddr,
+        /// `<token> <node-name>` per line: the clients allowed to connect.
+        #[arg(long)]
+        tokens: PathBuf,
+        #[arg(long, default_value = "Kubernetes")]
+        cluster_id: String,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Serve { config_dir, listen, tokens, cluster_id } => {
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
+            let mesh = keel_control::translate::Mesh { cluster_id, ..Default::default() };
+            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("keel-control: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(keel_control::serve::serve(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keel-control: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Validate { dir } => {
             let loaded = keel_control::source::load_dir(&dir);
             let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();

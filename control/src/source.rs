@@ -60,7 +60,10 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
                 continue;
             }
         };
-        match parse_object(&value) {
+        match parse_object(&value).and_then(|object| {
+            crate::translate::check(&crate::translate::Mesh::default(), &object).map_err(|e| (Some(object.reference().to_string()), e))?;
+            Ok(object)
+        }) {
             Ok(object) => loaded.objects.push((file.to_owned(), object)),
             Err((object, message)) => loaded.errors.push(error(object.unwrap_or_else(|| format!("document {}", index + 1)), message)),
         }

@@ -35,6 +35,17 @@ pub struct Resources {
     pub warnings: Vec<String>,
 }
 
+/// Checks what parsing cannot: the semantics of one object (ports, policy actions, CIDRs). The config loader
+/// runs it per object, so a bad object is rejected alone and its last good version stays in force.
+pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
+    match object {
+        Object::Service(svc) => service(mesh, svc).map(drop),
+        Object::AuthorizationPolicy(policy) => authorization(mesh, policy).map(drop),
+        Object::Pod(_) | Object::ServiceEntry(_) | Object::PeerAuthentication(_) => Ok(()),
+    }
+}
+
+/// Translates a whole snapshot of objects. Objects that fail [`check`] are left out and reported.
 pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<String>> {
     let mut out = Resources::default();
     let mut errors = Vec::new();
@@ -372,8 +383,10 @@ spec: {action: DENY, rules: [{}]}
     }
 
     #[test]
-    fn invalid_policy_fields_are_named() {
-        let bad = objects(
+    fn invalid_policy_fields_are_named_when_loading() {
+        let mut loaded = Loaded::default();
+        load_text(
+            std::path::Path::new("t.yaml"),
             r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -385,8 +398,10 @@ kind: AuthorizationPolicy
 metadata: {name: bad-action, namespace: demo}
 spec: {action: MAYBE}
 "#,
+            &mut loaded,
         );
-        let errors = translate(&Mesh::default(), &bad).unwrap_err();
+        assert!(loaded.objects.is_empty());
+        let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2);
         assert!(errors[0].contains("bad-port") && errors[0].contains("spec.rules[0].to[0].operation.ports"), "{}", errors[0]);
         assert!(errors[1].contains("bad-action") && errors[1].contains("spec.action"), "{}", errors[1]);

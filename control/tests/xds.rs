@@ -1,6 +1,6 @@
 //! The delta ADS server over real gRPC on loopback: wildcard subscriptions, incremental pushes and removals,
 //! `initial_resource_versions` on reconnect, and bearer-token authentication.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use keel_control::{
     objects::Object,
@@ -10,16 +10,14 @@ use keel_control::{
     xds::{server::AdsServer, snapshot::Snapshot},
 };
 use keel_proto::{
-    discovery::{
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-        aggregated_discovery_service_server::AggregatedDiscoveryServiceServer, DeltaDiscoveryRequest,
-        DeltaDiscoveryResponse,
-    },
+    discovery::{aggregated_discovery_service_server::AggregatedDiscoveryServiceServer, DeltaDiscoveryResponse},
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
 };
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::Streaming;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+mod common;
+use common::{connect, names};
 
 fn snapshot(yaml: &str) -> Arc<Snapshot> {
     let mut loaded = Loaded::default();
@@ -76,42 +74,6 @@ async fn start(initial: Arc<Snapshot>) -> (String, watch::Sender<Arc<Snapshot>>)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     (addr, publish)
-}
-
-struct Client {
-    requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    responses: Streaming<DeltaDiscoveryResponse>,
-}
-
-async fn connect(addr: &str, token: &str) -> Result<Client, tonic::Status> {
-    let mut grpc = AggregatedDiscoveryServiceClient::connect(addr.to_owned()).await.unwrap();
-    let (requests, rx) = mpsc::channel(8);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let responses = grpc.delta_aggregated_resources(request).await?.into_inner();
-    Ok(Client { requests, responses })
-}
-
-impl Client {
-    async fn subscribe(&self, type_url: &str, initial: HashMap<String, String>) {
-        let request = DeltaDiscoveryRequest { type_url: type_url.into(), initial_resource_versions: initial, ..Default::default() };
-        self.requests.send(request).await.unwrap();
-    }
-
-    async fn next(&mut self) -> DeltaDiscoveryResponse {
-        let response = tokio::time::timeout(Duration::from_secs(1), self.responses.message())
-            .await
-            .expect("a push within 1 s")
-            .unwrap()
-            .expect("stream open");
-        let ack = DeltaDiscoveryRequest { type_url: response.type_url.clone(), response_nonce: response.nonce.clone(), ..Default::default() };
-        self.requests.send(ack).await.unwrap();
-        response
-    }
-}
-
-fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
-    r.resources.iter().map(|r| r.name.as_str()).collect()
 }
 
 #[tokio::test]

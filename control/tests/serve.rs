@@ -1,0 +1,52 @@
+//! `keel-control serve` end to end on loopback: a file written into the config directory reaches a connected
+//! client within a second; a broken edit keeps the object's last good version in force.
+use std::{collections::HashMap, time::Duration};
+
+use keel_control::serve::{serve, ServeOptions};
+use keel_proto::ADDRESS_TYPE_URL;
+
+mod common;
+use common::{connect, names};
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: demo}\nstatus: {podIP: 10.244.0.11}\n";
+const BROKEN_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: demo}\nstatus: {podIP: not-an-ip}\n";
+
+#[tokio::test]
+async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_last_good_version() {
+    let dir = std::env::temp_dir().join(format!("keel-control-serve-{}", std::process::id()));
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(dir.join("tokens"), "t node-a\n").unwrap();
+    std::fs::write(config.join("service.yaml"), SERVICE).unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let options = ServeOptions {
+        config_dir: config.clone(),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        tokens: dir.join("tokens"),
+        mesh: Default::default(),
+    };
+    tokio::spawn(serve(options));
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut client = loop {
+        match tokio::time::timeout(Duration::from_secs(5), connect(&addr, "t")).await {
+            Ok(Ok(client)) => break client,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
+    assert_eq!(names(&client.next().await), ["demo/echo.demo.svc.cluster.local"]);
+
+    std::fs::write(config.join("pod.yaml"), POD).unwrap();
+    assert_eq!(names(&client.next().await), ["Kubernetes//Pod/demo/a"], "the new pod arrives within 1 s");
+
+    std::fs::write(config.join("pod.yaml"), BROKEN_POD).unwrap();
+    std::fs::remove_file(config.join("service.yaml")).unwrap();
+    let push = client.next().await;
+    assert_eq!(push.removed_resources, ["demo/echo.demo.svc.cluster.local"], "the deleted service is removed");
+    assert!(push.resources.is_empty(), "the broken pod keeps its last good version: nothing is sent for it");
+    let _ = std::fs::remove_dir_all(&dir);
+}
