@@ -2,6 +2,7 @@
 //! typed objects (`objects`) and validated object by object, so one bad object never hides the good ones;
 //! `translate` turns them into the workload and authorization resources node proxies consume, and `xds` serves
 //! them over delta ADS to clients `tokens` authenticated.
+pub mod ca;
 pub mod config_state;
 pub mod objects;
 pub mod serve;

@@ -1,0 +1,186 @@
+//! The workload certificate authority behind `CreateCertificate`. Key material comes in istiod's plugged-in CA
+//! layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`; RSA and ECDSA both sign), or is
+//! generated on first start (an ECDSA P-256 root, written in the same layout so a restart keeps it).
+//! Issued certificates are SPIFFE workload certificates: empty subject, one URI SAN (the identity), client and
+//! server auth, the requested validity; the chain runs leaf → ... → root.
+use std::{path::Path, time::Duration};
+
+use anyhow::{bail, Context as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+const CA_CERT: &str = "ca-cert.pem";
+const CA_KEY: &str = "ca-key.pem";
+const ROOT_CERT: &str = "root-cert.pem";
+const CERT_CHAIN: &str = "cert-chain.pem";
+/// Issued certificates start a little in the past: clocks of nodes are never exactly in step.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// Certificates after the leaf, root last (PEM each).
+    chain: Vec<String>,
+    pub trust_domain: String,
+}
+
+impl Authority {
+    /// Loads the plugged-in layout from `dir`, or creates it there when `dir` holds none of its files.
+    pub fn load_or_generate(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+        if !dir.join(CA_KEY).exists() && !dir.join(CA_CERT).exists() {
+            generate(dir, trust_domain)?;
+        }
+        Authority::load(dir, trust_domain)
+    }
+
+    pub fn load(dir: &Path, trust_domain: &str) -> anyhow::Result<Authority> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("reading {}", dir.join(name).display()));
+        let (ca_cert, ca_key, root) = (read(CA_CERT)?, read(CA_KEY)?, read(ROOT_CERT)?);
+        let key = KeyPair::from_pem(&ca_key).with_context(|| format!("{CA_KEY}: not a supported private key (RSA or ECDSA)"))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert, key).with_context(|| format!("{CA_CERT}: not a CA certificate"))?;
+        let mut chain = match read(CERT_CHAIN) {
+            Ok(text) => split_pem(&text),
+            Err(_) => vec![ca_cert.trim().to_owned()],
+        };
+        if chain.first().map(String::as_str) != Some(ca_cert.trim()) {
+            chain.insert(0, ca_cert.trim().to_owned());
+        }
+        let root = root.trim().to_owned();
+        if chain.last() != Some(&root) {
+            chain.push(root);
+        }
+        chain.dedup();
+        Ok(Authority { issuer, chain, trust_domain: trust_domain.to_owned() })
+    }
+
+    /// The trust bundle: the root, last in every chain.
+    pub fn root_pem(&self) -> &str {
+        self.chain.last().map(String::as_str).unwrap_or_default()
+    }
+
+    /// Signs the CSR's public key for `identity` (a `spiffe://<trust-domain>/ns/<ns>/sa/<sa>` URI) and returns
+    /// the chain, leaf first, root last. Whatever names the CSR asks for, only `identity` is certified.
+    pub fn issue(&self, csr_pem: &str, identity: &str, validity: Duration) -> anyhow::Result<Vec<String>> {
+        let expected_prefix = format!("spiffe://{}/ns/", self.trust_domain);
+        if !identity.starts_with(&expected_prefix) || !identity.contains("/sa/") {
+            bail!("identity {identity:?} is not spiffe://{}/ns/<namespace>/sa/<service-account>", self.trust_domain);
+        }
+        let mut request = CertificateSigningRequestParams::from_pem(csr_pem).context("csr: not a valid PEM PKCS#10 request")?;
+        let now = time::OffsetDateTime::now_utc();
+        let params = &mut request.params;
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().context("identity is not a valid URI")?)];
+        params.not_before = now - BACKDATE;
+        params.not_after = now + validity;
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = request.signed_by(&self.issuer).context("signing the workload certificate")?;
+        let mut chain = vec![leaf.pem().trim().to_owned()];
+        chain.extend(self.chain.iter().cloned());
+        Ok(chain)
+    }
+}
+
+/// Writes a fresh self-signed ECDSA P-256 root in the plugged-in layout (the root signs workload certs itself).
+fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::OrganizationName, trust_domain);
+    params.distinguished_name.push(DnType::CommonName, "keel root CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+    let cert = params.self_signed(&key)?;
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).with_context(|| format!("writing {}", dir.join(name).display()));
+    write(CA_CERT, &cert.pem())?;
+    write(ROOT_CERT, &cert.pem())?;
+    write(CERT_CHAIN, &cert.pem())?;
+    write(CA_KEY, &key.serialize_pem())?;
+    set_owner_only(&dir.join(CA_KEY))
+}
+
+fn set_owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Splits a PEM bundle into its certificates (trimmed, each with its BEGIN/END lines).
+fn split_pem(text: &str) -> Vec<String> {
+    let mut certs = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        current.push_str(line.trim());
+        current.push('\n');
+        if line.starts_with("-----END ") {
+            certs.push(current.trim().to_owned());
+            current.clear();
+        }
+    }
+    certs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-ca-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn csr() -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["ignored.example".into()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "ignored");
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn parse(pem_text: &str) -> Vec<u8> {
+        ::pem::parse(pem_text).unwrap().into_contents()
+    }
+
+    #[test]
+    fn issues_spiffe_workload_certificates_chained_to_the_root() {
+        let dir = temp_dir("issue");
+        let ca = Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        let chain = ca.issue(&csr(), "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(3600)).unwrap();
+        assert_eq!(chain.len(), 2, "leaf and the (self-signed, signing) root");
+        assert_eq!(chain.last().unwrap(), ca.root_pem());
+        let leaf_der = parse(&chain[0]);
+        let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+        assert!(leaf.subject().iter_attributes().next().is_none(), "empty subject");
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical, "with an empty subject the SAN is critical");
+        let uris: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(uris, ["URI(spiffe://cluster.local/ns/demo/sa/sleep)"], "only the identity, never the CSR's names");
+        let validity = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+        assert_eq!(validity, 3600 + BACKDATE.as_secs() as i64);
+        let root_der = parse(ca.root_pem());
+        let (_, root) = X509Certificate::from_der(&root_der).unwrap();
+        leaf.verify_signature(Some(root.public_key())).expect("signed by the root");
+
+        // A restart loads the same root from the plugged-in files.
+        let again = Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        assert_eq!(again.root_pem(), ca.root_pem());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refuses_foreign_identities_and_bad_requests() {
+        let dir = temp_dir("refuse");
+        let ca = Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        let err = ca.issue(&csr(), "spiffe://other.domain/ns/demo/sa/sleep", Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().contains("spiffe://cluster.local/ns/"), "{err}");
+        let err = ca.issue("not a csr", "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(60)).unwrap_err();
+        assert!(format!("{err:#}").contains("csr"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
