@@ -3,6 +3,7 @@
 //! `translate` turns them into the workload and authorization resources node proxies consume, and `xds` serves
 //! them over delta ADS to clients `tokens` authenticated.
 pub mod ca;
+pub mod ca_service;
 pub mod config_state;
 pub mod objects;
 pub mod serve;

@@ -25,15 +25,21 @@ enum Command {
         tokens: PathBuf,
         #[arg(long, default_value = "Kubernetes")]
         cluster_id: String,
+        /// istiod's plugged-in CA layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); a root is
+        /// generated there when the directory is empty.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
     },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config_dir, listen, tokens, cluster_id } => {
+        Command::Serve { config_dir, listen, tokens, cluster_id, ca_dir, trust_domain } => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
             let mesh = keel_control::translate::Mesh { cluster_id, ..Default::default() };
-            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh };
+            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh, ca_dir, trust_domain };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {

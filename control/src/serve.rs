@@ -1,13 +1,18 @@
-//! `keel-control serve`: read the config directory, keep watching it, and serve the translated snapshot over delta
-//! ADS. A change on disk becomes a new snapshot within one poll interval and is pushed to every client at once.
+//! `keel-control serve`: read the config directory, keep watching it, serve the translated snapshot over delta
+//! ADS and workload certificates over the Istio CA API on the same port. A change on disk becomes a new snapshot within one poll interval and is pushed to every client at once.
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use keel_proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use keel_proto::{
+    ca::istio_certificate_service_server::IstioCertificateServiceServer,
+    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    ca::Authority,
+    ca_service::{CaService, NodeIdentities},
     config_state::ConfigState,
     source,
     tokens::Tokens,
@@ -21,19 +26,26 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub tokens: PathBuf,
     pub mesh: Mesh,
+    /// istiod's plugged-in CA layout; generated there on first start when empty.
+    pub ca_dir: PathBuf,
+    pub trust_domain: String,
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let tokens = Arc::new(Tokens::load(&options.tokens)?);
+    let authority = Arc::new(Authority::load_or_generate(&options.ca_dir, &options.trust_domain)?);
     let mut state = ConfigState::default();
     let first = reload(&options, &mut state).unwrap_or_default();
     let (publish, snapshots) = watch::channel(Arc::new(first));
+    let (publish_identities, identities) =
+        watch::channel(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &state.objects())));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding the xDS server on {}", options.listen))?;
     info!(listen = %options.listen, config = %options.config_dir.display(), "keel-control serving delta ADS");
     let server = tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, tokens)))
+        .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, tokens.clone())))
+        .add_service(IstioCertificateServiceServer::new(CaService::new(authority, tokens, identities)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let watcher = async {
         let mut last = fingerprint(&options.config_dir);
@@ -45,6 +57,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
             last = now;
             if let Some(snapshot) = reload(&options, &mut state) {
+                publish_identities.send_replace(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &state.objects())));
                 if **publish.borrow() != snapshot {
                     info!(types = ?snapshot.types.iter().map(|(t, r)| (t.rsplit('.').next().unwrap_or(t), r.len())).collect::<Vec<_>>(), "config changed: pushing");
                     publish.send_replace(Arc::new(snapshot));

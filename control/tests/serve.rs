@@ -28,6 +28,8 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         tokens: dir.join("tokens"),
         mesh: Default::default(),
+        ca_dir: dir.join("ca"),
+        trust_domain: "cluster.local".into(),
     };
     tokio::spawn(serve(options));
     let addr = format!("http://127.0.0.1:{port}");

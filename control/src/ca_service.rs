@@ -1,0 +1,87 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate` as istiod serves node proxies: the caller is
+//! authenticated by its bearer token (which names its node), must name the identity it asks for in the
+//! `ImpersonatedIdentity` metadata, and gets it only if a workload with that identity runs on its own node.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use keel_proto::ca::{istio_certificate_service_server::IstioCertificateService, IstioCertificateRequest, IstioCertificateResponse};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::{ca::Authority, objects::Object, tokens::Tokens};
+
+/// Default and longest validity a caller gets (istiod's defaults: 24 h).
+const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// The SPIFFE identities of the workloads on each node, from the config in force.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeIdentities(HashMap<String, HashSet<String>>);
+
+impl NodeIdentities {
+    pub fn from_objects(trust_domain: &str, objects: &[Object]) -> NodeIdentities {
+        let mut nodes: HashMap<String, HashSet<String>> = HashMap::new();
+        for object in objects {
+            if let Object::Pod(pod) = object {
+                let identity = format!("spiffe://{trust_domain}/ns/{}/sa/{}", pod.metadata.namespace, pod.service_account());
+                nodes.entry(pod.spec.node_name.clone()).or_default().insert(identity);
+            }
+        }
+        NodeIdentities(nodes)
+    }
+
+    fn allows(&self, node: &str, identity: &str) -> bool {
+        self.0.get(node).is_some_and(|ids| ids.contains(identity))
+    }
+}
+
+pub struct CaService {
+    authority: Arc<Authority>,
+    tokens: Arc<Tokens>,
+    identities: watch::Receiver<Arc<NodeIdentities>>,
+}
+
+impl CaService {
+    pub fn new(authority: Arc<Authority>, tokens: Arc<Tokens>, identities: watch::Receiver<Arc<NodeIdentities>>) -> CaService {
+        CaService { authority, tokens, identities }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let node = self.tokens.authorize(request.metadata())?;
+        let request = request.into_inner();
+        let identity = impersonated_identity(&request)
+            .ok_or_else(|| Status::invalid_argument("metadata.ImpersonatedIdentity: a node proxy must name the identity it asks for"))?;
+        if !self.identities.borrow().allows(&node, &identity) {
+            warn!(%node, %identity, "certificate refused: no such workload on the caller's node");
+            return Err(Status::permission_denied(format!("node {node} runs no workload with identity {identity}")));
+        }
+        let validity = match u64::try_from(request.validity_duration) {
+            Ok(0) | Err(_) => DEFAULT_VALIDITY,
+            Ok(seconds) => Duration::from_secs(seconds).min(MAX_VALIDITY),
+        };
+        let chain = self
+            .authority
+            .issue(&request.csr, &identity, validity)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        info!(%node, %identity, validity_s = validity.as_secs(), "certificate issued");
+        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
+    }
+}
+
+fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String> {
+    let field = request.metadata.as_ref()?.fields.get("ImpersonatedIdentity")?;
+    match field.kind.as_ref()? {
+        prost_types::value::Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
