@@ -84,6 +84,26 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A serving certificate for the control plane itself (its gRPC TLS): the given DNS names and IPs, signed by
+    /// this CA, so node proxies verify it with the same root they trust for workloads. Returns (chain, key) PEM.
+    pub fn issue_serving(&self, dns_names: &[String], ips: &[std::net::IpAddr]) -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(dns_names.to_vec()).context("serving certificate names")?;
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.distinguished_name.push(DnType::CommonName, "keel-control");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).context("signing the serving certificate")?;
+        let mut chain = vec![cert.pem().trim().to_owned()];
+        chain.extend(self.chain.iter().cloned());
+        Ok((chain.join("\n") + "\n", key.serialize_pem()))
+    }
+}
+
 /// Writes a fresh self-signed ECDSA P-256 root in the plugged-in layout (the root signs workload certs itself).
 fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -31,15 +31,18 @@ enum Command {
         ca_dir: PathBuf,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// DNS names of the serving certificate (repeatable).
+        #[arg(long = "server-name", default_values_t = ["keel-control".to_owned(), "istiod.istio-system.svc".to_owned()])]
+        server_names: Vec<String>,
     },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config_dir, listen, tokens, cluster_id, ca_dir, trust_domain } => {
+        Command::Serve { config_dir, listen, tokens, cluster_id, ca_dir, trust_domain, server_names } => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
             let mesh = keel_control::translate::Mesh { cluster_id, ..Default::default() };
-            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh, ca_dir, trust_domain };
+            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh, ca_dir, trust_domain, server_names };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {

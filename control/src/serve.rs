@@ -29,6 +29,8 @@ pub struct ServeOptions {
     /// istiod's plugged-in CA layout; generated there on first start when empty.
     pub ca_dir: PathBuf,
     pub trust_domain: String,
+    /// Names the serving certificate carries (node proxies check one of them, or the IP they dial).
+    pub server_names: Vec<String>,
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -43,7 +45,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the xDS server on {}", options.listen))?;
     info!(listen = %options.listen, config = %options.config_dir.display(), "keel-control serving delta ADS");
+    let (chain, key) = authority.issue_serving(&options.server_names, &[options.listen.ip()])?;
+    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
     let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
         .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, tokens.clone())))
         .add_service(IstioCertificateServiceServer::new(CaService::new(authority, tokens, identities)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));

@@ -6,7 +6,7 @@ use keel_control::serve::{serve, ServeOptions};
 use keel_proto::ADDRESS_TYPE_URL;
 
 mod common;
-use common::{connect, names};
+use common::{connect_tls, names};
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: demo}\nstatus: {podIP: 10.244.0.11}\n";
@@ -30,15 +30,26 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
         mesh: Default::default(),
         ca_dir: dir.join("ca"),
         trust_domain: "cluster.local".into(),
+        server_names: vec!["keel-control".into()],
     };
     tokio::spawn(serve(options));
-    let addr = format!("http://127.0.0.1:{port}");
+    let addr = format!("https://127.0.0.1:{port}");
+    let root = loop {
+        // The CA's root appears on disk at startup; clients trust it for the server's TLS certificate.
+        match std::fs::read_to_string(dir.join("ca/root-cert.pem")) {
+            Ok(root) if !root.is_empty() => break root,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
     let mut client = loop {
-        match tokio::time::timeout(Duration::from_secs(5), connect(&addr, "t")).await {
+        match tokio::time::timeout(Duration::from_secs(5), connect_tls(&addr, "t", &root, "keel-control")).await {
             Ok(Ok(client)) => break client,
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
+    // A client that does not trust the mesh root gets no connection at all.
+    let untrusted = connect_tls(&addr, "t", &untrusted_root(), "keel-control").await;
+    assert!(untrusted.is_err(), "TLS must fail against an unknown root");
     client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
     assert_eq!(names(&client.next().await), ["demo/echo.demo.svc.cluster.local"]);
 
@@ -51,4 +62,11 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
     assert_eq!(push.removed_resources, ["demo/echo.demo.svc.cluster.local"], "the deleted service is removed");
     assert!(push.resources.is_empty(), "the broken pod keeps its last good version: nothing is sent for it");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn untrusted_root() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
 }

@@ -16,9 +16,31 @@ pub struct Client {
 }
 
 pub async fn connect(addr: &str, token: &str) -> Result<Client, tonic::Status> {
-    let mut grpc = AggregatedDiscoveryServiceClient::connect(addr.to_owned())
+    let grpc = AggregatedDiscoveryServiceClient::connect(addr.to_owned())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    open_stream(grpc, token).await
+}
+
+/// Over TLS, trusting only `root_pem`, expecting `server_name` in the server's certificate.
+pub async fn connect_tls(addr: &str, token: &str, root_pem: &str, server_name: &str) -> Result<Client, tonic::Status> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(root_pem))
+        .domain_name(server_name);
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    open_stream(AggregatedDiscoveryServiceClient::new(channel), token).await
+}
+
+async fn open_stream(
+    mut grpc: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Result<Client, tonic::Status> {
     let (requests, rx) = mpsc::channel(8);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
