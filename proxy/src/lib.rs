@@ -12,3 +12,4 @@ pub mod netns;
 pub mod pods;
 pub mod sockopt;
 pub mod telemetry;
+pub mod xds;

@@ -1,0 +1,210 @@
+//! keel's delta ADS client: one stream over TLS (mesh root, bearer token, `clusterid`), subscribing to the
+//! workload then the authorization type URL as ztunnel does. Valid resources are applied at once, invalid ones
+//! are NACKed naming resource and field (the rest of the response still applies). After a broken stream it
+//! reconnects with exponential backoff and jitter, sending `initial_resource_versions` for what it holds; the
+//! last good state keeps serving meanwhile. Ready once the first response of each type arrived.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use keel_proto::{
+    core::Node,
+    discovery::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse},
+    google::rpc,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::state::{decode_address, decode_authorization, Rejected, Resource, WorkloadStore};
+
+/// The order ztunnel subscribes in.
+pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug)]
+pub struct XdsConfig {
+    /// `https://host:port`.
+    pub address: String,
+    /// The mesh root the control plane's certificate chains to.
+    pub root_pem: String,
+    /// The name the control plane's certificate must carry.
+    pub server_name: String,
+    pub token: String,
+    pub cluster_id: String,
+    pub node: Node,
+}
+
+/// What `/config_dump` and `keel pc status` show about the xDS connection.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct XdsStatus {
+    pub connected: bool,
+    pub versions: HashMap<String, usize>,
+    pub last_nack: Option<String>,
+    pub last_error: Option<String>,
+}
+
+pub struct XdsClient {
+    config: XdsConfig,
+    store: Arc<WorkloadStore>,
+    ready: watch::Sender<bool>,
+    status: watch::Sender<XdsStatus>,
+    /// type URL → resource name → version, for `initial_resource_versions` on reconnect.
+    held: HashMap<String, HashMap<String, String>>,
+}
+
+impl XdsClient {
+    pub fn new(config: XdsConfig, store: Arc<WorkloadStore>) -> (XdsClient, watch::Receiver<bool>, watch::Receiver<XdsStatus>) {
+        let (ready, ready_rx) = watch::channel(false);
+        let (status, status_rx) = watch::channel(XdsStatus::default());
+        (XdsClient { config, store, ready, status, held: HashMap::new() }, ready_rx, status_rx)
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let result = self.session(&mut backoff).await;
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = result.as_ref().err().map(|e| format!("{e:#}"));
+            });
+            if let Err(e) = result {
+                warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "xDS stream failed; serving the last good state");
+            }
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn session(&mut self, backoff: &mut Duration) -> anyhow::Result<()> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.config.root_pem))
+            .domain_name(&self.config.server_name);
+        let channel = tonic::transport::Endpoint::from_shared(self.config.address.clone())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.config.address))?;
+        let (requests, outbound) = mpsc::channel(16);
+        for (i, type_url) in TYPE_URLS.iter().enumerate() {
+            requests
+                .send(DeltaDiscoveryRequest {
+                    node: (i == 0).then(|| self.config.node.clone()),
+                    type_url: (*type_url).to_owned(),
+                    initial_resource_versions: self.held.get(*type_url).cloned().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        request.metadata_mut().insert("authorization", format!("Bearer {}", self.config.token).parse()?);
+        request.metadata_mut().insert("clusterid", self.config.cluster_id.parse()?);
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel).delta_aggregated_resources(request).await?.into_inner();
+        self.status.send_modify(|s| s.connected = true);
+        info!(address = %self.config.address, "xDS stream open");
+        *backoff = BACKOFF_START;
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(response) = responses.message().await? {
+            let ack = self.apply(response);
+            if !seen.contains(&ack.type_url) {
+                seen.push(ack.type_url.clone());
+                if TYPE_URLS.iter().all(|t| seen.iter().any(|s| s == t)) {
+                    self.ready.send_replace(true);
+                }
+            }
+            requests.send(ack).await?;
+        }
+        anyhow::bail!("the control plane closed the stream")
+    }
+
+    /// Applies the valid part of a response and returns the ACK (or NACK) for it.
+    fn apply(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let type_url = response.type_url.clone();
+        let held = self.held.entry(type_url.clone()).or_default();
+        let mut upserts = Vec::new();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        for resource in response.resources {
+            let bytes = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+            let decoded: Result<Resource, Rejected> = match type_url.as_str() {
+                ADDRESS_TYPE_URL => decode_address(&resource.name, bytes),
+                AUTHORIZATION_TYPE_URL => decode_authorization(&resource.name, bytes),
+                other => Err(Rejected { name: resource.name.clone(), reason: format!("unknown type URL {other}") }),
+            };
+            match decoded {
+                Ok(r) => {
+                    held.insert(resource.name.clone(), resource.version);
+                    upserts.push((resource.name, r));
+                }
+                Err(e) => rejected.push(e),
+            }
+        }
+        for name in &response.removed_resources {
+            held.remove(name);
+        }
+        self.store.apply(upserts, &response.removed_resources);
+        let count = held.len();
+        let error_detail = (!rejected.is_empty()).then(|| {
+            let message = rejected.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            warn!(%type_url, %message, "NACK");
+            rpc::Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] }
+        });
+        self.status.send_modify(|s| {
+            s.versions.insert(type_url.clone(), count);
+            if let Some(e) = &error_detail {
+                s.last_nack = Some(e.message.clone());
+            }
+        });
+        DeltaDiscoveryRequest { type_url, response_nonce: response.nonce, error_detail, ..Default::default() }
+    }
+}
+
+/// ±50 % jitter, so a control-plane restart is not met by every node at the same instant.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_proto::{discovery::Resource as XdsResource, workload};
+    use prost::Message as _;
+
+    fn client() -> XdsClient {
+        let config = XdsConfig {
+            address: "https://127.0.0.1:1".into(),
+            root_pem: String::new(),
+            server_name: "keel-control".into(),
+            token: "t".into(),
+            cluster_id: "Kubernetes".into(),
+            node: Node::default(),
+        };
+        XdsClient::new(config, Arc::new(WorkloadStore::default())).0
+    }
+
+    #[test]
+    fn a_response_with_one_bad_resource_applies_the_rest_and_nacks_naming_it() {
+        let mut c = client();
+        let good = workload::Address {
+            r#type: Some(workload::address::Type::Workload(workload::Workload { uid: "u".into(), addresses: vec![vec![10, 0, 0, 1]], ..Default::default() })),
+        };
+        let any = |value: Vec<u8>| Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value });
+        let response = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            nonce: "7".into(),
+            resources: vec![
+                XdsResource { name: "good".into(), version: "v1".into(), resource: any(good.encode_to_vec()), ..Default::default() },
+                XdsResource { name: "bad".into(), version: "v1".into(), resource: any(vec![0xff, 0xff]), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let ack = c.apply(response);
+        assert_eq!(ack.response_nonce, "7");
+        let nack = ack.error_detail.expect("a NACK");
+        assert!(nack.message.starts_with("resource bad:"), "{}", nack.message);
+        assert!(c.store.snapshot().workloads.contains_key("good"), "the valid resource still applies");
+        assert_eq!(c.held[ADDRESS_TYPE_URL].keys().collect::<Vec<_>>(), ["good"], "only accepted versions are held");
+    }
+}

@@ -1,0 +1,203 @@
+//! The workload state the data path reads: workloads by uid and IP, services by name and VIP, authorization
+//! policies by name. Built from xDS resources converted and validated *outside* any lock, then published as an
+//! immutable snapshot (ArcSwap): a connection reads one `Arc` and never waits for a push.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+};
+
+use arc_swap::ArcSwap;
+use keel_proto::{
+    security::Authorization,
+    workload::{address, Address, Service, Workload},
+};
+use prost::Message as _;
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub workloads: HashMap<String, Arc<Workload>>,
+    pub workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    pub services: HashMap<String, Arc<Service>>,
+    pub services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    pub policies: HashMap<String, Arc<Authorization>>,
+}
+
+/// A resource of an xDS response, decoded and checked.
+#[derive(Clone, Debug)]
+pub enum Resource {
+    Workload(Workload),
+    Service(Service),
+    Policy(Authorization),
+}
+
+/// A resource keel refuses: the NACK's `error_detail` names it and the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("resource {name}: {reason}")]
+pub struct Rejected {
+    pub name: String,
+    pub reason: String,
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+/// Decodes and validates one `istio.workload.Address`.
+pub fn decode_address(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
+    let reject = |reason: String| Rejected { name: name.to_owned(), reason };
+    let address = Address::decode(bytes).map_err(|e| reject(format!("not an istio.workload.Address: {e}")))?;
+    match address.r#type {
+        Some(address::Type::Workload(w)) => {
+            if w.uid.is_empty() {
+                return Err(reject("field `workload.uid`: empty".into()));
+            }
+            if let Some(bad) = w.addresses.iter().find(|a| ip_of(a).is_none()) {
+                return Err(reject(format!("field `workload.addresses`: {} bytes is not an IPv4 or IPv6 address", bad.len())));
+            }
+            Ok(Resource::Workload(w))
+        }
+        Some(address::Type::Service(s)) => {
+            if s.hostname.is_empty() || s.namespace.is_empty() {
+                return Err(reject("field `service.hostname`/`service.namespace`: empty".into()));
+            }
+            if let Some(bad) = s.addresses.iter().find(|a| ip_of(&a.address).is_none()) {
+                return Err(reject(format!("field `service.addresses`: {} bytes is not an IP address", bad.address.len())));
+            }
+            Ok(Resource::Service(s))
+        }
+        None => Err(reject("field `type`: neither a workload nor a service".into())),
+    }
+}
+
+pub fn decode_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
+    let policy = Authorization::decode(bytes)
+        .map_err(|e| Rejected { name: name.to_owned(), reason: format!("not an istio.security.Authorization: {e}") })?;
+    if policy.name.is_empty() || policy.namespace.is_empty() {
+        return Err(Rejected { name: name.to_owned(), reason: "field `name`/`namespace`: empty".into() });
+    }
+    Ok(Resource::Policy(policy))
+}
+
+/// The published state and how it changes.
+#[derive(Default)]
+pub struct WorkloadStore {
+    current: ArcSwap<Snapshot>,
+}
+
+impl WorkloadStore {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Applies one response in a single step: upserts by resource name, then removals. Only xDS updates write,
+    /// one at a time, so copy-on-write of the maps is race-free.
+    pub fn apply(&self, upserts: Vec<(String, Resource)>, removed: &[String]) {
+        let mut next = (*self.current.load_full()).clone();
+        for (name, resource) in upserts {
+            next.remove(&name);
+            next.insert(name, resource);
+        }
+        for name in removed {
+            next.remove(name);
+        }
+        self.current.store(Arc::new(next));
+    }
+}
+
+impl Snapshot {
+    fn insert(&mut self, name: String, resource: Resource) {
+        match resource {
+            Resource::Workload(w) => {
+                let w = Arc::new(w);
+                for ip in w.addresses.iter().filter_map(|a| ip_of(a)) {
+                    self.workloads_by_ip.insert(ip, w.clone());
+                }
+                self.workloads.insert(name, w);
+            }
+            Resource::Service(s) => {
+                let s = Arc::new(s);
+                for ip in s.addresses.iter().filter_map(|a| ip_of(&a.address)) {
+                    self.services_by_vip.insert(ip, s.clone());
+                }
+                self.services.insert(name, s);
+            }
+            Resource::Policy(p) => {
+                self.policies.insert(name, Arc::new(p));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(w) = self.workloads.remove(name) {
+            for ip in w.addresses.iter().filter_map(|a| ip_of(a)) {
+                if self.workloads_by_ip.get(&ip).is_some_and(|cur| Arc::ptr_eq(cur, &w)) {
+                    self.workloads_by_ip.remove(&ip);
+                }
+            }
+        }
+        if let Some(s) = self.services.remove(name) {
+            for ip in s.addresses.iter().filter_map(|a| ip_of(&a.address)) {
+                if self.services_by_vip.get(&ip).is_some_and(|cur| Arc::ptr_eq(cur, &s)) {
+                    self.services_by_vip.remove(&ip);
+                }
+            }
+        }
+        self.policies.remove(name);
+    }
+
+    /// Name → version is kept by the client; this lists what the state holds, for `initial_resource_versions`.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.workloads.keys().chain(self.services.keys()).chain(self.policies.keys())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_proto::workload::NetworkAddress;
+
+    fn workload(uid: &str, ip: [u8; 4]) -> Vec<u8> {
+        Address { r#type: Some(address::Type::Workload(Workload { uid: uid.into(), addresses: vec![ip.to_vec()], ..Default::default() })) }
+            .encode_to_vec()
+    }
+
+    #[test]
+    fn invalid_resources_are_rejected_naming_the_field() {
+        assert!(decode_address("w", &workload("u", [10, 0, 0, 1])).is_ok());
+        let bad_ip = Address { r#type: Some(address::Type::Workload(Workload { uid: "u".into(), addresses: vec![vec![1, 2, 3]], ..Default::default() })) };
+        let err = decode_address("w", &bad_ip.encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("resource w: field `workload.addresses`"), "{err}");
+        let err = decode_address("x", b"\xff\xff\xff").unwrap_err();
+        assert!(err.reason.contains("not an istio.workload.Address"), "{err}");
+        let err = decode_address("e", &Address::default().encode_to_vec()).unwrap_err();
+        assert!(err.reason.contains("field `type`"), "{err}");
+    }
+
+    #[test]
+    fn updates_and_removals_keep_the_indexes_consistent() {
+        let store = WorkloadStore::default();
+        let w = decode_address("w", &workload("u", [10, 0, 0, 1])).unwrap();
+        let svc = Service {
+            name: "echo".into(),
+            namespace: "demo".into(),
+            hostname: "echo.demo.svc.cluster.local".into(),
+            addresses: vec![NetworkAddress { network: String::new(), address: vec![10, 96, 0, 10] }],
+            ..Default::default()
+        };
+        store.apply(vec![("w".into(), w), ("s".into(), Resource::Service(svc))], &[]);
+        let snap = store.snapshot();
+        assert!(snap.workloads_by_ip.contains_key(&"10.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(snap.services_by_vip.contains_key(&"10.96.0.10".parse::<IpAddr>().unwrap()));
+        // The workload moves to a new IP: the old index entry goes.
+        store.apply(vec![("w".into(), decode_address("w", &workload("u", [10, 0, 0, 2])).unwrap())], &["s".into()]);
+        let snap = store.snapshot();
+        assert!(!snap.workloads_by_ip.contains_key(&"10.0.0.1".parse::<IpAddr>().unwrap()));
+        assert!(snap.workloads_by_ip.contains_key(&"10.0.0.2".parse::<IpAddr>().unwrap()));
+        assert!(snap.services.is_empty() && snap.services_by_vip.is_empty());
+    }
+}
