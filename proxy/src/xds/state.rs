@@ -26,7 +26,8 @@ pub struct Snapshot {
 /// A resource of an xDS response, decoded and checked.
 #[derive(Clone, Debug)]
 pub enum Resource {
-    Workload(Workload),
+    // Boxed: a Workload is several times larger than the other variants, and resources are moved around in Vecs.
+    Workload(Box<Workload>),
     Service(Service),
     Policy(Authorization),
 }
@@ -59,7 +60,7 @@ pub fn decode_address(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
             if let Some(bad) = w.addresses.iter().find(|a| ip_of(a).is_none()) {
                 return Err(reject(format!("field `workload.addresses`: {} bytes is not an IPv4 or IPv6 address", bad.len())));
             }
-            Ok(Resource::Workload(w))
+            Ok(Resource::Workload(Box::new(w)))
         }
         Some(address::Type::Service(s)) => {
             if s.hostname.is_empty() || s.namespace.is_empty() {
@@ -113,7 +114,7 @@ impl Snapshot {
     fn insert(&mut self, name: String, resource: Resource) {
         match resource {
             Resource::Workload(w) => {
-                let w = Arc::new(w);
+                let w = Arc::new(*w);
                 for ip in w.addresses.iter().filter_map(|a| ip_of(a)) {
                     self.workloads_by_ip.insert(ip, w.clone());
                 }
