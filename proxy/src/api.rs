@@ -29,6 +29,8 @@ pub enum Request {
     Pods,
     Stats,
     Connections,
+    /// The workload state from the control plane and the xDS connection's state.
+    ConfigDump,
     FastPath(bool),
 }
 

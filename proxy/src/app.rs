@@ -29,6 +29,8 @@ pub struct Daemon {
     data_path: Arc<DataPath>,
     enrollment: Enrollment,
     ready: AtomicBool,
+    /// Present when keel follows a control plane.
+    xds: Option<crate::xds::setup::Xds>,
 }
 
 #[derive(Serialize)]
@@ -40,8 +42,28 @@ pub struct Stats {
 }
 
 impl Daemon {
+    /// Ready: capture up, persisted pods restored, and (with a control plane) one response of each xDS type.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.xds.as_ref().is_none_or(|x| *x.ready.borrow())
+    }
+
+    /// `/config_dump`: the workload state keel holds and the xDS connection's state.
+    pub fn config_dump(&self) -> Value {
+        let Some(xds) = &self.xds else {
+            return serde_json::json!({"xds": null});
+        };
+        let snapshot = xds.store.snapshot();
+        let names = |keys: Vec<&String>| {
+            let mut v: Vec<String> = keys.into_iter().cloned().collect();
+            v.sort();
+            v
+        };
+        serde_json::json!({
+            "workloads": names(snapshot.workloads.keys().collect()),
+            "services": names(snapshot.services.keys().collect()),
+            "policies": names(snapshot.policies.keys().collect()),
+            "xds": *xds.status.borrow(),
+        })
     }
 
     pub fn stats(&self) -> Stats {
@@ -70,6 +92,7 @@ impl Daemon {
             Request::Pods => serde_json::to_value(self.enrollment.specs().await)?,
             Request::Stats => serde_json::to_value(self.stats())?,
             Request::Connections => serde_json::to_value(self.data_path.telemetry.recent_connections())?,
+            Request::ConfigDump => self.config_dump(),
             Request::FastPath(on) => {
                 self.data_path.capture.set_fast_path(on)?;
                 Value::Null
@@ -94,7 +117,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         responder: config.responder,
     });
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false) });
+    let xds = config.xds.as_ref().map(crate::xds::setup::start).transpose()?;
+    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), xds });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));

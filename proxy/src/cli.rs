@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Enroll a pod: capture its traffic from now on.
     Enroll(EnrollArgs),
     /// Stop capturing a pod.
@@ -34,6 +34,8 @@ pub enum Command {
     Stats,
     /// The last closed connections keel proxied.
     Connections,
+    /// Workloads, services and policies from the control plane, and the xDS connection's state.
+    ConfigDump,
     /// Turn the same-node sockmap fast path on or off.
     FastPath {
         #[arg(value_enum)]
@@ -95,6 +97,30 @@ pub struct RunArgs {
     /// the cost of capture from the cost of relaying). Not for real traffic.
     #[arg(long)]
     pub responder: bool,
+    /// Follow a control plane over delta ADS (e.g. https://keel-control:15012). Without it keel captures and
+    /// proxies with no workload state.
+    #[arg(long)]
+    pub xds_address: Option<String>,
+    /// PEM root the control plane's certificate chains to (its CA's root-cert.pem).
+    #[arg(long, requires = "xds_address")]
+    pub xds_root: Option<PathBuf>,
+    /// File holding the bearer token keel presents to the control plane.
+    #[arg(long, requires = "xds_address")]
+    pub xds_token_file: Option<PathBuf>,
+    /// The name the control plane's certificate must carry.
+    #[arg(long, default_value = "keel-control")]
+    pub xds_server_name: String,
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// keel's own pod, namespace, IP and node, as the control plane identifies node proxies (Downward API env).
+    #[arg(long, env = "POD_NAME", default_value = "keel")]
+    pub pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub pod_namespace: String,
+    #[arg(long, env = "INSTANCE_IP", default_value = "127.0.0.1")]
+    pub instance_ip: String,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
 }
 
 #[derive(Args, Debug)]
@@ -126,7 +152,7 @@ pub struct PodArgs {
 
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Run(args) => run_daemon(cli.api_socket, args),
+        Command::Run(args) => run_daemon(cli.api_socket, *args),
         Command::Enroll(a) => client(&cli.api_socket, Request::Enroll(PodSpec {
             namespace: a.namespace,
             name: a.name,
@@ -139,6 +165,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Pods => client(&cli.api_socket, Request::Pods),
         Command::Stats => client(&cli.api_socket, Request::Stats),
         Command::Connections => client(&cli.api_socket, Request::Connections),
+        Command::ConfigDump => client(&cli.api_socket, Request::ConfigDump),
         Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
     };
     match result {
@@ -180,6 +207,20 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         responder: args.responder,
+        xds: match args.xds_address {
+            None => None,
+            Some(address) => Some(crate::xds::setup::XdsSettings {
+                address,
+                root_pem: args.xds_root.ok_or_else(|| anyhow::anyhow!("--xds-address needs --xds-root"))?,
+                token_file: args.xds_token_file.ok_or_else(|| anyhow::anyhow!("--xds-address needs --xds-token-file"))?,
+                server_name: args.xds_server_name,
+                cluster_id: args.cluster_id,
+                pod_name: args.pod_name,
+                pod_namespace: args.pod_namespace,
+                instance_ip: args.instance_ip,
+                node_name: args.node_name,
+            }),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))

@@ -42,6 +42,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.
     pub responder: bool,
+    /// The control plane to follow, if any.
+    pub xds: Option<crate::xds::setup::XdsSettings>,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).
