@@ -1200,40 +1200,19 @@ pub(crate) mod tests {
     #[test]
     fn ratios_come_from_medians() {
         let r = aggregate(&synthetic());
-        assert!(close(
-            r.ratio("keepalive-c32", "ebpf", "iptables", Metric::Headline)
-                .unwrap(),
-            1.1
-        ));
-        assert!(close(
-            r.ratio("keepalive-c32", "ebpf", "direct", Metric::Headline)
-                .unwrap(),
-            0.44
-        ));
-        assert!(close(
-            r.ratio("keepalive-c32", "ebpf", "iptables", Metric::P99)
-                .unwrap(),
-            0.9
-        ));
-        assert!(close(
-            r.ratio("newconn-c32", "ebpf", "iptables", Metric::CpuPerUnit)
-                .unwrap(),
-            0.9
-        ));
-        assert!(close(
-            r.ratio("bulk-1", "ebpf", "direct", Metric::Headline)
-                .unwrap(),
-            0.7
-        ));
-        assert!(close(
-            r.ratio("bulk-1", "iptables", "iptables", Metric::Headline)
-                .unwrap(),
-            1.0
-        ));
-        assert_eq!(
-            r.ratio("responder-c32", "ebpf", "iptables", Metric::Headline),
-            None
-        );
+        let expected = [
+            ("keepalive-c32", "ebpf", "iptables", Metric::Headline, 1.1),
+            ("keepalive-c32", "ebpf", "direct", Metric::Headline, 0.44),
+            ("keepalive-c32", "ebpf", "iptables", Metric::P99, 0.9),
+            ("newconn-c32", "ebpf", "iptables", Metric::CpuPerUnit, 0.9),
+            ("bulk-1", "ebpf", "direct", Metric::Headline, 0.7),
+            ("bulk-1", "iptables", "iptables", Metric::Headline, 1.0),
+        ];
+        for (workload, arm, baseline, metric, ratio) in expected {
+            let got = r.ratio(workload, arm, baseline, metric).unwrap();
+            assert!(close(got, ratio), "{workload} {arm} vs {baseline}: {got} != {ratio}");
+        }
+        assert_eq!(r.ratio("responder-c32", "ebpf", "iptables", Metric::Headline), None);
         assert_eq!(r.ratio("bulk-1", "ebpf", "iptables", Metric::P99), None);
     }
 
