@@ -203,4 +203,31 @@ mod tests {
         assert!(format!("{err:#}").contains("csr"), "{err:#}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// istiod's test CAs are often RSA (ztunnel's is RSA-2048): a plugged-in RSA root made by openssl signs too.
+    #[test]
+    fn an_rsa_plugged_in_root_signs_workload_certificates() {
+        let dir = temp_dir("rsa");
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/O=cluster.local/CN=rsa root"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
+            .arg("-keyout")
+            .arg(dir.join(CA_KEY))
+            .arg("-out")
+            .arg(dir.join(CA_CERT))
+            .output()
+            .expect("openssl (Debian's, present on the machine image) makes the RSA root");
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        std::fs::copy(dir.join(CA_CERT), dir.join(ROOT_CERT)).unwrap();
+        std::fs::copy(dir.join(CA_CERT), dir.join(CERT_CHAIN)).unwrap();
+        let ca = Authority::load(&dir, "cluster.local").unwrap();
+        let chain = ca.issue(&csr(), "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(600)).unwrap();
+        let leaf_der = parse(&chain[0]);
+        let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
+        let root_der = parse(ca.root_pem());
+        let (_, root) = X509Certificate::from_der(&root_der).unwrap();
+        leaf.verify_signature(Some(root.public_key())).expect("an RSA signature by the plugged-in root");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -22,7 +22,7 @@ const LLVM_WHEELS: [&str; 2] = [
     "mlc-llvm-static-extra-targets==23.1.1.post0",
 ];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 8] = [
+pub const PACKAGES: [&str; 9] = [
     "iproute2",
     "iptables",
     "procps",
@@ -32,6 +32,8 @@ pub const PACKAGES: [&str; 8] = [
     "util-linux",
     // The benchmark's HTTP server (the same for every arm).
     "nginx-light",
+    // The CA test makes an RSA root with it, as operators make plugged-in CAs.
+    "openssl",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.
