@@ -4,6 +4,7 @@
 //! them over delta ADS to clients `tokens` authenticated.
 pub mod ca;
 pub mod ca_service;
+pub mod config_dir;
 pub mod config_state;
 pub mod objects;
 pub mod serve;

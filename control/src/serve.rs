@@ -8,17 +8,16 @@ use keel_proto::{
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     ca::Authority,
     ca_service::{CaService, NodeIdentities},
-    config_state::ConfigState,
-    source,
+    config_dir::ConfigDir,
     tokens::Tokens,
-    translate::{translate, Mesh},
-    watch::{fingerprint, POLL_INTERVAL},
-    xds::{server::AdsServer, snapshot::Snapshot},
+    translate::Mesh,
+    watch::POLL_INTERVAL,
+    xds::server::AdsServer,
 };
 
 pub struct ServeOptions {
@@ -36,11 +35,11 @@ pub struct ServeOptions {
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let tokens = Arc::new(Tokens::load(&options.tokens)?);
     let authority = Arc::new(Authority::load_or_generate(&options.ca_dir, &options.trust_domain)?);
-    let mut state = ConfigState::default();
-    let first = reload(&options, &mut state).unwrap_or_default();
+    let mut config = ConfigDir::new(&options.config_dir, options.mesh.clone());
+    let first = config.poll().unwrap_or_default();
     let (publish, snapshots) = watch::channel(Arc::new(first));
     let (publish_identities, identities) =
-        watch::channel(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &state.objects())));
+        watch::channel(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &config.objects())));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding the xDS server on {}", options.listen))?;
@@ -54,16 +53,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .add_service(IstioCertificateServiceServer::new(CaService::new(authority, tokens, identities)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let watcher = async {
-        let mut last = fingerprint(&options.config_dir);
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
-            let now = fingerprint(&options.config_dir);
-            if now == last {
-                continue;
-            }
-            last = now;
-            if let Some(snapshot) = reload(&options, &mut state) {
-                publish_identities.send_replace(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &state.objects())));
+            if let Some(snapshot) = config.poll() {
+                publish_identities.send_replace(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &config.objects())));
                 if **publish.borrow() != snapshot {
                     info!(types = ?snapshot.types.iter().map(|(t, r)| (t.rsplit('.').next().unwrap_or(t), r.len())).collect::<Vec<_>>(), "config changed: pushing");
                     publish.send_replace(Arc::new(snapshot));
@@ -74,29 +67,5 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     tokio::select! {
         served = server => served.context("xDS server"),
         () = watcher => Ok(()),
-    }
-}
-
-/// Reads the directory into `state`; `Some(snapshot)` when the objects in force changed.
-fn reload(options: &ServeOptions, state: &mut ConfigState) -> Option<Snapshot> {
-    let outcome = state.apply(source::load_dir(&options.config_dir));
-    for error in &outcome.errors {
-        warn!("config: {error}");
-    }
-    if !outcome.changed {
-        return None;
-    }
-    match translate(&options.mesh, &state.objects()) {
-        Ok(resources) => {
-            for warning in &resources.warnings {
-                warn!("config: {warning}");
-            }
-            Some(Snapshot::from_resources(&resources))
-        }
-        Err(errors) => {
-            // Unreachable for loaded objects (each passed `check`), but never serve a half-translated snapshot.
-            errors.iter().for_each(|e| warn!("config: {e}"));
-            None
-        }
     }
 }

@@ -157,8 +157,8 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: PERMISSIVE}}}
+metadata: {name: echo, namespace: demo}
+spec: {selector: {matchLabels: {app: echo}}, mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: PERMISSIVE}}}
 ---
 "#,
         );

@@ -49,7 +49,7 @@ async fn route(request: &Request<Incoming>, daemon: &Daemon) -> Response<Full<By
             response
         }
         "/metrics" | "/stats/prometheus" => text(StatusCode::OK, daemon.metrics()),
-        "/config_dump" => text(StatusCode::OK, serde_json::to_string_pretty(&daemon.config_dump()).expect("config dump serializes")),
+        "/config_dump" => text(StatusCode::OK, serde_json::to_string_pretty(&daemon.config_dump().await).expect("config dump serializes")),
         _ => text(StatusCode::NOT_FOUND, "unknown path; try /healthz/ready, /stats, /metrics, /config_dump\n".into()),
     }
 }

@@ -1,6 +1,8 @@
 //! The daemon's life: start capture, take over persisted pods, serve the API and admin, and on SIGTERM drain and
 //! remove everything keel attached, installed or pinned.
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -19,7 +21,10 @@ use crate::{
     api::Request,
     capture::{Capture, EbpfCounters},
     config::{CaptureMode, Config},
+    config_dump::ConfigDump,
     enrollment::Enrollment,
+    identity::Identity,
+    pods::PodSpec,
     l4::DataPath,
     telemetry::{ConnectionStats, Telemetry},
 };
@@ -31,6 +36,16 @@ pub struct Daemon {
     ready: AtomicBool,
     /// Present when keel follows a control plane.
     xds: Option<crate::xds::setup::Xds>,
+}
+
+/// A pod as `keel pods` lists it: the enrollment request, and the Workload keel tied it to (none until the
+/// workload source lists the pod's address).
+#[derive(Serialize)]
+pub struct EnrolledPodView {
+    #[serde(flatten)]
+    pub spec: PodSpec,
+    pub workload: Option<String>,
+    pub identity: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -47,23 +62,28 @@ impl Daemon {
         self.ready.load(Ordering::Relaxed) && self.xds.as_ref().is_none_or(|x| *x.ready.borrow())
     }
 
-    /// `/config_dump`: the workload state keel holds and the xDS connection's state.
-    pub fn config_dump(&self) -> Value {
-        let Some(xds) = &self.xds else {
-            return serde_json::json!({"xds": null});
-        };
-        let snapshot = xds.store.snapshot();
-        let names = |keys: Vec<&String>| {
-            let mut v: Vec<String> = keys.into_iter().cloned().collect();
-            v.sort();
-            v
-        };
-        serde_json::json!({
-            "workloads": names(snapshot.workloads.keys().collect()),
-            "services": names(snapshot.services.keys().collect()),
-            "policies": names(snapshot.policies.keys().collect()),
-            "xds": *xds.status.borrow(),
-        })
+    /// `/config_dump`: the workload state keel holds and the state of its source.
+    pub async fn config_dump(&self) -> ConfigDump {
+        let captured: BTreeSet<IpAddr> = self.enrollment.specs().await.into_iter().flat_map(|p| p.ips).collect();
+        ConfigDump::build(&self.data_path.workloads.snapshot(), &captured, self.xds.as_ref().map(|x| x.status.borrow().clone()))
+    }
+
+    /// Enrolled pods, each with the Workload its address belongs to (where its identity comes from).
+    pub async fn pods(&self) -> Vec<EnrolledPodView> {
+        let snapshot = self.data_path.workloads.snapshot();
+        self.enrollment
+            .specs()
+            .await
+            .into_iter()
+            .map(|spec| {
+                let workload = spec.ips.iter().find_map(|ip| snapshot.workloads_by_ip.get(ip));
+                EnrolledPodView {
+                    workload: workload.map(|w| w.uid.clone()),
+                    identity: workload.map(|w| Identity::of_workload(w).to_string()),
+                    spec,
+                }
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -89,10 +109,10 @@ impl Daemon {
                 self.enrollment.unenroll(&name).await?;
                 Value::Null
             }
-            Request::Pods => serde_json::to_value(self.enrollment.specs().await)?,
+            Request::Pods => serde_json::to_value(self.pods().await)?,
             Request::Stats => serde_json::to_value(self.stats())?,
             Request::Connections => serde_json::to_value(self.data_path.telemetry.recent_connections())?,
-            Request::ConfigDump => self.config_dump(),
+            Request::ConfigDump => serde_json::to_value(self.config_dump().await)?,
             Request::FastPath(on) => {
                 self.data_path.capture.set_fast_path(on)?;
                 Value::Null
@@ -110,14 +130,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Loading and attaching programs are blocking syscalls; the kernel logger task needs the runtime.
         tokio::task::block_in_place(move || Capture::start(&config))?
     };
+    let xds = config.workload_source.as_ref().map(|source| source.start()).transpose()?;
     let data_path = Arc::new(DataPath {
         capture,
         telemetry: Telemetry::new(),
+        workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
         connect_timeout: config.connect_timeout,
         responder: config.responder,
     });
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let xds = config.xds.as_ref().map(crate::xds::setup::start).transpose()?;
     let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), xds });
 
     let admin_listener = admin::bind(config.admin_addr).await?;

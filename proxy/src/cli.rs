@@ -7,7 +7,10 @@ use ipnet::Ipv4Net;
 use crate::{
     api::{self, Request},
     config::{cgroup2_mount, CaptureMode, Config, Exclusions},
+    config_dump::ConfigDump,
     pods::{PodName, PodSpec},
+    proxy_config::View,
+    xds::{local::LocalSettings, setup::WorkloadSource},
 };
 
 #[derive(Parser, Debug)]
@@ -36,6 +39,12 @@ pub enum Command {
     Connections,
     /// Workloads, services and policies from the control plane, and the xDS connection's state.
     ConfigDump,
+    /// Workloads, services, policies, certificates or the workload source's status, as a table.
+    #[command(name = "pc", visible_alias = "proxy-config")]
+    ProxyConfig {
+        #[arg(value_enum)]
+        view: View,
+    },
     /// Turn the same-node sockmap fast path on or off.
     FastPath {
         #[arg(value_enum)]
@@ -97,10 +106,14 @@ pub struct RunArgs {
     /// the cost of capture from the cost of relaying). Not for real traffic.
     #[arg(long)]
     pub responder: bool,
-    /// Follow a control plane over delta ADS (e.g. https://keel-control:15012). Without it keel captures and
-    /// proxies with no workload state.
-    #[arg(long)]
+    /// Follow a control plane over delta ADS (e.g. https://keel-control:15012). Without it (and without
+    /// --config-dir) keel captures and proxies with no workload state.
+    #[arg(long, conflicts_with = "config_dir")]
     pub xds_address: Option<String>,
+    /// Local mode: read workloads, services and policies from this directory of Kubernetes-style YAML (what
+    /// keel-control reads), in-process, with no control plane.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// PEM root the control plane's certificate chains to (its CA's root-cert.pem).
     #[arg(long, requires = "xds_address")]
     pub xds_root: Option<PathBuf>,
@@ -166,6 +179,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Stats => client(&cli.api_socket, Request::Stats),
         Command::Connections => client(&cli.api_socket, Request::Connections),
         Command::ConfigDump => client(&cli.api_socket, Request::ConfigDump),
+        Command::ProxyConfig { view } => proxy_config(&cli.api_socket, view),
         Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
     };
     match result {
@@ -182,6 +196,12 @@ fn client(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
     if !answer.is_null() {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     }
+    Ok(())
+}
+
+fn proxy_config(socket: &std::path::Path, view: View) -> anyhow::Result<()> {
+    let dump: ConfigDump = serde_json::from_value(api::call(socket, &Request::ConfigDump)?)?;
+    print!("{}", crate::proxy_config::render(view, &dump));
     Ok(())
 }
 
@@ -207,9 +227,12 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         responder: args.responder,
-        xds: match args.xds_address {
-            None => None,
-            Some(address) => Some(crate::xds::setup::XdsSettings {
+        workload_source: match (args.xds_address, args.config_dir) {
+            (None, None) => None,
+            (None, Some(config_dir)) => {
+                Some(WorkloadSource::LocalDir(LocalSettings { config_dir, cluster_id: args.cluster_id }))
+            }
+            (Some(address), _) => Some(WorkloadSource::ControlPlane(crate::xds::setup::XdsSettings {
                 address,
                 root_pem: args.xds_root.ok_or_else(|| anyhow::anyhow!("--xds-address needs --xds-root"))?,
                 token_file: args.xds_token_file.ok_or_else(|| anyhow::anyhow!("--xds-address needs --xds-token-file"))?,
@@ -219,7 +242,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
                 pod_namespace: args.pod_namespace,
                 instance_ip: args.instance_ip,
                 node_name: args.node_name,
-            }),
+            })),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -42,8 +42,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.
     pub responder: bool,
-    /// The control plane to follow, if any.
-    pub xds: Option<crate::xds::setup::XdsSettings>,
+    /// Where workloads, services and policies come from, if anywhere.
+    pub workload_source: Option<crate::xds::setup::WorkloadSource>,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).

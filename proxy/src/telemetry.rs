@@ -3,9 +3,11 @@
 use std::{
     collections::VecDeque,
     net::SocketAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use keel_proto::workload::Workload;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -15,7 +17,7 @@ use prometheus_client::{
 use serde::Serialize;
 use tracing::info;
 
-use crate::capture::Direction;
+use crate::{capture::Direction, identity::Identity};
 
 /// How many closed connections the `connections` API keeps.
 const RECENT_CONNECTIONS: usize = 1024;
@@ -43,13 +45,41 @@ struct DirectionMetrics {
     active: Gauge,
 }
 
+/// One end of a connection as the mesh knows it; empty when its address is no known workload.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Peer {
+    /// `<namespace>/<name>`.
+    pub workload: Option<String>,
+    pub identity: Option<Identity>,
+}
+
+impl Peer {
+    pub fn of(workload: Option<&Arc<Workload>>) -> Peer {
+        match workload {
+            None => Peer::default(),
+            Some(w) => Peer { workload: Some(format!("{}/{}", w.namespace, w.name)), identity: Some(Identity::of_workload(w)) },
+        }
+    }
+}
+
+fn or_dash(value: &Option<impl std::fmt::Display>) -> String {
+    value.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
 /// One closed connection, as the API and the demo show it. `bytes_sent` is client→server.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionRecord {
     pub direction: Direction,
     pub pod: String,
     pub source: SocketAddr,
+    /// What the client dialled (a service VIP, or a workload address).
     pub original_destination: SocketAddr,
+    /// What keel connected to: the chosen endpoint when the client dialled a VIP.
+    pub upstream: Option<SocketAddr>,
+    pub source_peer: Peer,
+    pub destination_peer: Peer,
+    /// The service hostname, when the client dialled a service VIP.
+    pub destination_service: Option<String>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub duration_ms: f64,
@@ -147,6 +177,12 @@ impl Telemetry {
             pod = %record.pod,
             src = %record.source,
             original_dst = %record.original_destination,
+            upstream = %or_dash(&record.upstream),
+            src_workload = %or_dash(&record.source_peer.workload),
+            src_identity = %or_dash(&record.source_peer.identity),
+            dst_workload = %or_dash(&record.destination_peer.workload),
+            dst_identity = %or_dash(&record.destination_peer.identity),
+            dst_service = %or_dash(&record.destination_service),
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms = elapsed.as_secs_f64() * 1e3,
@@ -194,6 +230,10 @@ mod tests {
             pod: "default/a".into(),
             source: "10.244.0.11:40000".parse().unwrap(),
             original_destination: "10.244.0.12:8080".parse().unwrap(),
+            upstream: None,
+            source_peer: Peer::default(),
+            destination_peer: Peer::default(),
+            destination_service: None,
             bytes_sent: sent,
             bytes_received: 2 * sent,
             duration_ms: 1.0,

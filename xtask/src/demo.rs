@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Returns only on error: on success this process becomes keel-demo, so its exit code is ours.
-pub fn demo() -> Result<()> {
+pub fn demo(control_plane: bool) -> Result<()> {
     let nightly = setup::ensure(Needs {
         packages: true,
         nextest: false,
@@ -22,6 +22,11 @@ pub fn demo() -> Result<()> {
     demo.arg("--keel")
         .arg(release.join("keel"))
         .arg("--podapp")
-        .arg(release.join("podapp"));
+        .arg(release.join("podapp"))
+        .arg("--keel-control")
+        .arg(release.join("keel-control"));
+    if control_plane {
+        demo.arg("--control-plane");
+    }
     Err(run::exec(&mut demo))
 }

@@ -38,8 +38,12 @@ enum Command {
         #[arg(last = true)]
         nextest_args: Vec<String>,
     },
-    /// Release build, then run the keel-demo walkthrough.
-    Demo,
+    /// Release build, then run the keel-demo walkthrough (keel reads the mesh config in-process by default).
+    Demo {
+        /// Run keel-control as a separate control plane and have keel follow it over delta ADS.
+        #[arg(long)]
+        control_plane: bool,
+    },
     /// Release build, then the capture benchmark (direct, iptables, eBPF, eBPF+splice); writes
     /// target/bench/<timestamp>/{report.md,results.json,report.svg}. Needs root.
     Bench {
@@ -70,7 +74,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Setup => setup::setup()?,
         Command::Build { release } => build::build(release)?,
         Command::Test { nextest_args } => return test::test(&nextest_args),
-        Command::Demo => demo::demo()?,
+        Command::Demo { control_plane } => demo::demo(control_plane)?,
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
     }
     Ok(ExitCode::SUCCESS)

@@ -52,7 +52,8 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     nextest
         .args(nextest_args)
         .env("KEEL_BIN", debug.join("keel"))
-        .env("KEEL_PODAPP", debug.join("podapp"));
+        .env("KEEL_PODAPP", debug.join("podapp"))
+        .env("KEEL_CONTROL_BIN", debug.join("keel-control"));
     let start = Instant::now();
     let status = run::status(&mut nextest)?;
     timings.tests = Some(start.elapsed());

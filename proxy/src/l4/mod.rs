@@ -1,5 +1,6 @@
 //! L4 proxying of captured connections: accept on keel's in-pod listeners, find the original destination,
 //! connect to it from inside the pod (as the pod would have), relay, and record what happened.
+pub mod destination;
 pub mod relay;
 pub mod responder;
 pub mod sockets;
@@ -17,7 +18,8 @@ use tracing::{debug, warn};
 use crate::{
     capture::{Capture, Direction},
     netns::Netns,
-    telemetry::{ConnectionRecord, Telemetry},
+    telemetry::{ConnectionRecord, Peer, Telemetry},
+    xds::state::{Snapshot, WorkloadStore},
 };
 
 /// What every connection handler of one pod shares.
@@ -32,6 +34,8 @@ pub struct PodContext {
 pub struct DataPath {
     pub capture: Capture,
     pub telemetry: Telemetry,
+    /// Workloads, services and policies (from a control plane or the local config directory; empty without).
+    pub workloads: Arc<WorkloadStore>,
     pub connect_timeout: std::time::Duration,
     /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see [`responder`]).
     pub responder: bool,
@@ -79,6 +83,10 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, p
         pod: pod.name.clone(),
         source,
         original_destination: SocketAddr::V4(SocketAddrV4::new([0, 0, 0, 0].into(), 0)),
+        upstream: None,
+        source_peer: Peer::default(),
+        destination_peer: Peer::default(),
+        destination_service: None,
         bytes_sent: 0,
         bytes_received: 0,
         duration_ms: 0.0,
@@ -119,9 +127,26 @@ async fn proxy(
         // A connection addressed to keel's own port would come straight back to keel: refuse the loop.
         return Err(format!("refusing {destination}: a keel port, not an application's"));
     }
-    let mut upstream = sockets::connect_from_pod(&pod.netns, destination, dp.connect_timeout)
+    let snapshot = dp.workloads.snapshot();
+    let pod_workload = Peer::of(snapshot.workloads_by_ip.get(&std::net::IpAddr::V4(pod.ip)));
+    let upstream = match direction {
+        Direction::Outbound => {
+            record.source_peer = pod_workload;
+            let route = destination::resolve(&snapshot, destination)?;
+            record.destination_peer = Peer::of(route.workload.as_ref());
+            record.destination_service = route.service.as_ref().map(|s| s.hostname.clone());
+            route.upstream
+        }
+        Direction::Inbound => {
+            record.source_peer = peer_at(&snapshot, record.source);
+            record.destination_peer = pod_workload;
+            destination
+        }
+    };
+    record.upstream = Some(SocketAddr::V4(upstream));
+    let mut upstream = sockets::connect_from_pod(&pod.netns, upstream, dp.connect_timeout)
         .await
-        .map_err(|e| format!("connecting to {destination}: {e}"))?;
+        .map_err(|e| format!("connecting to {upstream}: {e}"))?;
     let outcome = relay::relay(client, &mut upstream).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
@@ -129,6 +154,10 @@ async fn proxy(
         None => Ok(()),
         Some(e) => Err(e.to_string()),
     }
+}
+
+fn peer_at(snapshot: &Snapshot, address: SocketAddr) -> Peer {
+    Peer::of(snapshot.workloads_by_ip.get(&address.ip()))
 }
 
 fn is_keel_port(port: u16) -> bool {

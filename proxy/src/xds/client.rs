@@ -37,8 +37,10 @@ pub struct XdsConfig {
 }
 
 /// What `/config_dump` and `keel pc status` show about the xDS connection.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct XdsStatus {
+    /// Where the state comes from: `xds <address>` or `local <directory>`.
+    pub source: String,
     pub connected: bool,
     pub versions: HashMap<String, usize>,
     pub last_nack: Option<String>,
@@ -57,7 +59,7 @@ pub struct XdsClient {
 impl XdsClient {
     pub fn new(config: XdsConfig, store: Arc<WorkloadStore>) -> (XdsClient, watch::Receiver<bool>, watch::Receiver<XdsStatus>) {
         let (ready, ready_rx) = watch::channel(false);
-        let (status, status_rx) = watch::channel(XdsStatus::default());
+        let (status, status_rx) = watch::channel(XdsStatus { source: format!("xds {}", config.address), ..Default::default() });
         (XdsClient { config, store, ready, status, held: HashMap::new() }, ready_rx, status_rx)
     }
 

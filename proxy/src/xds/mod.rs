@@ -1,5 +1,7 @@
-//! keel's xDS side: the workload/service/policy state the data path reads (`state`), and the delta ADS client
-//! that keeps it in sync with a control plane (`client`).
+//! keel's workload state and where it comes from: the state the data path reads (`state`), the delta ADS client
+//! that keeps it in sync with a control plane (`client`, configured by `setup`), or the local mode that reads a
+//! config directory in-process (`local`).
 pub mod client;
+pub mod local;
 pub mod setup;
 pub mod state;

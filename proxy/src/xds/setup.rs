@@ -25,7 +25,25 @@ pub struct XdsSettings {
     pub node_name: String,
 }
 
-/// What the daemon keeps of a started client.
+/// Where keel's workload state comes from.
+#[derive(Clone, Debug)]
+pub enum WorkloadSource {
+    /// A control plane over delta ADS.
+    ControlPlane(XdsSettings),
+    /// A YAML directory read in-process (no control plane).
+    LocalDir(super::local::LocalSettings),
+}
+
+impl WorkloadSource {
+    pub fn start(&self) -> anyhow::Result<Xds> {
+        match self {
+            WorkloadSource::ControlPlane(settings) => start(settings),
+            WorkloadSource::LocalDir(settings) => super::local::start(settings),
+        }
+    }
+}
+
+/// What the daemon keeps of a started source.
 pub struct Xds {
     pub store: Arc<WorkloadStore>,
     pub ready: watch::Receiver<bool>,

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
     pub services: HashMap<String, Arc<Service>>,
     pub services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Service name (`<ns>/<hostname>`) → the workloads that list it in their `services` map, sorted by uid so
+    /// every snapshot orders them the same way.
+    pub endpoints: HashMap<String, Vec<Arc<Workload>>>,
     pub policies: HashMap<String, Arc<Authorization>>,
 }
 
@@ -40,7 +43,7 @@ pub struct Rejected {
     pub reason: String,
 }
 
-fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+pub fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
         16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
@@ -106,6 +109,7 @@ impl WorkloadStore {
         for name in removed {
             next.remove(name);
         }
+        next.index_endpoints();
         self.current.store(Arc::new(next));
     }
 }
@@ -149,6 +153,21 @@ impl Snapshot {
             }
         }
         self.policies.remove(name);
+    }
+
+    /// Endpoints are a property of workloads (their `services` map), so a push of either side can change them:
+    /// recomputed per push, off the data path, linear in the number of workloads.
+    fn index_endpoints(&mut self) {
+        let mut endpoints: HashMap<String, Vec<Arc<Workload>>> = HashMap::new();
+        for w in self.workloads.values() {
+            for service in w.services.keys() {
+                endpoints.entry(service.clone()).or_default().push(w.clone());
+            }
+        }
+        for list in endpoints.values_mut() {
+            list.sort_by(|a, b| a.uid.cmp(&b.uid));
+        }
+        self.endpoints = endpoints;
     }
 
     /// Name → version is kept by the client; this lists what the state holds, for `initial_resource_versions`.

@@ -1,9 +1,11 @@
-//! keel-demo: what `cargo xtask demo` shows. A node with three pods, keel with eBPF capture, a few requests, and a
-//! table of what keel captured — then everything is cleaned up (the lab's Drop).
+//! keel-demo: what `cargo xtask demo` shows. A node with three pods, a mesh config directory (Pods and a Service),
+//! keel with eBPF capture reading it in-process (or following keel-control with `--control-plane`), traffic to the
+//! Service VIP and between pods, a live config edit, and a table of what keel captured — then everything is
+//! cleaned up (the lab's Drop).
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use keel_tests::lab::{counter, Backend, Binaries, Connection, Lab, ServeMode};
+use keel_tests::lab::{counter, mesh_config, Backend, Binaries, Connection, Lab, ServeMode};
 use keel_tests::scenarios::{send_ok, KIB, MIB};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -21,6 +23,12 @@ struct Cli {
     /// The podapp binary (from this crate).
     #[arg(long, env = "KEEL_PODAPP")]
     podapp: PathBuf,
+    /// The control-plane binary.
+    #[arg(long, env = "KEEL_CONTROL_BIN")]
+    keel_control: PathBuf,
+    /// Run keel-control as a separate control plane (delta ADS over TLS) instead of keel's local mode.
+    #[arg(long)]
+    control_plane: bool,
 }
 
 fn main() {
@@ -44,9 +52,10 @@ fn run(cli: Cli) -> Result<()> {
         Binaries {
             keel: cli.keel,
             podapp: cli.podapp,
+            keel_control: cli.keel_control,
         },
     )?;
-    let result = demo(&lab);
+    let result = demo(&lab, cli.control_plane);
     if result.is_err() {
         // Keep the lab's logs and print keel's log tail on the way out.
         lab.mark_failed();
@@ -59,66 +68,73 @@ fn run(cli: Cli) -> Result<()> {
     result
 }
 
-fn demo(lab: &Lab) -> Result<()> {
+const VIP: &str = "10.96.0.10";
+
+fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     let client = lab.add_pod("client")?;
     let a = lab.add_pod("server-a")?;
     let b = lab.add_pod("server-b")?;
     for p in [&client, &a, &b] {
         println!("    pod {:<9} {:<12} netns {}", p.name, p.ip, p.netns);
     }
-    step("starting keel with eBPF capture");
-    let keel = lab.start_keel(Backend::Ebpf, &[])?;
-    println!(
-        "    keel pid {}, API {}",
-        keel.pid(),
-        lab.api_socket().display()
-    );
+    let config_dir = lab.dir().join("mesh");
+    step(&format!("writing the mesh config: Pods and Service echo ({VIP}:80 -> 8080, app=echo) in {}", config_dir.display()));
+    let mut objects = vec![
+        mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+        mesh_config::pod_object(&a, "echo", &[("app", "echo"), ("version", "v1")]),
+        mesh_config::pod_object(&b, "echo", &[("app", "echo"), ("version", "v2")]),
+        mesh_config::service_object("echo", VIP, &[("app", "echo")], 80, 8080),
+    ];
+    mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+    let (_control, keel) = if control_plane {
+        step("starting keel-control (delta ADS + CA on 127.0.0.1:15012) and keel with eBPF capture following it");
+        let control = lab.start_control(&config_dir)?;
+        let args = control.keel_args();
+        let keel = lab.start_keel(Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        (Some(control), keel)
+    } else {
+        step("starting keel with eBPF capture, reading the config directory in-process (local mode)");
+        let dir = config_dir.display().to_string();
+        (None, lab.start_keel(Backend::Ebpf, &["--config-dir", &dir])?)
+    };
+    println!("    keel pid {}, API {}", keel.pid(), lab.api_socket().display());
+    wait_ready(&keel)?;
     step("enrolling client, server-a and server-b");
     for p in [&client, &a, &b] {
         keel.enroll(p)?;
     }
-    step("starting echo servers on server-a:8080 and server-b:9090");
-    let _sa = a.serve(8080, ServeMode::Echo, &[])?;
-    let _sb = b.serve(9090, ServeMode::Echo, &[])?;
+    step("what keel knows (keel pc workloads / keel pc services)");
+    print!("{}", indent(&keel_cli(lab, &["pc", "workloads"])?));
+    print!("{}", indent(&keel_cli(lab, &["pc", "services"])?));
+    step("starting echo servers on server-a:8080, server-b:8080 and server-b:9090");
+    let _servers = [a.serve(8080, ServeMode::Echo, &[])?, b.serve(8080, ServeMode::Echo, &[])?, b.serve(9090, ServeMode::Echo, &[])?];
 
-    let requests: [(&str, &keel_tests::lab::Pod, std::net::SocketAddr, u64); 4] = [
-        (
-            "1 KiB echo   client -> server-a",
-            &client,
-            a.addr(8080),
-            KIB,
-        ),
-        (
-            "1 KiB echo   client -> server-b",
-            &client,
-            b.addr(9090),
-            KIB,
-        ),
-        (
-            "1 MiB echo   client -> server-a",
-            &client,
-            a.addr(8080),
-            MIB,
-        ),
+    let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    step(&format!("8 connections client -> {vip} (the Service VIP): keel picks an endpoint for each"));
+    print_vip_spread(&keel, &client, vip, 8)?;
+    step("direct pod-to-pod traffic");
+    for (what, from, to, bytes) in [
+        ("1 KiB echo   client -> server-a", &client, a.addr(8080), KIB),
+        ("1 MiB echo   client -> server-b", &client, b.addr(8080), MIB),
         ("1 KiB echo server-a -> server-b", &a, b.addr(9090), KIB),
-    ];
-    for (what, from, to, bytes) in requests {
+    ] {
         let s = send_ok(from, to, bytes, ServeMode::Echo)?;
         let sha = s.json["sha256"].as_str().unwrap_or("");
         let ms = s.json["duration_ms"].as_f64().unwrap_or(0.0);
-        println!(
-            "    {what}: ok in {ms:.1} ms, sha256 {}",
-            sha.get(..16).unwrap_or(sha)
-        );
+        println!("    {what}: ok in {ms:.1} ms, sha256 {}", sha.get(..16).unwrap_or(sha));
     }
     let r = client.connect_loop(b.addr(9090), 20, 16, Duration::from_secs(60))?;
     if r["failed"] != 0 {
         bail!("short connections failed: {r}");
     }
-    println!(
-        "    20 short connections client -> server-b: max {:.1} ms",
-        r["max_ms"].as_f64().unwrap_or(0.0)
-    );
+    println!("    20 short connections client -> server-b: max {:.1} ms", r["max_ms"].as_f64().unwrap_or(0.0));
+
+    step("editing the config: Service echo now selects version=v2 only, target port 9090");
+    objects.pop();
+    objects.push(mesh_config::service_object("echo", VIP, &[("version", "v2")], 80, 9090));
+    mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+    std::thread::sleep(Duration::from_millis(700));
+    print_vip_spread(&keel, &client, vip, 4)?;
 
     // Entries appear as connections close: give keel a moment to record the last ones.
     std::thread::sleep(Duration::from_millis(300));
@@ -131,6 +147,43 @@ fn demo(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+fn wait_ready(keel: &keel_tests::lab::Keel) -> Result<()> {
+    for _ in 0..200 {
+        if keel.admin_get("/healthz/ready")?.0 == 200 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("keel did not become ready within 10 s")
+}
+
+/// `count` connections to the VIP and where keel sent each.
+fn print_vip_spread(keel: &keel_tests::lab::Keel, client: &keel_tests::lab::Pod, vip: std::net::SocketAddr, count: usize) -> Result<()> {
+    let mut upstreams = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..count {
+        let sent = send_ok(client, vip, KIB, ServeMode::Echo)?;
+        let port = sent.local_port();
+        let c = keel.wait_connection(Duration::from_secs(5), |c| c.original_destination == vip.to_string() && c.source_port() == port)?;
+        *upstreams.entry(c.upstream.unwrap_or_else(|| "?".into())).or_default() += 1;
+    }
+    for (upstream, n) in upstreams {
+        println!("    {vip} -> {upstream}: {n} connection(s)");
+    }
+    Ok(())
+}
+
+fn keel_cli(lab: &Lab, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(&lab.binaries().keel).arg("--api-socket").arg(lab.api_socket()).args(args).output()?;
+    if !out.status.success() {
+        bail!("keel {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
 /// One row per distinct flow (direction, pod, destination, bytes): the 20 short connections become one "×20"
 /// row instead of drowning the interesting ones.
 fn print_connections(conns: &[Connection]) {
@@ -141,6 +194,7 @@ fn print_connections(conns: &[Connection]) {
             k.direction == c.direction
                 && k.pod == c.pod
                 && k.original_destination == c.original_destination
+                && k.upstream == c.upstream
                 && k.bytes_sent == c.bytes_sent
                 && k.bytes_received == c.bytes_received
                 && k.error == c.error
@@ -154,8 +208,8 @@ fn print_connections(conns: &[Connection]) {
         }
     }
     println!(
-        "    {:<9} {:<17} {:<22} {:<22} {:>9} {:>9} {:>8} {:>5}",
-        "direction", "pod", "source", "original dst", "sent", "received", "max ms", "count"
+        "    {:<9} {:<17} {:<22} {:<22} {:<22} {:>9} {:>9} {:>8} {:>5}",
+        "direction", "pod", "source", "original dst", "upstream", "sent", "received", "max ms", "count"
     );
     for (c, n, ms) in rows {
         let source = if n > 1 {
@@ -164,11 +218,12 @@ fn print_connections(conns: &[Connection]) {
             c.source.clone()
         };
         println!(
-            "    {:<9} {:<17} {:<22} {:<22} {:>9} {:>9} {:>8.2} {:>5}{}",
+            "    {:<9} {:<17} {:<22} {:<22} {:<22} {:>9} {:>9} {:>8.2} {:>5}{}",
             c.direction,
             c.pod,
             source,
             c.original_destination,
+            c.upstream.as_deref().unwrap_or("-"),
             c.bytes_sent,
             c.bytes_received,
             ms,

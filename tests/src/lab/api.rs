@@ -55,6 +55,22 @@ pub struct Connection {
     pub duration_ms: f64,
     #[serde(default)]
     pub error: Option<String>,
+    /// What keel connected to (the chosen endpoint when the client dialled a service VIP).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub source_peer: Peer,
+    #[serde(default)]
+    pub destination_peer: Peer,
+    #[serde(default)]
+    pub destination_service: Option<String>,
+}
+
+/// One end of a connection as keel's workload state knows it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct Peer {
+    pub workload: Option<String>,
+    pub identity: Option<String>,
 }
 
 impl Connection {

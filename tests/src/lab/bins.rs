@@ -1,16 +1,17 @@
 //! Where the `keel` and `podapp` binaries are.
 //!
-//! Order: the env var (`KEEL_BIN`, `KEEL_PODAPP`: what `cargo xtask test` and CI set), then next to the running
+//! Order: the env var (`KEEL_BIN`, `KEEL_PODAPP`, `KEEL_CONTROL_BIN`: what `cargo xtask test` and CI set), then next to the running
 //! executable (an integration test runs from `<target>/debug/deps/`, the demo from `<target>/debug/`, so a custom
 //! CARGO_TARGET_DIR just works), then `<workspace>/target/debug/`.
 
 use std::path::{Path, PathBuf};
 
-/// The two binaries a lab runs.
+/// The binaries a lab runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub keel: PathBuf,
     pub podapp: PathBuf,
+    pub keel_control: PathBuf,
 }
 
 impl Binaries {
@@ -20,6 +21,7 @@ impl Binaries {
         Self {
             keel: locate("KEEL_BIN", "keel"),
             podapp: locate("KEEL_PODAPP", "podapp"),
+            keel_control: locate("KEEL_CONTROL_BIN", "keel-control"),
         }
     }
 }

@@ -11,8 +11,10 @@
 pub mod api;
 mod bins;
 mod cgroup;
+mod control;
 mod http;
 mod keel;
+pub mod mesh_config;
 mod names;
 mod pod;
 mod prereqs;
@@ -22,6 +24,7 @@ pub mod sys;
 
 pub use api::{counter, port_of, Connection};
 pub use bins::{workspace_root, Binaries};
+pub use control::{ControlPlane, CONTROL_ADDR, NODE_NAME};
 pub use keel::{Keel, KeelSpec};
 pub use pod::{Pod, ServeMode, RUN_TIMEOUT};
 pub use prereqs::{require_root_and_prereqs, Machine};
@@ -232,6 +235,11 @@ impl Lab {
             log: self.dir.join(format!("keel-{n}.log")),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    /// Starts keel-control in the node namespace, serving `config_dir` (see [`ControlPlane`]).
+    pub fn start_control(&self, config_dir: &Path) -> Result<ControlPlane> {
+        ControlPlane::start(&self.bins.keel_control, &self.node_netns_path(), &self.cgroup_root.join("keel"), &self.dir, config_dir)
     }
 
     /// `iptables-save` inside a pod's network namespace (where the iptables backend puts its rules).

@@ -1,6 +1,14 @@
 //! Translation of validated objects into the resources node proxies consume: `istio.workload.Address` (Workload
 //! and Service) and `istio.security.Authorization`, named as istiod names them (`<cluster>//Pod/<ns>/<name>`,
 //! `<ns>/<hostname>`, `<ns>/<name>`). Pure functions of a whole snapshot: a push recomputes, then diffs.
+//! Pods, Services and AuthorizationPolicies translate here; ServiceEntries and PeerAuthentications in their own
+//! modules, since both also change the Workloads of the pods they select.
+mod peer_authentication;
+mod service_entry;
+
+#[cfg(test)]
+mod evaluate;
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use keel_proto::{
@@ -8,7 +16,7 @@ use keel_proto::{
     workload::{self, address, NetworkAddress, Port, PortList, TunnelProtocol, WorkloadType},
 };
 
-use crate::objects::{AuthorizationPolicy, Object, Operation, Pod, PortRef, Service, Source};
+use crate::objects::{AuthorizationPolicy, Object, Operation, PeerAuthentication, Pod, PortRef, Service, ServiceEntry, Source};
 
 /// Cluster-wide naming settings.
 #[derive(Clone, Debug)]
@@ -41,7 +49,37 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
     match object {
         Object::Service(svc) => service(mesh, svc).map(drop),
         Object::AuthorizationPolicy(policy) => authorization(mesh, policy).map(drop),
-        Object::Pod(_) | Object::ServiceEntry(_) | Object::PeerAuthentication(_) => Ok(()),
+        Object::ServiceEntry(entry) => service_entry::check(entry),
+        Object::PeerAuthentication(peer) => peer_authentication::check(peer),
+        Object::Pod(_) => Ok(()),
+    }
+}
+
+/// The objects of a snapshot by kind, for the translations that look across objects (what selects a pod).
+/// ServiceEntries and PeerAuthentications that fail [`check`] are left out, so they change no pod.
+struct ByKind<'a> {
+    pods: Vec<&'a Pod>,
+    services: Vec<&'a Service>,
+    authorization_policies: Vec<&'a AuthorizationPolicy>,
+    service_entries: Vec<&'a ServiceEntry>,
+    peer_authentications: Vec<&'a PeerAuthentication>,
+}
+
+impl<'a> ByKind<'a> {
+    fn of(objects: &'a [Object]) -> Self {
+        let mut by_kind =
+            ByKind { pods: vec![], services: vec![], authorization_policies: vec![], service_entries: vec![], peer_authentications: vec![] };
+        for object in objects {
+            match object {
+                Object::Pod(o) => by_kind.pods.push(o),
+                Object::Service(o) => by_kind.services.push(o),
+                Object::AuthorizationPolicy(o) => by_kind.authorization_policies.push(o),
+                Object::ServiceEntry(o) if service_entry::check(o).is_ok() => by_kind.service_entries.push(o),
+                Object::PeerAuthentication(o) if peer_authentication::check(o).is_ok() => by_kind.peer_authentications.push(o),
+                Object::ServiceEntry(_) | Object::PeerAuthentication(_) => {}
+            }
+        }
+        by_kind
     }
 }
 
@@ -49,13 +87,20 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
 pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<String>> {
     let mut out = Resources::default();
     let mut errors = Vec::new();
-    let services: Vec<&Service> = objects.iter().filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None }).collect();
-    let policies: Vec<&AuthorizationPolicy> =
-        objects.iter().filter_map(|o| if let Object::AuthorizationPolicy(p) = o { Some(p) } else { None }).collect();
+    let by_kind = ByKind::of(objects);
+    // PeerAuthentications translate as a set: which policies exist, and at which scope, depends on all of them.
+    let mtls = peer_authentication::translate(mesh, &by_kind.peer_authentications, &by_kind.pods);
+    out.warnings.extend(mtls.warnings.iter().cloned());
+    out.authorizations.extend(mtls.authorizations.iter().map(|a| (format!("{}/{}", a.namespace, a.name), a.clone())));
     for object in objects {
         match object {
             Object::Pod(pod) => {
-                let w = pod_workload(mesh, pod, &services, &policies);
+                let mut w = pod_workload(mesh, pod, &by_kind.services, &by_kind.authorization_policies);
+                // As for Services: a hostname already defined keeps its first definition.
+                for (host, ports) in service_entry::services_of_selected_pod(pod, &by_kind.service_entries) {
+                    w.services.entry(host).or_insert(ports);
+                }
+                w.authorization_policies.extend(mtls.attached_to(pod).iter().cloned());
                 out.addresses.insert(w.uid.clone(), workload::Address { r#type: Some(address::Type::Workload(w)) });
             }
             Object::Service(svc) => match service(mesh, svc) {
@@ -73,9 +118,31 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                 Ok(None) => out.warnings.push(format!("{}: AUDIT policies have no effect on node proxies", object.reference())),
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
-            // ServiceEntry and PeerAuthentication are read and validated; their translation comes with the
-            // issues that consume them (external services, mTLS modes).
-            Object::ServiceEntry(_) | Object::PeerAuthentication(_) => {}
+            Object::ServiceEntry(entry) => match service_entry::translate(mesh, entry) {
+                Ok(translated) => {
+                    out.warnings.extend(translated.warnings.into_iter().map(|w| format!("{}: {w}", object.reference())));
+                    for s in translated.services {
+                        let name = format!("{}/{}", s.namespace, s.hostname);
+                        // One name, one definition: a Service's own hostname is never replaced (its arm inserts
+                        // unconditionally), and among ServiceEntries the first in snapshot order (by name) stays.
+                        if out.addresses.contains_key(&name) {
+                            out.warnings.push(format!("{}: host {} is already defined in {}: ignored", object.reference(), s.hostname, s.namespace));
+                            continue;
+                        }
+                        out.addresses.insert(name, workload::Address { r#type: Some(address::Type::Service(s)) });
+                    }
+                    for w in translated.workloads {
+                        out.addresses.insert(w.uid.clone(), workload::Address { r#type: Some(address::Type::Workload(w)) });
+                    }
+                }
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
+            // Translated as a set above; an invalid one is only reported here.
+            Object::PeerAuthentication(peer) => {
+                if let Err(e) = peer_authentication::check(peer) {
+                    errors.push(format!("{}: {e}", object.reference()));
+                }
+            }
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
@@ -98,7 +165,6 @@ pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
 
 fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&AuthorizationPolicy]) -> workload::Workload {
     let m = &pod.metadata;
-    let label = |keys: &[&str]| keys.iter().find_map(|k| m.labels.get(*k).cloned());
     let in_mesh = m.labels.get("istio.io/dataplane-mode").map(String::as_str) != Some("none") && !pod.spec.host_network;
     let mut member_of = std::collections::HashMap::new();
     for svc in services.iter().filter(|s| s.metadata.namespace == m.namespace && selects(&s.spec.selector, &m.labels)) {
@@ -125,6 +191,7 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&Auth
         .filter(|p| p.spec.selector.as_ref().is_some_and(|s| selects(&s.match_labels, &m.labels)))
         .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
         .collect();
+    let (canonical_name, canonical_revision) = canonical_name_and_revision(&m.labels, &m.name);
     workload::Workload {
         uid: format!("{}//Pod/{}/{}", mesh.cluster_id, m.namespace, m.name),
         name: m.name.clone(),
@@ -133,9 +200,8 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&Auth
         tunnel_protocol: if in_mesh { TunnelProtocol::Hbone } else { TunnelProtocol::None } as i32,
         service_account: pod.service_account().to_owned(),
         node: pod.spec.node_name.clone(),
-        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or_else(|| m.name.clone()),
-        canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
-            .unwrap_or_else(|| "latest".into()),
+        canonical_name,
+        canonical_revision,
         workload_type: WorkloadType::Pod as i32,
         workload_name: m.name.clone(),
         services: member_of,
@@ -143,6 +209,15 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&Auth
         cluster_id: mesh.cluster_id.clone(),
         ..Default::default()
     }
+}
+
+/// Istio's canonical service (telemetry's name and version of a workload) from the usual labels.
+fn canonical_name_and_revision(labels: &BTreeMap<String, String>, fallback_name: &str) -> (String, String) {
+    let label = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k).cloned());
+    (
+        label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or_else(|| fallback_name.to_owned()),
+        label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]).unwrap_or_else(|| "latest".into()),
+    )
 }
 
 fn service(mesh: &Mesh, svc: &Service) -> Result<workload::Service, String> {

@@ -1,0 +1,75 @@
+//! The config directory as a sequence of snapshots: read it when it changed on disk, keep the last good version
+//! of each object, translate. Shared by `keel-control serve` and keel's local (no control plane) mode, so both
+//! read the same YAML the same way.
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use crate::{
+    config_state::ConfigState,
+    objects::Object,
+    source,
+    translate::{translate, Mesh},
+    watch::{fingerprint, Fingerprint},
+    xds::snapshot::Snapshot,
+};
+
+pub struct ConfigDir {
+    dir: PathBuf,
+    mesh: Mesh,
+    state: ConfigState,
+    seen: Option<Fingerprint>,
+    /// The errors of the last read, kept for status pages.
+    last_errors: Vec<String>,
+}
+
+impl ConfigDir {
+    pub fn new(dir: &Path, mesh: Mesh) -> ConfigDir {
+        ConfigDir { dir: dir.to_owned(), mesh, state: ConfigState::default(), seen: None, last_errors: Vec::new() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the directory if its files changed since the last call. `Some` carries the new snapshot when the
+    /// objects in force changed, and always after the first read (an empty directory is a valid, empty config);
+    /// errors and warnings are logged and kept.
+    pub fn poll(&mut self) -> Option<Snapshot> {
+        let now = fingerprint(&self.dir);
+        if self.seen.as_ref() == Some(&now) {
+            return None;
+        }
+        let first_read = self.seen.replace(now).is_none();
+        let outcome = self.state.apply(source::load_dir(&self.dir));
+        for error in &outcome.errors {
+            warn!("config: {error}");
+        }
+        self.last_errors = outcome.errors;
+        if !outcome.changed && !first_read {
+            return None;
+        }
+        match translate(&self.mesh, &self.state.objects()) {
+            Ok(resources) => {
+                for warning in &resources.warnings {
+                    warn!("config: {warning}");
+                }
+                Some(Snapshot::from_resources(&resources))
+            }
+            Err(errors) => {
+                // Unreachable for loaded objects (each passed `check`), but never publish a half-translated snapshot.
+                errors.iter().for_each(|e| warn!("config: {e}"));
+                self.last_errors.extend(errors);
+                None
+            }
+        }
+    }
+
+    pub fn objects(&self) -> Vec<Object> {
+        self.state.objects()
+    }
+
+    pub fn last_errors(&self) -> &[String] {
+        &self.last_errors
+    }
+}

@@ -1,0 +1,114 @@
+//! `keel pc workloads|services|policies|certs|status`: the config dump as aligned tables, the way
+//! `istioctl ztunnel-config` prints a ztunnel's state.
+use crate::config_dump::ConfigDump;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    Workloads,
+    Services,
+    Policies,
+    Certs,
+    Status,
+}
+
+pub fn render(view: View, dump: &ConfigDump) -> String {
+    match view {
+        View::Workloads => table(
+            &["NAMESPACE", "NAME", "ADDRESS", "NODE", "IDENTITY", "PROTOCOL", "STATUS", "CAPTURED"],
+            dump.workloads.iter().map(|w| {
+                vec![
+                    w.namespace.clone(),
+                    w.name.clone(),
+                    w.addresses.join(","),
+                    w.node.clone(),
+                    w.identity.clone(),
+                    w.protocol.clone(),
+                    w.status.clone(),
+                    if w.captured { "yes" } else { "-" }.into(),
+                ]
+            }),
+        ),
+        View::Services => table(
+            &["NAME", "VIPS", "PORTS", "ENDPOINTS"],
+            dump.services.iter().map(|s| {
+                vec![s.name.clone(), s.vips.join(","), s.ports.join(","), format!("{}/{}", s.healthy_endpoints, s.endpoints)]
+            }),
+        ),
+        View::Policies => table(
+            &["NAME", "SCOPE", "ACTION", "RULES"],
+            dump.policies.iter().map(|p| {
+                let action = if p.dry_run { format!("{} (dry run)", p.action) } else { p.action.clone() };
+                let rules = if p.rules.is_empty() { "(none: matches nothing)".into() } else { p.rules.join(" | ") };
+                vec![p.name.clone(), p.scope.clone(), action, rules]
+            }),
+        ),
+        View::Certs => table(
+            &["IDENTITY", "STATE", "SERIAL", "NOT BEFORE", "NOT AFTER"],
+            dump.certificates.iter().map(|c| {
+                vec![c.identity.clone(), c.state.clone(), c.serial.clone(), c.not_before.clone(), c.not_after.clone()]
+            }),
+        ),
+        View::Status => match &dump.xds {
+            None => "no workload source: keel runs without a control plane or config directory\n".into(),
+            Some(x) => {
+                let mut rows = vec![
+                    vec!["source".into(), x.source.clone()],
+                    vec!["connected".into(), x.connected.to_string()],
+                ];
+                let mut types: Vec<_> = x.versions.iter().collect();
+                types.sort();
+                for (type_url, count) in types {
+                    rows.push(vec![format!("resources {}", type_url.rsplit('/').next().unwrap_or(type_url)), count.to_string()]);
+                }
+                rows.push(vec!["last NACK".into(), x.last_nack.clone().unwrap_or_else(|| "-".into())]);
+                rows.push(vec!["last error".into(), x.last_error.clone().unwrap_or_else(|| "-".into())]);
+                table(&["FIELD", "VALUE"], rows.into_iter())
+            }
+        },
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_dump::ServiceEntry;
+
+    #[test]
+    fn tables_align_columns() {
+        let dump = ConfigDump {
+            services: vec![ServiceEntry {
+                name: "demo/echo.demo.svc.cluster.local".into(),
+                vips: vec!["10.96.0.10".into()],
+                ports: vec!["80→8080".into()],
+                endpoints: 2,
+                healthy_endpoints: 1,
+            }],
+            ..Default::default()
+        };
+        let out = render(View::Services, &dump);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "NAME                              VIPS        PORTS    ENDPOINTS");
+        assert_eq!(lines[1], "demo/echo.demo.svc.cluster.local  10.96.0.10  80→8080  1/2");
+        assert!(render(View::Status, &dump).starts_with("no workload source"));
+    }
+}

@@ -1,0 +1,14 @@
+//! keel driven by a config directory: through keel-control over delta ADS, and through keel's local mode
+//! (scenarios in keel_tests::scenarios::control_plane).
+
+use keel_tests::scenarios::control_plane::{vip_traffic_follows_config, Source};
+
+#[test]
+fn control_plane_drives_vip_traffic_and_its_loss_keeps_it_flowing() {
+    vip_traffic_follows_config(Source::ControlPlane);
+}
+
+#[test]
+fn local_config_dir_drives_vip_traffic() {
+    vip_traffic_follows_config(Source::LocalDir);
+}
