@@ -14,6 +14,21 @@ struct Cli {
 enum Command {
     /// Check every object of a config directory; exits non-zero on errors, naming file, object and field.
     Validate { dir: PathBuf },
+    /// Issue a workload certificate from a CA directory (istiod's plugged-in layout; generated if empty): for
+    /// tools and tests that need to speak HBONE as a workload. Writes <out>/cert-chain.pem, key.pem, root-cert.pem.
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value_t = 3600)]
+        validity_secs: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the directory over delta ADS, pushing every change to connected node proxies.
     Serve {
         #[arg(long)]
@@ -58,6 +73,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Issue { ca_dir, trust_domain, identity, validity_secs, out } => {
+            match issue(&ca_dir, &trust_domain, &identity, std::time::Duration::from_secs(validity_secs), &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keel-control: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Validate { dir } => {
             let loaded = keel_control::source::load_dir(&dir);
             let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
@@ -73,4 +97,21 @@ fn main() -> ExitCode {
             if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
+}
+
+fn issue(ca_dir: &std::path::Path, trust_domain: &str, identity: &str, validity: std::time::Duration, out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let authority = keel_control::ca::Authority::load_or_generate(ca_dir, trust_domain)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().context("--identity is not a URI")?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    let chain = authority.issue(&csr, identity, validity)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (leaf_and_intermediates, root) = chain.split_at(chain.len() - 1);
+    std::fs::write(out.join("cert-chain.pem"), leaf_and_intermediates.join("\n") + "\n")?;
+    std::fs::write(out.join("key.pem"), key.serialize_pem())?;
+    std::fs::write(out.join("root-cert.pem"), root[0].clone() + "\n")?;
+    println!("issued {identity} into {}", out.display());
+    Ok(())
 }

@@ -23,9 +23,10 @@ use crate::{
     config::{CaptureMode, Config},
     config_dump::ConfigDump,
     enrollment::Enrollment,
-    identity::Identity,
+    identity::{CertificateManager, Identity},
     pods::PodSpec,
-    l4::DataPath,
+    hbone::client::HboneClient,
+    l4::{open_connections::OpenConnections, DataPath, NodePods},
     telemetry::{ConnectionStats, Telemetry},
 };
 
@@ -65,7 +66,13 @@ impl Daemon {
     /// `/config_dump`: the workload state keel holds and the state of its source.
     pub async fn config_dump(&self) -> ConfigDump {
         let captured: BTreeSet<IpAddr> = self.enrollment.specs().await.into_iter().flat_map(|p| p.ips).collect();
-        ConfigDump::build(&self.data_path.workloads.snapshot(), &captured, self.xds.as_ref().map(|x| x.status.borrow().clone()))
+        let certificates = self.data_path.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+        ConfigDump::build(
+            &self.data_path.workloads.snapshot(),
+            &captured,
+            certificates,
+            self.xds.as_ref().map(|x| x.status.borrow().clone()),
+        )
     }
 
     /// Enrolled pods, each with the Workload its address belongs to (where its identity comes from).
@@ -131,13 +138,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::task::block_in_place(move || Capture::start(&config))?
     };
     let xds = config.workload_source.as_ref().map(|source| source.start()).transpose()?;
+    let certificates = match &config.workload_source {
+        Some(source) => Some(CertificateManager::new(source.certificate_provider()?, config.certificate_validity)),
+        None => None,
+    };
     let data_path = Arc::new(DataPath {
         capture,
         telemetry: Telemetry::new(),
         workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
+        certificates,
+        hbone: HboneClient::new(),
+        node_pods: NodePods::default(),
+        local_peers: Arc::default(),
+        open_connections: OpenConnections::new(config.close_denied_connections),
+        cluster_id: config.workload_source.as_ref().map_or_else(|| "Kubernetes".to_owned(), |s| s.cluster_id().to_owned()),
         connect_timeout: config.connect_timeout,
         responder: config.responder,
     });
+    tokio::spawn(reauthorize_on_change(data_path.clone()));
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
     let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), xds });
 
@@ -164,6 +182,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     daemon.data_path.capture.shutdown()?;
     info!("keel stopped cleanly");
     Ok(())
+}
+
+/// Re-decides open connections whenever a new workload/policy snapshot is published.
+async fn reauthorize_on_change(data_path: Arc<DataPath>) {
+    let mut changes = data_path.workloads.subscribe();
+    while changes.changed().await.is_ok() {
+        let closed = data_path.open_connections.reauthorize(&data_path.workloads.snapshot());
+        if closed > 0 {
+            info!(closed, "policy change closed open connections");
+        }
+    }
 }
 
 /// Waits for active connections to finish, up to the drain deadline.

@@ -114,6 +114,18 @@ pub struct RunArgs {
     /// keel-control reads), in-process, with no control plane.
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
+    /// Local mode's certificate authority: istiod's plugged-in layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem), generated there when empty (default: <state-dir>/ca). Nodes of one mesh share it.
+    #[arg(long, requires = "config_dir")]
+    pub ca_dir: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Validity keel asks for its workload certificates, in seconds (renewed at half-life).
+    #[arg(long, default_value_t = 86_400)]
+    pub certificate_validity_secs: u64,
+    /// Leave open connections alone when a policy change would deny them (by default keel closes them).
+    #[arg(long)]
+    pub keep_denied_connections: bool,
     /// PEM root the control plane's certificate chains to (its CA's root-cert.pem).
     #[arg(long, requires = "xds_address")]
     pub xds_root: Option<PathBuf>,
@@ -215,7 +227,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         capture: args.capture,
         cgroup_root,
         bpffs_dir: args.bpffs,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.clone(),
         api_socket,
         admin_addr: args.admin_addr,
         exclusions: Exclusions {
@@ -227,11 +239,16 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         responder: args.responder,
+        certificate_validity: Duration::from_secs(args.certificate_validity_secs.max(1)),
+        close_denied_connections: !args.keep_denied_connections,
         workload_source: match (args.xds_address, args.config_dir) {
             (None, None) => None,
-            (None, Some(config_dir)) => {
-                Some(WorkloadSource::LocalDir(LocalSettings { config_dir, cluster_id: args.cluster_id }))
-            }
+            (None, Some(config_dir)) => Some(WorkloadSource::LocalDir(LocalSettings {
+                config_dir,
+                cluster_id: args.cluster_id,
+                ca_dir: args.ca_dir.clone().unwrap_or_else(|| args.state_dir.join("ca")),
+                trust_domain: args.trust_domain.clone(),
+            })),
             (Some(address), _) => Some(WorkloadSource::ControlPlane(crate::xds::setup::XdsSettings {
                 address,
                 root_pem: args.xds_root.ok_or_else(|| anyhow::anyhow!("--xds-address needs --xds-root"))?,

@@ -42,6 +42,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.
     pub responder: bool,
+    pub certificate_validity: Duration,
+    /// Close open connections that a policy change denies.
+    pub close_denied_connections: bool,
     /// Where workloads, services and policies come from, if anywhere.
     pub workload_source: Option<crate::xds::setup::WorkloadSource>,
 }

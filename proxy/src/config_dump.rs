@@ -23,7 +23,7 @@ pub struct ConfigDump {
     pub workloads: Vec<WorkloadEntry>,
     pub services: Vec<ServiceEntry>,
     pub policies: Vec<PolicyEntry>,
-    /// Workload certificates keel holds (it fetches them for mTLS; none before the HBONE tunnel is in use).
+    /// Workload certificates keel holds for the identities of its pods (fetched on first need).
     pub certificates: Vec<CertificateEntry>,
     /// `None` when keel runs without a workload source.
     pub xds: Option<XdsStatus>,
@@ -74,14 +74,19 @@ pub struct CertificateEntry {
 }
 
 impl ConfigDump {
-    pub fn build(snapshot: &Snapshot, captured_ips: &BTreeSet<IpAddr>, xds: Option<XdsStatus>) -> ConfigDump {
+    pub fn build(
+        snapshot: &Snapshot,
+        captured_ips: &BTreeSet<IpAddr>,
+        certificates: Vec<CertificateEntry>,
+        xds: Option<XdsStatus>,
+    ) -> ConfigDump {
         let mut workloads: Vec<WorkloadEntry> = snapshot.workloads.values().map(|w| workload(w, captured_ips)).collect();
         workloads.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         let mut services: Vec<ServiceEntry> = snapshot.services.values().map(|s| service(s, snapshot)).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         let mut policies: Vec<PolicyEntry> = snapshot.policies.values().map(|p| policy(p)).collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        ConfigDump { workloads, services, policies, certificates: Vec::new(), xds }
+        ConfigDump { workloads, services, policies, certificates, xds }
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{Direction, PodCapture},
+    hbone,
     l4::{self, sockets, DataPath, PodContext},
     netns::Netns,
     pods::{PodName, PodSpec},
@@ -126,6 +127,8 @@ impl Enrollment {
             let listener = sockets::into_tokio(listener)?;
             tokio::spawn(l4::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
         }
+        let hbone = sockets::into_tokio(listeners.hbone)?;
+        tokio::spawn(hbone::server::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
         Ok(EnrolledPod { spec, context, inbound_listener, stop })
     }
 
@@ -164,8 +167,10 @@ impl Enrollment {
         }
     }
 
+    /// After every change of the pod set: tells the data path which pods are local, and saves the set.
     async fn persist(&self) -> anyhow::Result<()> {
         let specs = self.specs().await;
+        self.data_path.node_pods.set(specs.iter().flat_map(|p| p.ips.iter().copied()).collect());
         let json = serde_json::to_vec_pretty(&specs)?;
         let tmp = self.state_file.with_extension("json.tmp");
         std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;

@@ -17,7 +17,7 @@ use prometheus_client::{
 use serde::Serialize;
 use tracing::info;
 
-use crate::{capture::Direction, identity::Identity};
+use crate::{capture::Direction, identity::Identity, l4::outbound::Path};
 
 /// How many closed connections the `connections` API keeps.
 const RECENT_CONNECTIONS: usize = 1024;
@@ -72,6 +72,14 @@ pub struct ConnectionRecord {
     pub direction: Direction,
     pub pod: String,
     pub source: SocketAddr,
+    /// How keel carried it (outbound: direct, same-node or HBONE; inbound over HBONE: hbone).
+    pub path: Option<Path>,
+    /// Carried inside mutual TLS (HBONE) on this hop.
+    pub mutual_tls: bool,
+    /// The authorization decision (inbound), e.g. "denied by DENY policy shop/deny-sleep".
+    pub policy: Option<String>,
+    /// The HBONE status keel answered or received, when the connection was a CONNECT stream.
+    pub response_status: Option<u16>,
     /// What the client dialled (a service VIP, or a workload address).
     pub original_destination: SocketAddr,
     /// What keel connected to: the chosen endpoint when the client dialled a VIP.
@@ -84,6 +92,85 @@ pub struct ConnectionRecord {
     pub bytes_received: u64,
     pub duration_ms: f64,
     pub error: Option<String>,
+}
+
+impl ConnectionRecord {
+    /// A record for a connection just accepted; the handlers fill in the rest as they learn it.
+    pub fn new(direction: Direction, pod: &str, source: SocketAddr) -> ConnectionRecord {
+        ConnectionRecord {
+            direction,
+            pod: pod.to_owned(),
+            source,
+            path: None,
+            mutual_tls: false,
+            policy: None,
+            response_status: None,
+            original_destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+            upstream: None,
+            source_peer: Peer::default(),
+            destination_peer: Peer::default(),
+            destination_service: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: 0.0,
+            error: None,
+        }
+    }
+}
+
+/// Istio's standard TCP metric labels (a subset keel can fill; "unknown" where it cannot, as Istio does).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IstioTcpLabels {
+    reporter: &'static str,
+    source_workload: String,
+    source_workload_namespace: String,
+    source_principal: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_principal: String,
+    destination_service: String,
+    request_protocol: &'static str,
+    response_flags: &'static str,
+    connection_security_policy: &'static str,
+}
+
+impl IstioTcpLabels {
+    fn of(record: &ConnectionRecord) -> IstioTcpLabels {
+        let unknown = || "unknown".to_owned();
+        let split = |peer: &Peer| -> (String, String) {
+            match peer.workload.as_deref().and_then(|w| w.split_once('/')) {
+                Some((ns, name)) => (name.to_owned(), ns.to_owned()),
+                None => (unknown(), unknown()),
+            }
+        };
+        let principal = |peer: &Peer| peer.identity.as_ref().map_or_else(unknown, ToString::to_string);
+        let (source_workload, source_workload_namespace) = split(&record.source_peer);
+        let (destination_workload, destination_workload_namespace) = split(&record.destination_peer);
+        IstioTcpLabels {
+            reporter: match record.direction {
+                Direction::Outbound => "source",
+                Direction::Inbound => "destination",
+            },
+            source_workload,
+            source_workload_namespace,
+            source_principal: principal(&record.source_peer),
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal: principal(&record.destination_peer),
+            destination_service: record.destination_service.clone().unwrap_or_else(unknown),
+            request_protocol: "tcp",
+            response_flags: if record.error.is_some() { "UF" } else { "-" },
+            connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct IstioTcpMetrics {
+    opened: Family<IstioTcpLabels, Counter>,
+    closed: Family<IstioTcpLabels, Counter>,
+    sent: Family<IstioTcpLabels, Counter>,
+    received: Family<IstioTcpLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -104,6 +191,8 @@ pub struct ConnectionStats {
 
 pub struct Telemetry {
     registry: Registry,
+    istio: IstioTcpMetrics,
+    hbone_handshake_failures: Counter,
     outbound: DirectionMetrics,
     inbound: DirectionMetrics,
     recent: Mutex<VecDeque<ConnectionRecord>>,
@@ -117,7 +206,19 @@ impl Default for Telemetry {
 
 impl Telemetry {
     pub fn new() -> Telemetry {
-        let mut registry = Registry::with_prefix("keel");
+        let mut root = Registry::default();
+        let istio = IstioTcpMetrics::default();
+        root.register("istio_tcp_connections_opened", "TCP connections opened (Istio standard)", istio.opened.clone());
+        root.register("istio_tcp_connections_closed", "TCP connections closed (Istio standard)", istio.closed.clone());
+        root.register("istio_tcp_sent_bytes", "Bytes sent by the client over TCP (Istio standard)", istio.sent.clone());
+        root.register("istio_tcp_received_bytes", "Bytes the client received over TCP (Istio standard)", istio.received.clone());
+        let hbone_handshake_failures = Counter::default();
+        let registry = root.sub_registry_with_prefix("keel");
+        registry.register(
+            "hbone_handshake_failures",
+            "HBONE connections refused before any stream (TLS, identity, trust domain, HTTP/2)",
+            hbone_handshake_failures.clone(),
+        );
         let opened = Family::<DirectionLabels, Counter>::default();
         let closed = Family::<DirectionLabels, Counter>::default();
         let errors = Family::<DirectionLabels, Counter>::default();
@@ -144,7 +245,9 @@ impl Telemetry {
         Telemetry {
             outbound: metrics_for(DirectionLabel::outbound),
             inbound: metrics_for(DirectionLabel::inbound),
-            registry,
+            registry: root,
+            istio,
+            hbone_handshake_failures,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CONNECTIONS)),
         }
     }
@@ -162,8 +265,21 @@ impl Telemetry {
         m.active.inc();
     }
 
+    /// Istio's "opened" count, once keel knows both ends of the connection.
+    pub fn connection_identified(&self, record: &ConnectionRecord) {
+        self.istio.opened.get_or_create(&IstioTcpLabels::of(record)).inc();
+    }
+
+    pub fn hbone_handshake_failed(&self) {
+        self.hbone_handshake_failures.inc();
+    }
+
     /// Counts the connection's end, logs its line and keeps it for the `connections` API.
     pub fn connection_closed(&self, record: ConnectionRecord, elapsed: Duration) {
+        let labels = IstioTcpLabels::of(&record);
+        self.istio.closed.get_or_create(&labels).inc();
+        self.istio.sent.get_or_create(&labels).inc_by(record.bytes_sent);
+        self.istio.received.get_or_create(&labels).inc_by(record.bytes_received);
         let m = self.metrics(record.direction);
         m.closed.inc();
         m.active.dec();
@@ -183,6 +299,9 @@ impl Telemetry {
             dst_workload = %or_dash(&record.destination_peer.workload),
             dst_identity = %or_dash(&record.destination_peer.identity),
             dst_service = %or_dash(&record.destination_service),
+            path = %record.path.map_or("-", Path::as_str),
+            mtls = record.mutual_tls,
+            policy = record.policy.as_deref().unwrap_or("-"),
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms = elapsed.as_secs_f64() * 1e3,
@@ -226,18 +345,12 @@ mod tests {
 
     fn record(direction: Direction, sent: u64, error: Option<&str>) -> ConnectionRecord {
         ConnectionRecord {
-            direction,
-            pod: "default/a".into(),
-            source: "10.244.0.11:40000".parse().unwrap(),
             original_destination: "10.244.0.12:8080".parse().unwrap(),
-            upstream: None,
-            source_peer: Peer::default(),
-            destination_peer: Peer::default(),
-            destination_service: None,
             bytes_sent: sent,
             bytes_received: 2 * sent,
             duration_ms: 1.0,
             error: error.map(Into::into),
+            ..ConnectionRecord::new(direction, "default/a", "10.244.0.11:40000".parse().unwrap())
         }
     }
 

@@ -22,7 +22,7 @@ const LLVM_WHEELS: [&str; 2] = [
     "mlc-llvm-static-extra-targets==23.1.1.post0",
 ];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 9] = [
+pub const PACKAGES: [&str; 11] = [
     "iproute2",
     "iptables",
     "procps",
@@ -34,6 +34,10 @@ pub const PACKAGES: [&str; 9] = [
     "nginx-light",
     // The CA test makes an RSA root with it, as operators make plugged-in CAs.
     "openssl",
+    // The multi-node lab's wire capture: what crosses between nodes, to prove no plaintext does.
+    "tcpdump",
+    // The independent HBONE client (tests/hbone/hbone_probe.py): Python's ssl + h2, not keel's code.
+    "python3-h2",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.

@@ -1,15 +1,22 @@
 //! L4 proxying of captured connections: accept on keel's in-pod listeners, find the original destination,
 //! connect to it from inside the pod (as the pod would have), relay, and record what happened.
 pub mod destination;
+pub mod inbound;
+pub mod local_peers;
+pub mod open_connections;
+pub mod outbound;
 pub mod relay;
 pub mod responder;
 pub mod sockets;
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    collections::HashSet,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     sync::Arc,
     time::Instant,
 };
+
+use arc_swap::ArcSwap;
 
 use keel_ebpf_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use tokio::{net::TcpListener, net::TcpStream, sync::watch};
@@ -17,10 +24,14 @@ use tracing::{debug, warn};
 
 use crate::{
     capture::{Capture, Direction},
+    hbone::client::HboneClient,
+    identity::CertificateManager,
     netns::Netns,
-    telemetry::{ConnectionRecord, Peer, Telemetry},
-    xds::state::{Snapshot, WorkloadStore},
+    telemetry::{ConnectionRecord, Telemetry},
+    xds::state::WorkloadStore,
 };
+use local_peers::LocalPeers;
+use open_connections::OpenConnections;
 
 /// What every connection handler of one pod shares.
 pub struct PodContext {
@@ -36,9 +47,31 @@ pub struct DataPath {
     pub telemetry: Telemetry,
     /// Workloads, services and policies (from a control plane or the local config directory; empty without).
     pub workloads: Arc<WorkloadStore>,
+    /// Workload certificates for mTLS; `None` when keel has no control plane or local CA to get them from.
+    pub certificates: Option<CertificateManager>,
+    pub hbone: Arc<HboneClient>,
+    /// The pods enrolled on this node (their traffic to each other stays inside the node).
+    pub node_pods: NodePods,
+    pub local_peers: Arc<LocalPeers>,
+    pub open_connections: Arc<OpenConnections>,
+    pub cluster_id: String,
     pub connect_timeout: std::time::Duration,
     /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see [`responder`]).
     pub responder: bool,
+}
+
+/// The addresses of the pods enrolled on this node, read on every outbound connection, written on enrollment.
+#[derive(Default)]
+pub struct NodePods(ArcSwap<HashSet<IpAddr>>);
+
+impl NodePods {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.load().contains(&ip)
+    }
+
+    pub fn set(&self, ips: HashSet<IpAddr>) {
+        self.0.store(Arc::new(ips));
+    }
 }
 
 /// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown). Connections already accepted
@@ -78,27 +111,11 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, p
         (Direction::Outbound, SocketAddr::V4(v4)) if v4.ip().is_loopback() => SocketAddr::V4(SocketAddrV4::new(pod.ip, v4.port())),
         _ => peer,
     };
-    let mut record = ConnectionRecord {
-        direction,
-        pod: pod.name.clone(),
-        source,
-        original_destination: SocketAddr::V4(SocketAddrV4::new([0, 0, 0, 0].into(), 0)),
-        upstream: None,
-        source_peer: Peer::default(),
-        destination_peer: Peer::default(),
-        destination_service: None,
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0.0,
-        error: None,
-    };
-    match proxy(&mut client, direction, pod, dp, &mut record).await {
-        Ok(()) => {}
-        Err(e) => {
-            debug!(pod = %pod.name, error = %e, "connection failed");
-            relay::reset(&client);
-            record.error = Some(e);
-        }
+    let mut record = ConnectionRecord::new(direction, &pod.name, source);
+    if let Err(e) = proxy(&mut client, direction, pod, dp, &mut record).await {
+        debug!(pod = %pod.name, error = %e, "connection failed");
+        relay::reset(&client);
+        record.error = Some(e);
     }
     let elapsed = started.elapsed();
     record.duration_ms = elapsed.as_secs_f64() * 1e3;
@@ -127,37 +144,10 @@ async fn proxy(
         // A connection addressed to keel's own port would come straight back to keel: refuse the loop.
         return Err(format!("refusing {destination}: a keel port, not an application's"));
     }
-    let snapshot = dp.workloads.snapshot();
-    let pod_workload = Peer::of(snapshot.workloads_by_ip.get(&std::net::IpAddr::V4(pod.ip)));
-    let upstream = match direction {
-        Direction::Outbound => {
-            record.source_peer = pod_workload;
-            let route = destination::resolve(&snapshot, destination)?;
-            record.destination_peer = Peer::of(route.workload.as_ref());
-            record.destination_service = route.service.as_ref().map(|s| s.hostname.clone());
-            route.upstream
-        }
-        Direction::Inbound => {
-            record.source_peer = peer_at(&snapshot, record.source);
-            record.destination_peer = pod_workload;
-            destination
-        }
-    };
-    record.upstream = Some(SocketAddr::V4(upstream));
-    let mut upstream = sockets::connect_from_pod(&pod.netns, upstream, dp.connect_timeout)
-        .await
-        .map_err(|e| format!("connecting to {upstream}: {e}"))?;
-    let outcome = relay::relay(client, &mut upstream).await;
-    record.bytes_sent = outcome.client_to_server;
-    record.bytes_received = outcome.server_to_client;
-    match outcome.error {
-        None => Ok(()),
-        Some(e) => Err(e.to_string()),
+    match direction {
+        Direction::Outbound => outbound::proxy(client, destination, pod, dp, record).await,
+        Direction::Inbound => inbound::proxy(client, destination, pod, dp, record).await,
     }
-}
-
-fn peer_at(snapshot: &Snapshot, address: SocketAddr) -> Peer {
-    Peer::of(snapshot.workloads_by_ip.get(&address.ip()))
 }
 
 fn is_keel_port(port: u16) -> bool {

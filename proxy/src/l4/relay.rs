@@ -1,5 +1,6 @@
 //! Byte relay between a captured client and its upstream: both directions at once, half-close carried over
-//! (EOF on one side becomes a FIN on the other), a reset or error on either side resets both.
+//! (EOF on one side becomes a FIN, or an HBONE END_STREAM, on the other), a reset or error on either side resets
+//! both.
 use std::io;
 
 use tokio::{
@@ -20,37 +21,48 @@ pub struct RelayOutcome {
     pub error: Option<io::Error>,
 }
 
+/// TCP to TCP: on an error both sockets are reset.
 pub async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> RelayOutcome {
-    let mut outcome = RelayOutcome::default();
-    let result = {
-        let (mut client_read, mut client_write) = client.split();
-        let (mut server_read, mut server_write) = server.split();
-        let up = copy_until_eof(&mut client_read, &mut server_write);
-        let down = copy_until_eof(&mut server_read, &mut client_write);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        let mut result = Ok(());
-        while !(up_done && down_done) {
-            tokio::select! {
-                (bytes, r) = &mut up, if !up_done => {
-                    up_done = true;
-                    outcome.client_to_server = bytes;
-                    if let Err(e) = r { result = Err(e); break; }
-                }
-                (bytes, r) = &mut down, if !down_done => {
-                    down_done = true;
-                    outcome.server_to_client = bytes;
-                    if let Err(e) = r { result = Err(e); break; }
-                }
-            }
-        }
-        result
+    let outcome = {
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = server.split();
+        relay_halves(client_read, client_write, server_read, server_write).await
     };
-    if let Err(e) = result {
+    if outcome.error.is_some() {
         // A failed direction ends both: close with RST so each peer learns the connection broke.
         reset(client);
         reset(server);
-        outcome.error = Some(e);
+    }
+    outcome
+}
+
+/// Both directions at once over any pair of byte streams given as halves (a TCP socket's, an HBONE stream's).
+/// Stops at the first error, which the caller turns into resets on its own kind of stream.
+pub async fn relay_halves<CR, CW, SR, SW>(mut client_read: CR, mut client_write: CW, mut server_read: SR, mut server_write: SW) -> RelayOutcome
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let mut outcome = RelayOutcome::default();
+    let up = copy_until_eof(&mut client_read, &mut server_write);
+    let down = copy_until_eof(&mut server_read, &mut client_write);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            (bytes, r) = &mut up, if !up_done => {
+                up_done = true;
+                outcome.client_to_server = bytes;
+                if let Err(e) = r { outcome.error = Some(e); break; }
+            }
+            (bytes, r) = &mut down, if !down_done => {
+                down_done = true;
+                outcome.server_to_client = bytes;
+                if let Err(e) = r { outcome.error = Some(e); break; }
+            }
+        }
     }
     outcome
 }

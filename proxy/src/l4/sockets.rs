@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use keel_ebpf_common::{INBOUND_PORT, KEEL_MARK, OUTBOUND_PORT};
+use keel_ebpf_common::{HBONE_PORT, INBOUND_PORT, KEEL_MARK, OUTBOUND_PORT};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -15,12 +15,14 @@ use crate::netns::Netns;
 
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// keel's two listeners in a pod.
+/// keel's listeners in a pod.
 pub struct PodListeners {
     /// 127.0.0.1:15001: where connect4 (or REDIRECT) sends the pod's outbound connections.
     pub outbound: std::net::TcpListener,
     /// 0.0.0.0:15006: where sk_lookup (or REDIRECT) hands inbound connections.
     pub inbound: std::net::TcpListener,
+    /// 0.0.0.0:15008: HBONE, addressed to the pod itself (capture leaves the port alone).
+    pub hbone: std::net::TcpListener,
 }
 
 pub fn marked_tcp_socket() -> io::Result<Socket> {
@@ -49,6 +51,7 @@ pub fn open_pod_listeners(netns: &Netns) -> anyhow::Result<PodListeners> {
         Ok(PodListeners {
             outbound: listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, OUTBOUND_PORT), false)?,
             inbound: listener(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, INBOUND_PORT), true)?,
+            hbone: listener(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, HBONE_PORT), false)?,
         })
     })??;
     Ok(listeners)

@@ -24,6 +24,9 @@ use super::{
 pub struct LocalSettings {
     pub config_dir: PathBuf,
     pub cluster_id: String,
+    /// The CA that signs workload certificates in local mode (istiod's plugged-in layout; generated if empty).
+    pub ca_dir: PathBuf,
+    pub trust_domain: String,
 }
 
 /// Starts following the directory; the first read happens before this returns, so keel is ready at once.

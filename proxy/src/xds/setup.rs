@@ -11,6 +11,7 @@ use super::{
     client::{XdsClient, XdsConfig, XdsStatus},
     state::WorkloadStore,
 };
+use crate::identity::provider::{CaClient, CaClientConfig, CertificateProvider, LocalCa};
 
 #[derive(Clone, Debug)]
 pub struct XdsSettings {
@@ -41,6 +42,27 @@ impl WorkloadSource {
             WorkloadSource::LocalDir(settings) => super::local::start(settings),
         }
     }
+
+    pub fn cluster_id(&self) -> &str {
+        match self {
+            WorkloadSource::ControlPlane(settings) => &settings.cluster_id,
+            WorkloadSource::LocalDir(settings) => &settings.cluster_id,
+        }
+    }
+
+    /// Where workload certificates come from: the control plane's CA, or (local mode) a CA in istiod's
+    /// plugged-in layout on disk, generated there on first start.
+    pub fn certificate_provider(&self) -> anyhow::Result<Arc<dyn CertificateProvider>> {
+        Ok(match self {
+            WorkloadSource::ControlPlane(settings) => {
+                Arc::new(CaClient::new(CaClientConfig::from_xds(&xds_config(settings)?))?)
+            }
+            WorkloadSource::LocalDir(settings) => Arc::new(
+                LocalCa::load_or_generate(&settings.ca_dir, &settings.trust_domain)
+                    .with_context(|| format!("--ca-dir {}", settings.ca_dir.display()))?,
+            ),
+        })
+    }
 }
 
 /// What the daemon keeps of a started source.
@@ -67,24 +89,28 @@ pub fn node(s: &XdsSettings) -> Node {
     }
 }
 
-/// Starts the client task; keel serves whatever state it has while the control plane is away.
-pub fn start(settings: &XdsSettings) -> anyhow::Result<Xds> {
+/// The client's settings with the root and token read from their files (the CA client uses the same).
+pub fn xds_config(settings: &XdsSettings) -> anyhow::Result<XdsConfig> {
     let root_pem = std::fs::read_to_string(&settings.root_pem)
         .with_context(|| format!("--xds-root: reading {}", settings.root_pem.display()))?;
     let token = std::fs::read_to_string(&settings.token_file)
         .with_context(|| format!("--xds-token-file: reading {}", settings.token_file.display()))?
         .trim()
         .to_owned();
-    let store = Arc::new(WorkloadStore::default());
-    let config = XdsConfig {
+    Ok(XdsConfig {
         address: settings.address.clone(),
         root_pem,
         server_name: settings.server_name.clone(),
         token,
         cluster_id: settings.cluster_id.clone(),
         node: node(settings),
-    };
-    let (client, ready, status) = XdsClient::new(config, store.clone());
+    })
+}
+
+/// Starts the client task; keel serves whatever state it has while the control plane is away.
+pub fn start(settings: &XdsSettings) -> anyhow::Result<Xds> {
+    let store = Arc::new(WorkloadStore::default());
+    let (client, ready, status) = XdsClient::new(xds_config(settings)?, store.clone());
     tokio::spawn(client.run());
     Ok(Xds { store, ready, status })
 }

@@ -88,14 +88,26 @@ pub fn decode_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Reject
 }
 
 /// The published state and how it changes.
-#[derive(Default)]
 pub struct WorkloadStore {
     current: ArcSwap<Snapshot>,
+    /// Bumped on every publish: what re-authorization of open connections waits on.
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for WorkloadStore {
+    fn default() -> Self {
+        WorkloadStore { current: ArcSwap::default(), version: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 impl WorkloadStore {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Notified after each new snapshot is published.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Applies one response in a single step: upserts by resource name, then removals. Only xDS updates write,
@@ -111,6 +123,7 @@ impl WorkloadStore {
         }
         next.index_endpoints();
         self.current.store(Arc::new(next));
+        self.version.send_modify(|v| *v += 1);
     }
 }
 

@@ -64,6 +64,16 @@ pub struct Connection {
     pub destination_peer: Peer,
     #[serde(default)]
     pub destination_service: Option<String>,
+    /// direct, same-node or hbone.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub mutual_tls: bool,
+    /// The authorization decision (inbound).
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub response_status: Option<u16>,
 }
 
 /// One end of a connection as keel's workload state knows it.

@@ -2,17 +2,18 @@
 //! Service objects. Files are replaced atomically (write, then rename), as a config-management tool would, so a
 //! reader never sees half a file.
 
-use super::{Pod, NODE_NAME};
+use super::Pod;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// A Pod object for a lab pod, on the lab's node.
+/// A Pod object for a lab pod, on the node it was added to (`nodeName` = [`Pod::node_name`]).
 pub fn pod_object(pod: &Pod, service_account: &str, labels: &[(&str, &str)]) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\nspec:\n  serviceAccountName: {service_account}\n  nodeName: {NODE_NAME}\nstatus:\n  podIP: {}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\nspec:\n  serviceAccountName: {service_account}\n  nodeName: {}\nstatus:\n  podIP: {}\n",
         pod.name,
         pod.namespace,
         labels.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+        pod.node_name,
         pod.ip
     )
 }

@@ -1,4 +1,4 @@
-//! The lab: one "node" network namespace with a bridge, "pods" hanging off it, and cleanup that always runs.
+//! The lab: "node" network namespaces with a bridge each, "pods" hanging off them, and cleanup that always runs.
 //!
 //! ```text
 //!   node netns <prefix>-node            pod netns <prefix>-<name>
@@ -7,6 +7,10 @@
 //! ```
 //! keel's `--cgroup` is the lab cgroup root, so its cgroup hooks see exactly this lab's pods (labs run in
 //! parallel, each fully separate: own namespaces, cgroups, bpffs dir, API socket).
+//!
+//! [`Lab::with_nodes`] builds 2..=4 such nodes (node k: bridge 10.244.k.1/24, its own cgroup subtree, pins, state
+//! and socket; see `node.rs`) joined by a wire (one switch in an underlay namespace, node k at 172.30.0.(k+1);
+//! see `wire.rs`), so pod-to-pod traffic between nodes is routed across it, where [`Lab::capture_wire`] sees it.
 
 pub mod api;
 mod bins;
@@ -16,19 +20,26 @@ mod http;
 mod keel;
 pub mod mesh_config;
 mod names;
+mod node;
+pub mod pcap;
 mod pod;
 mod prereqs;
 pub mod process;
 mod sweep;
 pub mod sys;
+mod wire;
+mod wire_capture;
 
 pub use api::{counter, port_of, Connection};
 pub use bins::{workspace_root, Binaries};
-pub use control::{ControlPlane, CONTROL_ADDR, NODE_NAME};
+pub use control::{ControlPlane, CONTROL_ADDR, CONTROL_PORT, NODE_NAME};
 pub use keel::{Keel, KeelSpec};
+pub use node::Node;
 pub use pod::{Pod, ServeMode, RUN_TIMEOUT};
 pub use prereqs::{require_root_and_prereqs, Machine};
 pub use process::{tail, ChildGuard};
+pub use wire::{node_wire_ip, MAX_NODES, NODE_UPLINK, WIRE_BRIDGE};
+pub use wire_capture::{podapp_payload, CapturedBytes, WireCapture};
 
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,29 +64,36 @@ impl Backend {
     }
 }
 
-/// The node bridge's address: pods' default gateway.
+/// The node bridge's address: pods' default gateway (node 0's; node k's is 10.244.k.1).
 pub const NODE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// keel's admin address inside the node namespace.
 pub const ADMIN_ADDR: &str = "127.0.0.1:15000";
 
 #[derive(Default)]
 struct Created {
-    /// Network namespaces made, node first.
+    /// Network namespaces made, in order (deleted in reverse).
     netns: Vec<String>,
+    /// Every pod's name: unique across the lab (each is a namespace and a cgroup named after it).
     pods: Vec<String>,
-    keel_starts: u32,
+    /// Pods per node: the next default host octet and veth name.
+    pods_per_node: Vec<u8>,
+    /// Every keel log, in start order (their tails are printed when a test fails).
+    keel_logs: Vec<PathBuf>,
+    wire_captures: u32,
 }
 
 /// A lab. Dropping it removes everything it made, in an order that cannot fail because of what is still running:
-/// kill every process in the lab cgroup (keel and apps), remove keel's bpffs dir, delete the namespaces, remove the
-/// cgroups, remove the temp dir (kept, and its path printed, when the test panicked: it holds the logs).
+/// kill every process in the lab cgroup (keels, keel-control, apps, tcpdump), remove keel's bpffs dirs, delete the
+/// namespaces (which takes their veths along), remove the cgroups, remove the temp dir (kept, and its path
+/// printed, when the test panicked: it holds the logs).
 pub struct Lab {
     prefix: String,
     machine: Machine,
     bins: Binaries,
     dir: PathBuf,
+    /// The lab's cgroup: every node's subtree (a single node's IS this root) and the wire capture's.
     cgroup_root: PathBuf,
-    bpffs: PathBuf,
+    nodes: Vec<node::NodeLayout>,
     created: Mutex<Created>,
     spawned: Arc<AtomicU32>,
     failed: AtomicBool,
@@ -88,17 +106,32 @@ impl Lab {
     }
 
     pub fn with_binaries(test_name: &str, bins: Binaries) -> Result<Lab> {
+        Self::with_nodes_and_binaries(test_name, 1, bins)
+    }
+
+    /// A lab of `nodes` nodes (1..=4) joined by a wire; `with_nodes(name, 1)` is [`Lab::new`].
+    pub fn with_nodes(test_name: &str, nodes: usize) -> Result<Lab> {
+        Self::with_nodes_and_binaries(test_name, nodes, Binaries::locate())
+    }
+
+    pub fn with_nodes_and_binaries(test_name: &str, nodes: usize, bins: Binaries) -> Result<Lab> {
+        if !(1..=wire::MAX_NODES).contains(&nodes) {
+            bail!("a lab has 1..={} nodes, not {nodes}", wire::MAX_NODES);
+        }
         let machine = require_root_and_prereqs();
         let prefix = names::new_prefix(test_name);
         let lab_name = format!("keel-lab-{prefix}");
+        let dir = std::env::temp_dir().join(&lab_name);
+        let cgroup_root = machine.cgroup2.join(&lab_name);
+        let bpffs = Path::new(prereqs::BPFFS_ROOT).join(&lab_name);
         let lab = Lab {
-            dir: std::env::temp_dir().join(&lab_name),
-            cgroup_root: machine.cgroup2.join(&lab_name),
-            bpffs: Path::new(prereqs::BPFFS_ROOT).join(&lab_name),
+            nodes: node::NodeLayout::plan(&prefix, nodes, &dir, &cgroup_root, &bpffs),
+            dir,
+            cgroup_root,
             prefix,
             machine,
             bins,
-            created: Mutex::new(Created::default()),
+            created: Mutex::new(Created { pods_per_node: vec![0; nodes], ..Created::default() }),
             spawned: Arc::new(AtomicU32::new(0)),
             failed: AtomicBool::new(false),
         };
@@ -110,24 +143,21 @@ impl Lab {
 
     fn setup(&self) -> Result<()> {
         let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::create_dir_all(self.dir.join("state")).context("creating the lab temp dir")?;
-        for cg in ["keel", "pods"] {
-            cgroup::create(&self.cgroup_root.join(cg))?;
+        std::fs::create_dir_all(&self.dir).context("creating the lab temp dir")?;
+        let wire_netns = self.wire_netns();
+        if let Some(w) = &wire_netns {
+            self.add_netns(w)?;
+            wire::create_switch(w)?;
         }
-        let node = self.node_netns();
-        self.add_netns(&node)?;
-        sys::ip(&["-n", &node, "link", "add", "br0", "type", "bridge"])?;
-        sys::ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{NODE_GATEWAY}/24"),
-            "dev",
-            "br0",
-        ])?;
-        sys::ip(&["-n", &node, "link", "set", "br0", "up"])?;
-        sys::netns_sysctl(&self.node_netns_path(), "net/ipv4/ip_forward", "1")?;
+        for node in &self.nodes {
+            self.create_node(node)?;
+            if let Some(w) = &wire_netns {
+                wire::plug(w, node)?;
+            }
+        }
+        if wire_netns.is_some() {
+            wire::route_between(&self.nodes)?;
+        }
         Ok(())
     }
 
@@ -142,104 +172,26 @@ impl Lab {
         Ok(())
     }
 
-    /// Adds a pod at 10.244.0.<10+N> (N = 1, 2, ...).
+    /// Adds a pod on node 0 at 10.244.0.<10+N> (N = 1, 2, ...).
     pub fn add_pod(&self, name: &str) -> Result<Pod> {
-        let n = self.created.lock().unwrap().pods.len() as u8 + 1;
-        self.add_pod_at(name, 10 + n)
+        self.add_pod_on(0, name)
     }
 
-    /// Adds a pod at 10.244.0.<host> (e.g. to put a server on an excluded address).
+    /// Adds a pod on node 0 at 10.244.0.<host> (e.g. to put a server on an excluded address).
     pub fn add_pod_at(&self, name: &str, host: u8) -> Result<Pod> {
-        names::check_pod_name(name).map_err(anyhow::Error::msg)?;
-        if !(2..=254).contains(&host) {
-            bail!("pod host octet {host} out of 2..=254");
-        }
-        let ip = Ipv4Addr::new(10, 244, 0, host);
-        let (netns, veth) = {
-            let mut c = self.created.lock().unwrap();
-            if c.pods.iter().any(|p| p == name) {
-                bail!("pod {name} already exists in this lab");
-            }
-            c.pods.push(name.to_string());
-            (
-                format!("{}-{name}", self.prefix),
-                format!("vp{}", c.pods.len()),
-            )
-        };
-        let node = self.node_netns();
-        self.add_netns(&netns)?;
-        let cgroup_path = self.cgroup_root.join("pods").join(name);
-        cgroup::create(&cgroup_path)?;
-        sys::ip(&[
-            "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-            &netns,
-        ])?;
-        sys::ip(&["-n", &node, "link", "set", &veth, "master", "br0", "up"])?;
-        sys::ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        sys::ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        sys::ip(&[
-            "-n",
-            &netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &NODE_GATEWAY.to_string(),
-        ])?;
-        Ok(Pod {
-            name: name.to_string(),
-            namespace: "default".to_string(),
-            ip,
-            netns_path: Path::new("/var/run/netns").join(&netns),
-            netns,
-            cgroup_path,
-            podapp: self.bins.podapp.clone(),
-            log_dir: self.dir.clone(),
-            spawned: self.spawned.clone(),
-        })
+        self.add_pod_at_on(0, name, host)
     }
 
-    /// Starts keel with `backend` and `extra_args` (exclusions, `--fast-path`, ...). Every start uses the same
-    /// state dir, bpffs dir and API socket, so a second start after `kill9` is a restart.
+    /// Starts keel on node 0 with `backend` and `extra_args` (exclusions, `--fast-path`, ...). Every start uses the
+    /// same state dir, bpffs dir and API socket, so a second start after `kill9` is a restart.
     pub fn start_keel(&self, backend: Backend, extra_args: &[&str]) -> Result<Keel> {
-        if !self.bins.podapp.is_file() {
-            // Not needed by keel itself, but every suite needs it next: fail with the real cause up front.
-            bail!(
-                "podapp not found at {} (build keel-tests, or set KEEL_PODAPP)",
-                self.bins.podapp.display()
-            );
-        }
-        let n = {
-            let mut c = self.created.lock().unwrap();
-            c.keel_starts += 1;
-            c.keel_starts
-        };
-        Keel::start(KeelSpec {
-            bin: self.bins.keel.clone(),
-            backend,
-            cgroup_root: self.cgroup_root.clone(),
-            own_cgroup: self.cgroup_root.join("keel"),
-            bpffs: self.bpffs.clone(),
-            state_dir: self.state_dir(),
-            api_socket: self.api_socket(),
-            admin_addr: ADMIN_ADDR.parse().expect("valid"),
-            node_netns: self.node_netns_path(),
-            log: self.dir.join(format!("keel-{n}.log")),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        })
+        self.start_keel_on(0, backend, extra_args)
     }
 
-    /// Starts keel-control in the node namespace, serving `config_dir` (see [`ControlPlane`]).
+    /// Starts keel-control in node 0's namespace, serving `config_dir` (see [`ControlPlane`],
+    /// [`Lab::start_control_on`]).
     pub fn start_control(&self, config_dir: &Path) -> Result<ControlPlane> {
-        ControlPlane::start(&self.bins.keel_control, &self.node_netns_path(), &self.cgroup_root.join("keel"), &self.dir, config_dir)
+        self.start_control_on(0, config_dir)
     }
 
     /// `iptables-save` inside a pod's network namespace (where the iptables backend puts its rules).
@@ -258,25 +210,31 @@ impl Lab {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+    /// Node 0's network namespace (`ip netns` name).
     pub fn node_netns(&self) -> String {
-        format!("{}-node", self.prefix)
+        self.nodes[0].netns.clone()
     }
     pub fn node_netns_path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(self.node_netns())
+        self.nodes[0].netns_path()
     }
-    /// keel's `--cgroup`: the lab's cgroup v2 root.
+    /// The lab's cgroup v2 root, holding everything the lab runs. In a single-node lab that is keel's `--cgroup`;
+    /// node k's of a multi-node lab is [`Node::cgroup_root`].
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
     }
-    /// keel's `--bpffs` pin directory (keel creates it).
+    /// Node 0's keel `--bpffs` pin directory (keel creates it).
     pub fn bpffs_dir(&self) -> &Path {
-        &self.bpffs
+        &self.nodes[0].bpffs
     }
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
+        self.nodes[0].state_dir()
     }
     pub fn api_socket(&self) -> PathBuf {
-        self.dir.join("keel.sock")
+        self.nodes[0].api_socket()
+    }
+    /// The underlay namespace holding the wire's switch (`None` in a single-node lab).
+    pub fn wire_netns(&self) -> Option<String> {
+        (self.nodes.len() > 1).then(|| format!("{}-{}", self.prefix, names::WIRE))
     }
     /// The lab's temp dir (logs of keel and of every process started in pods).
     pub fn dir(&self) -> &Path {
@@ -302,9 +260,8 @@ impl Lab {
 impl Lab {
     /// The tail of each keel log of this lab: printed when a test fails, since keel's view usually explains it.
     fn print_keel_logs(&self) {
-        let starts = self.created.lock().map(|c| c.keel_starts).unwrap_or(0);
-        for n in 1..=starts {
-            let path = self.dir.join(format!("keel-{n}.log"));
+        let logs = self.created.lock().map(|c| c.keel_logs.clone()).unwrap_or_default();
+        for path in logs {
             let log = process::read_lossy(&path);
             eprintln!(
                 "---- keel log tail: {} ----\n{}\n----",
@@ -323,11 +280,13 @@ impl Drop for Lab {
             }
         };
         step("killing lab processes", cgroup::kill_all(&self.cgroup_root));
-        if self.bpffs.exists() {
-            step(
-                "removing bpffs dir",
-                std::fs::remove_dir_all(&self.bpffs).map_err(Into::into),
-            );
+        for node in &self.nodes {
+            if node.bpffs.exists() {
+                step(
+                    &format!("removing bpffs dir {}", node.bpffs.display()),
+                    std::fs::remove_dir_all(&node.bpffs).map_err(Into::into),
+                );
+            }
         }
         let netns =
             std::mem::take(&mut self.created.lock().unwrap_or_else(|e| e.into_inner()).netns);

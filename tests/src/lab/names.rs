@@ -59,13 +59,34 @@ pub fn check_pod_name(name: &str) -> Result<(), String> {
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        || name == "node"
+        || is_reserved(name)
     {
         return Err(format!(
-            "pod name {name:?} must be [a-z0-9-] and not \"node\""
+            "pod name {name:?} must be [a-z0-9-] and not \"node\", \"node<N>\" or \"{WIRE}\" (the lab's own namespaces)"
         ));
     }
     Ok(())
+}
+
+/// Suffix of the underlay ("wire") namespace of a multi-node lab: `<prefix>-wire`.
+pub const WIRE: &str = "wire";
+
+/// The netns of node `index`: `<prefix>-node` in a single-node lab (as it always was), `<prefix>-node<k>` when there
+/// are several. Pods are `<prefix>-<pod>`, so these suffixes are reserved pod names.
+pub fn node_netns(prefix: &str, index: usize, nodes: usize) -> String {
+    if nodes == 1 {
+        format!("{prefix}-node")
+    } else {
+        format!("{prefix}-node{index}")
+    }
+}
+
+/// Pod names that would collide with a node or wire namespace of the same lab.
+fn is_reserved(name: &str) -> bool {
+    name == WIRE
+        || name
+            .strip_prefix("node")
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -84,6 +105,20 @@ mod tests {
     }
 
     #[test]
+    fn node_and_wire_namespaces_fit_and_are_sweepable() {
+        let p = prefix_for(4_194_304, 99, "outbound_captured_ebpf");
+        assert_eq!(node_netns(&p, 0, 1), format!("{p}-node"));
+        assert_eq!(node_netns(&p, 3, 4), format!("{p}-node3"));
+        for name in [node_netns(&p, 3, 4), format!("{p}-{WIRE}")] {
+            assert!(name.len() <= MAX_NETNS_NAME, "{name}");
+            // The sweep finds leftovers by the pid in the name.
+            assert_eq!(owner_pid(&name), Some(4_194_304));
+        }
+        // A multi-node lab's per-node bpffs dirs sit next to the lab's, named `keel-lab-<prefix>-node<k>`.
+        assert_eq!(owner_pid(&format!("keel-lab-{p}-node1")), Some(4_194_304));
+    }
+
+    #[test]
     fn foreign_names_are_not_ours() {
         assert_eq!(owner_pid("kube-system"), None);
         assert_eq!(owner_pid("k12-x-y"), None);
@@ -96,6 +131,10 @@ mod tests {
         assert!(check_pod_name("server-a").is_ok());
         assert!(check_pod_name("Server").is_err());
         assert!(check_pod_name("node").is_err());
+        assert!(check_pod_name("node1").is_err());
+        assert!(check_pod_name("wire").is_err());
+        assert!(check_pod_name("node-a").is_ok());
+        assert!(check_pod_name("wire-tap").is_ok());
         assert!(check_pod_name(&"a".repeat(MAX_POD_NAME + 1)).is_err());
     }
 }

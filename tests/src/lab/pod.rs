@@ -1,4 +1,4 @@
-//! A lab pod: a network namespace on the node bridge plus its own cgroup, and the ways to run things inside it.
+//! A lab pod: a network namespace on its node's bridge plus its own cgroup, and the ways to run things inside it.
 
 use super::process::{self, ChildGuard};
 use super::sys::{self, Placement};
@@ -30,6 +30,10 @@ pub struct Pod {
     /// `/var/run/netns/<netns>`: what keel's enroll API and setns take.
     pub netns_path: PathBuf,
     pub cgroup_path: PathBuf,
+    /// Index of the lab node the pod hangs off (0 in a single-node lab).
+    pub node: usize,
+    /// That node's name: the Pod object's `nodeName` (see `mesh_config::pod_object`).
+    pub node_name: String,
     pub(super) podapp: PathBuf,
     pub(super) log_dir: PathBuf,
     pub(super) spawned: Arc<AtomicU32>,

@@ -28,6 +28,15 @@ pub fn require_root_and_prereqs() -> Machine {
     }
 }
 
+/// Fails unless `prog` is on PATH, saying how to install it: for tools only some labs need (tcpdump for wire
+/// captures), so a lab without them still runs, while a test that needs one FAILS rather than skips.
+pub fn require_program(prog: &str, install: &str) -> anyhow::Result<()> {
+    if !sys::on_path(prog) {
+        anyhow::bail!("keel lab prerequisite missing: `{prog}` not on PATH ({install})");
+    }
+    Ok(())
+}
+
 fn check() -> Result<Machine, String> {
     let mut missing = Vec::new();
     if !sys::is_root() {

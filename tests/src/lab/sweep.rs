@@ -1,6 +1,11 @@
 //! Removes what crashed lab processes left behind (a SIGKILLed test binary cannot run its Drop): network
 //! namespaces, cgroups, bpffs pin directories and temp dirs whose name carries the pid of a process that no
 //! longer exists. Labs of live processes (other test binaries running now) are never touched.
+//!
+//! Every name a lab makes starts with its prefix `k<pid>-<seq>-<tag>` (see `names.rs`), so one rule covers them
+//! all: namespaces `<prefix>-node`, `<prefix>-node<k>`, `<prefix>-wire` and `<prefix>-<pod>` (their veths go with
+//! them), the cgroup `keel-lab-<prefix>` (node subtrees and the wire capture's cgroup are inside it), bpffs dirs
+//! `keel-lab-<prefix>` and `keel-lab-<prefix>-node<k>`, and the temp dir `keel-lab-<prefix>` (pcap files inside).
 
 use super::names::owner_pid;
 use super::prereqs::{Machine, BPFFS_ROOT};

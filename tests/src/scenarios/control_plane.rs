@@ -99,7 +99,10 @@ pub fn vip_traffic_follows_config(source: Source) {
         };
         let keel = lab.start_keel(Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
         wait_ready(&keel)?;
-        keel.enroll(&t.client)?;
+        // Every pod the config puts in the mesh is enrolled, as the CNI would do on a real node.
+        for pod in [&t.client, &t.v1, &t.v2] {
+            keel.enroll(pod)?;
+        }
         let _servers = [
             t.v1.serve(8080, ServeMode::Echo, &[])?,
             t.v2.serve(8080, ServeMode::Echo, &[])?,
@@ -108,7 +111,12 @@ pub fn vip_traffic_follows_config(source: Source) {
 
         // Enrollment is tied to the pod's Workload: identity from the config, not from the enroll request.
         let pods = keel.pods()?;
-        let entry = &pods.as_array().context("pods is a list")?[0];
+        let entry = pods
+            .as_array()
+            .context("pods is a list")?
+            .iter()
+            .find(|p| p["name"] == "client")
+            .context("client is listed")?;
         if entry["workload"] != "Kubernetes//Pod/default/client" || entry["identity"] != CLIENT_IDENTITY {
             bail!("the enrolled pod is not tied to its Workload: {entry}");
         }
@@ -128,7 +136,17 @@ pub fn vip_traffic_follows_config(source: Source) {
             {
                 bail!("the record does not name the service and both workloads: {c:?}");
             }
+            if c.path.as_deref() != Some("same-node") {
+                bail!("two enrolled pods of one node must talk over the same-node path: {c:?}");
+            }
             seen.insert(upstream);
+        }
+        // The destination side learned the client's identity from keel itself (no TLS inside the node).
+        let inbound = keel.wait_connection(RECORD_TIMEOUT, |c| {
+            c.direction == "inbound" && c.source.starts_with(&format!("{}:", t.client.ip))
+        })?;
+        if inbound.source_peer.identity.as_deref() != Some(CLIENT_IDENTITY) || inbound.policy.is_none() {
+            bail!("the inbound side did not see the client's identity or decide policy: {inbound:?}");
         }
         if seen.len() != 2 {
             bail!("24 VIP connections all went to {seen:?}: not load-balanced");

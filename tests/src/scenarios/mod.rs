@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod control_plane;
 pub mod fast_path;
+pub mod hbone_wire;
 pub mod lifecycle;
 pub mod robustness;
 pub mod selftest;

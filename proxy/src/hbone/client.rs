@@ -1,0 +1,249 @@
+//! The HBONE client: opens CONNECT streams to `<destination workload IP>:15008`, reusing mTLS+HTTP/2
+//! connections from a pool keyed by (source identity, destination identity, source IP, destination IP), as
+//! ztunnel does. A connection carries at most min(100, peer's limit) streams; a busy key opens another one. New
+//! connections for one key are made one at a time, so a burst of connects shares them instead of racing.
+//! Idle connections close after 5 minutes; a GOAWAY or a missed PING retires one.
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Request, StatusCode};
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use super::{
+    keepalive,
+    stream_io::{TunnelReader, TunnelWriter},
+    CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, IDLE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
+};
+use crate::{identity::Identity, l4::sockets, netns::Netns};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub source_identity: Identity,
+    pub destination_identity: Identity,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddrV4, io::Error),
+    #[error("mTLS handshake with {0}: {1}")]
+    Tls(SocketAddrV4, io::Error),
+    #[error("HTTP/2 with {0}: {1}")]
+    Http2(SocketAddrV4, h2::Error),
+    #[error("{0} answered CONNECT with {1}")]
+    Status(SocketAddrV4, StatusCode),
+    #[error("client certificate: {0:#}")]
+    Certificate(anyhow::Error),
+}
+
+/// One tunnelled connection: the stream's halves, and its slot on a pooled connection (freed on drop).
+pub struct Tunnel {
+    pub reader: TunnelReader,
+    pub writer: TunnelWriter,
+    _lease: Lease,
+}
+
+impl Tunnel {
+    /// The halves for the relay, and the slot to hold until the relay ends.
+    pub fn into_parts(self) -> (TunnelReader, TunnelWriter, impl Drop) {
+        (self.reader, self.writer, self._lease)
+    }
+}
+
+/// How to make a new connection when the pool has no room: from inside the source pod, with TLS settings built
+/// only then (they need the source workload's certificate).
+pub struct Dial<'a, F> {
+    pub netns: &'a Netns,
+    pub peer: SocketAddrV4,
+    pub connect_timeout: Duration,
+    pub tls: F,
+}
+
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    max_streams: usize,
+    active: AtomicUsize,
+    closed: Arc<AtomicBool>,
+    idle_since: Mutex<Instant>,
+}
+
+struct Lease(Arc<Pooled>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().expect("idle clock poisoned") = Instant::now();
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyPool {
+    /// Held while dialling, so concurrent callers wait and share the new connection.
+    dialling: tokio::sync::Mutex<()>,
+    connections: Mutex<Vec<Arc<Pooled>>>,
+}
+
+impl KeyPool {
+    fn lease(&self) -> Option<Lease> {
+        let mut connections = self.connections.lock().expect("pool poisoned");
+        connections.retain(|c| !c.closed.load(Ordering::Acquire));
+        connections.iter().find_map(|c| {
+            c.active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < c.max_streams).then_some(n + 1))
+                .ok()
+                .map(|_| Lease(c.clone()))
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct HboneClient {
+    pools: Mutex<HashMap<PoolKey, Arc<KeyPool>>>,
+}
+
+impl HboneClient {
+    pub fn new() -> Arc<HboneClient> {
+        let client = Arc::new(HboneClient::default());
+        let weak = Arc::downgrade(&client);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let Some(client) = weak.upgrade() else { return };
+                client.close_idle(IDLE_TIMEOUT);
+            }
+        });
+        client
+    }
+
+    /// Pooled connections, open now (for stats).
+    pub fn connections(&self) -> usize {
+        let pools = self.pools.lock().expect("pools poisoned");
+        pools.values().map(|p| p.connections.lock().expect("pool poisoned").len()).sum()
+    }
+
+    fn close_idle(&self, idle_for: Duration) {
+        let mut pools = self.pools.lock().expect("pools poisoned");
+        pools.retain(|_, pool| {
+            let mut connections = pool.connections.lock().expect("pool poisoned");
+            // Dropping the last SendRequest lets h2 finish the connection with a GOAWAY.
+            connections.retain(|c| {
+                !c.closed.load(Ordering::Acquire)
+                    && (c.active.load(Ordering::Acquire) > 0
+                        || c.idle_since.lock().expect("idle clock poisoned").elapsed() < idle_for)
+            });
+            !connections.is_empty()
+        });
+    }
+
+    /// Opens a CONNECT stream for `request` to the peer, on a pooled connection or a new one.
+    pub async fn open<F, Fut>(&self, key: PoolKey, dial: Dial<'_, F>, request: Request<()>) -> Result<Tunnel, HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Arc<rustls::ClientConfig>>>,
+    {
+        let pool = self.pools.lock().expect("pools poisoned").entry(key).or_default().clone();
+        let peer = dial.peer;
+        let lease = match pool.lease() {
+            Some(lease) => lease,
+            None => {
+                let _dialling = pool.dialling.lock().await;
+                match pool.lease() {
+                    Some(lease) => lease,
+                    None => {
+                        let connection = connect(dial).await?;
+                        let lease = Lease(connection.clone());
+                        connection.active.store(1, Ordering::Release);
+                        pool.connections.lock().expect("pool poisoned").push(connection);
+                        lease
+                    }
+                }
+            }
+        };
+        let mut sender = match lease.0.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(e) => {
+                // GOAWAY or a dead connection: retire it; the caller's connection fails like a refused connect.
+                lease.0.closed.store(true, Ordering::Release);
+                return Err(HboneError::Http2(peer, e));
+            }
+        };
+        let (response, send) = sender.send_request(request, false).map_err(|e| HboneError::Http2(peer, e))?;
+        let response = response.await.map_err(|e| HboneError::Http2(peer, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Status(peer, response.status()));
+        }
+        Ok(Tunnel { reader: TunnelReader::new(response.into_body()), writer: TunnelWriter::new(send), _lease: lease })
+    }
+}
+
+async fn connect<F, Fut>(dial: Dial<'_, F>) -> Result<Arc<Pooled>, HboneError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<Arc<rustls::ClientConfig>>>,
+{
+    let peer = dial.peer;
+    let tls = (dial.tls)().await.map_err(HboneError::Certificate)?;
+    let tcp = sockets::connect_from_pod(dial.netns, peer, dial.connect_timeout)
+        .await
+        .map_err(|e| HboneError::Connect(peer, e))?;
+    // An IP server name: rustls sends no SNI for it, as HBONE requires; the verifier checks the URI SAN instead.
+    let tls_stream = TlsConnector::from(tls)
+        .connect(ServerName::IpAddress((*peer.ip()).into()), tcp)
+        .await
+        .map_err(|e| HboneError::Tls(peer, e))?;
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(CLIENT_MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls_stream)
+        .await
+        .map_err(|e| HboneError::Http2(peer, e))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping_pong = connection.ping_pong();
+    {
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let outcome = match ping_pong {
+                Some(ping_pong) => tokio::select! {
+                    outcome = &mut connection => outcome,
+                    () = keepalive(ping_pong) => {
+                        debug!(%peer, "HBONE peer missed its PING deadline");
+                        Ok(())
+                    }
+                },
+                None => connection.await,
+            };
+            if let Err(e) = outcome {
+                debug!(%peer, error = %e, "HBONE connection ended");
+            }
+            closed.store(true, Ordering::Release);
+        });
+    }
+    let max_streams = sender.current_max_send_streams().clamp(1, CLIENT_MAX_STREAMS);
+    debug!(%peer, max_streams, "HBONE connection open");
+    Ok(Arc::new(Pooled {
+        sender,
+        max_streams,
+        active: AtomicUsize::new(0),
+        closed,
+        idle_since: Mutex::new(Instant::now()),
+    }))
+}

@@ -1,0 +1,37 @@
+//! HBONE: TCP connections carried as HTTP/2 CONNECT streams inside mutual TLS to port 15008 of the destination
+//! workload, wire-compatible with Istio's ztunnel (the reference's section 1): `client` opens (pooled) tunnels,
+//! `server` accepts them for every enrolled pod, `headers` is the request on the wire, `stream_io` turns a
+//! stream into byte-stream halves for the relay.
+pub mod client;
+pub mod headers;
+pub mod server;
+pub mod stream_io;
+
+use std::time::Duration;
+
+/// ztunnel's HTTP/2 settings: per-stream and per-connection windows, frame and header-list limits.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+pub const CLIENT_MAX_HEADER_LIST: u32 = 16 * 1024;
+pub const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// What the server advertises, and the most streams the client puts on one connection.
+pub const SERVER_MAX_STREAMS: u32 = 200;
+pub const CLIENT_MAX_STREAMS: usize = 100;
+/// A PING every 10 s; no answer within 20 s and the connection is dropped.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pooled connections with no stream for this long are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Keeps an HTTP/2 connection honest: PINGs it every [`PING_INTERVAL`] and returns when a PONG does not come
+/// within [`PING_TIMEOUT`] (or the connection is gone), so the caller can drop it.
+pub async fn keepalive(mut ping_pong: h2::PingPong) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => continue,
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Inbound: connections arriving at an enrolled pod. HBONE streams come through `hbone::server`; everything else
+//! (plaintext captured by sk_lookup or REDIRECT: a same-node keel connection, or a client outside the mesh)
+//! through [`proxy`]. Both are authorized here, on the destination side, then delivered to the application from
+//! inside the pod, and tracked so that a later policy can close them.
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tracing::info;
+
+use super::{
+    open_connections::Tracked,
+    relay::{self, RelayOutcome},
+    sockets, DataPath, PodContext,
+};
+use crate::{
+    identity::Identity,
+    policy::{self, ConnectionAttributes, OpenConnection},
+    telemetry::{ConnectionRecord, Peer},
+    xds::state::Snapshot,
+};
+
+/// Authorizes a connection to `pod`'s `target_port` and starts tracking it. Without a Workload for the pod there
+/// is nothing a policy could select, so the connection is admitted untracked.
+pub fn authorize(
+    dp: &DataPath,
+    snapshot: &Snapshot,
+    pod: &PodContext,
+    source_ip: IpAddr,
+    source_identity: Option<&Identity>,
+    target_port: u16,
+    record: &mut ConnectionRecord,
+) -> Result<Option<Tracked>, String> {
+    let Some(destination) = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)) else {
+        dp.telemetry.connection_identified(record);
+        return Ok(None);
+    };
+    let attributes = ConnectionAttributes {
+        source_ip,
+        source_identity,
+        destination_ip: IpAddr::V4(pod.ip),
+        destination_port: target_port,
+        destination_workload: destination,
+    };
+    dp.telemetry.connection_identified(record);
+    let decision = policy::authorize(snapshot, &attributes);
+    for dry_run in &decision.dry_run {
+        info!(pod = %pod.name, source = %source_ip, port = target_port, "{dry_run}");
+    }
+    record.policy = Some(decision.reason.to_string());
+    if !decision.allowed() {
+        return Err(decision.reason.to_string());
+    }
+    Ok(Some(dp.open_connections.track(OpenConnection::new(&attributes))))
+}
+
+/// Connects to the application in the pod (the pod's own address, from inside the pod).
+pub async fn connect_app(pod: &PodContext, dp: &DataPath, target: SocketAddrV4) -> io::Result<TcpStream> {
+    sockets::connect_from_pod(&pod.netns, target, dp.connect_timeout).await
+}
+
+/// Relays until both directions end, or until a policy change revokes the connection (`Err(reason)`).
+pub async fn relay_admitted<CR, CW, SR, SW>(
+    client: (CR, CW),
+    server: (SR, SW),
+    tracked: Option<Tracked>,
+) -> Result<RelayOutcome, String>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let relay = relay::relay_halves(client.0, client.1, server.0, server.1);
+    match tracked {
+        None => Ok(relay.await),
+        Some(mut tracked) => tokio::select! {
+            outcome = relay => Ok(outcome),
+            reason = tracked.revoked() => Err(reason),
+        },
+    }
+}
+
+/// A plaintext inbound connection. Its source has an identity only if keel itself made it from a pod of this
+/// node (see [`super::local_peers`]); otherwise it is an unauthenticated peer, which STRICT mTLS refuses.
+pub async fn proxy(
+    client: &mut TcpStream,
+    destination: SocketAddrV4,
+    pod: &PodContext,
+    dp: &DataPath,
+    record: &mut ConnectionRecord,
+) -> Result<(), String> {
+    let snapshot = dp.workloads.snapshot();
+    let source_ip = record.source.ip();
+    let source_identity = if dp.node_pods.contains(source_ip) {
+        dp.local_peers.identity_of(record.source, SocketAddr::V4(destination)).await
+    } else {
+        None
+    };
+    record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&source_ip));
+    record.source_peer.identity = source_identity.clone();
+    record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
+    let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
+    record.upstream = Some(SocketAddr::V4(destination));
+    let mut app = connect_app(pod, dp, destination).await.map_err(|e| format!("connecting to {destination}: {e}"))?;
+    let result = relay_admitted(client.split(), app.split(), tracked).await;
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(revoked) => {
+            relay::reset(client);
+            relay::reset(&app);
+            return Err(revoked);
+        }
+    };
+    record.bytes_sent = outcome.client_to_server;
+    record.bytes_received = outcome.server_to_client;
+    if let Some(e) = outcome.error {
+        relay::reset(client);
+        relay::reset(&app);
+        return Err(e.to_string());
+    }
+    Ok(())
+}

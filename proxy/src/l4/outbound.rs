@@ -1,0 +1,181 @@
+//! Outbound: where a pod's connection goes and how. The destination (a service VIP is load-balanced first) is
+//! reached one of three ways:
+//! - **HBONE** when it is a meshed workload on another node: an mTLS HTTP/2 CONNECT stream to its port 15008,
+//!   presenting the source workload's certificate;
+//! - **same node** when it is a meshed pod keel serves itself: plain TCP inside the node, with the source's
+//!   identity handed to the inbound side in-process (no TLS for bytes that never leave the host);
+//! - **direct** plain TCP when the destination is not in the mesh (or unknown), or the source has no workload
+//!   identity to present.
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+};
+
+use keel_ebpf_common::HBONE_PORT;
+use keel_proto::workload::{TunnelProtocol, Workload};
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use super::{
+    destination::{self, Route},
+    relay, sockets, DataPath, PodContext,
+};
+use crate::{
+    hbone::{
+        client::{Dial, PoolKey},
+        headers::ConnectRequest,
+    },
+    identity::{tls, Identity},
+    telemetry::{ConnectionRecord, Peer},
+};
+
+/// How a connection left keel, as logs and `keel connections` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    Direct,
+    SameNode,
+    Hbone,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::SameNode => "same-node",
+            Path::Hbone => "hbone",
+        }
+    }
+}
+
+pub async fn proxy(
+    client: &mut TcpStream,
+    destination: SocketAddrV4,
+    pod: &PodContext,
+    dp: &DataPath,
+    record: &mut ConnectionRecord,
+) -> Result<(), String> {
+    let snapshot = dp.workloads.snapshot();
+    let source = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
+    record.source_peer = Peer::of(source.as_ref());
+    let route = destination::resolve(&snapshot, destination)?;
+    record.destination_peer = Peer::of(route.workload.as_ref());
+    record.destination_service = route.service.as_ref().map(|s| s.hostname.clone());
+    record.upstream = Some(SocketAddr::V4(route.upstream));
+    let path = choose_path(dp, source.as_deref(), &route);
+    record.path = Some(path);
+    record.mutual_tls = path == Path::Hbone;
+    dp.telemetry.connection_identified(record);
+    match (path, source) {
+        (Path::Hbone, Some(source)) => hbone(client, pod, dp, &source, &route, record).await,
+        (Path::SameNode, Some(source)) => same_node(client, pod, dp, &source, &route, record).await,
+        _ => direct(client, pod, dp, &route, record).await,
+    }
+}
+
+fn choose_path(dp: &DataPath, source: Option<&Workload>, route: &Route) -> Path {
+    let meshed = route.workload.as_ref().is_some_and(|w| w.tunnel_protocol == TunnelProtocol::Hbone as i32);
+    if !meshed || source.is_none() {
+        return Path::Direct;
+    }
+    if dp.node_pods.contains(IpAddr::V4(*route.upstream.ip())) {
+        return Path::SameNode;
+    }
+    if dp.certificates.is_none() {
+        // No certificate source (keel runs without a control plane or local CA): nothing to prove identity with.
+        return Path::Direct;
+    }
+    Path::Hbone
+}
+
+async fn direct(client: &mut TcpStream, pod: &PodContext, dp: &DataPath, route: &Route, record: &mut ConnectionRecord) -> Result<(), String> {
+    let mut upstream = sockets::connect_from_pod(&pod.netns, route.upstream, dp.connect_timeout)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", route.upstream))?;
+    finish(record, relay::relay(client, &mut upstream).await)
+}
+
+async fn same_node(
+    client: &mut TcpStream,
+    pod: &PodContext,
+    dp: &DataPath,
+    source: &Workload,
+    route: &Route,
+    record: &mut ConnectionRecord,
+) -> Result<(), String> {
+    let mut upstream = sockets::connect_from_pod(&pod.netns, route.upstream, dp.connect_timeout)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", route.upstream))?;
+    let local = upstream.local_addr().map_err(|e| e.to_string())?;
+    let _registration = dp.local_peers.register(local, SocketAddr::V4(route.upstream), Identity::of_workload(source));
+    finish(record, relay::relay(client, &mut upstream).await)
+}
+
+async fn hbone(
+    client: &mut TcpStream,
+    pod: &PodContext,
+    dp: &DataPath,
+    source: &Workload,
+    route: &Route,
+    record: &mut ConnectionRecord,
+) -> Result<(), String> {
+    let certificates = dp.certificates.clone().ok_or("no certificate source")?;
+    let destination = route.workload.as_ref().ok_or("no destination workload")?;
+    let source_identity = Identity::of_workload(source);
+    let expected = expected_identities(route, destination);
+    let key = PoolKey {
+        source_identity: source_identity.clone(),
+        destination_identity: expected[0].clone(),
+        source_ip: IpAddr::V4(pod.ip),
+        destination_ip: IpAddr::V4(*route.upstream.ip()),
+    };
+    let request = ConnectRequest {
+        target: SocketAddr::V4(route.upstream),
+        client: record.source,
+        service_host: record.destination_service.as_deref(),
+        source: Some(source),
+        cluster_id: &dp.cluster_id,
+    }
+    .build();
+    let dial = Dial {
+        netns: &pod.netns,
+        peer: SocketAddrV4::new(*route.upstream.ip(), HBONE_PORT),
+        connect_timeout: dp.connect_timeout,
+        tls: || async move {
+            let certificate = certificates.certificate(&source_identity).await?;
+            tls::client_config(&certificate, expected)
+        },
+    };
+    let tunnel = dp.hbone.open(key, dial, request).await.map_err(|e| e.to_string())?;
+    let (reader, mut writer, _lease) = tunnel.into_parts();
+    let outcome = {
+        let (client_read, client_write) = client.split();
+        relay::relay_halves(client_read, client_write, reader, &mut writer).await
+    };
+    if outcome.error.is_some() {
+        relay::reset(client);
+        writer.reset();
+    }
+    finish(record, outcome)
+}
+
+/// The identities the destination may prove: the service's `subject_alt_names` when it sets them, else the
+/// workload's own.
+fn expected_identities(route: &Route, destination: &Arc<Workload>) -> Vec<Identity> {
+    let from_service: Vec<Identity> = route
+        .service
+        .iter()
+        .flat_map(|s| s.subject_alt_names.iter())
+        .filter_map(|san| Identity::parse(san).ok())
+        .collect();
+    if from_service.is_empty() { vec![Identity::of_workload(destination)] } else { from_service }
+}
+
+fn finish(record: &mut ConnectionRecord, outcome: relay::RelayOutcome) -> Result<(), String> {
+    record.bytes_sent = outcome.client_to_server;
+    record.bytes_received = outcome.server_to_client;
+    match outcome.error {
+        None => Ok(()),
+        Some(e) => Err(e.to_string()),
+    }
+}

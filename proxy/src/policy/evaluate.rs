@@ -1,0 +1,53 @@
+//! The decision: any matching DENY refuses; otherwise no ALLOW policy admits, a matching ALLOW admits, and
+//! ALLOW policies none of which match refuse. Dry-run policies are evaluated and reported, never enforced.
+use keel_proto::security::{Action, Authorization};
+
+use super::{candidates::candidates, rules::policy_matches, ConnectionAttributes, Decision, DryRun, Reason};
+use crate::xds::state::Snapshot;
+
+/// Decides a new inbound connection to `connection.destination_workload` under `snapshot`.
+///
+/// Pure: the result depends only on the arguments, so keel re-runs it on open connections when a new snapshot
+/// is published (see [`OpenConnection::reauthorize`](super::OpenConnection::reauthorize)). Every applicable
+/// policy is evaluated, so that the policy a decision names does not depend on the snapshot's hash order.
+pub fn authorize<'s>(snapshot: &'s Snapshot, connection: &ConnectionAttributes<'_>) -> Decision<'s> {
+    let mut denied_by = None;
+    let mut allowed_by = None;
+    let mut allow_policies = 0;
+    let mut dry_run = Vec::new();
+    for (name, policy) in candidates(snapshot, connection.destination_workload) {
+        let action = action(policy);
+        let matched = policy_matches(policy, connection);
+        if policy.dry_run {
+            dry_run.push(DryRun { policy: name, action, matched });
+            continue;
+        }
+        match action {
+            Action::Deny if matched => denied_by = first_by_name(denied_by, name),
+            Action::Deny => {}
+            Action::Allow => {
+                allow_policies += 1;
+                if matched {
+                    allowed_by = first_by_name(allowed_by, name);
+                }
+            }
+        }
+    }
+    dry_run.sort_unstable_by_key(|d| d.policy);
+    let reason = match (denied_by, allowed_by) {
+        (Some(name), _) => Reason::DeniedBy(name),
+        _ if allow_policies == 0 => Reason::NoAllowPolicy,
+        (None, Some(name)) => Reason::AllowedBy(name),
+        (None, None) => Reason::NoAllowMatched { allow_policies },
+    };
+    Decision { reason, dry_run }
+}
+
+/// An action keel does not know is taken as DENY: a policy it cannot read may only ever refuse more.
+fn action(policy: &Authorization) -> Action {
+    Action::try_from(policy.action).unwrap_or(Action::Deny)
+}
+
+fn first_by_name<'s>(current: Option<&'s str>, name: &'s str) -> Option<&'s str> {
+    Some(current.map_or(name, |current| current.min(name)))
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""An HBONE client written from the wire reference alone (not from keel's code), to prove keel's HBONE server
+speaks the protocol: TLS 1.3 with ALPN h2, no SNI, a workload client certificate, then an HTTP/2 CONNECT
+request whose :authority is the destination IP:port; with a 200 the stream carries raw bytes both ways and
+END_STREAM is the half-close.
+
+Prints one JSON line: {"status", "echo_ok", "received", "server_identity", "alpn", "tls_version", "error"}.
+"""
+import argparse
+import json
+import socket
+import ssl
+import sys
+
+import h2.config
+import h2.connection
+import h2.events
+
+
+def tls_connect(args):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # HBONE checks the URI SAN, never a host name
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(args.ca)
+    if args.cert:
+        ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["h2"])
+    host, port = args.connect.rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=args.timeout)
+    # server_hostname=None: no SNI (an IP is not a valid SNI name, and HBONE sends none).
+    return ctx.wrap_socket(raw, server_hostname=None)
+
+
+def uri_sans(cert):
+    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+
+
+def exchange(tls, args, result):
+    # python-h2 insists on :path for every request; an RFC 7540 §8.3 CONNECT carries none, so its outbound
+    # header check is off (the bytes we send are exactly the reference's).
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    tls.sendall(conn.data_to_send())
+    headers = [(":method", args.method), (":authority", args.authority)]
+    if args.method != "CONNECT":
+        headers += [(":scheme", "https"), (":path", "/")]
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, headers, end_stream=args.method != "CONNECT")
+    tls.sendall(conn.data_to_send())
+    payload = args.payload.encode()
+    received = b""
+    while True:
+        data = tls.recv(65536)
+        if not data:
+            result.setdefault("error", "connection closed")
+            return received
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                result["status"] = int(dict(event.headers)[":status"])
+                if result["status"] == 200:
+                    conn.send_data(stream, payload, end_stream=True)  # END_STREAM: our half-close
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                received += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                return received
+            elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                result["error"] = f"stream reset: {event.error_code}"
+                return received
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                result["error"] = f"GOAWAY: {event.error_code}"
+                return received
+        tls.sendall(conn.data_to_send())
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--connect", required=True, help="IP:port to dial (the workload's HBONE port)")
+    p.add_argument("--authority", required=True, help=":authority (the original destination IP:port)")
+    p.add_argument("--method", default="CONNECT")
+    p.add_argument("--ca", required=True)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--payload", default="hello over hbone\n")
+    p.add_argument("--timeout", type=float, default=10.0)
+    args = p.parse_args()
+    result = {"status": None, "echo_ok": False}
+    try:
+        tls = tls_connect(args)
+        result["alpn"] = tls.selected_alpn_protocol()
+        result["tls_version"] = tls.version()
+        result["server_identity"] = (uri_sans(tls.getpeercert()) or [None])[0]
+        received = exchange(tls, args, result)
+        result["received"] = received.decode(errors="replace")
+        result["echo_ok"] = result["status"] == 200 and received == args.payload.encode()
+    except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

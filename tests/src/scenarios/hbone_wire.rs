@@ -1,0 +1,144 @@
+//! keel's HBONE server against an independent client (tests/hbone/hbone_probe.py: Python's ssl + h2, written
+//! from the wire reference, not from keel's code): the handshake (TLS 1.3, ALPN h2, no SNI, mutual certificates
+//! with SPIFFE URI SANs), CONNECT carrying bytes both ways, and the status codes of every refusal (400, 401, 503),
+//! plus the handshakes keel must refuse (no client certificate, a foreign trust domain).
+
+use super::*;
+use crate::lab::{mesh_config, workspace_root, Backend, Lab, Pod, ServeMode};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PYTHON: &str = "/usr/bin/python3";
+const SERVER_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/echo";
+const PROBE_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/probe";
+
+/// Workload credentials for the probe, from `keel-control issue`.
+fn issue(lab: &Lab, ca_dir: &Path, trust_domain: &str, identity: &str, out: &str) -> Result<PathBuf> {
+    let out = lab.dir().join(out);
+    let result = Command::new(&lab.binaries().keel_control)
+        .args(["issue", "--trust-domain", trust_domain, "--identity", identity])
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    if !result.status.success() {
+        bail!("keel-control issue failed: {}", String::from_utf8_lossy(&result.stderr));
+    }
+    Ok(out)
+}
+
+fn require_python_h2() -> Result<()> {
+    let ok = Command::new(PYTHON).args(["-c", "import h2"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        // A missing prerequisite fails (never skips): `cargo xtask setup` installs python3-h2.
+        bail!("{PYTHON} cannot import h2: run `cargo xtask setup` (Debian package python3-h2)");
+    }
+    Ok(())
+}
+
+struct Probe<'a> {
+    pod: &'a Pod,
+    script: PathBuf,
+    ca: PathBuf,
+}
+
+impl Probe<'_> {
+    fn run(&self, connect: &str, authority: &str, method: &str, credentials: Option<&Path>) -> Result<Value> {
+        let mut argv: Vec<String> = vec![
+            PYTHON.into(),
+            self.script.display().to_string(),
+            "--connect".into(),
+            connect.into(),
+            "--authority".into(),
+            authority.into(),
+            "--method".into(),
+            method.into(),
+            "--ca".into(),
+            self.ca.display().to_string(),
+        ];
+        if let Some(dir) = credentials {
+            argv.extend(["--cert".into(), dir.join("cert-chain.pem").display().to_string()]);
+            argv.extend(["--key".into(), dir.join("key.pem").display().to_string()]);
+        }
+        let out = self.pod.run_timeout(&argv, Duration::from_secs(20))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| {
+            format!("hbone_probe printed no JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        })
+    }
+}
+
+fn expect_status(result: &Value, status: u64, what: &str) -> Result<()> {
+    if result["status"] != status {
+        bail!("{what}: expected HTTP {status}, the probe got {result}");
+    }
+    Ok(())
+}
+
+pub fn independent_client_speaks_hbone_to_keel() {
+    with_lab("hbone-wire", |lab| {
+        require_python_h2()?;
+        let server = lab.add_pod("echo")?;
+        let probe_pod = lab.add_pod("probe")?;
+        let ca_dir = lab.dir().join("ca");
+        let good = issue(lab, &ca_dir, "cluster.local", PROBE_IDENTITY, "probe-creds")?;
+        let foreign = issue(lab, &ca_dir, "other.local", "spiffe://other.local/ns/default/sa/probe", "foreign-creds")?;
+        let config_dir = lab.dir().join("mesh");
+        let mut objects = vec![
+            mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
+            mesh_config::pod_object(&probe_pod, "probe", &[("app", "probe")]),
+        ];
+        mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+        let (config, ca) = (config_dir.display().to_string(), ca_dir.display().to_string());
+        let keel = lab.start_keel(Backend::Ebpf, &["--config-dir", &config, "--ca-dir", &ca])?;
+        keel.enroll(&server)?; // the probe pod is not enrolled: it speaks HBONE itself
+        let _echo = server.serve(8080, ServeMode::Echo, &[])?;
+        let probe = Probe { pod: &probe_pod, script: workspace_root().join("tests/hbone/hbone_probe.py"), ca: ca_dir.join("root-cert.pem") };
+        let hbone = format!("{}:15008", server.ip);
+        let app = format!("{}:8080", server.ip);
+
+        // 200: bytes both ways, END_STREAM as the half-close, and the handshake as the reference describes it.
+        let ok = probe.run(&hbone, &app, "CONNECT", Some(&good))?;
+        expect_status(&ok, 200, "CONNECT to the pod's application port")?;
+        if ok["echo_ok"] != true || ok["alpn"] != "h2" || ok["tls_version"] != "TLSv1.3" || ok["server_identity"] != SERVER_IDENTITY {
+            bail!("the tunnel or the handshake is not as the reference says: {ok}");
+        }
+        let record = keel.wait_connection(RECORD_TIMEOUT, |c| {
+            c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.response_status == Some(200)
+        })?;
+        if record.source_peer.identity.as_deref() != Some(PROBE_IDENTITY) || !record.mutual_tls || record.bytes_sent == 0 {
+            bail!("keel's record does not carry the client's verified identity: {record:?}");
+        }
+
+        // 400: not CONNECT; an :authority that is not this pod's address.
+        expect_status(&probe.run(&hbone, &app, "GET", Some(&good))?, 400, "GET instead of CONNECT")?;
+        expect_status(&probe.run(&hbone, "10.244.0.250:8080", "CONNECT", Some(&good))?, 400, "another pod's address")?;
+        // 503: nothing listens on the target port.
+        expect_status(&probe.run(&hbone, &format!("{}:9", server.ip), "CONNECT", Some(&good))?, 503, "a closed port")?;
+
+        // Handshakes keel refuses: no client certificate; a certificate of another trust domain (same root).
+        for (what, creds) in [("no client certificate", None), ("a foreign trust domain", Some(foreign.as_path()))] {
+            let refused = probe.run(&hbone, &app, "CONNECT", creds)?;
+            if refused["status"] != Value::Null || refused["error"].is_null() {
+                bail!("keel accepted a client with {what}: {refused}");
+            }
+        }
+
+        // 401: a DENY policy for the probe's principal on the app port.
+        objects.push(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-probe, namespace: default}\n\
+             spec:\n  selector: {matchLabels: {app: echo}}\n  action: DENY\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/default/sa/probe\"]}}]\n    to: [{operation: {ports: [\"8080\"]}}]\n"
+                .into(),
+        );
+        mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+        std::thread::sleep(Duration::from_millis(800));
+        expect_status(&probe.run(&hbone, &app, "CONNECT", Some(&good))?, 401, "a DENY policy for the probe")?;
+        let denied = keel.wait_connection(RECORD_TIMEOUT, |c| c.response_status == Some(401))?;
+        if !denied.policy.as_deref().is_some_and(|p| p.contains("default/deny-probe")) {
+            bail!("the denial does not name the policy: {denied:?}");
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,8 @@
+//! keel's HBONE server, on the wire (scenarios in keel_tests::scenarios::hbone_wire).
+
+use keel_tests::scenarios::hbone_wire::independent_client_speaks_hbone_to_keel;
+
+#[test]
+fn independent_hbone_client_gets_the_reference_behaviour() {
+    independent_client_speaks_hbone_to_keel();
+}
