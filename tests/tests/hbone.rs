@@ -6,3 +6,8 @@ use keel_tests::scenarios::hbone_wire::independent_client_speaks_hbone_to_keel;
 fn independent_hbone_client_gets_the_reference_behaviour() {
     independent_client_speaks_hbone_to_keel();
 }
+
+#[test]
+fn two_nodes_carry_pod_traffic_over_mtls_under_policy() {
+    keel_tests::scenarios::mesh_mtls::cross_node_mtls_and_policies();
+}

@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -66,7 +66,7 @@ impl Tunnel {
 }
 
 /// How to make a new connection when the pool has no room: from inside the source pod, with TLS settings built
-/// only then (they need the source workload's certificate).
+/// only then (they need the source workload's certificate, whose expiry also ends the connection's pool life).
 pub struct Dial<'a, F> {
     pub netns: &'a Netns,
     pub peer: SocketAddrV4,
@@ -74,8 +74,16 @@ pub struct Dial<'a, F> {
     pub tls: F,
 }
 
+/// The client TLS settings for a new connection, and when the certificate they present expires.
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub certificate_expiry: SystemTime,
+}
+
 struct Pooled {
     sender: SendRequest<Bytes>,
+    /// No new stream after this: the peer verified a certificate that is no longer valid.
+    usable_until: SystemTime,
     max_streams: usize,
     active: AtomicUsize,
     closed: Arc<AtomicBool>,
@@ -102,7 +110,8 @@ struct KeyPool {
 impl KeyPool {
     fn lease(&self) -> Option<Lease> {
         let mut connections = self.connections.lock().expect("pool poisoned");
-        connections.retain(|c| !c.closed.load(Ordering::Acquire));
+        let now = SystemTime::now();
+        connections.retain(|c| !c.closed.load(Ordering::Acquire) && c.usable_until > now);
         connections.iter().find_map(|c| {
             c.active
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < c.max_streams).then_some(n + 1))
@@ -138,12 +147,14 @@ impl HboneClient {
     }
 
     fn close_idle(&self, idle_for: Duration) {
+        let now = SystemTime::now();
         let mut pools = self.pools.lock().expect("pools poisoned");
         pools.retain(|_, pool| {
             let mut connections = pool.connections.lock().expect("pool poisoned");
             // Dropping the last SendRequest lets h2 finish the connection with a GOAWAY.
             connections.retain(|c| {
                 !c.closed.load(Ordering::Acquire)
+                    && c.usable_until > now
                     && (c.active.load(Ordering::Acquire) > 0
                         || c.idle_since.lock().expect("idle clock poisoned").elapsed() < idle_for)
             });
@@ -155,7 +166,7 @@ impl HboneClient {
     pub async fn open<F, Fut>(&self, key: PoolKey, dial: Dial<'_, F>, request: Request<()>) -> Result<Tunnel, HboneError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = anyhow::Result<Arc<rustls::ClientConfig>>>,
+        Fut: Future<Output = anyhow::Result<ClientTls>>,
     {
         let pool = self.pools.lock().expect("pools poisoned").entry(key).or_default().clone();
         let peer = dial.peer;
@@ -195,7 +206,7 @@ impl HboneClient {
 async fn connect<F, Fut>(dial: Dial<'_, F>) -> Result<Arc<Pooled>, HboneError>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = anyhow::Result<Arc<rustls::ClientConfig>>>,
+    Fut: Future<Output = anyhow::Result<ClientTls>>,
 {
     let peer = dial.peer;
     let tls = (dial.tls)().await.map_err(HboneError::Certificate)?;
@@ -203,7 +214,7 @@ where
         .await
         .map_err(|e| HboneError::Connect(peer, e))?;
     // An IP server name: rustls sends no SNI for it, as HBONE requires; the verifier checks the URI SAN instead.
-    let tls_stream = TlsConnector::from(tls)
+    let tls_stream = TlsConnector::from(tls.config)
         .connect(ServerName::IpAddress((*peer.ip()).into()), tcp)
         .await
         .map_err(|e| HboneError::Tls(peer, e))?;
@@ -241,6 +252,7 @@ where
     debug!(%peer, max_streams, "HBONE connection open");
     Ok(Arc::new(Pooled {
         sender,
+        usable_until: tls.certificate_expiry,
         max_streams,
         active: AtomicUsize::new(0),
         closed,

@@ -21,7 +21,8 @@ pub const REGISTRATION_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct LocalPeers {
-    connections: Mutex<HashMap<(SocketAddr, SocketAddr), Identity>>,
+    /// Every connection keel made to a pod of this node, with the source's identity when it has one.
+    connections: Mutex<HashMap<(SocketAddr, SocketAddr), Option<Identity>>>,
     registered: Notify,
 }
 
@@ -38,26 +39,27 @@ impl Drop for Registration {
 }
 
 impl LocalPeers {
-    pub fn register(self: &Arc<Self>, from: SocketAddr, to: SocketAddr, identity: Identity) -> Registration {
+    pub fn register(self: &Arc<Self>, from: SocketAddr, to: SocketAddr, identity: Option<Identity>) -> Registration {
         self.connections.lock().expect("local peers poisoned").insert((from, to), identity);
         self.registered.notify_waiters();
         Registration { peers: self.clone(), key: (from, to) }
     }
 
-    fn get(&self, from: SocketAddr, to: SocketAddr) -> Option<Identity> {
+    fn get(&self, from: SocketAddr, to: SocketAddr) -> Option<Option<Identity>> {
         self.connections.lock().expect("local peers poisoned").get(&(from, to)).cloned()
     }
 
-    /// The identity keel registered for this connection, waiting up to [`REGISTRATION_GRACE`] for it.
+    /// The identity keel registered for this connection, waiting up to [`REGISTRATION_GRACE`] for the
+    /// registration (a connection keel did not make, e.g. on an excluded port, waits it out and has none).
     pub async fn identity_of(&self, from: SocketAddr, to: SocketAddr) -> Option<Identity> {
         let deadline = tokio::time::Instant::now() + REGISTRATION_GRACE;
         loop {
             let registered = self.registered.notified();
             if let Some(identity) = self.get(from, to) {
-                return Some(identity);
+                return identity;
             }
             if tokio::time::timeout_at(deadline, registered).await.is_err() {
-                return self.get(from, to);
+                return self.get(from, to).flatten();
             }
         }
     }
@@ -79,7 +81,7 @@ mod tests {
             let peers = peers.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                peers.register(from, to, identity())
+                peers.register(from, to, Some(identity()))
             })
         };
         assert_eq!(peers.identity_of(from, to).await, Some(identity()));

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     hbone::{
-        client::{Dial, PoolKey},
+        client::{ClientTls, Dial, PoolKey},
         headers::ConnectRequest,
     },
     identity::{tls, Identity},
@@ -68,8 +68,8 @@ pub async fn proxy(
     dp.telemetry.connection_identified(record);
     match (path, source) {
         (Path::Hbone, Some(source)) => hbone(client, pod, dp, &source, &route, record).await,
-        (Path::SameNode, Some(source)) => same_node(client, pod, dp, &source, &route, record).await,
-        _ => direct(client, pod, dp, &route, record).await,
+        (Path::SameNode, Some(source)) => direct(client, pod, dp, &route, Some(Identity::of_workload(&source)), record).await,
+        _ => direct(client, pod, dp, &route, None, record).await,
     }
 }
 
@@ -88,26 +88,25 @@ fn choose_path(dp: &DataPath, source: Option<&Workload>, route: &Route) -> Path 
     Path::Hbone
 }
 
-async fn direct(client: &mut TcpStream, pod: &PodContext, dp: &DataPath, route: &Route, record: &mut ConnectionRecord) -> Result<(), String> {
-    let mut upstream = sockets::connect_from_pod(&pod.netns, route.upstream, dp.connect_timeout)
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", route.upstream))?;
-    finish(record, relay::relay(client, &mut upstream).await)
-}
-
-async fn same_node(
+/// Plain TCP from inside the pod. A connection to a pod of this node is registered for the inbound side, with
+/// the source's identity on the same-node path (see [`super::local_peers`]).
+async fn direct(
     client: &mut TcpStream,
     pod: &PodContext,
     dp: &DataPath,
-    source: &Workload,
     route: &Route,
+    source_identity: Option<Identity>,
     record: &mut ConnectionRecord,
 ) -> Result<(), String> {
     let mut upstream = sockets::connect_from_pod(&pod.netns, route.upstream, dp.connect_timeout)
         .await
         .map_err(|e| format!("connecting to {}: {e}", route.upstream))?;
-    let local = upstream.local_addr().map_err(|e| e.to_string())?;
-    let _registration = dp.local_peers.register(local, SocketAddr::V4(route.upstream), Identity::of_workload(source));
+    let _registration = if dp.node_pods.contains(IpAddr::V4(*route.upstream.ip())) {
+        let local = upstream.local_addr().map_err(|e| e.to_string())?;
+        Some(dp.local_peers.register(local, SocketAddr::V4(route.upstream), source_identity))
+    } else {
+        None
+    };
     finish(record, relay::relay(client, &mut upstream).await)
 }
 
@@ -143,7 +142,7 @@ async fn hbone(
         connect_timeout: dp.connect_timeout,
         tls: || async move {
             let certificate = certificates.certificate(&source_identity).await?;
-            tls::client_config(&certificate, expected)
+            Ok(ClientTls { config: tls::client_config(&certificate, expected)?, certificate_expiry: certificate.not_after })
         },
     };
     let tunnel = dp.hbone.open(key, dial, request).await.map_err(|e| e.to_string())?;

@@ -34,21 +34,6 @@ fn pods(t: &Topology) -> Vec<String> {
     ]
 }
 
-/// Polls `/healthz/ready` (which waits for the workload source) for up to 10 s.
-fn wait_ready(keel: &Keel) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = keel.admin_get("/healthz/ready")?;
-        if status == 200 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("keel not ready within 10 s: {status} {body}; log tail:\n{}", keel.log_tail(30));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// One connection to the VIP (echo, checksummed) and keel's record of it.
 fn vip_connection(keel: &Keel, client: &Pod) -> Result<Connection> {
     let dst: SocketAddr = format!("{VIP}:80").parse()?;

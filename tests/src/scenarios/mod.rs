@@ -8,6 +8,7 @@ pub mod capture;
 pub mod control_plane;
 pub mod fast_path;
 pub mod hbone_wire;
+pub mod mesh_mtls;
 pub mod lifecycle;
 pub mod robustness;
 pub mod selftest;
@@ -40,6 +41,33 @@ pub fn with_lab(name: &str, body: impl FnOnce(&Lab) -> Result<()>) {
 pub fn with_lab_alone(name: &str, body: impl FnOnce(&Lab) -> Result<()>) {
     let _alone = SCHEDULE.write().unwrap_or_else(|e| e.into_inner());
     run_lab(name, body);
+}
+
+/// Like [`with_lab`] for a lab of `nodes` nodes (see [`Lab::with_nodes`]).
+pub fn with_nodes(name: &str, nodes: usize, body: impl FnOnce(&Lab) -> Result<()>) {
+    let _shared = SCHEDULE.read().unwrap_or_else(|e| e.into_inner());
+    let lab = match Lab::with_nodes(name, nodes) {
+        Ok(lab) => lab,
+        Err(e) => panic!("{name}: lab setup failed: {e:#}"),
+    };
+    if let Err(e) = body(&lab) {
+        panic!("{name} failed: {e:#}");
+    }
+}
+
+/// Polls keel's `/healthz/ready` (which waits for its workload source) for up to 10 s.
+pub fn wait_ready(keel: &Keel) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = keel.admin_get("/healthz/ready")?;
+        if status == 200 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("keel not ready within 10 s: {status} {body}; log tail:\n{}", keel.log_tail(30));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Tests of one binary run on parallel threads: ordinary labs share this lock, timing-sensitive ones take it alone.

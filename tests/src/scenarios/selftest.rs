@@ -218,17 +218,6 @@ pub fn lab_cleans_up_after_panic() {
 
 // ---- multi-node labs ---------------------------------------------------------------------------------------------
 
-/// Like [`with_lab`] for a lab of `nodes` nodes: `body`'s error panics while the lab is alive, so its Drop knows.
-fn with_nodes(name: &str, nodes: usize, body: impl FnOnce(&Lab) -> Result<()>) {
-    let lab = match Lab::with_nodes(name, nodes) {
-        Ok(lab) => lab,
-        Err(e) => panic!("{name}: lab setup failed: {e:#}"),
-    };
-    if let Err(e) = body(&lab) {
-        panic!("{name} failed: {e:#}");
-    }
-}
-
 /// The TCP segments of `cap` from `from` to `to` carrying data.
 fn data_segments(cap: &CapturedBytes, from: &Pod, to: SocketAddr) -> usize {
     cap.tcp
@@ -366,7 +355,7 @@ pub fn two_node_keels_follow_one_control_plane() {
             })
             .collect::<Result<Vec<_>>>()?;
         for (k, keel) in keels.iter().enumerate() {
-            wait_admin_ready(keel).with_context(|| format!("keel on node {k}"))?;
+            wait_ready(keel).with_context(|| format!("keel on node {k}"))?;
         }
         keels[0].enroll(&client)?;
         keels[1].enroll(&server)?;
@@ -400,17 +389,3 @@ pub fn two_node_keels_follow_one_control_plane() {
     });
 }
 
-/// Polls keel's `/healthz/ready` (which waits for the control plane) for up to 10 s.
-fn wait_admin_ready(keel: &crate::lab::Keel) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = keel.admin_get("/healthz/ready")?;
-        if status == 200 {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("not ready within 10 s: {status} {body}; log tail:\n{}", keel.log_tail(30));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
