@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::{
     capture::{Direction, PodCapture},
     hbone,
+    identity::Identity,
     l4::{self, sockets, DataPath, PodContext},
     netns::Netns,
     pods::{PodName, PodSpec},
@@ -135,9 +136,24 @@ impl Enrollment {
     pub async fn unenroll(&self, name: &PodName) -> anyhow::Result<()> {
         let removed = self.pods.lock().await.remove(name);
         let Some(pod) = removed else { bail!("pod {name} is not enrolled") };
+        let ips = pod.spec.ips.clone();
         self.stop_pod(pod).await?;
         info!(pod = %name, "pod unenrolled");
+        self.forget_unused_identity(&ips).await;
         self.persist().await
+    }
+
+    /// Stops renewing the certificate of the identity the unenrolled pod had, unless another pod here has it.
+    async fn forget_unused_identity(&self, ips: &[IpAddr]) {
+        let Some(certificates) = &self.data_path.certificates else { return };
+        let snapshot = self.data_path.workloads.snapshot();
+        let identity_at = |ip: &IpAddr| snapshot.workloads_by_ip.get(ip).map(|w| Identity::of_workload(w));
+        let Some(identity) = ips.iter().find_map(identity_at) else { return };
+        let still_used =
+            self.pods.lock().await.values().any(|p| p.spec.ips.iter().filter_map(identity_at).any(|other| other == identity));
+        if !still_used {
+            certificates.forget(&identity);
+        }
     }
 
     /// Turns capture off first (new connections go straight through), then closes keel's listeners.

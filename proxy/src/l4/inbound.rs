@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::{
     open_connections::Tracked,
+    outbound::Path,
     relay::{self, RelayOutcome},
     sockets, DataPath, PodContext,
 };
@@ -104,6 +105,7 @@ pub async fn proxy(
     };
     record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&source_ip));
     record.source_peer.identity = source_identity.clone();
+    record.path = Some(if source_identity.is_some() { Path::SameNode } else { Path::Direct });
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));

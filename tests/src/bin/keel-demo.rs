@@ -1,11 +1,11 @@
-//! keel-demo: what `cargo xtask demo` shows. A node with three pods, a mesh config directory (Pods and a Service),
-//! keel with eBPF capture reading it in-process (or following keel-control with `--control-plane`), traffic to the
-//! Service VIP and between pods, a live config edit, and a table of what keel captured — then everything is
-//! cleaned up (the lab's Drop).
+//! keel-demo: what `cargo xtask demo` shows. Two nodes and three pods, a mesh config directory (Pods and a
+//! Service), a keel with eBPF capture on each node reading it in-process (or following keel-control with
+//! `--control-plane`), Service VIP traffic, pod traffic across the nodes inside mTLS (with the wire watched for
+//! plaintext), a policy deny, and what each keel carried — then everything is cleaned up (the lab's Drop).
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use keel_tests::lab::{counter, mesh_config, Backend, Binaries, Connection, Lab, ServeMode};
+use keel_tests::lab::{counter, mesh_config, podapp_payload, Backend, Binaries, Connection, Lab, ServeMode};
 use keel_tests::scenarios::{send_ok, KIB, MIB};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -46,9 +46,10 @@ fn step(msg: &str) {
 fn run(cli: Cli) -> Result<()> {
     step("checking prerequisites (root, ip, iptables, cgroup v2, bpffs)");
     keel_tests::lab::require_root_and_prereqs();
-    step("creating a node namespace with a bridge (10.244.0.1/24) and three pods");
-    let lab = Lab::with_binaries(
+    step("creating two nodes (10.244.0.0/24 and 10.244.1.0/24, linked by a wire 172.30.0.0/24) and three pods");
+    let lab = Lab::with_nodes_and_binaries(
         "demo",
+        2,
         Binaries {
             keel: cli.keel,
             podapp: cli.podapp,
@@ -71,79 +72,116 @@ fn run(cli: Cli) -> Result<()> {
 const VIP: &str = "10.96.0.10";
 
 fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
-    let client = lab.add_pod("client")?;
-    let a = lab.add_pod("server-a")?;
-    let b = lab.add_pod("server-b")?;
+    let client = lab.node(0).add_pod("client")?;
+    let a = lab.node(0).add_pod("server-a")?;
+    let b = lab.node(1).add_pod("server-b")?;
     for p in [&client, &a, &b] {
-        println!("    pod {:<9} {:<12} netns {}", p.name, p.ip, p.netns);
+        println!("    pod {:<9} {:<12} on {}", p.name, p.ip, p.node_name);
     }
     let config_dir = lab.dir().join("mesh");
+    let ca_dir = lab.dir().join("ca");
     step(&format!("writing the mesh config: Pods and Service echo ({VIP}:80 -> 8080, app=echo) in {}", config_dir.display()));
-    let mut objects = vec![
+    let objects = vec![
         mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
         mesh_config::pod_object(&a, "echo", &[("app", "echo"), ("version", "v1")]),
         mesh_config::pod_object(&b, "echo", &[("app", "echo"), ("version", "v2")]),
         mesh_config::service_object("echo", VIP, &[("app", "echo")], 80, 8080),
     ];
     mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
-    let (_control, keel) = if control_plane {
-        step("starting keel-control (delta ADS + CA on 127.0.0.1:15012) and keel with eBPF capture following it");
-        let control = lab.start_control(&config_dir)?;
-        let args = control.keel_args();
-        let keel = lab.start_keel(Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        (Some(control), keel)
+    let (_control, keels) = if control_plane {
+        step("starting keel-control on node 0 (delta ADS + CA, 172.30.0.1:15012) and a keel on each node following it");
+        let control = lab.start_control_on(0, &config_dir)?;
+        let keels = (0..2)
+            .map(|k| {
+                let args = control.keel_args_for(k);
+                lab.start_keel_on(k, Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (Some(control), keels)
     } else {
-        step("starting keel with eBPF capture, reading the config directory in-process (local mode)");
-        let dir = config_dir.display().to_string();
-        (None, lab.start_keel(Backend::Ebpf, &["--config-dir", &dir])?)
+        step("starting a keel on each node, reading the config in-process (local mode) with one shared CA");
+        let (dir, ca) = (config_dir.display().to_string(), ca_dir.display().to_string());
+        let keels = (0..2)
+            .map(|k| lab.start_keel_on(k, Backend::Ebpf, &["--config-dir", &dir, "--ca-dir", &ca]))
+            .collect::<Result<Vec<_>>>()?;
+        (None, keels)
     };
-    println!("    keel pid {}, API {}", keel.pid(), lab.api_socket().display());
-    wait_ready(&keel)?;
-    step("enrolling client, server-a and server-b");
-    for p in [&client, &a, &b] {
-        keel.enroll(p)?;
+    for keel in &keels {
+        wait_ready(keel)?;
     }
-    step("what keel knows (keel pc workloads / keel pc services)");
-    print!("{}", indent(&keel_cli(lab, &["pc", "workloads"])?));
-    print!("{}", indent(&keel_cli(lab, &["pc", "services"])?));
-    step("starting echo servers on server-a:8080, server-b:8080 and server-b:9090");
-    let _servers = [a.serve(8080, ServeMode::Echo, &[])?, b.serve(8080, ServeMode::Echo, &[])?, b.serve(9090, ServeMode::Echo, &[])?];
+    step("enrolling client and server-a (node 0) and server-b (node 1)");
+    keels[0].enroll(&client)?;
+    keels[0].enroll(&a)?;
+    keels[1].enroll(&b)?;
+    step("what node 0's keel knows (keel pc workloads / keel pc services)");
+    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "workloads"])?));
+    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "services"])?));
+    let _servers = [a.serve(8080, ServeMode::Echo, &[])?, b.serve(8080, ServeMode::Echo, &[])?];
 
     let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
     step(&format!("8 connections client -> {vip} (the Service VIP): keel picks an endpoint for each"));
-    print_vip_spread(&keel, &client, vip, 8)?;
-    step("direct pod-to-pod traffic");
-    for (what, from, to, bytes) in [
-        ("1 KiB echo   client -> server-a", &client, a.addr(8080), KIB),
-        ("1 MiB echo   client -> server-b", &client, b.addr(8080), MIB),
-        ("1 KiB echo server-a -> server-b", &a, b.addr(9090), KIB),
-    ] {
-        let s = send_ok(from, to, bytes, ServeMode::Echo)?;
-        let sha = s.json["sha256"].as_str().unwrap_or("");
-        let ms = s.json["duration_ms"].as_f64().unwrap_or(0.0);
-        println!("    {what}: ok in {ms:.1} ms, sha256 {}", sha.get(..16).unwrap_or(sha));
-    }
-    let r = client.connect_loop(b.addr(9090), 20, 16, Duration::from_secs(60))?;
-    if r["failed"] != 0 {
-        bail!("short connections failed: {r}");
-    }
-    println!("    20 short connections client -> server-b: max {:.1} ms", r["max_ms"].as_f64().unwrap_or(0.0));
+    print_vip_spread(&keels[0], &client, vip, 8)?;
 
-    step("editing the config: Service echo now selects version=v2 only, target port 9090");
-    objects.pop();
-    objects.push(mesh_config::service_object("echo", VIP, &[("version", "v2")], 80, 9090));
+    step("1 MiB client -> server-b across the nodes, while tcpdump watches the wire");
+    let capture = lab.capture_wire()?;
+    let s = send_ok(&client, b.addr(8080), MIB, ServeMode::Echo)?;
+    let wire = capture.stop()?;
+    let plaintext = [0usize, 300_000, 700_000].iter().any(|&o| wire.contains(&podapp_payload(1, o, 48)));
+    println!(
+        "    ok in {:.1} ms; on the wire: {} bytes to port 15008 (HBONE), application plaintext seen: {}",
+        s.json["duration_ms"].as_f64().unwrap_or(0.0),
+        wire.tcp_bytes_to_port(15008),
+        if plaintext { "YES" } else { "no" }
+    );
+    let inbound = keels[1].wait_connection(Duration::from_secs(5), |c| c.direction == "inbound" && c.bytes_sent == MIB)?;
+    println!(
+        "    node 1's keel: from {} (verified by mTLS) to {}",
+        inbound.source_peer.identity.as_deref().unwrap_or("?"),
+        inbound.destination_peer.identity.as_deref().unwrap_or("?")
+    );
+    step("workload certificates on node 0 (keel pc certs)");
+    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "certs"])?));
+
+    step("an AuthorizationPolicy: DENY sa/sleep -> app=echo");
+    let mut with_policy = objects.clone();
+    with_policy.push(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-sleep, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: echo}}\n  action: DENY\n  rules: [{from: [{source: {principals: [\"cluster.local/ns/default/sa/sleep\"]}}]}]\n"
+            .into(),
+    );
+    mesh_config::write(&config_dir, "mesh.yaml", &with_policy)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let refused = client.send(b.addr(8080), KIB, ServeMode::Echo, Duration::from_secs(5))?;
+    println!("    client -> server-b: {}", if refused["ok"] == true { "allowed (unexpected)".to_owned() } else { format!("refused ({})", refused["error"]) });
+    let denied = keels[1].wait_connection(Duration::from_secs(5), |c| c.response_status == Some(401))?;
+    println!("    node 1's keel answered 401: {}", denied.policy.as_deref().unwrap_or("?"));
+    print!("{}", indent(&keel_cli(lab, &keels[1], &["pc", "policies"])?));
     mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
-    std::thread::sleep(Duration::from_millis(700));
-    print_vip_spread(&keel, &client, vip, 4)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    send_ok(&client, b.addr(8080), KIB, ServeMode::Echo)?;
+    println!("    policy removed: client -> server-b allowed again");
 
     // Entries appear as connections close: give keel a moment to record the last ones.
     std::thread::sleep(Duration::from_millis(300));
-    let conns = keel.connections()?;
-    let stats = keel.stats()?;
-    step(&format!("what keel captured ({} connections)", conns.len()));
-    print_connections(&conns);
-    step("keel counters");
-    print_stats(&stats);
+    for (k, keel) in keels.iter().enumerate() {
+        let conns = keel.connections()?;
+        step(&format!("what node {k}'s keel carried ({} connections)", conns.len()));
+        print_connections(&conns);
+    }
+    step("node 1's Istio-standard TCP metrics (opened, by source principal and security policy)");
+    let (_, metrics) = keels[1].admin_get("/metrics")?;
+    for line in metrics.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total{")) {
+        let pick = |key: &str| line.split(&format!("{key}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+        println!(
+            "    reporter={} source_principal={} connection_security_policy={} -> {}",
+            pick("reporter"),
+            pick("source_principal"),
+            pick("connection_security_policy"),
+            line.rsplit(' ').next().unwrap_or("")
+        );
+    }
+    step("node 0's keel counters");
+    print_stats(&keels[0].stats()?);
     Ok(())
 }
 
@@ -164,16 +202,17 @@ fn print_vip_spread(keel: &keel_tests::lab::Keel, client: &keel_tests::lab::Pod,
         let sent = send_ok(client, vip, KIB, ServeMode::Echo)?;
         let port = sent.local_port();
         let c = keel.wait_connection(Duration::from_secs(5), |c| c.original_destination == vip.to_string() && c.source_port() == port)?;
-        *upstreams.entry(c.upstream.unwrap_or_else(|| "?".into())).or_default() += 1;
+        let via = format!("{} ({})", c.upstream.as_deref().unwrap_or("?"), c.path.as_deref().unwrap_or("?"));
+        *upstreams.entry(via).or_default() += 1;
     }
-    for (upstream, n) in upstreams {
-        println!("    {vip} -> {upstream}: {n} connection(s)");
+    for (via, n) in upstreams {
+        println!("    {vip} -> {via}: {n} connection(s)");
     }
     Ok(())
 }
 
-fn keel_cli(lab: &Lab, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(&lab.binaries().keel).arg("--api-socket").arg(lab.api_socket()).args(args).output()?;
+fn keel_cli(lab: &Lab, keel: &keel_tests::lab::Keel, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(&lab.binaries().keel).arg("--api-socket").arg(keel.api_socket()).args(args).output()?;
     if !out.status.success() {
         bail!("keel {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
@@ -195,6 +234,7 @@ fn print_connections(conns: &[Connection]) {
                 && k.pod == c.pod
                 && k.original_destination == c.original_destination
                 && k.upstream == c.upstream
+                && k.path == c.path
                 && k.bytes_sent == c.bytes_sent
                 && k.bytes_received == c.bytes_received
                 && k.error == c.error
@@ -208,8 +248,8 @@ fn print_connections(conns: &[Connection]) {
         }
     }
     println!(
-        "    {:<9} {:<17} {:<22} {:<22} {:<22} {:>9} {:>9} {:>8} {:>5}",
-        "direction", "pod", "source", "original dst", "upstream", "sent", "received", "max ms", "count"
+        "    {:<9} {:<17} {:<22} {:<22} {:<22} {:<9} {:>9} {:>9} {:>8} {:>5}",
+        "direction", "pod", "source", "original dst", "upstream", "path", "sent", "received", "max ms", "count"
     );
     for (c, n, ms) in rows {
         let source = if n > 1 {
@@ -218,12 +258,13 @@ fn print_connections(conns: &[Connection]) {
             c.source.clone()
         };
         println!(
-            "    {:<9} {:<17} {:<22} {:<22} {:<22} {:>9} {:>9} {:>8.2} {:>5}{}",
+            "    {:<9} {:<17} {:<22} {:<22} {:<22} {:<9} {:>9} {:>9} {:>8.2} {:>5}{}",
             c.direction,
             c.pod,
             source,
             c.original_destination,
             c.upstream.as_deref().unwrap_or("-"),
+            c.path.as_deref().unwrap_or("-"),
             c.bytes_sent,
             c.bytes_received,
             ms,
