@@ -79,12 +79,52 @@ pub fn decode_address(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
 }
 
 pub fn decode_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
-    let policy = Authorization::decode(bytes)
-        .map_err(|e| Rejected { name: name.to_owned(), reason: format!("not an istio.security.Authorization: {e}") })?;
+    let reject = |reason: String| Rejected { name: name.to_owned(), reason };
+    let policy = Authorization::decode(bytes).map_err(|e| reject(format!("not an istio.security.Authorization: {e}")))?;
     if policy.name.is_empty() || policy.namespace.is_empty() {
-        return Err(Rejected { name: name.to_owned(), reason: "field `name`/`namespace`: empty".into() });
+        return Err(reject("field `name`/`namespace`: empty".into()));
     }
+    check_matches(&policy).map_err(reject)?;
     Ok(Resource::Policy(policy))
+}
+
+/// A matcher keel could not evaluate would silently match nothing: refuse the policy instead (NACK), so the
+/// control plane hears of it and the last good version stays.
+fn check_matches(policy: &Authorization) -> Result<(), String> {
+    use keel_proto::security::{Address as Cidr, StringMatch};
+    let strings = |field: &str, v: &[StringMatch]| match v.iter().position(|m| m.match_type.is_none()) {
+        Some(i) => Err(format!("field `{field}[{i}]`: no match type (exact, prefix, suffix or presence)")),
+        None => Ok(()),
+    };
+    let cidrs = |field: &str, v: &[Cidr]| {
+        for (i, c) in v.iter().enumerate() {
+            let max = match c.address.len() {
+                4 => 32,
+                16 => 128,
+                n => return Err(format!("field `{field}[{i}].address`: {n} bytes is not an IPv4 or IPv6 address")),
+            };
+            if c.length > max {
+                return Err(format!("field `{field}[{i}].length`: /{} is longer than /{max}", c.length));
+            }
+        }
+        Ok(())
+    };
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (c, clause) in rule.clauses.iter().enumerate() {
+            for (m, x) in clause.matches.iter().enumerate() {
+                let at = |field: &str| format!("rules[{r}].clauses[{c}].matches[{m}].{field}");
+                strings(&at("namespaces"), &x.namespaces)?;
+                strings(&at("not_namespaces"), &x.not_namespaces)?;
+                strings(&at("principals"), &x.principals)?;
+                strings(&at("not_principals"), &x.not_principals)?;
+                cidrs(&at("source_ips"), &x.source_ips)?;
+                cidrs(&at("not_source_ips"), &x.not_source_ips)?;
+                cidrs(&at("destination_ips"), &x.destination_ips)?;
+                cidrs(&at("not_destination_ips"), &x.not_destination_ips)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The published state and how it changes.
@@ -209,6 +249,25 @@ mod tests {
         assert!(err.reason.contains("not an istio.workload.Address"), "{err}");
         let err = decode_address("e", &Address::default().encode_to_vec()).unwrap_err();
         assert!(err.reason.contains("field `type`"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_with_a_matcher_keel_cannot_evaluate_is_refused() {
+        use keel_proto::security::{Address as Cidr, Clause, Match, Rule, StringMatch};
+        let policy = |m: Match| Authorization {
+            name: "p".into(),
+            namespace: "demo".into(),
+            rules: vec![Rule { clauses: vec![Clause { matches: vec![m] }] }],
+            ..Default::default()
+        };
+        let empty_string_match = policy(Match { principals: vec![StringMatch { match_type: None }], ..Default::default() });
+        let err = decode_authorization("demo/p", &empty_string_match.encode_to_vec()).unwrap_err();
+        assert!(err.reason.contains("rules[0].clauses[0].matches[0].principals[0]"), "{err}");
+        let long_prefix = policy(Match { source_ips: vec![Cidr { address: vec![10, 0, 0, 0], length: 33 }], ..Default::default() });
+        let err = decode_authorization("demo/p", &long_prefix.encode_to_vec()).unwrap_err();
+        assert!(err.reason.contains("source_ips[0].length"), "{err}");
+        let fine = policy(Match { source_ips: vec![Cidr { address: vec![10, 0, 0, 0], length: 8 }], ..Default::default() });
+        assert!(decode_authorization("demo/p", &fine.encode_to_vec()).is_ok());
     }
 
     #[test]
