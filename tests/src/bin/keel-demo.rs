@@ -114,8 +114,8 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     keels[0].enroll(&a)?;
     keels[1].enroll(&b)?;
     step("what node 0's keel knows (keel pc workloads / keel pc services)");
-    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "workloads"])?));
-    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "services"])?));
+    print!("{}", indent(&keels[0].cli(&["pc", "workloads"])?));
+    print!("{}", indent(&keels[0].cli(&["pc", "services"])?));
     let _servers = [a.serve(8080, ServeMode::Echo, &[])?, b.serve(8080, ServeMode::Echo, &[])?];
 
     let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
@@ -140,7 +140,7 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
         inbound.destination_peer.identity.as_deref().unwrap_or("?")
     );
     step("workload certificates on node 0 (keel pc certs)");
-    print!("{}", indent(&keel_cli(lab, &keels[0], &["pc", "certs"])?));
+    print!("{}", indent(&keels[0].cli(&["pc", "certs"])?));
 
     step("an AuthorizationPolicy: DENY sa/sleep -> app=echo");
     let mut with_policy = objects.clone();
@@ -155,7 +155,7 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     println!("    client -> server-b: {}", if refused["ok"] == true { "allowed (unexpected)".to_owned() } else { format!("refused ({})", refused["error"]) });
     let denied = keels[1].wait_connection(Duration::from_secs(5), |c| c.response_status == Some(401))?;
     println!("    node 1's keel answered 401: {}", denied.policy.as_deref().unwrap_or("?"));
-    print!("{}", indent(&keel_cli(lab, &keels[1], &["pc", "policies"])?));
+    print!("{}", indent(&keels[1].cli(&["pc", "policies"])?));
     mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
     std::thread::sleep(Duration::from_millis(1000));
     send_ok(&client, b.addr(8080), KIB, ServeMode::Echo)?;
@@ -211,13 +211,6 @@ fn print_vip_spread(keel: &keel_tests::lab::Keel, client: &keel_tests::lab::Pod,
     Ok(())
 }
 
-fn keel_cli(lab: &Lab, keel: &keel_tests::lab::Keel, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(&lab.binaries().keel).arg("--api-socket").arg(keel.api_socket()).args(args).output()?;
-    if !out.status.success() {
-        bail!("keel {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()

@@ -210,6 +210,15 @@ impl Keel {
         }
     }
 
+    /// Runs the `keel` CLI against this keel's API (`keel pc services`, ...), as an operator would; its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.spec.bin).arg("--api-socket").arg(&self.spec.api_socket).args(args).output()?;
+        if !out.status.success() {
+            bail!("keel {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// `GET path` on the admin server (plain HTTP/1.1 from a thread inside the node namespace).
     pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         let addr = self.spec.admin_addr;

@@ -4,7 +4,7 @@
 //! with keel's local mode reading the directory in-process.
 
 use super::*;
-use crate::lab::{mesh_config, Backend, ControlPlane, Keel, Lab, Pod, ServeMode};
+use crate::lab::{mesh_config, Backend, ControlPlane, Keel, Pod, ServeMode};
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -49,19 +49,6 @@ fn vip_connection(keel: &Keel, client: &Pod) -> Result<Connection> {
             bytes_received: Some(KIB),
         },
     )
-}
-
-/// `keel pc VIEW` through the CLI, as an operator would run it.
-fn proxy_config(lab: &Lab, view: &str) -> Result<String> {
-    let out = std::process::Command::new(&lab.binaries().keel)
-        .arg("--api-socket")
-        .arg(lab.api_socket())
-        .args(["pc", view])
-        .output()?;
-    if !out.status.success() {
-        bail!("keel pc {view} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 pub fn vip_traffic_follows_config(source: Source) {
@@ -136,7 +123,7 @@ pub fn vip_traffic_follows_config(source: Source) {
         if seen.len() != 2 {
             bail!("24 VIP connections all went to {seen:?}: not load-balanced");
         }
-        let tables = proxy_config(lab, "services")? + &proxy_config(lab, "workloads")?;
+        let tables = keel.cli(&["pc", "services"])? + &keel.cli(&["pc", "workloads"])?;
         if !tables.contains(&format!("default/{SERVICE_HOST}  {VIP}  80→8080  2/2")) || !tables.contains("sleep  HBONE") {
             bail!("keel pc tables do not show the service and workloads:\n{tables}");
         }
@@ -196,7 +183,7 @@ pub fn vip_traffic_follows_config(source: Source) {
                     bail!("without the control plane a connection went to {:?}", c.upstream);
                 }
             }
-            let status = proxy_config(lab, "status")?;
+            let status = keel.cli(&["pc", "status"])?;
             if !status.lines().any(|l| l.starts_with("connected") && l.ends_with("false")) {
                 bail!("keel pc status does not show the lost control plane:\n{status}");
             }

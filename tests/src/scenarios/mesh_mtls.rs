@@ -4,7 +4,7 @@
 //! for connections already open; certificates rotate under traffic.
 
 use super::*;
-use crate::lab::{mesh_config, podapp_payload, Backend, Keel, Lab, Pod, ServeMode};
+use crate::lab::{mesh_config, podapp_payload, Backend, Keel, Pod, ServeMode};
 use std::time::Instant;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
@@ -26,18 +26,6 @@ impl Mesh {
         std::thread::sleep(Duration::from_millis(1000));
         Ok(())
     }
-}
-
-fn keel_pc(lab: &Lab, keel: &Keel, view: &str) -> Result<String> {
-    let out = std::process::Command::new(&lab.binaries().keel)
-        .arg("--api-socket")
-        .arg(keel.api_socket())
-        .args(["pc", view])
-        .output()?;
-    if !out.status.success() {
-        bail!("keel pc {view}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// A transfer that must fail (refused, reset or cut short).
@@ -186,17 +174,17 @@ pub fn cross_node_mtls_and_policies() {
         mesh.apply(&[strict])?;
 
         // 6. Certificates rotate under traffic (validity 6 s, renewed at half-life).
-        let certs = keel_pc(lab, &keels[0], "certs")?;
+        let certs = keels[0].cli(&["pc", "certs"])?;
         let first = serial_of(&certs, CLIENT_ID).with_context(|| format!("no certificate for the client:\n{certs}"))?;
         let deadline = Instant::now() + Duration::from_secs(15);
         let rotated = loop {
             send_ok(&client, server.addr(8080), KIB, ServeMode::Echo).context("traffic during rotation")?;
-            let now = serial_of(&keel_pc(lab, &keels[0], "certs")?, CLIENT_ID);
+            let now = serial_of(&keels[0].cli(&["pc", "certs"])?, CLIENT_ID);
             if now.as_deref().is_some_and(|s| s != first) {
                 break now;
             }
             if Instant::now() > deadline {
-                bail!("the client's certificate was not renewed within 15 s:\n{}", keel_pc(lab, &keels[0], "certs")?);
+                bail!("the client's certificate was not renewed within 15 s:\n{}", keels[0].cli(&["pc", "certs"])?);
             }
             std::thread::sleep(Duration::from_millis(500));
         };
