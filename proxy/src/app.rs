@@ -25,7 +25,7 @@ use crate::{
     enrollment::Enrollment,
     identity::{CertificateManager, Identity},
     pods::PodSpec,
-    hbone::client::HboneClient,
+    hbone::client::{HboneClient, HbonePoolStats},
     l4::{open_connections::OpenConnections, DataPath, NodePods},
     telemetry::{ConnectionStats, Telemetry},
 };
@@ -55,6 +55,9 @@ pub struct Stats {
     pub fast_path: bool,
     pub connections: ConnectionStats,
     pub ebpf: Option<EbpfCounters>,
+    pub hbone: HbonePoolStats,
+    /// Inbound connections tracked for re-authorization when policies change.
+    pub tracked_connections: usize,
 }
 
 impl Daemon {
@@ -99,6 +102,8 @@ impl Daemon {
             fast_path: self.data_path.capture.fast_path(),
             connections: self.data_path.telemetry.connection_stats(),
             ebpf: self.data_path.capture.counters(),
+            hbone: self.data_path.hbone.stats(),
+            tracked_connections: self.data_path.open_connections.len(),
         }
     }
 

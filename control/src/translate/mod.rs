@@ -256,10 +256,12 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
         "CUSTOM" => return Err("field spec.action: CUSTOM (external authorization) is not supported".into()),
         other => return Err(format!("field spec.action: {other:?} is not ALLOW, DENY, AUDIT or CUSTOM")),
     };
-    let scope = match (&spec.selector, policy.metadata.namespace == mesh.root_namespace) {
-        (Some(_), _) => Scope::WorkloadSelector,
-        (None, true) => Scope::Global,
-        (None, false) => Scope::Namespace,
+    // An empty `matchLabels` selects every workload, as no selector does (Istio reads both the same way).
+    let selects_some = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+    let scope = match (selects_some, policy.metadata.namespace == mesh.root_namespace) {
+        (true, _) => Scope::WorkloadSelector,
+        (false, true) => Scope::Global,
+        (false, false) => Scope::Namespace,
     };
     let mut warnings = Vec::new();
     let mut rules = Vec::new();
@@ -455,6 +457,13 @@ spec: {action: DENY, rules: [{}]}
         assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
         let deny = &r.authorizations["istio-system/deny-all"];
         assert_eq!((deny.scope, deny.action, deny.rules.len()), (Scope::Global as i32, Action::Deny as i32, 1));
+    }
+
+    #[test]
+    fn an_empty_selector_selects_the_whole_namespace() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: all, namespace: demo}\nspec: {selector: {matchLabels: {}}, action: DENY, rules: [{}]}\n";
+        let r = translate(&Mesh::default(), &objects(yaml)).unwrap();
+        assert_eq!(r.authorizations["demo/all"].scope, Scope::Namespace as i32);
     }
 
     #[test]

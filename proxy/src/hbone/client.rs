@@ -124,6 +124,15 @@ impl KeyPool {
 #[derive(Default)]
 pub struct HboneClient {
     pools: Mutex<HashMap<PoolKey, Arc<KeyPool>>>,
+    /// mTLS connections dialled since start (streams reuse them: this grows far slower than connections).
+    dialled: AtomicUsize,
+}
+
+/// The pool as `keel stats` shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HbonePoolStats {
+    pub open_connections: usize,
+    pub connections_dialled: usize,
 }
 
 impl HboneClient {
@@ -140,10 +149,12 @@ impl HboneClient {
         client
     }
 
-    /// Pooled connections, open now (for stats).
-    pub fn connections(&self) -> usize {
+    pub fn stats(&self) -> HbonePoolStats {
         let pools = self.pools.lock().expect("pools poisoned");
-        pools.values().map(|p| p.connections.lock().expect("pool poisoned").len()).sum()
+        HbonePoolStats {
+            open_connections: pools.values().map(|p| p.connections.lock().expect("pool poisoned").len()).sum(),
+            connections_dialled: self.dialled.load(Ordering::Relaxed),
+        }
     }
 
     fn close_idle(&self, idle_for: Duration) {
@@ -178,6 +189,7 @@ impl HboneClient {
                     Some(lease) => lease,
                     None => {
                         let connection = connect(dial).await?;
+                        self.dialled.fetch_add(1, Ordering::Relaxed);
                         let lease = Lease(connection.clone());
                         connection.active.store(1, Ordering::Release);
                         pool.connections.lock().expect("pool poisoned").push(connection);

@@ -106,6 +106,15 @@ pub fn cross_node_mtls_and_policies() {
         if inbound.source_peer.identity.as_deref() != Some(CLIENT_ID) || inbound.destination_peer.identity.as_deref() != Some(SERVER_ID) {
             bail!("node 1's keel did not see the client's SPIFFE identity: {inbound:?}");
         }
+        // Streams share pooled mTLS connections: ten more connections, no new handshake.
+        let dialled = |keel: &Keel| -> Result<u64> { Ok(crate::lab::counter(&keel.stats()?, "/hbone/connections_dialled")) };
+        let before = dialled(&keels[0])?;
+        for _ in 0..10 {
+            send_ok(&client, server.addr(8080), KIB, ServeMode::Echo)?;
+        }
+        if before == 0 || dialled(&keels[0])? != before {
+            bail!("HBONE connections were not pooled: {before} dialled before, {} after ten more streams", dialled(&keels[0])?);
+        }
         let (_, metrics) = keels[1].admin_get("/metrics")?;
         let series = metrics.lines().find(|l| {
             l.starts_with("istio_tcp_connections_opened_total{")
