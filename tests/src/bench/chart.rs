@@ -73,11 +73,12 @@ pub fn render_svg(results: &Results) -> Result<String> {
     Ok(svg)
 }
 
+/// The chart shows the single-node arms (`report.arms`); the cross-node ones are in report.md's own section.
 fn has_data(report: &Report, workload: &str) -> bool {
     report
         .rows
         .iter()
-        .any(|r| r.workload == workload && r.requests_per_s.is_some())
+        .any(|r| r.workload == workload && r.requests_per_s.is_some() && report.arms.contains(&r.arm))
 }
 
 /// Workload `i` spans x ∈ [i·SPAN, (i+1)·SPAN); its arms' bars share the middle 80% of that span. Integer x

@@ -1,4 +1,5 @@
-//! Cost counters read before and after each workload: CPU of keel, client and server (their cgroups' cpu.stat),
+//! Cost counters read before and after each workload: CPU of keel (every node's), client and server (their
+//! cgroups' cpu.stat),
 //! machine-wide kernel time (/proc/stat), eBPF run time (bpftool, with kernel.bpf_stats_enabled), TCP failure
 //! counters of each pod (/proc/net/netstat inside its namespace) and keel's peak RSS.
 use std::{
@@ -13,8 +14,9 @@ use super::model::Cpu;
 /// Absolute counter values at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    keel_usec: u64,
-    keel_user_usec: u64,
+    /// Per keel cgroup (one per node running keel), in node order.
+    keel_usec: Vec<u64>,
+    keel_user_usec: Vec<u64>,
     client_usec: u64,
     server_usec: u64,
     kernel_system_ticks: u64,
@@ -26,7 +28,8 @@ pub struct Snapshot {
 
 /// Where to read from.
 pub struct Probes {
-    pub keel_cgroup: Option<PathBuf>,
+    /// Each node's keel cgroup (none without keel); their CPU is summed.
+    pub keel_cgroups: Vec<PathBuf>,
     pub client_cgroup: PathBuf,
     pub server_cgroup: PathBuf,
     pub pod_netns: Vec<PathBuf>,
@@ -42,8 +45,8 @@ impl Probes {
             listen_drops += l;
         }
         Ok(Snapshot {
-            keel_usec: self.keel_cgroup.as_deref().map(|c| cgroup_cpu_usec(c, "usage_usec")).transpose()?.unwrap_or(0),
-            keel_user_usec: self.keel_cgroup.as_deref().map(|c| cgroup_cpu_usec(c, "user_usec")).transpose()?.unwrap_or(0),
+            keel_usec: self.keel_cgroups.iter().map(|c| cgroup_cpu_usec(c, "usage_usec")).collect::<Result<_>>()?,
+            keel_user_usec: self.keel_cgroups.iter().map(|c| cgroup_cpu_usec(c, "user_usec")).collect::<Result<_>>()?,
             client_usec: cgroup_cpu_usec(&self.client_cgroup, "usage_usec")?,
             server_usec: cgroup_cpu_usec(&self.server_cgroup, "usage_usec")?,
             kernel_system_ticks: system,
@@ -65,15 +68,20 @@ pub struct Delta {
 pub fn delta(before: &Snapshot, after: &Snapshot) -> Delta {
     let ticks = clock_ticks_per_second();
     let usec = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
+    let per_keel = |a: &[u64], b: &[u64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| usec(*a, *b)).collect() };
+    // Not `Iterator::sum`: over no keel at all it is -0.0, which the report would print as "-0".
+    let total = |v: &[f64]| v.iter().fold(0.0, |t, x| t + x);
+    let keel_by_node_s = per_keel(&after.keel_usec, &before.keel_usec);
     Delta {
         cpu: Cpu {
-            keel_s: usec(after.keel_usec, before.keel_usec),
-            keel_user_s: usec(after.keel_user_usec, before.keel_user_usec),
+            keel_s: total(&keel_by_node_s),
+            keel_user_s: total(&per_keel(&after.keel_user_usec, &before.keel_user_usec)),
             client_s: usec(after.client_usec, before.client_usec),
             server_s: usec(after.server_usec, before.server_usec),
             kernel_system_s: after.kernel_system_ticks.saturating_sub(before.kernel_system_ticks) as f64 / ticks,
             kernel_softirq_s: after.kernel_softirq_ticks.saturating_sub(before.kernel_softirq_ticks) as f64 / ticks,
             bpf_s: after.bpf_ns.saturating_sub(before.bpf_ns) as f64 / 1e9,
+            keel_by_node_s,
         },
         syn_retransmits: after.syn_retransmits.saturating_sub(before.syn_retransmits),
         listen_drops: after.listen_drops.saturating_sub(before.listen_drops),
@@ -185,5 +193,17 @@ mod tests {
         assert_eq!(netstat_value(netstat, "TcpExt:", "ListenDrops"), Some(4));
         assert_eq!(netstat_value(netstat, "TcpExt:", "Missing"), None);
         assert_eq!(parse_flat_keyed("usage_usec 1234\nuser_usec 1000\n", "usage_usec"), Some(1234));
+    }
+
+    #[test]
+    fn keel_cpu_is_summed_over_nodes() {
+        let before = Snapshot { keel_usec: vec![1_000_000, 2_000_000], keel_user_usec: vec![500_000, 1_000_000], ..Default::default() };
+        let after = Snapshot { keel_usec: vec![1_500_000, 4_000_000], keel_user_usec: vec![700_000, 2_000_000], ..Default::default() };
+        let cpu = delta(&before, &after).cpu;
+        assert_eq!((cpu.keel_s, cpu.keel_user_s), (2.5, 1.2));
+        assert_eq!(cpu.keel_by_node_s, [0.5, 2.0]);
+        let none = delta(&Snapshot::default(), &Snapshot::default()).cpu;
+        assert_eq!((none.keel_s, none.keel_by_node_s.len()), (0.0, 0));
+        assert!(none.keel_s.is_sign_positive() && none.keel_user_s.is_sign_positive(), "no keel: +0, not -0");
     }
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: eBPF capture against iptables redirection (and no proxy at all), side by side, with the
-//! whole cost counted. Each repetition runs every arm once, in a rotating order; each arm gets a fresh lab (new
-//! namespaces: no TIME_WAIT, conntrack or socket left from the previous arm) and must leave nothing behind.
+//! whole cost counted; and across two nodes, keel's plaintext relay against HBONE (mTLS) against no keel. Each
+//! repetition runs every arm once, in a rotating order; each arm gets a fresh lab (new namespaces: no TIME_WAIT,
+//! conntrack or socket left from the previous arm; one node or two, see [`arms::Arm::nodes`]) and must leave
+//! nothing behind.
 pub mod arms;
 pub mod chart;
 pub mod measure;
@@ -16,12 +18,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use self::{
-    arms::Arm,
+    arms::{Arm, Mesh},
     measure::Probes,
     model::{Results, RunInfo, Sample},
-    workloads::Workload,
+    workloads::{Tool, Workload},
 };
-use crate::lab::{Binaries, ChildGuard, Keel, Lab, Pod, ServeMode};
+use crate::lab::{mesh_config, Binaries, ChildGuard, Connection, Keel, Lab, Pod, ServeMode};
 
 pub struct BenchOptions {
     pub binaries: Binaries,
@@ -79,6 +81,9 @@ fn headline(s: &Sample) -> String {
     }
     match &s.latency {
         Some(l) => format!("{:>10.0} req/s  p50 {:.3} ms  p99 {:.3} ms  failures {}", s.requests_per_s, l.p50_ms, l.p99_ms, s.failures.total()),
+        None if !s.keel_path.is_empty() => {
+            format!("{:>10.2} Gbit/s  ok {}  failures {}  keel: {}", s.gbit_per_s, s.ok, s.failures.total(), s.keel_path)
+        }
         None => format!("{:>10.2} Gbit/s  ok {}  failures {}", s.gbit_per_s, s.ok, s.failures.total()),
     }
 }
@@ -131,58 +136,218 @@ fn wait_listening(pod: &Pod, ports: &[u16]) -> Result<()> {
 }
 
 fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Vec<Sample>> {
-    let lab = Lab::with_binaries(&format!("b{rep}{order}"), options.binaries.clone())?;
-    let client = lab.add_pod("client")?;
-    let server = lab.add_pod("server")?;
+    let lab = Lab::with_nodes_and_binaries(&format!("b{rep}{order}"), arm.nodes, options.binaries.clone())?;
+    // One node: both pods on it. Two: the client on node 0, the server on node 1, across the wire.
+    let client = lab.node(0).add_pod("client")?;
+    let server = lab.node(arm.nodes - 1).add_pod("server")?;
     let _servers = start_servers(&lab, &server)?;
     let probes = Probes {
-        keel_cgroup: arm.backend.map(|_| lab.cgroup_root().join("keel")),
+        keel_cgroups: match arm.keel {
+            Some(_) => (0..arm.nodes).map(|k| lab.node(k).keel_cgroup()).collect(),
+            None => Vec::new(),
+        },
         client_cgroup: client.cgroup_path.clone(),
         server_cgroup: server.cgroup_path.clone(),
         pod_netns: vec![client.netns_path.clone(), server.netns_path.clone()],
     };
-    let mut keel = start_arm_keel(&lab, arm, &[&client, &server], false)?;
+    let pods = Pods { client: &client, server: &server };
+    let mut keels = start_arm_keels(&lab, arm, pods, false)?;
+    if arm.cross_node() {
+        warm_up(pods)?;
+    }
     let mut samples = Vec::new();
+    let mut path_checked = false;
     for workload in options.workloads.iter().filter(|w| !w.responder) {
-        samples.push(measured(options, arm, rep, order, workload, &probes, keel.as_ref(), &client, &server)?);
+        let mut sample = measured(options, arm, rep, order, workload, &probes, &keels, pods)?;
+        if arm.cross_node() && matches!(workload.tool, Tool::Integrity) && sample.ok {
+            sample.keel_path = verify_path(arm, &keels, pods, workloads::INTEGRITY_BYTES)?;
+            path_checked = true;
+        }
+        samples.push(sample);
     }
-    if let Some(keel) = keel.as_mut() {
-        stop_keel(keel, &lab)?;
+    if arm.cross_node() && !path_checked {
+        // The integrity workload was not selected (or failed, and is counted as such): check the path with a
+        // transfer of our own, so no cross-node keel arm goes unchecked.
+        let report = client.send(server.addr(workloads::ECHO_PORT), PATH_PROBE_BYTES, ServeMode::Echo, Duration::from_secs(30))?;
+        if report["ok"] != serde_json::Value::Bool(true) {
+            bail!("the path check's {PATH_PROBE_BYTES}-byte echo failed: {report}");
+        }
+        verify_path(arm, &keels, pods, PATH_PROBE_BYTES)?;
     }
+    stop_keels(&mut keels, &lab)?;
     for workload in options.workloads.iter().filter(|w| w.responder) {
-        if arm.backend.is_none() {
-            continue; // no keel to answer: not applicable to the direct arm
+        if !arm.runs_responder() {
+            continue; // no keel to answer, or nothing of the cross-node path to measure
         }
-        let mut responder = start_arm_keel(&lab, arm, &[&client, &server], true)?;
-        samples.push(measured(options, arm, rep, order, workload, &probes, responder.as_ref(), &client, &server)?);
-        if let Some(keel) = responder.as_mut() {
-            stop_keel(keel, &lab)?;
-        }
+        let mut responder = start_arm_keels(&lab, arm, pods, true)?;
+        samples.push(measured(options, arm, rep, order, workload, &probes, &responder, pods)?);
+        stop_keels(&mut responder, &lab)?;
     }
     Ok(samples)
 }
 
-fn start_arm_keel(lab: &Lab, arm: &Arm, pods: &[&Pod], responder: bool) -> Result<Option<Keel>> {
-    let Some(backend) = arm.backend else { return Ok(None) };
-    let mut args: Vec<&str> = arm.keel_args.to_vec();
-    if responder {
-        args.push("--responder");
-    }
-    let keel = lab.start_keel(backend, &args)?;
-    for pod in pods {
-        keel.enroll(pod)?;
-    }
-    Ok(Some(keel))
+/// The two pods every arm runs between.
+#[derive(Clone, Copy)]
+struct Pods<'a> {
+    client: &'a Pod,
+    server: &'a Pod,
 }
 
-/// SIGTERM must leave no pin behind: the next arm starts from a clean slate.
-fn stop_keel(keel: &mut Keel, lab: &Lab) -> Result<()> {
-    let status = keel.terminate()?;
-    if !status.success() {
-        bail!("keel exited with {status} on SIGTERM:\n{}", keel.log_tail(30));
+impl<'a> Pods<'a> {
+    fn on_node(self, node: usize) -> impl Iterator<Item = &'a Pod> {
+        [self.client, self.server].into_iter().filter(move |p| p.node == node)
     }
-    if lab.bpffs_dir().exists() {
-        bail!("keel left {} behind", lab.bpffs_dir().display());
+}
+
+/// Service accounts of the two pods in local mode (their SPIFFE identities).
+const CLIENT_SA: &str = "bench-client";
+const SERVER_SA: &str = "bench-server";
+/// The path check's own transfer, when the integrity workload did not run.
+const PATH_PROBE_BYTES: u64 = 1024 * 1024;
+/// How long keel may take to list a closed connection.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn identity(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+/// One keel per node of the arm (none for a no-keel arm), each enrolling its node's pods; in order of nodes.
+/// Started one after the other: in HBONE mode node 0's keel generates the shared CA, the next ones load it.
+fn start_arm_keels(lab: &Lab, arm: &Arm, pods: Pods, responder: bool) -> Result<Vec<Keel>> {
+    let Some(setup) = arm.keel else { return Ok(Vec::new()) };
+    let mut args = setup.args();
+    if responder {
+        args.push("--responder".into());
+    }
+    if setup.mesh == Mesh::Hbone {
+        let (config_dir, ca_dir) = (lab.dir().join("mesh"), lab.dir().join("ca"));
+        mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[
+                mesh_config::pod_object(pods.client, CLIENT_SA, &[("app", CLIENT_SA)]),
+                mesh_config::pod_object(pods.server, SERVER_SA, &[("app", SERVER_SA)]),
+            ],
+        )?;
+        std::fs::create_dir_all(&ca_dir)?;
+        for (flag, dir) in [("--config-dir", &config_dir), ("--ca-dir", &ca_dir)] {
+            args.extend([flag.to_owned(), dir.to_str().context("non-UTF-8 lab dir")?.to_owned()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut keels = Vec::new();
+    for k in 0..arm.nodes {
+        let keel = lab.start_keel_on(k, setup.backend, &args)?;
+        if setup.mesh == Mesh::Hbone {
+            wait_ready(&keel)?;
+        }
+        for pod in pods.on_node(k) {
+            keel.enroll(pod)?;
+        }
+        keels.push(keel);
+    }
+    Ok(keels)
+}
+
+/// keel's `/healthz/ready` answers 200 once its workload source (here the local config dir) is loaded.
+fn wait_ready(keel: &Keel) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = keel.admin_get("/healthz/ready")?;
+        if status == 200 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("keel not ready within 20 s: {status} {body}; log tail:\n{}", keel.log_tail(30));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One small echo before measuring a cross-node arm, out of every sample: neighbours across the wire resolved
+/// and, in HBONE mode, both workload certificates issued and the pooled mTLS connection dialled — one-time
+/// setup, not per-request cost. It also fails the arm early if its path does not work at all.
+fn warm_up(pods: Pods) -> Result<()> {
+    let target = pods.server.addr(workloads::ECHO_PORT);
+    let report = pods.client.send(target, 64 * 1024, ServeMode::Echo, Duration::from_secs(20))?;
+    if report["ok"] != serde_json::Value::Bool(true) {
+        bail!("warm-up echo {} -> {target} failed: {report}", pods.client.name);
+    }
+    Ok(())
+}
+
+/// A cross-node keel arm must measure the path it is named after. keel's own records of an echo of `bytes` from
+/// the client to the server's echo port say how it went: the client node's keel's outbound record and the server
+/// node's keel's inbound one. HBONE: both "hbone" with mutual TLS, carrying the two pods' identities; plain: a
+/// "direct" plaintext relay on both nodes. Beyond that one transfer, every inbound record from the client still
+/// listed by the server's keel (its last 1024 connections) must be of the arm's kind, so a fallback that hit
+/// only some connections shows too. Returns a one-line description for the sample.
+fn verify_path(arm: &Arm, keels: &[Keel], pods: Pods, bytes: u64) -> Result<String> {
+    let Some(setup) = arm.keel else { return Ok(String::new()) };
+    let (client_keel, server_keel) = (&keels[pods.client.node], &keels[pods.server.node]);
+    let target = pods.server.addr(workloads::ECHO_PORT).to_string();
+    let client_ip = pods.client.ip.to_string();
+    let from_client = |c: &Connection| c.source.rsplit_once(':').is_some_and(|(ip, _)| ip == client_ip);
+    let the_transfer = |direction: &'static str| {
+        let (target, from_client) = (&target, &from_client);
+        move |c: &Connection| c.direction == direction && &c.original_destination == target && c.bytes_sent == bytes && from_client(c)
+    };
+    let outbound = client_keel
+        .wait_connection(RECORD_TIMEOUT, the_transfer("outbound"))
+        .with_context(|| format!("node {}'s keel has no record of the {bytes}-byte echo", pods.client.node))?;
+    let inbound = server_keel
+        .wait_connection(RECORD_TIMEOUT, the_transfer("inbound"))
+        .with_context(|| format!("node {}'s keel has no record of the {bytes}-byte echo", pods.server.node))?;
+    let hbone = setup.mesh == Mesh::Hbone;
+    let expected_path = if hbone { "hbone" } else { "direct" };
+    if outbound.path.as_deref() != Some(expected_path) || outbound.mutual_tls != hbone || outbound.error.is_some() {
+        bail!("arm {}: the client node's keel did not carry the echo as {expected_path}: {outbound:?}", arm.name);
+    }
+    let inbound_ok = if hbone {
+        inbound.path.as_deref() == Some("hbone")
+            && inbound.mutual_tls
+            && inbound.source_peer.identity.as_deref() == Some(identity(CLIENT_SA).as_str())
+            && inbound.destination_peer.identity.as_deref() == Some(identity(SERVER_SA).as_str())
+    } else {
+        inbound.path.as_deref() != Some("hbone") && !inbound.mutual_tls
+    };
+    if !inbound_ok || inbound.error.is_some() {
+        bail!("arm {}: the server node's keel did not receive the echo as {expected_path}: {inbound:?}", arm.name);
+    }
+    let records: Vec<Connection> =
+        server_keel.connections()?.into_iter().filter(|c| c.direction == "inbound" && from_client(c)).collect();
+    let odd: Vec<&Connection> = records
+        .iter()
+        .filter(|c| c.mutual_tls != hbone || (c.path.as_deref() == Some("hbone")) != hbone)
+        .collect();
+    if !odd.is_empty() {
+        bail!(
+            "arm {}: {} of the server node's keel's last {} inbound connections from the client are not {expected_path}, e.g. {:?}",
+            arm.name,
+            odd.len(),
+            records.len(),
+            odd[0]
+        );
+    }
+    // The same words every repetition: the report lists each distinct description once.
+    Ok(if hbone {
+        format!("hbone, mutual TLS ({CLIENT_SA} → {SERVER_SA}); every inbound record mTLS")
+    } else {
+        "direct, plaintext on both nodes; no inbound record mTLS".to_owned()
+    })
+}
+
+/// SIGTERM must leave no pin behind: the next arm starts from a clean slate. `keels[k]` runs on node k.
+fn stop_keels(keels: &mut [Keel], lab: &Lab) -> Result<()> {
+    for (k, keel) in keels.iter_mut().enumerate() {
+        let status = keel.terminate()?;
+        if !status.success() {
+            bail!("node {k}'s keel exited with {status} on SIGTERM:\n{}", keel.log_tail(30));
+        }
+        let pins = lab.node(k).bpffs_dir();
+        if pins.exists() {
+            bail!("node {k}'s keel left {} behind", pins.display());
+        }
     }
     Ok(())
 }
@@ -195,23 +360,24 @@ fn measured(
     order: u32,
     workload: &Workload,
     probes: &Probes,
-    keel: Option<&Keel>,
-    client: &Pod,
-    server: &Pod,
+    keels: &[Keel],
+    pods: Pods,
 ) -> Result<Sample> {
     let before = probes.snapshot()?;
-    let mut sample = workloads::run(workload, client, server, options.seconds)
+    let mut sample = workloads::run(workload, pods.client, pods.server, options.seconds)
         .with_context(|| format!("workload {}", workload.name))?;
     let after = probes.snapshot()?;
     let delta = measure::delta(&before, &after);
     sample.arm = arm.name.to_owned();
     sample.workload = workload.name.to_owned();
+    sample.nodes = arm.nodes as u32;
     sample.rep = rep;
     sample.order = order;
     sample.cpu = delta.cpu;
     sample.failures.syn_retransmits = delta.syn_retransmits;
     sample.failures.listen_drops = delta.listen_drops;
-    sample.keel_rss_kib = keel.map(|k| measure::peak_rss_kib(k.pid())).unwrap_or(0);
+    sample.keel_rss_by_node_kib = keels.iter().map(|k| measure::peak_rss_kib(k.pid())).collect();
+    sample.keel_rss_kib = sample.keel_rss_by_node_kib.iter().sum();
     Ok(sample)
 }
 

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// client, server and target.
 pub const ARMS: [&str; 4] = ["direct", "iptables", "ebpf", "ebpf+splice"];
 
+/// Cross-node arms (client pod on node 0, server pod on node 1), in report order: reported in their own section,
+/// compared with each other (never with the single-node arms).
+pub const CROSS_NODE_ARMS: [&str; 3] = ["x-direct", "x-keel-plain", "x-keel-hbone"];
+
 /// Workloads, in report order.
 pub const WORKLOADS: [&str; 8] = [
     "keepalive-c1",
@@ -28,7 +32,7 @@ pub struct Latency {
 /// CPU seconds spent during the workload's window.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Cpu {
-    /// keel's process (user + system), from its cgroup's cpu.stat.
+    /// keel's process (user + system), from its cgroup's cpu.stat; with a keel on each node, their sum.
     pub keel_s: f64,
     /// keel's user-space share of `keel_s`. keel's system time is also in `kernel_system_s` (machine-wide), so
     /// "keel + kernel" adds only this part to the kernel's time, counting nothing twice.
@@ -43,6 +47,9 @@ pub struct Cpu {
     pub kernel_softirq_s: f64,
     /// Run time of keel's eBPF programs (kernel.bpf_stats_enabled), all programs summed.
     pub bpf_s: f64,
+    /// `keel_s` node by node (node 0 first); empty in results from before cross-node arms.
+    #[serde(default)]
+    pub keel_by_node_s: Vec<f64>,
 }
 
 /// Failures are results, not aborts.
@@ -70,6 +77,10 @@ impl Failures {
 pub struct Sample {
     pub arm: String,
     pub workload: String,
+    /// Nodes the arm spread its two pods over: 2 for the cross-node arms (client on node 0, server on node 1);
+    /// 1, or 0 in results from before cross-node arms, for one node.
+    #[serde(default)]
+    pub nodes: u32,
     /// Repetition number, from 0.
     pub rep: u32,
     /// Position of this arm within its repetition (rotating start).
@@ -85,13 +96,28 @@ pub struct Sample {
     /// HTTP workloads only.
     pub latency: Option<Latency>,
     pub cpu: Cpu,
-    /// keel's peak resident set (VmHWM) at the end of the workload, KiB; 0 for the direct arm.
+    /// keel's peak resident set (VmHWM) at the end of the workload, KiB; 0 for the direct arm. With a keel on
+    /// each node, their sum.
     pub keel_rss_kib: u64,
+    /// `keel_rss_kib` node by node (node 0 first); empty without keel and in older results.
+    #[serde(default)]
+    pub keel_rss_by_node_kib: Vec<u64>,
+    /// Cross-node integrity: how both keels carried the echo, from their own records, once checked against the
+    /// arm (e.g. "hbone, mutual TLS (bench-client → bench-server); every inbound record mTLS"); empty otherwise.
+    #[serde(default)]
+    pub keel_path: String,
     pub failures: Failures,
     /// Integrity: the echoed blob's checksum matched. Other workloads: the tool ran and reported.
     pub ok: bool,
     /// Anything worth knowing (a tool's error text, "n/a for this arm").
     pub note: String,
+}
+
+impl Sample {
+    /// Measured across two (or more) nodes.
+    pub fn cross_node(&self) -> bool {
+        self.nodes > 1
+    }
 }
 
 /// What the run was, for the report header and results.json.

@@ -5,7 +5,7 @@ use std::{fmt, fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::model::{Failures, Results, RunInfo, Sample, ARMS, WORKLOADS};
+use super::model::{Failures, Results, RunInfo, Sample, ARMS, CROSS_NODE_ARMS, WORKLOADS};
 
 /// Shown for anything not measured: a missing (workload, arm), a ratio without its baseline.
 pub const MISSING: &str = "–";
@@ -92,8 +92,15 @@ pub struct Aggregate {
     pub p90_ms: Option<Spread>,
     pub p99_ms: Option<Spread>,
     pub cpu: Option<CpuCost>,
-    /// keel's peak RSS (KiB) over repetitions; `None` without keel (direct arm).
+    /// keel's peak RSS (KiB) over repetitions; `None` without keel (direct arm). With a keel on each node, the
+    /// sum of their peaks.
     pub keel_rss_kib: Option<Spread>,
+    /// keel's CPU per unit of work (as in [`CpuCost::keel`]) node by node, node 0 (the client's) first.
+    pub keel_cpu_by_node: Vec<Option<Spread>>,
+    /// keel's peak RSS (KiB) node by node.
+    pub keel_rss_by_node_kib: Vec<Option<Spread>>,
+    /// How keel carried the checked transfer (cross-node integrity), each distinct description once.
+    pub keel_paths: Vec<String>,
     /// Summed over all repetitions, field by field.
     pub failures: Failures,
 }
@@ -115,6 +122,14 @@ impl Aggregate {
             failures.transfer_errors += f.transfer_errors;
         }
         let is_http = kind == Kind::Http;
+        let per_unit = per_unit(kind, &ok);
+        let nodes = samples.iter().map(|s| s.cpu.keel_by_node_s.len().max(s.keel_rss_by_node_kib.len())).max().unwrap_or(0);
+        let mut keel_paths: Vec<String> = Vec::new();
+        for s in samples.iter().filter(|s| !s.keel_path.is_empty()) {
+            if !keel_paths.contains(&s.keel_path) {
+                keel_paths.push(s.keel_path.clone());
+            }
+        }
         Aggregate {
             workload: workload.to_owned(),
             arm: arm.to_owned(),
@@ -134,13 +149,22 @@ impl Aggregate {
             p50_ms: lat(|l| l.p50_ms),
             p90_ms: lat(|l| l.p90_ms),
             p99_ms: lat(|l| l.p99_ms),
-            cpu: cpu_cost(kind, &ok),
+            cpu: cpu_cost(&per_unit),
             keel_rss_kib: Spread::of(
                 samples
                     .iter()
                     .filter(|s| s.keel_rss_kib > 0)
                     .map(|s| s.keel_rss_kib as f64),
             ),
+            keel_cpu_by_node: (0..nodes)
+                .map(|k| Spread::of(per_unit.iter().filter_map(|(s, d)| Some(s.cpu.keel_by_node_s.get(k)? / d))))
+                .collect(),
+            keel_rss_by_node_kib: (0..nodes)
+                .map(|k| {
+                    Spread::of(samples.iter().filter_map(|s| s.keel_rss_by_node_kib.get(k)).filter(|v| **v > 0).map(|v| *v as f64))
+                })
+                .collect(),
+            keel_paths,
             failures,
         }
     }
@@ -155,9 +179,10 @@ impl Aggregate {
     }
 }
 
-/// Per-sample CPU divided by the work done (requests, or GB moved), then the median of each part.
-fn cpu_cost(kind: Kind, samples: &[&Sample]) -> Option<CpuCost> {
-    let per_unit: Vec<(&Sample, f64)> = samples
+/// Each sample with the work it did, as the divisor turning its CPU seconds into µs per request (HTTP) or
+/// s per GB moved (bulk); samples with no such work are left out.
+fn per_unit<'a>(kind: Kind, samples: &[&'a Sample]) -> Vec<(&'a Sample, f64)> {
+    samples
         .iter()
         .filter_map(|s| {
             let divisor = match kind {
@@ -167,7 +192,11 @@ fn cpu_cost(kind: Kind, samples: &[&Sample]) -> Option<CpuCost> {
             };
             Some((*s, divisor))
         })
-        .collect();
+        .collect()
+}
+
+/// Per-sample CPU divided by the work done (requests, or GB moved), then the median of each part.
+fn cpu_cost(per_unit: &[(&Sample, f64)]) -> Option<CpuCost> {
     let part = |f: fn(&Sample) -> f64| Spread::of(per_unit.iter().map(|(s, d)| f(s) / d));
     Some(CpuCost {
         keel_kernel: part(|s| s.cpu.keel_user_s + s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
@@ -188,6 +217,8 @@ pub enum Metric {
     P99,
     /// keel + kernel CPU per request (HTTP) or per GB (bulk).
     CpuPerUnit,
+    /// keel's CPU alone (every node's keel) per request or per GB.
+    KeelCpuPerUnit,
 }
 
 impl Metric {
@@ -197,6 +228,7 @@ impl Metric {
             Metric::P50 => a.p50_ms,
             Metric::P99 => a.p99_ms,
             Metric::CpuPerUnit => a.cpu.map(|c| c.keel_kernel),
+            Metric::KeelCpuPerUnit => a.cpu.map(|c| c.keel),
         }
         .map(|s| s.median)
     }
@@ -207,7 +239,10 @@ impl Metric {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub info: RunInfo,
+    /// Single-node arms (both pods on one node): the capture comparison, targets and chart.
     pub arms: Vec<String>,
+    /// Cross-node arms (client on node 0, server on node 1): their own section, compared among themselves.
+    pub cross_arms: Vec<String>,
     pub workloads: Vec<String>,
     /// Only pairs with at least one sample.
     pub rows: Vec<Aggregate>,
@@ -223,11 +258,16 @@ pub fn aggregate(results: &Results) -> Report {
         }
         all
     };
-    let arms = ordered(&ARMS, &mut results.samples.iter().map(|s| &s.arm));
+    let known_arms: Vec<&str> = ARMS.iter().chain(&CROSS_NODE_ARMS).copied().collect();
+    let all_arms = ordered(&known_arms, &mut results.samples.iter().map(|s| &s.arm));
+    let is_cross = |a: &String| {
+        CROSS_NODE_ARMS.contains(&a.as_str()) || results.samples.iter().any(|s| &s.arm == a && s.cross_node())
+    };
+    let (cross_arms, arms): (Vec<String>, Vec<String>) = all_arms.iter().cloned().partition(is_cross);
     let workloads = ordered(&WORKLOADS, &mut results.samples.iter().map(|s| &s.workload));
     let mut rows = Vec::new();
     for w in &workloads {
-        for a in &arms {
+        for a in &all_arms {
             let samples: Vec<&Sample> = results
                 .samples
                 .iter()
@@ -241,6 +281,7 @@ pub fn aggregate(results: &Results) -> Report {
     Report {
         info: results.info.clone(),
         arms,
+        cross_arms,
         workloads,
         rows,
     }
@@ -266,6 +307,11 @@ impl Report {
 
     fn workloads_of(&self, kind: Kind) -> impl Iterator<Item = &String> {
         self.workloads.iter().filter(move |w| self::kind(w) == kind)
+    }
+
+    /// Whether any (workload, arm) of `arms` was measured (for `workload`, if given).
+    fn measured_any(&self, arms: &[String], workload: Option<&str>) -> bool {
+        self.rows.iter().any(|g| arms.contains(&g.arm) && workload.is_none_or(|w| g.workload == w))
     }
 }
 
@@ -578,6 +624,7 @@ pub fn markdown(report: &Report) -> String {
     bulk_table(&mut out, report);
     integrity_table(&mut out, report);
     resources_table(&mut out, report);
+    cross_node_section(&mut out, report);
     targets_section(&mut out, report, &check_targets(report));
     method(&mut out, &report.info);
     out
@@ -821,6 +868,198 @@ fn resources_table(out: &mut String, r: &Report) {
     table(out, &header, &rows);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Cross-node arms: their own section, compared with each other (never with the single-node arms).
+
+/// The cross-node baselines: keel relaying plaintext on both nodes, and no keel at all.
+pub const CROSS_PLAIN: &str = "x-keel-plain";
+pub const CROSS_DIRECT: &str = "x-direct";
+
+fn cross_node_section(out: &mut String, r: &Report) {
+    if !r.measured_any(&r.cross_arms, None) {
+        return;
+    }
+    let _ = writeln!(out, "## Cross-node (client pod on node 0, server pod on node 1; medians over repetitions, [min–max])\n");
+    let _ = writeln!(
+        out,
+        "Two nodes on this machine joined by a bridge (\"the wire\"): {CROSS_DIRECT} is no keel at all, the lab's \
+         physical limit; {CROSS_PLAIN} runs keel (eBPF capture, fast path off) on both nodes with both pods enrolled and \
+         no workload source, so each node's keel relays plaintext; x-keel-hbone runs the same keels in local mode with one \
+         shared config dir and CA, so node 0's keel carries every connection over HBONE (mTLS HTTP/2 CONNECT) to node \
+         1's keel. keel CPU is both keels' cgroups summed (user + system), also shown per node (client's node / server's \
+         node); keel+kernel adds the kernel's system + softirq time (the nodes share one kernel), counting keel's \
+         system time once. RSS is the sum of both keels' peaks. A warm-up echo before measuring (certificates issued, \
+         the pooled mTLS connection dialled) is in no sample; after the integrity echo both keels' records of it are \
+         checked against the arm (HBONE with mutual TLS and both SPIFFE identities, or a plaintext relay), and the run \
+         fails otherwise. The responder workload is single-node only.\n"
+    );
+    let by_node = |v: &[Option<Spread>], fmt: &dyn Fn(f64) -> String| -> String {
+        if v.is_empty() {
+            MISSING.to_owned()
+        } else {
+            v.iter().map(|s| s.map_or(MISSING.to_owned(), |s| fmt(s.median))).collect::<Vec<_>>().join(" / ")
+        }
+    };
+    let x = |w: &str, a: &str, base: &str| times(r.ratio(w, a, base, Metric::Headline));
+    let http_header = [
+        "workload",
+        "arm",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "keel µs/req (both keels)",
+        "keel µs/req client node / server node",
+        "CPU µs/req keel+kernel",
+        "req/s ×x-keel-plain",
+        "req/s ×x-direct",
+        "failures",
+    ];
+    let mut rows = Vec::new();
+    for w in r.workloads_of(Kind::Http).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
+        for a in &r.cross_arms {
+            let Some(ag) = r.get(w, a) else {
+                rows.push(missing_row(w, a, http_header.len()));
+                continue;
+            };
+            rows.push(vec![
+                w.clone(),
+                a.clone(),
+                spread(ag.requests_per_s),
+                median(ag.p50_ms),
+                median(ag.p99_ms),
+                median(ag.cpu.map(|c| c.keel)),
+                by_node(&ag.keel_cpu_by_node, &num),
+                median(ag.cpu.map(|c| c.keel_kernel)),
+                x(w, a, CROSS_PLAIN),
+                x(w, a, CROSS_DIRECT),
+                failures_cell(ag),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "### HTTP (wrk against nginx)\n");
+        table(out, &http_header, &rows);
+    }
+    let bulk_header = [
+        "workload",
+        "arm",
+        "Gbit/s",
+        "keel s/GB (both keels)",
+        "keel s/GB client node / server node",
+        "CPU s/GB keel+kernel",
+        "Gbit/s ×x-keel-plain",
+        "Gbit/s ×x-direct",
+        "failures",
+    ];
+    let mut rows = Vec::new();
+    for w in r.workloads_of(Kind::Bulk).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
+        for a in &r.cross_arms {
+            let Some(ag) = r.get(w, a) else {
+                rows.push(missing_row(w, a, bulk_header.len()));
+                continue;
+            };
+            rows.push(vec![
+                w.clone(),
+                a.clone(),
+                spread(ag.gbit_per_s),
+                median(ag.cpu.map(|c| c.keel)),
+                by_node(&ag.keel_cpu_by_node, &num),
+                median(ag.cpu.map(|c| c.keel_kernel)),
+                x(w, a, CROSS_PLAIN),
+                x(w, a, CROSS_DIRECT),
+                failures_cell(ag),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "### Bulk transfer (iperf3)\n");
+        table(out, &bulk_header, &rows);
+    }
+    let mut rows = Vec::new();
+    for w in r.workloads.iter().filter(|w| kind(w) != Kind::Integrity && r.measured_any(&r.cross_arms, Some(w))) {
+        for a in r.cross_arms.iter().filter(|a| a.as_str() != CROSS_DIRECT) {
+            rows.push(cross_ratio_row(r, w, a));
+        }
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "### Ratios (medians of the same run; p50, p99 and CPU: lower is better)\n");
+        table(out, &CROSS_RATIO_HEADER, &rows);
+    }
+    let mut rows = Vec::new();
+    for w in r.workloads_of(Kind::Integrity).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
+        for a in &r.cross_arms {
+            rows.push(match r.get(w, a) {
+                None => missing_row(w, a, 5),
+                Some(ag) => vec![
+                    w.clone(),
+                    a.clone(),
+                    format!("{}/{}", ag.ok, ag.runs),
+                    if ag.keel_paths.is_empty() { MISSING.to_owned() } else { ag.keel_paths.join("; ") },
+                    failures_cell(ag),
+                ],
+            });
+        }
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "### Integrity (32 MiB echoed, checksum compared; keel's path from its own records)\n");
+        table(out, &["workload", "arm", "ok/total", "keel's path", "failures"], &rows);
+    }
+    let mut rows = Vec::new();
+    for a in &r.cross_arms {
+        let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a).collect();
+        let peaks = |f: &dyn Fn(&Aggregate) -> Option<Spread>, max: bool| {
+            let rss: Vec<Spread> = arm_rows.iter().filter_map(|g| f(g)).collect();
+            Spread::of(rss.iter().map(|s| if max { s.max } else { s.median })).map_or(MISSING.to_owned(), |s| {
+                mib(if max { s.max } else { s.median })
+            })
+        };
+        let nodes = arm_rows.iter().map(|g| g.keel_rss_by_node_kib.len()).max().unwrap_or(0);
+        let per_node: Vec<String> =
+            (0..nodes).map(|k| peaks(&|g: &Aggregate| g.keel_rss_by_node_kib.get(k).copied().flatten(), false)).collect();
+        rows.push(vec![
+            a.clone(),
+            peaks(&|g: &Aggregate| g.keel_rss_kib, false),
+            peaks(&|g: &Aggregate| g.keel_rss_kib, true),
+            if per_node.is_empty() { MISSING.to_owned() } else { per_node.join(" / ") },
+        ]);
+    }
+    let _ = writeln!(out, "### Resources\n");
+    table(
+        out,
+        &["arm", "keel RSS, both keels (median of peaks)", "keel RSS, both keels (max)", "keel RSS client node / server node"],
+        &rows,
+    );
+}
+
+const CROSS_RATIO_HEADER: [&str; 11] = [
+    "workload",
+    "arm",
+    "headline ×x-keel-plain",
+    "headline ×x-direct",
+    "p50 ×x-keel-plain",
+    "p50 ×x-direct",
+    "p99 ×x-keel-plain",
+    "p99 ×x-direct",
+    "keel CPU ×x-keel-plain",
+    "keel+kernel CPU ×x-keel-plain",
+    "keel+kernel CPU ×x-direct",
+];
+
+fn cross_ratio_row(r: &Report, w: &str, a: &str) -> Vec<String> {
+    let mut row = vec![w.to_owned(), a.to_owned()];
+    for metric in [Metric::Headline, Metric::P50, Metric::P99] {
+        for base in [CROSS_PLAIN, CROSS_DIRECT] {
+            row.push(times(r.ratio(w, a, base, metric)));
+        }
+    }
+    // keel's own CPU has no x-direct baseline (no keel there: 0).
+    row.push(times(r.ratio(w, a, CROSS_PLAIN, Metric::KeelCpuPerUnit)));
+    for base in [CROSS_PLAIN, CROSS_DIRECT] {
+        row.push(times(r.ratio(w, a, base, Metric::CpuPerUnit)));
+    }
+    row
+}
+
 fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
     let _ = writeln!(out, "## Targets (ratios from this run)\n");
     for c in checks {
@@ -931,13 +1170,34 @@ impl fmt::Display for Summary {
 
 pub fn summary(report: &Report) -> Summary {
     let mut text = String::new();
+    // The single-node table, unless the run measured only cross-node arms.
+    if report.measured_any(&report.arms, None) || !report.measured_any(&report.cross_arms, None) {
+        single_node_summary(&mut text, report);
+    }
+    if report.measured_any(&report.cross_arms, None) {
+        cross_node_summary(&mut text, report);
+    }
+    let targets = check_targets(report);
+    let _ = writeln!(text, "\nTargets:");
+    for t in &targets {
+        let _ = writeln!(text, "  {t}");
+    }
+    let _ = writeln!(
+        text,
+        "{}",
+        verdict_sentence(&targets, report.info.quick).replace("**", "")
+    );
+    Summary { text, targets }
+}
+
+fn single_node_summary(text: &mut String, report: &Report) {
     let _ = writeln!(
         text,
         "{:<16}{:<13}{:>22}{:>10}{:>16}{:>11}",
         "workload", "arm", "median", "p99 ms", "CPU keel+kern", "×iptables"
     );
     for w in &report.workloads {
-        if !report.rows.iter().any(|g| &g.workload == w) {
+        if !report.measured_any(&report.arms, Some(w)) {
             let _ = writeln!(text, "{w:<16}{:<13}{:>22}", "(all)", "not measured");
             continue;
         }
@@ -968,17 +1228,55 @@ pub fn summary(report: &Report) -> Summary {
             let _ = writeln!(text, "{w:<16}{a:<13}{line}");
         }
     }
-    let targets = check_targets(report);
-    let _ = writeln!(text, "\nTargets:");
-    for t in &targets {
-        let _ = writeln!(text, "  {t}");
-    }
+}
+
+/// Cross-node arms: headline, latency, keel CPU (both keels) and the ratios to the two baselines, then RSS.
+fn cross_node_summary(text: &mut String, report: &Report) {
+    let _ = writeln!(text, "\nCross-node: client on node 0, server on node 1 (keel CPU and RSS: both keels summed)");
     let _ = writeln!(
         text,
-        "{}",
-        verdict_sentence(&targets, report.info.quick).replace("**", "")
+        "{:<16}{:<14}{:>19}{:>9}{:>9}{:>15}{:>15}{:>15}{:>11}",
+        "workload", "arm", "median", "p50 ms", "p99 ms", "keel CPU", "keel+kern", "×x-keel-plain", "×x-direct"
     );
-    Summary { text, targets }
+    for w in report.workloads.iter().filter(|w| report.measured_any(&report.cross_arms, Some(w))) {
+        for a in &report.cross_arms {
+            let line = match report.get(w, a) {
+                None => format!("{:>19}", MISSING),
+                Some(g) if g.kind == Kind::Integrity => {
+                    let path = if g.keel_paths.is_empty() { String::new() } else { format!("  keel: {}", g.keel_paths.join("; ")) };
+                    format!("{:>19}{path}", format!("{}/{} ok", g.ok, g.runs))
+                }
+                Some(g) => {
+                    let (unit, cpu_unit) = if g.kind == Kind::Http { ("req/s", "µs/req") } else { ("Gbit/s", "s/GB") };
+                    let cpu = |f: fn(&CpuCost) -> Spread| {
+                        g.cpu.as_ref().map_or(MISSING.to_owned(), |c| format!("{} {cpu_unit}", num(f(c).median)))
+                    };
+                    format!(
+                        "{:>19}{:>9}{:>9}{:>15}{:>15}{:>15}{:>11}",
+                        format!("{} {unit}", median(g.headline())),
+                        median(g.p50_ms),
+                        median(g.p99_ms),
+                        cpu(|c| c.keel),
+                        cpu(|c| c.keel_kernel),
+                        times(report.ratio(w, a, CROSS_PLAIN, Metric::Headline)),
+                        times(report.ratio(w, a, CROSS_DIRECT, Metric::Headline)),
+                    )
+                }
+            };
+            let _ = writeln!(text, "{w:<16}{a:<14}{line}");
+        }
+    }
+    let rss: Vec<String> = report
+        .cross_arms
+        .iter()
+        .filter_map(|a| {
+            let peaks: Vec<f64> = report.rows.iter().filter(|g| &g.arm == a).filter_map(|g| g.keel_rss_kib.map(|s| s.median)).collect();
+            Spread::of(peaks).map(|s| format!("{a} {}", mib(s.median)))
+        })
+        .collect();
+    if !rss.is_empty() {
+        let _ = writeln!(text, "keel RSS (both keels, median of peaks): {}", rss.join(", "));
+    }
 }
 
 /// Writes `results.json` (every raw sample), `report.md` and `report.svg` into `dir`; returns the summary to print.
@@ -1048,6 +1346,7 @@ pub(crate) mod tests {
             client_s: 1.0,
             server_s: 1.0,
             bpf_s: total * 0.05,
+            keel_by_node_s: Vec::new(),
         }
     }
 
@@ -1136,6 +1435,42 @@ pub(crate) mod tests {
             quick: false,
         };
         Results { info, samples }
+    }
+
+    /// 3 repetitions of the three cross-node arms: keel CPU split 1:3 between the client's and the server's node.
+    fn cross_node_samples() -> Vec<Sample> {
+        let mut samples = Vec::new();
+        for rep in 0..3 {
+            for (arm, kc32, p50, cost, bulk1, rss) in [
+                ("x-direct", 40_000.0, 0.5, 20.0, 30.0, None),
+                ("x-keel-plain", 20_000.0, 1.0, 60.0, 10.0, Some([10_240, 12_288])),
+                ("x-keel-hbone", 10_000.0, 2.0, 120.0, 5.0, Some([20_480, 22_528])),
+            ] {
+                let keel_split = |s: &mut Sample| {
+                    if rss.is_some() {
+                        s.cpu.keel_by_node_s = vec![s.cpu.keel_s * 0.25, s.cpu.keel_s * 0.75];
+                    } else {
+                        (s.cpu.keel_s, s.cpu.keel_user_s) = (0.0, 0.0);
+                    }
+                    s.keel_rss_by_node_kib = rss.map_or(Vec::new(), |r: [u64; 2]| r.to_vec());
+                    s.keel_rss_kib = s.keel_rss_by_node_kib.iter().sum();
+                    s.nodes = 2;
+                };
+                let mut h = http(arm, "keepalive-c32", rep, kc32, (p50, p50 * 2.0, p50 * 4.0), cost);
+                keel_split(&mut h);
+                let mut b = bulk(arm, "bulk-1", rep, bulk1, 0.5);
+                keel_split(&mut b);
+                let mut i = bulk(arm, "integrity", rep, 1.0, 1.0);
+                keel_split(&mut i);
+                i.keel_path = match arm {
+                    "x-keel-hbone" => "hbone, mutual TLS".into(),
+                    "x-keel-plain" => "direct, plaintext".into(),
+                    _ => String::new(),
+                };
+                samples.extend([h, b, i]);
+            }
+        }
+        samples
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -1346,6 +1681,75 @@ pub(crate) mod tests {
         assert!(s.text.contains("MISS          ebpf vs iptables: newconn-c32 CPU/request (keel+kernel) ≤ 0.8× — measured 0.90×"), "{s}");
         assert!(s.text.contains("6 of 10 targets met. Missed (4):"));
         assert_eq!(s.targets.len(), TARGETS.len());
+    }
+
+    #[test]
+    fn cross_node_arms_have_their_own_section_and_ratios() {
+        let mut results = synthetic();
+        let single_md = markdown(&aggregate(&results));
+        let single_summary = summary(&aggregate(&results)).text;
+        assert!(!single_md.contains("Cross-node") && !single_summary.contains("Cross-node"));
+        results.samples.extend(cross_node_samples());
+        let r = aggregate(&results);
+        assert_eq!(r.arms, ARMS);
+        assert_eq!(r.cross_arms, CROSS_NODE_ARMS);
+        // The single-node report is as before: same arms, same targets, same rows.
+        let md = markdown(&r);
+        assert!(md.starts_with(single_md.split("## Targets").next().unwrap()), "single-node sections changed");
+        assert!(summary(&r).text.starts_with(single_summary.split("\nTargets:").next().unwrap()));
+        assert_eq!(check_targets(&r), check_targets(&aggregate(&synthetic())));
+
+        let hbone = r.get("keepalive-c32", "x-keel-hbone").unwrap();
+        assert!(close(hbone.cpu.unwrap().keel.median, 60.0), "{:?}", hbone.cpu);
+        let by_node: Vec<f64> = hbone.keel_cpu_by_node.iter().map(|s| s.unwrap().median).collect();
+        assert!(close(by_node[0], 15.0) && close(by_node[1], 45.0), "{by_node:?}");
+        assert!(close(hbone.keel_rss_kib.unwrap().median, 43_008.0));
+        assert_eq!(hbone.keel_rss_by_node_kib.len(), 2);
+        assert_eq!(r.get("integrity", "x-keel-hbone").unwrap().keel_paths, ["hbone, mutual TLS"]);
+        assert!(r.get("keepalive-c32", "x-direct").unwrap().keel_rss_kib.is_none());
+        let ratio = |a, b, m| r.ratio("keepalive-c32", a, b, m).unwrap();
+        assert!(close(ratio("x-keel-hbone", CROSS_PLAIN, Metric::Headline), 0.5));
+        assert!(close(ratio("x-keel-hbone", CROSS_DIRECT, Metric::Headline), 0.25));
+        assert!(close(ratio("x-keel-hbone", CROSS_PLAIN, Metric::P50), 2.0));
+        assert!(close(ratio("x-keel-hbone", CROSS_PLAIN, Metric::KeelCpuPerUnit), 2.0));
+        assert_eq!(r.ratio("keepalive-c32", "x-keel-hbone", CROSS_DIRECT, Metric::KeelCpuPerUnit), None);
+
+        for text in [
+            "## Cross-node (client pod on node 0, server pod on node 1",
+            "| keepalive-c32 | x-keel-hbone | 10000 [9000–12000] | 2.00 | 8.00 | 60.0 | 15.0 / 45.0 | 120 | 0.50× | 0.25× | 0 |",
+            "| keepalive-c32 | x-direct | 40000 [36000–48000] | 0.500 | 2.00 | 0 | – | 10.0 | 2.00× | 1.00× | 0 |",
+            "| bulk-1 | x-keel-hbone | 5.00 [4.50–6.00] |",
+            "| keepalive-c32 | x-keel-hbone | 0.50× | 0.25× | 2.00× | 4.00× | 2.00× | 4.00× | 2.00× | 2.00× | 12.00× |",
+            "| integrity | x-keel-hbone | 3/3 | hbone, mutual TLS | 0 |",
+            "| integrity | x-direct | 3/3 | – | 0 |",
+            "| x-keel-hbone | 42.0 MiB | 42.0 MiB | 20.0 MiB / 22.0 MiB |",
+            "| x-direct | – | – | – |",
+        ] {
+            assert!(md.contains(text), "missing {text:?} in:\n{md}");
+        }
+        // The cross-node arms stay out of the single-node tables and the chart.
+        assert!(!md.split("## Cross-node").next().unwrap().contains("x-keel"));
+
+        let s = summary(&r).text;
+        let line = s.lines().find(|l| l.starts_with("keepalive-c32   x-keel-hbone")).unwrap();
+        assert!(
+            line.contains("10000 req/s") && line.contains("60.0 µs/req") && line.contains("120 µs/req") && line.contains("0.50×") && line.contains("0.25×"),
+            "{line}"
+        );
+        assert!(s.lines().any(|l| l.starts_with("integrity       x-keel-hbone") && l.contains("3/3 ok  keel: hbone, mutual TLS")), "{s}");
+        assert!(s.contains("keel RSS (both keels, median of peaks): x-keel-plain 22.0 MiB, x-keel-hbone 42.0 MiB"), "{s}");
+
+        // Only cross-node arms: no single-node table of dashes in the summary; the markdown keeps its sections.
+        let only = Results { info: results.info.clone(), samples: cross_node_samples() };
+        let s = summary(&aggregate(&only)).text;
+        assert!(s.starts_with("\nCross-node") && !s.contains("(all)"), "{s}");
+        assert!(markdown(&aggregate(&only)).contains("## HTTP"));
+        // An arm unknown to the report still lands on its side by its samples' node count.
+        let mut extra = cross_node_samples();
+        extra.iter_mut().for_each(|s| s.arm = s.arm.replace("x-keel-hbone", "x-new"));
+        let r = aggregate(&Results { info: results.info.clone(), samples: extra });
+        assert_eq!(r.cross_arms, ["x-direct", "x-keel-plain", "x-keel-hbone", "x-new"]);
+        assert_eq!(r.arms, ARMS);
     }
 
     #[test]

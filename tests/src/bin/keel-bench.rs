@@ -8,7 +8,10 @@ use keel_tests::{
 };
 
 #[derive(Parser)]
-#[command(about = "keel's capture benchmark: direct vs iptables vs eBPF vs eBPF+splice")]
+#[command(
+    about = "keel's benchmark: capture on one node (direct vs iptables vs eBPF vs eBPF+splice) and the path across two \
+             nodes (x-direct vs x-keel-plain vs x-keel-hbone)"
+)]
 struct Args {
     #[arg(long)]
     keel: Option<PathBuf>,
@@ -26,7 +29,7 @@ struct Args {
     /// Seconds per workload (full run).
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// Only these arms (comma-separated names).
+    /// Only these arms (comma-separated): direct, iptables, ebpf, ebpf+splice, x-direct, x-keel-plain, x-keel-hbone.
     #[arg(long, value_delimiter = ',')]
     arms: Vec<String>,
     /// Only these workloads (comma-separated names).
@@ -44,6 +47,15 @@ fn main() -> ExitCode {
         binaries.podapp = podapp;
     }
     let pick = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    // A misspelt name must not quietly shrink the run.
+    let known_arms: Vec<&str> = arms::ARMS.iter().map(|a| a.name).collect();
+    let known_workloads: Vec<&str> = workloads::WORKLOADS.iter().map(|w| w.name).collect();
+    for (what, asked, known) in [("arm", &args.arms, &known_arms), ("workload", &args.workloads, &known_workloads)] {
+        if let Some(unknown) = asked.iter().find(|n| !known.contains(&n.as_str())) {
+            eprintln!("keel-bench: unknown {what} {unknown:?}; known: {}", known.join(", "));
+            return ExitCode::FAILURE;
+        }
+    }
     let options = BenchOptions {
         binaries,
         out_dir: args.out.clone(),
