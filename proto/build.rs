@@ -3,10 +3,19 @@
 //! Why our own .proto files rather than a crate of Envoy's: keel speaks one RPC of Envoy's transport and a handful
 //! of its messages; a full Envoy API crate builds thousands of types for that. These files keep Envoy's and Istio's
 //! packages, names and field numbers exactly (see ../shared/reference/hbone-and-workload-api.md), which is what the
-//! wire depends on; the L7 issue will add the documented subset of the Envoy resource types it consumes.
+//! wire depends on. The L7 resource types (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment and the
+//! filter configs they carry) are a documented subset: ENVOY-SUBSET.md lists every message and field kept.
 fn main() -> anyhow::Result<()> {
     let files = [
         "proto/envoy/service/discovery/v3/discovery.proto",
+        // L7 resources delivered on the same delta ADS stream; their imports (core, type, matcher) come along.
+        "proto/envoy/config/listener/v3/listener.proto",
+        "proto/envoy/config/route/v3/route.proto",
+        "proto/envoy/config/cluster/v3/cluster.proto",
+        "proto/envoy/config/endpoint/v3/endpoint.proto",
+        // Filter configs carried in Any fields of those resources.
+        "proto/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+        "proto/envoy/extensions/filters/http/fault/v3/fault.proto",
         "proto/istio/workload/workload.proto",
         "proto/istio/security/authorization.proto",
         "proto/istio/ca/ca.proto",

@@ -5,7 +5,11 @@
 //! - `workload`: `istio.workload.Address` (Workload, Service), pushed per workload and service;
 //! - `security`: `istio.security.Authorization`, L4 policies;
 //! - `ca`: `istio.v1.auth.IstioCertificateService/CreateCertificate`;
-//! - `discovery`: Envoy's delta aggregated discovery transport (`DeltaAggregatedResources`).
+//! - `discovery`: Envoy's delta aggregated discovery transport (`DeltaAggregatedResources`);
+//! - `listener`, `route`, `cluster`, `endpoint`: the subset of Envoy's L7 resources keel consumes (Listener,
+//!   RouteConfiguration, Cluster, ClusterLoadAssignment), with `core`, `matcher` and `types` (envoy.type.v3) for
+//!   the shared types, and `hcm` / `fault` (plus `fault_common`) for the filter configs carried in `Any` fields.
+//!   ENVOY-SUBSET.md lists what is kept and what is left out; fields outside the subset are skipped on decode.
 
 pub mod istio {
     // Generated code: Address's oneof holds a Workload or a (much smaller) Service by value, as prost generates it.
@@ -30,12 +34,71 @@ pub mod envoy {
                 tonic::include_proto!("envoy.config.core.v3");
             }
         }
+        // Generated code: oneofs hold messages by value (e.g. a Route's RouteAction next to a RedirectAction).
+        #[allow(clippy::large_enum_variant)]
+        pub mod route {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.route.v3");
+            }
+        }
+        #[allow(clippy::large_enum_variant)]
+        pub mod cluster {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.cluster.v3");
+            }
+        }
+        pub mod endpoint {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.endpoint.v3");
+            }
+        }
+        pub mod listener {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.listener.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod filters {
+            pub mod common {
+                pub mod fault {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.filters.common.fault.v3");
+                    }
+                }
+            }
+            pub mod http {
+                pub mod fault {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.filters.http.fault.v3");
+                    }
+                }
+            }
+            pub mod network {
+                #[allow(clippy::large_enum_variant)]
+                pub mod http_connection_manager {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.filters.network.http_connection_manager.v3");
+                    }
+                }
+            }
+        }
     }
     pub mod service {
         pub mod discovery {
             pub mod v3 {
                 tonic::include_proto!("envoy.service.discovery.v3");
             }
+        }
+    }
+    pub mod r#type {
+        pub mod matcher {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.matcher.v3");
+            }
+        }
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
         }
     }
 }
@@ -46,7 +109,16 @@ pub mod google {
     }
 }
 
+pub use envoy::config::cluster::v3 as cluster;
 pub use envoy::config::core::v3 as core;
+pub use envoy::config::endpoint::v3 as endpoint;
+pub use envoy::config::listener::v3 as listener;
+pub use envoy::config::route::v3 as route;
+pub use envoy::extensions::filters::common::fault::v3 as fault_common;
+pub use envoy::extensions::filters::http::fault::v3 as fault;
+pub use envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy::r#type::matcher::v3 as matcher;
+pub use envoy::r#type::v3 as types;
 pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
 pub use istio::v1::auth as ca;
@@ -55,6 +127,15 @@ pub use istio::workload;
 /// Type URLs, in the order a node proxy subscribes to them.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// Envoy's L7 resource types (a documented subset, see ENVOY-SUBSET.md), on the same delta ADS stream.
+pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_CONFIGURATION_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Any type URLs of the filter configs those resources carry.
+pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const HTTP_FAULT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 #[cfg(test)]
 mod tests {
