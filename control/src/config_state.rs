@@ -72,4 +72,32 @@ mod tests {
         let reload = state.apply(load(BROKEN));
         assert!(!reload.changed && !reload.errors[0].contains("keeping"), "nothing good to keep: {:?}", reload.errors);
     }
+
+    #[test]
+    fn an_invalid_virtual_service_keeps_its_last_good_routes() {
+        let virtual_service = |weights: (i32, i32)| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: demo}}\nspec:\n  hosts: [reviews]\n  http: [{{route: [{{destination: {{host: reviews, subset: v1}}, weight: {}}}, {{destination: {{host: reviews, subset: v2}}, weight: {}}}]}}]\n",
+                weights.0, weights.1
+            )
+        };
+        let mut state = ConfigState::default();
+        assert!(state.apply(load(&virtual_service((80, 20)))).changed);
+        let good = state.objects();
+
+        let reload = state.apply(load(&virtual_service((80, 30))));
+        assert!(!reload.changed, "the 80/20 split stays in force");
+        assert_eq!(reload.errors.len(), 1);
+        assert!(
+            reload.errors[0].contains("VirtualService demo/reviews: field spec.http[0].route: the weights")
+                && reload.errors[0].ends_with("(keeping its previous version)"),
+            "{:?}",
+            reload.errors
+        );
+        assert_eq!(state.objects(), good);
+
+        assert!(state.apply(load(&virtual_service((50, 50)))).changed, "a fixed version replaces it");
+        let Object::VirtualService(vs) = &state.objects()[0] else { panic!() };
+        assert_eq!(vs.spec.http[0].route.iter().map(|d| d.weight).collect::<Vec<_>>(), [50, 50]);
+    }
 }

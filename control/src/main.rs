@@ -93,10 +93,23 @@ fn main() -> ExitCode {
             for error in &errors {
                 eprintln!("error: {error}");
             }
-            println!("{} objects read, {} errors", objects.len(), errors.len());
+            println!("{} objects read{}, {} errors", objects.len(), count_by_kind(&objects), errors.len());
             if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// " (1 DestinationRule, 2 Pod, 1 VirtualService)": how many objects of each kind were read, by kind name.
+fn count_by_kind(objects: &[keel_control::objects::Object]) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for object in objects {
+        *counts.entry(object.kind()).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let counts: Vec<String> = counts.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+    format!(" ({})", counts.join(", "))
 }
 
 fn issue(ca_dir: &std::path::Path, trust_domain: &str, identity: &str, validity: std::time::Duration, out: &std::path::Path) -> anyhow::Result<()> {

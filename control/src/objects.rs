@@ -1,9 +1,18 @@
 //! The objects keel-control reads, shaped as their Kubernetes/Istio YAML is: Pod (a workload), Service,
-//! ServiceEntry, AuthorizationPolicy and PeerAuthentication. Each document parses and validates on its own; an
-//! error says which field of which object is wrong.
+//! ServiceEntry, AuthorizationPolicy and PeerAuthentication here; the traffic-management kinds VirtualService and
+//! DestinationRule in their own modules. Each document parses and validates on its own; an error says which field
+//! of which object is wrong.
+mod destination_rule;
+mod duration;
+mod virtual_service;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::Deserialize;
+
+pub use destination_rule::*;
+pub use duration::ProtoDuration;
+pub use virtual_service::*;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +49,8 @@ pub enum Object {
     ServiceEntry(ServiceEntry),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -50,6 +61,8 @@ impl Object {
             Object::ServiceEntry(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -60,6 +73,8 @@ impl Object {
             Object::ServiceEntry(_) => "ServiceEntry",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::PeerAuthentication(_) => "PeerAuthentication",
+            Object::VirtualService(_) => "VirtualService",
+            Object::DestinationRule(_) => "DestinationRule",
         }
     }
 

@@ -93,6 +93,15 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
             Err(fail(format!("field `apiVersion`: {api_version:?} is not a known version of {kind}")))
         }
     };
+    // For the traffic-management kinds the version is checked too: keel knows their fields in the versions Istio
+    // serves today, not in a future one.
+    let expect_version = |versions: &[&str]| -> Result<(), (Option<String>, String)> {
+        if versions.contains(&api_version) {
+            Ok(())
+        } else {
+            Err(fail(format!("field `apiVersion`: {api_version:?} is not a known version of {kind} ({})", versions.join(", "))))
+        }
+    };
     let object = match kind {
         "Pod" => Object::Pod(typed(value).map_err(fail)?),
         "Service" => Object::Service(typed(value).map_err(fail)?),
@@ -108,10 +117,21 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
             expect_group(&["security.istio.io"])?;
             Object::PeerAuthentication(typed(value).map_err(fail)?)
         }
+        "VirtualService" => {
+            expect_version(NETWORKING_VERSIONS)?;
+            Object::VirtualService(typed(value).map_err(fail)?)
+        }
+        "DestinationRule" => {
+            expect_version(NETWORKING_VERSIONS)?;
+            Object::DestinationRule(typed(value).map_err(fail)?)
+        }
         other => return Err(fail(format!("field `kind`: {other:?} is not a kind keel-control reads"))),
     };
     Ok(object)
 }
+
+/// The apiVersions of VirtualService and DestinationRule keel reads; Istio serves the same schema under each.
+const NETWORKING_VERSIONS: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 
 fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
@@ -204,5 +224,27 @@ metadata: {namespace: x}
         assert!(messages[1].contains("AuthorizationPolicy default/typo") && messages[1].contains("actoin"), "{}", messages[1]);
         assert!(messages[2].contains("Gizmo default/g: field `kind`"), "{}", messages[2]);
         assert!(messages[3].contains("document 5: field `metadata.name`: missing"), "{}", messages[3]);
+    }
+
+    #[test]
+    fn traffic_kinds_are_read_in_every_version_istio_serves_and_no_other() {
+        let document = |api_version: &str, kind: &str, spec: &str| {
+            format!("---\napiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: reviews}}\nspec: {spec}\n")
+        };
+        let route = "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}";
+        let mut text = String::new();
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            text += &document(&format!("networking.istio.io/{version}"), "VirtualService", route);
+            text += &document(&format!("networking.istio.io/{version}"), "DestinationRule", "{host: reviews}");
+        }
+        text += &document("networking.istio.io/v2", "VirtualService", route);
+        text += &document("security.istio.io/v1", "DestinationRule", "{host: reviews}");
+        let loaded = load(&text);
+        let kinds: Vec<&str> = loaded.objects.iter().map(|(_, o)| o.kind()).collect();
+        assert_eq!(kinds, ["VirtualService", "DestinationRule"].repeat(3));
+        let messages: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert!(messages[0].contains("VirtualService default/reviews: field `apiVersion`: \"networking.istio.io/v2\" is not a known version"), "{}", messages[0]);
+        assert!(messages[1].contains("DestinationRule default/reviews: field `apiVersion`"), "{}", messages[1]);
     }
 }

@@ -2,9 +2,13 @@
 //! and Service) and `istio.security.Authorization`, named as istiod names them (`<cluster>//Pod/<ns>/<name>`,
 //! `<ns>/<hostname>`, `<ns>/<name>`). Pure functions of a whole snapshot: a push recomputes, then diffs.
 //! Pods, Services and AuthorizationPolicies translate here; ServiceEntries and PeerAuthentications in their own
-//! modules, since both also change the Workloads of the pods they select.
+//! modules, since both also change the Workloads of the pods they select. VirtualServices and DestinationRules are
+//! checked in theirs and yield no workload or authorization resource: they configure the L7 engine.
+mod destination_rule;
+mod field;
 mod peer_authentication;
 mod service_entry;
+mod virtual_service;
 
 #[cfg(test)]
 mod evaluate;
@@ -51,6 +55,8 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
         Object::AuthorizationPolicy(policy) => authorization(mesh, policy).map(drop),
         Object::ServiceEntry(entry) => service_entry::check(entry),
         Object::PeerAuthentication(peer) => peer_authentication::check(peer),
+        Object::VirtualService(vs) => virtual_service::check(vs).map(drop),
+        Object::DestinationRule(rule) => destination_rule::check(rule).map(drop),
         Object::Pod(_) => Ok(()),
     }
 }
@@ -76,7 +82,7 @@ impl<'a> ByKind<'a> {
                 Object::AuthorizationPolicy(o) => by_kind.authorization_policies.push(o),
                 Object::ServiceEntry(o) if service_entry::check(o).is_ok() => by_kind.service_entries.push(o),
                 Object::PeerAuthentication(o) if peer_authentication::check(o).is_ok() => by_kind.peer_authentications.push(o),
-                Object::ServiceEntry(_) | Object::PeerAuthentication(_) => {}
+                Object::ServiceEntry(_) | Object::PeerAuthentication(_) | Object::VirtualService(_) | Object::DestinationRule(_) => {}
             }
         }
         by_kind
@@ -143,6 +149,16 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                     errors.push(format!("{}: {e}", object.reference()));
                 }
             }
+            // Checked only, with their warnings: the Listener/RouteConfiguration/Cluster resources they configure
+            // are made by the L7 translation, which takes the whole set of them with the Services they name.
+            Object::VirtualService(vs) => match virtual_service::check(vs) {
+                Ok(warnings) => out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference()))),
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
+            Object::DestinationRule(rule) => match destination_rule::check(rule) {
+                Ok(warnings) => out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference()))),
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
