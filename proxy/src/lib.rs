@@ -11,6 +11,7 @@ pub mod enrollment;
 pub mod hbone;
 pub mod identity;
 pub mod l4;
+pub mod l7;
 pub mod netns;
 pub mod pods;
 pub mod policy;
