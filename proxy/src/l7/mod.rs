@@ -1,6 +1,7 @@
-//! The L7 engine (issue 6; see docs/design/l7-engine.md). What exists so far is its routing core, compiled from
-//! Envoy's RouteConfiguration: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes).
-//! It is not on the data path yet.
+//! The L7 engine (issue 6; see docs/design/l7-engine.md). What exists so far is its core, not yet on the data
+//! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
+//! RouteConfiguration, and `balancer` (least request, round robin, random, ring hash, Maglev).
+pub mod balancer;
 pub mod matching;
 pub mod route_table;
 

@@ -1,0 +1,256 @@
+//! Choosing an endpoint of a cluster for a request, with Envoy's policies: least request (power of two choices,
+//! Istio's default), round robin, random, and consistent hashing with a ring (Ketama-style) or a Maglev table.
+//! Hash structures are built once per endpoint set; picks take no lock. Ejected endpoints (outlier detection) are
+//! skipped; with every endpoint ejected there is no pick (Envoy's "no healthy upstream").
+use std::{
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use rand::Rng as _;
+
+/// One upstream endpoint as the balancer sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// Requests in flight: least-request's measure of load.
+    pub active: AtomicU64,
+    /// Set by outlier detection while the endpoint is ejected.
+    pub ejected: AtomicBool,
+}
+
+impl Endpoint {
+    pub fn new(address: SocketAddr) -> Arc<Endpoint> {
+        Arc::new(Endpoint { address, active: AtomicU64::new(0), ejected: AtomicBool::new(false) })
+    }
+
+    fn available(&self) -> bool {
+        !self.ejected.load(Ordering::Relaxed)
+    }
+}
+
+/// A stable 64-bit hash (SipHash with fixed keys): the same key maps to the same endpoint in every keel.
+pub fn stable_hash(value: impl Hash) -> u64 {
+    #[allow(deprecated)] // SipHasher's fixed keys are the point: DefaultHasher's algorithm may change.
+    let mut h = std::hash::SipHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug)]
+pub enum Policy {
+    LeastRequest { choices: usize },
+    RoundRobin,
+    Random,
+    RingHash { min_ring_size: usize },
+    Maglev { table_size: usize },
+}
+
+#[derive(Debug)]
+pub struct Balancer {
+    endpoints: Vec<Arc<Endpoint>>,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    LeastRequest { choices: usize },
+    RoundRobin { next: AtomicUsize },
+    Random,
+    /// (point on the ring, endpoint index), sorted by point.
+    Ring(Vec<(u64, usize)>),
+    /// Endpoint index per slot.
+    Maglev(Vec<usize>),
+}
+
+impl Balancer {
+    pub fn new(policy: &Policy, endpoints: Vec<Arc<Endpoint>>) -> Balancer {
+        let kind = match *policy {
+            Policy::LeastRequest { choices } => Kind::LeastRequest { choices: choices.max(2) },
+            Policy::RoundRobin => Kind::RoundRobin { next: AtomicUsize::new(0) },
+            Policy::Random => Kind::Random,
+            Policy::RingHash { min_ring_size } => Kind::Ring(ring(&endpoints, min_ring_size)),
+            Policy::Maglev { table_size } => Kind::Maglev(maglev(&endpoints, table_size)),
+        };
+        Balancer { endpoints, kind }
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// An endpoint for a request; `hash` is the request's consistent-hash key (hash policies), when it has one.
+    pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        if n == 0 || !self.endpoints.iter().any(|e| e.available()) {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let index = match (&self.kind, hash) {
+            (Kind::Ring(ring), Some(h)) => {
+                let start = ring.partition_point(|(point, _)| *point < h);
+                (0..ring.len()).map(|i| ring[(start + i) % ring.len()].1).find(|&e| self.endpoints[e].available())?
+            }
+            (Kind::Maglev(table), Some(h)) => {
+                let start = (h % table.len() as u64) as usize;
+                (0..table.len()).map(|i| table[(start + i) % table.len()]).find(|&e| self.endpoints[e].available())?
+            }
+            (Kind::RoundRobin { next }, _) => {
+                (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).find(|&e| self.endpoints[e].available())?
+            }
+            (Kind::LeastRequest { choices }, _) => {
+                // Power of `choices` choices among the available endpoints: the least loaded of a random few.
+                let available: Vec<usize> = (0..n).filter(|&e| self.endpoints[e].available()).collect();
+                (0..*choices)
+                    .map(|_| available[rng.random_range(0..available.len())])
+                    .min_by_key(|&e| self.endpoints[e].active.load(Ordering::Relaxed))?
+            }
+            // Random, and the hash policies for a request without a hash key.
+            _ => {
+                let available: Vec<usize> = (0..n).filter(|&e| self.endpoints[e].available()).collect();
+                available[rng.random_range(0..available.len())]
+            }
+        };
+        Some(&self.endpoints[index])
+    }
+}
+
+/// Each endpoint gets an equal share of `min_ring_size` points (at least one), hashed from its address.
+fn ring(endpoints: &[Arc<Endpoint>], min_ring_size: usize) -> Vec<(u64, usize)> {
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let per_endpoint = min_ring_size.max(endpoints.len()).div_ceil(endpoints.len());
+    let mut ring: Vec<(u64, usize)> = endpoints
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| (0..per_endpoint).map(move |k| (stable_hash((e.address, k)), i)))
+        .collect();
+    ring.sort_unstable();
+    ring
+}
+
+/// Maglev's table: every endpoint walks its own permutation of the slots (offset and skip from its address),
+/// taking turns, so each ends with an equal share and a change of one endpoint moves few slots.
+fn maglev(endpoints: &[Arc<Endpoint>], table_size: usize) -> Vec<usize> {
+    let m = table_size.max(1);
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let permutation: Vec<(usize, usize)> = endpoints
+        .iter()
+        .map(|e| {
+            let offset = (stable_hash((e.address, "offset")) % m as u64) as usize;
+            let skip = (stable_hash((e.address, "skip")) % (m.max(2) as u64 - 1)) as usize + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0usize; endpoints.len()];
+    let mut table = vec![usize::MAX; m];
+    let mut filled = 0;
+    'fill: loop {
+        for (i, &(offset, skip)) in permutation.iter().enumerate() {
+            let mut slot = (offset + next[i] * skip) % m;
+            while table[slot] != usize::MAX {
+                next[i] += 1;
+                slot = (offset + next[i] * skip) % m;
+            }
+            table[slot] = i;
+            next[i] += 1;
+            filled += 1;
+            if filled == m {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn endpoints(n: u8) -> Vec<Arc<Endpoint>> {
+        (1..=n).map(|i| Endpoint::new(SocketAddr::from(([10, 0, 0, i], 8080)))).collect()
+    }
+
+    fn spread(b: &Balancer, picks: usize, hash: impl Fn(usize) -> Option<u64>) -> HashMap<SocketAddr, usize> {
+        let mut seen = HashMap::new();
+        for i in 0..picks {
+            *seen.entry(b.pick(hash(i)).unwrap().address).or_insert(0) += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_ejected() {
+        let b = Balancer::new(&Policy::RoundRobin, endpoints(3));
+        let order: Vec<SocketAddr> = (0..6).map(|_| b.pick(None).unwrap().address).collect();
+        assert_eq!(order[..3], order[3..]);
+        b.endpoints()[1].ejected.store(true, Ordering::Relaxed);
+        assert!(spread(&b, 30, |_| None).len() == 2);
+        for e in b.endpoints() {
+            e.ejected.store(true, Ordering::Relaxed);
+        }
+        assert!(b.pick(None).is_none(), "all ejected: no healthy upstream");
+    }
+
+    #[test]
+    fn least_request_favours_the_idle_endpoint() {
+        let b = Balancer::new(&Policy::LeastRequest { choices: 2 }, endpoints(2));
+        b.endpoints()[0].active.store(50, Ordering::Relaxed);
+        let seen = spread(&b, 2000, |_| None);
+        let idle = seen[&b.endpoints()[1].address];
+        // Two random choices: the busy one wins only when both choices are it (1 in 4).
+        assert!(idle > 1300, "idle endpoint picked {idle} of 2000");
+    }
+
+    #[test]
+    fn random_reaches_every_endpoint() {
+        let b = Balancer::new(&Policy::Random, endpoints(4));
+        assert_eq!(spread(&b, 400, |_| None).len(), 4);
+    }
+
+    fn consistent(policy: Policy) {
+        let b = Balancer::new(&policy, endpoints(5));
+        let keys: Vec<u64> = (0..500).map(|k| stable_hash(format!("user-{k}"))).collect();
+        let first: Vec<SocketAddr> = keys.iter().map(|&h| b.pick(Some(h)).unwrap().address).collect();
+        let again: Vec<SocketAddr> = keys.iter().map(|&h| b.pick(Some(h)).unwrap().address).collect();
+        assert_eq!(first, again, "{policy:?}: a key always goes to the same endpoint");
+        let used: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(used.len(), 5, "{policy:?}: keys spread over every endpoint");
+        // Ejecting one endpoint moves only its keys.
+        let gone = b.endpoints()[2].address;
+        b.endpoints()[2].ejected.store(true, Ordering::Relaxed);
+        let moved = keys
+            .iter()
+            .zip(&first)
+            .filter(|(&h, &before)| before != gone && b.pick(Some(h)).unwrap().address != before)
+            .count();
+        assert_eq!(moved, 0, "{policy:?}: keys of other endpoints stay put");
+    }
+
+    #[test]
+    fn ring_hash_is_consistent() {
+        consistent(Policy::RingHash { min_ring_size: 1024 });
+    }
+
+    #[test]
+    fn maglev_is_consistent() {
+        consistent(Policy::Maglev { table_size: 65537 });
+    }
+
+    #[test]
+    fn maglev_shares_slots_evenly() {
+        let table = maglev(&endpoints(3), 65537);
+        let mut counts = [0usize; 3];
+        table.iter().for_each(|&e| counts[e] += 1);
+        assert!(counts.iter().all(|&c| (21000..=22700).contains(&c)), "{counts:?}");
+    }
+}
