@@ -1,8 +1,11 @@
 //! The L7 engine (issue 6; see docs/design/l7-engine.md). What exists so far is its core, not yet on the data
 //! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
-//! RouteConfiguration, and `balancer` (least request, round robin, random, ring hash, Maglev).
+//! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection)
+//! and `circuit` (connection-pool limits answering 503 UO).
 pub mod balancer;
+pub mod circuit;
 pub mod matching;
+pub mod outlier;
 pub mod route_table;
 
 #[cfg(test)]
