@@ -1,11 +1,14 @@
 //! The L7 engine (issue 6; see docs/design/l7-engine.md). What exists so far is its core, not yet on the data
 //! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
-//! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection)
-//! and `circuit` (connection-pool limits answering 503 UO).
+//! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection),
+//! `circuit` (connection-pool limits answering 503 UO), `retry` (retry conditions and backoff) and `fault` (delay
+//! and abort injection).
 pub mod balancer;
 pub mod circuit;
+pub mod fault;
 pub mod matching;
 pub mod outlier;
+pub mod retry;
 pub mod route_table;
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! Retries as Envoy's RetryPolicy (from a VirtualService's `retries`) describes them: which outcomes are
+//! retriable (`retry_on`), how many retries, and the backoff between them (25 ms base, 10× cap, full jitter by
+//! default). Parsed once per config version; deciding is a few comparisons.
+use std::time::Duration;
+
+use keel_proto::route::RetryPolicy;
+use rand::Rng as _;
+
+/// Envoy's defaults when the policy gives no backoff.
+const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How an attempt ended, as retry conditions see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Response(u16),
+    /// The upstream could not be connected to.
+    ConnectFailure,
+    /// The upstream reset the stream/connection before a response.
+    Reset,
+    /// HTTP/2 REFUSED_STREAM.
+    RefusedStream,
+    /// The per-try timeout fired.
+    PerTryTimeout,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retries {
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    five_xx: bool,
+    gateway_error: bool,
+    connect_failure: bool,
+    reset: bool,
+    refused_stream: bool,
+    retriable_4xx: bool,
+    status_codes: Vec<u16>,
+    base_interval: Duration,
+    max_interval: Duration,
+}
+
+fn duration(d: &prost_types::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+impl Retries {
+    /// Parses a policy; `field` names it in errors. Unknown `retry_on` conditions are refused so a typo does not
+    /// silently disable retries.
+    pub fn compile(field: &str, policy: &RetryPolicy) -> Result<Retries, String> {
+        let mut r = Retries {
+            num_retries: policy.num_retries.unwrap_or(1),
+            per_try_timeout: policy.per_try_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+            status_codes: policy.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
+            ..Default::default()
+        };
+        for condition in policy.retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            match condition {
+                "5xx" => r.five_xx = true,
+                "gateway-error" => r.gateway_error = true,
+                "connect-failure" => r.connect_failure = true,
+                "reset" | "reset-before-request" => r.reset = true,
+                "refused-stream" => r.refused_stream = true,
+                "retriable-4xx" => r.retriable_4xx = true,
+                "retriable-status-codes" => {}
+                // gRPC and rate-limit conditions need the engine's gRPC status handling; accepted as no-ops for
+                // now would be silent, so they are refused by name.
+                other => return Err(format!("{field}.retry_on: {other:?} is not a retry condition keel supports")),
+            }
+        }
+        if !policy.retry_on.split(',').any(|c| c.trim() == "retriable-status-codes") {
+            r.status_codes.clear();
+        }
+        let back_off = policy.retry_back_off.as_ref();
+        r.base_interval = back_off.and_then(|b| b.base_interval.as_ref()).map(duration).unwrap_or(DEFAULT_BASE_INTERVAL);
+        r.max_interval = back_off.and_then(|b| b.max_interval.as_ref()).map(duration).unwrap_or(r.base_interval * 10);
+        Ok(r)
+    }
+
+    /// Whether an attempt that ended so may be retried (the attempt budget is the caller's).
+    pub fn is_retriable(&self, outcome: AttemptOutcome) -> bool {
+        match outcome {
+            AttemptOutcome::Response(status) => {
+                (self.five_xx && (500..600).contains(&status))
+                    || (self.gateway_error && matches!(status, 502..=504))
+                    || (self.retriable_4xx && status == 409)
+                    || self.status_codes.contains(&status)
+            }
+            AttemptOutcome::ConnectFailure => self.connect_failure || self.five_xx || self.gateway_error,
+            AttemptOutcome::Reset => self.reset || self.five_xx || self.gateway_error,
+            AttemptOutcome::RefusedStream => self.refused_stream || self.five_xx,
+            AttemptOutcome::PerTryTimeout => self.five_xx || self.gateway_error,
+        }
+    }
+
+    /// The wait before retry number `retry` (1-based): a random duration up to base × 2^(retry-1), capped.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self.base_interval.saturating_mul(1 << retry.saturating_sub(1).min(16)).min(self.max_interval);
+        ceiling.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(retry_on: &str, codes: &[u32]) -> RetryPolicy {
+        RetryPolicy { retry_on: retry_on.into(), num_retries: Some(3), retriable_status_codes: codes.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn conditions_decide_what_is_retried() {
+        let r = Retries::compile("r", &policy("5xx", &[])).unwrap();
+        assert_eq!(r.num_retries, 3);
+        assert!(r.is_retriable(AttemptOutcome::Response(500)) && r.is_retriable(AttemptOutcome::Response(503)));
+        assert!(!r.is_retriable(AttemptOutcome::Response(404)));
+        assert!(r.is_retriable(AttemptOutcome::ConnectFailure) && r.is_retriable(AttemptOutcome::Reset));
+        let r = Retries::compile("r", &policy("gateway-error", &[])).unwrap();
+        assert!(r.is_retriable(AttemptOutcome::Response(502)) && !r.is_retriable(AttemptOutcome::Response(500)));
+        let r = Retries::compile("r", &policy("connect-failure,retriable-status-codes", &[418])).unwrap();
+        assert!(r.is_retriable(AttemptOutcome::Response(418)) && r.is_retriable(AttemptOutcome::ConnectFailure));
+        assert!(!r.is_retriable(AttemptOutcome::Response(500)) && !r.is_retriable(AttemptOutcome::Reset));
+        let r = Retries::compile("r", &policy("reset", &[418])).unwrap();
+        assert!(!r.is_retriable(AttemptOutcome::Response(418)), "status codes count only with retriable-status-codes");
+        let r = Retries::compile("r", &policy("retriable-4xx,refused-stream", &[])).unwrap();
+        assert!(r.is_retriable(AttemptOutcome::Response(409)) && r.is_retriable(AttemptOutcome::RefusedStream));
+    }
+
+    #[test]
+    fn unknown_conditions_are_refused_by_name() {
+        let err = Retries::compile("virtual_hosts[0].routes[0].route.retry_policy", &policy("5xx,bogus", &[])).unwrap_err();
+        assert_eq!(err, "virtual_hosts[0].routes[0].route.retry_policy.retry_on: \"bogus\" is not a retry condition keel supports");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = Retries::compile("r", &policy("5xx", &[])).unwrap();
+        for retry in 1..10 {
+            let ceiling = (DEFAULT_BASE_INTERVAL * (1 << (retry - 1))).min(DEFAULT_BASE_INTERVAL * 10);
+            assert!(r.backoff(retry) <= ceiling);
+        }
+    }
+}
