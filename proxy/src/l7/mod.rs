@@ -2,7 +2,8 @@
 //! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
 //! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection),
 //! `circuit` (connection-pool limits answering 503 UO), `retry` (retry conditions and backoff) and `fault` (delay
-//! and abort injection).
+//! and abort injection), `action` (weighted clusters, hash keys, header edits).
+pub mod action;
 pub mod balancer;
 pub mod circuit;
 pub mod fault;
