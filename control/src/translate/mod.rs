@@ -3,9 +3,12 @@
 //! `<ns>/<hostname>`, `<ns>/<name>`). Pure functions of a whole snapshot: a push recomputes, then diffs.
 //! Pods, Services and AuthorizationPolicies translate here; ServiceEntries and PeerAuthentications in their own
 //! modules, since both also change the Workloads of the pods they select. VirtualServices and DestinationRules are
-//! checked in theirs and yield no workload or authorization resource: they configure the L7 engine.
+//! checked in theirs and yield no workload or authorization resource: together with the Services' HTTP ports and
+//! the pods behind them they become the Envoy L7 resources (Listener, RouteConfiguration, Cluster,
+//! ClusterLoadAssignment) made in l7/.
 mod destination_rule;
 mod field;
+mod l7;
 mod peer_authentication;
 mod service_entry;
 mod virtual_service;
@@ -43,6 +46,12 @@ impl Default for Mesh {
 pub struct Resources {
     pub addresses: BTreeMap<String, workload::Address>,
     pub authorizations: BTreeMap<String, security::Authorization>,
+    /// The Envoy L7 subset (l7/), each keyed by resource name: listeners `0.0.0.0_<port>`, route configs by
+    /// port, clusters and their load assignments `outbound|<port>|<subset>|<host>`.
+    pub listeners: BTreeMap<String, keel_proto::listener::Listener>,
+    pub route_configurations: BTreeMap<String, keel_proto::route::RouteConfiguration>,
+    pub clusters: BTreeMap<String, keel_proto::cluster::Cluster>,
+    pub cluster_load_assignments: BTreeMap<String, keel_proto::endpoint::ClusterLoadAssignment>,
     /// Objects that translated with a caveat (e.g. HTTP-only policy fields a node proxy cannot see).
     pub warnings: Vec<String>,
 }
@@ -161,6 +170,13 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
             },
         }
     }
+    // Across objects: which ports are HTTP, which subsets and hosts routes name, which pods back each cluster.
+    let l7 = l7::translate(mesh, objects);
+    out.warnings.extend(l7.warnings);
+    out.listeners = l7.listeners;
+    out.route_configurations = l7.route_configurations;
+    out.clusters = l7.clusters;
+    out.cluster_load_assignments = l7.cluster_load_assignments;
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 

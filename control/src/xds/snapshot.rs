@@ -6,7 +6,10 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use keel_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use keel_proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
+    ROUTE_CONFIGURATION_TYPE_URL,
+};
 use prost::Message;
 use prost_types::Any;
 
@@ -31,6 +34,10 @@ fn entry(type_url: &str, message: &impl Message) -> Entry {
     Entry { version: format!("{:016x}", hasher.finish()), resource: Any { type_url: type_url.to_owned(), value } }
 }
 
+fn entries<M: Message>(type_url: &str, resources: &BTreeMap<String, M>) -> BTreeMap<String, Entry> {
+    resources.iter().map(|(name, r)| (name.clone(), entry(type_url, r))).collect()
+}
+
 impl Snapshot {
     pub fn from_resources(resources: &Resources) -> Snapshot {
         let mut types = BTreeMap::new();
@@ -39,6 +46,13 @@ impl Snapshot {
             resources.authorizations.iter().map(|(name, a)| (name.clone(), entry(AUTHORIZATION_TYPE_URL, a))).collect();
         types.insert(ADDRESS_TYPE_URL.to_owned(), addresses);
         types.insert(AUTHORIZATION_TYPE_URL.to_owned(), authorizations);
+        types.insert(LISTENER_TYPE_URL.to_owned(), entries(LISTENER_TYPE_URL, &resources.listeners));
+        types.insert(ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &resources.route_configurations));
+        types.insert(CLUSTER_TYPE_URL.to_owned(), entries(CLUSTER_TYPE_URL, &resources.clusters));
+        types.insert(
+            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.to_owned(),
+            entries(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &resources.cluster_load_assignments),
+        );
         Snapshot { types }
     }
 
