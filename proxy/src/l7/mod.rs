@@ -2,10 +2,12 @@
 //! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
 //! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection),
 //! `circuit` (connection-pool limits answering 503 UO), `retry` (retry conditions and backoff) and `fault` (delay
-//! and abort injection), `action` (weighted clusters, hash keys, header edits).
+//! and abort injection), `action` (weighted clusters, hash keys, header edits), `cluster_config` (an Envoy Cluster
+//! validated into balancer, limits and outlier settings).
 pub mod action;
 pub mod balancer;
 pub mod circuit;
+pub mod cluster_config;
 pub mod fault;
 pub mod matching;
 pub mod outlier;

@@ -161,3 +161,72 @@ fn config_errors_name_the_field() {
     let err = RouteTable::compile(&config(vec![], vec!["a", "a"])).unwrap_err();
     assert!(err.contains("domains[1]"), "{err}");
 }
+
+/// The two halves agree: what keel-control makes of the Istio-in-Action scenarios compiles in keel's engine core
+/// (every route table and cluster), and the dark launch routes as the VirtualService says.
+mod from_the_control_plane {
+    use std::path::Path;
+
+    use http::HeaderMap;
+    use keel_control::{
+        objects::Object,
+        source::{load_text, Loaded},
+        translate::{translate, Mesh},
+    };
+
+    use crate::l7::{cluster_config::ClusterConfig, matching::RequestView, route_table::RouteTable};
+
+    fn translated(scenario: &str) -> keel_control::translate::Resources {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/fixtures/traffic");
+        let mut loaded = Loaded::default();
+        for file in [fixtures.join("topology.yaml"), fixtures.join("scenarios").join(scenario)] {
+            load_text(&file, &std::fs::read_to_string(&file).unwrap(), &mut loaded);
+        }
+        assert!(loaded.errors.is_empty(), "{scenario}: {:?}", loaded.errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let objects: Vec<Object> = loaded.objects.into_iter().map(|(_, o)| o).collect();
+        translate(&Mesh::default(), &objects).unwrap()
+    }
+
+    #[test]
+    fn every_scenario_compiles_in_keels_core() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/fixtures/traffic/scenarios");
+        let mut scenarios = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let resources = translated(&name);
+            assert!(!resources.route_configurations.is_empty(), "{name}: no route configuration");
+            for (route_name, config) in &resources.route_configurations {
+                RouteTable::compile(config).unwrap_or_else(|e| panic!("{name}: route configuration {route_name}: {e}"));
+            }
+            for (cluster_name, cluster) in &resources.clusters {
+                ClusterConfig::from_cluster(cluster).unwrap_or_else(|e| panic!("{name}: cluster {cluster_name}: {e}"));
+            }
+            scenarios += 1;
+        }
+        assert_eq!(scenarios, 9);
+    }
+
+    #[test]
+    fn the_dark_launch_routes_by_its_header() {
+        let resources = translated("dark-launch.yaml");
+        let table = RouteTable::compile(&resources.route_configurations["80"]).unwrap();
+        let cluster_of = |cohort: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(c) = cohort {
+                headers.insert("x-istio-cohort", c.parse().unwrap());
+            }
+            let request = RequestView { method: "GET", authority: "catalog:80", path_and_query: "/items", headers: &headers };
+            let (_, route) = table.route(&request).expect("a route");
+            match &route.route.action {
+                Some(keel_proto::route::route::Action::Route(action)) => match &action.cluster_specifier {
+                    Some(keel_proto::route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(cluster_of(Some("internal")), "outbound|80|version-v2|catalog.istioinaction.svc.cluster.local");
+        assert_eq!(cluster_of(Some("external")), "outbound|80|version-v1|catalog.istioinaction.svc.cluster.local");
+        assert_eq!(cluster_of(None), "outbound|80|version-v1|catalog.istioinaction.svc.cluster.local");
+    }
+}
