@@ -17,7 +17,7 @@ use tokio::{
     sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     headers,
@@ -27,33 +27,22 @@ use super::{
 use crate::{
     capture::Direction,
     identity::{tls, Identity},
-    l4::{inbound, outbound::Path, relay, DataPath, PodContext},
+    l4::{self, inbound, outbound::Path, relay, DataPath, PodContext},
     telemetry::{ConnectionRecord, Peer},
 };
 
 /// Accepts HBONE connections on a pod's 15008 listener until `stop` flips.
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, dp: Arc<DataPath>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let (pod, dp) = (pod.clone(), dp.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, peer, &pod, &dp).await {
-                        debug!(pod = %pod.name, %peer, error = %e, "HBONE connection refused");
-                        dp.telemetry.hbone_handshake_failed();
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(pod = %pod.name, error = %e, "HBONE accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, dp: Arc<DataPath>, stop: watch::Receiver<bool>) {
+    l4::accept_loop(listener, "hbone", pod.clone(), stop, move |stream, peer| {
+        let (pod, dp) = (pod.clone(), dp.clone());
+        async move {
+            if let Err(e) = connection(stream, peer, &pod, &dp).await {
+                debug!(pod = %pod.name, %peer, error = %e, "HBONE connection refused");
+                dp.telemetry.hbone_handshake_failed();
             }
         }
-    }
+    })
+    .await
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>, dp: &Arc<DataPath>) -> anyhow::Result<()> {

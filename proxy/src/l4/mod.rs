@@ -74,15 +74,13 @@ impl NodePods {
     }
 }
 
-/// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown). Connections already accepted
-/// keep running to their natural end.
-pub async fn serve(
-    listener: TcpListener,
-    direction: Direction,
-    pod: Arc<PodContext>,
-    data_path: Arc<DataPath>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
+/// task for each connection. Connections already accepted keep running to their natural end.
+pub async fn accept_loop<H, F>(listener: TcpListener, what: &'static str, pod: Arc<PodContext>, mut stop: watch::Receiver<bool>, handle: H)
+where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -90,16 +88,28 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let (pod, data_path) = (pod.clone(), data_path.clone());
-                tokio::spawn(async move { handle(stream, peer, direction, &pod, &data_path).await });
+                tokio::spawn(handle(stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning; the listener stays.
-                warn!(pod = %pod.name, ?direction, error = %e, "accept failed");
+                warn!(pod = %pod.name, listener = what, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Serves a captured-traffic listener (outbound or plaintext inbound).
+pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodContext>, data_path: Arc<DataPath>, stop: watch::Receiver<bool>) {
+    let what = match direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    };
+    accept_loop(listener, what, pod.clone(), stop, move |stream, peer| {
+        let (pod, data_path) = (pod.clone(), data_path.clone());
+        async move { handle(stream, peer, direction, &pod, &data_path).await }
+    })
+    .await
 }
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, pod: &PodContext, dp: &DataPath) {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::state::{decode_address, decode_authorization, Rejected, Resource, WorkloadStore};
+use super::state::{decode, Rejected, WorkloadStore};
 
 /// The order ztunnel subscribes in.
 pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
@@ -130,12 +130,7 @@ impl XdsClient {
         let mut rejected: Vec<Rejected> = Vec::new();
         for resource in response.resources {
             let bytes = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
-            let decoded: Result<Resource, Rejected> = match type_url.as_str() {
-                ADDRESS_TYPE_URL => decode_address(&resource.name, bytes),
-                AUTHORIZATION_TYPE_URL => decode_authorization(&resource.name, bytes),
-                other => Err(Rejected { name: resource.name.clone(), reason: format!("unknown type URL {other}") }),
-            };
-            match decoded {
+            match decode(&type_url, &resource.name, bytes) {
                 Ok(r) => {
                     held.insert(resource.name.clone(), resource.version);
                     upserts.push((resource.name, r));

@@ -10,14 +10,13 @@ use keel_control::{
     watch::POLL_INTERVAL,
     xds::snapshot::{diff, Snapshot as XdsSnapshot},
 };
-use keel_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
     client::XdsStatus,
     setup::Xds,
-    state::{decode_address, decode_authorization, Rejected, WorkloadStore},
+    state::{decode, Rejected, WorkloadStore},
 };
 
 #[derive(Clone, Debug)]
@@ -88,12 +87,7 @@ impl Follower {
             let held = self.held.entry(type_url.clone()).or_default();
             let changes = diff(held, current);
             for (name, entry) in changes.updated {
-                let decoded = match type_url.as_str() {
-                    ADDRESS_TYPE_URL => decode_address(&name, &entry.resource.value),
-                    AUTHORIZATION_TYPE_URL => decode_authorization(&name, &entry.resource.value),
-                    other => Err(Rejected { name: name.clone(), reason: format!("unknown type URL {other}") }),
-                };
-                match decoded {
+                match decode(type_url, &name, &entry.resource.value) {
                     Ok(resource) => {
                         held.insert(name.clone(), entry.version);
                         upserts.push((name, resource));

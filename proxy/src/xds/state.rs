@@ -88,6 +88,15 @@ pub fn decode_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Reject
     Ok(Resource::Policy(policy))
 }
 
+/// Decodes one resource of `type_url` (what a delta response or the local config directory delivers).
+pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
+    match type_url {
+        keel_proto::ADDRESS_TYPE_URL => decode_address(name, bytes),
+        keel_proto::AUTHORIZATION_TYPE_URL => decode_authorization(name, bytes),
+        other => Err(Rejected { name: name.to_owned(), reason: format!("unknown type URL {other}") }),
+    }
+}
+
 /// A matcher keel could not evaluate would silently match nothing: refuse the policy instead (NACK), so the
 /// control plane hears of it and the last good version stays.
 fn check_matches(policy: &Authorization) -> Result<(), String> {

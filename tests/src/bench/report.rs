@@ -914,28 +914,21 @@ fn cross_node_section(out: &mut String, r: &Report) {
         "req/s ×x-direct",
         "failures",
     ];
-    let mut rows = Vec::new();
-    for w in r.workloads_of(Kind::Http).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
-        for a in &r.cross_arms {
-            let Some(ag) = r.get(w, a) else {
-                rows.push(missing_row(w, a, http_header.len()));
-                continue;
-            };
-            rows.push(vec![
-                w.clone(),
-                a.clone(),
-                spread(ag.requests_per_s),
-                median(ag.p50_ms),
-                median(ag.p99_ms),
-                median(ag.cpu.map(|c| c.keel)),
-                by_node(&ag.keel_cpu_by_node, &num),
-                median(ag.cpu.map(|c| c.keel_kernel)),
-                x(w, a, CROSS_PLAIN),
-                x(w, a, CROSS_DIRECT),
-                failures_cell(ag),
-            ]);
-        }
-    }
+    let rows = cross_rows(r, Kind::Http, http_header.len(), |w, a, ag| {
+        vec![
+            w.to_owned(),
+            a.to_owned(),
+            spread(ag.requests_per_s),
+            median(ag.p50_ms),
+            median(ag.p99_ms),
+            median(ag.cpu.map(|c| c.keel)),
+            by_node(&ag.keel_cpu_by_node, &num),
+            median(ag.cpu.map(|c| c.keel_kernel)),
+            x(w, a, CROSS_PLAIN),
+            x(w, a, CROSS_DIRECT),
+            failures_cell(ag),
+        ]
+    });
     if !rows.is_empty() {
         let _ = writeln!(out, "### HTTP (wrk against nginx)\n");
         table(out, &http_header, &rows);
@@ -951,26 +944,19 @@ fn cross_node_section(out: &mut String, r: &Report) {
         "Gbit/s ×x-direct",
         "failures",
     ];
-    let mut rows = Vec::new();
-    for w in r.workloads_of(Kind::Bulk).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
-        for a in &r.cross_arms {
-            let Some(ag) = r.get(w, a) else {
-                rows.push(missing_row(w, a, bulk_header.len()));
-                continue;
-            };
-            rows.push(vec![
-                w.clone(),
-                a.clone(),
-                spread(ag.gbit_per_s),
-                median(ag.cpu.map(|c| c.keel)),
-                by_node(&ag.keel_cpu_by_node, &num),
-                median(ag.cpu.map(|c| c.keel_kernel)),
-                x(w, a, CROSS_PLAIN),
-                x(w, a, CROSS_DIRECT),
-                failures_cell(ag),
-            ]);
-        }
-    }
+    let rows = cross_rows(r, Kind::Bulk, bulk_header.len(), |w, a, ag| {
+        vec![
+            w.to_owned(),
+            a.to_owned(),
+            spread(ag.gbit_per_s),
+            median(ag.cpu.map(|c| c.keel)),
+            by_node(&ag.keel_cpu_by_node, &num),
+            median(ag.cpu.map(|c| c.keel_kernel)),
+            x(w, a, CROSS_PLAIN),
+            x(w, a, CROSS_DIRECT),
+            failures_cell(ag),
+        ]
+    });
     if !rows.is_empty() {
         let _ = writeln!(out, "### Bulk transfer (iperf3)\n");
         table(out, &bulk_header, &rows);
@@ -1289,6 +1275,21 @@ pub fn write_all(dir: &Path, results: &Results) -> Result<Summary> {
         .context("writing report.md")?;
     super::chart::write_svg(&dir.join("report.svg"), results).context("writing report.svg")?;
     Ok(summary(&report))
+}
+
+/// One row per measured workload of `kind` and cross-node arm: `cells` for an arm that has samples, a row of
+/// dashes for one that has none.
+fn cross_rows(r: &Report, kind: Kind, columns: usize, cells: impl Fn(&str, &str, &Aggregate) -> Vec<String>) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for w in r.workloads_of(kind).filter(|w| r.measured_any(&r.cross_arms, Some(w))) {
+        for a in &r.cross_arms {
+            rows.push(match r.get(w, a) {
+                Some(ag) => cells(w, a, ag),
+                None => missing_row(w, a, columns),
+            });
+        }
+    }
+    rows
 }
 
 #[cfg(test)]
