@@ -153,6 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
         certificates,
         hbone: HboneClient::new(),
+        upstreams: Default::default(),
         node_pods: NodePods::default(),
         local_peers: Arc::default(),
         open_connections: OpenConnections::new(config.close_denied_connections),

@@ -191,6 +191,8 @@ pub struct ConnectionStats {
 
 pub struct Telemetry {
     registry: Registry,
+    /// Istio's HTTP metrics, counted by the L7 engine.
+    pub http: Arc<crate::l7::telemetry::HttpMetrics>,
     istio: IstioTcpMetrics,
     hbone_handshake_failures: Counter,
     outbound: DirectionMetrics,
@@ -212,6 +214,7 @@ impl Telemetry {
         root.register("istio_tcp_connections_closed", "TCP connections closed (Istio standard)", istio.closed.clone());
         root.register("istio_tcp_sent_bytes", "Bytes sent by the client over TCP (Istio standard)", istio.sent.clone());
         root.register("istio_tcp_received_bytes", "Bytes the client received over TCP (Istio standard)", istio.received.clone());
+        let http = Arc::new(crate::l7::telemetry::HttpMetrics::register(&mut root));
         let hbone_handshake_failures = Counter::default();
         let registry = root.sub_registry_with_prefix("keel");
         registry.register(
@@ -246,6 +249,7 @@ impl Telemetry {
             outbound: metrics_for(DirectionLabel::outbound),
             inbound: metrics_for(DirectionLabel::inbound),
             registry: root,
+            http,
             istio,
             hbone_handshake_failures,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CONNECTIONS)),

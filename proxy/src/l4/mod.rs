@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     capture::{Capture, Direction},
+    l7::request::Downstream,
     hbone::client::HboneClient,
     identity::CertificateManager,
     netns::Netns,
@@ -50,6 +51,8 @@ pub struct DataPath {
     /// Workload certificates for mTLS; `None` when keel has no control plane or local CA to get them from.
     pub certificates: Option<CertificateManager>,
     pub hbone: Arc<HboneClient>,
+    /// Pooled upstream HTTP connections of the L7 engine.
+    pub upstreams: crate::l7::upstream::Upstreams,
     /// The pods enrolled on this node (their traffic to each other stays inside the node).
     pub node_pods: NodePods,
     pub local_peers: Arc<LocalPeers>,
@@ -112,7 +115,7 @@ pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodCont
     .await
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, pod: &PodContext, dp: &DataPath) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, pod: &Arc<PodContext>, dp: &Arc<DataPath>) {
     let started = Instant::now();
     dp.telemetry.connection_opened(direction);
     let _ = client.set_nodelay(true);
@@ -122,23 +125,40 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, p
         _ => peer,
     };
     let mut record = ConnectionRecord::new(direction, &pod.name, source);
-    if let Err(e) = proxy(&mut client, direction, pod, dp, &mut record).await {
-        debug!(pod = %pod.name, error = %e, "connection failed");
-        relay::reset(&client);
-        record.error = Some(e);
+    match proxy(&mut client, direction, pod, dp, &mut record).await {
+        Ok(Handled::Relayed) => {}
+        Ok(Handled::Http(downstream)) => {
+            if let Err(e) = crate::l7::server::serve_connection(client, downstream).await {
+                debug!(pod = %pod.name, error = %e, "HTTP connection ended with an error");
+                record.error = Some(e);
+            }
+        }
+        Err(e) => {
+            debug!(pod = %pod.name, error = %e, "connection failed");
+            relay::reset(&client);
+            record.error = Some(e);
+        }
     }
     let elapsed = started.elapsed();
     record.duration_ms = elapsed.as_secs_f64() * 1e3;
     dp.telemetry.connection_closed(record, elapsed);
 }
 
+/// What became of a connection after its first steps.
+enum Handled {
+    /// Relayed as bytes, to its end.
+    Relayed,
+    /// HTTP for the L7 engine, which takes the socket.
+    Http(Arc<Downstream>),
+}
+
 async fn proxy(
     client: &mut TcpStream,
     direction: Direction,
-    pod: &PodContext,
-    dp: &DataPath,
+    pod: &Arc<PodContext>,
+    dp: &Arc<DataPath>,
     record: &mut ConnectionRecord,
-) -> Result<(), String> {
+) -> Result<Handled, String> {
     let destination = dp
         .capture
         .original_destination(direction, pod.netns.cookie(), client)
@@ -148,16 +168,40 @@ async fn proxy(
         let (read, written) = responder::respond(client).await.map_err(|e| e.to_string())?;
         record.bytes_sent = read;
         record.bytes_received = written;
-        return Ok(());
+        return Ok(Handled::Relayed);
     }
     if is_keel_port(destination.port()) {
         // A connection addressed to keel's own port would come straight back to keel: refuse the loop.
         return Err(format!("refusing {destination}: a keel port, not an application's"));
     }
     match direction {
-        Direction::Outbound => outbound::proxy(client, destination, pod, dp, record).await,
-        Direction::Inbound => inbound::proxy(client, destination, pod, dp, record).await,
+        Direction::Outbound => match http_downstream(destination, pod, dp, record) {
+            Some(downstream) => Ok(Handled::Http(downstream)),
+            None => outbound::proxy(client, destination, pod, dp, record).await.map(|()| Handled::Relayed),
+        },
+        Direction::Inbound => inbound::proxy(client, destination, pod, dp, record).await.map(|()| Handled::Relayed),
     }
+}
+
+/// A connection to a service VIP on a port the L7 config routes for that service is HTTP for the L7 engine;
+/// everything else stays L4.
+fn http_downstream(destination: SocketAddrV4, pod: &Arc<PodContext>, dp: &Arc<DataPath>, record: &mut ConnectionRecord) -> Option<Arc<Downstream>> {
+    let snapshot = dp.workloads.snapshot();
+    let service = snapshot.services_by_vip.get(&IpAddr::V4(*destination.ip()))?;
+    let (_, table) = snapshot.l7.route_table(destination.port())?;
+    table.virtual_host(&service.hostname)?;
+    let source = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
+    record.path = Some(outbound::Path::Http);
+    record.source_peer = crate::telemetry::Peer::of(source.as_ref());
+    record.destination_service = Some(service.hostname.clone());
+    Some(Arc::new(Downstream {
+        dp: dp.clone(),
+        pod: pod.clone(),
+        port: destination.port(),
+        client_ip: IpAddr::V4(pod.ip),
+        source,
+        metrics: dp.telemetry.http.clone(),
+    }))
 }
 
 fn is_keel_port(port: u16) -> bool {

@@ -18,11 +18,12 @@ use tokio::net::TcpStream;
 
 use super::{
     destination::{self, Route},
+    local_peers::Registration,
     relay, sockets, DataPath, PodContext,
 };
 use crate::{
     hbone::{
-        client::{ClientTls, Dial, PoolKey},
+        client::{ClientTls, Dial, PoolKey, Tunnel},
         headers::ConnectRequest,
     },
     identity::{tls, Identity},
@@ -36,6 +37,8 @@ pub enum Path {
     Direct,
     SameNode,
     Hbone,
+    /// Terminated by the L7 engine; each request went its own way (see the access log).
+    Http,
 }
 
 impl Path {
@@ -44,6 +47,7 @@ impl Path {
             Path::Direct => "direct",
             Path::SameNode => "same-node",
             Path::Hbone => "hbone",
+            Path::Http => "http",
         }
     }
 }
@@ -73,7 +77,7 @@ pub async fn proxy(
     }
 }
 
-fn choose_path(dp: &DataPath, source: Option<&Workload>, route: &Route) -> Path {
+pub fn choose_path(dp: &DataPath, source: Option<&Workload>, route: &Route) -> Path {
     let meshed = route.workload.as_ref().is_some_and(|w| w.tunnel_protocol == TunnelProtocol::Hbone as i32);
     if !meshed || source.is_none() {
         return Path::Direct;
@@ -98,16 +102,28 @@ async fn direct(
     source_identity: Option<Identity>,
     record: &mut ConnectionRecord,
 ) -> Result<(), String> {
-    let mut upstream = sockets::connect_from_pod(&pod.netns, route.upstream, dp.connect_timeout)
+    let (mut upstream, _registration) = connect_direct(dp, pod, route.upstream, source_identity).await?;
+    finish(record, relay::relay(client, &mut upstream).await)
+}
+
+/// Connects from inside `pod` to `upstream`; the registration (held as long as the connection) tells the
+/// inbound side of a same-node pod who the source is.
+pub async fn connect_direct(
+    dp: &DataPath,
+    pod: &PodContext,
+    upstream: SocketAddrV4,
+    source_identity: Option<Identity>,
+) -> Result<(TcpStream, Option<Registration>), String> {
+    let stream = sockets::connect_from_pod(&pod.netns, upstream, dp.connect_timeout)
         .await
-        .map_err(|e| format!("connecting to {}: {e}", route.upstream))?;
-    let _registration = if dp.node_pods.contains(IpAddr::V4(*route.upstream.ip())) {
-        let local = upstream.local_addr().map_err(|e| e.to_string())?;
-        Some(dp.local_peers.register(local, SocketAddr::V4(route.upstream), source_identity))
+        .map_err(|e| format!("connecting to {upstream}: {e}"))?;
+    let registration = if dp.node_pods.contains(IpAddr::V4(*upstream.ip())) {
+        let local = stream.local_addr().map_err(|e| e.to_string())?;
+        Some(dp.local_peers.register(local, SocketAddr::V4(upstream), source_identity))
     } else {
         None
     };
-    finish(record, relay::relay(client, &mut upstream).await)
+    Ok((stream, registration))
 }
 
 async fn hbone(
@@ -118,6 +134,29 @@ async fn hbone(
     route: &Route,
     record: &mut ConnectionRecord,
 ) -> Result<(), String> {
+    let tunnel = open_tunnel(dp, pod, source, route, record.source, record.destination_service.as_deref()).await?;
+    let (reader, mut writer, _lease) = tunnel.into_parts();
+    let outcome = {
+        let (client_read, client_write) = client.split();
+        relay::relay_halves(client_read, client_write, reader, &mut writer).await
+    };
+    if outcome.error.is_some() {
+        relay::reset(client);
+        writer.reset();
+    }
+    finish(record, outcome)
+}
+
+/// An HBONE CONNECT stream from `pod`, presenting `source`'s certificate, to `route`'s upstream on its node
+/// (pooled: streams share the mTLS connection per source and destination identity).
+pub async fn open_tunnel(
+    dp: &DataPath,
+    pod: &PodContext,
+    source: &Workload,
+    route: &Route,
+    client: SocketAddr,
+    service_host: Option<&str>,
+) -> Result<Tunnel, String> {
     let certificates = dp.certificates.clone().ok_or("no certificate source")?;
     let destination = route.workload.as_ref().ok_or("no destination workload")?;
     let source_identity = Identity::of_workload(source);
@@ -130,8 +169,8 @@ async fn hbone(
     };
     let request = ConnectRequest {
         target: SocketAddr::V4(route.upstream),
-        client: record.source,
-        service_host: record.destination_service.as_deref(),
+        client,
+        service_host,
         source: Some(source),
         cluster_id: &dp.cluster_id,
     }
@@ -145,17 +184,7 @@ async fn hbone(
             Ok(ClientTls { config: tls::client_config(&certificate, expected)?, certificate_expiry: certificate.not_after })
         },
     };
-    let tunnel = dp.hbone.open(key, dial, request).await.map_err(|e| e.to_string())?;
-    let (reader, mut writer, _lease) = tunnel.into_parts();
-    let outcome = {
-        let (client_read, client_write) = client.split();
-        relay::relay_halves(client_read, client_write, reader, &mut writer).await
-    };
-    if outcome.error.is_some() {
-        relay::reset(client);
-        writer.reset();
-    }
-    finish(record, outcome)
+    dp.hbone.open(key, dial, request).await.map_err(|e| e.to_string())
 }
 
 /// The identities the destination may prove: the service's `subject_alt_names` when it sets them, else the

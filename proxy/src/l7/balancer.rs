@@ -86,40 +86,45 @@ impl Balancer {
     /// An endpoint for a request; `hash` is the request's consistent-hash key (hash policies), when it has one.
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
-        if n == 0 || !self.endpoints.iter().any(|e| e.available()) {
+        if n == 0 {
             return None;
         }
+        // Envoy's panic threshold (50 %): with too few healthy endpoints left, ejection is ignored and traffic
+        // spreads over all of them rather than overloading the few (or failing with none).
+        let healthy = self.endpoints.iter().filter(|e| e.available()).count();
+        let panic = healthy * 2 < n;
+        let usable = |e: usize| panic || self.endpoints[e].available();
         let mut rng = rand::rng();
         let index = match (&self.kind, hash) {
             (Kind::Ring(ring), Some(h)) => {
                 let start = ring.partition_point(|(point, _)| *point < h);
-                (0..ring.len()).map(|i| ring[(start + i) % ring.len()].1).find(|&e| self.endpoints[e].available())?
+                (0..ring.len()).map(|i| ring[(start + i) % ring.len()].1).find(|&e| usable(e))?
             }
             (Kind::Maglev(table), Some(h)) => {
                 let start = (h % table.len() as u64) as usize;
-                (0..table.len()).map(|i| table[(start + i) % table.len()]).find(|&e| self.endpoints[e].available())?
+                (0..table.len()).map(|i| table[(start + i) % table.len()]).find(|&e| usable(e))?
             }
-            (Kind::RoundRobin { next }, _) => {
-                (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).find(|&e| self.endpoints[e].available())?
-            }
+            (Kind::RoundRobin { next }, _) => (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).find(|&e| usable(e))?,
             (Kind::LeastRequest { choices }, _) => {
-                // Power of `choices` choices among the available endpoints: the least loaded of a random few.
-                let available: Vec<usize> = (0..n).filter(|&e| self.endpoints[e].available()).collect();
+                let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
                 (0..*choices)
                     .map(|_| available[rng.random_range(0..available.len())])
                     .min_by_key(|&e| self.endpoints[e].active.load(Ordering::Relaxed))?
             }
-            // Random, and the hash policies for a request without a hash key.
             _ => {
-                let available: Vec<usize> = (0..n).filter(|&e| self.endpoints[e].available()).collect();
+                let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
                 available[rng.random_range(0..available.len())]
             }
         };
         Some(&self.endpoints[index])
     }
+
+    /// The endpoint's position (what the outlier detector counts by).
+    pub fn index_of(&self, endpoint: &Arc<Endpoint>) -> Option<usize> {
+        self.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint))
+    }
 }
 
-/// Each endpoint gets an equal share of `min_ring_size` points (at least one), hashed from its address.
 fn ring(endpoints: &[Arc<Endpoint>], min_ring_size: usize) -> Vec<(u64, usize)> {
     if endpoints.is_empty() {
         return Vec::new();
@@ -198,7 +203,8 @@ mod tests {
         for e in b.endpoints() {
             e.ejected.store(true, Ordering::Relaxed);
         }
-        assert!(b.pick(None).is_none(), "all ejected: no healthy upstream");
+        assert_eq!(spread(&b, 30, |_| None).len(), 3, "all ejected: panic mode spreads over every endpoint");
+        assert!(Balancer::new(&Policy::RoundRobin, vec![]).pick(None).is_none(), "no endpoint: no healthy upstream");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct Injected {
 }
 
 /// A FractionalPercent as a fraction in 0..=1.
-fn fraction(p: Option<&FractionalPercent>) -> f64 {
+pub fn fraction(p: Option<&FractionalPercent>) -> f64 {
     let Some(p) = p else { return 1.0 }; // Envoy: no percentage means every request
     let denominator = match DenominatorType::try_from(p.denominator) {
         Ok(DenominatorType::TenThousand) => 10_000.0,

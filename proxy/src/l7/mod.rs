@@ -6,13 +6,22 @@
 //! validated into balancer, limits and outlier settings).
 pub mod action;
 pub mod balancer;
+pub mod body;
 pub mod circuit;
+pub mod cluster;
 pub mod cluster_config;
+pub mod config;
 pub mod fault;
 pub mod matching;
 pub mod outlier;
+pub mod request;
 pub mod retry;
+pub mod route_plan;
 pub mod route_table;
+pub mod server;
+pub mod telemetry;
+pub mod trace_headers;
+pub mod upstream;
 
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,8 @@ pub struct Retries {
     refused_stream: bool,
     retriable_4xx: bool,
     status_codes: Vec<u16>,
+    /// gRPC status codes (from a trailers-only response's headers) that are retried.
+    grpc_codes: Vec<u32>,
     base_interval: Duration,
     max_interval: Duration,
 }
@@ -61,6 +63,12 @@ impl Retries {
                 "refused-stream" => r.refused_stream = true,
                 "retriable-4xx" => r.retriable_4xx = true,
                 "retriable-status-codes" => {}
+                // Envoy's gRPC conditions (Istio's default retry_on lists some of them).
+                "cancelled" => r.grpc_codes.push(1),
+                "deadline-exceeded" => r.grpc_codes.push(4),
+                "resource-exhausted" => r.grpc_codes.push(8),
+                "internal" => r.grpc_codes.push(13),
+                "unavailable" => r.grpc_codes.push(14),
                 // gRPC and rate-limit conditions need the engine's gRPC status handling; accepted as no-ops for
                 // now would be silent, so they are refused by name.
                 other => return Err(format!("{field}.retry_on: {other:?} is not a retry condition keel supports")),
@@ -92,6 +100,11 @@ impl Retries {
     }
 
     /// The wait before retry number `retry` (1-based): a random duration up to base × 2^(retry-1), capped.
+    /// A gRPC status in the response headers (a trailers-only answer) the policy retries.
+    pub fn is_retriable_grpc(&self, code: u32) -> bool {
+        self.grpc_codes.contains(&code)
+    }
+
     pub fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self.base_interval.saturating_mul(1 << retry.saturating_sub(1).min(16)).min(self.max_interval);
         ceiling.mul_f64(rand::rng().random::<f64>())
@@ -120,6 +133,8 @@ mod tests {
         assert!(!r.is_retriable(AttemptOutcome::Response(500)) && !r.is_retriable(AttemptOutcome::Reset));
         let r = Retries::compile("r", &policy("reset", &[418])).unwrap();
         assert!(!r.is_retriable(AttemptOutcome::Response(418)), "status codes count only with retriable-status-codes");
+        let r = Retries::compile("r", &policy("connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", &[503])).unwrap();
+        assert!(r.is_retriable_grpc(14) && r.is_retriable_grpc(1) && !r.is_retriable_grpc(4), "Istio's default gRPC conditions");
         let r = Retries::compile("r", &policy("retriable-4xx,refused-stream", &[])).unwrap();
         assert!(r.is_retriable(AttemptOutcome::Response(409)) && r.is_retriable(AttemptOutcome::RefusedStream));
     }

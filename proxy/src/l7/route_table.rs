@@ -5,13 +5,18 @@ use std::{collections::HashMap, sync::Arc};
 
 use keel_proto::route::{Route, RouteConfiguration, VirtualHost};
 
-use super::matching::{RequestMatcher, RequestView};
+use super::{
+    matching::{RequestMatcher, RequestView},
+    route_plan::RoutePlan,
+};
 
 #[derive(Debug)]
 pub struct CompiledRoute {
     matcher: RequestMatcher,
-    /// The route as configured: its action is read per request (weights, rewrites, retries, ...).
+    /// The route as configured (header edits are read from it per request).
     pub route: Arc<Route>,
+    /// Its action, compiled.
+    pub plan: RoutePlan,
 }
 
 #[derive(Debug)]
@@ -49,7 +54,11 @@ impl RouteTable {
                     if route.action.is_none() {
                         return Err(format!("{field}: no action (route, redirect or direct_response) keel supports"));
                     }
-                    Ok(CompiledRoute { matcher: RequestMatcher::compile(&format!("{field}.match"), m)?, route: Arc::new(route.clone()) })
+                    Ok(CompiledRoute {
+                        matcher: RequestMatcher::compile(&format!("{field}.match"), m)?,
+                        plan: RoutePlan::compile(&field, route)?,
+                        route: Arc::new(route.clone()),
+                    })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             for (d, domain) in host.domains.iter().enumerate() {
@@ -74,6 +83,11 @@ impl RouteTable {
         table.suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         table.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Ok(table)
+    }
+
+    /// Every virtual host, in configuration order.
+    pub fn virtual_hosts(&self) -> &[CompiledVirtualHost] {
+        &self.hosts
     }
 
     /// The virtual host for an authority (`host` or `host:port`).

@@ -10,7 +10,8 @@ use keel_proto::{
     core::Node,
     discovery::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse},
     google::rpc,
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
+    ROUTE_CONFIGURATION_TYPE_URL,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,8 +19,10 @@ use tracing::{info, warn};
 
 use super::state::{decode, Rejected, WorkloadStore};
 
-/// The order ztunnel subscribes in.
-pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// The workload types in the order ztunnel subscribes in, then the Envoy types of the L7 engine in the order
+/// Envoy's ADS sequencing uses (clusters before their endpoints, listeners before their routes).
+pub const TYPE_URLS: [&str; 6] =
+    [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL];
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
@@ -141,7 +144,8 @@ impl XdsClient {
         for name in &response.removed_resources {
             held.remove(name);
         }
-        self.store.apply(upserts, &response.removed_resources);
+        let removed: Vec<(String, String)> = response.removed_resources.iter().map(|n| (type_url.clone(), n.clone())).collect();
+        self.store.apply(upserts, &removed);
         let count = held.len();
         let error_detail = (!rejected.is_empty()).then(|| {
             let message = rejected.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");

@@ -97,7 +97,7 @@ impl Follower {
             }
             for name in changes.removed {
                 held.remove(&name);
-                removed.push(name);
+                removed.push((type_url.clone(), name));
             }
         }
         self.store.apply(upserts, &removed);

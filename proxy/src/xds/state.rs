@@ -14,6 +14,12 @@ use keel_proto::{
 };
 use prost::Message as _;
 
+use crate::l7::{
+    cluster_config::ClusterConfig,
+    config::{self as l7_config, L7Config, ListenerConfig, LoadAssignment},
+    route_table::RouteTable,
+};
+
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub workloads: HashMap<String, Arc<Workload>>,
@@ -24,6 +30,8 @@ pub struct Snapshot {
     /// every snapshot orders them the same way.
     pub endpoints: HashMap<String, Vec<Arc<Workload>>>,
     pub policies: HashMap<String, Arc<Authorization>>,
+    /// Listeners, routes, clusters and endpoints of the L7 engine.
+    pub l7: L7Config,
 }
 
 /// A resource of an xDS response, decoded and checked.
@@ -33,6 +41,10 @@ pub enum Resource {
     Workload(Box<Workload>),
     Service(Service),
     Policy(Authorization),
+    Listener(Arc<ListenerConfig>),
+    Routes(Arc<RouteTable>),
+    Cluster(Arc<ClusterConfig>),
+    LoadAssignment(Arc<LoadAssignment>),
 }
 
 /// A resource keel refuses: the NACK's `error_detail` names it and the field.
@@ -93,8 +105,20 @@ pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Reje
     match type_url {
         keel_proto::ADDRESS_TYPE_URL => decode_address(name, bytes),
         keel_proto::AUTHORIZATION_TYPE_URL => decode_authorization(name, bytes),
+        keel_proto::LISTENER_TYPE_URL => l7(name, l7_config::decode_listener(bytes).map(|l| Resource::Listener(Arc::new(l)))),
+        keel_proto::ROUTE_CONFIGURATION_TYPE_URL => {
+            l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r))))
+        }
+        keel_proto::CLUSTER_TYPE_URL => l7(name, l7_config::decode_cluster(bytes).map(|c| Resource::Cluster(Arc::new(c)))),
+        keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => {
+            l7(name, l7_config::decode_load_assignment(bytes).map(|a| Resource::LoadAssignment(Arc::new(a))))
+        }
         other => Err(Rejected { name: name.to_owned(), reason: format!("unknown type URL {other}") }),
     }
+}
+
+fn l7(name: &str, decoded: Result<Resource, String>) -> Result<Resource, Rejected> {
+    decoded.map_err(|reason| Rejected { name: name.to_owned(), reason })
 }
 
 /// A matcher keel could not evaluate would silently match nothing: refuse the policy instead (NACK), so the
@@ -161,18 +185,34 @@ impl WorkloadStore {
 
     /// Applies one response in a single step: upserts by resource name, then removals. Only xDS updates write,
     /// one at a time, so copy-on-write of the maps is race-free.
-    pub fn apply(&self, upserts: Vec<(String, Resource)>, removed: &[String]) {
+    /// Names are unique per type URL only (a Cluster and its ClusterLoadAssignment share one), so removals
+    /// name their type.
+    pub fn apply(&self, upserts: Vec<(String, Resource)>, removed: &[(String, String)]) {
         let mut next = (*self.current.load_full()).clone();
         for (name, resource) in upserts {
-            next.remove(&name);
+            next.remove(resource.type_url(), &name);
             next.insert(name, resource);
         }
-        for name in removed {
-            next.remove(name);
+        for (type_url, name) in removed {
+            next.remove(type_url, name);
         }
         next.index_endpoints();
+        next.l7.index();
         self.current.store(Arc::new(next));
         self.version.send_modify(|v| *v += 1);
+    }
+}
+
+impl Resource {
+    pub fn type_url(&self) -> &'static str {
+        match self {
+            Resource::Workload(_) | Resource::Service(_) => keel_proto::ADDRESS_TYPE_URL,
+            Resource::Policy(_) => keel_proto::AUTHORIZATION_TYPE_URL,
+            Resource::Listener(_) => keel_proto::LISTENER_TYPE_URL,
+            Resource::Routes(_) => keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
+            Resource::Cluster(_) => keel_proto::CLUSTER_TYPE_URL,
+            Resource::LoadAssignment(_) => keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+        }
     }
 }
 
@@ -196,10 +236,33 @@ impl Snapshot {
             Resource::Policy(p) => {
                 self.policies.insert(name, Arc::new(p));
             }
+            Resource::Listener(l) => {
+                self.l7.listeners.insert(name, l);
+            }
+            Resource::Routes(r) => {
+                self.l7.route_tables.insert(name, r);
+            }
+            Resource::Cluster(c) => {
+                self.l7.cluster_configs.insert(name, c);
+            }
+            Resource::LoadAssignment(a) => {
+                self.l7.load_assignments.insert(name, a);
+            }
         }
     }
 
-    fn remove(&mut self, name: &str) {
+    fn remove(&mut self, type_url: &str, name: &str) {
+        let l7 = &mut self.l7;
+        match type_url {
+            keel_proto::LISTENER_TYPE_URL => drop(l7.listeners.remove(name)),
+            keel_proto::ROUTE_CONFIGURATION_TYPE_URL => drop(l7.route_tables.remove(name)),
+            keel_proto::CLUSTER_TYPE_URL => drop(l7.cluster_configs.remove(name)),
+            keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => drop(l7.load_assignments.remove(name)),
+            _ => self.remove_address_or_policy(name),
+        }
+    }
+
+    fn remove_address_or_policy(&mut self, name: &str) {
         if let Some(w) = self.workloads.remove(name) {
             for ip in w.addresses.iter().filter_map(|a| ip_of(a)) {
                 if self.workloads_by_ip.get(&ip).is_some_and(|cur| Arc::ptr_eq(cur, &w)) {
@@ -295,7 +358,8 @@ mod tests {
         assert!(snap.workloads_by_ip.contains_key(&"10.0.0.1".parse::<IpAddr>().unwrap()));
         assert!(snap.services_by_vip.contains_key(&"10.96.0.10".parse::<IpAddr>().unwrap()));
         // The workload moves to a new IP: the old index entry goes.
-        store.apply(vec![("w".into(), decode_address("w", &workload("u", [10, 0, 0, 2])).unwrap())], &["s".into()]);
+        let removed = [(keel_proto::ADDRESS_TYPE_URL.to_owned(), "s".to_owned())];
+        store.apply(vec![("w".into(), decode_address("w", &workload("u", [10, 0, 0, 2])).unwrap())], &removed);
         let snap = store.snapshot();
         assert!(!snap.workloads_by_ip.contains_key(&"10.0.0.1".parse::<IpAddr>().unwrap()));
         assert!(snap.workloads_by_ip.contains_key(&"10.0.0.2".parse::<IpAddr>().unwrap()));

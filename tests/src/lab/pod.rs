@@ -198,7 +198,44 @@ impl Pod {
         ];
         self.run_json_timeout(&self.podapp_argv(&args), timeout)
     }
+
+    // ---- podapp HTTP / gRPC ------------------------------------------------------------------------------------
+
+    /// `podapp http-serve --port P --name NAME [extra...]` (HTTP/1.1 + h2c + gRPC echo; `extra` e.g.
+    /// `["--fail-percent", "50", "--delay-ms", "100"]`), running until the guard drops.
+    pub fn http_serve(&self, port: u16, name: &str, extra: &[&str]) -> Result<ChildGuard> {
+        let mut args = vec![
+            "http-serve".into(),
+            "--port".into(),
+            port.to_string(),
+            "--name".into(),
+            name.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn_server(&self.podapp_argv(&args))
+    }
+
+    /// `podapp http-load ARGS`: the parsed result line (`statuses`, `served_by`, `errors`, `latency_ms`, ...).
+    pub fn http_load(&self, args: &[&str]) -> Result<Value> {
+        self.podapp_json("http-load", args, HTTP_RUN_TIMEOUT)
+    }
+
+    /// `podapp grpc-call ARGS`: the parsed result line (`replies`, `grpc_status`, `trailers`, ...).
+    pub fn grpc_call(&self, args: &[&str]) -> Result<Value> {
+        self.podapp_json("grpc-call", args, HTTP_RUN_TIMEOUT)
+    }
+
+    fn podapp_json(&self, sub: &str, args: &[&str], timeout: Duration) -> Result<Value> {
+        let args: Vec<String> = std::iter::once(sub)
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        self.run_json_timeout(&self.podapp_argv(&args), timeout)
+    }
 }
+
+/// Process deadline of `http_load`/`grpc_call`: generous, so podapp's own per-request timeouts report first.
+pub const HTTP_RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The program's file name and first argument, for messages ("podapp send").
 fn program_name<S: AsRef<OsStr>>(argv: &[S]) -> String {

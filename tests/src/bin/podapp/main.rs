@@ -1,10 +1,14 @@
 //! podapp: the application that runs inside lab pods.
 //!
 //! Plain blocking std networking (one thread per connection), so that what the suites measure is keel, not the test
-//! app. Every subcommand prints exactly one JSON line of results on stdout (servers: `{"listening": P}` once bound)
+//! app; the HTTP subcommands (http-serve, http-load, grpc-call) use tokio and hyper, for HTTP/1.1, h2c and gRPC
+//! streaming. Every subcommand prints exactly one JSON line of results on stdout (servers: `{"listening": P}` once bound)
 //! and exits non-zero on error, so the harness can both parse and assert.
 
 mod connect_loop;
+mod grpc_call;
+mod http_load;
+mod http_serve;
 mod send;
 mod serve;
 
@@ -66,6 +70,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000)]
         timeout_ms: u64,
     },
+    /// Serve HTTP/1.1 and h2c (prior knowledge) on 0.0.0.0:PORT, plus a streaming gRPC echo, until killed.
+    HttpServe(http_serve::ServeArgs),
+    /// Send N HTTP requests over C keep-alive connections and tally the outcomes.
+    HttpLoad(http_load::LoadArgs),
+    /// One streaming h2c gRPC call: send a message, await its reply, repeat; then read the trailers.
+    GrpcCall(grpc_call::GrpcArgs),
 }
 
 fn main() {
@@ -90,6 +100,9 @@ fn main() {
             bytes,
             timeout_ms,
         } => connect_loop::run(to, count, bytes, timeout_ms),
+        Cmd::HttpServe(a) => http_serve::run(a),
+        Cmd::HttpLoad(a) => http_load::run(a),
+        Cmd::GrpcCall(a) => grpc_call::run(a),
     };
     std::process::exit(if ok { 0 } else { 1 });
 }
@@ -100,6 +113,20 @@ pub fn emit(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
+}
+
+/// The tokio runtime of the HTTP subcommands (reports its own failure).
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            emit(&serde_json::json!({"error": format!("tokio runtime: {e}")}));
+            None
+        }
+    }
 }
 
 pub fn addr_string(r: std::io::Result<SocketAddr>) -> String {

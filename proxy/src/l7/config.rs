@@ -1,0 +1,167 @@
+//! The four Envoy resource types keel's L7 engine reads (proto/ENVOY-SUBSET.md), decoded and validated one by
+//! one as xDS delivers them, and the L7 part of the published snapshot built from them. What keel cannot honour
+//! is refused naming the field, so the xDS client NACKs it and the last good version stays in use.
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use keel_proto::{
+    core::{address, socket_address::PortSpecifier, Address, HealthStatus},
+    endpoint::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
+    hcm::{http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager},
+    listener::{filter, Listener},
+    route::RouteConfiguration,
+    HTTP_CONNECTION_MANAGER_TYPE_URL,
+};
+use prost::Message as _;
+use serde::Serialize;
+
+use super::{cluster::Cluster, cluster_config::ClusterConfig, fault::FAULT_FILTER, route_table::RouteTable};
+
+const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER_FILTER: &str = "envoy.filters.http.router";
+
+/// A Listener as the engine uses it: which port's traffic is HTTP, and the route configuration it routes by.
+#[derive(Debug, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub port: u16,
+    pub route_config: String,
+    /// The fault filter is in the chain (routes' fault settings apply only then, as in Envoy).
+    pub faults: bool,
+}
+
+/// One endpoint of a ClusterLoadAssignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LbEndpoint {
+    pub address: SocketAddr,
+    pub hostname: String,
+    pub locality: Option<(String, String, String)>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct LoadAssignment {
+    pub cluster: String,
+    pub endpoints: Vec<LbEndpoint>,
+}
+
+fn socket_address(field: &str, a: Option<&Address>) -> Result<SocketAddr, String> {
+    let Some(address::Address::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
+        return Err(format!("{field}: not a socket_address"));
+    };
+    let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+        return Err(format!("{field}.port_value: missing (named ports are not supported)"));
+    };
+    let ip: std::net::IpAddr = sa.address.parse().map_err(|_| format!("{field}.address: {:?} is not an IP address", sa.address))?;
+    let port = u16::try_from(port).map_err(|_| format!("{field}.port_value: {port} is not a port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
+    let l = Listener::decode(bytes).map_err(|e| format!("not an envoy.config.listener.v3.Listener: {e}"))?;
+    let port = socket_address("field `address`", l.address.as_ref())?.port();
+    let [chain] = l.filter_chains.as_slice() else {
+        return Err(format!("field `filter_chains`: {} chains (keel supports exactly one)", l.filter_chains.len()));
+    };
+    let [hcm_filter] = chain.filters.as_slice() else {
+        return Err("field `filter_chains[0].filters`: keel supports exactly one filter, the HTTP connection manager".into());
+    };
+    let field = "field `filter_chains[0].filters[0]`";
+    let Some(filter::ConfigType::TypedConfig(any)) = &hcm_filter.config_type else {
+        return Err(format!("{field}.typed_config: missing"));
+    };
+    if hcm_filter.name != HCM_FILTER || any.type_url != HTTP_CONNECTION_MANAGER_TYPE_URL {
+        return Err(format!("{field}: {} is not {HCM_FILTER}", hcm_filter.name));
+    }
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| format!("{field}.typed_config: {e}"))?;
+    let route_config = match hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => rds.route_config_name,
+        _ => return Err(format!("{field}.typed_config.rds: keel takes routes over RDS only")),
+    };
+    let mut faults = false;
+    for (i, f) in hcm.http_filters.iter().enumerate() {
+        match f.name.as_str() {
+            FAULT_FILTER => {
+                let empty = matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a)) if a.value.is_empty()) || f.config_type.is_none();
+                if !empty {
+                    return Err(format!("{field}.typed_config.http_filters[{i}]: listener-wide faults are not supported (set them per route)"));
+                }
+                faults = true;
+            }
+            ROUTER_FILTER => {}
+            other => return Err(format!("{field}.typed_config.http_filters[{i}]: {other} is not supported ({FAULT_FILTER} and {ROUTER_FILTER} are)")),
+        }
+    }
+    if hcm.http_filters.last().is_none_or(|f| f.name != ROUTER_FILTER) {
+        return Err(format!("{field}.typed_config.http_filters: the last filter must be {ROUTER_FILTER}"));
+    }
+    Ok(ListenerConfig { name: l.name, port, route_config, faults })
+}
+
+pub fn decode_route_configuration(bytes: &[u8]) -> Result<RouteTable, String> {
+    let config = RouteConfiguration::decode(bytes).map_err(|e| format!("not an envoy.config.route.v3.RouteConfiguration: {e}"))?;
+    RouteTable::compile(&config).map_err(|e| format!("field {e}"))
+}
+
+pub fn decode_cluster(bytes: &[u8]) -> Result<ClusterConfig, String> {
+    let c = keel_proto::cluster::Cluster::decode(bytes).map_err(|e| format!("not an envoy.config.cluster.v3.Cluster: {e}"))?;
+    ClusterConfig::from_cluster(&c)
+}
+
+pub fn decode_load_assignment(bytes: &[u8]) -> Result<LoadAssignment, String> {
+    let cla = ClusterLoadAssignment::decode(bytes).map_err(|e| format!("not an envoy.config.endpoint.v3.ClusterLoadAssignment: {e}"))?;
+    let mut endpoints = Vec::new();
+    for (l, group) in cla.endpoints.iter().enumerate() {
+        let locality = group.locality.as_ref().map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone()));
+        for (e, lb) in group.lb_endpoints.iter().enumerate() {
+            let field = format!("field endpoints[{l}].lb_endpoints[{e}]");
+            let Some(HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else {
+                return Err(format!("{field}.endpoint: missing"));
+            };
+            // Envoy routes to HEALTHY and UNKNOWN endpoints; the others are left out of the balancer.
+            if !matches!(HealthStatus::try_from(lb.health_status), Ok(HealthStatus::Healthy | HealthStatus::Unknown)) {
+                continue;
+            }
+            let address = socket_address(&format!("{field}.endpoint.address"), endpoint.address.as_ref())?;
+            endpoints.push(LbEndpoint { address, hostname: endpoint.hostname.clone(), locality: locality.clone() });
+        }
+    }
+    Ok(LoadAssignment { cluster: cla.cluster_name, endpoints })
+}
+
+/// The L7 part of the snapshot: resources by name, indexes, and the live clusters built from them.
+#[derive(Clone, Debug, Default)]
+pub struct L7Config {
+    pub listeners: HashMap<String, Arc<ListenerConfig>>,
+    pub listeners_by_port: HashMap<u16, Arc<ListenerConfig>>,
+    pub route_tables: HashMap<String, Arc<RouteTable>>,
+    pub cluster_configs: HashMap<String, Arc<ClusterConfig>>,
+    pub load_assignments: HashMap<String, Arc<LoadAssignment>>,
+    /// Cluster name → its balancer, breaker and outlier state. Rebuilt only for a cluster whose config or
+    /// endpoints changed, so ejections and in-flight counts survive unrelated pushes.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl L7Config {
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.cluster_configs.is_empty()
+    }
+
+    /// The route table for traffic to `port`, when the port carries HTTP.
+    pub fn route_table(&self, port: u16) -> Option<(&Arc<ListenerConfig>, &Arc<RouteTable>)> {
+        let listener = self.listeners_by_port.get(&port)?;
+        Some((listener, self.route_tables.get(&listener.route_config)?))
+    }
+
+    pub fn index(&mut self) {
+        self.listeners_by_port = self.listeners.values().map(|l| (l.port, l.clone())).collect();
+        let previous = std::mem::take(&mut self.clusters);
+        for (name, config) in &self.cluster_configs {
+            let assignment = self.load_assignments.get(name);
+            let kept = previous.get(name).filter(|c| c.built_from(config, assignment));
+            let cluster = match kept {
+                Some(c) => c.clone(),
+                None => Arc::new(Cluster::new(config.clone(), assignment.cloned())),
+            };
+            self.clusters.insert(name.clone(), cluster);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Istio's standard HTTP metrics and one access-log line per request. A request's record is filled in as it
+//! goes and reported once, when its response body ends (so durations and sizes cover the whole exchange).
+use std::sync::Arc;
+
+use keel_proto::workload::Workload;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tracing::info;
+
+use crate::telemetry::Peer;
+
+/// Istio's buckets for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0,
+    1800000.0, 3600000.0,
+];
+/// Istio's buckets for request and response sizes.
+const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// One request as keel saw it.
+#[derive(Clone, Debug, Default)]
+pub struct RequestRecord {
+    pub pod: String,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub request_id: String,
+    pub source: Peer,
+    pub destination: Peer,
+    pub destination_version: Option<String>,
+    /// `<host>`, `<name>`, `<namespace>` of the destination service.
+    pub service: Option<(String, String, String)>,
+    pub route: String,
+    pub cluster: String,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub mutual_tls: bool,
+    pub status: u16,
+    pub grpc_status: Option<String>,
+    /// Envoy response flags (`UH`, `UO`, `UT`, `URX`, `FI`, `DI`, ...), comma-separated; empty = `-`.
+    pub flags: Vec<&'static str>,
+    pub attempts: u32,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: f64,
+}
+
+impl RequestRecord {
+    pub fn flag(&mut self, flag: &'static str) {
+        if !self.flags.contains(&flag) {
+            self.flags.push(flag);
+        }
+    }
+
+    pub fn flags_label(&self) -> String {
+        if self.flags.is_empty() { "-".to_owned() } else { self.flags.join(",") }
+    }
+
+    pub fn set_destination(&mut self, workload: Option<&Arc<Workload>>) {
+        self.destination = Peer::of(workload);
+        self.destination_version = workload.map(|w| w.canonical_revision.clone()).filter(|v| !v.is_empty());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IstioHttpLabels {
+    reporter: &'static str,
+    source_workload: String,
+    source_workload_namespace: String,
+    source_principal: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_principal: String,
+    destination_version: String,
+    destination_service: String,
+    destination_service_name: String,
+    destination_service_namespace: String,
+    request_protocol: &'static str,
+    response_code: u16,
+    grpc_response_status: String,
+    response_flags: String,
+    connection_security_policy: &'static str,
+}
+
+impl IstioHttpLabels {
+    fn of(r: &RequestRecord) -> IstioHttpLabels {
+        let unknown = || "unknown".to_owned();
+        let split = |peer: &Peer| match peer.workload.as_deref().and_then(|w| w.split_once('/')) {
+            Some((ns, name)) => (name.to_owned(), ns.to_owned()),
+            None => (unknown(), unknown()),
+        };
+        let principal = |peer: &Peer| peer.identity.as_ref().map_or_else(unknown, ToString::to_string);
+        let (source_workload, source_workload_namespace) = split(&r.source);
+        let (destination_workload, destination_workload_namespace) = split(&r.destination);
+        let (service, service_name, service_namespace) = r.service.clone().unwrap_or_else(|| (unknown(), unknown(), unknown()));
+        IstioHttpLabels {
+            reporter: "source",
+            source_workload,
+            source_workload_namespace,
+            source_principal: principal(&r.source),
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal: principal(&r.destination),
+            destination_version: r.destination_version.clone().unwrap_or_else(unknown),
+            destination_service: service,
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            request_protocol: r.protocol,
+            response_code: r.status,
+            grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
+            response_flags: r.flags_label(),
+            connection_security_policy: if r.mutual_tls { "mutual_tls" } else { "unknown" },
+        }
+    }
+}
+
+type HistogramFamily = Family<IstioHttpLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<IstioHttpLabels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> HttpMetrics {
+        let m = HttpMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS)),
+            request_bytes: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
+            response_bytes: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
+        };
+        registry.register("istio_requests", "Requests (Istio standard)", m.requests.clone());
+        registry.register("istio_request_duration_milliseconds", "Request duration (Istio standard)", m.duration.clone());
+        registry.register("istio_request_bytes", "Request body sizes (Istio standard)", m.request_bytes.clone());
+        registry.register("istio_response_bytes", "Response body sizes (Istio standard)", m.response_bytes.clone());
+        m
+    }
+
+    /// Counts the finished request and writes its access-log line.
+    pub fn record(&self, r: &RequestRecord) {
+        let labels = IstioHttpLabels::of(r);
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(r.duration_ms);
+        self.request_bytes.get_or_create(&labels).observe(r.request_bytes as f64);
+        self.response_bytes.get_or_create(&labels).observe(r.response_bytes as f64);
+        info!(
+            target: "keel::access",
+            pod = %r.pod,
+            method = %r.method,
+            authority = %r.authority,
+            path = %r.path,
+            protocol = r.protocol,
+            status = r.status,
+            grpc_status = r.grpc_status.as_deref().unwrap_or("-"),
+            flags = %labels.response_flags,
+            route = %r.route,
+            cluster = %r.cluster,
+            upstream = %r.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            attempts = r.attempts,
+            request_bytes = r.request_bytes,
+            response_bytes = r.response_bytes,
+            duration_ms = format_args!("{:.3}", r.duration_ms),
+            request_id = %r.request_id,
+            src_workload = %labels.source_workload,
+            dst_workload = %labels.destination_workload,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Upstream HTTP connections, pooled per source pod (a connection carries its source's identity, so pods never
+//! share one) and per endpoint, each dialled the way L4 would reach the endpoint: an HBONE stream to a meshed
+//! workload on another node, plain TCP inside the node (with the source identity handed over in-process) or to a
+//! workload outside the mesh. HTTP/1.1 goes through hyper's pooling client (keep-alive, one request per
+//! connection at a time); HTTP/2 multiplexes every request to an endpoint on one connection, sent with the
+//! request's own `:authority`.
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddrV4},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::combinators::BoxBody;
+use hyper_util::{
+    client::legacy::{
+        connect::{Connected, Connection},
+        Client,
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::{
+    hbone::client::Tunnel,
+    identity::Identity,
+    l4::{
+        destination::Route,
+        local_peers::Registration,
+        outbound::{self, Path},
+        DataPath, PodContext,
+    },
+};
+
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+type Http1Client = Client<Connector, RequestBody>;
+type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What kind of upstream connections a cluster wants.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Protocol {
+    pub http2: bool,
+    /// `maxRequestsPerConnection: 1`: a fresh connection per request.
+    pub reuse: bool,
+}
+
+/// Why an attempt got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (Envoy's UF).
+    ConnectFailure(String),
+    /// The upstream refused the HTTP/2 stream before processing it.
+    RefusedStream(String),
+    /// The connection or stream broke before the response headers (Envoy's UC / reset).
+    Reset(String),
+}
+
+/// The pooled connections of every source pod, created on a pod's first L7 request.
+#[derive(Default)]
+pub struct Upstreams {
+    http1: Mutex<HashMap<(String, bool), Http1Client>>,
+    http2: Mutex<HashMap<(String, SocketAddrV4), Http2Sender>>,
+}
+
+impl Upstreams {
+    /// Sends `request` (its URI in origin form, with `:authority`/Host set) to `endpoint` from `pod`.
+    pub async fn send(
+        &self,
+        dp: &Arc<DataPath>,
+        pod: &Arc<PodContext>,
+        protocol: Protocol,
+        endpoint: SocketAddrV4,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        if protocol.http2 {
+            return self.send_http2(dp, pod, endpoint, request).await;
+        }
+        let client = self.http1_client(dp, pod, protocol.reuse);
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("http://{endpoint}{path}").parse().map_err(|e| SendError::Reset(format!("{e}")))?;
+        client.request(http::Request::from_parts(parts, body)).await.map_err(|e| {
+            if e.is_connect() {
+                SendError::ConnectFailure(format!("{e:#}: {}", source_text(&e)))
+            } else {
+                SendError::Reset(source_text(&e))
+            }
+        })
+    }
+
+    fn http1_client(&self, dp: &Arc<DataPath>, pod: &Arc<PodContext>, reuse: bool) -> Http1Client {
+        let mut clients = self.http1.lock().expect("upstream clients poisoned");
+        clients
+            .entry((pod.name.clone(), reuse))
+            .or_insert_with(|| {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).set_host(false);
+                if !reuse {
+                    builder.pool_max_idle_per_host(0);
+                }
+                builder.build(Connector { dp: dp.clone(), pod: pod.clone() })
+            })
+            .clone()
+    }
+
+    async fn send_http2(
+        &self,
+        dp: &Arc<DataPath>,
+        pod: &Arc<PodContext>,
+        endpoint: SocketAddrV4,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let key = (pod.name.clone(), endpoint);
+        let pooled = self.http2.lock().expect("upstream clients poisoned").get(&key).filter(|s| !s.is_closed()).cloned();
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            None => {
+                // Two requests racing here may both dial; the later connection is pooled, the other serves its
+                // one request and closes when idle.
+                let io = dial(dp, pod, endpoint).await.map_err(SendError::ConnectFailure)?;
+                let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(|e| SendError::ConnectFailure(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
+                tokio::spawn(connection);
+                self.http2.lock().expect("upstream clients poisoned").insert(key, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(|e| SendError::Reset(e.to_string()))?;
+        sender.send_request(request).await.map_err(|e| {
+            let refused = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<h2::Error>())
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            if refused { SendError::RefusedStream(e.to_string()) } else { SendError::Reset(source_text(&e)) }
+        })
+    }
+
+    /// Drops a pod's pooled connections when it leaves the node.
+    pub fn forget(&self, pod: &str) {
+        self.http1.lock().expect("upstream clients poisoned").retain(|(name, _), _| name != pod);
+        self.http2.lock().expect("upstream clients poisoned").retain(|(name, _), _| name != pod);
+    }
+}
+
+/// The innermost cause, which is what says what happened ("connection refused", "connection reset").
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Dials endpoints for one source pod. The URI's authority is the endpoint (`ip:port`).
+#[derive(Clone)]
+pub struct Connector {
+    dp: Arc<DataPath>,
+    pod: Arc<PodContext>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamIo>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (dp, pod) = (self.dp.clone(), self.pod.clone());
+        Box::pin(async move {
+            let endpoint: SocketAddrV4 = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: not an IPv4 endpoint")))?;
+            dial(&dp, &pod, endpoint).await.map(TokioIo::new).map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))
+        })
+    }
+}
+
+async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result<UpstreamIo, String> {
+    let snapshot = dp.workloads.snapshot();
+    let source = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
+    let route = Route { upstream: endpoint, service: None, workload: snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned() };
+    let client = std::net::SocketAddr::V4(SocketAddrV4::new(pod.ip, 0));
+    let path = outbound::choose_path(dp, source.as_deref(), &route);
+    match (path, source) {
+        (Path::Hbone, Some(source)) => {
+            let tunnel = outbound::open_tunnel(dp, pod, &source, &route, client, None).await?;
+            Ok(UpstreamIo::Hbone(Box::new(tunnel)))
+        }
+        (Path::SameNode, Some(source)) => {
+            let (stream, registration) = outbound::connect_direct(dp, pod, endpoint, Some(Identity::of_workload(&source))).await?;
+            Ok(UpstreamIo::Tcp(stream, registration, Path::SameNode))
+        }
+        _ => {
+            let (stream, registration) = outbound::connect_direct(dp, pod, endpoint, None).await?;
+            Ok(UpstreamIo::Tcp(stream, registration, Path::Direct))
+        }
+    }
+}
+
+/// An upstream connection: a TCP socket, or a stream inside an HBONE tunnel.
+pub enum UpstreamIo {
+    Tcp(TcpStream, Option<Registration>, Path),
+    Hbone(Box<Tunnel>),
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Hbone(t) => Pin::new(&mut t.reader).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_shutdown(cx),
+        }
+    }
+}
