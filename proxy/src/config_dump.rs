@@ -27,6 +27,9 @@ pub struct ConfigDump {
     pub certificates: Vec<CertificateEntry>,
     /// `None` when keel runs without a workload source.
     pub xds: Option<XdsStatus>,
+    /// Listeners, routes, clusters and endpoints of the L7 engine.
+    #[serde(default)]
+    pub l7: crate::l7::dump::L7Dump,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,7 +89,7 @@ impl ConfigDump {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         let mut policies: Vec<PolicyEntry> = snapshot.policies.values().map(|p| policy(p)).collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        ConfigDump { workloads, services, policies, certificates, xds }
+        ConfigDump { workloads, services, policies, certificates, xds, l7: crate::l7::dump::L7Dump::build(&snapshot.l7) }
     }
 }
 

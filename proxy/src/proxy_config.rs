@@ -1,5 +1,5 @@
-//! `keel pc workloads|services|policies|certs|status`: the config dump as aligned tables, the way
-//! `istioctl ztunnel-config` prints a ztunnel's state.
+//! `keel pc workloads|services|policies|certs|status|listeners|routes|clusters|endpoints`: the config dump as
+//! aligned tables, the way `istioctl ztunnel-config` and `istioctl proxy-config` print a proxy's state.
 use crate::config_dump::ConfigDump;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -9,6 +9,10 @@ pub enum View {
     Policies,
     Certs,
     Status,
+    Listeners,
+    Routes,
+    Clusters,
+    Endpoints,
 }
 
 pub fn render(view: View, dump: &ConfigDump) -> String {
@@ -48,6 +52,36 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
                 vec![c.identity.clone(), c.state.clone(), c.serial.clone(), c.not_before.clone(), c.not_after.clone()]
             }),
         ),
+        View::Listeners => table(
+            &["NAME", "PORT", "ROUTE CONFIG", "FAULT FILTER"],
+            dump.l7.listeners.iter().map(|l| vec![l.name.clone(), l.port.to_string(), l.route_config.clone(), yes(l.faults)]),
+        ),
+        View::Routes => table(
+            &["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "ROUTE", "MATCH", "DESTINATION"],
+            dump.l7.routes.iter().map(|r| {
+                vec![r.route_config.clone(), r.virtual_host.clone(), r.domains.to_string(), r.name.clone(), r.matches.clone(), r.action.clone()]
+            }),
+        ),
+        View::Clusters => table(
+            &["CLUSTER", "LB", "PROTOCOL", "ENDPOINTS", "EJECTED", "LIMITS (CONN/PENDING/REQ/RETRY)", "OUTLIER DETECTION"],
+            dump.l7.clusters.iter().map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.lb_policy.clone(),
+                    if c.http2 { "HTTP/2" } else { "HTTP/1.1" }.into(),
+                    c.endpoints.to_string(),
+                    c.ejected.to_string(),
+                    c.limits.clone(),
+                    yes(c.outlier_detection),
+                ]
+            }),
+        ),
+        View::Endpoints => table(
+            &["ENDPOINT", "OUTLIER CHECK", "ACTIVE", "LOCALITY", "CLUSTER"],
+            dump.l7.endpoints.iter().map(|e| {
+                vec![e.address.clone(), e.outlier_check.clone(), e.active_requests.to_string(), e.locality.clone(), e.cluster.clone()]
+            }),
+        ),
         View::Status => match &dump.xds {
             None => "no workload source: keel runs without a control plane or config directory\n".into(),
             Some(x) => {
@@ -66,6 +100,10 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
             }
         },
     }
+}
+
+fn yes(on: bool) -> String {
+    if on { "yes" } else { "-" }.into()
 }
 
 /// Columns padded to their widest cell, two spaces apart.

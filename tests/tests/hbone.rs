@@ -11,3 +11,8 @@ fn independent_hbone_client_gets_the_reference_behaviour() {
 fn two_nodes_carry_pod_traffic_over_mtls_under_policy() {
     keel_tests::scenarios::mesh_mtls::cross_node_mtls_and_policies();
 }
+
+#[test]
+fn virtual_services_and_destination_rules_route_http_across_nodes() {
+    keel_tests::scenarios::traffic_management::virtual_services_and_destination_rules_take_effect();
+}

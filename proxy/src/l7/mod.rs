@@ -11,6 +11,7 @@ pub mod circuit;
 pub mod cluster;
 pub mod cluster_config;
 pub mod config;
+pub mod dump;
 pub mod fault;
 pub mod matching;
 pub mod outlier;

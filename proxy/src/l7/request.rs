@@ -289,10 +289,11 @@ impl Forward<'_> {
         let protocol = protocol_of(cluster);
         let mut retry_permit = None;
         let mut attempt = 0u32;
+        let mut tried: Vec<std::net::SocketAddr> = Vec::new();
         loop {
             attempt += 1;
             record.attempts = attempt;
-            let Some(endpoint) = cluster.pick(hash) else {
+            let Some(endpoint) = pick_endpoint(cluster, hash, retries, &tried) else {
                 record.flag("UH");
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
@@ -301,6 +302,7 @@ impl Forward<'_> {
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error: IPv6 endpoints are not supported");
             };
             record.upstream = Some(endpoint.address);
+            tried.push(endpoint.address);
             self.note_destination(address, record);
             let authority = self.plan.host_rewrite.as_deref().unwrap_or(self.authority);
             let request = build_request(&self.parts.method, &self.parts.uri, &self.parts.headers, authority, protocol.http2, body.take());
@@ -372,6 +374,27 @@ impl Forward<'_> {
         let route = Route { upstream: endpoint, service: None, workload: workload.cloned() };
         record.mutual_tls = outbound::choose_path(&self.d.dp, self.d.source.as_deref(), &route) == outbound::Path::Hbone;
     }
+}
+
+/// The endpoint for the next attempt: on a retry with `previous_hosts`, one not tried yet if the balancer offers
+/// it within the allowed number of picks.
+fn pick_endpoint(
+    cluster: &Cluster,
+    hash: Option<u64>,
+    retries: Option<&super::retry::Retries>,
+    tried: &[std::net::SocketAddr],
+) -> Option<Arc<super::balancer::Endpoint>> {
+    let avoid = retries.filter(|r| r.avoid_previous_hosts && !tried.is_empty());
+    let picks = avoid.map_or(1, |r| r.host_selection_attempts);
+    let mut endpoint = None;
+    for _ in 0..picks {
+        endpoint = cluster.pick(hash);
+        match &endpoint {
+            Some(e) if tried.contains(&e.address) => continue,
+            _ => break,
+        }
+    }
+    endpoint
 }
 
 fn protocol_of(cluster: &Cluster) -> Protocol {

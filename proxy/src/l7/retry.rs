@@ -38,7 +38,13 @@ pub struct Retries {
     grpc_codes: Vec<u32>,
     base_interval: Duration,
     max_interval: Duration,
+    /// Envoy's `previous_hosts` predicate (Istio sets it): a retry goes to an endpoint not tried yet when the
+    /// balancer offers one within `host_selection_attempts` picks.
+    pub avoid_previous_hosts: bool,
+    pub host_selection_attempts: u32,
 }
+
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
 fn duration(d: &prost_types::Duration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
@@ -77,6 +83,13 @@ impl Retries {
         if !policy.retry_on.split(',').any(|c| c.trim() == "retriable-status-codes") {
             r.status_codes.clear();
         }
+        for (i, predicate) in policy.retry_host_predicate.iter().enumerate() {
+            if predicate.name != PREVIOUS_HOSTS {
+                return Err(format!("{field}.retry_host_predicate[{i}]: {} is not supported ({PREVIOUS_HOSTS} is)", predicate.name));
+            }
+            r.avoid_previous_hosts = true;
+        }
+        r.host_selection_attempts = u32::try_from(policy.host_selection_retry_max_attempts).unwrap_or(1).clamp(1, 16);
         let back_off = policy.retry_back_off.as_ref();
         r.base_interval = back_off.and_then(|b| b.base_interval.as_ref()).map(duration).unwrap_or(DEFAULT_BASE_INTERVAL);
         r.max_interval = back_off.and_then(|b| b.max_interval.as_ref()).map(duration).unwrap_or(r.base_interval * 10);

@@ -12,6 +12,7 @@ pub mod mesh_mtls;
 pub mod lifecycle;
 pub mod robustness;
 pub mod selftest;
+pub mod traffic_management;
 
 use crate::lab::{Connection, Keel, Lab, Pod, ServeMode};
 use anyhow::{bail, Context, Result};

@@ -127,11 +127,10 @@ async fn handle(
         match req.uri().path() {
             "/__stats" => {
                 let n = state.requests.load(Relaxed);
-                return Ok(json_response(
-                    &state,
-                    StatusCode::OK,
-                    json!({"server": state.name, "requests": n}),
-                ));
+                let mut response = json_response(&state, StatusCode::OK, json!({"server": state.name, "requests": n}));
+                // Also as a header, so `http-load --record-header x-stats-requests` can read it.
+                response.headers_mut().insert("x-stats-requests", HeaderValue::from(n));
+                return Ok(response);
             }
             "/__set" => return Ok(set(&state, req.uri().query().unwrap_or(""))),
             _ => {}

@@ -1,0 +1,158 @@
+//! The L7 part of `/config_dump`, in the shape `keel pc listeners|routes|clusters|endpoints` prints (after
+//! `istioctl proxy-config`): what keel is routing by right now, with live balancer and outlier state.
+use std::sync::atomic::Ordering;
+
+use keel_proto::route::{route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route};
+use serde::{Deserialize, Serialize};
+
+use super::{balancer::Policy, config::L7Config};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct L7Dump {
+    pub listeners: Vec<ListenerEntry>,
+    pub routes: Vec<RouteEntry>,
+    pub clusters: Vec<ClusterEntry>,
+    pub endpoints: Vec<EndpointEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListenerEntry {
+    pub name: String,
+    pub port: u16,
+    pub route_config: String,
+    pub faults: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub route_config: String,
+    pub virtual_host: String,
+    pub domains: usize,
+    pub name: String,
+    pub matches: String,
+    pub action: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterEntry {
+    pub name: String,
+    pub lb_policy: String,
+    pub http2: bool,
+    pub endpoints: usize,
+    pub ejected: usize,
+    /// `max_connections/max_pending/max_requests/max_retries`.
+    pub limits: String,
+    pub outlier_detection: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EndpointEntry {
+    pub address: String,
+    pub cluster: String,
+    pub outlier_check: String,
+    pub active_requests: u64,
+    pub locality: String,
+}
+
+fn describe_match(route: &Route) -> String {
+    let Some(m) = &route.r#match else { return "-".into() };
+    let mut parts = vec![match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => format!("prefix {p}"),
+        Some(PathSpecifier::Path(p)) => format!("path {p}"),
+        Some(PathSpecifier::SafeRegex(r)) => format!("regex {}", r.regex),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => format!("prefix {p}/"),
+        None => "any path".into(),
+    }];
+    parts.extend(m.headers.iter().map(|h| format!("header {}", h.name)));
+    parts.extend(m.query_parameters.iter().map(|q| format!("query {}", q.name)));
+    parts.join(", ")
+}
+
+fn describe_action(route: &Route) -> String {
+    match &route.action {
+        Some(Action::Route(a)) => match &a.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+            Some(ClusterSpecifier::WeightedClusters(w)) => {
+                w.clusters.iter().map(|c| format!("{}={}", c.name, c.weight.unwrap_or(0))).collect::<Vec<_>>().join(" ")
+            }
+            _ => "-".into(),
+        },
+        Some(Action::Redirect(r)) => format!("redirect {}{}", r.host_redirect, match &r.path_rewrite_specifier {
+            Some(keel_proto::route::redirect_action::PathRewriteSpecifier::PathRedirect(p)) => p.as_str(),
+            _ => "",
+        }),
+        Some(Action::DirectResponse(d)) => format!("direct response {}", d.status),
+        None => "-".into(),
+    }
+}
+
+fn policy_name(p: &Policy) -> &'static str {
+    match p {
+        Policy::LeastRequest { .. } => "LEAST_REQUEST",
+        Policy::RoundRobin => "ROUND_ROBIN",
+        Policy::Random => "RANDOM",
+        Policy::RingHash { .. } => "RING_HASH",
+        Policy::Maglev { .. } => "MAGLEV",
+    }
+}
+
+impl L7Dump {
+    pub fn build(l7: &L7Config) -> L7Dump {
+        let mut listeners: Vec<ListenerEntry> = l7
+            .listeners
+            .values()
+            .map(|l| ListenerEntry { name: l.name.clone(), port: l.port, route_config: l.route_config.clone(), faults: l.faults })
+            .collect();
+        listeners.sort_by_key(|l| l.port);
+        let mut names: Vec<&String> = l7.route_tables.keys().collect();
+        names.sort();
+        let routes = names
+            .into_iter()
+            .flat_map(|name| {
+                l7.route_tables[name].virtual_hosts().iter().flat_map(move |host| {
+                    host.routes.iter().map(move |r| RouteEntry {
+                        route_config: name.clone(),
+                        virtual_host: host.name.clone(),
+                        domains: host.host.domains.len(),
+                        name: if r.route.name.is_empty() { "-".into() } else { r.route.name.clone() },
+                        matches: describe_match(&r.route),
+                        action: describe_action(&r.route),
+                    })
+                })
+            })
+            .collect();
+        let mut clusters: Vec<ClusterEntry> = l7
+            .clusters
+            .values()
+            .map(|c| {
+                let l = &c.config.limits;
+                ClusterEntry {
+                    name: c.config.name.clone(),
+                    lb_policy: policy_name(&c.config.policy).into(),
+                    http2: c.config.http2,
+                    endpoints: c.balancer.endpoints().len(),
+                    ejected: c.ejected(),
+                    limits: format!("{}/{}/{}/{}", l.max_connections, l.max_pending_requests, l.max_requests, l.max_retries),
+                    outlier_detection: c.config.outlier.is_some(),
+                }
+            })
+            .collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut endpoints: Vec<EndpointEntry> = l7
+            .clusters
+            .values()
+            .flat_map(|c| {
+                let localities = c.assignment.iter().flat_map(|a| a.endpoints.iter()).map(|e| e.locality.clone());
+                c.balancer.endpoints().iter().zip(localities).map(|(e, locality)| EndpointEntry {
+                    address: e.address.to_string(),
+                    cluster: c.config.name.clone(),
+                    outlier_check: if e.ejected.load(Ordering::Relaxed) { "FAILED" } else { "OK" }.into(),
+                    active_requests: e.active.load(Ordering::Relaxed),
+                    locality: locality.map_or_else(|| "-".into(), |(r, z, s)| [r, z, s].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")),
+                })
+            })
+            .collect();
+        endpoints.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
+        L7Dump { listeners, routes, clusters, endpoints }
+    }
+}
