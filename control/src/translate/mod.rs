@@ -239,8 +239,21 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&Auth
         services: member_of,
         authorization_policies,
         cluster_id: mesh.cluster_id.clone(),
+        locality: pod_locality(&m.labels),
         ..Default::default()
     }
+}
+
+/// The pod's locality from Kubernetes' topology labels (`None` without any), which the proxies use to prefer
+/// nearby endpoints.
+fn pod_locality(labels: &BTreeMap<String, String>) -> Option<workload::Locality> {
+    let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+    let locality = workload::Locality {
+        region: label("topology.kubernetes.io/region"),
+        zone: label("topology.kubernetes.io/zone"),
+        subzone: label("topology.istio.io/subzone"),
+    };
+    (!(locality.region.is_empty() && locality.zone.is_empty() && locality.subzone.is_empty())).then_some(locality)
 }
 
 /// Istio's canonical service (telemetry's name and version of a workload) from the usual labels.

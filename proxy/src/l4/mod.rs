@@ -108,14 +108,24 @@ pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodCont
         Direction::Outbound => "outbound",
         Direction::Inbound => "inbound",
     };
+    let draining = stop.clone();
     accept_loop(listener, what, pod.clone(), stop, move |stream, peer| {
-        let (pod, data_path) = (pod.clone(), data_path.clone());
-        async move { handle(stream, peer, direction, &pod, &data_path).await }
+        let (pod, data_path, draining) = (pod.clone(), data_path.clone(), draining.clone());
+        async move { handle(stream, peer, direction, &pod, &data_path, draining).await }
     })
     .await
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, pod: &Arc<PodContext>, dp: &Arc<DataPath>) {
+/// `draining` flips when the pod's listeners stop (unenroll or shutdown): HTTP connections then finish their
+/// requests and close (GOAWAY on HTTP/2); byte relays run to their natural end.
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    pod: &Arc<PodContext>,
+    dp: &Arc<DataPath>,
+    draining: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     dp.telemetry.connection_opened(direction);
     let _ = client.set_nodelay(true);
@@ -128,7 +138,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, direction: Direction, p
     match proxy(&mut client, direction, pod, dp, &mut record).await {
         Ok(Handled::Relayed) => {}
         Ok(Handled::Http(downstream)) => {
-            if let Err(e) = crate::l7::server::serve_connection(client, downstream).await {
+            if let Err(e) = crate::l7::server::serve_connection(client, downstream, draining).await {
                 debug!(pod = %pod.name, error = %e, "HTTP connection ended with an error");
                 record.error = Some(e);
             }
@@ -199,6 +209,7 @@ fn http_downstream(destination: SocketAddrV4, pod: &Arc<PodContext>, dp: &Arc<Da
         pod: pod.clone(),
         port: destination.port(),
         client_ip: IpAddr::V4(pod.ip),
+        locality: source.as_ref().and_then(|w| w.locality.as_ref()).map(|l| (l.region.clone(), l.zone.clone(), l.subzone.clone())),
         source,
         metrics: dp.telemetry.http.clone(),
     }))

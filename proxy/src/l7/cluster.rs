@@ -1,6 +1,10 @@
 //! A live upstream cluster: its endpoints (from the ClusterLoadAssignment) behind the configured balancer, its
 //! circuit breaker, its outlier detector, and the connection slots that make HTTP/1.1's one-request-per-
 //! connection limit (`maxConnections`) queue requests as Envoy's pending queue does.
+//!
+//! Locality preference, as Istio enables it when a cluster has outlier detection: a client is served by the
+//! endpoints of its own region/zone/subzone while any of them is healthy, then its zone, then its region, then
+//! all. Each level is a balancer over the same endpoints, so in-flight counts and ejections are shared.
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -31,6 +35,8 @@ pub struct Cluster {
     outlier: Option<OutlierDetector>,
     /// HTTP/1.1 only: one slot per allowed upstream connection; a request holds one while it is in flight.
     connection_slots: Option<Arc<Semaphore>>,
+    /// (region, zone, subzone) prefixes → the balancer over endpoints sharing them, most specific first.
+    localities: Vec<((String, String, String), Balancer)>,
     born: Instant,
     last_sweep_ms: AtomicU64,
 }
@@ -46,6 +52,7 @@ impl Cluster {
         let endpoints: Vec<Arc<Endpoint>> =
             assignment.iter().flat_map(|a| a.endpoints.iter()).map(|e| Endpoint::new(e.address)).collect();
         let outlier = config.outlier.clone().map(|settings| OutlierDetector::new(settings, endpoints.clone()));
+        let localities = if outlier.is_some() { locality_levels(&config, assignment.as_deref(), &endpoints) } else { Vec::new() };
         let connection_slots =
             (!config.http2).then(|| Arc::new(Semaphore::new(config.limits.max_connections.min(Semaphore::MAX_PERMITS as u32) as usize)));
         Cluster {
@@ -53,6 +60,7 @@ impl Cluster {
             breaker: CircuitBreaker::new(config.limits),
             outlier,
             connection_slots,
+            localities,
             config,
             assignment,
             born: Instant::now(),
@@ -91,8 +99,9 @@ impl Cluster {
         self.breaker.acquire(Resource::Retry)
     }
 
-    /// Picks an endpoint, returning ejected ones whose time is up first.
-    pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+    /// Picks an endpoint for a client in `locality` (nearest healthy level first), returning ejected endpoints
+    /// whose time is up before.
+    pub fn pick(&self, hash: Option<u64>, locality: Option<&(String, String, String)>) -> Option<Arc<Endpoint>> {
         if let Some(outlier) = &self.outlier {
             let now_ms = self.born.elapsed().as_millis() as u64;
             let last = self.last_sweep_ms.load(Ordering::Relaxed);
@@ -100,6 +109,15 @@ impl Cluster {
                 && self.last_sweep_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 outlier.sweep(Instant::now());
+            }
+        }
+        if let Some((region, zone, subzone)) = locality {
+            let levels = [(region, zone, subzone), (region, zone, &String::new()), (region, &String::new(), &String::new())];
+            for level in levels.iter().filter(|(r, ..)| !r.is_empty()) {
+                let nearby = self.localities.iter().find(|((r, z, s), _)| (r, z, s) == (level.0, level.1, level.2));
+                if let Some((_, balancer)) = nearby.filter(|(_, b)| b.endpoints().iter().any(|e| !e.ejected.load(Ordering::Relaxed))) {
+                    return balancer.pick(hash).cloned();
+                }
             }
         }
         self.balancer.pick(hash).cloned()
@@ -117,6 +135,26 @@ impl Cluster {
     pub fn ejected(&self) -> usize {
         self.balancer.endpoints().iter().filter(|e| e.ejected.load(Ordering::Relaxed)).count()
     }
+}
+
+/// One balancer per locality prefix that some endpoint has: (r, z, s), (r, z, ""), (r, "", "").
+fn locality_levels(config: &ClusterConfig, assignment: Option<&LoadAssignment>, endpoints: &[Arc<Endpoint>]) -> Vec<((String, String, String), Balancer)> {
+    let Some(assignment) = assignment else { return Vec::new() };
+    let mut levels: Vec<((String, String, String), Vec<Arc<Endpoint>>)> = Vec::new();
+    for (lb, endpoint) in assignment.endpoints.iter().zip(endpoints) {
+        let Some((r, z, s)) = &lb.locality else { continue };
+        for key in [(r.clone(), z.clone(), s.clone()), (r.clone(), z.clone(), String::new()), (r.clone(), String::new(), String::new())] {
+            match levels.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, list)) => {
+                    if !list.iter().any(|e| Arc::ptr_eq(e, endpoint)) {
+                        list.push(endpoint.clone());
+                    }
+                }
+                None => levels.push((key, vec![endpoint.clone()])),
+            }
+        }
+    }
+    levels.into_iter().map(|(key, list)| (key, Balancer::new(&config.policy, list))).collect()
 }
 
 /// Tracks one request on an endpoint for least-request balancing.
@@ -174,5 +212,40 @@ mod tests {
         let _a = c.admit().await.unwrap();
         let _b = c.admit().await.unwrap();
         assert_eq!(c.admit().await.err().map(|o| o.0), Some(Resource::Request));
+    }
+
+    #[test]
+    fn clients_stay_in_their_zone_while_it_has_a_healthy_endpoint() {
+        use crate::l7::outlier::OutlierSettings;
+        let config = ClusterConfig {
+            name: "c".into(),
+            policy: Policy::RoundRobin,
+            limits: Limits::default(),
+            outlier: Some(OutlierSettings {
+                consecutive_5xx: 1,
+                consecutive_gateway_failure: 0,
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 100,
+            }),
+            connect_timeout: Duration::from_secs(1),
+            max_requests_per_connection: 0,
+            http2: false,
+        };
+        let at = |ip: &str, zone: &str| LbEndpoint {
+            address: ip.parse().unwrap(),
+            hostname: String::new(),
+            locality: Some(("eu".into(), zone.into(), String::new())),
+        };
+        let endpoints = vec![at("10.0.0.1:80", "a"), at("10.0.0.2:80", "b"), at("10.0.0.3:80", "b")];
+        let c = Cluster::new(Arc::new(config), Some(Arc::new(LoadAssignment { cluster: "c".into(), endpoints })));
+        let zone_a = ("eu".to_owned(), "a".to_owned(), String::new());
+        let picks: std::collections::HashSet<_> = (0..20).map(|_| c.pick(None, Some(&zone_a)).unwrap().address).collect();
+        assert_eq!(picks, ["10.0.0.1:80".parse().unwrap()].into(), "zone a's only endpoint takes zone a's clients");
+        assert_eq!((0..20).map(|_| c.pick(None, None).unwrap().address).collect::<std::collections::HashSet<_>>().len(), 3);
+        let local = c.pick(None, Some(&zone_a)).unwrap();
+        assert!(c.report(&local, Outcome::ServerError), "one 5xx ejects");
+        let failover: std::collections::HashSet<_> = (0..20).map(|_| c.pick(None, Some(&zone_a)).unwrap().address).collect();
+        assert!(!failover.contains(&local.address) && failover.len() == 2, "zone a ejected: the region takes over: {failover:?}");
     }
 }

@@ -46,6 +46,8 @@ pub struct Downstream {
     pub port: u16,
     pub client_ip: IpAddr,
     pub source: Option<Arc<Workload>>,
+    /// The source workload's (region, zone, subzone), for locality-preferring balancing.
+    pub locality: Option<(String, String, String)>,
     pub metrics: Arc<HttpMetrics>,
 }
 
@@ -265,7 +267,7 @@ impl Forward<'_> {
             let (d, method, uri, body) = (self.d.clone(), self.parts.method.clone(), self.parts.uri.clone(), body.clone());
             tokio::spawn(async move {
                 let Ok(_admission) = cluster.admit().await else { return };
-                let Some(endpoint) = cluster.pick(None) else { return };
+                let Some(endpoint) = cluster.pick(None, d.locality.as_ref()) else { return };
                 let Some(endpoint_v4) = v4(endpoint.address) else { return };
                 let request = build_request(&method, &uri, &headers, &shadow, cluster.config.http2, full(body));
                 let protocol = protocol_of(&cluster);
@@ -293,7 +295,7 @@ impl Forward<'_> {
         loop {
             attempt += 1;
             record.attempts = attempt;
-            let Some(endpoint) = pick_endpoint(cluster, hash, retries, &tried) else {
+            let Some(endpoint) = pick_endpoint(cluster, hash, retries, &tried, self.d.locality.as_ref()) else {
                 record.flag("UH");
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
@@ -383,12 +385,13 @@ fn pick_endpoint(
     hash: Option<u64>,
     retries: Option<&super::retry::Retries>,
     tried: &[std::net::SocketAddr],
+    locality: Option<&(String, String, String)>,
 ) -> Option<Arc<super::balancer::Endpoint>> {
     let avoid = retries.filter(|r| r.avoid_previous_hosts && !tried.is_empty());
     let picks = avoid.map_or(1, |r| r.host_selection_attempts);
     let mut endpoint = None;
     for _ in 0..picks {
-        endpoint = cluster.pick(hash);
+        endpoint = cluster.pick(hash, locality);
         match &endpoint {
             Some(e) if tried.contains(&e.address) => continue,
             _ => break,

@@ -8,7 +8,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::request::{handle, Downstream};
 
@@ -19,8 +19,10 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Request head limit (HTTP/1.1 buffer and HTTP/2 header list), Envoy's default of 60 KiB.
 const MAX_HEADERS_BYTES: usize = 60 * 1024;
 
-/// Serves the connection until the client closes it; errors are the connection's end, returned for the log.
-pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>) -> Result<(), String> {
+/// Serves the connection until the client closes it, or until `draining` flips: then requests in flight finish
+/// and the connection closes gracefully (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` after the current
+/// response). Errors are the connection's end, returned for the log.
+pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mut draining: watch::Receiver<bool>) -> Result<(), String> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -35,5 +37,16 @@ pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>) ->
         .max_header_list_size(MAX_HEADERS_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(60));
     let service = service_fn(move |request| handle(request, downstream.clone()));
-    builder.serve_connection(TokioIo::new(client), service).await.map_err(|e| e.to_string())
+    let connection = builder.serve_connection(TokioIo::new(client), service);
+    tokio::pin!(connection);
+    // The watch's guard is dropped inside this future, so nothing un-Send lives across the awaits below.
+    let drain = async move { draining.wait_for(|stop| *stop).await.is_ok() };
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = drain => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    served.map_err(|e| e.to_string())
 }

@@ -365,4 +365,54 @@ mod tests {
         assert!(snap.workloads_by_ip.contains_key(&"10.0.0.2".parse::<IpAddr>().unwrap()));
         assert!(snap.services.is_empty() && snap.services_by_vip.is_empty());
     }
+
+    #[test]
+    fn l7_resources_are_checked_and_a_cluster_and_its_endpoints_share_a_name() {
+        use keel_proto::{
+            cluster::{cluster::{ClusterDiscoveryType, DiscoveryType}, Cluster},
+            endpoint::ClusterLoadAssignment,
+            matcher::RegexMatcher,
+            route::{route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost},
+            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
+        };
+        let bad_regex = RouteConfiguration {
+            name: "80".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "a".into(),
+                domains: vec!["a".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher { regex: "(".into(), engine_type: None })),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())), ..Default::default() })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let err = decode(ROUTE_CONFIGURATION_TYPE_URL, "80", &bad_regex.encode_to_vec()).unwrap_err();
+        assert!(err.to_string().starts_with("resource 80: field virtual_hosts[0].routes[0].match"), "{err}");
+        let err = decode(LISTENER_TYPE_URL, "0.0.0.0_80", &keel_proto::listener::Listener::default().encode_to_vec()).unwrap_err();
+        assert!(err.reason.contains("field `address`"), "{err}");
+
+        let name = "outbound|80||a.default.svc.cluster.local";
+        let cluster = Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Default::default()
+        };
+        let store = WorkloadStore::default();
+        store.apply(
+            vec![
+                (name.into(), decode(CLUSTER_TYPE_URL, name, &cluster.encode_to_vec()).unwrap()),
+                (name.into(), decode(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, name, &ClusterLoadAssignment::default().encode_to_vec()).unwrap()),
+            ],
+            &[],
+        );
+        assert!(store.snapshot().l7.clusters.contains_key(name), "a live cluster is built");
+        store.apply(vec![], &[(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.into(), name.into())]);
+        let snapshot = store.snapshot();
+        assert!(snapshot.l7.cluster_configs.contains_key(name) && !snapshot.l7.load_assignments.contains_key(name), "removal is per type");
+    }
 }
