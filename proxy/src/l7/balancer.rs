@@ -54,7 +54,12 @@ pub enum Policy {
 pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     kind: Kind,
+    /// Below this share of healthy endpoints (percent), ejections are ignored (Envoy's panic threshold).
+    panic_threshold: f64,
 }
+
+/// Envoy's default healthy panic threshold.
+pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
 #[derive(Debug)]
 enum Kind {
@@ -76,7 +81,12 @@ impl Balancer {
             Policy::RingHash { min_ring_size } => Kind::Ring(ring(&endpoints, min_ring_size)),
             Policy::Maglev { table_size } => Kind::Maglev(maglev(&endpoints, table_size)),
         };
-        Balancer { endpoints, kind }
+        Balancer { endpoints, kind, panic_threshold: DEFAULT_PANIC_THRESHOLD }
+    }
+
+    pub fn with_panic_threshold(mut self, percent: f64) -> Balancer {
+        self.panic_threshold = percent.clamp(0.0, 100.0);
+        self
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
@@ -89,10 +99,10 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        // Envoy's panic threshold (50 %): with too few healthy endpoints left, ejection is ignored and traffic
-        // spreads over all of them rather than overloading the few (or failing with none).
+        // Envoy's panic threshold (50 % unless configured): with too few healthy endpoints left, ejection is
+        // ignored and traffic spreads over all of them rather than overloading the few (or failing with none).
         let healthy = self.endpoints.iter().filter(|e| e.available()).count();
-        let panic = healthy * 2 < n;
+        let panic = (healthy as f64) * 100.0 < self.panic_threshold * n as f64;
         let usable = |e: usize| panic || self.endpoints[e].available();
         let mut rng = rand::rng();
         let index = match (&self.kind, hash) {

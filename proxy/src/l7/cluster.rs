@@ -56,7 +56,7 @@ impl Cluster {
         let connection_slots =
             (!config.http2).then(|| Arc::new(Semaphore::new(config.limits.max_connections.min(Semaphore::MAX_PERMITS as u32) as usize)));
         Cluster {
-            balancer: Balancer::new(&config.policy, endpoints),
+            balancer: Balancer::new(&config.policy, endpoints).with_panic_threshold(config.panic_threshold),
             breaker: CircuitBreaker::new(config.limits),
             outlier,
             connection_slots,
@@ -154,7 +154,7 @@ fn locality_levels(config: &ClusterConfig, assignment: Option<&LoadAssignment>, 
             }
         }
     }
-    levels.into_iter().map(|(key, list)| (key, Balancer::new(&config.policy, list))).collect()
+    levels.into_iter().map(|(key, list)| (key, Balancer::new(&config.policy, list).with_panic_threshold(config.panic_threshold))).collect()
 }
 
 /// Tracks one request on an endpoint for least-request balancing.
@@ -187,6 +187,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_requests_per_connection: 0,
             http2,
+            panic_threshold: 50.0,
         };
         let endpoints = vec![LbEndpoint { address: "10.0.0.1:80".parse().unwrap(), hostname: String::new(), locality: None }];
         Cluster::new(Arc::new(config), Some(Arc::new(LoadAssignment { cluster: "c".into(), endpoints })))
@@ -231,6 +232,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_requests_per_connection: 0,
             http2: false,
+            panic_threshold: 50.0,
         };
         let at = |ip: &str, zone: &str| LbEndpoint {
             address: ip.parse().unwrap(),

@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub max_requests_per_connection: u32,
     /// Speak HTTP/2 (h2c or inside HBONE) to the endpoints.
     pub http2: bool,
+    /// `common_lb_config.healthy_panic_threshold` (Istio's `minHealthPercent`), percent.
+    pub panic_threshold: f64,
 }
 
 fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
@@ -73,6 +75,11 @@ impl ClusterConfig {
             connect_timeout: duration(c.connect_timeout.as_ref()).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             max_requests_per_connection: c.max_requests_per_connection.unwrap_or(0),
             http2: c.http2_protocol_options.is_some(),
+            panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map_or(super::balancer::DEFAULT_PANIC_THRESHOLD, |p| p.value),
         })
     }
 }

@@ -145,6 +145,18 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     if !keel.log().lines().any(|l| l.contains("request") && l.contains("/items") && l.contains("outbound|80||catalog.default.svc.cluster.local")) {
         bail!("no access-log line names the request and its cluster");
     }
+    // Every request gets an x-request-id and a W3C trace context; a caller's trace is continued, not replaced.
+    let traced = c.load(20, 2, &["--record-header", "x-echo-x-request-id", "--record-header", "x-echo-traceparent"])?;
+    let distinct = |v: &Value, h: &str| v.pointer(&format!("/headers/{h}")).and_then(Value::as_object).map_or(0, |m| m.keys().filter(|k| !k.is_empty()).count());
+    if distinct(&traced, "x-echo-x-request-id") != 20 || distinct(&traced, "x-echo-traceparent") != 20 {
+        bail!("want 20 distinct request ids and traceparents at the server, got {traced}");
+    }
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let joined = c.load(5, 1, &["--header", &format!("traceparent: 00-{caller_trace}-00f067aa0ba902b7-01"), "--record-header", "x-echo-traceparent"])?;
+    let parents: Vec<String> = joined.pointer("/headers/x-echo-traceparent").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    if parents.len() != 5 || !parents.iter().all(|p| p.starts_with(&format!("00-{caller_trace}-")) && !p.contains("00f067aa0ba902b7")) {
+        bail!("keel must continue the caller's trace with its own span: {joined}");
+    }
     let routes = keel.cli(&["pc", "routes"])?;
     if !routes.contains("catalog.default.svc.cluster.local") {
         bail!("`keel pc routes` does not list catalog:\n{routes}");
@@ -305,7 +317,28 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
         bail!("gRPC error status not carried in trailers: {failing}");
     }
 
-    // 12. A bad VirtualService is refused with an error naming it and the field; the old routes keep working.
+    // 12. A config change never drops an in-flight request: slow requests keep flowing while routes change.
+    c.set(c.v1, "delay_ms=300")?;
+    c.set(c.v2, "delay_ms=300")?;
+    let during = std::thread::scope(|s| {
+        let load = s.spawn(|| c.load(60, 6, &[]));
+        let changes = [
+            virtual_service("  - route:\n    - destination: {host: catalog, subset: v2}\n"),
+            virtual_service("  - route:\n    - destination: {host: catalog, subset: v1}\n"),
+        ];
+        for change in &changes {
+            std::thread::sleep(Duration::from_millis(300));
+            c.apply(&[SUBSETS, change])?;
+        }
+        load.join().expect("load thread")
+    })?;
+    c.set(c.v1, "delay_ms=0")?;
+    c.set(c.v2, "delay_ms=0")?;
+    if status(&during, 200) != 60 {
+        bail!("requests failed while the routes changed under them: {during}");
+    }
+
+    // 13. A bad VirtualService is refused with an error naming it and the field; the old routes keep working.
     let bad = virtual_service("  - match:\n    - uri: {regex: \"(unclosed\"}\n    route:\n    - destination: {host: catalog, subset: v2}\n");
     c.apply(&[SUBSETS, &bad])?;
     let v = c.load(100, 4, &[])?;
