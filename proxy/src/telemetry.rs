@@ -60,6 +60,16 @@ impl Peer {
             Some(w) => Peer { workload: Some(format!("{}/{}", w.namespace, w.name)), identity: Some(Identity::of_workload(w)) },
         }
     }
+
+    /// Istio's metric labels for this end: workload name, namespace and principal ("unknown" when not known).
+    pub fn istio_labels(&self) -> (String, String, String) {
+        let unknown = || "unknown".to_owned();
+        let (name, namespace) = match self.workload.as_deref().and_then(|w| w.split_once('/')) {
+            Some((ns, name)) => (name.to_owned(), ns.to_owned()),
+            None => (unknown(), unknown()),
+        };
+        (name, namespace, self.identity.as_ref().map_or_else(unknown, ToString::to_string))
+    }
 }
 
 fn or_dash(value: &Option<impl std::fmt::Display>) -> String {
@@ -136,16 +146,8 @@ struct IstioTcpLabels {
 
 impl IstioTcpLabels {
     fn of(record: &ConnectionRecord) -> IstioTcpLabels {
-        let unknown = || "unknown".to_owned();
-        let split = |peer: &Peer| -> (String, String) {
-            match peer.workload.as_deref().and_then(|w| w.split_once('/')) {
-                Some((ns, name)) => (name.to_owned(), ns.to_owned()),
-                None => (unknown(), unknown()),
-            }
-        };
-        let principal = |peer: &Peer| peer.identity.as_ref().map_or_else(unknown, ToString::to_string);
-        let (source_workload, source_workload_namespace) = split(&record.source_peer);
-        let (destination_workload, destination_workload_namespace) = split(&record.destination_peer);
+        let (source_workload, source_workload_namespace, source_principal) = record.source_peer.istio_labels();
+        let (destination_workload, destination_workload_namespace, destination_principal) = record.destination_peer.istio_labels();
         IstioTcpLabels {
             reporter: match record.direction {
                 Direction::Outbound => "source",
@@ -153,11 +155,11 @@ impl IstioTcpLabels {
             },
             source_workload,
             source_workload_namespace,
-            source_principal: principal(&record.source_peer),
+            source_principal,
             destination_workload,
             destination_workload_namespace,
-            destination_principal: principal(&record.destination_peer),
-            destination_service: record.destination_service.clone().unwrap_or_else(unknown),
+            destination_principal,
+            destination_service: record.destination_service.clone().unwrap_or_else(|| "unknown".to_owned()),
             request_protocol: "tcp",
             response_flags: if record.error.is_some() { "UF" } else { "-" },
             connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },

@@ -88,22 +88,17 @@ struct IstioHttpLabels {
 impl IstioHttpLabels {
     fn of(r: &RequestRecord) -> IstioHttpLabels {
         let unknown = || "unknown".to_owned();
-        let split = |peer: &Peer| match peer.workload.as_deref().and_then(|w| w.split_once('/')) {
-            Some((ns, name)) => (name.to_owned(), ns.to_owned()),
-            None => (unknown(), unknown()),
-        };
-        let principal = |peer: &Peer| peer.identity.as_ref().map_or_else(unknown, ToString::to_string);
-        let (source_workload, source_workload_namespace) = split(&r.source);
-        let (destination_workload, destination_workload_namespace) = split(&r.destination);
+        let (source_workload, source_workload_namespace, source_principal) = r.source.istio_labels();
+        let (destination_workload, destination_workload_namespace, destination_principal) = r.destination.istio_labels();
         let (service, service_name, service_namespace) = r.service.clone().unwrap_or_else(|| (unknown(), unknown(), unknown()));
         IstioHttpLabels {
             reporter: "source",
             source_workload,
             source_workload_namespace,
-            source_principal: principal(&r.source),
+            source_principal,
             destination_workload,
             destination_workload_namespace,
-            destination_principal: principal(&r.destination),
+            destination_principal,
             destination_version: r.destination_version.clone().unwrap_or_else(unknown),
             destination_service: service,
             destination_service_name: service_name,
@@ -112,7 +107,7 @@ impl IstioHttpLabels {
             response_code: r.status,
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
             response_flags: r.flags_label(),
-            connection_security_policy: if r.mutual_tls { "mutual_tls" } else { "unknown" },
+            connection_security_policy: if r.mutual_tls { "mutual_tls" } else { "none" },
         }
     }
 }
@@ -159,7 +154,7 @@ impl HttpMetrics {
             status = r.status,
             grpc_status = r.grpc_status.as_deref().unwrap_or("-"),
             flags = %labels.response_flags,
-            route = %r.route,
+            route = if r.route.is_empty() { "-" } else { r.route.as_str() },
             cluster = %r.cluster,
             upstream = %r.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
             attempts = r.attempts,
