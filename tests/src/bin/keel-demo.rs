@@ -1,7 +1,8 @@
 //! keel-demo: what `cargo xtask demo` shows. Two nodes and three pods, a mesh config directory (Pods and a
 //! Service), a keel with eBPF capture on each node reading it in-process (or following keel-control with
 //! `--control-plane`), Service VIP traffic, pod traffic across the nodes inside mTLS (with the wire watched for
-//! plaintext), a policy deny, and what each keel carried — then everything is cleaned up (the lab's Drop).
+//! plaintext), a policy deny, HTTP traffic management (a VirtualService dark launch and canary split), and what
+//! each keel carried — then everything is cleaned up (the lab's Drop).
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -70,6 +71,38 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 const VIP: &str = "10.96.0.10";
+const WEB_VIP: &str = "10.96.0.11";
+
+/// An HTTP Service over the same pods: its port name makes it L7.
+fn web_service() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {WEB_VIP}\n  selector: {{app: echo}}\n  ports:\n  - {{name: http-web, port: 80, targetPort: 8090}}\n"
+    )
+}
+
+const WEB_TRAFFIC: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - name: dark-launch
+    match: [{headers: {x-istio-cohort: {exact: internal}}}]
+    route: [{destination: {host: web, subset: v2}}]
+  - name: canary
+    route:
+    - {destination: {host: web, subset: v1}, weight: 90}
+    - {destination: {host: web, subset: v2}, weight: 10}
+";
 
 fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     let client = lab.node(0).add_pod("client")?;
@@ -86,17 +119,13 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
         mesh_config::pod_object(&a, "echo", &[("app", "echo"), ("version", "v1")]),
         mesh_config::pod_object(&b, "echo", &[("app", "echo"), ("version", "v2")]),
         mesh_config::service_object("echo", VIP, &[("app", "echo")], 80, 8080),
+        web_service(),
     ];
     mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
     let (_control, keels) = if control_plane {
         step("starting keel-control on node 0 (delta ADS + CA, 172.30.0.1:15012) and a keel on each node following it");
         let control = lab.start_control_on(0, &config_dir)?;
-        let keels = (0..2)
-            .map(|k| {
-                let args = control.keel_args_for(k);
-                lab.start_keel_on(k, Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keels = lab.start_keels_following(&control, &[])?;
         (Some(control), keels)
     } else {
         step("starting a keel on each node, reading the config in-process (local mode) with one shared CA");
@@ -161,6 +190,8 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     send_ok(&client, b.addr(8080), KIB, ServeMode::Echo)?;
     println!("    policy removed: client -> server-b allowed again");
 
+    http_traffic_management(&config_dir, &objects, &keels[0], &client, [&a, &b])?;
+
     // Entries appear as connections close: give keel a moment to record the last ones.
     std::thread::sleep(Duration::from_millis(300));
     for (k, keel) in keels.iter().enumerate() {
@@ -182,6 +213,51 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     }
     step("node 0's keel counters");
     print_stats(&keels[0].stats()?);
+    Ok(())
+}
+
+/// HTTP to the `web` Service goes through node 0's L7 engine: first balanced, then routed by a VirtualService.
+fn http_traffic_management(
+    config_dir: &std::path::Path,
+    objects: &[String],
+    keel: &keel_tests::lab::Keel,
+    client: &keel_tests::lab::Pod,
+    servers: [&keel_tests::lab::Pod; 2],
+) -> Result<()> {
+    let _web = [servers[0].http_serve(8090, "v1", &[])?, servers[1].http_serve(8090, "v2", &[])?];
+    let connect = format!("{WEB_VIP}:80");
+    let load = |extra: &[&str]| -> Result<Value> {
+        let mut args = vec!["--url", "http://web/", "--connect", &connect, "--requests", "200", "--concurrency", "4"];
+        args.extend_from_slice(extra);
+        client.http_load(&args)
+    };
+    let show = |what: &str, v: &Value| {
+        println!("    {what}: statuses {} served by {}  (p50 {} ms)", v["statuses"], v["served_by"], v["latency_ms"]["p50"]);
+    };
+    step(&format!("HTTP: 200 requests client -> web ({WEB_VIP}:80, port http-web): keel's L7 engine balances each request (least request)"));
+    show("no VirtualService", &load(&[])?);
+    step("applying a DestinationRule (subsets v1/v2) and a VirtualService: dark launch by header, 90/10 canary for the rest");
+    let mut with_routes = objects.to_vec();
+    with_routes.push(WEB_TRAFFIC.into());
+    mesh_config::write(config_dir, "mesh.yaml", &with_routes)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    show("x-istio-cohort: internal", &load(&["--header", "x-istio-cohort: internal"])?);
+    show("everyone else (h2c)     ", &load(&["--http2"])?);
+    step("node 0's L7 config (keel pc routes / keel pc clusters)");
+    print!("{}", indent(&keel.cli(&["pc", "routes"])?));
+    print!("{}", indent(&keel.cli(&["pc", "clusters"])?));
+    step("node 0's Istio-standard HTTP metrics (istio_requests_total by destination version)");
+    let (_, metrics) = keel.admin_get("/metrics")?;
+    for line in metrics.lines().filter(|l| l.starts_with("istio_requests_total{") && l.contains("destination_service_name=\"web\"")) {
+        let pick = |key: &str| line.split(&format!("{key}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("");
+        println!(
+            "    destination_workload={} response_code={} connection_security_policy={} -> {}",
+            pick("destination_workload"),
+            pick("response_code"),
+            pick("connection_security_policy"),
+            line.rsplit(' ').next().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

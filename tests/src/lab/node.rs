@@ -271,6 +271,17 @@ impl Lab {
         })
     }
 
+    /// Starts an eBPF keel on every node, each following `control` (its node's token and name), with `extra_args`.
+    pub fn start_keels_following(&self, control: &ControlPlane, extra_args: &[&str]) -> Result<Vec<Keel>> {
+        (0..self.nodes())
+            .map(|k| {
+                let mut args = control.keel_args_for(k);
+                args.extend(extra_args.iter().map(|a| a.to_string()));
+                self.start_keel_on(k, Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect()
+    }
+
     /// Starts keel on node `node` with `backend` and `extra_args`. Every start on a node uses that node's state
     /// dir, bpffs dir and API socket, so a second start after `kill9` is a restart.
     pub fn start_keel_on(&self, node: usize, backend: Backend, extra_args: &[&str]) -> Result<Keel> {

@@ -4,7 +4,7 @@
 //! for connections already open; certificates rotate under traffic.
 
 use super::*;
-use crate::lab::{mesh_config, podapp_payload, Backend, Keel, Pod, ServeMode};
+use crate::lab::{mesh_config, podapp_payload, Keel, Pod, ServeMode};
 use std::time::Instant;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
@@ -68,13 +68,7 @@ pub fn cross_node_mtls_and_policies() {
         let mesh = Mesh { config_dir: config_dir.clone(), base };
         mesh.apply(&[])?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let keels = (0..2)
-            .map(|k| {
-                let mut args = control.keel_args_for(k);
-                args.extend(["--certificate-validity-secs".into(), CERT_VALIDITY_SECS.into()]);
-                lab.start_keel_on(k, Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keels = lab.start_keels_following(&control, &["--certificate-validity-secs", CERT_VALIDITY_SECS])?;
         keels.iter().try_for_each(wait_ready)?;
         keels[0].enroll(&client)?;
         keels[1].enroll(&server)?;

@@ -4,7 +4,7 @@
 //! what status, how fast) or in keel's metrics, after rewriting the config the way a user applies YAML.
 
 use super::*;
-use crate::lab::{mesh_config, Backend, ControlPlane, Keel, Pod};
+use crate::lab::{mesh_config, ControlPlane, Keel, Pod};
 use std::collections::BTreeMap;
 
 const VIP: &str = "10.96.0.30";
@@ -106,12 +106,7 @@ pub fn virtual_services_and_destination_rules_take_effect() {
         let catalog = Catalog { config_dir: config_dir.clone(), base, client: &client, v1: &v1, v2: &v2 };
         catalog.apply(&[])?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let keels = (0..2)
-            .map(|k| {
-                let args = control.keel_args_for(k);
-                lab.start_keel_on(k, Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keels = lab.start_keels_following(&control, &[])?;
         keels.iter().try_for_each(wait_ready)?;
         keels[0].enroll(&client)?;
         keels[1].enroll(&v1)?;
@@ -157,6 +152,7 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     if parents.len() != 5 || !parents.iter().all(|p| p.starts_with(&format!("00-{caller_trace}-")) && !p.contains("00f067aa0ba902b7")) {
         bail!("keel must continue the caller's trace with its own span: {joined}");
     }
+    pipelined_requests_are_answered_in_order(c.client)?;
     let routes = keel.cli(&["pc", "routes"])?;
     if !routes.contains("catalog.default.svc.cluster.local") {
         bail!("`keel pc routes` does not list catalog:\n{routes}");
@@ -348,6 +344,31 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     let log = control.log();
     if !log.lines().any(|l| l.contains("VirtualService default/catalog") && l.contains("spec.http[0].match[0].uri.regex")) {
         bail!("keel-control did not name the bad VirtualService and its field:\n{}", grep(&log, "catalog"));
+    }
+    Ok(())
+}
+
+/// HTTP/1.1 pipelining: three requests in one write on one connection get three responses, in order.
+fn pipelined_requests_are_answered_in_order(client: &Pod) -> Result<()> {
+    let script = format!(
+        r#"
+import json, socket
+s = socket.create_connection(("{VIP}", 80), timeout=10)
+s.sendall(b"GET /p1 HTTP/1.1\r\nHost: catalog\r\n\r\nGET /p2 HTTP/1.1\r\nHost: catalog\r\n\r\nGET /p3 HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+at = [data.find(('"path":"/p%d"' % i).encode()) for i in (1, 2, 3)]
+print(json.dumps({{"responses": data.count(b"HTTP/1.1 200 OK"), "positions": at}}))
+"#
+    );
+    let v = client.run_json(&["/usr/bin/python3", "-c", &script])?;
+    let positions: Vec<i64> = v["positions"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default();
+    if v["responses"] != 3 || positions.len() != 3 || positions.iter().any(|p| *p < 0) || !positions.windows(2).all(|w| w[0] < w[1]) {
+        bail!("pipelined HTTP/1.1 requests: want three 200s for /p1, /p2, /p3 in order, got {v}");
     }
     Ok(())
 }
