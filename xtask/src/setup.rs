@@ -22,7 +22,7 @@ const LLVM_WHEELS: [&str; 2] = [
     "mlc-llvm-static-extra-targets==23.1.1.post0",
 ];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 11] = [
+pub const PACKAGES: [&str; 12] = [
     "iproute2",
     "iptables",
     "procps",
@@ -30,8 +30,10 @@ pub const PACKAGES: [&str; 11] = [
     "iperf3",
     "bpftool",
     "util-linux",
-    // The benchmark's HTTP server (the same for every arm).
+    // The benchmark's HTTP server (the same for every arm), and the reverse proxy keel's L7 engine is compared with.
     "nginx-light",
+    // h2load: the L7 benchmark's HTTP/2 (h2c) load generator.
+    "nghttp2-client",
     // The CA test makes an RSA root with it, as operators make plugged-in CAs.
     "openssl",
     // The multi-node lab's wire capture: what crosses between nodes, to prove no plaintext does.

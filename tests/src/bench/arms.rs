@@ -1,6 +1,8 @@
 //! The arms: the same keel binary, workers, client, server and target; only the setup differs — how many nodes
 //! the two pods are spread over, whether keel runs, how it captures, and what it does with what it captures.
-//! Adding an arm is one more entry in [`ARMS`].
+//! The L7 arms (`l7-*`, see [`L7Proxy`]) compare what stands between the client and the server for requests
+//! routed by `Host: catalog` through a table of 1,000 virtual hosts: nothing, nginx, keel relaying bytes, keel's
+//! L7 engine. Adding an arm is one more entry in [`ARMS`].
 use crate::lab::Backend;
 
 /// What keel does with a captured connection between the two (enrolled) pods.
@@ -12,6 +14,9 @@ pub enum Mesh {
     /// `--ca-dir`, so the nodes' keels trust each other. A connection to a pod of another node goes over HBONE
     /// (mTLS, HTTP/2 CONNECT to the destination pod's :15008).
     Hbone,
+    /// Local mode with the L7 comparison's config dir: the two pods and 1,000 Services, `catalog` selecting the
+    /// server pod (see `bench::l7`). What keel does with `catalog` is the arm's [`L7Proxy::Keel`].
+    Services,
 }
 
 /// How every node's keel runs in an arm.
@@ -36,6 +41,25 @@ pub struct Arm {
     pub nodes: usize,
     /// `None`: no keel at all (the physical limit). Otherwise one keel per node, each enrolling its node's pod.
     pub keel: Option<KeelSetup>,
+    /// The L7 comparison's arms (one node, HTTP workloads with `Host: catalog` only); `None` for the capture and
+    /// cross-node arms.
+    pub l7: Option<L7Proxy>,
+}
+
+/// What answers the client's requests to `catalog` in an L7 arm, in front of the same nginx server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L7Proxy {
+    /// No proxy: the client sends `Host: catalog` straight to the server pod (the no-proxy baseline).
+    Direct,
+    /// nginx as a reverse proxy inside the client pod's network namespace (sidecar-like), with the same 1,000
+    /// virtual hosts as server blocks and keep-alive upstream connections.
+    Nginx,
+    /// keel (eBPF capture, defaults otherwise) in local mode with the 1,000 Services; the client connects to
+    /// catalog's VIP. `http`: catalog's port is named `http`, so keel's L7 engine terminates and routes each
+    /// request; otherwise `tcp`, so keel relays bytes (L4). `server_in_mesh`: the server pod is enrolled and in
+    /// the mesh too (keel's same-node inbound path is a second hop); otherwise it is out of the mesh
+    /// (`istio.io/dataplane-mode: none`), so keel is the only proxy on the path, as nginx is.
+    Keel { http: bool, server_in_mesh: bool },
 }
 
 impl Arm {
@@ -46,7 +70,7 @@ impl Arm {
     /// The responder workload (keel answers the client itself, never relaying) measures capture on the client's
     /// node alone: it says nothing about an arm without keel, nor about the path between two nodes.
     pub fn runs_responder(&self) -> bool {
-        self.keel.is_some() && !self.cross_node()
+        self.keel.is_some() && !self.cross_node() && self.l7.is_none()
     }
 }
 
@@ -54,16 +78,38 @@ const fn keel(backend: Backend, fast_path: bool, mesh: Mesh) -> Option<KeelSetup
     Some(KeelSetup { backend, fast_path, mesh })
 }
 
-pub const ARMS: [Arm; 7] = [
-    Arm { name: "direct", nodes: 1, keel: None },
-    Arm { name: "iptables", nodes: 1, keel: keel(Backend::Iptables, false, Mesh::Plain) },
-    Arm { name: "ebpf", nodes: 1, keel: keel(Backend::Ebpf, false, Mesh::Plain) },
-    Arm { name: "ebpf+splice", nodes: 1, keel: keel(Backend::Ebpf, true, Mesh::Plain) },
+pub const ARMS: [Arm; 12] = [
+    Arm { name: "direct", nodes: 1, keel: None, l7: None },
+    Arm { name: "iptables", nodes: 1, keel: keel(Backend::Iptables, false, Mesh::Plain), l7: None },
+    Arm { name: "ebpf", nodes: 1, keel: keel(Backend::Ebpf, false, Mesh::Plain), l7: None },
+    Arm { name: "ebpf+splice", nodes: 1, keel: keel(Backend::Ebpf, true, Mesh::Plain), l7: None },
     // Across two nodes. The fast path splices only same-node sockets: off in both keel arms, so HBONE is the
     // only difference between them.
-    Arm { name: "x-direct", nodes: 2, keel: None },
-    Arm { name: "x-keel-plain", nodes: 2, keel: keel(Backend::Ebpf, false, Mesh::Plain) },
-    Arm { name: "x-keel-hbone", nodes: 2, keel: keel(Backend::Ebpf, false, Mesh::Hbone) },
+    Arm { name: "x-direct", nodes: 2, keel: None, l7: None },
+    Arm { name: "x-keel-plain", nodes: 2, keel: keel(Backend::Ebpf, false, Mesh::Plain), l7: None },
+    Arm { name: "x-keel-hbone", nodes: 2, keel: keel(Backend::Ebpf, false, Mesh::Hbone), l7: None },
+    // L7 on one node: keel as it ships (eBPF capture, fast path on, 2 worker threads) against nginx with 2
+    // workers; keel L4 is the same config with catalog's port named `tcp`.
+    Arm { name: "l7-direct", nodes: 1, keel: None, l7: Some(L7Proxy::Direct) },
+    Arm { name: "l7-nginx", nodes: 1, keel: None, l7: Some(L7Proxy::Nginx) },
+    Arm {
+        name: "l7-keel-l4",
+        nodes: 1,
+        keel: keel(Backend::Ebpf, true, Mesh::Services),
+        l7: Some(L7Proxy::Keel { http: false, server_in_mesh: false }),
+    },
+    Arm {
+        name: "l7-keel",
+        nodes: 1,
+        keel: keel(Backend::Ebpf, true, Mesh::Services),
+        l7: Some(L7Proxy::Keel { http: true, server_in_mesh: false }),
+    },
+    Arm {
+        name: "l7-keel-meshed",
+        nodes: 1,
+        keel: keel(Backend::Ebpf, true, Mesh::Services),
+        l7: Some(L7Proxy::Keel { http: true, server_in_mesh: true }),
+    },
 ];
 
 /// Arms of repetition `rep` in the order they run: each repetition starts one arm later, so no arm always runs
@@ -83,13 +129,13 @@ mod tests {
 
     #[test]
     fn every_arm_leads_one_repetition_in_turn() {
-        let arms: Vec<&Arm> = ARMS.iter().filter(|a| !a.cross_node()).collect();
+        let arms: Vec<&Arm> = ARMS.iter().filter(|a| !a.cross_node() && a.l7.is_none()).collect();
         let firsts: Vec<&str> = (0..4).map(|rep| rotated(&arms, rep)[0].name).collect();
         assert_eq!(firsts, ["direct", "iptables", "ebpf", "ebpf+splice"]);
         assert_eq!(rotated(&arms, 5).iter().map(|a| a.name).collect::<Vec<_>>(), ["iptables", "ebpf", "ebpf+splice", "direct"]);
         let all: Vec<&Arm> = ARMS.iter().collect();
         assert_eq!(rotated(&all, 6)[0].name, "x-keel-hbone");
-        assert_eq!(rotated(&all, 7)[0].name, "direct");
+        assert_eq!(rotated(&all, 12)[0].name, "direct");
     }
 
     #[test]
@@ -98,7 +144,8 @@ mod tests {
         for (i, n) in names.iter().enumerate() {
             assert!(!names[i + 1..].contains(n), "arm {n} twice");
             // The report and the chart know the arms by these names.
-            assert!(crate::bench::model::ARMS.contains(n) || crate::bench::model::CROSS_NODE_ARMS.contains(n), "{n}");
+            use crate::bench::model::{ARMS, CROSS_NODE_ARMS, L7_ARMS};
+            assert!(ARMS.contains(n) || CROSS_NODE_ARMS.contains(n) || L7_ARMS.contains(n), "{n}");
         }
         let hbone = by_name("x-keel-hbone").unwrap();
         assert_eq!((hbone.nodes, hbone.keel.map(|k| k.mesh)), (2, Some(Mesh::Hbone)));
@@ -111,5 +158,15 @@ mod tests {
         let responders: Vec<&str> = ARMS.iter().filter(|a| a.runs_responder()).map(|a| a.name).collect();
         assert_eq!(responders, ["iptables", "ebpf", "ebpf+splice"]);
         assert!(by_name("nope").is_none());
+        // The L7 arms: one node; keel's L4 and L7 arms differ only in what catalog's port is named.
+        for arm in ARMS.iter().filter(|a| a.l7.is_some()) {
+            assert!(arm.name.starts_with("l7-") && arm.nodes == 1, "{}", arm.name);
+            assert_eq!(arm.keel.is_some(), matches!(arm.l7, Some(L7Proxy::Keel { .. })), "{}", arm.name);
+            assert!(arm.keel.is_none_or(|k| k.mesh == Mesh::Services && k.fast_path), "{}", arm.name);
+        }
+        let (l4, l7) = (by_name("l7-keel-l4").unwrap(), by_name("l7-keel").unwrap());
+        assert_eq!(l4.keel, l7.keel);
+        assert_eq!(l4.l7, Some(L7Proxy::Keel { http: false, server_in_mesh: false }));
+        assert_eq!(l7.l7, Some(L7Proxy::Keel { http: true, server_in_mesh: false }));
     }
 }

@@ -82,6 +82,9 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Delta {
             kernel_softirq_s: after.kernel_softirq_ticks.saturating_sub(before.kernel_softirq_ticks) as f64 / ticks,
             bpf_s: after.bpf_ns.saturating_sub(before.bpf_ns) as f64 / 1e9,
             keel_by_node_s,
+            // Read per process by the L7 arms (`processes_cpu_s`), not from cgroups.
+            proxy_s: 0.0,
+            proxy_user_s: 0.0,
         },
         syn_retransmits: after.syn_retransmits.saturating_sub(before.syn_retransmits),
         listen_drops: after.listen_drops.saturating_sub(before.listen_drops),
@@ -152,12 +155,66 @@ fn keel_bpf_run_time_ns() -> Result<u64> {
         .sum())
 }
 
+/// CPU seconds (user, system) a set of processes has used so far, from /proc/<pid>/stat (all threads, dead ones
+/// included): the proxy's cost measured the same way whatever the proxy is — keel's one process, or nginx's master
+/// and workers.
+pub fn processes_cpu_s(pids: &[u32]) -> Result<(f64, f64)> {
+    let ticks = clock_ticks_per_second();
+    let (mut user, mut system) = (0u64, 0u64);
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+        let (u, s) = parse_pid_stat_times(&stat).with_context(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
+        user += u;
+        system += s;
+    }
+    Ok((user as f64 / ticks, system as f64 / ticks))
+}
+
+/// The fields after the command name (which may hold spaces and parentheses) of /proc/<pid>/stat, from field 3
+/// (state) on.
+fn pid_stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect())
+}
+
+/// (utime, stime) in clock ticks: fields 14 and 15 of /proc/<pid>/stat.
+fn parse_pid_stat_times(stat: &str) -> Option<(u64, u64)> {
+    let f = pid_stat_fields(stat)?;
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// The processes whose parent is `parent` (nginx's workers under its master), from /proc/*/stat.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut children: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| pid_stat_fields(&s)?.get(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// Proportional set size (Pss from smaps_rollup) of a process, KiB: pages shared with other processes counted
+/// by their share. 0 if unreadable.
+pub fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| parse_kib_field(&s, "Pss:"))
+        .unwrap_or(0)
+}
+
+/// `Key:   1234 kB` from /proc status-like files.
+fn parse_kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Peak resident set of a process (VmHWM), KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0)
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| parse_kib_field(&s, "VmHWM:")).unwrap_or(0)
 }
 
 /// Turns on per-program run-time accounting for the run and restores the previous value afterwards.
@@ -193,6 +250,22 @@ mod tests {
         assert_eq!(netstat_value(netstat, "TcpExt:", "ListenDrops"), Some(4));
         assert_eq!(netstat_value(netstat, "TcpExt:", "Missing"), None);
         assert_eq!(parse_flat_keyed("usage_usec 1234\nuser_usec 1000\n", "usage_usec"), Some(1234));
+    }
+
+    #[test]
+    fn parses_process_counters() {
+        // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+        let stat = "4242 (nginx: worker (x)) S 4241 4241 4241 0 -1 4194624 300 0 0 0 1500 250 0 0 20 0 1 0 5 0 0";
+        assert_eq!(parse_pid_stat_times(stat), Some((1500, 250)));
+        assert_eq!(pid_stat_fields(stat).unwrap()[1], "4241");
+        assert_eq!(parse_pid_stat_times("4242 (keel) S 1 2"), None);
+        let rollup = "55d0a000-7ffd0000 ---p 00000000 00:00 0  [rollup]\nRss:               10240 kB\nPss:                4096 kB\n";
+        assert_eq!(parse_kib_field(rollup, "Pss:"), Some(4096));
+        assert_eq!(parse_kib_field("VmHWM:\t   20480 kB\n", "VmHWM:"), Some(20480));
+        // This process is measurable; a process that does not exist is an error, not 0.
+        let me = std::process::id();
+        assert!(processes_cpu_s(&[me]).is_ok() && pss_kib(me) > 0 && peak_rss_kib(me) > 0);
+        assert!(processes_cpu_s(&[u32::MAX]).is_err());
     }
 
     #[test]

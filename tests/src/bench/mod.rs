@@ -2,9 +2,10 @@
 //! whole cost counted; and across two nodes, keel's plaintext relay against HBONE (mTLS) against no keel. Each
 //! repetition runs every arm once, in a rotating order; each arm gets a fresh lab (new namespaces: no TIME_WAIT,
 //! conntrack or socket left from the previous arm; one node or two, see [`arms::Arm::nodes`]) and must leave
-//! nothing behind.
+//! nothing behind. The L7 arms (keel's L7 engine against keel L4 and nginx as a reverse proxy) are in [`l7`].
 pub mod arms;
 pub mod chart;
+pub mod l7;
 pub mod measure;
 pub mod model;
 pub mod report;
@@ -38,7 +39,8 @@ pub struct BenchOptions {
 
 pub fn run(options: &BenchOptions) -> Result<Results> {
     crate::lab::require_root_and_prereqs();
-    for tool in ["wrk", "iperf3", "nginx", "bpftool", "nsenter"] {
+    let l7 = options.arms.iter().any(|a| a.l7.is_some());
+    for tool in ["wrk", "iperf3", "nginx", "bpftool", "nsenter"].into_iter().chain(l7.then_some("h2load")) {
         if !crate::lab::sys::on_path(tool) {
             bail!("{tool} is missing: `cargo xtask setup` installs it");
         }
@@ -53,7 +55,7 @@ pub fn run(options: &BenchOptions) -> Result<Results> {
         for (order, arm) in arms::rotated(&options.arms, rep).into_iter().enumerate() {
             let eta = eta(started.elapsed(), done, total);
             println!("[bench] repetition {}/{} · arm {} ({}/{}) · {eta}", rep + 1, options.repetitions, arm.name, order + 1, options.arms.len());
-            let samples = run_arm(options, arm, rep, order as u32)
+            let samples = if arm.l7.is_some() { l7::run_arm(options, arm, rep, order as u32) } else { run_arm(options, arm, rep, order as u32) }
                 .with_context(|| format!("repetition {rep}, arm {}", arm.name))?;
             for s in &samples {
                 println!("          {:<15} {}", s.workload, headline(s));
@@ -102,11 +104,12 @@ fn start_servers(lab: &Lab, server: &Pod) -> Result<Servers> {
     let nginx = server.spawn(&["nginx", "-c", conf.to_str().context("path")?, "-e", "stderr"])?;
     let iperf = server.spawn(&["iperf3", "-s", "-p", &workloads::IPERF_PORT.to_string()])?;
     let echo = server.serve(workloads::ECHO_PORT, ServeMode::Echo, &[])?;
-    wait_listening(server, &[workloads::HTTP_PORT, workloads::IPERF_PORT])?;
+    wait_listening(server, &[workloads::HTTP_PORT, workloads::H2C_PORT, workloads::IPERF_PORT])?;
     Ok(Servers { _nginx: nginx, _iperf: iperf, _echo: echo })
 }
 
 /// One worker, keep-alive without a request cap, a fixed tiny body: the server is cheap and the same for every arm.
+/// It also answers h2c (prior knowledge) on [`workloads::H2C_PORT`], the L7 comparison's no-proxy HTTP/2 baseline.
 fn nginx_conf(dir: &std::path::Path) -> String {
     let d = dir.display();
     format!(
@@ -115,24 +118,31 @@ fn nginx_conf(dir: &std::path::Path) -> String {
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n\
            client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
            uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{ listen {port} backlog=4096; location / {{ return 200 \"ok\"; }} }}\n}}\n",
-        port = workloads::HTTP_PORT
+           server {{ listen {port} backlog=4096; listen {h2c} http2 backlog=4096; location / {{ return 200 \"ok\"; }} }}\n}}\n",
+        port = workloads::HTTP_PORT,
+        h2c = workloads::H2C_PORT
     )
 }
 
 fn wait_listening(pod: &Pod, ports: &[u16]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = pod.run(&["ss", "-Hltn"])?;
-        let listing = String::from_utf8_lossy(&out.stdout);
-        if ports.iter().all(|p| listing.contains(&format!(":{p} "))) {
+        if listening(pod, ports)? {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("servers did not listen on {ports:?}: {listing}");
+            let out = pod.run(&["ss", "-Hltn"])?;
+            bail!("servers did not listen on {ports:?}: {}", String::from_utf8_lossy(&out.stdout));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether something in `pod` listens on every one of `ports` (TCP).
+fn listening(pod: &Pod, ports: &[u16]) -> Result<bool> {
+    let out = pod.run(&["ss", "-Hltn"])?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    Ok(ports.iter().all(|p| listing.contains(&format!(":{p} "))))
 }
 
 fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Vec<Sample>> {
@@ -157,7 +167,7 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
     }
     let mut samples = Vec::new();
     let mut path_checked = false;
-    for workload in options.workloads.iter().filter(|w| !w.responder) {
+    for workload in options.workloads.iter().filter(|w| !w.responder && !w.l7()) {
         let mut sample = measured(options, arm, rep, order, workload, &probes, &keels, pods)?;
         if arm.cross_node() && matches!(workload.tool, Tool::Integrity) && sample.ok {
             sample.keel_path = verify_path(arm, &keels, pods, workloads::INTEGRITY_BYTES)?;
@@ -175,7 +185,7 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
         verify_path(arm, &keels, pods, PATH_PROBE_BYTES)?;
     }
     stop_keels(&mut keels, &lab)?;
-    for workload in options.workloads.iter().filter(|w| w.responder) {
+    for workload in options.workloads.iter().filter(|w| w.responder && !w.l7()) {
         if !arm.runs_responder() {
             continue; // no keel to answer, or nothing of the cross-node path to measure
         }

@@ -10,6 +10,14 @@ pub const ARMS: [&str; 4] = ["direct", "iptables", "ebpf", "ebpf+splice"];
 /// compared with each other (never with the single-node arms).
 pub const CROSS_NODE_ARMS: [&str; 3] = ["x-direct", "x-keel-plain", "x-keel-hbone"];
 
+/// The L7 comparison's arms (one node, requests routed by `Host: catalog` through 1,000 virtual hosts), in report
+/// order: reported in their own section, compared with each other. `l7-direct` is the no-proxy baseline.
+pub const L7_ARMS: [&str; 5] = ["l7-direct", "l7-nginx", "l7-keel-l4", "l7-keel", "l7-keel-meshed"];
+
+/// The L7 arms' workloads, in report order: HTTP/1.1 and HTTP/2 (h2c prior knowledge), each closed loop with 32
+/// and with 4 requests in flight, and at a fixed 5,000 requests/s (moderate load).
+pub const L7_WORKLOADS: [&str; 6] = ["l7-h1-c32", "l7-h1-c4", "l7-h1-r5k", "l7-h2-c4m8", "l7-h2-c4m1", "l7-h2-r5k"];
+
 /// Workloads, in report order.
 pub const WORKLOADS: [&str; 8] = [
     "keepalive-c1",
@@ -50,6 +58,13 @@ pub struct Cpu {
     /// `keel_s` node by node (node 0 first); empty in results from before cross-node arms.
     #[serde(default)]
     pub keel_by_node_s: Vec<f64>,
+    /// The proxy's processes (user + system, /proc/<pid>/stat): keel's process, or nginx's master and workers in
+    /// the L7 comparison's nginx arm; the same method for both. 0 without a proxy and in older results.
+    #[serde(default)]
+    pub proxy_s: f64,
+    /// The user-space share of `proxy_s` (its system time is also in `kernel_system_s`).
+    #[serde(default)]
+    pub proxy_user_s: f64,
 }
 
 /// Failures are results, not aborts.
@@ -106,6 +121,17 @@ pub struct Sample {
     /// arm (e.g. "hbone, mutual TLS (bench-client → bench-server); every inbound record mTLS"); empty otherwise.
     #[serde(default)]
     pub keel_path: String,
+    /// The proxy's peak resident set (VmHWM; summed over nginx's master and workers), KiB; 0 without a proxy.
+    #[serde(default)]
+    pub proxy_rss_kib: u64,
+    /// The proxy's proportional set size (Pss, smaps_rollup) at the end of the workload, summed over its
+    /// processes: shared pages (nginx's workers share the master's) counted once. KiB; 0 without a proxy.
+    #[serde(default)]
+    pub proxy_pss_kib: u64,
+    /// L7 arms: requests to catalog the proxy itself counted during the workload (keel: `istio_requests_total`;
+    /// nginx: access-log lines), checked against the client's count; `None` where nothing counts them.
+    #[serde(default)]
+    pub proxy_requests: Option<u64>,
     pub failures: Failures,
     /// Integrity: the echoed blob's checksum matched. Other workloads: the tool ran and reported.
     pub ok: bool,

@@ -5,7 +5,7 @@ use std::{fmt, fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 
-use super::model::{Failures, Results, RunInfo, Sample, ARMS, CROSS_NODE_ARMS, WORKLOADS};
+use super::model::{Failures, Results, RunInfo, Sample, ARMS, CROSS_NODE_ARMS, L7_ARMS, L7_WORKLOADS, WORKLOADS};
 
 /// Shown for anything not measured: a missing (workload, arm), a ratio without its baseline.
 pub const MISSING: &str = "–";
@@ -73,6 +73,10 @@ pub struct CpuCost {
     pub client: Spread,
     pub server: Spread,
     pub bpf: Spread,
+    /// The proxy's processes, user + system (/proc/<pid>/stat): keel, or nginx's master and workers.
+    pub proxy: Spread,
+    /// The proxy's user time + kernel (system + softirq, all CPUs), as `keel_kernel` is for keel.
+    pub proxy_kernel: Spread,
 }
 
 /// One (workload, arm) over its repetitions. Medians use only runs whose tool reported (`ok`): a run that did not
@@ -101,6 +105,11 @@ pub struct Aggregate {
     pub keel_rss_by_node_kib: Vec<Option<Spread>>,
     /// How keel carried the checked transfer (cross-node integrity), each distinct description once.
     pub keel_paths: Vec<String>,
+    /// The proxy's memory, KiB (L7 arms): PSS at the end of the workload and peak RSS, summed over its processes.
+    pub proxy_pss_kib: Option<Spread>,
+    pub proxy_rss_kib: Option<Spread>,
+    /// L7 arms with a proxy: (requests the proxy counted itself, requests the client completed), summed.
+    pub proxy_counted: Option<(u64, u64)>,
     /// Summed over all repetitions, field by field.
     pub failures: Failures,
 }
@@ -165,6 +174,12 @@ impl Aggregate {
                 })
                 .collect(),
             keel_paths,
+            proxy_pss_kib: Spread::of(samples.iter().filter(|s| s.proxy_pss_kib > 0).map(|s| s.proxy_pss_kib as f64)),
+            proxy_rss_kib: Spread::of(samples.iter().filter(|s| s.proxy_rss_kib > 0).map(|s| s.proxy_rss_kib as f64)),
+            proxy_counted: samples
+                .iter()
+                .filter_map(|s| Some((s.proxy_requests?, s.requests)))
+                .reduce(|(a, b), (c, d)| (a + c, b + d)),
             failures,
         }
     }
@@ -205,6 +220,8 @@ fn cpu_cost(per_unit: &[(&Sample, f64)]) -> Option<CpuCost> {
         client: part(|s| s.cpu.client_s)?,
         server: part(|s| s.cpu.server_s)?,
         bpf: part(|s| s.cpu.bpf_s)?,
+        proxy: part(|s| s.cpu.proxy_s)?,
+        proxy_kernel: part(|s| s.cpu.proxy_user_s + s.cpu.kernel_system_s + s.cpu.kernel_softirq_s)?,
     })
 }
 
@@ -219,6 +236,12 @@ pub enum Metric {
     CpuPerUnit,
     /// keel's CPU alone (every node's keel) per request or per GB.
     KeelCpuPerUnit,
+    /// The proxy's CPU (user + system of its processes) per request: the L7 comparison's.
+    ProxyCpuPerUnit,
+    /// The proxy's user time + kernel per request.
+    ProxyKernelCpuPerUnit,
+    /// The proxy's memory (PSS, summed over its processes).
+    ProxyPss,
 }
 
 impl Metric {
@@ -229,6 +252,10 @@ impl Metric {
             Metric::P99 => a.p99_ms,
             Metric::CpuPerUnit => a.cpu.map(|c| c.keel_kernel),
             Metric::KeelCpuPerUnit => a.cpu.map(|c| c.keel),
+            // No proxy (no process measured, so no memory either): no proxy CPU, rather than 0.
+            Metric::ProxyCpuPerUnit => a.proxy_pss_kib.and(a.cpu.map(|c| c.proxy)),
+            Metric::ProxyKernelCpuPerUnit => a.proxy_pss_kib.and(a.cpu.map(|c| c.proxy_kernel)),
+            Metric::ProxyPss => a.proxy_pss_kib,
         }
         .map(|s| s.median)
     }
@@ -243,7 +270,12 @@ pub struct Report {
     pub arms: Vec<String>,
     /// Cross-node arms (client on node 0, server on node 1): their own section, compared among themselves.
     pub cross_arms: Vec<String>,
+    /// The L7 comparison's arms: their own section, workloads and targets.
+    pub l7_arms: Vec<String>,
+    /// Workloads of the capture and cross-node arms.
     pub workloads: Vec<String>,
+    /// The L7 arms' workloads.
+    pub l7_workloads: Vec<String>,
     /// Only pairs with at least one sample.
     pub rows: Vec<Aggregate>,
 }
@@ -258,15 +290,18 @@ pub fn aggregate(results: &Results) -> Report {
         }
         all
     };
-    let known_arms: Vec<&str> = ARMS.iter().chain(&CROSS_NODE_ARMS).copied().collect();
+    let known_arms: Vec<&str> = ARMS.iter().chain(&CROSS_NODE_ARMS).chain(&L7_ARMS).copied().collect();
     let all_arms = ordered(&known_arms, &mut results.samples.iter().map(|s| &s.arm));
     let is_cross = |a: &String| {
         CROSS_NODE_ARMS.contains(&a.as_str()) || results.samples.iter().any(|s| &s.arm == a && s.cross_node())
     };
-    let (cross_arms, arms): (Vec<String>, Vec<String>) = all_arms.iter().cloned().partition(is_cross);
-    let workloads = ordered(&WORKLOADS, &mut results.samples.iter().map(|s| &s.workload));
+    let (l7_arms, others): (Vec<String>, Vec<String>) = all_arms.iter().cloned().partition(|a| is_l7_arm(a));
+    let (cross_arms, arms): (Vec<String>, Vec<String>) = others.into_iter().partition(is_cross);
+    let (l7_found, found): (Vec<&String>, Vec<&String>) = results.samples.iter().map(|s| &s.workload).partition(|w| is_l7_workload(w));
+    let workloads = ordered(&WORKLOADS, &mut found.into_iter());
+    let l7_workloads = ordered(&L7_WORKLOADS, &mut l7_found.into_iter());
     let mut rows = Vec::new();
-    for w in &workloads {
+    for w in workloads.iter().chain(&l7_workloads) {
         for a in &all_arms {
             let samples: Vec<&Sample> = results
                 .samples
@@ -282,9 +317,20 @@ pub fn aggregate(results: &Results) -> Report {
         info: results.info.clone(),
         arms,
         cross_arms,
+        l7_arms,
         workloads,
+        l7_workloads,
         rows,
     }
+}
+
+/// The L7 comparison's arms and workloads go by their `l7-` prefix (so a new one lands in its section unnamed).
+fn is_l7_arm(arm: &str) -> bool {
+    L7_ARMS.contains(&arm) || arm.starts_with("l7-")
+}
+
+fn is_l7_workload(workload: &str) -> bool {
+    L7_WORKLOADS.contains(&workload) || workload.starts_with("l7-")
 }
 
 impl Report {
@@ -346,6 +392,14 @@ pub enum Rule {
         metric: Metric,
         at_least: bool,
         bound: f64,
+    },
+    /// `arm`'s median minus `baseline`'s on a latency `metric`, in µs, must be ≤ `bound_us`.
+    AddedUs {
+        arm: &'static str,
+        baseline: &'static str,
+        workload: &'static str,
+        metric: Metric,
+        bound_us: f64,
     },
     /// Every run reported and no transfer error, over all repetitions.
     ZeroFailures {
@@ -508,6 +562,15 @@ pub fn check(report: &Report, target: &Target) -> TargetCheck {
                 )
             }
         },
+        Rule::AddedUs { arm, baseline, workload, metric, bound_us } => {
+            match (report.median(workload, arm, metric), report.median(workload, baseline, metric)) {
+                (Some(a), Some(b)) => {
+                    let added = (a - b) * 1e3;
+                    (format!("{added:+.0} µs"), if added <= bound_us { Verdict::Pass } else { Verdict::Miss })
+                }
+                _ => (MISSING.to_owned(), Verdict::NotMeasured),
+            }
+        }
         Rule::ZeroFailures { arm, workload } => match report.get(workload, arm) {
             None => (MISSING.to_owned(), Verdict::NotMeasured),
             Some(a) => {
@@ -529,6 +592,33 @@ pub fn check(report: &Report, target: &Target) -> TargetCheck {
 
 pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
     TARGETS.iter().map(|t| check(report, t)).collect()
+}
+
+// Issue 6's targets for the L7 engine: keel L7 uses no more CPU per request than nginx (the proxies' processes,
+// user + system), and adds at most 100 µs to the no-proxy p50 at moderate load.
+const fn l7_cpu(workload: &'static str, label: &'static str) -> Target {
+    Target { label, rule: ratio("l7-keel", "l7-nginx", workload, Metric::ProxyCpuPerUnit, false, 1.0) }
+}
+
+const fn l7_p50(workload: &'static str, label: &'static str) -> Target {
+    Target { label, rule: Rule::AddedUs { arm: "l7-keel", baseline: "l7-direct", workload, metric: Metric::P50, bound_us: 100.0 } }
+}
+
+pub const L7_TARGETS: [Target; 10] = [
+    l7_cpu("l7-h1-c32", "keel L7 vs nginx: l7-h1-c32 proxy CPU/request ≤ 1.0×"),
+    l7_cpu("l7-h1-c4", "keel L7 vs nginx: l7-h1-c4 proxy CPU/request ≤ 1.0×"),
+    l7_cpu("l7-h1-r5k", "keel L7 vs nginx: l7-h1-r5k proxy CPU/request ≤ 1.0×"),
+    l7_cpu("l7-h2-c4m8", "keel L7 vs nginx: l7-h2-c4m8 proxy CPU/request ≤ 1.0×"),
+    l7_cpu("l7-h2-c4m1", "keel L7 vs nginx: l7-h2-c4m1 proxy CPU/request ≤ 1.0×"),
+    l7_cpu("l7-h2-r5k", "keel L7 vs nginx: l7-h2-r5k proxy CPU/request ≤ 1.0×"),
+    l7_p50("l7-h1-r5k", "keel L7: l7-h1-r5k (moderate load, 5,000 req/s) p50 added over no proxy ≤ 100 µs"),
+    l7_p50("l7-h2-r5k", "keel L7: l7-h2-r5k (moderate load, 5,000 req/s) p50 added over no proxy ≤ 100 µs"),
+    l7_p50("l7-h1-c4", "keel L7: l7-h1-c4 (4 in flight, closed loop) p50 added over no proxy ≤ 100 µs"),
+    l7_p50("l7-h2-c4m1", "keel L7: l7-h2-c4m1 (4 in flight, closed loop) p50 added over no proxy ≤ 100 µs"),
+];
+
+pub fn check_l7_targets(report: &Report) -> Vec<TargetCheck> {
+    L7_TARGETS.iter().map(|t| check(report, t)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -619,15 +709,29 @@ fn mib(kib: f64) -> String {
 
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
-    header(&mut out, &report.info);
-    http_tables(&mut out, report);
-    bulk_table(&mut out, report);
-    integrity_table(&mut out, report);
-    resources_table(&mut out, report);
+    let capture = report.shows_capture();
+    header(&mut out, &report.info, if capture { "eBPF capture vs iptables redirect" } else { "keel's L7 engine vs keel L4 vs nginx" });
+    if capture {
+        http_tables(&mut out, report);
+        bulk_table(&mut out, report);
+        integrity_table(&mut out, report);
+        resources_table(&mut out, report);
+    }
     cross_node_section(&mut out, report);
-    targets_section(&mut out, report, &check_targets(report));
+    l7_section(&mut out, report);
+    if capture {
+        targets_section(&mut out, report, &check_targets(report));
+    }
     method(&mut out, &report.info);
     out
+}
+
+impl Report {
+    /// The capture comparison's sections and targets: shown unless the run measured the L7 arms alone (a run of
+    /// cross-node arms alone keeps them, as before the L7 arms).
+    fn shows_capture(&self) -> bool {
+        self.measured_any(&self.arms, None) || self.measured_any(&self.cross_arms, None) || !self.measured_any(&self.l7_arms, None)
+    }
 }
 
 /// The markdown report needs the samples' notes (a tool's error text), which the aggregates do not keep.
@@ -637,8 +741,8 @@ pub fn markdown_with_notes(report: &Report, results: &Results) -> String {
     out
 }
 
-fn header(out: &mut String, info: &RunInfo) {
-    let _ = writeln!(out, "# keel benchmark: eBPF capture vs iptables redirect\n");
+fn header(out: &mut String, info: &RunInfo, title: &str) {
+    let _ = writeln!(out, "# keel benchmark: {title}\n");
     let lines = [
         ("Date", info.started.clone()),
         ("Command", format!("`{}`", info.command)),
@@ -1046,6 +1150,184 @@ fn cross_ratio_row(r: &Report, w: &str, a: &str) -> Vec<String> {
     row
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The L7 comparison: its own section, compared among its arms.
+
+pub const L7_DIRECT: &str = "l7-direct";
+pub const L7_NGINX: &str = "l7-nginx";
+pub const L7_KEEL_L4: &str = "l7-keel-l4";
+
+fn l7_section(out: &mut String, r: &Report) {
+    if !r.measured_any(&r.l7_arms, None) {
+        return;
+    }
+    let _ = writeln!(out, "## L7: keel's L7 engine vs keel L4 vs nginx (one node, 1,000 virtual hosts; medians over repetitions, [min–max])\n");
+    let _ = writeln!(
+        out,
+        "Requests for `catalog` (`Host`/`:authority: catalog`) from the client pod to the same nginx server in the server \
+         pod: {L7_DIRECT} straight to the server pod (no proxy); {L7_NGINX} through nginx as a reverse proxy in the client \
+         pod (2 workers, 1,000 server blocks, keep-alive upstreams); {L7_KEEL_L4} and l7-keel through keel (eBPF capture, \
+         fast path on, 2 worker threads) in local mode with 1,000 Services, catalog's port 80 named `tcp` (keel relays \
+         bytes; the HTTP/2 workloads go to catalog's port 81, the server's h2c port, also relayed) or `http` (keel's \
+         L7 engine terminates HTTP/1.1 and h2c, routes by host through 1,000 virtual hosts and pools HTTP/1.1 upstream \
+         connections); in both keel and nginx arms the server pod is out of the mesh, so one proxy is on the path. \
+         l7-keel-meshed puts the server pod in the mesh too (keel's same-node inbound path is a second hop). Closed \
+         loop (`-cN`: N requests in flight, as fast as answers come): HTTP/1.1 by wrk, HTTP/2 by h2load (h2c prior \
+         knowledge, `-c4m8`: 4 connections × 8 streams); `-r5k`: a fixed 5,000 requests/s over 4 connections by \
+         h2load for both protocols (`--h1`, `--rps`), the same offered load for every arm. h2load's percentiles come \
+         from its per-request log. Upstreams are HTTP/1.1. \
+         Proxy CPU is the proxy's processes' user + system time (/proc/<pid>/stat: keel's process; nginx's master \
+         and workers), the same method for both; proxy+kernel adds the machine's kernel time (system + softirq, all \
+         CPUs) to the proxy's user time. Memory is the proxy's PSS (summed over its processes, shared pages counted \
+         once) at the end of each workload. Before measuring, each arm answered 200 requests over HTTP/1.1 and h2c \
+         with 200 and keel's own config was checked (`keel pc listeners`, `keel pc routes`); during every workload \
+         the proxy's own count of requests (keel's `istio_requests_total`, nginx's access log) matched the client's \
+         ({L7_KEEL_L4}: none counted).\n"
+    );
+    let header = [
+        "workload",
+        "arm",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p50 added vs l7-direct, µs",
+        "proxy CPU µs/req",
+        "proxy+kernel CPU µs/req",
+        "proxy memory (PSS)",
+        "failures",
+    ];
+    let added = |w: &str, a: &str| match (r.median(w, a, Metric::P50), r.median(w, L7_DIRECT, Metric::P50)) {
+        (Some(x), Some(base)) => format!("{:+.0}", (x - base) * 1e3),
+        _ => MISSING.to_owned(),
+    };
+    let rows = l7_rows(r, header.len(), |w, a, ag| {
+        vec![
+            w.to_owned(),
+            a.to_owned(),
+            spread(ag.requests_per_s),
+            median(ag.p50_ms),
+            median(ag.p99_ms),
+            added(w, a),
+            opt(Metric::ProxyCpuPerUnit.of(ag)),
+            opt(Metric::ProxyKernelCpuPerUnit.of(ag)),
+            ag.proxy_pss_kib.map_or(MISSING.to_owned(), |s| mib(s.median)),
+            failures_cell(ag),
+        ]
+    });
+    table(out, &header, &rows);
+
+    let _ = writeln!(out, "### Ratios (medians of the same run; p50, p99, CPU and memory: lower is better)\n");
+    let mut rows = Vec::new();
+    for w in r.l7_workloads.iter().filter(|w| r.measured_any(&r.l7_arms, Some(w))) {
+        for a in r.l7_arms.iter().filter(|a| a.as_str() != L7_DIRECT) {
+            let mut row = vec![w.clone(), a.clone()];
+            for (metric, bases) in [
+                (Metric::Headline, &[L7_NGINX, L7_KEEL_L4, L7_DIRECT][..]),
+                (Metric::P50, &[L7_NGINX, L7_DIRECT][..]),
+                (Metric::P99, &[L7_NGINX, L7_DIRECT][..]),
+                (Metric::ProxyCpuPerUnit, &[L7_NGINX, L7_KEEL_L4][..]),
+                (Metric::ProxyKernelCpuPerUnit, &[L7_NGINX, L7_KEEL_L4][..]),
+                (Metric::ProxyPss, &[L7_NGINX][..]),
+            ] {
+                row.extend(bases.iter().map(|b| times(r.ratio(w, a, b, metric))));
+            }
+            rows.push(row);
+        }
+    }
+    table(out, &L7_RATIO_HEADER, &rows);
+
+    let _ = writeln!(out, "### CPU per request, µs (proxy: its processes, user + system; kernel: system + softirq, all CPUs; client: the load generator's pod less any proxy in it)\n");
+    let cpu_header = ["workload", "arm", "proxy", "proxy+kernel", "kernel", "client", "server"];
+    let rows = l7_rows(r, cpu_header.len(), |w, a, ag| {
+        let mut row = vec![w.to_owned(), a.to_owned()];
+        match ag.cpu {
+            None => row.resize(cpu_header.len(), MISSING.to_owned()),
+            Some(c) => {
+                row.extend([Metric::ProxyCpuPerUnit.of(ag), Metric::ProxyKernelCpuPerUnit.of(ag)].map(opt));
+                row.extend([c.kernel, c.client, c.server].map(|s| num(s.median)));
+            }
+        }
+        row
+    });
+    table(out, &cpu_header, &rows);
+
+    let _ = writeln!(out, "### Resources and checks\n");
+    let mut rows = Vec::new();
+    for a in &r.l7_arms {
+        let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a && r.l7_workloads.contains(&g.workload)).collect();
+        let memory = |f: fn(&Aggregate) -> Option<Spread>, max: bool| {
+            let v: Vec<Spread> = arm_rows.iter().filter_map(|g| f(g)).collect();
+            Spread::of(v.iter().map(|s| if max { s.max } else { s.median })).map_or(MISSING.to_owned(), |s| mib(s.median))
+        };
+        let counted = arm_rows.iter().filter_map(|g| g.proxy_counted).reduce(|(a, b), (c, d)| (a + c, b + d));
+        let mut paths: Vec<&str> = Vec::new();
+        for p in arm_rows.iter().flat_map(|g| g.keel_paths.iter()) {
+            if !paths.contains(&p.as_str()) {
+                paths.push(p);
+            }
+        }
+        rows.push(vec![
+            a.clone(),
+            memory(|g| g.proxy_pss_kib, false),
+            memory(|g| g.proxy_rss_kib, false),
+            memory(|g| g.proxy_rss_kib, true),
+            counted.map_or(MISSING.to_owned(), |(p, c)| format!("{p} / {c}")),
+            if paths.is_empty() { MISSING.to_owned() } else { paths.join("; ") },
+        ]);
+    }
+    table(
+        out,
+        &[
+            "arm",
+            "proxy PSS (median)",
+            "proxy peak RSS, sum of processes (median)",
+            "proxy peak RSS (max)",
+            "requests counted by the proxy / by the client",
+            "path checked before measuring",
+        ],
+        &rows,
+    );
+
+    let checks = check_l7_targets(r);
+    let _ = writeln!(out, "### Targets (issue 6; from this run)\n");
+    for c in &checks {
+        let mark = if c.verdict == Verdict::Pass { "x" } else { " " };
+        let _ = writeln!(out, "- [{mark}] **{}** {} — measured {}", c.verdict, c.label, c.measured);
+    }
+    let _ = writeln!(out, "\n{}\n", verdict_sentence(&checks, r.info.quick));
+}
+
+const L7_RATIO_HEADER: [&str; 14] = [
+    "workload",
+    "arm",
+    "req/s ×l7-nginx",
+    "req/s ×l7-keel-l4",
+    "req/s ×l7-direct",
+    "p50 ×l7-nginx",
+    "p50 ×l7-direct",
+    "p99 ×l7-nginx",
+    "p99 ×l7-direct",
+    "proxy CPU ×l7-nginx",
+    "proxy CPU ×l7-keel-l4",
+    "proxy+kernel CPU ×l7-nginx",
+    "proxy+kernel CPU ×l7-keel-l4",
+    "memory ×l7-nginx",
+];
+
+/// One row per measured L7 workload and L7 arm: `cells` for an arm with samples, dashes otherwise.
+fn l7_rows(r: &Report, columns: usize, cells: impl Fn(&str, &str, &Aggregate) -> Vec<String>) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for w in r.l7_workloads.iter().filter(|w| r.measured_any(&r.l7_arms, Some(w))) {
+        for a in &r.l7_arms {
+            rows.push(match r.get(w, a) {
+                Some(ag) => cells(w, a, ag),
+                None => missing_row(w, a, columns),
+            });
+        }
+    }
+    rows
+}
+
 fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
     let _ = writeln!(out, "## Targets (ratios from this run)\n");
     for c in checks {
@@ -1156,24 +1438,71 @@ impl fmt::Display for Summary {
 
 pub fn summary(report: &Report) -> Summary {
     let mut text = String::new();
-    // The single-node table, unless the run measured only cross-node arms.
-    if report.measured_any(&report.arms, None) || !report.measured_any(&report.cross_arms, None) {
+    // The single-node table, unless the run measured only cross-node or L7 arms.
+    let others = report.measured_any(&report.cross_arms, None) || report.measured_any(&report.l7_arms, None);
+    if report.measured_any(&report.arms, None) || !others {
         single_node_summary(&mut text, report);
     }
     if report.measured_any(&report.cross_arms, None) {
         cross_node_summary(&mut text, report);
     }
-    let targets = check_targets(report);
-    let _ = writeln!(text, "\nTargets:");
-    for t in &targets {
-        let _ = writeln!(text, "  {t}");
+    let mut targets = Vec::new();
+    if report.shows_capture() {
+        targets = check_targets(report);
+        let _ = writeln!(text, "\nTargets:");
+        for t in &targets {
+            let _ = writeln!(text, "  {t}");
+        }
+        let _ = writeln!(text, "{}", verdict_sentence(&targets, report.info.quick).replace("**", ""));
     }
+    if report.measured_any(&report.l7_arms, None) {
+        let l7 = l7_summary(&mut text, report);
+        targets.extend(l7);
+    }
+    Summary { text, targets }
+}
+
+/// The L7 arms: headline, latency, the p50 added over no proxy, proxy CPU and its ratio to nginx; then memory and
+/// issue 6's targets. Returns the target checks.
+fn l7_summary(text: &mut String, report: &Report) -> Vec<TargetCheck> {
+    let _ = writeln!(text, "\nL7: catalog through 1,000 virtual hosts on one node (proxy CPU: its processes, user + system)");
     let _ = writeln!(
         text,
-        "{}",
-        verdict_sentence(&targets, report.info.quick).replace("**", "")
+        "{:<13}{:<16}{:>15}{:>9}{:>9}{:>12}{:>14}{:>11}{:>13}",
+        "workload", "arm", "median", "p50 ms", "p99 ms", "+p50 µs", "proxy CPU", "×nginx", "proxy PSS"
     );
-    Summary { text, targets }
+    for w in report.l7_workloads.iter().filter(|w| report.measured_any(&report.l7_arms, Some(w))) {
+        for a in &report.l7_arms {
+            let line = match report.get(w, a) {
+                None => format!("{:>15}", MISSING),
+                Some(g) => {
+                    let added = match (report.median(w, a, Metric::P50), report.median(w, L7_DIRECT, Metric::P50)) {
+                        (Some(x), Some(base)) => format!("{:+.0}", (x - base) * 1e3),
+                        _ => MISSING.to_owned(),
+                    };
+                    format!(
+                        "{:>15}{:>9}{:>9}{:>12}{:>14}{:>11}{:>13}",
+                        format!("{} req/s", median(g.requests_per_s)),
+                        median(g.p50_ms),
+                        median(g.p99_ms),
+                        added,
+                        Metric::ProxyCpuPerUnit.of(g).map_or(MISSING.to_owned(), |v| format!("{} µs/req", num(v))),
+                        times(report.ratio(w, a, L7_NGINX, Metric::ProxyCpuPerUnit)),
+                        g.proxy_pss_kib.map_or(MISSING.to_owned(), |s| mib(s.median)),
+                    )
+                }
+            };
+            let failures = report.get(w, a).map(|g| g.failures.total()).unwrap_or(0);
+            let _ = writeln!(text, "{w:<13}{a:<16}{line}{}", if failures > 0 { format!("  failures {failures}") } else { String::new() });
+        }
+    }
+    let checks = check_l7_targets(report);
+    let _ = writeln!(text, "\nL7 targets (issue 6):");
+    for t in &checks {
+        let _ = writeln!(text, "  {t}");
+    }
+    let _ = writeln!(text, "{}", verdict_sentence(&checks, report.info.quick).replace("**", ""));
+    checks
 }
 
 fn single_node_summary(text: &mut String, report: &Report) {
@@ -1348,6 +1677,8 @@ pub(crate) mod tests {
             server_s: 1.0,
             bpf_s: total * 0.05,
             keel_by_node_s: Vec::new(),
+            proxy_s: total * 0.5,
+            proxy_user_s: total * 0.5,
         }
     }
 
@@ -1751,6 +2082,88 @@ pub(crate) mod tests {
         let r = aggregate(&Results { info: results.info.clone(), samples: extra });
         assert_eq!(r.cross_arms, ["x-direct", "x-keel-plain", "x-keel-hbone", "x-new"]);
         assert_eq!(r.arms, ARMS);
+    }
+
+    /// L7 samples: (arm, workload) with req/s, p50 (p99 = 4 × p50) and proxy CPU µs/request (keel+kernel twice that).
+    fn l7_samples() -> Vec<Sample> {
+        let mut samples = Vec::new();
+        for rep in 0..3 {
+            for (arm, c32_rps, c32_p50, r5k_p50, proxy_us, pss_mib) in [
+                ("l7-direct", 60_000.0, 0.1, 0.1, 0.0, 0),
+                ("l7-nginx", 40_000.0, 0.2, 0.2, 30.0, 50),
+                ("l7-keel-l4", 45_000.0, 0.15, 0.15, 20.0, 31),
+                ("l7-keel", 30_000.0, 0.18, 0.25, 27.0, 32),
+            ] {
+                for (workload, rps, p50) in [("l7-h1-c32", c32_rps, c32_p50), ("l7-h1-r5k", 5_000.0, r5k_p50)] {
+                    let mut s = http(arm, workload, rep, rps, (p50, p50 * 2.0, p50 * 4.0), proxy_us * 2.0);
+                    s.nodes = 1;
+                    s.keel_rss_kib = 0;
+                    s.proxy_pss_kib = pss_mib * 1024;
+                    s.proxy_rss_kib = pss_mib * 1024 * 2;
+                    if arm == "l7-direct" {
+                        (s.cpu.proxy_s, s.cpu.proxy_user_s) = (0.0, 0.0);
+                    } else {
+                        s.proxy_requests = Some(if arm == "l7-keel-l4" { 0 } else { s.requests });
+                    }
+                    s.keel_path = if arm == "l7-keel" { "L7: 1000 virtual hosts".into() } else { String::new() };
+                    samples.push(s);
+                }
+            }
+        }
+        samples
+    }
+
+    #[test]
+    fn l7_arms_have_their_own_section_and_targets() {
+        let info = synthetic().info;
+        let only = Results { info: info.clone(), samples: l7_samples() };
+        let r = aggregate(&only);
+        assert_eq!((&r.arms, &r.workloads), (&ARMS.map(String::from).to_vec(), &WORKLOADS.map(String::from).to_vec()));
+        assert_eq!((&r.l7_arms, &r.l7_workloads), (&L7_ARMS.map(String::from).to_vec(), &L7_WORKLOADS.map(String::from).to_vec()));
+        assert!(r.cross_arms.iter().all(|a| a.starts_with("x-")));
+        let ratio = |a, b, m| r.ratio("l7-h1-c32", a, b, m);
+        assert!(close(ratio("l7-keel", L7_NGINX, Metric::ProxyCpuPerUnit).unwrap(), 0.9));
+        assert!(close(ratio("l7-keel", L7_KEEL_L4, Metric::ProxyCpuPerUnit).unwrap(), 1.35));
+        assert!(close(ratio("l7-keel", L7_NGINX, Metric::ProxyPss).unwrap(), 0.64));
+        // No proxy: no proxy CPU (not 0), so no ratio to it.
+        assert_eq!(ratio("l7-direct", L7_NGINX, Metric::ProxyCpuPerUnit), None);
+        assert_eq!(r.get("l7-h1-c32", "l7-keel").unwrap().proxy_counted, Some((300_000 * 31 / 10, 300_000 * 31 / 10)));
+
+        let md = markdown(&r);
+        for text in [
+            "## L7: keel's L7 engine vs keel L4 vs nginx",
+            "| l7-h1-c32 | l7-keel | 30000 [27000–36000] | 0.180 | 0.720 | +80 | 27.0 | 54.0 | 32.0 MiB | 0 |",
+            "| l7-h1-c32 | l7-direct | 60000 [54000–72000] | 0.100 | 0.400 | +0 | – | – | – | 0 |",
+            "| l7-h1-c32 | l7-keel-meshed | – |",
+            "| l7-h1-c32 | l7-keel | 0.75× | 0.67× | 0.50× | 0.90× | 1.80× | 0.90× | 1.80× | 0.90× | 1.35× | 0.90× | 1.35× | 0.64× |",
+            "| l7-keel | 32.0 MiB | 64.0 MiB | 64.0 MiB |",
+            "| l7-keel-l4 | 31.0 MiB | 62.0 MiB | 62.0 MiB | 0 / ",
+            "- [x] **PASS** keel L7 vs nginx: l7-h1-c32 proxy CPU/request ≤ 1.0× — measured 0.90×",
+            "- [ ] **MISS** keel L7: l7-h1-r5k (moderate load, 5,000 req/s) p50 added over no proxy ≤ 100 µs — measured +150 µs",
+            "- [ ] **NOT MEASURED** keel L7 vs nginx: l7-h2-c4m8 proxy CPU/request ≤ 1.0× — measured –",
+            "2 of 10 targets met.",
+        ] {
+            assert!(md.contains(text), "missing {text:?} in:\n{md}");
+        }
+        // An L7-only run has no capture tables or targets of dashes.
+        assert!(md.starts_with("# keel benchmark: keel's L7 engine vs keel L4 vs nginx\n"));
+        assert!(!md.contains("## HTTP (wrk") && !md.contains("## Targets (ratios") && !md.contains("## Cross-node"), "{md}");
+        let s = summary(&r);
+        assert!(!s.text.contains("(all)") && !s.text.contains("\nTargets:"), "{s}");
+        let line = s.text.lines().find(|l| l.starts_with("l7-h1-c32    l7-keel ")).unwrap();
+        assert!(line.contains("30000 req/s") && line.contains("+80") && line.contains("27.0 µs/req") && line.contains("0.90×"), "{line}");
+        assert!(s.text.contains("L7 targets (issue 6):") && s.targets.len() == L7_TARGETS.len(), "{s}");
+
+        // Beside the capture arms, the capture report is as before and the L7 section comes after it.
+        let mut mixed = synthetic();
+        let single_md = markdown(&aggregate(&mixed));
+        mixed.samples.extend(l7_samples());
+        let r = aggregate(&mixed);
+        let md = markdown(&r);
+        assert!(md.starts_with(single_md.split("## Targets").next().unwrap()), "capture sections changed");
+        assert!(md.contains("## L7:") && md.contains("## Targets (ratios") && !md.split("## L7:").next().unwrap().contains("l7-"));
+        assert_eq!(check_targets(&r), check_targets(&aggregate(&synthetic())));
+        assert_eq!(summary(&r).targets.len(), TARGETS.len() + L7_TARGETS.len());
     }
 
     #[test]

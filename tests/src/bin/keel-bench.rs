@@ -9,8 +9,9 @@ use keel_tests::{
 
 #[derive(Parser)]
 #[command(
-    about = "keel's benchmark: capture on one node (direct vs iptables vs eBPF vs eBPF+splice) and the path across two \
-             nodes (x-direct vs x-keel-plain vs x-keel-hbone)"
+    about = "keel's benchmark: capture on one node (direct vs iptables vs eBPF vs eBPF+splice), the path across two \
+             nodes (x-direct vs x-keel-plain vs x-keel-hbone), and L7 on one node (l7-direct vs l7-nginx vs l7-keel-l4 vs \
+             l7-keel vs l7-keel-meshed)"
 )]
 struct Args {
     #[arg(long)]
@@ -29,10 +30,11 @@ struct Args {
     /// Seconds per workload (full run).
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// Only these arms (comma-separated): direct, iptables, ebpf, ebpf+splice, x-direct, x-keel-plain, x-keel-hbone.
+    /// Only these arms (comma-separated): direct, iptables, ebpf, ebpf+splice, x-direct, x-keel-plain, x-keel-hbone,
+    /// l7-direct, l7-nginx, l7-keel-l4, l7-keel, l7-keel-meshed.
     #[arg(long, value_delimiter = ',')]
     arms: Vec<String>,
-    /// Only these workloads (comma-separated names).
+    /// Only these workloads (comma-separated names). The L7 arms run the l7-* workloads, the others the rest.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
 }
@@ -56,14 +58,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let arms: Vec<&'static arms::Arm> = arms::ARMS.iter().filter(|a| pick(&args.arms, a.name)).collect();
+    let workloads: Vec<&'static workloads::Workload> = workloads::WORKLOADS.iter().filter(|w| pick(&args.workloads, w.name)).collect();
+    // Nor may a selection leave an arm with nothing to run.
+    if let Some(idle) = arms.iter().find(|a| !workloads.iter().any(|w| w.l7() == a.l7.is_some() && (!w.responder || a.runs_responder()))) {
+        eprintln!("keel-bench: arm {} runs none of the selected workloads", idle.name);
+        return ExitCode::FAILURE;
+    }
     let options = BenchOptions {
         binaries,
         out_dir: args.out.clone(),
         repetitions: if args.quick { 1 } else { args.reps.max(1) },
         seconds: if args.quick { 2 } else { args.seconds.max(1) },
         quick: args.quick,
-        arms: arms::ARMS.iter().filter(|a| pick(&args.arms, a.name)).collect(),
-        workloads: workloads::WORKLOADS.iter().filter(|w| pick(&args.workloads, w.name)).collect(),
+        arms,
+        workloads,
         command: std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
     };
     let results = match bench::run(&options) {
