@@ -188,7 +188,7 @@ impl Forward<'_> {
             record.flag("NC");
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster");
         };
-        record.service = service_of(cluster_name, self.snapshot);
+        record.service = service_of(cluster_name);
         let view = RequestView { method: self.parts.method.as_str(), authority: self.authority, path_and_query: self.path_and_query, headers: &self.parts.headers };
         let hash = request_hash(&self.plan.hash_policies, &view, self.d.client_ip);
         self.prepare_headers();
@@ -449,18 +449,13 @@ fn header_length(headers: &HeaderMap) -> u64 {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// `outbound|<port>|<subset>|<host>` → the service's host, name and namespace.
-fn service_of(cluster: &str, snapshot: &Snapshot) -> Option<(String, String, String)> {
+/// `outbound|<port>|<subset>|<name>.<namespace>.svc.<domain>` → the service's host, name and namespace, read
+/// from the name as Istio's telemetry does (no lookup on the request path).
+fn service_of(cluster: &str) -> Option<(String, String, String)> {
     let host = cluster.rsplit('|').next()?;
-    let service = snapshot.services.values().find(|s| s.hostname == host);
-    Some(match service {
-        Some(s) => (host.to_owned(), s.name.clone(), s.namespace.clone()),
-        None => {
-            let mut labels = host.split('.');
-            let (name, namespace) = (labels.next().unwrap_or(host), labels.next().unwrap_or("unknown"));
-            (host.to_owned(), name.to_owned(), namespace.to_owned())
-        }
-    })
+    let mut labels = host.split('.');
+    let (name, namespace) = (labels.next().unwrap_or(host), labels.next().unwrap_or("unknown"));
+    Some((host.to_owned(), name.to_owned(), namespace.to_owned()))
 }
 
 fn outlier_outcome(outcome: AttemptOutcome) -> Outcome {

@@ -1,6 +1,9 @@
 //! Istio's standard HTTP metrics and one access-log line per request. A request's record is filled in as it
 //! goes and reported once, when its response body ends (so durations and sizes cover the whole exchange).
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use keel_proto::workload::Workload;
 use prometheus_client::{
@@ -10,6 +13,7 @@ use prometheus_client::{
 };
 use tracing::info;
 
+use super::balancer::stable_hash;
 use crate::telemetry::Peer;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
@@ -114,13 +118,28 @@ impl IstioHttpLabels {
 
 type HistogramFamily = Family<IstioHttpLabels, Histogram, fn() -> Histogram>;
 
+/// One label set's four series, held so a request whose labels were seen before is counted without building
+/// and hashing the label set again (16 labels, four families).
+#[derive(Clone)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
 #[derive(Clone)]
 pub struct HttpMetrics {
     requests: Family<IstioHttpLabels, Counter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
+    /// Keyed by a hash of what the labels are made from (source, destination, status, flags, ...).
+    series: Arc<Mutex<HashMap<u64, Series>>>,
 }
+
+/// Bound on cached label sets (each is a few hundred bytes); past it the cache starts over.
+const MAX_CACHED_SERIES: usize = 4096;
 
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> HttpMetrics {
@@ -129,6 +148,7 @@ impl HttpMetrics {
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS)),
             request_bytes: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
             response_bytes: Family::new_with_constructor(|| Histogram::new(SIZE_BUCKETS)),
+            series: Arc::default(),
         };
         registry.register("istio_requests", "Requests (Istio standard)", m.requests.clone());
         registry.register("istio_request_duration_milliseconds", "Request duration (Istio standard)", m.duration.clone());
@@ -137,13 +157,37 @@ impl HttpMetrics {
         m
     }
 
+    fn series(&self, r: &RequestRecord) -> Series {
+        let key = stable_hash((
+            (&r.pod, &r.source.workload, &r.destination.workload, &r.destination_version, &r.service),
+            (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls),
+        ));
+        let mut cache = self.series.lock().expect("series cache poisoned");
+        if let Some(series) = cache.get(&key) {
+            return series.clone();
+        }
+        let labels = IstioHttpLabels::of(r);
+        let series = Series {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        };
+        if cache.len() >= MAX_CACHED_SERIES {
+            cache.clear();
+        }
+        cache.insert(key, series.clone());
+        series
+    }
+
     /// Counts the finished request and writes its access-log line.
     pub fn record(&self, r: &RequestRecord) {
-        let labels = IstioHttpLabels::of(r);
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(r.duration_ms);
-        self.request_bytes.get_or_create(&labels).observe(r.request_bytes as f64);
-        self.response_bytes.get_or_create(&labels).observe(r.response_bytes as f64);
+        let series = self.series(r);
+        series.requests.inc();
+        series.duration.observe(r.duration_ms);
+        series.request_bytes.observe(r.request_bytes as f64);
+        series.response_bytes.observe(r.response_bytes as f64);
+        let or_dash = |w: &Option<String>| w.clone().unwrap_or_else(|| "-".to_owned());
         info!(
             target: "keel::access",
             pod = %r.pod,
@@ -153,7 +197,7 @@ impl HttpMetrics {
             protocol = r.protocol,
             status = r.status,
             grpc_status = r.grpc_status.as_deref().unwrap_or("-"),
-            flags = %labels.response_flags,
+            flags = %r.flags_label(),
             route = if r.route.is_empty() { "-" } else { r.route.as_str() },
             cluster = %r.cluster,
             upstream = %r.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
@@ -162,8 +206,8 @@ impl HttpMetrics {
             response_bytes = r.response_bytes,
             duration_ms = format_args!("{:.3}", r.duration_ms),
             request_id = %r.request_id,
-            src_workload = %labels.source_workload,
-            dst_workload = %labels.destination_workload,
+            src_workload = %or_dash(&r.source.workload),
+            dst_workload = %or_dash(&r.destination.workload),
             "request"
         );
     }

@@ -12,7 +12,13 @@ const B3_PARENT: &str = "x-b3-parentspanid";
 const B3_SAMPLED: &str = "x-b3-sampled";
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn random_hex<const N: usize>() -> String {
