@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         control_plane: bool,
     },
-    /// Release build, then the capture benchmark (direct, iptables, eBPF, eBPF+splice); writes
+    /// Release build, then the benchmark (capture arms direct, iptables, eBPF, eBPF+splice; cross-node arms
+    /// x-*; L7 arms l7-* against nginx); writes
     /// target/bench/<timestamp>/{report.md,results.json,report.svg}. Needs root.
     Bench {
         /// Short smoke run (one repetition, 2 s workloads, ≤ 3 minutes): correctness, not conclusions.
