@@ -137,9 +137,9 @@ impl Enrollment {
         let removed = self.pods.lock().await.remove(name);
         let Some(pod) = removed else { bail!("pod {name} is not enrolled") };
         let ips = pod.spec.ips.clone();
-        let pod_name = pod.context.name.clone();
+        let pod_ip = pod.context.ip;
         self.stop_pod(pod).await?;
-        self.data_path.upstreams.forget(&pod_name);
+        self.data_path.upstreams.forget(pod_ip);
         info!(pod = %name, "pod unenrolled");
         self.forget_unused_identity(&ips).await;
         self.persist().await

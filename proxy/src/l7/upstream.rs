@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -70,8 +70,9 @@ pub enum SendError {
 /// The pooled connections of every source pod, created on a pod's first L7 request.
 #[derive(Default)]
 pub struct Upstreams {
-    http1: Mutex<HashMap<(String, bool), Http1Client>>,
-    http2: Mutex<HashMap<(String, SocketAddrV4), Http2Sender>>,
+    /// Keyed by the source pod's IP (a copyable key: no allocation per request).
+    http1: Mutex<HashMap<(Ipv4Addr, bool), Http1Client>>,
+    http2: Mutex<HashMap<(Ipv4Addr, SocketAddrV4), Http2Sender>>,
 }
 
 impl Upstreams {
@@ -103,7 +104,7 @@ impl Upstreams {
     fn http1_client(&self, dp: &Arc<DataPath>, pod: &Arc<PodContext>, reuse: bool) -> Http1Client {
         let mut clients = self.http1.lock().expect("upstream clients poisoned");
         clients
-            .entry((pod.name.clone(), reuse))
+            .entry((pod.ip, reuse))
             .or_insert_with(|| {
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).set_host(false);
@@ -122,7 +123,7 @@ impl Upstreams {
         endpoint: SocketAddrV4,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let key = (pod.name.clone(), endpoint);
+        let key = (pod.ip, endpoint);
         let pooled = self.http2.lock().expect("upstream clients poisoned").get(&key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match pooled {
             Some(sender) => sender,
@@ -151,9 +152,9 @@ impl Upstreams {
     }
 
     /// Drops a pod's pooled connections when it leaves the node.
-    pub fn forget(&self, pod: &str) {
-        self.http1.lock().expect("upstream clients poisoned").retain(|(name, _), _| name != pod);
-        self.http2.lock().expect("upstream clients poisoned").retain(|(name, _), _| name != pod);
+    pub fn forget(&self, pod_ip: Ipv4Addr) {
+        self.http1.lock().expect("upstream clients poisoned").retain(|(ip, _), _| *ip != pod_ip);
+        self.http2.lock().expect("upstream clients poisoned").retain(|(ip, _), _| *ip != pod_ip);
     }
 }
 

@@ -413,21 +413,13 @@ fn measured(
     let proxy_after = measure::processes_cpu_s(&pids)?;
     let after = probes.snapshot()?;
     let counted_after = front.counted()?;
-    let delta = measure::delta(&before, &after);
-    sample.arm = arm.name.to_owned();
-    sample.workload = workload.name.to_owned();
-    sample.nodes = 1;
-    sample.rep = rep;
-    sample.order = order;
-    sample.cpu = delta.cpu;
+    super::stamp(&mut sample, arm, workload, 1, (rep, order), measure::delta(&before, &after));
     sample.cpu.proxy_user_s = (proxy_after.0 - proxy_before.0).max(0.0);
     sample.cpu.proxy_s = sample.cpu.proxy_user_s + (proxy_after.1 - proxy_before.1).max(0.0);
     if matches!(front, Front::Nginx(_)) {
         // nginx runs in the client pod: its cgroup's CPU is the load generator's and the proxy's.
         sample.cpu.client_s = (sample.cpu.client_s - sample.cpu.proxy_s).max(0.0);
     }
-    sample.failures.syn_retransmits = delta.syn_retransmits;
-    sample.failures.listen_drops = delta.listen_drops;
     if let Front::Keel { keel, .. } = front {
         sample.keel_rss_kib = measure::peak_rss_kib(keel.pid());
         sample.keel_rss_by_node_kib = vec![sample.keel_rss_kib];

@@ -377,18 +377,22 @@ fn measured(
     let mut sample = workloads::run(workload, pods.client, pods.server, options.seconds)
         .with_context(|| format!("workload {}", workload.name))?;
     let after = probes.snapshot()?;
-    let delta = measure::delta(&before, &after);
+    stamp(&mut sample, arm, workload, arm.nodes as u32, (rep, order), measure::delta(&before, &after));
+    sample.keel_rss_by_node_kib = keels.iter().map(|k| measure::peak_rss_kib(k.pid())).collect();
+    sample.keel_rss_kib = sample.keel_rss_by_node_kib.iter().sum();
+    Ok(sample)
+}
+
+/// Names a sample after its arm, workload and place in the run, with the machine-wide deltas measured around it.
+fn stamp(sample: &mut Sample, arm: &Arm, workload: &Workload, nodes: u32, (rep, order): (u32, u32), delta: measure::Delta) {
     sample.arm = arm.name.to_owned();
     sample.workload = workload.name.to_owned();
-    sample.nodes = arm.nodes as u32;
+    sample.nodes = nodes;
     sample.rep = rep;
     sample.order = order;
     sample.cpu = delta.cpu;
     sample.failures.syn_retransmits = delta.syn_retransmits;
     sample.failures.listen_drops = delta.listen_drops;
-    sample.keel_rss_by_node_kib = keels.iter().map(|k| measure::peak_rss_kib(k.pid())).collect();
-    sample.keel_rss_kib = sample.keel_rss_by_node_kib.iter().sum();
-    Ok(sample)
 }
 
 fn run_info(options: &BenchOptions) -> RunInfo {
