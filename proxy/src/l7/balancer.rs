@@ -116,10 +116,12 @@ impl Balancer {
             }
             (Kind::RoundRobin { next }, _) => (0..n).map(|_| next.fetch_add(1, Ordering::Relaxed) % n).find(|&e| usable(e))?,
             (Kind::LeastRequest { choices }, _) => {
+                // The choices are distinct endpoints: drawn with replacement (as Envoy does), two endpoints would
+                // compare a host with itself one time in two, and a slow endpoint would still get a quarter of
+                // the requests however loaded it is.
                 let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
-                (0..*choices)
-                    .map(|_| available[rng.random_range(0..available.len())])
-                    .min_by_key(|&e| self.endpoints[e].active.load(Ordering::Relaxed))?
+                let drawn = rand::seq::index::sample(&mut rng, available.len(), (*choices).min(available.len()));
+                drawn.iter().map(|i| available[i]).min_by_key(|&e| self.endpoints[e].active.load(Ordering::Relaxed))?
             }
             _ => {
                 let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
@@ -223,8 +225,14 @@ mod tests {
         b.endpoints()[0].active.store(50, Ordering::Relaxed);
         let seen = spread(&b, 2000, |_| None);
         let idle = seen[&b.endpoints()[1].address];
-        // Two random choices: the busy one wins only when both choices are it (1 in 4).
-        assert!(idle > 1300, "idle endpoint picked {idle} of 2000");
+        // Two distinct choices out of two: the busy one never wins.
+        assert_eq!(idle, 2000, "idle endpoint picked {idle} of 2000");
+        // Out of four, the busiest is never picked and the idle ones share the load.
+        let b = Balancer::new(&Policy::LeastRequest { choices: 2 }, endpoints(4));
+        b.endpoints()[0].active.store(50, Ordering::Relaxed);
+        let seen = spread(&b, 2000, |_| None);
+        assert!(!seen.contains_key(&b.endpoints()[0].address), "busiest endpoint picked: {seen:?}");
+        assert_eq!(seen.len(), 3);
     }
 
     #[test]
