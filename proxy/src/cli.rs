@@ -218,7 +218,7 @@ fn proxy_config(socket: &std::path::Path, view: View) -> anyhow::Result<()> {
 }
 
 fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let access_log = crate::logging::init(args.log_format);
     let cgroup_root = match args.cgroup {
         Some(path) => path,
         None => cgroup2_mount()?,
@@ -267,19 +267,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         .thread_name("keel-worker")
         .enable_all()
         .build()?;
-    runtime.block_on(crate::app::run(config))
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let result = runtime.block_on(crate::app::run(config));
+    access_log.flush();
+    result
 }

@@ -1,9 +1,10 @@
-//! The L7 engine (issue 6; see docs/design/l7-engine.md). What exists so far is its core, not yet on the data
-//! path: `matching` (request matchers) and `route_table` (virtual hosts and ordered routes), compiled from Envoy's
-//! RouteConfiguration, `balancer` (least request, round robin, random, ring hash, Maglev), `outlier` (ejection),
-//! `circuit` (connection-pool limits answering 503 UO), `retry` (retry conditions and backoff) and `fault` (delay
-//! and abort injection), `action` (weighted clusters, hash keys, header edits), `cluster_config` (an Envoy Cluster
-//! validated into balancer, limits and outlier settings).
+//! The L7 engine: HTTP traffic to a Service VIP whose port has routes is terminated here, routed and sent on
+//! (docs/design/l7-engine.md maps the modules). `config` turns the Envoy resources from xDS into what the data
+//! path reads: `route_table` + `matching` + `route_plan` + `action` (virtual hosts, routes and what they do),
+//! `cluster_config` + `cluster` (balancer, `circuit` limits, `outlier` ejection), `retry` and `fault`.
+//! `server` terminates HTTP/1.1 and h2c, `request` carries one request through routing, faults, retries and
+//! mirrors, `upstream` + `http1_pool` send it over pooled connections, `body` and `telemetry` report it,
+//! `trace_headers` propagates traces, `dump` prints the live config.
 pub mod action;
 pub mod balancer;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod cluster_config;
 pub mod config;
 pub mod dump;
 pub mod fault;
+pub mod http1_pool;
 pub mod matching;
 pub mod outlier;
 pub mod request;

@@ -1,12 +1,11 @@
 //! Upstream HTTP connections, pooled per source pod (a connection carries its source's identity, so pods never
 //! share one) and per endpoint, each dialled the way L4 would reach the endpoint: an HBONE stream to a meshed
 //! workload on another node, plain TCP inside the node (with the source identity handed over in-process) or to a
-//! workload outside the mesh. HTTP/1.1 goes through hyper's pooling client (keep-alive, one request per
-//! connection at a time); HTTP/2 multiplexes every request to an endpoint on one connection, sent with the
+//! workload outside the mesh. HTTP/1.1 connections carry one request at a time and are driven by the request's
+//! own task (`http1_pool`); HTTP/2 multiplexes every request to an endpoint on one connection, sent with the
 //! request's own `:authority`.
 use std::{
     collections::HashMap,
-    future::Future,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     pin::Pin,
@@ -16,20 +15,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::Uri;
 use http_body_util::combinators::BoxBody;
-use hyper_util::{
-    client::legacy::{
-        connect::{Connected, Connection},
-        Client,
-    },
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
+use super::http1_pool::{Http1Conn, Http1Pool, Http1SendError, UpstreamBody};
 use crate::{
     hbone::client::Tunnel,
     identity::Identity,
@@ -42,11 +35,7 @@ use crate::{
 };
 
 pub type RequestBody = BoxBody<Bytes, hyper::Error>;
-type Http1Client = Client<Connector, RequestBody>;
 type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
-
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What kind of upstream connections a cluster wants.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -70,8 +59,8 @@ pub enum SendError {
 /// The pooled connections of every source pod, created on a pod's first L7 request.
 #[derive(Default)]
 pub struct Upstreams {
-    /// Keyed by the source pod's IP (a copyable key: no allocation per request).
-    http1: Mutex<HashMap<(Ipv4Addr, bool), Http1Client>>,
+    /// Keyed by the source pod's IP (a copyable key: no allocation per request) and the endpoint.
+    http1: Arc<Http1Pool>,
     http2: Mutex<HashMap<(Ipv4Addr, SocketAddrV4), Http2Sender>>,
 }
 
@@ -84,36 +73,33 @@ impl Upstreams {
         protocol: Protocol,
         endpoint: SocketAddrV4,
         request: http::Request<RequestBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
         if protocol.http2 {
-            return self.send_http2(dp, pod, endpoint, request).await;
+            let response = self.send_http2(dp, pod, endpoint, request).await?;
+            return Ok(response.map(UpstreamBody::detached));
         }
-        let client = self.http1_client(dp, pod, protocol.reuse);
         let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = format!("http://{endpoint}{path}").parse().map_err(|e| SendError::Reset(format!("{e}")))?;
-        client.request(http::Request::from_parts(parts, body)).await.map_err(|e| {
-            if e.is_connect() {
-                SendError::ConnectFailure(format!("{e:#}: {}", source_text(&e)))
-            } else {
-                SendError::Reset(source_text(&e))
-            }
-        })
-    }
-
-    fn http1_client(&self, dp: &Arc<DataPath>, pod: &Arc<PodContext>, reuse: bool) -> Http1Client {
-        let mut clients = self.http1.lock().expect("upstream clients poisoned");
-        clients
-            .entry((pod.ip, reuse))
-            .or_insert_with(|| {
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).set_host(false);
-                if !reuse {
-                    builder.pool_max_idle_per_host(0);
+        // Origin form on the wire; the Host header carries the authority.
+        parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse().map_err(|e| SendError::Reset(format!("{e}")))?;
+        let mut request = http::Request::from_parts(parts, body);
+        let home = protocol.reuse.then(|| (self.http1.clone(), (pod.ip, endpoint)));
+        loop {
+            let pooled = if protocol.reuse { self.http1.take(pod.ip, endpoint) } else { None };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let io = dial(dp, pod, endpoint).await.map_err(SendError::ConnectFailure)?;
+                    Http1Conn::handshake(io).await.map_err(|e| SendError::ConnectFailure(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?
                 }
-                builder.build(Connector { dp: dp.clone(), pod: pod.clone() })
-            })
-            .clone()
+            };
+            match conn.send(request).await {
+                Ok(response) => return Ok(response.map(|body| UpstreamBody::driving(body, conn, home))),
+                // The server closed a pooled connection while it was idle: the request goes on a new one.
+                Err(Http1SendError::Unsent(unsent, _)) if reused => request = unsent,
+                Err(Http1SendError::Unsent(_, e) | Http1SendError::Failed(e)) => return Err(SendError::Reset(source_text(&e))),
+            }
+        }
     }
 
     async fn send_http2(
@@ -153,7 +139,7 @@ impl Upstreams {
 
     /// Drops a pod's pooled connections when it leaves the node.
     pub fn forget(&self, pod_ip: Ipv4Addr) {
-        self.http1.lock().expect("upstream clients poisoned").retain(|(ip, _), _| *ip != pod_ip);
+        self.http1.forget(pod_ip);
         self.http2.lock().expect("upstream clients poisoned").retain(|(ip, _), _| *ip != pod_ip);
     }
 }
@@ -165,34 +151,6 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-/// Dials endpoints for one source pod. The URI's authority is the endpoint (`ip:port`).
-#[derive(Clone)]
-pub struct Connector {
-    dp: Arc<DataPath>,
-    pod: Arc<PodContext>,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<UpstreamIo>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (dp, pod) = (self.dp.clone(), self.pod.clone());
-        Box::pin(async move {
-            let endpoint: SocketAddrV4 = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: not an IPv4 endpoint")))?;
-            dial(&dp, &pod, endpoint).await.map(TokioIo::new).map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))
-        })
-    }
 }
 
 async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result<UpstreamIo, String> {
@@ -221,12 +179,6 @@ async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result
 pub enum UpstreamIo {
     Tcp(TcpStream, Option<Registration>, Path),
     Hbone(Box<Tunnel>),
-}
-
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for UpstreamIo {

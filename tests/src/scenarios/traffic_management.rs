@@ -137,7 +137,9 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     if counted < 200.0 {
         bail!("istio_requests_total counted {counted} mTLS 200s to catalog, want ≥ 200:\n{}", grep(&metrics, "istio_requests_total"));
     }
-    if !keel.log().lines().any(|l| l.contains("request") && l.contains("/items") && l.contains("outbound|80||catalog.default.svc.cluster.local")) {
+    // Access-log lines are written out in batches (within 20 ms), so give them a moment.
+    let logged = || keel.log().lines().any(|l| l.contains("request") && l.contains("/items") && l.contains("outbound|80||catalog.default.svc.cluster.local"));
+    if !(0..20).any(|_| logged() || { std::thread::sleep(Duration::from_millis(100)); false }) {
         bail!("no access-log line names the request and its cluster");
     }
     // Every request gets an x-request-id and a W3C trace context; a caller's trace is continued, not replaced.
