@@ -100,7 +100,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5_000)]
     pub drain_timeout_ms: u64,
     /// Async worker threads for the data path.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// Benchmark mode: answer every captured outbound HTTP request with 200 in keel, never relaying (isolates
     /// the cost of capture from the cost of relaying). Not for real traffic.
