@@ -79,8 +79,13 @@ impl Upstreams {
             return Ok(response.map(UpstreamBody::detached));
         }
         let (mut parts, body) = request.into_parts();
-        // Origin form on the wire; the Host header carries the authority.
-        parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse().map_err(|e| SendError::Reset(format!("{e}")))?;
+        // Origin form on the wire (the Host header carries the authority); a request that came in over HTTP/2
+        // has an absolute URI.
+        if parts.uri.authority().is_some() {
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+            parts.uri = http::Uri::from_parts(origin).map_err(|e| SendError::Reset(format!("{e}")))?;
+        }
         let mut request = http::Request::from_parts(parts, body);
         let home = protocol.reuse.then(|| (self.http1.clone(), (pod.ip, endpoint)));
         loop {
