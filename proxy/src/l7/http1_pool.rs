@@ -34,9 +34,20 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 type Key = (Ipv4Addr, SocketAddrV4);
 
 /// The idle HTTP/1.1 connections of every source pod to every endpoint.
-#[derive(Default)]
 pub struct Http1Pool {
-    idle: Mutex<HashMap<Key, Vec<(Http1Conn, Instant)>>>,
+    idle: Mutex<Idle>,
+}
+
+struct Idle {
+    /// Per key, oldest at the bottom.
+    by_key: HashMap<Key, Vec<(Http1Conn, Instant)>>,
+    last_sweep: Instant,
+}
+
+impl Default for Http1Pool {
+    fn default() -> Http1Pool {
+        Http1Pool { idle: Mutex::new(Idle { by_key: HashMap::new(), last_sweep: Instant::now() }) }
+    }
 }
 
 /// One upstream HTTP/1.1 connection: hyper's request handle and the connection state machine, which whoever
@@ -60,7 +71,7 @@ impl Http1Pool {
     /// The most recently used idle connection from `pod` to `endpoint`, if one is fresh enough.
     pub fn take(&self, pod: Ipv4Addr, endpoint: SocketAddrV4) -> Option<Http1Conn> {
         let mut idle = self.idle.lock().expect("HTTP/1.1 pool poisoned");
-        let stack = idle.get_mut(&(pod, endpoint))?;
+        let stack = idle.by_key.get_mut(&(pod, endpoint))?;
         while let Some((conn, since)) = stack.pop() {
             if since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);
@@ -70,19 +81,39 @@ impl Http1Pool {
     }
 
     fn put(&self, key: Key, conn: Http1Conn) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().expect("HTTP/1.1 pool poisoned");
-        let stack = idle.entry(key).or_default();
-        // The oldest are at the bottom: drop those past their idle time while we are here.
-        let stale = stack.iter().take_while(|(_, since)| since.elapsed() >= IDLE_TIMEOUT).count();
-        stack.drain(..stale);
-        if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push((conn, Instant::now()));
+        // Endpoints come and go: now and then, close what idled out everywhere (not just under this key), so
+        // a connection to an endpoint nobody calls any more does not stay open for the pod's lifetime.
+        if now.duration_since(idle.last_sweep) >= IDLE_TIMEOUT {
+            idle.sweep(now);
         }
+        let stack = idle.by_key.entry(key).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push((conn, now));
+        }
+    }
+
+    /// Idle connections held, over all keys.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().expect("HTTP/1.1 pool poisoned").by_key.values().map(Vec::len).sum()
     }
 
     /// Closes a pod's idle connections (it left the node).
     pub fn forget(&self, pod: Ipv4Addr) {
-        self.idle.lock().expect("HTTP/1.1 pool poisoned").retain(|(ip, _), _| *ip != pod);
+        self.idle.lock().expect("HTTP/1.1 pool poisoned").by_key.retain(|(ip, _), _| *ip != pod);
+    }
+}
+
+impl Idle {
+    /// Closes every connection idle for `IDLE_TIMEOUT` at `now`, and forgets keys left empty.
+    fn sweep(&mut self, now: Instant) {
+        self.by_key.retain(|_, stack| {
+            stack.retain(|(_, since)| now.duration_since(*since) < IDLE_TIMEOUT);
+            !stack.is_empty()
+        });
+        self.last_sweep = now;
     }
 }
 
@@ -254,8 +285,28 @@ mod tests {
             assert_eq!(read_all(response, conn, &pool, server).await, Bytes::from_static(b"ok"));
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 1, "five requests in a row share one connection");
+        assert_eq!(pool.idle_count(), 1);
         pool.forget(POD);
         assert!(pool.take(POD, server).is_none());
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_their_time_are_closed_under_every_key() {
+        let (server, _) = keep_alive_server().await;
+        let pool = Arc::new(Http1Pool::default());
+        for pod in [POD, Ipv4Addr::new(10, 0, 0, 2)] {
+            let mut conn = connect(server).await;
+            let Ok(response) = conn.send(get()).await else { panic!("request failed") };
+            let body = UpstreamBody::driving(response.into_body(), conn, Some((pool.clone(), (pod, server))));
+            body.collect().await.unwrap();
+        }
+        assert_eq!(pool.idle_count(), 2);
+        pool.idle.lock().unwrap().sweep(Instant::now() + Duration::from_secs(30));
+        assert_eq!(pool.idle_count(), 2, "not idle long enough yet");
+        pool.idle.lock().unwrap().sweep(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.idle.lock().unwrap().by_key.is_empty(), "empty keys are forgotten");
     }
 
     #[tokio::test]
