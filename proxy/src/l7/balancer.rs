@@ -95,6 +95,11 @@ impl Balancer {
 
     /// An endpoint for a request; `hash` is the request's consistent-hash key (hash policies), when it has one.
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        self.pick_avoiding(hash, &[])
+    }
+
+    /// As `pick`, but never one of `avoid` (a retry's previous hosts); `None` when only those are left.
+    pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
@@ -103,7 +108,7 @@ impl Balancer {
         // ignored and traffic spreads over all of them rather than overloading the few (or failing with none).
         let healthy = self.endpoints.iter().filter(|e| e.available()).count();
         let panic = (healthy as f64) * 100.0 < self.panic_threshold * n as f64;
-        let usable = |e: usize| panic || self.endpoints[e].available();
+        let usable = |e: usize| (panic || self.endpoints[e].available()) && !avoid.contains(&self.endpoints[e].address);
         let mut rng = rand::rng();
         let index = match (&self.kind, hash) {
             (Kind::Ring(ring), Some(h)) => {
@@ -125,7 +130,7 @@ impl Balancer {
             }
             _ => {
                 let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
-                available[rng.random_range(0..available.len())]
+                *available.get(rng.random_range(0..available.len().max(1)))?
             }
         };
         Some(&self.endpoints[index])
@@ -233,6 +238,21 @@ mod tests {
         let seen = spread(&b, 2000, |_| None);
         assert!(!seen.contains_key(&b.endpoints()[0].address), "busiest endpoint picked: {seen:?}");
         assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_hosts_it_tried() {
+        for policy in [Policy::LeastRequest { choices: 2 }, Policy::RoundRobin, Policy::Random, Policy::RingHash { min_ring_size: 64 }] {
+            let b = Balancer::new(&policy, endpoints(2));
+            let tried = [b.endpoints()[0].address];
+            // The tried endpoint is the idle one, so least request alone would pick it every time.
+            b.endpoints()[1].active.store(50, Ordering::Relaxed);
+            for k in 0..50u64 {
+                assert_eq!(b.pick_avoiding(Some(k), &tried).unwrap().address, b.endpoints()[1].address, "{policy:?}");
+            }
+            let all = [b.endpoints()[0].address, b.endpoints()[1].address];
+            assert!(b.pick_avoiding(None, &all).is_none(), "{policy:?}: only tried hosts left");
+        }
     }
 
     #[test]

@@ -102,6 +102,17 @@ impl Cluster {
     /// Picks an endpoint for a client in `locality` (nearest healthy level first), returning ejected endpoints
     /// whose time is up before.
     pub fn pick(&self, hash: Option<u64>, locality: Option<&(String, String, String)>) -> Option<Arc<Endpoint>> {
+        self.pick_avoiding(hash, locality, &[])
+    }
+
+    /// As `pick`, but not one of `avoid` (a retry's previous hosts) while any other endpoint can serve; when
+    /// only those are left, one of them.
+    pub fn pick_avoiding(
+        &self,
+        hash: Option<u64>,
+        locality: Option<&(String, String, String)>,
+        avoid: &[std::net::SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
         if let Some(outlier) = &self.outlier {
             let now_ms = self.born.elapsed().as_millis() as u64;
             let last = self.last_sweep_ms.load(Ordering::Relaxed);
@@ -116,11 +127,13 @@ impl Cluster {
             for level in levels.iter().filter(|(r, ..)| !r.is_empty()) {
                 let nearby = self.localities.iter().find(|((r, z, s), _)| (r, z, s) == (level.0, level.1, level.2));
                 if let Some((_, balancer)) = nearby.filter(|(_, b)| b.endpoints().iter().any(|e| !e.ejected.load(Ordering::Relaxed))) {
-                    return balancer.pick(hash).cloned();
+                    if let Some(endpoint) = balancer.pick_avoiding(hash, avoid) {
+                        return Some(endpoint.clone());
+                    }
                 }
             }
         }
-        self.balancer.pick(hash).cloned()
+        self.balancer.pick_avoiding(hash, avoid).or_else(|| self.balancer.pick(hash)).cloned()
     }
 
     /// Feeds one attempt's result to outlier detection; true when it ejected the endpoint.

@@ -378,8 +378,9 @@ impl Forward<'_> {
     }
 }
 
-/// The endpoint for the next attempt: on a retry with `previous_hosts`, one not tried yet if the balancer offers
-/// it within the allowed number of picks.
+/// The endpoint for the next attempt: on a retry with `previous_hosts`, one not tried yet while there is one.
+/// (Envoy re-picks up to `host_selection_retry_max_attempts` times and hopes for another host; keel leaves the
+/// tried hosts out of the pick, which with least request over two endpoints is the only way to get the other.)
 fn pick_endpoint(
     cluster: &Cluster,
     hash: Option<u64>,
@@ -387,17 +388,8 @@ fn pick_endpoint(
     tried: &[std::net::SocketAddr],
     locality: Option<&(String, String, String)>,
 ) -> Option<Arc<super::balancer::Endpoint>> {
-    let avoid = retries.filter(|r| r.avoid_previous_hosts && !tried.is_empty());
-    let picks = avoid.map_or(1, |r| r.host_selection_attempts);
-    let mut endpoint = None;
-    for _ in 0..picks {
-        endpoint = cluster.pick(hash, locality);
-        match &endpoint {
-            Some(e) if tried.contains(&e.address) => continue,
-            _ => break,
-        }
-    }
-    endpoint
+    let avoid = if retries.is_some_and(|r| r.avoid_previous_hosts) { tried } else { &[] };
+    cluster.pick_avoiding(hash, locality, avoid)
 }
 
 fn protocol_of(cluster: &Cluster) -> Protocol {

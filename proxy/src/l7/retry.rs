@@ -38,10 +38,10 @@ pub struct Retries {
     grpc_codes: Vec<u32>,
     base_interval: Duration,
     max_interval: Duration,
-    /// Envoy's `previous_hosts` predicate (Istio sets it): a retry goes to an endpoint not tried yet when the
-    /// balancer offers one within `host_selection_attempts` picks.
+    /// Envoy's `previous_hosts` predicate (Istio sets it): a retry goes to an endpoint not tried yet while there
+    /// is one. Envoy's `host_selection_retry_max_attempts` (how often it re-picks hoping for another host) is not
+    /// needed: keel leaves the tried hosts out of the pick.
     pub avoid_previous_hosts: bool,
-    pub host_selection_attempts: u32,
 }
 
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -89,7 +89,6 @@ impl Retries {
             }
             r.avoid_previous_hosts = true;
         }
-        r.host_selection_attempts = u32::try_from(policy.host_selection_retry_max_attempts).unwrap_or(1).clamp(1, 16);
         let back_off = policy.retry_back_off.as_ref();
         r.base_interval = back_off.and_then(|b| b.base_interval.as_ref()).map(duration).unwrap_or(DEFAULT_BASE_INTERVAL);
         r.max_interval = back_off.and_then(|b| b.max_interval.as_ref()).map(duration).unwrap_or(r.base_interval * 10);
