@@ -109,6 +109,11 @@ impl Balancer {
         let healthy = self.endpoints.iter().filter(|e| e.available()).count();
         let panic = (healthy as f64) * 100.0 < self.panic_threshold * n as f64;
         let usable = |e: usize| (panic || self.endpoints[e].available()) && !avoid.contains(&self.endpoints[e].address);
+        // Usually every endpoint is usable: then the candidates are 0..n and nothing is collected per pick.
+        let every = avoid.is_empty() && (panic || healthy == n);
+        let filtered: Vec<usize> = if every { Vec::new() } else { (0..n).filter(|&e| usable(e)).collect() };
+        let candidates = if every { n } else { filtered.len() };
+        let candidate = |i: usize| if every { i } else { filtered[i] };
         let mut rng = rand::rng();
         let index = match (&self.kind, hash) {
             (Kind::Ring(ring), Some(h)) => {
@@ -124,14 +129,17 @@ impl Balancer {
                 // The choices are distinct endpoints: drawn with replacement (as Envoy does), two endpoints would
                 // compare a host with itself one time in two, and a slow endpoint would still get a quarter of
                 // the requests however loaded it is.
-                let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
-                let drawn = rand::seq::index::sample(&mut rng, available.len(), (*choices).min(available.len()));
-                drawn.iter().map(|i| available[i]).min_by_key(|&e| self.endpoints[e].active.load(Ordering::Relaxed))?
+                let load = |i: usize| self.endpoints[candidate(i)].active.load(Ordering::Relaxed);
+                let best = match *choices {
+                    _ if candidates <= 1 => (candidates == 1).then_some(0),
+                    // Istio's default, without allocating.
+                    2 => rand::seq::index::sample_array::<_, 2>(&mut rng, candidates).map(|[a, b]| if load(b) < load(a) { b } else { a }),
+                    c => rand::seq::index::sample(&mut rng, candidates, c.min(candidates)).iter().min_by_key(|&i| load(i)),
+                };
+                candidate(best?)
             }
-            _ => {
-                let available: Vec<usize> = (0..n).filter(|&e| usable(e)).collect();
-                *available.get(rng.random_range(0..available.len().max(1)))?
-            }
+            _ if candidates == 0 => return None,
+            _ => candidate(rng.random_range(0..candidates)),
         };
         Some(&self.endpoints[index])
     }
