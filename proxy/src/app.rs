@@ -10,6 +10,8 @@ use std::{
     time::Instant,
 };
 
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+
 use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::Value;
@@ -27,7 +29,8 @@ use crate::{
     pods::PodSpec,
     hbone::client::{HboneClient, HbonePoolStats},
     l4::{open_connections::OpenConnections, DataPath, NodePods},
-    telemetry::{ConnectionStats, Telemetry},
+    limits::Slots,
+    telemetry::{ConnectionStats, Refusal, Telemetry},
 };
 
 pub struct Daemon {
@@ -35,6 +38,7 @@ pub struct Daemon {
     data_path: Arc<DataPath>,
     enrollment: Enrollment,
     ready: AtomicBool,
+    open_files_limit: u64,
     /// Present when keel follows a control plane.
     xds: Option<crate::xds::setup::Xds>,
 }
@@ -58,6 +62,13 @@ pub struct Stats {
     pub hbone: HbonePoolStats,
     /// Inbound connections tracked for re-authorization when policies change.
     pub tracked_connections: usize,
+    /// Connections refused before they were carried, by reason (see `Refusal`).
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// HBONE connections open on this node, and the node's limit.
+    pub hbone_server_connections: usize,
+    pub hbone_server_connection_limit: usize,
+    /// keel's RLIMIT_NOFILE after raising it at start.
+    pub open_files_limit: u64,
 }
 
 impl Daemon {
@@ -104,6 +115,10 @@ impl Daemon {
             ebpf: self.data_path.capture.counters(),
             hbone: self.data_path.hbone.stats(),
             tracked_connections: self.data_path.open_connections.len(),
+            refused: self.data_path.telemetry.refusals(),
+            hbone_server_connections: self.data_path.hbone_node_slots.in_use(),
+            hbone_server_connection_limit: self.data_path.hbone_node_slots.limit(),
+            open_files_limit: self.open_files_limit,
         }
     }
 
@@ -135,8 +150,16 @@ impl Daemon {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.state_dir)
+    let open_files_limit = crate::limits::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    info!(open_files_limit, "open files limit");
+    // 0700 from the first moment: the state dir holds the pod list, the last good config and (local mode) the CA.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
         .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting the state directory {}", config.state_dir.display()))?;
     let capture = {
         let config = config.clone();
         // Loading and attaching programs are blocking syscalls; the kernel logger task needs the runtime.
@@ -159,11 +182,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         open_connections: OpenConnections::new(config.close_denied_connections),
         cluster_id: config.workload_source.as_ref().map_or_else(|| "Kubernetes".to_owned(), |s| s.cluster_id().to_owned()),
         connect_timeout: config.connect_timeout,
+        limits: config.limits,
+        hbone_node_slots: Slots::new(config.limits.hbone.connections_per_node, Refusal::NodeHboneLimit),
+        mesh: config.workload_source.is_some(),
         responder: config.responder,
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), xds });
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        data_path,
+        enrollment,
+        ready: AtomicBool::new(false),
+        open_files_limit,
+        xds,
+    });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));

@@ -123,6 +123,32 @@ pub struct RunArgs {
     /// Validity keel asks for its workload certificates, in seconds (renewed at half-life).
     #[arg(long, default_value_t = 86_400)]
     pub certificate_validity_secs: u64,
+    /// Run with no workload source (no --xds-address, no --config-dir): keel captures and relays bytes with no
+    /// identities, no mTLS and no policy. For benchmarks and capture tests only; without this flag keel refuses
+    /// to start without a workload source rather than carry a mesh's traffic unauthenticated.
+    #[arg(long, conflicts_with_all = ["xds_address", "config_dir"])]
+    pub capture_only: bool,
+    /// A relayed connection with no byte in either direction for this long is closed.
+    #[arg(long, default_value_t = 3600)]
+    pub idle_timeout_secs: u64,
+    /// Once one direction of a relayed connection has ended, the other may be silent this long.
+    #[arg(long, default_value_t = 300)]
+    pub half_closed_timeout_secs: u64,
+    /// Captured connections one pod may have open through keel at once; beyond it new ones are reset.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections_per_pod: usize,
+    /// HBONE connections one pod's 15008 accepts at once.
+    #[arg(long, default_value_t = 1_024)]
+    pub max_hbone_connections_per_pod: usize,
+    /// HBONE connections the node accepts at once, all pods together.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_hbone_connections: usize,
+    /// Time an HBONE client has for the mTLS handshake and the HTTP/2 preface, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub hbone_handshake_timeout_ms: u64,
+    /// An HBONE connection with no stream for this long is closed with a GOAWAY.
+    #[arg(long, default_value_t = 600)]
+    pub hbone_idle_timeout_secs: u64,
     /// Leave open connections alone when a policy change would deny them (by default keel closes them).
     #[arg(long)]
     pub keep_denied_connections: bool,
@@ -223,7 +249,27 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => cgroup2_mount()?,
     };
+    if args.xds_address.is_none() && args.config_dir.is_none() && !args.capture_only {
+        anyhow::bail!(
+            "no workload source: give --xds-address (a control plane) or --config-dir (local mode); \
+             --capture-only runs keel without identities, mTLS or policy (benchmarks and tests only)"
+        );
+    }
+    let limits = crate::limits::Limits {
+        relay: crate::l4::relay::Timeouts {
+            idle: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            half_closed: Duration::from_secs(args.half_closed_timeout_secs.max(1)),
+        },
+        connections_per_pod: args.max_connections_per_pod.max(1),
+        hbone: crate::limits::HboneServerLimits {
+            handshake_timeout: Duration::from_millis(args.hbone_handshake_timeout_ms.max(1)),
+            idle_timeout: Duration::from_secs(args.hbone_idle_timeout_secs.max(1)),
+            connections_per_pod: args.max_hbone_connections_per_pod.max(1),
+            connections_per_node: args.max_hbone_connections.max(1),
+        },
+    };
     let config = Config {
+        limits,
         capture: args.capture,
         cgroup_root,
         bpffs_dir: args.bpffs,

@@ -45,8 +45,10 @@ pub struct Config {
     pub certificate_validity: Duration,
     /// Close open connections that a policy change denies.
     pub close_denied_connections: bool,
-    /// Where workloads, services and policies come from, if anywhere.
+    /// Where workloads, services and policies come from; `None` only in `--capture-only` mode.
     pub workload_source: Option<crate::xds::setup::WorkloadSource>,
+    /// Bounds on what peers can hold (connections, handshakes, idle time).
+    pub limits: crate::limits::Limits,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).

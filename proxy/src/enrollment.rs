@@ -106,7 +106,7 @@ impl Enrollment {
                 IpAddr::V6(_) => None,
             })
             .context("field `ips`: no IPv4 address")?;
-        let context = Arc::new(PodContext { name: spec.pod_name().to_string(), netns, ip });
+        let context = Arc::new(PodContext::new(spec.pod_name().to_string(), netns, ip, &self.data_path.limits));
         {
             let data_path = self.data_path.clone();
             let (spec, context) = (spec.clone(), context.clone());

@@ -12,6 +12,7 @@ pub mod hbone;
 pub mod identity;
 pub mod l4;
 pub mod l7;
+pub mod limits;
 pub mod logging;
 pub mod netns;
 pub mod pods;

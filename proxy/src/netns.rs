@@ -17,12 +17,22 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Socket requests that may wait for a pod's namespace thread. Each takes microseconds, so a full queue means
+/// the pod (or a peer flooding it) asks faster than the kernel can answer: further requests fail at once
+/// instead of growing keel's memory without bound.
+pub const QUEUE_LIMIT: usize = 4096;
+
+/// The namespace thread's queue is full (see [`QUEUE_LIMIT`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the namespace thread of {0} has {QUEUE_LIMIT} socket requests queued")]
+pub struct QueueFull(String);
+
 /// A handle on a pod's network namespace and the thread that creates sockets in it.
 pub struct Netns {
     path: PathBuf,
     file: File,
     cookie: u64,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 impl Netns {
@@ -33,7 +43,7 @@ impl Netns {
         if same_file(&file, &own)? {
             bail!("{} is keel's own network namespace, not a pod's", path.display());
         }
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_LIMIT);
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let thread_ns = file.try_clone()?;
         thread::Builder::new()
@@ -80,14 +90,16 @@ impl Netns {
         rx.recv().map_err(|_| anyhow::anyhow!("namespace thread of {} dropped a job", self.path.display()))
     }
 
-    /// Runs `f` on the namespace's thread from async code.
+    /// Runs `f` on the namespace's thread from async code; fails with [`QueueFull`] rather than wait for room.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .map_err(|_| anyhow::anyhow!("namespace thread of {} is gone", self.path.display()))?;
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => anyhow::Error::new(QueueFull(self.path.display().to_string())),
+            mpsc::TrySendError::Disconnected(_) => anyhow::anyhow!("namespace thread of {} is gone", self.path.display()),
+        })?;
         rx.await.map_err(|_| anyhow::anyhow!("namespace thread of {} dropped a job", self.path.display()))
     }
 }

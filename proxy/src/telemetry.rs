@@ -45,6 +45,75 @@ struct DirectionMetrics {
     active: Gauge,
 }
 
+/// Why keel refused a connection before carrying a byte of it: counted as
+/// `keel_connections_refused_total{reason=...}` and shown by `keel stats`, so an operator sees which bound or
+/// check a peer ran into.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The pod has `--max-connections-per-pod` captured connections open.
+    PodConnectionLimit,
+    /// The pod's 15008 has `--max-hbone-connections-per-pod` connections.
+    PodHboneLimit,
+    /// The node has `--max-hbone-connections` HBONE connections.
+    NodeHboneLimit,
+    /// TLS handshake and HTTP/2 preface not done within the handshake timeout.
+    HboneHandshakeTimeout,
+    /// TLS, the client's identity or trust domain, or HTTP/2 refused.
+    HboneHandshakeFailed,
+    /// An HBONE or plaintext connection to a pod whose Workload keel does not know.
+    UnknownDestinationWorkload,
+    /// An outbound connection from a pod whose Workload keel does not know.
+    UnknownSourceWorkload,
+    /// CONNECT to one of keel's own ports.
+    KeelPort,
+    /// Authorization denied it.
+    Policy,
+    /// The pod's namespace thread has too many socket requests queued.
+    NamespaceQueueFull,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 10] = [
+        Refusal::PodConnectionLimit,
+        Refusal::PodHboneLimit,
+        Refusal::NodeHboneLimit,
+        Refusal::HboneHandshakeTimeout,
+        Refusal::HboneHandshakeFailed,
+        Refusal::UnknownDestinationWorkload,
+        Refusal::UnknownSourceWorkload,
+        Refusal::KeelPort,
+        Refusal::Policy,
+        Refusal::NamespaceQueueFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PodConnectionLimit => "pod_connection_limit",
+            Refusal::PodHboneLimit => "pod_hbone_limit",
+            Refusal::NodeHboneLimit => "node_hbone_limit",
+            Refusal::HboneHandshakeTimeout => "hbone_handshake_timeout",
+            Refusal::HboneHandshakeFailed => "hbone_handshake_failed",
+            Refusal::UnknownDestinationWorkload => "unknown_destination_workload",
+            Refusal::UnknownSourceWorkload => "unknown_source_workload",
+            Refusal::KeelPort => "keel_port",
+            Refusal::Policy => "policy",
+            Refusal::NamespaceQueueFull => "namespace_queue_full",
+        }
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: Refusal,
+}
+
 /// One end of a connection as the mesh knows it; empty when its address is no known workload.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Peer {
@@ -197,6 +266,7 @@ pub struct Telemetry {
     pub http: Arc<crate::l7::telemetry::HttpMetrics>,
     istio: IstioTcpMetrics,
     hbone_handshake_failures: Counter,
+    refused: Family<RefusalLabels, Counter>,
     outbound: DirectionMetrics,
     inbound: DirectionMetrics,
     recent: Mutex<VecDeque<ConnectionRecord>>,
@@ -224,6 +294,8 @@ impl Telemetry {
             "HBONE connections refused before any stream (TLS, identity, trust domain, HTTP/2)",
             hbone_handshake_failures.clone(),
         );
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register("connections_refused", "Connections keel refused before carrying them, by reason", refused.clone());
         let opened = Family::<DirectionLabels, Counter>::default();
         let closed = Family::<DirectionLabels, Counter>::default();
         let errors = Family::<DirectionLabels, Counter>::default();
@@ -254,6 +326,7 @@ impl Telemetry {
             http,
             istio,
             hbone_handshake_failures,
+            refused,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CONNECTIONS)),
         }
     }
@@ -278,6 +351,21 @@ impl Telemetry {
 
     pub fn hbone_handshake_failed(&self) {
         self.hbone_handshake_failures.inc();
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Refusals so far by reason (only reasons that happened).
+    pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Refusal::ALL
+            .iter()
+            .filter_map(|&reason| {
+                let n = self.refused.get(&RefusalLabels { reason }).map(|c| c.get()).unwrap_or(0);
+                (n > 0).then_some((reason.as_str(), n))
+            })
+            .collect()
     }
 
     /// Counts the connection's end, logs its line and keeps it for the `connections` API.

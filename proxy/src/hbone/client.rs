@@ -25,7 +25,8 @@ use tracing::debug;
 use super::{
     keepalive,
     stream_io::{TunnelReader, TunnelWriter},
-    CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, IDLE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
+    CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, FAILED_DIAL_MEMORY,
+    HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
 };
 use crate::{identity::Identity, l4::sockets, netns::Netns};
 
@@ -49,6 +50,33 @@ pub enum HboneError {
     Status(SocketAddrV4, StatusCode),
     #[error("client certificate: {0:#}")]
     Certificate(anyhow::Error),
+    #[error("{1} with {0} did not finish within {2:?}")]
+    Timeout(SocketAddrV4, &'static str, Duration),
+    #[error("dialling {0} failed {1:?} ago ({2}); not retried yet")]
+    RecentlyFailed(SocketAddrV4, Duration, String),
+}
+
+/// Bounds `step` of talking to `peer` by `limit`.
+async fn within<T, E>(peer: SocketAddrV4, what: &'static str, limit: Duration, step: impl Future<Output = Result<T, E>>) -> Result<T, HboneError>
+where
+    HboneError: From<(SocketAddrV4, E)>,
+{
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(|e| HboneError::from((peer, e))),
+        Err(_) => Err(HboneError::Timeout(peer, what, limit)),
+    }
+}
+
+impl From<(SocketAddrV4, h2::Error)> for HboneError {
+    fn from((peer, e): (SocketAddrV4, h2::Error)) -> Self {
+        HboneError::Http2(peer, e)
+    }
+}
+
+impl From<(SocketAddrV4, io::Error)> for HboneError {
+    fn from((peer, e): (SocketAddrV4, io::Error)) -> Self {
+        HboneError::Tls(peer, e)
+    }
 }
 
 /// One tunnelled connection: the stream's halves, and its slot on a pooled connection (freed on drop).
@@ -105,6 +133,8 @@ struct KeyPool {
     /// Held while dialling, so concurrent callers wait and share the new connection.
     dialling: tokio::sync::Mutex<()>,
     connections: Mutex<Vec<Arc<Pooled>>>,
+    /// When the last dial failed, and why (see [`FAILED_DIAL_MEMORY`]).
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
 
 impl KeyPool {
@@ -188,7 +218,18 @@ impl HboneClient {
                 match pool.lease() {
                     Some(lease) => lease,
                     None => {
-                        let connection = connect(dial).await?;
+                        if let Some((at, why)) = pool.last_failure.lock().expect("pool poisoned").clone() {
+                            if at.elapsed() < FAILED_DIAL_MEMORY {
+                                return Err(HboneError::RecentlyFailed(peer, at.elapsed(), why));
+                            }
+                        }
+                        let connection = match connect(dial).await {
+                            Ok(connection) => connection,
+                            Err(e) => {
+                                *pool.last_failure.lock().expect("pool poisoned") = Some((Instant::now(), e.to_string()));
+                                return Err(e);
+                            }
+                        };
                         self.dialled.fetch_add(1, Ordering::Relaxed);
                         let lease = Lease(connection.clone());
                         connection.active.store(1, Ordering::Release);
@@ -207,7 +248,7 @@ impl HboneClient {
             }
         };
         let (response, send) = sender.send_request(request, false).map_err(|e| HboneError::Http2(peer, e))?;
-        let response = response.await.map_err(|e| HboneError::Http2(peer, e))?;
+        let response = within(peer, "the CONNECT answer", CONNECT_RESPONSE_TIMEOUT, response).await?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Status(peer, response.status()));
         }
@@ -226,19 +267,26 @@ where
         .await
         .map_err(|e| HboneError::Connect(peer, e))?;
     // An IP server name: rustls sends no SNI for it, as HBONE requires; the verifier checks the URI SAN instead.
-    let tls_stream = TlsConnector::from(tls.config)
-        .connect(ServerName::IpAddress((*peer.ip()).into()), tcp)
-        .await
-        .map_err(|e| HboneError::Tls(peer, e))?;
-    let (sender, mut connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_header_list_size(CLIENT_MAX_HEADER_LIST)
-        .enable_push(false)
-        .handshake::<_, Bytes>(tls_stream)
-        .await
-        .map_err(|e| HboneError::Http2(peer, e))?;
+    let tls_stream = within(
+        peer,
+        "the mTLS handshake",
+        HANDSHAKE_TIMEOUT,
+        TlsConnector::from(tls.config).connect(ServerName::IpAddress((*peer.ip()).into()), tcp),
+    )
+    .await?;
+    let (sender, mut connection) = within(
+        peer,
+        "the HTTP/2 handshake",
+        HANDSHAKE_TIMEOUT,
+        h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(CLIENT_MAX_HEADER_LIST)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls_stream),
+    )
+    .await?;
     let closed = Arc::new(AtomicBool::new(false));
     let ping_pong = connection.ping_pong();
     {

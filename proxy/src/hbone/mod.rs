@@ -21,6 +21,13 @@ pub const CLIENT_MAX_STREAMS: usize = 100;
 /// A PING every 10 s; no answer within 20 s and the connection is dropped.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// The client's bounds on a peer that accepts TCP and then stalls: the mTLS handshake, the HTTP/2 handshake and
+/// the answer to a CONNECT each get this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed dial, callers that queued behind it for the same pool key fail at once for this long instead
+/// of each dialling the same unresponsive peer in turn.
+pub const FAILED_DIAL_MEMORY: Duration = Duration::from_secs(1);
 /// Pooled connections with no stream for this long are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

@@ -103,6 +103,15 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> anyhow::Result<Identity> {
         .ok_or_else(|| anyhow!("the peer's certificate has no spiffe://<trust-domain>/ns/<ns>/sa/<sa> URI SAN (URI SANs: {uris:?})"))
 }
 
+/// When the peer's leaf certificate stops being valid: a connection authenticated by it must not outlive it.
+pub fn peer_not_after(certs: &[CertificateDer<'_>]) -> anyhow::Result<std::time::SystemTime> {
+    let leaf = certs.first().ok_or_else(|| anyhow!("the peer presented no certificate"))?;
+    let (_, leaf) = X509Certificate::from_der(leaf).context("the peer's certificate is not valid X.509")?;
+    let seconds = leaf.validity().not_after.timestamp();
+    let seconds = u64::try_from(seconds).map_err(|_| anyhow!("the peer's certificate expired before 1970"))?;
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
 /// What an HBONE server demands of its clients: the same trust domain as the workload it serves.
 pub fn require_trust_domain(peer: &Identity, trust_domain: &str) -> anyhow::Result<()> {
     if peer.trust_domain != trust_domain {

@@ -16,18 +16,19 @@ use tracing::info;
 use super::{
     open_connections::Tracked,
     outbound::Path,
-    relay::{self, RelayOutcome},
+    relay::{self, Progress, RelayOutcome, Timeouts},
     sockets, DataPath, PodContext,
 };
 use crate::{
     identity::Identity,
     policy::{self, ConnectionAttributes, OpenConnection},
-    telemetry::{ConnectionRecord, Peer},
+    telemetry::{ConnectionRecord, Peer, Refusal},
     xds::state::Snapshot,
 };
 
-/// Authorizes a connection to `pod`'s `target_port` and starts tracking it. Without a Workload for the pod there
-/// is nothing a policy could select, so the connection is admitted untracked.
+/// Authorizes a connection to `pod`'s `target_port` and starts tracking it. A pod keel has no Workload for is
+/// refused (as ztunnel does): no policy could be evaluated for it, and admitting it would let any peer reach it
+/// unauthorized. Only `--capture-only` mode, which has no workload source at all, admits it untracked.
 pub fn authorize(
     dp: &DataPath,
     snapshot: &Snapshot,
@@ -39,7 +40,13 @@ pub fn authorize(
 ) -> Result<Option<Tracked>, String> {
     let Some(destination) = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)) else {
         dp.telemetry.connection_identified(record);
-        return Ok(None);
+        if !dp.mesh {
+            return Ok(None);
+        }
+        dp.telemetry.refused(Refusal::UnknownDestinationWorkload);
+        let reason = format!("refused: keel has no Workload for destination pod {}", pod.ip);
+        record.policy = Some(reason.clone());
+        return Err(reason);
     };
     let attributes = ConnectionAttributes {
         source_ip,
@@ -55,6 +62,7 @@ pub fn authorize(
     }
     record.policy = Some(decision.reason.to_string());
     if !decision.allowed() {
+        dp.telemetry.refused(Refusal::Policy);
         return Err(decision.reason.to_string());
     }
     Ok(Some(dp.open_connections.track(OpenConnection::new(&attributes))))
@@ -65,24 +73,27 @@ pub async fn connect_app(pod: &PodContext, dp: &DataPath, target: SocketAddrV4) 
     sockets::connect_from_pod(&pod.netns, target, dp.connect_timeout).await
 }
 
-/// Relays until both directions end, or until a policy change revokes the connection (`Err(reason)`).
+/// Relays until both directions end, or until a policy change revokes the connection (the reason, second).
+/// Either way the outcome counts the bytes that really moved.
 pub async fn relay_admitted<CR, CW, SR, SW>(
     client: (CR, CW),
     server: (SR, SW),
     tracked: Option<Tracked>,
-) -> Result<RelayOutcome, String>
+    timeouts: Timeouts,
+) -> (RelayOutcome, Option<String>)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let relay = relay::relay_halves(client.0, client.1, server.0, server.1);
+    let progress = Progress::default();
+    let relay = relay::relay_halves(client.0, client.1, server.0, server.1, timeouts, &progress);
     match tracked {
-        None => Ok(relay.await),
+        None => (relay.await, None),
         Some(mut tracked) => tokio::select! {
-            outcome = relay => Ok(outcome),
-            reason = tracked.revoked() => Err(reason),
+            outcome = relay => (outcome, None),
+            reason = tracked.revoked() => (RelayOutcome::cut_short(&progress, None), Some(reason)),
         },
     }
 }
@@ -110,21 +121,15 @@ pub async fn proxy(
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| format!("connecting to {destination}: {e}"))?;
-    let result = relay_admitted(client.split(), app.split(), tracked).await;
-    let outcome = match result {
-        Ok(outcome) => outcome,
-        Err(revoked) => {
-            relay::reset(client);
-            relay::reset(&app);
-            return Err(revoked);
-        }
-    };
+    let (outcome, revoked) = relay_admitted(client.split(), app.split(), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
-    if let Some(e) = outcome.error {
-        relay::reset(client);
-        relay::reset(&app);
-        return Err(e.to_string());
+    match revoked.or_else(|| outcome.error.map(|e| e.to_string())) {
+        None => Ok(()),
+        Some(error) => {
+            relay::reset(client);
+            relay::reset(&app);
+            Err(error)
+        }
     }
-    Ok(())
 }

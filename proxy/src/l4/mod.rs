@@ -24,6 +24,8 @@ use tracing::{debug, warn};
 
 use crate::{
     capture::{Capture, Direction},
+    limits::{Limits, Slot, Slots},
+    telemetry::Refusal,
     l7::request::Downstream,
     hbone::client::HboneClient,
     identity::CertificateManager,
@@ -40,6 +42,22 @@ pub struct PodContext {
     pub netns: Netns,
     /// The pod's own IPv4 address: shown as the source of its outbound connections.
     pub ip: std::net::Ipv4Addr,
+    /// Captured connections (outbound and plaintext inbound) the pod may have in flight.
+    pub connection_slots: Arc<Slots>,
+    /// HBONE connections the pod's 15008 accepts.
+    pub hbone_slots: Arc<Slots>,
+}
+
+impl PodContext {
+    pub fn new(name: String, netns: Netns, ip: std::net::Ipv4Addr, limits: &Limits) -> PodContext {
+        PodContext {
+            name,
+            netns,
+            ip,
+            connection_slots: Slots::new(limits.connections_per_pod, Refusal::PodConnectionLimit),
+            hbone_slots: Slots::new(limits.hbone.connections_per_pod, Refusal::PodHboneLimit),
+        }
+    }
 }
 
 /// Node-wide inputs of the data path, built once.
@@ -59,6 +77,14 @@ pub struct DataPath {
     pub open_connections: Arc<OpenConnections>,
     pub cluster_id: String,
     pub connect_timeout: std::time::Duration,
+    pub limits: Limits,
+    /// HBONE connections the whole node accepts (every pod's 15008 together).
+    pub hbone_node_slots: Arc<Slots>,
+    /// keel follows a workload source (control plane or config directory): a pod keel has no Workload for is
+    /// not in the mesh as far as keel knows, and its traffic is refused rather than carried unauthenticated.
+    /// Off only in `--capture-only` mode (benchmarks and capture tests), where keel carries bytes and nothing
+    /// else.
+    pub mesh: bool,
     /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see [`responder`]).
     pub responder: bool,
 }
@@ -78,10 +104,19 @@ impl NodePods {
 }
 
 /// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
-/// task for each connection. Connections already accepted keep running to their natural end.
-pub async fn accept_loop<H, F>(listener: TcpListener, what: &'static str, pod: Arc<PodContext>, mut stop: watch::Receiver<bool>, handle: H)
-where
-    H: Fn(TcpStream, SocketAddr) -> F,
+/// task for each connection. A connection gets a slot of every pool in `slots` or is refused at once with a
+/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow.
+/// Connections already accepted keep running to their natural end.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    what: &'static str,
+    pod: Arc<PodContext>,
+    telemetry: &Telemetry,
+    slots: Vec<Arc<Slots>>,
+    mut stop: watch::Receiver<bool>,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr, Vec<Slot>) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -91,7 +126,23 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer));
+                sockets::set_keepalive(&stream);
+                let mut held = Vec::with_capacity(slots.len());
+                let refused = slots.iter().find(|pool| match pool.try_take() {
+                    Some(slot) => {
+                        held.push(slot);
+                        false
+                    }
+                    None => true,
+                });
+                if let Some(pool) = refused {
+                    telemetry.refused(pool.refusal);
+                    warn!(pod = %pod.name, listener = what, %peer, reason = pool.refusal.as_str(), limit = pool.limit(),
+                          "connection refused: limit reached");
+                    relay::reset(&stream);
+                    continue;
+                }
+                tokio::spawn(handle(stream, peer, held));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning; the listener stays.
@@ -109,9 +160,14 @@ pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodCont
         Direction::Inbound => "inbound",
     };
     let draining = stop.clone();
-    accept_loop(listener, what, pod.clone(), stop, move |stream, peer| {
+    let slots = vec![pod.connection_slots.clone()];
+    let dp = data_path.clone();
+    accept_loop(listener, what, pod.clone(), &dp.telemetry, slots, stop, move |stream, peer, slots| {
         let (pod, data_path, draining) = (pod.clone(), data_path.clone(), draining.clone());
-        async move { handle(stream, peer, direction, &pod, &data_path, draining).await }
+        async move {
+            handle(stream, peer, direction, &pod, &data_path, draining).await;
+            drop(slots);
+        }
     })
     .await
 }
@@ -180,9 +236,17 @@ async fn proxy(
         record.bytes_received = written;
         return Ok(Handled::Relayed);
     }
-    if is_keel_port(destination.port()) {
-        // A connection addressed to keel's own port would come straight back to keel: refuse the loop.
+    if is_loop_port(destination.port()) || (direction == Direction::Inbound && is_keel_port(destination.port())) {
+        // Addressed to keel's own port: it would come straight back to keel (a loop), or reach keel's own
+        // endpoints inside the pod by way of capture.
+        dp.telemetry.refused(Refusal::KeelPort);
         return Err(format!("refusing {destination}: a keel port, not an application's"));
+    }
+    if direction == Direction::Outbound && dp.mesh && !dp.workloads.snapshot().workloads_by_ip.contains_key(&IpAddr::V4(pod.ip)) {
+        // An enrolled pod keel has no Workload for has no identity to present: carrying its connection would
+        // send it into the mesh unauthenticated (or in plaintext to another node).
+        dp.telemetry.refused(Refusal::UnknownSourceWorkload);
+        return Err(format!("refusing: keel has no Workload for source pod {} (no identity to present)", pod.ip));
     }
     match direction {
         Direction::Outbound => match http_downstream(destination, pod, dp, record) {
@@ -215,6 +279,18 @@ fn http_downstream(destination: SocketAddrV4, pod: &Arc<PodContext>, dp: &Arc<Da
     }))
 }
 
-fn is_keel_port(port: u16) -> bool {
+/// keel's own ports in a pod and on the node: 15001 (outbound capture), 15006 (inbound capture), 15008 (HBONE),
+/// 15000 (admin), 15020 and 15021 (metrics and health, as Istio reserves them). No captured connection or
+/// HBONE stream is ever delivered to one: keel tunnelling into itself would re-evaluate the inner connection
+/// with the pod as its source and bypass the policy that applied to the outer one.
+pub const KEEL_PORTS: [u16; 6] = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, HBONE_PORT, 15020, 15021];
+const ADMIN_PORT: u16 = 15000;
+
+pub fn is_keel_port(port: u16) -> bool {
+    KEEL_PORTS.contains(&port)
+}
+
+/// The ports capture hands to keel: an outbound connection to one would loop back into keel.
+fn is_loop_port(port: u16) -> bool {
     port == OUTBOUND_PORT || port == INBOUND_PORT || port == HBONE_PORT
 }

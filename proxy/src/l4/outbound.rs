@@ -103,7 +103,7 @@ async fn direct(
     record: &mut ConnectionRecord,
 ) -> Result<(), String> {
     let (mut upstream, _registration) = connect_direct(dp, pod, route.upstream, source_identity).await?;
-    finish(record, relay::relay(client, &mut upstream).await)
+    finish(record, relay::relay(client, &mut upstream, dp.limits.relay).await)
 }
 
 /// Connects from inside `pod` to `upstream`; the registration (held as long as the connection) tells the
@@ -136,9 +136,10 @@ async fn hbone(
 ) -> Result<(), String> {
     let tunnel = open_tunnel(dp, pod, source, route, record.source, record.destination_service.as_deref()).await?;
     let (reader, mut writer, _lease) = tunnel.into_parts();
+    let progress = relay::Progress::default();
     let outcome = {
         let (client_read, client_write) = client.split();
-        relay::relay_halves(client_read, client_write, reader, &mut writer).await
+        relay::relay_halves(client_read, client_write, reader, &mut writer, dp.limits.relay, &progress).await
     };
     if outcome.error.is_some() {
         relay::reset(client);

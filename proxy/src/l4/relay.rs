@@ -1,7 +1,14 @@
 //! Byte relay between a captured client and its upstream: both directions at once, half-close carried over
 //! (EOF on one side becomes a FIN, or an HBONE END_STREAM, on the other), a reset or error on either side resets
-//! both.
-use std::io;
+//! both. Bytes are counted as they move (in [`Progress`], which the caller owns), so a connection that is reset,
+//! times out or is closed by a policy change still reports what really crossed it. A connection with no byte in
+//! either direction for [`Timeouts::idle`], or whose remaining direction is silent for [`Timeouts::half_closed`]
+//! after the other ended, is ended with a timeout error: a peer cannot hold keel's sockets forever.
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -14,6 +21,61 @@ const LARGE_BUFFER: usize = 256 * 1024;
 /// Consecutive full reads after which a direction counts as bulk and gets the large buffer.
 const FULL_READS_TO_GROW: u32 = 4;
 
+/// How long a relayed connection may stay silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// No byte in either direction for this long ends the connection (Envoy's TCP proxy default: 1 hour).
+    pub idle: Duration,
+    /// Once one direction has ended, the other may be silent this long before the connection is ended.
+    pub half_closed: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { idle: Duration::from_secs(3600), half_closed: Duration::from_secs(300) }
+    }
+}
+
+/// What a relay moved so far, readable while it runs and after it was cut short.
+#[derive(Debug)]
+pub struct Progress {
+    client_to_server: AtomicU64,
+    server_to_client: AtomicU64,
+    started: Instant,
+    /// Milliseconds after `started` of the last byte in either direction.
+    last_activity_ms: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            client_to_server: AtomicU64::new(0),
+            server_to_client: AtomicU64::new(0),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    pub fn client_to_server(&self) -> u64 {
+        self.client_to_server.load(Ordering::Relaxed)
+    }
+
+    pub fn server_to_client(&self) -> u64 {
+        self.server_to_client.load(Ordering::Relaxed)
+    }
+
+    fn moved(&self, counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RelayOutcome {
     pub client_to_server: u64,
@@ -21,12 +83,20 @@ pub struct RelayOutcome {
     pub error: Option<io::Error>,
 }
 
+impl RelayOutcome {
+    /// The counts of `progress` with `error`: what a relay that was cut short reports.
+    pub fn cut_short(progress: &Progress, error: Option<io::Error>) -> RelayOutcome {
+        RelayOutcome { client_to_server: progress.client_to_server(), server_to_client: progress.server_to_client(), error }
+    }
+}
+
 /// TCP to TCP: on an error both sockets are reset.
-pub async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> RelayOutcome {
+pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts) -> RelayOutcome {
+    let progress = Progress::default();
     let outcome = {
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
-        relay_halves(client_read, client_write, server_read, server_write).await
+        relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress).await
     };
     if outcome.error.is_some() {
         // A failed direction ends both: close with RST so each peer learns the connection broke.
@@ -37,55 +107,65 @@ pub async fn relay(client: &mut TcpStream, server: &mut TcpStream) -> RelayOutco
 }
 
 /// Both directions at once over any pair of byte streams given as halves (a TCP socket's, an HBONE stream's).
-/// Stops at the first error, which the caller turns into resets on its own kind of stream.
-pub async fn relay_halves<CR, CW, SR, SW>(mut client_read: CR, mut client_write: CW, mut server_read: SR, mut server_write: SW) -> RelayOutcome
+/// Stops at the first error or timeout, which the caller turns into resets on its own kind of stream.
+pub async fn relay_halves<CR, CW, SR, SW>(
+    mut client_read: CR,
+    mut client_write: CW,
+    mut server_read: SR,
+    mut server_write: SW,
+    timeouts: Timeouts,
+    progress: &Progress,
+) -> RelayOutcome
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let mut outcome = RelayOutcome::default();
-    let up = copy_until_eof(&mut client_read, &mut server_write);
-    let down = copy_until_eof(&mut server_read, &mut client_write);
+    let up = copy_until_eof(&mut client_read, &mut server_write, progress, &progress.client_to_server);
+    let down = copy_until_eof(&mut server_read, &mut client_write, progress, &progress.server_to_client);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
+    let mut error = None;
     while !(up_done && down_done) {
+        let limit = if up_done || down_done { timeouts.half_closed } else { timeouts.idle };
+        let check_in = limit.saturating_sub(progress.silent_for());
         tokio::select! {
-            (bytes, r) = &mut up, if !up_done => {
+            r = &mut up, if !up_done => {
                 up_done = true;
-                outcome.client_to_server = bytes;
-                if let Err(e) = r { outcome.error = Some(e); break; }
+                if let Err(e) = r { error = Some(e); break; }
             }
-            (bytes, r) = &mut down, if !down_done => {
+            r = &mut down, if !down_done => {
                 down_done = true;
-                outcome.server_to_client = bytes;
-                if let Err(e) = r { outcome.error = Some(e); break; }
+                if let Err(e) = r { error = Some(e); break; }
+            }
+            () = tokio::time::sleep(check_in) => {
+                if progress.silent_for() >= limit {
+                    let state = if up_done || down_done { "half-closed" } else { "idle" };
+                    error = Some(io::Error::new(io::ErrorKind::TimedOut, format!("{state} for {} s", limit.as_secs())));
+                    break;
+                }
             }
         }
     }
-    outcome
+    RelayOutcome::cut_short(progress, error)
 }
 
-/// Copies until EOF, then shuts down the writer (half-close). Returns the bytes copied even on error.
-async fn copy_until_eof<R, W>(reader: &mut R, writer: &mut W) -> (u64, io::Result<()>)
+/// Copies until EOF, then shuts down the writer (half-close), counting every byte written into `counter`.
+async fn copy_until_eof<R, W>(reader: &mut R, writer: &mut W, progress: &Progress, counter: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut copied = 0u64;
     let mut buffer = vec![0u8; SMALL_BUFFER];
     let mut full_reads = 0;
     loop {
-        let n = match reader.read(&mut buffer).await {
-            Ok(0) => return (copied, writer.shutdown().await),
-            Ok(n) => n,
-            Err(e) => return (copied, Err(e)),
+        let n = match reader.read(&mut buffer).await? {
+            0 => return writer.shutdown().await,
+            n => n,
         };
-        if let Err(e) = writer.write_all(&buffer[..n]).await {
-            return (copied, Err(e));
-        }
-        copied += n as u64;
+        writer.write_all(&buffer[..n]).await?;
+        progress.moved(counter, n);
         if n == buffer.len() && buffer.len() < LARGE_BUFFER {
             full_reads += 1;
             if full_reads >= FULL_READS_TO_GROW {
@@ -119,7 +199,7 @@ mod tests {
         // app <-> (client, server) <-> upstream
         let (mut app, mut client) = pair().await;
         let (mut server, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -145,7 +225,7 @@ mod tests {
     async fn a_reset_upstream_resets_the_client() {
         let (mut app, mut client) = pair().await;
         let (mut server, upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
         app.write_all(b"hello").await.unwrap();
         reset(&upstream);
         drop(upstream);
@@ -159,5 +239,52 @@ mod tests {
         };
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert!(relay.await.unwrap().error.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_reset_reports_the_bytes_both_directions_moved() {
+        let (mut app, mut client) = pair().await;
+        let (mut server, mut upstream) = pair().await;
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
+        app.write_all(&[7u8; 3000]).await.unwrap();
+        let mut got = vec![0u8; 3000];
+        upstream.read_exact(&mut got).await.unwrap();
+        upstream.write_all(&[9u8; 500]).await.unwrap();
+        let mut back = vec![0u8; 500];
+        app.read_exact(&mut back).await.unwrap();
+        reset(&upstream);
+        drop(upstream);
+        let outcome = relay.await.unwrap();
+        assert!(outcome.error.is_some());
+        // The direction that did not fail still counts what it moved (it was dropped on the first error before).
+        assert_eq!((outcome.client_to_server, outcome.server_to_client), (3000, 500), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_ended_and_a_half_closed_one_too() {
+        let timeouts = Timeouts { idle: Duration::from_millis(300), half_closed: Duration::from_millis(200) };
+        let (mut app, mut client) = pair().await;
+        let (mut server, mut upstream) = pair().await;
+        let started = Instant::now();
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, timeouts).await });
+        // Activity postpones the idle deadline.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            app.write_all(b"x").await.unwrap();
+        }
+        let outcome = relay.await.unwrap();
+        let error = outcome.error.expect("an idle timeout");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(error.to_string().contains("idle"), "{error}");
+        assert!(started.elapsed() >= Duration::from_millis(850), "ended after {:?}, before the idle limit", started.elapsed());
+        assert_eq!(outcome.client_to_server, 4);
+        drop(upstream);
+
+        let (mut app, mut client) = pair().await;
+        let (mut server, _upstream) = pair().await;
+        let half_closed = tokio::spawn(async move { super::relay(&mut client, &mut server, timeouts).await });
+        app.shutdown().await.unwrap();
+        let error = half_closed.await.unwrap().error.expect("a half-closed timeout");
+        assert!(error.to_string().contains("half-closed"), "{error}");
     }
 }

@@ -14,6 +14,21 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::netns::Netns;
 
 const LISTEN_BACKLOG: i32 = 4096;
+/// TCP keepalive on every keel socket: a peer that vanished (node gone, cable cut, half-open NAT entry) is
+/// noticed after about 4 minutes of silence instead of never, so it cannot hold keel's sockets forever.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(120);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_PROBES: u32 = 4;
+
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_PROBES)
+}
+
+/// Turns TCP keepalive on for an accepted or connected socket (best effort: a socket that refuses it is no
+/// worse off than before).
+pub fn set_keepalive(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive());
+}
 
 /// keel's listeners in a pod.
 pub struct PodListeners {
@@ -34,6 +49,8 @@ pub fn marked_tcp_socket() -> io::Result<Socket> {
 
 fn listener(addr: SocketAddrV4, transparent: bool) -> io::Result<std::net::TcpListener> {
     let socket = marked_tcp_socket()?;
+    // Accepted sockets inherit it.
+    socket.set_tcp_keepalive(&keepalive())?;
     // A restarted keel must rebind while the old listener's connections linger in TIME_WAIT.
     socket.set_reuse_address(true)?;
     if transparent {
@@ -67,6 +84,7 @@ pub async fn connect_from_pod(netns: &Netns, destination: SocketAddrV4, timeout:
         .run(marked_tcp_socket)
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
+    socket.set_tcp_keepalive(&keepalive())?;
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.set_nodelay(true)?;
     match tokio::time::timeout(timeout, socket.connect(SocketAddr::V4(destination))).await {

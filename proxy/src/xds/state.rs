@@ -251,18 +251,23 @@ impl Snapshot {
         }
     }
 
+    /// Removes the resource `name` of `type_url` only: names are unique per type URL, not across them (an
+    /// Address `shop/api.payments.example` and an Authorization `shop/api.payments.example` are two resources).
     fn remove(&mut self, type_url: &str, name: &str) {
         let l7 = &mut self.l7;
         match type_url {
+            keel_proto::ADDRESS_TYPE_URL => self.remove_address(name),
+            keel_proto::AUTHORIZATION_TYPE_URL => drop(self.policies.remove(name)),
             keel_proto::LISTENER_TYPE_URL => drop(l7.listeners.remove(name)),
             keel_proto::ROUTE_CONFIGURATION_TYPE_URL => drop(l7.route_tables.remove(name)),
             keel_proto::CLUSTER_TYPE_URL => drop(l7.cluster_configs.remove(name)),
             keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => drop(l7.load_assignments.remove(name)),
-            _ => self.remove_address_or_policy(name),
+            _ => {}
         }
     }
 
-    fn remove_address_or_policy(&mut self, name: &str) {
+    /// An Address is a Workload or a Service under one name: a push of either kind replaces the other.
+    fn remove_address(&mut self, name: &str) {
         if let Some(w) = self.workloads.remove(name) {
             for ip in w.addresses.iter().filter_map(|a| ip_of(a)) {
                 if self.workloads_by_ip.get(&ip).is_some_and(|cur| Arc::ptr_eq(cur, &w)) {
@@ -277,7 +282,6 @@ impl Snapshot {
                 }
             }
         }
-        self.policies.remove(name);
     }
 
     /// Endpoints are a property of workloads (their `services` map), so a push of either side can change them:
@@ -364,6 +368,35 @@ mod tests {
         assert!(!snap.workloads_by_ip.contains_key(&"10.0.0.1".parse::<IpAddr>().unwrap()));
         assert!(snap.workloads_by_ip.contains_key(&"10.0.0.2".parse::<IpAddr>().unwrap()));
         assert!(snap.services.is_empty() && snap.services_by_vip.is_empty());
+    }
+
+    #[test]
+    fn a_policy_and_an_address_of_the_same_name_are_two_resources() {
+        // A ServiceEntry host and an AuthorizationPolicy can both be named `shop/api.payments.example`.
+        let name = "shop/api.payments.example";
+        let store = WorkloadStore::default();
+        let entry = Service {
+            name: "api.payments.example".into(),
+            namespace: "shop".into(),
+            hostname: "api.payments.example".into(),
+            addresses: vec![NetworkAddress { network: String::new(), address: vec![240, 240, 0, 1] }],
+            ..Default::default()
+        };
+        let policy = Authorization { name: "api.payments.example".into(), namespace: "shop".into(), ..Default::default() };
+        store.apply(vec![(name.into(), Resource::Service(entry.clone()))], &[]);
+        store.apply(vec![(name.into(), Resource::Policy(policy.clone()))], &[]);
+        let snap = store.snapshot();
+        assert!(snap.services.contains_key(name) && snap.services_by_vip.contains_key(&"240.240.0.1".parse::<IpAddr>().unwrap()),
+                "adding the policy removed the ServiceEntry host");
+        assert!(snap.policies.contains_key(name));
+        // Editing the ServiceEntry leaves the policy; removing the policy leaves the ServiceEntry.
+        store.apply(vec![(name.into(), Resource::Service(entry))], &[]);
+        assert!(store.snapshot().policies.contains_key(name), "editing the ServiceEntry removed the policy");
+        store.apply(vec![], &[(keel_proto::AUTHORIZATION_TYPE_URL.into(), name.into())]);
+        let snap = store.snapshot();
+        assert!(!snap.policies.contains_key(name) && snap.services.contains_key(name));
+        store.apply(vec![], &[(keel_proto::ADDRESS_TYPE_URL.into(), name.into())]);
+        assert!(store.snapshot().services.is_empty());
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl Keel {
             ])
             .args(&spec.extra_args)
             .env("RUST_BACKTRACE", "1");
+        let has_source = spec.extra_args.iter().any(|a| a == "--xds-address" || a == "--config-dir");
+        if !has_source {
+            // A keel with no workload source must be told so explicitly (it refuses to start otherwise).
+            cmd.arg("--capture-only");
+        }
         let _fds = sys::place(
             &mut cmd,
             &Placement {

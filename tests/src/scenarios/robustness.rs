@@ -102,7 +102,7 @@ pub fn ebpf_startup_fails_clearly_without_prerequisites() {
             std::process::Command::new(&lab.binaries().keel)
                 .arg("--api-socket")
                 .arg(lab.dir().join("unused.sock"))
-                .args(["run", "--capture", "ebpf", "--admin-addr", "127.0.0.1:0", "--cgroup"])
+                .args(["run", "--capture-only", "--capture", "ebpf", "--admin-addr", "127.0.0.1:0", "--cgroup"])
                 .arg(&not_cgroup)
                 .arg("--bpffs")
                 .arg(lab.bpffs_dir())

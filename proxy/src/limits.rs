@@ -1,0 +1,119 @@
+//! Everything a peer can hold in keel is bounded here: how many connections a pod may have in flight through
+//! keel, how many HBONE connections a pod and the whole node accept, and how long a handshake, an idle HBONE
+//! connection or a silent relay may last. One place, so an operator (and a reviewer) sees every bound at once;
+//! `keel run` flags override the defaults.
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{l4::relay, telemetry::Refusal};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub relay: relay::Timeouts,
+    /// Captured connections (outbound and plaintext inbound) one pod may have open through keel at once.
+    pub connections_per_pod: usize,
+    pub hbone: HboneServerLimits,
+}
+
+/// The HBONE server's bounds: a pod's 15008 faces every peer that can reach the pod, meshed or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HboneServerLimits {
+    /// From TCP accept to a finished mTLS handshake and HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// A connection without a stream for this long is closed with a GOAWAY (the client pool's idle limit is 5
+    /// minutes, so a well-behaved client closes first).
+    pub idle_timeout: Duration,
+    pub connections_per_pod: usize,
+    pub connections_per_node: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            relay: relay::Timeouts::default(),
+            connections_per_pod: 16_384,
+            hbone: HboneServerLimits {
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(600),
+                connections_per_pod: 1_024,
+                connections_per_node: 16_384,
+            },
+        }
+    }
+}
+
+/// A bounded pool of connection slots: a connection holds a [`Slot`] for its whole life.
+#[derive(Debug)]
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+    /// What a refusal for lack of a slot is counted and logged as.
+    pub refusal: Refusal,
+}
+
+/// One connection's hold on a slot; dropping it frees the slot.
+pub type Slot = OwnedSemaphorePermit;
+
+impl Slots {
+    pub fn new(limit: usize, refusal: Refusal) -> Arc<Slots> {
+        Arc::new(Slots { semaphore: Arc::new(Semaphore::new(limit)), limit, refusal })
+    }
+
+    /// A slot if one is free; never waits (a connection beyond the limit is refused, not queued).
+    pub fn try_take(&self) -> Option<Slot> {
+        self.semaphore.clone().try_acquire_owned().ok()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.limit - self.semaphore.available_permits()
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (every proxied connection costs keel two descriptors, and the
+/// default soft limit of 1,024 would let a few hundred connections exhaust the node's proxy). Returns the limit
+/// now in force.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit fill and read a plain struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_refuse_beyond_the_limit_and_free_on_drop() {
+        let slots = Slots::new(2, Refusal::PodConnectionLimit);
+        let a = slots.try_take().expect("first");
+        let _b = slots.try_take().expect("second");
+        assert!(slots.try_take().is_none(), "a third connection must be refused");
+        assert_eq!(slots.in_use(), 2);
+        drop(a);
+        assert!(slots.try_take().is_some(), "a freed slot is reusable");
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let now = raise_open_files_limit().unwrap();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!((now, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
+    }
+}
