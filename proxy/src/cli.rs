@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// to start without a workload source rather than carry a mesh's traffic unauthenticated.
     #[arg(long, conflicts_with_all = ["xds_address", "config_dir"])]
     pub capture_only: bool,
+    /// While keel is down (crashed, restarting), let enrolled pods' connections flow directly, in plaintext and
+    /// without policy, instead of refusing them (the default: capture is pinned and outlives keel).
+    #[arg(long)]
+    pub fail_open: bool,
     /// A relayed connection with no byte in either direction for this long is closed.
     #[arg(long, default_value_t = 3600)]
     pub idle_timeout_secs: u64,
@@ -270,6 +274,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     };
     let config = Config {
         limits,
+        fail_open: args.fail_open,
         capture: args.capture,
         cgroup_root,
         bpffs_dir: args.bpffs,

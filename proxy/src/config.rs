@@ -47,6 +47,9 @@ pub struct Config {
     pub close_denied_connections: bool,
     /// Where workloads, services and policies come from; `None` only in `--capture-only` mode.
     pub workload_source: Option<crate::xds::setup::WorkloadSource>,
+    /// Let capture go with the process (pods talk directly, unauthenticated, while keel is down) instead of
+    /// pinning it so that a dead keel means refused connections.
+    pub fail_open: bool,
     /// Bounds on what peers can hold (connections, handshakes, idle time).
     pub limits: crate::limits::Limits,
 }

@@ -64,6 +64,9 @@ impl Enrollment {
             }
         }
         self.persist().await?;
+        let enrolled: Vec<(u64, Vec<IpAddr>)> =
+            self.pods.lock().await.values().map(|p| (p.context.netns.cookie(), p.spec.ips.clone())).collect();
+        self.data_path.capture.retain(&enrolled).context("releasing pods a previous keel captured")?;
         Ok(restored)
     }
 

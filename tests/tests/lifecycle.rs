@@ -20,3 +20,8 @@ fn sigterm_cleans_up_ebpf() {
 fn sigterm_cleans_up_iptables() {
     sigterm_cleans_up(Iptables);
 }
+
+#[test]
+fn crashed_keel_fails_closed() {
+    keel_tests::scenarios::lifecycle::crashed_keel_fails_closed();
+}

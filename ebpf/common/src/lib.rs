@@ -77,19 +77,24 @@ impl FlowKey {
 
 /// Fast-path state of one sending socket. A direction only ever moves from the splice to the TCP path, never
 /// back: the receiver reads spliced bytes before TCP bytes, so that move keeps byte order, the reverse would not.
+///
+/// Each flag has exactly one writer, so no update can be lost without atomics: `peer_ready` is set once by the
+/// peer's accept (sock_ops, on the peer's CPU), `off` only by this socket's own sk_msg (which the kernel runs
+/// under this socket's lock, one message at a time). With both in one word, the two read-modify-writes could
+/// race and a lost "off" would let a later message overtake bytes already sent by TCP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpliceState {
     /// Bytes this socket sent since its peer last sent anything (a request/response exchange resets it).
     pub burst_bytes: u32,
-    /// `SPLICE_*` bits.
-    pub flags: u32,
+    /// Non-zero once the peer socket is in the SockHash: messages may be spliced to it.
+    pub peer_ready: u32,
+    /// Non-zero once this direction left the fast path for good (bulk burst, data sent before the peer was
+    /// ready, a failed redirect).
+    pub off: u32,
+    pub _pad: u32,
 }
 
-/// The peer socket is in the SockHash: messages may be spliced to it.
-pub const SPLICE_PEER_READY: u32 = 1;
-/// This direction left the fast path for good (bulk burst, data sent before the peer was ready, a failed redirect).
-pub const SPLICE_OFF: u32 = 2;
 /// A one-way burst longer than this leaves the fast path: sk_msg redirection has no backpressure, so a bulk
 /// sender to a slow reader would fail with ENOMEM; TCP's flow control takes over from here.
 pub const SPLICE_BURST_LIMIT: u32 = 64 * 1024;
@@ -109,7 +114,10 @@ pub const LISTENER_HBONE: u32 = 1;
 
 /// Index into the CONFIG array.
 pub const CONFIG_FAST_PATH: u32 = 0;
-pub const CONFIG_LEN: u32 = 1;
+/// Non-zero: inbound connections to an enrolled pod whose keel listener is gone (keel crashed or is
+/// restarting) are refused instead of reaching the application unauthenticated. Off with `keel run --fail-open`.
+pub const CONFIG_FAIL_CLOSED: u32 = 1;
+pub const CONFIG_LEN: u32 = 2;
 
 /// Per-program counters: indices into the per-CPU STATS array.
 pub mod counter {
@@ -125,7 +133,9 @@ pub mod counter {
     pub const SK_LOOKUP_CAPTURED: u32 = 9;
     pub const SK_LOOKUP_PASSED: u32 = 10;
     pub const SK_LOOKUP_ERRORS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Inbound connections refused because the pod's keel listener was gone (fail closed).
+    pub const SK_LOOKUP_REFUSED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]

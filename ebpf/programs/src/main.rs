@@ -22,7 +22,7 @@ use aya_ebpf::{
 use keel_ebpf_common::{
     counter, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, CONFIG_FAST_PATH, HBONE_PORT,
     INBOUND_PORT, KEEL_MARK, KEEL_MARK_MASK, LISTENER_HBONE, LISTENER_INBOUND, LOOPBACK_IP4_NET,
-    OUTBOUND_PORT, SPLICE_BURST_LIMIT, SPLICE_OFF, SPLICE_PEER_READY,
+    OUTBOUND_PORT, SPLICE_BURST_LIMIT, CONFIG_FAIL_CLOSED,
 };
 use aya_log_ebpf::error;
 use maps::*;
@@ -214,11 +214,11 @@ fn splice_passive(ctx: &SockOpsContext) -> Result<(), ()> {
     // SAFETY: the context is a live bpf_sock_ops for this callback.
     let ops = unsafe { &mut *ctx.ops };
     SPLICE_SOCKETS.update(key, ops, BPF_ANY as u64).map_err(|_| ())?;
-    let ready = SpliceState { burst_bytes: 0, flags: SPLICE_PEER_READY };
+    let ready = SpliceState { peer_ready: 1, ..SpliceState::default() };
     SPLICE_STATE.insert(&key, &ready, BPF_ANY as u64).map_err(|_| ())?;
     if let Some(peer) = SPLICE_STATE.get_ptr_mut(&key.reversed()) {
-        // SAFETY: a live map value; racing writers only ever add bits.
-        unsafe { (*peer).flags |= SPLICE_PEER_READY };
+        // SAFETY: a live map value; this is the only writer of `peer_ready` (see SpliceState).
+        unsafe { (*peer).peer_ready = 1 };
     }
     count(counter::SOCK_OPS_SPLICED);
     Ok(())
@@ -252,17 +252,17 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
     };
     // SAFETY: live map value owned by this sending socket.
     let state = unsafe { &mut *state };
-    if state.flags & SPLICE_OFF != 0 {
+    if state.off != 0 {
         return Ok(false);
     }
     // Bytes sent before the peer joined went by TCP: splicing later ones could overtake them.
-    if state.flags & SPLICE_PEER_READY == 0 || !fast_path_enabled() {
-        state.flags |= SPLICE_OFF;
+    if state.peer_ready == 0 || !fast_path_enabled() {
+        state.off = 1;
         return Ok(false);
     }
     state.burst_bytes = state.burst_bytes.saturating_add(ctx.size());
     if state.burst_bytes > SPLICE_BURST_LIMIT {
-        state.flags |= SPLICE_OFF;
+        state.off = 1;
         return Ok(false);
     }
     let peer_key = key.reversed();
@@ -272,7 +272,7 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
     }
     let verdict = SPLICE_SOCKETS.redirect_msg(ctx, peer_key, BPF_F_INGRESS as u64);
     if verdict as u32 != sk_action::SK_PASS {
-        state.flags |= SPLICE_OFF;
+        state.off = 1;
         return Err(());
     }
     Ok(true)
@@ -281,11 +281,27 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
 // ---------------------------------------------------------------------------------------------------------------
 // Inbound capture.
 
+/// What sk_lookup decided for one connection.
+enum Lookup {
+    /// Handed to keel's listener.
+    Captured,
+    /// Not keel's business: the regular lookup goes on.
+    Passed,
+    /// An enrolled pod whose keel listener is gone (keel crashed or is restarting): refused with a reset rather
+    /// than delivered to the application unauthenticated.
+    Refused,
+}
+
 #[sk_lookup]
 pub fn keel_sk_lookup(ctx: SkLookupContext) -> u32 {
     match try_sk_lookup(&ctx) {
-        Ok(true) => count(counter::SK_LOOKUP_CAPTURED),
-        Ok(false) => count(counter::SK_LOOKUP_PASSED),
+        Ok(Lookup::Captured) => count(counter::SK_LOOKUP_CAPTURED),
+        Ok(Lookup::Passed) => count(counter::SK_LOOKUP_PASSED),
+        Ok(Lookup::Refused) => {
+            count(counter::SK_LOOKUP_REFUSED);
+            // SK_DROP: the kernel finds no socket and answers the SYN with a reset.
+            return sk_action::SK_DROP;
+        }
         Err(()) => {
             count(counter::SK_LOOKUP_ERRORS);
             error!(&ctx, "sk_lookup: assigning keel's listener failed; connection takes the regular lookup");
@@ -295,30 +311,43 @@ pub fn keel_sk_lookup(ctx: SkLookupContext) -> u32 {
     sk_action::SK_PASS
 }
 
-fn try_sk_lookup(ctx: &SkLookupContext) -> Result<bool, ()> {
+#[inline(always)]
+fn fail_closed() -> bool {
+    matches!(CONFIG.get(CONFIG_FAIL_CLOSED), Some(v) if *v != 0)
+}
+
+fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Lookup, ()> {
     // SAFETY: the context pointer is valid for the program's run.
     let lookup = unsafe { &*ctx.lookup };
     if lookup.family != AF_INET || lookup.protocol != IPPROTO_TCP {
-        return Ok(false);
+        return Ok(Lookup::Passed);
     }
     // Loopback inside the pod is the pod's own business, and the path keel delivers inbound traffic on. The pod
     // talking to its own IP also crosses lo, but the kernel reports the pod interface as ingress for it: a source
     // equal to the destination is what gives it away.
     if lookup.ingress_ifindex == LOOPBACK_IFINDEX || lookup.remote_ip4 == lookup.local_ip4 {
-        return Ok(false);
+        return Ok(Lookup::Passed);
     }
+    // Read once, up front: the verifier refuses a context pointer the compiler offsets and dereferences later.
+    // SAFETY: a plain read of a field of the live context.
+    let local_ip4 = unsafe { core::ptr::read_volatile(&lookup.local_ip4) };
     let port = lookup.local_port as u16;
     if port == OUTBOUND_PORT || port == INBOUND_PORT {
-        return Ok(false);
+        return Ok(Lookup::Passed);
     }
     if unsafe { EXCLUDED_INBOUND_PORTS.get(&port) }.is_some() {
-        return Ok(false);
+        return Ok(Lookup::Passed);
     }
     let slot = if port == HBONE_PORT { LISTENER_HBONE } else { LISTENER_INBOUND };
-    let key = ListenerKey { ip: lookup.local_ip4, slot };
+    let key = ListenerKey { ip: local_ip4, slot };
     match LISTENERS.redirect_sk_lookup(ctx, key, 0) {
-        Ok(()) => Ok(true),
-        Err(e) if e == -ENOENT => Ok(false), // not a pod keel serves
+        Ok(()) => Ok(Lookup::Captured),
+        // No listener, but the pod is still enrolled (its POD_IPS entry outlives keel: the maps are pinned):
+        // keel is down. 15008 takes the regular lookup, which finds no listener either while keel is down.
+        Err(e) if e == -ENOENT && slot == LISTENER_INBOUND && fail_closed() && unsafe { POD_IPS.get(&local_ip4) }.is_some() => {
+            Ok(Lookup::Refused)
+        }
+        Err(e) if e == -ENOENT => Ok(Lookup::Passed), // not a pod keel serves
         Err(_) => Err(()),
     }
 }

@@ -1,5 +1,13 @@
 //! The eBPF backend: loads keel's kernel programs, attaches the node-wide ones once, and enrolls pods by writing
 //! map entries (plus one sk_lookup link per pod network namespace, the only per-pod attachment the kernel allows).
+//!
+//! **Fail closed** (the default): every program attachment is a bpf_link pinned under `<bpffs>/links/`, and the
+//! enrollment maps are pinned, so capture outlives a crashed keel. Its enrolled pods' outbound connections are
+//! still steered to keel's (now closed) in-pod listener and refused, and inbound connections are refused by
+//! sk_lookup (CONFIG_FAIL_CLOSED), instead of flowing in plaintext and unauthorized until keel is back. A
+//! restarted keel attaches its own programs first, then replaces the pins, so there is no window without
+//! capture. `keel run --fail-open` keeps the links owned by the process: they go with it, and pods talk directly
+//! while keel is down.
 use std::{
     collections::HashMap as StdHashMap,
     fs::File,
@@ -15,11 +23,14 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash},
-    programs::{links::CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps},
+    programs::{
+        links::{CgroupAttachMode, FdLink, PinnedLink},
+        CgroupSockAddr, SkLookup, SkMsg, SockOps,
+    },
     Ebpf, EbpfLoader,
 };
 use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAST_PATH, LISTENER_INBOUND,
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, LISTENER_INBOUND,
     POD_CAPTURE_OUTBOUND,
 };
 use tokio::net::TcpStream;
@@ -39,6 +50,8 @@ pub struct EbpfCapture {
     stats: PerCpuArray<MapData, u64>,
     fast_path: AtomicBool,
     pin_dir: PathBuf,
+    /// Links are pinned (capture outlives keel) unless `--fail-open`.
+    fail_closed: bool,
     /// `None` once shut down.
     state: Mutex<Option<Attached>>,
 }
@@ -51,7 +64,9 @@ struct Attached {
     listeners: SockHash<MapData, ListenerKey>,
     config: Array<MapData, u32>,
     /// sk_lookup links by pod netns cookie.
-    lookup_links: StdHashMap<u64, aya::programs::sk_lookup::SkLookupLinkId>,
+    lookup_links: StdHashMap<u64, HeldLink<aya::programs::sk_lookup::SkLookupLinkId>>,
+    /// connect4 and sock_ops, when pinned (fail closed); owned by their programs otherwise.
+    _cgroup_links: Vec<PinnedLink>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,7 +80,10 @@ impl EbpfCapture {
 
         let cgroup = File::open(&config.cgroup_root)
             .with_context(|| format!("opening cgroup {}", config.cgroup_root.display()))?;
-        attach_cgroup_programs(&mut ebpf, &cgroup, &config.cgroup_root)?;
+        let links_dir = links_dir(&config.bpffs_dir);
+        std::fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+        let fail_closed = !config.fail_open;
+        let cgroup_links = attach_cgroup_programs(&mut ebpf, &cgroup, &config.cgroup_root, fail_closed.then_some(links_dir.as_path()))?;
 
         let splice_sockets: SockHash<MapData, FlowKey> = take(&mut ebpf, "SPLICE_SOCKETS")?;
         let sk_msg: &mut SkMsg = program(&mut ebpf, "keel_sk_msg")?;
@@ -74,13 +92,13 @@ impl EbpfCapture {
         let sk_lookup: &mut SkLookup = program(&mut ebpf, "keel_sk_lookup")?;
         sk_lookup.load().context("loading sk_lookup")?;
 
-        // Pinned maps survive a restart; the enrollment the new keel restores from its state is the truth.
-        let mut pods: HashMap<MapData, u64, PodEntry> = take(&mut ebpf, "PODS")?;
-        clear(&mut pods);
-        let mut pod_ips: HashMap<MapData, u32, u64> = take(&mut ebpf, "POD_IPS")?;
-        clear(&mut pod_ips);
+        // Pinned maps survive a restart and keep the previous keel's pods captured (refused, not bypassed) until
+        // this keel has restored them; `retain` then drops the entries of pods it did not restore.
+        let pods: HashMap<MapData, u64, PodEntry> = take(&mut ebpf, "PODS")?;
+        let pod_ips: HashMap<MapData, u32, u64> = take(&mut ebpf, "POD_IPS")?;
         let mut config_map: Array<MapData, u32> = take(&mut ebpf, "CONFIG")?;
         config_map.set(CONFIG_FAST_PATH, u32::from(config.fast_path), 0).context("writing CONFIG")?;
+        config_map.set(CONFIG_FAIL_CLOSED, u32::from(fail_closed), 0).context("writing CONFIG")?;
         write_exclusions(&mut ebpf, config)?;
 
         let capture = EbpfCapture {
@@ -88,20 +106,26 @@ impl EbpfCapture {
             stats: take(&mut ebpf, "STATS")?,
             fast_path: AtomicBool::new(config.fast_path),
             pin_dir: config.bpffs_dir.clone(),
+            fail_closed,
             state: Mutex::new(Some(Attached {
                 listeners: take(&mut ebpf, "LISTENERS")?,
                 pods,
                 pod_ips,
                 config: config_map,
                 lookup_links: StdHashMap::new(),
+                _cgroup_links: cgroup_links,
                 ebpf,
                 _logger: logger,
             })),
         };
         // Kept alive by the program's attachment; the handle itself is no longer needed.
         drop(splice_sockets);
+        if !fail_closed {
+            // Links an earlier fail-closed keel pinned: ours (owned by this process) replace them.
+            remove_pins(&links_dir)?;
+        }
         info!(cgroup = %config.cgroup_root.display(), pins = %config.bpffs_dir.display(), fast_path = config.fast_path,
-              "eBPF capture attached");
+              fail_closed, "eBPF capture attached");
         Ok(capture)
     }
 
@@ -122,7 +146,13 @@ impl EbpfCapture {
             let link = sk_lookup
                 .attach(pod.netns)
                 .with_context(|| format!("attaching sk_lookup to {}", pod.netns.path().display()))?;
-            state.lookup_links.insert(cookie, link);
+            let held = if self.fail_closed {
+                let link: FdLink = sk_lookup.take_link(link)?.into();
+                HeldLink::Pinned(pin_replacing(link, &lookup_link_pin(&self.pin_dir, cookie))?)
+            } else {
+                HeldLink::Owned(link)
+            };
+            state.lookup_links.insert(cookie, held);
         }
         for ip in &pod.spec.ips {
             let IpAddr::V4(v4) = ip else { continue };
@@ -145,9 +175,52 @@ impl EbpfCapture {
             let _ = state.listeners.remove(&ListenerKey { ip, slot: LISTENER_INBOUND });
             let _ = state.pod_ips.remove(&ip);
         }
-        if let Some(link) = state.lookup_links.remove(&cookie) {
-            let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
-            sk_lookup.detach(link).context("detaching sk_lookup")?;
+        match state.lookup_links.remove(&cookie) {
+            Some(HeldLink::Owned(link)) => {
+                let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
+                sk_lookup.detach(link).context("detaching sk_lookup")?;
+            }
+            // Removing the pin and closing our descriptor detaches it.
+            Some(HeldLink::Pinned(pinned)) => drop(pinned.unpin().context("unpinning the sk_lookup link")?),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// After restoring the persisted pods: forgets every pod a previous keel captured that this one did not
+    /// restore (gone meanwhile), so its namespace is neither captured nor refused any more.
+    pub fn retain(&self, enrolled: &[(u64, Vec<IpAddr>)]) -> anyhow::Result<()> {
+        let mut guard = self.state.lock().expect("capture state poisoned");
+        let state = guard.as_mut().context("eBPF capture is shut down")?;
+        let cookies: std::collections::HashSet<u64> = enrolled.iter().map(|(cookie, _)| *cookie).collect();
+        let ips: std::collections::HashSet<u32> = enrolled
+            .iter()
+            .flat_map(|(_, ips)| ips.iter())
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let stale: Vec<u64> = state.pods.keys().filter_map(Result::ok).filter(|c| !cookies.contains(c)).collect();
+        for cookie in &stale {
+            let _ = state.pods.remove(cookie);
+        }
+        let stale_ips: Vec<u32> = state.pod_ips.keys().filter_map(Result::ok).filter(|ip| !ips.contains(ip)).collect();
+        for ip in &stale_ips {
+            let _ = state.pod_ips.remove(ip);
+        }
+        let links = links_dir(&self.pin_dir);
+        for entry in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(cookie) = name.to_str().and_then(|n| n.strip_prefix(LOOKUP_LINK_PREFIX)).and_then(|c| c.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !cookies.contains(&cookie) {
+                std::fs::remove_file(entry.path()).with_context(|| format!("removing stale link pin {}", entry.path().display()))?;
+            }
+        }
+        if !stale.is_empty() || !stale_ips.is_empty() {
+            info!(pods = stale.len(), addresses = stale_ips.len(), "released pods a previous keel captured and this one did not restore");
         }
         Ok(())
     }
@@ -202,6 +275,7 @@ impl EbpfCapture {
             sk_lookup: ProgramCounters {
                 captured: read(counter::SK_LOOKUP_CAPTURED),
                 passed: read(counter::SK_LOOKUP_PASSED),
+                refused: read(counter::SK_LOOKUP_REFUSED),
                 errors: read(counter::SK_LOOKUP_ERRORS),
                 ..Default::default()
             },
@@ -271,19 +345,58 @@ fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Attached through bpf_link, which always coexists with other programs on the cgroup (Cilium's, another
-/// keel's): the link API takes no ALLOW_MULTI flag, so the mode is the default one.
-fn attach_cgroup_programs(ebpf: &mut Ebpf, cgroup: &File, cgroup_path: &Path) -> anyhow::Result<()> {
+/// keel's): the link API takes no ALLOW_MULTI flag, so the mode is the default one. With `pins`, the links are
+/// pinned there (replacing a previous keel's), and returned: they outlive this process.
+fn attach_cgroup_programs(ebpf: &mut Ebpf, cgroup: &File, cgroup_path: &Path, pins: Option<&Path>) -> anyhow::Result<Vec<PinnedLink>> {
+    let mut pinned = Vec::new();
     let connect4: &mut CgroupSockAddr = program(ebpf, "keel_connect4")?;
     connect4.load().with_context(|| format!("loading cgroup/connect4: {FALLBACK_HINT}"))?;
-    connect4
+    let link = connect4
         .attach(cgroup, CgroupAttachMode::Single)
         .with_context(|| format!("attaching connect4 to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
+    if let Some(dir) = pins {
+        let link = FdLink::try_from(connect4.take_link(link)?).context("connect4 is not a bpf_link")?;
+        pinned.push(pin_replacing(link, &dir.join("connect4"))?);
+    }
     let sock_ops: &mut SockOps = program(ebpf, "keel_sock_ops")?;
     sock_ops.load().with_context(|| format!("loading sock_ops: {FALLBACK_HINT}"))?;
-    sock_ops
+    let link = sock_ops
         .attach(cgroup, CgroupAttachMode::Single)
         .with_context(|| format!("attaching sock_ops to {}: {FALLBACK_HINT}", cgroup_path.display()))?;
-    Ok(())
+    if let Some(dir) = pins {
+        let link = FdLink::try_from(sock_ops.take_link(link)?).context("sock_ops is not a bpf_link")?;
+        pinned.push(pin_replacing(link, &dir.join("sock_ops"))?);
+    }
+    Ok(pinned)
+}
+
+/// A program attachment: owned by the loaded program (goes with keel) or pinned (outlives it).
+enum HeldLink<Id> {
+    Owned(Id),
+    Pinned(PinnedLink),
+}
+
+const LOOKUP_LINK_PREFIX: &str = "sk_lookup-";
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn lookup_link_pin(pin_dir: &Path, netns_cookie: u64) -> PathBuf {
+    links_dir(pin_dir).join(format!("{LOOKUP_LINK_PREFIX}{netns_cookie}"))
+}
+
+/// Pins `link` at `path`, taking over from a link a previous keel pinned there: the new attachment is already
+/// in place when the old one goes, so the hook is never empty.
+fn pin_replacing(link: FdLink, path: &Path) -> anyhow::Result<PinnedLink> {
+    let previous = PinnedLink::from_pin(path).ok();
+    if previous.is_some() {
+        std::fs::remove_file(path).with_context(|| format!("replacing the pinned link {}", path.display()))?;
+    }
+    let pinned = link.pin(path).with_context(|| format!("pinning {}", path.display()))?;
+    // Closing the last reference to the previous link (its pin is gone) detaches it.
+    drop(previous);
+    Ok(pinned)
 }
 
 /// Writes the configured exclusions over whatever a previous keel left in the pinned maps.

@@ -45,6 +45,8 @@ pub struct ProgramCounters {
     pub captured: u64,
     pub passed: u64,
     pub redirected: u64,
+    /// Connections refused because keel's listener was gone (sk_lookup, fail closed).
+    pub refused: u64,
     pub errors: u64,
 }
 
@@ -83,6 +85,15 @@ impl Capture {
         match self {
             Capture::Ebpf(c) => c.unenroll(pod),
             Capture::Iptables(c) => c.unenroll(pod),
+        }
+    }
+
+    /// After restoring persisted pods: releases what a previous keel captured for pods not among `enrolled`
+    /// (netns cookie and addresses of each pod this keel serves).
+    pub fn retain(&self, enrolled: &[(u64, Vec<std::net::IpAddr>)]) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.retain(enrolled),
+            Capture::Iptables(_) => Ok(()),
         }
     }
 

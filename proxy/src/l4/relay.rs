@@ -264,7 +264,7 @@ mod tests {
     async fn an_idle_connection_is_ended_and_a_half_closed_one_too() {
         let timeouts = Timeouts { idle: Duration::from_millis(300), half_closed: Duration::from_millis(200) };
         let (mut app, mut client) = pair().await;
-        let (mut server, mut upstream) = pair().await;
+        let (mut server, upstream) = pair().await;
         let started = Instant::now();
         let relay = tokio::spawn(async move { relay(&mut client, &mut server, timeouts).await });
         // Activity postpones the idle deadline.

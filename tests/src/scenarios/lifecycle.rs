@@ -135,3 +135,107 @@ pub fn sigterm_cleans_up(backend: Backend) {
         Ok(())
     })
 }
+
+/// A crashed keel fails closed. Two nodes in local mode, a client on node 0 talking to a server on node 1 over
+/// HBONE while the wire between the nodes is captured. `kill -9` keel on node 0 in the middle of a transfer:
+/// the client's new connections are refused (capture is pinned and steers them to keel's closed listener), not
+/// sent in plaintext. `kill -9` keel on node 1 as well: a plaintext client outside the mesh is refused by
+/// sk_lookup instead of reaching the server. No application byte crosses the wire in plaintext until both keels
+/// are back, adopt the pinned capture and carry the traffic over HBONE again. Then, as the control that the wire
+/// check can fail, the same crash with `--fail-open`: the client's bytes do cross in plaintext.
+pub fn crashed_keel_fails_closed() {
+    with_nodes("failclosed", 2, |lab| {
+        let client = lab.node(0).add_pod("client")?;
+        let outsider = lab.node(0).add_pod("outsider")?; // not enrolled: outside the mesh
+        let server = lab.node(1).add_pod("server")?;
+        let config_dir = lab.dir().join("mesh");
+        crate::lab::mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[
+                crate::lab::mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+                crate::lab::mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
+            ],
+        )?;
+        let (config, ca) = (config_dir.display().to_string(), lab.dir().join("ca").display().to_string());
+        let start = |node: usize, extra: &[&str]| {
+            let mut args = vec!["--config-dir", &config, "--ca-dir", &ca];
+            args.extend_from_slice(extra);
+            lab.start_keel_on(node, Backend::Ebpf, &args)
+        };
+        let mut keels = vec![start(0, &[])?, start(1, &[])?];
+        keels[0].enroll(&client)?;
+        keels[1].enroll(&server)?;
+        let _echo = server.serve(PORT, ServeMode::Echo, &[])?;
+        let _sink = server.serve(PORT + 1, ServeMode::Sink, &["--read-delay-ms", "5", "--read-chunk", "16384"])?;
+        send_ok(&client, server.addr(PORT), 64 * KIB, ServeMode::Echo).context("before the crash")?;
+
+        let capture = lab.capture_wire()?;
+        let mut long = client.spawn(&[
+            client.podapp_path().display().to_string(),
+            "send".into(),
+            "--to".into(),
+            server.addr(PORT + 1).to_string(),
+            "--bytes".into(),
+            (64 * MIB).to_string(),
+            "--mode".into(),
+            "sink".into(),
+        ])?;
+        std::thread::sleep(Duration::from_millis(500));
+        keels[0].kill9();
+        if long.wait_timeout(Duration::from_secs(10)).is_none() {
+            bail!("the transfer keel was relaying did not end when keel was killed");
+        }
+        for attempt in 0..5 {
+            let v = client.send(server.addr(PORT), 4 * KIB, ServeMode::Echo, Duration::from_secs(2))?;
+            if v["ok"] == true {
+                bail!("attempt {attempt}: the client reached the server while its node's keel was down: {v}");
+            }
+        }
+        keels[1].kill9();
+        let v = outsider.send(server.addr(PORT), 4 * KIB, ServeMode::Echo, Duration::from_secs(2))?;
+        if v["ok"] == true {
+            bail!("a plaintext client reached an enrolled pod while its keel was down: {v}");
+        }
+
+        keels = vec![start(0, &[])?, start(1, &[])?];
+        keels.iter().try_for_each(wait_ready)?;
+        let refused = crate::lab::counter(&keels[1].stats()?, "/ebpf/sk_lookup/refused");
+        if refused == 0 {
+            bail!("node 1's sk_lookup counted no refused connection while keel was down: {}", keels[1].stats()?);
+        }
+        send_ok(&client, server.addr(PORT), MIB, ServeMode::Echo).context("after both keels restarted")?;
+        let wire = capture.stop()?;
+        for offset in [0usize, 1000, 4096, 500_000] {
+            if wire.contains(&crate::lab::podapp_payload(1, offset, 48)) {
+                bail!("plaintext application bytes (offset {offset}) crossed the wire around the crash:\n{}", wire.summary());
+            }
+        }
+        if wire.tcp_bytes_to_port(15008) < MIB {
+            bail!("the traffic after the restart did not cross as HBONE:\n{}", wire.summary());
+        }
+        let outbound = keels[0].wait_connection(RECORD_TIMEOUT, |c| c.direction == "outbound" && c.bytes_sent == MIB)?;
+        if outbound.path.as_deref() != Some("hbone") {
+            bail!("after the restart the client's connection did not go over HBONE: {outbound:?}");
+        }
+
+        // The control: with --fail-open a crashed keel lets the client's bytes through in plaintext.
+        drop(keels);
+        let mut open = start(0, &["--fail-open"])?;
+        open.enroll(&client)?;
+        let server_keel = start(1, &["--fail-open"])?;
+        server_keel.enroll(&server)?;
+        wait_ready(&open)?;
+        send_ok(&client, server.addr(PORT), 4 * KIB, ServeMode::Echo).context("with --fail-open, keel up")?;
+        let capture = lab.capture_wire()?;
+        open.kill9();
+        let mut server_keel = server_keel;
+        server_keel.kill9();
+        send_ok(&client, server.addr(PORT), 64 * KIB, ServeMode::Echo).context("with --fail-open and keel down: direct")?;
+        let wire = capture.stop()?;
+        if !wire.contains(&crate::lab::podapp_payload(1, 4096, 48)) {
+            bail!("with --fail-open the direct transfer's plaintext was not seen on the wire (the check above proves nothing):\n{}", wire.summary());
+        }
+        Ok(())
+    })
+}
