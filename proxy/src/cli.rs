@@ -162,6 +162,9 @@ pub struct RunArgs {
     /// File holding the bearer token keel presents to the control plane.
     #[arg(long, requires = "xds_address")]
     pub xds_token_file: Option<PathBuf>,
+    /// Allow a plaintext `http://` --xds-address (the token, the config and the CSRs then cross unencrypted).
+    #[arg(long, requires = "xds_address")]
+    pub insecure_control_plane: bool,
     /// The name the control plane's certificate must carry.
     #[arg(long, default_value = "keel-control")]
     pub xds_server_name: String,
@@ -310,6 +313,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
                 pod_namespace: args.pod_namespace,
                 instance_ip: args.instance_ip,
                 node_name: args.node_name,
+                insecure: args.insecure_control_plane,
             })),
         },
     };

@@ -39,6 +39,8 @@ pub struct CaClientConfig {
     pub server_name: String,
     pub token: String,
     pub cluster_id: String,
+    /// `--insecure-control-plane`: `http://` allowed.
+    pub insecure: bool,
 }
 
 impl CaClientConfig {
@@ -50,6 +52,7 @@ impl CaClientConfig {
             server_name: xds.server_name.clone(),
             token: xds.token.clone(),
             cluster_id: xds.cluster_id.clone(),
+            insecure: xds.insecure,
         }
     }
 }
@@ -65,19 +68,16 @@ pub struct CaClient {
 
 /// A hung CA must not hold a pod's first connection forever; the manager retries.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl CaClient {
     pub fn new(config: CaClientConfig) -> anyhow::Result<CaClient> {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&config.root_pem))
-            .domain_name(&config.server_name);
-        let endpoint = Endpoint::from_shared(config.address.clone())
-            .with_context(|| format!("CA address {:?}", config.address))?
-            .tls_config(tls)
-            .context("CA client TLS")?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
+        let target = crate::xds::channel::ControlPlaneAddress {
+            address: &config.address,
+            root_pem: &config.root_pem,
+            server_name: &config.server_name,
+            insecure: config.insecure,
+        };
+        let endpoint = crate::xds::channel::endpoint(&target).context("the CA")?.timeout(REQUEST_TIMEOUT);
         Ok(CaClient { config, endpoint, channel: OnceLock::new() })
     }
 

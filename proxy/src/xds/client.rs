@@ -23,6 +23,8 @@ use super::state::{decode, Rejected, WorkloadStore};
 /// Envoy's ADS sequencing uses (clusters before their endpoints, listeners before their routes).
 pub const TYPE_URLS: [&str; 6] =
     [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL];
+/// What keel must have heard from the control plane before it is ready.
+pub const READY_TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
@@ -37,6 +39,19 @@ pub struct XdsConfig {
     pub token: String,
     pub cluster_id: String,
     pub node: Node,
+    /// `--insecure-control-plane`: `http://` allowed.
+    pub insecure: bool,
+}
+
+impl XdsConfig {
+    pub fn control_plane(&self) -> super::channel::ControlPlaneAddress<'_> {
+        super::channel::ControlPlaneAddress {
+            address: &self.address,
+            root_pem: &self.root_pem,
+            server_name: &self.server_name,
+            insecure: self.insecure,
+        }
+    }
 }
 
 /// What `/config_dump` and `keel pc status` show about the xDS connection.
@@ -84,12 +99,7 @@ impl XdsClient {
     }
 
     async fn session(&mut self, backoff: &mut Duration) -> anyhow::Result<()> {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.config.root_pem))
-            .domain_name(&self.config.server_name);
-        let channel = tonic::transport::Endpoint::from_shared(self.config.address.clone())?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
+        let channel = super::channel::endpoint(&self.config.control_plane())?
             .connect()
             .await
             .with_context(|| format!("connecting to {}", self.config.address))?;
@@ -116,7 +126,9 @@ impl XdsClient {
             let ack = self.apply(response);
             if !seen.contains(&ack.type_url) {
                 seen.push(ack.type_url.clone());
-                if TYPE_URLS.iter().all(|t| seen.iter().any(|s| s == t)) {
+                // Ready once the workload types are answered: a control plane that serves no L7 types (istiod
+                // serving an ambient node proxy) still makes keel ready.
+                if READY_TYPE_URLS.iter().all(|t| seen.iter().any(|s| s == t)) {
                     self.ready.send_replace(true);
                 }
             }
@@ -181,6 +193,7 @@ mod tests {
             token: "t".into(),
             cluster_id: "Kubernetes".into(),
             node: Node::default(),
+            insecure: false,
         };
         XdsClient::new(config, Arc::new(WorkloadStore::default())).0
     }

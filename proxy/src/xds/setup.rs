@@ -24,6 +24,8 @@ pub struct XdsSettings {
     pub pod_namespace: String,
     pub instance_ip: String,
     pub node_name: String,
+    /// `--insecure-control-plane`.
+    pub insecure: bool,
 }
 
 /// Where keel's workload state comes from.
@@ -104,6 +106,7 @@ pub fn xds_config(settings: &XdsSettings) -> anyhow::Result<XdsConfig> {
         token,
         cluster_id: settings.cluster_id.clone(),
         node: node(settings),
+        insecure: settings.insecure,
     })
 }
 
@@ -131,6 +134,7 @@ mod tests {
             pod_namespace: "istio-system".into(),
             instance_ip: "10.0.0.5".into(),
             node_name: "node-a".into(),
+            insecure: false,
         };
         let n = node(&s);
         assert_eq!(n.id, "ztunnel~10.0.0.5~keel-abcde.istio-system~istio-system.svc.cluster.local");
