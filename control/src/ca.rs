@@ -2,14 +2,19 @@
 //! layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`; RSA and ECDSA both sign), or is
 //! generated on first start (an ECDSA P-256 root, written in the same layout so a restart keeps it).
 //! Issued certificates are SPIFFE workload certificates: empty subject, one URI SAN (the identity), client and
-//! server auth, the requested validity; the chain runs leaf → ... → root.
+//! server auth, the requested validity; the chain runs leaf → ... → root. Every certificate gets a random serial
+//! number, and nothing of a CSR but its public key reaches the certificate.
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
+use ring::rand::{SecureRandom as _, SystemRandom};
+use x509_parser::{certification_request::X509CertificationRequest, prelude::FromDer as _};
+
+use crate::private_file;
 
 const CA_CERT: &str = "ca-cert.pem";
 const CA_KEY: &str = "ca-key.pem";
@@ -66,9 +71,12 @@ impl Authority {
         if !identity.starts_with(&expected_prefix) || !identity.contains("/sa/") {
             bail!("identity {identity:?} is not spiffe://{}/ns/<namespace>/sa/<service-account>", self.trust_domain);
         }
-        let mut request = CertificateSigningRequestParams::from_pem(csr_pem).context("csr: not a valid PEM PKCS#10 request")?;
+        let public_key = csr_public_key(csr_pem)?;
+        // Built from nothing: every field and extension is the CA's choice (rcgen's CSR parsing would carry the
+        // request's names, key usages and basic constraints into the parameters).
         let now = time::OffsetDateTime::now_utc();
-        let params = &mut request.params;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(random_serial()?);
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(identity.try_into().context("identity is not a valid URI")?)];
         params.not_before = now - BACKDATE;
@@ -77,7 +85,7 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = request.signed_by(&self.issuer).context("signing the workload certificate")?;
+        let leaf = params.signed_by(&public_key, &self.issuer).context("signing the workload certificate")?;
         let mut chain = vec![leaf.pem().trim().to_owned()];
         chain.extend(self.chain.iter().cloned());
         Ok(chain)
@@ -92,6 +100,7 @@ impl Authority {
         let mut params = CertificateParams::new(dns_names.to_vec()).context("serving certificate names")?;
         params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.distinguished_name.push(DnType::CommonName, "keel-control");
+        params.serial_number = Some(random_serial()?);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::from_secs(365 * 24 * 3600);
@@ -104,11 +113,34 @@ impl Authority {
     }
 }
 
+/// The public key of a PEM PKCS#10 request, once its signature shows the requester holds the private key. The
+/// rest of the request (subject, requested extensions, whatever they are) is never read.
+fn csr_public_key(csr_pem: &str) -> anyhow::Result<SubjectPublicKeyInfo> {
+    let der = ::pem::parse(csr_pem)
+        .ok()
+        .filter(|p| matches!(p.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"))
+        .context("csr: not a PEM PKCS#10 request")?;
+    let (_, csr) = X509CertificationRequest::from_der(der.contents()).map_err(|e| anyhow::anyhow!("csr: not a PKCS#10 request: {e}"))?;
+    csr.verify_signature().map_err(|e| anyhow::anyhow!("csr: its signature does not verify: {e}"))?;
+    SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw).context("csr: unsupported public key")
+}
+
+/// A serial number no other certificate of this CA has: 126 random bits, positive (top bit clear, so its DER
+/// needs no padding byte) and at least 2^126 (next bit set: never zero, always 16 bytes). rcgen's default, a
+/// hash of the public key, repeats for every certificate over the same key.
+fn random_serial() -> anyhow::Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("no randomness for a certificate serial number"))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
 /// Writes a fresh self-signed ECDSA P-256 root in the plugged-in layout (the root signs workload certs itself).
 fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    private_file::create_dir(dir)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
+    params.serial_number = Some(random_serial()?);
     params.distinguished_name.push(DnType::OrganizationName, trust_domain);
     params.distinguished_name.push(DnType::CommonName, "keel root CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -121,13 +153,8 @@ fn generate(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
     write(CA_CERT, &cert.pem())?;
     write(ROOT_CERT, &cert.pem())?;
     write(CERT_CHAIN, &cert.pem())?;
-    write(CA_KEY, &key.serialize_pem())?;
-    set_owner_only(&dir.join(CA_KEY))
-}
-
-fn set_owner_only(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", path.display()))
+    // The key last: `load_or_generate` generates only into a directory holding neither key nor certificate.
+    private_file::write(&dir.join(CA_KEY), key.serialize_pem().as_bytes())
 }
 
 /// Splits a PEM bundle into its certificates (trimmed, each with its BEGIN/END lines).
@@ -202,6 +229,80 @@ mod tests {
         let err = ca.issue("not a csr", "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(60)).unwrap_err();
         assert!(format!("{err:#}").contains("csr"), "{err:#}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn certificate(pem_text: &str) -> X509Certificate<'static> {
+        let der: &'static [u8] = Box::leak(parse(pem_text).into_boxed_slice());
+        X509Certificate::from_der(der).unwrap().1
+    }
+
+    #[test]
+    fn every_certificate_gets_a_random_serial_of_at_least_120_bits() {
+        let dir = temp_dir("serial");
+        let ca = Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        // One CSR, one key, twice: rcgen's default serial (a hash of the key) was the same for both.
+        let csr = csr();
+        let identity = "spiffe://cluster.local/ns/demo/sa/sleep";
+        let first = certificate(&ca.issue(&csr, identity, Duration::from_secs(60)).unwrap()[0]);
+        let second = certificate(&ca.issue(&csr, identity, Duration::from_secs(60)).unwrap()[0]);
+        let serving = certificate(&ca.issue_serving(&["keel-control".into()], &[]).unwrap().0);
+        let root = certificate(ca.root_pem());
+        let serials: Vec<_> = [&first, &second, &serving, &root].iter().map(|c| c.serial.clone()).collect();
+        for serial in &serials {
+            assert!(serial.bits() >= 120 && serial.bits() <= 128, "{serial:x} has {} bits", serial.bits());
+        }
+        let distinct: std::collections::BTreeSet<_> = serials.iter().collect();
+        assert_eq!(distinct.len(), serials.len(), "{serials:x?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nothing_of_a_csr_but_its_public_key_reaches_the_certificate() {
+        let dir = temp_dir("csr-extensions");
+        let ca = Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".into()]).unwrap();
+        params.subject_alt_names.push(SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00])];
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+
+        let chain = ca.issue(&csr, "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(60)).unwrap();
+        let leaf = certificate(&chain[0]);
+        assert!(leaf.subject().iter_attributes().next().is_none(), "no subject from the CSR");
+        let names: Vec<String> = leaf.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["URI(spiffe://cluster.local/ns/demo/sa/sleep)"]);
+        assert!(leaf.basic_constraints().unwrap().is_none_or(|bc| !bc.value.ca), "never a CA");
+        let usage = leaf.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature() && !usage.key_cert_sign() && !usage.crl_sign());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
+        let oids: Vec<String> = leaf.extensions().iter().map(|e| e.oid.to_id_string()).collect();
+        assert!(!oids.iter().any(|oid| oid.starts_with("1.3.6.1.4.1.99999")), "{oids:?}");
+        assert_eq!(leaf.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice(), "the CSR's key is certified");
+
+        // A request whose signature does not verify proves no key is held: refused.
+        let mut der = parse(&csr);
+        *der.last_mut().unwrap() ^= 1;
+        let forged = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", der));
+        let err = ca.issue(&forged, "spiffe://cluster.local/ns/demo/sa/sleep", Duration::from_secs(60)).unwrap_err();
+        assert!(format!("{err:#}").contains("csr"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_generated_root_key_is_owner_only_in_an_owner_only_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("modes").join("ca");
+        Authority::load_or_generate(&dir, "cluster.local").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(CA_KEY)), 0o600);
+        assert_eq!(mode(&dir) & 0o077, 0, "nothing for group or others");
+        assert_eq!(mode(dir.parent().unwrap()) & 0o077, 0, "missing parents too");
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 
     /// istiod's test CAs are often RSA (ztunnel's is RSA-2048): a plugged-in RSA root made by openssl signs too.

@@ -7,6 +7,7 @@ pub mod ca_service;
 pub mod config_dir;
 pub mod config_state;
 pub mod objects;
+pub mod private_file;
 pub mod serve;
 pub mod source;
 pub mod tokens;

@@ -120,10 +120,10 @@ fn issue(ca_dir: &std::path::Path, trust_domain: &str, identity: &str, validity:
     params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().context("--identity is not a URI")?)];
     let csr = params.serialize_request(&key)?.pem()?;
     let chain = authority.issue(&csr, identity, validity)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    keel_control::private_file::create_dir(out)?;
     let (leaf_and_intermediates, root) = chain.split_at(chain.len() - 1);
     std::fs::write(out.join("cert-chain.pem"), leaf_and_intermediates.join("\n") + "\n")?;
-    std::fs::write(out.join("key.pem"), key.serialize_pem())?;
+    keel_control::private_file::write(&out.join("key.pem"), key.serialize_pem().as_bytes())?;
     std::fs::write(out.join("root-cert.pem"), root[0].clone() + "\n")?;
     println!("issued {identity} into {}", out.display());
     Ok(())

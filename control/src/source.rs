@@ -1,9 +1,19 @@
 //! Config input from a directory of YAML files (multi-document files allowed). Each document is parsed and
 //! validated alone; errors name the file, the object and the field, and never stop the others from loading.
 //! A Kubernetes API watcher can later produce the same [`Loaded`] from the API server.
-use std::path::{Path, PathBuf};
+//!
+//! What one file may cost is bounded: at most [`MAX_FILE_SIZE`] bytes are read, and [`scan`] refuses deep
+//! nesting and YAML aliases before anything is built; a syntax error stops the reading of its file (reported
+//! once, with its position), never of the others.
+mod scan;
 
-use serde::{de::DeserializeOwned, Deserialize as _};
+use std::{
+    collections::BTreeSet,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
+
+use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::objects::Object;
@@ -22,7 +32,14 @@ pub struct Loaded {
     /// Valid objects with the file each came from.
     pub objects: Vec<(PathBuf, Object)>,
     pub errors: Vec<ObjectError>,
+    /// Files (or a directory: every file under it) not read to the end, so objects they held before may be
+    /// missing from `objects` only because of that: unreadable, too large, or not YAML from some document on.
+    pub incomplete: BTreeSet<PathBuf>,
 }
+
+/// The largest config file read. Kubernetes objects are far smaller (the API server refuses objects over
+/// 1.5 MiB); the bound keeps one file from costing more than a few hundred MiB to parse.
+pub const MAX_FILE_SIZE: u64 = 4 << 20;
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (not recursive), in name order.
 pub fn load_dir(dir: &Path) -> Loaded {
@@ -35,28 +52,59 @@ pub fn load_dir(dir: &Path) -> Loaded {
             .collect(),
         Err(e) => {
             loaded.errors.push(ObjectError { file: dir.to_owned(), object: "directory".into(), message: e.to_string() });
+            loaded.incomplete.insert(dir.to_owned());
             return loaded;
         }
     };
     files.sort();
     for file in files {
-        match std::fs::read_to_string(&file) {
+        match read_file(&file) {
             Ok(text) => load_text(&file, &text, &mut loaded),
-            Err(e) => loaded.errors.push(ObjectError { file, object: "file".into(), message: e.to_string() }),
+            Err(message) => {
+                loaded.errors.push(ObjectError { file: file.clone(), object: "file".into(), message });
+                loaded.incomplete.insert(file);
+            }
         }
     }
     loaded
 }
 
+/// Reads one regular file of at most [`MAX_FILE_SIZE`] bytes.
+fn read_file(path: &Path) -> Result<String, String> {
+    // Follows symbolic links (a mounted ConfigMap's files are links into `..data/`), but never opens a FIFO or a
+    // device: opening a FIFO blocks until someone writes to it.
+    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_large = || format!("larger than the {} MiB a config file may be", MAX_FILE_SIZE >> 20);
+    if metadata.len() > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    // The file may grow between the check and the read: never read past the limit.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_SIZE + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
 /// Parses the documents of one file into `loaded`.
 pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let error = |object: String, message: String| ObjectError { file: file.to_owned(), object, message };
-        let value = match Value::deserialize(document) {
+    let error = |object: String, message: String| ObjectError { file: file.to_owned(), object, message };
+    let scanned = scan::scan(text);
+    let read = scanned.documents.len();
+    for (index, document) in scanned.documents.into_iter().enumerate() {
+        // Each document is parsed alone, from its own text: never through serde_yaml_ng's multi-document iterator.
+        let parsed = document.text.map_err(|e| e.to_string()).and_then(|text| serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML: {e}")));
+        let value = match parsed {
             Ok(Value::Null) => continue, // an empty document (e.g. a trailing `---`)
             Ok(value) => value,
-            Err(e) => {
-                loaded.errors.push(error(format!("document {}", index + 1), format!("not YAML: {e}")));
+            Err(message) => {
+                loaded.errors.push(error(format!("document {}", index + 1), message));
                 continue;
             }
         };
@@ -67,6 +115,10 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
             Ok(object) => loaded.objects.push((file.to_owned(), object)),
             Err((object, message)) => loaded.errors.push(error(object.unwrap_or_else(|| format!("document {}", index + 1)), message)),
         }
+    }
+    if let Some(stopped) = scanned.stopped {
+        loaded.errors.push(error(format!("document {}", read + 1), format!("{stopped}; the rest of the file is not read")));
+        loaded.incomplete.insert(file.to_owned());
     }
 }
 
@@ -145,6 +197,103 @@ mod tests {
         let mut loaded = Loaded::default();
         load_text(Path::new("dir/config.yaml"), text, &mut loaded);
         loaded
+    }
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec: {ports: [{port: 80}]}\n";
+
+    /// A fresh directory holding `files`.
+    fn dir_with(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-source-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
+
+    /// `load_dir` in a thread of its own: a loader that spins or blows up fails the test instead of hanging it.
+    fn load_dir_within_5s(dir: &Path) -> Loaded {
+        let (done, result) = std::sync::mpsc::channel();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || done.send(load_dir(&dir)));
+        result.recv_timeout(std::time::Duration::from_secs(5)).expect("load_dir returns within 5 s")
+    }
+
+    fn messages(loaded: &Loaded) -> Vec<String> {
+        loaded.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported_once_with_its_position_and_the_other_files_load() {
+        let dir = dir_with("syntax", &[("bad.yaml", "x: [{a: 1]"), ("good.yaml", SERVICE)]);
+        let loaded = load_dir_within_5s(&dir);
+        let messages = messages(&loaded);
+        assert_eq!(messages.len(), 1, "{messages:#?}");
+        assert!(loaded.errors[0].file.ends_with("bad.yaml"), "{messages:?}");
+        assert!(messages[0].contains("bad.yaml: document 1: not YAML: did not find expected ',' or '}' at line 1 column 10"), "{}", messages[0]);
+        assert_eq!(loaded.objects.len(), 1, "good.yaml's service loads");
+        assert!(loaded.objects[0].0.ends_with("good.yaml"));
+        assert_eq!(loaded.incomplete, BTreeSet::from([dir.join("bad.yaml")]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_documents_before_a_syntax_error_load_and_the_error_names_its_document() {
+        let loaded = load(&format!("{SERVICE}---\nx: [{{a: 1]\n---\n{SERVICE}"));
+        assert_eq!(loaded.objects.len(), 1);
+        assert_eq!(messages(&loaded), ["dir/config.yaml: document 2: not YAML: did not find expected ',' or '}' at line 6 column 10, while parsing a flow mapping at line 6 column 5; the rest of the file is not read"]);
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_unread() {
+        // Valid YAML (one comment) of the limit plus one byte.
+        let big = format!("{SERVICE}#{}", " ".repeat(MAX_FILE_SIZE as usize - SERVICE.len()));
+        let dir = dir_with("size", &[("big.yaml", &big), ("good.yaml", SERVICE)]);
+        let loaded = load_dir_within_5s(&dir);
+        assert_eq!(messages(&loaded), [format!("{}: file: larger than the 4 MiB a config file may be", dir.join("big.yaml").display())]);
+        assert_eq!(loaded.objects.len(), 1);
+        assert!(loaded.incomplete.contains(&dir.join("big.yaml")));
+        // At the limit exactly, the file is read.
+        std::fs::write(dir.join("big.yaml"), &big[..big.len() - 1]).unwrap();
+        let loaded = load_dir_within_5s(&dir);
+        assert!(loaded.errors.is_empty(), "{:?}", messages(&loaded));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_is_not_opened() {
+        let dir = dir_with("fifo", &[("good.yaml", SERVICE)]);
+        let status = std::process::Command::new("mkfifo").arg(dir.join("pipe.yaml")).status().unwrap();
+        assert!(status.success());
+        let loaded = load_dir_within_5s(&dir);
+        assert_eq!(messages(&loaded), [format!("{}: file: not a regular file", dir.join("pipe.yaml").display())]);
+        assert_eq!(loaded.objects.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_the_documents_before_it_load() {
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let loaded = load(&format!("{SERVICE}---\nx: {deep}\n"));
+        assert_eq!(loaded.objects.len(), 1);
+        assert_eq!(messages(&loaded), ["dir/config.yaml: document 2: nested more than 64 levels deep at line 6 column 67; the rest of the file is not read"]);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_without_being_expanded_and_the_next_document_loads() {
+        // "Billion laughs": 9 levels of 10 aliases each, 10^9 strings once expanded.
+        let mut bomb = String::from("a0: &a0 [lol]\n");
+        for level in 1..10 {
+            bomb += &format!("a{level}: &a{level} [{}]\n", vec![format!("*a{}", level - 1); 10].join(", "));
+        }
+        let dir = dir_with("bomb", &[("bomb.yaml", &format!("{bomb}---\n{SERVICE}"))]);
+        let loaded = load_dir_within_5s(&dir);
+        assert_eq!(loaded.objects.len(), 1, "the document after the bomb loads");
+        let messages = messages(&loaded);
+        assert_eq!(messages.len(), 1, "{messages:#?}");
+        assert!(messages[0].ends_with("bomb.yaml: document 1: YAML alias at line 2 column 10: keel-control does not expand aliases (write the value out in full)"), "{}", messages[0]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

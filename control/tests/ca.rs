@@ -76,3 +76,27 @@ async fn a_node_gets_certificates_only_for_workloads_on_it() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     assert!(ask(&addr, "token-b", "spiffe://cluster.local/ns/demo/sa/echo").await.is_ok());
 }
+
+/// Private keys are owner-only whatever the umask: `keel-control issue` under umask 000 (where a plain
+/// `std::fs::write` makes a world-readable file) writes the CA root's key and the workload key 0600, in new 0700
+/// directories.
+#[test]
+fn private_keys_are_written_owner_only_even_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("keel-ca-umask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = std::process::Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_keel-control"), "issue"])
+        .arg("--ca-dir")
+        .arg(dir.join("ca"))
+        .args(["--identity", "spiffe://cluster.local/ns/demo/sa/sleep", "--out"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mode = |path: &str| std::fs::metadata(dir.join(path)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode("ca/ca-key.pem"), mode("out/key.pem")), (0o600, 0o600));
+    assert_eq!((mode("ca"), mode("out")), (0o700, 0o700));
+    assert_eq!(mode("out/cert-chain.pem"), 0o666, "certificates are public; the umask held");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,6 +50,9 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
     // A client that does not trust the mesh root gets no connection at all.
     let untrusted = connect_tls(&addr, "t", &untrusted_root(), "keel-control").await;
     assert!(untrusted.is_err(), "TLS must fail against an unknown root");
+    // Nor does a plaintext (h2c) client: keel-control has no plaintext mode.
+    let plaintext = tokio::time::timeout(Duration::from_secs(5), common::connect(&format!("http://127.0.0.1:{port}"), "t")).await;
+    assert!(!matches!(plaintext, Ok(Ok(_))), "plaintext must get no stream");
     client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
     assert_eq!(names(&client.next().await), ["demo/echo.demo.svc.cluster.local"]);
 
