@@ -197,6 +197,7 @@ pub(crate) mod tests {
             server_name: "keel-control".into(),
             token: "token-a".into(),
             cluster_id: "Kubernetes".into(),
+            insecure: false,
         };
         (config, authority)
     }
