@@ -165,7 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Loading and attaching programs are blocking syscalls; the kernel logger task needs the runtime.
         tokio::task::block_in_place(move || Capture::start(&config))?
     };
-    let xds = config.workload_source.as_ref().map(|source| source.start()).transpose()?;
+    let xds = config.workload_source.as_ref().map(|source| source.start(&config.state_dir)).transpose()?;
     let certificates = match &config.workload_source {
         Some(source) => Some(CertificateManager::new(source.certificate_provider()?, config.certificate_validity)),
         None => None,

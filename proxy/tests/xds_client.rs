@@ -62,6 +62,7 @@ async fn keel_follows_the_control_plane_and_keeps_its_state_without_it() {
             token: "node-a-token".into(),
             cluster_id: "Kubernetes".into(),
             node: Default::default(),
+            insecure: false,
         },
         store.clone(),
     );

@@ -3,12 +3,15 @@
 //! are NACKed naming resource and field (the rest of the response still applies). After a broken stream it
 //! reconnects with exponential backoff and jitter, sending `initial_resource_versions` for what it holds; the
 //! last good state keeps serving meanwhile. Ready once the first response of each type arrived.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use keel_proto::{
     core::Node,
-    discovery::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse},
+    discovery::{
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+        Resource as XdsResource,
+    },
     google::rpc,
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
     ROUTE_CONFIGURATION_TYPE_URL,
@@ -17,7 +20,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use super::state::{decode, Rejected, WorkloadStore};
+use super::{
+    persisted,
+    state::{decode, Rejected, WorkloadStore},
+};
 
 /// The workload types in the order ztunnel subscribes in, then the Envoy types of the L7 engine in the order
 /// Envoy's ADS sequencing uses (clusters before their endpoints, listeners before their routes).
@@ -70,15 +76,37 @@ pub struct XdsClient {
     store: Arc<WorkloadStore>,
     ready: watch::Sender<bool>,
     status: watch::Sender<XdsStatus>,
-    /// type URL → resource name → version, for `initial_resource_versions` on reconnect.
-    held: HashMap<String, HashMap<String, String>>,
+    /// type URL → resource name → the accepted resource: its version for `initial_resource_versions` on
+    /// reconnect, and its bytes for the snapshot on disk.
+    held: HashMap<String, HashMap<String, XdsResource>>,
+    /// Where the last good state is saved (see [`super::persisted`]); `None` in tests.
+    snapshot_file: Option<PathBuf>,
 }
 
 impl XdsClient {
     pub fn new(config: XdsConfig, store: Arc<WorkloadStore>) -> (XdsClient, watch::Receiver<bool>, watch::Receiver<XdsStatus>) {
         let (ready, ready_rx) = watch::channel(false);
         let (status, status_rx) = watch::channel(XdsStatus { source: format!("xds {}", config.address), ..Default::default() });
-        (XdsClient { config, store, ready, status, held: HashMap::new() }, ready_rx, status_rx)
+        (XdsClient { config, store, ready, status, held: HashMap::new(), snapshot_file: None }, ready_rx, status_rx)
+    }
+
+    /// Saves the accepted state to `path` after every response, and first serves what a previous keel saved
+    /// there (validated again, as if the control plane had just sent it). Returns how many resources it loaded.
+    pub fn persist_to(&mut self, path: PathBuf) -> anyhow::Result<usize> {
+        // Saving goes on even when what is there cannot be read: the next response replaces it.
+        self.snapshot_file = Some(path.clone());
+        let saved = persisted::load(&path)?;
+        let mut loaded = 0;
+        for response in saved {
+            let ack = self.apply(response);
+            if let Some(nack) = ack.error_detail {
+                warn!(type_url = %ack.type_url, message = %nack.message, "saved xDS state: resource refused");
+            }
+        }
+        for held in self.held.values() {
+            loaded += held.len();
+        }
+        Ok(loaded)
     }
 
     /// Runs until the task is dropped.
@@ -109,7 +137,11 @@ impl XdsClient {
                 .send(DeltaDiscoveryRequest {
                     node: (i == 0).then(|| self.config.node.clone()),
                     type_url: (*type_url).to_owned(),
-                    initial_resource_versions: self.held.get(*type_url).cloned().unwrap_or_default(),
+                    initial_resource_versions: self
+                        .held
+                        .get(*type_url)
+                        .map(|held| held.iter().map(|(name, r)| (name.clone(), r.version.clone())).collect())
+                        .unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?;
@@ -124,6 +156,7 @@ impl XdsClient {
         let mut seen: Vec<String> = Vec::new();
         while let Some(response) = responses.message().await? {
             let ack = self.apply(response);
+            self.save();
             if !seen.contains(&ack.type_url) {
                 seen.push(ack.type_url.clone());
                 // Ready once the workload types are answered: a control plane that serves no L7 types (istiod
@@ -137,6 +170,14 @@ impl XdsClient {
         anyhow::bail!("the control plane closed the stream")
     }
 
+    fn save(&self) {
+        if let Some(path) = &self.snapshot_file {
+            if let Err(e) = persisted::save(path, &self.held) {
+                warn!(error = %format!("{e:#}"), "could not save the xDS state; a restart would wait for the control plane");
+            }
+        }
+    }
+
     /// Applies the valid part of a response and returns the ACK (or NACK) for it.
     fn apply(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let type_url = response.type_url.clone();
@@ -147,8 +188,9 @@ impl XdsClient {
             let bytes = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
             match decode(&type_url, &resource.name, bytes) {
                 Ok(r) => {
-                    held.insert(resource.name.clone(), resource.version);
-                    upserts.push((resource.name, r));
+                    let name = resource.name.clone();
+                    held.insert(name.clone(), XdsResource { name: name.clone(), version: resource.version, resource: resource.resource, ..Default::default() });
+                    upserts.push((name, r));
                 }
                 Err(e) => rejected.push(e),
             }
@@ -220,5 +262,41 @@ mod tests {
         assert!(nack.message.starts_with("resource bad:"), "{}", nack.message);
         assert!(c.store.snapshot().workloads.contains_key("good"), "the valid resource still applies");
         assert_eq!(c.held[ADDRESS_TYPE_URL].keys().collect::<Vec<_>>(), ["good"], "only accepted versions are held");
+    }
+
+    #[test]
+    fn a_restarted_client_serves_the_saved_state_and_offers_its_versions() {
+        let dir = std::env::temp_dir().join(format!("keel-xds-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = persisted::path_in(&dir);
+        let _ = std::fs::remove_file(&path);
+        let mut first = client();
+        assert_eq!(first.persist_to(path.clone()).unwrap(), 0, "nothing saved yet");
+        let w = workload::Address {
+            r#type: Some(workload::address::Type::Workload(workload::Workload { uid: "u".into(), addresses: vec![vec![10, 0, 0, 9]], ..Default::default() })),
+        };
+        let response = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resources: vec![XdsResource {
+                name: "w".into(),
+                version: "v7".into(),
+                resource: Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: w.encode_to_vec() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        first.apply(response);
+        first.save();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let mut restarted = client();
+        assert_eq!(restarted.persist_to(path.clone()).unwrap(), 1);
+        assert!(restarted.store.snapshot().workloads_by_ip.contains_key(&"10.0.0.9".parse().unwrap()), "the saved workload is served");
+        assert_eq!(restarted.held[ADDRESS_TYPE_URL]["w"].version, "v7", "its version is offered on reconnect");
+
+        std::fs::write(&path, b"\xff\xff garbage").unwrap();
+        assert!(client().persist_to(path.clone()).is_err(), "a corrupted file is reported, not half-applied");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

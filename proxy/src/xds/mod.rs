@@ -4,5 +4,6 @@
 pub mod channel;
 pub mod client;
 pub mod local;
+pub mod persisted;
 pub mod setup;
 pub mod state;

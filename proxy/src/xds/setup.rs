@@ -38,9 +38,11 @@ pub enum WorkloadSource {
 }
 
 impl WorkloadSource {
-    pub fn start(&self) -> anyhow::Result<Xds> {
+    /// Starts following the source; with a control plane, the last good state saved in `state_dir` is served
+    /// until the control plane answers.
+    pub fn start(&self, state_dir: &std::path::Path) -> anyhow::Result<Xds> {
         match self {
-            WorkloadSource::ControlPlane(settings) => start(settings),
+            WorkloadSource::ControlPlane(settings) => start(settings, state_dir),
             WorkloadSource::LocalDir(settings) => super::local::start(settings),
         }
     }
@@ -110,10 +112,17 @@ pub fn xds_config(settings: &XdsSettings) -> anyhow::Result<XdsConfig> {
     })
 }
 
-/// Starts the client task; keel serves whatever state it has while the control plane is away.
-pub fn start(settings: &XdsSettings) -> anyhow::Result<Xds> {
+/// Starts the client task; keel serves whatever state it has while the control plane is away: the last good
+/// state saved in `state_dir` before the first response, the last one received after.
+pub fn start(settings: &XdsSettings, state_dir: &std::path::Path) -> anyhow::Result<Xds> {
     let store = Arc::new(WorkloadStore::default());
-    let (client, ready, status) = XdsClient::new(xds_config(settings)?, store.clone());
+    let (mut client, ready, status) = XdsClient::new(xds_config(settings)?, store.clone());
+    let path = super::persisted::path_in(state_dir);
+    match client.persist_to(path.clone()) {
+        Ok(0) => {}
+        Ok(loaded) => tracing::info!(loaded, file = %path.display(), "serving the last good xDS state until the control plane answers"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "ignoring the saved xDS state"),
+    }
     tokio::spawn(client.run());
     Ok(Xds { store, ready, status })
 }

@@ -69,7 +69,8 @@ pub fn vip_traffic_follows_config(source: Source) {
                 args
             }
         };
-        let keel = lab.start_keel(Backend::Ebpf, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let keel_args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut keel = lab.start_keel(Backend::Ebpf, &keel_args)?;
         wait_ready(&keel)?;
         // Every pod the config puts in the mesh is enrolled, as the CNI would do on a real node.
         for pod in [&t.client, &t.v1, &t.v2] {
@@ -186,6 +187,19 @@ pub fn vip_traffic_follows_config(source: Source) {
             let status = keel.cli(&["pc", "status"])?;
             if !status.lines().any(|l| l.starts_with("connected") && l.ends_with("false")) {
                 bail!("keel pc status does not show the lost control plane:\n{status}");
+            }
+            // keel crashes and restarts while the control plane is still down: it serves the last good state it
+            // saved in its state dir (without it, every pod would be unknown and refused).
+            keel.kill9();
+            let keel = lab.start_keel(Backend::Ebpf, &keel_args).context("restarting keel without a control plane")?;
+            for _ in 0..5 {
+                let c = vip_connection(&keel, &t.client)?;
+                if c.upstream.as_deref() != Some(target.as_str()) || c.source_peer.identity.as_deref() != Some(CLIENT_IDENTITY) {
+                    bail!("a keel restarted without its control plane did not serve the saved state: {c:?}");
+                }
+            }
+            if !keel.log().contains("serving the last good xDS state") {
+                bail!("the restarted keel did not say it serves its saved state:\n{}", keel.log_tail(20));
             }
         }
         Ok(())
