@@ -2,7 +2,7 @@
 //! through it; the `keel` CLI subcommands are thin clients of it.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::Path,
     sync::Arc,
 };
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader as AsyncBufReader},
     net::{UnixListener, UnixStream},
 };
 use tracing::{debug, warn};
@@ -41,28 +41,65 @@ pub enum Response {
     Error(String),
 }
 
-/// Binds the API socket (only the owner may use it) and serves it until the task is dropped.
+/// The largest request line keel reads (an enrollment is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// API connections served at once (the CNI plugin and the CLI open one per call); beyond it a caller is told to
+/// retry and disconnected.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why an API connection was refused or cut.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiRefusal {
+    #[error("request larger than {MAX_REQUEST_BYTES} bytes")]
+    TooLarge,
+    #[error("{MAX_CONNECTIONS} API connections are open; retry")]
+    TooManyConnections,
+    #[error("uid {0} may not use keel's API (only root or keel's own user)")]
+    Forbidden(u32),
+}
+
+/// Binds the API socket, usable by its owner only from the moment it exists: it is created under a umask that
+/// leaves no group or other bits (a chmod after bind would leave a window), in a directory created 0700 when
+/// keel creates it.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
     }
     match std::fs::remove_file(path) {
         Ok(()) => debug!(path = %path.display(), "removed a stale API socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing stale API socket {}", path.display())),
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding API socket {}", path.display()))?;
+    // SAFETY: umask only swaps the process's file-creation mask; restored right after the bind.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(previous) };
+    let listener = bound.with_context(|| format!("binding API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let daemon = daemon.clone();
+                let slot = slots.clone().try_acquire_owned();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &daemon).await {
+                    let result = match slot {
+                        Ok(_slot) => serve_connection(stream, &daemon).await,
+                        Err(_) => refuse(stream, ApiRefusal::TooManyConnections).await,
+                    };
+                    if let Err(e) = result {
                         debug!(error = %e, "API connection ended");
                     }
                 });
@@ -75,10 +112,58 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     }
 }
 
+/// Root and keel's own user may drive keel; the socket's mode already says so, this checks the caller itself.
+fn check_peer(uid: u32) -> Result<(), ApiRefusal> {
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    if uid == 0 || uid == own {
+        Ok(())
+    } else {
+        Err(ApiRefusal::Forbidden(uid))
+    }
+}
+
+async fn refuse(mut stream: UnixStream, refusal: ApiRefusal) -> std::io::Result<()> {
+    warn!(%refusal, "API connection refused");
+    let mut out = serde_json::to_vec(&Response::Error(refusal.to_string())).expect("responses serialize");
+    out.push(b'\n');
+    stream.write_all(&out).await
+}
+
+/// The next request line, at most [`MAX_REQUEST_BYTES`]; `None` at the end of the connection or after
+/// [`IDLE_TIMEOUT`] of silence.
+async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Result<Option<String>, ApiRefusal>> {
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(IDLE_TIMEOUT, (&mut *reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line)).await;
+    let n = match read {
+        Ok(n) => n?,
+        Err(_) => return Ok(Ok(None)),
+    };
+    if n == 0 {
+        return Ok(Ok(None));
+    }
+    if line.len() > MAX_REQUEST_BYTES {
+        return Ok(Err(ApiRefusal::TooLarge));
+    }
+    Ok(Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned())))
+}
+
 async fn serve_connection(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
+    if let Err(refusal) = stream.peer_cred().map_err(|_| ApiRefusal::Forbidden(u32::MAX)).and_then(|cred| check_peer(cred.uid())) {
+        return refuse(stream, refusal).await;
+    }
     let (read, mut write) = stream.into_split();
-    let mut lines = AsyncBufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut reader = AsyncBufReader::new(read);
+    loop {
+        let line = match read_request(&mut reader).await? {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(refusal) => {
+                let mut out = serde_json::to_vec(&Response::Error(refusal.to_string())).expect("responses serialize");
+                out.push(b'\n');
+                return write.write_all(&out).await;
+            }
+        };
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => match daemon.handle(request).await {
                 Ok(value) => Response::Ok(value),
@@ -90,7 +175,6 @@ async fn serve_connection(stream: UnixStream, daemon: &Daemon) -> std::io::Resul
         out.push(b'\n');
         write.write_all(&out).await?;
     }
-    Ok(())
 }
 
 /// Blocking client for the CLI: one request, one answer.
@@ -122,6 +206,36 @@ mod tests {
         assert_eq!(ok, r#"{"ok":null}"#);
         let err = serde_json::to_string(&Response::Error("field `ips`: empty".into())).unwrap();
         assert_eq!(err, r#"{"error":"field `ips`: empty"}"#);
+    }
+
+    #[tokio::test]
+    async fn requests_are_read_one_line_at_a_time_and_bounded() {
+        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        let mut input: &[u8] = &[b"\"pods\"\n".as_slice(), &big, b"\n"].concat();
+        assert_eq!(read_request(&mut input).await.unwrap(), Ok(Some("\"pods\"".into())));
+        assert_eq!(read_request(&mut input).await.unwrap(), Err(ApiRefusal::TooLarge), "an oversized line is refused");
+        let mut empty: &[u8] = b"";
+        assert_eq!(read_request(&mut empty).await.unwrap(), Ok(None));
+    }
+
+    #[test]
+    fn only_root_or_keel_itself_may_call() {
+        assert!(check_peer(0).is_ok());
+        assert!(check_peer(unsafe { libc::geteuid() }).is_ok());
+        assert_eq!(check_peer(4242), Err(ApiRefusal::Forbidden(4242)));
+    }
+
+    #[test]
+    fn the_socket_is_owner_only_from_the_start() {
+        let dir = std::env::temp_dir().join(format!("keel-api-{}", std::process::id()));
+        let path = dir.join("sub").join("keel.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _listener = runtime.block_on(async { bind(&path) }).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "a directory keel creates for its socket is keel's only");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
