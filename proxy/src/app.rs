@@ -184,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         connect_timeout: config.connect_timeout,
         limits: config.limits,
         hbone_node_slots: Slots::new(config.limits.hbone.connections_per_node, Refusal::NodeHboneLimit),
+        hbone_handshakes: crate::limits::PerSourceSlots::new(config.limits.hbone.handshakes_per_source),
         mesh: config.workload_source.is_some(),
         responder: config.responder,
     });

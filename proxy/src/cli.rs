@@ -147,6 +147,9 @@ pub struct RunArgs {
     /// HBONE connections the node accepts at once, all pods together.
     #[arg(long, default_value_t = 16_384)]
     pub max_hbone_connections: usize,
+    /// HBONE handshakes one source address may have in progress at once (unauthenticated peers hold only these).
+    #[arg(long, default_value_t = 32)]
+    pub max_hbone_handshakes_per_source: usize,
     /// Time an HBONE client has for the mTLS handshake and the HTTP/2 preface, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub hbone_handshake_timeout_ms: u64,
@@ -273,6 +276,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.hbone_idle_timeout_secs.max(1)),
             connections_per_pod: args.max_hbone_connections_per_pod.max(1),
             connections_per_node: args.max_hbone_connections.max(1),
+            handshakes_per_source: args.max_hbone_handshakes_per_source.max(1),
         },
     };
     let config = Config {

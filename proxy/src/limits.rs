@@ -2,7 +2,12 @@
 //! keel, how many HBONE connections a pod and the whole node accept, and how long a handshake, an idle HBONE
 //! connection or a silent relay may last. One place, so an operator (and a reviewer) sees every bound at once;
 //! `keel run` flags override the defaults.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -26,6 +31,10 @@ pub struct HboneServerLimits {
     pub idle_timeout: Duration,
     pub connections_per_pod: usize,
     pub connections_per_node: usize,
+    /// Unfinished handshakes (TCP accepted, mTLS and HTTP/2 preface not done) one source address may have at
+    /// once. Unauthenticated peers can only ever hold these, so a flood from one address cannot take the slots
+    /// that authenticated peers (other addresses) need.
+    pub handshakes_per_source: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +47,7 @@ impl Default for Limits {
                 idle_timeout: Duration::from_secs(600),
                 connections_per_pod: 1_024,
                 connections_per_node: 16_384,
+                handshakes_per_source: 32,
             },
         }
     }
@@ -74,6 +84,52 @@ impl Slots {
     }
 }
 
+/// Slots per source address (see [`HboneServerLimits::handshakes_per_source`]).
+#[derive(Debug)]
+pub struct PerSourceSlots {
+    limit: usize,
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One source's hold on a slot; dropping it frees the slot (and forgets the source once it holds none).
+#[derive(Debug)]
+pub struct SourceSlot {
+    source: IpAddr,
+    in_use: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock().expect("source slots poisoned");
+        if let Some(n) = in_use.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                in_use.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl PerSourceSlots {
+    pub fn new(limit: usize) -> PerSourceSlots {
+        PerSourceSlots { limit, in_use: Arc::default() }
+    }
+
+    pub fn try_take(&self, source: IpAddr) -> Option<SourceSlot> {
+        let mut in_use = self.in_use.lock().expect("source slots poisoned");
+        let n = in_use.entry(source).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { source, in_use: self.in_use.clone() })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit (every proxied connection costs keel two descriptors, and the
 /// default soft limit of 1,024 would let a few hundred connections exhaust the node's proxy). Returns the limit
 /// now in force.
@@ -107,6 +163,18 @@ mod tests {
         assert_eq!(slots.in_use(), 2);
         drop(a);
         assert!(slots.try_take().is_some(), "a freed slot is reusable");
+    }
+
+    #[test]
+    fn one_source_cannot_take_another_sources_handshake_slots() {
+        let slots = PerSourceSlots::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = slots.try_take(a).unwrap();
+        let _second = slots.try_take(a).unwrap();
+        assert!(slots.try_take(a).is_none(), "a third handshake from one source is refused");
+        assert!(slots.try_take(b).is_some(), "another source is unaffected");
+        drop(first);
+        assert!(slots.try_take(a).is_some(), "a finished handshake frees its slot");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Refusal {
     PodHboneLimit,
     /// The node has `--max-hbone-connections` HBONE connections.
     NodeHboneLimit,
+    /// The source address has `handshakes_per_source` HBONE handshakes in progress.
+    SourceHandshakeLimit,
     /// TLS handshake and HTTP/2 preface not done within the handshake timeout.
     HboneHandshakeTimeout,
     /// TLS, the client's identity or trust domain, or HTTP/2 refused.
@@ -74,10 +76,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::PodConnectionLimit,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
+        Refusal::SourceHandshakeLimit,
         Refusal::HboneHandshakeTimeout,
         Refusal::HboneHandshakeFailed,
         Refusal::UnknownDestinationWorkload,
@@ -92,6 +95,7 @@ impl Refusal {
             Refusal::PodConnectionLimit => "pod_connection_limit",
             Refusal::PodHboneLimit => "pod_hbone_limit",
             Refusal::NodeHboneLimit => "node_hbone_limit",
+            Refusal::SourceHandshakeLimit => "source_handshake_limit",
             Refusal::HboneHandshakeTimeout => "hbone_handshake_timeout",
             Refusal::HboneHandshakeFailed => "hbone_handshake_failed",
             Refusal::UnknownDestinationWorkload => "unknown_destination_workload",

@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -55,11 +56,16 @@ def exchange(tls, args, result):
         data = tls.recv(65536)
         if not data:
             result.setdefault("error", "connection closed")
+            closed_while_held(result)
             return received
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
                 result["status"] = int(dict(event.headers)[":status"])
-                if result["status"] == 200:
+                if result["status"] == 200 and args.hold:
+                    # Keep the tunnel open, sending nothing, to see whether (and when) the server ends it.
+                    result["held_from"] = time.monotonic()
+                    tls.settimeout(args.hold)
+                elif result["status"] == 200:
                     conn.send_data(stream, payload, end_stream=True)  # END_STREAM: our half-close
             elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
                 received += event.data
@@ -71,8 +77,15 @@ def exchange(tls, args, result):
                 return received
             elif isinstance(event, h2.events.ConnectionTerminated):
                 result["error"] = f"GOAWAY: {event.error_code}"
+                closed_while_held(result)
                 return received
         tls.sendall(conn.data_to_send())
+
+
+def closed_while_held(result):
+    held_from = result.pop("held_from", None)
+    if held_from is not None:
+        result["closed_after_s"] = round(time.monotonic() - held_from, 2)
 
 
 def main():
@@ -85,6 +98,7 @@ def main():
     p.add_argument("--key")
     p.add_argument("--payload", default="hello over hbone\n")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--hold", type=float, default=0.0, help="after a 200, hold the tunnel open this long, idle")
     args = p.parse_args()
     result = {"status": None, "echo_ok": False}
     try:
@@ -97,6 +111,7 @@ def main():
         result["echo_ok"] = result["status"] == 200 and received == args.payload.encode()
     except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as e:
         result["error"] = f"{type(e).__name__}: {e}"
+        result.pop("held_from", None)
     print(json.dumps(result))
     return 0
 

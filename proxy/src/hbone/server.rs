@@ -87,6 +87,13 @@ async fn connection(
 ) -> Result<(), Ended> {
     let _ = tcp.set_nodelay(true);
     let limits = dp.limits.hbone;
+    let Some(handshaking) = dp.hbone_handshakes.try_take(peer.ip()) else {
+        relay::reset(&tcp);
+        return Err(Ended {
+            reason: Refusal::SourceHandshakeLimit,
+            error: format!("{} handshakes from {} in progress", dp.hbone_handshakes.limit(), peer.ip()),
+        });
+    };
     let handshake = async {
         let certificates = dp.certificates.clone().ok_or_else(|| Ended::handshake("keel has no certificate source"))?;
         let workload = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned().ok_or_else(|| Ended {
@@ -121,6 +128,7 @@ async fn connection(
             })
         }
     };
+    drop(handshaking);
     let expires_in = client_expiry.duration_since(SystemTime::now()).unwrap_or_default().min(LONGEST_TIMER);
     let certificate_expired = tokio::time::sleep(expires_in);
     let ping_pong = h2.ping_pong();

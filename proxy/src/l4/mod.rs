@@ -80,6 +80,8 @@ pub struct DataPath {
     pub limits: Limits,
     /// HBONE connections the whole node accepts (every pod's 15008 together).
     pub hbone_node_slots: Arc<Slots>,
+    /// HBONE handshakes in progress per source address, node-wide.
+    pub hbone_handshakes: crate::limits::PerSourceSlots,
     /// keel follows a workload source (control plane or config directory): a pod keel has no Workload for is
     /// not in the mesh as far as keel knows, and its traffic is refused rather than carried unauthenticated.
     /// Off only in `--capture-only` mode (benchmarks and capture tests), where keel carries bytes and nothing

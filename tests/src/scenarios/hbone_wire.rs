@@ -8,12 +8,12 @@ use crate::lab::{mesh_config, workspace_root, Backend, Lab, Pod, ServeMode};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PYTHON: &str = "/usr/bin/python3";
+pub(super) const PYTHON: &str = "/usr/bin/python3";
 const SERVER_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/echo";
 const PROBE_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/probe";
 
 /// Workload credentials for the probe, from `keel-control issue`.
-fn issue(lab: &Lab, ca_dir: &Path, trust_domain: &str, identity: &str, out: &str) -> Result<PathBuf> {
+pub(super) fn issue(lab: &Lab, ca_dir: &Path, trust_domain: &str, identity: &str, out: &str) -> Result<PathBuf> {
     let out = lab.dir().join(out);
     let result = Command::new(&lab.binaries().keel_control)
         .args(["issue", "--trust-domain", trust_domain, "--identity", identity])
@@ -28,7 +28,7 @@ fn issue(lab: &Lab, ca_dir: &Path, trust_domain: &str, identity: &str, out: &str
     Ok(out)
 }
 
-fn require_python_h2() -> Result<()> {
+pub(super) fn require_python_h2() -> Result<()> {
     let ok = Command::new(PYTHON).args(["-c", "import h2"]).status().is_ok_and(|s| s.success());
     if !ok {
         // A missing prerequisite fails (never skips): `cargo xtask setup` installs python3-h2.
@@ -37,14 +37,19 @@ fn require_python_h2() -> Result<()> {
     Ok(())
 }
 
-struct Probe<'a> {
-    pod: &'a Pod,
-    script: PathBuf,
-    ca: PathBuf,
+pub(super) struct Probe<'a> {
+    pub pod: &'a Pod,
+    pub script: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Probe<'_> {
-    fn run(&self, connect: &str, authority: &str, method: &str, credentials: Option<&Path>) -> Result<Value> {
+    pub fn run(&self, connect: &str, authority: &str, method: &str, credentials: Option<&Path>) -> Result<Value> {
+        self.run_with(connect, authority, method, credentials, &[])
+    }
+
+    /// `run` with extra probe arguments (e.g. `--hold 6`).
+    pub fn run_with(&self, connect: &str, authority: &str, method: &str, credentials: Option<&Path>, extra: &[&str]) -> Result<Value> {
         let mut argv: Vec<String> = vec![
             PYTHON.into(),
             self.script.display().to_string(),
@@ -61,6 +66,7 @@ impl Probe<'_> {
             argv.extend(["--cert".into(), dir.join("cert-chain.pem").display().to_string()]);
             argv.extend(["--key".into(), dir.join("key.pem").display().to_string()]);
         }
+        argv.extend(extra.iter().map(|a| a.to_string()));
         let out = self.pod.run_timeout(&argv, Duration::from_secs(20))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_default();
@@ -70,7 +76,7 @@ impl Probe<'_> {
     }
 }
 
-fn expect_status(result: &Value, status: u64, what: &str) -> Result<()> {
+pub(super) fn expect_status(result: &Value, status: u64, what: &str) -> Result<()> {
     if result["status"] != status {
         bail!("{what}: expected HTTP {status}, the probe got {result}");
     }

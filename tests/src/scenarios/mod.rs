@@ -8,6 +8,7 @@ pub mod capture;
 pub mod control_plane;
 pub mod fast_path;
 pub mod hbone_wire;
+pub mod hostile;
 pub mod mesh_mtls;
 pub mod lifecycle;
 pub mod robustness;
