@@ -156,6 +156,9 @@ pub struct RunArgs {
     /// An HBONE connection with no stream for this long is closed with a GOAWAY.
     #[arg(long, default_value_t = 600)]
     pub hbone_idle_timeout_secs: u64,
+    /// An HTTP/1.1 client of the L7 engine must send each request head within this time (slowloris bound).
+    #[arg(long, default_value_t = 30_000)]
+    pub http_header_read_timeout_ms: u64,
     /// Leave open connections alone when a policy change would deny them (by default keel closes them).
     #[arg(long)]
     pub keep_denied_connections: bool,
@@ -278,6 +281,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             connections_per_node: args.max_hbone_connections.max(1),
             handshakes_per_source: args.max_hbone_handshakes_per_source.max(1),
         },
+        http_header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
     };
     let config = Config {
         limits,

@@ -19,6 +19,9 @@ pub struct Limits {
     /// Captured connections (outbound and plaintext inbound) one pod may have open through keel at once.
     pub connections_per_pod: usize,
     pub hbone: HboneServerLimits,
+    /// An HTTP/1.1 client of the L7 engine must send a whole request head within this time, for its first
+    /// request and after each response (slowloris; and the keep-alive idle limit).
+    pub http_header_read_timeout: Duration,
 }
 
 /// The HBONE server's bounds: a pod's 15008 faces every peer that can reach the pod, meshed or not.
@@ -49,6 +52,7 @@ impl Default for Limits {
                 connections_per_node: 16_384,
                 handshakes_per_source: 32,
             },
+            http_header_read_timeout: Duration::from_secs(30),
         }
     }
 }

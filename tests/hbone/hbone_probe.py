@@ -52,13 +52,25 @@ def exchange(tls, args, result):
     tls.sendall(conn.data_to_send())
     payload = args.payload.encode()
     received = b""
+    frames = FrameScanner()
     while True:
         data = tls.recv(65536)
         if not data:
             result.setdefault("error", "connection closed")
             closed_while_held(result)
             return received
-        for event in conn.receive_data(data):
+        frames.feed(data, result)
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            # python-h2 treats any GOAWAY as the end of the connection and then refuses the frames that follow
+            # it (a graceful shutdown's PING): the scanner saw the GOAWAY itself.
+            if "goaway_error" not in result:
+                raise
+            result["error"] = f"GOAWAY: {result['goaway_error']}"
+            closed_while_held(result)
+            return received
+        for event in events:
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
                 result["status"] = int(dict(event.headers)[":status"])
                 if result["status"] == 200 and args.hold:
@@ -80,6 +92,24 @@ def exchange(tls, args, result):
                 closed_while_held(result)
                 return received
         tls.sendall(conn.data_to_send())
+
+
+class FrameScanner:
+    """Reads frame headers off the decrypted byte stream, only to note a GOAWAY and its error code."""
+
+    def __init__(self):
+        self.buffer = b""
+
+    def feed(self, data, result):
+        self.buffer += data
+        while len(self.buffer) >= 9:
+            length = int.from_bytes(self.buffer[:3], "big")
+            if len(self.buffer) < 9 + length:
+                return
+            kind, payload = self.buffer[3], self.buffer[9 : 9 + length]
+            if kind == 0x7 and len(payload) >= 8 and "goaway_error" not in result:
+                result["goaway_error"] = int.from_bytes(payload[4:8], "big")
+            self.buffer = self.buffer[9 + length :]
 
 
 def closed_while_held(result):

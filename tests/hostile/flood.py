@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A hostile peer for keel's tests: opens COUNT TCP connections to HOST:PORT from this pod and holds them,
-idle, or after the first bytes of a TLS ClientHello (a handshake that never finishes). Reports, as one JSON
+idle, after the first bytes of a TLS ClientHello (a handshake that never finishes), or trickling an HTTP/1.1
+request head one byte every half second (slowloris). Reports, as one JSON
 line, what became of them: refused at connect, reset or closed by the server soon after accept ("early",
 within 0.5 s), closed later (with the latest time), or still open when HOLD seconds are over.
 """
@@ -20,6 +21,7 @@ def main():
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--hold", type=float, required=True)
     parser.add_argument("--partial-tls", action="store_true")
+    parser.add_argument("--slow-http", action="store_true")
     args = parser.parse_args()
     host, port = args.to.rsplit(":", 1)
     selector = selectors.DefaultSelector()
@@ -35,17 +37,27 @@ def main():
             s.close()
             continue
         result["connected"] += 1
-        if args.partial_tls:
-            try:
+        try:
+            if args.partial_tls:
                 s.sendall(PARTIAL_CLIENT_HELLO)
-            except OSError:
-                pass
+            elif args.slow_http:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: slow\r\n")
+        except OSError:
+            pass
         s.setblocking(False)
         opened.append((s, time.monotonic()))
         selector.register(s, selectors.EVENT_READ, data=time.monotonic())
     deadline = time.monotonic() + args.hold
     remaining = len(opened)
+    next_trickle = time.monotonic() + 0.5
     while remaining and time.monotonic() < deadline:
+        if args.slow_http and time.monotonic() >= next_trickle:
+            next_trickle += 0.5
+            for key in list(selector.get_map().values()):
+                try:
+                    key.fileobj.send(b"X")
+                except OSError:
+                    pass
         for key, _ in selector.select(timeout=0.1):
             s, accepted_at = key.fileobj, key.data
             try:

@@ -12,8 +12,6 @@ use tokio::{net::TcpStream, sync::watch};
 
 use super::request::{handle, Downstream};
 
-/// A client that sends no complete request head within this time is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent streams one HTTP/2 client may open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Request head limit (HTTP/1.1 buffer and HTTP/2 header list), Envoy's default of 60 KiB.
@@ -23,11 +21,14 @@ const MAX_HEADERS_BYTES: usize = 60 * 1024;
 /// and the connection closes gracefully (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` after the current
 /// response). Errors are the connection's end, returned for the log.
 pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mut draining: watch::Receiver<bool>) -> Result<(), String> {
+    // A client that sends no complete request head within this time is disconnected (`keel run
+    // --http-header-read-timeout-ms`).
+    let header_read_timeout = downstream.dp.limits.http_header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_HEADERS_BYTES.max(8192))
         .keep_alive(true);
     builder

@@ -8,7 +8,11 @@
 //! 3. CONNECT to keel's own ports (400, `keel_port`);
 //! 4. a certificate that expired, and one that expires while its connection is open (refused; ended);
 //! 5. malformed HTTP/2 frames after a valid handshake (GOAWAY, connection closed, keel up);
-//! 6. a control plane that goes silent without closing (SIGSTOP): keel notices through its keepalives, says so
+//! 6. slowloris HTTP to the L7 engine (the header read timeout);
+//! 7. one pod opening more connections than its per-pod cap (the excess reset, counted; other pods unaffected);
+//! 8. unenrolling the pod under an open HBONE connection (GOAWAY: the stream in flight finishes, new ones are
+//!    refused);
+//! 9. a control plane that goes silent without closing (SIGSTOP): keel notices through its keepalives, says so
 //!    in `keel pc status`, keeps serving its last good state, and reconnects when the control plane is back.
 
 use super::hbone_wire::{expect_status, issue, require_python_h2, Probe, PYTHON};
@@ -20,6 +24,9 @@ const PORT: u16 = 8080;
 const PROBE_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/probe";
 const HANDSHAKE_TIMEOUT_MS: &str = "2000";
 const HANDSHAKES_PER_SOURCE: u64 = 20;
+const HEADER_READ_TIMEOUT_MS: &str = "2000";
+const CONNECTIONS_PER_POD: u64 = 40;
+const WEB_VIP: &str = "10.96.0.30";
 
 fn open_fds(keel: &Keel) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{}/fd", keel.pid()))?.count())
@@ -84,13 +91,25 @@ pub fn hostile_peers_are_bounded() {
             &[
                 mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
                 mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
+                mesh_config::service_object("echo", "10.96.0.20", &[("app", "echo")], 80, PORT),
+                // An HTTP port: what the client sends there goes through the L7 engine.
+                mesh_config::service_object("web", WEB_VIP, &[("app", "echo")], 80, PORT).replace("tcp-echo", "http"),
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let per_source = HANDSHAKES_PER_SOURCE.to_string();
+        let (per_source, per_pod) = (HANDSHAKES_PER_SOURCE.to_string(), CONNECTIONS_PER_POD.to_string());
         let keels = lab.start_keels_following(
             &control,
-            &["--hbone-handshake-timeout-ms", HANDSHAKE_TIMEOUT_MS, "--max-hbone-handshakes-per-source", &per_source],
+            &[
+                "--hbone-handshake-timeout-ms",
+                HANDSHAKE_TIMEOUT_MS,
+                "--max-hbone-handshakes-per-source",
+                &per_source,
+                "--http-header-read-timeout-ms",
+                HEADER_READ_TIMEOUT_MS,
+                "--max-connections-per-pod",
+                &per_pod,
+            ],
         )?;
         keels.iter().try_for_each(wait_ready)?;
         keels[0].enroll(&client)?;
@@ -198,7 +217,45 @@ pub fn hostile_peers_are_bounded() {
             bail!("keel's descriptors grew from {fds_before} to {fds_after} across the attacks: something is held");
         }
 
-        // 6. The control plane goes silent without closing its connections.
+        // 6. Slowloris: request heads trickled to the L7 engine one byte every half second.
+        let slow = spawn_script(&client, "flood.py", vec!["--to".into(), format!("{WEB_VIP}:80"), "--count".into(), "10".into(), "--hold".into(), "8".into(), "--slow-http".into()], Duration::from_secs(60));
+        keep_talking(&client, &server, || slow.is_finished())?;
+        let slow = join(slow)?;
+        if slow["connected"] != 10 || slow["still_open"] != 0 || slow["latest_close_s"].as_f64().unwrap_or(99.0) > 4.0 {
+            bail!("slowloris connections were not closed by the {HEADER_READ_TIMEOUT_MS} ms header read timeout: {slow}");
+        }
+
+        // 7. One pod holds more connections than its cap: the excess is reset at accept and counted; another pod
+        //    of the node (the attacker, outside the mesh, talking plaintext) is not held up by it.
+        let hog = spawn_script(&client, "flood.py", vec!["--to".into(), server.addr(PORT + 1).to_string(), "--count".into(), "100".into(), "--hold".into(), "3".into()], Duration::from_secs(60));
+        let _idle = server.serve(PORT + 1, ServeMode::Echo, &[])?;
+        let hog = join(hog)?;
+        let capped = refused(&keels[0], "pod_connection_limit")?;
+        if hog["connected"].as_u64().unwrap_or(0) + hog["refused"].as_u64().unwrap_or(0) != 100 || capped < 100 - CONNECTIONS_PER_POD {
+            bail!("a pod opening 100 connections was not held to {CONNECTIONS_PER_POD}: {hog}; pod_connection_limit = {capped}");
+        }
+        send_ok(&client, server.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the pod's own connections closed")?;
+
+        // 8. Unenrolling the pod sends a GOAWAY on its open HBONE connections: the stream in flight stays, no
+        //    new one comes.
+        let held = {
+            let probe_pod = attacker.clone();
+            let (script, ca, creds, target, app) = (probe.script.clone(), probe.ca.clone(), probe_creds.clone(), target.clone(), server.addr(PORT).to_string());
+            std::thread::spawn(move || {
+                Probe { pod: &probe_pod, script, ca }.run_with(&target, &app, "CONNECT", Some(&creds), &["--hold", "6"])
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        keels[1].unenroll(&server)?;
+        let held = held.join().map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+        if held["status"] != 200 || !held["error"].as_str().is_some_and(|e| e.starts_with("GOAWAY: 0")) {
+            bail!("unenrolling the pod did not send a graceful GOAWAY on its open HBONE connection: {held}");
+        }
+        keels[1].enroll(&server)?;
+        // (Re-enrolled, the pod's certificate is fetched again: before the control plane, its CA, freezes.)
+        send_ok(&client, server.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the pod was enrolled again")?;
+
+        // 9. The control plane goes silent without closing its connections.
         let stopped_at = Instant::now();
         std::process::Command::new("kill").args(["-STOP", &control.pid().to_string()]).status()?;
         let stopped = Stopped(&control);
