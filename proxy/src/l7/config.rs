@@ -4,9 +4,12 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use keel_proto::{
-    core::{address, socket_address::PortSpecifier, Address, HealthStatus},
+    core::{address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address, HealthStatus},
     endpoint::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
-    hcm::{http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager},
+    hcm::{
+        http_connection_manager::{CodecType, RouteSpecifier},
+        http_filter, HttpConnectionManager,
+    },
     listener::{filter, Listener},
     route::RouteConfiguration,
     HTTP_CONNECTION_MANAGER_TYPE_URL,
@@ -61,6 +64,14 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
     let [chain] = l.filter_chains.as_slice() else {
         return Err(format!("field `filter_chains`: {} chains (keel supports exactly one)", l.filter_chains.len()));
     };
+    // The one chain serves all of the port's traffic: conditions on it, or another chain for what they leave
+    // out, would be silently ignored.
+    if chain.filter_chain_match.as_ref().is_some_and(|m| *m != Default::default()) {
+        return Err("field `filter_chains[0].filter_chain_match`: not supported (the chain serves every connection to the port)".into());
+    }
+    if l.default_filter_chain.is_some() {
+        return Err("field `default_filter_chain`: not supported (keel supports exactly one filter chain)".into());
+    }
     let [hcm_filter] = chain.filters.as_slice() else {
         return Err("field `filter_chains[0].filters`: keel supports exactly one filter, the HTTP connection manager".into());
     };
@@ -72,12 +83,28 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
         return Err(format!("{field}: {} is not {HCM_FILTER}", hcm_filter.name));
     }
     let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| format!("{field}.typed_config: {e}"))?;
+    // keel's server takes HTTP/1.1 and h2c on every port (by the connection preface), which is AUTO.
+    match CodecType::try_from(hcm.codec_type) {
+        Ok(CodecType::Auto) => {}
+        Ok(other) => return Err(format!("{field}.typed_config.codec_type: {} is not supported (AUTO is)", other.as_str_name())),
+        Err(_) => return Err(format!("{field}.typed_config.codec_type: unknown value {}", hcm.codec_type)),
+    }
     let route_config = match hcm.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => rds.route_config_name,
+        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
+            // Routes come on this ADS stream; any other source would never be fetched.
+            if !matches!(rds.config_source.and_then(|c| c.config_source_specifier), Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))) {
+                return Err(format!("{field}.typed_config.rds.config_source: keel takes routes over ADS only (ads or self)"));
+            }
+            rds.route_config_name
+        }
         _ => return Err(format!("{field}.typed_config.rds: keel takes routes over RDS only")),
     };
     let mut faults = false;
     for (i, f) in hcm.http_filters.iter().enumerate() {
+        // A filter off unless a route turns it on: keel has no per-route filter switch.
+        if f.disabled {
+            return Err(format!("{field}.typed_config.http_filters[{i}].disabled: not supported"));
+        }
         match f.name.as_str() {
             FAULT_FILTER => {
                 let empty = matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a)) if a.value.is_empty()) || f.config_type.is_none();
@@ -87,6 +114,8 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
                 faults = true;
             }
             ROUTER_FILTER => {}
+            // Envoy's rule: a filter marked optional that the proxy does not know is skipped, not refused.
+            _ if f.is_optional => {}
             other => return Err(format!("{field}.typed_config.http_filters[{i}]: {other} is not supported ({FAULT_FILTER} and {ROUTER_FILTER} are)")),
         }
     }
@@ -111,8 +140,15 @@ pub fn decode_load_assignment(bytes: &[u8]) -> Result<LoadAssignment, String> {
     let mut endpoints = Vec::new();
     for (l, group) in cla.endpoints.iter().enumerate() {
         let locality = group.locality.as_ref().map(|l| (l.region.clone(), l.zone.clone(), l.sub_zone.clone()));
+        // Every endpoint gets an equal share: priorities (failover levels) and weights would be silently ignored.
+        if group.priority != 0 {
+            return Err(format!("field endpoints[{l}].priority: {} is not supported (keel balances over priority 0 only)", group.priority));
+        }
         for (e, lb) in group.lb_endpoints.iter().enumerate() {
             let field = format!("field endpoints[{l}].lb_endpoints[{e}]");
+            if lb.load_balancing_weight.is_some_and(|w| w != 1) {
+                return Err(format!("{field}.load_balancing_weight: weights are not supported"));
+            }
             let Some(HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else {
                 return Err(format!("{field}.endpoint: missing"));
             };
@@ -163,5 +199,112 @@ impl L7Config {
             };
             self.clusters.insert(name.clone(), cluster);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_proto::{
+        core::{config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, AggregatedConfigSource, ConfigSource, SocketAddress},
+        endpoint::{Endpoint, LbEndpoint as EnvoyLbEndpoint, LocalityLbEndpoints},
+        hcm::{HttpFilter, Rds},
+        listener::{Filter, FilterChain, FilterChainMatch},
+    };
+
+    use super::*;
+
+    fn filter(name: &str) -> HttpFilter {
+        HttpFilter { name: name.into(), ..Default::default() }
+    }
+
+    /// The listener keel-control sends (control/src/translate/l7/listeners.rs), with `edit` applied to its HCM.
+    fn listener(edit: impl FnOnce(&mut HttpConnectionManager)) -> Listener {
+        let mut hcm = HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ConfigSource { config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})), ..Default::default() }),
+                route_config_name: "80".into(),
+            })),
+            http_filters: vec![filter(FAULT_FILTER), filter(ROUTER_FILTER)],
+            ..Default::default()
+        };
+        edit(&mut hcm);
+        let any = prost_types::Any { type_url: HTTP_CONNECTION_MANAGER_TYPE_URL.into(), value: hcm.encode_to_vec() };
+        Listener {
+            name: "0.0.0.0_80".into(),
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "0.0.0.0".into(),
+                    port_specifier: Some(PortSpecifier::PortValue(80)),
+                    ..Default::default()
+                })),
+            }),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter { name: HCM_FILTER.into(), config_type: Some(filter::ConfigType::TypedConfig(any)) }],
+                ..Default::default()
+            }],
+            default_filter_chain: None,
+        }
+    }
+
+    fn refused(l: &Listener) -> String {
+        decode_listener(&l.encode_to_vec()).unwrap_err()
+    }
+
+    const HCM: &str = "field `filter_chains[0].filters[0]`.typed_config";
+
+    #[test]
+    fn listener_settings_keel_would_ignore_are_refused() {
+        let l = decode_listener(&listener(|_| {}).encode_to_vec()).unwrap();
+        assert_eq!((l.port, l.route_config.as_str(), l.faults), (80, "80", true));
+        assert_eq!(refused(&listener(|h| h.codec_type = CodecType::Http2 as i32)), format!("{HCM}.codec_type: HTTP2 is not supported (AUTO is)"));
+        assert_eq!(refused(&listener(|h| h.codec_type = 9)), format!("{HCM}.codec_type: unknown value 9"));
+        let no_ads = listener(|h| {
+            h.route_specifier = Some(RouteSpecifier::Rds(Rds { config_source: None, route_config_name: "80".into() }));
+        });
+        assert!(refused(&no_ads).starts_with(&format!("{HCM}.rds.config_source: ")));
+        let disabled = listener(|h| h.http_filters[0].disabled = true);
+        assert_eq!(refused(&disabled), format!("{HCM}.http_filters[0].disabled: not supported"));
+        let mut matched = listener(|_| {});
+        matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { destination_port: Some(8080), ..Default::default() });
+        assert!(refused(&matched).starts_with("field `filter_chains[0].filter_chain_match`: not supported"));
+        matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch::default());
+        assert!(decode_listener(&matched.encode_to_vec()).is_ok(), "an empty match matches everything");
+        let mut default_chain = listener(|_| {});
+        default_chain.default_filter_chain = Some(FilterChain::default());
+        assert!(refused(&default_chain).starts_with("field `default_filter_chain`: not supported"));
+    }
+
+    #[test]
+    fn an_unknown_filter_is_skipped_only_when_optional() {
+        let unknown = |optional| {
+            listener(|h| h.http_filters.insert(0, HttpFilter { name: "envoy.filters.http.cors".into(), is_optional: optional, ..Default::default() }))
+        };
+        assert!(refused(&unknown(false)).starts_with(&format!("{HCM}.http_filters[0]: envoy.filters.http.cors is not supported")));
+        assert!(decode_listener(&unknown(true).encode_to_vec()).is_ok());
+    }
+
+    #[test]
+    fn endpoint_priorities_and_weights_are_refused() {
+        let endpoint = |weight| EnvoyLbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: listener(|_| {}).address,
+                ..Default::default()
+            })),
+            load_balancing_weight: weight,
+            ..Default::default()
+        };
+        let cla = |priority, weight| ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![endpoint(weight)], priority, ..Default::default() }],
+        };
+        assert_eq!(decode_load_assignment(&cla(0, Some(1)).encode_to_vec()).unwrap().endpoints.len(), 1);
+        assert_eq!(
+            decode_load_assignment(&cla(1, None).encode_to_vec()).unwrap_err(),
+            "field endpoints[0].priority: 1 is not supported (keel balances over priority 0 only)"
+        );
+        assert_eq!(
+            decode_load_assignment(&cla(0, Some(3)).encode_to_vec()).unwrap_err(),
+            "field endpoints[0].lb_endpoints[0].load_balancing_weight: weights are not supported"
+        );
     }
 }

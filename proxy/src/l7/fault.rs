@@ -12,6 +12,8 @@ use keel_proto::{
 use prost::Message as _;
 use rand::Rng as _;
 
+use super::limits;
+
 /// The filter name Istio uses in `typed_per_filter_config`.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
@@ -52,7 +54,7 @@ impl Faults {
             None => None,
             Some(d) => match &d.fault_delay_secifier {
                 Some(FaultDelaySecifier::FixedDelay(fixed)) => {
-                    Some((Duration::new(fixed.seconds.max(0) as u64, fixed.nanos.max(0) as u32), fraction(d.percentage.as_ref())))
+                    Some((limits::duration(&format!("{field}.delay.fixed_delay"), fixed)?, fraction(d.percentage.as_ref())))
                 }
                 None => return Err(format!("{field}.delay: only fixed_delay is supported")),
             },
@@ -121,5 +123,13 @@ mod tests {
         assert_eq!(Faults::decode("f", &grpc).unwrap_err(), "f.abort: only http_status is supported");
         let bad_status = any(HttpFault { abort: Some(FaultAbort { percentage: None, error_type: Some(ErrorType::HttpStatus(99)) }), ..Default::default() });
         assert!(Faults::decode("f", &bad_status).unwrap_err().contains("99 is not 200-599"));
+        let delay = |seconds| {
+            let fixed = FaultDelaySecifier::FixedDelay(prost_types::Duration { seconds, nanos: 0 });
+            any(HttpFault { delay: Some(FaultDelay { percentage: None, fault_delay_secifier: Some(fixed) }), ..Default::default() })
+        };
+        assert!(Faults::decode("f", &delay(-3)).unwrap_err().starts_with("f.delay.fixed_delay: -3s"), "a negative delay was read as none");
+        assert!(Faults::decode("f", &delay(i64::MAX)).unwrap_err().starts_with("f.delay.fixed_delay: "));
+        let longest = Faults::decode("f", &delay(315_576_000_000)).unwrap();
+        assert_eq!(longest.decide().delay, Some(limits::MAX_DURATION), "clamped: Instant::now() + delay stays in range");
     }
 }

@@ -87,7 +87,10 @@ impl OutlierDetector {
         }
         let s = &mut state[index];
         s.times_ejected += 1;
-        s.ejected_until = Some(now + self.settings.base_ejection_time * s.times_ejected);
+        // Saturating, and at most a year (limits::MAX_DURATION): an endpoint ejected again and again must not
+        // overflow the clock arithmetic however long the configured base.
+        let ejection = self.settings.base_ejection_time.saturating_mul(s.times_ejected).min(super::limits::MAX_DURATION);
+        s.ejected_until = Some(super::limits::deadline(now, ejection).unwrap_or(now));
         s.consecutive_5xx = 0;
         s.consecutive_gateway = 0;
         self.endpoints[index].ejected.store(true, Ordering::Relaxed);
@@ -136,6 +139,23 @@ mod tests {
 
     fn ejected(d: &OutlierDetector, i: usize) -> bool {
         d.endpoints[i].ejected.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn an_endless_ejection_time_does_not_overflow_the_clock() {
+        let endpoints = (1..=2).map(|i| Endpoint::new(SocketAddr::from(([10, 0, 0, i], 80)))).collect();
+        let settings = OutlierSettings {
+            consecutive_5xx: 1,
+            consecutive_gateway_failure: 0,
+            interval: Duration::from_secs(1),
+            base_ejection_time: Duration::MAX,
+            max_ejection_percent: 100,
+        };
+        let d = OutlierDetector::new(settings, endpoints);
+        let now = Instant::now();
+        assert!(d.report(0, Outcome::ServerError, now), "ejected, and `now + base` did not panic");
+        d.sweep(now + super::super::limits::MAX_DURATION);
+        assert!(d.report(0, Outcome::ServerError, now + super::super::limits::MAX_DURATION), "ejected again (base × 2 saturates)");
     }
 
     #[test]

@@ -157,11 +157,11 @@ impl RequestBody {
 
 impl Forward<'_> {
     async fn run(mut self, faults: Option<&super::fault::Faults>, body: HttpBody, record: &mut RequestRecord) -> Response<HttpBody> {
-        let deadline = self.plan.timeout.map(|t| self.started + t);
+        let deadline = self.plan.deadline(self.started);
         if let Some(injected) = faults.map(|f| f.decide()) {
             if let Some(delay) = injected.delay {
                 record.flag("DI");
-                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                if deadline.is_some_and(|d| delay >= d.saturating_duration_since(Instant::now())) {
                     tokio::time::sleep_until(deadline.expect("checked").into()).await;
                     record.flag("UT");
                     return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
@@ -309,7 +309,7 @@ impl Forward<'_> {
             let authority = self.plan.host_rewrite.as_deref().unwrap_or(self.authority);
             let request = build_request(&self.parts.method, &self.parts.uri, &self.parts.headers, authority, protocol.http2, body.take());
             let active = ActiveRequest::start(&endpoint);
-            let per_try = retries.and_then(|r| r.per_try_timeout).map(|t| Instant::now() + t);
+            let per_try = retries.and_then(|r| r.per_try_deadline(Instant::now()));
             let try_deadline = match (per_try, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -393,7 +393,7 @@ fn pick_endpoint(
 }
 
 fn protocol_of(cluster: &Cluster) -> Protocol {
-    Protocol { http2: cluster.config.http2, reuse: cluster.config.max_requests_per_connection != 1 }
+    Protocol { http2: cluster.config.http2, reuse: cluster.config.max_requests_per_connection != 1, connect_timeout: cluster.config.connect_timeout }
 }
 
 fn v4(address: std::net::SocketAddr) -> Option<SocketAddrV4> {

@@ -1,10 +1,12 @@
 //! Retries as Envoy's RetryPolicy (from a VirtualService's `retries`) describes them: which outcomes are
 //! retriable (`retry_on`), how many retries, and the backoff between them (25 ms base, 10× cap, full jitter by
 //! default). Parsed once per config version; deciding is a few comparisons.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_proto::route::RetryPolicy;
 use rand::Rng as _;
+
+use super::limits;
 
 /// Envoy's defaults when the policy gives no backoff.
 const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -46,20 +48,26 @@ pub struct Retries {
 
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 
-fn duration(d: &prost_types::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 impl Retries {
     /// Parses a policy; `field` names it in errors. Unknown `retry_on` conditions are refused so a typo does not
     /// silently disable retries.
     pub fn compile(field: &str, policy: &RetryPolicy) -> Result<Retries, String> {
-        let mut r = Retries {
-            num_retries: policy.num_retries.unwrap_or(1),
-            per_try_timeout: policy.per_try_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
-            status_codes: policy.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
-            ..Default::default()
+        let num_retries = policy.num_retries.unwrap_or(1);
+        if num_retries > limits::MAX_RETRIES {
+            return Err(format!("{field}.num_retries: {num_retries} is more than {}", limits::MAX_RETRIES));
+        }
+        let per_try_timeout = match &policy.per_try_timeout {
+            None => None,
+            Some(d) => Some(limits::duration(&format!("{field}.per_try_timeout"), d)?).filter(|d| !d.is_zero()),
         };
+        let mut status_codes = Vec::new();
+        for (i, &code) in policy.retriable_status_codes.iter().enumerate() {
+            match u16::try_from(code).ok().filter(|c| (100..600).contains(c)) {
+                Some(code) => status_codes.push(code),
+                None => return Err(format!("{field}.retriable_status_codes[{i}]: {code} is not an HTTP status")),
+            }
+        }
+        let mut r = Retries { num_retries, per_try_timeout, status_codes, ..Default::default() };
         for condition in policy.retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             match condition {
                 "5xx" => r.five_xx = true,
@@ -90,8 +98,17 @@ impl Retries {
             r.avoid_previous_hosts = true;
         }
         let back_off = policy.retry_back_off.as_ref();
-        r.base_interval = back_off.and_then(|b| b.base_interval.as_ref()).map(duration).unwrap_or(DEFAULT_BASE_INTERVAL);
-        r.max_interval = back_off.and_then(|b| b.max_interval.as_ref()).map(duration).unwrap_or(r.base_interval * 10);
+        let interval = |name: &str, d: Option<&prost_types::Duration>| {
+            d.map(|d| limits::positive_duration(&format!("{field}.retry_back_off.{name}"), d)).transpose()
+        };
+        r.base_interval = interval("base_interval", back_off.and_then(|b| b.base_interval.as_ref()))?.unwrap_or(DEFAULT_BASE_INTERVAL);
+        r.max_interval = match interval("max_interval", back_off.and_then(|b| b.max_interval.as_ref()))? {
+            Some(max) if max < r.base_interval => {
+                return Err(format!("{field}.retry_back_off.max_interval: {max:?} is less than base_interval {:?}", r.base_interval));
+            }
+            Some(max) => max,
+            None => r.base_interval.saturating_mul(10),
+        };
         Ok(r)
     }
 
@@ -111,12 +128,17 @@ impl Retries {
         }
     }
 
-    /// The wait before retry number `retry` (1-based): a random duration up to base × 2^(retry-1), capped.
+    /// When an attempt started `now` times out (`None`: no per-try timeout).
+    pub fn per_try_deadline(&self, now: Instant) -> Option<Instant> {
+        self.per_try_timeout.and_then(|t| limits::deadline(now, t))
+    }
+
     /// A gRPC status in the response headers (a trailers-only answer) the policy retries.
     pub fn is_retriable_grpc(&self, code: u32) -> bool {
         self.grpc_codes.contains(&code)
     }
 
+    /// The wait before retry number `retry` (1-based): a random duration up to base × 2^(retry-1), capped.
     pub fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self.base_interval.saturating_mul(1 << retry.saturating_sub(1).min(16)).min(self.max_interval);
         ceiling.mul_f64(rand::rng().random::<f64>())
@@ -164,5 +186,50 @@ mod tests {
             let ceiling = (DEFAULT_BASE_INTERVAL * (1 << (retry - 1))).min(DEFAULT_BASE_INTERVAL * 10);
             assert!(r.backoff(retry) <= ceiling);
         }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_field() {
+        let field = "virtual_hosts[0].routes[0].route.retry_policy";
+        let mut p = policy("5xx", &[]);
+        p.num_retries = Some(u32::MAX);
+        assert_eq!(Retries::compile(field, &p).unwrap_err(), format!("{field}.num_retries: {} is more than 100", u32::MAX));
+        let p = policy("retriable-status-codes", &[70_000]);
+        assert_eq!(Retries::compile(field, &p).unwrap_err(), format!("{field}.retriable_status_codes[0]: 70000 is not an HTTP status"));
+        let mut p = policy("5xx", &[]);
+        p.per_try_timeout = Some(prost_types::Duration { seconds: -1, nanos: 0 });
+        assert!(Retries::compile(field, &p).unwrap_err().starts_with(&format!("{field}.per_try_timeout: ")));
+        let back_off = |base: i64, max: Option<i64>| RetryPolicy {
+            retry_back_off: Some(keel_proto::route::retry_policy::RetryBackOff {
+                base_interval: Some(prost_types::Duration { seconds: base, nanos: 0 }),
+                max_interval: max.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            }),
+            ..policy("5xx", &[])
+        };
+        assert!(Retries::compile(field, &back_off(10, Some(1))).unwrap_err().starts_with(&format!("{field}.retry_back_off.max_interval: 1s is less")));
+        assert!(Retries::compile(field, &back_off(0, None)).unwrap_err().starts_with(&format!("{field}.retry_back_off.base_interval: must be")));
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow() {
+        let back_off = |seconds: i64| keel_proto::route::retry_policy::RetryBackOff {
+            base_interval: Some(prost_types::Duration { seconds, nanos: 0 }),
+            max_interval: None,
+        };
+        // The old code multiplied this base by 10: Duration overflow, a panic while decoding.
+        let mut p = policy("5xx", &[]);
+        p.retry_back_off = Some(back_off(i64::MAX / 4));
+        assert!(Retries::compile("r", &p).unwrap_err().starts_with("r.retry_back_off.base_interval: "));
+        // And added this per-try timeout to Instant::now() on every attempt: a panic per request.
+        let mut p = policy("5xx", &[]);
+        p.per_try_timeout = Some(prost_types::Duration { seconds: i64::MAX, nanos: 0 });
+        assert!(Retries::compile("r", &p).unwrap_err().starts_with("r.per_try_timeout: "));
+        // The longest valid Durations are clamped to a year.
+        p.retry_back_off = Some(back_off(315_576_000_000));
+        p.per_try_timeout = Some(prost_types::Duration { seconds: 315_576_000_000, nanos: 0 });
+        let r = Retries::compile("r", &p).unwrap();
+        assert_eq!(r.per_try_timeout, Some(limits::MAX_DURATION));
+        assert!(r.per_try_deadline(Instant::now()).is_some());
+        assert!(r.backoff(3) <= limits::MAX_DURATION * 10);
     }
 }

@@ -1,7 +1,7 @@
 //! What a route does, compiled once per config version from its Envoy action: forward (to one cluster or a
 //! weighted split, with rewrites, timeout, retries, faults, mirrors and hash policies), redirect, or answer
 //! directly. Everything a request needs is decided here, so the request path only reads.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_proto::{
     core::data_source::Specifier,
@@ -17,6 +17,7 @@ use regex::Regex;
 
 use super::{
     fault::{fraction, Faults, FAULT_FILTER},
+    limits,
     retry::Retries,
 };
 
@@ -68,8 +69,28 @@ pub struct RedirectPlan {
     pub strip_query: bool,
 }
 
-fn duration(d: &prost_types::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+/// Header edits keel would otherwise skip one by one at request time: refused whole instead.
+pub fn check_header_edits(field: &str, add: &[keel_proto::core::HeaderValueOption], remove: &[String]) -> Result<(), String> {
+    for (i, option) in add.iter().enumerate() {
+        let Some(header) = &option.header else { return Err(format!("{field}_to_add[{i}].header: missing")) };
+        limits::header_name(&format!("{field}_to_add[{i}].header.key"), &header.key)?;
+        if header.raw_value.is_empty() {
+            limits::header_value(&format!("{field}_to_add[{i}].header.value"), &header.value)?;
+        } else if http::HeaderValue::from_bytes(&header.raw_value).is_err() {
+            return Err(format!("{field}_to_add[{i}].header.raw_value: not a valid HTTP header value"));
+        }
+    }
+    for (i, name) in remove.iter().enumerate() {
+        limits::header_name(&format!("{field}_to_remove[{i}]"), name)?;
+    }
+    Ok(())
+}
+
+fn path(field: &str, value: &str) -> Result<(), String> {
+    match value.parse::<http::uri::PathAndQuery>() {
+        Ok(_) if value.starts_with('/') => Ok(()),
+        _ => Err(format!("{field}: {value:?} is not a valid path")),
+    }
 }
 
 fn regex_rewrite(field: &str, pattern: &keel_proto::matcher::RegexMatchAndSubstitute) -> Result<PathRewrite, String> {
@@ -91,7 +112,14 @@ impl RoutePlan {
             Action::Route(action) => {
                 let target = match &action.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(name)) => Target::Cluster(name.clone()),
-                    Some(ClusterSpecifier::WeightedClusters(w)) => Target::Weighted(w.clone()),
+                    Some(ClusterSpecifier::WeightedClusters(w)) => {
+                        for (i, c) in w.clusters.iter().enumerate() {
+                            let at = format!("{field}.route.weighted_clusters.clusters[{i}]");
+                            check_header_edits(&format!("{at}.request_headers"), &c.request_headers_to_add, &c.request_headers_to_remove)?;
+                            check_header_edits(&format!("{at}.response_headers"), &c.response_headers_to_add, &c.response_headers_to_remove)?;
+                        }
+                        Target::Weighted(w.clone())
+                    }
                     Some(ClusterSpecifier::ClusterHeader(_)) => {
                         return Err(format!("{field}.route.cluster_header: not supported (cluster or weighted_clusters are)"))
                     }
@@ -100,6 +128,7 @@ impl RoutePlan {
                 let path_rewrite = if let Some(rewrite) = &action.regex_rewrite {
                     Some(regex_rewrite(&format!("{field}.route.regex_rewrite"), rewrite)?)
                 } else if !action.prefix_rewrite.is_empty() {
+                    path(&format!("{field}.route.prefix_rewrite"), &action.prefix_rewrite)?;
                     let matched = matched_prefix
                         .ok_or_else(|| format!("{field}.route.prefix_rewrite: the route does not match on a prefix"))?;
                     Some(PathRewrite::Prefix { matched, replacement: action.prefix_rewrite.clone() })
@@ -108,8 +137,29 @@ impl RoutePlan {
                 };
                 let timeout = match &action.timeout {
                     None => Some(DEFAULT_ROUTE_TIMEOUT),
-                    Some(t) => Some(duration(t)).filter(|d| !d.is_zero()),
+                    Some(t) => Some(limits::duration(&format!("{field}.route.timeout"), t)?).filter(|d| !d.is_zero()),
                 };
+                // keel does not read `grpc-timeout` nor cap streams: a limit set here would be silently ignored.
+                if action.max_stream_duration.as_ref().is_some_and(|m| *m != Default::default()) {
+                    return Err(format!("{field}.route.max_stream_duration: not supported (the route timeout is)"));
+                }
+                let host_rewrite = match &action.host_rewrite_specifier {
+                    None => None,
+                    Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+                        limits::authority(&format!("{field}.route.host_rewrite_literal"), h)?;
+                        Some(h.clone())
+                    }
+                };
+                for (i, policy) in action.hash_policy.iter().enumerate() {
+                    let at = format!("{field}.route.hash_policy[{i}]");
+                    match &policy.policy_specifier {
+                        None => return Err(format!("{at}: no policy keel supports (header, cookie, connection_properties, query_parameter)")),
+                        Some(keel_proto::route::route_action::hash_policy::PolicySpecifier::Header(h)) => {
+                            limits::header_name(&format!("{at}.header.header_name"), &h.header_name)?
+                        }
+                        Some(_) => {}
+                    }
+                }
                 let retries = action
                     .retry_policy
                     .as_ref()
@@ -132,7 +182,7 @@ impl RoutePlan {
                 Ok(RoutePlan::Forward(Box::new(ForwardPlan {
                     target,
                     path_rewrite,
-                    host_rewrite: action.host_rewrite_specifier.as_ref().map(|HostRewriteSpecifier::HostRewriteLiteral(h)| h.clone()),
+                    host_rewrite,
                     timeout,
                     retries,
                     faults,
@@ -165,12 +215,31 @@ impl RedirectPlan {
             Ok(RedirectResponseCode::PermanentRedirect) => 308,
             Err(_) => return Err(format!("{field}.response_code: unknown value {}", r.response_code)),
         };
+        // Everything here ends up in the Location header: what cannot be in one is refused now, not answered with
+        // a 500 per request.
         let (path, full_path) = match &r.path_rewrite_specifier {
             None => (None, None),
-            Some(PathRewriteSpecifier::PathRedirect(p)) => (None, Some(p.clone())),
-            Some(PathRewriteSpecifier::PrefixRewrite(p)) => (Some(PathRewrite::Prefix { matched: matched_prefix, replacement: p.clone() }), None),
+            Some(PathRewriteSpecifier::PathRedirect(p)) => {
+                self::path(&format!("{field}.path_redirect"), p)?;
+                (None, Some(p.clone()))
+            }
+            Some(PathRewriteSpecifier::PrefixRewrite(p)) => {
+                self::path(&format!("{field}.prefix_rewrite"), p)?;
+                (Some(PathRewrite::Prefix { matched: matched_prefix, replacement: p.clone() }), None)
+            }
             Some(PathRewriteSpecifier::RegexRewrite(rr)) => (Some(regex_rewrite(&format!("{field}.regex_rewrite"), rr)?), None),
         };
+        if !r.host_redirect.is_empty() {
+            limits::authority(&format!("{field}.host_redirect"), &r.host_redirect)?;
+        }
+        if let Some(SchemeRewriteSpecifier::SchemeRedirect(scheme)) = &r.scheme_rewrite_specifier {
+            if scheme.parse::<http::uri::Scheme>().is_err() || scheme.is_empty() {
+                return Err(format!("{field}.scheme_redirect: {scheme:?} is not a URI scheme"));
+            }
+        }
+        if u16::try_from(r.port_redirect).is_err() {
+            return Err(format!("{field}.port_redirect: {} is not a port", r.port_redirect));
+        }
         Ok(RedirectPlan {
             status,
             scheme: match &r.scheme_rewrite_specifier {
@@ -207,6 +276,13 @@ impl RedirectPlan {
             location.push_str(q);
         }
         location
+    }
+}
+
+impl ForwardPlan {
+    /// When a request that keel received at `started` times out (`None`: never).
+    pub fn deadline(&self, started: Instant) -> Option<Instant> {
+        self.timeout.and_then(|t| limits::deadline(started, t))
     }
 }
 
@@ -290,5 +366,45 @@ mod tests {
         .unwrap();
         assert_eq!(plan.status, 308);
         assert_eq!(plan.location("old:8080", "/x?q=1"), "http://new.example:8080/moved?q=1");
+    }
+
+    fn to_c() -> RouteAction {
+        RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())), ..Default::default() }
+    }
+
+    fn refused(action: RouteAction) -> String {
+        let route = Route { action: Some(Action::Route(action)), ..Default::default() };
+        RoutePlan::compile("virtual_hosts[0].routes[0]", &route).unwrap_err()
+    }
+
+    #[test]
+    fn timeouts_are_checked_and_clamped() {
+        let timeout = |seconds| RouteAction { timeout: Some(prost_types::Duration { seconds, nanos: 0 }), ..to_c() };
+        // Read as u64 seconds before, and added to the request's start: a panic per request.
+        assert!(refused(timeout(i64::MAX)).starts_with("virtual_hosts[0].routes[0].route.timeout: 9223372036854775807s 0ns is not a valid"));
+        assert!(refused(timeout(-1)).starts_with("virtual_hosts[0].routes[0].route.timeout: -1s 0ns is negative"), "read as 0 (no timeout) before");
+        let plan = forward(timeout(315_576_000_000), RouteMatch::default());
+        assert_eq!(plan.timeout, Some(limits::MAX_DURATION));
+        assert!(plan.deadline(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn settings_keel_would_ignore_or_fail_on_per_request_are_refused() {
+        let at = "virtual_hosts[0].routes[0]";
+        let msd = keel_proto::route::route_action::MaxStreamDuration {
+            grpc_timeout_header_max: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(refused(RouteAction { max_stream_duration: Some(msd), ..to_c() }), format!("{at}.route.max_stream_duration: not supported (the route timeout is)"));
+        let host = RouteAction { host_rewrite_specifier: Some(HostRewriteSpecifier::HostRewriteLiteral("evil\r\nx: y".into())), ..to_c() };
+        assert!(refused(host).starts_with(&format!("{at}.route.host_rewrite_literal: ")));
+        assert!(refused(RouteAction { hash_policy: vec![HashPolicy::default()], ..to_c() }).starts_with(&format!("{at}.route.hash_policy[0]: no policy")));
+        let redirect = |r: RedirectAction| RedirectPlan::compile("r.redirect", &r, String::new()).unwrap_err();
+        assert!(redirect(RedirectAction { host_redirect: "a b".into(), ..Default::default() }).starts_with("r.redirect.host_redirect: "));
+        let path = RedirectAction { path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("moved".into())), ..Default::default() };
+        assert!(redirect(path).starts_with("r.redirect.path_redirect: \"moved\" is not a valid path"));
+        let scheme = RedirectAction { scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::SchemeRedirect("ht tp".into())), ..Default::default() };
+        assert!(redirect(scheme).starts_with("r.redirect.scheme_redirect: "));
+        assert!(redirect(RedirectAction { port_redirect: 70_000, ..Default::default() }).starts_with("r.redirect.port_redirect: 70000"));
     }
 }

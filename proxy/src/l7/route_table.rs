@@ -3,11 +3,12 @@
 //! each host's routes in order with their matchers compiled. A request is routed to the first matching route.
 use std::{collections::HashMap, sync::Arc};
 
-use keel_proto::route::{Route, RouteConfiguration, VirtualHost};
+use keel_proto::route::{route::Action, Route, RouteConfiguration, VirtualHost};
 
 use super::{
     matching::{RequestMatcher, RequestView},
-    route_plan::RoutePlan,
+    retry::Retries,
+    route_plan::{check_header_edits, RoutePlan},
 };
 
 #[derive(Debug)]
@@ -44,6 +45,16 @@ impl RouteTable {
     pub fn compile(config: &RouteConfiguration) -> Result<RouteTable, String> {
         let mut table = RouteTable { name: config.name.clone(), ..Default::default() };
         for (h, host) in config.virtual_hosts.iter().enumerate() {
+            let at = format!("virtual_hosts[{h}]");
+            check_header_edits(&format!("{at}.request_headers"), &host.request_headers_to_add, &host.request_headers_to_remove)?;
+            check_header_edits(&format!("{at}.response_headers"), &host.response_headers_to_add, &host.response_headers_to_remove)?;
+            // Envoy's host-wide retries apply to the host's routes that set none of their own.
+            let host_retries = host
+                .retry_policy
+                .as_ref()
+                .map(|p| Retries::compile(&format!("{at}.retry_policy"), p))
+                .transpose()?
+                .filter(|r| r.num_retries > 0);
             let routes = host
                 .routes
                 .iter()
@@ -54,11 +65,15 @@ impl RouteTable {
                     if route.action.is_none() {
                         return Err(format!("{field}: no action (route, redirect or direct_response) keel supports"));
                     }
-                    Ok(CompiledRoute {
-                        matcher: RequestMatcher::compile(&format!("{field}.match"), m)?,
-                        plan: RoutePlan::compile(&field, route)?,
-                        route: Arc::new(route.clone()),
-                    })
+                    check_header_edits(&format!("{field}.request_headers"), &route.request_headers_to_add, &route.request_headers_to_remove)?;
+                    check_header_edits(&format!("{field}.response_headers"), &route.response_headers_to_add, &route.response_headers_to_remove)?;
+                    let mut plan = RoutePlan::compile(&field, route)?;
+                    if let (RoutePlan::Forward(forward), Some(Action::Route(action))) = (&mut plan, &route.action) {
+                        if action.retry_policy.is_none() {
+                            forward.retries = host_retries.clone();
+                        }
+                    }
+                    Ok(CompiledRoute { matcher: RequestMatcher::compile(&format!("{field}.match"), m)?, plan, route: Arc::new(route.clone()) })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             for (d, domain) in host.domains.iter().enumerate() {

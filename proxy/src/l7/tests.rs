@@ -230,3 +230,30 @@ mod from_the_control_plane {
         assert_eq!(cluster_of(None), "outbound|80|version-v1|catalog.istioinaction.svc.cluster.local");
     }
 }
+
+#[test]
+fn host_header_edits_are_checked_and_host_retries_apply_to_routes_without_their_own() {
+    use keel_proto::{
+        core::{HeaderValue as EnvoyHeader, HeaderValueOption},
+        route::RetryPolicy,
+    };
+
+    use super::route_plan::RoutePlan;
+    let host = |edit: &dyn Fn(&mut VirtualHost)| {
+        let mut vh = VirtualHost { name: "a".into(), domains: vec!["a".into()], routes: vec![to_cluster("c", prefix("/"))], ..Default::default() };
+        edit(&mut vh);
+        RouteTable::compile(&RouteConfiguration { name: "80".into(), virtual_hosts: vec![vh] })
+    };
+    let bad = host(&|vh| {
+        let header = EnvoyHeader { key: "x-a".into(), value: "line\nbreak".into(), raw_value: vec![] };
+        vh.request_headers_to_add = vec![HeaderValueOption { header: Some(header), ..Default::default() }];
+    });
+    assert_eq!(bad.unwrap_err(), "virtual_hosts[0].request_headers_to_add[0].header.value: \"line\\nbreak\" is not a valid HTTP header value");
+    let bad = host(&|vh| vh.routes[0].response_headers_to_remove = vec!["bad name".into()]);
+    assert_eq!(bad.unwrap_err(), "virtual_hosts[0].routes[0].response_headers_to_remove[0]: \"bad name\" is not a valid HTTP header name");
+    let retried = host(&|vh| vh.retry_policy = Some(RetryPolicy { retry_on: "5xx".into(), num_retries: Some(4), ..Default::default() })).unwrap();
+    let RoutePlan::Forward(plan) = &retried.virtual_hosts()[0].routes[0].plan else { panic!("a forwarding route") };
+    assert_eq!(plan.retries.as_ref().map(|r| r.num_retries), Some(4), "the host's retry policy was ignored before");
+    let refused = host(&|vh| vh.retry_policy = Some(RetryPolicy { retry_on: "5xx".into(), num_retries: Some(1000), ..Default::default() }));
+    assert_eq!(refused.unwrap_err(), "virtual_hosts[0].retry_policy.num_retries: 1000 is more than 100");
+}

@@ -43,6 +43,9 @@ pub struct Protocol {
     pub http2: bool,
     /// `maxRequestsPerConnection: 1`: a fresh connection per request.
     pub reuse: bool,
+    /// The cluster's `connect_timeout` (DestinationRule `connectTimeout`): how long a new connection (TCP, or
+    /// the HBONE tunnel and its TLS handshake) may take.
+    pub connect_timeout: Duration,
 }
 
 /// Why an attempt got no response.
@@ -75,7 +78,7 @@ impl Upstreams {
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         if protocol.http2 {
-            let response = self.send_http2(dp, pod, endpoint, request).await?;
+            let response = self.send_http2(dp, pod, endpoint, protocol.connect_timeout, request).await?;
             return Ok(response.map(UpstreamBody::detached));
         }
         let (mut parts, body) = request.into_parts();
@@ -94,7 +97,7 @@ impl Upstreams {
             let mut conn = match pooled {
                 Some(conn) => conn,
                 None => {
-                    let io = dial(dp, pod, endpoint).await.map_err(SendError::ConnectFailure)?;
+                    let io = dial(dp, pod, endpoint, protocol.connect_timeout).await.map_err(SendError::ConnectFailure)?;
                     Http1Conn::handshake(io).await.map_err(|e| SendError::ConnectFailure(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?
                 }
             };
@@ -112,6 +115,7 @@ impl Upstreams {
         dp: &Arc<DataPath>,
         pod: &Arc<PodContext>,
         endpoint: SocketAddrV4,
+        connect_timeout: Duration,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         let key = (pod.ip, endpoint);
@@ -121,7 +125,7 @@ impl Upstreams {
             None => {
                 // Two requests racing here may both dial; the later connection is pooled, the other serves its
                 // one request and closes when idle.
-                let io = dial(dp, pod, endpoint).await.map_err(SendError::ConnectFailure)?;
+                let io = dial(dp, pod, endpoint, connect_timeout).await.map_err(SendError::ConnectFailure)?;
                 let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -158,7 +162,23 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result<UpstreamIo, String> {
+/// A new connection to `endpoint`, given up after the cluster's `connect_timeout` (the L4 dial has keel's own
+/// connect timeout too; the shorter wins).
+async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4, connect_timeout: Duration) -> Result<UpstreamIo, String> {
+    connect_within(endpoint, connect_timeout, dial_now(dp, pod, endpoint)).await
+}
+
+async fn connect_within<T>(
+    endpoint: SocketAddrV4,
+    connect_timeout: Duration,
+    connect: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(connect_timeout, connect)
+        .await
+        .unwrap_or_else(|_| Err(format!("connect to {endpoint} timed out after {connect_timeout:?} (the cluster's connect_timeout)")))
+}
+
+async fn dial_now(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result<UpstreamIo, String> {
     let snapshot = dp.workloads.snapshot();
     let source = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
     let route = Route { upstream: endpoint, service: None, workload: snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned() };
@@ -215,5 +235,21 @@ impl AsyncWrite for UpstreamIo {
             UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dial_gives_up_after_the_clusters_connect_timeout() {
+        let endpoint = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<Result<(), String>>();
+        let err = connect_within(endpoint, Duration::from_millis(50), never).await.unwrap_err();
+        assert_eq!(err, "connect to 10.0.0.1:80 timed out after 50ms (the cluster's connect_timeout)");
+        assert!(started.elapsed() < Duration::from_secs(5), "not keel's own (longer) connect timeout");
+        assert_eq!(connect_within(endpoint, Duration::from_millis(50), async { Ok(7) }).await, Ok(7));
     }
 }
