@@ -158,6 +158,10 @@ fn check_connection_pool(path: &str, pool: &ConnectionPoolSettings) -> Result<()
     let mut limits = Vec::new();
     if let Some(tcp) = &pool.tcp {
         limits.push(("tcp.maxConnections", tcp.max_connections));
+        // Envoy and keel refuse a zero connect timeout (the cluster would be NACKed on every node).
+        if let Some(timeout) = tcp.connect_timeout {
+            field::positive(&format!("{path}.tcp.connectTimeout"), timeout.get())?;
+        }
     }
     if let Some(http) = &pool.http {
         limits.extend([
@@ -179,6 +183,11 @@ fn check_outlier_detection(path: &str, outlier: &OutlierDetection) -> Result<(),
     for (name, value) in [("maxEjectionPercent", outlier.max_ejection_percent), ("minHealthPercent", outlier.min_health_percent)] {
         if let Some(value) = value {
             field::whole_percent(&format!("{path}.{name}"), value)?;
+        }
+    }
+    for (name, value) in [("interval", outlier.interval), ("baseEjectionTime", outlier.base_ejection_time)] {
+        if let Some(value) = value {
+            field::positive(&format!("{path}.{name}"), value.get())?;
         }
     }
     Ok(())
@@ -249,6 +258,14 @@ mod tests {
             (
                 "{host: a, trafficPolicy: {connectionPool: {tcp: {connectTimeout: soon}}}}",
                 "field `spec.trafficPolicy.connectionPool.tcp.connectTimeout`: \"soon\" is not a duration",
+            ),
+            (
+                "{host: a, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0s}}}}",
+                "field spec.trafficPolicy.connectionPool.tcp.connectTimeout: must be more than 0",
+            ),
+            (
+                "{host: a, trafficPolicy: {outlierDetection: {baseEjectionTime: 0s}}}",
+                "field spec.trafficPolicy.outlierDetection.baseEjectionTime: must be more than 0",
             ),
             (
                 "{host: a, trafficPolicy: {outlierDetection: {maxEjectionPercent: 150}}}",

@@ -31,6 +31,34 @@ pub fn whole_percent(path: &str, value: i32) -> Result<(), String> {
     if (0..=100).contains(&value) { Ok(()) } else { Err(error(path, format!("{value} must be 0-100"))) }
 }
 
+/// A duration Envoy requires to be more than zero (connect timeouts, outlier intervals).
+pub fn positive(path: &str, value: std::time::Duration) -> Result<(), String> {
+    if value.is_zero() { Err(error(path, "must be more than 0")) } else { Ok(()) }
+}
+
+/// keel's bound on retries per request (proxy/src/l7/limits.rs MAX_RETRIES); Istio has none.
+pub const MAX_RETRY_ATTEMPTS: i32 = 100;
+
+/// A `host[:port]` that goes in `:authority`/Host or a Location (keel refuses a route with anything else).
+pub fn authority(path: &str, value: &str) -> Result<(), String> {
+    match value.parse::<http::uri::Authority>() {
+        Ok(a) if !a.as_str().contains('@') => Ok(()),
+        _ => Err(error(path, format!("{value:?} is not a valid host[:port]"))),
+    }
+}
+
+/// An absolute path (with an optional query) that can go on a request line or in a Location.
+pub fn uri_path(path: &str, value: &str) -> Result<(), String> {
+    match value.parse::<http::uri::PathAndQuery>() {
+        Ok(_) if value.starts_with('/') => Ok(()),
+        _ => Err(error(path, format!("{value:?} is not a valid path"))),
+    }
+}
+
+pub fn header_value(path: &str, value: &str) -> Result<(), String> {
+    http::HeaderValue::from_str(value).map(drop).map_err(|_| error(path, format!("{value:?} is not a valid HTTP header value")))
+}
+
 pub fn not_empty(path: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() { Err(error(path, "must not be empty")) } else { Ok(()) }
 }

@@ -266,6 +266,16 @@ fn check_header_operations(path: &str, operations: &HeaderOperations, on_request
             }
         }
     }
+    for (operation, values) in [("set", &operations.set), ("add", &operations.add)] {
+        for (name, value) in values {
+            let at = format!("{path}.{operation}.{name}");
+            if on_request && operation == "set" && matches!(name.as_str(), ":authority" | "host") {
+                field::authority(&at, value)?;
+            } else {
+                field::header_value(&at, value)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -280,6 +290,15 @@ fn check_redirect(path: &str, redirect: &HttpRedirect) -> Result<(), String> {
     }
     if let Some(port) = redirect.port {
         field::port(&format!("{path}.port"), port)?;
+    }
+    if let Some(authority) = &redirect.authority {
+        field::authority(&format!("{path}.authority"), authority)?;
+    }
+    if let Some(uri) = &redirect.uri {
+        field::uri_path(&format!("{path}.uri"), uri)?;
+    }
+    if let Some(scheme) = redirect.scheme.as_ref().filter(|s| s.is_empty() || s.parse::<http::uri::Scheme>().is_err()) {
+        return Err(error(&format!("{path}.scheme"), format!("{scheme:?} is not a URI scheme")));
     }
     if let Some(code) = redirect.redirect_code {
         if !REDIRECT_CODES.contains(&code) {
@@ -305,12 +324,19 @@ fn check_rewrite(path: &str, rewrite: &HttpRewrite) -> Result<(), String> {
     }
     if let Some(authority) = &rewrite.authority {
         field::not_empty(&format!("{path}.authority"), authority)?;
+        field::authority(&format!("{path}.authority"), authority)?;
+    }
+    if let Some(uri) = rewrite.uri.as_ref().filter(|u| !u.is_empty()) {
+        field::uri_path(&format!("{path}.uri"), uri)?;
     }
     Ok(())
 }
 
 fn check_retries(path: &str, retries: &HttpRetry) -> Result<(), String> {
     field::non_negative(&format!("{path}.attempts"), retries.attempts)?;
+    if retries.attempts > field::MAX_RETRY_ATTEMPTS {
+        return Err(error(&format!("{path}.attempts"), format!("{} is more than {} (keel's limit)", retries.attempts, field::MAX_RETRY_ATTEMPTS)));
+    }
     for condition in retries.conditions() {
         let is_status = condition.parse::<u32>().is_ok_and(|code| (100..=599).contains(&code));
         if !is_status && !RETRY_CONDITIONS.contains(&condition) {
@@ -495,6 +521,7 @@ mod tests {
             ),
             (format!("{{hosts: [a], http: [{{match: [{{port: 70000}}], {ROUTE}}}]}}"), "field spec.http[0].match[0].port: 70000 is not a port"),
             (format!("{{hosts: [a], http: [{{retries: {{attempts: -1}}, {ROUTE}}}]}}"), "field spec.http[0].retries.attempts: -1 must not be negative"),
+            (format!("{{hosts: [a], http: [{{retries: {{attempts: 101}}, {ROUTE}}}]}}"), "field spec.http[0].retries.attempts: 101 is more than 100 (keel's limit)"),
             (
                 format!("{{hosts: [a], http: [{{retries: {{attempts: 3, retryOn: '5xx,teapot'}}, {ROUTE}}}]}}"),
                 "field spec.http[0].retries.retryOn: \"teapot\" is not a retry condition",
@@ -553,6 +580,15 @@ mod tests {
             ),
             ("{hosts: [a], http: [{redirect: {uri: /b, redirectCode: 200}}]}".into(), "field spec.http[0].redirect.redirectCode: 200 is not 301, 302, 303, 307 or 308"),
             ("{hosts: [a], http: [{redirect: {}}]}".into(), "field spec.http[0].redirect: one of uri, authority, port or scheme is required"),
+            // What keel's proxy would NACK (a host, path or header value it cannot send) is refused here first.
+            ("{hosts: [a], http: [{redirect: {uri: moved}}]}".into(), "field spec.http[0].redirect.uri: \"moved\" is not a valid path"),
+            ("{hosts: [a], http: [{redirect: {authority: 'a b'}}]}".into(), "field spec.http[0].redirect.authority: \"a b\" is not a valid host[:port]"),
+            ("{hosts: [a], http: [{redirect: {scheme: 'ht tp'}}]}".into(), "field spec.http[0].redirect.scheme: \"ht tp\" is not a URI scheme"),
+            (format!("{{hosts: [a], http: [{{rewrite: {{authority: 'a b'}}, {ROUTE}}}]}}"), "field spec.http[0].rewrite.authority: \"a b\" is not a valid host[:port]"),
+            (
+                format!("{{hosts: [a], http: [{{headers: {{request: {{set: {{x-a: \"1\\n2\"}}}}}}, {ROUTE}}}]}}"),
+                "field spec.http[0].headers.request.set.x-a: \"1\\n2\" is not a valid HTTP header value",
+            ),
             ("{hosts: [a], http: [{redirect: {uri: /b}, rewrite: {uri: /c}}]}".into(), "field spec.http[0].rewrite: cannot be combined with redirect"),
             (
                 format!("{{hosts: [a], http: [{{rewrite: {{uri: /c, uriRegexRewrite: {{match: a, rewrite: b}}}}, {ROUTE}}}]}}"),

@@ -25,8 +25,23 @@ const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
 /// Istio lifts Envoy's small default circuit-breaker limits to "unlimited" unless a DestinationRule sets them.
 const UNLIMITED: u32 = u32::MAX;
 
+/// google.protobuf.Duration's largest value (10 000 years): keel (and Envoy) refuse anything beyond it.
+const MAX_PROTO_SECONDS: u64 = 315_576_000_000;
+
+/// Saturates at the protobuf maximum: an Istio duration may be longer (up to u64 seconds), and a plain cast
+/// would wrap it to a negative Duration every proxy refuses. keel clamps long ones to a year anyway.
 pub fn duration(d: Duration) -> prost_types::Duration {
+    if d.as_secs() > MAX_PROTO_SECONDS {
+        return prost_types::Duration { seconds: MAX_PROTO_SECONDS as i64, nanos: 0 };
+    }
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+#[cfg(test)]
+#[test]
+fn durations_longer_than_protobuf_allows_saturate_instead_of_wrapping() {
+    assert_eq!(duration(Duration::from_secs(u64::MAX)), prost_types::Duration { seconds: MAX_PROTO_SECONDS as i64, nanos: 0 });
+    assert_eq!(duration(Duration::new(3, 5)), prost_types::Duration { seconds: 3, nanos: 5 });
 }
 
 pub fn ads() -> ConfigSource {
