@@ -30,6 +30,11 @@ fn main() -> anyhow::Result<()> {
             Toolchain::Custom(other)
         }
     };
+    // aya-build relays every line the inner cargo prints as a `cargo:warning`: without this, each build of keel
+    // showed ~80 "warning: keel@0.1.0: Compiling ..." lines. Quiet, the inner cargo prints only what matters
+    // (compiler warnings and errors of the eBPF programs), which still reach the outer build's output.
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package { name: "keel-ebpf", root_dir: &root_dir, ..Default::default() }],
         toolchain,
