@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     identity::Identity,
-    l4::destination::service_name,
+    plan::destination::service_name,
     xds::{
         client::XdsStatus,
         state::{ip_of, Snapshot},

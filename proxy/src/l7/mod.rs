@@ -4,7 +4,7 @@
 //! `cluster_config` + `cluster` (balancer, `circuit` limits, `outlier` ejection), `retry` and `fault`; `limits`
 //! bounds every number and header string a control plane sends.
 //! `server` terminates HTTP/1.1 and h2c, `request` carries one request through routing, faults, retries and
-//! mirrors, `upstream` + `http1_pool` send it over pooled connections, `body` and `telemetry` report it,
+//! mirrors, `crate::upstream` sends it over pooled connections, `body` and `crate::telemetry::http` report it,
 //! `trace_headers` propagates traces, `dump` prints the live config.
 pub mod action;
 pub mod balancer;
@@ -16,7 +16,6 @@ pub mod config;
 pub mod dump;
 pub mod fault;
 pub mod limits;
-pub mod http1_pool;
 pub mod matching;
 pub mod outlier;
 pub mod request;
@@ -24,9 +23,7 @@ pub mod retry;
 pub mod route_plan;
 pub mod route_table;
 pub mod server;
-pub mod telemetry;
 pub mod trace_headers;
-pub mod upstream;
 
 #[cfg(test)]
 mod tests;
