@@ -13,12 +13,11 @@ use tracing::debug;
 
 use crate::{
     accept::accept_loop,
-    capture::Direction,
     connection_error::{self, ConnectionError},
     data_path::{DataPath, PodContext},
     l4::{inbound, outbound, responder},
     l7::{request::Downstream, server::serve_connection},
-    plan::{self, Path, Plan},
+    plan::{self, Direction, Path, Plan},
     sockets,
     telemetry::{ConnectionRecord, Peer},
 };

@@ -24,6 +24,7 @@ pub mod hbone;
 pub mod identity;
 pub mod l4;
 pub mod l7;
+pub mod l7_config;
 pub mod limits;
 pub mod logging;
 pub mod netns;

@@ -1,7 +1,8 @@
 //! HBONE: TCP connections carried as HTTP/2 CONNECT streams inside mutual TLS to port 15008 of the destination
-//! workload, wire-compatible with Istio's ztunnel (the reference's section 1): `client` opens (pooled) tunnels
-//! (the server side, which executes inbound streams, is [`crate::l4::hbone_inbound`]), `headers` is the request on the wire, `stream_io` turns a
-//! stream into byte-stream halves for the relay.
+//! workload, wire-compatible with Istio's ztunnel (the reference's section 1): `client` opens (pooled) tunnels,
+//! `headers` is the request on the wire, `stream_io` turns a stream into byte-stream halves for the relay. The
+//! server side executes inbound streams and so lives above, in `l4::hbone_inbound`; this module imports only
+//! `identity`, `netns` and `sockets`.
 pub mod client;
 pub mod headers;
 pub mod stream_io;

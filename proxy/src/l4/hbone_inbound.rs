@@ -32,7 +32,6 @@ use tracing::{debug, info};
 use super::inbound;
 use crate::{
     accept::accept_loop,
-    capture::Direction,
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     hbone::{
@@ -41,7 +40,7 @@ use crate::{
         CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW,
     },
     identity::{tls, Identity},
-    plan::{is_keel_port, Path},
+    plan::{is_keel_port, Direction, Path},
     sockets,
     telemetry::{ConnectionRecord, Peer, Refusal},
 };

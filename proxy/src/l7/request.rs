@@ -20,18 +20,20 @@ use keel_proto::workload::Workload;
 use rand::Rng as _;
 
 use super::{
-    action::{edit_headers, pick_weighted, request_hash},
     body::{buffer_if_small, full, HttpBody, ReportingBody},
-    cluster::{ActiveRequest, Cluster},
-    matching::RequestView,
-    outlier::Outcome,
-    retry::AttemptOutcome,
-    route_plan::{ForwardPlan, RoutePlan, Target},
-    route_table::{CompiledRoute, CompiledVirtualHost},
     trace_headers,
 };
 use crate::{
     data_path::{DataPath, PodContext},
+    l7_config::{
+        action::{edit_headers, pick_weighted, request_hash},
+        cluster::{ActiveRequest, Cluster},
+        matching::RequestView,
+        outlier::Outcome,
+        retry::AttemptOutcome,
+        route_plan::{ForwardPlan, RoutePlan, Target},
+        route_table::{CompiledRoute, CompiledVirtualHost},
+    },
     plan::{self, destination::Route, Path},
     telemetry::{
         http::{HttpMetrics, RequestRecord},
@@ -159,7 +161,7 @@ impl RequestBody {
 }
 
 impl Forward<'_> {
-    async fn run(mut self, faults: Option<&super::fault::Faults>, body: HttpBody, record: &mut RequestRecord) -> Response<HttpBody> {
+    async fn run(mut self, faults: Option<&crate::l7_config::fault::Faults>, body: HttpBody, record: &mut RequestRecord) -> Response<HttpBody> {
         let deadline = self.plan.deadline(self.started);
         if let Some(injected) = faults.map(|f| f.decide()) {
             if let Some(delay) = injected.delay {
@@ -399,10 +401,10 @@ fn hop<'a>(d: &'a Downstream, snapshot: &Snapshot, endpoint: SocketAddrV4) -> Ho
 fn pick_endpoint(
     cluster: &Cluster,
     hash: Option<u64>,
-    retries: Option<&super::retry::Retries>,
+    retries: Option<&crate::l7_config::retry::Retries>,
     tried: &[std::net::SocketAddr],
     locality: Option<&(String, String, String)>,
-) -> Option<Arc<super::balancer::Endpoint>> {
+) -> Option<Arc<crate::l7_config::balancer::Endpoint>> {
     let avoid = if retries.is_some_and(|r| r.avoid_previous_hosts) { tried } else { &[] };
     cluster.pick_avoiding(hash, locality, avoid)
 }

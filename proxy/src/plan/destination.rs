@@ -9,7 +9,7 @@ use std::{
 use keel_proto::workload::{Service, Workload, WorkloadStatus};
 use rand::Rng as _;
 
-use crate::xds::state::{ip_of, Snapshot};
+use crate::xds::state::{ip_of, service_name, Snapshot};
 
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -30,9 +30,6 @@ pub enum RouteError {
     NoHealthyEndpoint { service: String, port: u16 },
 }
 
-pub fn service_name(s: &Service) -> String {
-    format!("{}/{}", s.namespace, s.hostname)
-}
 
 /// Resolves an original destination against the workload state.
 pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, RouteError> {

@@ -13,8 +13,16 @@ use keel_ebpf_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use keel_proto::workload::{Service, TunnelProtocol, Workload};
 use serde::Serialize;
 
-use crate::{capture::Direction, xds::state::Snapshot};
+use crate::xds::state::Snapshot;
 use destination::{Route, RouteError};
+
+/// Which way a connection crosses the pod boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
 
 /// How a connection left keel, as logs and `keel connections` show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -158,7 +166,10 @@ mod tests {
     use keel_proto::workload::{NetworkAddress, Port, PortList};
 
     use super::*;
-    use crate::xds::state::{Resource, WorkloadStore};
+    use crate::{
+        l7_config::{config::ListenerConfig, route_table::RouteTable},
+        xds::state::{Resource, WorkloadStore},
+    };
 
     fn workload(uid: &str, ip: [u8; 4], meshed: bool) -> (String, Resource) {
         let w = Workload {
@@ -171,6 +182,29 @@ mod tests {
             ..Default::default()
         };
         (uid.into(), Resource::Workload(Box::new(w)))
+    }
+
+    /// HTTP routes for the service on port 80, as a control plane's Listener and RouteConfiguration give them.
+    fn l7_routes() -> Vec<(String, Resource)> {
+        use keel_proto::route::{route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+        let routes = RouteConfiguration {
+            name: "80".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "echo".into(),
+                domains: vec!["echo.demo.svc.cluster.local".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
+                    action: Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())), ..Default::default() })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let listener = ListenerConfig { name: "0.0.0.0_80".into(), port: 80, route_config: "80".into(), faults: false };
+        vec![
+            ("0.0.0.0_80".into(), Resource::Listener(Arc::new(listener))),
+            ("80".into(), Resource::Routes(Arc::new(RouteTable::compile(&routes).unwrap()))),
+        ]
     }
 
     fn store() -> WorkloadStore {
@@ -249,10 +283,20 @@ mod tests {
     }
 
     #[test]
-    fn a_service_port_with_l7_routes_is_http() {
-        // The L7 case needs a route table for the port; covered end to end by the L7 suites. Here: without one,
-        // the VIP is L4 (above), and choose_path alone decides the hop of each L7 request.
-        let route = Route { upstream: "10.0.1.3:8080".parse().unwrap(), service: None, workload: None };
-        assert_eq!(choose_path(None, &route, false, true), Path::Direct);
+    fn a_service_port_with_l7_routes_is_http_for_the_engine() {
+        let store = store();
+        store.apply(l7_routes(), &[]);
+        let snapshot = store.snapshot();
+        let on_node = |_: IpAddr| false;
+        let mesh = Inputs { snapshot: &snapshot, on_node: &on_node, certificates: true, mesh: true, responder: false };
+        let client: Ipv4Addr = [10, 0, 0, 1].into();
+        let got = shape(&plan(&mesh, Direction::Outbound, client, "10.96.0.10:80".parse().unwrap()));
+        assert_eq!(got, "http echo.demo.svc.cluster.local");
+        // Another port of the VIP has no routes: L4 (here, a port the service lacks).
+        let got = shape(&plan(&mesh, Direction::Outbound, client, "10.96.0.10:81".parse().unwrap()));
+        assert!(got.starts_with("no route"), "{got}");
+        // A workload's own address on the routed port is not the service: L4.
+        let got = shape(&plan(&mesh, Direction::Outbound, client, "10.0.1.3:80".parse().unwrap()));
+        assert_eq!(got, "hbone 10.0.1.3:80");
     }
 }

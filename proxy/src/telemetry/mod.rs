@@ -17,7 +17,10 @@ use prometheus_client::{
 use serde::Serialize;
 use tracing::info;
 
-use crate::{capture::Direction, identity::Identity, plan::Path};
+use crate::{
+    identity::Identity,
+    plan::{Direction, Path},
+};
 
 pub mod http;
 
