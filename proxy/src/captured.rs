@@ -65,7 +65,7 @@ async fn handle(
         Ok(Carried::Http(downstream)) => {
             if let Err(e) = serve_connection(client, downstream, draining).await {
                 debug!(pod = %pod.name, error = %e, "HTTP connection ended with an error");
-                ConnectionError::Downstream(e).record(&mut record);
+                e.record(&mut record);
             }
         }
         Err(e) => {

@@ -25,6 +25,8 @@ pub mod identity;
 pub mod l4;
 pub mod l7;
 pub mod l7_config;
+#[cfg(test)]
+mod layering;
 pub mod limits;
 pub mod logging;
 pub mod netns;
