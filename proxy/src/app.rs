@@ -28,7 +28,9 @@ use crate::{
     identity::{CertificateManager, Identity},
     pods::PodSpec,
     hbone::client::{HboneClient, HbonePoolStats},
-    l4::{open_connections::OpenConnections, DataPath, NodePods},
+    data_path::DataPath,
+    dial::{Dialer, NodePods},
+    policy::open_connections::OpenConnections,
     limits::Slots,
     telemetry::{ConnectionStats, Refusal, Telemetry},
 };
@@ -80,7 +82,7 @@ impl Daemon {
     /// `/config_dump`: the workload state keel holds and the state of its source.
     pub async fn config_dump(&self) -> ConfigDump {
         let captured: BTreeSet<IpAddr> = self.enrollment.specs().await.into_iter().flat_map(|p| p.ips).collect();
-        let certificates = self.data_path.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+        let certificates = self.data_path.dialer.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
         ConfigDump::build(
             &self.data_path.workloads.snapshot(),
             &captured,
@@ -113,7 +115,7 @@ impl Daemon {
             fast_path: self.data_path.capture.fast_path(),
             connections: self.data_path.telemetry.connection_stats(),
             ebpf: self.data_path.capture.counters(),
-            hbone: self.data_path.hbone.stats(),
+            hbone: self.data_path.dialer.hbone.stats(),
             tracked_connections: self.data_path.open_connections.len(),
             refused: self.data_path.telemetry.refusals(),
             hbone_server_connections: self.data_path.hbone_node_slots.in_use(),
@@ -174,14 +176,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         capture,
         telemetry: Telemetry::new(),
         workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
-        certificates,
-        hbone: HboneClient::new(),
+        dialer: Dialer {
+            hbone: HboneClient::new(),
+            certificates,
+            node_pods: NodePods::default(),
+            local_peers: Arc::default(),
+            cluster_id: config.workload_source.as_ref().map_or_else(|| "Kubernetes".to_owned(), |s| s.cluster_id().to_owned()),
+            connect_timeout: config.connect_timeout,
+        },
         upstreams: Default::default(),
-        node_pods: NodePods::default(),
-        local_peers: Arc::default(),
         open_connections: OpenConnections::new(config.close_denied_connections),
-        cluster_id: config.workload_source.as_ref().map_or_else(|| "Kubernetes".to_owned(), |s| s.cluster_id().to_owned()),
-        connect_timeout: config.connect_timeout,
         limits: config.limits,
         hbone_node_slots: Slots::new(config.limits.hbone.connections_per_node, Refusal::NodeHboneLimit),
         hbone_handshakes: crate::limits::PerSourceSlots::new(config.limits.hbone.handshakes_per_source),

@@ -269,7 +269,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let limits = crate::limits::Limits {
-        relay: crate::l4::relay::Timeouts {
+        relay: crate::limits::RelayTimeouts {
             idle: Duration::from_secs(args.idle_timeout_secs.max(1)),
             half_closed: Duration::from_secs(args.half_closed_timeout_secs.max(1)),
         },

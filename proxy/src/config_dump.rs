@@ -11,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     identity::Identity,
-    l4::destination::service_name,
     xds::{
         client::XdsStatus,
-        state::{ip_of, Snapshot},
+        state::{ip_of, service_name, Snapshot},
     },
 };
 
@@ -29,7 +28,7 @@ pub struct ConfigDump {
     pub xds: Option<XdsStatus>,
     /// Listeners, routes, clusters and endpoints of the L7 engine.
     #[serde(default)]
-    pub l7: crate::l7::dump::L7Dump,
+    pub l7: crate::l7_config::dump::L7Dump,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,14 +66,7 @@ pub struct PolicyEntry {
     pub rules: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CertificateEntry {
-    pub identity: String,
-    pub state: String,
-    pub serial: String,
-    pub not_before: String,
-    pub not_after: String,
-}
+pub use crate::identity::manager::CertificateEntry;
 
 impl ConfigDump {
     pub fn build(
@@ -89,7 +81,7 @@ impl ConfigDump {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         let mut policies: Vec<PolicyEntry> = snapshot.policies.values().map(|p| policy(p)).collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        ConfigDump { workloads, services, policies, certificates, xds, l7: crate::l7::dump::L7Dump::build(&snapshot.l7) }
+        ConfigDump { workloads, services, policies, certificates, xds, l7: crate::l7_config::dump::L7Dump::build(&snapshot.l7) }
     }
 }
 

@@ -14,9 +14,10 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{Direction, PodCapture},
-    hbone,
+    captured,
+    data_path::{DataPath, PodContext},
     identity::Identity,
-    l4::{self, sockets, DataPath, PodContext},
+    l4, sockets,
     netns::Netns,
     pods::{PodName, PodSpec},
 };
@@ -129,10 +130,10 @@ impl Enrollment {
         let inbound_listener = listeners.inbound.try_clone()?;
         for (listener, direction) in [(listeners.outbound, Direction::Outbound), (listeners.inbound, Direction::Inbound)] {
             let listener = sockets::into_tokio(listener)?;
-            tokio::spawn(l4::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
+            tokio::spawn(captured::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
         }
         let hbone = sockets::into_tokio(listeners.hbone)?;
-        tokio::spawn(hbone::server::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
+        tokio::spawn(l4::hbone_inbound::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
         Ok(EnrolledPod { spec, context, inbound_listener, stop })
     }
 
@@ -150,7 +151,7 @@ impl Enrollment {
 
     /// Stops renewing the certificate of the identity the unenrolled pod had, unless another pod here has it.
     async fn forget_unused_identity(&self, ips: &[IpAddr]) {
-        let Some(certificates) = &self.data_path.certificates else { return };
+        let Some(certificates) = &self.data_path.dialer.certificates else { return };
         let snapshot = self.data_path.workloads.snapshot();
         let identity_at = |ip: &IpAddr| snapshot.workloads_by_ip.get(ip).map(|w| Identity::of_workload(w));
         let Some(identity) = ips.iter().find_map(identity_at) else { return };
@@ -191,7 +192,7 @@ impl Enrollment {
     /// After every change of the pod set: tells the data path which pods are local, and saves the set.
     async fn persist(&self) -> anyhow::Result<()> {
         let specs = self.specs().await;
-        self.data_path.node_pods.set(specs.iter().flat_map(|p| p.ips.iter().copied()).collect());
+        self.data_path.dialer.node_pods.set(specs.iter().flat_map(|p| p.ips.iter().copied()).collect());
         let json = serde_json::to_vec_pretty(&specs)?;
         let tmp = self.state_file.with_extension("json.tmp");
         std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;

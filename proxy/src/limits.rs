@@ -11,17 +11,32 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{l4::relay, telemetry::Refusal};
+use crate::telemetry::Refusal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    pub relay: relay::Timeouts,
+    pub relay: RelayTimeouts,
     /// Captured connections (outbound and plaintext inbound) one pod may have open through keel at once.
     pub connections_per_pod: usize,
     pub hbone: HboneServerLimits,
     /// An HTTP/1.1 client of the L7 engine must send a whole request head within this time, for its first
     /// request and after each response (slowloris; and the keep-alive idle limit).
     pub http_header_read_timeout: Duration,
+}
+
+/// How long a relayed connection may stay silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayTimeouts {
+    /// No byte in either direction for this long ends the connection (Envoy's TCP proxy default: 1 hour).
+    pub idle: Duration,
+    /// Once one direction has ended, the other may be silent this long before the connection is ended.
+    pub half_closed: Duration,
+}
+
+impl Default for RelayTimeouts {
+    fn default() -> Self {
+        RelayTimeouts { idle: Duration::from_secs(3600), half_closed: Duration::from_secs(300) }
+    }
 }
 
 /// The HBONE server's bounds: a pod's 15008 faces every peer that can reach the pod, meshed or not.
@@ -43,7 +58,7 @@ pub struct HboneServerLimits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            relay: relay::Timeouts::default(),
+            relay: RelayTimeouts::default(),
             connections_per_pod: 16_384,
             hbone: HboneServerLimits {
                 handshake_timeout: Duration::from_secs(10),

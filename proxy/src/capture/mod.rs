@@ -14,13 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::{config::Config, netns::Netns, pods::PodSpec};
 
-/// Which way a connection crosses the pod boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
+pub use crate::plan::Direction;
 
 /// What a backend needs to capture one pod: its identity, namespace, and keel's listeners inside it.
 pub struct PodCapture<'a> {

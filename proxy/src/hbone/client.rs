@@ -28,7 +28,7 @@ use super::{
     CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, FAILED_DIAL_MEMORY,
     HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
 };
-use crate::{identity::Identity, l4::sockets, netns::Netns};
+use crate::{identity::Identity, netns::Netns, sockets};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {

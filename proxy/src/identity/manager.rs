@@ -19,7 +19,16 @@ use super::{
     provider::CertificateProvider,
     Identity,
 };
-use crate::config_dump::CertificateEntry;
+
+/// One certificate as `keel pc` (the config dump) shows it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct CertificateEntry {
+    pub identity: String,
+    pub state: String,
+    pub serial: String,
+    pub not_before: String,
+    pub not_after: String,
+}
 
 /// What istiod issues by default.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);

@@ -1,4 +1,4 @@
-//! Inbound: connections arriving at an enrolled pod. HBONE streams come through `hbone::server`; everything else
+//! Inbound: connections arriving at an enrolled pod. HBONE streams come through [`super::hbone_inbound`]; everything else
 //! (plaintext captured by sk_lookup or REDIRECT: a same-node keel connection, or a client outside the mesh)
 //! through [`proxy`]. Both are authorized here, on the destination side, then delivered to the application from
 //! inside the pod, and tracked so that a later policy can close them.
@@ -13,15 +13,15 @@ use tokio::{
 };
 use tracing::info;
 
-use super::{
-    open_connections::Tracked,
-    outbound::Path,
-    relay::{self, Progress, RelayOutcome, Timeouts},
-    sockets, DataPath, PodContext,
-};
+use super::relay::{self, Progress, RelayOutcome};
 use crate::{
+    connection_error::ConnectionError,
+    data_path::{DataPath, PodContext},
     identity::Identity,
-    policy::{self, ConnectionAttributes, OpenConnection},
+    limits::RelayTimeouts,
+    plan::Path,
+    policy::{self, open_connections::Tracked, ConnectionAttributes, OpenConnection},
+    sockets,
     telemetry::{ConnectionRecord, Peer, Refusal},
     xds::state::Snapshot,
 };
@@ -37,7 +37,7 @@ pub fn authorize(
     source_identity: Option<&Identity>,
     target_port: u16,
     record: &mut ConnectionRecord,
-) -> Result<Option<Tracked>, String> {
+) -> Result<Option<Tracked>, ConnectionError> {
     let Some(destination) = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)) else {
         dp.telemetry.connection_identified(record);
         if !dp.mesh {
@@ -46,7 +46,7 @@ pub fn authorize(
         dp.telemetry.refused(Refusal::UnknownDestinationWorkload);
         let reason = format!("refused: keel has no Workload for destination pod {}", pod.ip);
         record.policy = Some(reason.clone());
-        return Err(reason);
+        return Err(ConnectionError::UnknownDestinationWorkload(reason));
     };
     let attributes = ConnectionAttributes {
         source_ip,
@@ -63,14 +63,14 @@ pub fn authorize(
     record.policy = Some(decision.reason.to_string());
     if !decision.allowed() {
         dp.telemetry.refused(Refusal::Policy);
-        return Err(decision.reason.to_string());
+        return Err(ConnectionError::PolicyDenied(decision.reason.to_string()));
     }
     Ok(Some(dp.open_connections.track(OpenConnection::new(&attributes))))
 }
 
 /// Connects to the application in the pod (the pod's own address, from inside the pod).
 pub async fn connect_app(pod: &PodContext, dp: &DataPath, target: SocketAddrV4) -> io::Result<TcpStream> {
-    sockets::connect_from_pod(&pod.netns, target, dp.connect_timeout).await
+    sockets::connect_from_pod(&pod.netns, target, dp.dialer.connect_timeout).await
 }
 
 /// Relays until both directions end, or until a policy change revokes the connection (the reason, second).
@@ -79,7 +79,7 @@ pub async fn relay_admitted<CR, CW, SR, SW>(
     client: (CR, CW),
     server: (SR, SW),
     tracked: Option<Tracked>,
-    timeouts: Timeouts,
+    timeouts: RelayTimeouts,
 ) -> (RelayOutcome, Option<String>)
 where
     CR: AsyncRead + Unpin,
@@ -99,18 +99,18 @@ where
 }
 
 /// A plaintext inbound connection. Its source has an identity only if keel itself made it from a pod of this
-/// node (see [`super::local_peers`]); otherwise it is an unauthenticated peer, which STRICT mTLS refuses.
+/// node (see [`crate::dial::local_peers`]); otherwise it is an unauthenticated peer, which STRICT mTLS refuses.
 pub async fn proxy(
     client: &mut TcpStream,
     destination: SocketAddrV4,
     pod: &PodContext,
     dp: &DataPath,
     record: &mut ConnectionRecord,
-) -> Result<(), String> {
+) -> Result<(), ConnectionError> {
     let snapshot = dp.workloads.snapshot();
     let source_ip = record.source.ip();
-    let source_identity = if dp.node_pods.contains(source_ip) {
-        dp.local_peers.identity_of(record.source, SocketAddr::V4(destination)).await
+    let source_identity = if dp.dialer.node_pods.contains(source_ip) {
+        dp.dialer.local_peers.identity_of(record.source, SocketAddr::V4(destination)).await
     } else {
         None
     };
@@ -120,16 +120,25 @@ pub async fn proxy(
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
-    let mut app = connect_app(pod, dp, destination).await.map_err(|e| format!("connecting to {destination}: {e}"))?;
+    let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
     let (outcome, revoked) = relay_admitted(client.split(), app.split(), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
-    match revoked.or_else(|| outcome.error.map(|e| e.to_string())) {
+    match ended_by(revoked, outcome.error) {
         None => Ok(()),
         Some(error) => {
-            relay::reset(client);
-            relay::reset(&app);
+            sockets::reset(client);
+            sockets::reset(&app);
             Err(error)
         }
+    }
+}
+
+/// What ended an admitted relay early: a policy change first, else the relay's own error.
+pub fn ended_by(revoked: Option<String>, error: Option<io::Error>) -> Option<ConnectionError> {
+    match (revoked, error) {
+        (Some(reason), _) => Some(ConnectionError::Revoked(reason)),
+        (None, Some(e)) => Some(ConnectionError::Relay(e)),
+        (None, None) => None,
     }
 }

@@ -2,7 +2,7 @@
 //! (EOF on one side becomes a FIN, or an HBONE END_STREAM, on the other), a reset or error on either side resets
 //! both. Bytes are counted as they move (in [`Progress`], which the caller owns), so a connection that is reset,
 //! times out or is closed by a policy change still reports what really crossed it. A connection with no byte in
-//! either direction for [`Timeouts::idle`], or whose remaining direction is silent for [`Timeouts::half_closed`]
+//! either direction for [`Timeouts::idle`](crate::limits::RelayTimeouts::idle), or whose remaining direction is silent for [`Timeouts::half_closed`](crate::limits::RelayTimeouts::half_closed)
 //! after the other ended, is ended with a timeout error: a peer cannot hold keel's sockets forever.
 use std::{
     io,
@@ -21,20 +21,7 @@ const LARGE_BUFFER: usize = 256 * 1024;
 /// Consecutive full reads after which a direction counts as bulk and gets the large buffer.
 const FULL_READS_TO_GROW: u32 = 4;
 
-/// How long a relayed connection may stay silent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// No byte in either direction for this long ends the connection (Envoy's TCP proxy default: 1 hour).
-    pub idle: Duration,
-    /// Once one direction has ended, the other may be silent this long before the connection is ended.
-    pub half_closed: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts { idle: Duration::from_secs(3600), half_closed: Duration::from_secs(300) }
-    }
-}
+use crate::{limits::RelayTimeouts as Timeouts, sockets::reset};
 
 /// What a relay moved so far, readable while it runs and after it was cut short.
 #[derive(Debug)]
@@ -175,11 +162,6 @@ where
             full_reads = 0;
         }
     }
-}
-
-/// Makes the next close send RST instead of FIN.
-pub fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
 #[cfg(test)]

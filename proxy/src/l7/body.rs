@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
 
-use super::telemetry::{HttpMetrics, RequestRecord};
+use crate::telemetry::http::{HttpMetrics, RequestRecord};
 
 pub type HttpBody = BoxBody<Bytes, hyper::Error>;
 

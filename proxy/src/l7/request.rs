@@ -20,21 +20,26 @@ use keel_proto::workload::Workload;
 use rand::Rng as _;
 
 use super::{
-    action::{edit_headers, pick_weighted, request_hash},
     body::{buffer_if_small, full, HttpBody, ReportingBody},
-    cluster::{ActiveRequest, Cluster},
-    matching::RequestView,
-    outlier::Outcome,
-    retry::AttemptOutcome,
-    route_plan::{ForwardPlan, RoutePlan, Target},
-    route_table::{CompiledRoute, CompiledVirtualHost},
-    telemetry::{HttpMetrics, RequestRecord},
     trace_headers,
-    upstream::{Protocol, SendError},
 };
 use crate::{
-    l4::{destination::Route, outbound, DataPath, PodContext},
-    telemetry::Peer,
+    data_path::{DataPath, PodContext},
+    l7_config::{
+        action::{edit_headers, pick_weighted, request_hash},
+        cluster::{ActiveRequest, Cluster},
+        matching::RequestView,
+        outlier::Outcome,
+        retry::AttemptOutcome,
+        route_plan::{ForwardPlan, RoutePlan, Target},
+        route_table::{CompiledRoute, CompiledVirtualHost},
+    },
+    plan::{self, destination::Route, Path},
+    telemetry::{
+        http::{HttpMetrics, RequestRecord},
+        Peer,
+    },
+    upstream::{Hop, Protocol, SendError},
     xds::state::Snapshot,
 };
 
@@ -156,7 +161,7 @@ impl RequestBody {
 }
 
 impl Forward<'_> {
-    async fn run(mut self, faults: Option<&super::fault::Faults>, body: HttpBody, record: &mut RequestRecord) -> Response<HttpBody> {
+    async fn run(mut self, faults: Option<&crate::l7_config::fault::Faults>, body: HttpBody, record: &mut RequestRecord) -> Response<HttpBody> {
         let deadline = self.plan.deadline(self.started);
         if let Some(injected) = faults.map(|f| f.decide()) {
             if let Some(delay) = injected.delay {
@@ -271,7 +276,8 @@ impl Forward<'_> {
                 let Some(endpoint_v4) = v4(endpoint.address) else { return };
                 let request = build_request(&method, &uri, &headers, &shadow, cluster.config.http2, full(body));
                 let protocol = protocol_of(&cluster);
-                let sent = tokio::time::timeout(Duration::from_secs(30), d.dp.upstreams.send(&d.dp, &d.pod, protocol, endpoint_v4, request));
+                let snapshot = d.dp.workloads.snapshot();
+                let sent = tokio::time::timeout(Duration::from_secs(30), d.dp.upstreams.send(hop(&d, &snapshot, endpoint_v4), protocol, request));
                 if let Ok(Ok(response)) = sent.await {
                     let _ = response.into_body().collect().await;
                 }
@@ -314,7 +320,7 @@ impl Forward<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = until(try_deadline, self.d.dp.upstreams.send(&self.d.dp, &self.d.pod, protocol, address, request)).await;
+            let sent = until(try_deadline, self.d.dp.upstreams.send(hop(self.d, self.snapshot, address), protocol, request)).await;
             drop(active);
             let (outcome, result) = match sent {
                 None => (AttemptOutcome::PerTryTimeout, Err(None)),
@@ -371,11 +377,22 @@ impl Forward<'_> {
 
     /// The destination workload and whether the hop to it is mutual TLS, for metrics and the access log.
     fn note_destination(&self, endpoint: SocketAddrV4, record: &mut RequestRecord) {
-        let workload = self.snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip()));
-        record.set_destination(workload);
-        let route = Route { upstream: endpoint, service: None, workload: workload.cloned() };
-        record.mutual_tls = outbound::choose_path(&self.d.dp, self.d.source.as_deref(), &route) == outbound::Path::Hbone;
+        record.set_destination(self.snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())));
+        record.mutual_tls = hop(self.d, self.snapshot, endpoint).path == Path::Hbone;
     }
+}
+
+/// How a request from the downstream's pod reaches `endpoint` (the same path L4 would take).
+fn hop<'a>(d: &'a Downstream, snapshot: &Snapshot, endpoint: SocketAddrV4) -> Hop<'a> {
+    let route = Route { upstream: endpoint, service: None, workload: snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned() };
+    let dialer = &d.dp.dialer;
+    let path = plan::choose_path(
+        d.source.as_deref(),
+        &route,
+        dialer.node_pods.contains(IpAddr::V4(*endpoint.ip())),
+        dialer.certificates.is_some(),
+    );
+    Hop { dialer, from: d.pod.origin(), source: d.source.as_ref(), route, path }
 }
 
 /// The endpoint for the next attempt: on a retry with `previous_hosts`, one not tried yet while there is one.
@@ -384,10 +401,10 @@ impl Forward<'_> {
 fn pick_endpoint(
     cluster: &Cluster,
     hash: Option<u64>,
-    retries: Option<&super::retry::Retries>,
+    retries: Option<&crate::l7_config::retry::Retries>,
     tried: &[std::net::SocketAddr],
     locality: Option<&(String, String, String)>,
-) -> Option<Arc<super::balancer::Endpoint>> {
+) -> Option<Arc<crate::l7_config::balancer::Endpoint>> {
     let avoid = if retries.is_some_and(|r| r.avoid_previous_hosts) { tried } else { &[] };
     cluster.pick_avoiding(hash, locality, avoid)
 }

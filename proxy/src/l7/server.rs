@@ -11,6 +11,7 @@ use hyper_util::{
 use tokio::{net::TcpStream, sync::watch};
 
 use super::request::{handle, Downstream};
+use crate::connection_error::ConnectionError;
 
 /// Concurrent streams one HTTP/2 client may open.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -19,8 +20,8 @@ const MAX_HEADERS_BYTES: usize = 60 * 1024;
 
 /// Serves the connection until the client closes it, or until `draining` flips: then requests in flight finish
 /// and the connection closes gracefully (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` after the current
-/// response). Errors are the connection's end, returned for the log.
-pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mut draining: watch::Receiver<bool>) -> Result<(), String> {
+/// response). Errors are the connection's end (a downstream protocol error), returned for the record.
+pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mut draining: watch::Receiver<bool>) -> Result<(), ConnectionError> {
     // A client that sends no complete request head within this time is disconnected (`keel run
     // --http-header-read-timeout-ms`).
     let header_read_timeout = downstream.dp.limits.http_header_read_timeout;
@@ -49,5 +50,5 @@ pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mu
             connection.await
         }
     };
-    served.map_err(|e| e.to_string())
+    served.map_err(|e| ConnectionError::Downstream(e.to_string()))
 }

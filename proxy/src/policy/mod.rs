@@ -18,6 +18,7 @@ mod connection;
 mod decision;
 mod evaluate;
 mod matchers;
+pub mod open_connections;
 mod rules;
 
 #[cfg(test)]

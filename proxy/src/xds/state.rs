@@ -14,7 +14,7 @@ use keel_proto::{
 };
 use prost::Message as _;
 
-use crate::l7::{
+use crate::l7_config::{
     cluster_config::ClusterConfig,
     config::{self as l7_config, L7Config, ListenerConfig, LoadAssignment},
     route_table::RouteTable,
@@ -53,6 +53,11 @@ pub enum Resource {
 pub struct Rejected {
     pub name: String,
     pub reason: String,
+}
+
+/// A service's name as the workload API keys its endpoints: `<namespace>/<hostname>`.
+pub fn service_name(s: &Service) -> String {
+    format!("{}/{}", s.namespace, s.hostname)
 }
 
 pub fn ip_of(bytes: &[u8]) -> Option<IpAddr> {

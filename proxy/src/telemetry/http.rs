@@ -13,8 +13,8 @@ use prometheus_client::{
 };
 use tracing::info;
 
-use super::balancer::stable_hash;
-use crate::telemetry::Peer;
+use super::Peer;
+use crate::hashing::stable_hash;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 const DURATION_BUCKETS_MS: [f64; 19] = [

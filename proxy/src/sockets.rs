@@ -92,3 +92,8 @@ pub async fn connect_from_pod(netns: &Netns, destination: SocketAddrV4, timeout:
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))),
     }
 }
+
+/// Makes the next close send RST instead of FIN.
+pub fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}

@@ -3,7 +3,6 @@
 //! Hash structures are built once per endpoint set; picks take no lock. Ejected endpoints (outlier detection) are
 //! skipped; with every endpoint ejected there is no pick (Envoy's "no healthy upstream").
 use std::{
-    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -33,13 +32,7 @@ impl Endpoint {
     }
 }
 
-/// A stable 64-bit hash (SipHash with fixed keys): the same key maps to the same endpoint in every keel.
-pub fn stable_hash(value: impl Hash) -> u64 {
-    #[allow(deprecated)] // SipHasher's fixed keys are the point: DefaultHasher's algorithm may change.
-    let mut h = std::hash::SipHasher::new();
-    value.hash(&mut h);
-    h.finish()
-}
+pub use crate::hashing::stable_hash;
 
 #[derive(Debug)]
 pub enum Policy {

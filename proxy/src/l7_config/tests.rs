@@ -174,7 +174,7 @@ mod from_the_control_plane {
         translate::{translate, Mesh},
     };
 
-    use crate::l7::{cluster_config::ClusterConfig, matching::RequestView, route_table::RouteTable};
+    use crate::l7_config::{cluster_config::ClusterConfig, matching::RequestView, route_table::RouteTable};
 
     fn translated(scenario: &str) -> keel_control::translate::Resources {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/fixtures/traffic");

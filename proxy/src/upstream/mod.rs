@@ -1,4 +1,4 @@
-//! Upstream HTTP connections, pooled per source pod (a connection carries its source's identity, so pods never
+//! The L7 engine's upstream HTTP connections (below `l7`, above `dial`), pooled per source pod (a connection carries its source's identity, so pods never
 //! share one) and per endpoint, each dialled the way L4 would reach the endpoint: an HBONE stream to a meshed
 //! workload on another node, plain TCP inside the node (with the source identity handed over in-process) or to a
 //! workload outside the mesh. HTTP/1.1 connections carry one request at a time and are driven by the request's
@@ -6,33 +6,24 @@
 //! request's own `:authority`.
 use std::{
     collections::HashMap,
-    io,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    pin::Pin,
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+
+use http1_pool::{Http1Conn, Http1Pool, Http1SendError, UpstreamBody};
+use keel_proto::workload::Workload;
+
+use crate::{
+    dial::{Dialer, Origin},
+    plan::{destination::Route, Path},
 };
 
-use super::http1_pool::{Http1Conn, Http1Pool, Http1SendError, UpstreamBody};
-use crate::{
-    hbone::client::Tunnel,
-    identity::Identity,
-    l4::{
-        destination::Route,
-        local_peers::Registration,
-        outbound::{self, Path},
-        DataPath, PodContext,
-    },
-};
+pub mod http1_pool;
 
 pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
@@ -59,6 +50,26 @@ pub enum SendError {
     Reset(String),
 }
 
+/// Where one attempt goes and how it is reached: from which pod and source workload, to which endpoint, by
+/// which path (decided by [`crate::plan::choose_path`]).
+pub struct Hop<'a> {
+    pub dialer: &'a Dialer,
+    pub from: Origin<'a>,
+    pub source: Option<&'a Arc<Workload>>,
+    pub route: Route,
+    pub path: Path,
+}
+
+impl Hop<'_> {
+    /// A new connection, given up after the cluster's `connect_timeout`.
+    async fn dial(&self, connect_timeout: Duration) -> Result<crate::dial::UpstreamIo, SendError> {
+        self.dialer
+            .endpoint(self.from, self.source, &self.route, self.path, connect_timeout)
+            .await
+            .map_err(|e| SendError::ConnectFailure(e.to_string()))
+    }
+}
+
 /// The pooled connections of every source pod, created on a pod's first L7 request.
 #[derive(Default)]
 pub struct Upstreams {
@@ -68,17 +79,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Sends `request` (its URI in origin form, with `:authority`/Host set) to `endpoint` from `pod`.
-    pub async fn send(
-        &self,
-        dp: &Arc<DataPath>,
-        pod: &Arc<PodContext>,
-        protocol: Protocol,
-        endpoint: SocketAddrV4,
-        request: http::Request<RequestBody>,
-    ) -> Result<http::Response<UpstreamBody>, SendError> {
+    /// Sends `request` (its URI in origin form, with `:authority`/Host set) over `hop`.
+    pub async fn send(&self, hop: Hop<'_>, protocol: Protocol, request: http::Request<RequestBody>) -> Result<http::Response<UpstreamBody>, SendError> {
+        let endpoint = hop.route.upstream;
+        let pod_ip = hop.from.ip;
         if protocol.http2 {
-            let response = self.send_http2(dp, pod, endpoint, protocol.connect_timeout, request).await?;
+            let response = self.send_http2(&hop, protocol.connect_timeout, request).await?;
             return Ok(response.map(UpstreamBody::detached));
         }
         let (mut parts, body) = request.into_parts();
@@ -90,14 +96,14 @@ impl Upstreams {
             parts.uri = http::Uri::from_parts(origin).map_err(|e| SendError::Reset(format!("{e}")))?;
         }
         let mut request = http::Request::from_parts(parts, body);
-        let home = protocol.reuse.then(|| (self.http1.clone(), (pod.ip, endpoint)));
+        let home = protocol.reuse.then(|| (self.http1.clone(), (pod_ip, endpoint)));
         loop {
-            let pooled = if protocol.reuse { self.http1.take(pod.ip, endpoint) } else { None };
+            let pooled = if protocol.reuse { self.http1.take(pod_ip, endpoint) } else { None };
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(conn) => conn,
                 None => {
-                    let io = dial(dp, pod, endpoint, protocol.connect_timeout).await.map_err(SendError::ConnectFailure)?;
+                    let io = hop.dial(protocol.connect_timeout).await?;
                     Http1Conn::handshake(io).await.map_err(|e| SendError::ConnectFailure(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?
                 }
             };
@@ -112,20 +118,19 @@ impl Upstreams {
 
     async fn send_http2(
         &self,
-        dp: &Arc<DataPath>,
-        pod: &Arc<PodContext>,
-        endpoint: SocketAddrV4,
+        hop: &Hop<'_>,
         connect_timeout: Duration,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let key = (pod.ip, endpoint);
+        let endpoint = hop.route.upstream;
+        let key = (hop.from.ip, endpoint);
         let pooled = self.http2.lock().expect("upstream clients poisoned").get(&key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match pooled {
             Some(sender) => sender,
             None => {
                 // Two requests racing here may both dial; the later connection is pooled, the other serves its
                 // one request and closes when idle.
-                let io = dial(dp, pod, endpoint, connect_timeout).await.map_err(SendError::ConnectFailure)?;
+                let io = hop.dial(connect_timeout).await?;
                 let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
@@ -160,96 +165,4 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-/// A new connection to `endpoint`, given up after the cluster's `connect_timeout` (the L4 dial has keel's own
-/// connect timeout too; the shorter wins).
-async fn dial(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4, connect_timeout: Duration) -> Result<UpstreamIo, String> {
-    connect_within(endpoint, connect_timeout, dial_now(dp, pod, endpoint)).await
-}
-
-async fn connect_within<T>(
-    endpoint: SocketAddrV4,
-    connect_timeout: Duration,
-    connect: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    tokio::time::timeout(connect_timeout, connect)
-        .await
-        .unwrap_or_else(|_| Err(format!("connect to {endpoint} timed out after {connect_timeout:?} (the cluster's connect_timeout)")))
-}
-
-async fn dial_now(dp: &DataPath, pod: &PodContext, endpoint: SocketAddrV4) -> Result<UpstreamIo, String> {
-    let snapshot = dp.workloads.snapshot();
-    let source = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
-    let route = Route { upstream: endpoint, service: None, workload: snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned() };
-    let client = std::net::SocketAddr::V4(SocketAddrV4::new(pod.ip, 0));
-    let path = outbound::choose_path(dp, source.as_deref(), &route);
-    match (path, source) {
-        (Path::Hbone, Some(source)) => {
-            let tunnel = outbound::open_tunnel(dp, pod, &source, &route, client, None).await?;
-            Ok(UpstreamIo::Hbone(Box::new(tunnel)))
-        }
-        (Path::SameNode, Some(source)) => {
-            let (stream, registration) = outbound::connect_direct(dp, pod, endpoint, Some(Identity::of_workload(&source))).await?;
-            Ok(UpstreamIo::Tcp(stream, registration, Path::SameNode))
-        }
-        _ => {
-            let (stream, registration) = outbound::connect_direct(dp, pod, endpoint, None).await?;
-            Ok(UpstreamIo::Tcp(stream, registration, Path::Direct))
-        }
-    }
-}
-
-/// An upstream connection: a TCP socket, or a stream inside an HBONE tunnel.
-pub enum UpstreamIo {
-    Tcp(TcpStream, Option<Registration>, Path),
-    Hbone(Box<Tunnel>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Hbone(t) => Pin::new(&mut t.reader).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Tcp(s, ..) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Hbone(t) => Pin::new(&mut t.writer).poll_shutdown(cx),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_dial_gives_up_after_the_clusters_connect_timeout() {
-        let endpoint = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
-        let started = std::time::Instant::now();
-        let never = std::future::pending::<Result<(), String>>();
-        let err = connect_within(endpoint, Duration::from_millis(50), never).await.unwrap_err();
-        assert_eq!(err, "connect to 10.0.0.1:80 timed out after 50ms (the cluster's connect_timeout)");
-        assert!(started.elapsed() < Duration::from_secs(5), "not keel's own (longer) connect timeout");
-        assert_eq!(connect_within(endpoint, Duration::from_millis(50), async { Ok(7) }).await, Ok(7));
-    }
 }

@@ -14,7 +14,8 @@ use keel_proto::{
 };
 use rand::Rng as _;
 
-use super::{balancer::stable_hash, matching::RequestView};
+use super::matching::RequestView;
+use crate::hashing::stable_hash;
 
 /// Picks a cluster in proportion to the weights (`total_weight` when set, else their sum); `None` when every
 /// weight is zero.

@@ -24,7 +24,8 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::upstream::{RequestBody, UpstreamIo};
+use super::RequestBody;
+use crate::dial::UpstreamIo;
 
 /// A pooled connection idle longer than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -234,7 +235,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::l4::outbound::Path;
+    use crate::plan::Path;
 
     const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 

@@ -1,4 +1,4 @@
-//! The HBONE server: keel listens on 15008 inside every enrolled pod and terminates mTLS there with that pod's
+//! The HBONE server (inbound execution of HBONE streams; the protocol pieces are in [`crate::hbone`]): keel listens on 15008 inside every enrolled pod and terminates mTLS there with that pod's
 //! workload certificate. The client's chain must lead to the mesh root and its trust domain must be the pod's;
 //! its SPIFFE identity is the source principal for authorization, logs and metrics. Each CONNECT stream is
 //! checked (400: not CONNECT, bad `:authority`, an address that is not this pod's, or one of keel's own ports;
@@ -29,15 +29,19 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use super::{
-    headers, keepalive,
-    stream_io::{TunnelReader, TunnelWriter},
-    CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW,
-};
+use super::inbound;
 use crate::{
-    capture::Direction,
+    accept::accept_loop,
+    connection_error::ConnectionError,
+    data_path::{DataPath, PodContext},
+    hbone::{
+        headers, keepalive,
+        stream_io::{TunnelReader, TunnelWriter},
+        CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW,
+    },
     identity::{tls, Identity},
-    l4::{self, inbound, outbound::Path, relay, DataPath, PodContext},
+    plan::{is_keel_port, Direction, Path},
+    sockets,
     telemetry::{ConnectionRecord, Peer, Refusal},
 };
 
@@ -47,7 +51,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, dp: Arc<DataPath
     let slots = vec![dp.hbone_node_slots.clone(), pod.hbone_slots.clone()];
     let draining = stop.clone();
     let telemetry_dp = dp.clone();
-    l4::accept_loop(listener, "hbone", pod.clone(), &telemetry_dp.telemetry, slots, stop, move |stream, peer, slots| {
+    accept_loop(listener, "hbone", pod.clone(), &telemetry_dp.telemetry, slots, stop, move |stream, peer, slots| {
         let (pod, dp, draining) = (pod.clone(), dp.clone(), draining.clone());
         async move {
             if let Err(refused) = connection(stream, peer, &pod, &dp, draining).await {
@@ -88,14 +92,14 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let limits = dp.limits.hbone;
     let Some(handshaking) = dp.hbone_handshakes.try_take(peer.ip()) else {
-        relay::reset(&tcp);
+        sockets::reset(&tcp);
         return Err(Ended {
             reason: Refusal::SourceHandshakeLimit,
             error: format!("{} handshakes from {} in progress", dp.hbone_handshakes.limit(), peer.ip()),
         });
     };
     let handshake = async {
-        let certificates = dp.certificates.clone().ok_or_else(|| Ended::handshake("keel has no certificate source"))?;
+        let certificates = dp.dialer.certificates.clone().ok_or_else(|| Ended::handshake("keel has no certificate source"))?;
         let workload = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned().ok_or_else(|| Ended {
             reason: Refusal::UnknownDestinationWorkload,
             error: format!("no Workload for {}: no identity to serve HBONE with", pod.ip),
@@ -234,13 +238,14 @@ async fn stream(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, 
             respond_with(&mut respond, status);
             record.response_status = Some(status.as_u16());
         }
-        record.error = Some(error);
+        error.record(&mut record);
     }
     record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
     dp.telemetry.connection_closed(record, started.elapsed());
 }
 
-type Refused = (Option<StatusCode>, String);
+/// The status to answer the CONNECT with (none once it was answered), and why.
+type Refused = (Option<StatusCode>, ConnectionError);
 
 async fn tunnel(
     request: Request<RecvStream>,
@@ -251,7 +256,7 @@ async fn tunnel(
     dp: &DataPath,
     record: &mut ConnectionRecord,
 ) -> Result<(), Refused> {
-    let bad_request = |e: String| (Some(StatusCode::BAD_REQUEST), e);
+    let bad_request = |e: String| (Some(StatusCode::BAD_REQUEST), ConnectionError::Downstream(e));
     let target = headers::parse_target(&request).map_err(bad_request)?;
     let SocketAddr::V4(target) = target else {
         return Err(bad_request(format!("{target}: IPv6 pods are not served yet")));
@@ -260,7 +265,7 @@ async fn tunnel(
     if *target.ip() != pod.ip {
         return Err(bad_request(format!(":authority {target} is not this pod's address {}", pod.ip)));
     }
-    if l4::is_keel_port(target.port()) {
+    if is_keel_port(target.port()) {
         // A stream into keel's own port would be tunnelled into keel again and authorized with the pod as its
         // source, bypassing the policy that applies to this client (ztunnel refuses the same).
         dp.telemetry.refused(Refusal::KeelPort);
@@ -275,21 +280,21 @@ async fn tunnel(
     record.upstream = Some(SocketAddr::V4(target));
     let mut app = inbound::connect_app(pod, dp, target)
         .await
-        .map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), format!("connecting to {target}: {e}")))?;
+        .map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), ConnectionError::ConnectApp(target, e)))?;
     let send = respond
         .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
-        .map_err(|e| (None, format!("answering CONNECT: {e}")))?;
+        .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
     record.response_status = Some(200);
     let reader = TunnelReader::new(request.into_body());
     let mut writer = TunnelWriter::new(send);
     let (outcome, revoked) = inbound::relay_admitted((reader, &mut writer), app.split(), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
-    match revoked.or_else(|| outcome.error.map(|e| e.to_string())) {
+    match inbound::ended_by(revoked, outcome.error) {
         None => Ok(()),
         Some(error) => {
             writer.reset();
-            relay::reset(&app);
+            sockets::reset(&app);
             Err((None, error))
         }
     }

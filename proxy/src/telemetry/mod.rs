@@ -17,7 +17,12 @@ use prometheus_client::{
 use serde::Serialize;
 use tracing::info;
 
-use crate::{capture::Direction, identity::Identity, l4::outbound::Path};
+use crate::{
+    identity::Identity,
+    plan::{Direction, Path},
+};
+
+pub mod http;
 
 /// How many closed connections the `connections` API keeps.
 const RECENT_CONNECTIONS: usize = 1024;
@@ -175,6 +180,8 @@ pub struct ConnectionRecord {
     pub bytes_received: u64,
     pub duration_ms: f64,
     pub error: Option<String>,
+    /// Envoy's response flag for the failure (see `connection_error`); `None` when it did not fail.
+    pub response_flags: Option<&'static str>,
 }
 
 impl ConnectionRecord {
@@ -197,6 +204,7 @@ impl ConnectionRecord {
             bytes_received: 0,
             duration_ms: 0.0,
             error: None,
+            response_flags: None,
         }
     }
 }
@@ -234,7 +242,12 @@ impl IstioTcpLabels {
             destination_principal,
             destination_service: record.destination_service.clone().unwrap_or_else(|| "unknown".to_owned()),
             request_protocol: "tcp",
-            response_flags: if record.error.is_some() { "UF" } else { "-" },
+            response_flags: match (record.response_flags, &record.error) {
+                (Some(flags), _) => flags,
+                // A failure not typed yet: an upstream connection failure, as before.
+                (None, Some(_)) => "UF",
+                (None, None) => "-",
+            },
             connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },
         }
     }
@@ -267,7 +280,7 @@ pub struct ConnectionStats {
 pub struct Telemetry {
     registry: Registry,
     /// Istio's HTTP metrics, counted by the L7 engine.
-    pub http: Arc<crate::l7::telemetry::HttpMetrics>,
+    pub http: Arc<http::HttpMetrics>,
     istio: IstioTcpMetrics,
     hbone_handshake_failures: Counter,
     refused: Family<RefusalLabels, Counter>,
@@ -290,7 +303,7 @@ impl Telemetry {
         root.register("istio_tcp_connections_closed", "TCP connections closed (Istio standard)", istio.closed.clone());
         root.register("istio_tcp_sent_bytes", "Bytes sent by the client over TCP (Istio standard)", istio.sent.clone());
         root.register("istio_tcp_received_bytes", "Bytes the client received over TCP (Istio standard)", istio.received.clone());
-        let http = Arc::new(crate::l7::telemetry::HttpMetrics::register(&mut root));
+        let http = Arc::new(http::HttpMetrics::register(&mut root));
         let hbone_handshake_failures = Counter::default();
         let registry = root.sub_registry_with_prefix("keel");
         registry.register(

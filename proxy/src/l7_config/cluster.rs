@@ -189,7 +189,7 @@ impl Drop for ActiveRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::l7::{balancer::Policy, circuit::Limits, config::LbEndpoint};
+    use crate::l7_config::{balancer::Policy, circuit::Limits, config::LbEndpoint};
 
     fn cluster(limits: Limits, http2: bool) -> Cluster {
         let config = ClusterConfig {
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn clients_stay_in_their_zone_while_it_has_a_healthy_endpoint() {
-        use crate::l7::outlier::OutlierSettings;
+        use crate::l7_config::outlier::OutlierSettings;
         let config = ClusterConfig {
             name: "c".into(),
             policy: Policy::RoundRobin,

@@ -12,7 +12,8 @@ use std::{
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::{policy::OpenConnection, xds::state::Snapshot};
+use super::OpenConnection;
+use crate::xds::state::Snapshot;
 
 /// What revokes a tracked connection: the reason, once a new policy denies it.
 type Revoke = watch::Sender<Option<String>>;

@@ -9,7 +9,7 @@ use std::{
 use keel_proto::workload::{Service, Workload, WorkloadStatus};
 use rand::Rng as _;
 
-use crate::xds::state::{ip_of, Snapshot};
+use crate::xds::state::{ip_of, service_name, Snapshot};
 
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -21,12 +21,18 @@ pub struct Route {
     pub workload: Option<Arc<Workload>>,
 }
 
-pub fn service_name(s: &Service) -> String {
-    format!("{}/{}", s.namespace, s.hostname)
+/// Why a service VIP resolves to no endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("service {service} has no port {port}")]
+    NoServicePort { service: String, port: u16 },
+    #[error("no healthy endpoint for service {service} port {port}")]
+    NoHealthyEndpoint { service: String, port: u16 },
 }
 
+
 /// Resolves an original destination against the workload state.
-pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, String> {
+pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, RouteError> {
     let ip = IpAddr::V4(*destination.ip());
     let Some(service) = snapshot.services_by_vip.get(&ip) else {
         return Ok(Route { upstream: destination, service: None, workload: snapshot.workloads_by_ip.get(&ip).cloned() });
@@ -34,7 +40,7 @@ pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, 
     let name = service_name(service);
     let port = destination.port();
     let Some(service_port) = service.ports.iter().find(|p| p.service_port == u32::from(port)) else {
-        return Err(format!("service {name} has no port {port}"));
+        return Err(RouteError::NoServicePort { service: name, port });
     };
     let candidates: Vec<(Ipv4Addr, u16, &Arc<Workload>)> = snapshot
         .endpoints
@@ -51,7 +57,7 @@ pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, 
         })
         .collect();
     if candidates.is_empty() {
-        return Err(format!("no healthy endpoint for service {name} port {port}"));
+        return Err(RouteError::NoHealthyEndpoint { service: name, port });
     }
     let (address, target, workload) = candidates[rand::rng().random_range(0..candidates.len())];
     Ok(Route { upstream: SocketAddrV4::new(address, target), service: Some(service.clone()), workload: Some(workload.clone()) })
@@ -128,9 +134,9 @@ mod tests {
     fn no_endpoint_or_unknown_port_is_an_error_naming_the_service() {
         let snapshot = store_with(vec![endpoint("c", [10, 0, 0, 3], false, 0)]).snapshot();
         let err = resolve(&snapshot, "10.96.0.10:80".parse().unwrap()).unwrap_err();
-        assert_eq!(err, format!("no healthy endpoint for service {SERVICE} port 80"));
+        assert_eq!(err.to_string(), format!("no healthy endpoint for service {SERVICE} port 80"));
         let err = resolve(&snapshot, "10.96.0.10:81".parse().unwrap()).unwrap_err();
-        assert_eq!(err, format!("service {SERVICE} has no port 81"));
+        assert_eq!(err.to_string(), format!("service {SERVICE} has no port 81"));
     }
 
     #[test]

@@ -1,0 +1,66 @@
+//! Accepting on a pod's listeners, bounded: the captured-traffic listeners ([`crate::captured`]) and the HBONE
+//! listener ([`crate::l4::hbone_inbound`]) both run [`accept_loop`].
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tracing::warn;
+
+use crate::{
+    data_path::PodContext,
+    limits::{Slot, Slots},
+    sockets,
+    telemetry::Telemetry,
+};
+
+/// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
+/// task for each connection. A connection gets a slot of every pool in `slots` or is refused at once with a
+/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow.
+/// Connections already accepted keep running to their natural end.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    what: &'static str,
+    pod: Arc<PodContext>,
+    telemetry: &Telemetry,
+    slots: Vec<Arc<Slots>>,
+    mut stop: watch::Receiver<bool>,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr, Vec<Slot>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                sockets::set_keepalive(&stream);
+                let mut held = Vec::with_capacity(slots.len());
+                let refused = slots.iter().find(|pool| match pool.try_take() {
+                    Some(slot) => {
+                        held.push(slot);
+                        false
+                    }
+                    None => true,
+                });
+                if let Some(pool) = refused {
+                    telemetry.refused(pool.refusal);
+                    warn!(pod = %pod.name, listener = what, %peer, reason = pool.refusal.as_str(), limit = pool.limit(),
+                          "connection refused: limit reached");
+                    sockets::reset(&stream);
+                    continue;
+                }
+                tokio::spawn(handle(stream, peer, held));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning; the listener stays.
+                warn!(pod = %pod.name, listener = what, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

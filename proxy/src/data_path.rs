@@ -1,0 +1,69 @@
+//! The data path's shared state: what every connection handler of the node ([`DataPath`]) and of one pod
+//! ([`PodContext`]) reads. Built once; it names no `l4` or `l7` type (only the layers below them: `dial`,
+//! `upstream`, `policy`, `telemetry`, `capture`, `limits`).
+use std::sync::Arc;
+
+use crate::{
+    capture::Capture,
+    dial::{Dialer, Origin},
+    limits::{Limits, PerSourceSlots, Slots},
+    netns::Netns,
+    policy::open_connections::OpenConnections,
+    telemetry::{Refusal, Telemetry},
+    upstream::Upstreams,
+    xds::state::WorkloadStore,
+};
+
+/// What every connection handler of one pod shares.
+pub struct PodContext {
+    pub name: String,
+    pub netns: Netns,
+    /// The pod's own IPv4 address: shown as the source of its outbound connections.
+    pub ip: std::net::Ipv4Addr,
+    /// Captured connections (outbound and plaintext inbound) the pod may have in flight.
+    pub connection_slots: Arc<Slots>,
+    /// HBONE connections the pod's 15008 accepts.
+    pub hbone_slots: Arc<Slots>,
+}
+
+impl PodContext {
+    pub fn new(name: String, netns: Netns, ip: std::net::Ipv4Addr, limits: &Limits) -> PodContext {
+        PodContext {
+            name,
+            netns,
+            ip,
+            connection_slots: Slots::new(limits.connections_per_pod, Refusal::PodConnectionLimit),
+            hbone_slots: Slots::new(limits.hbone.connections_per_pod, Refusal::PodHboneLimit),
+        }
+    }
+
+    /// The pod as the origin of connections keel makes for it.
+    pub fn origin(&self) -> Origin<'_> {
+        Origin { netns: &self.netns, ip: self.ip }
+    }
+}
+
+/// Node-wide inputs of the data path, built once.
+pub struct DataPath {
+    pub capture: Capture,
+    pub telemetry: Telemetry,
+    /// Workloads, services and policies (from a control plane or the local config directory; empty without).
+    pub workloads: Arc<WorkloadStore>,
+    /// How keel reaches endpoints: certificates, the HBONE client pool, the node's pods and same-node peers.
+    pub dialer: Dialer,
+    /// Pooled upstream HTTP connections of the L7 engine.
+    pub upstreams: Upstreams,
+    pub open_connections: Arc<OpenConnections>,
+    pub limits: Limits,
+    /// HBONE connections the whole node accepts (every pod's 15008 together).
+    pub hbone_node_slots: Arc<Slots>,
+    /// HBONE handshakes in progress per source address, node-wide.
+    pub hbone_handshakes: PerSourceSlots,
+    /// keel follows a workload source (control plane or config directory): a pod keel has no Workload for is
+    /// not in the mesh as far as keel knows, and its traffic is refused rather than carried unauthenticated.
+    /// Off only in `--capture-only` mode (benchmarks and capture tests), where keel carries bytes and nothing
+    /// else.
+    pub mesh: bool,
+    /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see `l4::responder`).
+    pub responder: bool,
+}
