@@ -130,20 +130,20 @@ pub fn independent_client_speaks_hbone_to_keel() {
             since.expect_refused("policy", 0).with_context(|| what.to_string())?;
         }
 
-        // Handshakes keel refuses, each counted as a failed HBONE handshake (and as nothing else). Without a client
-        // certificate TLS 1.3 itself fails: keel's alert says a certificate is required. A certificate of another
-        // trust domain chains to the same root, so TLS completes (the probe verified keel's identity) and keel
-        // closes the connection for the trust domain alone, before any HTTP/2 answer.
-        for (what, creds, tls_done) in [("no client certificate", None, false), ("a foreign trust domain", Some(foreign.as_path()), true)] {
+        // Handshakes keel refuses, each counted as a failed HBONE handshake (and as nothing else): no client
+        // certificate, and a certificate of another trust domain (it chains to the same root, so only keel's trust
+        // domain check refuses it). In TLS 1.3 the client's side of the handshake is done before the server has
+        // judged its certificate, so the probe verified keel's identity and then saw keel close the connection,
+        // without an HTTP/2 answer; keel's count is what says the handshake was refused.
+        for (what, creds) in [("no client certificate", None), ("a foreign trust domain", Some(foreign.as_path()))] {
             let since = Since::now(&keel)?;
             let refused = probe.run(&hbone, &app, "CONNECT", creds)?;
             let error = refused["error"].as_str().unwrap_or_default().to_lowercase();
             if refused["status"] != Value::Null || error.is_empty() {
                 bail!("keel accepted a client with {what}: {refused}");
             }
-            let completed = refused["server_identity"] == SERVER_IDENTITY;
-            if completed != tls_done || (!tls_done && !error.contains("certificate required")) || error.contains("timed out") {
-                bail!("a client with {what} was refused, but not at the step that checks it: {refused}");
+            if refused["server_identity"] != SERVER_IDENTITY || error.contains("timed out") {
+                bail!("a client with {what} failed before keel could judge it, or was left hanging: {refused}");
             }
             since.expect_refused("hbone_handshake_failed", 1).with_context(|| format!("a client with {what}: {refused}"))?;
             if let Some(c) = since.new_connections()?.first() {

@@ -328,3 +328,23 @@ pub fn send_refused(from: &Pod, to: SocketAddr, broke: Broke, keel: &Keel, why: 
     since.expect_refused(why.counted, 1).with_context(|| format!("{what}: {record:?}"))?;
     Ok((report, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Broke;
+    use serde_json::json;
+
+    #[test]
+    fn failed_transfers_are_told_apart() {
+        let of = |error: &str| Broke::of(&json!({"ok": false, "error": error}));
+        assert_eq!(of("connect 10.244.0.12:7777: Connection refused (os error 111)").unwrap(), Broke::Refused);
+        assert_eq!(of("connect 10.244.1.11:8080: Connection reset by peer (os error 104)").unwrap(), Broke::Reset);
+        assert_eq!(of("write after 0 bytes: Broken pipe (os error 32)").unwrap(), Broke::Reset);
+        assert_eq!(of("shutdown(write): Transport endpoint is not connected (os error 107)").unwrap(), Broke::Reset);
+        assert_eq!(of("read: Resource temporarily unavailable (os error 11)").unwrap(), Broke::TimedOut);
+        assert_eq!(of("connect 10.244.0.12:8080: connection timed out").unwrap(), Broke::TimedOut);
+        assert_eq!(of("mismatch: sent 4096 bytes, peer saw/returned 0 (sha256 e3b0)").unwrap(), Broke::CutShort);
+        assert!(of("something new").is_err(), "an unknown failure is not guessed");
+        assert!(Broke::of(&json!({"ok": false})).is_err(), "a failure without an error");
+    }
+}
