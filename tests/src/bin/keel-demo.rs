@@ -212,7 +212,7 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
         );
     }
     step("node 0's keel counters");
-    print_stats(&keels[0].stats()?);
+    print_stats(&keels[0].stats()?)?;
     Ok(())
 }
 
@@ -346,7 +346,7 @@ fn print_connections(conns: &[Connection]) {
     }
 }
 
-fn print_stats(stats: &Value) {
+fn print_stats(stats: &Value) -> Result<()> {
     println!(
         "    capture {}  fast path {}",
         stats["capture"].as_str().unwrap_or("?"),
@@ -356,12 +356,12 @@ fn print_stats(stats: &Value) {
         let p = |k: &str| counter(stats, &format!("/connections/{dir}/{k}"));
         println!(
             "    {dir:<8} opened {:>5} closed {:>5} active {:>3} bytes sent {:>10} received {:>10} errors {}",
-            p("opened"),
-            p("closed"),
-            p("active"),
-            p("bytes_sent"),
-            p("bytes_received"),
-            p("errors")
+            p("opened")?,
+            p("closed")?,
+            p("active")?,
+            p("bytes_sent")?,
+            p("bytes_received")?,
+            p("errors")?
         );
     }
     match stats["ebpf"].as_object() {
@@ -376,4 +376,5 @@ fn print_stats(stats: &Value) {
         }
         None => println!("    ebpf: no counters"),
     }
+    Ok(())
 }

@@ -94,10 +94,47 @@ pub fn port_of(addr: &str) -> Option<u16> {
     addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
 }
 
-/// A counter from a `"stats"` answer by JSON pointer (e.g. `/ebpf/sk_msg/redirected`); 0 when absent or null
-/// (the `ebpf` object is null under iptables capture).
-pub fn counter(stats: &Value, pointer: &str) -> u64 {
-    stats.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+/// A counter from a `"stats"` answer by JSON pointer (e.g. `/connections/outbound/opened`). A field that is absent,
+/// null or not a count is an error naming the pointer and showing the stats: a renamed field must fail as "no such
+/// field", not read as 0 (which would fail every "grew" check for the wrong reason and pass every "unchanged" one).
+/// The `/ebpf/...` counters exist only under eBPF capture (`"ebpf"` is null under iptables): a caller that may
+/// run on either backend reads them only for [`super::Backend::Ebpf`] and says what it expects otherwise.
+pub fn counter(stats: &Value, pointer: &str) -> Result<u64> {
+    match stats.pointer(pointer) {
+        Some(v) => v.as_u64().ok_or_else(|| anyhow!("stats {pointer} is {v}, not a count; stats: {stats}")),
+        None => bail!("stats have no {pointer}; stats: {stats}"),
+    }
+}
+
+/// The reasons keel counts a refused connection under (`"refused": {"<reason>": n}` in `"stats"`; keel's
+/// `telemetry::Refusal`).
+pub const REFUSAL_REASONS: [&str; 10] = [
+    "pod_connection_limit",
+    "pod_hbone_limit",
+    "node_hbone_limit",
+    "hbone_handshake_timeout",
+    "hbone_handshake_failed",
+    "unknown_destination_workload",
+    "unknown_source_workload",
+    "keel_port",
+    "policy",
+    "namespace_queue_full",
+];
+
+/// How many connections keel refused for `reason`. keel lists only the reasons that counted something, so an
+/// absent reason is 0 — but the `"refused"` object itself must be there and `reason` must be one keel has.
+pub fn refused(stats: &Value, reason: &str) -> Result<u64> {
+    if !REFUSAL_REASONS.contains(&reason) {
+        bail!("{reason:?} is not a refusal reason keel counts ({REFUSAL_REASONS:?})");
+    }
+    let map = stats.get("refused").and_then(Value::as_object).ok_or_else(|| anyhow!("stats have no \"refused\" object; stats: {stats}"))?;
+    if let Some(unknown) = map.keys().find(|k| !REFUSAL_REASONS.contains(&k.as_str())) {
+        bail!("stats count refusals for {unknown:?}, a reason this test does not know (update REFUSAL_REASONS); stats: {stats}");
+    }
+    match map.get(reason) {
+        None => Ok(0),
+        Some(v) => v.as_u64().ok_or_else(|| anyhow!("stats /refused/{reason} is {v}, not a count")),
+    }
 }
 
 #[cfg(test)]
@@ -125,8 +162,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.source_port(), Some(40000));
         assert_eq!(c.error, None);
-        let stats = json!({"ebpf": null, "connections": {"outbound": {"opened": 3}}});
-        assert_eq!(counter(&stats, "/connections/outbound/opened"), 3);
-        assert_eq!(counter(&stats, "/ebpf/sk_msg/redirected"), 0);
+    }
+
+    #[test]
+    fn counters_must_exist() {
+        let stats = json!({"ebpf": null, "connections": {"outbound": {"opened": 3, "gone": null}}, "refused": {"policy": 2}});
+        assert_eq!(counter(&stats, "/connections/outbound/opened").unwrap(), 3);
+        for missing in ["/ebpf/sk_msg/redirected", "/connections/outbound/renamed", "/connections/outbound/gone"] {
+            let e = counter(&stats, missing).unwrap_err().to_string();
+            assert!(e.contains(missing) && e.contains("\"opened\":3"), "{e}");
+        }
+        assert_eq!(refused(&stats, "policy").unwrap(), 2);
+        assert_eq!(refused(&stats, "keel_port").unwrap(), 0, "keel omits reasons that counted nothing");
+        assert!(refused(&stats, "polcy").is_err(), "a misspelt reason is an error, not 0");
+        assert!(refused(&json!({"ebpf": null}), "policy").is_err(), "no refused object");
+        assert!(refused(&json!({"refused": {"renamed": 1}}), "policy").is_err(), "a reason keel renamed");
     }
 }

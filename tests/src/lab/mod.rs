@@ -30,7 +30,7 @@ pub mod sys;
 mod wire;
 mod wire_capture;
 
-pub use api::{counter, port_of, Connection};
+pub use api::{counter, port_of, refused, Connection};
 pub use bins::{workspace_root, Binaries};
 pub use control::{ControlPlane, CONTROL_ADDR, CONTROL_PORT, NODE_NAME};
 pub use keel::{Keel, KeelSpec};

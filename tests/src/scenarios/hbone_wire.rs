@@ -118,17 +118,42 @@ pub fn independent_client_speaks_hbone_to_keel() {
             bail!("keel's record does not carry the client's verified identity: {record:?}");
         }
 
-        // 400: not CONNECT; an :authority that is not this pod's address.
-        expect_status(&probe.run(&hbone, &app, "GET", Some(&good))?, 400, "GET instead of CONNECT")?;
-        expect_status(&probe.run(&hbone, "10.244.0.250:8080", "CONNECT", Some(&good))?, 400, "another pod's address")?;
-        // 503: nothing listens on the target port.
-        expect_status(&probe.run(&hbone, &format!("{}:9", server.ip), "CONNECT", Some(&good))?, 503, "a closed port")?;
+        // 400: not CONNECT; an :authority that is not this pod's address. 503: nothing listens on the target port.
+        // Each status for its reason: keel's record of the stream says why, and no refusal is counted for any.
+        let closed_port = format!("{}:9", server.ip);
+        let cases = [
+            ("GET instead of CONNECT", app.as_str(), "GET", 400, "method GET is not CONNECT".to_string()),
+            ("another pod's address", "10.244.0.250:8080", "CONNECT", 400, format!("is not this pod's address {}", server.ip)),
+            ("a closed port", closed_port.as_str(), "CONNECT", 503, format!("connecting to {closed_port}: Connection refused")),
+        ];
+        for (what, authority, method, status, why) in cases {
+            let since = Since::now(&keel)?;
+            expect_status(&probe.run(&hbone, authority, method, Some(&good))?, status.into(), what)?;
+            let record = since.wait_connection(&format!("{status} answer"), |c| c.response_status == Some(status))?;
+            if !record.error.as_deref().is_some_and(|e| e.contains(&why)) {
+                bail!("{what}: keel answered {status} but its record does not say {why:?}: {record:?}");
+            }
+            since.expect_refused("policy", 0).with_context(|| what.to_string())?;
+        }
 
-        // Handshakes keel refuses: no client certificate; a certificate of another trust domain (same root).
+        // Handshakes keel refuses, each counted as a failed HBONE handshake (and as nothing else): no client
+        // certificate, and a certificate of another trust domain (it chains to the same root, so only keel's trust
+        // domain check refuses it). In TLS 1.3 the client's side of the handshake is done before the server has
+        // judged its certificate, so the probe verified keel's identity and then saw keel close the connection,
+        // without an HTTP/2 answer; keel's count is what says the handshake was refused.
         for (what, creds) in [("no client certificate", None), ("a foreign trust domain", Some(foreign.as_path()))] {
+            let since = Since::now(&keel)?;
             let refused = probe.run(&hbone, &app, "CONNECT", creds)?;
-            if refused["status"] != Value::Null || refused["error"].is_null() {
+            let error = refused["error"].as_str().unwrap_or_default().to_lowercase();
+            if refused["status"] != Value::Null || error.is_empty() {
                 bail!("keel accepted a client with {what}: {refused}");
+            }
+            if refused["server_identity"] != SERVER_IDENTITY || error.contains("timed out") {
+                bail!("a client with {what} failed before keel could judge it, or was left hanging: {refused}");
+            }
+            since.expect_refused("hbone_handshake_failed", 1).with_context(|| format!("a client with {what}: {refused}"))?;
+            if let Some(c) = since.new_connections()?.first() {
+                bail!("keel recorded a connection for a client with {what}, whose handshake it refused: {c:?}");
             }
         }
 
@@ -140,11 +165,14 @@ pub fn independent_client_speaks_hbone_to_keel() {
         );
         mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
         std::thread::sleep(Duration::from_millis(800));
+        let since = Since::now(&keel)?;
         expect_status(&probe.run(&hbone, &app, "CONNECT", Some(&good))?, 401, "a DENY policy for the probe")?;
-        let denied = keel.wait_connection(RECORD_TIMEOUT, |c| c.response_status == Some(401))?;
-        if !denied.policy.as_deref().is_some_and(|p| p.contains("default/deny-probe")) {
-            bail!("the denial does not name the policy: {denied:?}");
+        let denied = since.wait_connection("401 answer to the probe", |c| c.response_status == Some(401))?;
+        let decision = "denied by DENY policy default/deny-probe";
+        if denied.policy.as_deref() != Some(decision) || denied.error.as_deref() != Some(decision) || denied.source_peer.identity.as_deref() != Some(PROBE_IDENTITY) {
+            bail!("the denial does not name the policy ({decision}) and the probe's identity: {denied:?}");
         }
+        since.expect_refused("policy", 1)?;
         Ok(())
     })
 }

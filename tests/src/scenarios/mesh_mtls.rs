@@ -28,19 +28,38 @@ impl Mesh {
     }
 }
 
-/// A transfer that must fail (refused, reset or cut short).
-fn send_fails(from: &Pod, to: SocketAddr, what: &str) -> Result<Value> {
-    let v = from.send(to, 4 * KIB, ServeMode::Echo, Duration::from_secs(5))?;
-    if v["ok"] == Value::Bool(true) {
-        bail!("{what}: the transfer succeeded, it must not: {v}");
+/// The policy keel-control makes of a mesh-wide STRICT PeerAuthentication (a DENY of peers without a principal).
+const STRICT_POLICY: &str = "istio-system/istio_converted_static_strict";
+
+/// A connection from `client` over HBONE that the server's keel must refuse with 401 for `policy` (its decision
+/// text, e.g. "denied by DENY policy default/deny-sleep"): the client's keel resets the client, names the 401 in
+/// its own record of that very connection, and the server's keel counts a policy refusal and records the decision.
+fn hbone_denied(keels: &[Keel], client: &Pod, to: SocketAddr, policy: &str, what: &str) -> Result<()> {
+    let client_side = Since::now(&keels[0])?;
+    let client_ip = client.ip.to_string();
+    let recorded = |c: &Connection| {
+        c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.response_status == Some(401)
+            && c.source_peer.identity.as_deref() == Some(CLIENT_ID) && c.original_destination == to.to_string()
+            && c.policy.as_deref() == Some(policy)
+    };
+    let why = Refusal { counted: "policy", record: &format!("inbound HBONE stream answered 401, decided \"{policy}\""), recorded: &recorded };
+    let (report, _) = send_refused(client, to, Broke::Reset, &keels[1], &why, what)?;
+    let port = crate::lab::port_of(report["local"].as_str().unwrap_or_default());
+    let outbound = client_side
+        .wait_connection("outbound record of the refused connection", |c| {
+            c.direction == "outbound" && c.source.starts_with(&format!("{client_ip}:")) && c.source_port() == port
+        })
+        .with_context(|| what.to_string())?;
+    if !outbound.error.as_deref().is_some_and(|e| e.contains("answered CONNECT with 401")) || outbound.path.as_deref() != Some("hbone") {
+        bail!("{what}: the client's keel does not say the server answered 401: {outbound:?}");
     }
-    Ok(v)
+    client_side.expect_refused("policy", 0).context("the client's keel refused nothing itself")
 }
 
 /// Waits until keel is relaying at least one inbound connection (the long transfer is open).
 fn wait_active_inbound(keel: &Keel) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while crate::lab::counter(&keel.stats()?, "/connections/inbound/active") == 0 {
+    while crate::lab::counter(&keel.stats()?, "/connections/inbound/active")? == 0 {
         if Instant::now() > deadline {
             bail!("no inbound connection became active within 5 s");
         }
@@ -101,7 +120,7 @@ pub fn cross_node_mtls_and_policies() {
             bail!("node 1's keel did not see the client's SPIFFE identity: {inbound:?}");
         }
         // Streams share pooled mTLS connections: ten more connections, no new handshake.
-        let dialled = |keel: &Keel| -> Result<u64> { Ok(crate::lab::counter(&keel.stats()?, "/hbone/connections_dialled")) };
+        let dialled = |keel: &Keel| crate::lab::counter(&keel.stats()?, "/hbone/connections_dialled");
         let before = dialled(&keels[0])?;
         for _ in 0..10 {
             send_ok(&client, server.addr(8080), KIB, ServeMode::Echo)?;
@@ -130,7 +149,19 @@ pub fn cross_node_mtls_and_policies() {
         // 3. STRICT mesh-wide: plaintext refused, mTLS still admitted.
         let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
         mesh.apply(&[strict])?;
-        send_fails(&outsider, server.addr(8080), "plaintext under STRICT")?;
+        let outsider_at = format!("{}:", outsider.ip);
+        let strict_denied = format!("denied by DENY policy {STRICT_POLICY}");
+        let plaintext_denied = |c: &Connection| {
+            c.direction == "inbound" && c.source.starts_with(&outsider_at) && !c.mutual_tls && c.source_peer.identity.is_none()
+                && c.policy.as_deref() == Some(strict_denied.as_str())
+        };
+        let why = Refusal { counted: "policy", record: "inbound plaintext connection denied by the STRICT policy", recorded: &plaintext_denied };
+        let (report, record) = send_refused(&outsider, server.addr(8080), Broke::Reset, &keels[1], &why, "plaintext under STRICT")?;
+        // keel may reset it before the client's connect() returns (then podapp knows no local address).
+        let local = report["local"].as_str();
+        if local.is_some_and(|l| record.source != l) || record.bytes_sent != 0 || record.bytes_received != 0 {
+            bail!("keel's STRICT refusal is not of the outsider's connection {report}, or let bytes back: {record:?}");
+        }
         send_ok(&client, server.addr(8080), KIB, ServeMode::Echo).context("mTLS client under STRICT")?;
 
         // 4. A DENY pushed while a connection is open closes it; new ones are refused with 401.
@@ -150,16 +181,20 @@ pub fn cross_node_mtls_and_policies() {
         let pushed = Instant::now();
         mesh.apply(&[strict, deny])?;
         let mut long = long;
-        if long.wait_timeout(Duration::from_secs(10)).is_none() {
-            bail!("the open connection was not closed by the DENY policy");
+        match long.wait_timeout(Duration::from_secs(10)) {
+            None => bail!("the open connection was not closed by the DENY policy"),
+            // podapp exits 0 only for a transfer that arrived whole: this one must have been cut.
+            Some(status) if status.success() => bail!("the 64 MiB transfer completed despite the DENY policy: {}", long.log()),
+            Some(_) => {}
         }
-        let closed = keels[1].wait_connection(RECORD_TIMEOUT, |c| c.error.as_deref().is_some_and(|e| e.contains("policy change")))?;
+        let revoked = "closed by a policy change: denied by DENY policy default/deny-sleep";
+        let sink = server.addr(8081).to_string();
+        let closed = keels[1].wait_connection(RECORD_TIMEOUT, |c| c.direction == "inbound" && c.original_destination == sink && c.error.is_some())?;
+        if closed.error.as_deref() != Some(revoked) || closed.bytes_sent >= 64 * MIB {
+            bail!("the open connection was not closed by the DENY policy (\"{revoked}\"): {closed:?}");
+        }
         eprintln!("open connection closed {:?} after the policy write: {closed:?}", pushed.elapsed());
-        send_fails(&client, server.addr(8080), "a client the DENY policy names")?;
-        let refused = keels[1].wait_connection(RECORD_TIMEOUT, |c| c.response_status == Some(401))?;
-        if !refused.policy.as_deref().is_some_and(|p| p.contains("default/deny-sleep")) {
-            bail!("the 401 does not name the policy: {refused:?}");
-        }
+        hbone_denied(&keels, &client, server.addr(8080), "denied by DENY policy default/deny-sleep", "a client the DENY policy names")?;
 
         // 5. ALLOW with CIDR and not_* forms: admitted from the client's subnet unless the principal is excluded.
         let allow = |block: &str, not_principal: &str| {
@@ -171,9 +206,10 @@ pub fn cross_node_mtls_and_policies() {
         mesh.apply(&[strict, &allow("10.244.0.0/24", "cluster.local/ns/default/sa/other")])?;
         send_ok(&client, server.addr(8080), KIB, ServeMode::Echo).context("ALLOW from the client's subnet")?;
         mesh.apply(&[strict, &allow("10.244.7.0/24", "cluster.local/ns/default/sa/other")])?;
-        send_fails(&client, server.addr(8080), "ALLOW for another subnet only")?;
+        let no_allow = "no ALLOW policy matched (1 candidates)";
+        hbone_denied(&keels, &client, server.addr(8080), no_allow, "ALLOW for another subnet only")?;
         mesh.apply(&[strict, &allow("10.244.0.0/24", "cluster.local/ns/default/sa/sleep")])?;
-        send_fails(&client, server.addr(8080), "ALLOW that excludes the client's principal")?;
+        hbone_denied(&keels, &client, server.addr(8080), no_allow, "ALLOW that excludes the client's principal")?;
         mesh.apply(&[strict])?;
 
         // 6. Certificates rotate under traffic (validity 6 s, renewed at half-life).

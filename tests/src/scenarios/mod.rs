@@ -183,14 +183,14 @@ pub fn expect_not_captured(
     Ok(())
 }
 
-/// `after - before` of a stats counter.
-pub fn delta(before: &Value, after: &Value, pointer: &str) -> u64 {
-    crate::lab::counter(after, pointer).saturating_sub(crate::lab::counter(before, pointer))
+/// `after - before` of a stats counter (an error if either snapshot lacks it, see [`crate::lab::counter`]).
+pub fn delta(before: &Value, after: &Value, pointer: &str) -> Result<u64> {
+    Ok(crate::lab::counter(after, pointer)?.saturating_sub(crate::lab::counter(before, pointer)?))
 }
 
 /// Fails unless a stats counter grew by at least `min`.
 pub fn expect_delta_at_least(before: &Value, after: &Value, pointer: &str, min: u64) -> Result<()> {
-    let d = delta(before, after, pointer);
+    let d = delta(before, after, pointer)?;
     if d < min {
         bail!("stats {pointer} grew by {d}, expected ≥ {min}; before: {before}; after: {after}");
     }
@@ -199,12 +199,153 @@ pub fn expect_delta_at_least(before: &Value, after: &Value, pointer: &str, min: 
 
 /// Fails if a stats counter changed.
 pub fn expect_unchanged(before: &Value, after: &Value, pointer: &str) -> Result<()> {
-    let (b, a) = (
-        crate::lab::counter(before, pointer),
-        crate::lab::counter(after, pointer),
-    );
+    let (b, a) = (crate::lab::counter(before, pointer)?, crate::lab::counter(after, pointer)?);
     if a != b {
         bail!("stats {pointer} changed from {b} to {a}; it must not");
     }
     Ok(())
+}
+
+/// How a transfer that had to fail ended at the client, read from podapp's error (the text of Rust's
+/// `io::Error`, or podapp's own "mismatch" when the peer ended cleanly but short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broke {
+    /// The connect itself was answered with a reset (ECONNREFUSED): nothing accepted it.
+    Refused,
+    /// Accepted, then reset: ECONNRESET on a read or write, EPIPE on a write, ENOTCONN on the half-close.
+    Reset,
+    /// Nothing came back within the timeout (connect, read or write).
+    TimedOut,
+    /// The peer closed cleanly before the bytes came back in full.
+    CutShort,
+}
+
+impl Broke {
+    /// Classifies a failed `podapp send` report; an error it does not recognise is an error (never a guess).
+    pub fn of(report: &Value) -> Result<Broke> {
+        let error = report["error"].as_str().with_context(|| format!("a failed transfer without an error: {report}"))?;
+        let lower = error.to_lowercase();
+        let has = |signs: &[&str]| signs.iter().any(|s| lower.contains(s));
+        Ok(if has(&["connection refused", "os error 111"]) {
+            Broke::Refused
+        } else if has(&["connection reset", "os error 104", "broken pipe", "os error 32", "not connected", "os error 107"]) {
+            Broke::Reset
+        } else if has(&["timed out", "os error 110", "resource temporarily unavailable", "os error 11)", "would block"]) {
+            Broke::TimedOut
+        } else if lower.starts_with("mismatch:") || lower.starts_with("sink reply") {
+            Broke::CutShort
+        } else {
+            bail!("cannot tell how this transfer broke: {report}");
+        })
+    }
+}
+
+/// `podapp send` of 4 KiB from `from` to `to` that must fail, and fail as `broke` (a refused transfer that merely
+/// timed out, or a reset that was really a refused connect, is a different failure). Its report.
+pub fn send_fails(from: &Pod, to: SocketAddr, broke: Broke, what: &str) -> Result<Value> {
+    let v = from.send(to, 4 * KIB, ServeMode::Echo, Duration::from_secs(5))?;
+    if v["ok"] != Value::Bool(false) {
+        bail!("{what}: the transfer to {to} succeeded, it must not: {v}");
+    }
+    let seen = Broke::of(&v).with_context(|| what.to_string())?;
+    if seen != broke {
+        bail!("{what}: the transfer to {to} failed as {seen:?}, expected {broke:?}: {v}");
+    }
+    Ok(v)
+}
+
+/// keel's account of connections from a moment on: its stats and the last connection it had listed then, so a
+/// check made afterwards sees only what happened since (a refusal counted, a connection recorded).
+pub struct Since<'k> {
+    keel: &'k Keel,
+    stats: Value,
+    last: Option<Connection>,
+}
+
+impl<'k> Since<'k> {
+    pub fn now(keel: &'k Keel) -> Result<Since<'k>> {
+        Ok(Since { keel, stats: keel.stats()?, last: keel.connections()?.pop() })
+    }
+
+    /// The connections keel listed after the snapshot (its list is oldest first; should the snapshot's last entry
+    /// have aged out of keel's 1,024, every entry is new).
+    pub fn new_connections(&self) -> Result<Vec<Connection>> {
+        let mut all = self.keel.connections()?;
+        if let Some(last) = &self.last {
+            if let Some(at) = all.iter().rposition(|c| c == last) {
+                all.drain(..=at);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Waits for a connection listed since the snapshot that satisfies `pred` (`what` describes it).
+    pub fn wait_connection(&self, what: &str, pred: impl Fn(&Connection) -> bool) -> Result<Connection> {
+        let deadline = std::time::Instant::now() + RECORD_TIMEOUT;
+        loop {
+            let new = self.new_connections()?;
+            if let Some(c) = new.iter().find(|c| pred(c)) {
+                return Ok(c.clone());
+            }
+            if std::time::Instant::now() > deadline {
+                let listed: Vec<String> = new.iter().map(|c| format!("{c:?}")).collect();
+                bail!("keel recorded no {what} within {RECORD_TIMEOUT:?}; it recorded since:\n{}", listed.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails unless keel counted exactly `n` more refusals for `reason` and none for any other reason.
+    pub fn expect_refused(&self, reason: &str, n: u64) -> Result<()> {
+        let after = self.keel.stats()?;
+        for other in crate::lab::api::REFUSAL_REASONS {
+            let d = crate::lab::refused(&after, other)?.saturating_sub(crate::lab::refused(&self.stats, other)?);
+            let want = if other == reason { n } else { 0 };
+            if d != want {
+                bail!("keel counted {d} more refusals for {other:?}, expected {want} ({n} for {reason:?} only); refused before: {}, after: {}", self.stats["refused"], after["refused"]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why keel must have refused a transfer: the refusal it counts, and what its record of the connection says.
+pub struct Refusal<'a> {
+    /// The `"refused"` reason that keel must count once for it.
+    pub counted: &'a str,
+    /// Describes the record, for the error message.
+    pub record: &'a str,
+    /// Recognises keel's record of it (among the connections keel listed since just before the transfer).
+    pub recorded: &'a dyn Fn(&Connection) -> bool,
+}
+
+/// A transfer from `from` to `to` that must fail as `broke` AND that `keel` must have refused for the stated
+/// reason: it counted the refusal under `why.counted` (and nothing else) and listed a connection `why.recorded`
+/// recognises, with an error. Returns the client's report and keel's record.
+pub fn send_refused(from: &Pod, to: SocketAddr, broke: Broke, keel: &Keel, why: &Refusal<'_>, what: &str) -> Result<(Value, Connection)> {
+    let since = Since::now(keel)?;
+    let report = send_fails(from, to, broke, what)?;
+    let record = since.wait_connection(why.record, |c| c.error.is_some() && (why.recorded)(c)).with_context(|| what.to_string())?;
+    since.expect_refused(why.counted, 1).with_context(|| format!("{what}: {record:?}"))?;
+    Ok((report, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Broke;
+    use serde_json::json;
+
+    #[test]
+    fn failed_transfers_are_told_apart() {
+        let of = |error: &str| Broke::of(&json!({"ok": false, "error": error}));
+        assert_eq!(of("connect 10.244.0.12:7777: Connection refused (os error 111)").unwrap(), Broke::Refused);
+        assert_eq!(of("connect 10.244.1.11:8080: Connection reset by peer (os error 104)").unwrap(), Broke::Reset);
+        assert_eq!(of("write after 0 bytes: Broken pipe (os error 32)").unwrap(), Broke::Reset);
+        assert_eq!(of("shutdown(write): Transport endpoint is not connected (os error 107)").unwrap(), Broke::Reset);
+        assert_eq!(of("read: Resource temporarily unavailable (os error 11)").unwrap(), Broke::TimedOut);
+        assert_eq!(of("connect 10.244.0.12:8080: connection timed out").unwrap(), Broke::TimedOut);
+        assert_eq!(of("mismatch: sent 4096 bytes, peer saw/returned 0 (sha256 e3b0)").unwrap(), Broke::CutShort);
+        assert!(of("something new").is_err(), "an unknown failure is not guessed");
+        assert!(Broke::of(&json!({"ok": false})).is_err(), "a failure without an error");
+    }
 }

@@ -71,22 +71,20 @@ pub fn refused_upstream_resets_client(backend: Backend) {
         let server = lab.add_pod("server")?;
         let keel = lab.start_keel(backend, &[])?;
         keel.enroll(&client)?;
-        let report = client.send(server.addr(CLOSED_PORT), KIB, ServeMode::Echo, IO_TIMEOUT)?;
-        if report["ok"] != Value::Bool(false) {
-            bail!("a transfer to a closed port succeeded: {report}");
-        }
-        let error = report["error"].as_str().unwrap_or_default().to_lowercase();
-        // However the reset meets the client — mid-read (reset), mid-write (broken pipe) or before its own
-        // half-close (not connected) — it must learn the connection broke.
-        let broke = ["reset", "refused", "broken pipe", "not connected"].iter().any(|sign| error.contains(sign));
-        if !broke {
-            bail!("client saw {report}, expected a reset");
-        }
+        let since = Since::now(&keel)?;
+        // The client's connect is accepted (by keel), then reset: not refused at connect, not left hanging.
+        let report = send_fails(&client, server.addr(CLOSED_PORT), Broke::Reset, "a captured connection to a closed port")?;
+        let port = crate::lab::port_of(report["local"].as_str().unwrap_or_default());
         let closed = server.addr(CLOSED_PORT).to_string();
-        let seen = keel.wait_connection(RECORD_TIMEOUT, |c| c.direction == "outbound" && c.original_destination == closed)?;
-        if !seen.error.as_deref().unwrap_or_default().contains("refused") {
-            bail!("keel recorded {seen:?}; expected a connection-refused error");
+        let seen = since.wait_connection("outbound record of the connection to the closed port", |c| {
+            c.direction == "outbound" && c.original_destination == closed && c.source_port() == port
+        })?;
+        let refused = format!("connecting to {closed}: Connection refused");
+        if !seen.error.as_deref().is_some_and(|e| e.contains(&refused)) || seen.bytes_received != 0 {
+            bail!("keel recorded {seen:?}; expected the error {refused:?}");
         }
+        // The upstream refused it, not keel: no refusal of keel's own is counted.
+        since.expect_refused("policy", 0)?;
         Ok(())
     })
 }
@@ -148,8 +146,7 @@ pub fn no_leaked_sockets(backend: Backend) {
         let deadline = std::time::Instant::now() + RECORD_TIMEOUT;
         loop {
             let stats = keel.stats()?;
-            let active = stats["connections"]["outbound"]["active"].as_i64().unwrap_or(-1)
-                + stats["connections"]["inbound"]["active"].as_i64().unwrap_or(-1);
+            let active = crate::lab::counter(&stats, "/connections/outbound/active")? + crate::lab::counter(&stats, "/connections/inbound/active")?;
             let now = fds()?;
             // A couple of descriptors of slack for the API connection this very check holds; a per-connection
             // leak would show as hundreds.

@@ -36,6 +36,8 @@ struct Catalog<'a> {
     v2: &'a Pod,
 }
 
+/// A tally in http-load's answer (`/statuses/<code>`, `/served_by/<server>`, `/headers/<name>/<value>`): 0 when
+/// nothing was tallied under that key (the tallies themselves are checked by [`Catalog::load`]).
 fn count(v: &Value, pointer: &str) -> u64 {
     v.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -57,7 +59,8 @@ impl Catalog<'_> {
         let mut args = vec!["--url", "http://catalog/items", "--connect", &connect, "--requests", &requests, "--concurrency", &concurrency];
         args.extend_from_slice(extra);
         let v = self.client.http_load(&args)?;
-        if v.get("requests").is_none() {
+        // `count` reads an absent status, server or header value as 0: right only if the tallies themselves exist.
+        if v.get("requests").is_none() || ["statuses", "served_by", "headers"].iter().any(|t| !v[*t].is_object()) {
             bail!("http-load gave no result: {v}");
         }
         Ok(v)
@@ -209,10 +212,32 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
         "  - fault:\n      delay: {percentage: {value: 100}, fixedDelay: 2s}\n    timeout: 1s\n    route:\n    - destination: {host: catalog, subset: v1}\n",
     );
     c.apply(&[SUBSETS, &delayed])?;
+    let flagged = |code: &str, flags: &str| -> Result<f64> {
+        let (_, metrics) = keel.admin_get("/metrics")?;
+        Ok(metric_value(&metrics, "istio_requests_total", &[("reporter", "source"), ("response_code", code), ("response_flags", flags)]))
+    };
+    // How many more requests keel counted with `code` and `flags` than `before`, once that reaches `want` (a
+    // request is counted as it completes, which may trail the client's read of the response a little).
+    let flagged_since = |before: f64, code: &str, flags: &str, want: f64| -> Result<f64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let counted = flagged(code, flags)? - before;
+            if counted == want || std::time::Instant::now() > deadline {
+                return Ok(counted);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let before = flagged("504", "DI,UT")?;
     let v = c.load(8, 4, &[])?;
     let p50 = v.pointer("/latency_ms/p50").and_then(Value::as_f64).unwrap_or(0.0);
     if status(&v, 504) != 8 || !(900.0..1900.0).contains(&p50) {
         bail!("delay 2 s + timeout 1 s: want 8 × 504 after ~1 s, got {v}");
+    }
+    // Each 504 is keel's route timeout cutting the injected delay short (flags DI,UT), not an upstream's answer.
+    let timed_out = flagged_since(before, "504", "DI,UT", 8.0)?;
+    if timed_out != 8.0 {
+        bail!("delay 2 s + timeout 1 s: istio_requests_total counted {timed_out} 504s flagged DI,UT, want 8");
     }
 
     // 5. Abort 50 %: 503s within ±5 % over 1,000 requests.
@@ -220,9 +245,15 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
         "  - fault:\n      abort: {percentage: {value: 50}, httpStatus: 503}\n    route:\n    - destination: {host: catalog, subset: v1}\n",
     );
     c.apply(&[SUBSETS, &abort])?;
+    let before = flagged("503", "FI")?;
     let v = c.load(1000, 8, &[])?;
     if !(450..=550).contains(&status(&v, 503)) || status(&v, 503) + status(&v, 200) != 1000 {
         bail!("abort 50 %: {v}");
+    }
+    // Every 503 is the injected abort (flag FI), not an overflow or an unavailable upstream.
+    let aborted = flagged_since(before, "503", "FI", status(&v, 503) as f64)?;
+    if aborted != status(&v, 503) as f64 {
+        bail!("abort 50 %: istio_requests_total counted {aborted} 503s flagged FI for the {} 503s the client saw", status(&v, 503));
     }
 
     // 6. Mirroring: clients only ever see v1 while v2 receives a copy of every request.
@@ -283,18 +314,28 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
         bail!("least request: the fast v2 should take most of the load (≥ 70 %), got {v}");
     }
 
-    // 10. Consistent hash on a header keeps each user on one endpoint.
+    // 10. Consistent hash on a header keeps each user on one endpoint, and spreads the users over the endpoints
+    //    (a "hash" sending everyone to one endpoint would keep each user on one endpoint too). keel's ring hash is
+    //    deterministic (SipHash with fixed keys of the header value, on a 1,024-point ring of the endpoints'
+    //    addresses 10.244.1.11:8080 and 10.244.1.12:8080), and these six names split 3/3 on it: alice, bob and
+    //    frank on v1, carol, dave and erin on v2. The check asks only for ≥ 2 on each side, so it holds for any
+    //    hash that spreads, not just this assignment; if the lab's pod addresses change, pick names that split.
     let sticky = destination_rule("    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n");
     c.apply(&[&sticky, &virtual_service("  - route:\n    - destination: {host: catalog}\n")])?;
-    let mut endpoints_used = BTreeMap::new();
+    let mut users_of: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
         let v = c.load(40, 2, &["--header", &format!("x-user: {user}")])?;
         let by: Vec<&String> = v["served_by"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
         if by.len() != 1 || status(&v, 200) != 40 {
             bail!("consistent hash: user {user} was served by {by:?} ({v})");
         }
-        endpoints_used.insert(user, by[0].clone());
+        users_of.entry(by[0].clone()).or_default().push(user);
     }
+    let spread = ["v1", "v2"].iter().all(|server| users_of.get(*server).is_some_and(|users| users.len() >= 2));
+    if !spread {
+        bail!("consistent hash: the six users are not spread over both endpoints (≥ 2 each): {users_of:?}");
+    }
+    eprintln!("consistent hash: users by endpoint {users_of:?}");
 
     // 11. gRPC: unary and streaming calls are routed (here to v2 by header) and carry their trailers.
     let grpc = virtual_service(
