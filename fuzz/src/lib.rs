@@ -1,0 +1,89 @@
+//! What the fuzz targets share: how a target's input bytes are laid out (the seed generator in
+//! `proxy/tests/fuzz_seeds.rs` writes the same layouts), and the checks every decoded resource goes through.
+use std::{sync::Arc, time::Instant};
+
+use keel::{
+    l7::{
+        cluster::Cluster,
+        config::{LbEndpoint, LoadAssignment},
+        outlier::Outcome,
+        route_plan::RoutePlan,
+        route_table::RouteTable,
+    },
+    xds::state::{self, Resource, WorkloadStore},
+};
+
+/// The xDS types `xds_decode` chooses from by its first byte (modulo their number).
+pub const TYPE_URLS: [&str; 6] = [
+    keel_proto::ADDRESS_TYPE_URL,
+    keel_proto::AUTHORIZATION_TYPE_URL,
+    keel_proto::LISTENER_TYPE_URL,
+    keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
+    keel_proto::CLUSTER_TYPE_URL,
+    keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+];
+
+/// `name\0value` lines (`\n`-separated): headers of an HTTP request.
+pub fn header_lines(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|line| match line.iter().position(|&b| b == 0) {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &[][..]),
+    })
+}
+
+/// Decodes one resource as the xDS client would, then does with it what keel does once it is accepted: publish
+/// it in a snapshot, build the live cluster (balancer tables, outlier detector) and the per-request deadlines.
+/// A panic or a hang anywhere here is a finding.
+pub fn decode_and_use(type_url: &str, bytes: &[u8]) {
+    let Ok(resource) = state::decode(type_url, "fuzz", bytes) else { return };
+    match &resource {
+        Resource::Cluster(config) => {
+            let endpoints = (1..=3u8)
+                .map(|i| LbEndpoint { address: ([10, 0, 0, i], 8080).into(), hostname: String::new(), locality: None })
+                .collect();
+            let assignment = LoadAssignment { cluster: config.name.clone(), endpoints };
+            exercise_cluster(&Cluster::new(config.clone(), Some(Arc::new(assignment))));
+        }
+        Resource::LoadAssignment(assignment) => {
+            let Ok(Resource::Cluster(config)) = state::decode(keel_proto::CLUSTER_TYPE_URL, "fuzz", &[]) else {
+                unreachable!("an empty Cluster is a valid STATIC round-robin cluster")
+            };
+            exercise_cluster(&Cluster::new(config, Some(assignment.clone())));
+        }
+        Resource::Routes(table) => exercise_plans(table),
+        _ => {}
+    }
+    WorkloadStore::default().apply(vec![("fuzz".into(), resource)], &[]);
+}
+
+fn exercise_cluster(cluster: &Cluster) {
+    for hash in [None, Some(0), Some(u64::MAX), Some(0x9e37_79b9_7f4a_7c15)] {
+        if let Some(endpoint) = cluster.pick(hash, None) {
+            // Enough consecutive failures to eject it (and again, for the growing ejection time).
+            for _ in 0..12 {
+                cluster.report(&endpoint, Outcome::GatewayError);
+            }
+        }
+    }
+}
+
+/// The deadline and backoff arithmetic a request does with each forwarding route's settings.
+pub fn exercise_plans(table: &RouteTable) {
+    let now = Instant::now();
+    for host in table.virtual_hosts() {
+        for route in &host.routes {
+            if let RoutePlan::Forward(plan) = &route.plan {
+                let _ = plan.deadline(now);
+                if let Some(retries) = &plan.retries {
+                    let _ = retries.per_try_deadline(now);
+                    for retry in 1..=retries.num_retries.min(40) {
+                        let _ = retries.backoff(retry);
+                    }
+                }
+                if let Some(faults) = &plan.faults {
+                    let _ = faults.decide();
+                }
+            }
+        }
+    }
+}
