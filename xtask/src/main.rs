@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -55,6 +56,16 @@ enum Command {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Build the cargo-fuzz targets (fuzz/, nightly) and run each for --seconds; stops at the first crash and
+    /// prints the crashing input's path. Installs cargo-fuzz if missing.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Run only this target (`cargo fuzz list` in fuzz/ lists them).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +88,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Test { nextest_args } => return test::test(&nextest_args),
         Command::Demo { control_plane } => demo::demo(control_plane)?,
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
+        Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
     }
     Ok(ExitCode::SUCCESS)
 }

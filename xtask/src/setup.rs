@@ -121,6 +121,7 @@ pub fn setup() -> Result<()> {
     step("cargo-nextest", present, || {
         run::run(&mut cmd("cargo", ["install", "cargo-nextest", "--locked"]))
     })?;
+    step("cargo-fuzz", cargo_fuzz_ok(), install_cargo_fuzz)?;
     println!("setup: finished ({})", secs(start.elapsed()));
     Ok(())
 }
@@ -368,6 +369,23 @@ fn report_kernel() {
         "MISSING (kernel built without BTF)"
     };
     println!("setup: kernel: /sys/kernel/btf/vmlinux… {btf}");
+}
+
+fn cargo_fuzz_ok() -> bool {
+    run::probe(&mut cmd("cargo", ["fuzz", "--version"])).is_some()
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    run::run(&mut cmd("cargo", ["install", "cargo-fuzz", "--locked"]))
+}
+
+/// What `cargo xtask fuzz` needs: cargo-fuzz (installed when missing) and the nightly toolchain it builds with.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    step("cargo-fuzz", cargo_fuzz_ok(), install_cargo_fuzz)?;
+    if run::probe(&mut cmd("rustc", ["+nightly", "--version"])).is_none() {
+        bail!("cargo-fuzz needs the nightly toolchain: `rustup toolchain install nightly --profile minimal`");
+    }
+    Ok(())
 }
 
 fn nextest_ok() -> bool {
