@@ -4,7 +4,7 @@
 //! method, authority, path and query, then `name\0value` headers.
 #![no_main]
 use http::{HeaderMap, HeaderName, HeaderValue};
-use keel::l7::{
+use keel::l7_config::{
     action::{edit_headers, pick_weighted, request_hash},
     config::decode_route_configuration,
     matching::RequestView,

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Instant};
 
 use keel::{
-    l7::{
+    l7_config::{
         cluster::Cluster,
         config::{LbEndpoint, LoadAssignment},
         outlier::Outcome,
