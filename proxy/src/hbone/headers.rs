@@ -27,10 +27,13 @@ pub fn authority(target: SocketAddr) -> String {
 
 impl ConnectRequest<'_> {
     pub fn build(&self) -> Request<()> {
-        let mut forwarded = format!("for=\"{}\"", self.client);
-        if let Some(host) = self.service_host {
-            forwarded.push_str(&format!(";host={host}"));
-        }
+        let for_client = format!("for=\"{}\"", self.client);
+        // The service host comes from the control plane, which decode validates; a host that is still no header
+        // value is left out rather than failing the connection.
+        let forwarded = self
+            .service_host
+            .and_then(|host| HeaderValue::try_from(format!("{for_client};host={host}")).ok())
+            .unwrap_or_else(|| HeaderValue::try_from(for_client).expect("a socket address is a header value"));
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(authority(self.target))
@@ -133,6 +136,20 @@ mod tests {
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"), "{tp}");
         assert_eq!(forwarded_for(h["forwarded"].to_str().unwrap()), Some("10.244.1.2:56938".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_service_host_that_is_no_header_value_is_left_out() {
+        let request = ConnectRequest {
+            target: "10.244.2.2:8080".parse().unwrap(),
+            client: "10.244.1.2:56938".parse().unwrap(),
+            service_host: Some("echo\r\nx-injected: 1"),
+            source: None,
+            cluster_id: "Kubernetes",
+        }
+        .build();
+        assert_eq!(request.headers()["forwarded"], "for=\"10.244.1.2:56938\"");
+        assert!(!request.headers().contains_key("x-injected"));
     }
 
     #[test]

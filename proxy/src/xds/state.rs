@@ -68,6 +68,19 @@ pub fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Why `host` is not a DNS hostname (`*.` wildcards allowed, as in ServiceEntry hosts), if it is not one.
+fn not_a_hostname(host: &str) -> Option<&'static str> {
+    if host.len() > 253 {
+        return Some("is longer than 253 characters");
+    }
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let mut labels = host.split('.');
+    if host.starts_with("*.") {
+        labels.next();
+    }
+    if labels.all(label_ok) { None } else { Some("is not a DNS hostname (labels of letters, digits, '-' and '_', 1-63 long)") }
+}
+
 /// Decodes and validates one `istio.workload.Address`.
 pub fn decode_address(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
     let reject = |reason: String| Rejected { name: name.to_owned(), reason };
@@ -85,6 +98,10 @@ pub fn decode_address(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
         Some(address::Type::Service(s)) => {
             if s.hostname.is_empty() || s.namespace.is_empty() {
                 return Err(reject("field `service.hostname`/`service.namespace`: empty".into()));
+            }
+            // The hostname travels in the HBONE CONNECT's `forwarded: ...;host=` header and in metric labels.
+            if let Some(why) = not_a_hostname(&s.hostname) {
+                return Err(reject(format!("field `service.hostname`: {:?} {why}", s.hostname)));
             }
             if let Some(bad) = s.addresses.iter().find(|a| ip_of(&a.address).is_none()) {
                 return Err(reject(format!("field `service.addresses`: {} bytes is not an IP address", bad.address.len())));
@@ -330,6 +347,22 @@ mod tests {
         assert!(err.reason.contains("not an istio.workload.Address"), "{err}");
         let err = decode_address("e", &Address::default().encode_to_vec()).unwrap_err();
         assert!(err.reason.contains("field `type`"), "{err}");
+    }
+
+    #[test]
+    fn a_service_hostname_that_is_no_dns_name_is_refused() {
+        let service = |hostname: &str| {
+            Address { r#type: Some(address::Type::Service(Service { name: "s".into(), namespace: "demo".into(), hostname: hostname.into(), ..Default::default() })) }
+                .encode_to_vec()
+        };
+        for good in ["echo.demo.svc.cluster.local", "*.example.com", "api_v2.internal", "10.0.0.1"] {
+            assert!(decode_address("demo/s", &service(good)).is_ok(), "{good}");
+        }
+        // Found by fuzzing: a newline in the hostname made the HBONE CONNECT's `forwarded` header invalid.
+        for bad in ["echo\n.demo", "a b", "x;host=evil", "a..b", "", &"a".repeat(64), &["a"; 130].join(".")] {
+            let err = decode_address("demo/s", &service(bad)).unwrap_err();
+            assert!(err.reason.contains("field `service.hostname`"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

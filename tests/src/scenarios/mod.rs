@@ -240,6 +240,11 @@ impl Broke {
     }
 }
 
+/// The port a `podapp send` connected from (known even when its connect() failed, as it binds first).
+pub fn local_port(report: &Value) -> Option<u16> {
+    report["local_port"].as_u64().and_then(|p| u16::try_from(p).ok())
+}
+
 /// `podapp send` of 4 KiB from `from` to `to` that must fail, and fail as `broke` (a refused transfer that merely
 /// timed out, or a reset that was really a refused connect, is a different failure). Its report.
 pub fn send_fails(from: &Pod, to: SocketAddr, broke: Broke, what: &str) -> Result<Value> {

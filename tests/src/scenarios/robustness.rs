@@ -74,7 +74,7 @@ pub fn refused_upstream_resets_client(backend: Backend) {
         let since = Since::now(&keel)?;
         // The client's connect is accepted (by keel), then reset: not refused at connect, not left hanging.
         let report = send_fails(&client, server.addr(CLOSED_PORT), Broke::Reset, "a captured connection to a closed port")?;
-        let port = crate::lab::port_of(report["local"].as_str().unwrap_or_default());
+        let port = local_port(&report);
         let closed = server.addr(CLOSED_PORT).to_string();
         let seen = since.wait_connection("outbound record of the connection to the closed port", |c| {
             c.direction == "outbound" && c.original_destination == closed && c.source_port() == port

@@ -13,12 +13,21 @@ use std::time::{Duration, Instant};
 pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -> bool {
     let start = Instant::now();
     let timeout = Duration::from_millis(timeout_ms.max(1));
-    let stream = match TcpStream::connect_timeout(&to, timeout) {
+    // The local port is read after bind, not after connect: a connection reset while (or before) connect()
+    // returns has already given its port back, and tests tie keel's records of a refused connection to it.
+    let (socket, local_port) = match bound_socket(to) {
         Ok(s) => s,
+        Err(e) => {
+            emit(&json!({"ok": false, "sent": 0, "received": 0, "error": format!("bind: {e}"), "duration_ms": ms(start)}));
+            return false;
+        }
+    };
+    let stream: TcpStream = match socket.connect_timeout(&to.into(), timeout) {
+        Ok(()) => socket.into(),
         Err(e) => {
             emit(
                 &json!({"ok": false, "sent": 0, "received": 0, "error": format!("connect {to}: {e}"),
-                         "duration_ms": ms(start)}),
+                         "local_port": local_port, "duration_ms": ms(start)}),
             );
             return false;
         }
@@ -88,11 +97,22 @@ pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -
         "received_sha256": received_sha,
         "duration_ms": ms(start),
         "local": local,
+        "local_port": local_port,
         "peer": peer,
         "server": server,
         "error": errors.first(),
     }));
     ok
+}
+
+/// A socket for `to`'s family bound to an ephemeral port of the unspecified address, and that port.
+fn bound_socket(to: SocketAddr) -> std::io::Result<(socket2::Socket, u16)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    socket.bind(&any.into())?;
+    let port = socket.local_addr()?.as_socket().map_or(0, |a| a.port());
+    Ok((socket, port))
 }
 
 /// Sends `bytes` of the seeded stream, then half-closes; returns the count and SHA-256 actually written.
