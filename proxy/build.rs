@@ -6,20 +6,13 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=KEEL_EBPF_TOOLCHAIN");
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .into_iter()
         .find(|p| p.name.as_str() == "keel-ebpf")
         .ok_or_else(|| anyhow!("the keel-ebpf package is not in the workspace"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("keel-ebpf manifest has no parent directory"))?
-        .to_string();
+    let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("keel-ebpf manifest has no parent directory"))?.to_string();
     let toolchain_name = std::env::var("KEEL_EBPF_TOOLCHAIN").ok();
     let toolchain = match toolchain_name.as_deref() {
         None | Some("") | Some("nightly") => Toolchain::Nightly,
@@ -35,8 +28,5 @@ fn main() -> anyhow::Result<()> {
     // (compiler warnings and errors of the eBPF programs), which still reach the outer build's output.
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
-    aya_build::build_ebpf(
-        [Package { name: "keel-ebpf", root_dir: &root_dir, ..Default::default() }],
-        toolchain,
-    )
+    aya_build::build_ebpf([Package { name: "keel-ebpf", root_dir: &root_dir, ..Default::default() }], toolchain)
 }

@@ -8,8 +8,8 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber, SubjectPublicKeyInfo,
 };
 use ring::rand::{SecureRandom as _, SystemRandom};
 use x509_parser::{certification_request::X509CertificationRequest, prelude::FromDer as _};

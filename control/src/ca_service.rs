@@ -53,10 +53,7 @@ impl CaService {
 
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
-    async fn create_certificate(
-        &self,
-        request: Request<IstioCertificateRequest>,
-    ) -> Result<Response<IstioCertificateResponse>, Status> {
+    async fn create_certificate(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
         let node = self.tokens.authorize(request.metadata())?;
         let request = request.into_inner();
         let identity = impersonated_identity(&request)
@@ -69,10 +66,7 @@ impl IstioCertificateService for CaService {
             Ok(0) | Err(_) => DEFAULT_VALIDITY,
             Ok(seconds) => Duration::from_secs(seconds).min(MAX_VALIDITY),
         };
-        let chain = self
-            .authority
-            .issue(&request.csr, &identity, validity)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let chain = self.authority.issue(&request.csr, &identity, validity).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         info!(%node, %identity, validity_s = validity.as_secs(), "certificate issued");
         Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
     }

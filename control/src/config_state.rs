@@ -4,10 +4,7 @@
 //! and an object whose file is gone is removed. Each reload returns the errors to log and whether anything changed.
 use std::{collections::BTreeMap, path::PathBuf};
 
-use crate::{
-    objects::Object,
-    source::Loaded,
-};
+use crate::{objects::Object, source::Loaded};
 
 #[derive(Default)]
 pub struct ConfigState {
@@ -99,7 +96,11 @@ mod tests {
         assert!(!reload.changed, "{:?}", reload.errors);
         assert_eq!(state.objects(), before);
         assert_eq!(reload.errors.len(), 1);
-        assert!(reload.errors[0].starts_with("c.yaml: document 2: not YAML") && reload.errors[0].ends_with("(keeping the 1 object(s) it held before)"), "{:?}", reload.errors);
+        assert!(
+            reload.errors[0].starts_with("c.yaml: document 2: not YAML") && reload.errors[0].ends_with("(keeping the 1 object(s) it held before)"),
+            "{:?}",
+            reload.errors
+        );
 
         // Unreadable from its first byte: everything it held stays.
         let mut unreadable = Loaded::default();

@@ -94,7 +94,11 @@ fn main() -> ExitCode {
                 eprintln!("error: {error}");
             }
             println!("{} objects read{}, {} errors", objects.len(), count_by_kind(&objects), errors.len());
-            if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

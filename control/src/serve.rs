@@ -65,16 +65,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let mut config = ConfigDir::new(&options.config_dir, options.mesh.clone());
     let first = config.poll().unwrap_or_default();
     let (publish, snapshots) = watch::channel(Arc::new(first));
-    let (publish_identities, identities) =
-        watch::channel(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &config.objects())));
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("binding the xDS server on {}", options.listen))?;
+    let (publish_identities, identities) = watch::channel(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &config.objects())));
+    let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| format!("binding the xDS server on {}", options.listen))?;
     info!(listen = %options.listen, config = %options.config_dir.display(), "keel-control serving delta ADS");
     let (chain, key) = authority.issue_serving(&options.server_names, &[options.listen.ip()])?;
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(chain, key))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key)).timeout(TLS_HANDSHAKE_TIMEOUT);
     // TCP options on the incoming sockets themselves: the builder's `tcp_*` settings apply only to a socket tonic
     // binds on its own (`serve(addr)`), not to `serve_with_incoming`.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)

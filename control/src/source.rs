@@ -45,11 +45,9 @@ pub const MAX_FILE_SIZE: u64 = 4 << 20;
 pub fn load_dir(dir: &Path) -> Loaded {
     let mut loaded = Loaded::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect(),
+        Ok(entries) => {
+            entries.flatten().map(|e| e.path()).filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))).collect()
+        }
         Err(e) => {
             loaded.errors.push(ObjectError { file: dir.to_owned(), object: "directory".into(), message: e.to_string() });
             loaded.incomplete.insert(dir.to_owned());
@@ -83,9 +81,7 @@ fn read_file(path: &Path) -> Result<String, String> {
     }
     // The file may grow between the check and the read: never read past the limit.
     let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_FILE_SIZE + 1).read_to_string(&mut text))
-        .map_err(|e| e.to_string())?;
+    std::fs::File::open(path).and_then(|file| file.take(MAX_FILE_SIZE + 1).read_to_string(&mut text)).map_err(|e| e.to_string())?;
     if text.len() as u64 > MAX_FILE_SIZE {
         return Err(too_large());
     }
@@ -127,11 +123,7 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
     let kind = value.get("kind").and_then(Value::as_str).ok_or((None, "field `kind`: missing".to_owned()))?;
     let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
-    let namespace = value
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let namespace = value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default");
     let label = name.map(|n| format!("{kind} {namespace}/{n}"));
     let fail = |message: String| (label.clone(), message);
     if name.is_none_or(str::is_empty) {
@@ -277,7 +269,10 @@ mod tests {
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         let loaded = load(&format!("{SERVICE}---\nx: {deep}\n"));
         assert_eq!(loaded.objects.len(), 1);
-        assert_eq!(messages(&loaded), ["dir/config.yaml: document 2: nested more than 64 levels deep at line 6 column 67; the rest of the file is not read"]);
+        assert_eq!(
+            messages(&loaded),
+            ["dir/config.yaml: document 2: nested more than 64 levels deep at line 6 column 67; the rest of the file is not read"]
+        );
     }
 
     #[test]
@@ -292,7 +287,13 @@ mod tests {
         assert_eq!(loaded.objects.len(), 1, "the document after the bomb loads");
         let messages = messages(&loaded);
         assert_eq!(messages.len(), 1, "{messages:#?}");
-        assert!(messages[0].ends_with("bomb.yaml: document 1: YAML alias at line 2 column 10: keel-control does not expand aliases (write the value out in full)"), "{}", messages[0]);
+        assert!(
+            messages[0].ends_with(
+                "bomb.yaml: document 1: YAML alias at line 2 column 10: keel-control does not expand aliases (write the value out in full)"
+            ),
+            "{}",
+            messages[0]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -393,7 +394,11 @@ metadata: {namespace: x}
         assert_eq!(kinds, ["VirtualService", "DestinationRule"].repeat(3));
         let messages: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
         assert_eq!(messages.len(), 2, "{messages:#?}");
-        assert!(messages[0].contains("VirtualService default/reviews: field `apiVersion`: \"networking.istio.io/v2\" is not a known version"), "{}", messages[0]);
+        assert!(
+            messages[0].contains("VirtualService default/reviews: field `apiVersion`: \"networking.istio.io/v2\" is not a known version"),
+            "{}",
+            messages[0]
+        );
         assert!(messages[1].contains("DestinationRule default/reviews: field `apiVersion`"), "{}", messages[1]);
     }
 }

@@ -39,9 +39,7 @@ impl Tokens {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization metadata is not a bearer token"))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("authorization metadata is not a bearer token"))?;
         self.nodes.get(token.trim()).cloned().ok_or_else(|| Status::unauthenticated("unknown bearer token"))
     }
 }

@@ -7,9 +7,7 @@ use std::{
 };
 
 use keel_control::{
-    objects::{
-        DestinationRule, HashKey, HeaderMatch, HttpAction, Object, SimpleLb, StringMatch, VirtualService,
-    },
+    objects::{DestinationRule, HashKey, HeaderMatch, HttpAction, Object, SimpleLb, StringMatch, VirtualService},
     source::{load_text, Loaded},
     translate::{translate, Mesh},
 };

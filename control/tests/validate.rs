@@ -8,13 +8,8 @@ const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, nam
 
 /// Runs `keel-control validate <dir>`, killed (and the test failed) if it takes more than 10 s.
 fn validate(dir: &std::path::Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel-control"))
-        .arg("validate")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_keel-control")).arg("validate").arg(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

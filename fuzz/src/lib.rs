@@ -38,9 +38,8 @@ pub fn decode_and_use(type_url: &str, bytes: &[u8]) {
     let Ok(resource) = state::decode(type_url, "fuzz", bytes) else { return };
     match &resource {
         Resource::Cluster(config) => {
-            let endpoints = (1..=3u8)
-                .map(|i| LbEndpoint { address: ([10, 0, 0, i], 8080).into(), hostname: String::new(), locality: None })
-                .collect();
+            let endpoints =
+                (1..=3u8).map(|i| LbEndpoint { address: ([10, 0, 0, i], 8080).into(), hostname: String::new(), locality: None }).collect();
             let assignment = LoadAssignment { cluster: config.name.clone(), endpoints };
             exercise_cluster(&Cluster::new(config.clone(), Some(Arc::new(assignment))));
         }

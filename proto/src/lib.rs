@@ -146,7 +146,8 @@ mod tests {
     /// Field numbers are the wire contract with istiod and ztunnel: spot-check the encoding byte for byte.
     #[test]
     fn field_numbers_match_the_reference() {
-        let w = workload::Workload { uid: "u".into(), name: "n".into(), tunnel_protocol: workload::TunnelProtocol::Hbone as i32, ..Default::default() };
+        let w =
+            workload::Workload { uid: "u".into(), name: "n".into(), tunnel_protocol: workload::TunnelProtocol::Hbone as i32, ..Default::default() };
         // name = 1 (tag 0x0a), tunnel_protocol = 5 (tag 0x28), uid = 20 (tag 0xa2 0x01).
         assert_eq!(w.encode_to_vec(), [0x0a, 1, b'n', 0x28, 1, 0xa2, 0x01, 1, b'u']);
         let a = security::Authorization { name: "p".into(), action: security::Action::Deny as i32, dry_run: true, ..Default::default() };

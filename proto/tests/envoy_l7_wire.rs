@@ -131,13 +131,13 @@ fn route_action_decodes_envoy_bytes_and_skips_unknown_fields() {
         ld(8, &secs(2)),                                                   // timeout
         ld(9, &retry),                                                     // retry_policy
         ld(15, &hash),                                                     // hash_policy
-        ld(15, &ld(3, &v(1, 1))),     // hash_policy { connection_properties { source_ip } }
-        ld(17, &ld(2, b"GET")),       // cors: not in the subset
-        ld(25, &ld(1, b"websocket")), // upgrade_configs: not in the subset
-        ld(30, &[ld(1, b"mirror"), ld(3, &ld(1, &v(1, 10)))].concat()), // request_mirror_policies
+        ld(15, &ld(3, &v(1, 1))),                                          // hash_policy { connection_properties { source_ip } }
+        ld(17, &ld(2, b"GET")),                                            // cors: not in the subset
+        ld(25, &ld(1, b"websocket")),                                      // upgrade_configs: not in the subset
+        ld(30, &[ld(1, b"mirror"), ld(3, &ld(1, &v(1, 10)))].concat()),    // request_mirror_policies
         ld(32, &[ld(1, &ld(2, b"^/a/(.*)$")), ld(2, b"/b/\\1")].concat()), // regex_rewrite
-        ld(36, &[ld(1, &secs(3)), ld(2, &secs(0))].concat()), // max_stream_duration
-        v(38, 1),                     // append_x_forwarded_host: not in the subset
+        ld(36, &[ld(1, &secs(3)), ld(2, &secs(0))].concat()),              // max_stream_duration
+        v(38, 1),                                                          // append_x_forwarded_host: not in the subset
     ]
     .concat();
 
@@ -166,10 +166,7 @@ fn route_action_decodes_envoy_bytes_and_skips_unknown_fields() {
     assert_eq!((backoff.base_interval, backoff.max_interval), (dur(0, 25_000_000), dur(0, 250_000_000)));
 
     assert_eq!(a.hash_policy.len(), 2);
-    assert_eq!(
-        a.hash_policy[0].policy_specifier,
-        Some(hash_policy::PolicySpecifier::Header(hash_policy::Header { header_name: "x-user".into() }))
-    );
+    assert_eq!(a.hash_policy[0].policy_specifier, Some(hash_policy::PolicySpecifier::Header(hash_policy::Header { header_name: "x-user".into() })));
     assert!(a.hash_policy[0].terminal);
     assert_eq!(
         a.hash_policy[1].policy_specifier,
@@ -301,11 +298,7 @@ fn route_configuration_with_fault_redirect_and_direct_response() {
         ld(5, &ld(1, b"reviews:9080/*")),                                              // decorator: not in the subset
     ]
     .concat();
-    let redirect = [
-        ld(1, &ld(1, b"/old")),
-        ld(3, &[v(4, 1), ld(1, b"new.example"), v(8, 8443), ld(2, b"/new"), v(3, 3), v(6, 1)].concat()),
-    ]
-    .concat();
+    let redirect = [ld(1, &ld(1, b"/old")), ld(3, &[v(4, 1), ld(1, b"new.example"), v(8, 8443), ld(2, b"/new"), v(3, 3), v(6, 1)].concat())].concat();
     let direct = [ld(1, &ld(2, b"/health")), ld(7, &[v(1, 418), ld(2, &ld(3, b"teapot"))].concat())].concat();
     let vhost = [
         ld(1, b"reviews.default.svc.cluster.local:9080"), // name
@@ -314,12 +307,12 @@ fn route_configuration_with_fault_redirect_and_direct_response() {
         ld(3, &routed), // routes
         ld(3, &redirect),
         ld(3, &direct),
-        ld(7, &ld(1, &[ld(1, b"x-vh"), ld(2, b"1")].concat())), // request_headers_to_add
+        ld(7, &ld(1, &[ld(1, b"x-vh"), ld(2, b"1")].concat())),         // request_headers_to_add
         ld(10, &ld(1, &[ld(1, b"x-vh-resp"), ld(3, b"raw")].concat())), // response_headers_to_add { header { raw_value } }
         ld(11, b"x-a"),                                                 // response_headers_to_remove
         ld(13, b"x-b"),                                                 // request_headers_to_remove
-        v(14, 1),               // include_request_attempt_count: not in the subset
-        ld(16, &ld(1, b"5xx")), // retry_policy
+        v(14, 1),                                                       // include_request_attempt_count: not in the subset
+        ld(16, &ld(1, b"5xx")),                                         // retry_policy
     ]
     .concat();
     let bytes = [ld(1, b"9080"), ld(2, &vhost), v(7, 0), v(14, 1)].concat(); // name, virtual_hosts, +2 unknown
@@ -341,25 +334,17 @@ fn route_configuration_with_fault_redirect_and_direct_response() {
     let Some(route::route::Action::Route(a)) = &r.action else { panic!("{:?}", r.action) };
     assert_eq!(
         a.cluster_specifier,
-        Some(route::route_action::ClusterSpecifier::Cluster(
-            "outbound|9080|v2|reviews.default.svc.cluster.local".into()
-        ))
+        Some(route::route_action::ClusterSpecifier::Cluster("outbound|9080|v2|reviews.default.svc.cluster.local".into()))
     );
     assert_eq!(r.request_headers_to_add[0].header.as_ref().unwrap().value, "1");
-    assert_eq!(
-        r.response_headers_to_add[0].append_action,
-        core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-    );
+    assert_eq!(r.response_headers_to_add[0].append_action, core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
     assert_eq!(r.response_headers_to_remove, ["x-powered-by"]);
     assert_eq!(r.request_headers_to_remove, ["cookie"]);
     let any = &r.typed_per_filter_config["envoy.filters.http.fault"];
     assert_eq!(any.type_url, keel_proto::HTTP_FAULT_TYPE_URL);
     let f = fault::HttpFault::decode(any.value.as_slice()).expect("HTTPFault decodes");
     let d = f.delay.as_ref().expect("delay");
-    assert_eq!(
-        d.fault_delay_secifier,
-        Some(fault_common::fault_delay::FaultDelaySecifier::FixedDelay(Duration { seconds: 2, nanos: 0 }))
-    );
+    assert_eq!(d.fault_delay_secifier, Some(fault_common::fault_delay::FaultDelaySecifier::FixedDelay(Duration { seconds: 2, nanos: 0 })));
     assert_eq!(d.percentage.as_ref().map(|p| (p.numerator, p.denominator)), Some((100, 0)));
     let ab = f.abort.as_ref().expect("abort");
     assert_eq!(ab.error_type, Some(fault::fault_abort::ErrorType::HttpStatus(503)));
@@ -386,27 +371,13 @@ fn cluster_decodes_envoy_bytes() {
     let bytes = [
         ld(1, b"outbound|9080|v1|reviews.default.svc.cluster.local"), // name
         v(2, 3),                                                      // type = EDS
-        ld(3, &[ld(1, &ld(3, &[])), ld(2, b"svc-v1")].concat()), // eds_cluster_config { eds_config { ads }, service_name }
-        ld(4, &secs(10)),                                        // connect_timeout
-        v(6, 1),                                                 // lb_policy = LEAST_REQUEST
-        ld(9, &wrapped(1)),                                      // max_requests_per_connection
+        ld(3, &[ld(1, &ld(3, &[])), ld(2, b"svc-v1")].concat()),      // eds_cluster_config { eds_config { ads }, service_name }
+        ld(4, &secs(10)),                                             // connect_timeout
+        v(6, 1),                                                      // lb_policy = LEAST_REQUEST
+        ld(9, &wrapped(1)),                                           // max_requests_per_connection
         // circuit_breakers { thresholds { priority, max_connections, max_pending_requests, max_requests, max_retries,
         // track_remaining (not in the subset) } }
-        ld(
-            10,
-            &ld(
-                1,
-                &[
-                    v(1, 0),
-                    ld(2, &wrapped(100)),
-                    ld(3, &wrapped(10)),
-                    ld(4, &wrapped(200)),
-                    ld(5, &wrapped(4)),
-                    v(6, 1),
-                ]
-                .concat(),
-            ),
-        ),
+        ld(10, &ld(1, &[v(1, 0), ld(2, &wrapped(100)), ld(3, &wrapped(10)), ld(4, &wrapped(200)), ld(5, &wrapped(4)), v(6, 1)].concat())),
         ld(14, &v(2, 100)), // http2_protocol_options (its own fields are skipped)
         ld(
             19,
@@ -429,7 +400,7 @@ fn cluster_decodes_envoy_bytes() {
         // common_lb_config { healthy_panic_threshold { value }, locality_weighted_lb_config }
         ld(27, &[ld(1, &f64_field(1, 25.0)), ld(3, &[])].concat()),
         ld(36, &ld(1, b"envoy.extensions.upstreams.http.v3.HttpProtocolOptions")), // typed_extension_protocol_options: skipped
-        ld(37, &ld(1, &wrapped(3))), // least_request_lb_config { choice_count }
+        ld(37, &ld(1, &wrapped(3))),                                               // least_request_lb_config { choice_count }
     ]
     .concat();
     let c = cluster::Cluster::decode(bytes.as_slice()).expect("Cluster decodes");
@@ -447,53 +418,33 @@ fn cluster_decodes_envoy_bytes() {
     assert_eq!(c.max_requests_per_connection, Some(1));
     let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!(t.priority, core::RoutingPriority::Default as i32);
-    assert_eq!(
-        (t.max_connections, t.max_pending_requests, t.max_requests, t.max_retries),
-        (Some(100), Some(10), Some(200), Some(4))
-    );
+    assert_eq!((t.max_connections, t.max_pending_requests, t.max_requests, t.max_retries), (Some(100), Some(10), Some(200), Some(4)));
     assert!(c.http2_protocol_options.is_some());
     let od = c.outlier_detection.as_ref().unwrap();
     assert_eq!((od.consecutive_5xx, od.interval, od.base_ejection_time), (Some(3), dur(1, 0), dur(30, 0)));
-    assert_eq!(
-        (od.max_ejection_percent, od.enforcing_consecutive_5xx, od.enforcing_success_rate),
-        (Some(50), Some(100), Some(0))
-    );
+    assert_eq!((od.max_ejection_percent, od.enforcing_consecutive_5xx, od.enforcing_success_rate), (Some(50), Some(100), Some(0)));
     assert_eq!((od.consecutive_gateway_failure, od.enforcing_consecutive_gateway_failure), (Some(2), Some(100)));
     assert!(od.split_external_local_origin_errors);
-    assert_eq!(
-        (od.consecutive_local_origin_failure, od.enforcing_consecutive_local_origin_failure),
-        (Some(4), Some(100))
-    );
+    assert_eq!((od.consecutive_local_origin_failure, od.enforcing_consecutive_local_origin_failure), (Some(4), Some(100)));
     let common = c.common_lb_config.as_ref().unwrap();
     assert_eq!(common.healthy_panic_threshold, Some(types::Percent { value: 25.0 }));
     assert!(matches!(
         common.locality_config_specifier,
         Some(cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
     ));
-    assert_eq!(
-        c.lb_config,
-        Some(LbConfig::LeastRequestLbConfig(cluster::cluster::LeastRequestLbConfig { choice_count: Some(3) }))
-    );
+    assert_eq!(c.lb_config, Some(LbConfig::LeastRequestLbConfig(cluster::cluster::LeastRequestLbConfig { choice_count: Some(3) })));
 
     // The other LB configs and the enum values of LbPolicy and DiscoveryType.
-    let c = cluster::Cluster::decode(
-        [v(6, 2), ld(23, &[ld(1, &wrapped(2048)), v(3, 1), ld(4, &wrapped(4096))].concat())].concat().as_slice(),
-    )
-    .unwrap();
+    let c =
+        cluster::Cluster::decode([v(6, 2), ld(23, &[ld(1, &wrapped(2048)), v(3, 1), ld(4, &wrapped(4096))].concat())].concat().as_slice()).unwrap();
     assert_eq!(c.lb_policy, LbPolicy::RingHash as i32);
     let Some(LbConfig::RingHashLbConfig(rh)) = c.lb_config else { panic!() };
     assert_eq!((rh.minimum_ring_size, rh.hash_function, rh.maximum_ring_size), (Some(2048), 1, Some(4096)));
     let c = cluster::Cluster::decode([v(6, 5), ld(52, &ld(1, &wrapped(65537)))].concat().as_slice()).unwrap();
     assert_eq!(c.lb_policy, LbPolicy::Maglev as i32);
-    assert_eq!(
-        c.lb_config,
-        Some(LbConfig::MaglevLbConfig(cluster::cluster::MaglevLbConfig { table_size: Some(65537) }))
-    );
+    assert_eq!(c.lb_config, Some(LbConfig::MaglevLbConfig(cluster::cluster::MaglevLbConfig { table_size: Some(65537) })));
     assert_eq!([LbPolicy::RoundRobin as i32, LbPolicy::Random as i32], [0, 3]);
-    assert_eq!(
-        [DiscoveryType::Static as i32, DiscoveryType::StrictDns as i32, DiscoveryType::OriginalDst as i32],
-        [0, 1, 4]
-    );
+    assert_eq!([DiscoveryType::Static as i32, DiscoveryType::StrictDns as i32, DiscoveryType::OriginalDst as i32], [0, 1, 4]);
 }
 
 #[test]
@@ -520,34 +471,20 @@ fn cluster_load_assignment_decodes_envoy_bytes() {
     let cla = endpoint::ClusterLoadAssignment::decode(bytes.as_slice()).expect("ClusterLoadAssignment decodes");
     assert_eq!(cla.cluster_name, "outbound|9080|v1|reviews");
     let g = &cla.endpoints[0];
-    assert_eq!(
-        g.locality,
-        Some(core::Locality { region: "eu".into(), zone: "eu-1a".into(), sub_zone: "rack1".into() })
-    );
+    assert_eq!(g.locality, Some(core::Locality { region: "eu".into(), zone: "eu-1a".into(), sub_zone: "rack1".into() }));
     assert_eq!((g.load_balancing_weight, g.priority), (Some(7), 1));
     let e = &g.lb_endpoints[0];
     let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else { panic!("{e:?}") };
     assert_eq!(ep.hostname, "reviews-v1-0");
-    let Some(core::address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.clone()) else {
-        panic!()
-    };
-    assert_eq!(
-        (sa.address.as_str(), sa.port_specifier),
-        ("10.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080)))
-    );
+    let Some(core::address::Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.clone()) else { panic!() };
+    assert_eq!((sa.address.as_str(), sa.port_specifier), ("10.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080))));
     assert_eq!(sa.protocol, core::socket_address::Protocol::Tcp as i32);
     assert_eq!(e.health_status, core::HealthStatus::Healthy as i32);
     assert!(e.metadata.as_ref().unwrap().filter_metadata.contains_key("istio"));
     assert_eq!(e.load_balancing_weight, Some(2));
     assert_eq!(g.lb_endpoints[1].health_status, core::HealthStatus::Draining as i32);
     assert_eq!(
-        [
-            core::HealthStatus::Unknown,
-            core::HealthStatus::Unhealthy,
-            core::HealthStatus::Timeout,
-            core::HealthStatus::Degraded
-        ]
-        .map(|s| s as i32),
+        [core::HealthStatus::Unknown, core::HealthStatus::Unhealthy, core::HealthStatus::Timeout, core::HealthStatus::Degraded].map(|s| s as i32),
         [0, 2, 4, 5]
     );
 }
@@ -558,18 +495,11 @@ fn listener_with_http_connection_manager_decodes_envoy_bytes() {
         v(1, 0),                                                                   // codec_type = AUTO
         ld(2, b"inbound_0.0.0.0_9080"),                                            // stat_prefix
         ld(3, &[ld(1, &[ld(3, &[]), v(6, 2)].concat()), ld(2, b"9080")].concat()), // rds { config_source { ads, V3 }, route_config_name }
+        ld(5, &[ld(1, b"envoy.filters.http.fault"), ld(4, &ld(1, keel_proto::HTTP_FAULT_TYPE_URL.as_bytes()))].concat()),
         ld(
             5,
-            &[ld(1, b"envoy.filters.http.fault"), ld(4, &ld(1, keel_proto::HTTP_FAULT_TYPE_URL.as_bytes()))].concat(),
-        ),
-        ld(
-            5,
-            &[
-                ld(1, b"envoy.filters.http.router"),
-                ld(4, &ld(1, b"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")),
-                v(6, 0),
-            ]
-            .concat(),
+            &[ld(1, b"envoy.filters.http.router"), ld(4, &ld(1, b"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")), v(6, 0)]
+                .concat(),
         ),
         ld(13, &ld(1, b"envoy.access_loggers.file")), // access_log: not in the subset
         ld(24, &secs(300)),                           // stream_idle_timeout: not in the subset
@@ -577,19 +507,10 @@ fn listener_with_http_connection_manager_decodes_envoy_bytes() {
     .concat();
     let hcm_any = [ld(1, keel_proto::HTTP_CONNECTION_MANAGER_TYPE_URL.as_bytes()), ld(2, &hcm_bytes)].concat();
     let chain = [
-        ld(
-            1,
-            &[
-                ld(3, &[ld(1, b"10.0.0.0"), ld(2, &wrapped(8))].concat()),
-                ld(8, &wrapped(9080)),
-                ld(9, b"raw_buffer"),
-                ld(10, b"h2c"),
-            ]
-            .concat(),
-        ), // filter_chain_match
+        ld(1, &[ld(3, &[ld(1, b"10.0.0.0"), ld(2, &wrapped(8))].concat()), ld(8, &wrapped(9080)), ld(9, b"raw_buffer"), ld(10, b"h2c")].concat()), // filter_chain_match
         ld(3, &[ld(1, b"envoy.filters.network.http_connection_manager"), ld(4, &hcm_any)].concat()), // filters
-        ld(6, &ld(1, b"envoy.transport_sockets.tls")), // transport_socket: not in the subset
-        ld(7, b"0.0.0.0_9080"),                        // name
+        ld(6, &ld(1, b"envoy.transport_sockets.tls")),                                               // transport_socket: not in the subset
+        ld(7, b"0.0.0.0_9080"),                                                                      // name
     ]
     .concat();
     let bytes = [
@@ -603,9 +524,7 @@ fn listener_with_http_connection_manager_decodes_envoy_bytes() {
     .concat();
     let l = listener::Listener::decode(bytes.as_slice()).expect("Listener decodes");
     assert_eq!(l.name, "0.0.0.0_9080");
-    assert!(
-        matches!(l.address.as_ref().and_then(|a| a.address.as_ref()), Some(core::address::Address::SocketAddress(s)) if s.address == "0.0.0.0")
-    );
+    assert!(matches!(l.address.as_ref().and_then(|a| a.address.as_ref()), Some(core::address::Address::SocketAddress(s)) if s.address == "0.0.0.0"));
     assert_eq!(l.default_filter_chain.as_ref().map(|c| c.name.as_str()), Some("default"));
     let fc = &l.filter_chains[0];
     assert_eq!(fc.name, "0.0.0.0_9080");
@@ -624,15 +543,10 @@ fn listener_with_http_connection_manager_decodes_envoy_bytes() {
     let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = &h.route_specifier else { panic!() };
     assert_eq!(rds.route_config_name, "9080");
     assert_eq!(rds.config_source.as_ref().map(|s| s.resource_api_version), Some(core::ApiVersion::V3 as i32));
-    assert_eq!(
-        h.http_filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
-        ["envoy.filters.http.fault", "envoy.filters.http.router"]
-    );
+    assert_eq!(h.http_filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["envoy.filters.http.fault", "envoy.filters.http.router"]);
     // route_config = 4: the route table inline.
     let h = hcm::HttpConnectionManager::decode(ld(4, &ld(1, b"inline")).as_slice()).unwrap();
-    assert!(
-        matches!(h.route_specifier, Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) if rc.name == "inline")
-    );
+    assert!(matches!(h.route_specifier, Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) if rc.name == "inline"));
 }
 
 /// Resources built with the generated types survive encode/decode unchanged (nothing lost in the subset).
@@ -644,104 +558,80 @@ fn resources_round_trip() {
         append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     };
-    let pct = |n| types::FractionalPercent {
-        numerator: n,
-        denominator: types::fractional_percent::DenominatorType::Hundred as i32,
-    };
+    let pct = |n| types::FractionalPercent { numerator: n, denominator: types::fractional_percent::DenominatorType::Hundred as i32 };
     let http_fault = fault::HttpFault {
         delay: Some(fault_common::FaultDelay {
-            fault_delay_secifier: Some(fault_common::fault_delay::FaultDelaySecifier::FixedDelay(Duration {
-                seconds: 2,
-                nanos: 0,
-            })),
+            fault_delay_secifier: Some(fault_common::fault_delay::FaultDelaySecifier::FixedDelay(Duration { seconds: 2, nanos: 0 })),
             percentage: Some(pct(100)),
         }),
-        abort: Some(fault::FaultAbort {
-            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)),
-            percentage: Some(pct(50)),
-        }),
+        abort: Some(fault::FaultAbort { error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)), percentage: Some(pct(50)) }),
     };
-    let rc = route::RouteConfiguration {
-        name: "9080".into(),
-        virtual_hosts: vec![route::VirtualHost {
-            name: "reviews:9080".into(),
-            domains: vec!["reviews".into(), "reviews:9080".into()],
-            routes: vec![route::Route {
-                name: "canary".into(),
-                r#match: Some(route::RouteMatch {
-                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
-                    headers: vec![route::HeaderMatcher {
-                        name: "end-user".into(),
-                        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
-                            matcher::StringMatcher {
+    let rc =
+        route::RouteConfiguration {
+            name: "9080".into(),
+            virtual_hosts: vec![route::VirtualHost {
+                name: "reviews:9080".into(),
+                domains: vec!["reviews".into(), "reviews:9080".into()],
+                routes: vec![route::Route {
+                    name: "canary".into(),
+                    r#match: Some(route::RouteMatch {
+                        path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                        headers: vec![route::HeaderMatcher {
+                            name: "end-user".into(),
+                            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(matcher::StringMatcher {
                                 match_pattern: Some(matcher::string_matcher::MatchPattern::Exact("jason".into())),
                                 ignore_case: false,
-                            },
-                        )),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                action: Some(route::route::Action::Route(route::RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::WeightedClusters(route::WeightedCluster {
-                        clusters: vec![
-                            route::weighted_cluster::ClusterWeight {
-                                name: "v1".into(),
-                                weight: Some(80),
-                                ..Default::default()
-                            },
-                            route::weighted_cluster::ClusterWeight {
-                                name: "v2".into(),
-                                weight: Some(20),
-                                request_headers_to_add: vec![hv("x-canary", "1")],
-                                ..Default::default()
-                            },
-                        ],
-                        total_weight: None,
-                    })),
-                    timeout: dur(1, 0),
-                    retry_policy: Some(route::RetryPolicy {
-                        retry_on: "5xx,retriable-status-codes".into(),
-                        num_retries: Some(3),
-                        per_try_timeout: dur(0, 300_000_000),
-                        retriable_status_codes: vec![500, 503],
-                        retry_back_off: Some(route::retry_policy::RetryBackOff {
-                            base_interval: dur(0, 25_000_000),
-                            max_interval: None,
-                        }),
+                            })),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     }),
-                    request_mirror_policies: vec![route::route_action::RequestMirrorPolicy {
-                        cluster: "v2".into(),
-                        runtime_fraction: Some(core::RuntimeFractionalPercent {
-                            default_value: Some(pct(10)),
-                            runtime_key: String::new(),
+                    action: Some(route::route::Action::Route(route::RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+                            clusters: vec![
+                                route::weighted_cluster::ClusterWeight { name: "v1".into(), weight: Some(80), ..Default::default() },
+                                route::weighted_cluster::ClusterWeight {
+                                    name: "v2".into(),
+                                    weight: Some(20),
+                                    request_headers_to_add: vec![hv("x-canary", "1")],
+                                    ..Default::default()
+                                },
+                            ],
+                            total_weight: None,
+                        })),
+                        timeout: dur(1, 0),
+                        retry_policy: Some(route::RetryPolicy {
+                            retry_on: "5xx,retriable-status-codes".into(),
+                            num_retries: Some(3),
+                            per_try_timeout: dur(0, 300_000_000),
+                            retriable_status_codes: vec![500, 503],
+                            retry_back_off: Some(route::retry_policy::RetryBackOff { base_interval: dur(0, 25_000_000), max_interval: None }),
+                            ..Default::default()
                         }),
-                    }],
-                    hash_policy: vec![route::route_action::HashPolicy {
-                        policy_specifier: Some(route::route_action::hash_policy::PolicySpecifier::Cookie(
-                            route::route_action::hash_policy::Cookie {
-                                name: "user".into(),
-                                ttl: dur(60, 0),
-                                path: "/".into(),
-                            },
-                        )),
-                        terminal: false,
-                    }],
+                        request_mirror_policies: vec![route::route_action::RequestMirrorPolicy {
+                            cluster: "v2".into(),
+                            runtime_fraction: Some(core::RuntimeFractionalPercent { default_value: Some(pct(10)), runtime_key: String::new() }),
+                        }],
+                        hash_policy: vec![route::route_action::HashPolicy {
+                            policy_specifier: Some(route::route_action::hash_policy::PolicySpecifier::Cookie(
+                                route::route_action::hash_policy::Cookie { name: "user".into(), ttl: dur(60, 0), path: "/".into() },
+                            )),
+                            terminal: false,
+                        }],
+                        ..Default::default()
+                    })),
+                    response_headers_to_add: vec![hv("x-served-by", "keel")],
+                    typed_per_filter_config: [(
+                        "envoy.filters.http.fault".to_string(),
+                        Any { type_url: keel_proto::HTTP_FAULT_TYPE_URL.into(), value: http_fault.encode_to_vec() },
+                    )]
+                    .into(),
                     ..Default::default()
-                })),
-                response_headers_to_add: vec![hv("x-served-by", "keel")],
-                typed_per_filter_config: [(
-                    "envoy.filters.http.fault".to_string(),
-                    Any { type_url: keel_proto::HTTP_FAULT_TYPE_URL.into(), value: http_fault.encode_to_vec() },
-                )]
-                .into(),
+                }],
+                retry_policy: Some(route::RetryPolicy { retry_on: "connect-failure".into(), ..Default::default() }),
                 ..Default::default()
             }],
-            retry_policy: Some(route::RetryPolicy { retry_on: "connect-failure".into(), ..Default::default() }),
-            ..Default::default()
-        }],
-    };
+        };
     assert_eq!(route::RouteConfiguration::decode(rc.encode_to_vec().as_slice()).unwrap(), rc);
     let any = &rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.fault"];
     assert_eq!(fault::HttpFault::decode(any.value.as_slice()).unwrap(), http_fault);
@@ -771,14 +661,10 @@ fn resources_round_trip() {
     };
     let c = cluster::Cluster {
         name: "outbound|9080|v1|reviews".into(),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
-            cluster::cluster::DiscoveryType::Eds as i32,
-        )),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
             eds_config: Some(core::ConfigSource {
-                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
-                    core::AggregatedConfigSource {},
-                )),
+                config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(core::AggregatedConfigSource {})),
                 initial_fetch_timeout: None,
                 resource_api_version: core::ApiVersion::V3 as i32,
             }),
@@ -787,17 +673,9 @@ fn resources_round_trip() {
         connect_timeout: dur(10, 0),
         lb_policy: cluster::cluster::LbPolicy::RingHash as i32,
         circuit_breakers: Some(cluster::CircuitBreakers {
-            thresholds: vec![cluster::circuit_breakers::Thresholds {
-                max_connections: Some(1),
-                max_pending_requests: Some(1),
-                ..Default::default()
-            }],
+            thresholds: vec![cluster::circuit_breakers::Thresholds { max_connections: Some(1), max_pending_requests: Some(1), ..Default::default() }],
         }),
-        outlier_detection: Some(cluster::OutlierDetection {
-            consecutive_5xx: Some(1),
-            base_ejection_time: dur(180, 0),
-            ..Default::default()
-        }),
+        outlier_detection: Some(cluster::OutlierDetection { consecutive_5xx: Some(1), base_ejection_time: dur(180, 0), ..Default::default() }),
         lb_config: Some(cluster::cluster::LbConfig::RingHashLbConfig(cluster::cluster::RingHashLbConfig {
             minimum_ring_size: Some(1024),
             ..Default::default()
@@ -831,9 +709,7 @@ fn resources_round_trip() {
     };
     let back = listener::Listener::decode(l.encode_to_vec().as_slice()).unwrap();
     assert_eq!(back, l);
-    let Some(listener::filter::ConfigType::TypedConfig(any)) = &back.filter_chains[0].filters[0].config_type else {
-        panic!()
-    };
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &back.filter_chains[0].filters[0].config_type else { panic!() };
     assert_eq!(hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap(), h);
 }
 
@@ -841,13 +717,7 @@ fn resources_round_trip() {
 #[test]
 fn type_urls() {
     assert_eq!(keel_proto::LISTENER_TYPE_URL, "type.googleapis.com/envoy.config.listener.v3.Listener");
-    assert_eq!(
-        keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
-        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-    );
+    assert_eq!(keel_proto::ROUTE_CONFIGURATION_TYPE_URL, "type.googleapis.com/envoy.config.route.v3.RouteConfiguration");
     assert_eq!(keel_proto::CLUSTER_TYPE_URL, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
-    assert_eq!(
-        keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-    );
+    assert_eq!(keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
 }

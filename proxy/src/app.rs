@@ -24,14 +24,14 @@ use crate::{
     capture::{Capture, EbpfCounters},
     config::{CaptureMode, Config},
     config_dump::ConfigDump,
-    enrollment::Enrollment,
-    identity::{CertificateManager, Identity},
-    pods::PodSpec,
-    hbone::client::{HboneClient, HbonePoolStats},
     data_path::DataPath,
     dial::{Dialer, NodePods},
-    policy::open_connections::OpenConnections,
+    enrollment::Enrollment,
+    hbone::client::{HboneClient, HbonePoolStats},
+    identity::{CertificateManager, Identity},
     limits::Slots,
+    pods::PodSpec,
+    policy::open_connections::OpenConnections,
     telemetry::{ConnectionStats, Refusal, Telemetry},
 };
 
@@ -83,12 +83,7 @@ impl Daemon {
     pub async fn config_dump(&self) -> ConfigDump {
         let captured: BTreeSet<IpAddr> = self.enrollment.specs().await.into_iter().flat_map(|p| p.ips).collect();
         let certificates = self.data_path.dialer.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
-        ConfigDump::build(
-            &self.data_path.workloads.snapshot(),
-            &captured,
-            certificates,
-            self.xds.as_ref().map(|x| x.status.borrow().clone()),
-        )
+        ConfigDump::build(&self.data_path.workloads.snapshot(), &captured, certificates, self.xds.as_ref().map(|x| x.status.borrow().clone()))
     }
 
     /// Enrolled pods, each with the Workload its address belongs to (where its identity comes from).
@@ -100,11 +95,7 @@ impl Daemon {
             .into_iter()
             .map(|spec| {
                 let workload = spec.ips.iter().find_map(|ip| snapshot.workloads_by_ip.get(ip));
-                EnrolledPodView {
-                    workload: workload.map(|w| w.uid.clone()),
-                    identity: workload.map(|w| Identity::of_workload(w).to_string()),
-                    spec,
-                }
+                EnrolledPodView { workload: workload.map(|w| w.uid.clone()), identity: workload.map(|w| Identity::of_workload(w).to_string()), spec }
             })
             .collect()
     }
@@ -194,14 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let daemon = Arc::new(Daemon {
-        config: config.clone(),
-        data_path,
-        enrollment,
-        ready: AtomicBool::new(false),
-        open_files_limit,
-        xds,
-    });
+    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), open_files_limit, xds });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));

@@ -94,10 +94,8 @@ async fn carry(
     dp: &Arc<DataPath>,
     record: &mut ConnectionRecord,
 ) -> Result<Carried, ConnectionError> {
-    let destination = dp
-        .capture
-        .original_destination(direction, pod.netns.cookie(), client)
-        .map_err(|e| ConnectionError::OriginalDestination(e.to_string()))?;
+    let destination =
+        dp.capture.original_destination(direction, pod.netns.cookie(), client).map_err(|e| ConnectionError::OriginalDestination(e.to_string()))?;
     record.original_destination = SocketAddr::V4(destination);
     let planned = {
         let snapshot = dp.workloads.snapshot();

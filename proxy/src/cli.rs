@@ -217,14 +217,17 @@ pub struct PodArgs {
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_daemon(cli.api_socket, *args),
-        Command::Enroll(a) => client(&cli.api_socket, Request::Enroll(PodSpec {
-            namespace: a.namespace,
-            name: a.name,
-            service_account: a.service_account,
-            netns: a.netns,
-            cgroup: a.cgroup,
-            ips: a.ips,
-        })),
+        Command::Enroll(a) => client(
+            &cli.api_socket,
+            Request::Enroll(PodSpec {
+                namespace: a.namespace,
+                name: a.name,
+                service_account: a.service_account,
+                netns: a.netns,
+                cgroup: a.cgroup,
+                ips: a.ips,
+            }),
+        ),
         Command::Unenroll(a) => client(&cli.api_socket, Request::Unenroll(PodName { namespace: a.namespace, name: a.name })),
         Command::Pods => client(&cli.api_socket, Request::Pods),
         Command::Stats => client(&cli.api_socket, Request::Stats),
@@ -325,11 +328,8 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             })),
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.max(1))
-        .thread_name("keel-worker")
-        .enable_all()
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).thread_name("keel-worker").enable_all().build()?;
     let result = runtime.block_on(crate::app::run(config));
     access_log.flush();
     result

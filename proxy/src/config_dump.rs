@@ -69,12 +69,7 @@ pub struct PolicyEntry {
 pub use crate::identity::manager::CertificateEntry;
 
 impl ConfigDump {
-    pub fn build(
-        snapshot: &Snapshot,
-        captured_ips: &BTreeSet<IpAddr>,
-        certificates: Vec<CertificateEntry>,
-        xds: Option<XdsStatus>,
-    ) -> ConfigDump {
+    pub fn build(snapshot: &Snapshot, captured_ips: &BTreeSet<IpAddr>, certificates: Vec<CertificateEntry>, xds: Option<XdsStatus>) -> ConfigDump {
         let mut workloads: Vec<WorkloadEntry> = snapshot.workloads.values().map(|w| workload(w, captured_ips)).collect();
         workloads.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         let mut services: Vec<ServiceEntry> = snapshot.services.values().map(|s| service(s, snapshot)).collect();
@@ -138,7 +133,11 @@ pub fn describe_rule(rule: &security::Rule) -> String {
         .iter()
         .map(|c| {
             let matches: Vec<String> = c.matches.iter().map(describe_match).collect();
-            if matches.len() == 1 { matches[0].clone() } else { format!("({})", matches.join(" OR ")) }
+            if matches.len() == 1 {
+                matches[0].clone()
+            } else {
+                format!("({})", matches.join(" OR "))
+            }
         })
         .collect();
     clauses.join(" AND ")
@@ -161,9 +160,8 @@ fn describe_match(m: &security::Match) -> String {
         v.iter().map(|a| ip_of(&a.address).map_or_else(|| "?".into(), |ip| format!("{ip}/{}", a.length))).collect::<Vec<_>>().join(",")
     };
     let ports = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let accounts = |v: &[security::ServiceAccountMatch]| {
-        v.iter().map(|a| format!("{}/{}", a.namespace, a.service_account)).collect::<Vec<_>>().join(",")
-    };
+    let accounts =
+        |v: &[security::ServiceAccountMatch]| v.iter().map(|a| format!("{}/{}", a.namespace, a.service_account)).collect::<Vec<_>>().join(",");
     let fields = [
         ("namespaces", strings(&m.namespaces)),
         ("not_namespaces", strings(&m.not_namespaces)),
@@ -179,5 +177,9 @@ fn describe_match(m: &security::Match) -> String {
         ("not_service_accounts", accounts(&m.not_service_accounts)),
     ];
     let set: Vec<String> = fields.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}=[{v}]")).collect();
-    if set.is_empty() { "any".into() } else { set.join(" ") }
+    if set.is_empty() {
+        "any".into()
+    } else {
+        set.join(" ")
+    }
 }

@@ -106,10 +106,22 @@ mod tests {
         let timed_out = io::Error::new(io::ErrorKind::TimedOut, "idle for 3600 s");
         let cases: Vec<(ConnectionError, &str, &str)> = vec![
             (Refused::KeelPort(destination).into(), "NR", "refusing 10.0.0.1:15001: a keel port, not an application's"),
-            (Refused::UnknownSourceWorkload(*destination.ip()).into(), "UAEX", "refusing: keel has no Workload for source pod 10.0.0.1 (no identity to present)"),
-            (RouteError::NoHealthyEndpoint { service: "demo/echo".into(), port: 80 }.into(), "UH", "no healthy endpoint for service demo/echo port 80"),
+            (
+                Refused::UnknownSourceWorkload(*destination.ip()).into(),
+                "UAEX",
+                "refusing: keel has no Workload for source pod 10.0.0.1 (no identity to present)",
+            ),
+            (
+                RouteError::NoHealthyEndpoint { service: "demo/echo".into(), port: 80 }.into(),
+                "UH",
+                "no healthy endpoint for service demo/echo port 80",
+            ),
             (ConnectionError::PolicyDenied("denied by DENY policy shop/deny".into()), "UAEX", "denied by DENY policy shop/deny"),
-            (DialError::Connect(destination, io::Error::from(io::ErrorKind::ConnectionRefused)).into(), "UF", "connecting to 10.0.0.1:15001: connection refused"),
+            (
+                DialError::Connect(destination, io::Error::from(io::ErrorKind::ConnectionRefused)).into(),
+                "UF",
+                "connecting to 10.0.0.1:15001: connection refused",
+            ),
             (ConnectionError::Relay(timed_out), "SI", "idle for 3600 s"),
             (ConnectionError::Relay(io::Error::from(io::ErrorKind::ConnectionReset)), "UC", "connection reset"),
             (ConnectionError::Revoked("closed by a policy change: x".into()), "UAEX", "closed by a policy change: x"),

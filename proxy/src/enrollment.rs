@@ -17,9 +17,10 @@ use crate::{
     captured,
     data_path::{DataPath, PodContext},
     identity::Identity,
-    l4, sockets,
+    l4,
     netns::Netns,
     pods::{PodName, PodSpec},
+    sockets,
 };
 
 struct EnrolledPod {
@@ -40,19 +41,13 @@ pub struct Enrollment {
 
 impl Enrollment {
     pub fn new(data_path: Arc<DataPath>, cgroup_root: &Path, state_dir: &Path) -> Enrollment {
-        Enrollment {
-            data_path,
-            cgroup_root: cgroup_root.to_owned(),
-            state_file: state_dir.join("pods.json"),
-            pods: Mutex::new(BTreeMap::new()),
-        }
+        Enrollment { data_path, cgroup_root: cgroup_root.to_owned(), state_file: state_dir.join("pods.json"), pods: Mutex::new(BTreeMap::new()) }
     }
 
     /// Enrolls the pods a previous keel persisted. A pod that is gone meanwhile is dropped with a warning.
     pub async fn restore(&self) -> anyhow::Result<usize> {
         let saved: Vec<PodSpec> = match std::fs::read(&self.state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a list of pods", self.state_file.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a list of pods", self.state_file.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.state_file.display())),
         };
@@ -65,8 +60,7 @@ impl Enrollment {
             }
         }
         self.persist().await?;
-        let enrolled: Vec<(u64, Vec<IpAddr>)> =
-            self.pods.lock().await.values().map(|p| (p.context.netns.cookie(), p.spec.ips.clone())).collect();
+        let enrolled: Vec<(u64, Vec<IpAddr>)> = self.pods.lock().await.values().map(|p| (p.context.netns.cookie(), p.spec.ips.clone())).collect();
         self.data_path.capture.retain(&enrolled).context("releasing pods a previous keel captured")?;
         Ok(restored)
     }
@@ -97,8 +91,7 @@ impl Enrollment {
         let netns_path = spec.netns.clone();
         let (netns, listeners) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let netns = Netns::open(&netns_path)?;
-            let listeners = sockets::open_pod_listeners(&netns)
-                .context("opening keel's listeners inside the pod (is another keel serving it?)")?;
+            let listeners = sockets::open_pod_listeners(&netns).context("opening keel's listeners inside the pod (is another keel serving it?)")?;
             Ok((netns, listeners))
         })
         .await??;
@@ -155,8 +148,7 @@ impl Enrollment {
         let snapshot = self.data_path.workloads.snapshot();
         let identity_at = |ip: &IpAddr| snapshot.workloads_by_ip.get(ip).map(|w| Identity::of_workload(w));
         let Some(identity) = ips.iter().find_map(identity_at) else { return };
-        let still_used =
-            self.pods.lock().await.values().any(|p| p.spec.ips.iter().filter_map(identity_at).any(|other| other == identity));
+        let still_used = self.pods.lock().await.values().any(|p| p.spec.ips.iter().filter_map(identity_at).any(|other| other == identity));
         if !still_used {
             certificates.forget(&identity);
         }

@@ -8,8 +8,22 @@ use std::{
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
 const DATA_PATH: [&str; 16] = [
-    "accept", "captured", "connection_error", "data_path", "dial", "hbone", "l4", "l7", "l7_config", "limits", "plan",
-    "policy", "sockets", "telemetry", "upstream", "capture",
+    "accept",
+    "captured",
+    "connection_error",
+    "data_path",
+    "dial",
+    "hbone",
+    "l4",
+    "l7",
+    "l7_config",
+    "limits",
+    "plan",
+    "policy",
+    "sockets",
+    "telemetry",
+    "upstream",
+    "capture",
 ];
 
 fn edges_of(source: &str) -> BTreeSet<String> {

@@ -29,10 +29,8 @@ pub fn init(format: LogFormat) -> AccessLog {
     // stay disabled for good); only the writer depends on the line's target.
     let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let access = AccessLog::start();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(Writers { access: access.clone() })
-        .with_ansi(io::stderr().is_terminal());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(Writers { access: access.clone() }).with_ansi(io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

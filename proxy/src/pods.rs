@@ -86,11 +86,7 @@ impl PodSpec {
         if !self.cgroup.starts_with(cgroup_root) {
             return Err(invalid(
                 "cgroup",
-                format!(
-                    "{} is outside {}, the cgroup keel's connect hooks are attached to",
-                    self.cgroup.display(),
-                    cgroup_root.display()
-                ),
+                format!("{} is outside {}, the cgroup keel's connect hooks are attached to", self.cgroup.display(), cgroup_root.display()),
             ));
         }
         Ok(())

@@ -34,9 +34,9 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
         ),
         View::Services => table(
             &["NAME", "VIPS", "PORTS", "ENDPOINTS"],
-            dump.services.iter().map(|s| {
-                vec![s.name.clone(), s.vips.join(","), s.ports.join(","), format!("{}/{}", s.healthy_endpoints, s.endpoints)]
-            }),
+            dump.services
+                .iter()
+                .map(|s| vec![s.name.clone(), s.vips.join(","), s.ports.join(","), format!("{}/{}", s.healthy_endpoints, s.endpoints)]),
         ),
         View::Policies => table(
             &["NAME", "SCOPE", "ACTION", "RULES"],
@@ -48,9 +48,7 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
         ),
         View::Certs => table(
             &["IDENTITY", "STATE", "SERIAL", "NOT BEFORE", "NOT AFTER"],
-            dump.certificates.iter().map(|c| {
-                vec![c.identity.clone(), c.state.clone(), c.serial.clone(), c.not_before.clone(), c.not_after.clone()]
-            }),
+            dump.certificates.iter().map(|c| vec![c.identity.clone(), c.state.clone(), c.serial.clone(), c.not_before.clone(), c.not_after.clone()]),
         ),
         View::Listeners => table(
             &["NAME", "PORT", "ROUTE CONFIG", "FAULT FILTER"],
@@ -78,17 +76,15 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
         ),
         View::Endpoints => table(
             &["ENDPOINT", "OUTLIER CHECK", "ACTIVE", "LOCALITY", "CLUSTER"],
-            dump.l7.endpoints.iter().map(|e| {
-                vec![e.address.clone(), e.outlier_check.clone(), e.active_requests.to_string(), e.locality.clone(), e.cluster.clone()]
-            }),
+            dump.l7
+                .endpoints
+                .iter()
+                .map(|e| vec![e.address.clone(), e.outlier_check.clone(), e.active_requests.to_string(), e.locality.clone(), e.cluster.clone()]),
         ),
         View::Status => match &dump.xds {
             None => "no workload source: keel runs without a control plane or config directory\n".into(),
             Some(x) => {
-                let mut rows = vec![
-                    vec!["source".into(), x.source.clone()],
-                    vec!["connected".into(), x.connected.to_string()],
-                ];
+                let mut rows = vec![vec!["source".into(), x.source.clone()], vec!["connected".into(), x.connected.to_string()]];
                 let mut types: Vec<_> = x.versions.iter().collect();
                 types.sort();
                 for (type_url, count) in types {

@@ -80,10 +80,7 @@ pub fn into_tokio(listener: std::net::TcpListener) -> io::Result<TcpListener> {
 
 /// Connects to `destination` from inside the pod, as the pod itself would have.
 pub async fn connect_from_pod(netns: &Netns, destination: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = netns
-        .run(marked_tcp_socket)
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
+    let socket = netns.run(marked_tcp_socket).await.map_err(|e| io::Error::other(e.to_string()))??;
     socket.set_tcp_keepalive(&keepalive())?;
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.set_nodelay(true)?;

@@ -14,9 +14,7 @@ fn getsockopt<T: Copy>(fd: impl AsFd, level: libc::c_int, name: libc::c_int) -> 
     let mut value: T = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: value is a writable buffer of `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, (&raw mut value).cast(), &mut len)
-    };
+    let rc = unsafe { libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, (&raw mut value).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

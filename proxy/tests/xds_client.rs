@@ -67,10 +67,7 @@ async fn keel_follows_the_control_plane_and_keeps_its_state_without_it() {
         store.clone(),
     );
     tokio::spawn(client.run());
-    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
-        .await
-        .expect("ready after one response of each type")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r)).await.expect("ready after one response of each type").unwrap();
     let snap = store.snapshot();
     assert!(snap.workloads_by_ip.contains_key(&"10.244.0.11".parse::<IpAddr>().unwrap()));
     assert!(snap.services_by_vip.contains_key(&"10.96.0.10".parse::<IpAddr>().unwrap()));

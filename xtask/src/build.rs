@@ -8,10 +8,7 @@ use crate::{
 };
 
 pub fn build(release: bool) -> Result<()> {
-    let nightly = setup::ensure(Needs {
-        packages: false,
-        nextest: false,
-    })?;
+    let nightly = setup::ensure(Needs { packages: false, nextest: false })?;
     cargo_build(release, nightly)
 }
 
@@ -24,9 +21,7 @@ pub fn cargo_build(release: bool, nightly: bool) -> Result<()> {
     }
     build.args(["-p", "keel", "-p", "keel-control", "-p", "keel-tests", "--bins"]);
     if !nightly {
-        println!(
-            "build: no nightly toolchain with rust-src: building the eBPF programs with stable"
-        );
+        println!("build: no nightly toolchain with rust-src: building the eBPF programs with stable");
         build
             // proxy/build.rs sets RUSTC_BOOTSTRAP=1 for the inner eBPF build when it sees this.
             .env("KEEL_EBPF_TOOLCHAIN", "stable");

@@ -160,13 +160,7 @@ fn line(s: &Summary) -> String {
         None => "ok".to_owned(),
         Some(input) => format!("CRASH: {input}"),
     };
-    format!(
-        "fuzz: {}: {} runs, coverage {} (features {}), {result}",
-        s.target,
-        number(s.runs),
-        number(s.coverage),
-        number(s.features)
-    )
+    format!("fuzz: {}: {} runs, coverage {} (features {}), {result}", s.target, number(s.runs), number(s.coverage), number(s.features))
 }
 
 #[cfg(test)]

@@ -38,10 +38,7 @@ pub fn display(cmd: &Command) -> String {
 
 fn quote(word: &OsStr) -> String {
     let word = word.to_string_lossy();
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
     if plain {
         word.into_owned()
     } else {
@@ -65,15 +62,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs the command with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     echo(cmd);
-    cmd.status()
-        .with_context(|| format!("could not start `{}`", display(cmd)))
+    cmd.status().with_context(|| format!("could not start `{}`", display(cmd)))
 }
 
 /// Runs the command with stdout and stderr captured (a probe); fails only if it cannot start.
 pub fn capture(cmd: &mut Command) -> Result<Output> {
     echo(cmd);
-    cmd.output()
-        .with_context(|| format!("could not start `{}`", display(cmd)))
+    cmd.output().with_context(|| format!("could not start `{}`", display(cmd)))
 }
 
 /// A probe's stdout if the command started and exited 0, else `None`.
@@ -93,9 +88,6 @@ pub fn exec(cmd: &mut Command) -> anyhow::Error {
 
 /// The exit code a shell would report for this status (128 + signal when killed).
 pub fn exit_code(status: ExitStatus) -> ExitCode {
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|sig| 128 + sig))
-        .unwrap_or(1);
+    let code = status.code().or_else(|| status.signal().map(|sig| 128 + sig)).unwrap_or(1);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

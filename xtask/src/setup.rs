@@ -17,10 +17,7 @@ use crate::{
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Static LLVM 23 SDK (X86 only) and the wheel we take the BPF backend libraries from.
-const LLVM_WHEELS: [&str; 2] = [
-    "mlc-llvm-static==23.1.1.post0",
-    "mlc-llvm-static-extra-targets==23.1.1.post0",
-];
+const LLVM_WHEELS: [&str; 2] = ["mlc-llvm-static==23.1.1.post0", "mlc-llvm-static-extra-targets==23.1.1.post0"];
 /// Debian packages the end-to-end tests and benchmarks use.
 pub const PACKAGES: [&str; 12] = [
     "iproute2",
@@ -82,11 +79,7 @@ pub fn check(needs: Needs) -> Result<Check> {
         missing.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
     }
     if needs.packages {
-        missing.extend(
-            missing_packages()?
-                .into_iter()
-                .map(|p| format!("package {p}")),
-        );
+        missing.extend(missing_packages()?.into_iter().map(|p| format!("package {p}")));
     }
     if needs.nextest && !nextest_ok() {
         missing.push("cargo-nextest".to_owned());
@@ -98,29 +91,14 @@ pub fn setup() -> Result<()> {
     let start = Instant::now();
     rust_src_nightly();
     let present = rust_src("stable") == RustSrc::Present;
-    step("rust-src (stable)", present, || {
-        run::run(&mut cmd(
-            "rustup",
-            ["component", "add", "rust-src", "--toolchain", "stable"],
-        ))
-    })?;
+    step("rust-src (stable)", present, || run::run(&mut cmd("rustup", ["component", "add", "rust-src", "--toolchain", "stable"])))?;
     let present = bpf_linker_ok();
-    step(
-        &format!("bpf-linker {BPF_LINKER_VERSION}"),
-        present,
-        install_bpf_linker,
-    )?;
+    step(&format!("bpf-linker {BPF_LINKER_VERSION}"), present, install_bpf_linker)?;
     let missing = missing_packages()?;
-    step(
-        &format!("Debian packages ({})", PACKAGES.join(" ")),
-        missing.is_empty(),
-        || install_packages(&missing),
-    )?;
+    step(&format!("Debian packages ({})", PACKAGES.join(" ")), missing.is_empty(), || install_packages(&missing))?;
     report_kernel();
     let present = nextest_ok();
-    step("cargo-nextest", present, || {
-        run::run(&mut cmd("cargo", ["install", "cargo-nextest", "--locked"]))
-    })?;
+    step("cargo-nextest", present, || run::run(&mut cmd("cargo", ["install", "cargo-nextest", "--locked"])))?;
     step("cargo-fuzz", cargo_fuzz_ok(), install_cargo_fuzz)?;
     println!("setup: finished ({})", secs(start.elapsed()));
     Ok(())
@@ -164,22 +142,8 @@ fn rust_src_nightly() {
     let name = "rust-src (nightly)";
     let (present, args): (bool, &[&str]) = match rust_src("nightly") {
         RustSrc::Present => (true, &[]),
-        RustSrc::Absent => (
-            false,
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-        ),
-        RustSrc::NoToolchain => (
-            false,
-            &[
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ],
-        ),
+        RustSrc::Absent => (false, &["component", "add", "rust-src", "--toolchain", "nightly"]),
+        RustSrc::NoToolchain => (false, &["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]),
     };
     if let Err(err) = step(name, present, || run::run(&mut cmd("rustup", args))) {
         println!(
@@ -190,10 +154,7 @@ fn rust_src_nightly() {
 }
 
 fn bpf_linker_ok() -> bool {
-    run::probe(&mut cmd("bpf-linker", ["--version"])).is_some_and(|out| {
-        out.split_whitespace()
-            .any(|word| word == BPF_LINKER_VERSION)
-    })
+    run::probe(&mut cmd("bpf-linker", ["--version"])).is_some_and(|out| out.split_whitespace().any(|word| word == BPF_LINKER_VERSION))
 }
 
 /// bpf-linker against the static LLVM 23 SDK from `PyPI`, in a scratch directory deleted afterwards.
@@ -205,16 +166,9 @@ fn install_bpf_linker() -> Result<()> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _cleanup = RemoveOnDrop(dir.clone());
 
-    let mut download = cmd(
-        "python3",
-        ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"],
-    );
-    download
-        .args(["-d", "whl"])
-        .args(LLVM_WHEELS)
-        .current_dir(&dir);
-    run::run(&mut download)
-        .context("downloading the LLVM SDK wheels (is python3-pip installed?)")?;
+    let mut download = cmd("python3", ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"]);
+    download.args(["-d", "whl"]).args(LLVM_WHEELS).current_dir(&dir);
+    run::run(&mut download).context("downloading the LLVM SDK wheels (is python3-pip installed?)")?;
     let base = wheel(&dir.join("whl"), "mlc_llvm_static-")?;
     let extra = wheel(&dir.join("whl"), "mlc_llvm_static_extra_targets-")?;
     for (whl, into) in [(&base, "sdk"), (&extra, "extra")] {
@@ -227,48 +181,27 @@ fn install_bpf_linker() -> Result<()> {
     let lib = prefix.join("lib");
     let extra_lib = dir.join("extra/mlc_llvm_static/static/lib");
     let mut copied = 0;
-    for entry in
-        fs::read_dir(&extra_lib).with_context(|| format!("reading {}", extra_lib.display()))?
-    {
+    for entry in fs::read_dir(&extra_lib).with_context(|| format!("reading {}", extra_lib.display()))? {
         let entry = entry?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("libLLVMBPF")
-        {
-            fs::copy(entry.path(), lib.join(entry.file_name())).with_context(|| {
-                format!("copying {} into {}", entry.path().display(), lib.display())
-            })?;
+        if entry.file_name().to_string_lossy().starts_with("libLLVMBPF") {
+            fs::copy(entry.path(), lib.join(entry.file_name()))
+                .with_context(|| format!("copying {} into {}", entry.path().display(), lib.display()))?;
             copied += 1;
         }
     }
     ensure!(copied > 0, "no libLLVMBPF* in {}", extra_lib.display());
-    println!(
-        "setup: copied {copied} libLLVMBPF* libraries into {}",
-        lib.display()
-    );
+    println!("setup: copied {copied} libLLVMBPF* libraries into {}", lib.display());
 
-    let mut install = cmd(
-        "cargo",
-        ["install", "bpf-linker", "--version", BPF_LINKER_VERSION],
-    );
+    let mut install = cmd("cargo", ["install", "bpf-linker", "--version", BPF_LINKER_VERSION]);
     install
-        .args([
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "llvm-23,llvm-link-static",
-        ])
+        .args(["--locked", "--no-default-features", "--features", "llvm-23,llvm-link-static"])
         .env("LLVM_PREFIX", &prefix)
         .env("ZLIB_PATH", &lib)
         .env("LIBZSTD_PATH", &lib)
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     run::run(&mut install)?;
-    ensure!(
-        bpf_linker_ok(),
-        "bpf-linker installed but `bpf-linker --version` does not say {BPF_LINKER_VERSION}: is ~/.cargo/bin on PATH?"
-    );
+    ensure!(bpf_linker_ok(), "bpf-linker installed but `bpf-linker --version` does not say {BPF_LINKER_VERSION}: is ~/.cargo/bin on PATH?");
     Ok(())
 }
 
@@ -284,10 +217,7 @@ fn wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
     }
     match <[PathBuf; 1]>::try_from(found) {
         Ok([path]) => Ok(path),
-        Err(found) => bail!(
-            "expected one {prefix}*.whl in {}, found {found:?}",
-            dir.display()
-        ),
+        Err(found) => bail!("expected one {prefix}*.whl in {}, found {found:?}", dir.display()),
     }
 }
 
@@ -308,30 +238,17 @@ fn missing_packages() -> Result<Vec<String>> {
     // dpkg-query exits 1 when any package is unknown, but still lists the others.
     let out = run::capture(&mut query).context("querying dpkg (keel's setup expects Debian)")?;
     let out = String::from_utf8_lossy(&out.stdout);
-    let installed: Vec<&str> = out
-        .lines()
-        .filter(|l| l.ends_with(" install ok installed"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    Ok(PACKAGES
-        .iter()
-        .filter(|p| !installed.contains(p))
-        .map(ToString::to_string)
-        .collect())
+    let installed: Vec<&str> = out.lines().filter(|l| l.ends_with(" install ok installed")).filter_map(|l| l.split_whitespace().next()).collect();
+    Ok(PACKAGES.iter().filter(|p| !installed.contains(p)).map(ToString::to_string).collect())
 }
 
 fn install_packages(missing: &[String]) -> Result<()> {
     if !ws::is_root() {
-        bail!(
-            "missing {}: apt-get needs root (run `sudo apt-get install {0}` or setup as root)",
-            missing.join(" ")
-        );
+        bail!("missing {}: apt-get needs root (run `sudo apt-get install {0}` or setup as root)", missing.join(" "));
     }
     run::run(&mut cmd("apt-get", ["update", "-q"]))?;
     let mut install = cmd("apt-get", ["install", "-y", "-q"]);
-    install
-        .args(missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    install.args(missing).env("DEBIAN_FRONTEND", "noninteractive");
     run::run(&mut install)
 }
 
@@ -348,26 +265,16 @@ fn report_kernel() {
             .collect()
     };
     let cgroup2 = mounted("cgroup2");
-    let cgroup2 = if cgroup2.is_empty() {
-        "NOT MOUNTED (keel needs a cgroup2 mount)".to_owned()
-    } else {
-        format!("mounted at {}", cgroup2.join(", "))
-    };
+    let cgroup2 =
+        if cgroup2.is_empty() { "NOT MOUNTED (keel needs a cgroup2 mount)".to_owned() } else { format!("mounted at {}", cgroup2.join(", ")) };
     println!("setup: kernel: cgroup v2… {cgroup2}");
-    let bpffs = match (
-        Path::new("/sys/fs/bpf").is_dir(),
-        mounted("bpf").contains(&"/sys/fs/bpf"),
-    ) {
+    let bpffs = match (Path::new("/sys/fs/bpf").is_dir(), mounted("bpf").contains(&"/sys/fs/bpf")) {
         (true, true) => "present, bpffs mounted",
         (true, false) => "present, no bpffs mounted there",
         (false, _) => "MISSING (keel pins its maps and links there)",
     };
     println!("setup: kernel: /sys/fs/bpf… {bpffs}");
-    let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        "present"
-    } else {
-        "MISSING (kernel built without BTF)"
-    };
+    let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() { "present" } else { "MISSING (kernel built without BTF)" };
     println!("setup: kernel: /sys/kernel/btf/vmlinux… {btf}");
 }
 

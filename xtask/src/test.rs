@@ -25,10 +25,7 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     let mut timings = Timings::default();
 
     let start = Instant::now();
-    let nightly = setup::ensure(Needs {
-        packages: true,
-        nextest: true,
-    })?;
+    let nightly = setup::ensure(Needs { packages: true, nextest: true })?;
     timings.setup = Some(start.elapsed());
 
     let start = Instant::now();
@@ -43,10 +40,7 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
     let mut nextest = cmd("cargo", ["nextest", "run", "--workspace", "--no-fail-fast"]);
     // keel-ebpf builds only for bpfel-unknown-none (through keel's build script), never for the host.
     nextest.args(["--exclude", "keel-ebpf"]);
-    if !nextest_args
-        .iter()
-        .any(|a| a.starts_with("--test-threads") || a == "-j")
-    {
+    if !nextest_args.iter().any(|a| a.starts_with("--test-threads") || a == "-j") {
         nextest.args(["--test-threads", "2"]);
     }
     nextest
@@ -70,14 +64,10 @@ struct Timings {
 
 impl Timings {
     fn print(&self) {
-        let parts: Vec<String> = [
-            ("setup", self.setup),
-            ("build", self.build),
-            ("tests", self.tests),
-        ]
-        .into_iter()
-        .filter_map(|(name, d)| d.map(|d| format!("{name} {}", secs(d))))
-        .collect();
+        let parts: Vec<String> = [("setup", self.setup), ("build", self.build), ("tests", self.tests)]
+            .into_iter()
+            .filter_map(|(name, d)| d.map(|d| format!("{name} {}", secs(d))))
+            .collect();
         println!("timings: {}", parts.join(", "));
     }
 }

@@ -7,9 +7,7 @@ use std::{
 
 /// The workspace root: the parent of this crate's manifest directory.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask's manifest directory has a parent")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask's manifest directory has a parent")
 }
 
 /// The cargo target directory (absolute): `$CARGO_TARGET_DIR` if set, else `<root>/target`.
@@ -24,11 +22,6 @@ pub fn target_dir() -> PathBuf {
 pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
+        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0")))
         .unwrap_or(false)
 }

@@ -75,11 +75,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let scale = UNITS.iter().find(|(name, _)| *name == unit).map(|(_, scale)| *scale).ok_or_else(invalid)?;
         let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
         let fraction = &fraction[..fraction.len().min(MAX_FRACTION_DIGITS)];
-        let fraction_nanos = if fraction.is_empty() {
-            0
-        } else {
-            fraction.parse::<u128>().map_err(|_| invalid())? * scale / 10u128.pow(fraction.len() as u32)
-        };
+        let fraction_nanos =
+            if fraction.is_empty() { 0 } else { fraction.parse::<u128>().map_err(|_| invalid())? * scale / 10u128.pow(fraction.len() as u32) };
         nanos = whole
             .checked_mul(scale)
             .and_then(|n| n.checked_add(fraction_nanos))

@@ -323,10 +323,9 @@ impl TryFrom<HttpBodyFields> for HttpBody {
         use base64::Engine as _;
         match (fields.string, fields.bytes) {
             (Some(text), None) => Ok(HttpBody::String(text)),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .map(HttpBody::Bytes)
-                .map_err(|e| format!("bytes: not base64 ({e})")),
+            (None, Some(encoded)) => {
+                base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map(HttpBody::Bytes).map_err(|e| format!("bytes: not base64 ({e})"))
+            }
             (Some(_), Some(_)) => Err("only one of string or bytes may be set".into()),
             (None, None) => Err("one of string or bytes is required".into()),
         }

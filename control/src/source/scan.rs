@@ -16,7 +16,6 @@
 //!   goes on with the next one. Anchors without aliases cost nothing and are let through.
 use std::{ffi::CStr, fmt, marker::PhantomData, mem::MaybeUninit};
 
-
 /// Deeper than any Kubernetes or Istio object (a DestinationRule's deepest field is about 10 levels down).
 pub const MAX_DEPTH: usize = 64;
 

@@ -47,7 +47,12 @@ pub fn check(rule: &DestinationRule) -> Result<Vec<String>, String> {
 fn check_traffic_policy(path: &str, policy: &TrafficPolicy, warnings: &mut Vec<String>) -> Result<(), String> {
     check_settings(
         path,
-        Settings { load_balancer: &policy.load_balancer, connection_pool: &policy.connection_pool, outlier_detection: &policy.outlier_detection, tls: &policy.tls },
+        Settings {
+            load_balancer: &policy.load_balancer,
+            connection_pool: &policy.connection_pool,
+            outlier_detection: &policy.outlier_detection,
+            tls: &policy.tls,
+        },
         warnings,
     )?;
     for (i, port_policy) in policy.port_level_settings.iter().enumerate() {
@@ -71,7 +76,12 @@ struct Settings<'a> {
 
 impl<'a> Settings<'a> {
     fn of_port(policy: &'a PortTrafficPolicy) -> Self {
-        Settings { load_balancer: &policy.load_balancer, connection_pool: &policy.connection_pool, outlier_detection: &policy.outlier_detection, tls: &policy.tls }
+        Settings {
+            load_balancer: &policy.load_balancer,
+            connection_pool: &policy.connection_pool,
+            outlier_detection: &policy.outlier_detection,
+            tls: &policy.tls,
+        }
     }
 }
 
@@ -87,7 +97,8 @@ fn check_settings(path: &str, settings: Settings<'_>, warnings: &mut Vec<String>
     }
     if let Some(tls) = settings.tls {
         if tls.get("mode").and_then(serde_yaml_ng::Value::as_str) != Some(ISTIO_MUTUAL) {
-            warnings.push(warning(&format!("{path}.tls"), "client TLS settings are not supported yet; ignored (mesh traffic always uses keel's mTLS)"));
+            warnings
+                .push(warning(&format!("{path}.tls"), "client TLS settings are not supported yet; ignored (mesh traffic always uses keel's mTLS)"));
         }
     }
     Ok(())
@@ -314,7 +325,9 @@ mod tests {
             ("RANDOM", SimpleLb::Random),
             ("PASSTHROUGH", SimpleLb::Passthrough),
         ] {
-            let Object::DestinationRule(rule) = valid(&format!("{{host: a, trafficPolicy: {{loadBalancer: {{simple: {simple}}}}}}}")) else { panic!() };
+            let Object::DestinationRule(rule) = valid(&format!("{{host: a, trafficPolicy: {{loadBalancer: {{simple: {simple}}}}}}}")) else {
+                panic!()
+            };
             assert_eq!(rule.spec.traffic_policy.unwrap().load_balancer.unwrap().simple, Some(expected));
         }
         let keys = [
@@ -323,12 +336,14 @@ mod tests {
             ("{httpQueryParameterName: user}", HashKey::QueryParameter("user")),
         ];
         for (hash, expected) in keys {
-            let Object::DestinationRule(rule) = valid(&format!("{{host: a, trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}}}")) else { panic!() };
+            let Object::DestinationRule(rule) = valid(&format!("{{host: a, trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}}}")) else {
+                panic!()
+            };
             assert_eq!(rule.spec.traffic_policy.unwrap().load_balancer.unwrap().consistent_hash.unwrap().key(), Ok(expected));
         }
-        let Object::DestinationRule(rule) =
-            valid("{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 1h}, minimumRingSize: 2048}}}}")
-        else {
+        let Object::DestinationRule(rule) = valid(
+            "{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, path: /, ttl: 1h}, minimumRingSize: 2048}}}}",
+        ) else {
             panic!()
         };
         let hash = rule.spec.traffic_policy.unwrap().load_balancer.unwrap().consistent_hash.unwrap();

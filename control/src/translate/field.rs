@@ -13,27 +13,47 @@ pub fn warning(path: &str, message: impl Display) -> String {
 }
 
 pub fn port(path: &str, number: u32) -> Result<(), String> {
-    if (1..=65535).contains(&number) { Ok(()) } else { Err(error(path, format!("{number} is not a port (1-65535)"))) }
+    if (1..=65535).contains(&number) {
+        Ok(())
+    } else {
+        Err(error(path, format!("{number} is not a port (1-65535)")))
+    }
 }
 
 /// Istio's signed limits and counts, where 0 means "the default".
 pub fn non_negative(path: &str, value: i32) -> Result<(), String> {
-    if value >= 0 { Ok(()) } else { Err(error(path, format!("{value} must not be negative"))) }
+    if value >= 0 {
+        Ok(())
+    } else {
+        Err(error(path, format!("{value} must not be negative")))
+    }
 }
 
 /// A share in percent, fractions allowed.
 pub fn percent(path: &str, value: f64) -> Result<(), String> {
-    if (0.0..=100.0).contains(&value) { Ok(()) } else { Err(error(path, format!("{value} is not a percentage (0-100)"))) }
+    if (0.0..=100.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(error(path, format!("{value} is not a percentage (0-100)")))
+    }
 }
 
 /// An integer percentage (Istio's int32 `maxEjectionPercent`, route weights).
 pub fn whole_percent(path: &str, value: i32) -> Result<(), String> {
-    if (0..=100).contains(&value) { Ok(()) } else { Err(error(path, format!("{value} must be 0-100"))) }
+    if (0..=100).contains(&value) {
+        Ok(())
+    } else {
+        Err(error(path, format!("{value} must be 0-100")))
+    }
 }
 
 /// A duration Envoy requires to be more than zero (connect timeouts, outlier intervals).
 pub fn positive(path: &str, value: std::time::Duration) -> Result<(), String> {
-    if value.is_zero() { Err(error(path, "must be more than 0")) } else { Ok(()) }
+    if value.is_zero() {
+        Err(error(path, "must be more than 0"))
+    } else {
+        Ok(())
+    }
 }
 
 /// keel's bound on retries per request (proxy/src/l7/limits.rs MAX_RETRIES); Istio has none.
@@ -60,5 +80,9 @@ pub fn header_value(path: &str, value: &str) -> Result<(), String> {
 }
 
 pub fn not_empty(path: &str, value: &str) -> Result<(), String> {
-    if value.trim().is_empty() { Err(error(path, "must not be empty")) } else { Ok(()) }
+    if value.trim().is_empty() {
+        Err(error(path, "must not be empty"))
+    } else {
+        Ok(())
+    }
 }

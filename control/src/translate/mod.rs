@@ -177,7 +177,11 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
     out.route_configurations = l7.route_configurations;
     out.clusters = l7.clusters;
     out.cluster_load_assignments = l7.cluster_load_assignments;
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
@@ -328,8 +332,7 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
                 http_only |= [&op.hosts, &op.not_hosts, &op.methods, &op.not_methods, &op.paths, &op.not_paths].iter().any(|v| !v.is_empty());
                 matches.push(Match {
                     destination_ports: ports(&op.ports).map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.ports: {e}"))?,
-                    not_destination_ports: ports(&op.not_ports)
-                        .map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.notPorts: {e}"))?,
+                    not_destination_ports: ports(&op.not_ports).map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.notPorts: {e}"))?,
                     ..Default::default()
                 });
             }
@@ -344,7 +347,10 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
         if http_only {
             // A node proxy sees no HTTP. Fail closed as Istio does: an ALLOW rule that needs HTTP attributes is
             // dropped (allows nothing); a DENY rule keeps its L4 part only (denies more, never less).
-            warnings.push(format!("rule {i} uses HTTP-only attributes: {}", if action == Action::Allow { "rule dropped" } else { "enforced on its L4 part only" }));
+            warnings.push(format!(
+                "rule {i} uses HTTP-only attributes: {}",
+                if action == Action::Allow { "rule dropped" } else { "enforced on its L4 part only" }
+            ));
             if action == Action::Allow {
                 continue;
             }
@@ -383,7 +389,8 @@ fn cidrs(values: &[String]) -> Result<Vec<security::Address>, String> {
     values
         .iter()
         .map(|v| {
-            let net: ipnet::IpNet = v.parse().or_else(|_| v.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("{v:?} is not an IP or CIDR"))?;
+            let net: ipnet::IpNet =
+                v.parse().or_else(|_| v.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("{v:?} is not an IP or CIDR"))?;
             Ok(security::Address { address: ip_bytes(&net.network()), length: net.prefix_len() as u32 })
         })
         .collect()
@@ -419,10 +426,12 @@ fn condition_match(c: &crate::objects::Condition) -> Option<Result<Match, String
         "source.ip" => cidrs(&c.values).and_then(|ips| Ok(Match { source_ips: ips, not_source_ips: cidrs(&c.not_values)?, ..Default::default() })),
         "source.namespace" => Ok(Match { namespaces: strings(&c.values), not_namespaces: strings(&c.not_values), ..Default::default() }),
         "source.principal" => Ok(Match { principals: strings(&c.values), not_principals: strings(&c.not_values), ..Default::default() }),
-        "destination.ip" => cidrs(&c.values)
-            .and_then(|ips| Ok(Match { destination_ips: ips, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() })),
-        "destination.port" => ports(&c.values)
-            .and_then(|p| Ok(Match { destination_ports: p, not_destination_ports: ports(&c.not_values)?, ..Default::default() })),
+        "destination.ip" => {
+            cidrs(&c.values).and_then(|ips| Ok(Match { destination_ips: ips, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() }))
+        }
+        "destination.port" => {
+            ports(&c.values).and_then(|p| Ok(Match { destination_ports: p, not_destination_ports: ports(&c.not_values)?, ..Default::default() }))
+        }
         _ => return None,
     };
     Some(built)
@@ -476,9 +485,15 @@ spec: {action: DENY, rules: [{}]}
         assert_eq!(names, ["Kubernetes//Pod/demo/echo-1", "demo/echo.demo.svc.cluster.local"]);
         let Some(address::Type::Workload(w)) = &r.addresses["Kubernetes//Pod/demo/echo-1"].r#type else { panic!() };
         assert_eq!(w.addresses, vec![vec![10, 244, 0, 12]]);
-        assert_eq!((w.service_account.as_str(), w.node.as_str(), w.canonical_name.as_str(), w.canonical_revision.as_str()), ("echo", "node-a", "echo", "v2"));
+        assert_eq!(
+            (w.service_account.as_str(), w.node.as_str(), w.canonical_name.as_str(), w.canonical_revision.as_str()),
+            ("echo", "node-a", "echo", "v2")
+        );
         assert_eq!(w.tunnel_protocol, TunnelProtocol::Hbone as i32);
-        assert_eq!(w.services["demo/echo.demo.svc.cluster.local"].ports, vec![Port { service_port: 80, target_port: 8080 }, Port { service_port: 81, target_port: 81 }]);
+        assert_eq!(
+            w.services["demo/echo.demo.svc.cluster.local"].ports,
+            vec![Port { service_port: 80, target_port: 8080 }, Port { service_port: 81, target_port: 81 }]
+        );
         assert_eq!(w.authorization_policies, vec!["demo/only-sleep".to_owned()]);
         let Some(address::Type::Service(s)) = &r.addresses["demo/echo.demo.svc.cluster.local"].r#type else { panic!() };
         assert_eq!(s.addresses[0].address, vec![10, 96, 0, 10]);

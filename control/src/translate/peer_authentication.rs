@@ -130,10 +130,7 @@ impl Strictness {
 
     /// The rule refusing plaintext where this is STRICT; `None` where nothing is.
     fn deny_plaintext(&self) -> Option<Rule> {
-        let without_principal = Match {
-            not_principals: vec![StringMatch { match_type: Some(MatchType::Presence(())) }],
-            ..Default::default()
-        };
+        let without_principal = Match { not_principals: vec![StringMatch { match_type: Some(MatchType::Presence(())) }], ..Default::default() };
         let only_ports = match (self.default, self.exceptions.iter().copied().collect::<Vec<_>>()) {
             (true, relaxed) => Match { not_destination_ports: relaxed, ..without_principal },
             (false, strict) if !strict.is_empty() => Match { destination_ports: strict, ..without_principal },
@@ -252,7 +249,9 @@ pub fn translate(mesh: &Mesh, objects: &[&PeerAuthentication], pods: &[&Pod]) ->
             }
             let name = format!("converted_peer_authentication_{}", parsed.name());
             if let Some(policy) = out.emit(namespace, &name, Scope::WorkloadSelector, &strictness) {
-                for pod in pods.iter().filter(|p| p.metadata.namespace == *namespace && governing.get(p.metadata.name.as_str()) == Some(&parsed.name())) {
+                for pod in
+                    pods.iter().filter(|p| p.metadata.namespace == *namespace && governing.get(p.metadata.name.as_str()) == Some(&parsed.name()))
+                {
                     out.attach(pod, &policy);
                 }
             }
@@ -393,7 +392,11 @@ status: {podIP: 10.244.0.13}
 
     #[test]
     fn a_workload_strict_with_a_permissive_port() {
-        let r = translated(&[pa("demo", "db-strict", "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, portLevelMtls: {9090: {mode: PERMISSIVE}}}")]);
+        let r = translated(&[pa(
+            "demo",
+            "db-strict",
+            "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, portLevelMtls: {9090: {mode: PERMISSIVE}}}",
+        )]);
         assert!(strict(&r, DB, 5432) && !strict(&r, DB, 9090), "the port-level mode overrides the workload's");
         assert!(!strict(&r, WEB, 5432) && !strict(&r, OLD, 5432), "others keep the mesh default, PERMISSIVE");
         assert_eq!(shape(&r), [("demo/converted_peer_authentication_db-strict".to_owned(), Scope::WorkloadSelector, vec!["db".to_owned()])]);
@@ -416,7 +419,10 @@ status: {podIP: 10.244.0.13}
 
     #[test]
     fn disable_admits_plaintext_and_pushes_the_namespace_policy_down_to_the_other_pods() {
-        let r = translated(&[pa("istio-system", "default", "{mtls: {mode: STRICT}}"), pa("demo", "web-off", "{selector: {matchLabels: {app: web}}, mtls: {mode: DISABLE}}")]);
+        let r = translated(&[
+            pa("istio-system", "default", "{mtls: {mode: STRICT}}"),
+            pa("demo", "web-off", "{selector: {matchLabels: {app: web}}, mtls: {mode: DISABLE}}"),
+        ]);
         assert!(!strict(&r, WEB, 80), "DISABLE admits plaintext, as PERMISSIVE does");
         assert!(strict(&r, DB, 80), "the rest of the namespace keeps the mesh's STRICT");
         assert!(strict(&r, OLD, 80) && strict(&r, GW, 80));
@@ -439,7 +445,11 @@ status: {podIP: 10.244.0.13}
         let r = translated(&[
             pa("istio-system", "default", "{mtls: {mode: STRICT}}"),
             pa("demo", "default", "{}"),
-            pa("demo", "db", "{selector: {matchLabels: {app: db}}, mtls: {mode: UNSET}, portLevelMtls: {9090: {mode: PERMISSIVE}, 5432: {mode: UNSET}}}"),
+            pa(
+                "demo",
+                "db",
+                "{selector: {matchLabels: {app: db}}, mtls: {mode: UNSET}, portLevelMtls: {9090: {mode: PERMISSIVE}, 5432: {mode: UNSET}}}",
+            ),
         ]);
         assert!(strict(&r, WEB, 80) && strict(&r, DB, 5432) && strict(&r, DB, 80));
         assert!(!strict(&r, DB, 9090));
@@ -500,7 +510,10 @@ status: {podIP: 10.244.0.13}
     fn invalid_fields_are_named() {
         let cases = [
             ("{mtls: {mode: OPTIONAL}}", "field spec.mtls.mode: \"OPTIONAL\" is not"),
-            ("{mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: PERMISSIVE}}}", "field spec.portLevelMtls: only a PeerAuthentication with spec.selector"),
+            (
+                "{mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: PERMISSIVE}}}",
+                "field spec.portLevelMtls: only a PeerAuthentication with spec.selector",
+            ),
             ("{selector: {matchLabels: {}}, portLevelMtls: {8080: {mode: PERMISSIVE}}}", "field spec.portLevelMtls: only"),
             ("{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: STRICT}}}", "field spec.portLevelMtls.0: port must be 1-65535"),
             ("{selector: {matchLabels: {app: a}}, portLevelMtls: {8080: {mode: strict}}}", "field spec.portLevelMtls.8080.mode: \"strict\""),

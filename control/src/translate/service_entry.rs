@@ -172,12 +172,8 @@ pub fn translate(mesh: &Mesh, entry: &ServiceEntry) -> Result<Translated, String
     check(entry)?;
     let (m, spec) = (&entry.metadata, &entry.spec);
     let mut out = Translated::default();
-    let addresses: Vec<NetworkAddress> = spec
-        .addresses
-        .iter()
-        .filter_map(|a| vip(a).ok())
-        .map(|ip| NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
-        .collect();
+    let addresses: Vec<NetworkAddress> =
+        spec.addresses.iter().filter_map(|a| vip(a).ok()).map(|ip| NetworkAddress { network: String::new(), address: ip_bytes(&ip) }).collect();
     let ports: Vec<Port> =
         spec.ports.iter().map(|p| Port { service_port: p.number as u32, target_port: p.target_port.unwrap_or(p.number) as u32 }).collect();
     for host in &spec.hosts {
@@ -454,10 +450,19 @@ spec: {hosts: [echo.demo.svc.cluster.local], addresses: [240.240.0.1], ports: [{
             ("{hosts: [a.example], resolution: STATIC, workloadSelector: {labels: {}}}", "field spec.workloadSelector.labels"),
             ("{hosts: [a.example], resolution: STATIC}", "field spec.endpoints: resolution STATIC needs endpoints"),
             ("{hosts: [a.example], endpoints: [{address: 10.0.0.1}]}", "field spec.endpoints: resolution NONE"),
-            ("{hosts: [a.example], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.x}, {address: b.x}]}", "field spec.endpoints: resolution DNS_ROUND_ROBIN"),
-            ("{hosts: [a.example], resolution: STATIC, endpoints: [{address: db.example}]}", "field spec.endpoints[0].address: \"db.example\" is not an IP"),
+            (
+                "{hosts: [a.example], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a.x}, {address: b.x}]}",
+                "field spec.endpoints: resolution DNS_ROUND_ROBIN",
+            ),
+            (
+                "{hosts: [a.example], resolution: STATIC, endpoints: [{address: db.example}]}",
+                "field spec.endpoints[0].address: \"db.example\" is not an IP",
+            ),
             ("{hosts: [a.example], resolution: DNS, endpoints: [{address: 'unix:///sock'}]}", "field spec.endpoints[0].address"),
-            ("{hosts: [a.example], resolution: STATIC, endpoints: [{address: 10.0.0.1}, {address: 10.0.0.1}]}", "field spec.endpoints[1].address: repeats"),
+            (
+                "{hosts: [a.example], resolution: STATIC, endpoints: [{address: 10.0.0.1}, {address: 10.0.0.1}]}",
+                "field spec.endpoints[1].address: repeats",
+            ),
             (
                 "{hosts: [a.example], resolution: STATIC, ports: [{number: 80, name: http}], endpoints: [{address: 10.0.0.1, ports: {grpc: 9000}}]}",
                 "field spec.endpoints[0].ports.grpc: no port of spec.ports is named \"grpc\"",
@@ -468,7 +473,8 @@ spec: {hosts: [echo.demo.svc.cluster.local], addresses: [240.240.0.1], ports: [{
             ),
         ];
         for (spec, expected) in cases {
-            let loaded = load(&format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se, namespace: demo}}\nspec: {spec}\n"));
+            let loaded =
+                load(&format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se, namespace: demo}}\nspec: {spec}\n"));
             assert!(loaded.objects.is_empty(), "{spec} was accepted");
             let error = loaded.errors[0].to_string();
             assert!(error.contains("ServiceEntry demo/se: ") && error.contains(expected), "{spec}: {error}");

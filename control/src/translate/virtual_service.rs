@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::field::{self, error, warning};
 use crate::objects::{
-    Destination, FaultAbort, FaultDelay, HeaderMatch, HeaderOperations, Headers, HttpAction, HttpDirectResponse, HttpMatchRequest,
-    HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, L4MatchAttributes, StringMatch, TcpRoute, VirtualService, MESH_GATEWAY,
+    Destination, FaultAbort, FaultDelay, HeaderMatch, HeaderOperations, Headers, HttpAction, HttpDirectResponse, HttpMatchRequest, HttpRedirect,
+    HttpRetry, HttpRewrite, HttpRoute, L4MatchAttributes, StringMatch, TcpRoute, VirtualService, MESH_GATEWAY,
 };
 
 /// Istio's and Envoy's retry conditions (`retryOn`); plain status codes are allowed as well.
@@ -255,7 +255,11 @@ fn check_headers(path: &str, headers: &Headers) -> Result<(), String> {
 }
 
 fn check_header_operations(path: &str, operations: &HeaderOperations, on_request: bool) -> Result<(), String> {
-    let named = [("set", operations.set.keys().collect::<Vec<_>>()), ("add", operations.add.keys().collect()), ("remove", operations.remove.iter().collect())];
+    let named = [
+        ("set", operations.set.keys().collect::<Vec<_>>()),
+        ("add", operations.add.keys().collect()),
+        ("remove", operations.remove.iter().collect()),
+    ];
     for (operation, names) in named {
         for name in names {
             // Pseudo-headers cannot be edited, except that Istio reads `:authority` set on the request (as it reads
@@ -468,7 +472,10 @@ mod tests {
             ("{hosts: [a]}".into(), "field spec: at least one http, tcp or tls route is required"),
             (format!("{{hosts: ['*'], http: [{{{ROUTE}}}]}}"), "field spec.hosts[0]: \"*\" is not allowed"),
             (format!("{{hosts: [a, a], http: [{{{ROUTE}}}]}}"), "field spec.hosts[1]: repeats spec.hosts[0]"),
-            ("{hosts: [a], http: [{route: [{destination: {host: a}, weight: 150}]}]}".into(), "field spec.http[0].route[0].weight: 150 must be 0-100"),
+            (
+                "{hosts: [a], http: [{route: [{destination: {host: a}, weight: 150}]}]}".into(),
+                "field spec.http[0].route[0].weight: 150 must be 0-100",
+            ),
             (
                 "{hosts: [a], http: [{route: [{destination: {host: a}, weight: 100}, {destination: {host: b}, weight: -1}]}]}".into(),
                 "field spec.http[0].route[1].weight: -1 must be 0-100",
@@ -486,7 +493,10 @@ mod tests {
                 format!("{{hosts: [a], http: [{{{ROUTE}, redirect: {{uri: /b}}}}]}}"),
                 "field spec.http[0]: only one of route, redirect, directResponse or delegate may be set, found route and redirect",
             ),
-            ("{hosts: [a], http: [{delegate: {name: other}}]}".into(), "field spec.http[0].delegate: delegating to another VirtualService is not supported"),
+            (
+                "{hosts: [a], http: [{delegate: {name: other}}]}".into(),
+                "field spec.http[0].delegate: delegating to another VirtualService is not supported",
+            ),
             (
                 format!("{{hosts: [a], http: [{{match: [{{uri: {{regex: '/a(b'}}}}], {ROUTE}}}]}}"),
                 "field spec.http[0].match[0].uri.regex: \"/a(b\" is not a valid regex: unclosed group",
@@ -520,8 +530,14 @@ mod tests {
                 "field spec.http[0].match[0].queryParams.v: prefix is not supported for query parameters",
             ),
             (format!("{{hosts: [a], http: [{{match: [{{port: 70000}}], {ROUTE}}}]}}"), "field spec.http[0].match[0].port: 70000 is not a port"),
-            (format!("{{hosts: [a], http: [{{retries: {{attempts: -1}}, {ROUTE}}}]}}"), "field spec.http[0].retries.attempts: -1 must not be negative"),
-            (format!("{{hosts: [a], http: [{{retries: {{attempts: 101}}, {ROUTE}}}]}}"), "field spec.http[0].retries.attempts: 101 is more than 100 (keel's limit)"),
+            (
+                format!("{{hosts: [a], http: [{{retries: {{attempts: -1}}, {ROUTE}}}]}}"),
+                "field spec.http[0].retries.attempts: -1 must not be negative",
+            ),
+            (
+                format!("{{hosts: [a], http: [{{retries: {{attempts: 101}}, {ROUTE}}}]}}"),
+                "field spec.http[0].retries.attempts: 101 is more than 100 (keel's limit)",
+            ),
             (
                 format!("{{hosts: [a], http: [{{retries: {{attempts: 3, retryOn: '5xx,teapot'}}, {ROUTE}}}]}}"),
                 "field spec.http[0].retries.retryOn: \"teapot\" is not a retry condition",
@@ -578,18 +594,30 @@ mod tests {
                 "{hosts: [a], http: [{directResponse: {status: 200, body: {bytes: '!!'}}}]}".into(),
                 "field `spec.http[0].directResponse.body`: bytes: not base64",
             ),
-            ("{hosts: [a], http: [{redirect: {uri: /b, redirectCode: 200}}]}".into(), "field spec.http[0].redirect.redirectCode: 200 is not 301, 302, 303, 307 or 308"),
+            (
+                "{hosts: [a], http: [{redirect: {uri: /b, redirectCode: 200}}]}".into(),
+                "field spec.http[0].redirect.redirectCode: 200 is not 301, 302, 303, 307 or 308",
+            ),
             ("{hosts: [a], http: [{redirect: {}}]}".into(), "field spec.http[0].redirect: one of uri, authority, port or scheme is required"),
             // What keel's proxy would NACK (a host, path or header value it cannot send) is refused here first.
             ("{hosts: [a], http: [{redirect: {uri: moved}}]}".into(), "field spec.http[0].redirect.uri: \"moved\" is not a valid path"),
-            ("{hosts: [a], http: [{redirect: {authority: 'a b'}}]}".into(), "field spec.http[0].redirect.authority: \"a b\" is not a valid host[:port]"),
+            (
+                "{hosts: [a], http: [{redirect: {authority: 'a b'}}]}".into(),
+                "field spec.http[0].redirect.authority: \"a b\" is not a valid host[:port]",
+            ),
             ("{hosts: [a], http: [{redirect: {scheme: 'ht tp'}}]}".into(), "field spec.http[0].redirect.scheme: \"ht tp\" is not a URI scheme"),
-            (format!("{{hosts: [a], http: [{{rewrite: {{authority: 'a b'}}, {ROUTE}}}]}}"), "field spec.http[0].rewrite.authority: \"a b\" is not a valid host[:port]"),
+            (
+                format!("{{hosts: [a], http: [{{rewrite: {{authority: 'a b'}}, {ROUTE}}}]}}"),
+                "field spec.http[0].rewrite.authority: \"a b\" is not a valid host[:port]",
+            ),
             (
                 format!("{{hosts: [a], http: [{{headers: {{request: {{set: {{x-a: \"1\\n2\"}}}}}}, {ROUTE}}}]}}"),
                 "field spec.http[0].headers.request.set.x-a: \"1\\n2\" is not a valid HTTP header value",
             ),
-            ("{hosts: [a], http: [{redirect: {uri: /b}, rewrite: {uri: /c}}]}".into(), "field spec.http[0].rewrite: cannot be combined with redirect"),
+            (
+                "{hosts: [a], http: [{redirect: {uri: /b}, rewrite: {uri: /c}}]}".into(),
+                "field spec.http[0].rewrite: cannot be combined with redirect",
+            ),
             (
                 format!("{{hosts: [a], http: [{{rewrite: {{uri: /c, uriRegexRewrite: {{match: a, rewrite: b}}}}, {ROUTE}}}]}}"),
                 "field spec.http[0].rewrite: only one of uri or uriRegexRewrite may be set",

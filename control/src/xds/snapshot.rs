@@ -7,8 +7,7 @@ use std::{
 };
 
 use keel_proto::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
 use prost::Message;
 use prost_types::Any;
@@ -42,17 +41,13 @@ impl Snapshot {
     pub fn from_resources(resources: &Resources) -> Snapshot {
         let mut types = BTreeMap::new();
         let addresses = resources.addresses.iter().map(|(name, a)| (name.clone(), entry(ADDRESS_TYPE_URL, a))).collect();
-        let authorizations =
-            resources.authorizations.iter().map(|(name, a)| (name.clone(), entry(AUTHORIZATION_TYPE_URL, a))).collect();
+        let authorizations = resources.authorizations.iter().map(|(name, a)| (name.clone(), entry(AUTHORIZATION_TYPE_URL, a))).collect();
         types.insert(ADDRESS_TYPE_URL.to_owned(), addresses);
         types.insert(AUTHORIZATION_TYPE_URL.to_owned(), authorizations);
         types.insert(LISTENER_TYPE_URL.to_owned(), entries(LISTENER_TYPE_URL, &resources.listeners));
         types.insert(ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &resources.route_configurations));
         types.insert(CLUSTER_TYPE_URL.to_owned(), entries(CLUSTER_TYPE_URL, &resources.clusters));
-        types.insert(
-            CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.to_owned(),
-            entries(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &resources.cluster_load_assignments),
-        );
+        types.insert(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.to_owned(), entries(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &resources.cluster_load_assignments));
         Snapshot { types }
     }
 
@@ -75,11 +70,7 @@ impl Diff {
 }
 
 pub fn diff(known: &BTreeMap<String, String>, current: &BTreeMap<String, Entry>) -> Diff {
-    let updated = current
-        .iter()
-        .filter(|(name, e)| known.get(*name) != Some(&e.version))
-        .map(|(name, e)| (name.clone(), e.clone()))
-        .collect();
+    let updated = current.iter().filter(|(name, e)| known.get(*name) != Some(&e.version)).map(|(name, e)| (name.clone(), e.clone())).collect();
     let removed = known.keys().filter(|name| !current.contains_key(*name)).cloned().collect();
     Diff { updated, removed }
 }
@@ -89,10 +80,7 @@ mod tests {
     use super::*;
 
     fn entries(items: &[(&str, &[u8])]) -> BTreeMap<String, Entry> {
-        items
-            .iter()
-            .map(|(n, v)| (n.to_string(), entry("t", &prost_types::Any { type_url: String::new(), value: v.to_vec() })))
-            .collect()
+        items.iter().map(|(n, v)| (n.to_string(), entry("t", &prost_types::Any { type_url: String::new(), value: v.to_vec() }))).collect()
     }
 
     #[test]

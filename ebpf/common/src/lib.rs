@@ -66,12 +66,7 @@ pub struct FlowKey {
 impl FlowKey {
     /// The same connection seen from the other end.
     pub const fn reversed(&self) -> FlowKey {
-        FlowKey {
-            local_ip: self.remote_ip,
-            remote_ip: self.local_ip,
-            local_port: self.remote_port,
-            remote_port: self.local_port,
-        }
+        FlowKey { local_ip: self.remote_ip, remote_ip: self.local_ip, local_port: self.remote_port, remote_port: self.local_port }
     }
 }
 

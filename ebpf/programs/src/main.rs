@@ -19,12 +19,11 @@ use aya_ebpf::{
     programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
-use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, CONFIG_FAST_PATH, HBONE_PORT,
-    INBOUND_PORT, KEEL_MARK, KEEL_MARK_MASK, LISTENER_HBONE, LISTENER_INBOUND, LOOPBACK_IP4_NET,
-    OUTBOUND_PORT, SPLICE_BURST_LIMIT, CONFIG_FAIL_CLOSED,
-};
 use aya_log_ebpf::error;
+use keel_ebpf_common::{
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, HBONE_PORT, INBOUND_PORT, KEEL_MARK,
+    KEEL_MARK_MASK, LISTENER_HBONE, LISTENER_INBOUND, LOOPBACK_IP4_NET, OUTBOUND_PORT, SPLICE_BURST_LIMIT,
+};
 use maps::*;
 
 const AF_INET: u32 = 2;
@@ -164,12 +163,7 @@ fn record_client_address(ctx: &SockOpsContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn flow_key(ctx: &SockOpsContext) -> FlowKey {
-    FlowKey {
-        local_ip: ctx.local_ip4(),
-        remote_ip: ctx.remote_ip4(),
-        local_port: ctx.local_port(),
-        remote_port: remote_port_host(ctx.remote_port()),
-    }
+    FlowKey { local_ip: ctx.local_ip4(), remote_ip: ctx.remote_ip4(), local_port: ctx.local_port(), remote_port: remote_port_host(ctx.remote_port()) }
 }
 
 /// The fast path splices the hop between two keels on the same node: keel's connection out of one pod into
@@ -241,12 +235,7 @@ pub fn keel_sk_msg(ctx: SkMsgContext) -> u32 {
 fn try_sk_msg(ctx: &SkMsgContext) -> Result<bool, ()> {
     // SAFETY: the context pointer is valid for the program's run.
     let md = unsafe { &*ctx.msg };
-    let key = FlowKey {
-        local_ip: md.local_ip4,
-        remote_ip: md.remote_ip4,
-        local_port: md.local_port,
-        remote_port: remote_port_host(md.remote_port),
-    };
+    let key = FlowKey { local_ip: md.local_ip4, remote_ip: md.remote_ip4, local_port: md.local_port, remote_port: remote_port_host(md.remote_port) };
     let Some(state) = SPLICE_STATE.get_ptr_mut(&key) else {
         return Ok(false);
     };
@@ -344,9 +333,7 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Lookup, ()> {
         Ok(()) => Ok(Lookup::Captured),
         // No listener, but the pod is still enrolled (its POD_IPS entry outlives keel: the maps are pinned):
         // keel is down. 15008 takes the regular lookup, which finds no listener either while keel is down.
-        Err(e) if e == -ENOENT && slot == LISTENER_INBOUND && fail_closed() && unsafe { POD_IPS.get(&local_ip4) }.is_some() => {
-            Ok(Lookup::Refused)
-        }
+        Err(e) if e == -ENOENT && slot == LISTENER_INBOUND && fail_closed() && unsafe { POD_IPS.get(&local_ip4) }.is_some() => Ok(Lookup::Refused),
         Err(e) if e == -ENOENT => Ok(Lookup::Passed), // not a pod keel serves
         Err(_) => Err(()),
     }

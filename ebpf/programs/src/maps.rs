@@ -4,9 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, SpliceState, CONFIG_LEN,
-};
+use keel_ebpf_common::{counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, SpliceState, CONFIG_LEN};
 
 /// Enrolled pods by network-namespace cookie.
 #[map]

@@ -30,8 +30,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, LISTENER_INBOUND,
-    POD_CAPTURE_OUTBOUND,
+    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, LISTENER_INBOUND, POD_CAPTURE_OUTBOUND,
 };
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -73,13 +72,11 @@ struct Attached {
 impl EbpfCapture {
     pub fn start(config: &Config) -> anyhow::Result<EbpfCapture> {
         check_kernel(config)?;
-        std::fs::create_dir_all(&config.bpffs_dir)
-            .with_context(|| format!("creating the pin directory {}", config.bpffs_dir.display()))?;
+        std::fs::create_dir_all(&config.bpffs_dir).with_context(|| format!("creating the pin directory {}", config.bpffs_dir.display()))?;
         let mut ebpf = load_reusing_pins(&config.bpffs_dir)?;
         let logger = start_kernel_logger(&mut ebpf);
 
-        let cgroup = File::open(&config.cgroup_root)
-            .with_context(|| format!("opening cgroup {}", config.cgroup_root.display()))?;
+        let cgroup = File::open(&config.cgroup_root).with_context(|| format!("opening cgroup {}", config.cgroup_root.display()))?;
         let links_dir = links_dir(&config.bpffs_dir);
         std::fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
         let fail_closed = !config.fail_open;
@@ -136,16 +133,11 @@ impl EbpfCapture {
         for ip in &pod.spec.ips {
             let IpAddr::V4(v4) = ip else { continue };
             let key = ListenerKey { ip: u32::from_ne_bytes(v4.octets()), slot: LISTENER_INBOUND };
-            state
-                .listeners
-                .insert(key, pod.inbound_listener.as_raw_fd(), 0)
-                .with_context(|| format!("registering the inbound listener for {ip}"))?;
+            state.listeners.insert(key, pod.inbound_listener.as_raw_fd(), 0).with_context(|| format!("registering the inbound listener for {ip}"))?;
         }
         if !state.lookup_links.contains_key(&cookie) {
             let sk_lookup: &mut SkLookup = program(&mut state.ebpf, "keel_sk_lookup")?;
-            let link = sk_lookup
-                .attach(pod.netns)
-                .with_context(|| format!("attaching sk_lookup to {}", pod.netns.path().display()))?;
+            let link = sk_lookup.attach(pod.netns).with_context(|| format!("attaching sk_lookup to {}", pod.netns.path().display()))?;
             let held = if self.fail_closed {
                 let link: FdLink = sk_lookup.take_link(link)?.into();
                 HeldLink::Pinned(pin_replacing(link, &lookup_link_pin(&self.pin_dir, cookie))?)
@@ -250,9 +242,7 @@ impl EbpfCapture {
     }
 
     pub fn counters(&self) -> EbpfCounters {
-        let read = |index: u32| -> u64 {
-            self.stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
-        };
+        let read = |index: u32| -> u64 { self.stats.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0) };
         EbpfCounters {
             connect4: ProgramCounters {
                 captured: read(counter::CONNECT4_CAPTURED),
@@ -299,8 +289,7 @@ fn check_kernel(config: &Config) -> anyhow::Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         warn!("kernel BTF (/sys/kernel/btf/vmlinux) not found; loading may fail");
     }
-    check_fs_magic(&config.cgroup_root, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory")
-        .with_context(|| format!("--cgroup: {FALLBACK_HINT}"))?;
+    check_fs_magic(&config.cgroup_root, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory").with_context(|| format!("--cgroup: {FALLBACK_HINT}"))?;
     let bpffs_parent = config.bpffs_dir.parent().unwrap_or(Path::new("/"));
     if check_fs_magic(bpffs_parent, BPF_FS_MAGIC, "bpffs").is_err() {
         mount_bpffs(bpffs_parent).with_context(|| format!("--bpffs: {FALLBACK_HINT}"))?;
@@ -475,4 +464,3 @@ fn start_kernel_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
         }
     }))
 }
-

@@ -96,12 +96,7 @@ fn remove_rules(netns: &std::path::Path) {
         vec!["-F", PREROUTING_CHAIN],
         vec!["-X", PREROUTING_CHAIN],
     ] {
-        let _ = in_netns(netns, "iptables")
-            .args(["-w", "5", "-t", "nat"])
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = in_netns(netns, "iptables").args(["-w", "5", "-t", "nat"]).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }
 
@@ -111,11 +106,7 @@ mod tests {
 
     #[test]
     fn rules_exclude_keel_loopback_and_configured_traffic_before_redirecting() {
-        let exclusions = Exclusions {
-            outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
-            outbound_ports: vec![9999],
-            inbound_ports: vec![15021],
-        };
+        let exclusions = Exclusions { outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap()], outbound_ports: vec![9999], inbound_ports: vec![15021] };
         let rules = rule_set(&exclusions);
         let lines: Vec<&str> = rules.lines().collect();
         let pos = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}"));

@@ -92,12 +92,7 @@ impl Capture {
     }
 
     /// Where an accepted connection was going before capture steered it to keel.
-    pub fn original_destination(
-        &self,
-        direction: Direction,
-        netns_cookie: u64,
-        stream: &TcpStream,
-    ) -> Result<SocketAddrV4, OriginalDstError> {
+    pub fn original_destination(&self, direction: Direction, netns_cookie: u64, stream: &TcpStream) -> Result<SocketAddrV4, OriginalDstError> {
         match (self, direction) {
             (Capture::Ebpf(c), Direction::Outbound) => c.original_destination(netns_cookie, stream),
             // sk_lookup hands keel the connection unchanged: its local address is the original destination.

@@ -104,9 +104,7 @@ impl Dialer {
         upstream: SocketAddrV4,
         source_identity: Option<Identity>,
     ) -> Result<(TcpStream, Option<Registration>), DialError> {
-        let stream = sockets::connect_from_pod(from.netns, upstream, self.connect_timeout)
-            .await
-            .map_err(|e| DialError::Connect(upstream, e))?;
+        let stream = sockets::connect_from_pod(from.netns, upstream, self.connect_timeout).await.map_err(|e| DialError::Connect(upstream, e))?;
         let registration = if self.node_pods.contains(IpAddr::V4(*upstream.ip())) {
             let local = stream.local_addr().map_err(DialError::LocalAddress)?;
             Some(self.local_peers.register(local, SocketAddr::V4(upstream), source_identity))
@@ -136,14 +134,9 @@ impl Dialer {
             source_ip: IpAddr::V4(from.ip),
             destination_ip: IpAddr::V4(*route.upstream.ip()),
         };
-        let request = ConnectRequest {
-            target: SocketAddr::V4(route.upstream),
-            client,
-            service_host,
-            source: Some(source),
-            cluster_id: &self.cluster_id,
-        }
-        .build();
+        let request =
+            ConnectRequest { target: SocketAddr::V4(route.upstream), client, service_host, source: Some(source), cluster_id: &self.cluster_id }
+                .build();
         let dial = Dial {
             netns: from.netns,
             peer: SocketAddrV4::new(*route.upstream.ip(), HBONE_PORT),
@@ -193,21 +186,19 @@ async fn connect_within<T>(
     connect_timeout: Duration,
     connect: impl std::future::Future<Output = Result<T, DialError>>,
 ) -> Result<T, DialError> {
-    tokio::time::timeout(connect_timeout, connect)
-        .await
-        .unwrap_or(Err(DialError::ClusterConnectTimeout(endpoint, connect_timeout)))
+    tokio::time::timeout(connect_timeout, connect).await.unwrap_or(Err(DialError::ClusterConnectTimeout(endpoint, connect_timeout)))
 }
 
 /// The identities the destination may prove: the service's `subject_alt_names` when it sets them, else the
 /// workload's own.
 fn expected_identities(route: &Route, destination: &Arc<Workload>) -> Vec<Identity> {
-    let from_service: Vec<Identity> = route
-        .service
-        .iter()
-        .flat_map(|s| s.subject_alt_names.iter())
-        .filter_map(|san| Identity::parse(san).ok())
-        .collect();
-    if from_service.is_empty() { vec![Identity::of_workload(destination)] } else { from_service }
+    let from_service: Vec<Identity> =
+        route.service.iter().flat_map(|s| s.subject_alt_names.iter()).filter_map(|san| Identity::parse(san).ok()).collect();
+    if from_service.is_empty() {
+        vec![Identity::of_workload(destination)]
+    } else {
+        from_service
+    }
 }
 
 /// An upstream connection: a TCP socket, or a stream inside an HBONE tunnel.

@@ -25,8 +25,8 @@ use tracing::debug;
 use super::{
     keepalive,
     stream_io::{TunnelReader, TunnelWriter},
-    CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, FAILED_DIAL_MEMORY,
-    HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_FRAME_SIZE, STREAM_WINDOW,
+    CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, FAILED_DIAL_MEMORY, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
+    MAX_FRAME_SIZE, STREAM_WINDOW,
 };
 use crate::{identity::Identity, netns::Netns, sockets};
 
@@ -143,10 +143,7 @@ impl KeyPool {
         let now = SystemTime::now();
         connections.retain(|c| !c.closed.load(Ordering::Acquire) && c.usable_until > now);
         connections.iter().find_map(|c| {
-            c.active
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < c.max_streams).then_some(n + 1))
-                .ok()
-                .map(|_| Lease(c.clone()))
+            c.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < c.max_streams).then_some(n + 1)).ok().map(|_| Lease(c.clone()))
         })
     }
 }
@@ -196,8 +193,7 @@ impl HboneClient {
             connections.retain(|c| {
                 !c.closed.load(Ordering::Acquire)
                     && c.usable_until > now
-                    && (c.active.load(Ordering::Acquire) > 0
-                        || c.idle_since.lock().expect("idle clock poisoned").elapsed() < idle_for)
+                    && (c.active.load(Ordering::Acquire) > 0 || c.idle_since.lock().expect("idle clock poisoned").elapsed() < idle_for)
             });
             !connections.is_empty()
         });
@@ -263,9 +259,7 @@ where
 {
     let peer = dial.peer;
     let tls = (dial.tls)().await.map_err(HboneError::Certificate)?;
-    let tcp = sockets::connect_from_pod(dial.netns, peer, dial.connect_timeout)
-        .await
-        .map_err(|e| HboneError::Connect(peer, e))?;
+    let tcp = sockets::connect_from_pod(dial.netns, peer, dial.connect_timeout).await.map_err(|e| HboneError::Connect(peer, e))?;
     // An IP server name: rustls sends no SNI for it, as HBONE requires; the verifier checks the URI SAN instead.
     let tls_stream = within(
         peer,

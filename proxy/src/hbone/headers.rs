@@ -100,7 +100,11 @@ pub fn parse_target(request: &Request<h2::RecvStream>) -> Result<SocketAddr, Str
 
 /// The trust domain a Workload claims (empty = the mesh default).
 pub fn trust_domain(w: &Workload) -> &str {
-    if w.trust_domain.is_empty() { DEFAULT_TRUST_DOMAIN } else { &w.trust_domain }
+    if w.trust_domain.is_empty() {
+        DEFAULT_TRUST_DOMAIN
+    } else {
+        &w.trust_domain
+    }
 }
 
 #[cfg(test)]

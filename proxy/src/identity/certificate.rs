@@ -9,9 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use rustls::{
-    client::verify_server_cert_signed_by_trust_anchor, server::ParsedCertificate, sign::CertifiedKey, RootCertStore,
-};
+use rustls::{client::verify_server_cert_signed_by_trust_anchor, server::ParsedCertificate, sign::CertifiedKey, RootCertStore};
 use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::{extensions::GeneralName, prelude::*};
 
@@ -38,10 +36,7 @@ impl WorkloadCertificate {
     /// certificates) for `identity`, issued for the public half of `key`.
     pub fn from_pem(identity: &Identity, chain_pem: &[String], key: PrivateKeyDer<'static>) -> anyhow::Result<WorkloadCertificate> {
         if chain_pem.len() < 2 {
-            bail!(
-                "the CA returned {} certificate(s) for {identity}; expected the leaf first and the root last (at least 2)",
-                chain_pem.len()
-            );
+            bail!("the CA returned {} certificate(s) for {identity}; expected the leaf first and the root last (at least 2)", chain_pem.len());
         }
         let (bundle, issued) = chain_pem.split_last().expect("at least two elements");
         let chain = parse_certificates(issued).context("the issued chain")?;
@@ -68,9 +63,7 @@ impl WorkloadCertificate {
         }
         // Checked at not_before at the latest: a CA whose clock runs slightly ahead issues certificates that are
         // valid a moment from now; that is skew, not a broken chain.
-        let at = UnixTime::since_unix_epoch(
-            SystemTime::now().max(not_before).duration_since(UNIX_EPOCH).unwrap_or_default(),
-        );
+        let at = UnixTime::since_unix_epoch(SystemTime::now().max(not_before).duration_since(UNIX_EPOCH).unwrap_or_default());
         let parsed = ParsedCertificate::try_from(&chain[0]).context("the leaf certificate")?;
         verify_server_cert_signed_by_trust_anchor(&parsed, &trust_store, &chain[1..], at, provider.signature_verification_algorithms.all)
             .context("the issued chain does not lead to the trust bundle returned with it")?;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::{sync::Notify, sync::watch, task::AbortHandle};
+use tokio::{sync::watch, sync::Notify, task::AbortHandle};
 use tracing::{info, warn};
 
 use super::{
@@ -132,8 +132,7 @@ impl CertificateManager {
     /// `refreshing` while a request is in flight, `failed: <reason>` when the last one failed (the certificate
     /// shown, if any, still serves), `valid` otherwise.
     pub fn snapshot(&self) -> Vec<CertificateStatus> {
-        let slots: Vec<(Identity, Arc<Slot>)> =
-            self.inner.slots.lock().unwrap().iter().map(|(id, slot)| (id.clone(), slot.clone())).collect();
+        let slots: Vec<(Identity, Arc<Slot>)> = self.inner.slots.lock().unwrap().iter().map(|(id, slot)| (id.clone(), slot.clone())).collect();
         let mut entries: Vec<(Identity, CertificateStatus)> = slots
             .into_iter()
             .map(|(id, slot)| {

@@ -56,11 +56,9 @@ impl FromStr for Identity {
         let path = uri.strip_prefix("spiffe://").ok_or_else(malformed)?;
         let segments: Vec<&str> = path.split('/').collect();
         match segments.as_slice() {
-            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => Ok(Identity {
-                trust_domain: (*td).to_owned(),
-                namespace: (*ns).to_owned(),
-                service_account: (*sa).to_owned(),
-            }),
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(Identity { trust_domain: (*td).to_owned(), namespace: (*ns).to_owned(), service_account: (*sa).to_owned() })
+            }
             _ => Err(malformed()),
         }
     }
@@ -95,7 +93,14 @@ mod tests {
         let id: Identity = "spiffe://td/ns/demo/sa/api".parse().unwrap();
         assert_eq!(id, Identity { trust_domain: "td".into(), namespace: "demo".into(), service_account: "api".into() });
         assert_eq!(id.to_string().parse::<Identity>().unwrap(), id);
-        for bad in ["td/ns/demo/sa/api", "spiffe://td/ns/demo", "spiffe://td/ns//sa/api", "spiffe://td/ns/demo/sa/api/x", "spiffe:///ns/a/sa/b", "spiffe://td/sa/a/ns/b"] {
+        for bad in [
+            "td/ns/demo/sa/api",
+            "spiffe://td/ns/demo",
+            "spiffe://td/ns//sa/api",
+            "spiffe://td/ns/demo/sa/api/x",
+            "spiffe:///ns/a/sa/b",
+            "spiffe://td/sa/a/ns/b",
+        ] {
             assert!(bad.parse::<Identity>().is_err(), "{bad}");
         }
     }

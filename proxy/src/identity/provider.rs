@@ -1,14 +1,7 @@
 //! Where workload certificates come from. keel signs nothing itself in mesh mode: it sends a CSR to the control
 //! plane's Istio CA API on behalf of a pod (`ImpersonatedIdentity`), as ztunnel does. Without a control plane
 //! (local mode) a CA on the node's disk, in istiod's plugged-in layout, plays that part.
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    path::Path,
-    pin::Pin,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::BTreeMap, future::Future, path::Path, pin::Pin, sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
 use keel_control::ca::Authority;

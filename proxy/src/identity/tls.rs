@@ -20,8 +20,8 @@ use rustls::{
         ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier,
     },
     sign::CertifiedKey,
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
 };
 use x509_parser::prelude::*;
 
@@ -165,11 +165,21 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         Err(rejected(format!("server identity {uris:?} is none of the expected {expected:?}")))
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -222,7 +232,12 @@ impl ClientCertVerifier for SameTrustDomainClientVerifier {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, TlsError> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
         let (own, chain) = self.chain_verifier()?;
         let verified = chain.verify_client_cert(end_entity, intermediates, now)?;
         let peer = peer_identity(std::slice::from_ref(end_entity)).map_err(|e| rejected(format!("{e:#}")))?;
@@ -230,11 +245,21 @@ impl ClientCertVerifier for SameTrustDomainClientVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -520,10 +545,8 @@ mod tests {
         let err = peer_identity(&[dns_only.der().clone()]).unwrap_err();
         assert!(err.to_string().contains("no spiffe://"), "{err}");
         let mut params = rcgen::CertificateParams::default();
-        params.subject_alt_names = vec![
-            rcgen::SanType::URI("https://example.com/x".try_into().unwrap()),
-            rcgen::SanType::URI("spiffe://td/ns/a/sa/b".try_into().unwrap()),
-        ];
+        params.subject_alt_names =
+            vec![rcgen::SanType::URI("https://example.com/x".try_into().unwrap()), rcgen::SanType::URI("spiffe://td/ns/a/sa/b".try_into().unwrap())];
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(peer_identity(&[cert.der().clone()]).unwrap(), identity("td", "a", "b"));
         assert!(require_trust_domain(&identity("td", "a", "b"), "td").is_ok());

@@ -278,9 +278,8 @@ async fn tunnel(
     let tracked = inbound::authorize(dp, &snapshot, pod, peer.ip(), Some(client), target.port(), record)
         .map_err(|denied| (Some(StatusCode::UNAUTHORIZED), denied))?;
     record.upstream = Some(SocketAddr::V4(target));
-    let mut app = inbound::connect_app(pod, dp, target)
-        .await
-        .map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), ConnectionError::ConnectApp(target, e)))?;
+    let mut app =
+        inbound::connect_app(pod, dp, target).await.map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), ConnectionError::ConnectApp(target, e)))?;
     let send = respond
         .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
         .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;

@@ -113,9 +113,7 @@ async fn respond(
     };
     record.route = route.route.name.clone();
     let mut response = match &route.plan {
-        RoutePlan::Direct { status, body } => {
-            Response::builder().status(*status).body(full(body.clone())).expect("a valid status")
-        }
+        RoutePlan::Direct { status, body } => Response::builder().status(*status).body(full(body.clone())).expect("a valid status"),
         RoutePlan::Redirect(redirect) => Response::builder()
             .status(redirect.status)
             .header(header::LOCATION, redirect.location(authority, path_and_query))
@@ -194,7 +192,12 @@ impl Forward<'_> {
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster");
         };
         record.service = service_of(cluster_name);
-        let view = RequestView { method: self.parts.method.as_str(), authority: self.authority, path_and_query: self.path_and_query, headers: &self.parts.headers };
+        let view = RequestView {
+            method: self.parts.method.as_str(),
+            authority: self.authority,
+            path_and_query: self.path_and_query,
+            headers: &self.parts.headers,
+        };
         let hash = request_hash(&self.plan.hash_policies, &view, self.d.client_ip);
         self.prepare_headers();
         let wants_copies = self.plan.retries.is_some() || !self.plan.mirrors.is_empty();
@@ -223,7 +226,8 @@ impl Forward<'_> {
             }
             Some(Err(_overflow)) => {
                 record.flag("UO");
-                let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+                let mut r =
+                    local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: overflow");
                 r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
                 return r;
             }
@@ -333,10 +337,7 @@ impl Forward<'_> {
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             let grpc_status = result.as_ref().ok().and_then(|r| r.headers().get("grpc-status")).and_then(|v| v.to_str().ok()?.parse().ok());
             let retriable = retries.is_some_and(|r| r.is_retriable(outcome) || grpc_status.is_some_and(|c| r.is_retriable_grpc(c)));
-            let may_retry = retriable
-                && !timed_out
-                && matches!(body, RequestBody::Buffered(_))
-                && retries.is_some_and(|r| attempt <= r.num_retries);
+            let may_retry = retriable && !timed_out && matches!(body, RequestBody::Buffered(_)) && retries.is_some_and(|r| attempt <= r.num_retries);
             if may_retry {
                 match cluster.admit_retry() {
                     Ok(permit) => {
@@ -386,12 +387,7 @@ impl Forward<'_> {
 fn hop<'a>(d: &'a Downstream, snapshot: &Snapshot, endpoint: SocketAddrV4) -> Hop<'a> {
     let route = Route { upstream: endpoint, service: None, workload: snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned() };
     let dialer = &d.dp.dialer;
-    let path = plan::choose_path(
-        d.source.as_deref(),
-        &route,
-        dialer.node_pods.contains(IpAddr::V4(*endpoint.ip())),
-        dialer.certificates.is_some(),
-    );
+    let path = plan::choose_path(d.source.as_deref(), &route, dialer.node_pods.contains(IpAddr::V4(*endpoint.ip())), dialer.certificates.is_some());
     Hop { dialer, from: d.pod.origin(), source: d.source.as_ref(), route, path }
 }
 

@@ -26,12 +26,7 @@ pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mu
     // --http-header-read-timeout-ms`).
     let header_read_timeout = downstream.dp.limits.http_header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(MAX_HEADERS_BYTES.max(8192))
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(MAX_HEADERS_BYTES.max(8192)).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -148,20 +148,20 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let h1 = request_hash(&by_header, &view("/"), ip);
         assert_eq!(h1, Some(stable_hash(b"alice".as_slice())));
-        let by_cookie = [HashPolicy { policy_specifier: Some(PolicySpecifier::Cookie(Cookie { name: "session".into(), ..Default::default() })), terminal: false }];
+        let by_cookie = [HashPolicy {
+            policy_specifier: Some(PolicySpecifier::Cookie(Cookie { name: "session".into(), ..Default::default() })),
+            terminal: false,
+        }];
         assert_eq!(request_hash(&by_cookie, &view("/"), ip), Some(stable_hash("s42")));
-        let by_ip = [HashPolicy { policy_specifier: Some(PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })), terminal: true }];
+        let by_ip =
+            [HashPolicy { policy_specifier: Some(PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })), terminal: true }];
         assert_eq!(request_hash(&by_ip, &view("/"), ip), request_hash(&by_ip, &view("/other"), ip));
         let missing = [HashPolicy { policy_specifier: Some(PolicySpecifier::Header(Header { header_name: "x-none".into() })), terminal: false }];
         assert_eq!(request_hash(&missing, &view("/"), ip), None);
     }
 
     fn option(key: &str, value: &str, append: Option<bool>) -> HeaderValueOption {
-        HeaderValueOption {
-            header: Some(EnvoyHeader { key: key.into(), value: value.into(), raw_value: vec![] }),
-            append,
-            ..Default::default()
-        }
+        HeaderValueOption { header: Some(EnvoyHeader { key: key.into(), value: value.into(), raw_value: vec![] }), append, ..Default::default() }
     }
 
     #[test]

@@ -56,8 +56,12 @@ pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
 #[derive(Debug)]
 enum Kind {
-    LeastRequest { choices: usize },
-    RoundRobin { next: AtomicUsize },
+    LeastRequest {
+        choices: usize,
+    },
+    RoundRobin {
+        next: AtomicUsize,
+    },
     Random,
     /// (point on the ring, endpoint index), sorted by point.
     Ring(Vec<(u64, usize)>),
@@ -148,11 +152,8 @@ fn ring(endpoints: &[Arc<Endpoint>], min_ring_size: usize) -> Vec<(u64, usize)> 
         return Vec::new();
     }
     let per_endpoint = min_ring_size.max(endpoints.len()).div_ceil(endpoints.len());
-    let mut ring: Vec<(u64, usize)> = endpoints
-        .iter()
-        .enumerate()
-        .flat_map(|(i, e)| (0..per_endpoint).map(move |k| (stable_hash((e.address, k)), i)))
-        .collect();
+    let mut ring: Vec<(u64, usize)> =
+        endpoints.iter().enumerate().flat_map(|(i, e)| (0..per_endpoint).map(move |k| (stable_hash((e.address, k)), i))).collect();
     ring.sort_unstable();
     ring
 }
@@ -273,11 +274,7 @@ mod tests {
         // Ejecting one endpoint moves only its keys.
         let gone = b.endpoints()[2].address;
         b.endpoints()[2].ejected.store(true, Ordering::Relaxed);
-        let moved = keys
-            .iter()
-            .zip(&first)
-            .filter(|(&h, &before)| before != gone && b.pick(Some(h)).unwrap().address != before)
-            .count();
+        let moved = keys.iter().zip(&first).filter(|(&h, &before)| before != gone && b.pick(Some(h)).unwrap().address != before).count();
         assert_eq!(moved, 0, "{policy:?}: keys of other endpoints stay put");
     }
 

@@ -22,12 +22,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: DEFAULT_LIMIT,
-            max_pending_requests: DEFAULT_LIMIT,
-            max_requests: DEFAULT_LIMIT,
-            max_retries: DEFAULT_MAX_RETRIES,
-        }
+        Limits { max_connections: DEFAULT_LIMIT, max_pending_requests: DEFAULT_LIMIT, max_requests: DEFAULT_LIMIT, max_retries: DEFAULT_MAX_RETRIES }
     }
 }
 

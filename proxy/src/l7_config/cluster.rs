@@ -20,7 +20,7 @@ use super::{
     circuit::{CircuitBreaker, Overflow, Permit, Resource},
     cluster_config::ClusterConfig,
     config::LoadAssignment,
-    outlier::{OutlierDetector, Outcome},
+    outlier::{Outcome, OutlierDetector},
 };
 
 /// How often a request may trigger the return of ejected endpoints (the sweep takes the detector's lock).
@@ -49,8 +49,7 @@ pub struct Admission {
 
 impl Cluster {
     pub fn new(config: Arc<ClusterConfig>, assignment: Option<Arc<LoadAssignment>>) -> Cluster {
-        let endpoints: Vec<Arc<Endpoint>> =
-            assignment.iter().flat_map(|a| a.endpoints.iter()).map(|e| Endpoint::new(e.address)).collect();
+        let endpoints: Vec<Arc<Endpoint>> = assignment.iter().flat_map(|a| a.endpoints.iter()).map(|e| Endpoint::new(e.address)).collect();
         let outlier = config.outlier.clone().map(|settings| OutlierDetector::new(settings, endpoints.clone()));
         let localities = if outlier.is_some() { locality_levels(&config, assignment.as_deref(), &endpoints) } else { Vec::new() };
         let connection_slots =
@@ -151,7 +150,11 @@ impl Cluster {
 }
 
 /// One balancer per locality prefix that some endpoint has: (r, z, s), (r, z, ""), (r, "", "").
-fn locality_levels(config: &ClusterConfig, assignment: Option<&LoadAssignment>, endpoints: &[Arc<Endpoint>]) -> Vec<((String, String, String), Balancer)> {
+fn locality_levels(
+    config: &ClusterConfig,
+    assignment: Option<&LoadAssignment>,
+    endpoints: &[Arc<Endpoint>],
+) -> Vec<((String, String, String), Balancer)> {
     let Some(assignment) = assignment else { return Vec::new() };
     let mut levels: Vec<((String, String, String), Vec<Arc<Endpoint>>)> = Vec::new();
     for (lb, endpoint) in assignment.endpoints.iter().zip(endpoints) {

@@ -57,7 +57,10 @@ impl ClusterConfig {
             return Err("field `load_assignment`: inline endpoints are not supported (keel takes them over EDS)".into());
         }
         if let Some(eds) = c.eds_cluster_config.as_ref().filter(|e| !e.service_name.is_empty() && e.service_name != c.name) {
-            return Err(format!("field `eds_cluster_config.service_name`: {:?} differs from the cluster name (keel looks endpoints up by it)", eds.service_name));
+            return Err(format!(
+                "field `eds_cluster_config.service_name`: {:?} differs from the cluster name (keel looks endpoints up by it)",
+                eds.service_name
+            ));
         }
         let lb = LbPolicy::try_from(c.lb_policy).map_err(|_| format!("field `lb_policy`: unknown value {}", c.lb_policy))?;
         let policy = match (lb, &c.lb_config) {
@@ -177,11 +180,7 @@ mod tests {
     use super::*;
 
     fn eds(name: &str) -> Cluster {
-        Cluster {
-            name: name.into(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            ..Default::default()
-        }
+        Cluster { name: name.into(), cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)), ..Default::default() }
     }
 
     #[test]
@@ -190,7 +189,13 @@ mod tests {
         c.lb_policy = LbPolicy::LeastRequest as i32;
         c.lb_config = Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig { choice_count: Some(2) }));
         c.circuit_breakers = Some(CircuitBreakers {
-            thresholds: vec![Thresholds { priority: 0, max_connections: Some(1), max_pending_requests: Some(1), max_requests: None, max_retries: None }],
+            thresholds: vec![Thresholds {
+                priority: 0,
+                max_connections: Some(1),
+                max_pending_requests: Some(1),
+                max_requests: None,
+                max_retries: None,
+            }],
         });
         c.outlier_detection = Some(OutlierDetection {
             consecutive_5xx: Some(1),
@@ -270,7 +275,8 @@ mod tests {
         negative.connect_timeout = Some(prost_types::Duration { seconds: -5, nanos: 0 });
         assert!(refused(&negative).starts_with("field `connect_timeout`: -5s 0ns is negative"));
         let mut ejection = eds("o");
-        ejection.outlier_detection = Some(OutlierDetection { base_ejection_time: Some(prost_types::Duration { seconds: i64::MAX, nanos: 0 }), ..Default::default() });
+        ejection.outlier_detection =
+            Some(OutlierDetection { base_ejection_time: Some(prost_types::Duration { seconds: i64::MAX, nanos: 0 }), ..Default::default() });
         assert!(refused(&ejection).starts_with("field `outlier_detection.base_ejection_time`"));
         ejection.outlier_detection = Some(OutlierDetection { max_ejection_percent: Some(101), ..Default::default() });
         assert_eq!(refused(&ejection), "field `outlier_detection.max_ejection_percent`: 101 is not 0-100");

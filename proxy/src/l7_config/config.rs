@@ -92,7 +92,10 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
     let route_config = match hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
             // Routes come on this ADS stream; any other source would never be fetched.
-            if !matches!(rds.config_source.and_then(|c| c.config_source_specifier), Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))) {
+            if !matches!(
+                rds.config_source.and_then(|c| c.config_source_specifier),
+                Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))
+            ) {
                 return Err(format!("{field}.typed_config.rds.config_source: keel takes routes over ADS only (ads or self)"));
             }
             rds.route_config_name
@@ -116,7 +119,9 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
             ROUTER_FILTER => {}
             // Envoy's rule: a filter marked optional that the proxy does not know is skipped, not refused.
             _ if f.is_optional => {}
-            other => return Err(format!("{field}.typed_config.http_filters[{i}]: {other} is not supported ({FAULT_FILTER} and {ROUTER_FILTER} are)")),
+            other => {
+                return Err(format!("{field}.typed_config.http_filters[{i}]: {other} is not supported ({FAULT_FILTER} and {ROUTER_FILTER} are)"))
+            }
         }
     }
     if hcm.http_filters.last().is_none_or(|f| f.name != ROUTER_FILTER) {
@@ -221,7 +226,10 @@ mod tests {
     fn listener(edit: impl FnOnce(&mut HttpConnectionManager)) -> Listener {
         let mut hcm = HttpConnectionManager {
             route_specifier: Some(RouteSpecifier::Rds(Rds {
-                config_source: Some(ConfigSource { config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})), ..Default::default() }),
+                config_source: Some(ConfigSource {
+                    config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+                    ..Default::default()
+                }),
                 route_config_name: "80".into(),
             })),
             http_filters: vec![filter(FAULT_FILTER), filter(ROUTER_FILTER)],
@@ -286,10 +294,7 @@ mod tests {
     #[test]
     fn endpoint_priorities_and_weights_are_refused() {
         let endpoint = |weight| EnvoyLbEndpoint {
-            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                address: listener(|_| {}).address,
-                ..Default::default()
-            })),
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint { address: listener(|_| {}).address, ..Default::default() })),
             load_balancing_weight: weight,
             ..Default::default()
         };

@@ -77,10 +77,14 @@ fn describe_action(route: &Route) -> String {
             }
             _ => "-".into(),
         },
-        Some(Action::Redirect(r)) => format!("redirect {}{}", r.host_redirect, match &r.path_rewrite_specifier {
-            Some(keel_proto::route::redirect_action::PathRewriteSpecifier::PathRedirect(p)) => p.as_str(),
-            _ => "",
-        }),
+        Some(Action::Redirect(r)) => format!(
+            "redirect {}{}",
+            r.host_redirect,
+            match &r.path_rewrite_specifier {
+                Some(keel_proto::route::redirect_action::PathRewriteSpecifier::PathRedirect(p)) => p.as_str(),
+                _ => "",
+            }
+        ),
         Some(Action::DirectResponse(d)) => format!("direct response {}", d.status),
         None => "-".into(),
     }
@@ -148,7 +152,8 @@ impl L7Dump {
                     cluster: c.config.name.clone(),
                     outlier_check: if e.ejected.load(Ordering::Relaxed) { "FAILED" } else { "OK" }.into(),
                     active_requests: e.active.load(Ordering::Relaxed),
-                    locality: locality.map_or_else(|| "-".into(), |(r, z, s)| [r, z, s].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")),
+                    locality: locality
+                        .map_or_else(|| "-".into(), |(r, z, s)| [r, z, s].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")),
                 })
             })
             .collect();

@@ -62,9 +62,7 @@ impl Faults {
         let abort = match &fault.abort {
             None => None,
             Some(a) => match a.error_type {
-                Some(ErrorType::HttpStatus(status)) if (200..600).contains(&status) => {
-                    Some((status as u16, fraction(a.percentage.as_ref())))
-                }
+                Some(ErrorType::HttpStatus(status)) if (200..600).contains(&status) => Some((status as u16, fraction(a.percentage.as_ref()))),
                 Some(ErrorType::HttpStatus(status)) => return Err(format!("{field}.abort.http_status: {status} is not 200-599")),
                 Some(ErrorType::GrpcStatus(_)) | None => return Err(format!("{field}.abort: only http_status is supported")),
             },
@@ -121,7 +119,8 @@ mod tests {
         assert!(err.starts_with("routes[0].fault: x is not"), "{err}");
         let grpc = any(HttpFault { abort: Some(FaultAbort { percentage: None, error_type: Some(ErrorType::GrpcStatus(14)) }), ..Default::default() });
         assert_eq!(Faults::decode("f", &grpc).unwrap_err(), "f.abort: only http_status is supported");
-        let bad_status = any(HttpFault { abort: Some(FaultAbort { percentage: None, error_type: Some(ErrorType::HttpStatus(99)) }), ..Default::default() });
+        let bad_status =
+            any(HttpFault { abort: Some(FaultAbort { percentage: None, error_type: Some(ErrorType::HttpStatus(99)) }), ..Default::default() });
         assert!(Faults::decode("f", &bad_status).unwrap_err().contains("99 is not 200-599"));
         let delay = |seconds| {
             let fixed = FaultDelaySecifier::FixedDelay(prost_types::Duration { seconds, nanos: 0 });

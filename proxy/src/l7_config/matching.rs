@@ -4,7 +4,10 @@
 use http::HeaderMap;
 use keel_proto::{
     matcher::{string_matcher::MatchPattern, RegexMatcher, StringMatcher},
-    route::{header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route_match::PathSpecifier, HeaderMatcher, QueryParameterMatcher, RouteMatch},
+    route::{
+        header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route_match::PathSpecifier, HeaderMatcher,
+        QueryParameterMatcher, RouteMatch,
+    },
 };
 use regex::Regex;
 
@@ -149,12 +152,7 @@ impl RequestMatcher {
             Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(anchored(&format!("{field}.safe_regex"), r)?),
             None => return Err(format!("{field}: no path specifier (or one keel does not support)")),
         };
-        let headers = m
-            .headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| compile_header(&format!("{field}.headers[{i}]"), h))
-            .collect::<Result<_, _>>()?;
+        let headers = m.headers.iter().enumerate().map(|(i, h)| compile_header(&format!("{field}.headers[{i}]"), h)).collect::<Result<_, _>>()?;
         let query = m
             .query_parameters
             .iter()
@@ -179,9 +177,7 @@ impl RequestMatcher {
         match &self.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
-            PathMatch::SeparatedPrefix(p) => {
-                path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }
+            PathMatch::SeparatedPrefix(p) => path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             PathMatch::Regex(r) => r.is_match(path),
         }
     }
@@ -206,30 +202,18 @@ fn compile_header(field: &str, h: &HeaderMatcher) -> Result<HeaderMatch, String>
         None | Some(HeaderMatchSpecifier::PresentMatch(true)) => HeaderCheck::Present,
         Some(HeaderMatchSpecifier::PresentMatch(false)) => HeaderCheck::Absent,
         Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderCheck::Value(CompiledString::exact(s)),
-        Some(HeaderMatchSpecifier::PrefixMatch(s)) => {
-            HeaderCheck::Value(CompiledString { kind: StringMatch::Prefix(s.clone()), ignore_case: false })
-        }
-        Some(HeaderMatchSpecifier::SuffixMatch(s)) => {
-            HeaderCheck::Value(CompiledString { kind: StringMatch::Suffix(s.clone()), ignore_case: false })
-        }
+        Some(HeaderMatchSpecifier::PrefixMatch(s)) => HeaderCheck::Value(CompiledString { kind: StringMatch::Prefix(s.clone()), ignore_case: false }),
+        Some(HeaderMatchSpecifier::SuffixMatch(s)) => HeaderCheck::Value(CompiledString { kind: StringMatch::Suffix(s.clone()), ignore_case: false }),
         Some(HeaderMatchSpecifier::ContainsMatch(s)) => {
             HeaderCheck::Value(CompiledString { kind: StringMatch::Contains(s.clone()), ignore_case: false })
         }
-        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => HeaderCheck::Value(CompiledString {
-            kind: StringMatch::Regex(anchored(&format!("{field}.safe_regex_match"), r)?),
-            ignore_case: false,
-        }),
-        Some(HeaderMatchSpecifier::StringMatch(s)) => {
-            HeaderCheck::Value(CompiledString::compile(&format!("{field}.string_match"), s)?)
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+            HeaderCheck::Value(CompiledString { kind: StringMatch::Regex(anchored(&format!("{field}.safe_regex_match"), r)?), ignore_case: false })
         }
+        Some(HeaderMatchSpecifier::StringMatch(s)) => HeaderCheck::Value(CompiledString::compile(&format!("{field}.string_match"), s)?),
         Some(HeaderMatchSpecifier::RangeMatch(_)) => return Err(format!("{field}.range_match: not supported")),
     };
-    Ok(HeaderMatch {
-        name: h.name.to_ascii_lowercase(),
-        check,
-        invert: h.invert_match,
-        missing_as_empty: h.treat_missing_header_as_empty,
-    })
+    Ok(HeaderMatch { name: h.name.to_ascii_lowercase(), check, invert: h.invert_match, missing_as_empty: h.treat_missing_header_as_empty })
 }
 
 impl HeaderMatch {

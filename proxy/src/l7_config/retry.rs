@@ -206,7 +206,9 @@ mod tests {
             }),
             ..policy("5xx", &[])
         };
-        assert!(Retries::compile(field, &back_off(10, Some(1))).unwrap_err().starts_with(&format!("{field}.retry_back_off.max_interval: 1s is less")));
+        assert!(Retries::compile(field, &back_off(10, Some(1)))
+            .unwrap_err()
+            .starts_with(&format!("{field}.retry_back_off.max_interval: 1s is less")));
         assert!(Retries::compile(field, &back_off(0, None)).unwrap_err().starts_with(&format!("{field}.retry_back_off.base_interval: must be")));
     }
 

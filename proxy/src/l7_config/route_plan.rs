@@ -54,8 +54,14 @@ pub struct ForwardPlan {
 #[derive(Debug)]
 pub enum PathRewrite {
     /// Replace the matched prefix.
-    Prefix { matched: String, replacement: String },
-    Regex { pattern: Regex, substitution: String },
+    Prefix {
+        matched: String,
+        replacement: String,
+    },
+    Regex {
+        pattern: Regex,
+        substitution: String,
+    },
 }
 
 #[derive(Debug)]
@@ -129,8 +135,7 @@ impl RoutePlan {
                     Some(regex_rewrite(&format!("{field}.route.regex_rewrite"), rewrite)?)
                 } else if !action.prefix_rewrite.is_empty() {
                     path(&format!("{field}.route.prefix_rewrite"), &action.prefix_rewrite)?;
-                    let matched = matched_prefix
-                        .ok_or_else(|| format!("{field}.route.prefix_rewrite: the route does not match on a prefix"))?;
+                    let matched = matched_prefix.ok_or_else(|| format!("{field}.route.prefix_rewrite: the route does not match on a prefix"))?;
                     Some(PathRewrite::Prefix { matched, replacement: action.prefix_rewrite.clone() })
                 } else {
                     None
@@ -190,7 +195,9 @@ impl RoutePlan {
                     hash_policies: action.hash_policy.clone(),
                 })))
             }
-            Action::Redirect(r) => Ok(RoutePlan::Redirect(RedirectPlan::compile(&format!("{field}.redirect"), r, matched_prefix.unwrap_or_default())?)),
+            Action::Redirect(r) => {
+                Ok(RoutePlan::Redirect(RedirectPlan::compile(&format!("{field}.redirect"), r, matched_prefix.unwrap_or_default())?))
+            }
             Action::DirectResponse(d) => {
                 let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                     None => bytes::Bytes::new(),
@@ -263,7 +270,8 @@ impl RedirectPlan {
             (None, Some(rewrite)) => rewrite.apply(path),
             (None, None) => path.to_owned(),
         };
-        let (host, port) = authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or((authority, None), |(h, p)| (h, Some(p)));
+        let (host, port) =
+            authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or((authority, None), |(h, p)| (h, Some(p)));
         let host = self.host.as_deref().unwrap_or(host);
         let port = self.port.map(|p| p.to_string()).or(port.map(str::to_owned));
         let scheme = self.scheme.as_deref().unwrap_or("http");
@@ -290,12 +298,10 @@ impl PathRewrite {
     /// Rewrites `path` (no query).
     pub fn apply(&self, path: &str) -> String {
         match self {
-            PathRewrite::Prefix { matched, replacement } => {
-                match path.get(..matched.len()) {
-                    Some(head) if head.eq_ignore_ascii_case(matched) => format!("{replacement}{}", &path[matched.len()..]),
-                    _ => path.to_owned(),
-                }
-            }
+            PathRewrite::Prefix { matched, replacement } => match path.get(..matched.len()) {
+                Some(head) if head.eq_ignore_ascii_case(matched) => format!("{replacement}{}", &path[matched.len()..]),
+                _ => path.to_owned(),
+            },
             PathRewrite::Regex { pattern, substitution } => pattern.replace_all(path, substitution.as_str()).into_owned(),
         }
     }
@@ -395,10 +401,15 @@ mod tests {
             grpc_timeout_header_max: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
             ..Default::default()
         };
-        assert_eq!(refused(RouteAction { max_stream_duration: Some(msd), ..to_c() }), format!("{at}.route.max_stream_duration: not supported (the route timeout is)"));
+        assert_eq!(
+            refused(RouteAction { max_stream_duration: Some(msd), ..to_c() }),
+            format!("{at}.route.max_stream_duration: not supported (the route timeout is)")
+        );
         let host = RouteAction { host_rewrite_specifier: Some(HostRewriteSpecifier::HostRewriteLiteral("evil\r\nx: y".into())), ..to_c() };
         assert!(refused(host).starts_with(&format!("{at}.route.host_rewrite_literal: ")));
-        assert!(refused(RouteAction { hash_policy: vec![HashPolicy::default()], ..to_c() }).starts_with(&format!("{at}.route.hash_policy[0]: no policy")));
+        assert!(
+            refused(RouteAction { hash_policy: vec![HashPolicy::default()], ..to_c() }).starts_with(&format!("{at}.route.hash_policy[0]: no policy"))
+        );
         let redirect = |r: RedirectAction| RedirectPlan::compile("r.redirect", &r, String::new()).unwrap_err();
         assert!(redirect(RedirectAction { host_redirect: "a b".into(), ..Default::default() }).starts_with("r.redirect.host_redirect: "));
         let path = RedirectAction { path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("moved".into())), ..Default::default() };

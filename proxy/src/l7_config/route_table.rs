@@ -49,12 +49,8 @@ impl RouteTable {
             check_header_edits(&format!("{at}.request_headers"), &host.request_headers_to_add, &host.request_headers_to_remove)?;
             check_header_edits(&format!("{at}.response_headers"), &host.response_headers_to_add, &host.response_headers_to_remove)?;
             // Envoy's host-wide retries apply to the host's routes that set none of their own.
-            let host_retries = host
-                .retry_policy
-                .as_ref()
-                .map(|p| Retries::compile(&format!("{at}.retry_policy"), p))
-                .transpose()?
-                .filter(|r| r.num_retries > 0);
+            let host_retries =
+                host.retry_policy.as_ref().map(|p| Retries::compile(&format!("{at}.retry_policy"), p)).transpose()?.filter(|r| r.num_retries > 0);
             let routes = host
                 .routes
                 .iter()

@@ -4,9 +4,8 @@ use http::{HeaderMap, HeaderValue};
 use keel_proto::{
     matcher::{string_matcher::MatchPattern, RegexMatcher, StringMatcher},
     route::{
-        header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route,
-        route_action::ClusterSpecifier, route_match::PathSpecifier, HeaderMatcher, QueryParameterMatcher, Route,
-        RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+        header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route, route_action::ClusterSpecifier,
+        route_match::PathSpecifier, HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     },
 };
 
@@ -16,10 +15,7 @@ fn to_cluster(name: &str, m: RouteMatch) -> Route {
     Route {
         name: name.into(),
         r#match: Some(m),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(name.into())),
-            ..Default::default()
-        })),
+        action: Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster(name.into())), ..Default::default() })),
         ..Default::default()
     }
 }
@@ -110,12 +106,7 @@ fn headers_pseudo_headers_inversion_and_query() {
     authority.headers.push(header(":authority", Some(HeaderMatchSpecifier::SuffixMatch(".internal".into())), false));
     let t = table(vec![(
         &["*"],
-        vec![
-            to_cluster("post", post_only),
-            to_cluster("query", query),
-            to_cluster("authority", authority),
-            to_cluster("external", not_internal),
-        ],
+        vec![to_cluster("post", post_only), to_cluster("query", query), to_cluster("authority", authority), to_cluster("external", not_internal)],
     )]);
     assert_eq!(routed(&t, "a", "POST", "/", &[]), Some("post"));
     assert_eq!(routed(&t, "a", "GET", "/?a=1&version=2.1", &[]), Some("query"));
@@ -143,10 +134,8 @@ fn domains_are_found_in_envoys_order() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let bad_regex = RouteMatch {
-        path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher { regex: "(".into(), engine_type: None })),
-        ..Default::default()
-    };
+    let bad_regex =
+        RouteMatch { path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher { regex: "(".into(), engine_type: None })), ..Default::default() };
     let config = |routes: Vec<Route>, domains: Vec<&str>| RouteConfiguration {
         name: "r".into(),
         virtual_hosts: vec![VirtualHost { name: "h".into(), domains: domains.into_iter().map(Into::into).collect(), routes, ..Default::default() }],

@@ -30,7 +30,6 @@ pub enum RouteError {
     NoHealthyEndpoint { service: String, port: u16 },
 }
 
-
 /// Resolves an original destination against the workload state.
 pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, RouteError> {
     let ip = IpAddr::V4(*destination.ip());
@@ -117,14 +116,10 @@ mod tests {
 
     #[test]
     fn a_vip_goes_to_healthy_endpoints_only_and_to_each_of_them() {
-        let store = store_with(vec![
-            endpoint("a", [10, 0, 0, 1], true, 0),
-            endpoint("b", [10, 0, 0, 2], true, 9090),
-            endpoint("c", [10, 0, 0, 3], false, 0),
-        ]);
+        let store =
+            store_with(vec![endpoint("a", [10, 0, 0, 1], true, 0), endpoint("b", [10, 0, 0, 2], true, 9090), endpoint("c", [10, 0, 0, 3], false, 0)]);
         let snapshot = store.snapshot();
-        let seen: HashSet<SocketAddrV4> =
-            (0..200).map(|_| resolve(&snapshot, "10.96.0.10:80".parse().unwrap()).unwrap().upstream).collect();
+        let seen: HashSet<SocketAddrV4> = (0..200).map(|_| resolve(&snapshot, "10.96.0.10:80".parse().unwrap()).unwrap().upstream).collect();
         // a: the service's target port; b: its own mapping; c: unhealthy, never.
         let expected: HashSet<SocketAddrV4> = ["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:9090".parse().unwrap()].into();
         assert_eq!(seen, expected);

@@ -82,11 +82,21 @@ pub enum Plan {
     /// Benchmark mode: keel answers the request itself.
     Respond,
     /// HTTP to a service VIP on a port the L7 config routes for that service: the L7 engine takes it.
-    Http { service: Arc<Service>, source: Option<Arc<Workload>> },
+    Http {
+        service: Arc<Service>,
+        source: Option<Arc<Workload>>,
+    },
     /// Outbound bytes relayed to `route.upstream`, the way `path` says.
-    Relay { route: Route, path: Path, source: Option<Arc<Workload>> },
+    Relay {
+        route: Route,
+        path: Path,
+        source: Option<Arc<Workload>>,
+    },
     /// Outbound to a destination that resolves to nothing (a VIP without the port or without a healthy endpoint).
-    NoRoute { source: Option<Arc<Workload>>, error: RouteError },
+    NoRoute {
+        source: Option<Arc<Workload>>,
+        error: RouteError,
+    },
     /// Plaintext inbound: authorized on the destination side, then delivered to the application.
     Inbound,
 }
@@ -178,7 +188,10 @@ mod tests {
             namespace: "demo".into(),
             addresses: vec![ip.to_vec()],
             tunnel_protocol: if meshed { TunnelProtocol::Hbone } else { TunnelProtocol::None } as i32,
-            services: HashMap::from([("demo/echo.demo.svc.cluster.local".to_owned(), PortList { ports: vec![Port { service_port: 80, target_port: 8080 }] })]),
+            services: HashMap::from([(
+                "demo/echo.demo.svc.cluster.local".to_owned(),
+                PortList { ports: vec![Port { service_port: 80, target_port: 8080 }] },
+            )]),
             ..Default::default()
         };
         (uid.into(), Resource::Workload(Box::new(w)))
@@ -186,7 +199,9 @@ mod tests {
 
     /// HTTP routes for the service on port 80, as a control plane's Listener and RouteConfiguration give them.
     fn l7_routes() -> Vec<(String, Resource)> {
-        use keel_proto::route::{route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+        use keel_proto::route::{
+            route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+        };
         let routes = RouteConfiguration {
             name: "80".into(),
             virtual_hosts: vec![VirtualHost {
@@ -194,7 +209,10 @@ mod tests {
                 domains: vec!["echo.demo.svc.cluster.local".into()],
                 routes: vec![Route {
                     r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
-                    action: Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())), ..Default::default() })),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+                        ..Default::default()
+                    })),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -255,12 +273,40 @@ mod tests {
         let responder = Inputs { responder: true, ..mesh };
         let (out, inb) = (Direction::Outbound, Direction::Inbound);
         let cases: Vec<(&str, &Inputs, Direction, Ipv4Addr, &str, String)> = vec![
-            ("unknown source workload under a mesh", &mesh, out, stranger, "10.0.1.3:80", "refuse: refusing: keel has no Workload for source pod 10.0.0.9 (no identity to present)".into()),
+            (
+                "unknown source workload under a mesh",
+                &mesh,
+                out,
+                stranger,
+                "10.0.1.3:80",
+                "refuse: refusing: keel has no Workload for source pod 10.0.0.9 (no identity to present)".into(),
+            ),
             ("unknown source in capture-only mode", &capture_only, out, stranger, "10.0.1.3:80", "direct 10.0.1.3:80".into()),
-            ("outbound to the outbound capture port (a loop)", &mesh, out, client, "10.0.1.3:15001", "refuse: refusing 10.0.1.3:15001: a keel port, not an application's".into()),
-            ("outbound to HBONE's port (a loop)", &mesh, out, client, "10.0.1.3:15008", "refuse: refusing 10.0.1.3:15008: a keel port, not an application's".into()),
+            (
+                "outbound to the outbound capture port (a loop)",
+                &mesh,
+                out,
+                client,
+                "10.0.1.3:15001",
+                "refuse: refusing 10.0.1.3:15001: a keel port, not an application's".into(),
+            ),
+            (
+                "outbound to HBONE's port (a loop)",
+                &mesh,
+                out,
+                client,
+                "10.0.1.3:15008",
+                "refuse: refusing 10.0.1.3:15008: a keel port, not an application's".into(),
+            ),
             ("outbound to another node's admin port is no loop", &mesh, out, client, "10.0.1.3:15000", "hbone 10.0.1.3:15000".into()),
-            ("inbound to keel's admin port", &mesh, inb, client, "10.0.0.1:15000", "refuse: refusing 10.0.0.1:15000: a keel port, not an application's".into()),
+            (
+                "inbound to keel's admin port",
+                &mesh,
+                inb,
+                client,
+                "10.0.0.1:15000",
+                "refuse: refusing 10.0.0.1:15000: a keel port, not an application's".into(),
+            ),
             ("inbound to an application port", &mesh, inb, client, "10.0.0.1:8080", "inbound".into()),
             ("same-node meshed pod", &mesh, out, client, "10.0.0.2:8080", "same-node 10.0.0.2:8080".into()),
             ("other node, with certificates", &mesh, out, client, "10.0.1.3:8080", "hbone 10.0.1.3:8080".into()),
@@ -268,14 +314,25 @@ mod tests {
             ("non-mesh destination", &mesh, out, client, "10.0.1.4:8080", "direct 10.0.1.4:8080".into()),
             ("unknown destination", &mesh, out, client, "192.0.2.1:443", "direct 192.0.2.1:443".into()),
             ("service VIP without L7 routes is relayed to an endpoint", &mesh, out, client, "10.96.0.10:80", "VIP".into()),
-            ("service VIP on a port it does not have", &mesh, out, client, "10.96.0.10:81", "no route: service demo/echo.demo.svc.cluster.local has no port 81".into()),
+            (
+                "service VIP on a port it does not have",
+                &mesh,
+                out,
+                client,
+                "10.96.0.10:81",
+                "no route: service demo/echo.demo.svc.cluster.local has no port 81".into(),
+            ),
             ("responder mode answers outbound", &responder, out, client, "10.0.1.3:8080", "respond".into()),
             ("responder mode leaves inbound alone", &responder, inb, client, "10.0.0.1:8080", "inbound".into()),
         ];
         for (what, inputs, direction, pod, destination, expected) in cases {
             let got = shape(&plan(inputs, direction, pod, destination.parse().unwrap()));
             if expected == "VIP" {
-                assert!(["same-node 10.0.0.2:8080", "hbone 10.0.1.3:8080", "direct 10.0.1.4:8080"].contains(&got.as_str()) || got.starts_with("same-node 10.0.0.1"), "{what}: {got}");
+                assert!(
+                    ["same-node 10.0.0.2:8080", "hbone 10.0.1.3:8080", "direct 10.0.1.4:8080"].contains(&got.as_str())
+                        || got.starts_with("same-node 10.0.0.1"),
+                    "{what}: {got}"
+                );
             } else {
                 assert_eq!(got, expected, "{what}");
             }

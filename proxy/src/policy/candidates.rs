@@ -16,10 +16,7 @@ use crate::xds::state::Snapshot;
 ///
 /// A listed name the snapshot does not hold yet is skipped, as ztunnel does: xDS may deliver a workload before
 /// its policies, and re-evaluation on the next snapshot applies the policy once it arrives.
-pub fn candidates<'s, 'w>(
-    snapshot: &'s Snapshot,
-    workload: &'w Workload,
-) -> impl Iterator<Item = (&'s str, &'s Authorization)> + use<'s, 'w> {
+pub fn candidates<'s, 'w>(snapshot: &'s Snapshot, workload: &'w Workload) -> impl Iterator<Item = (&'s str, &'s Authorization)> + use<'s, 'w> {
     let namespace = workload.namespace.as_str();
     let by_scope = snapshot.policies.iter().filter(move |(_, policy)| applies_by_scope(policy, namespace));
     let listed = &workload.authorization_policies;

@@ -89,9 +89,16 @@ mod tests {
     #[test]
     fn parts_match_as_their_concatenation() {
         let parts = ["ab", "", "cd", "e"];
-        for (pattern, is_prefix, is_suffix) in
-            [("", true, true), ("a", true, false), ("abc", true, false), ("abcde", true, true), ("abcdef", false, false), ("de", false, true), ("bcde", false, true), ("x", false, false)]
-        {
+        for (pattern, is_prefix, is_suffix) in [
+            ("", true, true),
+            ("a", true, false),
+            ("abc", true, false),
+            ("abcde", true, true),
+            ("abcdef", false, false),
+            ("de", false, true),
+            ("bcde", false, true),
+            ("x", false, false),
+        ] {
             assert_eq!(string_matches(&string(MatchType::Prefix(pattern.into())), &parts), is_prefix, "prefix {pattern:?}");
             assert_eq!(string_matches(&string(MatchType::Suffix(pattern.into())), &parts), is_suffix, "suffix {pattern:?}");
             assert_eq!(string_matches(&string(MatchType::Exact(pattern.into())), &parts), pattern == "abcde", "exact {pattern:?}");

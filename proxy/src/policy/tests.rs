@@ -163,7 +163,8 @@ fn a_matching_deny_wins_over_a_matching_allow() {
 
 #[test]
 fn without_allow_policies_what_no_deny_matches_is_admitted() {
-    let snapshot = snapshot(vec![policy("shop/block-80", Scope::Namespace, Action::Deny, only(Match { destination_ports: vec![80], ..Default::default() }))]);
+    let snapshot =
+        snapshot(vec![policy("shop/block-80", Scope::Namespace, Action::Deny, only(Match { destination_ports: vec![80], ..Default::default() }))]);
     let decision = decide(&snapshot, &db(&[]), &web());
     assert!(decision.allowed());
     assert_eq!((decision.reason, decision.policy()), (Reason::NoAllowPolicy, None));
@@ -362,8 +363,12 @@ fn a_dry_run_deny_is_reported_not_enforced() {
 
 #[test]
 fn a_dry_run_allow_is_not_counted_among_the_enforced_ones() {
-    let trial = Authorization { dry_run: true, ..policy("shop/only-80", Scope::Namespace, Action::Allow, only(Match { destination_ports: vec![80], ..Default::default() })) };
-    let enforced = policy("shop/only-web", Scope::Namespace, Action::Allow, only(Match { principals: vec![suffix("/sa/web")], ..Default::default() }));
+    let trial = Authorization {
+        dry_run: true,
+        ..policy("shop/only-80", Scope::Namespace, Action::Allow, only(Match { destination_ports: vec![80], ..Default::default() }))
+    };
+    let enforced =
+        policy("shop/only-web", Scope::Namespace, Action::Allow, only(Match { principals: vec![suffix("/sa/web")], ..Default::default() }));
     let alone = snapshot(vec![trial.clone()]);
     let decision = decide(&alone, &db(&[]), &web());
     assert_eq!(decision.reason, Reason::NoAllowPolicy);
@@ -399,7 +404,12 @@ fn open_connections_are_decided_again_under_a_new_snapshot() {
     assert_eq!(open, web());
     assert_eq!(open.reauthorize(&before), admitted, "same inputs, same decision");
 
-    let after = snapshot(vec![policy("shop/block-web", Scope::Namespace, Action::Deny, only(Match { principals: vec![suffix("/sa/web")], ..Default::default() }))]);
+    let after = snapshot(vec![policy(
+        "shop/block-web",
+        Scope::Namespace,
+        Action::Deny,
+        only(Match { principals: vec![suffix("/sa/web")], ..Default::default() }),
+    )]);
     assert_eq!(open.reauthorize(&after).reason, Reason::DeniedBy("shop/block-web"));
     assert!(OpenConnection { source_identity: Some(Identity { service_account: "api".into(), ..web().source_identity.unwrap() }), ..web() }
         .reauthorize(&after)

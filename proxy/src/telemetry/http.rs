@@ -18,8 +18,7 @@ use crate::hashing::stable_hash;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0,
-    1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 /// Istio's buckets for request and response sizes.
 const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
@@ -60,7 +59,11 @@ impl RequestRecord {
     }
 
     pub fn flags_label(&self) -> String {
-        if self.flags.is_empty() { "-".to_owned() } else { self.flags.join(",") }
+        if self.flags.is_empty() {
+            "-".to_owned()
+        } else {
+            self.flags.join(",")
+        }
     }
 
     pub fn set_destination(&mut self, workload: Option<&Arc<Workload>>) {

@@ -80,7 +80,12 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Sends `request` (its URI in origin form, with `:authority`/Host set) over `hop`.
-    pub async fn send(&self, hop: Hop<'_>, protocol: Protocol, request: http::Request<RequestBody>) -> Result<http::Response<UpstreamBody>, SendError> {
+    pub async fn send(
+        &self,
+        hop: Hop<'_>,
+        protocol: Protocol,
+        request: http::Request<RequestBody>,
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
         let endpoint = hop.route.upstream;
         let pod_ip = hop.from.ip;
         if protocol.http2 {
@@ -147,7 +152,11 @@ impl Upstreams {
             let refused = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<h2::Error>())
                 .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-            if refused { SendError::RefusedStream(e.to_string()) } else { SendError::Reset(source_text(&e)) }
+            if refused {
+                SendError::RefusedStream(e.to_string())
+            } else {
+                SendError::Reset(source_text(&e))
+            }
         })
     }
 

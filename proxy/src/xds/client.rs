@@ -9,12 +9,10 @@ use anyhow::Context as _;
 use keel_proto::{
     core::Node,
     discovery::{
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-        Resource as XdsResource,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
     },
     google::rpc,
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -189,7 +187,10 @@ impl XdsClient {
             match decode(&type_url, &resource.name, bytes) {
                 Ok(r) => {
                     let name = resource.name.clone();
-                    held.insert(name.clone(), XdsResource { name: name.clone(), version: resource.version, resource: resource.resource, ..Default::default() });
+                    held.insert(
+                        name.clone(),
+                        XdsResource { name: name.clone(), version: resource.version, resource: resource.resource, ..Default::default() },
+                    );
                     upserts.push((name, r));
                 }
                 Err(e) => rejected.push(e),
@@ -244,7 +245,11 @@ mod tests {
     fn a_response_with_one_bad_resource_applies_the_rest_and_nacks_naming_it() {
         let mut c = client();
         let good = workload::Address {
-            r#type: Some(workload::address::Type::Workload(workload::Workload { uid: "u".into(), addresses: vec![vec![10, 0, 0, 1]], ..Default::default() })),
+            r#type: Some(workload::address::Type::Workload(workload::Workload {
+                uid: "u".into(),
+                addresses: vec![vec![10, 0, 0, 1]],
+                ..Default::default()
+            })),
         };
         let any = |value: Vec<u8>| Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value });
         let response = DeltaDiscoveryResponse {
@@ -273,7 +278,11 @@ mod tests {
         let mut first = client();
         assert_eq!(first.persist_to(path.clone()).unwrap(), 0, "nothing saved yet");
         let w = workload::Address {
-            r#type: Some(workload::address::Type::Workload(workload::Workload { uid: "u".into(), addresses: vec![vec![10, 0, 0, 9]], ..Default::default() })),
+            r#type: Some(workload::address::Type::Workload(workload::Workload {
+                uid: "u".into(),
+                addresses: vec![vec![10, 0, 0, 9]],
+                ..Default::default()
+            })),
         };
         let response = DeltaDiscoveryResponse {
             type_url: ADDRESS_TYPE_URL.into(),

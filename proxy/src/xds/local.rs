@@ -36,11 +36,7 @@ pub fn start(settings: &LocalSettings) -> anyhow::Result<Xds> {
     }
     std::fs::read_dir(dir).with_context(|| format!("--config-dir {}: not readable", dir.display()))?;
     let mesh = Mesh { cluster_id: settings.cluster_id.clone(), ..Mesh::default() };
-    let mut follower = Follower {
-        config: ConfigDir::new(dir, mesh),
-        store: Arc::new(WorkloadStore::default()),
-        held: BTreeMap::new(),
-    };
+    let mut follower = Follower { config: ConfigDir::new(dir, mesh), store: Arc::new(WorkloadStore::default()), held: BTreeMap::new() };
     let (status, status_rx) = watch::channel(XdsStatus { source: format!("local {}", dir.display()), ..Default::default() });
     follower.poll(&status);
     let (_ready, ready) = watch::channel(true);

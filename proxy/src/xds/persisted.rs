@@ -35,12 +35,8 @@ pub fn save(path: &Path, held: &HashMap<String, HashMap<String, Resource>>) -> a
     }
     let tmp = path.with_extension("pb.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(&bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
@@ -56,8 +52,8 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<DeltaDiscoveryResponse>> {
     let mut rest = bytes.as_slice();
     let mut responses = Vec::new();
     while !rest.is_empty() {
-        let response = DeltaDiscoveryResponse::decode_length_delimited(&mut rest)
-            .with_context(|| format!("{}: not a keel xDS snapshot", path.display()))?;
+        let response =
+            DeltaDiscoveryResponse::decode_length_delimited(&mut rest).with_context(|| format!("{}: not a keel xDS snapshot", path.display()))?;
         responses.push(response);
     }
     Ok(responses)

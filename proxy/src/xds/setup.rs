@@ -58,9 +58,7 @@ impl WorkloadSource {
     /// plugged-in layout on disk, generated there on first start.
     pub fn certificate_provider(&self) -> anyhow::Result<Arc<dyn CertificateProvider>> {
         Ok(match self {
-            WorkloadSource::ControlPlane(settings) => {
-                Arc::new(CaClient::new(CaClientConfig::from_xds(&xds_config(settings)?))?)
-            }
+            WorkloadSource::ControlPlane(settings) => Arc::new(CaClient::new(CaClientConfig::from_xds(&xds_config(settings)?))?),
             WorkloadSource::LocalDir(settings) => Arc::new(
                 LocalCa::load_or_generate(&settings.ca_dir, &settings.trust_domain)
                     .with_context(|| format!("--ca-dir {}", settings.ca_dir.display()))?,
@@ -95,8 +93,7 @@ pub fn node(s: &XdsSettings) -> Node {
 
 /// The client's settings with the root and token read from their files (the CA client uses the same).
 pub fn xds_config(settings: &XdsSettings) -> anyhow::Result<XdsConfig> {
-    let root_pem = std::fs::read_to_string(&settings.root_pem)
-        .with_context(|| format!("--xds-root: reading {}", settings.root_pem.display()))?;
+    let root_pem = std::fs::read_to_string(&settings.root_pem).with_context(|| format!("--xds-root: reading {}", settings.root_pem.display()))?;
     let token = std::fs::read_to_string(&settings.token_file)
         .with_context(|| format!("--xds-token-file: reading {}", settings.token_file.display()))?
         .trim()

@@ -1,11 +1,7 @@
 //! The workload state the data path reads: workloads by uid and IP, services by name and VIP, authorization
 //! policies by name. Built from xDS resources converted and validated *outside* any lock, then published as an
 //! immutable snapshot (ArcSwap): a connection reads one `Arc` and never waits for a push.
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use keel_proto::{
@@ -78,7 +74,11 @@ fn not_a_hostname(host: &str) -> Option<&'static str> {
     if host.starts_with("*.") {
         labels.next();
     }
-    if labels.all(label_ok) { None } else { Some("is not a DNS hostname (labels of letters, digits, '-' and '_', 1-63 long)") }
+    if labels.all(label_ok) {
+        None
+    } else {
+        Some("is not a DNS hostname (labels of letters, digits, '-' and '_', 1-63 long)")
+    }
 }
 
 /// Decodes and validates one `istio.workload.Address`.
@@ -128,9 +128,7 @@ pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Reje
         keel_proto::ADDRESS_TYPE_URL => decode_address(name, bytes),
         keel_proto::AUTHORIZATION_TYPE_URL => decode_authorization(name, bytes),
         keel_proto::LISTENER_TYPE_URL => l7(name, l7_config::decode_listener(bytes).map(|l| Resource::Listener(Arc::new(l)))),
-        keel_proto::ROUTE_CONFIGURATION_TYPE_URL => {
-            l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r))))
-        }
+        keel_proto::ROUTE_CONFIGURATION_TYPE_URL => l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r)))),
         keel_proto::CLUSTER_TYPE_URL => l7(name, l7_config::decode_cluster(bytes).map(|c| Resource::Cluster(Arc::new(c)))),
         keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => {
             l7(name, l7_config::decode_load_assignment(bytes).map(|a| Resource::LoadAssignment(Arc::new(a))))
@@ -340,7 +338,8 @@ mod tests {
     #[test]
     fn invalid_resources_are_rejected_naming_the_field() {
         assert!(decode_address("w", &workload("u", [10, 0, 0, 1])).is_ok());
-        let bad_ip = Address { r#type: Some(address::Type::Workload(Workload { uid: "u".into(), addresses: vec![vec![1, 2, 3]], ..Default::default() })) };
+        let bad_ip =
+            Address { r#type: Some(address::Type::Workload(Workload { uid: "u".into(), addresses: vec![vec![1, 2, 3]], ..Default::default() })) };
         let err = decode_address("w", &bad_ip.encode_to_vec()).unwrap_err();
         assert!(err.to_string().contains("resource w: field `workload.addresses`"), "{err}");
         let err = decode_address("x", b"\xff\xff\xff").unwrap_err();
@@ -352,8 +351,15 @@ mod tests {
     #[test]
     fn a_service_hostname_that_is_no_dns_name_is_refused() {
         let service = |hostname: &str| {
-            Address { r#type: Some(address::Type::Service(Service { name: "s".into(), namespace: "demo".into(), hostname: hostname.into(), ..Default::default() })) }
-                .encode_to_vec()
+            Address {
+                r#type: Some(address::Type::Service(Service {
+                    name: "s".into(),
+                    namespace: "demo".into(),
+                    hostname: hostname.into(),
+                    ..Default::default()
+                })),
+            }
+            .encode_to_vec()
         };
         for good in ["echo.demo.svc.cluster.local", "*.example.com", "api_v2.internal", "10.0.0.1"] {
             assert!(decode_address("demo/s", &service(good)).is_ok(), "{good}");
@@ -424,8 +430,10 @@ mod tests {
         store.apply(vec![(name.into(), Resource::Service(entry.clone()))], &[]);
         store.apply(vec![(name.into(), Resource::Policy(policy.clone()))], &[]);
         let snap = store.snapshot();
-        assert!(snap.services.contains_key(name) && snap.services_by_vip.contains_key(&"240.240.0.1".parse::<IpAddr>().unwrap()),
-                "adding the policy removed the ServiceEntry host");
+        assert!(
+            snap.services.contains_key(name) && snap.services_by_vip.contains_key(&"240.240.0.1".parse::<IpAddr>().unwrap()),
+            "adding the policy removed the ServiceEntry host"
+        );
         assert!(snap.policies.contains_key(name));
         // Editing the ServiceEntry leaves the policy; removing the policy leaves the ServiceEntry.
         store.apply(vec![(name.into(), Resource::Service(entry))], &[]);
@@ -440,10 +448,15 @@ mod tests {
     #[test]
     fn l7_resources_are_checked_and_a_cluster_and_its_endpoints_share_a_name() {
         use keel_proto::{
-            cluster::{cluster::{ClusterDiscoveryType, DiscoveryType}, Cluster},
+            cluster::{
+                cluster::{ClusterDiscoveryType, DiscoveryType},
+                Cluster,
+            },
             endpoint::ClusterLoadAssignment,
             matcher::RegexMatcher,
-            route::{route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost},
+            route::{
+                route, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+            },
             CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
         };
         let bad_regex = RouteConfiguration {
@@ -456,7 +469,10 @@ mod tests {
                         path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher { regex: "(".into(), engine_type: None })),
                         ..Default::default()
                     }),
-                    action: Some(route::Action::Route(RouteAction { cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())), ..Default::default() })),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+                        ..Default::default()
+                    })),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -468,11 +484,8 @@ mod tests {
         assert!(err.reason.contains("field `address`"), "{err}");
 
         let name = "outbound|80||a.default.svc.cluster.local";
-        let cluster = Cluster {
-            name: name.into(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            ..Default::default()
-        };
+        let cluster =
+            Cluster { name: name.into(), cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)), ..Default::default() };
         let store = WorkloadStore::default();
         store.apply(
             vec![

@@ -98,12 +98,7 @@ pub const ARMS: [Arm; 12] = [
         keel: keel(Backend::Ebpf, true, Mesh::Services),
         l7: Some(L7Proxy::Keel { http: false, server_in_mesh: false }),
     },
-    Arm {
-        name: "l7-keel",
-        nodes: 1,
-        keel: keel(Backend::Ebpf, true, Mesh::Services),
-        l7: Some(L7Proxy::Keel { http: true, server_in_mesh: false }),
-    },
+    Arm { name: "l7-keel", nodes: 1, keel: keel(Backend::Ebpf, true, Mesh::Services), l7: Some(L7Proxy::Keel { http: true, server_in_mesh: false }) },
     Arm {
         name: "l7-keel-meshed",
         nodes: 1,

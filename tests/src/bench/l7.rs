@@ -85,10 +85,7 @@ pub fn config_objects(client: &Pod, server: &Pod, http: bool, server_in_mesh: bo
             L7_HOST,
             CATALOG_VIP,
             SERVER_SA,
-            &[
-                (if http { "http" } else { "tcp" }, workloads::HTTP_PORT, workloads::HTTP_PORT),
-                ("tcp-h2c", workloads::H2C_PORT, workloads::H2C_PORT),
-            ],
+            &[(if http { "http" } else { "tcp" }, workloads::HTTP_PORT, workloads::HTTP_PORT), ("tcp-h2c", workloads::H2C_PORT, workloads::H2C_PORT)],
         ),
     ];
     objects.extend((1..VIRTUAL_HOSTS).map(|i| {
@@ -327,7 +324,11 @@ fn check_path(client: &Pod, proxy: L7Proxy, server: &Pod) -> Result<()> {
         let v = client.http_load(&args)?;
         let ok = v.pointer("/statuses/200").and_then(serde_json::Value::as_u64).unwrap_or(0);
         if ok != CHECK_REQUESTS as u64 {
-            bail!("{} requests for catalog via {connect} ({}): want {CHECK_REQUESTS} × 200, got {v}", CHECK_REQUESTS, if http2 { "h2c" } else { "HTTP/1.1" });
+            bail!(
+                "{} requests for catalog via {connect} ({}): want {CHECK_REQUESTS} × 200, got {v}",
+                CHECK_REQUESTS,
+                if http2 { "h2c" } else { "HTTP/1.1" }
+            );
         }
     }
     Ok(())
@@ -347,8 +348,9 @@ pub(super) fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -
         L7Proxy::Keel { http, server_in_mesh } => Front::Keel { keel: start_keel(&lab, arm, pods, http, server_in_mesh)?, http },
     };
     let path = match &front {
-        Front::Keel { keel, http } => check_keel_routes(&keel.cli(&["pc", "listeners"])?, &keel.cli(&["pc", "routes"])?, *http)
-            .with_context(|| format!("arm {}", arm.name))?,
+        Front::Keel { keel, http } => {
+            check_keel_routes(&keel.cli(&["pc", "listeners"])?, &keel.cli(&["pc", "routes"])?, *http).with_context(|| format!("arm {}", arm.name))?
+        }
         Front::Nginx(_) => format!("nginx: {NGINX_WORKERS} workers, {VIRTUAL_HOSTS} server blocks"),
         Front::None => "no proxy".to_owned(),
     };
@@ -408,8 +410,8 @@ fn measured(
     let counted_before = front.counted()?;
     let before = probes.snapshot()?;
     let proxy_before = measure::processes_cpu_s(&pids)?;
-    let mut sample = workloads::run_l7(workload, pods.client, target, lab.dir(), options.seconds)
-        .with_context(|| format!("workload {}", workload.name))?;
+    let mut sample =
+        workloads::run_l7(workload, pods.client, target, lab.dir(), options.seconds).with_context(|| format!("workload {}", workload.name))?;
     let proxy_after = measure::processes_cpu_s(&pids)?;
     let after = probes.snapshot()?;
     let counted_after = front.counted()?;
@@ -460,7 +462,10 @@ mod tests {
         assert_eq!(other_service(1), ("svc-0001".to_owned(), Ipv4Addr::new(10, 96, 4, 1)));
         assert_eq!(other_service(999), ("svc-0999".to_owned(), Ipv4Addr::new(10, 96, 7, 231)));
         let catalog = service_object("catalog", CATALOG_VIP, "bench-server", &[("http", 80, 80), ("tcp-h2c", 81, 81)]);
-        assert!(catalog.ends_with("  ports:\n  - {name: http, port: 80, targetPort: 80}\n  - {name: tcp-h2c, port: 81, targetPort: 81}\n"), "{catalog}");
+        assert!(
+            catalog.ends_with("  ports:\n  - {name: http, port: 80, targetPort: 80}\n  - {name: tcp-h2c, port: 81, targetPort: 81}\n"),
+            "{catalog}"
+        );
     }
 
     #[test]
@@ -487,11 +492,14 @@ ROUTE CONFIG  VIRTUAL HOST                               DOMAINS  ROUTE    MATCH
     fn reads_keel_routes() {
         let rows = parse_routes(ROUTES);
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], RouteRow {
-            virtual_host: "catalog.default.svc.cluster.local:80".into(),
-            domains: 10,
-            destination: "outbound|80||catalog.default.svc.cluster.local".into()
-        });
+        assert_eq!(
+            rows[0],
+            RouteRow {
+                virtual_host: "catalog.default.svc.cluster.local:80".into(),
+                domains: 10,
+                destination: "outbound|80||catalog.default.svc.cluster.local".into()
+            }
+        );
         // Two virtual hosts, not 1,000: refused either way.
         assert!(check_keel_routes(LISTENERS, ROUTES, true).unwrap_err().to_string().contains("lists 2 virtual hosts"));
         let mut full = ROUTES.lines().take(2).map(|l| format!("{l}\n")).collect::<String>();

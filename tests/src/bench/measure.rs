@@ -188,10 +188,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     let mut children: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| pid_stat_fields(&s)?.get(1)?.parse::<u32>().ok())
-                == Some(parent)
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| pid_stat_fields(&s)?.get(1)?.parse::<u32>().ok()) == Some(parent)
         })
         .collect();
     children.sort_unstable();
@@ -201,10 +198,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 /// Proportional set size (Pss from smaps_rollup) of a process, KiB: pages shared with other processes counted
 /// by their share. 0 if unreadable.
 pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| parse_kib_field(&s, "Pss:"))
-        .unwrap_or(0)
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().and_then(|s| parse_kib_field(&s, "Pss:")).unwrap_or(0)
 }
 
 /// `Key:   1234 kB` from /proc status-like files.

@@ -324,12 +324,8 @@ fn verify_path(arm: &Arm, keels: &[Keel], pods: Pods, bytes: u64) -> Result<Stri
     if !inbound_ok || inbound.error.is_some() {
         bail!("arm {}: the server node's keel did not receive the echo as {expected_path}: {inbound:?}", arm.name);
     }
-    let records: Vec<Connection> =
-        server_keel.connections()?.into_iter().filter(|c| c.direction == "inbound" && from_client(c)).collect();
-    let odd: Vec<&Connection> = records
-        .iter()
-        .filter(|c| c.mutual_tls != hbone || (c.path.as_deref() == Some("hbone")) != hbone)
-        .collect();
+    let records: Vec<Connection> = server_keel.connections()?.into_iter().filter(|c| c.direction == "inbound" && from_client(c)).collect();
+    let odd: Vec<&Connection> = records.iter().filter(|c| c.mutual_tls != hbone || (c.path.as_deref() == Some("hbone")) != hbone).collect();
     if !odd.is_empty() {
         bail!(
             "arm {}: {} of the server node's keel's last {} inbound connections from the client are not {expected_path}, e.g. {:?}",
@@ -374,8 +370,7 @@ fn measured(
     pods: Pods,
 ) -> Result<Sample> {
     let before = probes.snapshot()?;
-    let mut sample = workloads::run(workload, pods.client, pods.server, options.seconds)
-        .with_context(|| format!("workload {}", workload.name))?;
+    let mut sample = workloads::run(workload, pods.client, pods.server, options.seconds).with_context(|| format!("workload {}", workload.name))?;
     let after = probes.snapshot()?;
     stamp(&mut sample, arm, workload, arm.nodes as u32, (rep, order), measure::delta(&before, &after));
     sample.keel_rss_by_node_kib = keels.iter().map(|k| measure::peak_rss_kib(k.pid())).collect();

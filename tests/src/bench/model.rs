@@ -19,16 +19,7 @@ pub const L7_ARMS: [&str; 5] = ["l7-direct", "l7-nginx", "l7-keel-l4", "l7-keel"
 pub const L7_WORKLOADS: [&str; 6] = ["l7-h1-c32", "l7-h1-c4", "l7-h1-r5k", "l7-h2-c4m8", "l7-h2-c4m1", "l7-h2-r5k"];
 
 /// Workloads, in report order.
-pub const WORKLOADS: [&str; 8] = [
-    "keepalive-c1",
-    "keepalive-c32",
-    "keepalive-c128",
-    "newconn-c32",
-    "responder-c32",
-    "bulk-1",
-    "bulk-4",
-    "integrity",
-];
+pub const WORKLOADS: [&str; 8] = ["keepalive-c1", "keepalive-c32", "keepalive-c128", "newconn-c32", "responder-c32", "bulk-1", "bulk-4", "integrity"];
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Latency {

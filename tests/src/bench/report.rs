@@ -48,16 +48,8 @@ impl Spread {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Spread {
-            median,
-            min: v[0],
-            max: v[n - 1],
-        })
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Spread { median, min: v[0], max: v[n - 1] })
     }
 }
 
@@ -118,9 +110,7 @@ impl Aggregate {
     fn from_samples(workload: &str, arm: &str, samples: &[&Sample]) -> Aggregate {
         let kind = kind(workload);
         let ok: Vec<&Sample> = samples.iter().copied().filter(|s| s.ok).collect();
-        let lat = |f: fn(&super::model::Latency) -> f64| {
-            Spread::of(ok.iter().filter_map(|s| s.latency.as_ref().map(f)))
-        };
+        let lat = |f: fn(&super::model::Latency) -> f64| Spread::of(ok.iter().filter_map(|s| s.latency.as_ref().map(f)));
         let mut failures = Failures::default();
         for s in samples {
             let f = &s.failures;
@@ -145,41 +135,21 @@ impl Aggregate {
             kind,
             runs: samples.len(),
             ok: ok.len(),
-            requests_per_s: if is_http {
-                Spread::of(ok.iter().map(|s| s.requests_per_s))
-            } else {
-                None
-            },
-            gbit_per_s: if is_http {
-                None
-            } else {
-                Spread::of(ok.iter().map(|s| s.gbit_per_s))
-            },
+            requests_per_s: if is_http { Spread::of(ok.iter().map(|s| s.requests_per_s)) } else { None },
+            gbit_per_s: if is_http { None } else { Spread::of(ok.iter().map(|s| s.gbit_per_s)) },
             p50_ms: lat(|l| l.p50_ms),
             p90_ms: lat(|l| l.p90_ms),
             p99_ms: lat(|l| l.p99_ms),
             cpu: cpu_cost(&per_unit),
-            keel_rss_kib: Spread::of(
-                samples
-                    .iter()
-                    .filter(|s| s.keel_rss_kib > 0)
-                    .map(|s| s.keel_rss_kib as f64),
-            ),
-            keel_cpu_by_node: (0..nodes)
-                .map(|k| Spread::of(per_unit.iter().filter_map(|(s, d)| Some(s.cpu.keel_by_node_s.get(k)? / d))))
-                .collect(),
+            keel_rss_kib: Spread::of(samples.iter().filter(|s| s.keel_rss_kib > 0).map(|s| s.keel_rss_kib as f64)),
+            keel_cpu_by_node: (0..nodes).map(|k| Spread::of(per_unit.iter().filter_map(|(s, d)| Some(s.cpu.keel_by_node_s.get(k)? / d)))).collect(),
             keel_rss_by_node_kib: (0..nodes)
-                .map(|k| {
-                    Spread::of(samples.iter().filter_map(|s| s.keel_rss_by_node_kib.get(k)).filter(|v| **v > 0).map(|v| *v as f64))
-                })
+                .map(|k| Spread::of(samples.iter().filter_map(|s| s.keel_rss_by_node_kib.get(k)).filter(|v| **v > 0).map(|v| *v as f64)))
                 .collect(),
             keel_paths,
             proxy_pss_kib: Spread::of(samples.iter().filter(|s| s.proxy_pss_kib > 0).map(|s| s.proxy_pss_kib as f64)),
             proxy_rss_kib: Spread::of(samples.iter().filter(|s| s.proxy_rss_kib > 0).map(|s| s.proxy_rss_kib as f64)),
-            proxy_counted: samples
-                .iter()
-                .filter_map(|s| Some((s.proxy_requests?, s.requests)))
-                .reduce(|(a, b), (c, d)| (a + c, b + d)),
+            proxy_counted: samples.iter().filter_map(|s| Some((s.proxy_requests?, s.requests))).reduce(|(a, b), (c, d)| (a + c, b + d)),
             failures,
         }
     }
@@ -292,9 +262,7 @@ pub fn aggregate(results: &Results) -> Report {
     };
     let known_arms: Vec<&str> = ARMS.iter().chain(&CROSS_NODE_ARMS).chain(&L7_ARMS).copied().collect();
     let all_arms = ordered(&known_arms, &mut results.samples.iter().map(|s| &s.arm));
-    let is_cross = |a: &String| {
-        CROSS_NODE_ARMS.contains(&a.as_str()) || results.samples.iter().any(|s| &s.arm == a && s.cross_node())
-    };
+    let is_cross = |a: &String| CROSS_NODE_ARMS.contains(&a.as_str()) || results.samples.iter().any(|s| &s.arm == a && s.cross_node());
     let (l7_arms, others): (Vec<String>, Vec<String>) = all_arms.iter().cloned().partition(|a| is_l7_arm(a));
     let (cross_arms, arms): (Vec<String>, Vec<String>) = others.into_iter().partition(is_cross);
     let (l7_found, found): (Vec<&String>, Vec<&String>) = results.samples.iter().map(|s| &s.workload).partition(|w| is_l7_workload(w));
@@ -303,25 +271,13 @@ pub fn aggregate(results: &Results) -> Report {
     let mut rows = Vec::new();
     for w in workloads.iter().chain(&l7_workloads) {
         for a in &all_arms {
-            let samples: Vec<&Sample> = results
-                .samples
-                .iter()
-                .filter(|s| &s.workload == w && &s.arm == a)
-                .collect();
+            let samples: Vec<&Sample> = results.samples.iter().filter(|s| &s.workload == w && &s.arm == a).collect();
             if !samples.is_empty() {
                 rows.push(Aggregate::from_samples(w, a, &samples));
             }
         }
     }
-    Report {
-        info: results.info.clone(),
-        arms,
-        cross_arms,
-        l7_arms,
-        workloads,
-        l7_workloads,
-        rows,
-    }
+    Report { info: results.info.clone(), arms, cross_arms, l7_arms, workloads, l7_workloads, rows }
 }
 
 /// The L7 comparison's arms and workloads go by their `l7-` prefix (so a new one lands in its section unnamed).
@@ -335,9 +291,7 @@ fn is_l7_workload(workload: &str) -> bool {
 
 impl Report {
     pub fn get(&self, workload: &str, arm: &str) -> Option<&Aggregate> {
-        self.rows
-            .iter()
-            .find(|r| r.workload == workload && r.arm == arm)
+        self.rows.iter().find(|r| r.workload == workload && r.arm == arm)
     }
 
     pub fn median(&self, workload: &str, arm: &str, metric: Metric) -> Option<f64> {
@@ -385,27 +339,11 @@ impl fmt::Display for Verdict {
 #[derive(Clone, Copy, Debug)]
 pub enum Rule {
     /// `arm / baseline` on `metric` must be ≥ `bound` (`at_least`) or ≤ `bound`.
-    Ratio {
-        arm: &'static str,
-        baseline: &'static str,
-        workload: &'static str,
-        metric: Metric,
-        at_least: bool,
-        bound: f64,
-    },
+    Ratio { arm: &'static str, baseline: &'static str, workload: &'static str, metric: Metric, at_least: bool, bound: f64 },
     /// `arm`'s median minus `baseline`'s on a latency `metric`, in µs, must be ≤ `bound_us`.
-    AddedUs {
-        arm: &'static str,
-        baseline: &'static str,
-        workload: &'static str,
-        metric: Metric,
-        bound_us: f64,
-    },
+    AddedUs { arm: &'static str, baseline: &'static str, workload: &'static str, metric: Metric, bound_us: f64 },
     /// Every run reported and no transfer error, over all repetitions.
-    ZeroFailures {
-        arm: &'static str,
-        workload: &'static str,
-    },
+    ZeroFailures { arm: &'static str, workload: &'static str },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -414,113 +352,34 @@ pub struct Target {
     pub rule: Rule,
 }
 
-const fn ratio(
-    arm: &'static str,
-    baseline: &'static str,
-    workload: &'static str,
-    metric: Metric,
-    at_least: bool,
-    bound: f64,
-) -> Rule {
-    Rule::Ratio {
-        arm,
-        baseline,
-        workload,
-        metric,
-        at_least,
-        bound,
-    }
+const fn ratio(arm: &'static str, baseline: &'static str, workload: &'static str, metric: Metric, at_least: bool, bound: f64) -> Rule {
+    Rule::Ratio { arm, baseline, workload, metric, at_least, bound }
 }
 
 pub const TARGETS: [Target; 10] = [
+    Target { label: "ebpf vs iptables: newconn-c32 req/s ≥ 1.2×", rule: ratio("ebpf", "iptables", "newconn-c32", Metric::Headline, true, 1.2) },
     Target {
-        label: "ebpf vs iptables: newconn-c32 req/s ≥ 1.2×",
-        rule: ratio(
-            "ebpf",
-            "iptables",
-            "newconn-c32",
-            Metric::Headline,
-            true,
-            1.2,
-        ),
+        label: "ebpf vs iptables: keepalive-c32 req/s ≥ 1.0×", rule: ratio("ebpf", "iptables", "keepalive-c32", Metric::Headline, true, 1.0)
     },
-    Target {
-        label: "ebpf vs iptables: keepalive-c32 req/s ≥ 1.0×",
-        rule: ratio(
-            "ebpf",
-            "iptables",
-            "keepalive-c32",
-            Metric::Headline,
-            true,
-            1.0,
-        ),
-    },
-    Target {
-        label: "ebpf vs iptables: keepalive-c32 p99 ≤ 1.0×",
-        rule: ratio("ebpf", "iptables", "keepalive-c32", Metric::P99, false, 1.0),
-    },
+    Target { label: "ebpf vs iptables: keepalive-c32 p99 ≤ 1.0×", rule: ratio("ebpf", "iptables", "keepalive-c32", Metric::P99, false, 1.0) },
     Target {
         label: "ebpf vs iptables: newconn-c32 CPU/request (keel+kernel) ≤ 0.8×",
-        rule: ratio(
-            "ebpf",
-            "iptables",
-            "newconn-c32",
-            Metric::CpuPerUnit,
-            false,
-            0.8,
-        ),
+        rule: ratio("ebpf", "iptables", "newconn-c32", Metric::CpuPerUnit, false, 0.8),
     },
     Target {
         label: "ebpf+splice vs iptables: keepalive-c32 req/s ≥ 1.6×",
-        rule: ratio(
-            "ebpf+splice",
-            "iptables",
-            "keepalive-c32",
-            Metric::Headline,
-            true,
-            1.6,
-        ),
+        rule: ratio("ebpf+splice", "iptables", "keepalive-c32", Metric::Headline, true, 1.6),
     },
     Target {
         label: "ebpf+splice vs iptables: keepalive-c1 (unloaded) p50 ≤ 0.8×",
-        rule: ratio(
-            "ebpf+splice",
-            "iptables",
-            "keepalive-c1",
-            Metric::P50,
-            false,
-            0.8,
-        ),
+        rule: ratio("ebpf+splice", "iptables", "keepalive-c1", Metric::P50, false, 0.8),
     },
+    Target { label: "ebpf+splice: bulk-1 with zero failures", rule: Rule::ZeroFailures { arm: "ebpf+splice", workload: "bulk-1" } },
+    Target { label: "ebpf+splice: bulk-4 with zero failures", rule: Rule::ZeroFailures { arm: "ebpf+splice", workload: "bulk-4" } },
     Target {
-        label: "ebpf+splice: bulk-1 with zero failures",
-        rule: Rule::ZeroFailures {
-            arm: "ebpf+splice",
-            workload: "bulk-1",
-        },
+        label: "ebpf relay vs direct: keepalive-c32 req/s ≥ 0.6×", rule: ratio("ebpf", "direct", "keepalive-c32", Metric::Headline, true, 0.6)
     },
-    Target {
-        label: "ebpf+splice: bulk-4 with zero failures",
-        rule: Rule::ZeroFailures {
-            arm: "ebpf+splice",
-            workload: "bulk-4",
-        },
-    },
-    Target {
-        label: "ebpf relay vs direct: keepalive-c32 req/s ≥ 0.6×",
-        rule: ratio(
-            "ebpf",
-            "direct",
-            "keepalive-c32",
-            Metric::Headline,
-            true,
-            0.6,
-        ),
-    },
-    Target {
-        label: "ebpf relay vs direct: bulk-1 Gbit/s ≥ 0.6×",
-        rule: ratio("ebpf", "direct", "bulk-1", Metric::Headline, true, 0.6),
-    },
+    Target { label: "ebpf relay vs direct: bulk-1 Gbit/s ≥ 0.6×", rule: ratio("ebpf", "direct", "bulk-1", Metric::Headline, true, 0.6) },
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -533,33 +392,17 @@ pub struct TargetCheck {
 
 impl fmt::Display for TargetCheck {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "{:<12}  {} — measured {}",
-            self.verdict.to_string(),
-            self.label,
-            self.measured
-        )
+        write!(f, "{:<12}  {} — measured {}", self.verdict.to_string(), self.label, self.measured)
     }
 }
 
 pub fn check(report: &Report, target: &Target) -> TargetCheck {
     let (measured, verdict) = match target.rule {
-        Rule::Ratio {
-            arm,
-            baseline,
-            workload,
-            metric,
-            at_least,
-            bound,
-        } => match report.ratio(workload, arm, baseline, metric) {
+        Rule::Ratio { arm, baseline, workload, metric, at_least, bound } => match report.ratio(workload, arm, baseline, metric) {
             None => (MISSING.to_owned(), Verdict::NotMeasured),
             Some(r) => {
                 let pass = if at_least { r >= bound } else { r <= bound };
-                (
-                    format!("{r:.2}×"),
-                    if pass { Verdict::Pass } else { Verdict::Miss },
-                )
+                (format!("{r:.2}×"), if pass { Verdict::Pass } else { Verdict::Miss })
             }
         },
         Rule::AddedUs { arm, baseline, workload, metric, bound_us } => {
@@ -576,18 +419,11 @@ pub fn check(report: &Report, target: &Target) -> TargetCheck {
             Some(a) => {
                 let errors = a.failures.transfer_errors;
                 let pass = errors == 0 && a.ok == a.runs;
-                (
-                    format!("transfer errors {errors}, runs ok {}/{}", a.ok, a.runs),
-                    if pass { Verdict::Pass } else { Verdict::Miss },
-                )
+                (format!("transfer errors {errors}, runs ok {}/{}", a.ok, a.runs), if pass { Verdict::Pass } else { Verdict::Miss })
             }
         },
     };
-    TargetCheck {
-        label: target.label.to_owned(),
-        measured,
-        verdict,
-    }
+    TargetCheck { label: target.label.to_owned(), measured, verdict }
 }
 
 pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
@@ -647,10 +483,7 @@ fn median(s: Option<Spread>) -> String {
 }
 
 fn spread(s: Option<Spread>) -> String {
-    s.map_or_else(
-        || MISSING.to_owned(),
-        |s| format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)),
-    )
+    s.map_or_else(|| MISSING.to_owned(), |s| format!("{} [{}–{}]", num(s.median), num(s.min), num(s.max)))
 }
 
 fn times(v: Option<f64>) -> String {
@@ -682,11 +515,7 @@ pub fn failures_cell(a: &Aggregate) -> String {
 
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", header.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        header.iter().map(|_| "---|").collect::<String>()
-    );
+    let _ = writeln!(out, "|{}", header.iter().map(|_| "---|").collect::<String>());
     for row in rows {
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
@@ -751,21 +580,10 @@ fn header(out: &mut String, info: &RunInfo, title: &str) {
         ("iptables backend", info.iptables_backend.clone()),
         ("Repetitions", info.repetitions.to_string()),
         ("Seconds per workload", num(info.workload_seconds)),
-        (
-            "Mode",
-            if info.quick {
-                "quick".to_owned()
-            } else {
-                "full".to_owned()
-            },
-        ),
+        ("Mode", if info.quick { "quick".to_owned() } else { "full".to_owned() }),
     ];
     for (k, v) in lines {
-        let _ = writeln!(
-            out,
-            "- **{k}**: {}",
-            if v.is_empty() { MISSING.to_owned() } else { v }
-        );
+        let _ = writeln!(out, "- **{k}**: {}", if v.is_empty() { MISSING.to_owned() } else { v });
     }
     let _ = writeln!(
         out,
@@ -779,10 +597,7 @@ fn header(out: &mut String, info: &RunInfo, title: &str) {
 }
 
 fn http_tables(out: &mut String, r: &Report) {
-    let _ = writeln!(
-        out,
-        "## HTTP (wrk against nginx; medians over repetitions, [min–max])\n"
-    );
+    let _ = writeln!(out, "## HTTP (wrk against nginx; medians over repetitions, [min–max])\n");
     let header = [
         "workload",
         "arm",
@@ -823,25 +638,14 @@ fn http_tables(out: &mut String, r: &Report) {
         }
     }
     table(out, &header, &rows);
-    let _ = writeln!(
-        out,
-        "### Ratios (medians of the same run; p99 and CPU: lower is better)\n"
-    );
+    let _ = writeln!(out, "### Ratios (medians of the same run; p99 and CPU: lower is better)\n");
     table(out, &RATIO_HEADER, &ratio_rows);
     let _ = writeln!(out, "### CPU per request, µs (keel: its cgroup, user + system; kernel: system + softirq, all CPUs; keel+kernel: keel's user time + kernel, so keel's system time is counted once; eBPF: program run time)\n");
     table(out, &CPU_HEADER, &cpu_rows);
 }
 
-const RATIO_HEADER: [&str; 8] = [
-    "workload",
-    "arm",
-    "headline ×iptables",
-    "headline ×direct",
-    "p99 ×iptables",
-    "p99 ×direct",
-    "CPU ×iptables",
-    "CPU ×direct",
-];
+const RATIO_HEADER: [&str; 8] =
+    ["workload", "arm", "headline ×iptables", "headline ×direct", "p99 ×iptables", "p99 ×direct", "CPU ×iptables", "CPU ×direct"];
 
 fn ratio_row(r: &Report, w: &str, a: &str) -> Vec<String> {
     let mut row = vec![w.to_owned(), a.to_owned()];
@@ -853,43 +657,20 @@ fn ratio_row(r: &Report, w: &str, a: &str) -> Vec<String> {
     row
 }
 
-const CPU_HEADER: [&str; 8] = [
-    "workload",
-    "arm",
-    "keel+kernel",
-    "keel",
-    "kernel",
-    "client",
-    "server",
-    "eBPF",
-];
+const CPU_HEADER: [&str; 8] = ["workload", "arm", "keel+kernel", "keel", "kernel", "client", "server", "eBPF"];
 
 fn cpu_row(w: &str, a: &str, cpu: Option<CpuCost>) -> Vec<String> {
     let mut row = vec![w.to_owned(), a.to_owned()];
     match cpu {
         None => row.resize(CPU_HEADER.len(), MISSING.to_owned()),
-        Some(c) => row.extend(
-            [c.keel_kernel, c.keel, c.kernel, c.client, c.server, c.bpf].map(|s| num(s.median)),
-        ),
+        Some(c) => row.extend([c.keel_kernel, c.keel, c.kernel, c.client, c.server, c.bpf].map(|s| num(s.median))),
     }
     row
 }
 
 fn bulk_table(out: &mut String, r: &Report) {
-    let _ = writeln!(
-        out,
-        "## Bulk transfer (iperf3; medians over repetitions, [min–max])\n"
-    );
-    let header = [
-        "workload",
-        "arm",
-        "Gbit/s",
-        "CPU s/GB keel+kernel",
-        "keel s/GB",
-        "Gbit/s ×iptables",
-        "Gbit/s ×direct",
-        "failures",
-    ];
+    let _ = writeln!(out, "## Bulk transfer (iperf3; medians over repetitions, [min–max])\n");
+    let header = ["workload", "arm", "Gbit/s", "CPU s/GB keel+kernel", "keel s/GB", "Gbit/s ×iptables", "Gbit/s ×direct", "failures"];
     let mut rows = Vec::new();
     let mut cpu_rows = Vec::new();
     for w in r.workloads_of(Kind::Bulk) {
@@ -917,21 +698,13 @@ fn bulk_table(out: &mut String, r: &Report) {
 }
 
 fn integrity_table(out: &mut String, r: &Report) {
-    let _ = writeln!(
-        out,
-        "## Integrity (a large blob echoed through the path, checksum compared)\n"
-    );
+    let _ = writeln!(out, "## Integrity (a large blob echoed through the path, checksum compared)\n");
     let mut rows = Vec::new();
     for w in r.workloads_of(Kind::Integrity) {
         for a in &r.arms {
             rows.push(match r.get(w, a) {
                 None => missing_row(w, a, 4),
-                Some(ag) => vec![
-                    w.clone(),
-                    a.clone(),
-                    format!("{}/{}", ag.ok, ag.runs),
-                    failures_cell(ag),
-                ],
+                Some(ag) => vec![w.clone(), a.clone(), format!("{}/{}", ag.ok, ag.runs), failures_cell(ag)],
             });
         }
     }
@@ -940,32 +713,18 @@ fn integrity_table(out: &mut String, r: &Report) {
 
 fn resources_table(out: &mut String, r: &Report) {
     let _ = writeln!(out, "## Resources\n");
-    let newconn: Vec<&String> = r
-        .workloads
-        .iter()
-        .filter(|w| w.starts_with("newconn"))
-        .collect();
-    let mut header = vec![
-        "arm".to_owned(),
-        "keel RSS (median of peaks)".to_owned(),
-        "keel RSS (max)".to_owned(),
-    ];
+    let newconn: Vec<&String> = r.workloads.iter().filter(|w| w.starts_with("newconn")).collect();
+    let mut header = vec!["arm".to_owned(), "keel RSS (median of peaks)".to_owned(), "keel RSS (max)".to_owned()];
     header.extend(newconn.iter().map(|w| format!("eBPF µs/connection ({w})")));
     let mut rows = Vec::new();
     for a in &r.arms {
         let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a).collect();
         let rss: Vec<Spread> = arm_rows.iter().filter_map(|g| g.keel_rss_kib).collect();
-        let median_rss =
-            Spread::of(rss.iter().map(|s| s.median)).map_or(MISSING.to_owned(), |s| mib(s.median));
-        let max_rss =
-            Spread::of(rss.iter().map(|s| s.max)).map_or(MISSING.to_owned(), |s| mib(s.max));
+        let median_rss = Spread::of(rss.iter().map(|s| s.median)).map_or(MISSING.to_owned(), |s| mib(s.median));
+        let max_rss = Spread::of(rss.iter().map(|s| s.max)).map_or(MISSING.to_owned(), |s| mib(s.max));
         let mut row = vec![a.clone(), median_rss, max_rss];
         // A new connection per request: bpf_s / requests is the eBPF cost per connection.
-        row.extend(
-            newconn
-                .iter()
-                .map(|w| median(r.get(w, a).and_then(|g| g.cpu).map(|c| c.bpf))),
-        );
+        row.extend(newconn.iter().map(|w| median(r.get(w, a).and_then(|g| g.cpu).map(|c| c.bpf))));
         rows.push(row);
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -1099,13 +858,10 @@ fn cross_node_section(out: &mut String, r: &Report) {
         let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a).collect();
         let peaks = |f: &dyn Fn(&Aggregate) -> Option<Spread>, max: bool| {
             let rss: Vec<Spread> = arm_rows.iter().filter_map(|g| f(g)).collect();
-            Spread::of(rss.iter().map(|s| if max { s.max } else { s.median })).map_or(MISSING.to_owned(), |s| {
-                mib(if max { s.max } else { s.median })
-            })
+            Spread::of(rss.iter().map(|s| if max { s.max } else { s.median })).map_or(MISSING.to_owned(), |s| mib(if max { s.max } else { s.median }))
         };
         let nodes = arm_rows.iter().map(|g| g.keel_rss_by_node_kib.len()).max().unwrap_or(0);
-        let per_node: Vec<String> =
-            (0..nodes).map(|k| peaks(&|g: &Aggregate| g.keel_rss_by_node_kib.get(k).copied().flatten(), false)).collect();
+        let per_node: Vec<String> = (0..nodes).map(|k| peaks(&|g: &Aggregate| g.keel_rss_by_node_kib.get(k).copied().flatten(), false)).collect();
         rows.push(vec![
             a.clone(),
             peaks(&|g: &Aggregate| g.keel_rss_kib, false),
@@ -1114,11 +870,7 @@ fn cross_node_section(out: &mut String, r: &Report) {
         ]);
     }
     let _ = writeln!(out, "### Resources\n");
-    table(
-        out,
-        &["arm", "keel RSS, both keels (median of peaks)", "keel RSS, both keels (max)", "keel RSS client node / server node"],
-        &rows,
-    );
+    table(out, &["arm", "keel RSS, both keels (median of peaks)", "keel RSS, both keels (max)", "keel RSS client node / server node"], &rows);
 }
 
 const CROSS_RATIO_HEADER: [&str; 11] = [
@@ -1332,11 +1084,7 @@ fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
     let _ = writeln!(out, "## Targets (ratios from this run)\n");
     for c in checks {
         let mark = if c.verdict == Verdict::Pass { "x" } else { " " };
-        let _ = writeln!(
-            out,
-            "- [{mark}] **{}** {} — measured {}",
-            c.verdict, c.label, c.measured
-        );
+        let _ = writeln!(out, "- [{mark}] **{}** {} — measured {}", c.verdict, c.label, c.measured);
     }
     out.push('\n');
     let _ = writeln!(out, "{}\n", verdict_sentence(checks, r.info.quick));
@@ -1344,13 +1092,7 @@ fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
 
 /// Missed targets said plainly, by name.
 fn verdict_sentence(checks: &[TargetCheck], quick: bool) -> String {
-    let named = |v: Verdict| -> Vec<&str> {
-        checks
-            .iter()
-            .filter(|c| c.verdict == v)
-            .map(|c| c.label.as_str())
-            .collect()
-    };
+    let named = |v: Verdict| -> Vec<&str> { checks.iter().filter(|c| c.verdict == v).map(|c| c.label.as_str()).collect() };
     let (missed, unmeasured) = (named(Verdict::Miss), named(Verdict::NotMeasured));
     let passed = checks.len() - missed.len() - unmeasured.len();
     let mut s = format!("{passed} of {} targets met.", checks.len());
@@ -1358,12 +1100,7 @@ fn verdict_sentence(checks: &[TargetCheck], quick: bool) -> String {
         let _ = write!(s, " **Missed ({}):** {}.", missed.len(), missed.join("; "));
     }
     if !unmeasured.is_empty() {
-        let _ = write!(
-            s,
-            " **Not measured ({}):** {}.",
-            unmeasured.len(),
-            unmeasured.join("; ")
-        );
+        let _ = write!(s, " **Not measured ({}):** {}.", unmeasured.len(), unmeasured.join("; "));
     }
     if quick {
         s.push_str(" (Quick run: these verdicts are not conclusions.)");
@@ -1390,11 +1127,7 @@ fn notes(out: &mut String, results: &Results) {
 "
     );
     for (w, a, note) in seen.iter().take(MAX) {
-        let note: String = note
-            .chars()
-            .take(300)
-            .collect::<String>()
-            .replace('\n', " ");
+        let note: String = note.chars().take(300).collect::<String>().replace('\n', " ");
         let _ = writeln!(out, "- {w} / {a}: {note}");
     }
     if seen.len() > MAX {
@@ -1506,11 +1239,7 @@ fn l7_summary(text: &mut String, report: &Report) -> Vec<TargetCheck> {
 }
 
 fn single_node_summary(text: &mut String, report: &Report) {
-    let _ = writeln!(
-        text,
-        "{:<16}{:<13}{:>22}{:>10}{:>16}{:>11}",
-        "workload", "arm", "median", "p99 ms", "CPU keel+kern", "×iptables"
-    );
+    let _ = writeln!(text, "{:<16}{:<13}{:>22}{:>10}{:>16}{:>11}", "workload", "arm", "median", "p99 ms", "CPU keel+kern", "×iptables");
     for w in &report.workloads {
         if !report.measured_any(&report.arms, Some(w)) {
             let _ = writeln!(text, "{w:<16}{:<13}{:>22}", "(all)", "not measured");
@@ -1522,14 +1251,8 @@ fn single_node_summary(text: &mut String, report: &Report) {
                 Some(g) => match g.kind {
                     Kind::Integrity => format!("{:>22}", format!("{}/{} ok", g.ok, g.runs)),
                     k => {
-                        let (unit, cpu_unit) = if k == Kind::Http {
-                            ("req/s", "µs/req")
-                        } else {
-                            ("Gbit/s", "s/GB")
-                        };
-                        let cpu = g.cpu.map_or(MISSING.to_owned(), |c| {
-                            format!("{} {cpu_unit}", num(c.keel_kernel.median))
-                        });
+                        let (unit, cpu_unit) = if k == Kind::Http { ("req/s", "µs/req") } else { ("Gbit/s", "s/GB") };
+                        let cpu = g.cpu.map_or(MISSING.to_owned(), |c| format!("{} {cpu_unit}", num(c.keel_kernel.median)));
                         format!(
                             "{:>22}{:>10}{:>16}{:>11}",
                             format!("{} {unit}", median(g.headline())),
@@ -1563,9 +1286,7 @@ fn cross_node_summary(text: &mut String, report: &Report) {
                 }
                 Some(g) => {
                     let (unit, cpu_unit) = if g.kind == Kind::Http { ("req/s", "µs/req") } else { ("Gbit/s", "s/GB") };
-                    let cpu = |f: fn(&CpuCost) -> Spread| {
-                        g.cpu.as_ref().map_or(MISSING.to_owned(), |c| format!("{} {cpu_unit}", num(f(c).median)))
-                    };
+                    let cpu = |f: fn(&CpuCost) -> Spread| g.cpu.as_ref().map_or(MISSING.to_owned(), |c| format!("{} {cpu_unit}", num(f(c).median)));
                     format!(
                         "{:>19}{:>9}{:>9}{:>15}{:>15}{:>15}{:>11}",
                         format!("{} {unit}", median(g.headline())),
@@ -1600,8 +1321,7 @@ pub fn write_all(dir: &Path, results: &Results) -> Result<Summary> {
     let json = serde_json::to_string_pretty(results)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
     let report = aggregate(results);
-    std::fs::write(dir.join("report.md"), markdown_with_notes(&report, results))
-        .context("writing report.md")?;
+    std::fs::write(dir.join("report.md"), markdown_with_notes(&report, results)).context("writing report.md")?;
     super::chart::write_svg(&dir.join("report.svg"), results).context("writing report.svg")?;
     Ok(summary(&report))
 }
@@ -1631,14 +1351,7 @@ pub(crate) mod tests {
     const SECONDS: f64 = 10.0;
 
     /// An HTTP sample: `rps` req/s, latencies scaled with the repetition, `cost_us` keel+kernel µs per request.
-    fn http(
-        arm: &str,
-        workload: &str,
-        rep: u32,
-        rps: f64,
-        lat: (f64, f64, f64),
-        cost_us: f64,
-    ) -> Sample {
+    fn http(arm: &str, workload: &str, rep: u32, rps: f64, lat: (f64, f64, f64), cost_us: f64) -> Sample {
         let f = FACTORS[rep as usize];
         let requests = (rps * f * SECONDS) as u64;
         let total = cost_us * requests as f64 / 1e6;
@@ -1650,17 +1363,9 @@ pub(crate) mod tests {
             duration_s: SECONDS,
             requests,
             requests_per_s: rps * f,
-            latency: Some(Latency {
-                p50_ms: lat.0 * f,
-                p90_ms: lat.1 * f,
-                p99_ms: lat.2 * f,
-            }),
+            latency: Some(Latency { p50_ms: lat.0 * f, p90_ms: lat.1 * f, p99_ms: lat.2 * f }),
             cpu: cpu(total),
-            keel_rss_kib: if arm == "direct" {
-                0
-            } else {
-                20480 + 1024 * rep as u64
-            },
+            keel_rss_kib: if arm == "direct" { 0 } else { 20480 + 1024 * rep as u64 },
             ok: true,
             ..Default::default()
         }
@@ -1708,30 +1413,9 @@ pub(crate) mod tests {
                 ("ebpf", 0.45, 22_000.0, 3.6, 6_500.0, 90.0, 14.0),
                 ("ebpf+splice", 0.35, 30_000.0, 3.0, 6_000.0, 85.0, 16.0),
             ] {
-                samples.push(http(
-                    arm,
-                    "keepalive-c1",
-                    rep,
-                    2_000.0,
-                    (kc1_p50, kc1_p50 * 2.0, kc1_p50 * 4.0),
-                    200.0,
-                ));
-                samples.push(http(
-                    arm,
-                    "keepalive-c32",
-                    rep,
-                    kc32,
-                    (kc32_p99 / 4.0, kc32_p99 / 2.0, kc32_p99),
-                    40.0,
-                ));
-                samples.push(http(
-                    arm,
-                    "newconn-c32",
-                    rep,
-                    nc32,
-                    (2.0, 4.0, 8.0),
-                    nc_cost,
-                ));
+                samples.push(http(arm, "keepalive-c1", rep, 2_000.0, (kc1_p50, kc1_p50 * 2.0, kc1_p50 * 4.0), 200.0));
+                samples.push(http(arm, "keepalive-c32", rep, kc32, (kc32_p99 / 4.0, kc32_p99 / 2.0, kc32_p99), 40.0));
+                samples.push(http(arm, "newconn-c32", rep, nc32, (2.0, 4.0, 8.0), nc_cost));
                 samples.push(bulk(arm, "bulk-1", rep, bulk1, 0.5));
                 let mut b4 = bulk(arm, "bulk-4", rep, bulk1 * 1.2, 0.6);
                 if arm == "ebpf+splice" && rep == 2 {
@@ -1811,14 +1495,7 @@ pub(crate) mod tests {
 
     #[test]
     fn medians_and_spread() {
-        assert_eq!(
-            Spread::of([3.0, 1.0, 2.0]),
-            Some(Spread {
-                median: 2.0,
-                min: 1.0,
-                max: 3.0
-            })
-        );
+        assert_eq!(Spread::of([3.0, 1.0, 2.0]), Some(Spread { median: 2.0, min: 1.0, max: 3.0 }));
         assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         assert_eq!(Spread::of([f64::NAN]), None);
         assert_eq!(Spread::of([]), None);
@@ -1826,32 +1503,17 @@ pub(crate) mod tests {
         let r = aggregate(&synthetic());
         let g = r.get("keepalive-c32", "iptables").unwrap();
         let rps = g.requests_per_s.unwrap();
-        assert!(
-            close(rps.median, 20_000.0) && close(rps.min, 18_000.0) && close(rps.max, 24_000.0),
-            "{rps:?}"
-        );
+        assert!(close(rps.median, 20_000.0) && close(rps.min, 18_000.0) && close(rps.max, 24_000.0), "{rps:?}");
         assert!(close(g.p99_ms.unwrap().median, 4.0) && close(g.p50_ms.unwrap().median, 1.0));
         assert_eq!((g.runs, g.ok, g.gbit_per_s), (3, 3, None));
         let cpu = g.cpu.unwrap();
-        assert!(
-            close(cpu.keel_kernel.median, 40.0)
-                && close(cpu.keel.median, 20.0)
-                && close(cpu.kernel.median, 20.0),
-            "{cpu:?}"
-        );
+        assert!(close(cpu.keel_kernel.median, 40.0) && close(cpu.keel.median, 20.0) && close(cpu.kernel.median, 20.0), "{cpu:?}");
         assert!(close(cpu.bpf.median, 2.0));
-        assert!(
-            close(g.keel_rss_kib.unwrap().median, 21504.0)
-                && close(g.keel_rss_kib.unwrap().max, 22528.0)
-        );
+        assert!(close(g.keel_rss_kib.unwrap().median, 21504.0) && close(g.keel_rss_kib.unwrap().max, 22528.0));
         assert_eq!(r.get("keepalive-c32", "direct").unwrap().keel_rss_kib, None);
 
         let b = r.get("bulk-1", "ebpf").unwrap();
-        assert!(
-            close(b.gbit_per_s.unwrap().median, 14.0)
-                && b.requests_per_s.is_none()
-                && b.p99_ms.is_none()
-        );
+        assert!(close(b.gbit_per_s.unwrap().median, 14.0) && b.requests_per_s.is_none() && b.p99_ms.is_none());
         assert!(close(b.cpu.unwrap().keel_kernel.median, 0.5), "{:?}", b.cpu);
 
         // The failed run is counted, not averaged in: the median of the two others (0.9× and 1.2× of 19.2).
@@ -1885,49 +1547,23 @@ pub(crate) mod tests {
 
     #[test]
     fn targets_pass_miss_and_not_measured() {
-        let verdicts: Vec<Verdict> = check_targets(&aggregate(&synthetic()))
-            .iter()
-            .map(|c| c.verdict)
-            .collect();
+        let verdicts: Vec<Verdict> = check_targets(&aggregate(&synthetic())).iter().map(|c| c.verdict).collect();
         use Verdict::*;
-        assert_eq!(
-            verdicts,
-            [Pass, Pass, Pass, Miss, Miss, Pass, Pass, Miss, Miss, Pass]
-        );
+        assert_eq!(verdicts, [Pass, Pass, Pass, Miss, Miss, Pass, Pass, Miss, Miss, Pass]);
         let checks = check_targets(&aggregate(&synthetic()));
         assert_eq!(checks[0].measured, "1.30×");
         assert_eq!(checks[7].measured, "transfer errors 1, runs ok 2/3");
 
         // Remove inputs: a target without them is NOT MEASURED, never PASS.
         let mut results = synthetic();
-        results.samples.retain(|s| {
-            !(s.arm == "iptables" && s.workload == "newconn-c32")
-                && s.arm != "ebpf+splice"
-                && s.arm != "direct"
-        });
+        results.samples.retain(|s| !(s.arm == "iptables" && s.workload == "newconn-c32") && s.arm != "ebpf+splice" && s.arm != "direct");
         let checks = check_targets(&aggregate(&results));
         let verdicts: Vec<Verdict> = checks.iter().map(|c| c.verdict).collect();
-        assert_eq!(
-            verdicts,
-            [
-                NotMeasured,
-                Pass,
-                Pass,
-                NotMeasured,
-                NotMeasured,
-                NotMeasured,
-                NotMeasured,
-                NotMeasured,
-                NotMeasured,
-                NotMeasured
-            ]
-        );
+        assert_eq!(verdicts, [NotMeasured, Pass, Pass, NotMeasured, NotMeasured, NotMeasured, NotMeasured, NotMeasured, NotMeasured, NotMeasured]);
         assert_eq!(checks[0].measured, MISSING);
 
         // Empty results: nothing passes.
-        assert!(check_targets(&aggregate(&Results::default()))
-            .iter()
-            .all(|c| c.verdict == NotMeasured));
+        assert!(check_targets(&aggregate(&Results::default())).iter().all(|c| c.verdict == NotMeasured));
     }
 
     #[test]
@@ -1963,53 +1599,20 @@ pub(crate) mod tests {
         let mut quick = synthetic();
         quick.info.quick = true;
         let md = markdown(&aggregate(&quick));
-        assert!(
-            md.contains("**Quick run: a smoke test, not for conclusions.**")
-                && md.contains("- **Mode**: quick")
-        );
+        assert!(md.contains("**Quick run: a smoke test, not for conclusions.**") && md.contains("- **Mode**: quick"));
     }
 
     #[test]
     fn summary_is_a_compact_table_with_the_targets() {
         let s = summary(&aggregate(&synthetic()));
-        let line = s
-            .text
-            .lines()
-            .find(|l| l.starts_with("keepalive-c32   ebpf "))
-            .unwrap();
-        assert!(
-            line.contains("22000 req/s")
-                && line.contains("3.60")
-                && line.contains("40.0 µs/req")
-                && line.contains("1.10×"),
-            "{line}"
-        );
-        let line = s
-            .text
-            .lines()
-            .find(|l| l.starts_with("bulk-1          ebpf "))
-            .unwrap();
-        assert!(
-            line.contains("14.0 Gbit/s") && line.contains("0.500 s/GB"),
-            "{line}"
-        );
+        let line = s.text.lines().find(|l| l.starts_with("keepalive-c32   ebpf ")).unwrap();
+        assert!(line.contains("22000 req/s") && line.contains("3.60") && line.contains("40.0 µs/req") && line.contains("1.10×"), "{line}");
+        let line = s.text.lines().find(|l| l.starts_with("bulk-1          ebpf ")).unwrap();
+        assert!(line.contains("14.0 Gbit/s") && line.contains("0.500 s/GB"), "{line}");
         assert!(s.text.contains("3/3 ok"));
-        let line = s
-            .text
-            .lines()
-            .find(|l| l.starts_with("keepalive-c128"))
-            .unwrap();
-        assert!(
-            line.contains("(all)") && line.ends_with("not measured"),
-            "{line}"
-        );
-        assert_eq!(
-            s.text
-                .lines()
-                .filter(|l| l.starts_with("keepalive-c128"))
-                .count(),
-            1
-        );
+        let line = s.text.lines().find(|l| l.starts_with("keepalive-c128")).unwrap();
+        assert!(line.contains("(all)") && line.ends_with("not measured"), "{line}");
+        assert_eq!(s.text.lines().filter(|l| l.starts_with("keepalive-c128")).count(), 1);
         assert!(s.text.contains("MISS          ebpf vs iptables: newconn-c32 CPU/request (keel+kernel) ≤ 0.8× — measured 0.90×"), "{s}");
         assert!(s.text.contains("6 of 10 targets met. Missed (4):"));
         assert_eq!(s.targets.len(), TARGETS.len());
@@ -2065,7 +1668,11 @@ pub(crate) mod tests {
         let s = summary(&r).text;
         let line = s.lines().find(|l| l.starts_with("keepalive-c32   x-keel-hbone")).unwrap();
         assert!(
-            line.contains("10000 req/s") && line.contains("60.0 µs/req") && line.contains("120 µs/req") && line.contains("0.50×") && line.contains("0.25×"),
+            line.contains("10000 req/s")
+                && line.contains("60.0 µs/req")
+                && line.contains("120 µs/req")
+                && line.contains("0.50×")
+                && line.contains("0.25×"),
             "{line}"
         );
         assert!(s.lines().any(|l| l.starts_with("integrity       x-keel-hbone") && l.contains("3/3 ok  keel: hbone, mutual TLS")), "{s}");
@@ -2168,34 +1775,17 @@ pub(crate) mod tests {
 
     #[test]
     fn write_all_writes_the_three_files() {
-        let dir = std::env::temp_dir().join(format!(
-            "keel-bench-report-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir = std::env::temp_dir().join(format!("keel-bench-report-{}-{:?}", std::process::id(), std::thread::current().id()));
         let results = synthetic();
         let summary = write_all(&dir, &results).unwrap();
         assert!(summary.text.contains("Targets:"));
-        let json: Results =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap())
-                .unwrap();
+        let json: Results = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
         // Not compared field by field: serde_json's default float parsing may differ from the original in the last bit.
-        let keys = |r: &Results| {
-            r.samples
-                .iter()
-                .map(|s| (s.arm.clone(), s.workload.clone(), s.rep, s.requests, s.ok))
-                .collect::<Vec<_>>()
-        };
+        let keys = |r: &Results| r.samples.iter().map(|s| (s.arm.clone(), s.workload.clone(), s.rep, s.requests, s.ok)).collect::<Vec<_>>();
         assert_eq!(keys(&json), keys(&results));
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-        assert!(
-            md.contains("## Targets")
-                && md.contains("- bulk-4 / ebpf+splice: iperf3: unable to connect"),
-            "{md}"
-        );
-        assert!(std::fs::read_to_string(dir.join("report.svg"))
-            .unwrap()
-            .starts_with("<svg"));
+        assert!(md.contains("## Targets") && md.contains("- bulk-4 / ebpf+splice: iperf3: unable to connect"), "{md}");
+        assert!(std::fs::read_to_string(dir.join("report.svg")).unwrap().starts_with("<svg"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

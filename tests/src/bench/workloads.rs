@@ -20,15 +20,27 @@ pub const INTEGRITY_BYTES: u64 = 32 * 1024 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub enum Tool {
     /// wrk against nginx; `close` sends `Connection: close` (a new connection per request).
-    Wrk { threads: u32, connections: u32, close: bool },
-    Iperf { streams: u32 },
+    Wrk {
+        threads: u32,
+        connections: u32,
+        close: bool,
+    },
+    Iperf {
+        streams: u32,
+    },
     Integrity,
     /// The L7 comparison: `Host`/`:authority: catalog` to whatever the arm puts in front of the server. Closed loop
     /// (`rate` `None`, as fast as answers come): HTTP/1.1 with wrk (`connections` keep-alive connections, one
     /// request in flight on each), or HTTP/2 with h2load (h2c prior knowledge, `streams` concurrent streams on each
     /// of `connections` connections). At a fixed rate (`rate` requests/s on each connection, the same offered load
     /// for every arm): h2load for both protocols (`--h1` for HTTP/1.1), one request in flight per connection at most.
-    L7 { http2: bool, threads: u32, connections: u32, streams: u32, rate: Option<u32> },
+    L7 {
+        http2: bool,
+        threads: u32,
+        connections: u32,
+        streams: u32,
+        rate: Option<u32>,
+    },
 }
 
 impl Tool {
@@ -141,10 +153,8 @@ impl H2load {
 }
 
 fn wrk(client: &Pod, target: SocketAddr, threads: u32, connections: u32, headers: &[&str], seconds: u32) -> Result<Sample> {
-    let mut argv: Vec<String> = ["wrk", "--latency", "-t", &threads.to_string(), "-c", &connections.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut argv: Vec<String> =
+        ["wrk", "--latency", "-t", &threads.to_string(), "-c", &connections.to_string()].iter().map(|s| s.to_string()).collect();
     argv.extend(["-d".into(), format!("{seconds}s"), "--timeout".into(), "5s".into()]);
     for header in headers {
         argv.extend(["-H".into(), header.to_string()]);
@@ -173,10 +183,7 @@ pub fn parse_wrk(text: &str) -> Option<Sample> {
             sample.duration_s = parse_duration_s(duration)?;
         } else if let Some(rest) = line.strip_prefix("Socket errors:") {
             // "Socket errors: connect 0, read 3, write 0, timeout 1"
-            sample.failures.socket_errors = rest
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
+            sample.failures.socket_errors = rest.split(',').filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
         } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
             sample.failures.non_2xx = rest.trim().parse().ok()?;
         } else if let Some((pct, value)) = line.split_once('%') {
@@ -218,9 +225,8 @@ fn h2load(client: &Pod, target: SocketAddr, run: H2load, scratch: &Path, seconds
     let argv = run.argv(target, &log, seconds);
     let out = client.run_timeout(&argv, Duration::from_secs(seconds as u64 + 30))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut sample = parse_h2load(&text).with_context(|| {
-        format!("unreadable h2load output (exit {}):\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr))
-    })?;
+    let mut sample = parse_h2load(&text)
+        .with_context(|| format!("unreadable h2load output (exit {}):\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr)))?;
     let per_request = std::fs::read_to_string(&log).with_context(|| format!("h2load wrote no {}", log.display()))?;
     let _ = std::fs::remove_file(&log);
     sample.latency = Some(latency_of_h2load_log(&per_request).context("h2load's log has no request")?);
@@ -261,10 +267,7 @@ pub fn parse_h2load(text: &str) -> Option<Sample> {
 /// p50/p90/p99 (nearest rank) of h2load's `--log-file`: one line per request, tab-separated start time (µs since
 /// the epoch), status, and microseconds until the end of the response. `None` without a request.
 pub fn latency_of_h2load_log(text: &str) -> Option<Latency> {
-    let mut us: Vec<f64> = text
-        .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
-        .collect();
+    let mut us: Vec<f64> = text.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok()).collect();
     if us.is_empty() {
         return None;
     }

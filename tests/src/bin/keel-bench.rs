@@ -8,11 +8,9 @@ use keel_tests::{
 };
 
 #[derive(Parser)]
-#[command(
-    about = "keel's benchmark: capture on one node (direct vs iptables vs eBPF vs eBPF+splice), the path across two \
+#[command(about = "keel's benchmark: capture on one node (direct vs iptables vs eBPF vs eBPF+splice), the path across two \
              nodes (x-direct vs x-keel-plain vs x-keel-hbone), and L7 on one node (l7-direct vs l7-nginx vs l7-keel-l4 vs \
-             l7-keel vs l7-keel-meshed)"
-)]
+             l7-keel vs l7-keel-meshed)")]
 struct Args {
     #[arg(long)]
     keel: Option<PathBuf>,

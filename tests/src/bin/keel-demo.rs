@@ -13,10 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "keel-demo",
-    about = "Run a small keel lab and show what keel captured"
-)]
+#[command(name = "keel-demo", about = "Run a small keel lab and show what keel captured")]
 struct Cli {
     /// The keel binary.
     #[arg(long, env = "KEEL_BIN")]
@@ -48,15 +45,7 @@ fn run(cli: Cli) -> Result<()> {
     step("checking prerequisites (root, ip, iptables, cgroup v2, bpffs)");
     keel_tests::lab::require_root_and_prereqs();
     step("creating two nodes (10.244.0.0/24 and 10.244.1.0/24, linked by a wire 172.30.0.0/24) and three pods");
-    let lab = Lab::with_nodes_and_binaries(
-        "demo",
-        2,
-        Binaries {
-            keel: cli.keel,
-            podapp: cli.podapp,
-            keel_control: cli.keel_control,
-        },
-    )?;
+    let lab = Lab::with_nodes_and_binaries("demo", 2, Binaries { keel: cli.keel, podapp: cli.podapp, keel_control: cli.keel_control })?;
     let result = demo(&lab, cli.control_plane);
     if result.is_err() {
         // Keep the lab's logs and print keel's log tail on the way out.
@@ -130,9 +119,7 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     } else {
         step("starting a keel on each node, reading the config in-process (local mode) with one shared CA");
         let (dir, ca) = (config_dir.display().to_string(), ca_dir.display().to_string());
-        let keels = (0..2)
-            .map(|k| lab.start_keel_on(k, Backend::Ebpf, &["--config-dir", &dir, "--ca-dir", &ca]))
-            .collect::<Result<Vec<_>>>()?;
+        let keels = (0..2).map(|k| lab.start_keel_on(k, Backend::Ebpf, &["--config-dir", &dir, "--ca-dir", &ca])).collect::<Result<Vec<_>>>()?;
         (None, keels)
     };
     for keel in &keels {
@@ -181,7 +168,10 @@ fn demo(lab: &Lab, control_plane: bool) -> Result<()> {
     mesh_config::write(&config_dir, "mesh.yaml", &with_policy)?;
     std::thread::sleep(Duration::from_millis(1000));
     let refused = client.send(b.addr(8080), KIB, ServeMode::Echo, Duration::from_secs(5))?;
-    println!("    client -> server-b: {}", if refused["ok"] == true { "allowed (unexpected)".to_owned() } else { format!("refused ({})", refused["error"]) });
+    println!(
+        "    client -> server-b: {}",
+        if refused["ok"] == true { "allowed (unexpected)".to_owned() } else { format!("refused ({})", refused["error"]) }
+    );
     let denied = keels[1].wait_connection(Duration::from_secs(5), |c| c.response_status == Some(401))?;
     println!("    node 1's keel answered 401: {}", denied.policy.as_deref().unwrap_or("?"));
     print!("{}", indent(&keels[1].cli(&["pc", "policies"])?));
@@ -287,7 +277,6 @@ fn print_vip_spread(keel: &keel_tests::lab::Keel, client: &keel_tests::lab::Pod,
     Ok(())
 }
 
-
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -321,11 +310,7 @@ fn print_connections(conns: &[Connection]) {
         "direction", "pod", "source", "original dst", "upstream", "path", "sent", "received", "max ms", "count"
     );
     for (c, n, ms) in rows {
-        let source = if n > 1 {
-            format!("{} …", c.source)
-        } else {
-            c.source.clone()
-        };
+        let source = if n > 1 { format!("{} …", c.source) } else { c.source.clone() };
         println!(
             "    {:<9} {:<17} {:<22} {:<22} {:<22} {:<9} {:>9} {:>9} {:>8.2} {:>5}{}",
             c.direction,
@@ -338,20 +323,13 @@ fn print_connections(conns: &[Connection]) {
             c.bytes_received,
             ms,
             format!("×{n}"),
-            c.error
-                .as_deref()
-                .map(|e| format!("  error: {e}"))
-                .unwrap_or_default()
+            c.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
         );
     }
 }
 
 fn print_stats(stats: &Value) -> Result<()> {
-    println!(
-        "    capture {}  fast path {}",
-        stats["capture"].as_str().unwrap_or("?"),
-        stats["fast_path"]
-    );
+    println!("    capture {}  fast path {}", stats["capture"].as_str().unwrap_or("?"), stats["fast_path"]);
     for dir in ["outbound", "inbound"] {
         let p = |k: &str| counter(stats, &format!("/connections/{dir}/{k}"));
         println!(
@@ -367,10 +345,8 @@ fn print_stats(stats: &Value) -> Result<()> {
     match stats["ebpf"].as_object() {
         Some(progs) => {
             for (prog, counters) in progs {
-                let line: Vec<String> = counters
-                    .as_object()
-                    .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
-                    .unwrap_or_else(|| vec![counters.to_string()]);
+                let line: Vec<String> =
+                    counters.as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect()).unwrap_or_else(|| vec![counters.to_string()]);
                 println!("    ebpf {prog:<10} {}", line.join("  "));
             }
         }

@@ -10,16 +10,12 @@ use std::time::Duration;
 
 /// Sends one request on a fresh connection and returns the `"ok"` value; `{"error": msg}` becomes `Err(msg)`.
 pub fn request(socket: &Path, req: &Value, timeout: Duration) -> Result<Value> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut s = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    s.write_all(format!("{req}\n").as_bytes())
-        .context("writing request")?;
+    s.write_all(format!("{req}\n").as_bytes()).context("writing request")?;
     let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .with_context(|| format!("reading answer to {req}"))?;
+    BufReader::new(&s).read_line(&mut line).with_context(|| format!("reading answer to {req}"))?;
     parse_response(&line).with_context(|| format!("request {req}"))
 }
 
@@ -27,15 +23,9 @@ pub fn parse_response(line: &str) -> Result<Value> {
     if line.trim().is_empty() {
         bail!("keel closed the connection without answering");
     }
-    let mut v: Value =
-        serde_json::from_str(line.trim()).with_context(|| format!("bad answer {line:?}"))?;
+    let mut v: Value = serde_json::from_str(line.trim()).with_context(|| format!("bad answer {line:?}"))?;
     if let Some(e) = v.get("error") {
-        return Err(anyhow!(
-            "keel error: {}",
-            e.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| e.to_string())
-        ));
+        return Err(anyhow!("keel error: {}", e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string())));
     }
     match v.get_mut("ok") {
         Some(ok) => Ok(ok.take()),

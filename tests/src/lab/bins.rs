@@ -18,11 +18,7 @@ impl Binaries {
     /// Resolves both binaries. Does not require them to exist yet: a lab without keel (the self test) only needs
     /// podapp, and `start_keel` reports a missing keel with the path it tried.
     pub fn locate() -> Self {
-        Self {
-            keel: locate("KEEL_BIN", "keel"),
-            podapp: locate("KEEL_PODAPP", "podapp"),
-            keel_control: locate("KEEL_CONTROL_BIN", "keel-control"),
-        }
+        Self { keel: locate("KEEL_BIN", "keel"), podapp: locate("KEEL_PODAPP", "podapp"), keel_control: locate("KEEL_CONTROL_BIN", "keel-control") }
     }
 }
 
@@ -43,16 +39,10 @@ fn locate(env: &str, name: &str) -> PathBuf {
     }
     let fallback = workspace_root().join("target").join("debug").join(name);
     candidates.push(fallback.clone());
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or(fallback)
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or(fallback)
 }
 
 /// The workspace root: this crate lives in `<root>/tests`.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }

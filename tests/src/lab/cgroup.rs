@@ -24,18 +24,14 @@ pub fn kill_all(root: &Path) -> Result<()> {
             return Ok(());
         }
         if kill_file.exists() {
-            std::fs::write(&kill_file, "1")
-                .with_context(|| format!("writing {}", kill_file.display()))?;
+            std::fs::write(&kill_file, "1").with_context(|| format!("writing {}", kill_file.display()))?;
         } else {
             for pid in &pids {
                 let _ = super::sys::signal(*pid, libc::SIGKILL);
             }
         }
         if Instant::now() > deadline {
-            anyhow::bail!(
-                "processes {pids:?} still in {} after SIGKILL",
-                root.display()
-            );
+            anyhow::bail!("processes {pids:?} still in {} after SIGKILL", root.display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

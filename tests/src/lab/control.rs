@@ -64,8 +64,7 @@ impl ControlPlane {
         let lines: String = spec.nodes.iter().map(|n| format!("{} {}\n", n.token(), n.name)).collect();
         std::fs::write(&tokens, lines).with_context(|| format!("writing {}", tokens.display()))?;
         for n in &spec.nodes {
-            std::fs::write(&n.token_file, format!("{}\n", n.token()))
-                .with_context(|| format!("writing {}", n.token_file.display()))?;
+            std::fs::write(&n.token_file, format!("{}\n", n.token())).with_context(|| format!("writing {}", n.token_file.display()))?;
         }
         let mut cmd = Command::new(spec.bin);
         cmd.args(["serve", "--listen", &spec.listen.to_string()])
@@ -78,13 +77,7 @@ impl ControlPlane {
         let _fds = sys::place(&mut cmd, &Placement { netns: Some(spec.netns), cgroup: Some(spec.cgroup) })?;
         let mut child = process::spawn_logged("keel-control", &mut cmd, &spec.dir.join("keel-control.log"))?;
         child.wait_for_line(READY_TIMEOUT, |line| line.contains("serving delta ADS"))?;
-        Ok(ControlPlane {
-            child,
-            ca_dir,
-            token_file: spec.nodes[0].token_file.clone(),
-            listen: spec.listen,
-            nodes: spec.nodes,
-        })
+        Ok(ControlPlane { child, ca_dir, token_file: spec.nodes[0].token_file.clone(), listen: spec.listen, nodes: spec.nodes })
     }
 
     /// keel's flags for following this control plane, on node 0 (the only node of a single-node lab).
@@ -114,9 +107,7 @@ impl ControlPlane {
     }
 
     fn node_credentials(&self, node: usize) -> &NodeCredentials {
-        self.nodes
-            .get(node)
-            .unwrap_or_else(|| panic!("the lab has {} node(s); there is no node {node}", self.nodes.len()))
+        self.nodes.get(node).unwrap_or_else(|| panic!("the lab has {} node(s); there is no node {node}", self.nodes.len()))
     }
 
     /// Where keel-control listens (inside the namespace of the node it was started on).

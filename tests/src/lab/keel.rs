@@ -46,10 +46,7 @@ pub struct Keel {
 impl Keel {
     pub(super) fn start(spec: KeelSpec) -> Result<Keel> {
         if !spec.bin.is_file() {
-            bail!(
-                "keel binary not found at {} (build it, or set KEEL_BIN)",
-                spec.bin.display()
-            );
+            bail!("keel binary not found at {} (build it, or set KEEL_BIN)", spec.bin.display());
         }
         let mut cmd = Command::new(&spec.bin);
         cmd.arg("run")
@@ -62,12 +59,7 @@ impl Keel {
             .arg(&spec.state_dir)
             .arg("--api-socket")
             .arg(&spec.api_socket)
-            .args([
-                "--admin-addr",
-                &spec.admin_addr.to_string(),
-                "--log-format",
-                "json",
-            ])
+            .args(["--admin-addr", &spec.admin_addr.to_string(), "--log-format", "json"])
             .args(&spec.extra_args)
             .env("RUST_BACKTRACE", "1");
         let has_source = spec.extra_args.iter().any(|a| a == "--xds-address" || a == "--config-dir");
@@ -75,13 +67,7 @@ impl Keel {
             // A keel with no workload source must be told so explicitly (it refuses to start otherwise).
             cmd.arg("--capture-only");
         }
-        let _fds = sys::place(
-            &mut cmd,
-            &Placement {
-                netns: Some(&spec.node_netns),
-                cgroup: Some(&spec.own_cgroup),
-            },
-        )?;
+        let _fds = sys::place(&mut cmd, &Placement { netns: Some(&spec.node_netns), cgroup: Some(&spec.own_cgroup) })?;
         let child = process::spawn_logged("keel", &mut cmd, &spec.log)?;
         let mut keel = Keel { child, spec };
         keel.wait_ready()?;
@@ -93,24 +79,14 @@ impl Keel {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait() {
-                bail!(
-                    "keel exited ({status}) before it was ready; log tail:\n{}",
-                    self.log_tail(60)
-                );
+                bail!("keel exited ({status}) before it was ready; log tail:\n{}", self.log_tail(60));
             }
-            let err = match api::request(
-                &self.spec.api_socket,
-                &json!("pods"),
-                Duration::from_secs(2),
-            ) {
+            let err = match api::request(&self.spec.api_socket, &json!("pods"), Duration::from_secs(2)) {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
-                bail!(
-                    "keel's API did not answer \"pods\" within {READY_TIMEOUT:?} (last error: {err:#}); log tail:\n{}",
-                    self.log_tail(60)
-                );
+                bail!("keel's API did not answer \"pods\" within {READY_TIMEOUT:?} (last error: {err:#}); log tail:\n{}", self.log_tail(60));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -157,9 +133,7 @@ impl Keel {
     }
 
     pub fn enroll(&self, pod: &Pod) -> Result<()> {
-        self.api(Self::enroll_request(pod))
-            .map(drop)
-            .with_context(|| format!("enrolling {}", pod.qualified()))
+        self.api(Self::enroll_request(pod)).map(drop).with_context(|| format!("enrolling {}", pod.qualified()))
     }
 
     pub fn unenroll(&self, pod: &Pod) -> Result<()> {
@@ -179,8 +153,7 @@ impl Keel {
     /// The last 1024 closed connections, oldest first.
     pub fn connections(&self) -> Result<Vec<Connection>> {
         let v = self.api(json!("connections"))?;
-        serde_json::from_value(v.clone())
-            .with_context(|| format!("unexpected \"connections\" answer: {v}"))
+        serde_json::from_value(v.clone()).with_context(|| format!("unexpected \"connections\" answer: {v}"))
     }
 
     pub fn set_fast_path(&self, on: bool) -> Result<()> {
@@ -188,11 +161,7 @@ impl Keel {
     }
 
     /// Polls `"connections"` until an entry satisfies `pred` (entries appear when a connection closes).
-    pub fn wait_connection(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&Connection) -> bool,
-    ) -> Result<Connection> {
+    pub fn wait_connection(&self, timeout: Duration, pred: impl Fn(&Connection) -> bool) -> Result<Connection> {
         let deadline = Instant::now() + timeout;
         loop {
             let conns = self.connections()?;
@@ -200,16 +169,8 @@ impl Keel {
                 return Ok(c.clone());
             }
             if Instant::now() >= deadline {
-                let last: Vec<String> = conns
-                    .iter()
-                    .rev()
-                    .take(8)
-                    .map(|c| format!("{c:?}"))
-                    .collect();
-                bail!(
-                    "no matching connection within {timeout:?}; most recent entries:\n{}",
-                    last.join("\n")
-                );
+                let last: Vec<String> = conns.iter().rev().take(8).map(|c| format!("{c:?}")).collect();
+                bail!("no matching connection within {timeout:?}; most recent entries:\n{}", last.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -228,9 +189,7 @@ impl Keel {
     pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         let addr = self.spec.admin_addr;
         let path = path.to_string();
-        sys::in_netns(&self.spec.node_netns, move || {
-            super::http::get(addr, &path, Duration::from_secs(10))
-        })
+        sys::in_netns(&self.spec.node_netns, move || super::http::get(addr, &path, Duration::from_secs(10)))
     }
 
     // ---- lifecycle -------------------------------------------------------------------------------------------
@@ -247,10 +206,7 @@ impl Keel {
             Some(s) => Ok(s),
             None => {
                 self.child.kill();
-                bail!(
-                    "keel did not exit within {TERM_TIMEOUT:?} of SIGTERM; log tail:\n{}",
-                    self.log_tail(40)
-                )
+                bail!("keel did not exit within {TERM_TIMEOUT:?} of SIGTERM; log tail:\n{}", self.log_tail(40))
             }
         }
     }
@@ -265,10 +221,7 @@ impl Drop for Keel {
         if self.child.try_wait().is_none() {
             let _ = self.child.signal(libc::SIGTERM);
             if self.child.wait_timeout(TERM_TIMEOUT).is_none() {
-                eprintln!(
-                    "keel lab: keel (pid {}) ignored SIGTERM for {TERM_TIMEOUT:?}; SIGKILL",
-                    self.pid()
-                );
+                eprintln!("keel lab: keel (pid {}) ignored SIGTERM for {TERM_TIMEOUT:?}; SIGKILL", self.pid());
                 self.child.kill();
             }
         }

@@ -136,8 +136,7 @@ impl Lab {
             failed: AtomicBool::new(false),
         };
         // From here on any error returns `lab`, whose Drop undoes the partial setup.
-        lab.setup()
-            .with_context(|| format!("setting up lab {}", lab.prefix))?;
+        lab.setup().with_context(|| format!("setting up lab {}", lab.prefix))?;
         Ok(lab)
     }
 
@@ -197,13 +196,7 @@ impl Lab {
     /// `iptables-save` inside a pod's network namespace (where the iptables backend puts its rules).
     pub fn iptables_save(&self, pod: &Pod) -> Result<String> {
         let mut cmd = Command::new("iptables-save");
-        let _fds = sys::place(
-            &mut cmd,
-            &sys::Placement {
-                netns: Some(&pod.netns_path),
-                cgroup: None,
-            },
-        )?;
+        let _fds = sys::place(&mut cmd, &sys::Placement { netns: Some(&pod.netns_path), cgroup: None })?;
         sys::run(&mut cmd)
     }
 
@@ -263,11 +256,7 @@ impl Lab {
         let logs = self.created.lock().map(|c| c.keel_logs.clone()).unwrap_or_default();
         for path in logs {
             let log = process::read_lossy(&path);
-            eprintln!(
-                "---- keel log tail: {} ----\n{}\n----",
-                path.display(),
-                tail(&log, 60)
-            );
+            eprintln!("---- keel log tail: {} ----\n{}\n----", path.display(), tail(&log, 60));
         }
     }
 }
@@ -282,33 +271,19 @@ impl Drop for Lab {
         step("killing lab processes", cgroup::kill_all(&self.cgroup_root));
         for node in &self.nodes {
             if node.bpffs.exists() {
-                step(
-                    &format!("removing bpffs dir {}", node.bpffs.display()),
-                    std::fs::remove_dir_all(&node.bpffs).map_err(Into::into),
-                );
+                step(&format!("removing bpffs dir {}", node.bpffs.display()), std::fs::remove_dir_all(&node.bpffs).map_err(Into::into));
             }
         }
-        let netns =
-            std::mem::take(&mut self.created.lock().unwrap_or_else(|e| e.into_inner()).netns);
+        let netns = std::mem::take(&mut self.created.lock().unwrap_or_else(|e| e.into_inner()).netns);
         for ns in netns.iter().rev() {
-            step(
-                &format!("deleting netns {ns}"),
-                sys::ip(&["netns", "del", ns]).map(drop),
-            );
+            step(&format!("deleting netns {ns}"), sys::ip(&["netns", "del", ns]).map(drop));
         }
         step("removing cgroups", cgroup::remove_tree(&self.cgroup_root));
         if std::thread::panicking() || self.failed.load(Ordering::Relaxed) {
             self.print_keel_logs();
-            eprintln!(
-                "keel lab {}: failed; logs kept in {}",
-                self.prefix,
-                self.dir.display()
-            );
+            eprintln!("keel lab {}: failed; logs kept in {}", self.prefix, self.dir.display());
         } else if self.dir.exists() {
-            step(
-                "removing temp dir",
-                std::fs::remove_dir_all(&self.dir).map_err(Into::into),
-            );
+            step("removing temp dir", std::fs::remove_dir_all(&self.dir).map_err(Into::into));
         }
     }
 }

@@ -23,26 +23,14 @@ pub fn new_prefix(test_name: &str) -> String {
 }
 
 pub fn prefix_for(pid: u32, seq: u32, test_name: &str) -> String {
-    let tag: String = test_name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .take(TAG_LEN)
-        .collect();
-    let tag = if tag.is_empty() {
-        "lab".to_string()
-    } else {
-        tag
-    };
+    let tag: String = test_name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).take(TAG_LEN).collect();
+    let tag = if tag.is_empty() { "lab".to_string() } else { tag };
     format!("k{pid}-{seq}-{tag}")
 }
 
 /// The pid a lab name (netns name, `keel-lab-<prefix>` dir) was created by, if it is one of ours.
 pub fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name
-        .strip_prefix("keel-lab-")
-        .unwrap_or(name)
-        .strip_prefix('k')?;
+    let rest = name.strip_prefix("keel-lab-").unwrap_or(name).strip_prefix('k')?;
     let (pid, rest) = rest.split_once('-')?;
     let (seq, _) = rest.split_once('-')?;
     if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
@@ -56,14 +44,8 @@ pub fn check_pod_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_POD_NAME {
         return Err(format!("pod name {name:?} must be 1..={MAX_POD_NAME} chars (netns names stay ≤ {MAX_NETNS_NAME})"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        || is_reserved(name)
-    {
-        return Err(format!(
-            "pod name {name:?} must be [a-z0-9-] and not \"node\", \"node<N>\" or \"{WIRE}\" (the lab's own namespaces)"
-        ));
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') || is_reserved(name) {
+        return Err(format!("pod name {name:?} must be [a-z0-9-] and not \"node\", \"node<N>\" or \"{WIRE}\" (the lab's own namespaces)"));
     }
     Ok(())
 }
@@ -83,10 +65,7 @@ pub fn node_netns(prefix: &str, index: usize, nodes: usize) -> String {
 
 /// Pod names that would collide with a node or wire namespace of the same lab.
 fn is_reserved(name: &str) -> bool {
-    name == WIRE
-        || name
-            .strip_prefix("node")
-            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+    name == WIRE || name.strip_prefix("node").is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

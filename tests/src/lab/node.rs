@@ -208,8 +208,7 @@ impl Lab {
 
     /// Builds one node: state dir, cgroups, namespace, bridge with the pods' gateway, forwarding on.
     pub(super) fn create_node(&self, node: &NodeLayout) -> Result<()> {
-        std::fs::create_dir_all(node.state_dir())
-            .with_context(|| format!("creating {}", node.state_dir().display()))?;
+        std::fs::create_dir_all(node.state_dir()).with_context(|| format!("creating {}", node.state_dir().display()))?;
         for cg in [node.keel_cgroup(), node.pods_cgroup()] {
             cgroup::create(&cg)?;
         }
@@ -327,11 +326,7 @@ impl Lab {
             dir: &self.dir,
             config_dir,
             listen,
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| NodeCredentials { name: n.name.clone(), token_file: n.token_file() })
-                .collect(),
+            nodes: self.nodes.iter().map(|n| NodeCredentials { name: n.name.clone(), token_file: n.token_file() }).collect(),
         })
     }
 }
@@ -342,7 +337,13 @@ mod tests {
 
     #[test]
     fn single_node_layout_is_the_historic_one() {
-        let [n] = &NodeLayout::plan("k1-2-t", 1, Path::new("/tmp/keel-lab-k1-2-t"), Path::new("/cg/keel-lab-k1-2-t"), Path::new("/sys/fs/bpf/keel-lab-k1-2-t"))[..] else {
+        let [n] = &NodeLayout::plan(
+            "k1-2-t",
+            1,
+            Path::new("/tmp/keel-lab-k1-2-t"),
+            Path::new("/cg/keel-lab-k1-2-t"),
+            Path::new("/sys/fs/bpf/keel-lab-k1-2-t"),
+        )[..] else {
             panic!("one node")
         };
         assert_eq!(n.netns, "k1-2-t-node");

@@ -61,7 +61,11 @@ pub fn parse(file: &[u8]) -> Result<Capture> {
     };
     let u32_at = |b: &[u8], at: usize| {
         let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if little { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }
+        if little {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        }
     };
     // The upper bits of the link-type field may carry FCS information.
     let linktype = u32_at(file, 20) & 0x0fff_ffff;
@@ -113,10 +117,7 @@ fn tcp_of(ip: &[u8]) -> Option<TcpSegment> {
         return None;
     }
     let addr = |ip_at: usize, port_at: usize| {
-        SocketAddrV4::new(
-            Ipv4Addr::new(ip[ip_at], ip[ip_at + 1], ip[ip_at + 2], ip[ip_at + 3]),
-            u16::from_be_bytes([tcp[port_at], tcp[port_at + 1]]),
-        )
+        SocketAddrV4::new(Ipv4Addr::new(ip[ip_at], ip[ip_at + 1], ip[ip_at + 2], ip[ip_at + 3]), u16::from_be_bytes([tcp[port_at], tcp[port_at + 1]]))
     };
     Some(TcpSegment {
         src: addr(12, 0),

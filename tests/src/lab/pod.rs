@@ -75,13 +75,7 @@ impl Pod {
         let (prog, args) = argv.split_first().context("empty argv")?;
         let mut cmd = Command::new(prog);
         cmd.args(args);
-        let fds = sys::place(
-            &mut cmd,
-            &Placement {
-                netns: Some(&self.netns_path),
-                cgroup: Some(&self.cgroup_path),
-            },
-        )?;
+        let fds = sys::place(&mut cmd, &Placement { netns: Some(&self.netns_path), cgroup: Some(&self.cgroup_path) })?;
         Ok((cmd, fds))
     }
 
@@ -97,11 +91,7 @@ impl Pod {
     /// Starts a server and returns once it printed `{"listening": ..}` (or fails with its output).
     pub fn spawn_server<S: AsRef<OsStr>>(&self, argv: &[S]) -> Result<ChildGuard> {
         let mut child = self.spawn(argv)?;
-        child.wait_for_line(SERVER_READY_TIMEOUT, |l| {
-            serde_json::from_str::<Value>(l)
-                .map(|v| v.get("listening").is_some())
-                .unwrap_or(false)
-        })?;
+        child.wait_for_line(SERVER_READY_TIMEOUT, |l| serde_json::from_str::<Value>(l).map(|v| v.get("listening").is_some()).unwrap_or(false))?;
         Ok(child)
     }
 
@@ -119,11 +109,7 @@ impl Pod {
 
     /// Runs `argv` and parses its last stdout line as JSON (whatever the exit status: podapp reports failures as
     /// JSON with `"ok": false`).
-    pub fn run_json_timeout<S: AsRef<OsStr>>(
-        &self,
-        argv: &[S],
-        timeout: Duration,
-    ) -> Result<Value> {
+    pub fn run_json_timeout<S: AsRef<OsStr>>(&self, argv: &[S], timeout: Duration) -> Result<Value> {
         let out = self.run_timeout(argv, timeout)?;
         process::last_json_line(&format!("{}: {}", self.name, program_name(argv)), &out)
     }
@@ -135,32 +121,18 @@ impl Pod {
     // ---- podapp conveniences -------------------------------------------------------------------------------
 
     fn podapp_argv(&self, args: &[String]) -> Vec<String> {
-        std::iter::once(self.podapp.to_string_lossy().into_owned())
-            .chain(args.iter().cloned())
-            .collect()
+        std::iter::once(self.podapp.to_string_lossy().into_owned()).chain(args.iter().cloned()).collect()
     }
 
     /// `podapp serve --port P --mode M [extra...]`, running until the guard drops.
     pub fn serve(&self, port: u16, mode: ServeMode, extra: &[&str]) -> Result<ChildGuard> {
-        let mut args = vec![
-            "serve".into(),
-            "--port".into(),
-            port.to_string(),
-            "--mode".into(),
-            mode.as_arg().into(),
-        ];
+        let mut args = vec!["serve".into(), "--port".into(), port.to_string(), "--mode".into(), mode.as_arg().into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_server(&self.podapp_argv(&args))
     }
 
     /// `podapp send`: the parsed result line (check `"ok"`).
-    pub fn send(
-        &self,
-        to: SocketAddr,
-        bytes: u64,
-        mode: ServeMode,
-        timeout: Duration,
-    ) -> Result<Value> {
+    pub fn send(&self, to: SocketAddr, bytes: u64, mode: ServeMode, timeout: Duration) -> Result<Value> {
         let args = vec![
             "send".into(),
             "--to".into(),
@@ -173,29 +145,13 @@ impl Pod {
             timeout.as_millis().to_string(),
         ];
         // The process deadline leaves room for podapp's own (idle) timeouts to fire and report first.
-        self.run_json_timeout(
-            &self.podapp_argv(&args),
-            timeout * 2 + Duration::from_secs(5),
-        )
+        self.run_json_timeout(&self.podapp_argv(&args), timeout * 2 + Duration::from_secs(5))
     }
 
     /// `podapp connect-loop`: the parsed result line.
-    pub fn connect_loop(
-        &self,
-        to: SocketAddr,
-        count: u32,
-        bytes: usize,
-        timeout: Duration,
-    ) -> Result<Value> {
-        let args = vec![
-            "connect-loop".into(),
-            "--to".into(),
-            to.to_string(),
-            "--count".into(),
-            count.to_string(),
-            "--bytes".into(),
-            bytes.to_string(),
-        ];
+    pub fn connect_loop(&self, to: SocketAddr, count: u32, bytes: usize, timeout: Duration) -> Result<Value> {
+        let args =
+            vec!["connect-loop".into(), "--to".into(), to.to_string(), "--count".into(), count.to_string(), "--bytes".into(), bytes.to_string()];
         self.run_json_timeout(&self.podapp_argv(&args), timeout)
     }
 
@@ -204,13 +160,7 @@ impl Pod {
     /// `podapp http-serve --port P --name NAME [extra...]` (HTTP/1.1 + h2c + gRPC echo; `extra` e.g.
     /// `["--fail-percent", "50", "--delay-ms", "100"]`), running until the guard drops.
     pub fn http_serve(&self, port: u16, name: &str, extra: &[&str]) -> Result<ChildGuard> {
-        let mut args = vec![
-            "http-serve".into(),
-            "--port".into(),
-            port.to_string(),
-            "--name".into(),
-            name.to_string(),
-        ];
+        let mut args = vec!["http-serve".into(), "--port".into(), port.to_string(), "--name".into(), name.to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         self.spawn_server(&self.podapp_argv(&args))
     }
@@ -226,10 +176,7 @@ impl Pod {
     }
 
     fn podapp_json(&self, sub: &str, args: &[&str], timeout: Duration) -> Result<Value> {
-        let args: Vec<String> = std::iter::once(sub)
-            .chain(args.iter().copied())
-            .map(String::from)
-            .collect();
+        let args: Vec<String> = std::iter::once(sub).chain(args.iter().copied()).map(String::from).collect();
         self.run_json_timeout(&self.podapp_argv(&args), timeout)
     }
 }
@@ -239,19 +186,7 @@ pub const HTTP_RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The program's file name and first argument, for messages ("podapp send").
 fn program_name<S: AsRef<OsStr>>(argv: &[S]) -> String {
-    let prog = argv.first().map(|p| {
-        std::path::Path::new(p.as_ref())
-            .file_name()
-            .unwrap_or(p.as_ref())
-            .to_string_lossy()
-            .into_owned()
-    });
-    let sub = argv
-        .get(1)
-        .map(|a| a.as_ref().to_string_lossy().into_owned());
-    [prog, sub]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let prog = argv.first().map(|p| std::path::Path::new(p.as_ref()).file_name().unwrap_or(p.as_ref()).to_string_lossy().into_owned());
+    let sub = argv.get(1).map(|a| a.as_ref().to_string_lossy().into_owned());
+    [prog, sub].into_iter().flatten().collect::<Vec<_>>().join(" ")
 }

@@ -44,26 +44,19 @@ fn check() -> Result<Machine, String> {
     }
     for prog in ["ip", "iptables", "iptables-save"] {
         if !sys::on_path(prog) {
-            missing.push(format!(
-                "`{prog}` not on PATH (apt-get install iproute2 iptables)"
-            ));
+            missing.push(format!("`{prog}` not on PATH (apt-get install iproute2 iptables)"));
         }
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let cgroup2 = mount_point(&mounts, "cgroup2");
     if cgroup2.is_none() {
-        missing.push(
-            "no cgroup2 filesystem in /proc/mounts (mount -t cgroup2 none /sys/fs/cgroup)"
-                .to_string(),
-        );
+        missing.push("no cgroup2 filesystem in /proc/mounts (mount -t cgroup2 none /sys/fs/cgroup)".to_string());
     }
     if !missing.is_empty() {
         return Err(missing.join("; "));
     }
     ensure_bpffs(&mounts)?;
-    let machine = Machine {
-        cgroup2: cgroup2.expect("checked above"),
-    };
+    let machine = Machine { cgroup2: cgroup2.expect("checked above") };
     super::sweep::sweep_stale(&machine);
     Ok(machine)
 }
@@ -107,10 +100,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -132,14 +122,8 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_generically() {
-        assert_eq!(
-            mount_point(MOUNTS, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            mount_point(MOUNTS, "tmpfs"),
-            Some(PathBuf::from("/mnt/a b"))
-        );
+        assert_eq!(mount_point(MOUNTS, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(mount_point(MOUNTS, "tmpfs"), Some(PathBuf::from("/mnt/a b")));
         assert_eq!(mount_point("", "cgroup2"), None);
         assert!(mounts_at(MOUNTS, "bpf", "/sys/fs/bpf"));
         assert!(!mounts_at(MOUNTS, "bpf", "/sys/fs/bpf/x"));

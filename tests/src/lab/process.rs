@@ -22,12 +22,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(name: impl Into<String>, child: Child, log: Option<PathBuf>) -> Self {
-        Self {
-            name: name.into(),
-            child,
-            log,
-            exited: None,
-        }
+        Self { name: name.into(), child, log, exited: None }
     }
 
     pub fn pid(&self) -> u32 {
@@ -87,29 +82,17 @@ impl ChildGuard {
     }
 
     /// Polls the log until a line satisfies `ready` (returning that line), failing early if the process exits.
-    pub fn wait_for_line(
-        &mut self,
-        timeout: Duration,
-        ready: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+    pub fn wait_for_line(&mut self, timeout: Duration, ready: impl Fn(&str) -> bool) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.log().lines().find(|l| ready(l)) {
                 return Ok(line.to_string());
             }
             if let Some(status) = self.try_wait() {
-                bail!(
-                    "{} exited ({status}) before it was ready; output:\n{}",
-                    self.name,
-                    tail(&self.log(), 40)
-                );
+                bail!("{} exited ({status}) before it was ready; output:\n{}", self.name, tail(&self.log(), 40));
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} not ready after {timeout:?}; output:\n{}",
-                    self.name,
-                    tail(&self.log(), 40)
-                );
+                bail!("{} not ready after {timeout:?}; output:\n{}", self.name, tail(&self.log(), 40));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -124,30 +107,17 @@ impl Drop for ChildGuard {
 
 /// Spawns `cmd` with stdout and stderr appended to `log`.
 pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<ChildGuard> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening log {}", log.display()))?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening log {}", log.display()))?;
     let err = out.try_clone()?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+    let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
     Ok(ChildGuard::new(name, child, Some(log.to_path_buf())))
 }
 
 /// Runs `cmd` to completion, capturing stdout and stderr; kills it and fails if it runs past `timeout`.
 /// A non-zero exit is NOT an error here (callers such as `podapp send` report failures as JSON).
 pub fn run_with_timeout(name: &str, cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawning {name}: {cmd:?}"))?;
     let mut guard = ChildGuard::new(name, child, None);
     // Pipes are drained on threads so a chatty child never blocks on a full pipe while we poll for its exit.
     let stdout = drain(guard.child.stdout.take());
@@ -165,11 +135,7 @@ pub fn run_with_timeout(name: &str, cmd: &mut Command, timeout: Duration) -> Res
             );
         }
     };
-    Ok(Output {
-        status,
-        stdout: join(stdout),
-        stderr: join(stderr),
-    })
+    Ok(Output { status, stdout: join(stdout), stderr: join(stderr) })
 }
 
 type Drain = Option<std::thread::JoinHandle<Vec<u8>>>;
@@ -189,9 +155,7 @@ fn join(d: Drain) -> Vec<u8> {
 }
 
 pub fn read_lossy(p: &Path) -> String {
-    std::fs::read(p)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// The last `n` lines of `s`.
@@ -203,11 +167,7 @@ pub fn tail(s: &str, n: usize) -> String {
 /// Parses the last JSON line a program printed (podapp prints exactly one result line).
 pub fn last_json_line(name: &str, out: &Output) -> Result<serde_json::Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     serde_json::from_str(line).with_context(|| {
         format!(
             "{name} ({}) printed no JSON result; stdout: {:?}; stderr: {}",

@@ -15,11 +15,7 @@ use std::process::Command;
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -44,12 +40,9 @@ pub struct Placement<'a> {
 /// until `spawn` returns.
 pub fn place(cmd: &mut Command, place: &Placement<'_>) -> Result<PlacementFds> {
     let procs = match place.cgroup {
-        Some(cg) => Some(
-            OpenOptions::new()
-                .write(true)
-                .open(cg.join("cgroup.procs"))
-                .with_context(|| format!("opening {}/cgroup.procs", cg.display()))?,
-        ),
+        Some(cg) => {
+            Some(OpenOptions::new().write(true).open(cg.join("cgroup.procs")).with_context(|| format!("opening {}/cgroup.procs", cg.display()))?)
+        }
         None => None,
     };
     let ns = match place.netns {
@@ -75,9 +68,7 @@ pub fn place(cmd: &mut Command, place: &Placement<'_>) -> Result<PlacementFds> {
             Ok(())
         });
     }
-    Ok(PlacementFds {
-        _fds: procs.into_iter().chain(ns).map(OwnedFd::from).collect(),
-    })
+    Ok(PlacementFds { _fds: procs.into_iter().chain(ns).map(OwnedFd::from).collect() })
 }
 
 /// Keeps the fds used by a `place`d command's `pre_exec` open until after `spawn`.
@@ -109,9 +100,7 @@ where
 pub fn netns_sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{key}");
     let value = value.to_string();
-    in_netns(netns, move || {
-        std::fs::write(&path, &value).with_context(|| format!("writing {path}"))
-    })
+    in_netns(netns, move || std::fs::write(&path, &value).with_context(|| format!("writing {path}")))
 }
 
 /// Sends a signal to a pid we started (never to a process name).
@@ -130,7 +119,5 @@ pub fn is_root() -> bool {
 
 /// Whether `prog` is an executable on PATH.
 pub fn on_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file())).unwrap_or(false)
 }

@@ -46,9 +46,7 @@ pub(super) fn create_switch(wire_netns: &str) -> Result<()> {
 pub(super) fn plug(wire_netns: &str, node: &NodeLayout) -> Result<()> {
     let ip = node.wire_ip.expect("only nodes of a multi-node lab are plugged into the wire");
     let port = format!("node{}", node.index);
-    sys::ip(&[
-        "-n", wire_netns, "link", "add", &port, "type", "veth", "peer", "name", NODE_UPLINK, "netns", &node.netns,
-    ])?;
+    sys::ip(&["-n", wire_netns, "link", "add", &port, "type", "veth", "peer", "name", NODE_UPLINK, "netns", &node.netns])?;
     sys::ip(&["-n", wire_netns, "link", "set", &port, "master", WIRE_BRIDGE, "up"])?;
     sys::ip(&["-n", &node.netns, "addr", "add", &format!("{ip}/24"), "dev", NODE_UPLINK])?;
     sys::ip(&["-n", &node.netns, "link", "set", NODE_UPLINK, "up"])?;

@@ -43,8 +43,7 @@ impl Lab {
         };
         let file = self.dir.join(format!("wire-{n}.pcap"));
         let mut cmd = std::process::Command::new("tcpdump");
-        cmd.args(["-i", wire::WIRE_BRIDGE, "-n", "-s", "0", "-B", "32768", "-U", "--immediate-mode", "-Z", "root", "-w"])
-            .arg(&file);
+        cmd.args(["-i", wire::WIRE_BRIDGE, "-n", "-s", "0", "-B", "32768", "-U", "--immediate-mode", "-Z", "root", "-w"]).arg(&file);
         let netns_path = Path::new("/var/run/netns").join(&netns);
         let _fds = sys::place(&mut cmd, &Placement { netns: Some(&netns_path), cgroup: Some(&cgroup) })?;
         let mut child = process::spawn_logged("tcpdump", &mut cmd, &self.dir.join(format!("wire-{n}.tcpdump.log")))?;

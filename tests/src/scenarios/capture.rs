@@ -35,26 +35,19 @@ pub fn outbound_captured(backend: Backend) {
         let mut total = 0;
         for bytes in [1, 64 * KIB, 50 * MIB] {
             let sent = send_ok(&client, dst, bytes, ServeMode::Echo)?;
-            expect_captured(&keel, &outbound_echo(&client, dst, &sent))
-                .with_context(|| format!("{bytes}-byte echo"))?;
+            expect_captured(&keel, &outbound_echo(&client, dst, &sent)).with_context(|| format!("{bytes}-byte echo"))?;
             total += bytes;
         }
         let after = keel.stats()?;
         expect_delta_at_least(&before, &after, "/connections/outbound/opened", 3)?;
         expect_delta_at_least(&before, &after, "/connections/outbound/bytes_sent", total)?;
-        expect_delta_at_least(
-            &before,
-            &after,
-            "/connections/outbound/bytes_received",
-            total,
-        )?;
+        expect_delta_at_least(&before, &after, "/connections/outbound/bytes_received", total)?;
         if backend == Backend::Ebpf {
             expect_delta_at_least(&before, &after, "/ebpf/connect4/captured", 3)?;
         }
         // The admin port serves the same counters.
         let (status, body) = keel.admin_get("/stats")?;
-        let admin: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("admin /stats ({status}) is not JSON: {body}"))?;
+        let admin: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("admin /stats ({status}) is not JSON: {body}"))?;
         if status != 200 || crate::lab::counter(&admin, "/connections/outbound/opened")? < 3 {
             bail!("admin /stats answered {status}: {body}");
         }
@@ -91,11 +84,7 @@ pub fn inbound_captured(backend: Backend) {
                 },
             )?;
             if c.source != sent.local {
-                bail!(
-                    "inbound entry source {} is not the client's address {}",
-                    c.source,
-                    sent.local
-                );
+                bail!("inbound entry source {} is not the client's address {}", c.source, sent.local);
             }
         }
         let after = keel.stats()?;
@@ -104,11 +93,7 @@ pub fn inbound_captured(backend: Backend) {
         if backend == Backend::Ebpf {
             expect_delta_at_least(&before, &after, "/ebpf/sk_lookup/captured", 2)?;
         }
-        expect_not_captured(
-            &keel,
-            "an outbound connection of a non-enrolled client",
-            |c| c.direction == "outbound",
-        )
+        expect_not_captured(&keel, "an outbound connection of a non-enrolled client", |c| c.direction == "outbound")
     })
 }
 
@@ -126,20 +111,12 @@ pub fn short_connections(backend: Backend) {
         let count = 2000;
         let r = client.connect_loop(server.addr(PORT), count, 16, Duration::from_secs(240))?;
         let max_ms = r["max_ms"].as_f64().unwrap_or(f64::MAX);
-        if r["ok"].as_u64() != Some(count as u64)
-            || r["failed"].as_u64() != Some(0)
-            || max_ms >= 1000.0
-        {
+        if r["ok"].as_u64() != Some(count as u64) || r["failed"].as_u64() != Some(0) || max_ms >= 1000.0 {
             bail!("{count} short connections: expected all ok with max < 1000 ms, got {r}");
         }
         eprintln!("short connections ({}): {r}", backend.as_arg());
         let after = keel.stats()?;
-        expect_delta_at_least(
-            &before,
-            &after,
-            "/connections/outbound/opened",
-            count as u64,
-        )?;
+        expect_delta_at_least(&before, &after, "/connections/outbound/opened", count as u64)?;
         expect_delta_at_least(&before, &after, "/connections/inbound/opened", count as u64)?;
         Ok(())
     })
@@ -156,14 +133,7 @@ pub fn exclusions(backend: Backend) {
         let app = lab.add_pod("app")?; // enrolled, has an excluded inbound port
         let keel = lab.start_keel(
             backend,
-            &[
-                "--exclude-outbound-port",
-                "9999",
-                "--exclude-outbound-cidr",
-                "10.244.0.200/32",
-                "--exclude-inbound-port",
-                "15021",
-            ],
+            &["--exclude-outbound-port", "9999", "--exclude-outbound-cidr", "10.244.0.200/32", "--exclude-inbound-port", "15021"],
         )?;
         keel.enroll(&client)?;
         keel.enroll(&app)?;
@@ -176,17 +146,13 @@ pub fn exclusions(backend: Backend) {
         let loopback: SocketAddr = "127.0.0.1:7070".parse()?;
 
         // Excluded traffic first, then controls: once a control shows up, anything captured before it has too.
-        send_ok(&client, server.addr(9999), 4 * KIB, ServeMode::Echo)
-            .context("excluded outbound port")?;
-        send_ok(&client, far.addr(PORT), 4 * KIB, ServeMode::Echo)
-            .context("excluded outbound CIDR")?;
-        send_ok(&server, app.addr(15021), 4 * KIB, ServeMode::Echo)
-            .context("excluded inbound port")?;
+        send_ok(&client, server.addr(9999), 4 * KIB, ServeMode::Echo).context("excluded outbound port")?;
+        send_ok(&client, far.addr(PORT), 4 * KIB, ServeMode::Echo).context("excluded outbound CIDR")?;
+        send_ok(&server, app.addr(15021), 4 * KIB, ServeMode::Echo).context("excluded inbound port")?;
         send_ok(&client, loopback, 4 * KIB, ServeMode::Echo).context("in-pod loopback")?;
 
         let out = send_ok(&client, server.addr(PORT), 2 * KIB, ServeMode::Echo)?;
-        expect_captured(&keel, &outbound_echo(&client, server.addr(PORT), &out))
-            .context("control outbound")?;
+        expect_captured(&keel, &outbound_echo(&client, server.addr(PORT), &out)).context("control outbound")?;
         let inb = send_ok(&server, app.addr(PORT), 2 * KIB, ServeMode::Echo)?;
         expect_captured(
             &keel,
@@ -203,22 +169,10 @@ pub fn exclusions(backend: Backend) {
 
         // Loopback is matched by port alone: whatever address keel would report it with, it must not be there.
         let excluded: [(&str, DstMatch); 4] = [
-            (
-                "traffic to the excluded outbound port 9999",
-                Box::new(|d| d == server.addr(9999).to_string()),
-            ),
-            (
-                "traffic to the excluded CIDR 10.244.0.200/32",
-                Box::new(|d| d.starts_with("10.244.0.200:")),
-            ),
-            (
-                "traffic to the excluded inbound port 15021",
-                Box::new(|d| d.ends_with(":15021")),
-            ),
-            (
-                "loopback traffic inside a pod",
-                Box::new(|d| d.ends_with(":7070")),
-            ),
+            ("traffic to the excluded outbound port 9999", Box::new(|d| d == server.addr(9999).to_string())),
+            ("traffic to the excluded CIDR 10.244.0.200/32", Box::new(|d| d.starts_with("10.244.0.200:"))),
+            ("traffic to the excluded inbound port 15021", Box::new(|d| d.ends_with(":15021"))),
+            ("loopback traffic inside a pod", Box::new(|d| d.ends_with(":7070"))),
         ];
         for (what, matches) in &excluded {
             expect_not_captured(&keel, what, |c| matches(&c.original_destination))?;
@@ -241,22 +195,13 @@ pub fn unenroll_stops_capture(backend: Backend) {
 
         keel.unenroll(&client)?;
         let before = keel.stats()?;
-        let second =
-            send_ok(&client, dst, 8 * KIB, ServeMode::Echo).context("right after unenroll")?;
+        let second = send_ok(&client, dst, 8 * KIB, ServeMode::Echo).context("right after unenroll")?;
         let port = second.local_port();
-        expect_not_captured(&keel, "a connection made after unenroll", |c| {
-            c.pod == client.qualified() && c.source_port() == port
-        })?;
+        expect_not_captured(&keel, "a connection made after unenroll", |c| c.pod == client.qualified() && c.source_port() == port)?;
         expect_unchanged(&before, &keel.stats()?, "/connections/outbound/opened")?;
         let pods = keel.pods()?;
-        if pods
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["name"] == client.name.as_str()))
-        {
-            bail!(
-                "\"pods\" still lists {} after unenroll: {pods}",
-                client.name
-            );
+        if pods.as_array().is_some_and(|p| p.iter().any(|p| p["name"] == client.name.as_str())) {
+            bail!("\"pods\" still lists {} after unenroll: {pods}", client.name);
         }
         Ok(())
     })
@@ -278,10 +223,7 @@ pub fn non_enrolled_untouched(backend: Backend) {
         send_ok(&b, a.addr(PORT), 64 * KIB, ServeMode::Echo)?;
         let ips = [a.ip.to_string(), b.ip.to_string()];
         let touches = |c: &crate::lab::Connection| {
-            ips.iter().any(|ip| {
-                c.source.starts_with(&format!("{ip}:"))
-                    || c.original_destination.starts_with(&format!("{ip}:"))
-            })
+            ips.iter().any(|ip| c.source.starts_with(&format!("{ip}:")) || c.original_destination.starts_with(&format!("{ip}:")))
         };
         expect_not_captured(&keel, "traffic between two non-enrolled pods", touches)?;
         let after = keel.stats()?;

@@ -76,20 +76,11 @@ pub fn vip_traffic_follows_config(source: Source) {
         for pod in [&t.client, &t.v1, &t.v2] {
             keel.enroll(pod)?;
         }
-        let _servers = [
-            t.v1.serve(8080, ServeMode::Echo, &[])?,
-            t.v2.serve(8080, ServeMode::Echo, &[])?,
-            t.v2.serve(9090, ServeMode::Echo, &[])?,
-        ];
+        let _servers = [t.v1.serve(8080, ServeMode::Echo, &[])?, t.v2.serve(8080, ServeMode::Echo, &[])?, t.v2.serve(9090, ServeMode::Echo, &[])?];
 
         // Enrollment is tied to the pod's Workload: identity from the config, not from the enroll request.
         let pods = keel.pods()?;
-        let entry = pods
-            .as_array()
-            .context("pods is a list")?
-            .iter()
-            .find(|p| p["name"] == "client")
-            .context("client is listed")?;
+        let entry = pods.as_array().context("pods is a list")?.iter().find(|p| p["name"] == "client").context("client is listed")?;
         if entry["workload"] != "Kubernetes//Pod/default/client" || entry["identity"] != CLIENT_IDENTITY {
             bail!("the enrolled pod is not tied to its Workload: {entry}");
         }
@@ -115,9 +106,7 @@ pub fn vip_traffic_follows_config(source: Source) {
             seen.insert(upstream);
         }
         // The destination side learned the client's identity from keel itself (no TLS inside the node).
-        let inbound = keel.wait_connection(RECORD_TIMEOUT, |c| {
-            c.direction == "inbound" && c.source.starts_with(&format!("{}:", t.client.ip))
-        })?;
+        let inbound = keel.wait_connection(RECORD_TIMEOUT, |c| c.direction == "inbound" && c.source.starts_with(&format!("{}:", t.client.ip)))?;
         if inbound.source_peer.identity.as_deref() != Some(CLIENT_IDENTITY) || inbound.policy.is_none() {
             bail!("the inbound side did not see the client's identity or decide policy: {inbound:?}");
         }
@@ -157,7 +146,8 @@ pub fn vip_traffic_follows_config(source: Source) {
         eprintln!("config change reached the data path {switched:?} after the write");
 
         // A broken edit is refused naming the field; the last good service stays in force.
-        let broken = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: eighty}]}\n";
+        let broken =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{port: eighty}]}\n";
         objects.pop();
         objects.push(broken.into());
         mesh_config::write(&config_dir, "mesh.yaml", &objects)?;

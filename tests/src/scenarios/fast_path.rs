@@ -18,23 +18,15 @@ pub fn fast_path_bulk_correct() {
         keel.enroll(&client)?;
         keel.enroll(&server)?;
         let _echo = server.serve(ECHO_PORT, ServeMode::Echo, &[])?;
-        let _sink = server.serve(
-            SINK_PORT,
-            ServeMode::Sink,
-            &["--read-delay-ms", "1", "--read-chunk", "16384"],
-        )?;
+        let _sink = server.serve(SINK_PORT, ServeMode::Sink, &["--read-delay-ms", "1", "--read-chunk", "16384"])?;
         for on in [true, false] {
             keel.set_fast_path(on)?;
             let stats = keel.stats()?;
             if stats["fast_path"] != on {
-                bail!(
-                    "after {{\"fast_path\": {on}}} stats say fast_path = {}",
-                    stats["fast_path"]
-                );
+                bail!("after {{\"fast_path\": {on}}} stats say fast_path = {}", stats["fast_path"]);
             }
             let label = if on { "fast path on" } else { "fast path off" };
-            let echo =
-                send_ok(&client, server.addr(ECHO_PORT), MIB, ServeMode::Echo).context(label)?;
+            let echo = send_ok(&client, server.addr(ECHO_PORT), MIB, ServeMode::Echo).context(label)?;
             expect_captured(
                 &keel,
                 &Expect {
@@ -48,8 +40,8 @@ pub fn fast_path_bulk_correct() {
             )
             .context(label)?;
             let before = keel.stats()?;
-            let bulk = send_ok(&client, server.addr(SINK_PORT), 20 * MIB, ServeMode::Sink)
-                .with_context(|| format!("20 MiB to a slow reader, {label}"))?;
+            let bulk =
+                send_ok(&client, server.addr(SINK_PORT), 20 * MIB, ServeMode::Sink).with_context(|| format!("20 MiB to a slow reader, {label}"))?;
             let after = keel.stats()?;
             // The bulk transfer went through the splice when it is on, and around it when it is off: otherwise the
             // "fast path on" half would pass with the fast path silently off (the bytes arrive either way).

@@ -70,9 +70,7 @@ impl Probe<'_> {
         let out = self.pod.run_timeout(&argv, Duration::from_secs(20))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).with_context(|| {
-            format!("hbone_probe printed no JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
-        })
+        serde_json::from_str(line).with_context(|| format!("hbone_probe printed no JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
     }
 }
 
@@ -92,10 +90,8 @@ pub fn independent_client_speaks_hbone_to_keel() {
         let good = issue(lab, &ca_dir, "cluster.local", PROBE_IDENTITY, "probe-creds")?;
         let foreign = issue(lab, &ca_dir, "other.local", "spiffe://other.local/ns/default/sa/probe", "foreign-creds")?;
         let config_dir = lab.dir().join("mesh");
-        let mut objects = vec![
-            mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
-            mesh_config::pod_object(&probe_pod, "probe", &[("app", "probe")]),
-        ];
+        let mut objects =
+            vec![mesh_config::pod_object(&server, "echo", &[("app", "echo")]), mesh_config::pod_object(&probe_pod, "probe", &[("app", "probe")])];
         mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
         let (config, ca) = (config_dir.display().to_string(), ca_dir.display().to_string());
         let keel = lab.start_keel(Backend::Ebpf, &["--config-dir", &config, "--ca-dir", &ca])?;
@@ -111,9 +107,8 @@ pub fn independent_client_speaks_hbone_to_keel() {
         if ok["echo_ok"] != true || ok["alpn"] != "h2" || ok["tls_version"] != "TLSv1.3" || ok["server_identity"] != SERVER_IDENTITY {
             bail!("the tunnel or the handshake is not as the reference says: {ok}");
         }
-        let record = keel.wait_connection(RECORD_TIMEOUT, |c| {
-            c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.response_status == Some(200)
-        })?;
+        let record = keel
+            .wait_connection(RECORD_TIMEOUT, |c| c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.response_status == Some(200))?;
         if record.source_peer.identity.as_deref() != Some(PROBE_IDENTITY) || !record.mutual_tls || record.bytes_sent == 0 {
             bail!("keel's record does not carry the client's verified identity: {record:?}");
         }
@@ -169,7 +164,10 @@ pub fn independent_client_speaks_hbone_to_keel() {
         expect_status(&probe.run(&hbone, &app, "CONNECT", Some(&good))?, 401, "a DENY policy for the probe")?;
         let denied = since.wait_connection("401 answer to the probe", |c| c.response_status == Some(401))?;
         let decision = "denied by DENY policy default/deny-probe";
-        if denied.policy.as_deref() != Some(decision) || denied.error.as_deref() != Some(decision) || denied.source_peer.identity.as_deref() != Some(PROBE_IDENTITY) {
+        if denied.policy.as_deref() != Some(decision)
+            || denied.error.as_deref() != Some(decision)
+            || denied.source_peer.identity.as_deref() != Some(PROBE_IDENTITY)
+        {
             bail!("the denial does not name the policy ({decision}) and the probe's identity: {denied:?}");
         }
         since.expect_refused("policy", 1)?;

@@ -120,13 +120,20 @@ pub fn hostile_peers_are_bounded() {
         let fds_before = open_fds(&keels[1])?;
 
         // 1. 400 idle connections to the pod's 15008 from one address outside the mesh.
-        let flood = spawn_script(&attacker, "flood.py", vec!["--to".into(), target.clone(), "--count".into(), "400".into(), "--hold".into(), "6".into()], Duration::from_secs(60));
+        let flood = spawn_script(
+            &attacker,
+            "flood.py",
+            vec!["--to".into(), target.clone(), "--count".into(), "400".into(), "--hold".into(), "6".into()],
+            Duration::from_secs(60),
+        );
         let transfers = keep_talking(&client, &server, || flood.is_finished())?;
         let flood = join(flood)?;
         let count = |field: &str| flood[field].as_u64().unwrap_or(0);
         let held = count("later");
         // Beyond the limit a connection is reset at accept: the client sees it fail at connect() or at once after.
-        if count("connected") + count("refused") != 400 || flood["still_open"] != 0 || held > HANDSHAKES_PER_SOURCE
+        if count("connected") + count("refused") != 400
+            || flood["still_open"] != 0
+            || held > HANDSHAKES_PER_SOURCE
             || count("early") + count("refused") < 400 - HANDSHAKES_PER_SOURCE
         {
             bail!("idle flood: keel did not refuse beyond {HANDSHAKES_PER_SOURCE} handshakes per source and close the rest: {flood}");
@@ -136,12 +143,20 @@ pub fn hostile_peers_are_bounded() {
         }
         let (at_accept, timed_out) = (refused(&keels[1], "source_handshake_limit")?, refused(&keels[1], "hbone_handshake_timeout")?);
         if at_accept < 400 - HANDSHAKES_PER_SOURCE || timed_out < held {
-            bail!("idle flood: refusals not counted by reason (source_handshake_limit {at_accept}, hbone_handshake_timeout {timed_out}): {}", keels[1].stats()?);
+            bail!(
+                "idle flood: refusals not counted by reason (source_handshake_limit {at_accept}, hbone_handshake_timeout {timed_out}): {}",
+                keels[1].stats()?
+            );
         }
         eprintln!("idle flood: {flood}; {transfers} legitimate transfers meanwhile");
 
         // 2. Handshakes that start and never finish.
-        let partial = spawn_script(&attacker, "flood.py", vec!["--to".into(), target.clone(), "--count".into(), "15".into(), "--hold".into(), "5".into(), "--partial-tls".into()], Duration::from_secs(60));
+        let partial = spawn_script(
+            &attacker,
+            "flood.py",
+            vec!["--to".into(), target.clone(), "--count".into(), "15".into(), "--hold".into(), "5".into(), "--partial-tls".into()],
+            Duration::from_secs(60),
+        );
         keep_talking(&client, &server, || partial.is_finished())?;
         let partial = join(partial)?;
         if partial["still_open"] != 0 || partial["latest_close_s"].as_f64().unwrap_or(99.0) > 3.5 {
@@ -156,7 +171,8 @@ pub fn hostile_peers_are_bounded() {
             let answer = probe.run(&target, &format!("{}:{port}", server.ip), "CONNECT", Some(&probe_creds))?;
             expect_status(&answer, 400, &format!("CONNECT to keel's port {port}"))?;
         }
-        let record = keels[1].wait_connection(RECORD_TIMEOUT, |c| c.response_status == Some(400) && c.error.as_deref().is_some_and(|e| e.contains("keel's own")))?;
+        let record = keels[1]
+            .wait_connection(RECORD_TIMEOUT, |c| c.response_status == Some(400) && c.error.as_deref().is_some_and(|e| e.contains("keel's own")))?;
         if refused(&keels[1], "keel_port")? < before + 6 {
             bail!("CONNECTs to keel's ports were not counted as keel_port refusals: {} (record {record:?})", keels[1].stats()?);
         }
@@ -218,7 +234,12 @@ pub fn hostile_peers_are_bounded() {
         }
 
         // 6. Slowloris: request heads trickled to the L7 engine one byte every half second.
-        let slow = spawn_script(&client, "flood.py", vec!["--to".into(), format!("{WEB_VIP}:80"), "--count".into(), "10".into(), "--hold".into(), "8".into(), "--slow-http".into()], Duration::from_secs(60));
+        let slow = spawn_script(
+            &client,
+            "flood.py",
+            vec!["--to".into(), format!("{WEB_VIP}:80"), "--count".into(), "10".into(), "--hold".into(), "8".into(), "--slow-http".into()],
+            Duration::from_secs(60),
+        );
         keep_talking(&client, &server, || slow.is_finished())?;
         let slow = join(slow)?;
         if slow["connected"] != 10 || slow["still_open"] != 0 || slow["latest_close_s"].as_f64().unwrap_or(99.0) > 4.0 {
@@ -227,7 +248,12 @@ pub fn hostile_peers_are_bounded() {
 
         // 7. One pod holds more connections than its cap: the excess is reset at accept and counted; another pod
         //    of the node (the attacker, outside the mesh, talking plaintext) is not held up by it.
-        let hog = spawn_script(&client, "flood.py", vec!["--to".into(), server.addr(PORT + 1).to_string(), "--count".into(), "100".into(), "--hold".into(), "3".into()], Duration::from_secs(60));
+        let hog = spawn_script(
+            &client,
+            "flood.py",
+            vec!["--to".into(), server.addr(PORT + 1).to_string(), "--count".into(), "100".into(), "--hold".into(), "3".into()],
+            Duration::from_secs(60),
+        );
         let _idle = server.serve(PORT + 1, ServeMode::Echo, &[])?;
         let hog = join(hog)?;
         let capped = refused(&keels[0], "pod_connection_limit")?;
@@ -240,10 +266,9 @@ pub fn hostile_peers_are_bounded() {
         //    new one comes.
         let held = {
             let probe_pod = attacker.clone();
-            let (script, ca, creds, target, app) = (probe.script.clone(), probe.ca.clone(), probe_creds.clone(), target.clone(), server.addr(PORT).to_string());
-            std::thread::spawn(move || {
-                Probe { pod: &probe_pod, script, ca }.run_with(&target, &app, "CONNECT", Some(&creds), &["--hold", "6"])
-            })
+            let (script, ca, creds, target, app) =
+                (probe.script.clone(), probe.ca.clone(), probe_creds.clone(), target.clone(), server.addr(PORT).to_string());
+            std::thread::spawn(move || Probe { pod: &probe_pod, script, ca }.run_with(&target, &app, "CONNECT", Some(&creds), &["--hold", "6"]))
         };
         std::thread::sleep(Duration::from_millis(1500));
         keels[1].unenroll(&server)?;

@@ -23,20 +23,14 @@ pub fn restart_resumes_capture(backend: Backend) {
         captured_echo(&keel, &client, dst, 4 * KIB).context("before the crash")?;
 
         keel.kill9();
-        let keel = lab
-            .start_keel(backend, &[])
-            .context("restarting keel after kill -9")?;
+        let keel = lab.start_keel(backend, &[]).context("restarting keel after kill -9")?;
         let ready = Instant::now();
         // Poll: the first attempts may race keel's last steps; each try is short so we can see the 1 s bound.
         let mut attempts = Vec::new();
         let sent = loop {
             let v = client.send(dst, 4 * KIB, ServeMode::Echo, Duration::from_millis(500))?;
             if v["ok"] == true {
-                break Sent {
-                    bytes: 4 * KIB,
-                    local: v["local"].as_str().unwrap_or_default().into(),
-                    json: v,
-                };
+                break Sent { bytes: 4 * KIB, local: v["local"].as_str().unwrap_or_default().into(), json: v };
             }
             attempts.push(v);
             if ready.elapsed() > RESUME_WITHIN {
@@ -62,14 +56,8 @@ pub fn restart_resumes_capture(backend: Backend) {
         .context("first connection after the restart")?;
         let pods = keel.pods()?;
         for p in [&client, &server] {
-            if !pods
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["name"] == p.name.as_str()))
-            {
-                bail!(
-                    "restarted keel did not re-enroll {} from its state dir: pods = {pods}",
-                    p.name
-                );
+            if !pods.as_array().is_some_and(|a| a.iter().any(|e| e["name"] == p.name.as_str())) {
+                bail!("restarted keel did not re-enroll {} from its state dir: pods = {pods}", p.name);
             }
         }
         // The server side is captured again too (re-enrolled inbound).
@@ -107,20 +95,11 @@ pub fn sigterm_cleans_up(backend: Backend) {
 
         let status = keel.terminate()?;
         if status.code() != Some(0) {
-            bail!(
-                "keel exited with {status} after SIGTERM (expected 0); log tail:\n{}",
-                keel.log_tail(40)
-            );
+            bail!("keel exited with {status} after SIGTERM (expected 0); log tail:\n{}", keel.log_tail(40));
         }
         if lab.bpffs_dir().exists() {
-            let left: Vec<_> = std::fs::read_dir(lab.bpffs_dir())?
-                .flatten()
-                .map(|e| e.file_name())
-                .collect();
-            bail!(
-                "bpffs dir {} still exists after SIGTERM: {left:?}",
-                lab.bpffs_dir().display()
-            );
+            let left: Vec<_> = std::fs::read_dir(lab.bpffs_dir())?.flatten().map(|e| e.file_name()).collect();
+            bail!("bpffs dir {} still exists after SIGTERM: {left:?}", lab.bpffs_dir().display());
         }
         for pod in [&client, &server] {
             expect_no_keel_rules(lab, pod)?;
@@ -130,8 +109,7 @@ pub fn sigterm_cleans_up(backend: Backend) {
         if attached.contains("keel") {
             bail!("programs still attached to {} after SIGTERM:\n{attached}", lab.cgroup_root().display());
         }
-        send_ok(&client, server.addr(PORT), MIB, ServeMode::Echo)
-            .context("direct traffic after keel stopped")?;
+        send_ok(&client, server.addr(PORT), MIB, ServeMode::Echo).context("direct traffic after keel stopped")?;
         Ok(())
     })
 }

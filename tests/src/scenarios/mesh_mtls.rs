@@ -38,8 +38,11 @@ fn hbone_denied(keels: &[Keel], client: &Pod, to: SocketAddr, policy: &str, what
     let client_side = Since::now(&keels[0])?;
     let client_ip = client.ip.to_string();
     let recorded = |c: &Connection| {
-        c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.response_status == Some(401)
-            && c.source_peer.identity.as_deref() == Some(CLIENT_ID) && c.original_destination == to.to_string()
+        c.direction == "inbound"
+            && c.path.as_deref() == Some("hbone")
+            && c.response_status == Some(401)
+            && c.source_peer.identity.as_deref() == Some(CLIENT_ID)
+            && c.original_destination == to.to_string()
             && c.policy.as_deref() == Some(policy)
     };
     let why = Refusal { counted: "policy", record: &format!("inbound HBONE stream answered 401, decided \"{policy}\""), recorded: &recorded };
@@ -107,15 +110,12 @@ pub fn cross_node_mtls_and_policies() {
         if !wire.saw_tcp_port(15008) || wire.tcp_bytes_to_port(15008) < MIB {
             bail!("the transfer did not cross the wire as HBONE on 15008:\n{}", wire.summary());
         }
-        let outbound = keels[0].wait_connection(RECORD_TIMEOUT, |c| {
-            c.direction == "outbound" && c.source_port() == sent.local_port()
-        })?;
+        let outbound = keels[0].wait_connection(RECORD_TIMEOUT, |c| c.direction == "outbound" && c.source_port() == sent.local_port())?;
         if outbound.path.as_deref() != Some("hbone") || !outbound.mutual_tls || outbound.bytes_sent != MIB {
             bail!("node 0's keel did not carry the connection over HBONE: {outbound:?}");
         }
-        let inbound = keels[1].wait_connection(RECORD_TIMEOUT, |c| {
-            c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.bytes_sent == MIB
-        })?;
+        let inbound =
+            keels[1].wait_connection(RECORD_TIMEOUT, |c| c.direction == "inbound" && c.path.as_deref() == Some("hbone") && c.bytes_sent == MIB)?;
         if inbound.source_peer.identity.as_deref() != Some(CLIENT_ID) || inbound.destination_peer.identity.as_deref() != Some(SERVER_ID) {
             bail!("node 1's keel did not see the client's SPIFFE identity: {inbound:?}");
         }
@@ -152,7 +152,10 @@ pub fn cross_node_mtls_and_policies() {
         let outsider_at = format!("{}:", outsider.ip);
         let strict_denied = format!("denied by DENY policy {STRICT_POLICY}");
         let plaintext_denied = |c: &Connection| {
-            c.direction == "inbound" && c.source.starts_with(&outsider_at) && !c.mutual_tls && c.source_peer.identity.is_none()
+            c.direction == "inbound"
+                && c.source.starts_with(&outsider_at)
+                && !c.mutual_tls
+                && c.source_peer.identity.is_none()
                 && c.policy.as_deref() == Some(strict_denied.as_str())
         };
         let why = Refusal { counted: "policy", record: "inbound plaintext connection denied by the STRICT policy", recorded: &plaintext_denied };

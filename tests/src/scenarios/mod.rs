@@ -9,8 +9,8 @@ pub mod control_plane;
 pub mod fast_path;
 pub mod hbone_wire;
 pub mod hostile;
-pub mod mesh_mtls;
 pub mod lifecycle;
+pub mod mesh_mtls;
 pub mod robustness;
 pub mod selftest;
 pub mod traffic_management;
@@ -104,17 +104,9 @@ impl Sent {
 pub fn send_ok(from: &Pod, to: SocketAddr, bytes: u64, mode: ServeMode) -> Result<Sent> {
     let v = from.send(to, bytes, mode, IO_TIMEOUT)?;
     if v["ok"] != Value::Bool(true) {
-        bail!(
-            "{} -> {to}: {bytes}-byte {} transfer failed: {v}",
-            from.name,
-            mode.as_arg()
-        );
+        bail!("{} -> {to}: {bytes}-byte {} transfer failed: {v}", from.name, mode.as_arg());
     }
-    Ok(Sent {
-        bytes,
-        local: v["local"].as_str().unwrap_or_default().to_string(),
-        json: v,
-    })
+    Ok(Sent { bytes, local: v["local"].as_str().unwrap_or_default().to_string(), json: v })
 }
 
 /// What a keel connection entry must look like.
@@ -158,9 +150,8 @@ impl Expect<'_> {
 
 /// Waits for keel to list the connection `e` describes and checks its byte counts and error.
 pub fn expect_captured(keel: &Keel, e: &Expect<'_>) -> Result<Connection> {
-    let c = keel
-        .wait_connection(RECORD_TIMEOUT, |c| e.identifies(c))
-        .with_context(|| format!("keel did not record the expected connection {e:?}"))?;
+    let c =
+        keel.wait_connection(RECORD_TIMEOUT, |c| e.identifies(c)).with_context(|| format!("keel did not record the expected connection {e:?}"))?;
     if c.bytes_sent != e.bytes_sent || e.bytes_received.is_some_and(|b| b != c.bytes_received) {
         bail!("keel recorded wrong byte counts: {c:?}, expected {e:?}");
     }
@@ -171,11 +162,7 @@ pub fn expect_captured(keel: &Keel, e: &Expect<'_>) -> Result<Connection> {
 }
 
 /// After [`SETTLE`], fails if keel lists any connection matching `pred` (`what` describes it).
-pub fn expect_not_captured(
-    keel: &Keel,
-    what: &str,
-    pred: impl Fn(&Connection) -> bool,
-) -> Result<()> {
+pub fn expect_not_captured(keel: &Keel, what: &str, pred: impl Fn(&Connection) -> bool) -> Result<()> {
     std::thread::sleep(SETTLE);
     if let Some(c) = keel.connections()?.iter().find(|c| pred(c)) {
         bail!("keel captured {what}, which it must not: {c:?}");
@@ -307,7 +294,11 @@ impl<'k> Since<'k> {
             let d = crate::lab::refused(&after, other)?.saturating_sub(crate::lab::refused(&self.stats, other)?);
             let want = if other == reason { n } else { 0 };
             if d != want {
-                bail!("keel counted {d} more refusals for {other:?}, expected {want} ({n} for {reason:?} only); refused before: {}, after: {}", self.stats["refused"], after["refused"]);
+                bail!(
+                    "keel counted {d} more refusals for {other:?}, expected {want} ({n} for {reason:?} only); refused before: {}, after: {}",
+                    self.stats["refused"],
+                    after["refused"]
+                );
             }
         }
         Ok(())

@@ -33,25 +33,12 @@ impl Footprint {
     }
 
     fn leftovers(&self, expect_dir_gone: bool) -> Vec<String> {
-        let mut left: Vec<String> = self
-            .netns
-            .iter()
-            .chain([&self.cgroup])
-            .chain(&self.bpffs)
-            .filter(|p| p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
+        let mut left: Vec<String> =
+            self.netns.iter().chain([&self.cgroup]).chain(&self.bpffs).filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
         let listed = command_output("ip", &["netns", "list"]);
         for ns in &self.netns {
-            let name = ns
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name.as_str()))
-            {
+            let name = ns.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if listed.lines().any(|l| l.split_whitespace().next() == Some(name.as_str())) {
                 left.push(format!("ip netns {name}"));
             }
         }
@@ -59,18 +46,9 @@ impl Footprint {
         // links in this namespace (the lab makes its veths inside its namespaces, so none should ever be here).
         let own = format!("{}-", self.prefix);
         left.extend(
-            listed
-                .lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .filter(|n| n.starts_with(&own))
-                .map(|n| format!("ip netns {n} (by prefix)")),
+            listed.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(&own)).map(|n| format!("ip netns {n} (by prefix)")),
         );
-        left.extend(
-            command_output("ip", &["-o", "link", "show"])
-                .lines()
-                .filter(|l| l.contains(&self.prefix))
-                .map(|l| format!("link {l}")),
-        );
+        left.extend(command_output("ip", &["-o", "link", "show"]).lines().filter(|l| l.contains(&self.prefix)).map(|l| format!("link {l}")));
         if expect_dir_gone && self.dir.exists() {
             left.push(self.dir.display().to_string());
         }
@@ -79,11 +57,7 @@ impl Footprint {
 }
 
 fn command_output(prog: &str, args: &[&str]) -> String {
-    std::process::Command::new(prog)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    std::process::Command::new(prog).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 fn same_netns(pid: u32, netns: &Path) -> Result<bool> {
@@ -102,11 +76,7 @@ pub fn lab_self_test() {
         footprint = Some(Footprint::of(lab, &[&client, &server, &far]));
 
         let srv = server.serve(8080, ServeMode::Echo, &[])?;
-        let _sink = server.serve(
-            9090,
-            ServeMode::Sink,
-            &["--read-delay-ms", "1", "--read-chunk", "16384"],
-        )?;
+        let _sink = server.serve(9090, ServeMode::Sink, &["--read-delay-ms", "1", "--read-chunk", "16384"])?;
         let _far = far.serve(8080, ServeMode::Echo, &[])?;
 
         // The server runs inside the pod: its netns and its cgroup.
@@ -115,25 +85,16 @@ pub fn lab_self_test() {
         }
         let procs = std::fs::read_to_string(server.cgroup_path.join("cgroup.procs"))?;
         if !procs.lines().any(|l| l.trim() == srv.pid().to_string()) {
-            bail!(
-                "server pid {} not in {}: {procs:?}",
-                srv.pid(),
-                server.cgroup_path.display()
-            );
+            bail!("server pid {} not in {}: {procs:?}", srv.pid(), server.cgroup_path.display());
         }
 
         let sent = send_ok(&client, server.addr(8080), MIB, ServeMode::Echo)?;
         let want = crate::payload::payload_sha256(1, MIB);
         if sent.json["sha256"] != want.as_str() || sent.json["received"] != MIB {
-            bail!(
-                "echo result does not match the deterministic payload: {}",
-                sent.json
-            );
+            bail!("echo result does not match the deterministic payload: {}", sent.json);
         }
         // Direct (no keel): the client's address is its pod address, and the server saw it as the peer.
-        if !sent.local.starts_with(&format!("{}:", client.ip))
-            || sent.json["peer"] != server.addr(8080).to_string()
-        {
+        if !sent.local.starts_with(&format!("{}:", client.ip)) || sent.json["peer"] != server.addr(8080).to_string() {
             bail!("unexpected addresses: {}", sent.json);
         }
         // The biggest transfer the suites use, across the veths: podapp itself must not be the bottleneck.
@@ -141,21 +102,12 @@ pub fn lab_self_test() {
         eprintln!("50 MiB echo, direct: {} ms", big.json["duration_ms"]);
         let sunk = send_ok(&client, server.addr(9090), 2 * MIB, ServeMode::Sink)?;
         if sunk.json["server"]["peer"] != sunk.local.as_str() {
-            bail!(
-                "sink saw peer {} but the client was {}",
-                sunk.json["server"]["peer"],
-                sunk.local
-            );
+            bail!("sink saw peer {} but the client was {}", sunk.json["server"]["peer"], sunk.local);
         }
         send_ok(&client, far.addr(8080), 1, ServeMode::Echo).context("pod at 10.244.0.200")?;
         // In-pod loopback.
         let _own = client.serve(7070, ServeMode::Echo, &[])?;
-        send_ok(
-            &client,
-            "127.0.0.1:7070".parse()?,
-            64 * KIB,
-            ServeMode::Echo,
-        )?;
+        send_ok(&client, "127.0.0.1:7070".parse()?, 64 * KIB, ServeMode::Echo)?;
 
         let r = client.connect_loop(server.addr(8080), 200, 16, Duration::from_secs(60))?;
         if r["ok"] != 200 || r["failed"] != 0 {
@@ -170,10 +122,7 @@ pub fn lab_self_test() {
         let t = std::time::Instant::now();
         let err = client.run_timeout(&["sleep", "30"], Duration::from_millis(300));
         if err.is_ok() || t.elapsed() > Duration::from_secs(5) {
-            bail!(
-                "run_timeout did not enforce its deadline: {err:?} after {:?}",
-                t.elapsed()
-            );
+            bail!("run_timeout did not enforce its deadline: {err:?} after {:?}", t.elapsed());
         }
         Ok(())
     });
@@ -203,20 +152,14 @@ pub fn lab_cleans_up_after_panic() {
     assert!(left.is_empty(), "lab left behind after a panic: {left:?}");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Killed by the lab's cgroup kill. Its Child was forgotten, so nobody reaps it: a zombie ("Z") is fine.
-    assert!(
-        stat.is_empty() || stat.contains(") Z "),
-        "server pid {pid} still running: {stat}"
-    );
+    assert!(stat.is_empty() || stat.contains(") Z "), "server pid {pid} still running: {stat}");
 }
 
 // ---- multi-node labs ---------------------------------------------------------------------------------------------
 
 /// The TCP segments of `cap` from `from` to `to` carrying data.
 fn data_segments(cap: &CapturedBytes, from: &Pod, to: SocketAddr) -> usize {
-    cap.tcp
-        .iter()
-        .filter(|s| *s.src.ip() == from.ip && SocketAddr::V4(s.dst) == to && !s.payload.is_empty())
-        .count()
+    cap.tcp.iter().filter(|s| *s.src.ip() == from.ip && SocketAddr::V4(s.dst) == to && !s.payload.is_empty()).count()
 }
 
 /// Two nodes without keel: a pod on node 0 reaches a pod on node 1 across the wire (routed, not NATed), the wire
@@ -239,7 +182,13 @@ pub fn two_node_lab_self_test() {
         }
         let (root0, root1) = (lab.node(0).cgroup_root(), lab.node(1).cgroup_root());
         if !client.cgroup_path.starts_with(root0) || server.cgroup_path.starts_with(root0) || !server.cgroup_path.starts_with(root1) {
-            bail!("pod cgroups {} / {} vs node roots {} / {}", client.cgroup_path.display(), server.cgroup_path.display(), root0.display(), root1.display());
+            bail!(
+                "pod cgroups {} / {} vs node roots {} / {}",
+                client.cgroup_path.display(),
+                server.cgroup_path.display(),
+                root0.display(),
+                root1.display()
+            );
         }
 
         let _srv = server.serve(8080, ServeMode::Echo, &[])?;
@@ -374,11 +323,8 @@ pub fn two_node_keels_follow_one_control_plane() {
             if !pods.contains(&own.name) || pods.contains(&format!("\"{}\"", other.name)) {
                 bail!("keel {} lists pods {pods}", keel.api_socket().display());
             }
-            expect_not_captured(keel, &format!("a connection of {}, a pod of another node", other.qualified()), |c| {
-                c.pod == other.qualified()
-            })?;
+            expect_not_captured(keel, &format!("a connection of {}, a pod of another node", other.qualified()), |c| c.pod == other.qualified())?;
         }
         Ok(())
     });
 }
-

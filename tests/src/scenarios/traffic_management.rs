@@ -114,12 +114,8 @@ pub fn virtual_services_and_destination_rules_take_effect() {
         keels[0].enroll(&client)?;
         keels[1].enroll(&v1)?;
         keels[1].enroll(&v2)?;
-        let _servers = [
-            v1.http_serve(8080, "v1", &[])?,
-            v2.http_serve(8080, "v2", &[])?,
-            v1.http_serve(9090, "v1", &[])?,
-            v2.http_serve(9090, "v2", &[])?,
-        ];
+        let _servers =
+            [v1.http_serve(8080, "v1", &[])?, v2.http_serve(8080, "v2", &[])?, v1.http_serve(9090, "v1", &[])?, v2.http_serve(9090, "v2", &[])?];
         let keel = &keels[0];
         run(&catalog, keel, &control).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 0) log tail:\n{}", keel.log_tail(30)))
     });
@@ -141,19 +137,28 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
         bail!("istio_requests_total counted {counted} mTLS 200s to catalog, want ≥ 200:\n{}", grep(&metrics, "istio_requests_total"));
     }
     // Access-log lines are written out in batches (within 20 ms), so give them a moment.
-    let logged = || keel.log().lines().any(|l| l.contains("request") && l.contains("/items") && l.contains("outbound|80||catalog.default.svc.cluster.local"));
-    if !(0..20).any(|_| logged() || { std::thread::sleep(Duration::from_millis(100)); false }) {
+    let logged =
+        || keel.log().lines().any(|l| l.contains("request") && l.contains("/items") && l.contains("outbound|80||catalog.default.svc.cluster.local"));
+    if !(0..20).any(|_| {
+        logged() || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    }) {
         bail!("no access-log line names the request and its cluster");
     }
     // Every request gets an x-request-id and a W3C trace context; a caller's trace is continued, not replaced.
     let traced = c.load(20, 2, &["--record-header", "x-echo-x-request-id", "--record-header", "x-echo-traceparent"])?;
-    let distinct = |v: &Value, h: &str| v.pointer(&format!("/headers/{h}")).and_then(Value::as_object).map_or(0, |m| m.keys().filter(|k| !k.is_empty()).count());
+    let distinct =
+        |v: &Value, h: &str| v.pointer(&format!("/headers/{h}")).and_then(Value::as_object).map_or(0, |m| m.keys().filter(|k| !k.is_empty()).count());
     if distinct(&traced, "x-echo-x-request-id") != 20 || distinct(&traced, "x-echo-traceparent") != 20 {
         bail!("want 20 distinct request ids and traceparents at the server, got {traced}");
     }
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let joined = c.load(5, 1, &["--header", &format!("traceparent: 00-{caller_trace}-00f067aa0ba902b7-01"), "--record-header", "x-echo-traceparent"])?;
-    let parents: Vec<String> = joined.pointer("/headers/x-echo-traceparent").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let joined =
+        c.load(5, 1, &["--header", &format!("traceparent: 00-{caller_trace}-00f067aa0ba902b7-01"), "--record-header", "x-echo-traceparent"])?;
+    let parents: Vec<String> =
+        joined.pointer("/headers/x-echo-traceparent").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
     if parents.len() != 5 || !parents.iter().all(|p| p.starts_with(&format!("00-{caller_trace}-")) && !p.contains("00f067aa0ba902b7")) {
         bail!("keel must continue the caller's trace with its own span: {joined}");
     }
@@ -271,9 +276,7 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
 
     // 7. Outlier detection: an endpoint answering 5xx is ejected and traffic moves away; after the ejection time
     //    it gets traffic again.
-    let outlier = destination_rule(
-        "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}\n",
-    );
+    let outlier = destination_rule("    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}\n");
     c.apply(&[&outlier, &virtual_service("  - route:\n    - destination: {host: catalog}\n    retries: {attempts: 0}\n")])?;
     c.set(c.v1, "fail_percent=100")?;
     let warmup = c.load(40, 1, &[])?;
@@ -420,7 +423,10 @@ print(json.dumps({{"responses": data.count(b"HTTP/1.1 200 OK"), "positions": at}
 fn stats_requests(client: &Pod, server: &Pod) -> Result<u64> {
     let url = format!("http://{}:8080/__stats", server.ip);
     let v = client.http_load(&["--url", &url, "--requests", "1", "--record-header", "x-stats-requests"])?;
-    v.pointer("/headers/x-stats-requests").and_then(Value::as_object).and_then(|m| m.keys().next()?.parse().ok()).ok_or_else(|| anyhow::anyhow!("no request count from {}: {v}", server.name))
+    v.pointer("/headers/x-stats-requests")
+        .and_then(Value::as_object)
+        .and_then(|m| m.keys().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no request count from {}: {v}", server.name))
 }
 
 fn grep(text: &str, needle: &str) -> String {

@@ -6,8 +6,8 @@ use keel_proto::{
     cluster::{
         circuit_breakers::Thresholds,
         cluster::{
-            common_lb_config, ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
-            LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
+            common_lb_config, ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig,
+            MaglevLbConfig, RingHashLbConfig,
         },
         CircuitBreakers, Cluster, OutlierDetection,
     },
@@ -55,16 +55,10 @@ pub fn ads() -> ConfigSource {
 pub fn cluster(mesh: &Mesh7, key: &ClusterKey, warnings: &mut Vec<String>) -> Cluster {
     let merged = policy::merged(mesh.rules.get(&key.host).copied(), key.subset.as_deref(), key.port);
     let pool = merged.connection_pool;
-    let connect_timeout =
-        pool.and_then(|p| p.tcp.as_ref()?.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
-    let http2 = mesh
-        .services
-        .get(&key.host)
-        .and_then(|s| s.spec.ports.iter().find(|p| p.port == key.port))
-        .is_some_and(declares_http2);
+    let connect_timeout = pool.and_then(|p| p.tcp.as_ref()?.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+    let http2 = mesh.services.get(&key.host).and_then(|s| s.spec.ports.iter().find(|p| p.port == key.port)).is_some_and(declares_http2);
     let (lb_policy, lb_config) = load_balancer(merged.load_balancer, &key.name(), warnings);
-    let max_requests_per_connection =
-        pool.and_then(|p| p.http.as_ref()?.max_requests_per_connection).filter(|n| *n > 0).map(|n| n as u32);
+    let max_requests_per_connection = pool.and_then(|p| p.http.as_ref()?.max_requests_per_connection).filter(|n| *n > 0).map(|n| n as u32);
     Cluster {
         name: key.name(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -91,12 +85,8 @@ fn load_balancer(settings: Option<&LoadBalancerSettings>, cluster: &str, warning
         if let Some(maglev) = &hash.maglev {
             return (LbPolicy::Maglev, Some(LbConfig::MaglevLbConfig(MaglevLbConfig { table_size: maglev.table_size })));
         }
-        let minimum_ring_size = hash
-            .ring_hash
-            .as_ref()
-            .and_then(|r| r.minimum_ring_size)
-            .or(hash.minimum_ring_size)
-            .unwrap_or(DEFAULT_MINIMUM_RING_SIZE);
+        let minimum_ring_size =
+            hash.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(hash.minimum_ring_size).unwrap_or(DEFAULT_MINIMUM_RING_SIZE);
         let ring = RingHashLbConfig { minimum_ring_size: Some(minimum_ring_size), ..Default::default() };
         return (LbPolicy::RingHash, Some(LbConfig::RingHashLbConfig(ring)));
     }

@@ -19,11 +19,8 @@ const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<(String, String, String), Vec<LbEndpoint>> = BTreeMap::new();
     if let Some(service) = mesh.services.get(&key.host) {
-        let subset_labels = key
-            .subset
-            .as_ref()
-            .and_then(|name| mesh.rules.get(&key.host)?.spec.subsets.iter().find(|s| &s.name == name))
-            .map(|s| &s.labels);
+        let subset_labels =
+            key.subset.as_ref().and_then(|name| mesh.rules.get(&key.host)?.spec.subsets.iter().find(|s| &s.name == name)).map(|s| &s.labels);
         // A subset no DestinationRule defines selects nothing (see the module comment of l7).
         let subset_missing = key.subset.is_some() && subset_labels.is_none();
         let target_port = service.spec.ports.iter().find(|p| p.port == key.port).map_or(key.port, |p| match &p.target_port {

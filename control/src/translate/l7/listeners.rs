@@ -8,7 +8,10 @@
 //! preface), `stat_prefix`, `rds` (ADS, route config name) and `http_filters` = [fault, router].
 use keel_proto::{
     core::{address, socket_address::PortSpecifier, Address, SocketAddress},
-    hcm::{http_connection_manager::{CodecType, RouteSpecifier}, http_filter, HttpConnectionManager, HttpFilter, Rds},
+    hcm::{
+        http_connection_manager::{CodecType, RouteSpecifier},
+        http_filter, HttpConnectionManager, HttpFilter, Rds,
+    },
     listener::{filter, Filter, FilterChain, Listener},
     HTTP_CONNECTION_MANAGER_TYPE_URL, HTTP_FAULT_TYPE_URL,
 };
@@ -41,10 +44,7 @@ pub fn listener(port: u16) -> Listener {
         name: name(port),
         filters: vec![Filter {
             name: HCM_FILTER.into(),
-            config_type: Some(filter::ConfigType::TypedConfig(Any {
-                type_url: HTTP_CONNECTION_MANAGER_TYPE_URL.into(),
-                value: hcm.encode_to_vec(),
-            })),
+            config_type: Some(filter::ConfigType::TypedConfig(Any { type_url: HTTP_CONNECTION_MANAGER_TYPE_URL.into(), value: hcm.encode_to_vec() })),
         }],
         ..Default::default()
     };

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use keel_proto::{
     matcher::{string_matcher::MatchPattern, RegexMatcher, StringMatcher},
     route::{
-        header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route_match::PathSpecifier,
-        HeaderMatcher, QueryParameterMatcher, RouteMatch,
+        header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier, route_match::PathSpecifier, HeaderMatcher,
+        QueryParameterMatcher, RouteMatch,
     },
 };
 

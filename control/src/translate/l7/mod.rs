@@ -63,7 +63,11 @@ struct Mesh7<'a> {
 /// Istio's rule for hosts in VirtualServices and DestinationRules: a name without a dot is a short name in the
 /// object's own namespace; anything with a dot is taken as written.
 fn resolve_host(mesh: &Mesh, host: &str, namespace: &str) -> String {
-    if host.contains('.') { host.to_owned() } else { hostname(mesh, host, namespace) }
+    if host.contains('.') {
+        host.to_owned()
+    } else {
+        hostname(mesh, host, namespace)
+    }
 }
 
 impl<'a> Mesh7<'a> {
@@ -80,11 +84,9 @@ impl<'a> Mesh7<'a> {
                     // Istio merges DestinationRules per host only in special cases; one rule per host is the
                     // rule users rely on, so the first (in snapshot order) wins and the others are named.
                     match m.rules.entry(host) {
-                        Entry::Occupied(taken) => warnings.push(format!(
-                            "{}: host {} already has a DestinationRule: ignored for L7",
-                            object.reference(),
-                            taken.key()
-                        )),
+                        Entry::Occupied(taken) => {
+                            warnings.push(format!("{}: host {} already has a DestinationRule: ignored for L7", object.reference(), taken.key()))
+                        }
                         Entry::Vacant(free) => {
                             free.insert(rule);
                         }

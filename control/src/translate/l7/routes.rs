@@ -4,11 +4,13 @@
 //! to its own cluster.
 use std::collections::{BTreeSet, HashMap};
 
-use keel_proto::route::{
-    route, route_action::{ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy}, weighted_cluster::ClusterWeight, Route,
-    RouteAction, RouteConfiguration, VirtualHost, WeightedCluster,
-};
 use keel_proto::matcher::RegexMatchAndSubstitute;
+use keel_proto::route::{
+    route,
+    route_action::{ClusterSpecifier, HostRewriteSpecifier, RequestMirrorPolicy},
+    weighted_cluster::ClusterWeight,
+    Route, RouteAction, RouteConfiguration, VirtualHost, WeightedCluster,
+};
 
 use super::{actions, listeners::FAULT_FILTER, matches, policy, resolve_host, ClusterKey, Mesh7};
 use crate::objects::{Destination, HttpAction, HttpRoute, HttpRouteDestination, Service, VirtualService};
@@ -74,7 +76,12 @@ pub fn virtual_host(
                 ..Default::default()
             };
             cluster_keys.insert(key);
-            vec![Route { name: "default".into(), r#match: Some(matches::any_path()), action: Some(route::Action::Route(action)), ..Default::default() }]
+            vec![Route {
+                name: "default".into(),
+                r#match: Some(matches::any_path()),
+                action: Some(route::Action::Route(action)),
+                ..Default::default()
+            }]
         }
     };
     VirtualHost { name: format!("{host}:{port}"), domains: domains(host, service, port), routes, ..Default::default() }
@@ -207,10 +214,9 @@ impl RouteContext<'_, '_> {
         RouteAction {
             cluster_specifier: Some(cluster_specifier),
             prefix_rewrite: rewrite.and_then(|r| r.uri.clone()).unwrap_or_default(),
-            regex_rewrite: rewrite.and_then(|r| r.uri_regex_rewrite.as_ref()).map(|r| RegexMatchAndSubstitute {
-                pattern: Some(matches::regex(&r.pattern)),
-                substitution: r.rewrite.clone(),
-            }),
+            regex_rewrite: rewrite
+                .and_then(|r| r.uri_regex_rewrite.as_ref())
+                .map(|r| RegexMatchAndSubstitute { pattern: Some(matches::regex(&r.pattern)), substitution: r.rewrite.clone() }),
             host_rewrite_specifier: rewrite.and_then(|r| r.authority.clone()).map(HostRewriteSpecifier::HostRewriteLiteral),
             timeout: Some(actions::timeout(http.timeout.map(|d| d.get()))),
             retry_policy: actions::retry_policy(http.retries.as_ref()),
@@ -230,17 +236,22 @@ impl RouteContext<'_, '_> {
             .port
             .as_ref()
             .and_then(|p| u16::try_from(p.number).ok())
-            .or_else(|| service.and_then(|s| match s.spec.ports.as_slice() {
-                [only] => Some(only.port),
-                _ => None,
-            }))
+            .or_else(|| {
+                service.and_then(|s| match s.spec.ports.as_slice() {
+                    [only] => Some(only.port),
+                    _ => None,
+                })
+            })
             .unwrap_or(self.port);
         if service.is_none() {
             self.warn(&format!("{path}.host"), format!("{host} is no known Service; requests get 503 (no endpoints)"));
         }
         if let Some(subset) = &destination.subset {
             if !self.mesh.subset_defined(&host, subset) {
-                self.warn(&format!("{path}.subset"), format!("no DestinationRule for {host} defines subset {subset:?}; requests get 503 (no endpoints)"));
+                self.warn(
+                    &format!("{path}.subset"),
+                    format!("no DestinationRule for {host} defines subset {subset:?}; requests get 503 (no endpoints)"),
+                );
             }
         }
         let key = ClusterKey { host, port, subset: destination.subset.clone() };

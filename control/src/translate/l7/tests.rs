@@ -11,8 +11,11 @@ use keel_proto::{
     listener::filter::ConfigType,
     matcher::string_matcher::MatchPattern,
     route::{
-        header_matcher::HeaderMatchSpecifier, route, route_action::{hash_policy::PolicySpecifier, ClusterSpecifier},
-        route_match::PathSpecifier, Route, RouteAction, VirtualHost,
+        header_matcher::HeaderMatchSpecifier,
+        route,
+        route_action::{hash_policy::PolicySpecifier, ClusterSpecifier},
+        route_match::PathSpecifier,
+        Route, RouteAction, VirtualHost,
     },
     types::fractional_percent::DenominatorType,
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,

@@ -22,10 +22,7 @@ pub fn run(to: SocketAddr, count: u32, bytes: usize, timeout_ms: u64) -> bool {
             Err(e) => {
                 failed += 1;
                 if errors.len() < 5 {
-                    errors.push(format!(
-                        "#{i} after {:.1} ms: {e}",
-                        t.elapsed().as_secs_f64() * 1000.0
-                    ));
+                    errors.push(format!("#{i} after {:.1} ms: {e}", t.elapsed().as_secs_f64() * 1000.0));
                 }
             }
         }
@@ -46,21 +43,14 @@ pub fn run(to: SocketAddr, count: u32, bytes: usize, timeout_ms: u64) -> bool {
 /// A fresh socket (kernel-chosen ephemeral port), send, half-close, read the echo back to EOF.
 fn one(to: SocketAddr, msg: &[u8], timeout: Duration) -> Result<(), String> {
     let mut s = TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     s.write_all(msg).map_err(|e| format!("write: {e}"))?;
-    s.shutdown(Shutdown::Write)
-        .map_err(|e| format!("shutdown: {e}"))?;
+    s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
     let mut back = Vec::with_capacity(msg.len());
     s.read_to_end(&mut back).map_err(|e| format!("read: {e}"))?;
     if back != msg {
-        return Err(format!(
-            "echo mismatch: sent {} bytes, got {}",
-            msg.len(),
-            back.len()
-        ));
+        return Err(format!("echo mismatch: sent {} bytes, got {}", msg.len(), back.len()));
     }
     Ok(())
 }

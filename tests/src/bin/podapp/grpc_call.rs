@@ -61,10 +61,7 @@ impl GrpcDecoder {
             return Ok(None);
         }
         if self.buf[0] != 0 {
-            return Err(format!(
-                "compressed gRPC message (flag {}) not supported",
-                self.buf[0]
-            ));
+            return Err(format!("compressed gRPC message (flag {}) not supported", self.buf[0]));
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if self.buf.len() < 5 + len {
@@ -97,17 +94,10 @@ pub fn run(a: GrpcArgs) -> bool {
     };
     let mut out = Call::default();
     let res = rt.block_on(call(&a, &target, &mut out));
-    let header = |m: &HeaderMap, n: &str| {
-        m.get(n)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
+    let header = |m: &HeaderMap, n: &str| m.get(n).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     // A trailers-only response carries grpc-status in its headers.
     let grpc = |n: &str| header(&out.trailers, n).or_else(|| header(&out.headers, n));
-    let map = |m: &HeaderMap| {
-        m.keys()
-            .filter_map(|k| Some((k.to_string(), Value::from(header(m, k.as_str())?))))
-            .collect::<Map<_, _>>()
-    };
+    let map = |m: &HeaderMap| m.keys().filter_map(|k| Some((k.to_string(), Value::from(header(m, k.as_str())?)))).collect::<Map<_, _>>();
     emit(&json!({
         "status": out.status,
         "served_by": header(&out.headers, "x-served-by"),
@@ -186,19 +176,12 @@ async fn message(tx: &mut Sender<Bytes, Infallible>, payload: &str) -> bool {
 }
 
 /// The next reply message, or None at the end of the response (its trailers are stored in `out`).
-async fn reply(
-    body: &mut Incoming,
-    dec: &mut GrpcDecoder,
-    out: &mut Call,
-    deadline: Instant,
-) -> Result<Option<String>, String> {
+async fn reply(body: &mut Incoming, dec: &mut GrpcDecoder, out: &mut Call, deadline: Instant) -> Result<Option<String>, String> {
     loop {
         if let Some(m) = dec.message()? {
             return Ok(Some(String::from_utf8_lossy(&m).into_owned()));
         }
-        let frame = timeout_at(deadline, body.frame())
-            .await
-            .map_err(|_| "timeout waiting for a reply".to_string())?;
+        let frame = timeout_at(deadline, body.frame()).await.map_err(|_| "timeout waiting for a reply".to_string())?;
         let frame = match frame {
             None => return Ok(None),
             Some(f) => f.map_err(|e| format!("response body: {}", err_chain(&e)))?,

@@ -63,18 +63,12 @@ impl Target {
         if uri.scheme_str() != Some("http") {
             return Err(format!("--url {url:?}: only http:// is supported"));
         }
-        let auth = uri
-            .authority()
-            .ok_or_else(|| format!("--url {url:?}: no host"))?;
+        let auth = uri.authority().ok_or_else(|| format!("--url {url:?}: no host"))?;
         let connect = match connect {
             Some(c) => c.to_string(),
             None => format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(80)),
         };
-        Ok(Target {
-            authority: auth.as_str().to_string(),
-            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            connect,
-        })
+        Ok(Target { authority: auth.as_str().to_string(), path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(), connect })
     }
 
     /// The request URI: origin form for HTTP/1.1 (with a Host header), absolute for HTTP/2 (:scheme, :authority).
@@ -133,17 +127,11 @@ impl Conn {
         let hs = |e: hyper::Error| format!("handshake: {}", err_chain(&e));
         let timed_out = |_| "handshake: timeout".to_string();
         if cfg.http2 {
-            let (s, conn) = timeout_at(deadline, http2::handshake(TokioExecutor::new(), io))
-                .await
-                .map_err(timed_out)?
-                .map_err(hs)?;
+            let (s, conn) = timeout_at(deadline, http2::handshake(TokioExecutor::new(), io)).await.map_err(timed_out)?.map_err(hs)?;
             tokio::spawn(conn);
             Ok(Conn::H2(s))
         } else {
-            let (s, conn) = timeout_at(deadline, http1::handshake(io))
-                .await
-                .map_err(timed_out)?
-                .map_err(hs)?;
+            let (s, conn) = timeout_at(deadline, http1::handshake(io)).await.map_err(timed_out)?.map_err(hs)?;
             tokio::spawn(conn);
             Ok(Conn::H1(s))
         }
@@ -152,18 +140,8 @@ impl Conn {
     /// Whether the connection can take another request (false once the server closed it).
     async fn usable(&mut self, deadline: Instant) -> bool {
         match self {
-            Conn::H1(s) => {
-                !s.is_closed()
-                    && timeout_at(deadline, s.ready())
-                        .await
-                        .is_ok_and(|r| r.is_ok())
-            }
-            Conn::H2(s) => {
-                !s.is_closed()
-                    && timeout_at(deadline, s.ready())
-                        .await
-                        .is_ok_and(|r| r.is_ok())
-            }
+            Conn::H1(s) => !s.is_closed() && timeout_at(deadline, s.ready()).await.is_ok_and(|r| r.is_ok()),
+            Conn::H2(s) => !s.is_closed() && timeout_at(deadline, s.ready()).await.is_ok_and(|r| r.is_ok()),
         }
     }
 
@@ -218,9 +196,8 @@ pub fn run(a: LoadArgs) -> bool {
     let start = Instant::now();
     let total = rt.block_on(async {
         let next = Arc::new(AtomicU64::new(0));
-        let workers: Vec<_> = (0..a.concurrency.clamp(1, a.requests.max(1) as usize))
-            .map(|_| tokio::spawn(worker(cfg.clone(), next.clone(), a.requests)))
-            .collect();
+        let workers: Vec<_> =
+            (0..a.concurrency.clamp(1, a.requests.max(1) as usize)).map(|_| tokio::spawn(worker(cfg.clone(), next.clone(), a.requests))).collect();
         let mut total = Tally::default();
         for w in workers {
             match w.await {
@@ -233,11 +210,7 @@ pub fn run(a: LoadArgs) -> bool {
     let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     let mut lat = total.latencies_ms;
     lat.sort_by(f64::total_cmp);
-    let mut headers: BTreeMap<String, BTreeMap<String, u64>> = cfg
-        .record
-        .iter()
-        .map(|h| (h.to_string(), BTreeMap::new()))
-        .collect();
+    let mut headers: BTreeMap<String, BTreeMap<String, u64>> = cfg.record.iter().map(|h| (h.to_string(), BTreeMap::new())).collect();
     for (k, m) in total.headers {
         headers.insert(k, m);
     }
@@ -262,25 +235,18 @@ pub fn run(a: LoadArgs) -> bool {
 
 fn config(a: &LoadArgs) -> Result<Cfg, String> {
     let target = Target::parse(&a.url, a.connect.as_deref())?;
-    let method = Method::from_bytes(a.method.to_ascii_uppercase().as_bytes())
-        .map_err(|e| format!("--method {:?}: {e}", a.method))?;
+    let method = Method::from_bytes(a.method.to_ascii_uppercase().as_bytes()).map_err(|e| format!("--method {:?}: {e}", a.method))?;
     let mut headers = Vec::new();
     for h in &a.headers {
-        let (n, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--header {h:?}: expected 'name: value'"))?;
-        let n = HeaderName::from_bytes(n.trim().as_bytes())
-            .map_err(|e| format!("--header {h:?}: {e}"))?;
+        let (n, v) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: expected 'name: value'"))?;
+        let n = HeaderName::from_bytes(n.trim().as_bytes()).map_err(|e| format!("--header {h:?}: {e}"))?;
         let v = HeaderValue::from_str(v.trim()).map_err(|e| format!("--header {h:?}: {e}"))?;
         headers.push((n, v));
     }
     let record = a
         .record_headers
         .iter()
-        .map(|h| {
-            HeaderName::from_bytes(h.trim().as_bytes())
-                .map_err(|e| format!("--record-header {h:?}: {e}"))
-        })
+        .map(|h| HeaderName::from_bytes(h.trim().as_bytes()).map_err(|e| format!("--record-header {h:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Cfg {
         target,
@@ -313,11 +279,7 @@ async fn worker(cfg: Arc<Cfg>, next: Arc<AtomicU64>, requests: u64) -> Tally {
 }
 
 /// One request on the worker's connection (reopened when the server closed it); returns the response and body.
-async fn one(
-    cfg: &Cfg,
-    conn: &mut Option<Conn>,
-    deadline: Instant,
-) -> Result<(http::response::Parts, Bytes), String> {
+async fn one(cfg: &Cfg, conn: &mut Option<Conn>, deadline: Instant) -> Result<(http::response::Parts, Bytes), String> {
     if let Some(c) = conn.as_mut() {
         if !c.usable(deadline).await {
             *conn = None;
@@ -327,9 +289,7 @@ async fn one(
         Some(c) => c,
         None => conn.insert(Conn::open(cfg, deadline).await?),
     };
-    let mut req = Request::builder()
-        .method(cfg.method.clone())
-        .uri(cfg.target.uri(cfg.http2));
+    let mut req = Request::builder().method(cfg.method.clone()).uri(cfg.target.uri(cfg.http2));
     let user_host = cfg.headers.iter().any(|(n, _)| n == HOST);
     if !cfg.http2 && !user_host {
         req = req.header(HOST, cfg.target.authority.as_str());
@@ -337,13 +297,8 @@ async fn one(
     for (n, v) in &cfg.headers {
         req = req.header(n, v);
     }
-    let req = req
-        .body(Full::new(cfg.body.clone()))
-        .map_err(|e| format!("building request: {e}"))?;
-    let resp = timeout_at(deadline, c.send(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| format!("request: {}", err_chain(&e)))?;
+    let req = req.body(Full::new(cfg.body.clone())).map_err(|e| format!("building request: {e}"))?;
+    let resp = timeout_at(deadline, c.send(req)).await.map_err(|_| "timeout".to_string())?.map_err(|e| format!("request: {}", err_chain(&e)))?;
     let (parts, body) = resp.into_parts();
     let body = timeout_at(deadline, body.collect())
         .await
@@ -354,22 +309,11 @@ async fn one(
 }
 
 fn record(cfg: &Cfg, t: &mut Tally, resp: &http::response::Parts, body: &Bytes) {
-    let header = |name: &str| {
-        resp.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default()
-    };
-    *t.statuses
-        .entry(resp.status.as_u16().to_string())
-        .or_default() += 1;
+    let header = |name: &str| resp.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
+    *t.statuses.entry(resp.status.as_u16().to_string()).or_default() += 1;
     *t.served_by.entry(header("x-served-by")).or_default() += 1;
     for h in &cfg.record {
-        *t.headers
-            .entry(h.to_string())
-            .or_default()
-            .entry(header(h.as_str()))
-            .or_default() += 1;
+        *t.headers.entry(h.to_string()).or_default().entry(header(h.as_str())).or_default() += 1;
     }
     if !resp.status.is_success() {
         let text: String = String::from_utf8_lossy(body).chars().take(120).collect();

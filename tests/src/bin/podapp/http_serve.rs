@@ -68,10 +68,7 @@ pub fn run(a: ServeArgs) -> bool {
         emit(&json!({"error": format!("--fail-status {}: {e}", a.fail_status)}));
         return false;
     }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
         ^ (u64::from(std::process::id()) << 32);
     let state = Arc::new(State {
         name: a.name,
@@ -118,11 +115,7 @@ async fn serve(port: u16, state: Arc<State>) -> bool {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.method() == Method::GET {
         match req.uri().path() {
             "/__stats" => {
@@ -137,16 +130,8 @@ async fn handle(
         }
     }
     state.requests.fetch_add(1, Relaxed);
-    let grpc = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    Ok(if grpc {
-        grpc_echo(&state, req)
-    } else {
-        ordinary(&state, peer, req).await
-    })
+    let grpc = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"));
+    Ok(if grpc { grpc_echo(&state, req) } else { ordinary(&state, peer, req).await })
 }
 
 /// Reads the whole request, waits, maybe fails, and describes what arrived.
@@ -164,26 +149,18 @@ async fn ordinary(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = if state.roll() < state.fail_percent.load(Relaxed) {
-        StatusCode::from_u16(state.fail_status.load(Relaxed) as u16)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(state.fail_status.load(Relaxed) as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     } else {
         StatusCode::OK
     };
     let mut headers = serde_json::Map::new();
     for name in parts.headers.keys() {
         if let Some(v) = parts.headers.get(name) {
-            headers.insert(
-                name.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into(),
-            );
+            headers.insert(name.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into());
         }
     }
-    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-        parts
-            .headers
-            .get(HOST)
-            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-    });
+    let authority =
+        parts.uri.authority().map(|a| a.to_string()).or_else(|| parts.headers.get(HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()));
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // Written by hand so that the identifying fields come first (load reports keep a body's first 120 chars).
     let body = format!(
@@ -220,20 +197,13 @@ fn set(state: &State, query: &str) -> Response<Body> {
     for kv in query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         let ok = match k {
-            "fail_percent" => v
-                .parse()
-                .ok()
-                .filter(|p| *p <= 100)
-                .map(|p| fail_percent = p),
+            "fail_percent" => v.parse().ok().filter(|p| *p <= 100).map(|p| fail_percent = p),
             "delay_ms" => v.parse().ok().map(|d| delay_ms = d),
-            "fail_status" => StatusCode::from_u16(v.parse().unwrap_or(0))
-                .ok()
-                .map(|s| fail_status = s.as_u16()),
+            "fail_status" => StatusCode::from_u16(v.parse().unwrap_or(0)).ok().map(|s| fail_status = s.as_u16()),
             _ => None,
         };
         if ok.is_none() {
-            let msg =
-                json!({"server": state.name, "error": format!("bad /__set parameter {kv:?}")});
+            let msg = json!({"server": state.name, "error": format!("bad /__set parameter {kv:?}")});
             return json_response(state, StatusCode::BAD_REQUEST, msg);
         }
     }
@@ -299,34 +269,19 @@ fn grpc_echo(state: &State, req: Request<Incoming>) -> Response<Body> {
 fn grpc_trailers(code: &'static str, message: &str) -> HeaderMap {
     let mut t = HeaderMap::new();
     t.insert("grpc-status", HeaderValue::from_static(code));
-    t.insert(
-        "grpc-message",
-        HeaderValue::from_str(message).unwrap_or_else(|_| HeaderValue::from_static("error")),
-    );
+    t.insert("grpc-message", HeaderValue::from_str(message).unwrap_or_else(|_| HeaderValue::from_static("error")));
     t
 }
 
 fn json_response(state: &State, status: StatusCode, v: Value) -> Response<Body> {
-    response(
-        state,
-        status,
-        "application/json",
-        Full::new(Bytes::from(v.to_string())).boxed(),
-    )
+    response(state, status, "application/json", Full::new(Bytes::from(v.to_string())).boxed())
 }
 
-fn response(
-    state: &State,
-    status: StatusCode,
-    content_type: &'static str,
-    body: Body,
-) -> Response<Body> {
+fn response(state: &State, status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert("x-served-by", state.served_by.clone());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert("x-served-by", state.served_by.clone());
     r
 }
 

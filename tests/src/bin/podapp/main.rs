@@ -81,25 +81,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let ok = match cli.cmd {
-        Cmd::Serve {
-            port,
-            mode,
-            read_delay_ms,
-            read_chunk,
-        } => serve::run(port, mode, read_delay_ms, read_chunk.max(1)),
-        Cmd::Send {
-            to,
-            bytes,
-            mode,
-            timeout_ms,
-            seed,
-        } => send::run(to, bytes, mode, timeout_ms, seed),
-        Cmd::ConnectLoop {
-            to,
-            count,
-            bytes,
-            timeout_ms,
-        } => connect_loop::run(to, count, bytes, timeout_ms),
+        Cmd::Serve { port, mode, read_delay_ms, read_chunk } => serve::run(port, mode, read_delay_ms, read_chunk.max(1)),
+        Cmd::Send { to, bytes, mode, timeout_ms, seed } => send::run(to, bytes, mode, timeout_ms, seed),
+        Cmd::ConnectLoop { to, count, bytes, timeout_ms } => connect_loop::run(to, count, bytes, timeout_ms),
         Cmd::HttpServe(a) => http_serve::run(a),
         Cmd::HttpLoad(a) => http_load::run(a),
         Cmd::GrpcCall(a) => grpc_call::run(a),
@@ -117,10 +101,7 @@ pub fn emit(v: &serde_json::Value) {
 
 /// The tokio runtime of the HTTP subcommands (reports its own failure).
 pub fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             emit(&serde_json::json!({"error": format!("tokio runtime: {e}")}));
@@ -130,6 +111,5 @@ pub fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 pub fn addr_string(r: std::io::Result<SocketAddr>) -> String {
-    r.map(|a| a.to_string())
-        .unwrap_or_else(|e| format!("?({e})"))
+    r.map(|a| a.to_string()).unwrap_or_else(|e| format!("?({e})"))
 }

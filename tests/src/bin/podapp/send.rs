@@ -25,10 +25,8 @@ pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -
     let stream: TcpStream = match socket.connect_timeout(&to.into(), timeout) {
         Ok(()) => socket.into(),
         Err(e) => {
-            emit(
-                &json!({"ok": false, "sent": 0, "received": 0, "error": format!("connect {to}: {e}"),
-                         "local_port": local_port, "duration_ms": ms(start)}),
-            );
+            emit(&json!({"ok": false, "sent": 0, "received": 0, "error": format!("connect {to}: {e}"),
+                         "local_port": local_port, "duration_ms": ms(start)}));
             return false;
         }
     };
@@ -63,9 +61,7 @@ pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -
             Err(e) => break Some(format!("read: {e}")),
         }
     };
-    let write_res = write_thread
-        .join()
-        .unwrap_or_else(|_| Err("writer thread panicked".into()));
+    let write_res = write_thread.join().unwrap_or_else(|_| Err("writer thread panicked".into()));
 
     let sent = write_res.as_ref().map(|(n, _)| *n).unwrap_or(0);
     let sent_sha = match &write_res {
@@ -85,9 +81,7 @@ pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -
     };
     let ok = errors.is_empty() && sent == bytes && received == bytes && received_sha == sent_sha;
     if errors.is_empty() && !ok {
-        errors.push(format!(
-            "mismatch: sent {sent} bytes, peer saw/returned {received} (sha256 {received_sha})"
-        ));
+        errors.push(format!("mismatch: sent {sent} bytes, peer saw/returned {received} (sha256 {received_sha})"));
     }
     emit(&json!({
         "ok": ok,
@@ -124,13 +118,11 @@ fn write_payload(mut w: TcpStream, bytes: u64, seed: u64) -> Result<(u64, String
     while left > 0 {
         let k = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..k]);
-        w.write_all(&buf[..k])
-            .map_err(|e| format!("write after {} bytes: {e}", sum.bytes()))?;
+        w.write_all(&buf[..k]).map_err(|e| format!("write after {} bytes: {e}", sum.bytes()))?;
         sum.update(&buf[..k]);
         left -= k as u64;
     }
-    w.shutdown(Shutdown::Write)
-        .map_err(|e| format!("shutdown(write): {e}"))?;
+    w.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(write): {e}"))?;
     Ok((sum.bytes(), sum.hex()))
 }
 
