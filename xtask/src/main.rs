@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod lint;
 mod run;
 mod setup;
 mod test;
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// `cargo fmt --check` (workspace and fuzz/) and clippy over every host crate with warnings as errors.
+    Lint,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Demo { control_plane } => demo::demo(control_plane)?,
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
         Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
+        Command::Lint => return lint::lint(),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -465,7 +465,7 @@ fn service_of(cluster: &str) -> Option<(String, String, String)> {
 
 fn outlier_outcome(outcome: AttemptOutcome) -> Outcome {
     match outcome {
-        AttemptOutcome::Response(status) if matches!(status, 502..=504) => Outcome::GatewayError,
+        AttemptOutcome::Response(502..=504) => Outcome::GatewayError,
         AttemptOutcome::Response(status) if status >= 500 => Outcome::ServerError,
         AttemptOutcome::Response(_) => Outcome::Success,
         // Locally originated failures count as gateway errors, as Envoy counts them by default.

@@ -149,14 +149,13 @@ impl Cluster {
     }
 }
 
+/// A locality prefix: (region, zone, sub-zone), with "" for the levels it leaves out.
+type LocalityKey = (String, String, String);
+
 /// One balancer per locality prefix that some endpoint has: (r, z, s), (r, z, ""), (r, "", "").
-fn locality_levels(
-    config: &ClusterConfig,
-    assignment: Option<&LoadAssignment>,
-    endpoints: &[Arc<Endpoint>],
-) -> Vec<((String, String, String), Balancer)> {
+fn locality_levels(config: &ClusterConfig, assignment: Option<&LoadAssignment>, endpoints: &[Arc<Endpoint>]) -> Vec<(LocalityKey, Balancer)> {
     let Some(assignment) = assignment else { return Vec::new() };
-    let mut levels: Vec<((String, String, String), Vec<Arc<Endpoint>>)> = Vec::new();
+    let mut levels: Vec<(LocalityKey, Vec<Arc<Endpoint>>)> = Vec::new();
     for (lb, endpoint) in assignment.endpoints.iter().zip(endpoints) {
         let Some((r, z, s)) = &lb.locality else { continue };
         for key in [(r.clone(), z.clone(), s.clone()), (r.clone(), z.clone(), String::new()), (r.clone(), String::new(), String::new())] {

@@ -63,7 +63,7 @@ pub struct Http1Conn {
 /// Why a request got no response on a connection.
 pub enum Http1SendError {
     /// The connection was not usable (closed while idle); the request was not sent and comes back.
-    Unsent(http::Request<RequestBody>, hyper::Error),
+    Unsent(Box<http::Request<RequestBody>>, hyper::Error),
     /// The request was (at least partly) sent; it cannot be sent again.
     Failed(hyper::Error),
 }
@@ -139,7 +139,7 @@ impl Http1Conn {
         })
         .await;
         if let Err(e) = ready {
-            return Err(Http1SendError::Unsent(request, e));
+            return Err(Http1SendError::Unsent(Box::new(request), e));
         }
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         poll_fn(|cx| {
@@ -152,7 +152,7 @@ impl Http1Conn {
         })
         .await
         .map_err(|mut e| match e.take_message() {
-            Some(request) => Http1SendError::Unsent(request, e.into_error()),
+            Some(request) => Http1SendError::Unsent(Box::new(request), e.into_error()),
             None => Http1SendError::Failed(e.into_error()),
         })
     }

@@ -115,7 +115,7 @@ impl Upstreams {
             match conn.send(request).await {
                 Ok(response) => return Ok(response.map(|body| UpstreamBody::driving(body, conn, home))),
                 // The server closed a pooled connection while it was idle: the request goes on a new one.
-                Err(Http1SendError::Unsent(unsent, _)) if reused => request = unsent,
+                Err(Http1SendError::Unsent(unsent, _)) if reused => request = *unsent,
                 Err(Http1SendError::Unsent(_, e) | Http1SendError::Failed(e)) => return Err(SendError::Reset(source_text(&e))),
             }
         }

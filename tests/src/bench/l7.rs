@@ -289,7 +289,7 @@ fn keel_catalog_requests(keel: &Keel) -> Result<u64> {
 enum Front {
     None,
     Nginx(NginxProxy),
-    Keel { keel: Keel, http: bool },
+    Keel { keel: Box<Keel>, http: bool },
 }
 
 impl Front {
@@ -345,7 +345,7 @@ pub(super) fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -
     let mut front = match proxy {
         L7Proxy::Direct => Front::None,
         L7Proxy::Nginx => Front::Nginx(NginxProxy::start(&lab, &client, &server)?),
-        L7Proxy::Keel { http, server_in_mesh } => Front::Keel { keel: start_keel(&lab, arm, pods, http, server_in_mesh)?, http },
+        L7Proxy::Keel { http, server_in_mesh } => Front::Keel { keel: Box::new(start_keel(&lab, arm, pods, http, server_in_mesh)?), http },
     };
     let path = match &front {
         Front::Keel { keel, http } => {
