@@ -32,6 +32,8 @@ pub enum Request {
     /// The workload state from the control plane and the xDS connection's state.
     ConfigDump,
     FastPath(bool),
+    /// Release every pod, drain, detach and unpin all capture, forget the persisted pods and config, and exit.
+    Uninstall,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

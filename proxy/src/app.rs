@@ -1,5 +1,6 @@
-//! The daemon's life: start capture, take over persisted pods, serve the API and admin, and on SIGTERM drain and
-//! remove everything keel attached, installed or pinned.
+//! The daemon's life: start capture, take over persisted pods, serve the API and admin; on SIGTERM stop serving and
+//! drain but leave the pods captured (fail closed until the next keel), on `keel uninstall` remove everything keel
+//! attached, installed, pinned or persisted.
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -43,6 +44,19 @@ pub struct Daemon {
     open_files_limit: u64,
     /// Present when keel follows a control plane.
     xds: Option<crate::xds::setup::Xds>,
+    /// Notified by `keel uninstall`.
+    uninstall: tokio::sync::Notify,
+}
+
+/// How a running keel stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT, as before a restart or upgrade: the pods stay captured (pinned programs, iptables rules,
+    /// the persisted pods and config), so until the next keel takes over their connections are refused, never
+    /// carried in plaintext, exactly as after a crash. Under `--fail-open` the pods are released instead.
+    Restart,
+    /// `keel uninstall`: the pods are released and everything keel attached, pinned or persisted is removed.
+    Uninstall,
 }
 
 /// A pod as `keel pods` lists it: the enrollment request, and the Workload keel tied it to (none until the
@@ -137,6 +151,12 @@ impl Daemon {
                 self.data_path.capture.set_fast_path(on)?;
                 Value::Null
             }
+            Request::Uninstall => {
+                let pods = self.enrollment.specs().await.len();
+                info!(pods, "uninstall requested");
+                self.uninstall.notify_one();
+                serde_json::json!({ "releasing_pods": pods })
+            }
         })
     }
 }
@@ -185,7 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), open_files_limit, xds });
+    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), open_files_limit, xds, uninstall: Default::default() });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));
@@ -197,18 +217,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(capture = ?config.capture, restored_pods = restored, startup_ms = started.elapsed().as_millis() as u64,
           api = %config.api_socket.display(), admin = %config.admin_addr, "keel ready");
 
-    wait_for_termination().await?;
-    info!("terminating: releasing pods and draining connections");
+    let stop = wait_for_stop(&daemon).await?;
+    let release = stop == Stop::Uninstall || config.fail_open;
+    info!(?stop, release_pods = release, "terminating: draining connections");
     daemon.ready.store(false, Ordering::Relaxed);
     api_task.abort();
     let _ = std::fs::remove_file(&config.api_socket);
-    daemon.enrollment.release_all().await;
+    if release {
+        daemon.enrollment.release_all().await;
+    } else {
+        daemon.enrollment.stop_serving_all().await;
+    }
     drain(&daemon).await;
     admin_task.abort();
-    // Connections still running past the drain deadline are closed when the process exits; attachments and pins
-    // are removed now either way.
-    daemon.data_path.capture.shutdown()?;
-    info!("keel stopped cleanly");
+    // Connections still running past the drain deadline are closed when the process exits.
+    if release {
+        // Attachments and pins are removed now (iptables rules went with each released pod).
+        daemon.data_path.capture.shutdown()?;
+    }
+    if stop == Stop::Uninstall {
+        daemon.enrollment.forget_all()?;
+        crate::xds::persisted::forget(&config.state_dir)?;
+        info!("keel uninstalled: pods released, capture detached, persisted state removed");
+    } else if release {
+        info!("keel stopped; pods released (--fail-open)");
+    } else {
+        info!("keel stopped; pods stay captured and are refused until keel is back");
+    }
     Ok(())
 }
 
@@ -240,12 +275,12 @@ async fn drain(daemon: &Daemon) {
     }
 }
 
-async fn wait_for_termination() -> anyhow::Result<()> {
+async fn wait_for_stop(daemon: &Daemon) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(tokio::select! {
+        _ = term.recv() => Stop::Restart,
+        _ = int.recv() => Stop::Restart,
+        _ = daemon.uninstall.notified() => Stop::Uninstall,
+    })
 }

@@ -50,6 +50,10 @@ pub enum Command {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// Remove keel from this node: the running keel releases every pod (they talk directly from then on), drains,
+    /// detaches and unpins its programs, forgets its persisted pods and config, and exits. (SIGTERM, by contrast,
+    /// leaves the pods captured: refused until the next keel starts.)
+    Uninstall,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -235,6 +239,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::ConfigDump => client(&cli.api_socket, Request::ConfigDump),
         Command::ProxyConfig { view } => proxy_config(&cli.api_socket, view),
         Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
+        Command::Uninstall => client(&cli.api_socket, Request::Uninstall),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,7 +171,24 @@ impl Enrollment {
         self.pods.lock().await.values().map(|p| p.spec.clone()).collect()
     }
 
-    /// Releases every pod from capture (on shutdown) without forgetting them: the state file stays.
+    /// Stops serving every pod but leaves it captured (a stop before a restart): keel's listeners close and open
+    /// HBONE connections get a GOAWAY, so new connections are refused from now on (captured but with no keel to
+    /// take them); connections already accepted go on. The state file stays, for the next keel.
+    pub async fn stop_serving_all(&self) {
+        for (_, pod) in std::mem::take(&mut *self.pods.lock().await) {
+            let _ = pod.stop.send(true);
+        }
+    }
+
+    /// Forgets the persisted pods (on uninstall: the next keel starts with none).
+    pub fn forget_all(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.state_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", self.state_file.display())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Releases every pod from capture (on uninstall, or a stop under --fail-open) without forgetting them.
     pub async fn release_all(&self) {
         let pods = std::mem::take(&mut *self.pods.lock().await);
         for (name, pod) in pods {

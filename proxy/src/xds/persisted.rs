@@ -23,6 +23,15 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 }
 
 /// Writes `held` (type URL → name → resource) atomically, readable by root only.
+/// Removes the saved state from `state_dir` (on uninstall), if there is one.
+pub fn forget(state_dir: &Path) -> anyhow::Result<()> {
+    let path = path_in(state_dir);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
 pub fn save(path: &Path, held: &HashMap<String, HashMap<String, Resource>>) -> anyhow::Result<()> {
     let mut bytes = Vec::new();
     let mut types: Vec<&String> = held.keys().collect();

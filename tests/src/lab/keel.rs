@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// How long `start` waits for the API socket to answer `"pods"`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long SIGTERM may take before we call it a failure (and SIGKILL).
+/// How long a stop (uninstall or SIGTERM) may take before we call it a failure (and SIGKILL).
 pub const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -36,8 +36,8 @@ pub struct KeelSpec {
     pub extra_args: Vec<String>,
 }
 
-/// A running keel. Dropping it stops it (SIGTERM, then SIGKILL after 10 s). (When a test fails, the lab prints
-/// the tail of every keel log it started: usually the explanation.)
+/// A running keel. Dropping it uninstalls it (`keel uninstall`; SIGTERM, then SIGKILL, when it does not answer).
+/// (When a test fails, the lab prints the tail of every keel log it started: usually the explanation.)
 pub struct Keel {
     child: ChildGuard,
     spec: KeelSpec,
@@ -199,16 +199,32 @@ impl Keel {
         self.child.kill()
     }
 
-    /// SIGTERM and wait ≤ 10 s for a clean exit; SIGKILL and fail if it does not come.
+    /// `keel uninstall` (release every pod, detach and unpin everything, forget the persisted state) and wait
+    /// ≤ 10 s for a clean exit; SIGKILL and fail if it does not come.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
+        self.cli(&["uninstall"]).with_context(|| format!("keel uninstall; log tail:\n{}", self.log_tail(40)))?;
+        self.wait_exit("keel uninstall")
+    }
+
+    /// SIGTERM (a stop before a restart: the pods stay captured) and wait ≤ 10 s for a clean exit; SIGKILL and
+    /// fail if it does not come.
+    pub fn sigterm(&mut self) -> Result<ExitStatus> {
         self.child.signal(libc::SIGTERM)?;
+        self.wait_exit("SIGTERM")
+    }
+
+    fn wait_exit(&mut self, after: &str) -> Result<ExitStatus> {
         match self.child.wait_timeout(TERM_TIMEOUT) {
             Some(s) => Ok(s),
             None => {
                 self.child.kill();
-                bail!("keel did not exit within {TERM_TIMEOUT:?} of SIGTERM; log tail:\n{}", self.log_tail(40))
+                bail!("keel did not exit within {TERM_TIMEOUT:?} of {after}; log tail:\n{}", self.log_tail(40))
             }
         }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.spec.state_dir
     }
 
     pub fn api_socket(&self) -> &Path {
@@ -218,10 +234,15 @@ impl Keel {
 
 impl Drop for Keel {
     fn drop(&mut self) {
+        // Uninstalled, so the next keel of the lab (or of the benchmark's next arm) starts from a clean slate; a
+        // keel that does not answer gets SIGTERM, then SIGKILL (the lab removes what it leaves).
         if self.child.try_wait().is_none() {
+            if self.cli(&["uninstall"]).is_ok() && self.child.wait_timeout(TERM_TIMEOUT).is_some() {
+                return;
+            }
             let _ = self.child.signal(libc::SIGTERM);
             if self.child.wait_timeout(TERM_TIMEOUT).is_none() {
-                eprintln!("keel lab: keel (pid {}) ignored SIGTERM for {TERM_TIMEOUT:?}; SIGKILL", self.pid());
+                eprintln!("keel lab: keel (pid {}) exited neither on uninstall nor on SIGTERM within {TERM_TIMEOUT:?}; SIGKILL", self.pid());
                 self.child.kill();
             }
         }

@@ -1,4 +1,5 @@
-//! keel's lifecycle: a crash and restart resumes capture quickly; SIGTERM leaves nothing behind.
+//! keel's lifecycle: a crash or a stop fails closed and a restart resumes capture quickly; `keel uninstall`
+//! leaves nothing behind.
 
 use super::capture::{captured_echo, expect_no_keel_rules};
 use super::*;
@@ -9,10 +10,20 @@ const PORT: u16 = 8080;
 /// The bound: captured traffic flows again within a second of keel being ready.
 const RESUME_WITHIN: Duration = Duration::from_secs(1);
 
-/// `kill -9` keel, start a new one on the same state dir, pins and API socket: it re-enrolls the pods from its
-/// state dir, and captured traffic flows (and is recorded) within 1 s of the new keel's readiness.
-pub fn restart_resumes_capture(backend: Backend) {
-    with_lab_alone("restart", |lab| {
+/// How the first keel of [`restart_resumes_capture`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// `kill -9`: a crash, no cleanup at all.
+    Crash,
+    /// SIGTERM: an orderly stop (as before an upgrade), which must leave the pods captured.
+    Sigterm,
+}
+
+/// Crash or stop keel, start a new one on the same state dir, pins and API socket: while none runs, a captured
+/// connection to a listening server is refused (capture outlives keel, so nothing bypasses it); the new keel
+/// re-enrolls the pods from its state dir, and captured traffic flows (and is recorded) within 1 s of its readiness.
+pub fn restart_resumes_capture(backend: Backend, ending: Ending) {
+    with_lab_alone(if ending == Ending::Crash { "restart" } else { "stopstart" }, |lab| {
         let client = lab.add_pod("client")?;
         let server = lab.add_pod("server")?;
         let mut keel = lab.start_keel(backend, &[])?;
@@ -22,8 +33,22 @@ pub fn restart_resumes_capture(backend: Backend) {
         let dst = server.addr(PORT);
         captured_echo(&keel, &client, dst, 4 * KIB).context("before the crash")?;
 
-        keel.kill9();
-        let keel = lab.start_keel(backend, &[]).context("restarting keel after kill -9")?;
+        match ending {
+            Ending::Crash => {
+                keel.kill9();
+            }
+            Ending::Sigterm => {
+                let status = keel.sigterm()?;
+                if status.code() != Some(0) {
+                    bail!("keel exited with {status} after SIGTERM (expected 0); log tail:\n{}", keel.log_tail(40));
+                }
+                if backend == Backend::Ebpf && !lab.bpffs_dir().join("links").exists() {
+                    bail!("SIGTERM removed keel's pinned links ({}): the pods are no longer captured", lab.bpffs_dir().display());
+                }
+            }
+        }
+        send_fails(&client, dst, Broke::Refused, &format!("a captured connection while keel is down ({ending:?})"))?;
+        let keel = lab.start_keel(backend, &[]).with_context(|| format!("restarting keel after {ending:?}"))?;
         let ready = Instant::now();
         // Poll: the first attempts may race keel's last steps; each try is short so we can see the 1 s bound.
         let mut attempts = Vec::new();
@@ -77,10 +102,10 @@ pub fn restart_resumes_capture(backend: Backend) {
     })
 }
 
-/// SIGTERM: exit status 0, keel's bpffs dir is gone, no keel iptables rule is left in any pod, and the pods still
-/// talk to each other directly.
-pub fn sigterm_cleans_up(backend: Backend) {
-    with_lab("sigterm", |lab| {
+/// `keel uninstall`: exit status 0, keel's bpffs dir is gone, no keel iptables rule is left in any pod, nothing
+/// is persisted, and the pods talk to each other directly.
+pub fn uninstall_cleans_up(backend: Backend) {
+    with_lab("uninstall", |lab| {
         let client = lab.add_pod("client")?;
         let server = lab.add_pod("server")?;
         let mut keel = lab.start_keel(backend, &[])?;
@@ -95,11 +120,15 @@ pub fn sigterm_cleans_up(backend: Backend) {
 
         let status = keel.terminate()?;
         if status.code() != Some(0) {
-            bail!("keel exited with {status} after SIGTERM (expected 0); log tail:\n{}", keel.log_tail(40));
+            bail!("keel exited with {status} after uninstall (expected 0); log tail:\n{}", keel.log_tail(40));
         }
         if lab.bpffs_dir().exists() {
             let left: Vec<_> = std::fs::read_dir(lab.bpffs_dir())?.flatten().map(|e| e.file_name()).collect();
-            bail!("bpffs dir {} still exists after SIGTERM: {left:?}", lab.bpffs_dir().display());
+            bail!("bpffs dir {} still exists after uninstall: {left:?}", lab.bpffs_dir().display());
+        }
+        let persisted: Vec<_> = std::fs::read_dir(keel.state_dir())?.flatten().map(|e| e.file_name()).collect();
+        if !persisted.is_empty() {
+            bail!("uninstall left state in {}: {persisted:?}", keel.state_dir().display());
         }
         for pod in [&client, &server] {
             expect_no_keel_rules(lab, pod)?;
@@ -107,7 +136,7 @@ pub fn sigterm_cleans_up(backend: Backend) {
         // No program of keel's is left on the pods' cgroup (connect4 and sock_ops were attached there).
         let attached = crate::lab::sys::run(std::process::Command::new("bpftool").args(["cgroup", "show"]).arg(lab.cgroup_root()))?;
         if attached.contains("keel") {
-            bail!("programs still attached to {} after SIGTERM:\n{attached}", lab.cgroup_root().display());
+            bail!("programs still attached to {} after uninstall:\n{attached}", lab.cgroup_root().display());
         }
         send_ok(&client, server.addr(PORT), MIB, ServeMode::Echo).context("direct traffic after keel stopped")?;
         Ok(())
