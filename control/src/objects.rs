@@ -4,6 +4,7 @@
 //! of which object is wrong.
 mod destination_rule;
 mod duration;
+pub mod names;
 mod virtual_service;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};

@@ -205,7 +205,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
     let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
-    let daemon = Arc::new(Daemon { config: config.clone(), data_path, enrollment, ready: AtomicBool::new(false), open_files_limit, xds, uninstall: Default::default() });
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        data_path,
+        enrollment,
+        ready: AtomicBool::new(false),
+        open_files_limit,
+        xds,
+        uninstall: Default::default(),
+    });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));

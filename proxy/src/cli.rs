@@ -163,6 +163,10 @@ pub struct RunArgs {
     /// An HTTP/1.1 client of the L7 engine must send each request head within this time (slowloris bound).
     #[arg(long, default_value_t = 30_000)]
     pub http_header_read_timeout_ms: u64,
+    /// An HTTP connection to the L7 engine that starts no request for this long is closed gracefully (HTTP/2
+    /// GOAWAY; requests in flight finish), as Envoy's `idle_timeout` (default 1 hour).
+    #[arg(long, default_value_t = 3600)]
+    pub http_idle_timeout_secs: u64,
     /// Leave open connections alone when a policy change would deny them (by default keel closes them).
     #[arg(long)]
     pub keep_denied_connections: bool,
@@ -290,6 +294,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             handshakes_per_source: args.max_hbone_handshakes_per_source.max(1),
         },
         http_header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
+        http_idle_timeout: Duration::from_secs(args.http_idle_timeout_secs.max(1)),
     };
     let config = Config {
         limits,

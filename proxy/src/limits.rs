@@ -22,6 +22,9 @@ pub struct Limits {
     /// An HTTP/1.1 client of the L7 engine must send a whole request head within this time, for its first
     /// request and after each response (slowloris; and the keep-alive idle limit).
     pub http_header_read_timeout: Duration,
+    /// A connection to the L7 engine that starts no request for this long is closed gracefully (HTTP/2 clients
+    /// stay otherwise: keel's PINGs keep a live one open forever).
+    pub http_idle_timeout: Duration,
 }
 
 /// How long a relayed connection may stay silent.
@@ -68,6 +71,7 @@ impl Default for Limits {
                 handshakes_per_source: 32,
             },
             http_header_read_timeout: Duration::from_secs(30),
+            http_idle_timeout: Duration::from_secs(3600),
         }
     }
 }

@@ -199,7 +199,9 @@ impl HboneClient {
         });
     }
 
-    /// Opens a CONNECT stream for `request` to the peer, on a pooled connection or a new one.
+    /// Opens a CONNECT stream for `request` to the peer, on a pooled connection or a new one. A pooled
+    /// connection the peer has since sent a GOAWAY on (keel drains, the pod was unenrolled) is retired and the
+    /// stream opened on a new connection: the peer saw nothing of it, so trying again is safe.
     pub async fn open<F, Fut>(&self, key: PoolKey, dial: Dial<'_, F>, request: Request<()>) -> Result<Tunnel, HboneError>
     where
         F: FnOnce() -> Fut,
@@ -207,48 +209,114 @@ impl HboneClient {
     {
         let pool = self.pools.lock().expect("pools poisoned").entry(key).or_default().clone();
         let peer = dial.peer;
-        let lease = match pool.lease() {
-            Some(lease) => lease,
-            None => {
-                let _dialling = pool.dialling.lock().await;
-                match pool.lease() {
-                    Some(lease) => lease,
-                    None => {
-                        if let Some((at, why)) = pool.last_failure.lock().expect("pool poisoned").clone() {
-                            if at.elapsed() < FAILED_DIAL_MEMORY {
-                                return Err(HboneError::RecentlyFailed(peer, at.elapsed(), why));
-                            }
+        let mut dial = Some(dial);
+        loop {
+            let (lease, pooled) = match pool.lease() {
+                Some(lease) => (lease, true),
+                None => (self.dial_or_share(&pool, &mut dial).await?, false),
+            };
+            match open_stream(peer, &lease, clone_request(&request)).await {
+                Ok(tunnel) => return Ok(tunnel.holding(lease)),
+                Err(StreamError { error, peer_saw_nothing }) => {
+                    if peer_saw_nothing {
+                        lease.0.closed.store(true, Ordering::Release);
+                        if pooled && dial.is_some() {
+                            debug!(%peer, error = %error, "pooled HBONE connection refused the stream; opening a new one");
+                            continue;
                         }
-                        let connection = match connect(dial).await {
-                            Ok(connection) => connection,
-                            Err(e) => {
-                                *pool.last_failure.lock().expect("pool poisoned") = Some((Instant::now(), e.to_string()));
-                                return Err(e);
-                            }
-                        };
-                        self.dialled.fetch_add(1, Ordering::Relaxed);
-                        let lease = Lease(connection.clone());
-                        connection.active.store(1, Ordering::Release);
-                        pool.connections.lock().expect("pool poisoned").push(connection);
-                        lease
                     }
+                    return Err(error);
                 }
             }
-        };
-        let mut sender = match lease.0.sender.clone().ready().await {
-            Ok(sender) => sender,
+        }
+    }
+
+    /// A lease on a new connection, or on the one a concurrent caller just dialled (`dial` is used up then).
+    async fn dial_or_share<F, Fut>(&self, pool: &KeyPool, dial: &mut Option<Dial<'_, F>>) -> Result<Lease, HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<ClientTls>>,
+    {
+        let _dialling = pool.dialling.lock().await;
+        if let Some(lease) = pool.lease() {
+            return Ok(lease);
+        }
+        let dial = dial.take().expect("dialled at most once per open");
+        let peer = dial.peer;
+        if let Some((at, why)) = pool.last_failure.lock().expect("pool poisoned").clone() {
+            if at.elapsed() < FAILED_DIAL_MEMORY {
+                return Err(HboneError::RecentlyFailed(peer, at.elapsed(), why));
+            }
+        }
+        let connection = match connect(dial).await {
+            Ok(connection) => connection,
             Err(e) => {
-                // GOAWAY or a dead connection: retire it; the caller's connection fails like a refused connect.
-                lease.0.closed.store(true, Ordering::Release);
-                return Err(HboneError::Http2(peer, e));
+                *pool.last_failure.lock().expect("pool poisoned") = Some((Instant::now(), e.to_string()));
+                return Err(e);
             }
         };
-        let (response, send) = sender.send_request(request, false).map_err(|e| HboneError::Http2(peer, e))?;
-        let response = within(peer, "the CONNECT answer", CONNECT_RESPONSE_TIMEOUT, response).await?;
-        if response.status() != StatusCode::OK {
-            return Err(HboneError::Status(peer, response.status()));
+        self.dialled.fetch_add(1, Ordering::Relaxed);
+        let lease = Lease(connection.clone());
+        connection.active.store(1, Ordering::Release);
+        pool.connections.lock().expect("pool poisoned").push(connection);
+        Ok(lease)
+    }
+}
+
+/// Why a CONNECT stream did not open, and whether the peer can have seen any of it (a stream refused by GOAWAY or
+/// REFUSED_STREAM was never processed: RFC 9113 §8.7).
+struct StreamError {
+    error: HboneError,
+    peer_saw_nothing: bool,
+}
+
+/// A CONNECT request has no body and its headers are cheap to copy: a copy goes out on each attempt.
+fn clone_request(request: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+async fn open_stream(peer: SocketAddrV4, lease: &Lease, request: Request<()>) -> Result<OpenedStream, StreamError> {
+    let refused = |e: h2::Error| {
+        let peer_saw_nothing = e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        StreamError { error: HboneError::Http2(peer, e), peer_saw_nothing }
+    };
+    let mut sender = match lease.0.sender.clone().ready().await {
+        Ok(sender) => sender,
+        Err(e) => {
+            // A dead connection (or one past a GOAWAY): retire it whatever the retry decides.
+            lease.0.closed.store(true, Ordering::Release);
+            return Err(StreamError { error: HboneError::Http2(peer, e), peer_saw_nothing: true });
         }
-        Ok(Tunnel { reader: TunnelReader::new(response.into_body()), writer: TunnelWriter::new(send), _lease: lease })
+    };
+    let (response, send) = sender.send_request(request, false).map_err(refused)?;
+    let response = match tokio::time::timeout(CONNECT_RESPONSE_TIMEOUT, response).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(refused(e)),
+        Err(_) => {
+            let error = HboneError::Timeout(peer, "the CONNECT answer", CONNECT_RESPONSE_TIMEOUT);
+            return Err(StreamError { error, peer_saw_nothing: false });
+        }
+    };
+    if response.status() != StatusCode::OK {
+        return Err(StreamError { error: HboneError::Status(peer, response.status()), peer_saw_nothing: false });
+    }
+    Ok(OpenedStream { response, send })
+}
+
+/// A CONNECT stream the peer answered 200.
+struct OpenedStream {
+    response: http::Response<h2::RecvStream>,
+    send: h2::SendStream<Bytes>,
+}
+
+impl OpenedStream {
+    fn holding(self, lease: Lease) -> Tunnel {
+        Tunnel { reader: TunnelReader::new(self.response.into_body()), writer: TunnelWriter::new(self.send), _lease: lease }
     }
 }
 

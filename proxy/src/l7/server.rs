@@ -1,7 +1,10 @@
 //! HTTP termination of a captured connection whose destination port carries HTTP: hyper serves HTTP/1.1
 //! (keep-alive; pipelined requests are answered in order) and HTTP/2 (h2c by its preface) on the one socket,
 //! and hands each request to [`super::request::handle`].
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -33,14 +36,37 @@ pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mu
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADERS_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(60));
-    let service = service_fn(move |request| handle(request, downstream.clone()));
+    let idle_timeout = downstream.dp.limits.http_idle_timeout;
+    let last_request = Arc::new(Mutex::new(Instant::now()));
+    let service = {
+        let last_request = last_request.clone();
+        service_fn(move |request| {
+            *last_request.lock().expect("request clock poisoned") = Instant::now();
+            handle(request, downstream.clone())
+        })
+    };
     let connection = builder.serve_connection(TokioIo::new(client), service);
     tokio::pin!(connection);
     // The watch's guard is dropped inside this future, so nothing un-Send lives across the awaits below.
     let drain = async move { draining.wait_for(|stop| *stop).await.is_ok() };
+    // No request started for `idle_timeout`: closed as on drain (a response still streaming finishes; only new
+    // requests are refused), so an idle client cannot hold a connection, and with it keel's file descriptor.
+    let idle = async move {
+        loop {
+            let since = *last_request.lock().expect("request clock poisoned");
+            if since.elapsed() >= idle_timeout {
+                return;
+            }
+            tokio::time::sleep_until((since + idle_timeout).into()).await;
+        }
+    };
     let served = tokio::select! {
         served = connection.as_mut() => served,
         _ = drain => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = idle => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -8,7 +8,8 @@
 //! 3. CONNECT to keel's own ports (400, `keel_port`);
 //! 4. a certificate that expired, and one that expires while its connection is open (refused; ended);
 //! 5. malformed HTTP/2 frames after a valid handshake (GOAWAY, connection closed, keel up);
-//! 6. slowloris HTTP to the L7 engine (the header read timeout);
+//! 6. slowloris HTTP to the L7 engine (the header read timeout), and an HTTP/2 client that stays without
+//!    starting requests (the idle timeout: GOAWAY);
 //! 7. one pod opening more connections than its per-pod cap (the excess reset, counted; other pods unaffected);
 //! 8. unenrolling the pod under an open HBONE connection (GOAWAY: the stream in flight finishes, new ones are
 //!    refused);
@@ -27,6 +28,9 @@ const HANDSHAKES_PER_SOURCE: u64 = 20;
 const HEADER_READ_TIMEOUT_MS: &str = "2000";
 const CONNECTIONS_PER_POD: u64 = 40;
 const WEB_VIP: &str = "10.96.0.30";
+/// The server's HTTP port, behind the `web` service.
+const WEB_PORT: u16 = 8090;
+const HTTP_IDLE_TIMEOUT_SECS: &str = "2";
 
 fn open_fds(keel: &Keel) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{}/fd", keel.pid()))?.count())
@@ -93,7 +97,7 @@ pub fn hostile_peers_are_bounded() {
                 mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
                 mesh_config::service_object("echo", "10.96.0.20", &[("app", "echo")], 80, PORT),
                 // An HTTP port: what the client sends there goes through the L7 engine.
-                mesh_config::service_object("web", WEB_VIP, &[("app", "echo")], 80, PORT).replace("tcp-echo", "http"),
+                mesh_config::service_object("web", WEB_VIP, &[("app", "echo")], 80, WEB_PORT).replace("tcp-echo", "http"),
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
@@ -107,6 +111,8 @@ pub fn hostile_peers_are_bounded() {
                 &per_source,
                 "--http-header-read-timeout-ms",
                 HEADER_READ_TIMEOUT_MS,
+                "--http-idle-timeout-secs",
+                HTTP_IDLE_TIMEOUT_SECS,
                 "--max-connections-per-pod",
                 &per_pod,
             ],
@@ -244,6 +250,22 @@ pub fn hostile_peers_are_bounded() {
         let slow = join(slow)?;
         if slow["connected"] != 10 || slow["still_open"] != 0 || slow["latest_close_s"].as_f64().unwrap_or(99.0) > 4.0 {
             bail!("slowloris connections were not closed by the {HEADER_READ_TIMEOUT_MS} ms header read timeout: {slow}");
+        }
+
+        // 6b. An HTTP/2 client that answers keel's PINGs but starts no request after its first: closed with a
+        //     GOAWAY once the idle timeout passes (not at once: the first request is answered).
+        let _web = server.http_serve(WEB_PORT, "web", &[])?;
+        let idle = spawn_script(
+            &client,
+            "h2c_idle.py",
+            vec!["--to".into(), format!("{WEB_VIP}:80"), "--authority".into(), "web.default.svc.cluster.local".into(), "--wait".into(), "6".into()],
+            Duration::from_secs(30),
+        );
+        keep_talking(&client, &server, || idle.is_finished())?;
+        let idle = join(idle)?;
+        let after = idle["goaway_after_s"].as_f64().unwrap_or(99.0);
+        if idle["status"] != 200 || idle["goaway"] != true || !(1.0..=4.0).contains(&after) {
+            bail!("an idle HTTP/2 connection to the L7 engine was not closed by the {HTTP_IDLE_TIMEOUT_SECS} s idle timeout: {idle}");
         }
 
         // 7. One pod holds more connections than its cap: the excess is reset at accept and counted; another pod
