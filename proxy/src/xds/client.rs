@@ -177,13 +177,25 @@ impl XdsClient {
     }
 
     /// Applies the valid part of a response and returns the ACK (or NACK) for it.
-    fn apply(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    fn apply(&mut self, mut response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let type_url = response.type_url.clone();
+        if !TYPE_URLS.contains(&type_url.as_str()) {
+            // Nothing of it is applied: a type keel never subscribed to has no state to change.
+            let message = format!("field `type_url`: {type_url:?} is not a type keel subscribed to");
+            warn!(%type_url, %message, "NACK");
+            let error_detail = Some(rpc::Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] });
+            return DeltaDiscoveryRequest { type_url, response_nonce: response.nonce, error_detail, ..Default::default() };
+        }
+        let mut rejected: Vec<Rejected> = contradictions(&mut response);
         let held = self.held.entry(type_url.clone()).or_default();
         let mut upserts = Vec::new();
-        let mut rejected: Vec<Rejected> = Vec::new();
         for resource in response.resources {
             let bytes = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+            if let Some(any) = resource.resource.as_ref().filter(|any| any.type_url != type_url) {
+                let reason = format!("field `resource.type_url`: {:?} in a response of {type_url}", any.type_url);
+                rejected.push(Rejected { name: resource.name.clone(), reason });
+                continue;
+            }
             match decode(&type_url, &resource.name, bytes) {
                 Ok(r) => {
                     let name = resource.name.clone();
@@ -217,6 +229,28 @@ impl XdsClient {
     }
 }
 
+/// Takes out of `response` every name it lists more than once (twice among the resources, or both as a resource
+/// and as removed): which one the control plane meant is unknowable, so none is applied and each is refused
+/// (what keel held under that name stays).
+fn contradictions(response: &mut DeltaDiscoveryResponse) -> Vec<Rejected> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for name in response.resources.iter().map(|r| r.name.as_str()).chain(response.removed_resources.iter().map(String::as_str)) {
+        *count.entry(name).or_default() += 1;
+    }
+    let twice: Vec<String> = count.into_iter().filter(|(_, n)| *n > 1).map(|(name, _)| name.to_owned()).collect();
+    if twice.is_empty() {
+        return Vec::new();
+    }
+    response.resources.retain(|r| !twice.contains(&r.name));
+    response.removed_resources.retain(|n| !twice.contains(n));
+    let mut rejected: Vec<Rejected> = twice
+        .into_iter()
+        .map(|name| Rejected { name, reason: "listed more than once in one response (added twice, or added and removed)".into() })
+        .collect();
+    rejected.sort_by(|a, b| a.name.cmp(&b.name));
+    rejected
+}
+
 /// ±50 % jitter, so a control-plane restart is not met by every node at the same instant.
 fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.5 + rand::random::<f64>())
@@ -227,6 +261,7 @@ mod tests {
     use super::*;
     use keel_proto::{discovery::Resource as XdsResource, workload};
     use prost::Message as _;
+    use std::net::IpAddr;
 
     fn client() -> XdsClient {
         let config = XdsConfig {
@@ -267,6 +302,57 @@ mod tests {
         assert!(nack.message.starts_with("resource bad:"), "{}", nack.message);
         assert!(c.store.snapshot().workloads.contains_key("good"), "the valid resource still applies");
         assert_eq!(c.held[ADDRESS_TYPE_URL].keys().collect::<Vec<_>>(), ["good"], "only accepted versions are held");
+    }
+
+    #[test]
+    fn contradictory_or_mistyped_resources_are_refused_and_the_held_state_stays() {
+        let mut c = client();
+        let workload = |ip: u8| {
+            let w = workload::Workload { uid: format!("u{ip}"), addresses: vec![vec![10, 0, 0, ip]], ..Default::default() };
+            workload::Address { r#type: Some(workload::address::Type::Workload(w)) }.encode_to_vec()
+        };
+        let resource = |name: &str, type_url: &str, value: Vec<u8>| XdsResource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(prost_types::Any { type_url: type_url.into(), value }),
+            ..Default::default()
+        };
+        let response = |resources: Vec<XdsResource>, removed: Vec<&str>| DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            nonce: "n".into(),
+            resources,
+            removed_resources: removed.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        };
+        assert!(c.apply(response(vec![resource("a", ADDRESS_TYPE_URL, workload(1))], vec![])).error_detail.is_none());
+
+        // The same name twice, a name both added and removed, a resource of another type.
+        let ack = c.apply(response(
+            vec![
+                resource("b", ADDRESS_TYPE_URL, workload(2)),
+                resource("b", ADDRESS_TYPE_URL, workload(3)),
+                resource("a", ADDRESS_TYPE_URL, workload(4)),
+                resource("c", AUTHORIZATION_TYPE_URL, workload(5)),
+                resource("d", ADDRESS_TYPE_URL, workload(6)),
+            ],
+            vec!["a"],
+        ));
+        let nack = ack.error_detail.expect("a NACK").message;
+        assert!(nack.contains("resource a: listed more than once"), "{nack}");
+        assert!(nack.contains("resource b: listed more than once"), "{nack}");
+        assert!(nack.contains("resource c: field `resource.type_url`"), "{nack}");
+        let snapshot = c.store.snapshot();
+        let ips: Vec<IpAddr> = snapshot.workloads_by_ip.keys().copied().collect();
+        assert!(ips.contains(&"10.0.0.1".parse().unwrap()), "the held `a` stays as it was: {ips:?}");
+        assert!(ips.contains(&"10.0.0.6".parse().unwrap()), "the uncontested `d` applies: {ips:?}");
+        assert_eq!(ips.len(), 2, "{ips:?}");
+
+        // A type keel never subscribed to changes nothing.
+        let mut foreign = response(vec![], vec!["a", "d"]);
+        foreign.type_url = "type.googleapis.com/envoy.config.secret.v3.Secret".into();
+        let nack = c.apply(foreign).error_detail.expect("a NACK").message;
+        assert!(nack.contains("field `type_url`"), "{nack}");
+        assert_eq!(c.store.snapshot().workloads_by_ip.len(), 2);
     }
 
     #[test]
