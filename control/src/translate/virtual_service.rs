@@ -29,26 +29,6 @@ const RETRY_CONDITIONS: [&str; 14] = [
     "unavailable",
 ];
 
-/// The gRPC status names an abort fault may return (every one but OK, which is no error).
-const GRPC_ERROR_STATUSES: [&str; 16] = [
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// The redirect codes Envoy can answer with.
 const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
 
@@ -372,7 +352,7 @@ fn check_abort(path: &str, abort: &FaultAbort, warnings: &mut Vec<String>) -> Re
         (Some(status), None) if !(200..=599).contains(&status) => {
             Err(error(&format!("{path}.httpStatus"), format!("{status} is not an HTTP status (200-599)")))
         }
-        (None, Some(status)) if !GRPC_ERROR_STATUSES.contains(&status.as_str()) => Err(error(
+        (None, Some(status)) if !super::l7::GRPC_STATUS_NAMES[1..].contains(&status.as_str()) => Err(error(
             &format!("{path}.grpcStatus"),
             format!("{status:?} is not a gRPC error status name (such as UNAVAILABLE or DEADLINE_EXCEEDED)"),
         )),

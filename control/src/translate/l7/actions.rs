@@ -91,28 +91,30 @@ pub fn http_fault(fault: &HttpFaultInjection) -> Any {
     Any { type_url: keel_proto::HTTP_FAULT_TYPE_URL.into(), value: HttpFault { delay, abort }.encode_to_vec() }
 }
 
-/// gRPC status names (as Istio's `grpcStatus` takes them) to their codes; an unknown name is UNKNOWN (2).
+/// gRPC status names in code order (the index is the code), as Istio's `grpcStatus` takes them.
+pub(crate) const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// gRPC status names to their codes; an unknown name is UNKNOWN (2).
 fn grpc_code(name: &str) -> u32 {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    name.parse().ok().or_else(|| CODES.iter().position(|c| c.eq_ignore_ascii_case(name)).map(|i| i as u32)).unwrap_or(2)
+    name.parse().ok().or_else(|| GRPC_STATUS_NAMES.iter().position(|c| c.eq_ignore_ascii_case(name)).map(|i| i as u32)).unwrap_or(2)
 }
 
 /// `set` overwrites, `add` appends, `remove` removes — Istio's header operation semantics.

@@ -16,6 +16,8 @@ mod matches;
 mod policy;
 mod routes;
 
+pub(super) use actions::GRPC_STATUS_NAMES;
+
 #[cfg(test)]
 mod tests;
 
