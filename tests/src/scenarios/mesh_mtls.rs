@@ -1,7 +1,7 @@
 //! The mesh across two nodes: keel-control on node 0 serves workloads, policies and certificates; a keel on each
 //! node follows it. Cross-node pod traffic goes over HBONE (mTLS, SPIFFE identities) and the wire between the
 //! nodes never carries it in plaintext; PeerAuthentication and AuthorizationPolicy decide who gets in, including
-//! for connections already open; certificates rotate under traffic.
+//! for connections already open; certificates rotate under traffic; a pod whose Workload is gone is refused.
 
 use super::*;
 use crate::lab::{mesh_config, podapp_payload, Keel, Pod, ServeMode};
@@ -71,6 +71,37 @@ fn wait_active_inbound(keel: &Keel) -> Result<()> {
     Ok(())
 }
 
+/// Starts a 64 MiB transfer from `client` to a slow sink at `to`, in the background.
+fn long_transfer(client: &Pod, to: SocketAddr) -> Result<crate::lab::process::ChildGuard> {
+    client.spawn(&[
+        client.podapp_path().display().to_string(),
+        "send".into(),
+        "--to".into(),
+        to.to_string(),
+        "--bytes".into(),
+        (64 * MIB).to_string(),
+        "--mode".into(),
+        "sink".into(),
+    ])
+}
+
+/// The background transfer to `to` must be cut within 10 s, and the keel `since` watches must record its inbound
+/// side as ended with `error`, before all of it arrived.
+fn expect_cut(mut long: crate::lab::process::ChildGuard, since: &Since<'_>, to: SocketAddr, error: &str) -> Result<()> {
+    match long.wait_timeout(Duration::from_secs(10)) {
+        None => bail!("the open connection to {to} was not closed (\"{error}\")"),
+        // podapp exits 0 only for a transfer that arrived whole: this one must have been cut.
+        Some(status) if status.success() => bail!("the 64 MiB transfer to {to} completed, it must have been cut (\"{error}\"): {}", long.log()),
+        Some(_) => {}
+    }
+    let to = to.to_string();
+    let closed = since.wait_connection("the cut connection", |c| c.direction == "inbound" && c.original_destination == to && c.error.is_some())?;
+    if closed.error.as_deref() != Some(error) || closed.bytes_sent >= 64 * MIB {
+        bail!("the open connection was not closed with \"{error}\": {closed:?}");
+    }
+    Ok(())
+}
+
 fn serial_of(certs: &str, identity: &str) -> Option<String> {
     certs.lines().find(|l| l.starts_with(identity)).and_then(|l| l.split_whitespace().nth(2)).map(str::to_owned)
 }
@@ -81,10 +112,11 @@ pub fn cross_node_mtls_and_policies() {
         let outsider = lab.node(0).add_pod("outsider")?; // not in the mesh: plaintext
         let server = lab.node(1).add_pod("server")?;
         let config_dir = lab.dir().join("mesh");
+        let server_object = mesh_config::pod_object(&server, "echo", &[("app", "echo")]);
         let base = vec![
             mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
             mesh_config::pod_object(&outsider, "outsider", &[("app", "outsider"), ("istio.io/dataplane-mode", "none")]),
-            mesh_config::pod_object(&server, "echo", &[("app", "echo")]),
+            server_object.clone(),
             mesh_config::service_object("echo", "10.96.0.20", &[("app", "echo")], 80, 8080),
         ];
         let mesh = Mesh { config_dir: config_dir.clone(), base };
@@ -166,35 +198,15 @@ pub fn cross_node_mtls_and_policies() {
         send_ok(&client, server.addr(8080), KIB, ServeMode::Echo).context("mTLS client under STRICT")?;
 
         // 4. A DENY pushed while a connection is open closes it; new ones are refused with 401.
-        let long = client.spawn(&[
-            client.podapp_path().display().to_string(),
-            "send".into(),
-            "--to".into(),
-            server.addr(8081).to_string(),
-            "--bytes".into(),
-            (64 * MIB).to_string(),
-            "--mode".into(),
-            "sink".into(),
-        ])?;
+        let since = Since::now(&keels[1])?;
+        let long = long_transfer(&client, server.addr(8081))?;
         wait_active_inbound(&keels[1])?;
         let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-sleep, namespace: default}\n\
                     spec:\n  selector: {matchLabels: {app: echo}}\n  action: DENY\n  rules: [{from: [{source: {principals: [\"cluster.local/ns/default/sa/sleep\"]}}]}]\n";
         let pushed = Instant::now();
         mesh.apply(&[strict, deny])?;
-        let mut long = long;
-        match long.wait_timeout(Duration::from_secs(10)) {
-            None => bail!("the open connection was not closed by the DENY policy"),
-            // podapp exits 0 only for a transfer that arrived whole: this one must have been cut.
-            Some(status) if status.success() => bail!("the 64 MiB transfer completed despite the DENY policy: {}", long.log()),
-            Some(_) => {}
-        }
-        let revoked = "closed by a policy change: denied by DENY policy default/deny-sleep";
-        let sink = server.addr(8081).to_string();
-        let closed = keels[1].wait_connection(RECORD_TIMEOUT, |c| c.direction == "inbound" && c.original_destination == sink && c.error.is_some())?;
-        if closed.error.as_deref() != Some(revoked) || closed.bytes_sent >= 64 * MIB {
-            bail!("the open connection was not closed by the DENY policy (\"{revoked}\"): {closed:?}");
-        }
-        eprintln!("open connection closed {:?} after the policy write: {closed:?}", pushed.elapsed());
+        expect_cut(long, &since, server.addr(8081), "closed by a policy change: denied by DENY policy default/deny-sleep")?;
+        eprintln!("open connection closed {:?} after the policy write", pushed.elapsed());
         hbone_denied(&keels, &client, server.addr(8080), "denied by DENY policy default/deny-sleep", "a client the DENY policy names")?;
 
         // 5. ALLOW with CIDR and not_* forms: admitted from the client's subnet unless the principal is excluded.
@@ -232,6 +244,36 @@ pub fn cross_node_mtls_and_policies() {
         std::thread::sleep(Duration::from_secs(7));
         send_ok(&client, server.addr(8080), KIB, ServeMode::Echo).context("after the first certificate expired")?;
         eprintln!("client certificate rotated: {first} -> {rotated:?}");
+
+        // 7. The server's Workload disappears (pod deleted from the config, still enrolled): its open connection
+        //    closes like a newly denied one, and keel refuses what it cannot evaluate policy for, as ztunnel does:
+        //    plaintext from outside the mesh and the HBONE port alike, even with no policy in force at all.
+        let since = Since::now(&keels[1])?;
+        let long = long_transfer(&client, server.addr(8081))?;
+        wait_active_inbound(&keels[1])?;
+        let without_server: Vec<String> = mesh.base.iter().filter(|o| **o != server_object).cloned().collect();
+        mesh_config::write(&config_dir, "mesh.yaml", &without_server)?;
+        expect_cut(long, &since, server.addr(8081), "closed by a policy change: denied: the destination workload no longer exists")?;
+        let unknown = format!("refused: keel has no Workload for destination pod {}", server.ip);
+        let to_unknown = server.addr(8080).to_string();
+        let refused_plaintext = |c: &Connection| {
+            c.direction == "inbound"
+                && c.source.starts_with(&outsider_at)
+                && c.original_destination == to_unknown
+                && c.policy.as_deref() == Some(unknown.as_str())
+        };
+        let why = Refusal {
+            counted: "unknown_destination_workload",
+            record: "inbound plaintext to a pod without a Workload",
+            recorded: &refused_plaintext,
+        };
+        let (report, record) = send_refused(&outsider, server.addr(8080), Broke::Reset, &keels[1], &why, "plaintext to a pod without a Workload")?;
+        if record.source_port() != local_port(&report) || record.bytes_sent != 0 || record.bytes_received != 0 {
+            bail!("keel's refusal is not of the outsider's connection {report}, or let bytes through: {record:?}");
+        }
+        let since_hbone = Since::now(&keels[1])?;
+        send_fails(&outsider, server.addr(15008), Broke::Reset, "HBONE port of a pod without a Workload")?;
+        since_hbone.expect_refused("unknown_destination_workload", 1).context("HBONE to a pod without a Workload")?;
         Ok(())
     })
 }
