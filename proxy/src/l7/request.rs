@@ -26,7 +26,7 @@ use super::{
 use crate::{
     data_path::{DataPath, PodContext},
     l7_config::{
-        action::{edit_headers, pick_weighted, request_hash},
+        action::{edit_headers, pick_weighted, request_hash, RequestHash},
         cluster::{ActiveRequest, Cluster},
         matching::RequestView,
         outlier::Outcome,
@@ -198,7 +198,7 @@ impl Forward<'_> {
             path_and_query: self.path_and_query,
             headers: &self.parts.headers,
         };
-        let hash = request_hash(&self.plan.hash_policies, &view, self.d.client_ip);
+        let RequestHash { hash, set_cookie } = request_hash(&self.plan.hash_policies, &view, self.d.client_ip);
         self.prepare_headers();
         let wants_copies = self.plan.retries.is_some() || !self.plan.mirrors.is_empty();
         let mut body = if wants_copies {
@@ -233,7 +233,11 @@ impl Forward<'_> {
             }
             Some(Ok(admission)) => admission,
         };
-        self.attempts(&cluster, hash, &mut body, deadline, record).await
+        let mut response = self.attempts(&cluster, hash, &mut body, deadline, record).await;
+        if let Some(cookie) = set_cookie {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        response
     }
 
     /// Route and virtual-host header edits, the rewrites, and the hop-by-hop headers dropped.

@@ -7,7 +7,10 @@ use http::{header::HeaderName, HeaderMap, HeaderValue};
 use keel_proto::{
     core::{header_value_option::HeaderAppendAction, HeaderValueOption},
     route::{
-        route_action::{hash_policy::PolicySpecifier, HashPolicy},
+        route_action::{
+            hash_policy::{Cookie, PolicySpecifier},
+            HashPolicy,
+        },
         weighted_cluster::ClusterWeight,
         WeightedCluster,
     },
@@ -39,15 +42,33 @@ fn pick_with_roll(clusters: &WeightedCluster, mut roll: u64) -> Option<&ClusterW
     None
 }
 
+/// A request's consistent-hash key, and the cookie to set on its response when a cookie policy with a TTL had
+/// to generate one.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestHash {
+    pub hash: Option<u64>,
+    pub set_cookie: Option<HeaderValue>,
+}
+
 /// The request's consistent-hash key from the route's hash policies, Envoy-style: each policy that yields a
 /// value is folded into the hash, and a `terminal` one that yields stops the list. `None` when none yields (the
-/// balancer then picks at random).
-pub fn request_hash(policies: &[HashPolicy], request: &RequestView<'_>, source_ip: IpAddr) -> Option<u64> {
-    let mut hash: Option<u64> = None;
+/// balancer then picks at random). A cookie policy with a `ttl` whose cookie is absent yields a generated value
+/// (derived from the client's address, so a client that drops it is still sticky) and asks for it to be set, so
+/// the client's next requests carry it (Istio's `consistentHash.httpCookie`).
+pub fn request_hash(policies: &[HashPolicy], request: &RequestView<'_>, source_ip: IpAddr) -> RequestHash {
+    let mut out = RequestHash::default();
     for policy in policies {
         let value: Option<u64> = match &policy.policy_specifier {
             Some(PolicySpecifier::Header(h)) => request.headers.get(h.header_name.as_str()).map(|v| stable_hash(v.as_bytes())),
-            Some(PolicySpecifier::Cookie(c)) => cookie(request.headers, &c.name).map(stable_hash),
+            Some(PolicySpecifier::Cookie(c)) => match (cookie(request.headers, &c.name), &c.ttl) {
+                (Some(value), _) => Some(stable_hash(value)),
+                (None, Some(ttl)) => {
+                    let value = format!("{:016x}", stable_hash((source_ip, c.name.as_str())));
+                    out.set_cookie = set_cookie(c, &value, ttl);
+                    Some(stable_hash(value.as_str()))
+                }
+                (None, None) => None,
+            },
             Some(PolicySpecifier::ConnectionProperties(p)) if p.source_ip => Some(stable_hash(source_ip)),
             Some(PolicySpecifier::QueryParameter(q)) => request
                 .path_and_query
@@ -57,13 +78,32 @@ pub fn request_hash(policies: &[HashPolicy], request: &RequestView<'_>, source_i
             _ => None,
         };
         if let Some(v) = value {
-            hash = Some(hash.map_or(v, |h| stable_hash((h, v))));
+            out.hash = Some(out.hash.map_or(v, |h| stable_hash((h, v))));
             if policy.terminal {
                 break;
             }
         }
     }
-    hash
+    out
+}
+
+/// `Set-Cookie` for a generated cookie, as Envoy writes it: quoted value, `Max-Age` (none for a zero TTL, a
+/// session cookie), the policy's path, HttpOnly. The name and path were validated with the route.
+fn set_cookie(policy: &Cookie, value: &str, ttl: &prost_types::Duration) -> Option<HeaderValue> {
+    let mut header = format!("{}=\"{value}\"", policy.name);
+    if ttl.seconds > 0 {
+        header.push_str(&format!("; Max-Age={}", ttl.seconds));
+    }
+    if !policy.path.is_empty() {
+        header.push_str(&format!("; Path={}", policy.path));
+    }
+    header.push_str("; HttpOnly");
+    HeaderValue::from_str(&header).ok()
+}
+
+/// Whether `name` can name a cookie (an RFC 6265 token: visible ASCII but no separators).
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -117,7 +157,7 @@ pub fn edit_headers(headers: &mut HeaderMap, add: &[HeaderValueOption], remove: 
 mod tests {
     use keel_proto::{
         core::HeaderValue as EnvoyHeader,
-        route::route_action::hash_policy::{ConnectionProperties, Cookie, Header},
+        route::route_action::hash_policy::{ConnectionProperties, Header},
     };
 
     use super::*;
@@ -146,18 +186,48 @@ mod tests {
         let view = |path| RequestView { method: "GET", authority: "a", path_and_query: path, headers: &headers };
         let by_header = [HashPolicy { policy_specifier: Some(PolicySpecifier::Header(Header { header_name: "x-user".into() })), terminal: false }];
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let h1 = request_hash(&by_header, &view("/"), ip);
+        let h1 = request_hash(&by_header, &view("/"), ip).hash;
         assert_eq!(h1, Some(stable_hash(b"alice".as_slice())));
         let by_cookie = [HashPolicy {
             policy_specifier: Some(PolicySpecifier::Cookie(Cookie { name: "session".into(), ..Default::default() })),
             terminal: false,
         }];
-        assert_eq!(request_hash(&by_cookie, &view("/"), ip), Some(stable_hash("s42")));
+        assert_eq!(request_hash(&by_cookie, &view("/"), ip), RequestHash { hash: Some(stable_hash("s42")), set_cookie: None });
         let by_ip =
             [HashPolicy { policy_specifier: Some(PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })), terminal: true }];
         assert_eq!(request_hash(&by_ip, &view("/"), ip), request_hash(&by_ip, &view("/other"), ip));
+        assert!(request_hash(&by_ip, &view("/"), ip).hash.is_some());
         let missing = [HashPolicy { policy_specifier: Some(PolicySpecifier::Header(Header { header_name: "x-none".into() })), terminal: false }];
-        assert_eq!(request_hash(&missing, &view("/"), ip), None);
+        assert_eq!(request_hash(&missing, &view("/"), ip), RequestHash::default());
+    }
+
+    /// Istio's `httpCookie` with a TTL: an absent cookie is generated, set on the response, and the request is
+    /// hashed as the next one carrying it will be.
+    #[test]
+    fn an_absent_cookie_with_a_ttl_is_generated_and_set() {
+        let policy = |ttl: i64| {
+            [HashPolicy {
+                policy_specifier: Some(PolicySpecifier::Cookie(Cookie {
+                    name: "user".into(),
+                    ttl: Some(prost_types::Duration { seconds: ttl, nanos: 0 }),
+                    path: "/".into(),
+                })),
+                terminal: false,
+            }]
+        };
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let none = HeaderMap::new();
+        let first = request_hash(&policy(60), &RequestView { method: "GET", authority: "a", path_and_query: "/", headers: &none }, ip);
+        let set = first.set_cookie.clone().expect("a cookie is set").to_str().unwrap().to_owned();
+        assert!(set.starts_with("user=\"") && set.ends_with("\"; Max-Age=60; Path=/; HttpOnly"), "{set}");
+        let value = set.split('"').nth(1).unwrap();
+        let mut with = HeaderMap::new();
+        with.insert(http::header::COOKIE, HeaderValue::from_str(&format!("user={value}")).unwrap());
+        let next = request_hash(&policy(60), &RequestView { method: "GET", authority: "a", path_and_query: "/", headers: &with }, ip);
+        assert_eq!(next, RequestHash { hash: first.hash, set_cookie: None }, "the next request lands where the first did");
+        let session = request_hash(&policy(0), &RequestView { method: "GET", authority: "a", path_and_query: "/", headers: &none }, ip);
+        assert!(!session.set_cookie.unwrap().to_str().unwrap().contains("Max-Age"), "a zero TTL is a session cookie");
+        assert!(is_cookie_name("user") && !is_cookie_name("us er") && !is_cookie_name("a;b") && !is_cookie_name(""));
     }
 
     fn option(key: &str, value: &str, append: Option<bool>) -> HeaderValueOption {

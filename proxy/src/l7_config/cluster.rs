@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,9 +22,6 @@ use super::{
     config::LoadAssignment,
     outlier::{Outcome, OutlierDetector},
 };
-
-/// How often a request may trigger the return of ejected endpoints (the sweep takes the detector's lock).
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -115,7 +112,9 @@ impl Cluster {
         if let Some(outlier) = &self.outlier {
             let now_ms = self.born.elapsed().as_millis() as u64;
             let last = self.last_sweep_ms.load(Ordering::Relaxed);
-            if now_ms.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64
+            // Envoy's ejection sweep runs every `outlier_detection.interval`; here the first pick after an interval
+            // has passed runs it (the sweep takes the detector's lock, so not on every pick).
+            if now_ms.saturating_sub(last) >= outlier.interval().as_millis() as u64
                 && self.last_sweep_ms.compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 outlier.sweep(Instant::now());
@@ -190,6 +189,8 @@ impl Drop for ActiveRequest {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::l7_config::{balancer::Policy, circuit::Limits, config::LbEndpoint};
 
@@ -264,5 +265,41 @@ mod tests {
         assert!(c.report(&local, Outcome::ServerError), "one 5xx ejects");
         let failover: std::collections::HashSet<_> = (0..20).map(|_| c.pick(None, Some(&zone_a)).unwrap().address).collect();
         assert!(!failover.contains(&local.address) && failover.len() == 2, "zone a ejected: the region takes over: {failover:?}");
+    }
+
+    /// An endpoint ejected for 1 ms comes back at the first sweep, which runs once per configured `interval`.
+    #[test]
+    fn ejected_endpoints_return_at_the_sweep_interval() {
+        use crate::l7_config::outlier::OutlierSettings;
+        let with_interval = |interval: Duration| {
+            let outlier = OutlierSettings {
+                consecutive_5xx: 1,
+                consecutive_gateway_failure: 0,
+                interval,
+                base_ejection_time: Duration::from_millis(1),
+                max_ejection_percent: 100,
+            };
+            let config = ClusterConfig {
+                name: "c".into(),
+                policy: Policy::RoundRobin,
+                limits: Limits::default(),
+                outlier: Some(outlier),
+                connect_timeout: Duration::from_secs(1),
+                max_requests_per_connection: 0,
+                http2: true,
+                panic_threshold: 50.0,
+            };
+            let endpoints =
+                ["10.0.0.1:80", "10.0.0.2:80"].map(|a| LbEndpoint { address: a.parse().unwrap(), hostname: String::new(), locality: None }).to_vec();
+            Cluster::new(Arc::new(config), Some(Arc::new(LoadAssignment { cluster: "c".into(), endpoints })))
+        };
+        let picked = |c: &Cluster| (0..10).map(|_| c.pick(None, None).unwrap().address).collect::<std::collections::HashSet<_>>().len();
+        for (interval, back) in [(Duration::from_secs(3600), false), (Duration::from_millis(5), true)] {
+            let c = with_interval(interval);
+            let first = c.pick(None, None).unwrap();
+            assert!(c.report(&first, Outcome::ServerError), "one 5xx ejects");
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(picked(&c) == 2, back, "interval {interval:?}: the ejected endpoint is back after its 1 ms: {back}");
+        }
     }
 }

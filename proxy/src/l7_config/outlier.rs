@@ -1,7 +1,8 @@
 //! Outlier detection as Envoy does it for Istio's DestinationRule: an endpoint that returns `consecutive_5xx`
 //! 5xx responses in a row (or `consecutive_gateway_failure` 502/503/504 / connect failures) is ejected for
 //! `base_ejection_time × times ejected`, as long as no more than `max_ejection_percent` of the cluster is out; it
-//! returns when its time is up (checked every `interval` and on every report). Time is passed in, so the policy
+//! returns when its time is up (checked by the sweep, which the cluster runs once per `interval` on a pick, and on
+//! every report). Time is passed in, so the policy
 //! is tested without sleeping.
 use std::{
     sync::{atomic::Ordering, Arc, Mutex},

@@ -162,6 +162,17 @@ impl RoutePlan {
                         Some(keel_proto::route::route_action::hash_policy::PolicySpecifier::Header(h)) => {
                             limits::header_name(&format!("{at}.header.header_name"), &h.header_name)?
                         }
+                        Some(keel_proto::route::route_action::hash_policy::PolicySpecifier::Cookie(c)) => {
+                            if !super::action::is_cookie_name(&c.name) {
+                                return Err(format!("{at}.cookie.name: {:?} is not a cookie name", c.name));
+                            }
+                            if let Some(ttl) = &c.ttl {
+                                limits::duration(&format!("{at}.cookie.ttl"), ttl)?;
+                            }
+                            if c.path.bytes().any(|b| !b.is_ascii_graphic() || b == b';') {
+                                return Err(format!("{at}.cookie.path: {:?} cannot be a cookie path", c.path));
+                            }
+                        }
                         Some(_) => {}
                     }
                 }
@@ -410,6 +421,14 @@ mod tests {
         assert!(
             refused(RouteAction { hash_policy: vec![HashPolicy::default()], ..to_c() }).starts_with(&format!("{at}.route.hash_policy[0]: no policy"))
         );
+        let cookie = |name: &str, seconds: i64, path: &str| {
+            use keel_proto::route::route_action::hash_policy::{Cookie, PolicySpecifier};
+            let c = Cookie { name: name.into(), ttl: Some(prost_types::Duration { seconds, nanos: 0 }), path: path.into() };
+            refused(RouteAction { hash_policy: vec![HashPolicy { policy_specifier: Some(PolicySpecifier::Cookie(c)), terminal: false }], ..to_c() })
+        };
+        assert_eq!(cookie("a;b", 1, "/"), format!("{at}.route.hash_policy[0].cookie.name: \"a;b\" is not a cookie name"));
+        assert!(cookie("user", -1, "/").starts_with(&format!("{at}.route.hash_policy[0].cookie.ttl: -1s 0ns is negative")));
+        assert_eq!(cookie("user", 1, "/a; x"), format!("{at}.route.hash_policy[0].cookie.path: \"/a; x\" cannot be a cookie path"));
         let redirect = |r: RedirectAction| RedirectPlan::compile("r.redirect", &r, String::new()).unwrap_err();
         assert!(redirect(RedirectAction { host_redirect: "a b".into(), ..Default::default() }).starts_with("r.redirect.host_redirect: "));
         let path = RedirectAction { path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("moved".into())), ..Default::default() };

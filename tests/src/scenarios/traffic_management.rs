@@ -340,6 +340,22 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     }
     eprintln!("consistent hash: users by endpoint {users_of:?}");
 
+    // 10b. A hash cookie with a TTL (Istio's httpCookie): a request without it gets one set (as Envoy writes it),
+    //      and requests carrying it stay on one endpoint.
+    let cookie = destination_rule("    loadBalancer:\n      consistentHash: {httpCookie: {name: user, ttl: 60s, path: /}}\n");
+    c.apply(&[&cookie, &virtual_service("  - route:\n    - destination: {host: catalog}\n")])?;
+    let first = c.load(1, 1, &["--record-header", "set-cookie"])?;
+    let set = first["headers"]["set-cookie"].as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_default();
+    let value = set.strip_prefix("user=\"").and_then(|rest| rest.strip_suffix("\"; Max-Age=60; Path=/; HttpOnly")).map(str::to_owned);
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        bail!("hash cookie: a request without the cookie must get `Set-Cookie: user=\"…\"; Max-Age=60; Path=/; HttpOnly`: {first}");
+    };
+    let sticky = c.load(40, 2, &["--header", &format!("cookie: user={value}"), "--record-header", "set-cookie"])?;
+    let by: Vec<&String> = sticky["served_by"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    if by.len() != 1 || status(&sticky, 200) != 40 || sticky["headers"]["set-cookie"] != serde_json::json!({"": 40}) {
+        bail!("hash cookie: requests carrying it must stay on one endpoint, with no new cookie: {sticky}");
+    }
+
     // 11. gRPC: unary and streaming calls are routed (here to v2 by header) and carry their trailers.
     let grpc = virtual_service(
         "  - match:\n    - headers:\n        x-canary: {exact: \"yes\"}\n    route:\n    - destination: {host: catalog, subset: v2}\n  - route:\n    - destination: {host: catalog, subset: v1}\n",
