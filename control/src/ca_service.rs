@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::{ca::Authority, objects::Object, tokens::Tokens};
+use keel_mesh::{ca::Authority, objects::Object};
+
+use crate::tokens::Tokens;
 
 /// Default and longest validity a caller gets (istiod's defaults: 24 h).
 const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);

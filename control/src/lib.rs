@@ -1,16 +1,8 @@
-//! keel's control plane. Input (`source`: a directory of YAML objects, later a Kubernetes watcher) is parsed into
-//! typed objects (`objects`) and validated object by object, so one bad object never hides the good ones;
-//! `translate` turns them into the workload and authorization resources node proxies consume, and `xds` serves
-//! them over delta ADS to clients `tokens` authenticated.
-pub mod ca;
+//! keel's control plane. The configuration model (Istio objects, validation, translation to xDS resources, the
+//! CA's signing core) is the `keel-mesh` crate, shared with keel's local mode; this crate adds what only a
+//! control plane does: `serve` (the config sources feeding one translation), `xds` (the delta ADS server for
+//! clients `tokens` authenticated) and `ca_service` (the Istio CA gRPC API).
 pub mod ca_service;
-pub mod config_dir;
-pub mod config_state;
-pub mod objects;
-pub mod private_file;
 pub mod serve;
-pub mod source;
 pub mod tokens;
-pub mod translate;
-pub mod watch;
 pub mod xds;

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config_dir, listen, tokens, cluster_id, ca_dir, trust_domain, server_names } => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
-            let mesh = keel_control::translate::Mesh { cluster_id, ..Default::default() };
+            let mesh = keel_mesh::translate::Mesh { cluster_id, ..Default::default() };
             let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh, ca_dir, trust_domain, server_names };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
@@ -83,10 +83,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Validate { dir } => {
-            let loaded = keel_control::source::load_dir(&dir);
+            let loaded = keel_mesh::source::load_dir(&dir);
             let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
             let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
-            match keel_control::translate::translate(&keel_control::translate::Mesh::default(), &objects) {
+            match keel_mesh::translate::translate(&keel_mesh::translate::Mesh::default(), &objects) {
                 Ok(resources) => resources.warnings.iter().for_each(|w| eprintln!("warning: {w}")),
                 Err(translation_errors) => errors.extend(translation_errors),
             }
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
 }
 
 /// " (1 DestinationRule, 2 Pod, 1 VirtualService)": how many objects of each kind were read, by kind name.
-fn count_by_kind(objects: &[keel_control::objects::Object]) -> String {
+fn count_by_kind(objects: &[keel_mesh::objects::Object]) -> String {
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for object in objects {
         *counts.entry(object.kind()).or_default() += 1;
@@ -118,16 +118,16 @@ fn count_by_kind(objects: &[keel_control::objects::Object]) -> String {
 
 fn issue(ca_dir: &std::path::Path, trust_domain: &str, identity: &str, validity: std::time::Duration, out: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let authority = keel_control::ca::Authority::load_or_generate(ca_dir, trust_domain)?;
+    let authority = keel_mesh::ca::Authority::load_or_generate(ca_dir, trust_domain)?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().context("--identity is not a URI")?)];
     let csr = params.serialize_request(&key)?.pem()?;
     let chain = authority.issue(&csr, identity, validity)?;
-    keel_control::private_file::create_dir(out)?;
+    keel_mesh::private_file::create_dir(out)?;
     let (leaf_and_intermediates, root) = chain.split_at(chain.len() - 1);
     std::fs::write(out.join("cert-chain.pem"), leaf_and_intermediates.join("\n") + "\n")?;
-    keel_control::private_file::write(&out.join("key.pem"), key.serialize_pem().as_bytes())?;
+    keel_mesh::private_file::write(&out.join("key.pem"), key.serialize_pem().as_bytes())?;
     std::fs::write(out.join("root-cert.pem"), root[0].clone() + "\n")?;
     println!("issued {identity} into {}", out.display());
     Ok(())

@@ -13,13 +13,11 @@ use keel_proto::{
 use tokio::sync::watch;
 use tracing::info;
 
+use keel_mesh::{ca::Authority, config_dir::ConfigDir, translate::Mesh, watch::POLL_INTERVAL};
+
 use crate::{
-    ca::Authority,
     ca_service::{CaService, NodeIdentities},
-    config_dir::ConfigDir,
     tokens::Tokens,
-    translate::Mesh,
-    watch::POLL_INTERVAL,
     xds::server::AdsServer,
 };
 

@@ -3,11 +3,13 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use keel_control::{
-    ca::Authority,
     ca_service::{CaService, NodeIdentities},
+    tokens::Tokens,
+};
+use keel_mesh::{
+    ca::Authority,
     objects::Object,
     source::{load_text, Loaded},
-    tokens::Tokens,
 };
 use keel_proto::ca::{
     istio_certificate_service_client::IstioCertificateServiceClient, istio_certificate_service_server::IstioCertificateServiceServer,

@@ -2,12 +2,12 @@
 //! `initial_resource_versions` on reconnect, and bearer-token authentication.
 use std::{collections::HashMap, sync::Arc};
 
-use keel_control::{
+use keel_control::{tokens::Tokens, xds::server::AdsServer};
+use keel_mesh::{
     objects::Object,
+    snapshot::Snapshot,
     source::{load_text, Loaded},
-    tokens::Tokens,
     translate::{translate, Mesh},
-    xds::{server::AdsServer, snapshot::Snapshot},
 };
 use keel_proto::{
     discovery::{aggregated_discovery_service_server::AggregatedDiscoveryServiceServer, DeltaDiscoveryResponse},

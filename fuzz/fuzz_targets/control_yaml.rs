@@ -4,7 +4,7 @@
 #![no_main]
 use std::path::Path;
 
-use keel_control::{
+use keel_mesh::{
     source::{load_text, Loaded},
     translate::{translate, Mesh},
 };

@@ -1,5 +1,5 @@
 //! Writes the seed corpora of the fuzz targets (fuzz/corpus/<target>/) from real resources: the traffic
-//! scenarios keel-control's tests translate (control/tests/fixtures/traffic), encoded as keel receives them over
+//! scenarios keel-control's tests translate (mesh/tests/fixtures/traffic), encoded as keel receives them over
 //! xDS, plus a few HBONE CONNECT header blocks. Ignored by default; regenerate with
 //! `cargo test -p keel --test fuzz_seeds -- --ignored`. The input layouts are fuzz/src/lib.rs's.
 //! The non-ignored test checks that every committed seed of a resource still decodes, so the seeds keep
@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use keel_control::{
+use keel_mesh::{
     source::{load_text, Loaded},
     translate::{translate, Mesh},
 };
@@ -31,7 +31,7 @@ fn root() -> PathBuf {
 }
 
 fn traffic() -> PathBuf {
-    root().join("control/tests/fixtures/traffic")
+    root().join("mesh/tests/fixtures/traffic")
 }
 
 /// Policies for the authorization seeds (the traffic scenarios have none), shaped as control's own tests write them.

@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::snapshot::{diff, Snapshot};
 use crate::tokens::Tokens;
+use keel_mesh::snapshot::{diff, Snapshot};
 
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, future::Future, path::Path, pin::Pin, sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
-use keel_control::ca::Authority;
+use keel_mesh::ca::Authority;
 use keel_proto::ca::{istio_certificate_service_client::IstioCertificateServiceClient, IstioCertificateRequest};
 use prost_types::{value::Kind, Struct, Value};
 use tonic::transport::{Channel, Endpoint};
@@ -161,7 +161,8 @@ pub(crate) mod tests {
 
     /// keel-control's CA service on loopback TLS, as keel meets it in mesh mode; node-a runs demo/sleep.
     async fn control_plane_ca(name: &str) -> (CaClientConfig, Arc<Authority>) {
-        use keel_control::{ca_service::CaService, ca_service::NodeIdentities, objects::Object, source, tokens::Tokens};
+        use keel_control::{ca_service::CaService, ca_service::NodeIdentities, tokens::Tokens};
+        use keel_mesh::{objects::Object, source};
         use keel_proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 
         let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: sleep, namespace: demo}\nspec: {serviceAccountName: sleep, nodeName: node-a}\n";

@@ -157,7 +157,7 @@ mod from_the_control_plane {
     use std::path::Path;
 
     use http::HeaderMap;
-    use keel_control::{
+    use keel_mesh::{
         objects::Object,
         source::{load_text, Loaded},
         translate::{translate, Mesh},
@@ -165,8 +165,8 @@ mod from_the_control_plane {
 
     use crate::l7_config::{cluster_config::ClusterConfig, matching::RequestView, route_table::RouteTable};
 
-    fn translated(scenario: &str) -> keel_control::translate::Resources {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/fixtures/traffic");
+    fn translated(scenario: &str) -> keel_mesh::translate::Resources {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh/tests/fixtures/traffic");
         let mut loaded = Loaded::default();
         for file in [fixtures.join("topology.yaml"), fixtures.join("scenarios").join(scenario)] {
             load_text(&file, &std::fs::read_to_string(&file).unwrap(), &mut loaded);
@@ -178,7 +178,7 @@ mod from_the_control_plane {
 
     #[test]
     fn every_scenario_compiles_in_keels_core() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/fixtures/traffic/scenarios");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh/tests/fixtures/traffic/scenarios");
         let mut scenarios = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();

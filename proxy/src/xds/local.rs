@@ -4,11 +4,11 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use anyhow::{bail, Context as _};
-use keel_control::{
+use keel_mesh::{
     config_dir::ConfigDir,
+    snapshot::{diff, Snapshot as XdsSnapshot},
     translate::Mesh,
     watch::POLL_INTERVAL,
-    xds::snapshot::{diff, Snapshot as XdsSnapshot},
 };
 use tokio::sync::watch;
 use tracing::{info, warn};

@@ -8,10 +8,10 @@ use tracing::warn;
 use crate::{
     config_state::ConfigState,
     objects::Object,
+    snapshot::Snapshot,
     source,
     translate::{translate, Mesh},
     watch::{fingerprint, Fingerprint},
-    xds::snapshot::Snapshot,
 };
 
 pub struct ConfigDir {

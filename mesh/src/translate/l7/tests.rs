@@ -24,9 +24,9 @@ use prost::Message;
 
 use crate::{
     objects::Object,
+    snapshot::Snapshot,
     source::{load_text, Loaded},
     translate::{translate, Mesh, Resources},
-    xds::snapshot::Snapshot,
 };
 
 const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";

@@ -1,0 +1,15 @@
+//! The mesh's configuration model, shared by `keel-control` and keel's local mode (which must not link the
+//! control plane's servers). Input (`source`: a directory of YAML objects; keel-control adds the Kubernetes API)
+//! is parsed into typed objects (`objects`) and validated object by object, so one bad object never hides the
+//! good ones; `translate` turns them into the workload, authorization and L7 resources node proxies consume, and
+//! `snapshot` holds one translation as xDS resources and diffs two. `ca` is the certificate authority's signing
+//! core (keel-control's CA service and local mode's on-node CA both sign with it).
+pub mod ca;
+pub mod config_dir;
+pub mod config_state;
+pub mod objects;
+pub mod private_file;
+pub mod snapshot;
+pub mod source;
+pub mod translate;
+pub mod watch;
