@@ -115,13 +115,13 @@ fn check_load_balancer(path: &str, load_balancer: &LoadBalancerSettings, warning
         let at = format!("{path}.consistentHash");
         hash.key().map_err(|e| error(&at, e))?;
         if let Some(name) = &hash.http_header_name {
-            field::not_empty(&format!("{at}.httpHeaderName"), name)?;
+            field::header_name(&format!("{at}.httpHeaderName"), name)?;
         }
         if let Some(name) = &hash.http_query_parameter_name {
             field::not_empty(&format!("{at}.httpQueryParameterName"), name)?;
         }
         if let Some(cookie) = &hash.http_cookie {
-            field::not_empty(&format!("{at}.httpCookie.name"), &cookie.name)?;
+            field::cookie(&format!("{at}.httpCookie"), &cookie.name, cookie.path.as_deref())?;
         }
         check_hash_algorithm(&at, hash)?;
     }
@@ -256,7 +256,7 @@ mod tests {
             ),
             (
                 "{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: '', ttl: 0s}}}}}",
-                "field spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name: must not be empty",
+                "field spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name: \"\" is not a cookie name",
             ),
             (
                 "{host: a, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}",
@@ -305,6 +305,19 @@ mod tests {
             (
                 "{host: a, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {httpQueryParameterName: ''}}}}]}",
                 "field spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName: must not be empty",
+            ),
+            // Found by fuzzing: keel refuses a route hashing on a header it cannot name.
+            (
+                "{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: 'x-use}'}}}}",
+                "field spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName: \"x-use}\" is not a valid HTTP header name",
+            ),
+            (
+                "{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: 'a;b', ttl: 1s}}}}}",
+                "field spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name: \"a;b\" is not a cookie name",
+            ),
+            (
+                "{host: a, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: s, path: '/a; b', ttl: 1s}}}}}",
+                "field spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.path: \"/a; b\" cannot be a cookie path",
             ),
             ("{host: a, trafficPolicy: {loadBalancr: {simple: RANDOM}}}", "unknown field `loadBalancr`"),
         ];

@@ -79,6 +79,24 @@ pub fn header_value(path: &str, value: &str) -> Result<(), String> {
     http::HeaderValue::from_str(value).map(drop).map_err(|_| error(path, format!("{value:?} is not a valid HTTP header value")))
 }
 
+/// A name that can be an HTTP header (keel hashes on it; it refuses a route naming anything else).
+pub fn header_name(path: &str, value: &str) -> Result<(), String> {
+    http::HeaderName::from_bytes(value.as_bytes()).map(drop).map_err(|_| error(path, format!("{value:?} is not a valid HTTP header name")))
+}
+
+/// A cookie name (an RFC 6265 token) and path that can go in the `Set-Cookie` keel writes for a hash cookie.
+pub fn cookie(path: &str, name: &str, cookie_path: Option<&str>) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
+        return Err(error(&format!("{path}.name"), format!("{name:?} is not a cookie name")));
+    }
+    match cookie_path {
+        Some(p) if p.bytes().any(|b| !b.is_ascii_graphic() || b == b';') => {
+            Err(error(&format!("{path}.path"), format!("{p:?} cannot be a cookie path")))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn not_empty(path: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
         Err(error(path, "must not be empty"))
