@@ -7,7 +7,9 @@ use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use keel_tests::kube_api::{KubeApi, KubeApiOptions, ServiceAccountToken};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::{reflector, WatchStreamExt};
 use kube::ResourceExt;
@@ -32,7 +34,9 @@ fn config_map(name: &str, data: &str) -> ConfigMap {
 }
 
 fn pod(name: &str, node: &str, labels: Value) -> Pod {
-    from_json(json!({ "metadata": { "name": name, "labels": labels }, "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "app:1" }] } }))
+    from_json(
+        json!({ "metadata": { "name": name, "labels": labels }, "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "app:1" }] } }),
+    )
 }
 
 /// The refusal an API call ended with.
@@ -105,7 +109,9 @@ async fn watcher_sees_create_update_delete_in_order() {
 async fn label_and_field_selectors_filter_lists_and_watches() {
     let (_dir, stand_in) = start(KubeApiOptions::default());
     let pods: Api<Pod> = Api::namespaced(stand_in.client().await.unwrap(), "default");
-    for (name, node, labels) in [("p1", "node-1", json!({"app": "web"})), ("p2", "node-2", json!({"app": "web"})), ("p3", "node-1", json!({"app": "db", "canary": "true"}))] {
+    for (name, node, labels) in
+        [("p1", "node-1", json!({"app": "web"})), ("p2", "node-2", json!({"app": "web"})), ("p3", "node-1", json!({"app": "db", "canary": "true"}))]
+    {
         pods.create(&PostParams::default(), &pod(name, node, labels)).await.unwrap();
     }
     let names = |params: ListParams| {
@@ -213,7 +219,9 @@ async fn bookmarks_carry_the_current_resource_version() {
     let listed_at: u64 = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap().parse().unwrap();
     let mut stream = api.watch(&WatchParams::default(), &listed_at.to_string()).await.unwrap().boxed();
     let secret: Secret = from_json(json!({"metadata": {"name": "s"}, "stringData": {"a": "b"}}));
-    let written: u64 = Api::<Secret>::namespaced(client, "default").create(&PostParams::default(), &secret).await.unwrap().resource_version().unwrap().parse().unwrap();
+    let stored = Api::<Secret>::namespaced(client, "default").create(&PostParams::default(), &secret).await.unwrap();
+    let written: u64 = stored.resource_version().unwrap().parse().unwrap();
+    assert_eq!((stored.data.unwrap()["a"].0.as_slice(), stored.string_data), (&b"b"[..], None), "stringData is stored as data");
     // The Secret is not a ConfigMap: no event for it, but the bookmarks move past it.
     loop {
         match next(&mut stream).await.unwrap() {
@@ -272,11 +280,16 @@ async fn unknown_fields_wrong_verbs_and_bad_names_are_refused() {
     let client = stand_in.client().await.unwrap();
     let pod_body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "i", "imagePullPolicyy": "Always"}]}});
     let (code, status) = raw(&client, "POST", "/api/v1/namespaces/default/pods", "application/json", &pod_body.to_string()).await;
-    assert_eq!((code, status["kind"].as_str(), status["status"].as_str(), status["reason"].as_str()), (400, Some("Status"), Some("Failure"), Some("BadRequest")));
+    assert_eq!(
+        (code, status["kind"].as_str(), status["status"].as_str(), status["reason"].as_str()),
+        (400, Some("Status"), Some("Failure"), Some("BadRequest"))
+    );
     assert_eq!(status["message"], "strict decoding error: unknown field \"spec.containers[0].imagePullPolicyy\"");
 
-    let vs = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "v", "labelz": {}}, "spec": {"anything": 1}});
-    let (code, status) = raw(&client, "POST", "/apis/networking.istio.io/v1/namespaces/default/virtualservices", "application/json", &vs.to_string()).await;
+    let vs =
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "v", "labelz": {}}, "spec": {"anything": 1}});
+    let (code, status) =
+        raw(&client, "POST", "/apis/networking.istio.io/v1/namespaces/default/virtualservices", "application/json", &vs.to_string()).await;
     assert_eq!((code, status["message"].as_str()), (400, Some("strict decoding error: unknown field \"metadata.labelz\"")));
 
     let (code, status) = raw(&client, "DELETE", "/api/v1/namespaces/default/pods", "application/json", "").await;
@@ -322,7 +335,8 @@ async fn stale_updates_and_duplicate_creates_conflict() {
     assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
     assert!(stale.message.contains("the object has been modified"), "{}", stale.message);
     assert_eq!(api.get("cm").await.unwrap().data.unwrap()["k"], "first");
-    let precondition = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some("other".into()), resource_version: None }), ..Default::default() };
+    let precondition =
+        DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some("other".into()), resource_version: None }), ..Default::default() };
     assert_eq!(refusal(api.delete("cm", &precondition).await).code, 409);
 }
 
@@ -334,7 +348,9 @@ async fn token_review_answers_as_the_real_server() {
     let node_pod = stand_in.apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "keel-abc", "namespace": "istio-system"},
         "spec": {"nodeName": "node-1", "serviceAccountName": "keel", "containers": [{"name": "keel", "image": "keel"}]}, "status": {"phase": "Running", "podIP": "10.0.0.9"}})).unwrap();
     let pod_uid = node_pod["metadata"]["uid"].as_str().unwrap();
-    let token = ServiceAccountToken::new("node-token", "istio-system", "keel").bound_to_pod("keel-abc", Some(pod_uid), Some("node-1")).with_audiences(&["istio-ca"]);
+    let token = ServiceAccountToken::new("node-token", "istio-system", "keel")
+        .bound_to_pod("keel-abc", Some(pod_uid), Some("node-1"))
+        .with_audiences(&["istio-ca"]);
     stand_in.register_token(token).unwrap();
 
     let reviews: Api<TokenReview> = Api::all(client);
@@ -376,11 +392,19 @@ async fn lease_updates_conflict_like_leader_election_expects() {
     by_c.spec.as_mut().unwrap().holder_identity = Some("c".into());
     leases.replace("keel-control", &PostParams::default(), &by_b).await.unwrap();
     assert_eq!(refusal(leases.replace("keel-control", &PostParams::default(), &by_c).await).code, 409);
-    let applied = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "keel-control"}, "spec": {"holderIdentity": "d"}});
+    let applied =
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "keel-control"}, "spec": {"holderIdentity": "d"}});
     let after = leases.patch("keel-control", &PatchParams::apply("keel-control"), &Patch::Apply(&applied)).await.unwrap();
     let spec = after.spec.unwrap();
     assert_eq!((spec.holder_identity.as_deref(), spec.lease_duration_seconds), (Some("d"), Some(15)), "apply merges over the stored lease");
-    let (code, status) = raw(&leases.clone().into_client(), "PATCH", "/apis/coordination.k8s.io/v1/namespaces/default/leases/keel-control", "application/apply-patch+yaml", "{}").await;
+    let (code, status) = raw(
+        &leases.clone().into_client(),
+        "PATCH",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/keel-control",
+        "application/apply-patch+yaml",
+        "{}",
+    )
+    .await;
     assert_eq!((code, status["message"].as_str()), (400, Some("fieldManager is required for apply requests")));
 }
 
@@ -392,21 +416,37 @@ async fn istio_kinds_crds_discovery_and_graceful_deletion() {
     let gvk = GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService");
     let (resource, capabilities) = discovery.resolve_gvk(&gvk).expect("VirtualService is discoverable");
     assert_eq!((resource.plural.as_str(), capabilities.scope), ("virtualservices", kube::discovery::Scope::Namespaced));
-    assert!(capabilities.subresources.iter().any(|(r, _)| r.plural == "virtualservices/status" || r.plural == "status"), "{:?}", capabilities.subresources);
+    assert!(
+        capabilities.subresources.iter().any(|(r, _)| r.plural == "virtualservices/status" || r.plural == "status"),
+        "{:?}",
+        capabilities.subresources
+    );
 
     let v1beta1: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
-    let vs: DynamicObject = from_json(json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService", "metadata": {"name": "reviews"}, "spec": {"hosts": ["reviews"]}, "status": {"ignored": true}}));
+    let vs: DynamicObject = from_json(
+        json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService", "metadata": {"name": "reviews"}, "spec": {"hosts": ["reviews"]}, "status": {"ignored": true}}),
+    );
     let created = v1beta1.create(&PostParams::default(), &vs).await.unwrap();
     assert_eq!(created.data.get("status"), None, "status is written through /status only");
     let condition = json!({"status": {"conditions": [{"type": "Accepted", "status": "False", "reason": "Invalid", "message": "spec.http[0]: bad"}]}});
     v1beta1.patch_status("reviews", &PatchParams::default(), &Patch::Merge(condition.clone())).await.unwrap();
-    let v1: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"), "virtualservices"));
+    let v1: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService"), "virtualservices"),
+    );
     let read = v1.get("reviews").await.unwrap();
     assert_eq!(read.types.unwrap().api_version, "networking.istio.io/v1", "served at the version asked for");
     assert_eq!(read.data["status"], condition["status"]);
     assert_eq!(read.metadata.generation, Some(1));
     v1.patch("reviews", &PatchParams::default(), &Patch::Merge(json!({"spec": {"hosts": ["reviews", "ratings"]}}))).await.unwrap();
     assert_eq!(v1.get("reviews").await.unwrap().metadata.generation, Some(2), "a spec change is a new generation");
+    // A controller's status apply names no object: the URL does.
+    let accepted =
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "status": {"conditions": [{"type": "Accepted", "status": "True"}]}});
+    v1.patch_status("reviews", &PatchParams::apply("keel-control").force(), &Patch::Apply(&accepted)).await.unwrap();
+    let read = v1.get("reviews").await.unwrap();
+    assert_eq!((read.data["status"]["conditions"][0]["status"].as_str(), read.metadata.generation), (Some("True"), Some(2)));
 
     let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.com"},
         "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
@@ -417,7 +457,13 @@ async fn istio_kinds_crds_discovery_and_graceful_deletion() {
     let widget_gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
     let (widget, _) = kube::discovery::pinned_kind(&client, &widget_gvk).await.expect("a CRD's kind is discoverable");
     let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &widget);
-    widgets.create(&PostParams::default(), &from_json(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}))).await.unwrap();
+    widgets
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})),
+        )
+        .await
+        .unwrap();
     crds.delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
     assert_eq!(refusal(widgets.get("w").await).code, 404, "deleting the CRD removes its kind");
 
@@ -438,7 +484,18 @@ fn the_binary_explains_its_flags_and_refuses_bad_ones() {
     let help = std::process::Command::new(bin).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--listen", "--dir", "--state-file", "--admin-token", "--san", "--bookmark-interval-ms", "--event-window", "--max-watch-seconds", "--plain-http", "--log-requests"] {
+    for flag in [
+        "--listen",
+        "--dir",
+        "--state-file",
+        "--admin-token",
+        "--san",
+        "--bookmark-interval-ms",
+        "--event-window",
+        "--max-watch-seconds",
+        "--plain-http",
+        "--log-requests",
+    ] {
         assert!(text.contains(flag), "--help names {flag}:\n{text}");
     }
     let no_dir = std::process::Command::new(bin).output().unwrap();
@@ -532,7 +589,13 @@ fn kubectl_applies_manifests_server_side() {
     for _ in 0..2 {
         let (ok, stdout, stderr) = run(&["apply", "--server-side", "-f", path]);
         assert!(ok, "kubectl apply: {stdout}{stderr}\nstand-in log:\n{}", stand_in.log());
-        for applied in ["namespace/keel-system", "serviceaccount/keel", "clusterrole.rbac.authorization.k8s.io/keel:node", "daemonset.apps/keel", "virtualservice.networking.istio.io/reviews"] {
+        for applied in [
+            "namespace/keel-system",
+            "serviceaccount/keel",
+            "clusterrole.rbac.authorization.k8s.io/keel:node",
+            "daemonset.apps/keel",
+            "virtualservice.networking.istio.io/reviews",
+        ] {
             assert!(stdout.contains(&format!("{applied} serverside-applied")), "{applied} in:\n{stdout}");
         }
     }

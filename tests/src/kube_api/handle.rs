@@ -90,7 +90,12 @@ impl KubeApi {
             options,
             admin_token,
             child: None,
-            tls: Arc::new(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider())).with_safe_default_protocol_versions()?.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()),
+            tls: Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
             tokens: Vec::new(),
             starts: 0,
         };
@@ -128,7 +133,12 @@ impl KubeApi {
             roots.add(cert?)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        self.tls = Arc::new(rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots).with_no_client_auth());
+        self.tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
         for token in self.tokens.clone() {
             self.call("PUT", "/stand-in/tokens", &serde_json::to_value(&token)?)?;
         }
@@ -185,7 +195,8 @@ impl KubeApi {
             self.apply(&json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": token.namespace } }))?;
         }
         if self.get("v1", "ServiceAccount", Some(&token.namespace), &token.service_account)?.is_none() {
-            let sa = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": token.service_account, "namespace": token.namespace } });
+            let sa =
+                json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": token.service_account, "namespace": token.namespace } });
             self.apply(&sa)?;
         }
         self.call("PUT", "/stand-in/tokens", &serde_json::to_value(&token)?)?;
@@ -305,7 +316,9 @@ fn parse_response(raw: &[u8]) -> Option<Result<(u16, Value)>> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length: usize = head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))?;
     let body = raw.get(end + 4..end + 4 + length)?;
     Some(serde_json::from_slice(body).map(|v| (code, v)).map_err(|e| anyhow::anyhow!("the stand-in's answer is not JSON: {e}")))
 }

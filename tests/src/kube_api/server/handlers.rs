@@ -132,18 +132,22 @@ fn target(store: &Store, group: &str, version: &str, rest: &[&str]) -> Result<Ta
         _ => return Err(ApiError::unknown_path()),
     };
     let rt = store.registry.find(group, version, plural).ok_or_else(ApiError::unknown_path)?;
-    let scoped_right = match (rt.namespaced, &namespace, &name) {
-        (false, Some(_), _) => false,
-        (true, None, Some(_)) => false,
-        _ => true,
-    };
-    if !scoped_right || sub.is_some_and(|s| s != "status" || !rt.status) {
+    // A cluster-scoped resource has no namespace; a namespaced object is named only inside its namespace.
+    let scoped_wrong = matches!((rt.namespaced, &namespace, &name), (false, Some(_), _) | (true, None, Some(_)));
+    if scoped_wrong || sub.is_some_and(|s| s != "status" || !rt.status) {
         return Err(ApiError::unknown_path());
     }
     Ok(Target { rt, version: version.to_owned(), namespace, name, status: sub.is_some() })
 }
 
-fn resource(shared: &Arc<Shared>, store: MutexGuard<'_, Store>, group: &str, version: &str, rest: &[&str], call: &Call) -> Result<Response<Body>, ApiError> {
+fn resource(
+    shared: &Arc<Shared>,
+    store: MutexGuard<'_, Store>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    call: &Call,
+) -> Result<Response<Body>, ApiError> {
     let t = target(&store, group, version, rest)?;
     if call.param("dryRun").is_some() {
         return Err(ApiError::bad_request("dryRun is not supported by this API stand-in"));
@@ -192,7 +196,11 @@ fn decode_continue(token: &str) -> Option<(u64, (String, String))> {
 
 fn list(store: &Store, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
     let selector = Selector::parse(&t.rt, call.param("labelSelector"), call.param("fieldSelector"))?;
-    let limit = call.param("limit").map(|l| l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))).transpose()?.filter(|l| *l > 0);
+    let limit = call
+        .param("limit")
+        .map(|l| l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}"))))
+        .transpose()?
+        .filter(|l| *l > 0);
     let (rv, after) = match call.param("continue") {
         Some(token) => {
             let (rv, after) = decode_continue(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
@@ -207,7 +215,9 @@ fn list(store: &Store, t: &Target, call: &Call) -> Result<Response<Body>, ApiErr
         let asked: u64 = asked.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {asked:?}")))?;
         match call.param("resourceVersionMatch") {
             Some("Exact") if asked != store.rv() => return Err(ApiError::gone(format!("too old resource version: {asked} ({})", store.rv()))),
-            _ if asked > store.rv() => return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {asked}, current: {}", store.rv()))),
+            _ if asked > store.rv() => {
+                return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {asked}, current: {}", store.rv())))
+            }
             _ => {}
         }
     }
@@ -236,7 +246,10 @@ fn list(store: &Store, t: &Target, call: &Call) -> Result<Response<Body>, ApiErr
     if call.accept.contains("as=Table") {
         return Ok(respond(200, &table(&metadata, &items)));
     }
-    Ok(respond(200, &json!({ "kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(&t.version), "metadata": metadata, "items": items })))
+    Ok(respond(
+        200,
+        &json!({ "kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(&t.version), "metadata": metadata, "items": items }),
+    ))
 }
 
 /// The server-side table kubectl prints (`kubectl get`): the generic columns, name and age.
@@ -265,7 +278,7 @@ fn create(mut store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<R
 /// Creates a validated object in an existing namespace; a kind with a status subresource starts from its
 /// initial status.
 fn create_checked(store: &mut Store, t: &Target, mut object: Value) -> Result<Response<Body>, ApiError> {
-    objects::validate(&t.rt, &object)?;
+    objects::admit(&t.rt, &mut object)?;
     if let Some(ns) = t.namespace.as_deref().filter(|ns| !store.namespace_exists(ns)) {
         return Err(ApiError::not_found("", "namespaces", ns));
     }
@@ -292,8 +305,8 @@ fn same_name(t: &Target, object: &Value) -> Result<(), ApiError> {
 /// Stores `written` over `old`: freshness, the status split, validation.
 fn write(store: &mut Store, t: &Target, written: Value, old: Arc<Value>) -> Result<Response<Body>, ApiError> {
     objects::check_fresh(&t.rt, &written, &old)?;
-    let next = objects::split_status(&t.rt, t.status, written, &old);
-    objects::validate(&t.rt, &next)?;
+    let mut next = objects::split_status(&t.rt, t.status, written, &old);
+    objects::admit(&t.rt, &mut next)?;
     let updated = store.update(&t.rt, next, old)?;
     Ok(respond(200, &objects::present(&t.rt, &t.version, &updated)))
 }
@@ -319,7 +332,8 @@ fn patch(mut store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<Re
             next
         }
         "application/json-patch+json" => {
-            let ops: Vec<json_patch::PatchOperation> = serde_json::from_slice(&call.body).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            let ops: Vec<json_patch::PatchOperation> =
+                serde_json::from_slice(&call.body).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             let mut next = (*old?).clone();
             json_patch::patch(&mut next, &ops).map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
             next
@@ -329,7 +343,14 @@ fn patch(mut store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<Re
                 return Err(ApiError::bad_request("fieldManager is required for apply requests"));
             }
             let mut applied = objects::parse_body(&media, &call.body)?;
+            if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+                return Err(ApiError::bad_request("invalid object type: an applied configuration must name its apiVersion and kind"));
+            }
             objects::fit_to_url(&mut applied, &t.rt, &t.version, t.namespace.as_deref())?;
+            // An applied configuration may leave the name to the URL (a status apply usually does).
+            if name_of(&applied).is_empty() {
+                applied["metadata"]["name"] = json!(t.name);
+            }
             same_name(t, &applied)?;
             match old {
                 Err(e) if e.code == 404 && !t.status => return create_checked(&mut store, t, applied),
@@ -357,7 +378,11 @@ fn patch(mut store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<Re
 
 fn delete(mut store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
     let old = stored(&store, t)?;
-    let options: Value = if call.body.is_empty() { json!({}) } else { serde_json::from_slice(&call.body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))? };
+    let options: Value = if call.body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&call.body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
     for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
         if let Some(want) = options.pointer(&format!("/preconditions/{field}")).and_then(Value::as_str) {
             let have = old["metadata"][field].as_str().unwrap_or_default();
@@ -395,7 +420,10 @@ fn admin_body<T: serde::de::DeserializeOwned>(call: &Call) -> Result<T, ApiError
 
 fn admin(shared: &Arc<Shared>, mut store: MutexGuard<'_, Store>, rest: &[&str], call: &Call) -> Result<Response<Body>, ApiError> {
     let resolve = |store: &Store, r: &ObjectRef| {
-        let (rt, _) = store.registry.by_kind(&r.api_version, &r.kind).ok_or_else(|| ApiError::bad_request(format!("no resource serves {} {}", r.api_version, r.kind)))?;
+        let (rt, _) = store
+            .registry
+            .by_kind(&r.api_version, &r.kind)
+            .ok_or_else(|| ApiError::bad_request(format!("no resource serves {} {}", r.api_version, r.kind)))?;
         let found = store.get(&rt, &r.namespace, &r.name).ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &r.name));
         Ok::<_, ApiError>((rt, found))
     };
@@ -409,20 +437,24 @@ fn admin(shared: &Arc<Shared>, mut store: MutexGuard<'_, Store>, rest: &[&str], 
         // The world writing an object as it is (status included): kubelet, controllers, users.
         (&Method::POST, ["objects"]) => {
             let mut object = objects::parse_body("application/json", &call.body)?;
-            let (api_version, kind) = (object["apiVersion"].as_str().unwrap_or_default().to_owned(), object["kind"].as_str().unwrap_or_default().to_owned());
-            let (rt, version) = store.registry.by_kind(&api_version, &kind).ok_or_else(|| ApiError::bad_request(format!("no resource serves {api_version} {kind}")))?;
+            let (api_version, kind) =
+                (object["apiVersion"].as_str().unwrap_or_default().to_owned(), object["kind"].as_str().unwrap_or_default().to_owned());
+            let (rt, version) = store
+                .registry
+                .by_kind(&api_version, &kind)
+                .ok_or_else(|| ApiError::bad_request(format!("no resource serves {api_version} {kind}")))?;
             let namespace = rt.namespaced.then(|| Some(objects::namespace_of(&object)).filter(|n| !n.is_empty()).unwrap_or("default").to_owned());
             objects::fit_to_url(&mut object, &rt, &version, namespace.as_deref())?;
             let t = Target { rt: rt.clone(), version, namespace, name: Some(name_of(&object).to_owned()), status: false };
             match stored(&store, &t) {
                 Ok(old) => {
                     object["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-                    objects::validate(&rt, &object)?;
+                    objects::admit(&rt, &mut object)?;
                     let updated = store.update(&rt, object, old)?;
                     Ok(respond(200, &updated))
                 }
                 Err(_) => {
-                    objects::validate(&rt, &object)?;
+                    objects::admit(&rt, &mut object)?;
                     if let Some(ns) = t.namespace.as_deref().filter(|ns| !store.namespace_exists(ns)) {
                         return Err(ApiError::not_found("", "namespaces", ns));
                     }

@@ -56,6 +56,9 @@ pub struct Options {
     /// The longest a watch stays open (a client's `timeoutSeconds` is capped to this).
     #[arg(long, default_value_t = 1800)]
     pub max_watch_seconds: u64,
+    /// Open watches at most (more are refused with 429 TooManyRequests).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_watches: usize,
     /// Serve plain HTTP instead of HTTPS (debugging only: kubeconfigs still name the URL).
     #[arg(long)]
     pub plain_http: bool,
@@ -70,6 +73,8 @@ pub struct Shared {
     address: String,
     bookmark_interval: Duration,
     max_watch: Duration,
+    max_watches: usize,
+    open_watches: std::sync::atomic::AtomicUsize,
     log_requests: bool,
 }
 
@@ -139,6 +144,8 @@ pub async fn run(opts: Options) -> Result<()> {
         address: addr.to_string(),
         bookmark_interval: Duration::from_millis(opts.bookmark_interval_ms.max(10)),
         max_watch: Duration::from_secs(opts.max_watch_seconds.max(1)),
+        max_watches: opts.max_watches,
+        open_watches: Default::default(),
         log_requests: opts.log_requests,
     });
     if let Some(path) = opts.state_file.clone() {

@@ -5,6 +5,7 @@ use super::registry::{ResourceType, Schema};
 use super::status::ApiError;
 use super::store::random_uid;
 use super::validate;
+use base64::Engine;
 use serde_json::{json, Value};
 
 /// Parses an object: JSON, or YAML for `application/yaml` and `application/apply-patch+yaml`.
@@ -12,7 +13,9 @@ pub fn parse_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     let parsed = match content_type.split(';').next().unwrap_or_default().trim() {
         "" | "application/json" | "application/merge-patch+json" => serde_json::from_slice::<Value>(body).map_err(|e| e.to_string()),
         "application/yaml" | "application/apply-patch+yaml" => serde_yaml_ng::from_slice::<Value>(body).map_err(|e| e.to_string()),
-        other => return Err(ApiError::unsupported_media_type(other, "application/json, application/yaml (this API stand-in reads no protobuf or CBOR)")),
+        other => {
+            return Err(ApiError::unsupported_media_type(other, "application/json, application/yaml (this API stand-in reads no protobuf or CBOR)"))
+        }
     };
     match parsed {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -36,7 +39,9 @@ pub fn fit_to_url(object: &mut Value, rt: &ResourceType, version: &str, namespac
     match object.get("apiVersion").and_then(Value::as_str) {
         None => object["apiVersion"] = json!(expected),
         Some(v) if v == expected => {}
-        Some(v) => return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({expected})"))),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({expected})")))
+        }
     }
     match object.get("kind").and_then(Value::as_str) {
         None => object["kind"] = json!(rt.kind),
@@ -70,8 +75,21 @@ pub fn generate_name(object: &mut Value) {
     }
 }
 
-/// Strict decoding, then the name and labels as the real server checks them.
-pub fn validate(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
+/// Admission: strict decoding, the name and labels checked as the real server checks them, then what the real
+/// server rewrites (a Secret's `stringData` is merged into `data`, base64, and never stored).
+pub fn admit(rt: &ResourceType, object: &mut Value) -> Result<(), ApiError> {
+    validate(rt, object)?;
+    if rt.group.is_empty() && rt.plural == "secrets" {
+        if let Some(Value::Object(plain)) = object.as_object_mut().and_then(|m| m.remove("stringData")) {
+            for (k, v) in plain {
+                object["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
     match rt.schema {
         Schema::Typed(decode) => decode(object)?,
         Schema::Custom => validate::custom(object, &rt.kind)?,
@@ -99,7 +117,14 @@ pub fn initial_status(rt: &ResourceType, object: &mut Value) {
         ("", "namespaces") => json!({ "phase": "Active" }),
         ("apiextensions.k8s.io", _) => {
             let names = map.get("spec").and_then(|s| s.get("names")).cloned().unwrap_or(json!({}));
-            let storage: Vec<Value> = map.get("spec").and_then(|s| s["versions"].as_array()).into_iter().flatten().filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect();
+            let storage: Vec<Value> = map
+                .get("spec")
+                .and_then(|s| s["versions"].as_array())
+                .into_iter()
+                .flatten()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect();
             let condition = |kind: &str, reason: &str| json!({ "type": kind, "status": "True", "reason": reason, "message": "", "lastTransitionTime": super::store::now() });
             json!({ "conditions": [condition("NamesAccepted", "NoConflicts"), condition("Established", "InitialNamesAccepted")], "acceptedNames": names, "storedVersions": storage })
         }

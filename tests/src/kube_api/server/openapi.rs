@@ -46,5 +46,7 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value
         });
         paths.insert(format!("/{}/{scope}{}/{{name}}", path_of(group, version), t.plural), json!({ "patch": patch }));
     }
-    Some(json!({ "openapi": "3.0.0", "info": { "title": "Kubernetes (keel API stand-in)", "version": format!("v1.{}.0", super::discovery::MINOR) }, "paths": paths }))
+    Some(
+        json!({ "openapi": "3.0.0", "info": { "title": "Kubernetes (keel API stand-in)", "version": format!("v1.{}.0", super::discovery::MINOR) }, "paths": paths }),
+    )
 }

@@ -231,18 +231,28 @@ impl Registry {
         let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let text = |p: &str| crd.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
         let (group, plural, kind) = (text("/spec/group"), text("/spec/names/plural"), text("/spec/names/kind"));
-        let invalid = |field: &str, detail: String| ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, field, "FieldValueInvalid", &detail);
+        let invalid = |field: &str, detail: String| {
+            ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, field, "FieldValueInvalid", &detail)
+        };
         if name != format!("{plural}.{group}") {
             return Err(invalid("metadata.name", format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group")));
         }
-        let served: Vec<&Value> = crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten().filter(|v| v["served"] == true).collect();
+        let served: Vec<&Value> =
+            crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten().filter(|v| v["served"] == true).collect();
         // The storage version first: that is the version objects are kept in.
-        let mut versions: Vec<String> = served.iter().filter(|v| v["storage"] == true).chain(served.iter().filter(|v| v["storage"] != true)).filter_map(|v| v["name"].as_str().map(str::to_owned)).collect();
+        let mut versions: Vec<String> = served
+            .iter()
+            .filter(|v| v["storage"] == true)
+            .chain(served.iter().filter(|v| v["storage"] != true))
+            .filter_map(|v| v["name"].as_str().map(str::to_owned))
+            .collect();
         versions.dedup();
         if versions.is_empty() {
             return Err(invalid("spec.versions", "Required value: at least one served storage version".to_owned()));
         }
-        let strings = |p: &str| crd.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>();
+        let strings = |p: &str| {
+            crd.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>()
+        };
         let status = served.iter().any(|v| v.pointer("/subresources/status").is_some());
         let singular = Some(text("/spec/names/singular")).filter(|s| !s.is_empty()).unwrap_or_else(|| kind.to_ascii_lowercase());
         let resource = ResourceType {

@@ -28,6 +28,16 @@ pub struct Event {
     pub previous: Option<Arc<Value>>,
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    resource_version: String,
+    objects: Vec<Arc<Value>>,
+}
+
+/// The retained events a watch starts with, and the receiver of those after them.
+pub type Following = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 type Objects = BTreeMap<(String, String), Arc<Value>>;
 
 pub struct Store {
@@ -212,7 +222,7 @@ impl Store {
     }
 
     /// The events after `from` and a receiver for those still to come, or 410 when `from` is older than the window.
-    pub fn follow(&self, from: u64) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn follow(&self, from: u64) -> Result<Following, ApiError> {
         if from < self.floor {
             return Err(ApiError::gone(format!("too old resource version: {from} ({})", self.floor)));
         }
@@ -239,11 +249,11 @@ impl Store {
     }
 
     /// The persisted form: the counter and every object (CRDs first, so their kinds exist when restored).
-    pub fn snapshot(&self) -> Value {
+    /// Cheap under the lock (shared objects); serialized after it is released.
+    pub fn snapshot(&self) -> Snapshot {
         let crds = self.objects.get(CRD_KEY).into_iter().flat_map(|all| all.values());
         let others = self.objects.iter().filter(|(k, _)| k.as_str() != CRD_KEY).flat_map(|(_, all)| all.values());
-        let objects: Vec<&Value> = crds.chain(others).map(|o| o.as_ref()).collect();
-        json!({ "resourceVersion": self.rv.to_string(), "objects": objects })
+        Snapshot { resource_version: self.rv.to_string(), objects: crds.chain(others).cloned().collect() }
     }
 
     /// Loads a snapshot. Watches may resume from its resourceVersion on, not before (that history is gone).

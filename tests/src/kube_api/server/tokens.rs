@@ -105,7 +105,8 @@ pub fn review(store: &Store, mut request: Value) -> Result<Value, ApiError> {
     if token.is_empty() {
         return Err(ApiError::invalid("authentication.k8s.io", "TokenReview", "", "spec.token", "FieldValueRequired", "Required value"));
     }
-    let wanted: Vec<String> = request.pointer("/spec/audiences").and_then(Value::as_array).into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+    let wanted: Vec<String> =
+        request.pointer("/spec/audiences").and_then(Value::as_array).into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
     let wanted = if wanted.is_empty() { vec![API_AUDIENCE.to_owned()] } else { wanted };
     let status = match authenticate(store, &token) {
         Err(error) => json!({ "user": {}, "error": error }),

@@ -117,7 +117,11 @@ pub fn name_problem(rule: NameRule, name: &str) -> Option<String> {
 
 fn label_value_ok(v: &str) -> bool {
     let inner = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    v.is_empty() || (v.len() <= 63 && v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.ends_with(|c: char| c.is_ascii_alphanumeric()) && v.chars().all(inner))
+    v.is_empty()
+        || (v.len() <= 63
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && v.chars().all(inner))
 }
 
 /// A qualified name (`[prefix/]name`): the shape of label and annotation keys.
@@ -135,11 +139,19 @@ pub fn metadata_problem(metadata: &Value) -> Option<(String, String)> {
         let Some(map) = metadata.get(field).and_then(Value::as_object) else { continue };
         for (k, v) in map {
             if !qualified_name_ok(k) {
-                return Some((format!("metadata.{field}"), format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'")));
+                return Some((
+                    format!("metadata.{field}"),
+                    format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"),
+                ));
             }
             let text = v.as_str().unwrap_or_default();
             if check_values && !label_value_ok(text) {
-                return Some((format!("metadata.{field}"), format!("Invalid value: \"{text}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'")));
+                return Some((
+                    format!("metadata.{field}"),
+                    format!(
+                        "Invalid value: \"{text}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+                    ),
+                ));
             }
         }
     }

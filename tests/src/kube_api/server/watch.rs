@@ -18,6 +18,7 @@ use http::{header, Response};
 use http_body_util::{channel::Channel, BodyExt};
 use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
@@ -56,16 +57,37 @@ fn invalid(field: &str, detail: &str) -> ApiError {
     ApiError::invalid("", "ListOptions", "", field, "FieldValueForbidden", detail)
 }
 
+/// Counts an open watch for as long as it lives.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub fn start(shared: &Arc<Shared>, store: MutexGuard<'_, Store>, t: &Target, call: &Call) -> Result<Response<Body>, ApiError> {
+    if shared.open_watches.fetch_add(1, Ordering::Relaxed) >= shared.max_watches {
+        shared.open_watches.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::new(429, "TooManyRequests", format!("too many open watches (at most {})", shared.max_watches)));
+    }
+    let open = Open(shared.clone());
     let selector = Selector::parse(&t.rt, call.param("labelSelector"), call.param("fieldSelector"))?;
     let bookmarks = call.param("allowWatchBookmarks") == Some("true");
     let send_initial = call.param("sendInitialEvents").map(|v| v == "true");
     let asked = call.param("resourceVersion");
     match (send_initial, call.param("resourceVersionMatch")) {
         (Some(_), Some("NotOlderThan")) if bookmarks || send_initial == Some(false) => {}
-        (Some(_), Some("NotOlderThan")) => return Err(invalid("allowWatchBookmarks", "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true")),
+        (Some(_), Some("NotOlderThan")) => {
+            return Err(invalid("allowWatchBookmarks", "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true"))
+        }
         (Some(_), _) => return Err(invalid("resourceVersionMatch", "Forbidden: sendInitialEvents requires resourceVersionMatch=NotOlderThan")),
-        (None, Some(_)) => return Err(invalid("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ))
+        }
         (None, None) => {}
     }
     let initial = send_initial.unwrap_or(matches!(asked, None | Some("0")));
@@ -73,7 +95,8 @@ pub fn start(shared: &Arc<Shared>, store: MutexGuard<'_, Store>, t: &Target, cal
         Some(rv) => rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
         None => store.rv(),
     };
-    let timeout = call.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(shared.max_watch).min(shared.max_watch);
+    let timeout =
+        call.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(shared.max_watch).min(shared.max_watch);
     let filter = Filter { key: t.rt.key(), namespace: t.namespace.clone(), selector };
     let present = {
         let (rt, version) = (t.rt.clone(), t.version.clone());
@@ -94,15 +117,20 @@ pub fn start(shared: &Arc<Shared>, store: MutexGuard<'_, Store>, t: &Target, cal
     let (backlog, mut events) = match store.follow(from) {
         Ok(follow) => follow,
         Err(e) => {
-            tokio::spawn(async move { tx.send_data(line("ERROR", &e.to_status())).await });
+            tokio::spawn(async move {
+                let _open = open;
+                tx.send_data(line("ERROR", &e.to_status())).await
+            });
             return Ok(response);
         }
     };
-    let current: Vec<Arc<Value>> = if initial { store.list(&t.rt, t.namespace.as_deref()).into_iter().filter(|o| filter.selector.matches(o)).collect() } else { Vec::new() };
+    let current: Vec<Arc<Value>> =
+        if initial { store.list(&t.rt, t.namespace.as_deref()).into_iter().filter(|o| filter.selector.matches(o)).collect() } else { Vec::new() };
     let mut closing = store.close_watches.subscribe();
     drop(store);
     let interval = shared.bookmark_interval;
     tokio::spawn(async move {
+        let _open = open;
         let mut seen = from;
         let mut opening: Vec<Bytes> = current.iter().map(|o| line("ADDED", &present(o))).collect();
         if send_initial == Some(true) {
