@@ -179,6 +179,9 @@ async fn compaction_answers_410_and_the_watcher_relists() {
     let (reader, writer) = reflector::store::<ConfigMap>();
     let mut events = reflector(writer, watcher(api.clone(), watcher::Config::default())).boxed();
     while !matches!(next_event(&mut events).await, Event::InitDone) {}
+    // Once an event came through, the watcher's watch is open (its stream is lazy).
+    api.create(&PostParams::default(), &config_map("probe", "1")).await.unwrap();
+    assert_eq!(name_of(&next_event(&mut events).await), "probe");
 
     let compacted = stand_in.compact().unwrap();
     assert!(compacted > listed_at.parse().unwrap());
@@ -193,6 +196,7 @@ async fn compaction_answers_410_and_the_watcher_relists() {
 
     api.create(&PostParams::default(), &config_map("new", "2")).await.unwrap();
     api.delete("old", &DeleteParams::default()).await.unwrap();
+    api.delete("probe", &DeleteParams::default()).await.unwrap();
     // The open watch was ended; its resume is too old: the watcher relists (Init) and converges.
     let mut relisted = false;
     loop {
@@ -257,6 +261,8 @@ async fn restart_keeps_state_and_watchers_reconverge() {
     let (reader, writer) = reflector::store::<Pod>();
     let mut events = reflector(writer, watcher(pods.clone(), watcher::Config::default())).boxed();
     while !matches!(next_event(&mut events).await, Event::InitDone) {}
+    pods.create(&PostParams::default(), &pod("probe", "node-1", json!({}))).await.unwrap();
+    assert_eq!(name_of(&next_event(&mut events).await), "probe", "the watch is open when the server restarts");
 
     stand_in.restart().unwrap();
     let kept = pods.get("before").await.expect("the token and the pod survive the restart");
@@ -268,7 +274,7 @@ async fn restart_keeps_state_and_watchers_reconverge() {
         let _ = tokio::time::timeout(WAIT, events.next()).await.expect("the watcher follows the restarted server");
         let mut names: Vec<String> = reader.state().iter().map(|p| p.name_any()).collect();
         names.sort();
-        if names == ["after", "before"] {
+        if names == ["after", "before", "probe"] {
             break;
         }
     }

@@ -167,6 +167,11 @@ impl KubeApi {
         self.dir.join("kubeconfig")
     }
 
+    /// The address it listens on (kept across restarts).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }

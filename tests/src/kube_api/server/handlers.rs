@@ -455,6 +455,9 @@ fn admin(shared: &Arc<Shared>, mut store: MutexGuard<'_, Store>, rest: &[&str], 
                 }
                 Err(_) => {
                     objects::admit(&rt, &mut object)?;
+                    if rt.status && object.get("status").is_none() {
+                        objects::initial_status(&rt, &mut object);
+                    }
                     if let Some(ns) = t.namespace.as_deref().filter(|ns| !store.namespace_exists(ns)) {
                         return Err(ApiError::not_found("", "namespaces", ns));
                     }
