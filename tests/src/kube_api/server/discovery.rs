@@ -6,7 +6,7 @@ use super::registry::{Registry, ResourceType};
 use serde_json::{json, Value};
 
 /// The Kubernetes version reported (the k8s-openapi types the stand-in validates with).
-pub const MINOR: &str = "37";
+pub const MINOR: &str = "33";
 
 pub fn version() -> Value {
     json!({
