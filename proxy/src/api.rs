@@ -248,7 +248,8 @@ mod tests {
     fn an_enroll_request_missing_a_field_is_rejected_naming_it() {
         let err = serde_json::from_str::<Request>(r#"{"enroll": {"namespace": "default", "name": "a"}}"#).unwrap_err();
         assert!(err.to_string().contains("ips"), "{err}");
-        let Request::Enroll(no_netns) = serde_json::from_str::<Request>(r#"{"enroll": {"namespace": "d", "name": "a", "cgroup": "/c", "ips": []}}"#).unwrap()
+        let Request::Enroll(no_netns) =
+            serde_json::from_str::<Request>(r#"{"enroll": {"namespace": "d", "name": "a", "cgroup": "/c", "ips": []}}"#).unwrap()
         else {
             panic!("an enroll request")
         };

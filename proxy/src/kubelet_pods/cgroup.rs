@@ -202,9 +202,8 @@ mod tests {
         // kind's kubelet runs with --cgroup-root=/kubelet: systemd names every slice after its full path.
         let fake = FakeCgroups::new("nested-systemd");
         let uid_ = UID.replace('-', "_");
-        let expected = fake.cgroup(&format!(
-            "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{uid_}.slice"
-        ));
+        let expected =
+            fake.cgroup(&format!("kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{uid_}.slice"));
         assert_eq!(pod_cgroup(&fake.0, UID).unwrap().path, expected);
 
         let fake = FakeCgroups::new("nested-cgroupfs");

@@ -57,8 +57,9 @@ impl PluginCall {
         if self.status.success() {
             bail!("{} {} succeeded; no error object", self.plugin, self.command);
         }
-        let v: Value = serde_json::from_str(self.stdout.trim())
-            .with_context(|| format!("{} {} failed ({}) without a JSON error object on stdout: {:?}", self.plugin, self.command, self.status, self.stdout))?;
+        let v: Value = serde_json::from_str(self.stdout.trim()).with_context(|| {
+            format!("{} {} failed ({}) without a JSON error object on stdout: {:?}", self.plugin, self.command, self.status, self.stdout)
+        })?;
         if !v["cniVersion"].is_string() || !v["code"].is_u64() || !v["msg"].is_string() {
             bail!("{} {}: not a CNI error object: {v}", self.plugin, self.command);
         }

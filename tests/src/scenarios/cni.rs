@@ -141,14 +141,7 @@ fn kubelet_sandbox(lab: &Lab, name: &str, namespace: &str) -> Result<(Pod, Sandb
     let (pod_cgroup, scope) = systemd_besteffort(lab, &uid, &container_id);
     let mut pod = lab.add_sandbox(name, &scope)?;
     pod.namespace = namespace.to_string();
-    let sandbox = Sandbox {
-        container_id,
-        netns: pod.netns_path.clone(),
-        ifname: "eth0".into(),
-        namespace: namespace.into(),
-        name: name.into(),
-        uid,
-    };
+    let sandbox = Sandbox { container_id, netns: pod.netns_path.clone(), ifname: "eth0".into(), namespace: namespace.into(), name: name.into(), uid };
     Ok((pod, sandbox, pod_cgroup))
 }
 
@@ -371,7 +364,11 @@ pub fn enroll_by_uid_finds_cgroup_and_netns() {
             for (pod, uid, pod_cgroup, process) in &pods {
                 let listed = enrolled(keel, "default", &pod.name)?.with_context(|| format!("keel does not list {}", pod.name))?;
                 let netns = format!("/proc/{}/ns/net", process.pid());
-                if listed["uid"] != json!(uid) || listed["cgroup"] != json!(pod_cgroup) || listed["netns"] != json!(netns) || listed["netns_discovered"] != true {
+                if listed["uid"] != json!(uid)
+                    || listed["cgroup"] != json!(pod_cgroup)
+                    || listed["netns"] != json!(netns)
+                    || listed["netns_discovered"] != true
+                {
                     bail!("pod {} enrolled as {listed}; expected uid {uid}, cgroup {}, netns {netns}", pod.name, pod_cgroup.display());
                 }
             }
