@@ -125,7 +125,8 @@ pub async fn check(enrollment: &Enrollment, policy: &AmbientPolicy, pod: CniPod)
         Some(spec) if spec.netns != pod.netns => {
             CniPodState::NotCaptured { reason: format!("pod {name} is enrolled with netns {}, not {}", spec.netns.display(), pod.netns.display()) }
         }
-        Some(spec) if spec.uid.as_deref() != Some(pod.uid.as_str()) => {
+        // A pod enrolled without a UID (by cgroup) is this one if the netns matches; with one, the UIDs must agree.
+        Some(spec) if spec.uid.as_ref().is_some_and(|uid| *uid != pod.uid) => {
             CniPodState::NotCaptured { reason: format!("pod {name} is enrolled with uid {:?}, not {}", spec.uid, pod.uid) }
         }
         Some(_) => CniPodState::Captured,
