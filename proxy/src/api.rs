@@ -18,14 +18,22 @@ use tracing::{debug, warn};
 
 use crate::{
     app::Daemon,
-    pods::{PodName, PodSpec},
+    cni_requests::{CniPod, CniPodRef},
+    pods::{EnrollRequest, PodName},
 };
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    Enroll(PodSpec),
+    /// Enroll a pod named by its cgroup, or by its Kubernetes UID (keel finds the cgroup, and the netns if not given).
+    Enroll(EnrollRequest),
     Unenroll(PodName),
+    /// keel-cni's ADD: capture the pod if it is ambient; answered once it is captured.
+    CniAdd(CniPod),
+    /// keel-cni's CHECK: whether the pod is captured with this sandbox.
+    CniCheck(CniPod),
+    /// keel-cni's DEL: release the pod if enrolled; no error for a pod keel does not know.
+    CniDel(CniPodRef),
     Pods,
     Stats,
     Connections,
@@ -239,6 +247,32 @@ mod tests {
     #[test]
     fn an_enroll_request_missing_a_field_is_rejected_naming_it() {
         let err = serde_json::from_str::<Request>(r#"{"enroll": {"namespace": "default", "name": "a"}}"#).unwrap_err();
-        assert!(err.to_string().contains("netns"), "{err}");
+        assert!(err.to_string().contains("ips"), "{err}");
+        let Request::Enroll(no_netns) =
+            serde_json::from_str::<Request>(r#"{"enroll": {"namespace": "d", "name": "a", "cgroup": "/c", "ips": []}}"#).unwrap()
+        else {
+            panic!("an enroll request")
+        };
+        let err = no_netns.resolve(Path::new("/c"), Path::new("/proc")).unwrap_err();
+        assert!(err.to_string().starts_with("field `netns`"), "{err}");
+    }
+
+    #[test]
+    fn an_enroll_request_may_name_the_pod_by_uid() {
+        let line = r#"{"enroll": {"namespace": "default", "name": "a", "uid": "0b6c1a52-3c1d-4d58-9b9c-2f0b1e1e8a11", "ips": ["10.244.0.5"]}}"#;
+        let Request::Enroll(request) = serde_json::from_str::<Request>(line).unwrap() else { panic!("an enroll request") };
+        assert_eq!((request.uid.as_deref(), request.cgroup, request.netns), (Some("0b6c1a52-3c1d-4d58-9b9c-2f0b1e1e8a11"), None, None));
+    }
+
+    #[test]
+    fn cni_requests_have_the_documented_wire_shape() {
+        let add = r#"{"cni_add": {"namespace": "default", "name": "a", "uid": "0b6c1a52-3c1d-4d58-9b9c-2f0b1e1e8a11",
+            "netns": "/var/run/netns/cni-1", "ips": ["10.244.0.5"], "container_id": "f00d"}}"#;
+        assert!(matches!(serde_json::from_str::<Request>(add).unwrap(), Request::CniAdd(CniPod { container_id: Some(_), .. })));
+        let del = r#"{"cni_del": {"namespace": "default", "name": "a"}}"#;
+        assert_eq!(
+            serde_json::from_str::<Request>(del).unwrap(),
+            Request::CniDel(CniPodRef { namespace: "default".into(), name: "a".into(), uid: None })
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::{
     admin, api,
     api::Request,
     capture::{Capture, EbpfCounters},
+    cni_requests,
     config::{CaptureMode, Config},
     config_dump::ConfigDump,
     data_path::DataPath,
@@ -40,6 +41,8 @@ pub struct Daemon {
     config: Config,
     data_path: Arc<DataPath>,
     enrollment: Enrollment,
+    /// Which pods a CNI ADD captures.
+    ambient: cni_requests::AmbientPolicy,
     ready: AtomicBool,
     open_files_limit: u64,
     /// Present when keel follows a control plane.
@@ -135,10 +138,13 @@ impl Daemon {
 
     pub async fn handle(&self, request: Request) -> anyhow::Result<Value> {
         Ok(match request {
-            Request::Enroll(spec) => {
-                self.enrollment.enroll(spec).await?;
+            Request::Enroll(request) => {
+                self.enrollment.enroll_request(request).await?;
                 Value::Null
             }
+            Request::CniAdd(pod) => serde_json::to_value(cni_requests::add(&self.enrollment, &self.ambient, pod).await?)?,
+            Request::CniCheck(pod) => serde_json::to_value(cni_requests::check(&self.enrollment, &self.ambient, pod).await)?,
+            Request::CniDel(pod) => serde_json::to_value(cni_requests::del(&self.enrollment, pod).await?)?,
             Request::Unenroll(name) => {
                 self.enrollment.unenroll(&name).await?;
                 Value::Null
@@ -209,6 +215,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         data_path,
         enrollment,
+        ambient: cni_requests::AmbientPolicy { excluded_namespaces: config.cni_excluded_namespaces.iter().cloned().collect() },
         ready: AtomicBool::new(false),
         open_files_limit,
         xds,

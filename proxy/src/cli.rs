@@ -8,7 +8,7 @@ use crate::{
     api::{self, Request},
     config::{cgroup2_mount, CaptureMode, Config, Exclusions},
     config_dump::ConfigDump,
-    pods::{PodName, PodSpec},
+    pods::{EnrollRequest, PodName},
     proxy_config::View,
     xds::{local::LocalSettings, setup::WorkloadSource},
 };
@@ -193,16 +193,24 @@ pub struct RunArgs {
     pub instance_ip: String,
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node_name: String,
+    /// Namespace whose pods a CNI ADD (keel-cni) leaves alone (repeatable). Until keel reads ambient labels from
+    /// the Kubernetes API, every other pod a CNI ADD names is captured.
+    #[arg(long = "cni-exclude-namespace", default_values_t = ["kube-system".to_owned(), "istio-system".to_owned()])]
+    pub cni_excluded_namespaces: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EnrollArgs {
-    /// The pod's network namespace file.
+    /// The pod's network namespace file (keel finds it from the pod's processes when only --uid is given).
     #[arg(long)]
-    pub netns: PathBuf,
+    pub netns: Option<PathBuf>,
     /// The pod's cgroup v2 directory.
+    #[arg(long, required_unless_present = "uid")]
+    pub cgroup: Option<PathBuf>,
+    /// The pod's Kubernetes UID: keel finds its cgroup (kubelet's systemd or cgroupfs layout) and, without
+    /// --netns, its network namespace.
     #[arg(long)]
-    pub cgroup: PathBuf,
+    pub uid: Option<String>,
     /// The pod's IP (repeatable).
     #[arg(long = "ip", required = true)]
     pub ips: Vec<IpAddr>,
@@ -227,12 +235,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => run_daemon(cli.api_socket, *args),
         Command::Enroll(a) => client(
             &cli.api_socket,
-            Request::Enroll(PodSpec {
+            Request::Enroll(EnrollRequest {
                 namespace: a.namespace,
                 name: a.name,
                 service_account: a.service_account,
                 netns: a.netns,
                 cgroup: a.cgroup,
+                uid: a.uid,
                 ips: a.ips,
             }),
         ),
@@ -298,6 +307,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     };
     let config = Config {
         limits,
+        cni_excluded_namespaces: args.cni_excluded_namespaces,
         fail_open: args.fail_open,
         capture: args.capture,
         cgroup_root,

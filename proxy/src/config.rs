@@ -52,6 +52,8 @@ pub struct Config {
     pub fail_open: bool,
     /// Bounds on what peers can hold (connections, handshakes, idle time).
     pub limits: crate::limits::Limits,
+    /// Namespaces whose pods a CNI ADD leaves alone (until keel reads ambient labels from the Kubernetes API).
+    pub cni_excluded_namespaces: Vec<String>,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).

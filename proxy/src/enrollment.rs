@@ -19,9 +19,12 @@ use crate::{
     identity::Identity,
     l4,
     netns::Netns,
-    pods::{PodName, PodSpec},
+    pods::{EnrollRequest, PodName, PodSpec},
     sockets,
 };
+
+/// Where processes' network namespaces are found (a netns keel finds itself is `/proc/<pid>/ns/net`).
+const PROC_ROOT: &str = "/proc";
 
 struct EnrolledPod {
     spec: PodSpec,
@@ -54,6 +57,27 @@ impl Enrollment {
         let mut restored = 0;
         for spec in saved {
             let name = spec.pod_name();
+            let spec = if spec.netns_discovered {
+                // The process whose /proc entry named the netns may be gone, or its PID reused: find it again.
+                let again = EnrollRequest {
+                    namespace: spec.namespace,
+                    name: spec.name,
+                    service_account: spec.service_account,
+                    netns: None,
+                    cgroup: None,
+                    uid: spec.uid,
+                    ips: spec.ips,
+                };
+                match self.resolve(again).await {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        warn!(pod = %name, error = %format!("{e:#}"), "could not find a restored pod again; dropping it");
+                        continue;
+                    }
+                }
+            } else {
+                spec
+            };
             match self.enroll(spec).await {
                 Ok(()) => restored += 1,
                 Err(e) => warn!(pod = %name, error = %format!("{e:#}"), "could not restore pod; dropping it"),
@@ -63,6 +87,37 @@ impl Enrollment {
         let enrolled: Vec<(u64, Vec<IpAddr>)> = self.pods.lock().await.values().map(|p| (p.context.netns.cookie(), p.spec.ips.clone())).collect();
         self.data_path.capture.retain(&enrolled).context("releasing pods a previous keel captured")?;
         Ok(restored)
+    }
+
+    /// The pod an API request names, its cgroup (and netns, when not given) found from its `uid` if need be.
+    pub async fn resolve(&self, request: EnrollRequest) -> anyhow::Result<PodSpec> {
+        let cgroup_root = self.cgroup_root.clone();
+        // Finding a pod reads a few hundred directories at most: off the async workers all the same.
+        Ok(tokio::task::spawn_blocking(move || request.resolve(&cgroup_root, Path::new(PROC_ROOT))).await??)
+    }
+
+    /// An API `enroll`: resolves the request, then enrolls the pod.
+    pub async fn enroll_request(&self, request: EnrollRequest) -> anyhow::Result<()> {
+        let spec = self.resolve(request).await?;
+        self.enroll(spec).await
+    }
+
+    /// The enrolled pod named `name`, if any.
+    pub async fn enrolled(&self, name: &PodName) -> Option<PodSpec> {
+        self.pods.lock().await.get(name).map(|p| p.spec.clone())
+    }
+
+    /// Enrolls `spec`, first releasing a pod of the same name enrolled with another spec (a sandbox that was
+    /// replaced without keel hearing of the old one's end: the new sandbox is the pod now).
+    pub async fn enroll_replacing(&self, spec: PodSpec) -> anyhow::Result<()> {
+        let name = spec.pod_name();
+        if let Some(existing) = self.enrolled(&name).await {
+            if existing != spec {
+                warn!(pod = %name, old_netns = %existing.netns.display(), new_netns = %spec.netns.display(), "replacing the pod's earlier enrollment");
+                self.unenroll(&name).await?;
+            }
+        }
+        self.enroll(spec).await
     }
 
     pub async fn enroll(&self, spec: PodSpec) -> anyhow::Result<()> {

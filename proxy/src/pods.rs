@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::kubelet_pods;
+
 /// `namespace/name`: how a pod is addressed in the API, logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PodName {
@@ -32,7 +34,66 @@ pub struct PodSpec {
     pub netns: PathBuf,
     /// The pod's cgroup v2 directory.
     pub cgroup: PathBuf,
+    /// The pod's Kubernetes UID, when the request named it (keel then found `cgroup` from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// keel found `netns` itself from the pod's processes (a `/proc/PID/ns/net` path): a restarted keel finds it
+    /// again from `uid`, since by then that PID may be gone or belong to another process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub netns_discovered: bool,
     pub ips: Vec<IpAddr>,
+}
+
+/// An `enroll` request as it arrives on the API: the pod's cgroup is given (`cgroup`) or found from its Kubernetes
+/// UID (`uid`), and with a `uid` the network namespace may be left for keel to find too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default = "default_service_account")]
+    pub service_account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl EnrollRequest {
+    /// The pod spec this request names, its cgroup (and, when not given, its netns) found from `uid` below
+    /// `cgroup_root` and in `proc_root`. Errors name the field; the spec still needs [`PodSpec::validate`].
+    pub fn resolve(self, cgroup_root: &Path, proc_root: &Path) -> Result<PodSpec, InvalidPod> {
+        let by_uid = |uid: &str| kubelet_pods::pod_cgroup(cgroup_root, uid).map(|c| c.path).map_err(|e| invalid("uid", e.to_string()));
+        let cgroup = match (self.cgroup, &self.uid) {
+            (Some(cgroup), None) => cgroup,
+            (None, Some(uid)) => by_uid(uid)?,
+            (Some(cgroup), Some(uid)) => {
+                let found = by_uid(uid)?;
+                if found != cgroup {
+                    return Err(invalid("cgroup", format!("{} is not pod uid {uid}'s cgroup ({})", cgroup.display(), found.display())));
+                }
+                cgroup
+            }
+            (None, None) => return Err(invalid("cgroup", "give the pod's `cgroup` or its Kubernetes `uid`")),
+        };
+        let (netns, netns_discovered) = match (self.netns, &self.uid) {
+            (Some(netns), _) => (netns, false),
+            (None, Some(_)) => (kubelet_pods::pod_netns(&cgroup, proc_root).map_err(|e| invalid("netns", e.to_string()))?.path, true),
+            (None, None) => return Err(invalid("netns", "required unless the pod's `uid` is given")),
+        };
+        Ok(PodSpec {
+            namespace: self.namespace,
+            name: self.name,
+            service_account: self.service_account,
+            netns,
+            cgroup,
+            uid: self.uid,
+            netns_discovered,
+            ips: self.ips,
+        })
+    }
 }
 
 fn default_service_account() -> String {
@@ -60,6 +121,9 @@ impl PodSpec {
         check_dns_label("namespace", &self.namespace)?;
         check_dns_subdomain("name", &self.name)?;
         check_dns_subdomain("service_account", &self.service_account)?;
+        if let Some(uid) = &self.uid {
+            kubelet_pods::check_uid(uid).map_err(|e| invalid("uid", e.to_string()))?;
+        }
         if self.ips.is_empty() {
             return Err(invalid("ips", "at least one pod IP is required"));
         }
@@ -128,6 +192,8 @@ mod tests {
             service_account: "default".into(),
             netns: "/proc/self/ns/net".into(),
             cgroup: "/nonexistent/cg".into(),
+            uid: None,
+            netns_discovered: false,
             ips: vec!["10.244.0.11".parse().unwrap()],
         }
     }
@@ -173,5 +239,96 @@ mod tests {
         let json = r#"{"namespace":"default","name":"a","netns":"/x","cgroup":"/y","ips":["10.0.0.1"]}"#;
         let spec: PodSpec = serde_json::from_str(json).unwrap();
         assert_eq!(spec.service_account, "default");
+    }
+
+    #[test]
+    fn a_persisted_spec_of_an_older_keel_still_reads() {
+        let json = r#"{"namespace":"default","name":"a","service_account":"default","netns":"/x","cgroup":"/y","ips":["10.0.0.1"]}"#;
+        let spec: PodSpec = serde_json::from_str(json).unwrap();
+        assert_eq!((spec.uid, spec.netns_discovered), (None, false));
+    }
+
+    const UID: &str = "0b6c1a52-3c1d-4d58-9b9c-2f0b1e1e8a11";
+
+    fn request() -> EnrollRequest {
+        EnrollRequest {
+            namespace: "default".into(),
+            name: "pod-a".into(),
+            service_account: "default".into(),
+            netns: None,
+            cgroup: None,
+            uid: None,
+            ips: vec!["10.244.0.11".parse().unwrap()],
+        }
+    }
+
+    /// A cgroup root holding one BestEffort pod (systemd driver) with process 4242, and a /proc with that process.
+    struct FakeNode(PathBuf);
+
+    impl FakeNode {
+        fn new(test: &str) -> FakeNode {
+            let root = std::env::temp_dir().join(format!("keel-pods-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let slice = format!("kubepods-besteffort-pod{}.slice", UID.replace('-', "_"));
+            let pod = root.join("cg/kubepods.slice/kubepods-besteffort.slice").join(slice);
+            std::fs::create_dir_all(pod.join("cri-containerd-a.scope")).unwrap();
+            std::fs::write(pod.join("cgroup.procs"), "").unwrap();
+            std::fs::write(pod.join("cri-containerd-a.scope/cgroup.procs"), "4242\n").unwrap();
+            std::fs::create_dir_all(root.join("proc/4242/ns")).unwrap();
+            std::fs::write(root.join("proc/4242/ns/net"), "").unwrap();
+            FakeNode(root)
+        }
+        fn cgroup_root(&self) -> PathBuf {
+            self.0.join("cg")
+        }
+        fn proc_root(&self) -> PathBuf {
+            self.0.join("proc")
+        }
+        fn pod_cgroup(&self) -> PathBuf {
+            self.cgroup_root().join(format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice", UID.replace('-', "_")))
+        }
+    }
+
+    impl Drop for FakeNode {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_uid_resolves_the_cgroup_and_the_netns() {
+        let node = FakeNode::new("resolve");
+        let spec = EnrollRequest { uid: Some(UID.into()), ..request() }.resolve(&node.cgroup_root(), &node.proc_root()).unwrap();
+        assert_eq!(spec.cgroup, node.pod_cgroup());
+        assert_eq!(spec.netns, node.proc_root().join("4242/ns/net"));
+        assert!(spec.netns_discovered);
+        assert_eq!(spec.uid.as_deref(), Some(UID));
+
+        let given = EnrollRequest { uid: Some(UID.into()), netns: Some("/var/run/netns/cni-1".into()), ..request() };
+        let spec = given.resolve(&node.cgroup_root(), &node.proc_root()).unwrap();
+        assert_eq!((spec.netns, spec.netns_discovered), ("/var/run/netns/cni-1".into(), false), "a given netns is kept");
+    }
+
+    #[test]
+    fn the_existing_form_with_a_cgroup_still_works() {
+        let node = FakeNode::new("cgroup-form");
+        let form = EnrollRequest { netns: Some("/proc/self/ns/net".into()), cgroup: Some(node.pod_cgroup()), ..request() };
+        let spec = form.resolve(&node.cgroup_root(), &node.proc_root()).unwrap();
+        assert_eq!((spec.cgroup, spec.uid), (node.pod_cgroup(), None));
+    }
+
+    #[test]
+    fn resolution_errors_name_the_field() {
+        let node = FakeNode::new("errors");
+        let resolve = |r: EnrollRequest| r.resolve(&node.cgroup_root(), &node.proc_root()).map(drop).map_err(field_of);
+        assert_eq!(resolve(EnrollRequest { netns: Some("/x".into()), ..request() }), Err("cgroup"));
+        assert_eq!(resolve(EnrollRequest { cgroup: Some(node.pod_cgroup()), ..request() }), Err("netns"));
+        let unknown = EnrollRequest { uid: Some("11111111-2222-3333-4444-555555555555".into()), ..request() };
+        let err = unknown.resolve(&node.cgroup_root(), &node.proc_root()).unwrap_err();
+        assert!(err.to_string().starts_with("field `uid`: pod uid 11111111-2222-3333-4444-555555555555: no cgroup"), "{err}");
+        let elsewhere = EnrollRequest { uid: Some(UID.into()), cgroup: Some(node.cgroup_root()), netns: Some("/x".into()), ..request() };
+        assert_eq!(resolve(elsewhere), Err("cgroup"), "a cgroup that is not the uid's is refused");
+        std::fs::write(node.pod_cgroup().join("cri-containerd-a.scope/cgroup.procs"), "").unwrap();
+        assert_eq!(resolve(EnrollRequest { uid: Some(UID.into()), ..request() }), Err("netns"), "no process: no netns");
     }
 }

@@ -19,7 +19,7 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Static LLVM 23 SDK (X86 only) and the wheel we take the BPF backend libraries from.
 const LLVM_WHEELS: [&str; 2] = ["mlc-llvm-static==23.1.1.post0", "mlc-llvm-static-extra-targets==23.1.1.post0"];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 12] = [
+pub const PACKAGES: [&str; 13] = [
     "iproute2",
     "iptables",
     "procps",
@@ -37,6 +37,8 @@ pub const PACKAGES: [&str; 12] = [
     "tcpdump",
     // The independent HBONE client (tests/hbone/hbone_probe.py): Python's ssl + h2, not keel's code.
     "python3-h2",
+    // The reference CNI plugins (bridge, host-local) the keel-cni suite chains keel-cni after, as on a node.
+    "containernetworking-plugins",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.

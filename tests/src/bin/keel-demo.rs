@@ -45,7 +45,11 @@ fn run(cli: Cli) -> Result<()> {
     step("checking prerequisites (root, ip, iptables, cgroup v2, bpffs)");
     keel_tests::lab::require_root_and_prereqs();
     step("creating two nodes (10.244.0.0/24 and 10.244.1.0/24, linked by a wire 172.30.0.0/24) and three pods");
-    let lab = Lab::with_nodes_and_binaries("demo", 2, Binaries { keel: cli.keel, podapp: cli.podapp, keel_control: cli.keel_control })?;
+    let lab = Lab::with_nodes_and_binaries(
+        "demo",
+        2,
+        Binaries { keel: cli.keel, podapp: cli.podapp, keel_control: cli.keel_control, ..Binaries::locate() },
+    )?;
     let result = demo(&lab, cli.control_plane);
     if result.is_err() {
         // Keep the lab's logs and print keel's log tail on the way out.

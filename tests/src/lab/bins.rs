@@ -1,6 +1,6 @@
 //! Where the `keel` and `podapp` binaries are.
 //!
-//! Order: the env var (`KEEL_BIN`, `KEEL_PODAPP`, `KEEL_CONTROL_BIN`: what `cargo xtask test` and CI set), then next to the running
+//! Order: the env var (`KEEL_BIN`, `KEEL_PODAPP`, `KEEL_CONTROL_BIN`, `KEEL_CNI_BIN`: what `cargo xtask test` and CI set), then next to the running
 //! executable (an integration test runs from `<target>/debug/deps/`, the demo from `<target>/debug/`, so a custom
 //! CARGO_TARGET_DIR just works), then `<workspace>/target/debug/`.
 
@@ -12,13 +12,20 @@ pub struct Binaries {
     pub keel: PathBuf,
     pub podapp: PathBuf,
     pub keel_control: PathBuf,
+    /// The CNI plugin, run by the CNI suite as a container runtime runs it.
+    pub keel_cni: PathBuf,
 }
 
 impl Binaries {
     /// Resolves both binaries. Does not require them to exist yet: a lab without keel (the self test) only needs
     /// podapp, and `start_keel` reports a missing keel with the path it tried.
     pub fn locate() -> Self {
-        Self { keel: locate("KEEL_BIN", "keel"), podapp: locate("KEEL_PODAPP", "podapp"), keel_control: locate("KEEL_CONTROL_BIN", "keel-control") }
+        Self {
+            keel: locate("KEEL_BIN", "keel"),
+            podapp: locate("KEEL_PODAPP", "podapp"),
+            keel_control: locate("KEEL_CONTROL_BIN", "keel-control"),
+            keel_cni: locate("KEEL_CNI_BIN", "keel-cni"),
+        }
     }
 }
 

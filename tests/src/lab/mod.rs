@@ -15,6 +15,7 @@
 pub mod api;
 mod bins;
 mod cgroup;
+pub mod cni_runtime;
 mod control;
 mod http;
 mod keel;
@@ -25,6 +26,7 @@ pub mod pcap;
 mod pod;
 mod prereqs;
 pub mod process;
+mod sandbox;
 mod sweep;
 pub mod sys;
 mod wire;

@@ -5,6 +5,7 @@
 //! keel's log tail and keeps the lab's logs (see [`with_lab`]).
 
 pub mod capture;
+pub mod cni;
 pub mod control_plane;
 pub mod fast_path;
 pub mod hbone_wire;
