@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod lint;
+mod manifests;
 mod run;
 mod setup;
 mod test;
@@ -69,6 +70,12 @@ enum Command {
     },
     /// `cargo fmt --check` (workspace and fuzz/) and clippy over every host crate with warnings as errors.
     Lint,
+    /// Write deploy/manifests/ and the Helm chart deploy/charts/keel from the typed objects in xtask/src/manifests/.
+    Manifests {
+        /// Write nothing; fail if a committed file differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +100,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
         Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
         Command::Lint => return lint::lint(),
+        Command::Manifests { check } => return manifests::manifests(check),
     }
     Ok(ExitCode::SUCCESS)
 }
