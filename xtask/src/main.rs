@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod image;
 mod kube_tools;
 mod lint;
 mod manifests;
@@ -71,6 +72,9 @@ enum Command {
     },
     /// `cargo fmt --check` (workspace and fuzz/) and clippy over every host crate with warnings as errors.
     Lint,
+    /// Build OCI image layouts of keel (with keel-cni once it exists) and keel-control: static release binaries,
+    /// nothing else, in <target>/images/<name>/ (tag: the workspace version). Needs umoci.
+    Image,
     /// Write deploy/manifests/ and the Helm chart deploy/charts/keel from the typed objects in xtask/src/manifests/.
     Manifests {
         /// Write nothing; fail if a committed file differs from what would be written.
@@ -101,6 +105,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
         Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
         Command::Lint => return lint::lint(),
+        Command::Image => image::image()?,
         Command::Manifests { check } => return manifests::manifests(check),
     }
     Ok(ExitCode::SUCCESS)
