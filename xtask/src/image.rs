@@ -60,10 +60,7 @@ pub fn layout_dir(name: &str) -> PathBuf {
 }
 
 pub fn image() -> Result<()> {
-    ensure!(
-        run::probe(&mut cmd("umoci", ["--version"])).is_some(),
-        "umoci is missing: run `cargo xtask setup` (Debian package umoci)"
-    );
+    ensure!(run::probe(&mut cmd("umoci", ["--version"])).is_some(), "umoci is missing: run `cargo xtask setup` (Debian package umoci)");
     let triple = host_triple()?;
     let cni_package = binary_package("keel-cni")?;
     if cni_package.is_none() {
@@ -139,11 +136,7 @@ fn binary_package(binary: &str) -> Result<Option<String>> {
     let out = run::capture(&mut cmd("cargo", ["metadata", "--no-deps", "--format-version", "1"]))?;
     ensure!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     let metadata: Metadata = serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
-    Ok(metadata
-        .packages
-        .into_iter()
-        .find(|p| p.targets.iter().any(|t| t.name == binary && t.kind.iter().any(|k| k == "bin")))
-        .map(|p| p.name))
+    Ok(metadata.packages.into_iter().find(|p| p.targets.iter().any(|t| t.name == binary && t.kind.iter().any(|k| k == "bin"))).map(|p| p.name))
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -223,11 +216,11 @@ fn build_layout(spec: &ImageSpec, release: &Path) -> Result<()> {
 
     let image = format!("{}:{TAG}", layout.display());
     let rootless: &[&str] = if ws::is_root() { &[] } else { &["--rootless"] };
-    run::run(&mut cmd("umoci", ["init", "--layout"]).arg(&layout))?;
+    run::run(cmd("umoci", ["init", "--layout"]).arg(&layout))?;
     run::run(&mut cmd("umoci", ["new", "--image", &image]))?;
-    run::run(&mut cmd("umoci", ["insert"]).args(rootless).args(["--image", &image]).arg(&staging).arg("/"))?;
+    run::run(cmd("umoci", ["insert"]).args(rootless).args(["--image", &image]).arg(&staging).arg("/"))?;
     let entrypoint = format!("/{BIN_DIR}/{}", spec.binaries[0]);
-    run::run(&mut cmd("umoci", ["config", "--image", &image]).args([
+    run::run(cmd("umoci", ["config", "--image", &image]).args([
         "--config.entrypoint",
         &entrypoint,
         "--config.user",
@@ -243,7 +236,7 @@ fn build_layout(spec: &ImageSpec, release: &Path) -> Result<()> {
         "--os",
         "linux",
     ]))?;
-    run::run(&mut cmd("umoci", ["gc", "--layout"]).arg(&layout))?;
+    run::run(cmd("umoci", ["gc", "--layout"]).arg(&layout))?;
     fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     Ok(())
 }

@@ -43,7 +43,8 @@ pub fn helm() -> PathBuf {
 pub fn installed() -> bool {
     let kubectl_ok = run::probe(&mut cmd(&kubectl().to_string_lossy(), ["version", "--client"]))
         .is_some_and(|out| out.lines().any(|l| l.trim() == format!("Client Version: {KUBECTL_VERSION}")));
-    let helm_ok = run::probe(&mut cmd(&helm().to_string_lossy(), ["version", "--short"])).is_some_and(|out| out.trim().starts_with(&format!("{HELM_VERSION}+")));
+    let helm_ok = run::probe(&mut cmd(&helm().to_string_lossy(), ["version", "--short"]))
+        .is_some_and(|out| out.trim().starts_with(&format!("{HELM_VERSION}+")));
     kubectl_ok && helm_ok
 }
 

@@ -183,7 +183,12 @@ fn deployment(params: &Params) -> Document {
             value_env("CA_TRUSTED_NODE_ACCOUNTS", &format!("{}/{KEEL}", params.namespace)),
         ]),
         ports: Some(vec![
-            ContainerPort { name: Some("tls-xds".to_owned()), container_port: XDS_PORT, protocol: Some("TCP".to_owned()), ..ContainerPort::default() },
+            ContainerPort {
+                name: Some("tls-xds".to_owned()),
+                container_port: XDS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
             ContainerPort {
                 name: Some("readiness".to_owned()),
                 container_port: CONTROL_READINESS_PORT,
@@ -200,7 +205,12 @@ fn deployment(params: &Params) -> Document {
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Capabilities::default() }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount { name: "cacerts".to_owned(), mount_path: CA_DIR.to_owned(), read_only: Some(true), ..VolumeMount::default() }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "cacerts".to_owned(),
+            mount_path: CA_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         ..Container::default()
     };
     let deployment = Deployment {
@@ -270,10 +280,7 @@ fn deployment(params: &Params) -> Document {
             "The mesh's configuration and certificate authority: keels keep their last good state without it, but new \
              pods get no identity until it is back.",
         ),
-        Note::above(
-            "podAntiAffinity:",
-            "Replicas on different nodes where possible, so one node going away leaves a replica serving.",
-        ),
+        Note::above("podAntiAffinity:", "Replicas on different nodes where possible, so one node going away leaves a replica serving."),
         Note::above(
             "runAsNonRoot: true",
             "No root, no capabilities, read-only root file system: keel-control only serves TCP on unprivileged ports \
@@ -286,10 +293,7 @@ fn deployment(params: &Params) -> Document {
              without it (it cannot write to this read-only mount).",
         ),
         Note::above("defaultMode: 288", "0440 in octal: keel-control's user and group (fsGroup) read, no one else."),
-        Note::above(
-            "readinessProbe:",
-            "Ready once the API caches are synced: a replica does not serve an empty mesh to a keel. No liveness probe.",
-        ),
+        Note::above("readinessProbe:", "Ready once the API caches are synced: a replica does not serve an empty mesh to a keel. No liveness probe."),
         Note::above(
             "- name: CA_TRUSTED_NODE_ACCOUNTS",
             "istiod's setting: the ServiceAccounts allowed to ask for certificates on behalf of pods on their node.",
@@ -297,11 +301,9 @@ fn deployment(params: &Params) -> Document {
     ];
     Document::new(
         deployment,
-        [
-            "keel-control, the control plane (istiod's role for keel): watches the Kubernetes API, translates pods, \
+        ["keel-control, the control plane (istiod's role for keel): watches the Kubernetes API, translates pods, \
              services and the Istio objects into delta xDS for the keels, and issues workload certificates to callers \
-             authenticated by TokenReview. Every replica serves; one leader (Lease keel-control) writes status.",
-        ],
+             authenticated by TokenReview. Every replica serves; one leader (Lease keel-control) writes status."],
     )
     .with_notes(notes)
 }
@@ -319,10 +321,8 @@ fn disruption_budget(params: &Params) -> Document {
     };
     Document::new(
         budget,
-        [
-            "Voluntary disruptions (node drains) take keel-control replicas down one at a time. maxUnavailable rather \
+        ["Voluntary disruptions (node drains) take keel-control replicas down one at a time. maxUnavailable rather \
              than minAvailable, so a single-replica install can still be drained; a replica that is not ready anyway \
-             may always be evicted (unhealthyPodEvictionPolicy AlwaysAllow).",
-        ],
+             may always be evicted (unhealthyPodEvictionPolicy AlwaysAllow)."],
     )
 }

@@ -6,9 +6,9 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet},
         core::v1::{
-            AppArmorProfile, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
-            Namespace, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SELinuxOptions,
-            SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+            AppArmorProfile, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath, Namespace,
+            ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SELinuxOptions, SeccompProfile,
+            SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -142,8 +142,12 @@ pub fn namespace(params: &Params) -> Document {
 
 pub fn documents(params: &Params) -> Vec<Document> {
     vec![
-        rbac::service_account(KEEL, &params.namespace, "keel's identity towards the Kubernetes API (RBAC below) and towards keel-control, which \
-             trusts this account's projected tokens to ask for certificates on behalf of pods on the same node."),
+        rbac::service_account(
+            KEEL,
+            &params.namespace,
+            "keel's identity towards the Kubernetes API (RBAC below) and towards keel-control, which \
+             trusts this account's projected tokens to ask for certificates on behalf of pods on the same node.",
+        ),
         rbac::cluster_role(
             KEEL,
             &KEEL_RULES,
@@ -377,10 +381,7 @@ fn daemon_set(params: &Params) -> Document {
             selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
+                rolling_update: Some(RollingUpdateDaemonSet { max_surge: Some(IntOrString::Int(1)), max_unavailable: Some(IntOrString::Int(0)) }),
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -439,11 +440,7 @@ fn daemon_set(params: &Params) -> Document {
             "root in the container, for the capabilities added above (Kubernetes gives added capabilities to root \
              only). allowPrivilegeEscalation cannot be false with SYS_ADMIN (the API server refuses it), so it is not set.",
         ),
-        Note::above_nth(
-            "drop:",
-            0,
-            "Every other capability dropped; not privileged (no host devices, no other capabilities).",
-        ),
+        Note::above_nth("drop:", 0, "Every other capability dropped; not privileged (no host devices, no other capabilities)."),
         Note::above(
             "type: Unconfined",
             "AppArmor: the runtime's default profile denies writes under /sys/fs (except cgroup), which is where keel \
@@ -451,11 +448,7 @@ fn daemon_set(params: &Params) -> Document {
         ),
         Note::above_nth("type: spc_t", 0, "SELinux (ignored where it is off): the container type may not touch bpffs or other pods' namespaces."),
         Note::above_nth("type: spc_t", 1, "SELinux (ignored where it is off): the container type may not write the host's CNI directories."),
-        Note::above_nth(
-            "runAsUser: 0",
-            1,
-            "root, no capabilities: owner of the root-owned CNI directories it writes, nothing more.",
-        ),
+        Note::above_nth("runAsUser: 0", 1, "root, no capabilities: owner of the root-owned CNI directories it writes, nothing more."),
         Note::above(
             "readinessProbe:",
             "Ready once capture is attached and the workload state is loaded. No liveness probe: restarting keel on a \

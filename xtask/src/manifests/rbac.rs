@@ -58,11 +58,8 @@ pub fn service_account(name: &str, namespace: &str, header: &str) -> Document {
 }
 
 pub fn cluster_role(name: &str, rules: &[Rule], header: &str) -> Document {
-    let role = ClusterRole {
-        metadata: metadata(name, None, name),
-        rules: Some(rules.iter().map(Rule::policy_rule).collect()),
-        ..ClusterRole::default()
-    };
+    let role =
+        ClusterRole { metadata: metadata(name, None, name), rules: Some(rules.iter().map(Rule::policy_rule).collect()), ..ClusterRole::default() };
     Document::new(role, [header]).with_notes(notes(rules))
 }
 

@@ -93,7 +93,8 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<SchemaError>> {
 
 fn typed(index: usize, value: Value) -> Result<Object, SchemaError> {
     let map = value.as_object().ok_or(SchemaError::NotAnObject { index })?;
-    let field = |name: &'static str| map.get(name).and_then(Value::as_str).map(str::to_owned).ok_or(SchemaError::MissingTypeMeta { index, field: name });
+    let field =
+        |name: &'static str| map.get(name).and_then(Value::as_str).map(str::to_owned).ok_or(SchemaError::MissingTypeMeta { index, field: name });
     let (api_version, kind) = (field("apiVersion")?, field("kind")?);
     let id = format!("{kind} {}", name_of(&value));
     let object = match Object::from_json(&api_version, &kind, value.clone()) {

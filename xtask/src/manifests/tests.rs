@@ -111,7 +111,7 @@ fn committed_manifests_read_into_the_kubernetes_types_with_no_field_lost() {
 fn a_typo_in_the_committed_daemon_set_would_be_refused() {
     // The check the committed file passes, applied to a one-word change of it.
     let text = committed(KEEL_YAML).replacen("readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true", 1);
-    let errors: Vec<String> = schema::parse(&text).err().expect("refused").iter().map(ToString::to_string).collect();
+    let errors: Vec<String> = schema::parse(&text).expect_err("refused").iter().map(ToString::to_string).collect();
     assert_eq!(
         errors,
         ["document 11 (DaemonSet istio-system/keel): field .spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem is \
@@ -142,12 +142,8 @@ fn the_daemon_set_has_exactly_the_privileges_it_justifies() {
     assert_eq!(init_security.capabilities.as_ref().and_then(|c| c.add.as_ref()), None, "install-cni adds no capability");
     assert_eq!(init_security.allow_privilege_escalation, Some(false));
 
-    let host_paths: BTreeMap<&str, &str> = pod
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.host_path.as_ref().map(|h| (v.name.as_str(), h.path.as_str())))
-        .collect();
+    let host_paths: BTreeMap<&str, &str> =
+        pod.volumes.iter().flatten().filter_map(|v| v.host_path.as_ref().map(|h| (v.name.as_str(), h.path.as_str()))).collect();
     let expected = BTreeMap::from([
         ("bpffs", "/sys/fs/bpf"),
         ("cgroup", "/sys/fs/cgroup"),
@@ -317,8 +313,11 @@ fn helm_values_reach_their_fields() {
     assert_eq!(pod["containers"][0]["image"], "registry.example/mesh/keel:1.2");
     assert_eq!(pod["initContainers"][0]["image"], "registry.example/mesh/keel:1.2");
     assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
-    assert_eq!(pod["containers"][0]["resources"], serde_json::json!({"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}),
-        "Helm merges a map of values with its defaults");
+    assert_eq!(
+        pod["containers"][0]["resources"],
+        serde_json::json!({"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}),
+        "Helm merges a map of values with its defaults"
+    );
     assert_eq!(pod["tolerations"], serde_json::json!([{"key": "dedicated", "operator": "Equal", "value": "mesh"}]));
     let args = pod["containers"][0]["args"].as_array().unwrap();
     assert!(args.contains(&"--xds-address=https://keel-control.mesh.svc:15012".into()), "{args:?}");

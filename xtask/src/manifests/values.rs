@@ -119,21 +119,14 @@ impl Params {
 
 /// Where the chart's non-string values go.
 pub fn helm_slots() -> Vec<Slot> {
-    let container = |name: &str| -> Vec<Segment> {
-        vec!["spec".into(), "template".into(), "spec".into(), "containers".into(), Segment::Named(name.to_owned())]
-    };
+    let container =
+        |name: &str| -> Vec<Segment> { vec!["spec".into(), "template".into(), "spec".into(), "containers".into(), Segment::Named(name.to_owned())] };
     let at = |mut base: Vec<Segment>, rest: &[&str]| -> Vec<Segment> {
         base.extend(rest.iter().map(|s| Segment::from(*s)));
         base
     };
     vec![
-        Slot {
-            kind: "DaemonSet",
-            name: KEEL,
-            path: at(container(KEEL), &["resources"]),
-            expr: ".Values.keel.resources",
-            style: SlotStyle::Block,
-        },
+        Slot { kind: "DaemonSet", name: KEEL, path: at(container(KEEL), &["resources"]), expr: ".Values.keel.resources", style: SlotStyle::Block },
         Slot {
             kind: "DaemonSet",
             name: KEEL,
@@ -141,7 +134,13 @@ pub fn helm_slots() -> Vec<Slot> {
             expr: ".Values.keel.tolerations",
             style: SlotStyle::Block,
         },
-        Slot { kind: "Deployment", name: CONTROL, path: at(Vec::new(), &["spec", "replicas"]), expr: ".Values.control.replicas", style: SlotStyle::Inline },
+        Slot {
+            kind: "Deployment",
+            name: CONTROL,
+            path: at(Vec::new(), &["spec", "replicas"]),
+            expr: ".Values.control.replicas",
+            style: SlotStyle::Inline,
+        },
         Slot {
             kind: "Deployment",
             name: CONTROL,
