@@ -4,11 +4,11 @@
 #![no_main]
 use std::path::Path;
 
+use keel_fuzz::decode_and_use;
 use keel_mesh::{
     source::{load_text, Loaded},
     translate::{translate, Mesh},
 };
-use keel_fuzz::decode_and_use;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

@@ -12,14 +12,14 @@ pub fn build(release: bool) -> Result<()> {
     cargo_build(release, nightly)
 }
 
-/// `cargo build [--release] -p keel -p keel-control -p keel-tests --bins`; without nightly, keel's build script builds
+/// `cargo build [--release] -p keel -p keel-control -p keel-cni -p keel-tests --bins`; without nightly, keel's build script builds
 /// the eBPF programs with stable (it reads `KEEL_EBPF_TOOLCHAIN`).
 pub fn cargo_build(release: bool, nightly: bool) -> Result<()> {
     let mut build = cmd("cargo", ["build"]);
     if release {
         build.arg("--release");
     }
-    build.args(["-p", "keel", "-p", "keel-control", "-p", "keel-tests", "--bins"]);
+    build.args(["-p", "keel", "-p", "keel-control", "-p", "keel-cni", "-p", "keel-tests", "--bins"]);
     if !nightly {
         println!("build: no nightly toolchain with rust-src: building the eBPF programs with stable");
         build

@@ -47,7 +47,9 @@ pub fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(nextest_args)
         .env("KEEL_BIN", debug.join("keel"))
         .env("KEEL_PODAPP", debug.join("podapp"))
-        .env("KEEL_CONTROL_BIN", debug.join("keel-control"));
+        .env("KEEL_CONTROL_BIN", debug.join("keel-control"))
+        .env("KEEL_CNI_BIN", debug.join("keel-cni"))
+        .env("KEEL_KUBE_STAND_IN", debug.join("kube-stand-in"));
     let start = Instant::now();
     let status = run::status(&mut nextest)?;
     timings.tests = Some(start.elapsed());
