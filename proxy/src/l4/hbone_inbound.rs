@@ -98,12 +98,17 @@ async fn connection(
             error: format!("{} handshakes from {} in progress", dp.hbone_handshakes.limit(), peer.ip()),
         });
     };
-    let handshake = async {
-        let certificates = dp.dialer.certificates.clone().ok_or_else(|| Ended::handshake("keel has no certificate source"))?;
-        let workload = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned().ok_or_else(|| Ended {
+    // Refused before any byte is read, and with RST: a FIN would race the peer's unread bytes and look to it like a
+    // server that closed cleanly.
+    let Some(workload) = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned() else {
+        sockets::reset(&tcp);
+        return Err(Ended {
             reason: Refusal::UnknownDestinationWorkload,
             error: format!("no Workload for {}: no identity to serve HBONE with", pod.ip),
-        })?;
+        });
+    };
+    let handshake = async {
+        let certificates = dp.dialer.certificates.clone().ok_or_else(|| Ended::handshake("keel has no certificate source"))?;
         let own = Identity::of_workload(&workload);
         let certificate = certificates.certificate(&own).await.map_err(Ended::handshake)?;
         let config = tls::server_config_for(&certificate).map_err(Ended::handshake)?;
