@@ -3,7 +3,9 @@
 //! is parsed into typed objects (`objects`) and validated object by object, so one bad object never hides the
 //! good ones; `translate` turns them into the workload, authorization and L7 resources node proxies consume, and
 //! `snapshot` holds one translation as xDS resources and diffs two. `ca` is the certificate authority's signing
-//! core (keel-control's CA service and local mode's on-node CA both sign with it).
+//! core (keel-control's CA service and local mode's on-node CA both sign with it). `ambient` decides which pods are
+//! in the ambient mesh, for the control plane and the node agent alike.
+pub mod ambient;
 pub mod ca;
 pub mod config_dir;
 pub mod config_state;
