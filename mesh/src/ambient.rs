@@ -39,7 +39,9 @@ pub struct PodFacts<'a> {
 }
 
 pub fn membership(pod: &PodFacts<'_>) -> Membership {
-    let mode = |labels: &BTreeMap<String, String>| labels.get(DATAPLANE_MODE_LABEL).map(String::as_str);
+    fn mode(labels: &BTreeMap<String, String>) -> Option<&str> {
+        labels.get(DATAPLANE_MODE_LABEL).map(String::as_str)
+    }
     let out = match mode(pod.labels) {
         Some("none") => Some(NotAmbient::OptedOut),
         _ if pod.host_network => Some(NotAmbient::HostNetwork),
