@@ -23,6 +23,14 @@ pub struct Metadata {
     pub namespace: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Set by the API server; absent in a config directory.
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// Set once the object is being deleted (a pod then finishes its open connections and takes no new ones).
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -95,6 +103,18 @@ pub struct Pod {
     pub spec: PodSpec,
     #[serde(default)]
     pub status: PodStatus,
+    /// What other objects say about the pod, filled in by the source that has them (the Kubernetes API: the
+    /// pod's Namespace and Node); a config directory leaves it empty.
+    #[serde(skip)]
+    pub context: PodContext,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodContext {
+    /// The labels of the pod's namespace, `None` when the source has no Namespace objects.
+    pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// The labels of the node the pod runs on (its topology labels give the pod's locality).
+    pub node_labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -115,7 +135,24 @@ pub struct PodStatus {
     pub pod_ips: Vec<PodIp>,
     #[serde(default, rename = "podIP")]
     pub pod_ip: Option<IpAddr>,
+    /// Pending, Running, Succeeded, Failed or Unknown; absent in a config directory.
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<PodCondition>,
 }
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+/// Kubernetes' well-known topology labels: on a node (as Kubernetes sets them) or, in a config directory, on the pod.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct PodIp {
@@ -136,6 +173,31 @@ impl Pod {
 
     pub fn service_account(&self) -> &str {
         self.spec.service_account_name.as_deref().unwrap_or("default")
+    }
+
+    /// A pod that is a workload at all: it has an address and has not finished (Succeeded/Failed pods keep their
+    /// object, and for a while their IP, which may already belong to another pod).
+    pub fn is_workload(&self) -> bool {
+        !self.ips().is_empty() && !matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+
+    /// Whether new connections may go to the pod: not being deleted, and Ready when its readiness is known. A
+    /// terminating pod keeps its open connections; it only stops being chosen.
+    pub fn is_serving(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none() && self.status.conditions.iter().find(|c| c.kind == "Ready").is_none_or(|c| c.status == "True")
+    }
+
+    /// `(region, zone, subzone)`: from the pod's own topology labels when it has any, else from its node's.
+    pub fn locality(&self) -> (String, String, String) {
+        let from = |labels: &BTreeMap<String, String>| {
+            let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
+            (label(REGION_LABEL), label(ZONE_LABEL), label(SUBZONE_LABEL))
+        };
+        let own = from(&self.metadata.labels);
+        if own != Default::default() {
+            return own;
+        }
+        from(&self.context.node_labels)
     }
 }
 

@@ -20,9 +20,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use keel_proto::{
     security::{self, Action, Clause, Match, Rule, Scope, StringMatch},
-    workload::{self, address, NetworkAddress, Port, PortList, TunnelProtocol, WorkloadType},
+    workload::{self, address, NetworkAddress, Port, PortList, TunnelProtocol, WorkloadStatus, WorkloadType},
 };
 
+use crate::ambient;
 use crate::objects::{AuthorizationPolicy, Object, Operation, PeerAuthentication, Pod, PortRef, Service, ServiceEntry, Source};
 
 /// Cluster-wide naming settings.
@@ -33,11 +34,22 @@ pub struct Mesh {
     pub domain: String,
     /// Policies in this namespace without a selector apply mesh-wide.
     pub root_namespace: String,
+    pub membership: Membership,
+}
+
+/// Which pods get HBONE Workloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Membership {
+    /// Every pod not opted out (a config directory lists the mesh's pods and nothing else).
+    #[default]
+    EveryPod,
+    /// Istio's ambient labels on the namespace or the pod (the Kubernetes API lists every pod of the cluster).
+    AmbientLabels,
 }
 
 impl Default for Mesh {
     fn default() -> Self {
-        Mesh { cluster_id: "Kubernetes".into(), domain: "cluster.local".into(), root_namespace: "istio-system".into() }
+        Mesh { cluster_id: "Kubernetes".into(), domain: "cluster.local".into(), root_namespace: "istio-system".into(), membership: Membership::EveryPod }
     }
 }
 
@@ -86,7 +98,8 @@ impl<'a> ByKind<'a> {
             ByKind { pods: vec![], services: vec![], authorization_policies: vec![], service_entries: vec![], peer_authentications: vec![] };
         for object in objects {
             match object {
-                Object::Pod(o) => by_kind.pods.push(o),
+                Object::Pod(o) if o.is_workload() => by_kind.pods.push(o),
+                Object::Pod(_) => {}
                 Object::Service(o) => by_kind.services.push(o),
                 Object::AuthorizationPolicy(o) => by_kind.authorization_policies.push(o),
                 Object::ServiceEntry(o) if service_entry::check(o).is_ok() => by_kind.service_entries.push(o),
@@ -109,6 +122,7 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
     out.authorizations.extend(mtls.authorizations.iter().map(|a| (format!("{}/{}", a.namespace, a.name), a.clone())));
     for object in objects {
         match object {
+            Object::Pod(pod) if !pod.is_workload() => {}
             Object::Pod(pod) => {
                 let mut w = pod_workload(mesh, pod, &by_kind.services, &by_kind.authorization_policies);
                 // As for Services: a hostname already defined keeps its first definition.
@@ -201,7 +215,7 @@ pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
 
 fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&AuthorizationPolicy]) -> workload::Workload {
     let m = &pod.metadata;
-    let in_mesh = m.labels.get("istio.io/dataplane-mode").map(String::as_str) != Some("none") && !pod.spec.host_network;
+    let in_mesh = in_mesh(mesh, pod);
     let mut member_of = std::collections::HashMap::new();
     for svc in services.iter().filter(|s| s.metadata.namespace == m.namespace && selects(&s.spec.selector, &m.labels)) {
         let ports = svc
@@ -243,21 +257,29 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&Auth
         services: member_of,
         authorization_policies,
         cluster_id: mesh.cluster_id.clone(),
-        locality: pod_locality(&m.labels),
+        locality: pod_locality(pod),
+        // Node proxies choose only HEALTHY endpoints: a terminating pod takes no new connections, its open ones finish.
+        status: if pod.is_serving() { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,
         ..Default::default()
     }
 }
 
-/// The pod's locality from Kubernetes' topology labels (`None` without any), which the proxies use to prefer
-/// nearby endpoints.
-fn pod_locality(labels: &BTreeMap<String, String>) -> Option<workload::Locality> {
-    let label = |name: &str| labels.get(name).cloned().unwrap_or_default();
-    let locality = workload::Locality {
-        region: label("topology.kubernetes.io/region"),
-        zone: label("topology.kubernetes.io/zone"),
-        subzone: label("topology.istio.io/subzone"),
+/// Whether the pod's Workload is HBONE: by Istio's ambient rule (see [`crate::ambient`]), the namespace counting
+/// as ambient when every pod is in the mesh.
+fn in_mesh(mesh: &Mesh, pod: &Pod) -> bool {
+    let every_pod = BTreeMap::from([(ambient::DATAPLANE_MODE_LABEL.to_owned(), "ambient".to_owned())]);
+    let namespace_labels = match mesh.membership {
+        Membership::EveryPod => Some(&every_pod),
+        Membership::AmbientLabels => pod.context.namespace_labels.as_ref(),
     };
-    (!(locality.region.is_empty() && locality.zone.is_empty() && locality.subzone.is_empty())).then_some(locality)
+    let facts = ambient::PodFacts { labels: &pod.metadata.labels, annotations: &pod.metadata.annotations, host_network: pod.spec.host_network, namespace_labels };
+    ambient::membership(&facts) == ambient::Membership::Ambient
+}
+
+/// The pod's locality (`None` without any topology label), which the proxies use to prefer nearby endpoints.
+fn pod_locality(pod: &Pod) -> Option<workload::Locality> {
+    let (region, zone, subzone) = pod.locality();
+    (!(region.is_empty() && zone.is_empty() && subzone.is_empty())).then_some(workload::Locality { region, zone, subzone })
 }
 
 /// Istio's canonical service (telemetry's name and version of a workload) from the usual labels.
@@ -447,6 +469,103 @@ mod tests {
         load_text(std::path::Path::new("t.yaml"), yaml, &mut loaded);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         loaded.objects.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// The Workload of the pod named `name` in `resources`.
+    fn workload_named<'a>(resources: &'a Resources, name: &str) -> Option<&'a workload::Workload> {
+        resources.addresses.values().find_map(|a| match &a.r#type {
+            Some(address::Type::Workload(w)) if w.name == name => Some(w),
+            _ => None,
+        })
+    }
+
+    const LIFECYCLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ready, namespace: demo, labels: {app: echo}}
+status: {phase: Running, podIPs: [{ip: 10.244.0.11}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: demo, labels: {app: echo}}
+status: {phase: Running, podIPs: [{ip: 10.244.0.12}], conditions: [{type: Ready, status: "False"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: terminating, namespace: demo, labels: {app: echo}, deletionTimestamp: "2026-12-05T10:00:00Z"}
+status: {phase: Running, podIPs: [{ip: 10.244.0.13}], conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: demo, labels: {app: echo}}
+status: {phase: Succeeded, podIPs: [{ip: 10.244.0.14}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: demo, labels: {app: echo}}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec: {selector: {app: echo}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080, appProtocol: http}]}
+"#;
+
+    #[test]
+    fn only_ready_pods_that_are_not_terminating_take_new_connections_and_finished_ones_are_gone() {
+        let resources = translate(&Mesh::default(), &objects(LIFECYCLE)).unwrap();
+        let status = |name: &str| workload_named(&resources, name).map(|w| WorkloadStatus::try_from(w.status).unwrap());
+        assert_eq!(status("ready"), Some(WorkloadStatus::Healthy));
+        assert_eq!(status("starting"), Some(WorkloadStatus::Unhealthy));
+        assert_eq!(status("terminating"), Some(WorkloadStatus::Unhealthy));
+        assert_eq!(status("done"), None, "a Succeeded pod is no workload: its IP may be reused");
+        assert_eq!(status("pending"), None, "a pod without an address is no workload yet");
+
+        use keel_proto::core::HealthStatus;
+        let assignment = &resources.cluster_load_assignments["outbound|80||echo.demo.svc.cluster.local"];
+        let mut health: Vec<(String, HealthStatus)> = assignment
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| match &e.host_identifier {
+                Some(keel_proto::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => (ep.hostname.clone(), HealthStatus::try_from(e.health_status).unwrap()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        health.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            health,
+            [
+                ("ready.demo".to_owned(), HealthStatus::Healthy),
+                ("starting.demo".to_owned(), HealthStatus::Unhealthy),
+                ("terminating.demo".to_owned(), HealthStatus::Draining),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_ambient_labels_the_namespace_or_the_pod_decides_and_the_node_gives_the_locality() {
+        let mut objects = objects(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: on}\nstatus: {podIPs: [{ip: 10.244.0.1}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: off}\nstatus: {podIPs: [{ip: 10.244.0.2}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: off, labels: {istio.io/dataplane-mode: ambient}}\nstatus: {podIPs: [{ip: 10.244.0.3}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: on, labels: {istio.io/dataplane-mode: none}}\nstatus: {podIPs: [{ip: 10.244.0.4}]}\n",
+        );
+        for object in &mut objects {
+            let Object::Pod(pod) = object else { continue };
+            let ambient = pod.metadata.namespace == "on";
+            pod.context.namespace_labels = Some(if ambient { BTreeMap::from([("istio.io/dataplane-mode".into(), "ambient".into())]) } else { BTreeMap::new() });
+            pod.context.node_labels = BTreeMap::from([("topology.kubernetes.io/zone".into(), "z1".into())]);
+        }
+        let mesh = Mesh { membership: Membership::AmbientLabels, ..Mesh::default() };
+        let resources = translate(&mesh, &objects).unwrap();
+        let hbone = |name: &str| workload_named(&resources, name).unwrap().tunnel_protocol == TunnelProtocol::Hbone as i32;
+        assert!(hbone("a") && !hbone("b") && hbone("c") && !hbone("d"));
+        assert_eq!(workload_named(&resources, "a").unwrap().locality.as_ref().map(|l| l.zone.as_str()), Some("z1"));
+        // The same objects from a config directory: every pod not opted out is in the mesh.
+        let resources = translate(&Mesh::default(), &objects).unwrap();
+        let hbone = |name: &str| workload_named(&resources, name).unwrap().tunnel_protocol == TunnelProtocol::Hbone as i32;
+        assert!(hbone("a") && hbone("b") && hbone("c") && !hbone("d"));
     }
 
     const TOPOLOGY: &str = r#"

@@ -1,6 +1,7 @@
 //! ClusterLoadAssignments: the pods a cluster's service selects (narrowed by the subset's labels), at pod IP and
-//! target port, grouped by locality. The control plane knows no health checks; a pod it lists is HEALTHY, and
-//! outlier detection in the engine takes bad ones out.
+//! target port, grouped by locality. The control plane runs no health checks: a pod is HEALTHY while Kubernetes
+//! says it is Ready and not being deleted (DRAINING then, UNHEALTHY when not Ready), and outlier detection in the
+//! engine takes bad ones out.
 use std::collections::BTreeMap;
 
 use keel_proto::{
@@ -10,11 +11,6 @@ use keel_proto::{
 
 use super::{ClusterKey, Mesh7};
 use crate::objects::{Pod, PortRef};
-
-/// Kubernetes' well-known topology labels, read from the pod (a node's labels are not part of the input).
-const REGION_LABEL: &str = "topology.kubernetes.io/region";
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 
 pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<(String, String, String), Vec<LbEndpoint>> = BTreeMap::new();
@@ -37,7 +33,7 @@ pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment 
         });
         for pod in selected {
             for ip in pod.ips() {
-                by_locality.entry(locality_of(pod)).or_default().push(lb_endpoint(pod, &ip.to_string(), target_port));
+                by_locality.entry(pod.locality()).or_default().push(lb_endpoint(pod, &ip.to_string(), target_port));
             }
         }
     }
@@ -52,11 +48,6 @@ pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment 
     ClusterLoadAssignment { cluster_name: key.name(), endpoints }
 }
 
-fn locality_of(pod: &Pod) -> (String, String, String) {
-    let label = |name: &str| pod.metadata.labels.get(name).cloned().unwrap_or_default();
-    (label(REGION_LABEL), label(ZONE_LABEL), label(SUBZONE_LABEL))
-}
-
 fn lb_endpoint(pod: &Pod, ip: &str, port: u16) -> LbEndpoint {
     let address = Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
@@ -66,7 +57,12 @@ fn lb_endpoint(pod: &Pod, ip: &str, port: u16) -> LbEndpoint {
         })),
     };
     LbEndpoint {
-        health_status: HealthStatus::Healthy as i32,
+        // A terminating or unready pod keeps its place (its open streams finish) but is chosen no more.
+        health_status: match (pod.is_serving(), pod.metadata.deletion_timestamp.is_some()) {
+            (true, _) => HealthStatus::Healthy,
+            (false, true) => HealthStatus::Draining,
+            (false, false) => HealthStatus::Unhealthy,
+        } as i32,
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(address),
             hostname: format!("{}.{}", pod.metadata.name, pod.metadata.namespace),

@@ -80,7 +80,7 @@ impl<'a> Mesh7<'a> {
                 Object::Service(s) => {
                     m.services.entry(hostname(mesh, &s.metadata.name, &s.metadata.namespace)).or_insert(s);
                 }
-                Object::Pod(p) => m.pods.push(p),
+                Object::Pod(p) if p.is_workload() => m.pods.push(p),
                 Object::DestinationRule(rule) if destination_rule::check(rule).is_ok() => {
                     let host = resolve_host(mesh, &rule.spec.host, &rule.metadata.namespace);
                     // Istio merges DestinationRules per host only in special cases; one rule per host is the
