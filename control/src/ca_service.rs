@@ -14,49 +14,59 @@ use tracing::{info, warn};
 
 use keel_mesh::{ca::Authority, objects::Object};
 
-use crate::tokens::Tokens;
+use crate::client_auth::ClientAuth;
 
 /// Default and longest validity a caller gets (istiod's defaults: 24 h).
 const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
-/// The SPIFFE identities of the workloads on each node, from the config in force.
+/// The SPIFFE identities of the workloads on each node, and each pod's node, from the config in force.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeIdentities(HashMap<String, HashSet<String>>);
+pub struct NodeIdentities {
+    identities: HashMap<String, HashSet<String>>,
+    /// `namespace/name` → node: where a caller whose token is bound to a pod runs.
+    pod_nodes: HashMap<String, String>,
+}
 
 impl NodeIdentities {
     pub fn from_objects(trust_domain: &str, objects: &[Object]) -> NodeIdentities {
-        let mut nodes: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut nodes = NodeIdentities::default();
         for object in objects {
             if let Object::Pod(pod) = object {
                 let identity = format!("spiffe://{trust_domain}/ns/{}/sa/{}", pod.metadata.namespace, pod.service_account());
-                nodes.entry(pod.spec.node_name.clone()).or_default().insert(identity);
+                nodes.identities.entry(pod.spec.node_name.clone()).or_default().insert(identity);
+                nodes.pod_nodes.insert(format!("{}/{}", pod.metadata.namespace, pod.metadata.name), pod.spec.node_name.clone());
             }
         }
-        NodeIdentities(nodes)
+        nodes
     }
 
     fn allows(&self, node: &str, identity: &str) -> bool {
-        self.0.get(node).is_some_and(|ids| ids.contains(identity))
+        self.identities.get(node).is_some_and(|ids| ids.contains(identity))
+    }
+
+    /// The node pod `namespace/name` is scheduled on, if it is.
+    pub fn node_of_pod(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.pod_nodes.get(&format!("{namespace}/{name}")).map(String::as_str).filter(|node| !node.is_empty())
     }
 }
 
 pub struct CaService {
     authority: Arc<Authority>,
-    tokens: Arc<Tokens>,
+    auth: Arc<ClientAuth>,
     identities: watch::Receiver<Arc<NodeIdentities>>,
 }
 
 impl CaService {
-    pub fn new(authority: Arc<Authority>, tokens: Arc<Tokens>, identities: watch::Receiver<Arc<NodeIdentities>>) -> CaService {
-        CaService { authority, tokens, identities }
+    pub fn new(authority: Arc<Authority>, auth: Arc<ClientAuth>, identities: watch::Receiver<Arc<NodeIdentities>>) -> CaService {
+        CaService { authority, auth, identities }
     }
 }
 
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.tokens.authorize(request.metadata())?;
+        let node = self.auth.node_of(request.metadata()).await?;
         let request = request.into_inner();
         let identity = impersonated_identity(&request)
             .ok_or_else(|| Status::invalid_argument("metadata.ImpersonatedIdentity: a node proxy must name the identity it asks for"))?;

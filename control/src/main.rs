@@ -2,6 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use keel_control::serve::ConfigSource;
 
 #[derive(Parser)]
 #[command(name = "keel-control", version, about = "keel's control plane")]
@@ -29,15 +30,34 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serve the directory over delta ADS, pushing every change to connected node proxies.
+    /// Serve a config directory, or the Kubernetes API's objects, over delta ADS, pushing every change to connected
+    /// node proxies, and workload certificates over the Istio CA API.
     Serve {
+        /// Read the config from this directory of YAML objects (polled).
+        #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes", requires = "tokens")]
+        config_dir: Option<PathBuf>,
+        /// With --config-dir: `<token> <node-name>` per line, the clients allowed to connect.
+        #[arg(long, conflicts_with = "kubernetes")]
+        tokens: Option<PathBuf>,
+        /// Read the config from the Kubernetes API (pods in the mesh by Istio's ambient labels); node proxies
+        /// authenticate with ServiceAccount tokens the API server reviews.
         #[arg(long)]
-        config_dir: PathBuf,
+        kubernetes: bool,
+        /// With --kubernetes: the API server of this kubeconfig, instead of the cluster keel-control runs in.
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// With --kubernetes: the audience node proxies' tokens must be valid for (repeatable).
+        #[arg(long = "token-audience", default_values_t = [keel_control::kubernetes::token_review::DEFAULT_AUDIENCE.to_owned()])]
+        token_audiences: Vec<String>,
+        /// With --kubernetes: `namespace/name` of a ServiceAccount node proxies run as (repeatable; istiod's
+        /// CA_TRUSTED_NODE_ACCOUNTS). Only these may ask certificates for the pods of their node.
+        #[arg(long = "node-proxy-account", default_values_t = ["istio-system/keel".to_owned()])]
+        node_proxy_accounts: Vec<String>,
         #[arg(long, default_value = "0.0.0.0:15012")]
         listen: std::net::SocketAddr,
-        /// `<token> <node-name>` per line: the clients allowed to connect.
+        /// Answer the kubelet's readiness probe here: `GET /ready` is 200 once the config is complete.
         #[arg(long)]
-        tokens: PathBuf,
+        readiness_addr: Option<std::net::SocketAddr>,
         #[arg(long, default_value = "Kubernetes")]
         cluster_id: String,
         /// istiod's plugged-in CA layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); a root is
@@ -54,10 +74,32 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config_dir, listen, tokens, cluster_id, ca_dir, trust_domain, server_names } => {
+        Command::Serve {
+            config_dir,
+            tokens,
+            kubernetes,
+            kubeconfig,
+            token_audiences,
+            node_proxy_accounts,
+            listen,
+            readiness_addr,
+            cluster_id,
+            ca_dir,
+            trust_domain,
+            server_names,
+        } => {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
             let mesh = keel_mesh::translate::Mesh { cluster_id, ..Default::default() };
-            let options = keel_control::serve::ServeOptions { config_dir, listen, tokens, mesh, ca_dir, trust_domain, server_names };
+            let source = match (kubernetes, config_dir, tokens) {
+                (true, _, _) => ConfigSource::Kubernetes { kubeconfig, token_audiences, node_proxy_accounts },
+                (false, Some(config_dir), Some(tokens)) => ConfigSource::Directory { config_dir, tokens },
+                // clap's `required_unless_present`/`requires` make this unreachable.
+                _ => {
+                    eprintln!("keel-control serve: --config-dir with --tokens, or --kubernetes");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = keel_control::serve::ServeOptions { source, listen, mesh, ca_dir, trust_domain, server_names, readiness_addr };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {

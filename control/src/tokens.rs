@@ -1,10 +1,10 @@
-//! Client authentication for the xDS and CA services: `authorization: Bearer <token>` metadata, with tokens
-//! configured in a file (one `<token> <node-name>` per line; `#` starts a comment). The node name is what the CA
-//! checks impersonation against. A Kubernetes TokenReview can replace the file later.
+//! Node proxy tokens configured in a file (one `<token> <node-name>` per line; `#` starts a comment): how clients
+//! authenticate when keel-control serves a config directory. The node name is what the CA checks impersonation
+//! against. Under `--kubernetes`, a TokenReview does this job instead (`kubernetes::token_review`).
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{bail, Context as _};
-use tonic::{metadata::MetadataMap, Status};
+use tonic::Status;
 
 #[derive(Debug, Default)]
 pub struct Tokens {
@@ -33,14 +33,9 @@ impl Tokens {
         Ok(Tokens { nodes })
     }
 
-    /// The node a request's bearer token belongs to, or UNAUTHENTICATED (no data is ever sent before this).
-    pub fn authorize(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        let header = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("authorization metadata is not a bearer token"))?;
-        self.nodes.get(token.trim()).cloned().ok_or_else(|| Status::unauthenticated("unknown bearer token"))
+    /// The node a bearer token belongs to, or UNAUTHENTICATED.
+    pub fn node_of(&self, token: &str) -> Result<String, Status> {
+        self.nodes.get(token).cloned().ok_or_else(|| Status::unauthenticated("unknown bearer token"))
     }
 }
 
@@ -51,12 +46,9 @@ mod tests {
     #[test]
     fn tokens_map_to_nodes_and_everything_else_is_unauthenticated() {
         let tokens = Tokens::parse("# node proxies\nsecret-a node-a\n\nsecret-b node-b # second\n").unwrap();
-        let mut md = MetadataMap::new();
-        assert_eq!(tokens.authorize(&md).unwrap_err().code(), tonic::Code::Unauthenticated);
-        md.insert("authorization", "Bearer secret-b".parse().unwrap());
-        assert_eq!(tokens.authorize(&md).unwrap(), "node-b");
-        md.insert("authorization", "Bearer nope".parse().unwrap());
-        assert_eq!(tokens.authorize(&md).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(tokens.node_of("secret-b").unwrap(), "node-b");
+        assert_eq!(tokens.node_of("nope").unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(tokens.node_of("").unwrap_err().code(), tonic::Code::Unauthenticated);
         assert!(Tokens::parse("only-a-token\n").is_err());
     }
 }

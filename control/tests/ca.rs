@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use keel_control::{
     ca_service::{CaService, NodeIdentities},
+    client_auth::ClientAuth,
     tokens::Tokens,
 };
 use keel_mesh::{
@@ -39,7 +40,7 @@ async fn start() -> String {
     let dir = std::env::temp_dir().join(format!("keel-ca-grpc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let authority = Arc::new(Authority::load_or_generate(&dir, "cluster.local").unwrap());
-    let tokens = Arc::new(Tokens::parse("token-a node-a\ntoken-b node-b\n").unwrap());
+    let tokens = Arc::new(ClientAuth::TokensFile(Tokens::parse("token-a node-a\ntoken-b node-b\n").unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(

@@ -2,7 +2,7 @@
 //! client within a second; a broken edit keeps the object's last good version in force.
 use std::{collections::HashMap, time::Duration};
 
-use keel_control::serve::{serve, ServeOptions};
+use keel_control::serve::{serve, ConfigSource, ServeOptions};
 use keel_proto::ADDRESS_TYPE_URL;
 
 mod common;
@@ -24,13 +24,13 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
         probe.local_addr().unwrap().port()
     };
     let options = ServeOptions {
-        config_dir: config.clone(),
+        source: ConfigSource::Directory { config_dir: config.clone(), tokens: dir.join("tokens") },
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tokens: dir.join("tokens"),
         mesh: Default::default(),
         ca_dir: dir.join("ca"),
         trust_domain: "cluster.local".into(),
         server_names: vec!["keel-control".into()],
+        readiness_addr: None,
     };
     tokio::spawn(serve(options));
     let addr = format!("https://127.0.0.1:{port}");

@@ -2,7 +2,7 @@
 //! `initial_resource_versions` on reconnect, and bearer-token authentication.
 use std::{collections::HashMap, sync::Arc};
 
-use keel_control::{tokens::Tokens, xds::server::AdsServer};
+use keel_control::{client_auth::ClientAuth, tokens::Tokens, xds::server::AdsServer};
 use keel_mesh::{
     objects::Object,
     snapshot::Snapshot,
@@ -65,7 +65,7 @@ spec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.244.0.12]}}]}]}
 
 async fn start(initial: Arc<Snapshot>) -> (String, watch::Sender<Arc<Snapshot>>) {
     let (publish, snapshots) = watch::channel(initial);
-    let tokens = Arc::new(Tokens::parse("good-token node-a\n").unwrap());
+    let tokens = Arc::new(ClientAuth::TokensFile(Tokens::parse("good-token node-a\n").unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(

@@ -118,6 +118,27 @@ pub fn load_text(file: &Path, text: &str, loaded: &mut Loaded) {
     }
 }
 
+/// An object the Kubernetes API served that keel cannot accept: `object` names it (`Kind namespace/name`) when it
+/// has a name, `message` the field and what is wrong with it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{}: {message}", object.as_deref().unwrap_or("an object without a name"))]
+pub struct InvalidObject {
+    pub object: Option<String>,
+    pub message: String,
+}
+
+/// One object as the Kubernetes API serves it (JSON), parsed and checked exactly as a document of a config file
+/// is: the API and the directory are two inputs of one translation.
+pub fn object_from_json(value: &serde_json::Value) -> Result<Object, InvalidObject> {
+    let value: Value = serde_yaml_ng::to_value(value).map_err(|e| InvalidObject { object: None, message: format!("not an object: {e}") })?;
+    parse_object(&value)
+        .and_then(|object| {
+            crate::translate::check(&crate::translate::Mesh::default(), &object).map_err(|e| (Some(object.reference().to_string()), e))?;
+            Ok(object)
+        })
+        .map_err(|(object, message)| InvalidObject { object, message })
+}
+
 /// Turns one document into an [`Object`]; on error, the object's name (when it has one) and the message.
 fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
     let kind = value.get("kind").and_then(Value::as_str).ok_or((None, "field `kind`: missing".to_owned()))?;

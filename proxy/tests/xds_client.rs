@@ -7,7 +7,7 @@ use keel::xds::{
     client::{XdsClient, XdsConfig},
     state::WorkloadStore,
 };
-use keel_control::serve::{serve, ServeOptions};
+use keel_control::serve::{serve, ConfigSource, ServeOptions};
 
 const CONFIG: &str = r#"
 apiVersion: v1
@@ -42,13 +42,13 @@ async fn keel_follows_the_control_plane_and_keeps_its_state_without_it() {
     std::fs::write(dir.join("tokens"), "node-a-token node-a\n").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let control = tokio::spawn(serve(ServeOptions {
-        config_dir: config.clone(),
+        source: ConfigSource::Directory { config_dir: config.clone(), tokens: dir.join("tokens") },
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        tokens: dir.join("tokens"),
         mesh: Default::default(),
         ca_dir: dir.join("ca"),
         trust_domain: "cluster.local".into(),
         server_names: vec!["keel-control".into()],
+        readiness_addr: None,
     }));
     let root_path = dir.join("ca/root-cert.pem");
     eventually("the CA root on disk", Duration::from_secs(5), || std::fs::metadata(&root_path).is_ok_and(|m| m.len() > 0)).await;

@@ -19,18 +19,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::tokens::Tokens;
+use crate::client_auth::ClientAuth;
 use keel_mesh::snapshot::{diff, Snapshot};
 
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    tokens: Arc<Tokens>,
+    auth: Arc<ClientAuth>,
     nonces: Arc<AtomicU64>,
 }
 
 impl AdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, tokens: Arc<Tokens>) -> AdsServer {
-        AdsServer { snapshots, tokens, nonces: Arc::new(AtomicU64::new(1)) }
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<ClientAuth>) -> AdsServer {
+        AdsServer { snapshots, auth, nonces: Arc::new(AtomicU64::new(1)) }
     }
 }
 
@@ -48,7 +48,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.tokens.authorize(request.metadata())?;
+        let node = self.auth.node_of(request.metadata()).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let mut snapshots = self.snapshots.clone();

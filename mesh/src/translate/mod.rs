@@ -49,7 +49,12 @@ pub enum Membership {
 
 impl Default for Mesh {
     fn default() -> Self {
-        Mesh { cluster_id: "Kubernetes".into(), domain: "cluster.local".into(), root_namespace: "istio-system".into(), membership: Membership::EveryPod }
+        Mesh {
+            cluster_id: "Kubernetes".into(),
+            domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            membership: Membership::EveryPod,
+        }
     }
 }
 
@@ -272,7 +277,12 @@ fn in_mesh(mesh: &Mesh, pod: &Pod) -> bool {
         Membership::EveryPod => Some(&every_pod),
         Membership::AmbientLabels => pod.context.namespace_labels.as_ref(),
     };
-    let facts = ambient::PodFacts { labels: &pod.metadata.labels, annotations: &pod.metadata.annotations, host_network: pod.spec.host_network, namespace_labels };
+    let facts = ambient::PodFacts {
+        labels: &pod.metadata.labels,
+        annotations: &pod.metadata.annotations,
+        host_network: pod.spec.host_network,
+        namespace_labels,
+    };
     ambient::membership(&facts) == ambient::Membership::Ambient
 }
 
@@ -528,7 +538,9 @@ spec: {selector: {app: echo}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPo
             .iter()
             .flat_map(|l| &l.lb_endpoints)
             .map(|e| match &e.host_identifier {
-                Some(keel_proto::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => (ep.hostname.clone(), HealthStatus::try_from(e.health_status).unwrap()),
+                Some(keel_proto::endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                    (ep.hostname.clone(), HealthStatus::try_from(e.health_status).unwrap())
+                }
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -554,7 +566,8 @@ spec: {selector: {app: echo}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPo
         for object in &mut objects {
             let Object::Pod(pod) = object else { continue };
             let ambient = pod.metadata.namespace == "on";
-            pod.context.namespace_labels = Some(if ambient { BTreeMap::from([("istio.io/dataplane-mode".into(), "ambient".into())]) } else { BTreeMap::new() });
+            pod.context.namespace_labels =
+                Some(if ambient { BTreeMap::from([("istio.io/dataplane-mode".into(), "ambient".into())]) } else { BTreeMap::new() });
             pod.context.node_labels = BTreeMap::from([("topology.kubernetes.io/zone".into(), "z1".into())]);
         }
         let mesh = Mesh { membership: Membership::AmbientLabels, ..Mesh::default() };

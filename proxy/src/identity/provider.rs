@@ -161,7 +161,7 @@ pub(crate) mod tests {
 
     /// keel-control's CA service on loopback TLS, as keel meets it in mesh mode; node-a runs demo/sleep.
     async fn control_plane_ca(name: &str) -> (CaClientConfig, Arc<Authority>) {
-        use keel_control::{ca_service::CaService, ca_service::NodeIdentities, tokens::Tokens};
+        use keel_control::{ca_service::CaService, ca_service::NodeIdentities, client_auth::ClientAuth, tokens::Tokens};
         use keel_mesh::{objects::Object, source};
         use keel_proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 
@@ -174,7 +174,7 @@ pub(crate) mod tests {
         let dir = fresh_dir(name);
         let authority = Arc::new(Authority::load_or_generate(&dir, "cluster.local").unwrap());
         let _ = std::fs::remove_dir_all(&dir);
-        let tokens = Arc::new(Tokens::parse("token-a node-a\n").unwrap());
+        let tokens = Arc::new(ClientAuth::TokensFile(Tokens::parse("token-a node-a\n").unwrap()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (chain, key) = authority.issue_serving(&["keel-control".to_owned()], &[addr.ip()]).unwrap();
