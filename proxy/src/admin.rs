@@ -16,6 +16,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    serve_paths(listener, daemon, false).await;
+}
+
+/// `--readiness-addr`: only `/healthz/ready`, for the kubelet's probe on the pod's address (the admin server, with
+/// stats and config, stays on loopback).
+pub async fn serve_readiness(listener: TcpListener, daemon: Arc<Daemon>) {
+    serve_paths(listener, daemon, true).await;
+}
+
+async fn serve_paths(listener: TcpListener, daemon: Arc<Daemon>, readiness_only: bool) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -29,7 +39,13 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(route(&request, &daemon).await) }
+                async move {
+                    Ok::<_, Infallible>(if readiness_only && request.uri().path() != "/healthz/ready" {
+                        text(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n".into())
+                    } else {
+                        route(&request, &daemon).await
+                    })
+                }
             });
             if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 debug!(error = %e, "admin connection ended");

@@ -31,6 +31,7 @@ use crate::{
     enrollment::Enrollment,
     hbone::client::{HboneClient, HbonePoolStats},
     identity::{CertificateManager, Identity},
+    kubernetes::NodeAgent,
     limits::Slots,
     pods::PodSpec,
     policy::open_connections::OpenConnections,
@@ -40,7 +41,7 @@ use crate::{
 pub struct Daemon {
     config: Config,
     data_path: Arc<DataPath>,
-    enrollment: Enrollment,
+    enrollment: Arc<Enrollment>,
     /// Which pods a CNI ADD captures.
     ambient: cni_requests::AmbientPolicy,
     ready: AtomicBool,
@@ -91,9 +92,12 @@ pub struct Stats {
 }
 
 impl Daemon {
-    /// Ready: capture up, persisted pods restored, and (with a control plane) one response of each xDS type.
+    /// Ready: capture up, persisted pods restored, (with a control plane) one response of each xDS type, and
+    /// (under `--kubernetes`) the node's pods listed and reconciled.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.xds.as_ref().is_none_or(|x| *x.ready.borrow())
+        self.ready.load(Ordering::Relaxed)
+            && self.xds.as_ref().is_none_or(|x| *x.ready.borrow())
+            && self.ambient.agent.as_ref().is_none_or(|agent| agent.synced())
     }
 
     /// `/config_dump`: the workload state keel holds and the state of its source.
@@ -144,7 +148,7 @@ impl Daemon {
             }
             Request::CniAdd(pod) => serde_json::to_value(cni_requests::add(&self.enrollment, &self.ambient, pod).await?)?,
             Request::CniCheck(pod) => serde_json::to_value(cni_requests::check(&self.enrollment, &self.ambient, pod).await)?,
-            Request::CniDel(pod) => serde_json::to_value(cni_requests::del(&self.enrollment, pod).await?)?,
+            Request::CniDel(pod) => serde_json::to_value(cni_requests::del(&self.enrollment, &self.ambient, pod).await?)?,
             Request::Unenroll(name) => {
                 self.enrollment.unenroll(&name).await?;
                 Value::Null
@@ -210,12 +214,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         responder: config.responder,
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
-    let enrollment = Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir);
+    let enrollment = Arc::new(Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir));
+    let agent = match &config.kubernetes {
+        Some(kubernetes) => Some(NodeAgent::connect(kubernetes.kubeconfig.as_deref(), &kubernetes.node_name).await?),
+        None => None,
+    };
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         data_path,
         enrollment,
-        ambient: cni_requests::AmbientPolicy { excluded_namespaces: config.cni_excluded_namespaces.iter().cloned().collect() },
+        ambient: cni_requests::AmbientPolicy { excluded_namespaces: config.cni_excluded_namespaces.iter().cloned().collect(), agent: agent.clone() },
         ready: AtomicBool::new(false),
         open_files_limit,
         xds,
@@ -224,7 +232,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let admin_listener = admin::bind(config.admin_addr).await?;
     let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));
+    let readiness_task = match config.readiness_addr {
+        Some(addr) => Some(tokio::spawn(admin::serve_readiness(admin::bind(addr).await?, daemon.clone()))),
+        None => None,
+    };
     let restored = daemon.enrollment.restore().await?;
+    // The agent starts from the restored pods: what it finds captured already it keeps, by UID.
+    let agent_task = agent.map(|agent| tokio::spawn(agent.run(daemon.enrollment.clone())));
     // The API socket appears only now: a caller that can talk to it talks to a ready keel.
     let api_listener = api::bind(&config.api_socket)?;
     let api_task = tokio::spawn(api::serve(api_listener, daemon.clone()));
@@ -237,6 +251,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(?stop, release_pods = release, "terminating: draining connections");
     daemon.ready.store(false, Ordering::Relaxed);
     api_task.abort();
+    agent_task.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(&config.api_socket);
     if release {
         daemon.enrollment.release_all().await;
@@ -245,6 +260,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drain(&daemon).await;
     admin_task.abort();
+    readiness_task.iter().for_each(tokio::task::JoinHandle::abort);
     // Connections still running past the drain deadline are closed when the process exits.
     if release {
         // Attachments and pins are removed now (iptables rules went with each released pod).

@@ -193,10 +193,22 @@ pub struct RunArgs {
     pub instance_ip: String,
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub node_name: String,
-    /// Namespace whose pods a CNI ADD (keel-cni) leaves alone (repeatable). Until keel reads ambient labels from
-    /// the Kubernetes API, every other pod a CNI ADD names is captured.
+    /// Namespace whose pods a CNI ADD (keel-cni) leaves alone (repeatable). Without --kubernetes every other pod a
+    /// CNI ADD names is captured; with it, Istio's ambient labels decide.
     #[arg(long = "cni-exclude-namespace", default_values_t = ["kube-system".to_owned(), "istio-system".to_owned()])]
     pub cni_excluded_namespaces: Vec<String>,
+    /// Node agent: follow the Kubernetes API for the pods of --node-name and capture exactly the ambient ones
+    /// (namespace or pod label istio.io/dataplane-mode=ambient, not opted out), marking them
+    /// ambient.istio.io/redirection=enabled.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: the API server of this kubeconfig, instead of the cluster keel runs in.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve only `/healthz/ready` here too (the kubelet's probe on the pod's address; the admin server stays
+    /// on --admin-addr).
+    #[arg(long)]
+    pub readiness_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +320,10 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     let config = Config {
         limits,
         cni_excluded_namespaces: args.cni_excluded_namespaces,
+        kubernetes: args
+            .kubernetes
+            .then(|| crate::config::KubernetesSettings { kubeconfig: args.kubeconfig.clone(), node_name: args.node_name.clone() }),
+        readiness_addr: args.readiness_addr,
         fail_open: args.fail_open,
         capture: args.capture,
         cgroup_root,

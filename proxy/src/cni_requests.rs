@@ -1,16 +1,18 @@
 //! What the CNI plugin (`keel-cni`) asks keel, and keel's answers: a pod's sandbox is being networked (ADD), is it
 //! still captured (CHECK), it is going away (DEL). keel, not the plugin, decides whether a pod is ambient.
 //!
-//! Until keel follows the Kubernetes API (the node agent), it cannot see namespace or pod labels, so every pod is
-//! taken as ambient except those of the namespaces `--cni-exclude-namespace` names (default: `kube-system`,
-//! `istio-system`, as istio-cni excludes them).
-use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
+//! Under `--kubernetes` the node agent decides, from the pod's and its namespace's labels in the API (Istio's ambient
+//! rule). Without the API keel cannot see labels, so every pod is taken as ambient except those of the namespaces
+//! `--cni-exclude-namespace` names (default: `kube-system`, `istio-system`, as istio-cni excludes them); those
+//! namespaces are left alone under `--kubernetes` too.
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::{
     enrollment::Enrollment,
+    kubernetes::NodeAgent,
     pods::{EnrollRequest, PodName},
 };
 
@@ -58,10 +60,12 @@ pub struct CniReleased {
     pub released: bool,
 }
 
-/// Which pods are in the ambient mesh, as far as keel can tell without the Kubernetes API.
-#[derive(Clone, Debug, Default)]
+/// Which pods are in the ambient mesh.
+#[derive(Clone, Default)]
 pub struct AmbientPolicy {
     pub excluded_namespaces: BTreeSet<String>,
+    /// Under `--kubernetes`: the API's labels decide.
+    pub agent: Option<Arc<NodeAgent>>,
 }
 
 /// Whether a pod is ambient, and why not.
@@ -72,12 +76,27 @@ pub enum Ambient {
 }
 
 impl AmbientPolicy {
+    /// Without the API: by namespace alone.
     pub fn decide(&self, pod: &PodName) -> Ambient {
         if self.excluded_namespaces.contains(&pod.namespace) {
             Ambient::No(format!("namespace {} is excluded (--cni-exclude-namespace)", pod.namespace))
         } else {
             Ambient::Yes
         }
+    }
+
+    /// For a CNI ADD: the namespace rule, then (under `--kubernetes`) the API's labels. An API that cannot tell is an
+    /// error: the ADD fails and the kubelet retries it, rather than start the pod uncaptured or capture a pod that
+    /// opted out.
+    pub async fn decide_for_add(&self, pod: &CniPod) -> anyhow::Result<Ambient> {
+        if let Ambient::No(reason) = self.decide(&pod.pod_name()) {
+            return Ok(Ambient::No(reason));
+        }
+        let Some(agent) = &self.agent else { return Ok(Ambient::Yes) };
+        Ok(match agent.admit(&pod.pod_name(), &pod.uid).await? {
+            Ok(()) => Ambient::Yes,
+            Err(release) => Ambient::No(release.to_string()),
+        })
     }
 }
 
@@ -104,7 +123,7 @@ impl CniPod {
 /// containers after the answer, so their first connection is already captured).
 pub async fn add(enrollment: &Enrollment, policy: &AmbientPolicy, pod: CniPod) -> anyhow::Result<CniPodState> {
     let name = pod.pod_name();
-    if let Ambient::No(reason) = policy.decide(&name) {
+    if let Ambient::No(reason) = policy.decide_for_add(&pod).await? {
         info!(pod = %name, %reason, "CNI ADD: not ambient, left alone");
         return Ok(CniPodState::NotAmbient { reason });
     }
@@ -134,7 +153,10 @@ pub async fn check(enrollment: &Enrollment, policy: &AmbientPolicy, pod: CniPod)
 }
 
 /// CNI DEL: releases the pod if keel has it (with this uid, when given); a pod keel does not know is no error.
-pub async fn del(enrollment: &Enrollment, pod: CniPodRef) -> anyhow::Result<CniReleased> {
+pub async fn del(enrollment: &Enrollment, policy: &AmbientPolicy, pod: CniPodRef) -> anyhow::Result<CniReleased> {
+    if let (Some(agent), Some(uid)) = (&policy.agent, &pod.uid) {
+        agent.released_by_cni(uid);
+    }
     let name = PodName { namespace: pod.namespace, name: pod.name };
     let Some(spec) = enrollment.enrolled(&name).await else { return Ok(CniReleased { released: false }) };
     if let (Some(wanted), Some(enrolled)) = (&pod.uid, &spec.uid) {
@@ -154,7 +176,7 @@ mod tests {
 
     #[test]
     fn excluded_namespaces_are_not_ambient_and_say_why() {
-        let policy = AmbientPolicy { excluded_namespaces: ["kube-system".to_owned()].into() };
+        let policy = AmbientPolicy { excluded_namespaces: ["kube-system".to_owned()].into(), agent: None };
         let pod = |ns: &str| PodName { namespace: ns.into(), name: "p".into() };
         assert_eq!(policy.decide(&pod("default")), Ambient::Yes);
         assert!(matches!(policy.decide(&pod("kube-system")), Ambient::No(r) if r.contains("kube-system")));

@@ -52,8 +52,19 @@ pub struct Config {
     pub fail_open: bool,
     /// Bounds on what peers can hold (connections, handshakes, idle time).
     pub limits: crate::limits::Limits,
-    /// Namespaces whose pods a CNI ADD leaves alone (until keel reads ambient labels from the Kubernetes API).
+    /// Namespaces whose pods a CNI ADD leaves alone (under `--kubernetes` too, before the API's labels).
     pub cni_excluded_namespaces: Vec<String>,
+    /// `--kubernetes`: the node agent follows the API for this node's pods.
+    pub kubernetes: Option<KubernetesSettings>,
+    /// Where the kubelet's readiness probe gets `/healthz/ready` (and nothing else), if anywhere.
+    pub readiness_addr: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KubernetesSettings {
+    /// The API server of this kubeconfig, instead of the cluster keel runs in.
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
 }
 
 /// The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it at /sys/fs/cgroup/unified).

@@ -24,6 +24,7 @@ pub mod hashing;
 pub mod hbone;
 pub mod identity;
 pub mod kubelet_pods;
+pub mod kubernetes;
 pub mod l4;
 pub mod l7;
 pub mod l7_config;
