@@ -24,6 +24,7 @@ mod names;
 mod node;
 pub mod pcap;
 mod pod;
+pub mod port_forward;
 mod prereqs;
 pub mod process;
 mod sandbox;

@@ -12,6 +12,7 @@ pub mod hbone_wire;
 pub mod hostile;
 pub mod lifecycle;
 pub mod mesh_mtls;
+pub mod node_agent;
 pub mod robustness;
 pub mod selftest;
 pub mod traffic_management;

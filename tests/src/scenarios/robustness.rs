@@ -42,7 +42,10 @@ pub fn bad_requests_are_refused(backend: Backend) {
             (with("ips", json!(["not-an-ip"])), "invalid request"),
             (json!({"enroll": {"namespace": "default", "name": "x"}}), "missing field `ips`"),
             (json!({"enroll": {"namespace": "default", "name": "x", "ips": ["10.244.0.99"]}}), "give the pod's `cgroup` or its Kubernetes `uid`"),
-            (json!({"enroll": {"namespace": "default", "name": "x", "ips": ["10.244.0.99"], "cgroup": "/sys/fs/cgroup"}}), "`netns`: required unless"),
+            (
+                json!({"enroll": {"namespace": "default", "name": "x", "ips": ["10.244.0.99"], "cgroup": "/sys/fs/cgroup"}}),
+                "`netns`: required unless",
+            ),
             (json!({"unenroll": {"namespace": "default", "name": "nobody"}}), "not enrolled"),
             (json!("no-such-request"), "invalid request"),
         ];
