@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use keel_mesh::ambient::REDIRECTION_ANNOTATION;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
@@ -22,7 +23,6 @@ use kube::{
     },
     Client,
 };
-use keel_mesh::ambient::REDIRECTION_ANNOTATION;
 use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -273,7 +273,9 @@ impl NodeAgent {
             Some(labels) => Some(labels),
             None => {
                 let api: Api<Namespace> = Api::all(self.client.clone());
-                let namespace = timed(api.get_opt(&pod.namespace)).await.with_context(|| format!("reading namespace {} from the Kubernetes API", pod.namespace))?;
+                let namespace = timed(api.get_opt(&pod.namespace))
+                    .await
+                    .with_context(|| format!("reading namespace {} from the Kubernetes API", pod.namespace))?;
                 namespace.map(|ns| ns.metadata.labels.unwrap_or_default())
             }
         };

@@ -170,7 +170,10 @@ pub(crate) mod tests {
         assert_eq!(record.service_account, "web");
         assert_eq!(record.ips, ["10.244.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
         assert!(record.terminating);
-        assert_eq!(verdict(&record, Some(&labels(&[(DATAPLANE_MODE_LABEL, "ambient")]))), Verdict::Capture { ips: vec!["10.244.0.5".parse().unwrap()] });
+        assert_eq!(
+            verdict(&record, Some(&labels(&[(DATAPLANE_MODE_LABEL, "ambient")]))),
+            Verdict::Capture { ips: vec!["10.244.0.5".parse().unwrap()] }
+        );
 
         let only_pod_ip: Pod = serde_json::from_value(json!({
             "metadata": {"name": "a", "namespace": "apps", "uid": "u1"}, "status": {"podIP": "10.244.0.6"}

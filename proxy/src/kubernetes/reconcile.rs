@@ -54,7 +54,11 @@ pub enum ReleaseReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Release the pod enrolled as `name` with `uid`.
-    Unenroll { name: PodName, uid: String, reason: ReleaseReason },
+    Unenroll {
+        name: PodName,
+        uid: String,
+        reason: ReleaseReason,
+    },
     Enroll(Wanted),
 }
 
@@ -85,7 +89,12 @@ pub fn plan(observed: &BTreeMap<String, Observed>, enrolled: &[Enrolled], holds:
             Some(Observed { verdict: Verdict::Capture { ips }, name, service_account }) => {
                 if !same_addresses(ips, &pod.ips) && !holds.enroll_held(uid) {
                     releases.push(unenroll(ReleaseReason::AddressesChanged(ips.clone())));
-                    enrolls.push(Action::Enroll(Wanted { uid: uid.to_owned(), name: name.clone(), service_account: service_account.clone(), ips: ips.clone() }));
+                    enrolls.push(Action::Enroll(Wanted {
+                        uid: uid.to_owned(),
+                        name: name.clone(),
+                        service_account: service_account.clone(),
+                        ips: ips.clone(),
+                    }));
                 }
             }
         }
@@ -93,7 +102,12 @@ pub fn plan(observed: &BTreeMap<String, Observed>, enrolled: &[Enrolled], holds:
     for (uid, pod) in observed {
         if let Verdict::Capture { ips } = &pod.verdict {
             if !have.contains(uid.as_str()) && !holds.enroll_held(uid) {
-                enrolls.push(Action::Enroll(Wanted { uid: uid.clone(), name: pod.name.clone(), service_account: pod.service_account.clone(), ips: ips.clone() }));
+                enrolls.push(Action::Enroll(Wanted {
+                    uid: uid.clone(),
+                    name: pod.name.clone(),
+                    service_account: pod.service_account.clone(),
+                    ips: ips.clone(),
+                }));
             }
         }
     }

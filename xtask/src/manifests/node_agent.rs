@@ -317,7 +317,7 @@ fn install_cni_container(params: &Params) -> Container {
             "install".to_owned(),
             "--cni-bin-dir=/host/opt/cni/bin".to_owned(),
             "--cni-conf-dir=/host/etc/cni/net.d".to_owned(),
-            format!("--keel-socket={KEEL_SOCKET_ON_HOST}"),
+            format!("--api-socket={KEEL_SOCKET_ON_HOST}"),
         ]),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([

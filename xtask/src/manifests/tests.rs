@@ -336,7 +336,6 @@ fn helm_values_reach_their_fields() {
 /// The flags the manifests pass must exist in the binaries (keel, keel-control, keel-cni): a renamed flag would
 /// otherwise be found by a crash-looping DaemonSet.
 #[test]
-#[ignore = "the node agent and controller flags (keel run --kubernetes/--readiness-addr, keel-control serve --kubernetes/--readiness-addr) are not built yet: issue 12"]
 fn the_manifests_use_only_flags_the_binaries_have() {
     let objects = keel_yaml();
     let (_, pod) = keel_pod(&objects);
