@@ -1,6 +1,7 @@
-//! `istio.v1.auth.IstioCertificateService/CreateCertificate` as istiod serves node proxies: the caller is
-//! authenticated by its bearer token (which names its node), must name the identity it asks for in the
-//! `ImpersonatedIdentity` metadata, and gets it only if a workload with that identity runs on its own node.
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate` as istiod serves it: a node proxy (its bearer token
+//! names its node) must name the identity it asks for in the `ImpersonatedIdentity` metadata, and gets it only if a
+//! workload with that identity runs on its own node; any other caller (under `--kubernetes`) gets a certificate for
+//! its own ServiceAccount identity only.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use keel_mesh::{ca::Authority, objects::Object};
 
-use crate::client_auth::ClientAuth;
+use crate::client_auth::{Caller, ClientAuth};
 
 /// Default and longest validity a caller gets (istiod's defaults: 24 h).
 const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -66,20 +67,38 @@ impl CaService {
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.auth.node_of(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
         let request = request.into_inner();
-        let identity = impersonated_identity(&request)
-            .ok_or_else(|| Status::invalid_argument("metadata.ImpersonatedIdentity: a node proxy must name the identity it asks for"))?;
-        if !self.identities.borrow().allows(&node, &identity) {
-            warn!(%node, %identity, "certificate refused: no such workload on the caller's node");
-            return Err(Status::permission_denied(format!("node {node} runs no workload with identity {identity}")));
-        }
+        let asked = impersonated_identity(&request);
+        let (identity, caller) = match caller {
+            Caller::NodeProxy { node } => {
+                let identity = asked
+                    .ok_or_else(|| Status::invalid_argument("metadata.ImpersonatedIdentity: a node proxy must name the identity it asks for"))?;
+                if !self.identities.borrow().allows(&node, &identity) {
+                    warn!(%node, %identity, "certificate refused: no such workload on the caller's node");
+                    return Err(Status::permission_denied(format!("node {node} runs no workload with identity {identity}")));
+                }
+                (identity, format!("node {node}"))
+            }
+            // istiod's rule for any other caller: a certificate for its own ServiceAccount, never another's.
+            Caller::Workload { namespace, service_account } => {
+                let own = format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.authority.trust_domain);
+                if asked.as_ref().is_some_and(|asked| *asked != own) {
+                    warn!(caller = %own, asked = ?asked, "certificate refused: a workload asked for another identity");
+                    return Err(Status::permission_denied(format!(
+                        "{}: it may ask only for its own identity {own}",
+                        Caller::not_a_node_proxy(&namespace, &service_account)
+                    )));
+                }
+                (own.clone(), own)
+            }
+        };
         let validity = match u64::try_from(request.validity_duration) {
             Ok(0) | Err(_) => DEFAULT_VALIDITY,
             Ok(seconds) => Duration::from_secs(seconds).min(MAX_VALIDITY),
         };
         let chain = self.authority.issue(&request.csr, &identity, validity).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        info!(%node, %identity, validity_s = validity.as_secs(), "certificate issued");
+        info!(%caller, %identity, validity_s = validity.as_secs(), "certificate issued");
         Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
     }
 }

@@ -142,14 +142,27 @@ impl Control {
     }
 
     async fn certificate(&self, token: &str, identity: &str) -> Result<Vec<String>, tonic::Status> {
+        self.ask_certificate(token, Some(identity)).await
+    }
+
+    /// A certificate request without `ImpersonatedIdentity`, as a workload (or a dedicated-mode ztunnel) sends it.
+    async fn certificate_for_self(&self, token: &str) -> Result<Vec<String>, tonic::Status> {
+        self.ask_certificate(token, None).await
+    }
+
+    async fn ask_certificate(&self, token: &str, identity: Option<&str>) -> Result<Vec<String>, tonic::Status> {
         let root = std::fs::read_to_string(&self.root).unwrap();
         let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(root)).domain_name("keel-control");
         let channel =
             tonic::transport::Endpoint::from_shared(format!("https://{}", self.xds)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
-        let fields = BTreeMap::from([("ImpersonatedIdentity".to_owned(), ProtoValue { kind: Some(Kind::StringValue(identity.into())) })]);
-        let mut request = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 3600, metadata: Some(Struct { fields }) });
+        let fields: BTreeMap<String, ProtoValue> = identity
+            .map(|identity| ("ImpersonatedIdentity".to_owned(), ProtoValue { kind: Some(Kind::StringValue(identity.into())) }))
+            .into_iter()
+            .collect();
+        let metadata = (!fields.is_empty()).then_some(Struct { fields });
+        let mut request = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 3600, metadata });
         request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
         Ok(IstioCertificateServiceClient::new(channel).create_certificate(request).await?.into_inner().cert_chain)
     }
@@ -160,6 +173,15 @@ impl Drop for Control {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the PEM certificate's URI SAN is `identity`.
+fn leaf_names(pem: &str, identity: &str) -> bool {
+    use x509_parser::prelude::*;
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("a PEM certificate");
+    let (_, cert) = X509Certificate::from_der(&der.contents).expect("an X.509 certificate");
+    let sans = cert.subject_alternative_name().ok().flatten();
+    sans.is_some_and(|san| san.value.general_names.iter().any(|name| matches!(name, GeneralName::URI(uri) if *uri == identity)))
 }
 
 fn free_port() -> SocketAddr {
@@ -263,7 +285,11 @@ async fn node_proxies_are_authenticated_by_token_review_with_istiods_rules() {
     control.certificate(NODE_TOKEN_WITHOUT_NODE, ECHO).await.expect("node-b's keel gets echo's certificate");
     assert_eq!(control.certificate(NODE_TOKEN_WITHOUT_NODE, SLEEP).await.unwrap_err().code(), tonic::Code::PermissionDenied);
 
-    let workload = control.certificate(WORKLOAD_TOKEN, SLEEP).await.unwrap_err();
+    // A workload's token: a certificate for its own identity (asked for or not), never another's.
+    let own = control.certificate_for_self(WORKLOAD_TOKEN).await.expect("a workload gets its own identity without ImpersonatedIdentity");
+    assert!(leaf_names(&own[0], SLEEP), "the leaf is for {SLEEP}");
+    control.certificate(WORKLOAD_TOKEN, SLEEP).await.expect("asking for its own identity by name is the same");
+    let workload = control.certificate(WORKLOAD_TOKEN, ECHO).await.unwrap_err();
     assert_eq!(workload.code(), tonic::Code::PermissionDenied);
     assert!(workload.message().contains("demo/sleep is not a node proxy account"), "{workload:?}");
     let unknown = control.certificate("no-such-token", SLEEP).await.unwrap_err();

@@ -1,8 +1,9 @@
-//! Client authentication under `--kubernetes`, istiod's rule for node proxies: the bearer token is a ServiceAccount
-//! token (projected for the `istio-ca` audience), the API server vouches for it (TokenReview), its ServiceAccount must
-//! be one of the trusted node proxy accounts (`--node-proxy-account`, istiod's `CA_TRUSTED_NODE_ACCOUNTS`), and it
-//! must be bound to a pod: the node that pod runs on is the caller's node, the one whose workloads it may ask
-//! certificates for. Anything else, including an API server that does not answer, is a refusal.
+//! Client authentication under `--kubernetes`, istiod's rules: the bearer token is a ServiceAccount token (projected
+//! for the `istio-ca` audience) the API server vouches for (TokenReview). A trusted node proxy account
+//! (`--node-proxy-account`, istiod's `CA_TRUSTED_NODE_ACCOUNTS`) whose token is bound to a pod is the node proxy of
+//! that pod's node: it may hold an xDS stream and ask certificates for the workloads of its node. Any other
+//! ServiceAccount is a workload, which may ask a certificate for its own identity only. Anything else, including an
+//! API server that does not answer, is a refusal.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -18,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 use tracing::warn;
 
-use crate::ca_service::NodeIdentities;
+use crate::{ca_service::NodeIdentities, client_auth::Caller};
 
 /// The token audience istiod's CA and ztunnel use.
 pub const DEFAULT_AUDIENCE: &str = "istio-ca";
@@ -43,7 +44,7 @@ pub struct TokenReviewer {
     node_proxy_accounts: Vec<String>,
     /// Where pods run, for tokens that are bound to a pod but do not name its node (API servers before 1.32).
     pods: watch::Receiver<Arc<NodeIdentities>>,
-    cache: Mutex<HashMap<String, (String, Instant)>>,
+    cache: Mutex<HashMap<String, (Caller, Instant)>>,
     reviews: Semaphore,
 }
 
@@ -59,21 +60,21 @@ impl TokenReviewer {
         }
     }
 
-    /// The node of the node proxy the token belongs to.
-    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
+    /// Who the token belongs to.
+    pub async fn caller(&self, token: &str) -> Result<Caller, Status> {
         if token.is_empty() {
             return Err(Status::unauthenticated("empty bearer token"));
         }
-        if let Some(node) = self.cached(token) {
-            return Ok(node);
+        if let Some(caller) = self.cached(token) {
+            return Ok(caller);
         }
         let status = self.review(token).await?;
-        let node = node_proxy_node(&status, &self.node_proxy_accounts, &self.pods.borrow()).map_err(|refusal| {
-            warn!(%refusal, "node proxy refused");
+        let caller = caller_of(&status, &self.node_proxy_accounts, &self.pods.borrow()).map_err(|refusal| {
+            warn!(%refusal, "caller refused");
             refusal.status()
         })?;
-        self.remember(token, &node);
-        Ok(node)
+        self.remember(token, &caller);
+        Ok(caller)
     }
 
     async fn review(&self, token: &str) -> Result<TokenReviewStatus, Status> {
@@ -92,12 +93,12 @@ impl TokenReviewer {
         answer.status.ok_or_else(|| Status::unavailable("the TokenReview came back without a status"))
     }
 
-    fn cached(&self, token: &str) -> Option<String> {
+    fn cached(&self, token: &str) -> Option<Caller> {
         let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.get(token).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(node, _)| node.clone())
+        cache.get(token).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(caller, _)| caller.clone())
     }
 
-    fn remember(&self, token: &str, node: &str) {
+    fn remember(&self, token: &str, caller: &Caller) {
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -105,19 +106,17 @@ impl TokenReviewer {
                 cache.clear();
             }
         }
-        cache.insert(token.to_owned(), (node.to_owned(), Instant::now()));
+        cache.insert(token.to_owned(), (caller.clone(), Instant::now()));
     }
 }
 
-/// Why a reviewed token does not make its bearer a node proxy.
+/// Why a reviewed token is refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Refusal {
     #[error("the token is not valid for audience(s) {audiences:?}: {reason}")]
     NotAuthenticated { audiences: Vec<String>, reason: String },
     #[error("user {0:?} is not a ServiceAccount")]
     NotAServiceAccount(String),
-    #[error("ServiceAccount {0} is not a node proxy account (--node-proxy-account)")]
-    NotANodeProxy(String),
     #[error("the token of {0} is not bound to a pod, so it names no node")]
     NotBoundToAPod(String),
     #[error("the token of {account} is bound to pod {pod}, which is on no node keel-control knows")]
@@ -133,8 +132,8 @@ impl Refusal {
     }
 }
 
-/// The caller's node from a TokenReview's answer: the pure half of [`TokenReviewer::node_of`].
-fn node_proxy_node(status: &TokenReviewStatus, accounts: &[String], pods: &NodeIdentities) -> Result<String, Refusal> {
+/// The caller from a TokenReview's answer: the pure half of [`TokenReviewer::caller`].
+fn caller_of(status: &TokenReviewStatus, accounts: &[String], pods: &NodeIdentities) -> Result<Caller, Refusal> {
     if status.authenticated != Some(true) {
         return Err(Refusal::NotAuthenticated {
             audiences: status.audiences.clone().unwrap_or_default(),
@@ -147,15 +146,16 @@ fn node_proxy_node(status: &TokenReviewStatus, accounts: &[String], pods: &NodeI
     let Some((namespace, name)) = account else { return Err(Refusal::NotAServiceAccount(username)) };
     let account = format!("{namespace}/{name}");
     if !accounts.contains(&account) {
-        return Err(Refusal::NotANodeProxy(account));
+        return Ok(Caller::Workload { namespace: namespace.to_owned(), service_account: name.to_owned() });
     }
     let extra = user.extra.unwrap_or_default();
     let first = |key: &str| extra.get(key).and_then(|values| values.first()).filter(|v| !v.is_empty()).cloned();
     if let Some(node) = first(NODE_NAME_EXTRA) {
-        return Ok(node);
+        return Ok(Caller::NodeProxy { node });
     }
     let Some(pod) = first(POD_NAME_EXTRA) else { return Err(Refusal::NotBoundToAPod(account)) };
-    pods.node_of_pod(namespace, &pod).map(str::to_owned).ok_or(Refusal::UnknownPod { account, pod: format!("{namespace}/{pod}") })
+    let node = pods.node_of_pod(namespace, &pod).ok_or(Refusal::UnknownPod { account, pod: format!("{namespace}/{pod}") })?;
+    Ok(Caller::NodeProxy { node: node.to_owned() })
 }
 
 #[cfg(test)]
@@ -191,25 +191,27 @@ mod tests {
     const KEEL: &str = "system:serviceaccount:istio-system:keel";
 
     #[test]
-    fn a_node_proxy_token_names_the_node_of_its_pod() {
+    fn a_node_proxy_token_names_the_node_of_its_pod_and_any_other_account_is_a_workload() {
         let accounts = vec!["istio-system/keel".to_owned()];
         let bound = answer(true, KEEL, &[(POD_NAME_EXTRA, "keel-x7"), (NODE_NAME_EXTRA, "node-a")]);
-        assert_eq!(node_proxy_node(&bound, &accounts, &pods()).unwrap(), "node-a", "the node the API server names wins");
+        let node = |node: &str| Caller::NodeProxy { node: node.into() };
+        assert_eq!(caller_of(&bound, &accounts, &pods()).unwrap(), node("node-a"), "the node the API server names wins");
         let older = answer(true, KEEL, &[(POD_NAME_EXTRA, "keel-x7")]);
-        assert_eq!(node_proxy_node(&older, &accounts, &pods()).unwrap(), "node-b", "else the bound pod's node");
+        assert_eq!(caller_of(&older, &accounts, &pods()).unwrap(), node("node-b"), "else the bound pod's node");
+        let workload = answer(true, "system:serviceaccount:default:sleep", &[(NODE_NAME_EXTRA, "node-a")]);
+        assert_eq!(
+            caller_of(&workload, &accounts, &pods()).unwrap(),
+            Caller::Workload { namespace: "default".into(), service_account: "sleep".into() },
+            "any other ServiceAccount is a workload, wherever it runs"
+        );
     }
 
     #[test]
     fn every_other_token_is_refused_for_its_reason() {
         let accounts = vec!["istio-system/keel".to_owned()];
-        let refusal = |status| node_proxy_node(&status, &accounts, &pods()).unwrap_err();
+        let refusal = |status| caller_of(&status, &accounts, &pods()).unwrap_err();
         assert!(matches!(refusal(answer(false, KEEL, &[])), Refusal::NotAuthenticated { reason, .. } if reason == "token expired"));
         assert_eq!(refusal(answer(true, "alice", &[])), Refusal::NotAServiceAccount("alice".into()));
-        assert_eq!(
-            refusal(answer(true, "system:serviceaccount:default:sleep", &[(NODE_NAME_EXTRA, "node-a")])),
-            Refusal::NotANodeProxy("default/sleep".into()),
-            "a workload's token does not make it a node proxy"
-        );
         assert_eq!(refusal(answer(true, KEEL, &[])), Refusal::NotBoundToAPod("istio-system/keel".into()));
         assert_eq!(
             refusal(answer(true, KEEL, &[(POD_NAME_EXTRA, "gone")])),
