@@ -12,6 +12,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing `serve`'s flags would only obscure the clap derive")]
 enum Command {
     /// Check every object of a config directory; exits non-zero on errors, naming file, object and field.
     Validate { dir: PathBuf },
@@ -53,6 +54,12 @@ enum Command {
         /// CA_TRUSTED_NODE_ACCOUNTS). Only these may ask certificates for the pods of their node.
         #[arg(long = "node-proxy-account", default_values_t = ["istio-system/keel".to_owned()])]
         node_proxy_accounts: Vec<String>,
+        /// With --kubernetes: this replica's name, the holder identity of the leader Lease (Downward API).
+        #[arg(long, env = "POD_NAME", default_value = "keel-control")]
+        pod_name: String,
+        /// With --kubernetes: keel-control's namespace, where its leader Lease lives (Downward API).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+        pod_namespace: String,
         #[arg(long, default_value = "0.0.0.0:15012")]
         listen: std::net::SocketAddr,
         /// Answer the kubelet's readiness probe here: `GET /ready` is 200 once the config is complete.
@@ -81,6 +88,8 @@ fn main() -> ExitCode {
             kubeconfig,
             token_audiences,
             node_proxy_accounts,
+            pod_name,
+            pod_namespace,
             listen,
             readiness_addr,
             cluster_id,
@@ -91,7 +100,12 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
             let mesh = keel_mesh::translate::Mesh { cluster_id, ..Default::default() };
             let source = match (kubernetes, config_dir, tokens) {
-                (true, _, _) => ConfigSource::Kubernetes { kubeconfig, token_audiences, node_proxy_accounts },
+                (true, _, _) => ConfigSource::Kubernetes {
+                    kubeconfig,
+                    token_audiences,
+                    node_proxy_accounts,
+                    replica: keel_control::kubernetes::Replica { namespace: pod_namespace, name: pod_name },
+                },
                 (false, Some(config_dir), Some(tokens)) => ConfigSource::Directory { config_dir, tokens },
                 // clap's `required_unless_present`/`requires` make this unreachable.
                 _ => {

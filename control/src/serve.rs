@@ -69,6 +69,8 @@ pub enum ConfigSource {
         token_audiences: Vec<String>,
         /// `namespace/name` of the ServiceAccounts node proxies run as.
         node_proxy_accounts: Vec<String>,
+        /// This replica (the Lease's holder identity, its namespace).
+        replica: kubernetes::Replica,
     },
 }
 
@@ -115,12 +117,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             };
             (ClientAuth::TokensFile(tokens), Box::pin(feed), config_dir.display().to_string())
         }
-        ConfigSource::Kubernetes { kubeconfig, token_audiences, node_proxy_accounts } => {
+        ConfigSource::Kubernetes { kubeconfig, token_audiences, node_proxy_accounts, replica } => {
             let client = kube_client(kubeconfig.as_deref()).await?;
             let reviewer = TokenReviewer::new(client.clone(), token_audiences, node_proxy_accounts, identities.clone());
             let mesh = Mesh { membership: Membership::AmbientLabels, ..options.mesh.clone() };
             let outputs = kubernetes::Outputs { snapshots: publish, identities: publish_identities, synced: publish_synced };
-            let feed = kubernetes::run(client, mesh, options.trust_domain.clone(), outputs);
+            let feed = kubernetes::run(client, mesh, options.trust_domain.clone(), replica, outputs);
             (ClientAuth::TokenReview(Box::new(reviewer)), Box::pin(feed), "the Kubernetes API".to_owned())
         }
     };

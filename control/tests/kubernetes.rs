@@ -95,13 +95,19 @@ struct Control {
 
 impl Control {
     fn start(dir: &Path, kubeconfig: &Path) -> Control {
+        Control::start_replica(dir, kubeconfig, "keel-control-0")
+    }
+
+    /// One replica of several: its own ports and log, the CA directory shared (as the `cacerts` Secret is).
+    fn start_replica(dir: &Path, kubeconfig: &Path, name: &str) -> Control {
         let xds = free_port();
         let readiness = free_port();
-        let log = dir.join("keel-control.log");
+        let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel-control"))
             .args(["serve", "--kubernetes", "--kubeconfig"])
             .arg(kubeconfig)
+            .args(["--pod-name", name, "--pod-namespace", "istio-system"])
             .args(["--listen", &xds.to_string(), "--readiness-addr", &readiness.to_string(), "--ca-dir"])
             .arg(dir.join("ca"))
             .stdout(out.try_clone().unwrap())
@@ -322,4 +328,61 @@ async fn nothing_is_served_before_the_cluster_has_been_read() {
     control.wait_ready(Duration::from_secs(30));
     let mut addresses = control.subscribe(ADDRESS_TYPE_URL, NODE_TOKEN).await.unwrap();
     assert!(names(&addresses.next().await).contains(&"Kubernetes//Pod/demo/sleep"));
+}
+
+/// The holder of keel-control's leader Lease.
+fn lease_holder(api: &KubeApi) -> Option<String> {
+    let lease = api.get("coordination.k8s.io/v1", "Lease", Some("istio-system"), "keel-control").unwrap()?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_together_and_the_lease_holder_alone_reports_refused_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, kubeconfig) = start_api(dir.path());
+    let mut first = Control::start_replica(dir.path(), &kubeconfig, "keel-control-0");
+    first.wait_ready(Duration::from_secs(20));
+    wait_for("keel-control-0 holds the Lease", Duration::from_secs(10), || lease_holder(&api).as_deref() == Some("keel-control-0")).await;
+    let second = Control::start_replica(dir.path(), &kubeconfig, "keel-control-1");
+    second.wait_ready(Duration::from_secs(20));
+    // Both serve: a node proxy may be sent to either.
+    for control in [&first, &second] {
+        let mut addresses = control.subscribe(ADDRESS_TYPE_URL, NODE_TOKEN).await.unwrap();
+        assert!(names(&addresses.next().await).contains(&"Kubernetes//Pod/demo/sleep"));
+    }
+
+    // A refused object gets one Event, from the leader, naming the field.
+    api.apply(&policy("MAYBE")).unwrap();
+    let client = api.client().await.unwrap();
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(client, "demo");
+    let start = Instant::now();
+    let rejected = loop {
+        let listed = events.list(&Default::default()).await.unwrap().items;
+        let rejected: Vec<_> = listed.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("allow-sleep")).collect();
+        if !rejected.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await; // a second replica's Event would be here by now
+            break events.list(&Default::default()).await.unwrap().items;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no Event for the refused AuthorizationPolicy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rejected.len(), 1, "one Event, from the leader only: {rejected:?}");
+    let event = &rejected[0];
+    assert_eq!((event.type_.as_deref(), event.reason.as_deref()), (Some("Warning"), Some("Rejected")));
+    assert_eq!(event.reporting_instance.as_deref(), Some("keel-control-0"));
+    assert!(event.note.as_deref().unwrap_or_default().contains("field spec.action"), "{event:?}");
+    assert_eq!(event.regarding.as_ref().and_then(|r| r.kind.as_deref()), Some("AuthorizationPolicy"));
+
+    // The leader gone, the other replica takes the Lease once it expires (15 s).
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    wait_for("keel-control-1 takes over the Lease", Duration::from_secs(25), || lease_holder(&api).as_deref() == Some("keel-control-1")).await;
 }

@@ -70,7 +70,8 @@ impl ClusterState {
     }
 
     /// The complete list of one kind (a watch's initial list or a relist): objects of that kind not in it are gone.
-    pub fn relist(&mut self, kind: &str, values: &[Value]) -> (bool, Vec<InvalidObject>) {
+    /// Returns whether the config changed, and each refused object with why.
+    pub fn relist<'v>(&mut self, kind: &str, values: &'v [Value]) -> (bool, Vec<(&'v Value, InvalidObject)>) {
         let listed: BTreeSet<String> = values.iter().map(|v| if matches!(kind, NAMESPACE | NODE) { name(v) } else { reference(kind, v) }).collect();
         let mut changed = match kind {
             NAMESPACE => retain(&mut self.namespaces, &listed),
@@ -87,7 +88,7 @@ impl ClusterState {
         for value in values {
             let applied = self.apply(kind, value);
             changed |= applied.changed;
-            refusals.extend(applied.refused);
+            refusals.extend(applied.refused.map(|refused| (value, refused)));
         }
         (changed, refusals)
     }
@@ -213,7 +214,8 @@ mod tests {
         state.apply(POD, &pod("b", "demo", "n"));
         state.apply("VirtualService", &virtual_service(80, 20));
         state.apply(NODE, &json!({"metadata": {"name": "n"}}));
-        let (changed, refused) = state.relist(POD, &[pod("b", "demo", "n"), pod("c", "demo", "n")]);
+        let listed = [pod("b", "demo", "n"), pod("c", "demo", "n")];
+        let (changed, refused) = state.relist(POD, &listed);
         assert!(changed && refused.is_empty());
         let names: Vec<String> = state.objects().iter().map(|o| o.reference().to_string()).collect();
         assert_eq!(names, ["Pod demo/b", "Pod demo/c", "VirtualService demo/reviews"]);

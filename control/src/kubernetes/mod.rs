@@ -3,10 +3,15 @@
 //! backoff and relisting after a 410 Gone) feeds one task that owns the [`ClusterState`]; changes arriving together
 //! are translated once and pushed as one snapshot.
 //!
+//! Every replica watches and serves on its own; the one holding the Lease ([`leader`]) also writes Events on the
+//! objects it refuses ([`events`]).
+//!
 //! Nothing is served before every kind has been listed once: a node proxy that connected earlier would be handed
 //! a cluster without workloads or policies, and would refuse (or worse, allow) traffic on that basis.
 pub mod cluster_state;
+pub mod events;
 pub mod kinds;
+pub mod leader;
 pub mod token_review;
 
 use std::{
@@ -38,6 +43,7 @@ use keel_mesh::{
 
 use crate::ca_service::NodeIdentities;
 use cluster_state::ClusterState;
+use events::{Rejection, Reports};
 use kinds::WatchedKind;
 
 /// Watch events queued for the state's task; a full queue holds the watches back (they are pull-based streams).
@@ -57,8 +63,21 @@ pub struct Outputs {
     pub synced: watch::Sender<bool>,
 }
 
+/// This replica, as the Lease and its Events name it.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    /// Where the Lease lives (keel-control's own namespace).
+    pub namespace: String,
+    /// The holder identity (keel-control's pod name).
+    pub name: String,
+}
+
 /// Runs until every watch has ended (they do not, short of the process ending): errors are retried with backoff.
-pub async fn run(client: Client, mesh: Mesh, trust_domain: String, outputs: Outputs) -> anyhow::Result<()> {
+pub async fn run(client: Client, mesh: Mesh, trust_domain: String, replica: Replica, outputs: Outputs) -> anyhow::Result<()> {
+    let (leading, leads) = watch::channel(false);
+    tokio::spawn(leader::run(client.clone(), replica.namespace, replica.name.clone(), leading));
+    let (reports, reporter) = events::reporter(client.clone(), replica.name, leads);
+    tokio::spawn(reporter);
     let (events, mut queue) = mpsc::channel(EVENT_QUEUE);
     let mut kinds = kinds::builtins();
     let (istio, missing) = match kinds::istio(&client).await {
@@ -79,7 +98,7 @@ pub async fn run(client: Client, mesh: Mesh, trust_domain: String, outputs: Outp
         warn!(missing = ?missing, "Istio kinds not served by the API server (CRDs not installed?): watched once they appear");
     }
     kinds.extend(istio);
-    let mut state = Controller::new(mesh, trust_domain, outputs, kinds.iter().map(|k| k.kind));
+    let mut state = Controller::new(mesh, trust_domain, outputs, reports, kinds.iter().map(|k| k.kind));
     let mut watched: HashSet<&'static str> = HashSet::new();
     for kind in kinds {
         watched.insert(kind.kind);
@@ -182,12 +201,13 @@ struct Controller {
     mesh: Mesh,
     trust_domain: String,
     outputs: Outputs,
+    reports: Reports,
     /// The translation's warnings at the last push, so each is logged once rather than on every push.
     warnings: Vec<String>,
 }
 
 impl Controller {
-    fn new(mesh: Mesh, trust_domain: String, outputs: Outputs, kinds: impl Iterator<Item = &'static str>) -> Controller {
+    fn new(mesh: Mesh, trust_domain: String, outputs: Outputs, reports: Reports, kinds: impl Iterator<Item = &'static str>) -> Controller {
         Controller {
             state: ClusterState::default(),
             relisting: HashMap::new(),
@@ -195,6 +215,7 @@ impl Controller {
             mesh,
             trust_domain,
             outputs,
+            reports,
             warnings: Vec::new(),
         }
     }
@@ -217,19 +238,26 @@ impl Controller {
             Event::InitDone => {
                 let listed = self.relisting.remove(&kind).unwrap_or_default();
                 let (changed, refusals) = self.state.relist(kind, &listed);
-                refusals.iter().for_each(|refusal| warn!(%refusal, "object refused: its last good version (if any) stays in force"));
+                for (value, refusal) in refusals {
+                    self.refused(value, &refusal);
+                }
                 // The first complete list of the last kind is what makes keel-control ready, changed or not.
                 self.unlisted.remove(kind) || changed
             }
             Event::Apply(value) => {
                 let applied = self.state.apply(kind, &value);
                 if let Some(refusal) = &applied.refused {
-                    warn!(%refusal, "object refused: its last good version (if any) stays in force");
+                    self.refused(&value, refusal);
                 }
                 applied.changed
             }
             Event::Delete(value) => self.state.delete(kind, &value),
         }
+    }
+
+    fn refused(&self, value: &Value, refusal: &keel_mesh::source::InvalidObject) {
+        warn!(%refusal, "object refused: its last good version (if any) stays in force");
+        self.reports.report(Rejection::of(value, &refusal.message));
     }
 
     /// Translates the cluster state and publishes the snapshot if it differs from the one in force.
