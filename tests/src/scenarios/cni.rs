@@ -126,7 +126,7 @@ fn new_uid() -> String {
 }
 
 /// Where kubelet's systemd driver puts a BestEffort pod: the pod slice, and a container scope below it.
-pub(crate) fn systemd_besteffort(lab: &Lab, uid: &str, container: &str) -> (PathBuf, PathBuf) {
+fn systemd_besteffort(lab: &Lab, uid: &str, container: &str) -> (PathBuf, PathBuf) {
     let uid_ = uid.replace('-', "_");
     let pod = lab.node_cgroup(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"));
     let scope = pod.join(format!("cri-containerd-{container}.scope"));

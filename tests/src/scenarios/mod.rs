@@ -10,6 +10,7 @@ pub mod control_plane;
 pub mod fast_path;
 pub mod hbone_wire;
 pub mod hostile;
+pub mod kubernetes_mesh;
 pub mod lifecycle;
 pub mod mesh_mtls;
 pub mod node_agent;

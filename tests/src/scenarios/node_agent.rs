@@ -5,7 +5,6 @@
 //! Exactly the ambient pods of keel's node are captured and marked `ambient.istio.io/redirection: enabled`; a pod
 //! opting out, a namespace joining, a pod deleted, all follow within seconds; the API going away releases nothing.
 
-use super::cni::systemd_besteffort;
 use super::*;
 use crate::kube_api::{KubeApi, ServiceAccountToken};
 use crate::lab::port_forward::PortForward;
@@ -19,20 +18,37 @@ const REDIRECTION: &str = "ambient.istio.io/redirection";
 const FOLLOW: Duration = Duration::from_secs(10);
 
 /// A lab pod whose processes run in kubelet's cgroup for `uid`, serving echo on `PORT`.
-struct KubePod {
-    pod: Pod,
-    uid: String,
+pub(crate) struct KubePod {
+    pub pod: Pod,
+    pub uid: String,
     _server: crate::lab::process::ChildGuard,
 }
 
 /// A lab pod and its Pod object: the API server gives the object its UID, and the pod's processes then run in
 /// kubelet's cgroup for that UID.
 fn kube_pod(lab: &Lab, api: &KubeApi, name: &str, namespace: &str, labels: Value) -> Result<KubePod> {
-    let mut pod = lab.add_pod(name)?;
+    kube_pod_on(lab, 0, api, name, namespace, labels, "default")
+}
+
+/// [`kube_pod`] on node `node`, running as `service_account`.
+pub(crate) fn kube_pod_on(
+    lab: &Lab,
+    node: usize,
+    api: &KubeApi,
+    name: &str,
+    namespace: &str,
+    labels: Value,
+    service_account: &str,
+) -> Result<KubePod> {
+    let mut pod = lab.node(node).add_pod(name)?;
     pod.namespace = namespace.to_owned();
-    let stored = api.apply(&pod_object(&pod, None, labels))?;
+    let mut object = pod_object(&pod, None, labels);
+    object["spec"]["serviceAccountName"] = json!(service_account);
+    let stored = api.apply(&object)?;
     let uid = stored["metadata"]["uid"].as_str().with_context(|| format!("the API gave pod {name} no uid: {stored}"))?.to_owned();
-    let (_, scope) = systemd_besteffort(lab, &uid, &format!("{name}{}", uid.replace('-', "")));
+    // kubelet's systemd driver, BestEffort: the pod slice, the container's scope below it.
+    let slice = format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+    let scope = lab.node(node).cgroup_root().join(slice).join(format!("cri-containerd-{name}{}.scope", uid.replace('-', "")));
     std::fs::create_dir_all(&scope).with_context(|| format!("creating {}", scope.display()))?;
     pod.cgroup_path = scope;
     let server = pod.serve(PORT, ServeMode::Echo, &[])?;
@@ -55,12 +71,12 @@ fn relabelled(p: &KubePod, labels: Value) -> Value {
     pod_object(&p.pod, Some(&p.uid), labels)
 }
 
-fn namespace(name: &str, labels: Value) -> Value {
+pub(crate) fn namespace(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
 /// The UIDs keel has enrolled.
-fn enrolled_uids(keel: &Keel) -> Result<Vec<String>> {
+pub(crate) fn enrolled_uids(keel: &Keel) -> Result<Vec<String>> {
     let pods = keel.pods()?;
     let mut uids: Vec<String> = pods.as_array().context("pods is a list")?.iter().filter_map(|p| p["uid"].as_str().map(str::to_owned)).collect();
     uids.sort();
@@ -74,7 +90,7 @@ fn sorted(uids: &[&KubePod]) -> Vec<String> {
 }
 
 /// Waits until keel has enrolled exactly `want`.
-fn expect_enrolled(keel: &Keel, want: &[&KubePod], what: &str) -> Result<()> {
+pub(crate) fn expect_enrolled(keel: &Keel, want: &[&KubePod], what: &str) -> Result<()> {
     let want = sorted(want);
     let start = Instant::now();
     loop {
