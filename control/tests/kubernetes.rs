@@ -69,6 +69,13 @@ fn populate(api: &mut KubeApi) {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
                "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "echo"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
         policy("ALLOW"),
+        // A Service without a selector: its endpoints are whatever its EndpointSlices list (here the sleep pod).
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "legacy", "namespace": "demo"},
+               "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80, "targetPort": 8080}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "legacy-x1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "legacy"}},
+               "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.5"], "targetRef": {"kind": "Pod", "name": "sleep", "namespace": "demo"}}],
+               "ports": [{"port": 8080}]}),
     ];
     for object in &objects {
         api.apply(object).unwrap_or_else(|e| panic!("applying {object}: {e:#}"));
@@ -209,6 +216,16 @@ async fn quiet(client: &mut Client, within: Duration) {
     }
 }
 
+/// The Services the pushed Workload `name` backs.
+fn services_of(push: &DeltaDiscoveryResponse, name: &str) -> Vec<String> {
+    let resource = push.resources.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("{name} not pushed"));
+    let address = Address::decode(resource.resource.as_ref().unwrap().value.as_slice()).unwrap();
+    let Some(address::Type::Workload(workload)) = address.r#type else { panic!("{name} is not a Workload") };
+    let mut services: Vec<String> = workload.services.keys().cloned().collect();
+    services.sort();
+    services
+}
+
 /// The pushed Workloads by name, with whether they are reached over HBONE (in the mesh) or directly.
 fn tunnels(push: &DeltaDiscoveryResponse) -> BTreeMap<String, TunnelProtocol> {
     let workloads = push.resources.iter().filter_map(|r| {
@@ -229,6 +246,11 @@ async fn the_cluster_is_served_like_a_config_directory_and_every_change_is_pushe
     let mut addresses = control.subscribe(ADDRESS_TYPE_URL, NODE_TOKEN).await.unwrap();
     let first = addresses.next().await;
     assert!(names(&first).contains(&"demo/echo.demo.svc.cluster.local"));
+    assert_eq!(
+        services_of(&first, "Kubernetes//Pod/demo/sleep"),
+        ["demo/legacy.demo.svc.cluster.local"],
+        "the selector-less Service is backed by what its EndpointSlice lists"
+    );
     // Every pod with an address is a Workload (so node proxies know how to reach it), but only the ambient ones
     // are reached over HBONE; a finished pod is none.
     let (hbone, direct) = (TunnelProtocol::Hbone, TunnelProtocol::None);

@@ -60,6 +60,7 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
+    EndpointSlice(EndpointSlice),
 }
 
 impl Object {
@@ -72,6 +73,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
         }
     }
 
@@ -84,6 +86,7 @@ impl Object {
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::VirtualService(_) => "VirtualService",
             Object::DestinationRule(_) => "DestinationRule",
+            Object::EndpointSlice(_) => "EndpointSlice",
         }
     }
 
@@ -256,6 +259,55 @@ impl Service {
             .filter(|ip| !ip.is_empty() && *ip != "None")
             .map(|ip| ip.parse().map_err(|_| format!("spec.clusterIPs: {ip:?} is not an IP address")))
             .collect()
+    }
+}
+
+// ---- EndpointSlice --------------------------------------------------------------------------------------------
+
+/// The label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `discovery.k8s.io/v1` EndpointSlice: what keel reads of it is which pods back a Service without a selector
+/// (whose endpoints someone else manages); a Service with a selector is backed by the pods it selects.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TargetRef {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl EndpointSlice {
+    /// The Service this slice belongs to.
+    pub fn service_name(&self) -> Option<&str> {
+        self.metadata.labels.get(SERVICE_NAME_LABEL).map(String::as_str)
+    }
+
+    /// Whether the slice lists `pod`: by a `targetRef` to it, or by one of its addresses.
+    pub fn lists(&self, pod: &Pod) -> bool {
+        let ips: Vec<String> = pod.ips().iter().map(ToString::to_string).collect();
+        self.endpoints.iter().any(|endpoint| {
+            let by_ref =
+                endpoint.target_ref.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Pod") && r.name.as_deref() == Some(&pod.metadata.name));
+            by_ref || endpoint.addresses.iter().any(|address| ips.contains(address))
+        })
     }
 }
 

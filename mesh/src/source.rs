@@ -174,6 +174,10 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
     let object = match kind {
         "Pod" => Object::Pod(typed(value).map_err(fail)?),
         "Service" => Object::Service(typed(value).map_err(fail)?),
+        "EndpointSlice" => {
+            expect_group(&["discovery.k8s.io"])?;
+            Object::EndpointSlice(typed(value).map_err(fail)?)
+        }
         "ServiceEntry" => {
             expect_group(&["networking.istio.io"])?;
             let entry: crate::objects::ServiceEntry = typed(value).map_err(fail)?;

@@ -29,10 +29,14 @@ const ISTIO_KINDS: [(&str, &str, &[&str]); 5] = [
     (SECURITY_GROUP, "PeerAuthentication", &["v1", "v1beta1"]),
 ];
 
-/// Pods, Services, Namespaces and Nodes: served by every API server.
+/// Pods, Services, EndpointSlices (for Services without a selector), Namespaces and Nodes: served by every API server.
 pub fn builtins() -> Vec<WatchedKind> {
-    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+    use k8s_openapi::api::{
+        core::v1::{Namespace, Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+    };
     vec![
+        WatchedKind { kind: "EndpointSlice", resource: ApiResource::erase::<EndpointSlice>(&()) },
         WatchedKind { kind: POD, resource: ApiResource::erase::<Pod>(&()) },
         WatchedKind { kind: "Service", resource: ApiResource::erase::<Service>(&()) },
         WatchedKind { kind: NAMESPACE, resource: ApiResource::erase::<Namespace>(&()) },

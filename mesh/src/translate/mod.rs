@@ -24,7 +24,7 @@ use keel_proto::{
 };
 
 use crate::ambient;
-use crate::objects::{AuthorizationPolicy, Object, Operation, PeerAuthentication, Pod, PortRef, Service, ServiceEntry, Source};
+use crate::objects::{AuthorizationPolicy, EndpointSlice, Object, Operation, PeerAuthentication, Pod, PortRef, Service, ServiceEntry, Source};
 
 /// Cluster-wide naming settings.
 #[derive(Clone, Debug)]
@@ -83,7 +83,7 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
         Object::PeerAuthentication(peer) => peer_authentication::check(peer),
         Object::VirtualService(vs) => virtual_service::check(vs).map(drop),
         Object::DestinationRule(rule) => destination_rule::check(rule).map(drop),
-        Object::Pod(_) => Ok(()),
+        Object::Pod(_) | Object::EndpointSlice(_) => Ok(()),
     }
 }
 
@@ -92,6 +92,7 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
 struct ByKind<'a> {
     pods: Vec<&'a Pod>,
     services: Vec<&'a Service>,
+    endpoint_slices: Vec<&'a EndpointSlice>,
     authorization_policies: Vec<&'a AuthorizationPolicy>,
     service_entries: Vec<&'a ServiceEntry>,
     peer_authentications: Vec<&'a PeerAuthentication>,
@@ -99,13 +100,20 @@ struct ByKind<'a> {
 
 impl<'a> ByKind<'a> {
     fn of(objects: &'a [Object]) -> Self {
-        let mut by_kind =
-            ByKind { pods: vec![], services: vec![], authorization_policies: vec![], service_entries: vec![], peer_authentications: vec![] };
+        let mut by_kind = ByKind {
+            pods: vec![],
+            services: vec![],
+            endpoint_slices: vec![],
+            authorization_policies: vec![],
+            service_entries: vec![],
+            peer_authentications: vec![],
+        };
         for object in objects {
             match object {
                 Object::Pod(o) if o.is_workload() => by_kind.pods.push(o),
                 Object::Pod(_) => {}
                 Object::Service(o) => by_kind.services.push(o),
+                Object::EndpointSlice(o) => by_kind.endpoint_slices.push(o),
                 Object::AuthorizationPolicy(o) => by_kind.authorization_policies.push(o),
                 Object::ServiceEntry(o) if service_entry::check(o).is_ok() => by_kind.service_entries.push(o),
                 Object::PeerAuthentication(o) if peer_authentication::check(o).is_ok() => by_kind.peer_authentications.push(o),
@@ -127,9 +135,11 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
     out.authorizations.extend(mtls.authorizations.iter().map(|a| (format!("{}/{}", a.namespace, a.name), a.clone())));
     for object in objects {
         match object {
+            // EndpointSlices are read through the Services they back (see `backs`).
             Object::Pod(pod) if !pod.is_workload() => {}
+            Object::EndpointSlice(_) => {}
             Object::Pod(pod) => {
-                let mut w = pod_workload(mesh, pod, &by_kind.services, &by_kind.authorization_policies);
+                let mut w = pod_workload(mesh, pod, &by_kind.services, &by_kind.endpoint_slices, &by_kind.authorization_policies);
                 // As for Services: a hostname already defined keeps its first definition.
                 for (host, ports) in service_entry::services_of_selected_pod(pod, &by_kind.service_entries) {
                     w.services.entry(host).or_insert(ports);
@@ -214,15 +224,29 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Whether `pod` backs `service`: the pods its selector selects, or, for a Service without a selector (whose
+/// endpoints are managed by someone else), the pods its EndpointSlices list.
+fn backs(service: &Service, pod: &Pod, slices: &[&EndpointSlice]) -> bool {
+    if service.metadata.namespace != pod.metadata.namespace {
+        return false;
+    }
+    if !service.spec.selector.is_empty() {
+        return selects(&service.spec.selector, &pod.metadata.labels);
+    }
+    slices.iter().any(|slice| {
+        slice.metadata.namespace == service.metadata.namespace && slice.service_name() == Some(service.metadata.name.as_str()) && slice.lists(pod)
+    })
+}
+
 pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}.svc.{}", mesh.domain)
 }
 
-fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], policies: &[&AuthorizationPolicy]) -> workload::Workload {
+fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], slices: &[&EndpointSlice], policies: &[&AuthorizationPolicy]) -> workload::Workload {
     let m = &pod.metadata;
     let in_mesh = in_mesh(mesh, pod);
     let mut member_of = std::collections::HashMap::new();
-    for svc in services.iter().filter(|s| s.metadata.namespace == m.namespace && selects(&s.spec.selector, &m.labels)) {
+    for svc in services.iter().filter(|s| backs(s, pod, slices)) {
         let ports = svc
             .spec
             .ports
@@ -553,6 +577,53 @@ spec: {selector: {app: echo}, clusterIP: 10.96.0.10, ports: [{port: 80, targetPo
                 ("terminating.demo".to_owned(), HealthStatus::Draining),
             ]
         );
+    }
+
+    const SELECTORLESS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: by-ref, namespace: demo}
+status: {podIPs: [{ip: 10.244.0.21}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: by-address, namespace: demo}
+status: {podIPs: [{ip: 10.244.0.22}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unlisted, namespace: demo}
+status: {podIPs: [{ip: 10.244.0.23}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: demo}
+spec: {clusterIP: 10.96.0.30, ports: [{port: 80, targetPort: 8080, appProtocol: http}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: legacy-abc, namespace: demo, labels: {kubernetes.io/service-name: legacy}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.0.21], targetRef: {kind: Pod, name: by-ref, namespace: demo}}
+- {addresses: [10.244.0.22]}
+ports: [{port: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other-abc, namespace: demo, labels: {kubernetes.io/service-name: other}}
+endpoints: [{addresses: [10.244.0.23]}]
+"#;
+
+    #[test]
+    fn a_service_without_a_selector_is_backed_by_the_pods_its_endpoint_slices_list() {
+        let resources = translate(&Mesh::default(), &objects(SELECTORLESS)).unwrap();
+        let services = |name: &str| workload_named(&resources, name).map(|w| w.services.keys().cloned().collect::<Vec<_>>()).unwrap();
+        assert_eq!(services("by-ref"), ["demo/legacy.demo.svc.cluster.local"]);
+        assert_eq!(services("by-address"), ["demo/legacy.demo.svc.cluster.local"]);
+        assert!(services("unlisted").is_empty(), "listed only by another Service's slice");
+        let assignment = &resources.cluster_load_assignments["outbound|80||legacy.demo.svc.cluster.local"];
+        assert_eq!(assignment.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 2, "L7 endpoints are the same pods");
     }
 
     #[test]

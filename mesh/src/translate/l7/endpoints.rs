@@ -26,9 +26,8 @@ pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment 
             Some(PortRef::Name(_)) | None => key.port,
         });
         let selected = mesh.pods.iter().filter(|pod| {
-            pod.metadata.namespace == service.metadata.namespace
-                && !subset_missing
-                && super::super::selects(&service.spec.selector, &pod.metadata.labels)
+            !subset_missing
+                && super::super::backs(service, pod, &mesh.slices)
                 && subset_labels.is_none_or(|labels| labels.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
         });
         for pod in selected {

@@ -26,7 +26,7 @@ use std::collections::{btree_map::Entry, BTreeMap, BTreeSet};
 use keel_proto::{cluster::Cluster, endpoint::ClusterLoadAssignment, listener::Listener, route::RouteConfiguration};
 
 use super::{destination_rule, hostname, virtual_service, Mesh};
-use crate::objects::{DestinationRule, Object, Pod, Service, ServicePort, VirtualService};
+use crate::objects::{DestinationRule, EndpointSlice, Object, Pod, Service, ServicePort, VirtualService};
 
 /// The L7 resources, each keyed by its resource name.
 #[derive(Debug, Default)]
@@ -58,6 +58,8 @@ struct Mesh7<'a> {
     mesh: &'a Mesh,
     services: BTreeMap<String, &'a Service>,
     pods: Vec<&'a Pod>,
+    /// The EndpointSlices, for Services without a selector.
+    slices: Vec<&'a EndpointSlice>,
     rules: BTreeMap<String, &'a DestinationRule>,
     virtual_services: BTreeMap<String, &'a VirtualService>,
 }
@@ -74,13 +76,15 @@ fn resolve_host(mesh: &Mesh, host: &str, namespace: &str) -> String {
 
 impl<'a> Mesh7<'a> {
     fn of(mesh: &'a Mesh, objects: &'a [Object], warnings: &mut Vec<String>) -> Self {
-        let mut m = Mesh7 { mesh, services: BTreeMap::new(), pods: vec![], rules: BTreeMap::new(), virtual_services: BTreeMap::new() };
+        let mut m =
+            Mesh7 { mesh, services: BTreeMap::new(), pods: vec![], slices: vec![], rules: BTreeMap::new(), virtual_services: BTreeMap::new() };
         for object in objects {
             match object {
                 Object::Service(s) => {
                     m.services.entry(hostname(mesh, &s.metadata.name, &s.metadata.namespace)).or_insert(s);
                 }
                 Object::Pod(p) if p.is_workload() => m.pods.push(p),
+                Object::EndpointSlice(slice) => m.slices.push(slice),
                 Object::DestinationRule(rule) if destination_rule::check(rule).is_ok() => {
                     let host = resolve_host(mesh, &rule.spec.host, &rule.metadata.namespace);
                     // Istio merges DestinationRules per host only in special cases; one rule per host is the
