@@ -2,7 +2,8 @@
 //! xDS and certificates authenticated by TokenReview) against the Kubernetes API stand-in, reached from the node
 //! namespaces through port forwards. Nothing is configured but API objects: a namespace labelled ambient brings its
 //! pods into the mesh on both nodes, and their traffic crosses between the nodes as HBONE with both identities; an
-//! opted-out pod stays out; a watch history compacted away (410 Gone) and keel-control restarted change nothing
+//! opted-out pod stays out; a pod being deleted (a rollout) takes no new connection while its open ones finish, and no
+//! connection fails; a watch history compacted away (410 Gone) and keel-control restarted change nothing
 //! for the traffic; a pod deleted is released.
 
 use super::node_agent::{enrolled_uids, expect_enrolled, kube_pod_on, namespace, KubePod};
@@ -77,6 +78,43 @@ fn send_over_hbone(keels: &[Keel], client: &KubePod, server: &KubePod) -> Result
     Ok(())
 }
 
+/// A rollout step: `leaving` is deleted gracefully (deletionTimestamp now, gone after its grace period). From the
+/// moment the API says so, connections to the Service go to `staying` only, none fails, and a transfer already open
+/// to `leaving` finishes whole.
+fn rollout(api: &KubeApi, keels: &[Keel], client: &KubePod, leaving: &KubePod, staying: &KubePod) -> Result<()> {
+    let vip: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    let _sink = leaving.pod.serve(8081, ServeMode::Sink, &["--read-delay-ms", "5", "--read-chunk", "16384"])?;
+    let bytes = 8 * MIB;
+    let podapp = client.pod.podapp_path().display().to_string();
+    let mut open = client.pod.spawn(&[
+        podapp,
+        "send".into(),
+        "--to".into(),
+        leaving.pod.addr(8081).to_string(),
+        "--bytes".into(),
+        bytes.to_string(),
+        "--mode".into(),
+        "sink".into(),
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    api.delete_gracefully("v1", "Pod", Some("demo"), &leaving.pod.name, Duration::from_secs(15))?;
+    // The deletion reaches keel-control, then node 0's keel: a moment, during which the leaving pod still serves.
+    std::thread::sleep(Duration::from_secs(2));
+    let staying_at = staying.pod.addr(8080).to_string();
+    for i in 0..20 {
+        let sent = send_ok(&client.pod, vip, KIB, ServeMode::Echo).with_context(|| format!("connection {i} to the Service during the rollout"))?;
+        let record = keels[0].wait_connection(RECORD_TIMEOUT, |c| c.direction == "outbound" && c.source_port() == sent.local_port())?;
+        if record.upstream.as_deref() != Some(staying_at.as_str()) {
+            bail!("connection {i} to the Service went to {:?}, not to {staying_at}: the leaving pod still takes new connections", record.upstream);
+        }
+    }
+    match open.wait_timeout(Duration::from_secs(20)) {
+        Some(status) if status.success() => Ok(()),
+        Some(_) => bail!("the transfer open to the leaving pod was cut: {}", open.log()),
+        None => bail!("the transfer open to the leaving pod did not finish"),
+    }
+}
+
 pub fn two_nodes_follow_the_api_alone() {
     with_nodes("k8smesh", 2, |lab| {
         let mut api = KubeApi::start(&lab.dir().join("kube-api"))?;
@@ -91,6 +129,7 @@ pub fn two_nodes_follow_the_api_alone() {
         let client = kube_pod_on(lab, 0, &api, "client", "demo", json!({"app": "sleep"}), "sleep")?;
         let outsider = kube_pod_on(lab, 0, &api, "outsider", "demo", json!({"app": "outsider", "istio.io/dataplane-mode": "none"}), "outsider")?;
         let server = kube_pod_on(lab, 1, &api, "server", "demo", json!({"app": "echo"}), "echo")?;
+        let replica = kube_pod_on(lab, 1, &api, "server-b", "demo", json!({"app": "echo"}), "echo")?;
         api.apply(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
                           "spec": {"clusterIP": VIP, "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}))?;
         let tokens = [node_token(lab, &mut api, 0)?, node_token(lab, &mut api, 1)?];
@@ -118,7 +157,7 @@ pub fn two_nodes_follow_the_api_alone() {
         let joined = Instant::now();
         api.apply(&namespace("demo", json!({"istio.io/dataplane-mode": "ambient"})))?;
         expect_enrolled(&keels[0], &[&client], "node 0 after demo joined the mesh")?;
-        expect_enrolled(&keels[1], &[&server], "node 1 after demo joined the mesh")?;
+        expect_enrolled(&keels[1], &[&server, &replica], "node 1 after demo joined the mesh")?;
         eprintln!("namespace labelled ambient → pods on both nodes captured in {} ms", joined.elapsed().as_millis());
         let start = Instant::now();
         loop {
@@ -135,6 +174,8 @@ pub fn two_nodes_follow_the_api_alone() {
         if enrolled_uids(&keels[0])?.contains(&outsider.uid) {
             bail!("the opted-out pod was captured");
         }
+
+        rollout(&api, &keels, &client, &server, &replica)?;
 
         // The watch history compacted away: every watch relists (410 Gone); the traffic does not notice.
         api.compact()?;
