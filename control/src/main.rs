@@ -97,7 +97,9 @@ fn main() -> ExitCode {
             trust_domain,
             server_names,
         } => {
-            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
+            // Colours only for a terminal: a log file or a container log gets plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).with_ansi(ansi).init();
             let mesh = keel_mesh::translate::Mesh { cluster_id, ..Default::default() };
             let source = match (kubernetes, config_dir, tokens) {
                 (true, _, _) => ConfigSource::Kubernetes {

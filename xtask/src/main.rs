@@ -46,8 +46,12 @@ enum Command {
     /// Release build, then run the keel-demo walkthrough (keel reads the mesh config in-process by default).
     Demo {
         /// Run keel-control as a separate control plane and have keel follow it over delta ADS.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kubernetes")]
         control_plane: bool,
+        /// Drive the lab through Kubernetes API objects alone: keel-control and the keels in --kubernetes mode
+        /// against the API stand-in.
+        #[arg(long)]
+        kubernetes: bool,
     },
     /// Release build, then the benchmark (capture arms direct, iptables, eBPF, eBPF+splice; cross-node arms
     /// x-*; L7 arms l7-* against nginx); writes
@@ -101,7 +105,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Setup => setup::setup()?,
         Command::Build { release } => build::build(release)?,
         Command::Test { nextest_args } => return test::test(&nextest_args),
-        Command::Demo { control_plane } => demo::demo(control_plane)?,
+        Command::Demo { control_plane, kubernetes } => demo::demo(control_plane, kubernetes)?,
         Command::Bench { quick, bench_args } => return bench::bench(quick, &bench_args),
         Command::Fuzz { seconds, target } => return fuzz::fuzz(seconds, target.as_deref()),
         Command::Lint => return lint::lint(),

@@ -115,8 +115,26 @@ fn rollout(api: &KubeApi, keels: &[Keel], client: &KubePod, leaving: &KubePod, s
     }
 }
 
-pub fn two_nodes_follow_the_api_alone() {
-    with_nodes("k8smesh", 2, |lab| {
+/// Two lab nodes run as Kubernetes would: the API stand-in with the pods (client and an opted-out pod on node 0, two
+/// echo replicas on node 1) in namespace `demo` (not yet ambient), the Service `echo` (VIP 10.96.0.20:80), node
+/// proxy tokens; keel-control `--kubernetes` on node 0 and a keel `--kubernetes` on each node, ready.
+pub struct KubernetesMesh {
+    pub api: KubeApi,
+    pub control: ChildGuard,
+    pub keels: Vec<Keel>,
+    pub client: KubePod,
+    pub outsider: KubePod,
+    pub server: KubePod,
+    pub replica: KubePod,
+    pub control_kubeconfig: PathBuf,
+    pub ca_dir: PathBuf,
+    _forwards: Vec<PortForward>,
+}
+
+pub const VIP_ADDR: &str = "10.96.0.20:80";
+
+impl KubernetesMesh {
+    pub fn start(lab: &Lab) -> Result<KubernetesMesh> {
         let mut api = KubeApi::start(&lab.dir().join("kube-api"))?;
         api.register_token(ServiceAccountToken::new("control-token", "istio-system", "keel-control"))?;
         api.register_token(ServiceAccountToken::new("keel-token", "istio-system", "keel"))?;
@@ -135,19 +153,35 @@ pub fn two_nodes_follow_the_api_alone() {
         let tokens = [node_token(lab, &mut api, 0)?, node_token(lab, &mut api, 1)?];
 
         let ca_dir = lab.dir().join("k8s-ca");
-        let mut control = start_control(lab, &control_kubeconfig, &ca_dir, 1)?;
+        let control = start_control(lab, &control_kubeconfig, &ca_dir, 1)?;
         let xds = format!("https://{}:15012", lab.node(0).wire_ip().context("wire")?);
         let root = ca_dir.join("root-cert.pem").display().to_string();
-        let keel_kubeconfig = keel_kubeconfig.display().to_string();
+        let keel_kubeconfig_arg = keel_kubeconfig.display().to_string();
         let keels = (0..2)
             .map(|k| {
                 let token = tokens[k].display().to_string();
                 let args = ["--xds-address", &xds, "--xds-root", &root, "--xds-token-file", &token, "--node-name", lab.node_name(k)];
-                let args: Vec<&str> = args.into_iter().chain(["--kubernetes", "--kubeconfig", &keel_kubeconfig]).collect();
+                let args: Vec<&str> = args.into_iter().chain(["--kubernetes", "--kubeconfig", &keel_kubeconfig_arg]).collect();
                 lab.node(k).start_keel(Backend::Ebpf, &args)
             })
             .collect::<Result<Vec<_>>>()?;
         keels.iter().try_for_each(wait_ready)?;
+        Ok(KubernetesMesh { api, control, keels, client, outsider, server, replica, control_kubeconfig, ca_dir, _forwards })
+    }
+
+    /// keel-control again (after [`ChildGuard::kill`] of `control`), as run `run` of the lab.
+    pub fn restart_control(&mut self, lab: &Lab, run: usize) -> Result<()> {
+        self.control = start_control(lab, &self.control_kubeconfig, &self.ca_dir, run)?;
+        Ok(())
+    }
+}
+
+pub fn two_nodes_follow_the_api_alone() {
+    with_nodes("k8smesh", 2, |lab| {
+        // Every field bound (none left to a temporary): the port forwards must live as long as the scenario.
+        let KubernetesMesh { api, mut control, keels, client, outsider, server, replica, control_kubeconfig, ca_dir, _forwards: _keep } =
+            KubernetesMesh::start(lab)?;
+
         if !enrolled_uids(&keels[0])?.is_empty() || !enrolled_uids(&keels[1])?.is_empty() {
             bail!("pods captured before their namespace joined the mesh");
         }

@@ -18,7 +18,7 @@ const REDIRECTION: &str = "ambient.istio.io/redirection";
 const FOLLOW: Duration = Duration::from_secs(10);
 
 /// A lab pod whose processes run in kubelet's cgroup for `uid`, serving echo on `PORT`.
-pub(crate) struct KubePod {
+pub struct KubePod {
     pub pod: Pod,
     pub uid: String,
     _server: crate::lab::process::ChildGuard,
@@ -76,7 +76,7 @@ pub(crate) fn namespace(name: &str, labels: Value) -> Value {
 }
 
 /// The UIDs keel has enrolled.
-pub(crate) fn enrolled_uids(keel: &Keel) -> Result<Vec<String>> {
+pub fn enrolled_uids(keel: &Keel) -> Result<Vec<String>> {
     let pods = keel.pods()?;
     let mut uids: Vec<String> = pods.as_array().context("pods is a list")?.iter().filter_map(|p| p["uid"].as_str().map(str::to_owned)).collect();
     uids.sort();
@@ -90,7 +90,7 @@ fn sorted(uids: &[&KubePod]) -> Vec<String> {
 }
 
 /// Waits until keel has enrolled exactly `want`.
-pub(crate) fn expect_enrolled(keel: &Keel, want: &[&KubePod], what: &str) -> Result<()> {
+pub fn expect_enrolled(keel: &Keel, want: &[&KubePod], what: &str) -> Result<()> {
     let want = sorted(want);
     let start = Instant::now();
     loop {

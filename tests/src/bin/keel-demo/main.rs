@@ -4,6 +4,8 @@
 //! plaintext), a policy deny, HTTP traffic management (a VirtualService dark launch and canary split), and what
 //! each keel carried — then everything is cleaned up (the lab's Drop).
 
+mod kubernetes;
+
 use anyhow::{bail, Result};
 use clap::Parser;
 use keel_tests::lab::{counter, mesh_config, podapp_payload, Backend, Binaries, Connection, Lab, ServeMode};
@@ -25,8 +27,12 @@ struct Cli {
     #[arg(long, env = "KEEL_CONTROL_BIN")]
     keel_control: PathBuf,
     /// Run keel-control as a separate control plane (delta ADS over TLS) instead of keel's local mode.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     control_plane: bool,
+    /// Drive everything through Kubernetes API objects: keel-control and the keels in `--kubernetes` mode against
+    /// the API stand-in.
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 fn main() {
@@ -50,7 +56,7 @@ fn run(cli: Cli) -> Result<()> {
         2,
         Binaries { keel: cli.keel, podapp: cli.podapp, keel_control: cli.keel_control, ..Binaries::locate() },
     )?;
-    let result = demo(&lab, cli.control_plane);
+    let result = if cli.kubernetes { kubernetes::demo(&lab) } else { demo(&lab, cli.control_plane) };
     if result.is_err() {
         // Keep the lab's logs and print keel's log tail on the way out.
         lab.mark_failed();
