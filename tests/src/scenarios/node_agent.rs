@@ -3,7 +3,8 @@
 //! cgroup layout, so keel finds each pod's cgroup and network namespace from its UID alone, as on a node.
 //!
 //! Exactly the ambient pods of keel's node are captured and marked `ambient.istio.io/redirection: enabled`; a pod
-//! opting out, a namespace joining, a pod deleted, all follow within seconds; the API going away releases nothing.
+//! opting out, a namespace joining, a pod deleted, all follow within seconds; the API going away releases nothing;
+//! a keel restarted after missing changes reconciles its restored pods with the API.
 
 use super::*;
 use crate::kube_api::{KubeApi, ServiceAccountToken};
@@ -151,7 +152,8 @@ pub fn captures_exactly_the_ambient_pods_of_its_node() {
                           "status": {"phase": "Running", "podIP": "10.244.9.9"}}))?;
 
         let kubeconfig_arg = kubeconfig.display().to_string();
-        let keel = lab.start_keel(Backend::Ebpf, &["--kubernetes", "--kubeconfig", &kubeconfig_arg, "--node-name", &in_mesh.pod.node_name])?;
+        let args = ["--kubernetes", "--kubeconfig", kubeconfig_arg.as_str(), "--node-name", in_mesh.pod.node_name.as_str()];
+        let mut keel = lab.start_keel(Backend::Ebpf, &args)?;
         // Ready only once the node's pods are listed and reconciled.
         wait_ready(&keel)?;
         expect_enrolled(&keel, &[&in_mesh, &by_label], "the ambient pods of the node (not opted-out, plain, elsewhere)")?;
@@ -192,6 +194,16 @@ pub fn captures_exactly_the_ambient_pods_of_its_node() {
         if !keel.log().contains("node agent: pod released") {
             bail!("keel did not log the releases");
         }
+
+        // keel crashes; meanwhile its pod goes from the API and another pod joins the mesh. The restarted keel
+        // restores what it had, then reconciles it with the API: the gone pod released, the new one captured.
+        keel.kill9();
+        api.delete("v1", "Pod", Some("other"), "plain")?;
+        api.apply(&relabelled(&in_mesh, json!({"app": "a"})))?;
+        let keel = lab.start_keel(Backend::Ebpf, &args)?;
+        wait_ready(&keel)?;
+        expect_enrolled(&keel, &[&in_mesh], "after a restart that missed a deletion and a join")?;
+        expect_marked(&api, &in_mesh, true)?;
         Ok(())
     });
 }
