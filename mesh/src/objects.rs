@@ -5,10 +5,12 @@
 mod destination_rule;
 mod duration;
 pub mod names;
+mod schema;
 mod virtual_service;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use destination_rule::*;
@@ -320,7 +322,7 @@ pub struct ServiceEntry {
     pub spec: ServiceEntrySpec,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntrySpec {
     pub hosts: Vec<String>,
@@ -342,7 +344,7 @@ pub struct ServiceEntrySpec {
     pub subject_alt_names: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntryPort {
     pub number: u16,
@@ -354,7 +356,7 @@ pub struct ServiceEntryPort {
     pub target_port: Option<u16>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntrySpec {
     pub address: String,
@@ -372,7 +374,7 @@ pub struct WorkloadEntrySpec {
     pub weight: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -389,29 +391,31 @@ pub struct AuthorizationPolicy {
     pub spec: AuthorizationPolicySpec,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     #[serde(default)]
     pub selector: Option<LabelSelector>,
+    #[schemars(schema_with = "schema::any_values")]
     #[serde(default)]
     pub target_refs: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
     pub action: Option<String>,
+    #[schemars(schema_with = "schema::any_value")]
     #[serde(default)]
     pub provider: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub rules: Vec<PolicyRule>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     #[serde(default)]
@@ -422,13 +426,13 @@ pub struct PolicyRule {
     pub when: Vec<Condition>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleFrom {
     pub source: Source,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     #[serde(default)]
@@ -453,13 +457,13 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleTo {
     pub operation: Operation,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     #[serde(default)]
@@ -480,7 +484,7 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     pub key: String,
@@ -500,18 +504,40 @@ pub struct PeerAuthentication {
     pub spec: PeerAuthenticationSpec,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     #[serde(default)]
     pub selector: Option<LabelSelector>,
     #[serde(default)]
     pub mtls: Option<MtlsSetting>,
-    #[serde(default)]
+    /// Keyed by port number (YAML keys are strings; a CRD cannot say "numeric keys").
+    #[schemars(with = "BTreeMap<String, MtlsSetting>")]
+    #[serde(default, deserialize_with = "by_port_number")]
     pub port_level_mtls: BTreeMap<u16, MtlsSetting>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// A map keyed by port number, written `8080:` in YAML or `"8080":` (as JSON, and so the Kubernetes API, always
+/// writes keys).
+fn by_port_number<'de, D: serde::Deserializer<'de>, V: Deserialize<'de>>(deserializer: D) -> Result<BTreeMap<u16, V>, D::Error> {
+    #[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+    #[serde(untagged)]
+    enum Key {
+        Number(u16),
+        Text(String),
+    }
+    BTreeMap::<Key, V>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(key, value)| match key {
+            Key::Number(port) => Ok((port, value)),
+            Key::Text(text) => {
+                text.parse().map(|port| (port, value)).map_err(|_| serde::de::Error::custom(format!("{text:?} is not a port number (1-65535)")))
+            }
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MtlsSetting {
     #[serde(default)]

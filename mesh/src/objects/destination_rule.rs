@@ -4,6 +4,7 @@
 //! one, `0` or unset means Envoy's default).
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{duration::ProtoDuration, virtual_service::PortSelector, LabelSelector, Metadata};
@@ -15,7 +16,7 @@ pub struct DestinationRule {
     pub spec: DestinationRuleSpec,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRuleSpec {
     pub host: String,
@@ -31,7 +32,7 @@ pub struct DestinationRuleSpec {
     pub workload_selector: Option<LabelSelector>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     pub name: String,
@@ -43,7 +44,7 @@ pub struct Subset {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     #[serde(default)]
@@ -55,12 +56,13 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     /// Client TLS settings: accepted so Istio configs load; mesh traffic is always keel's mTLS (HBONE).
+    #[schemars(schema_with = "super::schema::any_value")]
     #[serde(default)]
     pub tls: Option<serde_yaml_ng::Value>,
 }
 
 /// A policy for one port of the host, overriding the rule's for that port.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortTrafficPolicy {
     pub port: PortSelector,
@@ -70,6 +72,7 @@ pub struct PortTrafficPolicy {
     pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    #[schemars(schema_with = "super::schema::any_value")]
     #[serde(default)]
     pub tls: Option<serde_yaml_ng::Value>,
 }
@@ -77,7 +80,7 @@ pub struct PortTrafficPolicy {
 // ---- Load balancing -------------------------------------------------------------------------------------------
 
 /// One of `simple` or `consistentHash` (Istio's one-of, checked by `translate::check`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     #[serde(default)]
@@ -88,7 +91,7 @@ pub struct LoadBalancerSettings {
     pub locality_lb_setting: Option<LocalityLbSetting>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimpleLb {
     /// Istio's default: LEAST_REQUEST.
@@ -104,7 +107,7 @@ pub enum SimpleLb {
 
 /// Hashes one request attribute to pick an endpoint, so equal values stick to one endpoint. Exactly one key
 /// (`httpHeaderName`, `httpCookie`, `useSourceIp`, `httpQueryParameterName`) and at most one algorithm.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashLb {
     #[serde(default)]
@@ -164,7 +167,7 @@ impl ConsistentHashLb {
 }
 
 /// A cookie to hash; with a `ttl`, the proxy sets it when the request lacks it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCookie {
     pub name: String,
@@ -174,14 +177,14 @@ pub struct HttpCookie {
     pub ttl: Option<ProtoDuration>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RingHash {
     #[serde(default)]
     pub minimum_ring_size: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Maglev {
     /// Must be prime (Envoy's rule); Envoy's default is 65537.
@@ -191,13 +194,15 @@ pub struct Maglev {
 
 /// Locality-aware balancing, read minimally: `enabled` is honoured, the explicit distribution and failover
 /// settings are accepted and reported as not applied.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalityLbSetting {
     #[serde(default)]
     pub enabled: Option<bool>,
+    #[schemars(schema_with = "super::schema::any_values")]
     #[serde(default)]
     pub distribute: Vec<serde_yaml_ng::Value>,
+    #[schemars(schema_with = "super::schema::any_values")]
     #[serde(default)]
     pub failover: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
@@ -206,7 +211,7 @@ pub struct LocalityLbSetting {
 
 // ---- Connection pool and outlier detection --------------------------------------------------------------------
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
     #[serde(default)]
@@ -215,7 +220,7 @@ pub struct ConnectionPoolSettings {
     pub http: Option<HttpSettings>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     #[serde(default)]
@@ -224,7 +229,7 @@ pub struct TcpSettings {
     pub connect_timeout: Option<ProtoDuration>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     #[serde(default)]
@@ -241,7 +246,7 @@ pub struct HttpSettings {
     pub idle_timeout: Option<ProtoDuration>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     #[serde(default, rename = "consecutive5xxErrors")]

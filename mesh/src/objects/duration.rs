@@ -34,6 +34,17 @@ impl<'de> Deserialize<'de> for ProtoDuration {
     }
 }
 
+/// In a CRD a duration is a string; its grammar is checked when keel parses the object.
+impl schemars::JsonSchema for ProtoDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string" })
+    }
+}
+
 /// Nanoseconds per unit, longest unit names first so "ms" is not read as "m" followed by garbage.
 const UNITS: [(&str, u128); 8] = [
     ("ns", 1),

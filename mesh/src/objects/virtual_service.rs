@@ -5,6 +5,7 @@
 //! `translate::check`.
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{duration::ProtoDuration, Metadata};
@@ -20,7 +21,7 @@ pub struct VirtualService {
 /// The gateway name that binds a VirtualService to mesh (sidecar, here node proxy) traffic.
 pub const MESH_GATEWAY: &str = "mesh";
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualServiceSpec {
     #[serde(default)]
@@ -48,7 +49,7 @@ impl VirtualServiceSpec {
 
 // ---- HTTP routes ----------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     #[serde(default)]
@@ -80,6 +81,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub mirror_percentage: Option<Percent>,
     /// Accepted so Istio configs load; not enforced (see `translate::check`'s warnings).
+    #[schemars(schema_with = "super::schema::any_value")]
     #[serde(default)]
     pub cors_policy: Option<serde_yaml_ng::Value>,
     #[serde(default)]
@@ -123,7 +125,7 @@ impl HttpRoute {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMatchRequest {
     #[serde(default)]
@@ -153,7 +155,7 @@ pub struct HttpMatchRequest {
 }
 
 /// Istio's StringMatch: exactly one of `exact`, `prefix` or `regex` (RE2 syntax, matching the whole value).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(try_from = "StringMatchFields")]
 pub enum StringMatch {
     Exact(String),
@@ -162,7 +164,7 @@ pub enum StringMatch {
 }
 
 /// A header condition. Istio writes "the header is present" as an empty match, `{}`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(try_from = "StringMatchFields")]
 pub enum HeaderMatch {
     Present,
@@ -170,7 +172,7 @@ pub enum HeaderMatch {
 }
 
 /// StringMatch as written, before the one-of rule is applied.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StringMatchFields {
     #[serde(default)]
@@ -216,7 +218,7 @@ impl TryFrom<StringMatchFields> for HeaderMatch {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
     pub destination: Destination,
@@ -228,7 +230,7 @@ pub struct HttpRouteDestination {
 }
 
 /// A service (by host, as VirtualService hosts name them) and optionally one of its DestinationRule subsets.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     pub host: String,
@@ -239,21 +241,21 @@ pub struct Destination {
     pub port: Option<PortSelector>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
     pub number: u32,
 }
 
 /// A share of requests, in percent (0-100, fractions allowed).
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Percent {
     #[serde(default)]
     pub value: f64,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Headers {
     #[serde(default)]
@@ -262,7 +264,7 @@ pub struct Headers {
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderOperations {
     /// Replaces the header.
@@ -275,7 +277,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRedirect {
     #[serde(default)]
@@ -291,7 +293,7 @@ pub struct HttpRedirect {
     pub redirect_code: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDirectResponse {
     pub status: u32,
@@ -300,14 +302,14 @@ pub struct HttpDirectResponse {
 }
 
 /// A direct response's body: Istio's `{string: ...}` or `{bytes: <base64>}`, the latter decoded while parsing.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(try_from = "HttpBodyFields")]
 pub enum HttpBody {
     String(String),
     Bytes(Vec<u8>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct HttpBodyFields {
     #[serde(default)]
@@ -333,7 +335,7 @@ impl TryFrom<HttpBodyFields> for HttpBody {
 }
 
 /// Hands the route to another VirtualService. Parsed so it can be refused by name: keel does not delegate.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Delegate {
     pub name: String,
@@ -341,7 +343,7 @@ pub struct Delegate {
     pub namespace: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRewrite {
     /// Replaces the matched path prefix (or the whole path for an exact match).
@@ -353,7 +355,7 @@ pub struct HttpRewrite {
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegexRewrite {
     #[serde(rename = "match")]
@@ -362,7 +364,7 @@ pub struct RegexRewrite {
     pub rewrite: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRetry {
     #[serde(default)]
@@ -383,7 +385,7 @@ impl HttpRetry {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpFaultInjection {
     #[serde(default)]
@@ -392,7 +394,7 @@ pub struct HttpFaultInjection {
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     /// Unset means no request is delayed (Istio).
@@ -401,7 +403,7 @@ pub struct FaultDelay {
     pub fixed_delay: ProtoDuration,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// Unset means no request is aborted (Istio).
@@ -414,7 +416,7 @@ pub struct FaultAbort {
     pub grpc_status: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpMirrorPolicy {
     pub destination: Destination,
@@ -425,7 +427,7 @@ pub struct HttpMirrorPolicy {
 
 // ---- TCP and TLS routes ---------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpRoute {
     #[serde(default, rename = "match")]
@@ -434,7 +436,7 @@ pub struct TcpRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct L4MatchAttributes {
     /// IPs or CIDRs of the destination.
@@ -446,7 +448,7 @@ pub struct L4MatchAttributes {
     pub source_labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestination {
     pub destination: Destination,
@@ -455,7 +457,7 @@ pub struct RouteDestination {
 }
 
 /// TLS routes (by SNI) are read so Istio configs load, and not applied.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsRoute {
     #[serde(default, rename = "match")]
@@ -464,7 +466,7 @@ pub struct TlsRoute {
     pub route: Vec<RouteDestination>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsMatchAttributes {
     #[serde(default)]

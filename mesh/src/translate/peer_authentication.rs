@@ -404,6 +404,20 @@ status: {podIP: 10.244.0.13}
     }
 
     #[test]
+    fn port_keys_may_be_quoted_as_the_kubernetes_api_writes_them() {
+        let quoted = translated(&[pa(
+            "demo",
+            "db",
+            "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, portLevelMtls: {\"9090\": {mode: PERMISSIVE}}}",
+        )]);
+        assert!(strict(&quoted, DB, 5432) && !strict(&quoted, DB, 9090));
+        let from_api = serde_json::json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "db"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "portLevelMtls": {"9090": {"mode": "STRICT"}, "http": {"mode": "STRICT"}}}});
+        let error = crate::source::object_from_json(&from_api).unwrap_err().to_string();
+        assert!(error.contains("spec.portLevelMtls") && error.contains("\"http\" is not a port number"), "{error}");
+    }
+
+    #[test]
     fn a_namespace_permissive_with_a_workload_port_strict() {
         let r = translated(&[
             pa("istio-system", "default", "{mtls: {mode: STRICT}}"),

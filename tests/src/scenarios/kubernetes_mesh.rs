@@ -21,6 +21,8 @@ use std::time::Instant;
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/sleep";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/echo";
 const VIP: &str = "10.96.0.20";
+/// The Service `web`: HTTP on 80 (the echo pods' 9080), routed by keel's L7 engine.
+const WEB_VIP: &str = "10.96.0.21";
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the mesh may take to follow the API (watch, settle, enroll, certificate): generous for loaded CI
 /// machines; the time it took is printed.
@@ -76,6 +78,48 @@ fn send_over_hbone(keels: &[Keel], client: &KubePod, server: &KubePod) -> Result
         bail!("node 1's keel did not verify the client's identity {CLIENT_ID}: {inbound:?}");
     }
     Ok(())
+}
+
+/// `requests` HTTP requests from `client` to the Service `web`: how many each server (`a`, `b`) answered.
+fn web_requests(client: &KubePod, requests: u32) -> Result<(u64, u64)> {
+    let connect = format!("{WEB_VIP}:80");
+    let v = client.pod.http_load(&["--url", "http://web.demo.svc.cluster.local/", "--connect", &connect, "--requests", &requests.to_string()])?;
+    let count = |pointer: &str| v.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if count("/statuses/200") != u64::from(requests) {
+        bail!("not every request to web succeeded: {v}");
+    }
+    Ok((count("/served_by/a"), count("/served_by/b")))
+}
+
+/// A VirtualService and DestinationRule created through the API send every request to `web` to subset `b`;
+/// deleting the VirtualService gives both servers their share again.
+fn routing_follows_virtual_services(api: &KubeApi, client: &KubePod, server: &KubePod, replica: &KubePod) -> Result<()> {
+    let _servers = [server.pod.http_serve(9080, "a", &[])?, replica.pod.http_serve(9080, "b", &[])?];
+    let (a, b) = web_requests(client, 40)?;
+    if a == 0 || b == 0 {
+        bail!("without a VirtualService both servers should answer: a {a}, b {b}");
+    }
+    api.apply_yaml(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: demo}\nspec:\n  host: web\n  subsets:\n  - {name: a, labels: {version: a}}\n  - {name: b, labels: {version: b}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: demo}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {host: web, subset: b}\n",
+    )?;
+    let changed = Instant::now();
+    loop {
+        match web_requests(client, 20)? {
+            (0, 20) => break,
+            (a, b) if changed.elapsed() > FOLLOW => bail!("the VirtualService did not take effect: a {a}, b {b}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    eprintln!("VirtualService created through the API → routing changed within {} ms", changed.elapsed().as_millis());
+    api.delete("networking.istio.io/v1", "VirtualService", Some("demo"), "web")?;
+    let deleted = Instant::now();
+    loop {
+        match web_requests(client, 40)? {
+            (a, b) if a > 0 && b > 0 => return Ok(()),
+            (a, b) if deleted.elapsed() > FOLLOW => bail!("the deleted VirtualService still routes: a {a}, b {b}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// A rollout step: `leaving` is deleted gracefully (deletionTimestamp now, gone after its grace period). From the
@@ -136,6 +180,9 @@ pub const VIP_ADDR: &str = "10.96.0.20:80";
 impl KubernetesMesh {
     pub fn start(lab: &Lab) -> Result<KubernetesMesh> {
         let mut api = KubeApi::start(&lab.dir().join("kube-api"))?;
+        // A cluster without Istio: keel's own CRDs, so every Istio object below is checked against their schemas.
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/istio.yaml");
+        api.apply_yaml(&std::fs::read_to_string(&crds).with_context(|| format!("reading {}", crds.display()))?)?;
         api.register_token(ServiceAccountToken::new("control-token", "istio-system", "keel-control"))?;
         api.register_token(ServiceAccountToken::new("keel-token", "istio-system", "keel"))?;
         let (control_kubeconfig, keel_kubeconfig) = (lab.dir().join("control.kubeconfig"), lab.dir().join("keel.kubeconfig"));
@@ -146,10 +193,12 @@ impl KubernetesMesh {
         api.apply(&namespace("demo", json!({})))?;
         let client = kube_pod_on(lab, 0, &api, "client", "demo", json!({"app": "sleep"}), "sleep")?;
         let outsider = kube_pod_on(lab, 0, &api, "outsider", "demo", json!({"app": "outsider", "istio.io/dataplane-mode": "none"}), "outsider")?;
-        let server = kube_pod_on(lab, 1, &api, "server", "demo", json!({"app": "echo"}), "echo")?;
-        let replica = kube_pod_on(lab, 1, &api, "server-b", "demo", json!({"app": "echo"}), "echo")?;
+        let server = kube_pod_on(lab, 1, &api, "server", "demo", json!({"app": "echo", "version": "a"}), "echo")?;
+        let replica = kube_pod_on(lab, 1, &api, "server-b", "demo", json!({"app": "echo", "version": "b"}), "echo")?;
         api.apply(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": "demo"},
                           "spec": {"clusterIP": VIP, "selector": {"app": "echo"}, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}}))?;
+        api.apply(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+                          "spec": {"clusterIP": WEB_VIP, "selector": {"app": "echo"}, "ports": [{"name": "http", "port": 80, "targetPort": 9080}]}}))?;
         let tokens = [node_token(lab, &mut api, 0)?, node_token(lab, &mut api, 1)?];
 
         let ca_dir = lab.dir().join("k8s-ca");
@@ -209,6 +258,7 @@ pub fn two_nodes_follow_the_api_alone() {
             bail!("the opted-out pod was captured");
         }
 
+        routing_follows_virtual_services(&api, &client, &server, &replica)?;
         rollout(&api, &keels, &client, &server, &replica)?;
 
         // The watch history compacted away: every watch relists (410 Gone); the traffic does not notice.

@@ -7,6 +7,7 @@ use k8s_openapi::{
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     Metadata as _, Resource as _,
 };
 
@@ -83,7 +84,19 @@ macro_rules! objects {
     };
 }
 
-objects!(Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding, Service, DaemonSet, Deployment, PodDisruptionBudget);
+objects!(
+    Namespace,
+    ServiceAccount,
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+    Service,
+    DaemonSet,
+    Deployment,
+    PodDisruptionBudget,
+    CustomResourceDefinition
+);
 
 /// A comment placed on the line above the `nth` line (0-based) of the document whose trimmed text is `line`.
 #[derive(Debug, Clone, PartialEq, Eq)]

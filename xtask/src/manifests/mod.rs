@@ -7,10 +7,12 @@
 //!
 //! Layout: `values` (what an installer may change, with its defaults) → `node_agent` and `control_plane` (the
 //! objects, each privilege next to the reason for it) → `render` (YAML with comments) → `chart` (Helm files);
-//! `schema` reads YAML back into the typed structs, refusing any field the types do not know.
+//! `schema` reads YAML back into the typed structs, refusing any field the types do not know; `crds` writes the
+//! Istio CRDs from keel's typed Istio objects.
 
 mod chart;
 mod control_plane;
+pub mod crds;
 mod document;
 mod names;
 mod node_agent;
@@ -42,8 +44,6 @@ pub const KEEL_YAML: &str = "deploy/manifests/keel.yaml";
 pub const NAMESPACE_YAML: &str = "deploy/manifests/00-namespace.yaml";
 /// The Helm chart's directory, relative to the workspace root.
 pub const CHART_DIR: &str = "deploy/charts/keel";
-// The Istio CRDs (deploy/manifests/crds.yaml and the chart's crds/ directory) will be generated from keel-control's
-// typed Istio models; they are not written here, and nothing here hand-writes them.
 
 /// One file `cargo xtask manifests` owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,7 @@ pub fn generate() -> Result<Vec<GeneratedFile>> {
         GeneratedFile { path: NAMESPACE_YAML.into(), contents: render::manifest_file(&header, &[node_agent::namespace(&plain)], None)? },
         GeneratedFile { path: KEEL_YAML.into(), contents: render::manifest_file(&header, &all_documents(&plain), None)? },
     ];
+    files.extend(crds::files()?);
     // What the generator writes must read back into the API types with nothing lost.
     for file in &files {
         if let Err(errors) = schema::parse(&file.contents) {

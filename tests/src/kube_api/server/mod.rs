@@ -10,6 +10,7 @@ mod registry;
 mod selector;
 pub mod status;
 mod store;
+mod structural;
 mod tls;
 pub mod tokens;
 mod validate;

@@ -4,6 +4,7 @@
 use super::registry::{ResourceType, Schema};
 use super::status::ApiError;
 use super::store::random_uid;
+use super::structural::{self, Mismatch};
 use super::validate;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -90,9 +91,13 @@ pub fn admit(rt: &ResourceType, object: &mut Value) -> Result<(), ApiError> {
 }
 
 fn validate(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
-    match rt.schema {
+    match &rt.schema {
         Schema::Typed(decode) => decode(object)?,
         Schema::Custom => validate::custom(object, &rt.kind)?,
+        Schema::Crd(schemas) => {
+            validate::custom(object, &rt.kind)?;
+            by_crd_schema(rt, schemas, object)?;
+        }
     }
     let name = name_of(object);
     let invalid = |field: &str, reason: &str, detail: &str| ApiError::invalid(&rt.group, &rt.kind, name, field, reason, detail);
@@ -106,6 +111,23 @@ fn validate(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
         return Err(invalid(&field, "FieldValueInvalid", &detail));
     }
     Ok(())
+}
+
+/// Checks everything but `apiVersion`, `kind` and `metadata` against the schema of the version the object is
+/// written at (the storage version when it names none this kind serves).
+fn by_crd_schema(rt: &ResourceType, schemas: &[(String, Value)], object: &Value) -> Result<(), ApiError> {
+    let version = object["apiVersion"].as_str().and_then(|v| v.rsplit('/').next()).unwrap_or_default();
+    let Some((_, schema)) = schemas.iter().find(|(v, _)| v == version).or_else(|| schemas.first()) else { return Ok(()) };
+    let mut body = object.clone();
+    if let Some(map) = body.as_object_mut() {
+        for server_side in ["apiVersion", "kind", "metadata"] {
+            map.remove(server_side);
+        }
+    }
+    structural::validate(schema, &body, "").map_err(|mismatch| match mismatch {
+        Mismatch::Unknown(field) => ApiError::bad_request(format!("strict decoding error: unknown field \"{field}\"")),
+        Mismatch::Invalid(field, reason, detail) => ApiError::invalid(&rt.group, &rt.kind, name_of(object), &field, reason, &detail),
+    })
 }
 
 /// The status a new object starts with when the kind has a status subresource (the client's is dropped).

@@ -3,6 +3,7 @@
 //! creating a CustomResourceDefinition.
 
 use super::status::ApiError;
+use super::structural;
 use super::validate::{self, NameRule};
 use k8s_openapi::api::{apps, authentication, coordination, core, discovery, events, policy, rbac, scheduling};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -11,12 +12,16 @@ use std::any::TypeId;
 use std::sync::Arc;
 
 /// What the body of a write to this resource must decode as.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum Schema {
     /// A builtin kind: its k8s-openapi type, strictly.
     Typed(fn(&Value) -> Result<(), ApiError>),
-    /// A custom resource: strict metadata, spec kept as JSON.
+    /// A custom resource without a schema (Istio's kinds before their CRDs are installed): strict metadata, spec
+    /// kept as JSON.
     Custom,
+    /// A custom resource of an installed CRD: strict metadata, and the rest checked against the
+    /// `openAPIV3Schema` of the version the object is written at, `(version, schema)`.
+    Crd(Arc<Vec<(String, Value)>>),
 }
 
 pub struct ResourceType {
@@ -250,6 +255,19 @@ impl Registry {
         if versions.is_empty() {
             return Err(invalid("spec.versions", "Required value: at least one served storage version".to_owned()));
         }
+        // apiextensions.k8s.io/v1 requires a structural schema for every version.
+        let mut schemas = Vec::new();
+        for (i, version) in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+            let Some(schema) = version.pointer("/schema/openAPIV3Schema") else {
+                return Err(invalid(&path, "Required value: schemas are required".to_owned()));
+            };
+            if let Some(problem) = structural::problems(schema, &path).into_iter().next() {
+                let (field, detail) = problem.split_once(": ").unwrap_or((&path, &problem));
+                return Err(invalid(field, detail.to_owned()));
+            }
+            schemas.push((version["name"].as_str().unwrap_or_default().to_owned(), schema.clone()));
+        }
         let strings = |p: &str| {
             crd.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect::<Vec<_>>()
         };
@@ -266,7 +284,7 @@ impl Registry {
             categories: strings("/spec/names/categories"),
             status,
             create_only: false,
-            schema: Schema::Custom,
+            schema: Schema::Crd(Arc::new(schemas)),
             names: NameRule::Subdomain,
             field_labels: &[],
             crd: Some(name.to_owned()),
