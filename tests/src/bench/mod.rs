@@ -5,6 +5,7 @@
 //! nothing behind. The L7 arms (keel's L7 engine against keel L4 and nginx as a reverse proxy) are in [`l7`].
 pub mod arms;
 pub mod chart;
+pub mod control_plane;
 pub mod l7;
 pub mod measure;
 pub mod model;

@@ -35,6 +35,10 @@ struct Args {
     /// Only these workloads (comma-separated names). The L7 arms run the l7-* workloads, the others the rest.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
+    /// Instead of the data-path arms: keel-control at cluster scale (API stand-in, one xDS subscriber per node, pod
+    /// churn), at a quarter of and at the full size (10,000 pods over 50 nodes); writes control-plane.md.
+    #[arg(long)]
+    control_plane: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,9 @@ fn main() -> ExitCode {
     }
     if let Some(podapp) = args.podapp {
         binaries.podapp = podapp;
+    }
+    if args.control_plane {
+        return control_plane(&binaries, &args.out, args.quick);
     }
     let pick = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
     // A misspelt name must not quietly shrink the run.
@@ -102,4 +109,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn control_plane(binaries: &Binaries, out: &std::path::Path, quick: bool) -> ExitCode {
+    use bench::control_plane::{self, FULL, QUARTER, SMOKE};
+    let sizes = if quick { vec![SMOKE] } else { vec![QUARTER, FULL] };
+    let mut outcomes = Vec::new();
+    for (i, scale) in sizes.into_iter().enumerate() {
+        eprintln!("keel-bench: control plane, {} pods over {} nodes", scale.pods, scale.nodes);
+        match control_plane::run(&binaries.keel_control, &out.join(format!("control-plane-{i}")), scale) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                eprintln!("keel-bench: control plane at {} pods: {e:#}", scale.pods);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    let report = control_plane::markdown(&outcomes, &command);
+    println!("{report}");
+    if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(out.join("control-plane.md"), &report)) {
+        eprintln!("keel-bench: writing control-plane.md: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Every change must reach every node: a miss is a failure, not a number.
+    if outcomes.iter().any(|o| o.missed > 0) {
+        eprintln!("keel-bench: some changes never reached some nodes");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
