@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
@@ -39,16 +38,12 @@ pub struct ImageSpec {
     pub user: &'static str,
 }
 
-/// The images, given whether the keel-cni binary exists in the workspace.
-pub fn specs(with_cni: bool) -> Vec<ImageSpec> {
-    let mut keel = vec!["keel"];
-    if with_cni {
-        // The DaemonSet's install-cni init container copies it from the keel image onto the node.
-        keel.push("keel-cni");
-    }
+/// The images.
+pub fn specs() -> Vec<ImageSpec> {
     vec![
-        // Root: keel needs capabilities, which Kubernetes grants to root only.
-        ImageSpec { name: "keel", binaries: keel, user: "0:0" },
+        // Root: keel needs capabilities, which Kubernetes grants to root only. keel-cni rides along: the
+        // DaemonSet's install-cni init container copies it from the keel image onto the node.
+        ImageSpec { name: "keel", binaries: vec!["keel", "keel-cni"], user: "0:0" },
         // keel-control needs nothing of root (the Deployment also says runAsUser 65532).
         ImageSpec { name: "keel-control", binaries: vec!["keel-control"], user: "65532:65532" },
     ]
@@ -62,18 +57,10 @@ pub fn layout_dir(name: &str) -> PathBuf {
 pub fn image() -> Result<()> {
     ensure!(run::probe(&mut cmd("umoci", ["--version"])).is_some(), "umoci is missing: run `cargo xtask setup` (Debian package umoci)");
     let triple = host_triple()?;
-    let cni_package = binary_package("keel-cni")?;
-    if cni_package.is_none() {
-        // TODO(keel-cni): once the keel-cni crate is in the workspace it is built and added to the keel image here.
-        println!("image: no keel-cni binary in the workspace yet: the keel image carries keel only");
-    }
     let nightly = setup::ensure(Needs { packages: false, nextest: false })?;
-    let specs = specs(cni_package.is_some());
+    let specs = specs();
 
-    let mut build = cmd("cargo", ["build", "--release", "--target", &triple, "-p", "keel", "-p", "keel-control"]);
-    if let Some(package) = &cni_package {
-        build.args(["-p", package]);
-    }
+    let mut build = cmd("cargo", ["build", "--release", "--target", &triple, "-p", "keel", "-p", "keel-control", "-p", "keel-cni"]);
     for spec in &specs {
         for binary in &spec.binaries {
             build.args(["--bin", binary]);
@@ -112,31 +99,6 @@ pub fn oci_architecture() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    packages: Vec<Package>,
-}
-
-#[derive(Deserialize)]
-struct Package {
-    name: String,
-    targets: Vec<Target>,
-}
-
-#[derive(Deserialize)]
-struct Target {
-    name: String,
-    kind: Vec<String>,
-}
-
-/// The workspace package that has the binary `binary`, if any.
-fn binary_package(binary: &str) -> Result<Option<String>> {
-    let out = run::capture(&mut cmd("cargo", ["metadata", "--no-deps", "--format-version", "1"]))?;
-    ensure!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
-    let metadata: Metadata = serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
-    Ok(metadata.packages.into_iter().find(|p| p.targets.iter().any(|t| t.name == binary && t.kind.iter().any(|k| k == "bin"))).map(|p| p.name))
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]

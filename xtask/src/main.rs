@@ -76,7 +76,7 @@ enum Command {
     },
     /// `cargo fmt --check` (workspace and fuzz/) and clippy over every host crate with warnings as errors.
     Lint,
-    /// Build OCI image layouts of keel (with keel-cni once it exists) and keel-control: static release binaries,
+    /// Build OCI image layouts of keel (with keel-cni) and keel-control: static release binaries,
     /// nothing else, in <target>/images/<name>/ (tag: the workspace version). Needs umoci.
     Image,
     /// Write deploy/manifests/ and the Helm chart deploy/charts/keel from the typed objects in xtask/src/manifests/.

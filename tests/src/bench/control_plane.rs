@@ -5,8 +5,8 @@
 //! node having received (and ACKed) the change, p50/p99, bytes pushed per change, keel-control's CPU and memory.
 //! Run at two sizes, so the report says how each grows.
 //!
-//! The subscribers are this process's tasks, not keels: what is measured is keel-control and the wire. One keel's
-//! memory with the whole view and a node of 110 enrolled pods are not part of this run.
+//! The subscribers are this process's tasks, not keels: what is measured is keel-control and the wire. One real
+//! keel with the whole view and a node of 110 enrolled pods are [`super::node_scale`].
 
 use std::{
     collections::HashMap,
@@ -25,7 +25,7 @@ use keel_proto::discovery::{aggregated_discovery_service_client::AggregatedDisco
 use prost::Message as _;
 use serde_json::{json, Value};
 
-use super::measure::{peak_rss_kib, processes_cpu_s};
+use super::measure::{peak_rss_kib, processes_cpu_s, rss_kib};
 use crate::kube_api::{KubeApi, ServiceAccountToken};
 use crate::lab::process::{self, ChildGuard};
 
@@ -108,7 +108,7 @@ fn pod_ip(i: usize) -> String {
 
 /// The cluster: ambient namespaces, nodes, pods spread over nodes and namespaces, Services selecting 5 pods each
 /// (at full size), AuthorizationPolicies and VirtualServices on some of them; and keel's pods with node tokens.
-fn objects(scale: &Scale) -> Vec<Value> {
+pub(super) fn objects(scale: &Scale) -> Vec<Value> {
     let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}})];
     for n in 0..NAMESPACES {
         objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("scale-{n}"), "labels": {"istio.io/dataplane-mode": "ambient"}}}));
@@ -156,7 +156,7 @@ fn objects(scale: &Scale) -> Vec<Value> {
 }
 
 /// Applies `objects` over a few connections at once.
-fn seed(api: &KubeApi, objects: &[Value]) -> Result<()> {
+pub(super) fn seed(api: &KubeApi, objects: &[Value]) -> Result<()> {
     // Namespaces and nodes first: pods refer to them.
     let (first, rest) = objects.split_at(1 + NAMESPACES);
     first.iter().try_for_each(|o| api.apply(o).map(drop))?;
@@ -357,10 +357,7 @@ pub fn run(keel_control: &Path, dir: &Path, scale: Scale) -> Result<Outcome> {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    rss_kib(pid) as f64 / 1024.0
 }
 
 /// The report: one column per size, and the growth from the first to the last.
@@ -398,6 +395,5 @@ pub fn markdown(outcomes: &[Outcome], command: &str) -> String {
             large.bytes_per_change_per_node / small.bytes_per_change_per_node,
         );
     }
-    out.push_str("\nNot in this run: one keel's memory holding the whole view, and a node with 110 enrolled pods.\n");
     out
 }

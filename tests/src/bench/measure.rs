@@ -206,6 +206,19 @@ fn parse_kib_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resident set of a process now (VmRSS), KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| parse_kib_field(&s, "VmRSS:")).unwrap_or(0)
+}
+
+/// Threads of a process now (0 if unreadable).
+pub fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Peak resident set of a process (VmHWM), KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| parse_kib_field(&s, "VmHWM:")).unwrap_or(0)

@@ -9,6 +9,7 @@ pub mod control_plane;
 pub mod l7;
 pub mod measure;
 pub mod model;
+pub mod node_scale;
 pub mod report;
 pub mod workloads;
 

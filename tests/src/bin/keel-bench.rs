@@ -36,7 +36,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Instead of the data-path arms: keel-control at cluster scale (API stand-in, one xDS subscriber per node, pod
-    /// churn), at a quarter of and at the full size (10,000 pods over 50 nodes); writes control-plane.md.
+    /// churn), at a quarter of and at the full size (10,000 pods over 50 nodes); then one real keel holding the full
+    /// view and enrolling 110 pods on its node (root); writes control-plane.md.
     #[arg(long)]
     control_plane: bool,
 }
@@ -125,8 +126,17 @@ fn control_plane(binaries: &Binaries, out: &std::path::Path, quick: bool) -> Exi
             }
         }
     }
+    let (view, pods) = if quick { (SMOKE, 10) } else { (FULL, bench::node_scale::KUBELET_MAX_PODS) };
+    eprintln!("keel-bench: one node, {} pods in the view, {pods} pods enrolled", view.pods);
+    let node = match bench::node_scale::run(binaries, view, pods) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("keel-bench: one node: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
-    let report = control_plane::markdown(&outcomes, &command);
+    let report = control_plane::markdown(&outcomes, &command) + &bench::node_scale::markdown(&node);
     println!("{report}");
     if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(out.join("control-plane.md"), &report)) {
         eprintln!("keel-bench: writing control-plane.md: {e}");
