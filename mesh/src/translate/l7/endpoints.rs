@@ -25,7 +25,7 @@ pub fn load_assignment(mesh: &Mesh7, key: &ClusterKey) -> ClusterLoadAssignment 
             // port is the usual convention (the workload translation makes the same choice).
             Some(PortRef::Name(_)) | None => key.port,
         });
-        let selected = mesh.pods.iter().filter(|pod| {
+        let selected = super::super::in_namespace(&mesh.pods_by_namespace, &service.metadata.namespace).iter().filter(|pod| {
             !subset_missing
                 && super::super::backs(service, pod, &mesh.slices)
                 && subset_labels.is_none_or(|labels| labels.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))

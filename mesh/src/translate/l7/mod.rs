@@ -21,7 +21,7 @@ pub(super) use actions::GRPC_STATUS_NAMES;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{btree_map::Entry, BTreeMap, BTreeSet};
+use std::collections::{btree_map::Entry, BTreeMap, BTreeSet, HashMap};
 
 use keel_proto::{cluster::Cluster, endpoint::ClusterLoadAssignment, listener::Listener, route::RouteConfiguration};
 
@@ -57,7 +57,9 @@ impl ClusterKey {
 struct Mesh7<'a> {
     mesh: &'a Mesh,
     services: BTreeMap<String, &'a Service>,
-    pods: Vec<&'a Pod>,
+    /// Workload pods by namespace: a Service's endpoints are in its own namespace, and scanning only that one keeps a
+    /// snapshot's translation from growing with services × pods of the whole cluster.
+    pods_by_namespace: HashMap<&'a str, Vec<&'a Pod>>,
     /// The EndpointSlices, for Services without a selector.
     slices: Vec<&'a EndpointSlice>,
     rules: BTreeMap<String, &'a DestinationRule>,
@@ -76,14 +78,20 @@ fn resolve_host(mesh: &Mesh, host: &str, namespace: &str) -> String {
 
 impl<'a> Mesh7<'a> {
     fn of(mesh: &'a Mesh, objects: &'a [Object], warnings: &mut Vec<String>) -> Self {
-        let mut m =
-            Mesh7 { mesh, services: BTreeMap::new(), pods: vec![], slices: vec![], rules: BTreeMap::new(), virtual_services: BTreeMap::new() };
+        let mut m = Mesh7 {
+            mesh,
+            services: BTreeMap::new(),
+            pods_by_namespace: HashMap::new(),
+            slices: vec![],
+            rules: BTreeMap::new(),
+            virtual_services: BTreeMap::new(),
+        };
         for object in objects {
             match object {
                 Object::Service(s) => {
                     m.services.entry(hostname(mesh, &s.metadata.name, &s.metadata.namespace)).or_insert(s);
                 }
-                Object::Pod(p) if p.is_workload() => m.pods.push(p),
+                Object::Pod(p) if p.is_workload() => m.pods_by_namespace.entry(p.metadata.namespace.as_str()).or_default().push(p),
                 Object::EndpointSlice(slice) => m.slices.push(slice),
                 Object::DestinationRule(rule) if destination_rule::check(rule).is_ok() => {
                     let host = resolve_host(mesh, &rule.spec.host, &rule.metadata.namespace);
