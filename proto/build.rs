@@ -22,6 +22,13 @@ fn main() -> anyhow::Result<()> {
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Every proto map as a BTreeMap: its encoding is then in key order, the same bytes for the same content. A
+        // resource's version is the hash of its bytes, and HashMap's per-instance order made a Workload in two or
+        // more Services (or a route with two filter configs) look changed on every recomputation.
+        .btree_map(".")
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! version; watches relist after a compaction; callers are authenticated by TokenReview, by istiod's rules; and
 //! nothing is served before the cluster has been read.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -150,7 +150,7 @@ impl Control {
     async fn subscribe(&self, type_url: &str, token: &str) -> Result<Client, tonic::Status> {
         let root = std::fs::read_to_string(&self.root).unwrap();
         let client = connect_tls(&format!("https://{}", self.xds), token, &root, "keel-control").await?;
-        client.subscribe(type_url, HashMap::new()).await;
+        client.subscribe(type_url, BTreeMap::new()).await;
         Ok(client)
     }
 

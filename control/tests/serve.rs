@@ -1,6 +1,6 @@
 //! `keel-control serve` end to end on loopback: a file written into the config directory reaches a connected
 //! client within a second; a broken edit keeps the object's last good version in force.
-use std::{collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use keel_control::serve::{serve, ConfigSource, ServeOptions};
 use keel_proto::ADDRESS_TYPE_URL;
@@ -53,7 +53,7 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
     // Nor does a plaintext (h2c) client: keel-control has no plaintext mode.
     let plaintext = tokio::time::timeout(Duration::from_secs(5), common::connect(&format!("http://127.0.0.1:{port}"), "t")).await;
     assert!(!matches!(plaintext, Ok(Ok(_))), "plaintext must get no stream");
-    client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
+    client.subscribe(ADDRESS_TYPE_URL, BTreeMap::new()).await;
     assert_eq!(names(&client.next().await), ["demo/echo.demo.svc.cluster.local"]);
 
     std::fs::write(config.join("pod.yaml"), POD).unwrap();

@@ -1,6 +1,9 @@
 //! The delta ADS server over real gRPC on loopback: wildcard subscriptions, incremental pushes and removals,
 //! `initial_resource_versions` on reconnect, and bearer-token authentication.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use keel_control::{client_auth::ClientAuth, tokens::Tokens, xds::server::AdsServer};
 use keel_mesh::{
@@ -80,8 +83,8 @@ async fn start(initial: Arc<Snapshot>) -> (String, watch::Sender<Arc<Snapshot>>)
 async fn initial_sync_then_only_changes_are_pushed() {
     let (addr, publish) = start(snapshot(V1)).await;
     let mut client = connect(&addr, "good-token").await.unwrap();
-    client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
-    client.subscribe(AUTHORIZATION_TYPE_URL, HashMap::new()).await;
+    client.subscribe(ADDRESS_TYPE_URL, BTreeMap::new()).await;
+    client.subscribe(AUTHORIZATION_TYPE_URL, BTreeMap::new()).await;
     let addresses = client.next().await;
     assert_eq!(addresses.type_url, ADDRESS_TYPE_URL);
     assert_eq!(names(&addresses), ["Kubernetes//Pod/demo/a", "Kubernetes//Pod/demo/b", "demo/echo.demo.svc.cluster.local"]);
@@ -105,8 +108,8 @@ async fn initial_sync_then_only_changes_are_pushed() {
 async fn a_reconnecting_client_gets_only_what_it_lacks() {
     let (addr, publish) = start(snapshot(V1)).await;
     let mut first = connect(&addr, "good-token").await.unwrap();
-    first.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
-    let held: HashMap<String, String> = first.next().await.resources.into_iter().map(|r| (r.name, r.version)).collect();
+    first.subscribe(ADDRESS_TYPE_URL, BTreeMap::new()).await;
+    let held: BTreeMap<String, String> = first.next().await.resources.into_iter().map(|r| (r.name, r.version)).collect();
     drop(first);
     publish.send(snapshot(V2)).unwrap();
     let mut again = connect(&addr, "good-token").await.unwrap();
@@ -122,7 +125,7 @@ async fn an_unknown_token_gets_an_error_and_no_data() {
     let status = match connect(&addr, "wrong").await {
         Err(status) => status,
         Ok(mut client) => {
-            client.subscribe(ADDRESS_TYPE_URL, HashMap::new()).await;
+            client.subscribe(ADDRESS_TYPE_URL, BTreeMap::new()).await;
             client.responses.message().await.expect_err("no data for an unauthenticated client")
         }
     };

@@ -1,7 +1,7 @@
 //! A delta ADS test client: subscribes, receives with a 1 s deadline, ACKs every response.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use keel_proto::discovery::{aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ async fn open_stream(mut grpc: AggregatedDiscoveryServiceClient<tonic::transport
 }
 
 impl Client {
-    pub async fn subscribe(&self, type_url: &str, initial: HashMap<String, String>) {
+    pub async fn subscribe(&self, type_url: &str, initial: BTreeMap<String, String>) {
         let request = DeltaDiscoveryRequest { type_url: type_url.into(), initial_resource_versions: initial, ..Default::default() };
         self.requests.send(request).await.unwrap();
     }

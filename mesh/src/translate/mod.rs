@@ -269,7 +269,7 @@ pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
 fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], slices: &[&EndpointSlice], policies: &[&AuthorizationPolicy]) -> workload::Workload {
     let m = &pod.metadata;
     let in_mesh = in_mesh(mesh, pod);
-    let mut member_of = std::collections::HashMap::new();
+    let mut member_of = BTreeMap::new();
     for svc in services.iter().filter(|s| backs(s, pod, slices)) {
         let ports = svc
             .spec
@@ -744,6 +744,30 @@ spec: {action: DENY, rules: [{}]}
         assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
         let deny = &r.authorizations["istio-system/deny-all"];
         assert_eq!((deny.scope, deny.action, deny.rules.len()), (Scope::Global as i32, Action::Deny as i32, 1));
+    }
+
+    /// A resource's version is the hash of its encoding: the same objects must encode the same way every time, or
+    /// every recomputation pushes them again to every node. Maps (a Workload's services, a route's filter configs)
+    /// are where the order could wander.
+    #[test]
+    fn the_same_objects_translate_to_the_same_versions_every_time() {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: demo, labels: {app: echo}}\nstatus: {phase: Running, podIPs: [{ip: 10.244.0.11}]}\n",
+        );
+        for s in 0..8 {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{s}, namespace: demo}}\nspec: {{selector: {{app: echo}}, clusterIP: 10.96.0.{}, ports: [{{port: 80, appProtocol: http}}]}}\n",
+                s + 10
+            ));
+        }
+        yaml.push_str("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: s0, namespace: demo}\nspec:\n  hosts: [s0]\n  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 10}}, delay: {fixedDelay: 1s, percentage: {value: 10}}}\n    route: [{destination: {host: s1}}]\n");
+        let objects = objects(&yaml);
+        let first = crate::snapshot::Snapshot::from_resources(&translate(&Mesh::default(), &objects).unwrap());
+        assert_eq!(workload_named(&translate(&Mesh::default(), &objects).unwrap(), "p").map(|w| w.services.len()), Some(8));
+        for _ in 0..10 {
+            let again = crate::snapshot::Snapshot::from_resources(&translate(&Mesh::default(), &objects).unwrap());
+            assert_eq!(again, first, "the same objects translated to different bytes");
+        }
     }
 
     #[test]

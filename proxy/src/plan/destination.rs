@@ -77,7 +77,7 @@ fn target_port(w: &Workload, service: &str, port: u16, service_target: u32) -> O
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::{BTreeMap, HashSet};
 
     use keel_proto::workload::{NetworkAddress, Port, PortList};
 
@@ -92,7 +92,7 @@ mod tests {
             namespace: "demo".into(),
             addresses: vec![ip.to_vec()],
             status: if healthy { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,
-            services: HashMap::from([(SERVICE.to_owned(), PortList { ports: vec![Port { service_port: 80, target_port: target }] })]),
+            services: BTreeMap::from([(SERVICE.to_owned(), PortList { ports: vec![Port { service_port: 80, target_port: target }] })]),
             ..Default::default()
         };
         (uid.into(), Resource::Workload(Box::new(w)))

@@ -171,7 +171,7 @@ pub fn choose_path(source: Option<&Workload>, route: &Route, upstream_on_node: b
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     use keel_proto::workload::{NetworkAddress, Port, PortList};
 
@@ -188,7 +188,7 @@ mod tests {
             namespace: "demo".into(),
             addresses: vec![ip.to_vec()],
             tunnel_protocol: if meshed { TunnelProtocol::Hbone } else { TunnelProtocol::None } as i32,
-            services: HashMap::from([(
+            services: BTreeMap::from([(
                 "demo/echo.demo.svc.cluster.local".to_owned(),
                 PortList { ports: vec![Port { service_port: 80, target_port: 8080 }] },
             )]),

@@ -2,7 +2,7 @@
 //! VirtualHost per service on that port. A service with a VirtualService gets the VirtualService's http routes,
 //! in order (one Envoy route per `match` entry, as Istio does); a service without one gets a single default route
 //! to its own cluster.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_proto::matcher::RegexMatchAndSubstitute;
 use keel_proto::route::{
@@ -135,7 +135,7 @@ impl RouteContext<'_, '_> {
             request_headers_to_remove: actions::headers_to_remove(headers.and_then(|h| h.request.as_ref())),
             response_headers_to_add: actions::headers_to_add(headers.and_then(|h| h.response.as_ref())),
             response_headers_to_remove: actions::headers_to_remove(headers.and_then(|h| h.response.as_ref())),
-            typed_per_filter_config: HashMap::new(),
+            typed_per_filter_config: BTreeMap::new(),
             r#match: None,
         };
         if let Some(fault) = &http.fault {
