@@ -9,6 +9,7 @@ Prints one JSON line: {"status", "echo_ok", "received", "server_identity", "alpn
 import argparse
 import json
 import socket
+import struct
 import ssl
 import sys
 import time
@@ -129,6 +130,7 @@ def main():
     p.add_argument("--payload", default="hello over hbone\n")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--hold", type=float, default=0.0, help="after a 200, hold the tunnel open this long, idle")
+    p.add_argument("--reset", action="store_true", help="at the end, reset the TCP connection (RST) instead of closing it")
     args = p.parse_args()
     result = {"status": None, "echo_ok": False}
     try:
@@ -139,6 +141,10 @@ def main():
         received = exchange(tls, args, result)
         result["received"] = received.decode(errors="replace")
         result["echo_ok"] = result["status"] == 200 and received == args.payload.encode()
+        if args.reset:
+            # SO_LINGER with a zero timeout: close() sends RST, as a crashed or killed client's kernel would.
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tls.close()
     except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as e:
         result["error"] = f"{type(e).__name__}: {e}"
         result.pop("held_from", None)

@@ -156,6 +156,13 @@ async fn connection(
         tokio::select! {
             accepted = h2.accept() => match accepted {
                 None => return Ok(()),
+                // The client closed or reset the connection, or said goodbye without an error: the connection ended, keel
+                // refused nothing (counting it raced the next connection's refusals in tests, and misled operators).
+                Some(Err(e)) if e.is_io() || (e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)) => {
+                    debug!(pod = %pod.name, %peer, error = %e, "HBONE connection ended by the client");
+                    return Ok(());
+                }
+                // The client broke HTTP/2 (a protocol or flow-control violation keel's h2 detected).
                 Some(Err(e)) => return Err(Ended { reason: Refusal::HboneHandshakeFailed, error: format!("HTTP/2: {e}") }),
                 Some(Ok((request, respond))) => {
                     let (pod, dp, client) = (pod.clone(), dp.clone(), client.clone());

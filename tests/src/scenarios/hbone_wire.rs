@@ -131,6 +131,13 @@ pub fn independent_client_speaks_hbone_to_keel() {
             since.expect_refused("policy", 0).with_context(|| what.to_string())?;
         }
 
+        // A client that resets the connection after its answer (as a killed one does) ended it; keel refused nothing.
+        let since = Since::now(&keel)?;
+        expect_status(&probe.run_with(&hbone, &app, "CONNECT", Some(&good), &["--reset"])?, 200, "CONNECT, then RST")?;
+        since.wait_connection("the reset client's stream", |c| c.response_status == Some(200))?;
+        std::thread::sleep(Duration::from_millis(300));
+        since.expect_refused("policy", 0).context("a client that reset the connection after its answer")?;
+
         // Handshakes keel refuses, each counted as a failed HBONE handshake (and as nothing else): no client
         // certificate, and a certificate of another trust domain (it chains to the same root, so only keel's trust
         // domain check refuses it). In TLS 1.3 the client's side of the handshake is done before the server has
