@@ -116,7 +116,7 @@ pub(super) fn objects(scale: &Scale) -> Vec<Value> {
     for node in 0..scale.nodes {
         let zone = format!("zone-{}", node % 3);
         objects.push(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{node}"), "labels": {"topology.kubernetes.io/zone": zone}}}));
-        objects.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("keel-{node}"), "namespace": "istio-system", "labels": {"app": "keel"}},
+        objects.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("keel-node-{node}"), "namespace": "istio-system", "labels": {"app": "keel"}},
                             "spec": {"nodeName": format!("node-{node}"), "serviceAccountName": "keel", "containers": [{"name": "keel", "image": "keel"}]},
                             "status": {"phase": "Running"}}));
     }
@@ -213,7 +213,7 @@ pub fn run(keel_control: &Path, dir: &Path, scale: Scale) -> Result<Outcome> {
     api.register_token(ServiceAccountToken::new("control-token", "istio-system", "keel-control"))?;
     for node in 0..scale.nodes {
         let token = ServiceAccountToken::new(&format!("node-{node}-token"), "istio-system", "keel")
-            .bound_to_pod(&format!("keel-{node}"), None, Some(&format!("node-{node}")))
+            .bound_to_pod(&format!("keel-node-{node}"), None, Some(&format!("node-{node}")))
             .with_audiences(&["istio-ca"]);
         api.register_token(token)?;
     }

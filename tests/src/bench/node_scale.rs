@@ -9,8 +9,6 @@
 
 use std::{
     fmt::Write as _,
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -21,9 +19,8 @@ use super::control_plane::{objects, seed, Scale};
 use super::measure::{peak_rss_kib, rss_kib, threads};
 use crate::kube_api::{KubeApi, ServiceAccountToken};
 use crate::lab::port_forward::PortForward;
-use crate::lab::process::{self, ChildGuard};
-use crate::lab::sys::{self, Placement};
 use crate::lab::{Backend, Binaries, Keel, Lab};
+use crate::scenarios::kubernetes_mesh::{node_token, start_control};
 use crate::scenarios::node_agent::{enrolled_uids, kube_pod_on, namespace, KubePod};
 use crate::scenarios::wait_ready;
 
@@ -61,40 +58,6 @@ pub struct Half {
     pub rss_mib: f64,
 }
 
-/// The keel pod of the lab node and its projected token (ServiceAccount istio-system/keel, audience istio-ca,
-/// bound to that pod on that node, as the kubelet projects it), written where keel reads it.
-fn node_token(lab: &Lab, api: &mut KubeApi) -> Result<std::path::PathBuf> {
-    let node = lab.node_name(0).to_owned();
-    api.apply(
-        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "keel-bench", "namespace": "istio-system", "labels": {"app": "keel"}},
-                      "spec": {"nodeName": node, "serviceAccountName": "keel", "containers": [{"name": "keel", "image": "keel"}]},
-                      "status": {"phase": "Running"}}),
-    )?;
-    let token = "keel-bench-node-token";
-    api.register_token(
-        ServiceAccountToken::new(token, "istio-system", "keel").bound_to_pod("keel-bench", None, Some(&node)).with_audiences(&["istio-ca"]),
-    )?;
-    let file = lab.dir().join("node-istio-token");
-    std::fs::write(&file, token)?;
-    Ok(file)
-}
-
-/// keel-control `--kubernetes` in the node's namespace on 127.0.0.1:15012 (where keel dials it).
-fn start_control(lab: &Lab, kubeconfig: &Path, ca_dir: &Path) -> Result<ChildGuard> {
-    let mut command = Command::new(&lab.binaries().keel_control);
-    command
-        .args(["serve", "--kubernetes", "--kubeconfig"])
-        .arg(kubeconfig)
-        .args(["--listen", "127.0.0.1:15012", "--pod-name", "keel-control-0", "--pod-namespace", "istio-system", "--ca-dir"])
-        .arg(ca_dir)
-        .env("KEEL_LOG", "warn,keel_control=info");
-    let netns = lab.node_netns_path();
-    let _fds = sys::place(&mut command, &Placement { netns: Some(&netns), cgroup: None })?;
-    let mut control = process::spawn_logged("keel-control", &mut command, &lab.dir().join("keel-control.log"))?;
-    control.wait_for_line(Duration::from_secs(60), |line| line.contains("serving delta ADS"))?;
-    Ok(control)
-}
-
 /// How many workloads keel holds (its config dump).
 fn workloads_held(keel: &Keel) -> Result<usize> {
     let (status, body) = keel.admin_get("/config_dump")?;
@@ -129,10 +92,11 @@ fn run_in(lab: &Lab, view: Scale, pods: usize) -> Result<NodeOutcome> {
     // The kubeconfigs name 127.0.0.1:<port>: the same address inside the node leads to the stand-in.
     let _forward = PortForward::start(&lab.node_netns_path(), api.addr(), api.addr())?;
     api.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}))?;
-    let token = node_token(lab, &mut api)?;
+    // The lab keel's pod is keel-0 on the lab node (the view's keel pods are keel-node-<n>).
+    let token = node_token(lab, &mut api, 0)?;
 
     let ca_dir = lab.dir().join("ca");
-    let mut control = start_control(lab, &control_kubeconfig, &ca_dir)?;
+    let mut control = start_control(lab, &control_kubeconfig, &ca_dir, 1)?;
     let root = ca_dir.join("root-cert.pem").display().to_string();
     let (token, kubeconfig) = (token.display().to_string(), keel_kubeconfig.display().to_string());
     let args = [

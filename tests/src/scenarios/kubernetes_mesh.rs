@@ -28,10 +28,10 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// machines; the time it took is printed.
 const FOLLOW: Duration = Duration::from_secs(10);
 
-/// keel-control `--kubernetes` in node 0's namespace, on its wire address.
-fn start_control(lab: &Lab, kubeconfig: &Path, ca_dir: &Path, run: usize) -> Result<ChildGuard> {
+/// keel-control `--kubernetes` in node 0's namespace, on its wire address (127.0.0.1 in a single-node lab).
+pub(crate) fn start_control(lab: &Lab, kubeconfig: &Path, ca_dir: &Path, run: usize) -> Result<ChildGuard> {
     let node = lab.node(0);
-    let listen = format!("{}:15012", node.wire_ip().context("a multi-node lab has wire addresses")?);
+    let listen = format!("{}:15012", node.wire_ip().unwrap_or(std::net::Ipv4Addr::LOCALHOST));
     let mut cmd = Command::new(&lab.binaries().keel_control);
     cmd.args(["serve", "--kubernetes", "--kubeconfig"])
         .arg(kubeconfig)
@@ -46,7 +46,7 @@ fn start_control(lab: &Lab, kubeconfig: &Path, ca_dir: &Path, run: usize) -> Res
 
 /// The node proxy token of node `k`'s keel: ServiceAccount istio-system/keel, audience istio-ca, bound to keel's pod
 /// on that node (as the kubelet projects it), written where keel reads it.
-fn node_token(lab: &Lab, api: &mut KubeApi, k: usize) -> Result<PathBuf> {
+pub(crate) fn node_token(lab: &Lab, api: &mut KubeApi, k: usize) -> Result<PathBuf> {
     let node = lab.node_name(k).to_owned();
     let pod = format!("keel-{k}");
     api.apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": "istio-system", "labels": {"app": "keel"}},
