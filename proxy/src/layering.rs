@@ -7,9 +7,10 @@ use std::{
 
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
-const DATA_PATH: [&str; 16] = [
+const DATA_PATH: [&str; 17] = [
     "accept",
     "captured",
+    "chunk_io",
     "connection_error",
     "data_path",
     "dial",

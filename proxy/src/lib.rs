@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod capture;
 pub mod captured;
+pub mod chunk_io;
 pub mod cli;
 pub mod cni_requests;
 pub mod config;

@@ -26,7 +26,7 @@ use super::{
     keepalive,
     stream_io::{TunnelReader, TunnelWriter},
     CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, FAILED_DIAL_MEMORY, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
-    MAX_FRAME_SIZE, STREAM_WINDOW,
+    MAX_FRAME_SIZE, STREAM_WINDOW, TLS_SEND_BUFFER,
 };
 use crate::{identity::Identity, netns::Netns, sockets};
 
@@ -329,13 +329,14 @@ where
     let tls = (dial.tls)().await.map_err(HboneError::Certificate)?;
     let tcp = sockets::connect_from_pod(dial.netns, peer, dial.connect_timeout).await.map_err(|e| HboneError::Connect(peer, e))?;
     // An IP server name: rustls sends no SNI for it, as HBONE requires; the verifier checks the URI SAN instead.
-    let tls_stream = within(
+    let mut tls_stream = within(
         peer,
         "the mTLS handshake",
         HANDSHAKE_TIMEOUT,
         TlsConnector::from(tls.config).connect(ServerName::IpAddress((*peer.ip()).into()), tcp),
     )
     .await?;
+    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (sender, mut connection) = within(
         peer,
         "the HTTP/2 handshake",

@@ -10,6 +10,8 @@ use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::chunk_io::{ChunkRead, ChunkWrite};
+
 /// Largest DATA frame payload keel queues at once; h2 splits by the peer's max frame size anyway.
 const MAX_CHUNK: usize = 256 * 1024;
 
@@ -35,8 +37,9 @@ fn h2_error(e: h2::Error) -> io::Error {
     }
 }
 
-impl AsyncRead for TunnelReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+impl TunnelReader {
+    /// Fills `pending` with the next DATA frame's bytes; leaves it empty at END_STREAM.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending.is_empty() {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -44,13 +47,28 @@ impl AsyncRead for TunnelReader {
                     self.pending = data;
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                None => return Poll::Ready(Ok(())), // END_STREAM: EOF
+                None => break, // END_STREAM: EOF
             }
         }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for TunnelReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_pending(cx))?;
         let n = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..n]);
         self.pending.advance(n);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The relay takes each DATA frame's payload as h2 received it: no copy.
+impl ChunkRead for TunnelReader {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        ready!(self.poll_pending(cx))?;
+        Poll::Ready(Ok(std::mem::take(&mut self.pending)))
     }
 }
 
@@ -71,25 +89,38 @@ impl TunnelWriter {
     }
 }
 
+impl TunnelWriter {
+    /// Waits for window to send up to `len` bytes (≥ 1); returns how many may go now.
+    fn poll_window(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let wanted = len.min(MAX_CHUNK);
+        self.send.reserve_capacity(wanted);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => return Poll::Ready(Ok(granted.min(wanted))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+                None => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"))),
+            }
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if !self.finished {
+            self.finished = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_error)?;
+        }
+        Ok(())
+    }
+}
+
 impl AsyncWrite for TunnelWriter {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let wanted = buf.len().min(MAX_CHUNK);
-        self.send.reserve_capacity(wanted);
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => {
-                    let n = granted.min(wanted);
-                    self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_error)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                None => return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"))),
-            }
-        }
+        let n = ready!(self.poll_window(cx, buf.len()))?;
+        self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_error)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -97,10 +128,19 @@ impl AsyncWrite for TunnelWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.finished {
-            self.finished = true;
-            self.send.send_data(Bytes::new(), true).map_err(h2_error)?;
-        }
+        Poll::Ready(self.finish())
+    }
+}
+
+/// The relay's chunk becomes the DATA frame itself (split where the window ends): no copy.
+impl ChunkWrite for TunnelWriter {
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        let n = ready!(self.poll_window(cx, chunk.len()))?;
+        self.send.send_data(chunk.split_to(n), false).map_err(h2_error)?;
         Poll::Ready(Ok(()))
+    }
+
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.finish())
     }
 }

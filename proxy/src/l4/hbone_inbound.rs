@@ -32,12 +32,13 @@ use tracing::{debug, info};
 use super::inbound;
 use crate::{
     accept::accept_loop,
+    chunk_io,
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     hbone::{
         headers, keepalive,
         stream_io::{TunnelReader, TunnelWriter},
-        CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW,
+        CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW, TLS_SEND_BUFFER,
     },
     identity::{tls, Identity},
     plan::{is_keel_port, Direction, Path},
@@ -112,7 +113,8 @@ async fn connection(
         let own = Identity::of_workload(&workload);
         let certificate = certificates.certificate(&own).await.map_err(Ended::handshake)?;
         let config = tls::server_config_for(&certificate).map_err(Ended::handshake)?;
-        let tls_stream = TlsAcceptor::from(config).accept(tcp).await.map_err(Ended::handshake)?;
+        let mut tls_stream = TlsAcceptor::from(config).accept(tcp).await.map_err(Ended::handshake)?;
+        tls_stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let presented = tls_stream.get_ref().1.peer_certificates().unwrap_or_default();
         let client = tls::peer_identity(presented).map_err(Ended::handshake)?;
         let client_expiry = tls::peer_not_after(presented).map_err(Ended::handshake)?;
@@ -298,7 +300,7 @@ async fn tunnel(
     record.response_status = Some(200);
     let reader = TunnelReader::new(request.into_body());
     let mut writer = TunnelWriter::new(send);
-    let (outcome, revoked) = inbound::relay_admitted((reader, &mut writer), app.split(), tracked, dp.limits.relay).await;
+    let (outcome, revoked) = inbound::relay_admitted((reader, &mut writer), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match inbound::ended_by(revoked, outcome.error) {

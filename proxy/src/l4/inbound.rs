@@ -7,14 +7,12 @@ use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tracing::info;
 
 use super::relay::{self, Progress, RelayOutcome};
 use crate::{
+    chunk_io::{self, ChunkRead, ChunkWrite},
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     identity::Identity,
@@ -82,10 +80,10 @@ pub async fn relay_admitted<CR, CW, SR, SW>(
     timeouts: RelayTimeouts,
 ) -> (RelayOutcome, Option<String>)
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
-    SW: AsyncWrite + Unpin,
+    CR: ChunkRead,
+    CW: ChunkWrite,
+    SR: ChunkRead,
+    SW: ChunkWrite,
 {
     let progress = Progress::default();
     let relay = relay::relay_halves(client.0, client.1, server.0, server.1, timeouts, &progress);
@@ -121,7 +119,7 @@ pub async fn proxy(
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
-    let (outcome, revoked) = relay_admitted(client.split(), app.split(), tracked, dp.limits.relay).await;
+    let (outcome, revoked) = relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match ended_by(revoked, outcome.error) {

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::relay;
 use crate::{
+    chunk_io,
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     identity::Identity,
@@ -71,7 +72,7 @@ async fn hbone(
     let (reader, mut writer, _lease) = tunnel.into_parts();
     let progress = relay::Progress::default();
     let outcome = {
-        let (client_read, client_write) = client.split();
+        let (client_read, client_write) = chunk_io::socket(client.split());
         relay::relay_halves(client_read, client_write, reader, &mut writer, dp.limits.relay, &progress).await
     };
     if outcome.error.is_some() {

@@ -4,24 +4,22 @@
 //! times out or is closed by a policy change still reports what really crossed it. A connection with no byte in
 //! either direction for [`Timeouts::idle`](crate::limits::RelayTimeouts::idle), or whose remaining direction is silent for [`Timeouts::half_closed`](crate::limits::RelayTimeouts::half_closed)
 //! after the other ended, is ended with a timeout error: a peer cannot hold keel's sockets forever.
+//!
+//! Bytes move as owned chunks (see [`crate::chunk_io`]), so the relay adds no copy of its own on the HBONE path.
 use std::{
+    future::poll_fn,
     io,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+use tokio::net::TcpStream;
+
+use crate::{
+    chunk_io::{socket, ChunkRead, ChunkWrite},
+    limits::RelayTimeouts as Timeouts,
+    sockets::reset,
 };
-
-/// Buffers start small (most connections are short request/response) and grow for bulk transfers.
-const SMALL_BUFFER: usize = 16 * 1024;
-const LARGE_BUFFER: usize = 256 * 1024;
-/// Consecutive full reads after which a direction counts as bulk and gets the large buffer.
-const FULL_READS_TO_GROW: u32 = 4;
-
-use crate::{limits::RelayTimeouts as Timeouts, sockets::reset};
 
 /// What a relay moved so far, readable while it runs and after it was cut short.
 #[derive(Debug)]
@@ -32,7 +30,6 @@ pub struct Progress {
     /// Milliseconds after `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
 }
-
 impl Default for Progress {
     fn default() -> Self {
         Progress {
@@ -81,8 +78,8 @@ impl RelayOutcome {
 pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts) -> RelayOutcome {
     let progress = Progress::default();
     let outcome = {
-        let (client_read, client_write) = client.split();
-        let (server_read, server_write) = server.split();
+        let (client_read, client_write) = socket(client.split());
+        let (server_read, server_write) = socket(server.split());
         relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress).await
     };
     if outcome.error.is_some() {
@@ -104,10 +101,10 @@ pub async fn relay_halves<CR, CW, SR, SW>(
     progress: &Progress,
 ) -> RelayOutcome
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
-    SW: AsyncWrite + Unpin,
+    CR: ChunkRead,
+    CW: ChunkWrite,
+    SR: ChunkRead,
+    SW: ChunkWrite,
 {
     let up = copy_until_eof(&mut client_read, &mut server_write, progress, &progress.client_to_server);
     let down = copy_until_eof(&mut server_read, &mut client_write, progress, &progress.server_to_client);
@@ -138,28 +135,21 @@ where
     RelayOutcome::cut_short(progress, error)
 }
 
-/// Copies until EOF, then shuts down the writer (half-close), counting every byte written into `counter`.
+/// Copies until EOF, then finishes the writer (half-close), counting every byte written into `counter`.
 async fn copy_until_eof<R, W>(reader: &mut R, writer: &mut W, progress: &Progress, counter: &AtomicU64) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: ChunkRead,
+    W: ChunkWrite,
 {
-    let mut buffer = vec![0u8; SMALL_BUFFER];
-    let mut full_reads = 0;
     loop {
-        let n = match reader.read(&mut buffer).await? {
-            0 => return writer.shutdown().await,
-            n => n,
-        };
-        writer.write_all(&buffer[..n]).await?;
-        progress.moved(counter, n);
-        if n == buffer.len() && buffer.len() < LARGE_BUFFER {
-            full_reads += 1;
-            if full_reads >= FULL_READS_TO_GROW {
-                buffer.resize(LARGE_BUFFER, 0);
-            }
-        } else {
-            full_reads = 0;
+        let mut chunk = poll_fn(|cx| reader.poll_chunk(cx)).await?;
+        if chunk.is_empty() {
+            return poll_fn(|cx| writer.poll_finish(cx)).await;
+        }
+        while !chunk.is_empty() {
+            let before = chunk.len();
+            poll_fn(|cx| writer.poll_write_chunk(cx, &mut chunk)).await?;
+            progress.moved(counter, before - chunk.len());
         }
     }
 }
@@ -167,7 +157,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -164,6 +164,7 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
     };
     let pods = Pods { client: &client, server: &server };
     let mut keels = start_arm_keels(&lab, arm, pods, false)?;
+    let idle_rss = idle_rss_by_node(&keels);
     if arm.cross_node() {
         warm_up(pods)?;
     }
@@ -171,6 +172,7 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
     let mut path_checked = false;
     for workload in options.workloads.iter().filter(|w| !w.responder && !w.l7()) {
         let mut sample = measured(options, arm, rep, order, workload, &probes, &keels, pods)?;
+        sample.keel_idle_rss_by_node_kib = idle_rss.clone();
         if arm.cross_node() && matches!(workload.tool, Tool::Integrity) && sample.ok {
             sample.keel_path = verify_path(arm, &keels, pods, workloads::INTEGRITY_BYTES)?;
             path_checked = true;
@@ -192,7 +194,10 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
             continue; // no keel to answer, or nothing of the cross-node path to measure
         }
         let mut responder = start_arm_keels(&lab, arm, pods, true)?;
-        samples.push(measured(options, arm, rep, order, workload, &probes, &responder, pods)?);
+        let idle_rss = idle_rss_by_node(&responder);
+        let mut sample = measured(options, arm, rep, order, workload, &probes, &responder, pods)?;
+        sample.keel_idle_rss_by_node_kib = idle_rss;
+        samples.push(sample);
         stop_keels(&mut responder, &lab)?;
     }
     Ok(samples)
@@ -259,6 +264,14 @@ fn start_arm_keels(lab: &Lab, arm: &Arm, pods: Pods, responder: bool) -> Result<
         keels.push(keel);
     }
     Ok(keels)
+}
+
+/// Each keel's resident set now, node by node: called once its pods are enrolled and before any traffic, it is the
+/// idle footprint (what stays after start-up, not its peak).
+fn idle_rss_by_node(keels: &[Keel]) -> Vec<u64> {
+    // Enrollment returns when keel answered; a moment lets its start-up work (and any trim after it) finish.
+    std::thread::sleep(Duration::from_millis(500));
+    keels.iter().map(|k| measure::rss_kib(k.pid())).collect()
 }
 
 /// keel's `/healthz/ready` answers 200 once its workload source (here the local config dir) is loaded.

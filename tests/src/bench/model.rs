@@ -108,6 +108,10 @@ pub struct Sample {
     /// `keel_rss_kib` node by node (node 0 first); empty without keel and in older results.
     #[serde(default)]
     pub keel_rss_by_node_kib: Vec<u64>,
+    /// Each keel's resident set (VmRSS, KiB) once it was up with its pods enrolled, before any traffic of its arm:
+    /// the idle footprint, node by node. The same for every sample of one keel; empty without keel.
+    #[serde(default)]
+    pub keel_idle_rss_by_node_kib: Vec<u64>,
     /// Cross-node integrity: how both keels carried the echo, from their own records, once checked against the
     /// arm (e.g. "hbone, mutual TLS (bench-client → bench-server); every inbound record mTLS"); empty otherwise.
     #[serde(default)]

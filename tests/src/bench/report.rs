@@ -95,6 +95,8 @@ pub struct Aggregate {
     pub keel_cpu_by_node: Vec<Option<Spread>>,
     /// keel's peak RSS (KiB) node by node.
     pub keel_rss_by_node_kib: Vec<Option<Spread>>,
+    /// The largest idle RSS (KiB) of the arm's keels, before its first workload (see [`Sample::keel_idle_rss_by_node_kib`]).
+    pub keel_idle_rss_kib: Option<Spread>,
     /// How keel carried the checked transfer (cross-node integrity), each distinct description once.
     pub keel_paths: Vec<String>,
     /// The proxy's memory, KiB (L7 arms): PSS at the end of the workload and peak RSS, summed over its processes.
@@ -149,6 +151,7 @@ impl Aggregate {
             keel_paths,
             proxy_pss_kib: Spread::of(samples.iter().filter(|s| s.proxy_pss_kib > 0).map(|s| s.proxy_pss_kib as f64)),
             proxy_rss_kib: Spread::of(samples.iter().filter(|s| s.proxy_rss_kib > 0).map(|s| s.proxy_rss_kib as f64)),
+            keel_idle_rss_kib: Spread::of(samples.iter().filter_map(|s| s.keel_idle_rss_by_node_kib.iter().max()).map(|v| *v as f64)),
             proxy_counted: samples.iter().filter_map(|s| Some((s.proxy_requests?, s.requests))).reduce(|(a, b), (c, d)| (a + c, b + d)),
             failures,
         }
@@ -212,6 +215,10 @@ pub enum Metric {
     ProxyKernelCpuPerUnit,
     /// The proxy's memory (PSS, summed over its processes).
     ProxyPss,
+    /// The peak RSS of the arm's largest keel (KiB), i.e. per keel rather than summed over nodes.
+    KeelPeakRssPerKeel,
+    /// The idle RSS of the arm's largest keel (KiB), before any traffic.
+    KeelIdleRssPerKeel,
 }
 
 impl Metric {
@@ -226,6 +233,11 @@ impl Metric {
             Metric::ProxyCpuPerUnit => a.proxy_pss_kib.and(a.cpu.map(|c| c.proxy)),
             Metric::ProxyKernelCpuPerUnit => a.proxy_pss_kib.and(a.cpu.map(|c| c.proxy_kernel)),
             Metric::ProxyPss => a.proxy_pss_kib,
+            Metric::KeelPeakRssPerKeel => {
+                let per_node = a.keel_rss_by_node_kib.iter().flatten().map(|s| s.median).reduce(f64::max);
+                return per_node.or(a.keel_rss_kib.map(|s| s.median));
+            }
+            Metric::KeelIdleRssPerKeel => a.keel_idle_rss_kib,
         }
         .map(|s| s.median)
     }
@@ -344,6 +356,8 @@ pub enum Rule {
     AddedUs { arm: &'static str, baseline: &'static str, workload: &'static str, metric: Metric, bound_us: f64 },
     /// Every run reported and no transfer error, over all repetitions.
     ZeroFailures { arm: &'static str, workload: &'static str },
+    /// `arm`'s median on `metric`, times `scale` (into `unit`), must be ≤ `bound`.
+    AtMost { arm: &'static str, workload: &'static str, metric: Metric, scale: f64, unit: &'static str, bound: f64 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -414,6 +428,13 @@ pub fn check(report: &Report, target: &Target) -> TargetCheck {
                 _ => (MISSING.to_owned(), Verdict::NotMeasured),
             }
         }
+        Rule::AtMost { arm, workload, metric, scale, unit, bound } => match report.median(workload, arm, metric) {
+            None => (MISSING.to_owned(), Verdict::NotMeasured),
+            Some(v) => {
+                let v = v * scale;
+                (format!("{} {unit}", num(v)), if v <= bound { Verdict::Pass } else { Verdict::Miss })
+            }
+        },
         Rule::ZeroFailures { arm, workload } => match report.get(workload, arm) {
             None => (MISSING.to_owned(), Verdict::NotMeasured),
             Some(a) => {
@@ -428,6 +449,63 @@ pub fn check(report: &Report, target: &Target) -> TargetCheck {
 
 pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
     TARGETS.iter().map(|t| check(report, t)).collect()
+}
+
+// Issue 13's targets ("keel fast where it matters"), across the run's sections: same-node traffic bypassing keel once
+// authorized, HBONE's CPU per byte and per new connection, L7 requests/s against nginx, and keel's footprint.
+const fn at_most(arm: &'static str, workload: &'static str, metric: Metric, (scale, unit): (f64, &'static str), bound: f64) -> Rule {
+    Rule::AtMost { arm, workload, metric, scale, unit, bound }
+}
+
+const MIB: (f64, &str) = (1.0 / 1024.0, "MiB");
+
+pub const FAST_TARGETS: [Target; 14] = [
+    Target {
+        label: "bypass vs direct: keepalive-c32 req/s ≥ 0.9×", rule: ratio("bypass", "direct", "keepalive-c32", Metric::Headline, true, 0.9)
+    },
+    Target { label: "bypass vs direct: bulk-1 Gbit/s ≥ 0.9×", rule: ratio("bypass", "direct", "bulk-1", Metric::Headline, true, 0.9) },
+    Target { label: "bypass vs direct: newconn-c32 req/s ≥ 0.8×", rule: ratio("bypass", "direct", "newconn-c32", Metric::Headline, true, 0.8) },
+    Target {
+        label: "x-keel-hbone: bulk-1 keel CPU (both keels) ≤ 1.0 s/GB",
+        rule: at_most("x-keel-hbone", "bulk-1", Metric::KeelCpuPerUnit, (1.0, "s/GB"), 1.0),
+    },
+    Target {
+        label: "x-keel-hbone vs x-direct: bulk-1 Gbit/s ≥ 0.6×",
+        rule: ratio("x-keel-hbone", "x-direct", "bulk-1", Metric::Headline, true, 0.6),
+    },
+    Target {
+        label: "x-keel-hbone vs x-direct: keepalive-c32 req/s ≥ 0.65×",
+        rule: ratio("x-keel-hbone", "x-direct", "keepalive-c32", Metric::Headline, true, 0.65),
+    },
+    Target {
+        label: "x-keel-hbone vs x-direct: newconn-c32 req/s ≥ 0.40×",
+        rule: ratio("x-keel-hbone", "x-direct", "newconn-c32", Metric::Headline, true, 0.40),
+    },
+    Target {
+        label: "x-keel-hbone: newconn-c32 keel CPU (both keels) ≤ 110 µs/connection",
+        rule: at_most("x-keel-hbone", "newconn-c32", Metric::KeelCpuPerUnit, (1.0, "µs/connection"), 110.0),
+    },
+    Target {
+        label: "keel L7 vs nginx: l7-h1-c32 req/s (closed loop) ≥ 1.0×",
+        rule: ratio("l7-keel", "l7-nginx", "l7-h1-c32", Metric::Headline, true, 1.0),
+    },
+    Target {
+        label: "keel L7 vs nginx: l7-h2-c4m8 req/s (closed loop) ≥ 1.0×",
+        rule: ratio("l7-keel", "l7-nginx", "l7-h2-c4m8", Metric::Headline, true, 1.0),
+    },
+    Target { label: "keel L7 vs nginx: l7-h1-c32 proxy CPU/request ≤ 1.0×", rule: L7_TARGETS[0].rule },
+    Target { label: "keel L7: l7-h1-r5k p50 added ≤ nginx's", rule: ratio("l7-keel", "l7-nginx", "l7-h1-r5k", Metric::P50, false, 1.0) },
+    Target { label: "ebpf keel RSS idle ≤ 12 MiB", rule: at_most("ebpf", "keepalive-c1", Metric::KeelIdleRssPerKeel, MIB, 12.0) },
+    Target {
+        label: "ebpf keel peak RSS through keepalive-c128 ≤ 20 MiB",
+        rule: at_most("ebpf", "keepalive-c128", Metric::KeelPeakRssPerKeel, MIB, 20.0),
+    },
+];
+
+const FAST_TARGETS_TITLE: &str = "Targets of issue 13 (same node, HBONE, L7, footprint), from whatever this run measured";
+
+pub fn check_fast_targets(report: &Report) -> Vec<TargetCheck> {
+    FAST_TARGETS.iter().map(|t| check(report, t)).collect()
 }
 
 // Issue 6's targets for the L7 engine: keel L7 uses no more CPU per request than nginx (the proxies' processes,
@@ -549,8 +627,9 @@ pub fn markdown(report: &Report) -> String {
     cross_node_section(&mut out, report);
     l7_section(&mut out, report);
     if capture {
-        targets_section(&mut out, report, &check_targets(report));
+        targets_section(&mut out, report, "Targets (ratios from this run)", &check_targets(report));
     }
+    targets_section(&mut out, report, FAST_TARGETS_TITLE, &check_fast_targets(report));
     method(&mut out, &report.info);
     out
 }
@@ -714,15 +793,17 @@ fn integrity_table(out: &mut String, r: &Report) {
 fn resources_table(out: &mut String, r: &Report) {
     let _ = writeln!(out, "## Resources\n");
     let newconn: Vec<&String> = r.workloads.iter().filter(|w| w.starts_with("newconn")).collect();
-    let mut header = vec!["arm".to_owned(), "keel RSS (median of peaks)".to_owned(), "keel RSS (max)".to_owned()];
+    let mut header =
+        vec!["arm".to_owned(), "keel RSS idle (median)".to_owned(), "keel RSS (median of peaks)".to_owned(), "keel RSS (max)".to_owned()];
     header.extend(newconn.iter().map(|w| format!("eBPF µs/connection ({w})")));
     let mut rows = Vec::new();
     for a in &r.arms {
         let arm_rows: Vec<&Aggregate> = r.rows.iter().filter(|g| &g.arm == a).collect();
         let rss: Vec<Spread> = arm_rows.iter().filter_map(|g| g.keel_rss_kib).collect();
+        let idle = Spread::of(arm_rows.iter().filter_map(|g| g.keel_idle_rss_kib).map(|s| s.median)).map_or(MISSING.to_owned(), |s| mib(s.median));
         let median_rss = Spread::of(rss.iter().map(|s| s.median)).map_or(MISSING.to_owned(), |s| mib(s.median));
         let max_rss = Spread::of(rss.iter().map(|s| s.max)).map_or(MISSING.to_owned(), |s| mib(s.max));
-        let mut row = vec![a.clone(), median_rss, max_rss];
+        let mut row = vec![a.clone(), idle, median_rss, max_rss];
         // A new connection per request: bpf_s / requests is the eBPF cost per connection.
         row.extend(newconn.iter().map(|w| median(r.get(w, a).and_then(|g| g.cpu).map(|c| c.bpf))));
         rows.push(row);
@@ -1080,8 +1161,8 @@ fn l7_rows(r: &Report, columns: usize, cells: impl Fn(&str, &str, &Aggregate) ->
     rows
 }
 
-fn targets_section(out: &mut String, r: &Report, checks: &[TargetCheck]) {
-    let _ = writeln!(out, "## Targets (ratios from this run)\n");
+fn targets_section(out: &mut String, r: &Report, title: &str, checks: &[TargetCheck]) {
+    let _ = writeln!(out, "## {title}\n");
     for c in checks {
         let mark = if c.verdict == Verdict::Pass { "x" } else { " " };
         let _ = writeln!(out, "- [{mark}] **{}** {} — measured {}", c.verdict, c.label, c.measured);
@@ -1192,6 +1273,12 @@ pub fn summary(report: &Report) -> Summary {
         let l7 = l7_summary(&mut text, report);
         targets.extend(l7);
     }
+    let fast = check_fast_targets(report);
+    let _ = writeln!(text, "\n{FAST_TARGETS_TITLE}:");
+    for t in &fast {
+        let _ = writeln!(text, "  {t}");
+    }
+    let _ = writeln!(text, "{}", verdict_sentence(&fast, report.info.quick).replace("**", ""));
     Summary { text, targets }
 }
 
@@ -1366,6 +1453,7 @@ pub(crate) mod tests {
             latency: Some(Latency { p50_ms: lat.0 * f, p90_ms: lat.1 * f, p99_ms: lat.2 * f }),
             cpu: cpu(total),
             keel_rss_kib: if arm == "direct" { 0 } else { 20480 + 1024 * rep as u64 },
+            keel_idle_rss_by_node_kib: if arm == "direct" { Vec::new() } else { vec![11264] },
             ok: true,
             ..Default::default()
         }
@@ -1567,6 +1655,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn absolute_targets_judge_one_keel_against_a_bound() {
+        use Verdict::*;
+        let label = |l: &str| FAST_TARGETS.iter().position(|t| t.label == l).unwrap();
+        let idle = label("ebpf keel RSS idle ≤ 12 MiB");
+        let peak = label("ebpf keel peak RSS through keepalive-c128 ≤ 20 MiB");
+        // Synthetic: every ebpf keel idles at 11 MiB and peaks at 20–22 MiB.
+        let mut results = synthetic();
+        results.samples.retain(|s| s.workload != "keepalive-c128");
+        let checks = check_fast_targets(&aggregate(&results));
+        assert_eq!((checks[idle].verdict, checks[idle].measured.as_str()), (Pass, "11.0 MiB"));
+        assert_eq!(checks[peak].verdict, NotMeasured, "no keepalive-c128 sample: nothing to judge");
+        let mut c128 = synthetic();
+        for s in c128.samples.iter_mut().filter(|s| s.arm == "ebpf") {
+            s.workload = "keepalive-c128".into();
+        }
+        let checks = check_fast_targets(&aggregate(&c128));
+        assert_eq!((checks[peak].verdict, checks[peak].measured.as_str()), (Miss, "21.0 MiB"));
+        // Arms this run did not have (the bypass, HBONE) are never a pass.
+        assert_eq!(checks[label("bypass vs direct: bulk-1 Gbit/s ≥ 0.9×")].verdict, NotMeasured);
+    }
+
+    #[test]
     fn markdown_has_header_tables_and_targets() {
         let md = markdown(&aggregate(&synthetic()));
         for text in [
@@ -1585,8 +1695,8 @@ pub(crate) mod tests {
             "| integrity | iptables | 2/3 | 1 (transfer 1, failed runs 1/3) |",
             "| integrity | ebpf | 3/3 | 0 |",
             "## Resources",
-            "| ebpf | 21.0 MiB | 22.0 MiB | 4.50 |",
-            "| direct | – | – | 2.50 |",
+            "| ebpf | 11.0 MiB | 21.0 MiB | 22.0 MiB | 4.50 |",
+            "| direct | – | – | – | 2.50 |",
             "## Targets",
             "- [x] **PASS** ebpf vs iptables: newconn-c32 req/s ≥ 1.2× — measured 1.30×",
             "- [ ] **MISS** ebpf+splice vs iptables: keepalive-c32 req/s ≥ 1.6× — measured 1.50×",
