@@ -159,6 +159,10 @@ impl Daemon {
             Request::ConfigDump => serde_json::to_value(self.config_dump().await)?,
             Request::FastPath(on) => {
                 self.data_path.capture.set_fast_path(on)?;
+                if let Some(ebpf) = self.data_path.capture.ebpf().filter(|_| !on) {
+                    // Off means off for the bypass too: no verdict survives, every connection goes through keel.
+                    self.data_path.bypass.revoke_all(ebpf);
+                }
                 Value::Null
             }
             Request::Uninstall => {
@@ -195,6 +199,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let data_path = Arc::new(DataPath {
         capture,
+        bypass: Default::default(),
         telemetry: Telemetry::new(),
         workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
         dialer: Dialer {
@@ -214,6 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         responder: config.responder,
     });
     tokio::spawn(reauthorize_on_change(data_path.clone()));
+    let bypass_task = tokio::spawn(bypass_heartbeat(data_path.clone()));
     let enrollment = Arc::new(Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir));
     let agent = match &config.kubernetes {
         Some(kubernetes) => Some(NodeAgent::connect(kubernetes.kubeconfig.as_deref(), &kubernetes.node_name).await?),
@@ -250,6 +256,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let release = stop == Stop::Uninstall || config.fail_open;
     info!(?stop, release_pods = release, "terminating: draining connections");
     daemon.ready.store(false, Ordering::Relaxed);
+    // No heartbeat from here on, and no verdict left: the pods' next connections are keel's again (refused while it
+    // is down) rather than the kernel's.
+    bypass_task.abort();
+    if let Some(ebpf) = daemon.data_path.capture.ebpf() {
+        daemon.data_path.bypass.revoke_all(ebpf);
+    }
     api_task.abort();
     agent_task.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(&config.api_socket);
@@ -278,11 +290,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same-node bypass's heartbeat and accounting, every [`crate::bypass::TICK`], for as long as keel runs.
+async fn bypass_heartbeat(dp: Arc<DataPath>) {
+    let Some(ebpf) = dp.capture.ebpf() else { return };
+    let mut ticks = tokio::time::interval(crate::bypass::TICK);
+    loop {
+        ticks.tick().await;
+        dp.bypass.tick(ebpf, &dp.telemetry);
+    }
+}
+
 /// Re-decides open connections whenever a new workload/policy snapshot is published.
 async fn reauthorize_on_change(data_path: Arc<DataPath>) {
     let mut changes = data_path.workloads.subscribe();
     while changes.changed().await.is_ok() {
-        let closed = data_path.open_connections.reauthorize(&data_path.workloads.snapshot());
+        let snapshot = data_path.workloads.snapshot();
+        let closed = data_path.open_connections.reauthorize(&snapshot) + data_path.bypass.reauthorize(&data_path.capture, &snapshot).await;
         if closed > 0 {
             info!(closed, "policy change closed open connections");
         }

@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// Same-node sockmap fast path (eBPF only); switchable at run time with `keel fast-path`.
     #[arg(long, value_enum, default_value = "on")]
     pub fast_path: OnOff,
+    /// Same-node bypass (eBPF only, with a workload source): once keel's policy allowed a (source pod, destination
+    /// pod, port) on plain L4, later connections of it go pod to pod in the kernel, keel accounting for them.
+    /// `keel fast-path off` stops it at run time.
+    #[arg(long, value_enum, default_value = "off")]
+    pub same_node_bypass: OnOff,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Connect timeout towards original destinations, in milliseconds.
@@ -337,6 +342,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             inbound_ports: args.exclude_inbound_ports,
         },
         fast_path: matches!(args.fast_path, OnOff::On) && args.capture == CaptureMode::Ebpf,
+        same_node_bypass: matches!(args.same_node_bypass, OnOff::On) && args.capture == CaptureMode::Ebpf,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         responder: args.responder,

@@ -38,6 +38,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub exclusions: Exclusions,
     pub fast_path: bool,
+    /// Same-node bypass verdicts are granted and applied (see `crate::bypass`).
+    pub same_node_bypass: bool,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.

@@ -17,7 +17,8 @@ use crate::{
 /// What every connection handler of one pod shares.
 pub struct PodContext {
     pub name: String,
-    pub netns: Netns,
+    /// Shared with the same-node bypass, which closes bypassed connections from inside the pod.
+    pub netns: Arc<Netns>,
     /// The pod's own IPv4 address: shown as the source of its outbound connections.
     pub ip: std::net::Ipv4Addr,
     /// Captured connections (outbound and plaintext inbound) the pod may have in flight.
@@ -30,7 +31,7 @@ impl PodContext {
     pub fn new(name: String, netns: Netns, ip: std::net::Ipv4Addr, limits: &Limits) -> PodContext {
         PodContext {
             name,
-            netns,
+            netns: Arc::new(netns),
             ip,
             connection_slots: Slots::new(limits.connections_per_pod, Refusal::PodConnectionLimit),
             hbone_slots: Slots::new(limits.hbone.connections_per_pod, Refusal::PodHboneLimit),
@@ -46,6 +47,8 @@ impl PodContext {
 /// Node-wide inputs of the data path, built once.
 pub struct DataPath {
     pub capture: Capture,
+    /// Same-node bypass verdicts granted and the connections the kernel carries under them.
+    pub bypass: crate::bypass::Bypass,
     pub telemetry: Telemetry,
     /// Workloads, services and policies (from a control plane or the local config directory; empty without).
     pub workloads: Arc<WorkloadStore>,

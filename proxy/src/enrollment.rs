@@ -174,6 +174,7 @@ impl Enrollment {
             })
             .await??;
         }
+        self.data_path.bypass.pod_enrolled(&context.name, context.netns.clone());
         let (stop, stopped) = watch::channel(false);
         let inbound_listener = listeners.inbound.try_clone()?;
         for (listener, direction) in [(listeners.outbound, Direction::Outbound), (listeners.inbound, Direction::Inbound)] {
@@ -213,6 +214,7 @@ impl Enrollment {
     async fn stop_pod(&self, pod: EnrolledPod) -> anyhow::Result<()> {
         let data_path = self.data_path.clone();
         let EnrolledPod { spec, context, inbound_listener, stop } = pod;
+        data_path.bypass.pod_left(&data_path.capture, context.netns.cookie()).await;
         let result = tokio::task::spawn_blocking(move || {
             let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_listener.as_fd() };
             data_path.capture.unenroll(&capture)

@@ -7,8 +7,9 @@ use std::{
 
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
-const DATA_PATH: [&str; 17] = [
+const DATA_PATH: [&str; 18] = [
     "accept",
+    "bypass",
     "captured",
     "chunk_io",
     "connection_error",

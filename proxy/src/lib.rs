@@ -10,6 +10,7 @@ pub mod accept;
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod bypass;
 pub mod capture;
 pub mod captured;
 pub mod chunk_io;

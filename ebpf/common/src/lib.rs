@@ -107,12 +107,54 @@ pub struct ListenerKey {
 pub const LISTENER_INBOUND: u32 = 0;
 pub const LISTENER_HBONE: u32 = 1;
 
+/// A same-node bypass verdict: the pod in `source_netns` may reach the pod in `destination_netns` on `port` without
+/// keel in the path (keel's policy engine allowed it; see `BYPASS_VERDICTS`). Pods by netns cookie, not address:
+/// a deleted pod's address given to a new pod does not inherit its verdicts. `port` host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BypassKey {
+    pub source_netns: u64,
+    pub destination_netns: u64,
+    pub port: u32,
+    pub _pad: u32,
+}
+
+/// One connection the kernel carried past keel, keyed by its [`FlowKey`] as the client sees it. The kernel fills
+/// the byte counts when the client socket closes; keel reads, accounts and deletes closed entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BypassFlow {
+    pub verdict: BypassKey,
+    /// Client → server bytes the server acknowledged (`bytes_acked` of the client socket, less the SYN's and FIN's
+    /// sequence numbers).
+    pub bytes_sent: u64,
+    /// Server → client bytes (`bytes_received` of the client socket, less the server's FIN).
+    pub bytes_received: u64,
+    /// When the client connected and when its socket closed (`bpf_ktime_get_ns`; 0 until then).
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    /// `BYPASS_FLOW_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+
+pub const BYPASS_FLOW_CONNECTING: u32 = 0;
+pub const BYPASS_FLOW_ESTABLISHED: u32 = 1;
+pub const BYPASS_FLOW_CLOSED: u32 = 2;
+
+/// Verdicts count only while keel's heartbeat (`BYPASS_HEARTBEAT`, CLOCK_MONOTONIC ns as `bpf_ktime_get_ns` reads
+/// it) is at most this old: a keel that died stops granting bypasses within it, and its pods' connections are
+/// captured again (and refused while keel is down).
+pub const BYPASS_HEARTBEAT_TTL_NS: u64 = 3_000_000_000;
+
 /// Index into the CONFIG array.
 pub const CONFIG_FAST_PATH: u32 = 0;
 /// Non-zero: inbound connections to an enrolled pod whose keel listener is gone (keel crashed or is
 /// restarting) are refused instead of reaching the application unauthenticated. Off with `keel run --fail-open`.
 pub const CONFIG_FAIL_CLOSED: u32 = 1;
-pub const CONFIG_LEN: u32 = 2;
+/// Non-zero: connect4 and sk_lookup apply same-node bypass verdicts.
+pub const CONFIG_BYPASS: u32 = 2;
+pub const CONFIG_LEN: u32 = 3;
 
 /// Per-program counters: indices into the per-CPU STATS array.
 pub mod counter {
@@ -130,7 +172,11 @@ pub mod counter {
     pub const SK_LOOKUP_ERRORS: u32 = 11;
     /// Inbound connections refused because the pod's keel listener was gone (fail closed).
     pub const SK_LOOKUP_REFUSED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Connections the kernel carried past keel under a same-node bypass verdict (the client's connect, the
+    /// server's SYN).
+    pub const CONNECT4_BYPASSED: u32 = 13;
+    pub const SK_LOOKUP_BYPASSED: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 #[cfg(feature = "user")]
@@ -142,4 +188,6 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::SpliceState {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::BypassKey {}
+    unsafe impl aya::Pod for super::BypassFlow {}
 }

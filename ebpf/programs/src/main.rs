@@ -7,6 +7,10 @@
 //!   two ends of a keel↔keel connection between pods of this node into the fast-path SockHash.
 //! - `keel_sk_msg` (sk_msg on the SockHash): splices messages to the peer socket's receive queue.
 //! - `keel_sk_lookup` (sk_lookup, attached per pod network namespace): steers inbound TCP to keel's listeners.
+//!
+//! Same-node bypass: once keel's policy engine allowed (source pod, destination pod, port), connect4 leaves that
+//! triple's later connections alone, sock_ops records them (addresses, then bytes at close) and sk_lookup lets
+//! exactly those SYNs reach the application: one TCP connection between the pods, keel out of the path.
 #![no_std]
 #![no_main]
 
@@ -14,14 +18,15 @@ mod maps;
 
 use aya_ebpf::{
     bindings::{sk_action, BPF_ANY, BPF_F_INGRESS},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{cgroup_sock_addr, sk_lookup, sk_msg, sock_ops},
     programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::error;
 use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, HBONE_PORT, INBOUND_PORT, KEEL_MARK,
+    counter, BypassFlow, BypassKey, ClientKey, Endpoint4, FlowKey, ListenerKey, SpliceState, BYPASS_FLOW_CLOSED, BYPASS_FLOW_CONNECTING,
+    BYPASS_FLOW_ESTABLISHED, BYPASS_HEARTBEAT_TTL_NS, CONFIG_BYPASS, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, HBONE_PORT, INBOUND_PORT, KEEL_MARK,
     KEEL_MARK_MASK, LISTENER_HBONE, LISTENER_INBOUND, LOOPBACK_IP4_NET, OUTBOUND_PORT, SPLICE_BURST_LIMIT,
 };
 use maps::*;
@@ -36,6 +41,12 @@ const ENOENT: i32 = 2;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE: u32 = 7;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
 
 #[inline(always)]
 fn count(index: u32) {
@@ -64,12 +75,22 @@ fn remote_port_host(raw: u32) -> u32 {
 // ---------------------------------------------------------------------------------------------------------------
 // Outbound capture.
 
+/// What connect4 did with one connect().
+enum Connect {
+    /// Rewritten to keel's outbound listener.
+    Captured,
+    /// Not keel's business (not enrolled, excluded, keel's own).
+    Passed,
+    /// Left to go straight to a pod of this node under a bypass verdict.
+    Bypassed,
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn keel_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect4(&ctx) {
-        Ok(captured) => {
-            count(if captured { counter::CONNECT4_CAPTURED } else { counter::CONNECT4_PASSED });
-        }
+        Ok(Connect::Captured) => count(counter::CONNECT4_CAPTURED),
+        Ok(Connect::Passed) => count(counter::CONNECT4_PASSED),
+        Ok(Connect::Bypassed) => count(counter::CONNECT4_BYPASSED),
         Err(()) => {
             count(counter::CONNECT4_ERRORS);
             error!(&ctx, "connect4: could not record an original destination; connection left uncaptured");
@@ -78,42 +99,130 @@ pub fn keel_connect4(ctx: SockAddrContext) -> i32 {
     1 // always let connect() proceed: to keel when rewritten, to the original destination otherwise
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<bool, ()> {
+fn try_connect4(ctx: &SockAddrContext) -> Result<Connect, ()> {
     // SAFETY: the context pointer is valid for the program's run; fields are read through the verifier-checked ctx.
     let addr = unsafe { &mut *ctx.sock_addr };
     if addr.type_ != SOCK_STREAM || addr.protocol != IPPROTO_TCP {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     // SAFETY: helper valid for cgroup_sock_addr programs.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: plain lookup of a Copy value.
     if unsafe { PODS.get(&netns) }.is_none() {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     let sk = unsafe { addr.__bindgen_anon_1.sk };
     if sk.is_null() {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     // keel's own sockets carry its mark: never capture them (no loops).
     if unsafe { (*sk).mark } & KEEL_MARK_MASK == KEEL_MARK {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     let ip = addr.user_ip4;
     let port_net = addr.user_port as u16;
     let port = u16::from_be(port_net);
     if is_loopback(ip) || unsafe { EXCLUDED_OUTBOUND_PORTS.get(&port) }.is_some() {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     if EXCLUDED_OUTBOUND_CIDRS.get(&aya_ebpf::maps::lpm_trie::Key::new(32, ip)).is_some() {
-        return Ok(false);
+        return Ok(Connect::Passed);
     }
     // SAFETY: helper valid for cgroup_sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(verdict) = bypass_verdict(netns, ip, port) {
+        // sock_ops turns this into the flow sk_lookup admits once the client's port is bound. If that record
+        // cannot be made, the connection is captured as usual.
+        if BYPASS_BY_COOKIE.insert(&cookie, &verdict, BPF_ANY as u64).is_ok() {
+            return Ok(Connect::Bypassed);
+        }
+    }
     let original = Endpoint4 { ip, port: port_net, _pad: 0 };
     ORIGINAL_DST_BY_COOKIE.insert(&cookie, &original, BPF_ANY as u64).map_err(|_| ())?;
     addr.user_ip4 = LOOPBACK_IP4_NET;
     addr.user_port = (OUTBOUND_PORT.to_be()) as u32;
-    Ok(true)
+    Ok(Connect::Captured)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Same-node bypass.
+
+#[inline(always)]
+fn bypass_enabled() -> bool {
+    matches!(CONFIG.get(CONFIG_BYPASS), Some(v) if *v != 0)
+}
+
+/// keel is alive: its heartbeat is at most `BYPASS_HEARTBEAT_TTL_NS` old. A keel that died (its programs and maps
+/// outlive it) grants nothing.
+#[inline(always)]
+fn keel_alive() -> bool {
+    let Some(beat) = BYPASS_HEARTBEAT.get(0) else { return false };
+    let beat = *beat;
+    // SAFETY: helper valid for every program type.
+    let now = unsafe { bpf_ktime_get_ns() };
+    beat != 0 && now >= beat && now - beat <= BYPASS_HEARTBEAT_TTL_NS
+}
+
+/// The verdict for a connect() from the pod in `netns` to `ip:port`, if the destination is a pod of this node and
+/// keel allowed the triple.
+#[inline(always)]
+fn bypass_verdict(netns: u64, ip: u32, port: u16) -> Option<BypassKey> {
+    if !bypass_enabled() || !keel_alive() {
+        return None;
+    }
+    // SAFETY: plain lookups of Copy values.
+    let destination_netns = *unsafe { POD_IPS.get(&ip) }?;
+    if destination_netns == netns {
+        return None;
+    }
+    let key = BypassKey { source_netns: netns, destination_netns, port: port as u32, _pad: 0 };
+    unsafe { BYPASS_VERDICTS.get(&key) }?;
+    Some(key)
+}
+
+/// TCP_CONNECT_CB of a client connect4 bypassed: its addresses are known now, so its SYN can be recognised at the
+/// destination; close-time byte counts are asked for.
+fn record_bypassed_client(ctx: &SockOpsContext, cookie: u64) -> Result<(), ()> {
+    // SAFETY: plain lookup of a Copy value.
+    let Some(verdict) = (unsafe { BYPASS_BY_COOKIE.get(&cookie) }).copied() else {
+        return Ok(());
+    };
+    let _ = BYPASS_BY_COOKIE.remove(&cookie);
+    // SAFETY: helper valid for every program type.
+    let started_ns = unsafe { bpf_ktime_get_ns() };
+    let flow = BypassFlow { verdict, state: BYPASS_FLOW_CONNECTING, started_ns, ..BypassFlow::default() };
+    BYPASS_FLOWS.insert(&flow_key(ctx), &flow, BPF_ANY as u64).map_err(|_| ())?;
+    ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32).map_err(|_| ())?;
+    Ok(())
+}
+
+fn bypassed_client_established(ctx: &SockOpsContext) {
+    if let Some(flow) = BYPASS_FLOWS.get_ptr_mut(&flow_key(ctx)) {
+        // SAFETY: a live map value; only this socket's callbacks write its entry.
+        unsafe { (*flow).state = BYPASS_FLOW_ESTABLISHED };
+    }
+}
+
+/// A bypassed client socket closing: what crossed it, for keel's accounting.
+fn bypassed_client_state(ctx: &SockOpsContext) {
+    if ctx.arg(1) != TCP_CLOSE {
+        return;
+    }
+    // The counters are sequence-number deltas: `bytes_acked` counts the SYN once the connection was established,
+    // and both count the FINs. Closing from these states both FINs went through (sent and acknowledged, and
+    // received); from any other (a reset), none did.
+    let fins = u64::from(matches!(ctx.arg(0), TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING));
+    if let Some(flow) = BYPASS_FLOWS.get_ptr_mut(&flow_key(ctx)) {
+        // SAFETY: the context is a live bpf_sock_ops of a full socket (state callbacks only run on those); the
+        // map value is live and only this socket's callbacks write it.
+        unsafe {
+            let ops = &*ctx.ops;
+            (*flow).bytes_sent = ops.bytes_acked.saturating_sub(1 + fins);
+            (*flow).bytes_received = ops.bytes_received.saturating_sub(fins);
+            (*flow).ended_ns = bpf_ktime_get_ns();
+            (*flow).state = BYPASS_FLOW_CLOSED;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -133,9 +242,21 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
         return Ok(());
     }
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => record_client_address(ctx),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => splice_active(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            // SAFETY: helper valid for sock_ops programs.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            record_bypassed_client(ctx, cookie)?;
+            record_client_address(ctx, cookie)
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            bypassed_client_established(ctx);
+            splice_active(ctx)
+        }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => splice_passive(ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            bypassed_client_state(ctx);
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -148,9 +269,7 @@ fn netns_of(ctx: &SockOpsContext) -> u64 {
 
 /// The client's local port is known from TCP_CONNECT_CB on: re-key the original destination by the address keel
 /// will see as its peer, since keel's accepted socket has a different cookie.
-fn record_client_address(ctx: &SockOpsContext) -> Result<(), ()> {
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn record_client_address(ctx: &SockOpsContext, cookie: u64) -> Result<(), ()> {
     let Some(original) = (unsafe { ORIGINAL_DST_BY_COOKIE.get(&cookie) }).copied() else {
         return Ok(());
     };
@@ -279,6 +398,8 @@ enum Lookup {
     /// An enrolled pod whose keel listener is gone (keel crashed or is restarting): refused with a reset rather
     /// than delivered to the application unauthenticated.
     Refused,
+    /// A bypassed connection: the regular lookup delivers it to the application.
+    Bypassed,
 }
 
 #[sk_lookup]
@@ -286,6 +407,7 @@ pub fn keel_sk_lookup(ctx: SkLookupContext) -> u32 {
     match try_sk_lookup(&ctx) {
         Ok(Lookup::Captured) => count(counter::SK_LOOKUP_CAPTURED),
         Ok(Lookup::Passed) => count(counter::SK_LOOKUP_PASSED),
+        Ok(Lookup::Bypassed) => count(counter::SK_LOOKUP_BYPASSED),
         Ok(Lookup::Refused) => {
             count(counter::SK_LOOKUP_REFUSED);
             // SK_DROP: the kernel finds no socket and answers the SYN with a reset.
@@ -328,6 +450,16 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Lookup, ()> {
         return Ok(Lookup::Passed);
     }
     let slot = if port == HBONE_PORT { LISTENER_HBONE } else { LISTENER_INBOUND };
+    if slot == LISTENER_INBOUND && bypass_enabled() && keel_alive() {
+        // A SYN from a client socket connect4 let past keel (the flow sock_ops recorded from that very socket, so
+        // another pod cannot claim it by forging an address): the application's own listener takes it.
+        // SAFETY: plain reads of fields of the live context.
+        let (remote_ip4, remote_port) = unsafe { (core::ptr::read_volatile(&lookup.remote_ip4), core::ptr::read_volatile(&lookup.remote_port)) };
+        let client = FlowKey { local_ip: remote_ip4, remote_ip: local_ip4, local_port: u16::from_be(remote_port) as u32, remote_port: port as u32 };
+        if unsafe { BYPASS_FLOWS.get(&client) }.is_some() {
+            return Ok(Lookup::Bypassed);
+        }
+    }
     let key = ListenerKey { ip: local_ip4, slot };
     match LISTENERS.redirect_sk_lookup(ctx, key, 0) {
         Ok(()) => Ok(Lookup::Captured),

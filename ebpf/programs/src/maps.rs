@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use keel_ebpf_common::{counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, SpliceState, CONFIG_LEN};
+use keel_ebpf_common::{counter, BypassFlow, BypassKey, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, SpliceState, CONFIG_LEN};
 
 /// Enrolled pods by network-namespace cookie.
 #[map]
@@ -57,3 +57,21 @@ pub static SPLICE_STATE: LruHashMap<FlowKey, SpliceState> = LruHashMap::with_max
 /// Accepting ends whose connecting peer is spliced, keyed as the accepting end will see itself.
 #[map]
 pub static PENDING_PEERS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Same-node bypass verdicts keel's policy engine granted (value unused). Not pinned: a restarted keel starts with
+/// none, and every connection goes through it until it grants them again.
+#[map]
+pub static BYPASS_VERDICTS: HashMap<BypassKey, u8> = HashMap::with_max_entries(16384, 0);
+
+/// keel's heartbeat (one slot): verdicts apply only while it is fresh (`BYPASS_HEARTBEAT_TTL_NS`).
+#[map]
+pub static BYPASS_HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Client sockets connect4 let past keel, by socket cookie, until sock_ops knows their addresses.
+#[map]
+pub static BYPASS_BY_COOKIE: LruHashMap<u64, BypassKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// Bypassed connections by the client's view of their addresses: sk_lookup lets exactly these SYNs reach the
+/// application, and keel accounts for them (opened, closed, bytes).
+#[map]
+pub static BYPASS_FLOWS: LruHashMap<FlowKey, BypassFlow> = LruHashMap::with_max_entries(65536, 0);

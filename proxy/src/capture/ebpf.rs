@@ -30,7 +30,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use keel_ebpf_common::{
-    counter, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH, LISTENER_INBOUND, POD_CAPTURE_OUTBOUND,
+    counter, BypassFlow, BypassKey, ClientKey, Endpoint4, FlowKey, ListenerKey, PodEntry, CONFIG_BYPASS, CONFIG_FAIL_CLOSED, CONFIG_FAST_PATH,
+    LISTENER_INBOUND, POD_CAPTURE_OUTBOUND,
 };
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -48,11 +49,24 @@ pub struct EbpfCapture {
     original_dst: HashMap<MapData, ClientKey, Endpoint4>,
     stats: PerCpuArray<MapData, u64>,
     fast_path: AtomicBool,
+    /// Same-node bypass was asked for at start (`--same-node-bypass on`); `keel fast-path` switches it with the
+    /// splice only then.
+    bypass_configured: bool,
+    bypass_active: AtomicBool,
+    bypass: Mutex<BypassMaps>,
     pin_dir: PathBuf,
     /// Links are pinned (capture outlives keel) unless `--fail-open`.
     fail_closed: bool,
     /// `None` once shut down.
     state: Mutex<Option<Attached>>,
+}
+
+/// The same-node bypass maps (see `crate::bypass`), apart from enrollment's lock: verdicts are granted on the
+/// connection path.
+struct BypassMaps {
+    verdicts: HashMap<MapData, BypassKey, u8>,
+    heartbeat: Array<MapData, u64>,
+    flows: HashMap<MapData, FlowKey, BypassFlow>,
 }
 
 /// Everything that changes on enroll/unenroll, behind one lock (enrollment is rare; connections never take it).
@@ -96,12 +110,20 @@ impl EbpfCapture {
         let mut config_map: Array<MapData, u32> = take(&mut ebpf, "CONFIG")?;
         config_map.set(CONFIG_FAST_PATH, u32::from(config.fast_path), 0).context("writing CONFIG")?;
         config_map.set(CONFIG_FAIL_CLOSED, u32::from(fail_closed), 0).context("writing CONFIG")?;
+        config_map.set(CONFIG_BYPASS, u32::from(config.same_node_bypass), 0).context("writing CONFIG")?;
         write_exclusions(&mut ebpf, config)?;
 
         let capture = EbpfCapture {
             original_dst: take(&mut ebpf, "ORIGINAL_DST")?,
             stats: take(&mut ebpf, "STATS")?,
             fast_path: AtomicBool::new(config.fast_path),
+            bypass_configured: config.same_node_bypass,
+            bypass_active: AtomicBool::new(config.same_node_bypass),
+            bypass: Mutex::new(BypassMaps {
+                verdicts: take(&mut ebpf, "BYPASS_VERDICTS")?,
+                heartbeat: take(&mut ebpf, "BYPASS_HEARTBEAT")?,
+                flows: take(&mut ebpf, "BYPASS_FLOWS")?,
+            }),
             pin_dir: config.bpffs_dir.clone(),
             fail_closed,
             state: Mutex::new(Some(Attached {
@@ -232,9 +254,54 @@ impl EbpfCapture {
         let mut guard = self.state.lock().expect("capture state poisoned");
         let state = guard.as_mut().context("eBPF capture is shut down")?;
         state.config.set(CONFIG_FAST_PATH, u32::from(on), 0).context("writing CONFIG")?;
+        if self.bypass_configured {
+            state.config.set(CONFIG_BYPASS, u32::from(on), 0).context("writing CONFIG")?;
+            // Off, the programs ignore verdicts at once; the caller revokes them (see `crate::bypass`).
+            self.bypass_active.store(on, Ordering::Relaxed);
+        }
         self.fast_path.store(on, Ordering::Relaxed);
-        info!(on, "fast path switched");
+        info!(on, same_node_bypass = on && self.bypass_configured, "fast path switched");
         Ok(())
+    }
+
+    /// Whether the kernel applies bypass verdicts now (asked for at start, and not switched off since).
+    pub fn bypass_on(&self) -> bool {
+        self.bypass_active.load(Ordering::Relaxed)
+    }
+
+    /// Lets the pods of `key` talk without keel from their next connection on.
+    pub fn grant_bypass(&self, key: &BypassKey) -> anyhow::Result<()> {
+        let mut maps = self.bypass.lock().expect("bypass maps poisoned");
+        maps.verdicts.insert(key, 1, 0).context("writing a BYPASS_VERDICTS entry")
+    }
+
+    /// Takes back every verdict: every new connection goes through keel again.
+    pub fn revoke_bypasses(&self) -> anyhow::Result<()> {
+        let mut maps = self.bypass.lock().expect("bypass maps poisoned");
+        let keys: Vec<BypassKey> = maps.verdicts.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            match maps.verdicts.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing a BYPASS_VERDICTS entry"),
+            }
+        }
+        Ok(())
+    }
+
+    /// keel is alive: the kernel honours verdicts for `BYPASS_HEARTBEAT_TTL_NS` after this.
+    pub fn bypass_heartbeat(&self) -> anyhow::Result<()> {
+        let now = monotonic_ns();
+        self.bypass.lock().expect("bypass maps poisoned").heartbeat.set(0, now, 0).context("writing BYPASS_HEARTBEAT")
+    }
+
+    /// Every bypassed connection the kernel knows of (connecting, established or closed, not yet forgotten).
+    pub fn bypass_flows(&self) -> Vec<(FlowKey, BypassFlow)> {
+        self.bypass.lock().expect("bypass maps poisoned").flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Drops a closed flow keel has accounted for.
+    pub fn forget_bypass_flow(&self, key: &FlowKey) {
+        let _ = self.bypass.lock().expect("bypass maps poisoned").flows.remove(key);
     }
 
     pub fn fast_path(&self) -> bool {
@@ -247,6 +314,7 @@ impl EbpfCapture {
             connect4: ProgramCounters {
                 captured: read(counter::CONNECT4_CAPTURED),
                 passed: read(counter::CONNECT4_PASSED),
+                bypassed: read(counter::CONNECT4_BYPASSED),
                 errors: read(counter::CONNECT4_ERRORS),
                 ..Default::default()
             },
@@ -266,6 +334,7 @@ impl EbpfCapture {
                 captured: read(counter::SK_LOOKUP_CAPTURED),
                 passed: read(counter::SK_LOOKUP_PASSED),
                 refused: read(counter::SK_LOOKUP_REFUSED),
+                bypassed: read(counter::SK_LOOKUP_BYPASSED),
                 errors: read(counter::SK_LOOKUP_ERRORS),
                 ..Default::default()
             },
@@ -283,6 +352,14 @@ impl EbpfCapture {
         }
         remove_pins(&self.pin_dir)
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn check_kernel(config: &Config) -> anyhow::Result<()> {

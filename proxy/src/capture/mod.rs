@@ -41,6 +41,8 @@ pub struct ProgramCounters {
     pub redirected: u64,
     /// Connections refused because keel's listener was gone (sk_lookup, fail closed).
     pub refused: u64,
+    /// Connections let past keel under a same-node bypass verdict (connect4, sk_lookup).
+    pub bypassed: u64,
     pub errors: u64,
 }
 
@@ -118,6 +120,14 @@ impl Capture {
         match self {
             Capture::Ebpf(c) => c.fast_path(),
             Capture::Iptables(_) => false,
+        }
+    }
+
+    /// The eBPF backend, where same-node bypass lives (`None` with iptables, which never bypasses).
+    pub fn ebpf(&self) -> Option<&ebpf::EbpfCapture> {
+        match self {
+            Capture::Ebpf(c) => Some(c),
+            Capture::Iptables(_) => None,
         }
     }
 

@@ -21,9 +21,19 @@ pub const REGISTRATION_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct LocalPeers {
-    /// Every connection keel made to a pod of this node, with the source's identity when it has one.
-    connections: Mutex<HashMap<(SocketAddr, SocketAddr), Option<Identity>>>,
+    /// Every connection keel made to a pod of this node.
+    connections: Mutex<HashMap<(SocketAddr, SocketAddr), LocalPeer>>,
     registered: Notify,
+}
+
+/// Who made a same-node connection, as the outbound side registered it.
+#[derive(Clone, Debug, Default)]
+pub struct LocalPeer {
+    /// The source's identity, when it has one.
+    pub identity: Option<Identity>,
+    /// The source pod's netns cookie, when the outbound side carried the connection as plain L4 (no L7): later
+    /// connections of the same pods and port may bypass keel once the inbound side admits this one.
+    pub bypass_from: Option<u64>,
 }
 
 /// Removes the registration when the connection ends.
@@ -39,27 +49,27 @@ impl Drop for Registration {
 }
 
 impl LocalPeers {
-    pub fn register(self: &Arc<Self>, from: SocketAddr, to: SocketAddr, identity: Option<Identity>) -> Registration {
-        self.connections.lock().expect("local peers poisoned").insert((from, to), identity);
+    pub fn register(self: &Arc<Self>, from: SocketAddr, to: SocketAddr, peer: LocalPeer) -> Registration {
+        self.connections.lock().expect("local peers poisoned").insert((from, to), peer);
         self.registered.notify_waiters();
         Registration { peers: self.clone(), key: (from, to) }
     }
 
-    fn get(&self, from: SocketAddr, to: SocketAddr) -> Option<Option<Identity>> {
+    fn get(&self, from: SocketAddr, to: SocketAddr) -> Option<LocalPeer> {
         self.connections.lock().expect("local peers poisoned").get(&(from, to)).cloned()
     }
 
-    /// The identity keel registered for this connection, waiting up to [`REGISTRATION_GRACE`] for the
-    /// registration (a connection keel did not make, e.g. on an excluded port, waits it out and has none).
-    pub async fn identity_of(&self, from: SocketAddr, to: SocketAddr) -> Option<Identity> {
+    /// What keel registered for this connection, waiting up to [`REGISTRATION_GRACE`] for the registration (a
+    /// connection keel did not make, e.g. on an excluded port, waits it out and has no identity).
+    pub async fn peer_of(&self, from: SocketAddr, to: SocketAddr) -> LocalPeer {
         let deadline = tokio::time::Instant::now() + REGISTRATION_GRACE;
         loop {
             let registered = self.registered.notified();
-            if let Some(identity) = self.get(from, to) {
-                return identity;
+            if let Some(peer) = self.get(from, to) {
+                return peer;
             }
             if tokio::time::timeout_at(deadline, registered).await.is_err() {
-                return self.get(from, to).flatten();
+                return self.get(from, to).unwrap_or_default();
             }
         }
     }
@@ -81,13 +91,15 @@ mod tests {
             let peers = peers.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                peers.register(from, to, Some(identity()))
+                peers.register(from, to, LocalPeer { identity: Some(identity()), bypass_from: Some(7) })
             })
         };
-        assert_eq!(peers.identity_of(from, to).await, Some(identity()));
+        let peer = peers.peer_of(from, to).await;
+        assert_eq!((peer.identity, peer.bypass_from), (Some(identity()), Some(7)));
         drop(late.await.unwrap());
         let started = std::time::Instant::now();
-        assert_eq!(peers.identity_of(from, to).await, None);
+        let peer = peers.peer_of(from, to).await;
+        assert_eq!((peer.identity, peer.bypass_from), (None, None));
         assert!(started.elapsed() >= REGISTRATION_GRACE);
     }
 }

@@ -38,7 +38,7 @@ use crate::{
     plan::{destination::Route, Path},
     sockets,
 };
-use local_peers::{LocalPeers, Registration};
+use local_peers::{LocalPeer, LocalPeers, Registration};
 
 /// Why an endpoint could not be reached. The texts are what logs and `keel connections` have always shown.
 #[derive(Debug, thiserror::Error)]
@@ -98,16 +98,19 @@ pub struct Dialer {
 impl Dialer {
     /// Connects from inside `from` to `upstream`; the registration (held as long as the connection) tells the
     /// inbound side of a same-node pod who the source is.
+    /// `plain_l4`: keel carries the connection as bytes (no L7), so the inbound side may let the pair bypass it later.
     pub async fn connect_direct(
         &self,
         from: Origin<'_>,
         upstream: SocketAddrV4,
         source_identity: Option<Identity>,
+        plain_l4: bool,
     ) -> Result<(TcpStream, Option<Registration>), DialError> {
         let stream = sockets::connect_from_pod(from.netns, upstream, self.connect_timeout).await.map_err(|e| DialError::Connect(upstream, e))?;
         let registration = if self.node_pods.contains(IpAddr::V4(*upstream.ip())) {
             let local = stream.local_addr().map_err(DialError::LocalAddress)?;
-            Some(self.local_peers.register(local, SocketAddr::V4(upstream), source_identity))
+            let bypass_from = (plain_l4 && source_identity.is_some()).then(|| from.netns.cookie());
+            Some(self.local_peers.register(local, SocketAddr::V4(upstream), LocalPeer { identity: source_identity, bypass_from }))
         } else {
             None
         };
@@ -168,11 +171,11 @@ impl Dialer {
                     Ok(UpstreamIo::Hbone(Box::new(tunnel)))
                 }
                 (Path::SameNode, Some(source)) => {
-                    let (stream, registration) = self.connect_direct(from, endpoint, Some(Identity::of_workload(source))).await?;
+                    let (stream, registration) = self.connect_direct(from, endpoint, Some(Identity::of_workload(source)), false).await?;
                     Ok(UpstreamIo::Tcp(stream, registration, Path::SameNode))
                 }
                 _ => {
-                    let (stream, registration) = self.connect_direct(from, endpoint, None).await?;
+                    let (stream, registration) = self.connect_direct(from, endpoint, None, false).await?;
                     Ok(UpstreamIo::Tcp(stream, registration, Path::Direct))
                 }
             }

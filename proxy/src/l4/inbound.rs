@@ -11,10 +11,14 @@ use tokio::net::TcpStream;
 use tracing::info;
 
 use super::relay::{self, Progress, RelayOutcome};
+use keel_ebpf_common::BypassKey;
+
 use crate::{
+    bypass::Grant,
     chunk_io::{self, ChunkRead, ChunkWrite},
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
+    dial::local_peers::LocalPeer,
     identity::Identity,
     limits::RelayTimeouts,
     plan::Path,
@@ -107,17 +111,30 @@ pub async fn proxy(
 ) -> Result<(), ConnectionError> {
     let snapshot = dp.workloads.snapshot();
     let source_ip = record.source.ip();
-    let source_identity = if dp.dialer.node_pods.contains(source_ip) {
-        dp.dialer.local_peers.identity_of(record.source, SocketAddr::V4(destination)).await
+    let local_peer = if dp.dialer.node_pods.contains(source_ip) {
+        dp.dialer.local_peers.peer_of(record.source, SocketAddr::V4(destination)).await
     } else {
-        None
+        LocalPeer::default()
     };
+    let source_identity = local_peer.identity.clone();
     record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&source_ip));
     record.source_peer.identity = source_identity.clone();
     record.path = Some(if source_identity.is_some() { Path::SameNode } else { Path::Direct });
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
+    if let (Some(source_netns), Some(destination_workload)) = (local_peer.bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {
+        // Admitted, plain L4, both pods here: the pair's next connections may go straight, decided the same way.
+        let connection = OpenConnection {
+            source_ip,
+            source_identity,
+            destination_ip: IpAddr::V4(pod.ip),
+            destination_port: destination.port(),
+            destination_uid: destination_workload.uid.clone(),
+        };
+        let key = BypassKey { source_netns, destination_netns: pod.netns.cookie(), port: destination.port().into(), _pad: 0 };
+        dp.bypass.grant(&dp.capture, key, Grant { connection, record: record.clone() });
+    }
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
     let (outcome, revoked) = relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
     record.bytes_sent = outcome.client_to_server;

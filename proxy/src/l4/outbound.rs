@@ -56,7 +56,7 @@ async fn direct(
     source_identity: Option<Identity>,
     record: &mut ConnectionRecord,
 ) -> Result<(), ConnectionError> {
-    let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity).await?;
+    let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity, true).await?;
     finish(record, relay::relay(client, &mut upstream, dp.limits.relay).await)
 }
 

@@ -33,6 +33,8 @@ pub enum Path {
     Hbone,
     /// Terminated by the L7 engine; each request went its own way (see the access log).
     Http,
+    /// Carried by the kernel between two pods of this node under a same-node bypass verdict (see `crate::bypass`).
+    Bypass,
 }
 
 impl Path {
@@ -42,6 +44,7 @@ impl Path {
             Path::SameNode => "same-node",
             Path::Hbone => "hbone",
             Path::Http => "http",
+            Path::Bypass => "bypass",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod mesh_mtls;
 pub mod node_agent;
 pub mod robustness;
+pub mod same_node_bypass;
 pub mod selftest;
 pub mod traffic_management;
 
