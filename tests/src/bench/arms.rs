@@ -12,7 +12,7 @@ pub enum Mesh {
     Plain,
     /// Local mode on every node: one shared `--config-dir` listing both pods (in the mesh) and one shared
     /// `--ca-dir`, so the nodes' keels trust each other. A connection to a pod of another node goes over HBONE
-    /// (mTLS, HTTP/2 CONNECT to the destination pod's :15008).
+    /// (mTLS, HTTP/2 CONNECT to the destination pod's :15008); on one node it takes the same-node path.
     Hbone,
     /// Local mode with the L7 comparison's config dir: the two pods and 1,000 Services, `catalog` selecting the
     /// server pod (see `bench::l7`). What keel does with `catalog` is the arm's [`L7Proxy::Keel`].
@@ -26,12 +26,20 @@ pub struct KeelSetup {
     /// The same-node sockmap fast path (`--fast-path on`), eBPF only.
     pub fast_path: bool,
     pub mesh: Mesh,
+    /// Same-node bypass (`--same-node-bypass on`): after the first connection of each (pods, port), the kernel
+    /// carries the pair's connections without keel. Needs a workload source (`Mesh::Hbone`).
+    pub bypass: bool,
 }
 
 impl KeelSetup {
     /// Arguments that do not depend on the lab (local mode's directories are added when the lab exists).
     pub fn args(&self) -> Vec<String> {
-        vec!["--fast-path".into(), if self.fast_path { "on" } else { "off" }.into()]
+        let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
+        let mut args = vec!["--fast-path".into(), on_off(self.fast_path)];
+        if self.bypass {
+            args.extend(["--same-node-bypass".into(), on_off(true)]);
+        }
+        args
     }
 }
 
@@ -70,19 +78,22 @@ impl Arm {
     /// The responder workload (keel answers the client itself, never relaying) measures capture on the client's
     /// node alone: it says nothing about an arm without keel, nor about the path between two nodes.
     pub fn runs_responder(&self) -> bool {
-        self.keel.is_some() && !self.cross_node() && self.l7.is_none()
+        self.keel.is_some_and(|k| !k.bypass) && !self.cross_node() && self.l7.is_none()
     }
 }
 
 const fn keel(backend: Backend, fast_path: bool, mesh: Mesh) -> Option<KeelSetup> {
-    Some(KeelSetup { backend, fast_path, mesh })
+    Some(KeelSetup { backend, fast_path, mesh, bypass: false })
 }
 
-pub const ARMS: [Arm; 12] = [
+pub const ARMS: [Arm; 13] = [
     Arm { name: "direct", nodes: 1, keel: None, l7: None },
     Arm { name: "iptables", nodes: 1, keel: keel(Backend::Iptables, false, Mesh::Plain), l7: None },
     Arm { name: "ebpf", nodes: 1, keel: keel(Backend::Ebpf, false, Mesh::Plain), l7: None },
     Arm { name: "ebpf+splice", nodes: 1, keel: keel(Backend::Ebpf, true, Mesh::Plain), l7: None },
+    // Both pods in the mesh (local mode) and the same-node bypass on: once each port's first connection went
+    // through keel (the warm-up), the kernel carries the pair's connections.
+    Arm { name: "bypass", nodes: 1, keel: Some(KeelSetup { backend: Backend::Ebpf, fast_path: false, mesh: Mesh::Hbone, bypass: true }), l7: None },
     // Across two nodes. The fast path splices only same-node sockets: off in both keel arms, so HBONE is the
     // only difference between them.
     Arm { name: "x-direct", nodes: 2, keel: None, l7: None },
@@ -127,10 +138,10 @@ mod tests {
         let arms: Vec<&Arm> = ARMS.iter().filter(|a| !a.cross_node() && a.l7.is_none()).collect();
         let firsts: Vec<&str> = (0..4).map(|rep| rotated(&arms, rep)[0].name).collect();
         assert_eq!(firsts, ["direct", "iptables", "ebpf", "ebpf+splice"]);
-        assert_eq!(rotated(&arms, 5).iter().map(|a| a.name).collect::<Vec<_>>(), ["iptables", "ebpf", "ebpf+splice", "direct"]);
+        assert_eq!(rotated(&arms, 6).iter().map(|a| a.name).collect::<Vec<_>>(), ["iptables", "ebpf", "ebpf+splice", "bypass", "direct"]);
         let all: Vec<&Arm> = ARMS.iter().collect();
-        assert_eq!(rotated(&all, 6)[0].name, "x-keel-hbone");
-        assert_eq!(rotated(&all, 12)[0].name, "direct");
+        assert_eq!(rotated(&all, 7)[0].name, "x-keel-hbone");
+        assert_eq!(rotated(&all, 13)[0].name, "direct");
     }
 
     #[test]
@@ -150,6 +161,9 @@ mod tests {
         assert!(by_name("x-direct").unwrap().keel.is_none() && by_name("x-direct").unwrap().cross_node());
         assert_eq!(by_name("ebpf+splice").unwrap().keel.unwrap().args(), ["--fast-path", "on"]);
         assert_eq!(by_name("iptables").unwrap().keel.unwrap().args(), ["--fast-path", "off"]);
+        let bypass = by_name("bypass").unwrap();
+        assert_eq!((bypass.nodes, bypass.keel.map(|k| k.mesh)), (1, Some(Mesh::Hbone)), "the bypass needs keel's policy engine");
+        assert_eq!(bypass.keel.unwrap().args(), ["--fast-path", "off", "--same-node-bypass", "on"]);
         let responders: Vec<&str> = ARMS.iter().filter(|a| a.runs_responder()).map(|a| a.name).collect();
         assert_eq!(responders, ["iptables", "ebpf", "ebpf+splice"]);
         assert!(by_name("nope").is_none());

@@ -168,6 +168,10 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
     if arm.cross_node() {
         warm_up(pods)?;
     }
+    let bypass = arm.keel.is_some_and(|k| k.bypass);
+    if bypass {
+        grant_bypasses(pods)?;
+    }
     let mut samples = Vec::new();
     let mut path_checked = false;
     for workload in options.workloads.iter().filter(|w| !w.responder && !w.l7()) {
@@ -178,6 +182,9 @@ fn run_arm(options: &BenchOptions, arm: &Arm, rep: u32, order: u32) -> Result<Ve
             path_checked = true;
         }
         samples.push(sample);
+    }
+    if bypass {
+        verify_bypassed(&keels[0], &samples)?;
     }
     if arm.cross_node() && !path_checked {
         // The integrity workload was not selected (or failed, and is counted as such): check the path with a
@@ -297,6 +304,27 @@ fn warm_up(pods: Pods) -> Result<()> {
     let report = pods.client.send(target, 64 * 1024, ServeMode::Echo, Duration::from_secs(20))?;
     if report["ok"] != serde_json::Value::Bool(true) {
         bail!("warm-up echo {} -> {target} failed: {report}", pods.client.name);
+    }
+    Ok(())
+}
+
+/// The bypass arm measures connections of pairs keel has already admitted: one connection to each server port
+/// goes through keel first (its policy engine grants the pair), out of every sample.
+fn grant_bypasses(pods: Pods) -> Result<()> {
+    for port in [workloads::HTTP_PORT, workloads::H2C_PORT, workloads::IPERF_PORT, workloads::ECHO_PORT] {
+        // Whatever the server makes of one byte, the connection was admitted by then: only the grant matters.
+        let _ = pods.client.send(pods.server.addr(port), 1, ServeMode::Sink, Duration::from_secs(5))?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(())
+}
+
+/// The bypass arm must have measured the kernel's path: connect4 let at least one connection per sample past
+/// keel (a keel that never granted would measure its own relay under the arm's name).
+fn verify_bypassed(keel: &Keel, samples: &[Sample]) -> Result<()> {
+    let bypassed = crate::lab::counter(&keel.stats()?, "/ebpf/connect4/bypassed")?;
+    if bypassed < samples.len() as u64 {
+        bail!("arm bypass: connect4 bypassed {bypassed} connections over {} workloads; keel carried them instead", samples.len());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Capture setups compared, in report order. Only the capture differs between them: same keel binary, workers,
 /// client, server and target.
-pub const ARMS: [&str; 4] = ["direct", "iptables", "ebpf", "ebpf+splice"];
+pub const ARMS: [&str; 5] = ["direct", "iptables", "ebpf", "ebpf+splice", "bypass"];
 
 /// Cross-node arms (client pod on node 0, server pod on node 1), in report order: reported in their own section,
 /// compared with each other (never with the single-node arms).
