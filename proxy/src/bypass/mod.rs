@@ -32,7 +32,7 @@ use crate::{
     plan::Path,
     policy::OpenConnection,
     telemetry::{ConnectionRecord, Telemetry},
-    xds::state::Snapshot,
+    xds::state::{Snapshot, WorkloadStore},
 };
 
 /// How often keel renews its heartbeat and reads the flow table (well inside `BYPASS_HEARTBEAT_TTL_NS`).
@@ -85,11 +85,15 @@ impl Bypass {
         self.pods.lock().expect("bypass pods poisoned").remove(&cookie);
     }
 
-    /// Lets `key`'s later connections bypass keel, if the kernel applies verdicts now.
-    pub fn grant(&self, capture: &Capture, key: BypassKey, grant: Grant) {
+    /// Lets `key`'s later connections bypass keel, if the kernel applies verdicts now. `decided_under` is the
+    /// snapshot the admitting decision was made with: if `store` has published another since, the grant is
+    /// dropped (its re-authorization may already have run, and would not see a verdict granted after it).
+    pub fn grant(&self, capture: &Capture, store: &WorkloadStore, decided_under: &Arc<Snapshot>, key: BypassKey, grant: Grant) {
         let Some(ebpf) = capture.ebpf().filter(|e| e.bypass_on()) else { return };
+        // Checked under the lock `revoke_all` takes: a snapshot published after the check is followed by a
+        // revocation that finds this grant.
         let mut granted = self.granted.lock().expect("bypass grants poisoned");
-        if granted.contains_key(&key) {
+        if granted.contains_key(&key) || !Arc::ptr_eq(&store.snapshot(), decided_under) {
             return;
         }
         match ebpf.grant_bypass(&key) {

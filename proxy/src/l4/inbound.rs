@@ -133,7 +133,7 @@ pub async fn proxy(
             destination_uid: destination_workload.uid.clone(),
         };
         let key = BypassKey { source_netns, destination_netns: pod.netns.cookie(), port: destination.port().into(), _pad: 0 };
-        dp.bypass.grant(&dp.capture, key, Grant { connection, record: record.clone() });
+        dp.bypass.grant(&dp.capture, &dp.workloads, &snapshot, key, Grant { connection, record: record.clone() });
     }
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
     let (outcome, revoked) = relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
