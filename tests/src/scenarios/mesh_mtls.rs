@@ -71,20 +71,6 @@ fn wait_active_inbound(keel: &Keel) -> Result<()> {
     Ok(())
 }
 
-/// Starts a 64 MiB transfer from `client` to a slow sink at `to`, in the background.
-fn long_transfer(client: &Pod, to: SocketAddr) -> Result<crate::lab::process::ChildGuard> {
-    client.spawn(&[
-        client.podapp_path().display().to_string(),
-        "send".into(),
-        "--to".into(),
-        to.to_string(),
-        "--bytes".into(),
-        (64 * MIB).to_string(),
-        "--mode".into(),
-        "sink".into(),
-    ])
-}
-
 /// The background transfer to `to` must be cut within 10 s, and the keel `since` watches must record its inbound
 /// side as ended with `error`, before all of it arrived.
 fn expect_cut(mut long: crate::lab::process::ChildGuard, since: &Since<'_>, to: SocketAddr, error: &str) -> Result<()> {

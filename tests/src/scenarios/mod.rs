@@ -309,6 +309,20 @@ impl<'k> Since<'k> {
     }
 }
 
+/// Starts a 64 MiB transfer from `client` to a slow sink at `to`, in the background.
+pub fn long_transfer(client: &Pod, to: SocketAddr) -> Result<crate::lab::process::ChildGuard> {
+    client.spawn(&[
+        client.podapp_path().display().to_string(),
+        "send".into(),
+        "--to".into(),
+        to.to_string(),
+        "--bytes".into(),
+        (64 * MIB).to_string(),
+        "--mode".into(),
+        "sink".into(),
+    ])
+}
+
 /// Why keel must have refused a transfer: the refusal it counts, and what its record of the connection says.
 pub struct Refusal<'a> {
     /// The `"refused"` reason that keel must count once for it.

@@ -3,7 +3,7 @@
 //! the ones a new policy denies and, when it dies, stops granting (its pods' connections are refused again).
 
 use super::*;
-use crate::lab::{mesh_config, Backend, Keel, Pod, ServeMode};
+use crate::lab::{mesh_config, Backend, Keel, ServeMode};
 use std::time::Instant;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/sleep";
@@ -25,20 +25,6 @@ fn expect_bypassed(keel: &Keel, before: (u64, u64), n: u64, what: &str) -> Resul
 
 fn counts(keel: &Keel) -> Result<(u64, u64)> {
     Ok((bypassed(keel, "connect4")?, bypassed(keel, "sk_lookup")?))
-}
-
-/// A 64 MiB transfer from `client` to a slow sink at `to`, in the background.
-fn long_transfer(client: &Pod, to: SocketAddr) -> Result<crate::lab::process::ChildGuard> {
-    client.spawn(&[
-        client.podapp_path().display().to_string(),
-        "send".into(),
-        "--to".into(),
-        to.to_string(),
-        "--bytes".into(),
-        (64 * MIB).to_string(),
-        "--mode".into(),
-        "sink".into(),
-    ])
 }
 
 /// The background transfer must be cut (not completed) within 10 s, by `what`.
