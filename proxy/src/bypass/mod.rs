@@ -171,6 +171,19 @@ impl Bypass {
                 ebpf.forget_bypass_flow(&key);
             }
         }
+        // A flow the kernel no longer lists (its LRU table evicted it) can no longer be accounted for: end it here
+        // so keel's own table stays bounded by the kernel's.
+        let listed: std::collections::HashSet<FlowKey> = flows.iter().map(|(key, _)| *key).collect();
+        let lost: Vec<(FlowKey, OpenFlow)> = {
+            let mut open = self.open.lock().expect("bypass flows poisoned");
+            let keys: Vec<FlowKey> = open.keys().filter(|key| !listed.contains(key)).copied().collect();
+            keys.into_iter().filter_map(|key| open.remove(&key).map(|flow| (key, flow))).collect()
+        };
+        for (key, flow) in lost {
+            let mut record = record_of(&flow.grant, &key, &BypassFlow::default());
+            record.error = Some("no longer in the kernel's table of bypassed connections: bytes unknown".to_owned());
+            telemetry.connection_closed(record, flow.since.elapsed());
+        }
         let mut retired = self.retired.lock().expect("bypass grants poisoned");
         retired.retain(|verdict, _| flows.iter().any(|(_, flow)| flow.state != BYPASS_FLOW_CLOSED && flow.verdict == *verdict));
     }
