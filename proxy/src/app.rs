@@ -159,9 +159,9 @@ impl Daemon {
             Request::ConfigDump => serde_json::to_value(self.config_dump().await)?,
             Request::FastPath(on) => {
                 self.data_path.capture.set_fast_path(on)?;
-                if let Some(ebpf) = self.data_path.capture.ebpf().filter(|_| !on) {
+                if !on {
                     // Off means off for the bypass too: no verdict survives, every connection goes through keel.
-                    self.data_path.bypass.revoke_all(ebpf);
+                    self.data_path.bypass.revoke_all(&self.data_path.capture);
                 }
                 Value::Null
             }
@@ -259,9 +259,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // No heartbeat from here on, and no verdict left: the pods' next connections are keel's again (refused while it
     // is down) rather than the kernel's.
     bypass_task.abort();
-    if let Some(ebpf) = daemon.data_path.capture.ebpf() {
-        daemon.data_path.bypass.revoke_all(ebpf);
-    }
+    daemon.data_path.bypass.revoke_all(&daemon.data_path.capture);
     api_task.abort();
     agent_task.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(&config.api_socket);
@@ -292,7 +290,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The same-node bypass's heartbeat and accounting, every [`crate::bypass::TICK`], for as long as keel runs.
 async fn bypass_heartbeat(dp: Arc<DataPath>) {
-    let Some(ebpf) = dp.capture.ebpf() else { return };
+    let Some(ebpf) = crate::bypass::configured(&dp.capture) else { return };
     let mut ticks = tokio::time::interval(crate::bypass::TICK);
     loop {
         ticks.tick().await;

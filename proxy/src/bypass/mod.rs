@@ -72,8 +72,16 @@ impl Bypass {
 
     /// A pod left: no verdict may outlive it, nor any bypassed connection of it.
     pub async fn pod_left(&self, capture: &Capture, cookie: u64) {
-        let Some(ebpf) = capture.ebpf() else { return };
-        self.revoke_all(ebpf);
+        if let Some(ebpf) = configured(capture) {
+            self.close_flows_of(ebpf, cookie).await;
+        }
+        self.pods.lock().expect("bypass pods poisoned").remove(&cookie);
+    }
+
+    /// Revokes every verdict and closes the open bypassed connections from or to the pod in `cookie` (its
+    /// namespace still known, so the source side can be reached).
+    async fn close_flows_of(&self, ebpf: &EbpfCapture, cookie: u64) {
+        self.revoke(ebpf);
         let doomed: Vec<(FlowKey, BypassFlow)> = ebpf
             .bypass_flows()
             .into_iter()
@@ -82,14 +90,15 @@ impl Bypass {
         for (key, flow) in doomed {
             self.close(&key, flow.verdict.source_netns, "its pod left the mesh").await;
         }
-        self.pods.lock().expect("bypass pods poisoned").remove(&cookie);
     }
 
     /// Lets `key`'s later connections bypass keel, if the kernel applies verdicts now. `decided_under` is the
     /// snapshot the admitting decision was made with: if `store` has published another since, the grant is
     /// dropped (its re-authorization may already have run, and would not see a verdict granted after it).
-    pub fn grant(&self, capture: &Capture, store: &WorkloadStore, decided_under: &Arc<Snapshot>, key: BypassKey, grant: Grant) {
-        let Some(ebpf) = capture.ebpf().filter(|e| e.bypass_on()) else { return };
+    /// `grant` is called only for a new verdict: connections of a pair already granted, or with the bypass off,
+    /// build nothing.
+    pub fn grant(&self, capture: &Capture, store: &WorkloadStore, decided_under: &Arc<Snapshot>, key: BypassKey, grant: impl FnOnce() -> Grant) {
+        let Some(ebpf) = configured(capture).filter(|e| e.bypass_on()) else { return };
         // Checked under the lock `revoke_all` takes: a snapshot published after the check is followed by a
         // revocation that finds this grant.
         let mut granted = self.granted.lock().expect("bypass grants poisoned");
@@ -98,6 +107,7 @@ impl Bypass {
         }
         match ebpf.grant_bypass(&key) {
             Ok(()) => {
+                let grant = grant();
                 info!(destination = %grant.record.pod, source = %grant.record.source.ip(), port = key.port, "same-node bypass granted");
                 granted.insert(key, Arc::new(grant));
             }
@@ -106,7 +116,13 @@ impl Bypass {
     }
 
     /// Takes back every verdict (the kernel's and keel's record of them).
-    pub fn revoke_all(&self, ebpf: &EbpfCapture) {
+    pub fn revoke_all(&self, capture: &Capture) {
+        if let Some(ebpf) = configured(capture) {
+            self.revoke(ebpf);
+        }
+    }
+
+    fn revoke(&self, ebpf: &EbpfCapture) {
         let revoked = std::mem::take(&mut *self.granted.lock().expect("bypass grants poisoned"));
         self.retired.lock().expect("bypass grants poisoned").extend(revoked);
         if let Err(e) = ebpf.revoke_bypasses() {
@@ -117,8 +133,8 @@ impl Bypass {
     /// A new snapshot: every verdict is revoked, so the next connection of each triple is decided under it; open
     /// bypassed connections it denies are closed. Returns how many were.
     pub async fn reauthorize(&self, capture: &Capture, snapshot: &Snapshot) -> usize {
-        let Some(ebpf) = capture.ebpf() else { return 0 };
-        self.revoke_all(ebpf);
+        let Some(ebpf) = configured(capture) else { return 0 };
+        self.revoke(ebpf);
         // Every flow the kernel has open, including ones keel's accounting has not seen yet.
         let mut closed = 0;
         for (key, flow) in ebpf.bypass_flows().into_iter().filter(|(_, f)| f.state != BYPASS_FLOW_CLOSED) {
@@ -218,6 +234,12 @@ impl Bypass {
             }
         }
     }
+}
+
+/// The eBPF capture, if it runs with the bypass (`--same-node-bypass on`); without, there is nothing to grant,
+/// revoke or account for, and no map to read.
+pub fn configured(capture: &Capture) -> Option<&EbpfCapture> {
+    capture.ebpf().filter(|e| e.bypass_configured())
 }
 
 /// The client's and the server's address of a flow (keyed as the client sees it).

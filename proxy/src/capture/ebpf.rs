@@ -264,6 +264,11 @@ impl EbpfCapture {
         Ok(())
     }
 
+    /// Same-node bypass was asked for at start (`--same-node-bypass on`): its maps are in use.
+    pub fn bypass_configured(&self) -> bool {
+        self.bypass_configured
+    }
+
     /// Whether the kernel applies bypass verdicts now (asked for at start, and not switched off since).
     pub fn bypass_on(&self) -> bool {
         self.bypass_active.load(Ordering::Relaxed)

@@ -111,29 +111,31 @@ pub async fn proxy(
 ) -> Result<(), ConnectionError> {
     let snapshot = dp.workloads.snapshot();
     let source_ip = record.source.ip();
-    let local_peer = if dp.dialer.node_pods.contains(source_ip) {
+    let LocalPeer { identity: source_identity, bypass_from } = if dp.dialer.node_pods.contains(source_ip) {
         dp.dialer.local_peers.peer_of(record.source, SocketAddr::V4(destination)).await
     } else {
         LocalPeer::default()
     };
-    let source_identity = local_peer.identity.clone();
     record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&source_ip));
     record.source_peer.identity = source_identity.clone();
     record.path = Some(if source_identity.is_some() { Path::SameNode } else { Path::Direct });
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
     let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
-    if let (Some(source_netns), Some(destination_workload)) = (local_peer.bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {
+    if let (Some(source_netns), Some(destination_workload)) = (bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {
         // Admitted, plain L4, both pods here: the pair's next connections may go straight, decided the same way.
-        let connection = OpenConnection {
-            source_ip,
-            source_identity,
-            destination_ip: IpAddr::V4(pod.ip),
-            destination_port: destination.port(),
-            destination_uid: destination_workload.uid.clone(),
-        };
         let key = BypassKey { source_netns, destination_netns: pod.netns.cookie(), port: destination.port().into(), _pad: 0 };
-        dp.bypass.grant(&dp.capture, &dp.workloads, &snapshot, key, Grant { connection, record: record.clone() });
+        let grant = || Grant {
+            connection: OpenConnection {
+                source_ip,
+                source_identity: record.source_peer.identity.clone(),
+                destination_ip: IpAddr::V4(pod.ip),
+                destination_port: destination.port(),
+                destination_uid: destination_workload.uid.clone(),
+            },
+            record: record.clone(),
+        };
+        dp.bypass.grant(&dp.capture, &dp.workloads, &snapshot, key, grant);
     }
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
     let (outcome, revoked) = relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;

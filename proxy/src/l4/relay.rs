@@ -30,6 +30,7 @@ pub struct Progress {
     /// Milliseconds after `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
 }
+
 impl Default for Progress {
     fn default() -> Self {
         Progress {
