@@ -145,6 +145,7 @@ fn downstream(
     Arc::new(Downstream {
         dp: dp.clone(),
         pod: pod.clone(),
+        pod_name: Arc::from(pod.name.as_str()),
         port: destination.port(),
         client_ip: IpAddr::V4(pod.ip),
         locality: source.as_ref().and_then(|w| w.locality.as_ref()).map(|l| (l.region.clone(), l.zone.clone(), l.subzone.clone())),

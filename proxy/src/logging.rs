@@ -20,7 +20,7 @@ use crate::cli::LogFormat;
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// A buffer this full is written out by the logging thread itself (the flusher fell behind).
 const ACCESS_BUFFER_LIMIT: usize = 256 * 1024;
-const ACCESS_TARGET: &str = "keel::access";
+const ACCESS_TARGET: &str = crate::telemetry::access_log::TARGET;
 
 /// Installs the global subscriber. Keep the returned handle and `flush` it before exiting, so the last
 /// access-log lines are written.
@@ -29,6 +29,14 @@ pub fn init(format: LogFormat) -> AccessLog {
     // stay disabled for good); only the writer depends on the line's target.
     let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let access = AccessLog::start();
+    let lines = access.clone();
+    crate::telemetry::access_log::install(crate::telemetry::access_log::Sink {
+        json: matches!(format, LogFormat::Json),
+        write: Box::new(move |line| {
+            // The buffer's writer never fails.
+            let _ = (&lines).write_all(line);
+        }),
+    });
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(Writers { access: access.clone() }).with_ansi(io::stderr().is_terminal());
     match format {

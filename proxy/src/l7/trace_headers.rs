@@ -1,92 +1,126 @@
 //! Request identity and trace context, as Envoy in Istio sets them: an `x-request-id` (kept when the client sent
 //! one), and the W3C `traceparent` and B3 headers with keel as a new span of the caller's trace (or the first
 //! span of a new trace), so an app that forwards the headers gets its calls joined into one trace.
-use http::{HeaderMap, HeaderValue};
+//!
+//! This runs for every request, so ids are written into stack buffers from one draw of random bytes and the
+//! header names are constants (no parsing, no `format!`, one allocation per header value set).
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng as _;
 
-const REQUEST_ID: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
-const B3_TRACE: &str = "x-b3-traceid";
-const B3_SPAN: &str = "x-b3-spanid";
-const B3_PARENT: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// A random (version 4) UUID in its 36-character text form.
+fn uuid_v4(mut b: [u8; 16]) -> [u8; 36] {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    for (from, to) in [(0..4, 0..8), (4..6, 9..13), (6..8, 14..18), (8..10, 19..23), (10..16, 24..36)] {
+        hex_into(&b[from], &mut out[to]);
     }
     out
 }
 
-fn random_hex<const N: usize>() -> String {
-    hex(&rand::rng().random::<[u8; N]>())
-}
-
-fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
-}
-
-fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+fn get<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
         headers.insert(name, v);
     }
 }
 
-/// The incoming `traceparent`'s trace id and flags, when it is well formed.
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = value.split('-').collect();
-    let [version, trace, parent, flags] = parts.as_slice() else { return None };
-    let hexy = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hexy(version, 2) && *version != "ff" && hexy(trace, 32) && hexy(parent, 16) && hexy(flags, 2) && *trace != "0".repeat(32))
-        .then(|| (trace.to_ascii_lowercase(), flags.to_string()))
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The incoming `traceparent`'s trace id (lowercased) and flags, when it is well formed.
+fn parse_traceparent(value: &str) -> Option<([u8; 32], [u8; 2])> {
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = parts.next().is_none()
+        && is_hex(version, 2)
+        && version != "ff"
+        && is_hex(trace, 32)
+        && is_hex(parent, 16)
+        && is_hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0');
+    well_formed.then(|| {
+        let mut id = [0; 32];
+        id.copy_from_slice(trace.as_bytes());
+        id.make_ascii_lowercase();
+        (id, [flags.as_bytes()[0], flags.as_bytes()[1]])
+    })
+}
+
+/// A B3 trace id (64 or 128 bits) as a 128-bit one: a 64-bit id widens with leading zeros.
+fn b3_trace_id(value: &str) -> Option<[u8; 32]> {
+    if !(is_hex(value, 16) || is_hex(value, 32)) {
+        return None;
+    }
+    let mut id = [b'0'; 32];
+    id[32 - value.len()..].copy_from_slice(value.as_bytes());
+    id.make_ascii_lowercase();
+    Some(id)
 }
 
 /// Sets the request id and trace headers; returns the request id.
 pub fn prepare(headers: &mut HeaderMap) -> String {
-    let request_id = match get(headers, REQUEST_ID) {
+    // Everything random this request may need, drawn at once: a request id, a span id, a trace id.
+    let random: [u8; 40] = rand::rng().random();
+    let request_id = match get(headers, &REQUEST_ID) {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => {
-            let id = uuid_v4();
+            let id = uuid_v4(random[..16].try_into().expect("16 bytes"));
             set(headers, REQUEST_ID, &id);
-            id
+            String::from_utf8_lossy(&id).into_owned()
         }
     };
-    let span = random_hex::<8>();
-    let b3_trace = get(headers, B3_TRACE).map(str::to_owned);
-    let (trace, flags) = match get(headers, TRACEPARENT).and_then(parse_traceparent) {
+    let mut span = [0u8; 16];
+    hex_into(&random[16..24], &mut span);
+    let b3_trace = get(headers, &B3_TRACE).and_then(b3_trace_id);
+    let (trace, flags) = match get(headers, &TRACEPARENT).and_then(parse_traceparent) {
         Some(found) => found,
-        None => match &b3_trace {
-            // A 64-bit B3 trace id widens to 128 bits with leading zeros.
-            Some(t) if (t.len() == 16 || t.len() == 32) && t.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                (format!("{t:0>32}").to_ascii_lowercase(), if get(headers, B3_SAMPLED) == Some("0") { "00" } else { "01" }.to_owned())
+        None => match b3_trace {
+            Some(id) => (id, if get(headers, &B3_SAMPLED) == Some("0") { *b"00" } else { *b"01" }),
+            None => {
+                let mut id = [0u8; 32];
+                hex_into(&random[24..40], &mut id);
+                (id, *b"01")
             }
-            _ => (random_hex::<16>(), "01".to_owned()),
         },
     };
-    set(headers, TRACEPARENT, &format!("00-{trace}-{span}-{flags}"));
-    match b3_trace {
-        Some(_) => {
-            if let Some(parent) = get(headers, B3_SPAN).map(str::to_owned) {
-                set(headers, B3_PARENT, &parent);
-            }
-            set(headers, B3_SPAN, &span);
+    // `00-<trace>-<span>-<flags>`
+    let mut traceparent = [b'-'; 55];
+    traceparent[..2].copy_from_slice(b"00");
+    traceparent[3..35].copy_from_slice(&trace);
+    traceparent[36..52].copy_from_slice(&span);
+    traceparent[53..].copy_from_slice(&flags);
+    set(headers, TRACEPARENT, &traceparent);
+    if headers.contains_key(&B3_TRACE) {
+        if let Some(parent) = headers.get(&B3_SPAN).cloned() {
+            headers.insert(B3_PARENT, parent);
         }
-        None => {
-            set(headers, B3_TRACE, &trace);
-            set(headers, B3_SPAN, &span);
-            set(headers, B3_SAMPLED, if flags == "00" { "0" } else { "1" });
-        }
+        set(headers, B3_SPAN, &span);
+    } else {
+        set(headers, B3_TRACE, &trace);
+        set(headers, B3_SPAN, &span);
+        set(headers, B3_SAMPLED, if &flags == b"00" { b"0" } else { b"1" });
     }
     request_id
 }
@@ -101,10 +135,12 @@ mod tests {
         let id = prepare(&mut h);
         assert_eq!(h[REQUEST_ID], id.as_str());
         assert_eq!(id.len(), 36);
-        let (trace, flags) = parse_traceparent(get(&h, TRACEPARENT).unwrap()).unwrap();
-        assert_eq!(flags, "01");
-        assert_eq!(h[B3_TRACE], trace.as_str());
-        assert_eq!(&get(&h, TRACEPARENT).unwrap()[36..52], get(&h, B3_SPAN).unwrap());
+        assert_eq!(id.as_bytes()[14], b'4', "{id}");
+        let (trace, flags) = parse_traceparent(get(&h, &TRACEPARENT).unwrap()).unwrap();
+        assert_eq!(&flags, b"01");
+        assert_eq!(h[B3_TRACE], trace.as_slice());
+        assert_eq!(h[B3_SAMPLED], "1");
+        assert_eq!(&get(&h, &TRACEPARENT).unwrap()[36..52], get(&h, &B3_SPAN).unwrap());
     }
 
     #[test]
@@ -115,9 +151,32 @@ mod tests {
         h.insert(B3_TRACE, HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"));
         h.insert(B3_SPAN, HeaderValue::from_static("00f067aa0ba902b7"));
         assert_eq!(prepare(&mut h), "abc");
-        let tp = get(&h, TRACEPARENT).unwrap();
+        let tp = get(&h, &TRACEPARENT).unwrap();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !tp.contains("00f067aa0ba902b7"), "{tp}");
         assert_eq!(h[B3_PARENT], "00f067aa0ba902b7");
         assert_ne!(h[B3_SPAN], "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn a_64_bit_b3_trace_widens_and_keeps_its_sampling() {
+        let mut h = HeaderMap::new();
+        h.insert(B3_TRACE, HeaderValue::from_static("A3CE929D0E0E4736"));
+        h.insert(B3_SAMPLED, HeaderValue::from_static("0"));
+        prepare(&mut h);
+        let tp = get(&h, &TRACEPARENT).unwrap();
+        assert!(tp.starts_with("00-0000000000000000a3ce929d0e0e4736-") && tp.ends_with("-00"), "{tp}");
+        assert!(!h.contains_key(&B3_PARENT));
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf9-00f0-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
     }
 }

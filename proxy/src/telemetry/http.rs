@@ -5,16 +5,17 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::{
+    access_log::{self, AccessLine},
+    Peer,
+};
+use crate::hashing::stable_hash;
 use keel_proto::workload::Workload;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use tracing::info;
-
-use super::Peer;
-use crate::hashing::stable_hash;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
 const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -23,22 +24,25 @@ const DURATION_BUCKETS_MS: [f64; 19] = [
 /// Istio's buckets for request and response sizes.
 const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
-/// One request as keel saw it.
-#[derive(Clone, Debug, Default)]
+/// One request as keel saw it. Filled in on the request path, so it holds what keel already has (shared
+/// workloads, the cluster's name) and the metric labels and the log line are made from it only when reported.
+#[derive(Clone, Debug)]
 pub struct RequestRecord {
-    pub pod: String,
-    pub method: String,
+    pub pod: Arc<str>,
+    pub method: ::http::Method,
     pub authority: String,
     pub path: String,
     pub protocol: &'static str,
     pub request_id: String,
-    pub source: Peer,
-    pub destination: Peer,
-    pub destination_version: Option<String>,
-    /// `<host>`, `<name>`, `<namespace>` of the destination service.
-    pub service: Option<(String, String, String)>,
+    /// The calling workload, when keel knows it.
+    pub source: Option<Arc<Workload>>,
+    /// The workload behind the endpoint of the last attempt.
+    pub destination: Option<Arc<Workload>>,
     pub route: String,
+    /// The Envoy cluster picked (`outbound|<port>|<subset>|<host>`), empty before routing.
     pub cluster: String,
+    /// Whether `cluster` exists: its host is then the destination service.
+    pub cluster_found: bool,
     pub upstream: Option<std::net::SocketAddr>,
     pub mutual_tls: bool,
     pub status: u16,
@@ -52,6 +56,31 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    pub fn new(pod: Arc<str>, method: ::http::Method, protocol: &'static str, request_id: String, source: Option<Arc<Workload>>) -> RequestRecord {
+        RequestRecord {
+            pod,
+            method,
+            authority: String::new(),
+            path: String::new(),
+            protocol,
+            request_id,
+            source,
+            destination: None,
+            route: String::new(),
+            cluster: String::new(),
+            cluster_found: false,
+            upstream: None,
+            mutual_tls: false,
+            status: 0,
+            grpc_status: None,
+            flags: Vec::new(),
+            attempts: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_ms: 0.0,
+        }
+    }
+
     pub fn flag(&mut self, flag: &'static str) {
         if !self.flags.contains(&flag) {
             self.flags.push(flag);
@@ -66,9 +95,20 @@ impl RequestRecord {
         }
     }
 
-    pub fn set_destination(&mut self, workload: Option<&Arc<Workload>>) {
-        self.destination = Peer::of(workload);
-        self.destination_version = workload.map(|w| w.canonical_revision.clone()).filter(|v| !v.is_empty());
+    /// `<host>`, `<name>`, `<namespace>` of the destination service, read from the cluster's name as Istio's
+    /// telemetry does (no lookup).
+    pub fn service(&self) -> Option<(&str, &str, &str)> {
+        if !self.cluster_found {
+            return None;
+        }
+        let host = self.cluster.rsplit('|').next()?;
+        let mut labels = host.split('.');
+        let (name, namespace) = (labels.next().unwrap_or(host), labels.next().unwrap_or("unknown"));
+        Some((host, name, namespace))
+    }
+
+    fn destination_version(&self) -> Option<&str> {
+        self.destination.as_ref().map(|w| w.canonical_revision.as_str()).filter(|v| !v.is_empty())
     }
 }
 
@@ -95,9 +135,10 @@ struct IstioHttpLabels {
 impl IstioHttpLabels {
     fn of(r: &RequestRecord) -> IstioHttpLabels {
         let unknown = || "unknown".to_owned();
-        let (source_workload, source_workload_namespace, source_principal) = r.source.istio_labels();
-        let (destination_workload, destination_workload_namespace, destination_principal) = r.destination.istio_labels();
-        let (service, service_name, service_namespace) = r.service.clone().unwrap_or_else(|| (unknown(), unknown(), unknown()));
+        let (source_workload, source_workload_namespace, source_principal) = Peer::of(r.source.as_ref()).istio_labels();
+        let (destination_workload, destination_workload_namespace, destination_principal) = Peer::of(r.destination.as_ref()).istio_labels();
+        let (service, service_name, service_namespace) =
+            r.service().map_or_else(|| (unknown(), unknown(), unknown()), |(h, n, ns)| (h.to_owned(), n.to_owned(), ns.to_owned()));
         IstioHttpLabels {
             reporter: "source",
             source_workload,
@@ -106,7 +147,7 @@ impl IstioHttpLabels {
             destination_workload,
             destination_workload_namespace,
             destination_principal,
-            destination_version: r.destination_version.clone().unwrap_or_else(unknown),
+            destination_version: r.destination_version().map_or_else(unknown, str::to_owned),
             destination_service: service,
             destination_service_name: service_name,
             destination_service_namespace: service_namespace,
@@ -161,8 +202,12 @@ impl HttpMetrics {
     }
 
     fn series(&self, r: &RequestRecord) -> Series {
+        // Everything the labels are made of, hashed from where it already is (nothing built per request).
+        fn workload(w: Option<&Arc<Workload>>) -> Option<(&str, &str, &str, &str)> {
+            w.map(|w| (w.namespace.as_str(), w.name.as_str(), w.service_account.as_str(), w.trust_domain.as_str()))
+        }
         let key = stable_hash((
-            (&r.pod, &r.source.workload, &r.destination.workload, &r.destination_version, &r.service),
+            (&*r.pod, workload(r.source.as_ref()), workload(r.destination.as_ref()), r.destination_version(), r.service()),
             (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls),
         ));
         let mut cache = self.series.lock().expect("series cache poisoned");
@@ -190,28 +235,29 @@ impl HttpMetrics {
         series.duration.observe(r.duration_ms);
         series.request_bytes.observe(r.request_bytes as f64);
         series.response_bytes.observe(r.response_bytes as f64);
-        let or_dash = |w: &Option<String>| w.clone().unwrap_or_else(|| "-".to_owned());
-        info!(
-            target: "keel::access",
-            pod = %r.pod,
-            method = %r.method,
-            authority = %r.authority,
-            path = %r.path,
-            protocol = r.protocol,
-            status = r.status,
-            grpc_status = r.grpc_status.as_deref().unwrap_or("-"),
-            flags = %r.flags_label(),
-            route = if r.route.is_empty() { "-" } else { r.route.as_str() },
-            cluster = %r.cluster,
-            upstream = %r.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
-            attempts = r.attempts,
-            request_bytes = r.request_bytes,
-            response_bytes = r.response_bytes,
-            duration_ms = format_args!("{:.3}", r.duration_ms),
-            request_id = %r.request_id,
-            src_workload = %or_dash(&r.source.workload),
-            dst_workload = %or_dash(&r.destination.workload),
-            "request"
-        );
+        let flags = if r.flags.is_empty() { None } else { Some(r.flags.join(",")) };
+        fn workload(w: Option<&Arc<Workload>>) -> Option<(&str, &str)> {
+            w.map(|w| (w.namespace.as_str(), w.name.as_str()))
+        }
+        access_log::write(&AccessLine {
+            pod: &r.pod,
+            method: r.method.as_str(),
+            authority: &r.authority,
+            path: &r.path,
+            protocol: r.protocol,
+            status: r.status,
+            grpc_status: r.grpc_status.as_deref().unwrap_or("-"),
+            flags: flags.as_deref().unwrap_or("-"),
+            route: if r.route.is_empty() { "-" } else { &r.route },
+            cluster: &r.cluster,
+            upstream: r.upstream,
+            attempts: r.attempts,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            duration_ms: r.duration_ms,
+            request_id: &r.request_id,
+            src_workload: workload(r.source.as_ref()),
+            dst_workload: workload(r.destination.as_ref()),
+        });
     }
 }

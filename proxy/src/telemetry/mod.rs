@@ -22,6 +22,7 @@ use crate::{
     plan::{Direction, Path},
 };
 
+pub mod access_log;
 pub mod http;
 
 /// How many closed connections the `connections` API keeps.

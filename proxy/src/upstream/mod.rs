@@ -62,9 +62,12 @@ pub struct Hop<'a> {
 
 impl Hop<'_> {
     /// A new connection, given up after the cluster's `connect_timeout`.
+    ///
+    /// Boxed, like the handshakes after it: a dial (an HBONE tunnel, a TLS handshake) is a large future, and
+    /// inline it would make every request's future as large (tens of KiB, copied whenever the request's future
+    /// moves) though requests on pooled connections never dial.
     async fn dial(&self, connect_timeout: Duration) -> Result<crate::dial::UpstreamIo, SendError> {
-        self.dialer
-            .endpoint(self.from, self.source, &self.route, self.path, connect_timeout)
+        Box::pin(self.dialer.endpoint(self.from, self.source, &self.route, self.path, connect_timeout))
             .await
             .map_err(|e| SendError::ConnectFailure(e.to_string()))
     }
@@ -89,7 +92,8 @@ impl Upstreams {
         let endpoint = hop.route.upstream;
         let pod_ip = hop.from.ip;
         if protocol.http2 {
-            let response = self.send_http2(&hop, protocol.connect_timeout, request).await?;
+            // Boxed: HTTP/2's futures would otherwise size every HTTP/1.1 request's future too.
+            let response = Box::pin(self.send_http2(&hop, protocol.connect_timeout, request)).await?;
             return Ok(response.map(UpstreamBody::detached));
         }
         let (mut parts, body) = request.into_parts();
@@ -109,7 +113,9 @@ impl Upstreams {
                 Some(conn) => conn,
                 None => {
                     let io = hop.dial(protocol.connect_timeout).await?;
-                    Http1Conn::handshake(io).await.map_err(|e| SendError::ConnectFailure(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?
+                    Box::pin(Http1Conn::handshake(io))
+                        .await
+                        .map_err(|e| SendError::ConnectFailure(format!("HTTP/1.1 handshake with {endpoint}: {e}")))?
                 }
             };
             match conn.send(request).await {
@@ -136,12 +142,12 @@ impl Upstreams {
                 // Two requests racing here may both dial; the later connection is pooled, the other serves its
                 // one request and closes when idle.
                 let io = hop.dial(connect_timeout).await?;
-                let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                     .timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(|e| SendError::ConnectFailure(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
+                    .handshake(TokioIo::new(io));
+                let (sender, connection) =
+                    Box::pin(handshake).await.map_err(|e| SendError::ConnectFailure(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
                 tokio::spawn(connection);
                 self.http2.lock().expect("upstream clients poisoned").insert(key, sender.clone());
                 sender
