@@ -1,9 +1,10 @@
 //! keel's log on stderr: text or JSON lines, filtered by `KEEL_LOG` (default `info`).
 //!
-//! Access-log lines (target `keel::access`, one per HTTP request) are the only lines written at request rate, so
+//! Access-log lines (one per HTTP request, target `keel::access`, and one per closed connection, target
+//! `keel::telemetry`; formatted by `crate::telemetry::access_log`) are the only lines written at request rate, so
 //! they are buffered and written out in batches at most `ACCESS_FLUSH_INTERVAL` after they were logged (Envoy
 //! flushes its access-log files on a timer too, every second by default): one write per batch instead of one per
-//! request. Every other line is written as it is logged.
+//! request. Every other line goes through `tracing` and is written as it is logged.
 use std::{
     io::{self, IsTerminal as _, Write as _},
     mem,
@@ -12,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
+use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
@@ -20,13 +21,12 @@ use crate::cli::LogFormat;
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// A buffer this full is written out by the logging thread itself (the flusher fell behind).
 const ACCESS_BUFFER_LIMIT: usize = 256 * 1024;
-const ACCESS_TARGET: &str = crate::telemetry::access_log::TARGET;
 
 /// Installs the global subscriber. Keep the returned handle and `flush` it before exiting, so the last
 /// access-log lines are written.
 pub fn init(format: LogFormat) -> AccessLog {
     // One layer under one global filter (so call sites nothing logs, such as h2's trace spans on every poll,
-    // stay disabled for good); only the writer depends on the line's target.
+    // stay disabled for good). The access log asks the same filter whether its targets are on.
     let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let access = AccessLog::start();
     let lines = access.clone();
@@ -37,62 +37,12 @@ pub fn init(format: LogFormat) -> AccessLog {
             let _ = (&lines).write_all(line);
         }),
     });
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(Writers { access: access.clone() }).with_ansi(io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     access
-}
-
-/// Access-log lines go to the buffer, every other line straight to stderr.
-struct Writers {
-    access: AccessLog,
-}
-
-enum Writer<'a> {
-    Stderr(io::Stderr),
-    Access(&'a AccessLog),
-}
-
-impl<'a> MakeWriter<'a> for Writers {
-    type Writer = Writer<'a>;
-
-    fn make_writer(&'a self) -> Writer<'a> {
-        Writer::Stderr(io::stderr())
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Writer<'a> {
-        if meta.target() == ACCESS_TARGET {
-            Writer::Access(&self.access)
-        } else {
-            Writer::Stderr(io::stderr())
-        }
-    }
-}
-
-impl io::Write for Writer<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Writer::Stderr(stderr) => stderr.write(buf),
-            Writer::Access(access) => access.write(buf),
-        }
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Writer::Stderr(stderr) => stderr.write_all(buf),
-            Writer::Access(access) => access.write_all(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Writer::Stderr(stderr) => stderr.flush(),
-            Writer::Access(_) => Ok(()),
-        }
-    }
 }
 
 /// The access log's buffer and the thread that writes it out.

@@ -1,20 +1,23 @@
-//! The HTTP access log: one line per request, written straight into the log's buffer.
+//! The access log: one line per HTTP request and one per closed connection, written straight into the log's
+//! buffer (batched out by `crate::logging`, as Envoy and ztunnel flush their access logs).
 //!
-//! These are the only lines keel writes at request rate. Going through `tracing`'s formatter cost about 7 % of keel's
-//! CPU per request under load (a visitor call, a dynamic write and JSON escaping per field, a timestamp built through
-//! `fmt`); here a line is one `serde_json` serialisation of a borrowed struct (or one `write!` for text) into a
-//! per-thread buffer. The lines keep the shape `tracing` gave them (`KEEL_LOG` still filters them by the target
-//! `keel::access`; `--log-format json` is one object per line with `timestamp`, `level`, `message`, the fields and
-//! `target`), so nothing reading keel's log has to change.
+//! These are the only lines keel writes at request or connection rate. Going through `tracing`'s formatter cost
+//! about 7 % of keel's CPU per request under load (a visitor call, a dynamic write and JSON escaping per field, a
+//! timestamp built through `fmt`, a filter evaluation); here a line is one `serde_json` serialisation of a borrowed
+//! struct (or one `write!` for text) into a per-thread buffer. The lines keep the shape `tracing` gave them
+//! (`KEEL_LOG` still filters them by their targets, `keel::access` and `keel::telemetry`; `--log-format json` is one
+//! object per line with `timestamp`, `level`, `message`, the fields and `target`), so nothing reading keel's log has
+//! to change.
 use std::{
     cell::RefCell,
-    fmt::Write as _,
+    fmt::{self, Display, Write as _},
     io::Write as _,
+    net::SocketAddr,
     sync::OnceLock,
     time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// Where finished lines go (the buffered access log of `crate::logging`), and their format.
 pub struct Sink {
@@ -30,10 +33,22 @@ pub fn install(sink: Sink) {
     let _ = SINK.set(sink);
 }
 
-/// The target `KEEL_LOG` filters access-log lines by.
+/// The target `KEEL_LOG` filters request lines by.
 pub const TARGET: &str = "keel::access";
+/// The target of connection lines (the module that wrote them through `tracing` before).
+pub const CONNECTION_TARGET: &str = "keel::telemetry";
 
-/// One request's access-log line. Borrowed: nothing is copied to write it.
+/// A kind of access-log line: its message and target, its fields (serialised for JSON), and its text form.
+pub trait LogLine: Serialize {
+    const MESSAGE: &'static str;
+    const TARGET: &'static str;
+    /// The fields as `key=value` pairs after the message.
+    fn write_fields(&self, out: &mut Vec<u8>);
+    /// Whether `KEEL_LOG` lets these lines through (asked once: the filter is read at start).
+    fn enabled() -> bool;
+}
+
+/// One request's line. Borrowed: nothing is copied to write it.
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
     pub pod: &'a str,
@@ -46,45 +61,167 @@ pub struct AccessLine<'a> {
     pub flags: &'a str,
     pub route: &'a str,
     pub cluster: &'a str,
-    #[serde(serialize_with = "serialize_upstream")]
-    pub upstream: Option<std::net::SocketAddr>,
+    #[serde(serialize_with = "or_dash")]
+    pub upstream: Option<SocketAddr>,
     pub attempts: u32,
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: f64,
     pub request_id: &'a str,
-    /// `(namespace, name)`, written `namespace/name`.
-    #[serde(serialize_with = "serialize_workload")]
-    pub src_workload: Option<(&'a str, &'a str)>,
-    #[serde(serialize_with = "serialize_workload")]
-    pub dst_workload: Option<(&'a str, &'a str)>,
+    /// `namespace/name`.
+    #[serde(serialize_with = "or_dash")]
+    pub src_workload: Option<Workload<'a>>,
+    #[serde(serialize_with = "or_dash")]
+    pub dst_workload: Option<Workload<'a>>,
+}
+
+/// A workload as `namespace/name`.
+#[derive(Clone, Copy)]
+pub struct Workload<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl Display for Workload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl LogLine for AccessLine<'_> {
+    const MESSAGE: &'static str = "request";
+    const TARGET: &'static str = TARGET;
+
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        // What the client chose (authority, path, request id) is quoted and escaped, so it cannot forge fields.
+        let _ = write!(
+            out,
+            "pod={} method={} authority={:?} path={:?} protocol={} status={} grpc_status={} flags={} route={} cluster={} \
+             upstream={} attempts={} request_bytes={} response_bytes={} duration_ms={:.3} request_id={:?} src_workload={} \
+             dst_workload={}",
+            self.pod,
+            self.method,
+            self.authority,
+            self.path,
+            self.protocol,
+            self.status,
+            self.grpc_status,
+            self.flags,
+            self.route,
+            self.cluster,
+            OrDash(&self.upstream),
+            self.attempts,
+            self.request_bytes,
+            self.response_bytes,
+            self.duration_ms,
+            self.request_id,
+            OrDash(&self.src_workload),
+            OrDash(&self.dst_workload),
+        );
+    }
+
+    fn enabled() -> bool {
+        static ENABLED: OnceLock<bool> = OnceLock::new();
+        *ENABLED.get_or_init(|| tracing::enabled!(target: TARGET, tracing::Level::INFO))
+    }
+}
+
+/// One closed connection's line (ztunnel's access log has one per connection too).
+#[derive(Serialize)]
+pub struct ConnectionLine<'a> {
+    pub direction: &'a str,
+    pub pod: &'a str,
+    #[serde(serialize_with = "display")]
+    pub src: SocketAddr,
+    #[serde(serialize_with = "display")]
+    pub original_dst: SocketAddr,
+    #[serde(serialize_with = "or_dash")]
+    pub upstream: Option<SocketAddr>,
+    #[serde(serialize_with = "or_dash")]
+    pub src_workload: Option<&'a str>,
+    #[serde(serialize_with = "or_dash")]
+    pub src_identity: Option<&'a crate::identity::Identity>,
+    #[serde(serialize_with = "or_dash")]
+    pub dst_workload: Option<&'a str>,
+    #[serde(serialize_with = "or_dash")]
+    pub dst_identity: Option<&'a crate::identity::Identity>,
+    #[serde(serialize_with = "or_dash")]
+    pub dst_service: Option<&'a str>,
+    pub path: &'a str,
+    pub mtls: bool,
+    pub policy: &'a str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: f64,
+    pub error: &'a str,
+}
+
+impl LogLine for ConnectionLine<'_> {
+    const MESSAGE: &'static str = "connection closed";
+    const TARGET: &'static str = CONNECTION_TARGET;
+
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        let _ = write!(
+            out,
+            "direction={} pod={} src={} original_dst={} upstream={} src_workload={} src_identity={} dst_workload={} \
+             dst_identity={} dst_service={} path={} mtls={} policy={:?} bytes_sent={} bytes_received={} duration_ms={:.3} \
+             error={:?}",
+            self.direction,
+            self.pod,
+            self.src,
+            self.original_dst,
+            OrDash(&self.upstream),
+            OrDash(&self.src_workload),
+            OrDash(&self.src_identity),
+            OrDash(&self.dst_workload),
+            OrDash(&self.dst_identity),
+            OrDash(&self.dst_service),
+            self.path,
+            self.mtls,
+            self.policy,
+            self.bytes_sent,
+            self.bytes_received,
+            self.duration_ms,
+            self.error,
+        );
+    }
+
+    fn enabled() -> bool {
+        static ENABLED: OnceLock<bool> = OnceLock::new();
+        *ENABLED.get_or_init(|| tracing::enabled!(target: CONNECTION_TARGET, tracing::Level::INFO))
+    }
+}
+
+/// A value, or `-` when there is none.
+struct OrDash<'a, T>(&'a Option<T>);
+
+impl<T: Display> Display for OrDash<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 #[allow(clippy::ref_option)] // serde's `serialize_with` passes a reference to the field.
-fn serialize_upstream<S: serde::Serializer>(upstream: &Option<std::net::SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-    match upstream {
-        Some(address) => s.collect_str(address),
-        None => s.serialize_str("-"),
-    }
+fn or_dash<S: Serializer, T: Display>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&OrDash(value))
+}
+
+fn display<S: Serializer, T: Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 /// The JSON object as `tracing`'s flattened JSON format wrote it: timestamp, level, message, fields, target.
 #[derive(Serialize)]
-struct JsonLine<'a> {
+struct JsonLine<'a, L> {
     timestamp: Timestamp,
     level: &'static str,
     message: &'static str,
     #[serde(flatten)]
-    line: &'a AccessLine<'a>,
+    line: &'a L,
     target: &'static str,
-}
-
-#[allow(clippy::ref_option, clippy::trivially_copy_pass_by_ref)] // serde's `serialize_with` passes a reference.
-fn serialize_workload<S: serde::Serializer>(workload: &Option<(&str, &str)>, s: S) -> Result<S::Ok, S::Error> {
-    match workload {
-        Some((namespace, name)) => s.collect_str(&format_args!("{namespace}/{name}")),
-        None => s.serialize_str("-"),
-    }
 }
 
 thread_local! {
@@ -92,14 +229,10 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether `KEEL_LOG` lets `keel::access` lines through. It is read once, at start, so this is asked once (asking
-/// `tracing` per line cost a filter evaluation per request).
-static ENABLED: OnceLock<bool> = OnceLock::new();
-
-/// Writes `line` when the access log is installed and `KEEL_LOG` lets `keel::access` lines through.
-pub fn write(line: &AccessLine<'_>) {
+/// Writes `line` when the access log is installed and `KEEL_LOG` lets its target through.
+pub fn write<L: LogLine>(line: &L) {
     let Some(sink) = SINK.get() else { return };
-    if !*ENABLED.get_or_init(|| tracing::enabled!(target: "keel::access", tracing::Level::INFO)) {
+    if !L::enabled() {
         return;
     }
     LINE.with_borrow_mut(|buffer| {
@@ -109,38 +242,14 @@ pub fn write(line: &AccessLine<'_>) {
     });
 }
 
-fn format(buffer: &mut Vec<u8>, line: &AccessLine<'_>, json: bool, now: Timestamp) {
+fn format<L: LogLine>(buffer: &mut Vec<u8>, line: &L, json: bool, now: Timestamp) {
     if json {
-        let object = JsonLine { timestamp: now, level: "INFO", message: "request", line, target: TARGET };
+        let object = JsonLine { timestamp: now, level: "INFO", message: L::MESSAGE, line, target: L::TARGET };
         // Writing into a Vec cannot fail, and every field serialises.
         let _ = serde_json::to_writer(&mut *buffer, &object);
     } else {
-        let workload = |w: Option<(&str, &str)>| w.map_or_else(|| "-".to_owned(), |(namespace, name)| format!("{namespace}/{name}"));
-        let upstream = line.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string());
-        // What the client chose (authority, path, request id) is quoted and escaped, so it cannot forge fields.
-        let _ = write!(
-            buffer,
-            "{now}  INFO {TARGET}: request pod={} method={} authority={:?} path={:?} protocol={} status={} grpc_status={} flags={} \
-             route={} cluster={} upstream={upstream} attempts={} request_bytes={} response_bytes={} duration_ms={:.3} \
-             request_id={:?} src_workload={} dst_workload={}",
-            line.pod,
-            line.method,
-            line.authority,
-            line.path,
-            line.protocol,
-            line.status,
-            line.grpc_status,
-            line.flags,
-            line.route,
-            line.cluster,
-            line.attempts,
-            line.request_bytes,
-            line.response_bytes,
-            line.duration_ms,
-            line.request_id,
-            workload(line.src_workload),
-            workload(line.dst_workload),
-        );
+        let _ = write!(buffer, "{now}  INFO {}: {} ", L::TARGET, L::MESSAGE);
+        line.write_fields(buffer);
     }
     buffer.push(b'\n');
 }
@@ -207,7 +316,7 @@ mod tests {
             response_bytes: 120,
             duration_ms: 1.234_56,
             request_id: "abc",
-            src_workload: Some(("default", "sleep")),
+            src_workload: Some(Workload { namespace: "default", name: "sleep" }),
             dst_workload: None,
         }
     }
@@ -244,6 +353,44 @@ mod tests {
         assert!(text.starts_with("2026-12-06T23:41:02.123456Z  INFO keel::access: request pod=default/sleep method=GET "), "{text}");
         assert!(text.contains(r#"authority="a status=500" path="/items?\"x\"""#), "{text}");
         assert!(text.contains(" status=200 ") && text.contains(" duration_ms=1.235 ") && text.ends_with("dst_workload=-\n"), "{text}");
+    }
+
+    #[test]
+    fn a_connection_line_names_both_ends() {
+        let identity: crate::identity::Identity = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
+        let line = ConnectionLine {
+            direction: "outbound",
+            pod: "default/sleep",
+            src: "10.0.0.5:40000".parse().unwrap(),
+            original_dst: "10.96.0.10:80".parse().unwrap(),
+            upstream: None,
+            src_workload: Some("default/sleep"),
+            src_identity: Some(&identity),
+            dst_workload: None,
+            dst_identity: None,
+            dst_service: Some("catalog.default.svc.cluster.local"),
+            path: "hbone",
+            mtls: true,
+            policy: "",
+            bytes_sent: 10,
+            bytes_received: 20,
+            duration_ms: 3.0,
+            error: "",
+        };
+        let mut buffer = Vec::new();
+        format(&mut buffer, &line, true, Timestamp(SystemTime::UNIX_EPOCH + AT));
+        let value: serde_json::Value = serde_json::from_slice(&buffer).unwrap();
+        assert_eq!(value["message"], "connection closed");
+        assert_eq!(value["target"], "keel::telemetry");
+        assert_eq!(value["src"], "10.0.0.5:40000");
+        assert_eq!(value["upstream"], "-");
+        assert_eq!(value["src_identity"], "spiffe://cluster.local/ns/default/sa/sleep");
+        assert_eq!(value["mtls"], true);
+        buffer.clear();
+        format(&mut buffer, &line, false, Timestamp(SystemTime::UNIX_EPOCH + AT));
+        let text = String::from_utf8(buffer).unwrap();
+        assert!(text.contains("keel::telemetry: connection closed direction=outbound pod=default/sleep src=10.0.0.5:40000 "), "{text}");
+        assert!(text.contains(" dst_workload=- dst_identity=- dst_service=catalog.default.svc.cluster.local path=hbone mtls=true "), "{text}");
     }
 
     #[test]

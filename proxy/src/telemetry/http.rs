@@ -1,12 +1,10 @@
 //! Istio's standard HTTP metrics and one access-log line per request. A request's record is filled in as it
 //! goes and reported once, when its response body ends (so durations and sizes cover the whole exchange).
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use super::{
     access_log::{self, AccessLine},
+    series_cache::SeriesCache,
     Peer,
 };
 use crate::hashing::stable_hash;
@@ -179,11 +177,8 @@ pub struct HttpMetrics {
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
     /// Keyed by a hash of what the labels are made from (source, destination, status, flags, ...).
-    series: Arc<Mutex<HashMap<u64, Series>>>,
+    series: Arc<SeriesCache<Series>>,
 }
-
-/// Bound on cached label sets (each is a few hundred bytes); past it the cache starts over.
-const MAX_CACHED_SERIES: usize = 4096;
 
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> HttpMetrics {
@@ -210,22 +205,15 @@ impl HttpMetrics {
             (&*r.pod, workload(r.source.as_ref()), workload(r.destination.as_ref()), r.destination_version(), r.service()),
             (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls),
         ));
-        let mut cache = self.series.lock().expect("series cache poisoned");
-        if let Some(series) = cache.get(&key) {
-            return series.clone();
-        }
-        let labels = IstioHttpLabels::of(r);
-        let series = Series {
-            requests: self.requests.get_or_create(&labels).clone(),
-            duration: self.duration.get_or_create(&labels).clone(),
-            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
-            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
-        };
-        if cache.len() >= MAX_CACHED_SERIES {
-            cache.clear();
-        }
-        cache.insert(key, series.clone());
-        series
+        self.series.get_or_make(key, || {
+            let labels = IstioHttpLabels::of(r);
+            Series {
+                requests: self.requests.get_or_create(&labels).clone(),
+                duration: self.duration.get_or_create(&labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            }
+        })
     }
 
     /// Counts the finished request and writes its access-log line.
@@ -236,8 +224,8 @@ impl HttpMetrics {
         series.request_bytes.observe(r.request_bytes as f64);
         series.response_bytes.observe(r.response_bytes as f64);
         let flags = if r.flags.is_empty() { None } else { Some(r.flags.join(",")) };
-        fn workload(w: Option<&Arc<Workload>>) -> Option<(&str, &str)> {
-            w.map(|w| (w.namespace.as_str(), w.name.as_str()))
+        fn workload(w: Option<&Arc<Workload>>) -> Option<access_log::Workload<'_>> {
+            w.map(|w| access_log::Workload { namespace: &w.namespace, name: &w.name })
         }
         access_log::write(&AccessLine {
             pod: &r.pod,

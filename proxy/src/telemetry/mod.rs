@@ -15,15 +15,19 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::Serialize;
-use tracing::info;
 
 use crate::{
+    hashing::stable_hash,
     identity::Identity,
     plan::{Direction, Path},
 };
 
 pub mod access_log;
 pub mod http;
+mod series_cache;
+
+use access_log::ConnectionLine;
+use series_cache::SeriesCache;
 
 /// How many closed connections the `connections` API keeps.
 const RECENT_CONNECTIONS: usize = 1024;
@@ -151,10 +155,6 @@ impl Peer {
     }
 }
 
-fn or_dash(value: &Option<impl std::fmt::Display>) -> String {
-    value.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
-}
-
 /// One closed connection, as the API and the demo show it. `bytes_sent` is client→server.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionRecord {
@@ -243,23 +243,64 @@ impl IstioTcpLabels {
             destination_principal,
             destination_service: record.destination_service.clone().unwrap_or_else(|| "unknown".to_owned()),
             request_protocol: "tcp",
-            response_flags: match (record.response_flags, &record.error) {
-                (Some(flags), _) => flags,
-                // A failure not typed yet: an upstream connection failure, as before.
-                (None, Some(_)) => "UF",
-                (None, None) => "-",
-            },
+            response_flags: Self::response_flags(record),
             connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },
+        }
+    }
+
+    fn response_flags(record: &ConnectionRecord) -> &'static str {
+        match (record.response_flags, &record.error) {
+            (Some(flags), _) => flags,
+            // A failure not typed yet: an upstream connection failure, as before.
+            (None, Some(_)) => "UF",
+            (None, None) => "-",
         }
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct IstioTcpMetrics {
     opened: Family<IstioTcpLabels, Counter>,
     closed: Family<IstioTcpLabels, Counter>,
     sent: Family<IstioTcpLabels, Counter>,
     received: Family<IstioTcpLabels, Counter>,
+    /// Keyed by a hash of what the labels are made from (both ends, service, flags, mTLS).
+    series: SeriesCache<TcpSeries>,
+}
+
+/// One label set's four series, held so a connection whose labels were seen before (the usual case) is counted
+/// without building a dozen label strings and hashing them into four families, twice per connection.
+#[derive(Clone)]
+struct TcpSeries {
+    opened: Counter,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+}
+
+impl IstioTcpMetrics {
+    fn series(&self, record: &ConnectionRecord) -> TcpSeries {
+        fn peer(p: &Peer) -> (Option<&str>, Option<&Identity>) {
+            (p.workload.as_deref(), p.identity.as_ref())
+        }
+        let key = stable_hash((
+            record.direction,
+            peer(&record.source_peer),
+            peer(&record.destination_peer),
+            record.destination_service.as_deref(),
+            IstioTcpLabels::response_flags(record),
+            record.mutual_tls,
+        ));
+        self.series.get_or_make(key, || {
+            let labels = IstioTcpLabels::of(record);
+            TcpSeries {
+                opened: self.opened.get_or_create(&labels).clone(),
+                closed: self.closed.get_or_create(&labels).clone(),
+                sent: self.sent.get_or_create(&labels).clone(),
+                received: self.received.get_or_create(&labels).clone(),
+            }
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -364,7 +405,7 @@ impl Telemetry {
 
     /// Istio's "opened" count, once keel knows both ends of the connection.
     pub fn connection_identified(&self, record: &ConnectionRecord) {
-        self.istio.opened.get_or_create(&IstioTcpLabels::of(record)).inc();
+        self.istio.series(record).opened.inc();
     }
 
     pub fn hbone_handshake_failed(&self) {
@@ -388,10 +429,10 @@ impl Telemetry {
 
     /// Counts the connection's end, logs its line and keeps it for the `connections` API.
     pub fn connection_closed(&self, record: ConnectionRecord, elapsed: Duration) {
-        let labels = IstioTcpLabels::of(&record);
-        self.istio.closed.get_or_create(&labels).inc();
-        self.istio.sent.get_or_create(&labels).inc_by(record.bytes_sent);
-        self.istio.received.get_or_create(&labels).inc_by(record.bytes_received);
+        let series = self.istio.series(&record);
+        series.closed.inc();
+        series.sent.inc_by(record.bytes_sent);
+        series.received.inc_by(record.bytes_received);
         let m = self.metrics(record.direction);
         m.closed.inc();
         m.active.dec();
@@ -400,26 +441,28 @@ impl Telemetry {
         if record.error.is_some() {
             m.errors.inc();
         }
-        info!(
-            direction = ?record.direction,
-            pod = %record.pod,
-            src = %record.source,
-            original_dst = %record.original_destination,
-            upstream = %or_dash(&record.upstream),
-            src_workload = %or_dash(&record.source_peer.workload),
-            src_identity = %or_dash(&record.source_peer.identity),
-            dst_workload = %or_dash(&record.destination_peer.workload),
-            dst_identity = %or_dash(&record.destination_peer.identity),
-            dst_service = %or_dash(&record.destination_service),
-            path = %record.path.map_or("-", Path::as_str),
-            mtls = record.mutual_tls,
-            policy = record.policy.as_deref().unwrap_or("-"),
-            bytes_sent = record.bytes_sent,
-            bytes_received = record.bytes_received,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            error = record.error.as_deref().unwrap_or(""),
-            "connection closed"
-        );
+        access_log::write(&ConnectionLine {
+            direction: match record.direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            },
+            pod: &record.pod,
+            src: record.source,
+            original_dst: record.original_destination,
+            upstream: record.upstream,
+            src_workload: record.source_peer.workload.as_deref(),
+            src_identity: record.source_peer.identity.as_ref(),
+            dst_workload: record.destination_peer.workload.as_deref(),
+            dst_identity: record.destination_peer.identity.as_ref(),
+            dst_service: record.destination_service.as_deref(),
+            path: record.path.map_or("-", Path::as_str),
+            mtls: record.mutual_tls,
+            policy: record.policy.as_deref().unwrap_or("-"),
+            bytes_sent: record.bytes_sent,
+            bytes_received: record.bytes_received,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            error: record.error.as_deref().unwrap_or(""),
+        });
         let mut recent = self.recent.lock().expect("recent connections poisoned");
         if recent.len() == RECENT_CONNECTIONS {
             recent.pop_front();
