@@ -19,10 +19,13 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+/// Takes one finished line (newline included).
+pub type WriteLine = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Where finished lines go (the buffered access log of `crate::logging`), and their format.
 pub struct Sink {
     pub json: bool,
-    pub write: Box<dyn Fn(&[u8]) + Send + Sync>,
+    pub write: WriteLine,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
