@@ -26,6 +26,10 @@ pub const MAX_BUFFERED_REQUEST: u64 = 64 * 1024;
 
 /// Reads the whole body if its declared size allows buffering; otherwise gives it back untouched.
 pub async fn buffer_if_small(body: HttpBody) -> Result<Result<Bytes, HttpBody>, hyper::Error> {
+    if body.is_end_stream() {
+        // No body (most GETs): nothing to read or keep.
+        return Ok(Ok(Bytes::new()));
+    }
     match body.size_hint().upper() {
         Some(upper) if upper <= MAX_BUFFERED_REQUEST => Ok(Ok(body.collect().await?.to_bytes())),
         _ => Ok(Err(body)),

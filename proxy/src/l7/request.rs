@@ -319,8 +319,10 @@ impl Forward<'_> {
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error: IPv6 endpoints are not supported");
             };
             record.upstream = Some(endpoint.address);
-            tried.push(endpoint.address);
-            self.note_destination(address, record);
+            // The hop decides the path and names the destination workload, for the record too.
+            let hop = hop(self.d, self.snapshot, address);
+            record.destination.clone_from(&hop.route.workload);
+            record.mutual_tls = hop.path == Path::Hbone;
             let authority = self.plan.host_rewrite.as_deref().unwrap_or(self.authority);
             let request = build_request(&self.parts.method, &self.parts.uri, &self.parts.headers, authority, protocol.http2, body.take());
             let active = ActiveRequest::start(&endpoint);
@@ -329,7 +331,7 @@ impl Forward<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = until(try_deadline, self.d.dp.upstreams.send(hop(self.d, self.snapshot, address), protocol, request)).await;
+            let sent = until(try_deadline, self.d.dp.upstreams.send(hop, protocol, request)).await;
             drop(active);
             let (outcome, result) = match sent {
                 None => (AttemptOutcome::PerTryTimeout, Err(None)),
@@ -349,6 +351,9 @@ impl Forward<'_> {
                         retry_permit = Some(permit);
                         let backoff = retries.expect("retriable").backoff(attempt);
                         if until(deadline, tokio::time::sleep(backoff)).await.is_some() {
+                            // Only a retry needs the hosts tried so far (no allocation for the one attempt most
+                            // requests make).
+                            tried.push(endpoint.address);
                             continue;
                         }
                     }
@@ -379,12 +384,6 @@ impl Forward<'_> {
                 }
             };
         }
-    }
-
-    /// The destination workload and whether the hop to it is mutual TLS, for metrics and the access log.
-    fn note_destination(&self, endpoint: SocketAddrV4, record: &mut RequestRecord) {
-        record.destination = self.snapshot.workloads_by_ip.get(&IpAddr::V4(*endpoint.ip())).cloned();
-        record.mutual_tls = hop(self.d, self.snapshot, endpoint).path == Path::Hbone;
     }
 }
 
