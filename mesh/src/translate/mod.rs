@@ -165,11 +165,11 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
             Object::AuthorizationPolicy(policy) => match authorization(mesh, policy) {
-                Ok(Some((a, warnings))) => {
+                Ok(NodePolicy::Enforced(a, warnings)) => {
                     out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference())));
                     out.authorizations.insert(format!("{}/{}", a.namespace, a.name), a);
                 }
-                Ok(None) => out.warnings.push(format!("{}: AUDIT policies have no effect on node proxies", object.reference())),
+                Ok(NodePolicy::NoEffect(why)) => out.warnings.push(format!("{}: {why}", object.reference())),
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
             Object::ServiceEntry(entry) => match service_entry::translate(mesh, entry) {
@@ -375,13 +375,25 @@ fn service(mesh: &Mesh, svc: &Service) -> Result<workload::Service, String> {
     })
 }
 
-/// `None` for AUDIT policies (no effect at L4). Warnings list what a node proxy cannot enforce.
-fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(security::Authorization, Vec<String>)>, String> {
+/// What an AuthorizationPolicy means for node proxies.
+enum NodePolicy {
+    /// Enforced, with warnings that list what a node proxy cannot enforce of it.
+    Enforced(security::Authorization, Vec<String>),
+    /// Nothing for node proxies to enforce; the text says why.
+    NoEffect(&'static str),
+}
+
+fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<NodePolicy, String> {
     let spec = &policy.spec;
+    if !spec.target_refs.is_empty() {
+        // istiod sends node proxies nothing for these: they bind the waypoint or gateway they name. Applied by
+        // selector instead (there is none), they would become namespace-wide policies on every pod.
+        return Ok(NodePolicy::NoEffect("a policy with targetRefs binds the waypoint or gateway it names: node proxies enforce none of it"));
+    }
     let action = match spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
-        "AUDIT" => return Ok(None),
+        "AUDIT" => return Ok(NodePolicy::NoEffect("AUDIT policies have no effect on node proxies")),
         "CUSTOM" => return Err("field spec.action: CUSTOM (external authorization) is not supported".into()),
         other => return Err(format!("field spec.action: {other:?} is not ALLOW, DENY, AUDIT or CUSTOM")),
     };
@@ -400,7 +412,11 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
         if !rule.from.is_empty() {
             let mut matches = Vec::new();
             for (j, from) in rule.from.iter().enumerate() {
-                http_only |= !from.source.request_principals.is_empty() || !from.source.not_request_principals.is_empty();
+                let s = &from.source;
+                // Request principals come from JWTs, remote IPs from X-Forwarded-For: both are HTTP. (A remote IP
+                // block read as no condition at all would make an ALLOW rule match every connection.)
+                http_only |=
+                    [&s.request_principals, &s.not_request_principals, &s.remote_ip_blocks, &s.not_remote_ip_blocks].iter().any(|v| !v.is_empty());
                 matches.push(source_match(&from.source).map_err(|e| format!("field spec.rules[{i}].from[{j}].source.{e}"))?);
             }
             clauses.push(Clause { matches });
@@ -437,7 +453,7 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
         }
         rules.push(Rule { clauses });
     }
-    Ok(Some((
+    Ok(NodePolicy::Enforced(
         security::Authorization {
             name: policy.metadata.name.clone(),
             namespace: policy.metadata.namespace.clone(),
@@ -447,7 +463,7 @@ fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<Option<(se
             dry_run: false,
         },
         warnings,
-    )))
+    ))
 }
 
 /// Istio's string match syntax: `*` = present, `*x` = suffix, `x*` = prefix, else exact.
@@ -768,6 +784,27 @@ spec: {action: DENY, rules: [{}]}
             let again = crate::snapshot::Snapshot::from_resources(&translate(&Mesh::default(), &objects).unwrap());
             assert_eq!(again, first, "the same objects translated to different bytes");
         }
+    }
+
+    #[test]
+    fn remote_ip_blocks_are_http_only_and_target_refs_bind_no_node_proxy() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: office, namespace: demo}\n\
+                    spec: {rules: [{from: [{source: {remoteIpBlocks: [192.0.2.0/24]}}]}]}\n\
+                    ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: not-office, namespace: demo}\n\
+                    spec: {action: DENY, rules: [{from: [{source: {notRemoteIpBlocks: [192.0.2.0/24], namespaces: [other]}}]}]}\n\
+                    ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: at-waypoint, namespace: demo}\n\
+                    spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], rules: [{}]}\n";
+        let r = translate(&Mesh::default(), &objects(yaml)).unwrap();
+        // An ALLOW rule on remote IPs allows nothing at a node proxy (it matched every connection before), ...
+        assert!(r.authorizations["demo/office"].rules.is_empty());
+        assert!(r.warnings.iter().any(|w| w.contains("office") && w.contains("rule dropped")), "{:?}", r.warnings);
+        // ... a DENY rule keeps its L4 part, ...
+        let deny = &r.authorizations["demo/not-office"];
+        assert_eq!(deny.rules.len(), 1);
+        assert_eq!(deny.rules[0].clauses[0].matches[0].namespaces.len(), 1);
+        // ... and a policy bound to a waypoint is no namespace-wide node policy.
+        assert!(!r.authorizations.contains_key("demo/at-waypoint"));
+        assert!(r.warnings.iter().any(|w| w.contains("at-waypoint") && w.contains("targetRefs")), "{:?}", r.warnings);
     }
 
     #[test]
