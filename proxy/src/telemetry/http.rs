@@ -1,6 +1,6 @@
 //! Istio's standard HTTP metrics and one access-log line per request. A request's record is filled in as it
 //! goes and reported once, when its response body ends (so durations and sizes cover the whole exchange).
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use super::{
     access_log::{self, AccessLine},
@@ -85,11 +85,13 @@ impl RequestRecord {
         }
     }
 
-    pub fn flags_label(&self) -> String {
+    /// The flags as Envoy writes them: comma-separated, `-` when there are none (borrowed then: the usual case
+    /// costs no allocation).
+    pub fn flags_label(&self) -> Cow<'static, str> {
         if self.flags.is_empty() {
-            "-".to_owned()
+            Cow::Borrowed("-")
         } else {
-            self.flags.join(",")
+            Cow::Owned(self.flags.join(","))
         }
     }
 
@@ -152,7 +154,7 @@ impl IstioHttpLabels {
             request_protocol: r.protocol,
             response_code: r.status,
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
-            response_flags: r.flags_label(),
+            response_flags: r.flags_label().into_owned(),
             connection_security_policy: if r.mutual_tls { "mutual_tls" } else { "none" },
         }
     }
@@ -223,7 +225,7 @@ impl HttpMetrics {
         series.duration.observe(r.duration_ms);
         series.request_bytes.observe(r.request_bytes as f64);
         series.response_bytes.observe(r.response_bytes as f64);
-        let flags = if r.flags.is_empty() { None } else { Some(r.flags.join(",")) };
+        let flags = r.flags_label();
         fn workload(w: Option<&Arc<Workload>>) -> Option<access_log::Workload<'_>> {
             w.map(|w| access_log::Workload { namespace: &w.namespace, name: &w.name })
         }
@@ -235,7 +237,7 @@ impl HttpMetrics {
             protocol: r.protocol,
             status: r.status,
             grpc_status: r.grpc_status.as_deref().unwrap_or("-"),
-            flags: flags.as_deref().unwrap_or("-"),
+            flags: &flags,
             route: if r.route.is_empty() { "-" } else { &r.route },
             cluster: &r.cluster,
             upstream: r.upstream,
