@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
         "proto/istio/workload/workload.proto",
         "proto/istio/security/authorization.proto",
         "proto/istio/ca/ca.proto",
+        // keel's own: the HTTP rules of AuthorizationPolicies, next to the L4 ones (see the file).
+        "proto/keel/security/http_authorization.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -4,6 +4,7 @@
 //! short names below are what the rest of keel uses:
 //! - `workload`: `istio.workload.Address` (Workload, Service), pushed per workload and service;
 //! - `security`: `istio.security.Authorization`, L4 policies;
+//! - `http_security`: `keel.security.HttpAuthorization`, keel's own: the HTTP rules of the same policies;
 //! - `ca`: `istio.v1.auth.IstioCertificateService/CreateCertificate`;
 //! - `discovery`: Envoy's delta aggregated discovery transport (`DeltaAggregatedResources`);
 //! - `listener`, `route`, `cluster`, `endpoint`: the subset of Envoy's L7 resources keel consumes (Listener,
@@ -103,6 +104,12 @@ pub mod envoy {
     }
 }
 
+pub mod keel {
+    pub mod security {
+        tonic::include_proto!("keel.security");
+    }
+}
+
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");
@@ -123,10 +130,13 @@ pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
 pub use istio::v1::auth as ca;
 pub use istio::workload;
+pub use keel::security as http_security;
 
 /// Type URLs, in the order a node proxy subscribes to them.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// keel's HTTP rules of an AuthorizationPolicy, named as its `AUTHORIZATION_TYPE_URL` resource.
+pub const HTTP_AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/keel.security.HttpAuthorization";
 /// Envoy's L7 resource types (a documented subset, see ENVOY-SUBSET.md), on the same delta ADS stream.
 pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_CONFIGURATION_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";

@@ -6,6 +6,7 @@
 //! checked in theirs and yield no workload or authorization resource: together with the Services' HTTP ports and
 //! the pods behind them they become the Envoy L7 resources (Listener, RouteConfiguration, Cluster,
 //! ClusterLoadAssignment) made in l7/.
+mod authorization;
 mod destination_rule;
 mod field;
 mod l7;
@@ -22,12 +23,13 @@ use std::{
 };
 
 use keel_proto::{
-    security::{self, Action, Clause, Match, Rule, Scope, StringMatch},
+    security,
     workload::{self, address, NetworkAddress, Port, PortList, TunnelProtocol, WorkloadStatus, WorkloadType},
 };
 
 use crate::ambient;
-use crate::objects::{AuthorizationPolicy, EndpointSlice, Object, Operation, PeerAuthentication, Pod, PortRef, Service, ServiceEntry, Source};
+use crate::objects::{AuthorizationPolicy, EndpointSlice, Object, PeerAuthentication, Pod, PortRef, Service, ServiceEntry};
+use authorization::{authorization, NodePolicy};
 
 /// Cluster-wide naming settings.
 #[derive(Clone, Debug)]
@@ -66,6 +68,8 @@ impl Default for Mesh {
 pub struct Resources {
     pub addresses: BTreeMap<String, workload::Address>,
     pub authorizations: BTreeMap<String, security::Authorization>,
+    /// The HTTP rules of the policies that have some (keel's own type, see authorization.rs), by the same name.
+    pub http_authorizations: BTreeMap<String, keel_proto::http_security::HttpAuthorization>,
     /// The Envoy L7 subset (l7/), each keyed by resource name: listeners `0.0.0.0_<port>`, route configs by
     /// port, clusters and their load assignments `outbound|<port>|<subset>|<host>`.
     pub listeners: BTreeMap<String, keel_proto::listener::Listener>,
@@ -165,9 +169,13 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
             Object::AuthorizationPolicy(policy) => match authorization(mesh, policy) {
-                Ok(NodePolicy::Enforced(a, warnings)) => {
+                Ok(NodePolicy::Enforced { l4, http, warnings }) => {
                     out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference())));
-                    out.authorizations.insert(format!("{}/{}", a.namespace, a.name), a);
+                    let name = format!("{}/{}", l4.namespace, l4.name);
+                    if let Some(http) = http {
+                        out.http_authorizations.insert(name.clone(), http);
+                    }
+                    out.authorizations.insert(name, l4);
                 }
                 Ok(NodePolicy::NoEffect(why)) => out.warnings.push(format!("{}: {why}", object.reference())),
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
@@ -375,168 +383,11 @@ fn service(mesh: &Mesh, svc: &Service) -> Result<workload::Service, String> {
     })
 }
 
-/// What an AuthorizationPolicy means for node proxies.
-enum NodePolicy {
-    /// Enforced, with warnings that list what a node proxy cannot enforce of it.
-    Enforced(security::Authorization, Vec<String>),
-    /// Nothing for node proxies to enforce; the text says why.
-    NoEffect(&'static str),
-}
-
-fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result<NodePolicy, String> {
-    let spec = &policy.spec;
-    if !spec.target_refs.is_empty() {
-        // istiod sends node proxies nothing for these: they bind the waypoint or gateway they name. Applied by
-        // selector instead (there is none), they would become namespace-wide policies on every pod.
-        return Ok(NodePolicy::NoEffect("a policy with targetRefs binds the waypoint or gateway it names: node proxies enforce none of it"));
-    }
-    let action = match spec.action.as_deref().unwrap_or("ALLOW") {
-        "ALLOW" => Action::Allow,
-        "DENY" => Action::Deny,
-        "AUDIT" => return Ok(NodePolicy::NoEffect("AUDIT policies have no effect on node proxies")),
-        "CUSTOM" => return Err("field spec.action: CUSTOM (external authorization) is not supported".into()),
-        other => return Err(format!("field spec.action: {other:?} is not ALLOW, DENY, AUDIT or CUSTOM")),
-    };
-    // An empty `matchLabels` selects every workload, as no selector does (Istio reads both the same way).
-    let selects_some = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
-    let scope = match (selects_some, policy.metadata.namespace == mesh.root_namespace) {
-        (true, _) => Scope::WorkloadSelector,
-        (false, true) => Scope::Global,
-        (false, false) => Scope::Namespace,
-    };
-    let mut warnings = Vec::new();
-    let mut rules = Vec::new();
-    for (i, rule) in spec.rules.iter().enumerate() {
-        let mut clauses = Vec::new();
-        let mut http_only = false;
-        if !rule.from.is_empty() {
-            let mut matches = Vec::new();
-            for (j, from) in rule.from.iter().enumerate() {
-                let s = &from.source;
-                // Request principals come from JWTs, remote IPs from X-Forwarded-For: both are HTTP. (A remote IP
-                // block read as no condition at all would make an ALLOW rule match every connection.)
-                http_only |=
-                    [&s.request_principals, &s.not_request_principals, &s.remote_ip_blocks, &s.not_remote_ip_blocks].iter().any(|v| !v.is_empty());
-                matches.push(source_match(&from.source).map_err(|e| format!("field spec.rules[{i}].from[{j}].source.{e}"))?);
-            }
-            clauses.push(Clause { matches });
-        }
-        if !rule.to.is_empty() {
-            let mut matches = Vec::new();
-            for (j, to) in rule.to.iter().enumerate() {
-                let op: &Operation = &to.operation;
-                http_only |= [&op.hosts, &op.not_hosts, &op.methods, &op.not_methods, &op.paths, &op.not_paths].iter().any(|v| !v.is_empty());
-                matches.push(Match {
-                    destination_ports: ports(&op.ports).map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.ports: {e}"))?,
-                    not_destination_ports: ports(&op.not_ports).map_err(|e| format!("field spec.rules[{i}].to[{j}].operation.notPorts: {e}"))?,
-                    ..Default::default()
-                });
-            }
-            clauses.push(Clause { matches });
-        }
-        for (j, condition) in rule.when.iter().enumerate() {
-            match condition_match(condition) {
-                Some(m) => clauses.push(Clause { matches: vec![m.map_err(|e| format!("field spec.rules[{i}].when[{j}]: {e}"))?] }),
-                None => http_only = true,
-            }
-        }
-        if http_only {
-            // A node proxy sees no HTTP. Fail closed as Istio does: an ALLOW rule that needs HTTP attributes is
-            // dropped (allows nothing); a DENY rule keeps its L4 part only (denies more, never less).
-            warnings.push(format!(
-                "rule {i} uses HTTP-only attributes: {}",
-                if action == Action::Allow { "rule dropped" } else { "enforced on its L4 part only" }
-            ));
-            if action == Action::Allow {
-                continue;
-            }
-        }
-        rules.push(Rule { clauses });
-    }
-    Ok(NodePolicy::Enforced(
-        security::Authorization {
-            name: policy.metadata.name.clone(),
-            namespace: policy.metadata.namespace.clone(),
-            scope: scope as i32,
-            action: action as i32,
-            rules,
-            dry_run: false,
-        },
-        warnings,
-    ))
-}
-
-/// Istio's string match syntax: `*` = present, `*x` = suffix, `x*` = prefix, else exact.
-fn string_match(value: &str) -> StringMatch {
-    use security::string_match::MatchType;
-    let match_type = if value == "*" {
-        MatchType::Presence(())
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        MatchType::Suffix(suffix.to_owned())
-    } else if let Some(prefix) = value.strip_suffix('*') {
-        MatchType::Prefix(prefix.to_owned())
-    } else {
-        MatchType::Exact(value.to_owned())
-    };
-    StringMatch { match_type: Some(match_type) }
-}
-
-fn cidrs(values: &[String]) -> Result<Vec<security::Address>, String> {
-    values
-        .iter()
-        .map(|v| {
-            let net: ipnet::IpNet =
-                v.parse().or_else(|_| v.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| format!("{v:?} is not an IP or CIDR"))?;
-            Ok(security::Address { address: ip_bytes(&net.network()), length: net.prefix_len() as u32 })
-        })
-        .collect()
-}
-
-fn ports(values: &[String]) -> Result<Vec<u32>, String> {
-    values
-        .iter()
-        .map(|v| match v.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(p as u32),
-            _ => Err(format!("{v:?} is not a port number")),
-        })
-        .collect()
-}
-
-fn source_match(s: &Source) -> Result<Match, String> {
-    let strings = |v: &[String]| v.iter().map(|x| string_match(x)).collect();
-    Ok(Match {
-        principals: strings(&s.principals),
-        not_principals: strings(&s.not_principals),
-        namespaces: strings(&s.namespaces),
-        not_namespaces: strings(&s.not_namespaces),
-        source_ips: cidrs(&s.ip_blocks).map_err(|e| format!("ipBlocks: {e}"))?,
-        not_source_ips: cidrs(&s.not_ip_blocks).map_err(|e| format!("notIpBlocks: {e}"))?,
-        ..Default::default()
-    })
-}
-
-/// The `when` keys a node proxy can evaluate; `None` for HTTP-only keys (request.headers[...], ...).
-fn condition_match(c: &crate::objects::Condition) -> Option<Result<Match, String>> {
-    let strings = |v: &[String]| v.iter().map(|x| string_match(x)).collect::<Vec<_>>();
-    let built = match c.key.as_str() {
-        "source.ip" => cidrs(&c.values).and_then(|ips| Ok(Match { source_ips: ips, not_source_ips: cidrs(&c.not_values)?, ..Default::default() })),
-        "source.namespace" => Ok(Match { namespaces: strings(&c.values), not_namespaces: strings(&c.not_values), ..Default::default() }),
-        "source.principal" => Ok(Match { principals: strings(&c.values), not_principals: strings(&c.not_values), ..Default::default() }),
-        "destination.ip" => {
-            cidrs(&c.values).and_then(|ips| Ok(Match { destination_ips: ips, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() }))
-        }
-        "destination.port" => {
-            ports(&c.values).and_then(|p| Ok(Match { destination_ports: p, not_destination_ports: ports(&c.not_values)?, ..Default::default() }))
-        }
-        _ => return None,
-    };
-    Some(built)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::{load_text, Loaded};
+    use keel_proto::security::{Action, Scope};
 
     fn objects(yaml: &str) -> Vec<Object> {
         let mut loaded = Loaded::default();
@@ -749,7 +600,7 @@ spec: {action: DENY, rules: [{}]}
         assert_eq!((allow.scope, allow.action), (Scope::WorkloadSelector as i32, Action::Allow as i32));
         // The HTTP-only rule is dropped from an ALLOW policy (fail closed), with a warning.
         assert_eq!(allow.rules.len(), 1);
-        assert!(r.warnings.iter().any(|w| w.contains("only-sleep") && w.contains("rule dropped")), "{:?}", r.warnings);
+        assert!(r.warnings.iter().any(|w| w.contains("only-sleep") && w.contains("the rule is dropped")), "{:?}", r.warnings);
         let clauses = &allow.rules[0].clauses;
         assert_eq!(clauses.len(), 3, "from, to and one when clause");
         assert_eq!(clauses[0].matches.len(), 2, "two sources: any of them");
@@ -797,7 +648,7 @@ spec: {action: DENY, rules: [{}]}
         let r = translate(&Mesh::default(), &objects(yaml)).unwrap();
         // An ALLOW rule on remote IPs allows nothing at a node proxy (it matched every connection before), ...
         assert!(r.authorizations["demo/office"].rules.is_empty());
-        assert!(r.warnings.iter().any(|w| w.contains("office") && w.contains("rule dropped")), "{:?}", r.warnings);
+        assert!(r.warnings.iter().any(|w| w.contains("office") && w.contains("the rule is dropped")), "{:?}", r.warnings);
         // ... a DENY rule keeps its L4 part, ...
         let deny = &r.authorizations["demo/not-office"];
         assert_eq!(deny.rules.len(), 1);
