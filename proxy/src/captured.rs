@@ -16,7 +16,7 @@ use crate::{
     connection_error::{self, ConnectionError},
     data_path::{DataPath, PodContext},
     l4::{inbound, outbound, responder},
-    l7::{request::Downstream, server::serve_connection},
+    l7::{self, request::Downstream, server::serve_connection},
     plan::{self, Direction, Path, Plan},
     sockets,
     telemetry::{ConnectionRecord, Peer},
@@ -68,6 +68,12 @@ async fn handle(
                 e.record(&mut record);
             }
         }
+        Ok(Carried::InboundHttp(served)) => {
+            if let Err(e) = l7::inbound::serve(client, served, draining).await {
+                debug!(pod = %pod.name, error = %e, "inbound HTTP connection ended with an error");
+                e.record(&mut record);
+            }
+        }
         Err(e) => {
             debug!(pod = %pod.name, error = %e, "connection failed");
             sockets::reset(&client);
@@ -85,6 +91,8 @@ enum Carried {
     Done,
     /// HTTP for the L7 engine, which takes the socket.
     Http(Arc<Downstream>),
+    /// Inbound HTTP whose requests policies decide one by one (see `l7::inbound`), which takes the socket.
+    InboundHttp(Arc<l7::inbound::Inbound>),
 }
 
 async fn carry(
@@ -126,7 +134,10 @@ async fn carry(
             Err(error.into())
         }
         Plan::Relay { route, path, source } => outbound::relay(client, pod, dp, route, path, source, record).await.map(|()| Carried::Done),
-        Plan::Inbound => inbound::proxy(client, destination, pod, dp, record).await.map(|()| Carried::Done),
+        Plan::Inbound => match inbound::proxy(client, destination, pod, dp, record).await? {
+            inbound::Served::Relayed => Ok(Carried::Done),
+            inbound::Served::PerRequest(served) => Ok(Carried::InboundHttp(served)),
+        },
     }
 }
 

@@ -41,6 +41,7 @@ use crate::{
         CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW, TLS_SEND_BUFFER,
     },
     identity::{tls, Identity},
+    l7,
     plan::{is_keel_port, Direction, Path},
     sockets,
     telemetry::{ConnectionRecord, Peer, Refusal},
@@ -151,6 +152,8 @@ async fn connection(
     };
     tokio::pin!(certificate_expired, pings);
     let streams = Arc::new(StreamCount::default());
+    // HTTP served inside a stream (per-request authorization) drains with the connection.
+    let stream_draining = draining.clone();
     let mut closing = false;
     loop {
         // Re-armed on every turn: a stream that ended meanwhile moved the idle deadline.
@@ -167,10 +170,10 @@ async fn connection(
                 // The client broke HTTP/2 (a protocol or flow-control violation keel's h2 detected).
                 Some(Err(e)) => return Err(Ended { reason: Refusal::HboneHandshakeFailed, error: format!("HTTP/2: {e}") }),
                 Some(Ok((request, respond))) => {
-                    let (pod, dp, client) = (pod.clone(), dp.clone(), client.clone());
+                    let (pod, dp, client, draining) = (pod.clone(), dp.clone(), client.clone(), stream_draining.clone());
                     let open = streams.open();
                     tokio::spawn(async move {
-                        stream(request, respond, peer, client, &pod, &dp).await;
+                        stream(request, respond, peer, client, &pod, &dp, draining).await;
                         drop(open);
                     });
                 }
@@ -241,13 +244,21 @@ fn respond_with(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 /// One CONNECT stream: one tunnelled TCP connection, logged and counted like any other inbound one. Its source
 /// is the TCP peer (the client keel dials from inside the source pod); a client-supplied `forwarded` header is
 /// never taken for it.
-async fn stream(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, peer: SocketAddr, client: Identity, pod: &PodContext, dp: &DataPath) {
+async fn stream(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    client: Identity,
+    pod: &Arc<PodContext>,
+    dp: &Arc<DataPath>,
+    draining: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     dp.telemetry.connection_opened(Direction::Inbound);
     let mut record = ConnectionRecord::new(Direction::Inbound, &pod.name, peer);
     record.path = Some(Path::Hbone);
     record.mutual_tls = true;
-    if let Err((status, error)) = tunnel(request, &mut respond, peer, &client, pod, dp, &mut record).await {
+    if let Err((status, error)) = tunnel(request, &mut respond, peer, &client, pod, dp, draining, &mut record).await {
         if let Some(status) = status {
             respond_with(&mut respond, status);
             record.response_status = Some(status.as_u16());
@@ -261,13 +272,15 @@ async fn stream(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, 
 /// The status to answer the CONNECT with (none once it was answered), and why.
 type Refused = (Option<StatusCode>, ConnectionError);
 
+#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
     peer: SocketAddr,
     client: &Identity,
-    pod: &PodContext,
-    dp: &DataPath,
+    pod: &Arc<PodContext>,
+    dp: &Arc<DataPath>,
+    draining: watch::Receiver<bool>,
     record: &mut ConnectionRecord,
 ) -> Result<(), Refused> {
     let bad_request = |e: String| (Some(StatusCode::BAD_REQUEST), ConnectionError::Downstream(e));
@@ -289,9 +302,22 @@ async fn tunnel(
     record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&peer.ip()));
     record.source_peer.identity = Some(client.clone());
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
-    let tracked = inbound::authorize(dp, &snapshot, pod, peer.ip(), Some(client), target.port(), record)
+    let admission = inbound::authorize(dp, &snapshot, pod, peer.ip(), Some(client), target.port(), record)
         .map_err(|denied| (Some(StatusCode::UNAUTHORIZED), denied))?;
     record.upstream = Some(SocketAddr::V4(target));
+    let tracked = match admission {
+        inbound::Admission::Relay(tracked) => tracked,
+        inbound::Admission::PerRequest { cluster } => {
+            // The tunnel is open to the client; its requests are decided one by one inside it.
+            let send = respond
+                .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
+                .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
+            record.response_status = Some(200);
+            let io = tokio::io::join(TunnelReader::new(request.into_body()), TunnelWriter::new(send));
+            let served = Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), peer.ip(), Some(client.clone()), target, cluster));
+            return l7::inbound::serve(io, served, draining).await.map_err(|e| (None, e));
+        }
+    };
     let mut app =
         inbound::connect_app(pod, dp, target).await.map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), ConnectionError::ConnectApp(target, e)))?;
     let send = respond

@@ -1,10 +1,12 @@
 //! Inbound: connections arriving at an enrolled pod. HBONE streams come through [`super::hbone_inbound`]; everything else
 //! (plaintext captured by sk_lookup or REDIRECT: a same-node keel connection, or a client outside the mesh)
 //! through [`proxy`]. Both are authorized here, on the destination side, then delivered to the application from
-//! inside the pod, and tracked so that a later policy can close them.
+//! inside the pod, and tracked so that a later policy can close them. Where a policy with HTTP rules applies and
+//! the port carries HTTP, the decision is per request instead: the connection goes to [`crate::l7::inbound`].
 use std::{
     io,
     net::{IpAddr, SocketAddr, SocketAddrV4},
+    sync::Arc,
 };
 
 use tokio::net::TcpStream;
@@ -20,17 +22,32 @@ use crate::{
     data_path::{DataPath, PodContext},
     dial::local_peers::LocalPeer,
     identity::Identity,
+    l7,
     limits::RelayTimeouts,
-    plan::Path,
+    plan::{self, Path},
     policy::{self, open_connections::Tracked, ConnectionAttributes, OpenConnection},
     sockets,
     telemetry::{ConnectionRecord, Peer, Refusal},
     xds::state::Snapshot,
 };
 
+/// How an admitted inbound connection is served.
+pub enum Admission {
+    /// Decided once: relayed as bytes, tracked (when keel follows a workload source) so a later policy can close it.
+    Relay(Option<Tracked>),
+    /// A policy with HTTP rules applies and the port carries HTTP: served as HTTP, every request decided. The
+    /// Istio inbound cluster name of the service behind the port comes along for metrics.
+    PerRequest { cluster: String },
+}
+
 /// Authorizes a connection to `pod`'s `target_port` and starts tracking it. A pod keel has no Workload for is
 /// refused (as ztunnel does): no policy could be evaluated for it, and admitting it would let any peer reach it
 /// unauthorized. Only `--capture-only` mode, which has no workload source at all, admits it untracked.
+///
+/// When a policy with HTTP rules applies, the connection's L4 decision (where such a rule is dropped from ALLOW
+/// policies) would refuse requests the policy admits: on a port that carries HTTP it is then only used when a
+/// DENY that needs no HTTP matched, which refuses every request anyway; otherwise the connection is admitted for
+/// per-request decisions. On other ports the L4 decision stands (fail closed).
 pub fn authorize(
     dp: &DataPath,
     snapshot: &Snapshot,
@@ -39,11 +56,11 @@ pub fn authorize(
     source_identity: Option<&Identity>,
     target_port: u16,
     record: &mut ConnectionRecord,
-) -> Result<Option<Tracked>, ConnectionError> {
+) -> Result<Admission, ConnectionError> {
     let Some(destination) = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)) else {
         dp.telemetry.connection_identified(record);
         if !dp.mesh {
-            return Ok(None);
+            return Ok(Admission::Relay(None));
         }
         dp.telemetry.refused(Refusal::UnknownDestinationWorkload);
         let reason = format!("refused: keel has no Workload for destination pod {}", pod.ip);
@@ -59,6 +76,12 @@ pub fn authorize(
     };
     dp.telemetry.connection_identified(record);
     let decision = policy::authorize(snapshot, &attributes);
+    if policy::needs_requests(snapshot, &attributes) && !policy::denies_every_request(snapshot, &decision) {
+        if let Some((host, _)) = plan::inbound_http_service(snapshot, destination, target_port) {
+            record.policy = Some(format!("decided per request: policies with HTTP rules apply to port {target_port}"));
+            return Ok(Admission::PerRequest { cluster: format!("inbound|{target_port}||{host}") });
+        }
+    }
     for dry_run in &decision.dry_run {
         info!(pod = %pod.name, source = %source_ip, port = target_port, "{dry_run}");
     }
@@ -67,7 +90,15 @@ pub fn authorize(
         dp.telemetry.refused(Refusal::Policy);
         return Err(ConnectionError::PolicyDenied(decision.reason.to_string()));
     }
-    Ok(Some(dp.open_connections.track(OpenConnection::new(&attributes))))
+    Ok(Admission::Relay(Some(dp.open_connections.track(OpenConnection::new(&attributes)))))
+}
+
+/// What [`proxy`] did with a connection.
+pub enum Served {
+    /// Relayed to its end.
+    Relayed,
+    /// To be served as HTTP with a decision per request (the caller owns the socket).
+    PerRequest(Arc<l7::inbound::Inbound>),
 }
 
 /// Connects to the application in the pod (the pod's own address, from inside the pod).
@@ -105,10 +136,10 @@ where
 pub async fn proxy(
     client: &mut TcpStream,
     destination: SocketAddrV4,
-    pod: &PodContext,
-    dp: &DataPath,
+    pod: &Arc<PodContext>,
+    dp: &Arc<DataPath>,
     record: &mut ConnectionRecord,
-) -> Result<(), ConnectionError> {
+) -> Result<Served, ConnectionError> {
     let snapshot = dp.workloads.snapshot();
     let source_ip = record.source.ip();
     let LocalPeer { identity: source_identity, bypass_from } = if dp.dialer.node_pods.contains(source_ip) {
@@ -120,8 +151,15 @@ pub async fn proxy(
     record.source_peer.identity = source_identity.clone();
     record.path = Some(if source_identity.is_some() { Path::SameNode } else { Path::Direct });
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
-    let tracked = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
+    let admission = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
+    let tracked = match admission {
+        Admission::Relay(tracked) => tracked,
+        Admission::PerRequest { cluster } => {
+            let identity = record.source_peer.identity.clone();
+            return Ok(Served::PerRequest(Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), source_ip, identity, destination, cluster))));
+        }
+    };
     if let (Some(source_netns), Some(destination_workload)) = (bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {
         // Admitted, plain L4, both pods here: the pair's next connections may go straight, decided the same way.
         let key = BypassKey { source_netns, destination_netns: pod.netns.cookie(), port: destination.port().into(), _pad: 0 };
@@ -142,7 +180,7 @@ pub async fn proxy(
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match ended_by(revoked, outcome.error) {
-        None => Ok(()),
+        None => Ok(Served::Relayed),
         Some(error) => {
             sockets::reset(client);
             sockets::reset(&app);

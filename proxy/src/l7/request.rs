@@ -57,7 +57,7 @@ pub struct Downstream {
 
 /// Headers that describe one hop's connection and must not be forwarded (RFC 9110 §7.6.1). Names, not strings:
 /// a string is parsed into a name on every lookup.
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

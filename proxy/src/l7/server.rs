@@ -2,16 +2,25 @@
 //! (keep-alive; pipelined requests are answered in order) and HTTP/2 (h2c by its preface) on the one socket,
 //! and hands each request to [`super::request::handle`].
 use std::{
+    convert::Infallible,
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use hyper::service::service_fn;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpStream, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::watch,
+};
 
 use super::request::{handle, Downstream};
 use crate::connection_error::ConnectionError;
@@ -24,10 +33,29 @@ const MAX_HEADERS_BYTES: usize = 60 * 1024;
 /// Serves the connection until the client closes it, or until `draining` flips: then requests in flight finish
 /// and the connection closes gracefully (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` after the current
 /// response). Errors are the connection's end (a downstream protocol error), returned for the record.
-pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mut draining: watch::Receiver<bool>) -> Result<(), ConnectionError> {
-    // A client that sends no complete request head within this time is disconnected (`keel run
-    // --http-header-read-timeout-ms`).
-    let header_read_timeout = downstream.dp.limits.http_header_read_timeout;
+pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, draining: watch::Receiver<bool>) -> Result<(), ConnectionError> {
+    let limits = &downstream.dp.limits;
+    let timeouts = (limits.http_header_read_timeout, limits.http_idle_timeout);
+    serve_http(client, timeouts, draining, move |request| handle(request, downstream.clone())).await
+}
+
+/// Serves HTTP/1.1 and h2c on `io` with `handle` per request, bounded as [`serve_connection`] says: a client
+/// that sends no complete request head within the header-read timeout (`keel run --http-header-read-timeout-ms`)
+/// is disconnected, and a connection with no request started for the idle timeout is closed. Upgrades
+/// (`101 Switching Protocols`) are handed to whoever asked for them with `hyper::upgrade::on`.
+pub async fn serve_http<IO, H, F, B>(
+    io: IO,
+    (header_read_timeout, idle_timeout): (Duration, Duration),
+    mut draining: watch::Receiver<bool>,
+    handle: H,
+) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(MAX_HEADERS_BYTES.max(8192)).keep_alive(true);
     builder
@@ -36,16 +64,15 @@ pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, mu
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADERS_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(60));
-    let idle_timeout = downstream.dp.limits.http_idle_timeout;
     let last_request = Arc::new(Mutex::new(Instant::now()));
     let service = {
         let last_request = last_request.clone();
         service_fn(move |request| {
             *last_request.lock().expect("request clock poisoned") = Instant::now();
-            handle(request, downstream.clone())
+            handle(request)
         })
     };
-    let connection = builder.serve_connection(TokioIo::new(client), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     // The watch's guard is dropped inside this future, so nothing un-Send lives across the awaits below.
     let drain = async move { draining.wait_for(|stop| *stop).await.is_ok() };

@@ -64,7 +64,7 @@ pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, 
 
 /// The endpoint's own port mapping wins (it resolves named target ports); then the service's target port; a
 /// zero everywhere means "same as the service port".
-fn target_port(w: &Workload, service: &str, port: u16, service_target: u32) -> Option<u16> {
+pub(super) fn target_port(w: &Workload, service: &str, port: u16, service_target: u32) -> Option<u16> {
     let from_endpoint = w
         .services
         .get(service)

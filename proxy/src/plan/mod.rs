@@ -155,6 +155,24 @@ fn http_service(snapshot: &Snapshot, destination: SocketAddrV4) -> Option<Arc<Se
     Some(service.clone())
 }
 
+/// On the destination side: the service (its hostname and service port) whose HTTP port a connection to
+/// `workload`'s `target_port` serves, if the L7 config routes that port for it. Such a port carries HTTP
+/// whatever client sends through it, so keel may parse it there; any other port is relayed as bytes.
+pub fn inbound_http_service<'s>(snapshot: &'s Snapshot, workload: &Workload, target_port: u16) -> Option<(&'s str, u16)> {
+    workload.services.keys().find_map(|name| {
+        let service = snapshot.services.get(name)?;
+        service.ports.iter().find_map(|port| {
+            let service_port = u16::try_from(port.service_port).ok()?;
+            if destination::target_port(workload, name, service_port, port.target_port)? != target_port {
+                return None;
+            }
+            let (_, table) = snapshot.l7.route_table(service_port)?;
+            table.virtual_host(&service.hostname)?;
+            Some((service.hostname.as_str(), service_port))
+        })
+    })
+}
+
 /// How to reach `route` from `source`: HBONE to a meshed workload on another node, plain TCP inside the node to
 /// a meshed pod of this node, plain TCP directly otherwise (not meshed, no source identity, or no certificates).
 pub fn choose_path(source: Option<&Workload>, route: &Route, upstream_on_node: bool, certificates: bool) -> Path {

@@ -5,7 +5,10 @@
 //! - [`candidates`](candidates::candidates): which policies apply to a destination workload;
 //! - [`rules`]: whether a policy matches a connection (rule → clause → match);
 //! - [`matchers`]: the leaf comparisons (strings, principals, CIDRs), allocation-free;
-//! - [`authorize`]: the decision (DENY first, then ALLOW), reporting dry-run policies without enforcing them.
+//! - [`authorize`]: the decision (DENY first, then ALLOW), reporting dry-run policies without enforcing them;
+//! - [`request`] and [`authorize_request`]: the same decision for one HTTP request, where a policy's HTTP rules
+//!   (keel's `HttpAuthorization`, next to the L4 `Authorization`) apply whole: methods, paths, hosts, headers,
+//!   request principals, remote IPs.
 //!
 //! # Re-evaluation
 //! [`authorize`] is a pure function of (snapshot, connection): no state, no locks, no clock, no I/O. The same
@@ -19,6 +22,7 @@ mod decision;
 mod evaluate;
 mod matchers;
 pub mod open_connections;
+mod request;
 mod rules;
 
 #[cfg(test)]
@@ -26,4 +30,5 @@ mod tests;
 
 pub use connection::{ConnectionAttributes, OpenConnection};
 pub use decision::{Decision, DryRun, Reason};
-pub use evaluate::authorize;
+pub use evaluate::{authorize, authorize_request, denies_every_request, needs_requests};
+pub use request::{normalize_path, RequestAttributes};

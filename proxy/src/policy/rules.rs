@@ -17,11 +17,11 @@ fn rule_matches(rule: &Rule, connection: &ConnectionAttributes<'_>) -> bool {
 
 /// A clause without matches matches nothing (istiod never sends one).
 fn clause_matches(clause: &Clause, connection: &ConnectionAttributes<'_>) -> bool {
-    clause.matches.iter().any(|m| match_matches(m, connection))
+    clause.matches.iter().any(|m| connection_matches(m, connection))
 }
 
-/// A match with no field set matches every connection.
-fn match_matches(m: &Match, c: &ConnectionAttributes<'_>) -> bool {
+/// A match with no field set matches every connection. Also the connection part of an HTTP match.
+pub fn connection_matches(m: &Match, c: &ConnectionAttributes<'_>) -> bool {
     let identity = c.source_identity;
     let namespace = |s: &StringMatch| identity.is_some_and(|id| matchers::string_matches(s, &[&id.namespace]));
     let principal = |s: &StringMatch| identity.is_some_and(|id| matchers::string_matches(s, &matchers::principal_parts(id)));

@@ -76,6 +76,10 @@ pub struct AccessLine<'a> {
     pub src_workload: Option<Workload<'a>>,
     #[serde(serialize_with = "or_dash")]
     pub dst_workload: Option<Workload<'a>>,
+    /// `source` or `destination`: which keel wrote the line.
+    pub reporter: &'a str,
+    /// The authorization decision on the destination side; `-` on the source side.
+    pub policy: &'a str,
 }
 
 /// A workload as `namespace/name`.
@@ -101,7 +105,7 @@ impl LogLine for AccessLine<'_> {
             out,
             "pod={} method={} authority={:?} path={:?} protocol={} status={} grpc_status={} flags={} route={} cluster={} \
              upstream={} attempts={} request_bytes={} response_bytes={} duration_ms={:.3} request_id={:?} src_workload={} \
-             dst_workload={}",
+             dst_workload={} reporter={} policy={:?}",
             self.pod,
             self.method,
             self.authority,
@@ -120,6 +124,8 @@ impl LogLine for AccessLine<'_> {
             self.request_id,
             OrDash(&self.src_workload),
             OrDash(&self.dst_workload),
+            self.reporter,
+            self.policy,
         );
     }
 
@@ -321,6 +327,8 @@ mod tests {
             request_id: "abc",
             src_workload: Some(Workload { namespace: "default", name: "sleep" }),
             dst_workload: None,
+            reporter: "source",
+            policy: "-",
         }
     }
 

@@ -51,6 +51,11 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms: f64,
+    /// Which side reports: `source` (the client's keel, routing) or `destination` (the server's keel, which
+    /// decides the request's authorization).
+    pub reporter: &'static str,
+    /// The authorization decision, on the destination side (`allowed by ALLOW policy demo/reads`, ...).
+    pub policy: Option<String>,
 }
 
 impl RequestRecord {
@@ -76,6 +81,8 @@ impl RequestRecord {
             request_bytes: 0,
             response_bytes: 0,
             duration_ms: 0.0,
+            reporter: "source",
+            policy: None,
         }
     }
 
@@ -140,7 +147,7 @@ impl IstioHttpLabels {
         let (service, service_name, service_namespace) =
             r.service().map_or_else(|| (unknown(), unknown(), unknown()), |(h, n, ns)| (h.to_owned(), n.to_owned(), ns.to_owned()));
         IstioHttpLabels {
-            reporter: "source",
+            reporter: r.reporter,
             source_workload,
             source_workload_namespace,
             source_principal,
@@ -205,7 +212,7 @@ impl HttpMetrics {
         }
         let key = stable_hash((
             (&*r.pod, workload(r.source.as_ref()), workload(r.destination.as_ref()), r.destination_version(), r.service()),
-            (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls),
+            (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls, r.reporter),
         ));
         self.series.get_or_make(key, || {
             let labels = IstioHttpLabels::of(r);
@@ -248,6 +255,8 @@ impl HttpMetrics {
             request_id: &r.request_id,
             src_workload: workload(r.source.as_ref()),
             dst_workload: workload(r.destination.as_ref()),
+            reporter: r.reporter,
+            policy: r.policy.as_deref().unwrap_or("-"),
         });
     }
 }

@@ -81,12 +81,14 @@ pub enum Refusal {
     KeelPort,
     /// Authorization denied it.
     Policy,
+    /// Authorization denied an HTTP request on the destination side (answered 403).
+    RequestPolicy,
     /// The pod's namespace thread has too many socket requests queued.
     NamespaceQueueFull,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::PodConnectionLimit,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
@@ -97,6 +99,7 @@ impl Refusal {
         Refusal::UnknownSourceWorkload,
         Refusal::KeelPort,
         Refusal::Policy,
+        Refusal::RequestPolicy,
         Refusal::NamespaceQueueFull,
     ];
 
@@ -112,6 +115,7 @@ impl Refusal {
             Refusal::UnknownSourceWorkload => "unknown_source_workload",
             Refusal::KeelPort => "keel_port",
             Refusal::Policy => "policy",
+            Refusal::RequestPolicy => "request_policy",
             Refusal::NamespaceQueueFull => "namespace_queue_full",
         }
     }

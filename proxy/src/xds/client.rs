@@ -12,7 +12,8 @@ use keel_proto::{
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
     },
     google::rpc,
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_AUTHORIZATION_TYPE_URL, LISTENER_TYPE_URL,
+    ROUTE_CONFIGURATION_TYPE_URL,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,10 +24,17 @@ use super::{
     state::{decode, Rejected, WorkloadStore},
 };
 
-/// The workload types in the order ztunnel subscribes in, then the Envoy types of the L7 engine in the order
+/// The workload types in the order ztunnel subscribes in, keel's HTTP half of policies, then the Envoy types of the L7 engine in the order
 /// Envoy's ADS sequencing uses (clusters before their endpoints, listeners before their routes).
-pub const TYPE_URLS: [&str; 6] =
-    [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL];
+pub const TYPE_URLS: [&str; 7] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    HTTP_AUTHORIZATION_TYPE_URL,
+    CLUSTER_TYPE_URL,
+    CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+    LISTENER_TYPE_URL,
+    ROUTE_CONFIGURATION_TYPE_URL,
+];
 /// What keel must have heard from the control plane before it is ready.
 pub const READY_TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 const BACKOFF_START: Duration = Duration::from_millis(100);

@@ -5,6 +5,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use keel_proto::{
+    http_security::HttpAuthorization,
     security::Authorization,
     workload::{address, Address, Service, Workload},
 };
@@ -26,6 +27,9 @@ pub struct Snapshot {
     /// every snapshot orders them the same way.
     pub endpoints: HashMap<String, Vec<Arc<Workload>>>,
     pub policies: HashMap<String, Arc<Authorization>>,
+    /// The HTTP rules of the policies that have some (keel's own type), by the policy's name: requests on ports
+    /// that carry HTTP are decided with these instead of the policy's L4 rules.
+    pub http_policies: HashMap<String, Arc<HttpAuthorization>>,
     /// Listeners, routes, clusters and endpoints of the L7 engine.
     pub l7: L7Config,
 }
@@ -37,6 +41,7 @@ pub enum Resource {
     Workload(Box<Workload>),
     Service(Service),
     Policy(Authorization),
+    HttpPolicy(HttpAuthorization),
     Listener(Arc<ListenerConfig>),
     Routes(Arc<RouteTable>),
     Cluster(Arc<ClusterConfig>),
@@ -122,11 +127,22 @@ pub fn decode_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Reject
     Ok(Resource::Policy(policy))
 }
 
+pub fn decode_http_authorization(name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
+    let reject = |reason: String| Rejected { name: name.to_owned(), reason };
+    let policy = HttpAuthorization::decode(bytes).map_err(|e| reject(format!("not a keel.security.HttpAuthorization: {e}")))?;
+    if policy.name.is_empty() || policy.namespace.is_empty() {
+        return Err(reject("field `name`/`namespace`: empty".into()));
+    }
+    check_http_matches(&policy).map_err(reject)?;
+    Ok(Resource::HttpPolicy(policy))
+}
+
 /// Decodes one resource of `type_url` (what a delta response or the local config directory delivers).
 pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Rejected> {
     match type_url {
         keel_proto::ADDRESS_TYPE_URL => decode_address(name, bytes),
         keel_proto::AUTHORIZATION_TYPE_URL => decode_authorization(name, bytes),
+        keel_proto::HTTP_AUTHORIZATION_TYPE_URL => decode_http_authorization(name, bytes),
         keel_proto::LISTENER_TYPE_URL => l7(name, l7_config::decode_listener(bytes).map(|l| Resource::Listener(Arc::new(l)))),
         keel_proto::ROUTE_CONFIGURATION_TYPE_URL => l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r)))),
         keel_proto::CLUSTER_TYPE_URL => l7(name, l7_config::decode_cluster(bytes).map(|c| Resource::Cluster(Arc::new(c)))),
@@ -144,37 +160,108 @@ fn l7(name: &str, decoded: Result<Resource, String>) -> Result<Resource, Rejecte
 /// A matcher keel could not evaluate would silently match nothing: refuse the policy instead (NACK), so the
 /// control plane hears of it and the last good version stays.
 fn check_matches(policy: &Authorization) -> Result<(), String> {
-    use keel_proto::security::{Address as Cidr, StringMatch};
-    let strings = |field: &str, v: &[StringMatch]| match v.iter().position(|m| m.match_type.is_none()) {
-        Some(i) => Err(format!("field `{field}[{i}]`: no match type (exact, prefix, suffix or presence)")),
-        None => Ok(()),
-    };
-    let cidrs = |field: &str, v: &[Cidr]| {
-        for (i, c) in v.iter().enumerate() {
-            let max = match c.address.len() {
-                4 => 32,
-                16 => 128,
-                n => return Err(format!("field `{field}[{i}].address`: {n} bytes is not an IPv4 or IPv6 address")),
-            };
-            if c.length > max {
-                return Err(format!("field `{field}[{i}].length`: /{} is longer than /{max}", c.length));
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (c, clause) in rule.clauses.iter().enumerate() {
+            for (m, x) in clause.matches.iter().enumerate() {
+                check_match(&format!("rules[{r}].clauses[{c}].matches[{m}]."), x)?;
             }
         }
-        Ok(())
-    };
+    }
+    Ok(())
+}
+
+/// The same for the HTTP rules: their connection part as above, and every request matcher.
+fn check_http_matches(policy: &HttpAuthorization) -> Result<(), String> {
+    use keel_proto::http_security::{path_match::Kind, request_condition::Attribute};
     for (r, rule) in policy.rules.iter().enumerate() {
         for (c, clause) in rule.clauses.iter().enumerate() {
             for (m, x) in clause.matches.iter().enumerate() {
                 let at = |field: &str| format!("rules[{r}].clauses[{c}].matches[{m}].{field}");
-                strings(&at("namespaces"), &x.namespaces)?;
-                strings(&at("not_namespaces"), &x.not_namespaces)?;
-                strings(&at("principals"), &x.principals)?;
-                strings(&at("not_principals"), &x.not_principals)?;
-                cidrs(&at("source_ips"), &x.source_ips)?;
-                cidrs(&at("not_source_ips"), &x.not_source_ips)?;
-                cidrs(&at("destination_ips"), &x.destination_ips)?;
-                cidrs(&at("not_destination_ips"), &x.not_destination_ips)?;
+                if let Some(connection) = &x.connection {
+                    check_match(&at("connection."), connection)?;
+                }
+                check_strings(&at("hosts"), &x.hosts)?;
+                check_strings(&at("not_hosts"), &x.not_hosts)?;
+                check_strings(&at("methods"), &x.methods)?;
+                check_strings(&at("not_methods"), &x.not_methods)?;
+                check_strings(&at("request_principals"), &x.request_principals)?;
+                check_strings(&at("not_request_principals"), &x.not_request_principals)?;
+                check_cidrs(&at("remote_ips"), &x.remote_ips)?;
+                check_cidrs(&at("not_remote_ips"), &x.not_remote_ips)?;
+                for (field, paths) in [("paths", &x.paths), ("not_paths", &x.not_paths)] {
+                    for (i, path) in paths.iter().enumerate() {
+                        match &path.kind {
+                            Some(Kind::String(s)) => check_strings(&at(&format!("{field}[{i}]")), std::slice::from_ref(s))?,
+                            Some(Kind::Template(t)) => {
+                                check_path_template(t).map_err(|e| format!("field `{}`: {e}", at(&format!("{field}[{i}]"))))?
+                            }
+                            None => return Err(format!("field `{}`: neither a string nor a template", at(&format!("{field}[{i}]")))),
+                        }
+                    }
+                }
+                for (i, condition) in x.conditions.iter().enumerate() {
+                    let at = at(&format!("conditions[{i}]"));
+                    match &condition.attribute {
+                        None => return Err(format!("field `{at}.attribute`: not set (an attribute keel does not know?)")),
+                        Some(Attribute::Header(name)) if http::HeaderName::from_bytes(name.as_bytes()).is_err() => {
+                            return Err(format!("field `{at}.header`: {name:?} is not a header name"))
+                        }
+                        Some(Attribute::Claim(path)) if path.segments.is_empty() => return Err(format!("field `{at}.claim`: no segments")),
+                        Some(_) => {}
+                    }
+                    check_strings(&format!("{at}.values"), &condition.values)?;
+                    check_strings(&format!("{at}.not_values"), &condition.not_values)?;
+                }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Istio's path template: starts with `/`; `{*}` and `{**}` are whole segments, `{**}` only the last.
+fn check_path_template(template: &str) -> Result<(), String> {
+    let Some(rest) = template.strip_prefix('/') else { return Err(format!("{template:?} does not start with '/'")) };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let operator = segment.contains(['{', '}']);
+        if operator && *segment != "{*}" && *segment != "{**}" {
+            return Err(format!("{template:?}: `{{*}}` and `{{**}}` must be whole segments"));
+        }
+        if *segment == "{**}" && i + 1 != segments.len() {
+            return Err(format!("{template:?}: `{{**}}` must be the last segment"));
+        }
+    }
+    Ok(())
+}
+
+/// One L4 match's matchers; `at` is the path to it, ending in `.`.
+fn check_match(at: &str, x: &keel_proto::security::Match) -> Result<(), String> {
+    check_strings(&format!("{at}namespaces"), &x.namespaces)?;
+    check_strings(&format!("{at}not_namespaces"), &x.not_namespaces)?;
+    check_strings(&format!("{at}principals"), &x.principals)?;
+    check_strings(&format!("{at}not_principals"), &x.not_principals)?;
+    check_cidrs(&format!("{at}source_ips"), &x.source_ips)?;
+    check_cidrs(&format!("{at}not_source_ips"), &x.not_source_ips)?;
+    check_cidrs(&format!("{at}destination_ips"), &x.destination_ips)?;
+    check_cidrs(&format!("{at}not_destination_ips"), &x.not_destination_ips)
+}
+
+fn check_strings(field: &str, v: &[keel_proto::security::StringMatch]) -> Result<(), String> {
+    match v.iter().position(|m| m.match_type.is_none()) {
+        Some(i) => Err(format!("field `{field}[{i}]`: no match type (exact, prefix, suffix or presence)")),
+        None => Ok(()),
+    }
+}
+
+fn check_cidrs(field: &str, v: &[keel_proto::security::Address]) -> Result<(), String> {
+    for (i, c) in v.iter().enumerate() {
+        let max = match c.address.len() {
+            4 => 32,
+            16 => 128,
+            n => return Err(format!("field `{field}[{i}].address`: {n} bytes is not an IPv4 or IPv6 address")),
+        };
+        if c.length > max {
+            return Err(format!("field `{field}[{i}].length`: /{} is longer than /{max}", c.length));
         }
     }
     Ok(())
@@ -228,6 +315,7 @@ impl Resource {
         match self {
             Resource::Workload(_) | Resource::Service(_) => keel_proto::ADDRESS_TYPE_URL,
             Resource::Policy(_) => keel_proto::AUTHORIZATION_TYPE_URL,
+            Resource::HttpPolicy(_) => keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
             Resource::Listener(_) => keel_proto::LISTENER_TYPE_URL,
             Resource::Routes(_) => keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
             Resource::Cluster(_) => keel_proto::CLUSTER_TYPE_URL,
@@ -256,6 +344,9 @@ impl Snapshot {
             Resource::Policy(p) => {
                 self.policies.insert(name, Arc::new(p));
             }
+            Resource::HttpPolicy(p) => {
+                self.http_policies.insert(name, Arc::new(p));
+            }
             Resource::Listener(l) => {
                 self.l7.listeners.insert(name, l);
             }
@@ -278,6 +369,7 @@ impl Snapshot {
         match type_url {
             keel_proto::ADDRESS_TYPE_URL => self.remove_address(name),
             keel_proto::AUTHORIZATION_TYPE_URL => drop(self.policies.remove(name)),
+            keel_proto::HTTP_AUTHORIZATION_TYPE_URL => drop(self.http_policies.remove(name)),
             keel_proto::LISTENER_TYPE_URL => drop(l7.listeners.remove(name)),
             keel_proto::ROUTE_CONFIGURATION_TYPE_URL => drop(l7.route_tables.remove(name)),
             keel_proto::CLUSTER_TYPE_URL => drop(l7.cluster_configs.remove(name)),
