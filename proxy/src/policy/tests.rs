@@ -419,3 +419,151 @@ fn open_connections_are_decided_again_under_a_new_snapshot() {
     let decision = open.reauthorize(&gone);
     assert_eq!((decision.allowed(), decision.reason), (false, Reason::DestinationGone));
 }
+
+// ---- HTTP requests -------------------------------------------------------------------------------------------
+
+mod requests {
+    use http::HeaderMap;
+    use keel_proto::http_security::{
+        path_match, request_condition, ClaimPath, HttpAuthorization, HttpClause, HttpMatch, HttpRule, PathMatch, RequestCondition,
+    };
+
+    use super::*;
+
+    /// A snapshot whose `shop/...` policies are given in both halves: the L4 one (as istiod would send it)
+    /// and, for those that have one, the HTTP rules.
+    fn with_http(policies: Vec<(Authorization, Option<Vec<HttpMatch>>)>) -> Snapshot {
+        let mut http_policies = HashMap::new();
+        let mut l4 = Vec::new();
+        for (policy, http) in policies {
+            if let Some(matches) = http {
+                let key = format!("{}/{}", policy.namespace, policy.name);
+                let rules = vec![HttpRule { clauses: vec![HttpClause { matches }] }];
+                http_policies.insert(key, Arc::new(HttpAuthorization { name: policy.name.clone(), namespace: policy.namespace.clone(), rules }));
+            }
+            l4.push(policy);
+        }
+        Snapshot { http_policies, ..snapshot(l4) }
+    }
+
+    struct Request {
+        method: &'static str,
+        path: &'static str,
+        host: &'static str,
+        headers: HeaderMap,
+        principal: Option<&'static str>,
+        claims: Option<serde_json::Value>,
+    }
+
+    fn get(path: &'static str) -> Request {
+        Request { method: "GET", path, host: "db.shop", headers: HeaderMap::new(), principal: None, claims: None }
+    }
+
+    fn decide_request<'s>(snapshot: &'s Snapshot, connection: &OpenConnection, r: &Request) -> Decision<'s> {
+        let destination = db(&[]);
+        let attributes = RequestAttributes {
+            method: r.method,
+            host: r.host,
+            path: r.path,
+            headers: &r.headers,
+            principal: r.principal,
+            claims: r.claims.as_ref(),
+            server_name: None,
+        };
+        authorize_request(snapshot, &connection.attributes(&destination), &attributes)
+    }
+
+    fn string_path(m: StringMatch) -> PathMatch {
+        PathMatch { kind: Some(path_match::Kind::String(m)) }
+    }
+
+    /// ALLOW `GET /items*` for front/web: the example.
+    fn reads_for_web() -> (Authorization, Option<Vec<HttpMatch>>) {
+        let connection = Match { principals: vec![exact("cluster.local/ns/front/sa/web")], ..Default::default() };
+        let m = HttpMatch { connection: Some(connection), methods: vec![exact("GET")], paths: vec![string_path(prefix("/items"))], ..Default::default() };
+        // The L4 half drops the rule: an ALLOW without rules.
+        (policy("shop/reads", Scope::Namespace, Action::Allow, vec![]), Some(vec![m]))
+    }
+
+    #[test]
+    fn an_allow_with_http_rules_admits_the_requests_it_names_and_only_those() {
+        let snapshot = with_http(vec![reads_for_web()]);
+        // The connection-level decision fails closed (the rule needs HTTP) ...
+        assert!(!decide(&snapshot, &db(&[]), &web()).allowed());
+        assert!(needs_requests(&snapshot, &web().attributes(&db(&[]))));
+        // ... each request is decided by the rule as written.
+        assert_eq!(decide_request(&snapshot, &web(), &get("/items/1")).reason, Reason::AllowedBy("shop/reads"));
+        assert_eq!(decide_request(&snapshot, &web(), &Request { method: "POST", ..get("/items") }).reason, Reason::NoAllowMatched { allow_policies: 1 });
+        assert!(!decide_request(&snapshot, &web(), &get("/admin")).allowed());
+        // Another caller matches no principal.
+        assert!(!decide_request(&snapshot, &plaintext(), &get("/items")).allowed());
+    }
+
+    #[test]
+    fn a_deny_with_http_rules_denies_its_requests_and_policies_without_them_keep_their_l4_rules() {
+        let deny_post = HttpMatch { methods: vec![exact("POST")], ..Default::default() };
+        let allow_web = Match { principals: vec![exact("cluster.local/ns/front/sa/web")], ..Default::default() };
+        let snapshot = with_http(vec![
+            // The L4 half of a DENY on methods keeps its (empty) L4 part: it would deny every connection.
+            (policy("shop/no-writes", Scope::Namespace, Action::Deny, everything()), Some(vec![deny_post])),
+            (policy("shop/web-only", Scope::Namespace, Action::Allow, only(allow_web)), None),
+        ]);
+        let decision = decide(&snapshot, &db(&[]), &web());
+        assert_eq!(decision.reason, Reason::DeniedBy("shop/no-writes"));
+        assert!(!denies_every_request(&snapshot, &decision), "that DENY has HTTP rules: requests decide");
+        assert_eq!(decide_request(&snapshot, &web(), &get("/x")).reason, Reason::AllowedBy("shop/web-only"));
+        assert_eq!(decide_request(&snapshot, &web(), &Request { method: "POST", ..get("/x") }).reason, Reason::DeniedBy("shop/no-writes"));
+        // The L4-only ALLOW still refuses a plaintext caller, request by request.
+        assert!(!decide_request(&snapshot, &plaintext(), &get("/x")).allowed());
+        // A DENY without HTTP rules that matched settles every request at the connection.
+        let snapshot = with_http(vec![(policy("shop/deny-all", Scope::Namespace, Action::Deny, everything()), None), reads_for_web()]);
+        assert!(denies_every_request(&snapshot, &decide(&snapshot, &db(&[]), &web())));
+    }
+
+    #[test]
+    fn hosts_headers_claims_principals_and_remote_ips_match_as_istio_reads_them() {
+        let allow = |m: HttpMatch| with_http(vec![(policy("shop/p", Scope::Namespace, Action::Allow, vec![]), Some(vec![m]))]);
+        let admitted = |m: HttpMatch, r: &Request| decide_request(&allow(m), &web(), r).allowed();
+        // Hosts: lowercased patterns, the authority with or without its port.
+        let hosts = || HttpMatch { hosts: vec![exact("db.shop")], ..Default::default() };
+        assert!(admitted(hosts(), &Request { host: "db.shop:8080", ..get("/") }));
+        assert!(!admitted(hosts(), &Request { host: "other.shop", ..get("/") }));
+        // Headers: any value, or any element of a comma-separated one; notValues hold for an absent header.
+        let header = |values: Vec<StringMatch>, not_values: Vec<StringMatch>| HttpMatch {
+            conditions: vec![RequestCondition { attribute: Some(request_condition::Attribute::Header("x-tenant".into())), values, not_values }],
+            ..Default::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.append("x-tenant", "red, blue".parse().unwrap());
+        let tenant = Request { headers, ..get("/") };
+        assert!(admitted(header(vec![exact("blue")], vec![]), &tenant));
+        assert!(!admitted(header(vec![exact("green")], vec![]), &tenant));
+        assert!(!admitted(header(vec![], vec![exact("red")]), &tenant));
+        assert!(admitted(header(vec![], vec![exact("red")]), &get("/")));
+        assert!(!admitted(header(vec![presence()], vec![]), &get("/")));
+        // Claims: nested paths, list claims by any element; no JWT, no claim.
+        let claim = |path: &[&str], value| HttpMatch {
+            conditions: vec![RequestCondition {
+                attribute: Some(request_condition::Attribute::Claim(ClaimPath { segments: path.iter().map(|s| s.to_string()).collect() })),
+                values: vec![exact(value)],
+                not_values: vec![],
+            }],
+            ..Default::default()
+        };
+        let with_jwt = Request { claims: Some(serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "db"}})), principal: Some("https://issuer/alice"), ..get("/") };
+        assert!(admitted(claim(&["groups"], "ops"), &with_jwt));
+        assert!(admitted(claim(&["org", "team"], "db"), &with_jwt));
+        assert!(!admitted(claim(&["org", "team"], "web"), &with_jwt));
+        assert!(!admitted(claim(&["groups"], "ops"), &get("/")));
+        // Request principals: `*` needs a verified token.
+        let principals = || HttpMatch { request_principals: vec![presence()], ..Default::default() };
+        assert!(admitted(principals(), &with_jwt));
+        assert!(!admitted(principals(), &get("/")));
+        // Remote IPs: the client's address (the peer: X-Forwarded-For is trusted from no hop).
+        let remote = |c: &str| HttpMatch { remote_ips: vec![cidr(c)], ..Default::default() };
+        let mut forged = HeaderMap::new();
+        forged.insert("x-forwarded-for", "192.0.2.1".parse().unwrap());
+        assert!(admitted(remote("10.0.1.0/24"), &get("/")));
+        assert!(!admitted(remote("192.0.2.0/24"), &Request { headers: forged, ..get("/") }));
+    }
+}

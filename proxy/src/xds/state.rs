@@ -483,6 +483,35 @@ mod tests {
     }
 
     #[test]
+    fn an_http_policy_keel_cannot_evaluate_is_refused_naming_the_field() {
+        use keel_proto::http_security::{path_match, request_condition, HttpClause, HttpMatch, HttpRule, PathMatch, RequestCondition};
+        let policy = |m: HttpMatch| HttpAuthorization {
+            name: "p".into(),
+            namespace: "demo".into(),
+            rules: vec![HttpRule { clauses: vec![HttpClause { matches: vec![m] }] }],
+        };
+        let cases = [
+            (HttpMatch { methods: vec![keel_proto::security::StringMatch { match_type: None }], ..Default::default() }, "matches[0].methods[0]"),
+            (HttpMatch { paths: vec![PathMatch { kind: Some(path_match::Kind::Template("/a/{**}/b".into())) }], ..Default::default() }, "paths[0]"),
+            (HttpMatch { paths: vec![PathMatch { kind: None }], ..Default::default() }, "paths[0]"),
+            (HttpMatch { conditions: vec![RequestCondition::default()], ..Default::default() }, "conditions[0].attribute"),
+            (
+                HttpMatch {
+                    conditions: vec![RequestCondition { attribute: Some(request_condition::Attribute::Header("a b".into())), ..Default::default() }],
+                    ..Default::default()
+                },
+                "conditions[0].header",
+            ),
+        ];
+        for (m, field) in cases {
+            let err = decode_http_authorization("demo/p", &policy(m).encode_to_vec()).unwrap_err();
+            assert!(err.reason.contains(field), "{field}: {err}");
+        }
+        let fine = HttpMatch { paths: vec![PathMatch { kind: Some(path_match::Kind::Template("/a/{*}/{**}".into())) }], ..Default::default() };
+        assert!(decode_http_authorization("demo/p", &policy(fine).encode_to_vec()).is_ok());
+    }
+
+    #[test]
     fn updates_and_removals_keep_the_indexes_consistent() {
         let store = WorkloadStore::default();
         let w = decode_address("w", &workload("u", [10, 0, 0, 1])).unwrap();
