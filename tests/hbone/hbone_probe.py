@@ -4,6 +4,9 @@ speaks the protocol: TLS 1.3 with ALPN h2, no SNI, a workload client certificate
 request whose :authority is the destination IP:port; with a 200 the stream carries raw bytes both ways and
 END_STREAM is the half-close.
 
+With --http-request 'METHOD PATH' the tunnel carries one HTTP/1.1 request (Connection: close) instead of the
+echo payload, without END_STREAM: the server ends the stream after its answer, whose status is "http_status".
+
 Prints one JSON line: {"status", "echo_ok", "received", "server_identity", "alpn", "tls_version", "error"}.
 """
 import argparse
@@ -78,6 +81,9 @@ def exchange(tls, args, result):
                     # Keep the tunnel open, sending nothing, to see whether (and when) the server ends it.
                     result["held_from"] = time.monotonic()
                     tls.settimeout(args.hold)
+                elif result["status"] == 200 and args.http_request:
+                    # The request inside the tunnel; the answer ends the stream (Connection: close).
+                    conn.send_data(stream, payload, end_stream=False)
                 elif result["status"] == 200:
                     conn.send_data(stream, payload, end_stream=True)  # END_STREAM: our half-close
             elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
@@ -131,7 +137,11 @@ def main():
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--hold", type=float, default=0.0, help="after a 200, hold the tunnel open this long, idle")
     p.add_argument("--reset", action="store_true", help="at the end, reset the TCP connection (RST) instead of closing it")
+    p.add_argument("--http-request", help="'METHOD PATH': send this HTTP/1.1 request through the tunnel")
     args = p.parse_args()
+    if args.http_request:
+        method, path = args.http_request.split(" ", 1)
+        args.payload = f"{method} {path} HTTP/1.1\r\nHost: {args.authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     result = {"status": None, "echo_ok": False}
     try:
         tls = tls_connect(args)
@@ -141,6 +151,8 @@ def main():
         received = exchange(tls, args, result)
         result["received"] = received.decode(errors="replace")
         result["echo_ok"] = result["status"] == 200 and received == args.payload.encode()
+        if args.http_request and received.startswith(b"HTTP/1.1 "):
+            result["http_status"] = int(received.split(b" ", 2)[1])
         if args.reset:
             # SO_LINGER with a zero timeout: close() sends RST, as a crashed or killed client's kernel would.
             tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

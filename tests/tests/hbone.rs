@@ -16,3 +16,8 @@ fn two_nodes_carry_pod_traffic_over_mtls_under_policy() {
 fn virtual_services_and_destination_rules_route_http_across_nodes() {
     keel_tests::scenarios::traffic_management::virtual_services_and_destination_rules_take_effect();
 }
+
+#[test]
+fn http_authorization_policies_are_enforced_per_request_by_the_destination() {
+    keel_tests::scenarios::l7_authorization::http_policies_are_enforced_per_request_by_the_destination();
+}

@@ -98,5 +98,10 @@ where
             connection.await
         }
     };
-    served.map_err(|e| ConnectionError::Downstream(e.to_string()))
+    match served {
+        // The client was already gone when keel closed its side (a reset HBONE stream, a closed socket): the
+        // connection ended, nothing failed.
+        Err(e) if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_shutdown) => Ok(()),
+        served => served.map_err(|e| ConnectionError::Downstream(e.to_string())),
+    }
 }

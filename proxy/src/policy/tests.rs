@@ -480,7 +480,8 @@ mod requests {
     /// ALLOW `GET /items*` for front/web: the example.
     fn reads_for_web() -> (Authorization, Option<Vec<HttpMatch>>) {
         let connection = Match { principals: vec![exact("cluster.local/ns/front/sa/web")], ..Default::default() };
-        let m = HttpMatch { connection: Some(connection), methods: vec![exact("GET")], paths: vec![string_path(prefix("/items"))], ..Default::default() };
+        let m =
+            HttpMatch { connection: Some(connection), methods: vec![exact("GET")], paths: vec![string_path(prefix("/items"))], ..Default::default() };
         // The L4 half drops the rule: an ALLOW without rules.
         (policy("shop/reads", Scope::Namespace, Action::Allow, vec![]), Some(vec![m]))
     }
@@ -493,7 +494,10 @@ mod requests {
         assert!(needs_requests(&snapshot, &web().attributes(&db(&[]))));
         // ... each request is decided by the rule as written.
         assert_eq!(decide_request(&snapshot, &web(), &get("/items/1")).reason, Reason::AllowedBy("shop/reads"));
-        assert_eq!(decide_request(&snapshot, &web(), &Request { method: "POST", ..get("/items") }).reason, Reason::NoAllowMatched { allow_policies: 1 });
+        assert_eq!(
+            decide_request(&snapshot, &web(), &Request { method: "POST", ..get("/items") }).reason,
+            Reason::NoAllowMatched { allow_policies: 1 }
+        );
         assert!(!decide_request(&snapshot, &web(), &get("/admin")).allowed());
         // Another caller matches no principal.
         assert!(!decide_request(&snapshot, &plaintext(), &get("/items")).allowed());
@@ -550,7 +554,11 @@ mod requests {
             }],
             ..Default::default()
         };
-        let with_jwt = Request { claims: Some(serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "db"}})), principal: Some("https://issuer/alice"), ..get("/") };
+        let with_jwt = Request {
+            claims: Some(serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "db"}})),
+            principal: Some("https://issuer/alice"),
+            ..get("/")
+        };
         assert!(admitted(claim(&["groups"], "ops"), &with_jwt));
         assert!(admitted(claim(&["org", "team"], "db"), &with_jwt));
         assert!(!admitted(claim(&["org", "team"], "web"), &with_jwt));

@@ -11,6 +11,7 @@ pub mod fast_path;
 pub mod hbone_wire;
 pub mod hostile;
 pub mod kubernetes_mesh;
+pub mod l7_authorization;
 pub mod lifecycle;
 pub mod mesh_mtls;
 pub mod node_agent;

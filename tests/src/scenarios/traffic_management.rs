@@ -85,7 +85,7 @@ fn status(v: &Value, code: u16) -> u64 {
     count(v, &format!("/statuses/{code}"))
 }
 
-fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
@@ -445,6 +445,6 @@ fn stats_requests(client: &Pod, server: &Pod) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no request count from {}: {v}", server.name))
 }
 
-fn grep(text: &str, needle: &str) -> String {
+pub(super) fn grep(text: &str, needle: &str) -> String {
     text.lines().filter(|l| l.contains(needle)).take(40).collect::<Vec<_>>().join("\n")
 }

@@ -1,0 +1,221 @@
+//! AuthorizationPolicy on HTTP attributes, enforced by the destination's keel: keel-control on node 0 sends each
+//! policy's L4 half (ztunnel's `Authorization`) and its HTTP half (keel's `HttpAuthorization`); the keel on node 1,
+//! where `web` runs, serves web's HTTP port as HTTP and decides every request. Callers: `client` on node 0 (its
+//! keel's L7 engine, over HBONE), `neighbour` on node 1 (same node), and an independent HBONE client that skips
+//! every keel of its own (tests/hbone/hbone_probe.py). Each check is an outcome at the caller (status, body)
+//! and in the destination keel's records: its metrics (`reporter="destination"`), refusals and access log.
+
+use super::hbone_wire::{issue, require_python_h2, Probe};
+use super::traffic_management::{grep, metric_value};
+use super::*;
+use crate::lab::{mesh_config, workspace_root, ControlPlane, Keel, Pod};
+use serde_json::json;
+use std::path::PathBuf;
+
+const VIP: &str = "10.96.0.40";
+/// What a policy change may take to reach keel.
+const CONFIG_PROPAGATION: Duration = Duration::from_millis(1200);
+const PROBE_IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/probe";
+/// Envoy's RBAC answer, which keel gives too.
+const DENIED: &str = "RBAC: access denied";
+
+fn web_service() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  selector: {{app: web}}\n  ports:\n  - {{name: http-web, port: 80, targetPort: 8080}}\n"
+    )
+}
+
+/// GET on /items and below, for the three callers allowed to read; nothing else (ALLOW semantics).
+const READS: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: web-reads, namespace: default}\nspec:\n  selector: {matchLabels: {app: web}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep, cluster.local/ns/default/sa/neighbour, cluster.local/ns/default/sa/probe]}}]\n    to: [{operation: {methods: [GET], paths: ['/items*']}}]\n";
+
+/// Refuses any request carrying `x-block: yes`, whoever sends it.
+const BLOCK_HEADER: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: web-block-header, namespace: default}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: DENY\n  rules:\n  - when: [{key: 'request.headers[x-block]', values: ['yes']}]\n";
+
+struct Web<'a> {
+    config_dir: PathBuf,
+    base: Vec<String>,
+    client: &'a Pod,
+    other: &'a Pod,
+    neighbour: &'a Pod,
+    web: &'a Pod,
+    keels: &'a [Keel],
+}
+
+impl Web<'_> {
+    fn apply(&self, policies: &[&str]) -> Result<()> {
+        let mut objects = self.base.clone();
+        objects.extend(policies.iter().map(|p| p.to_string()));
+        mesh_config::write(&self.config_dir, "mesh.yaml", &objects)?;
+        std::thread::sleep(CONFIG_PROPAGATION);
+        Ok(())
+    }
+
+    /// `requests` requests from `from` to `http://web<path>` through the service VIP.
+    fn load(&self, from: &Pod, method: &str, path: &str, requests: u32, extra: &[&str]) -> Result<Value> {
+        let (url, connect, requests) = (format!("http://web{path}"), format!("{VIP}:80"), requests.to_string());
+        let mut args = vec!["--url", &url, "--connect", &connect, "--requests", &requests, "--method", method];
+        args.extend_from_slice(extra);
+        let v = from.http_load(&args)?;
+        if !v["statuses"].is_object() {
+            bail!("http-load gave no result: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Every one of `requests` answered `status`; a 403 must carry Envoy's RBAC body.
+    fn expect(&self, from: &Pod, method: &str, path: &str, requests: u32, status: u16, extra: &[&str], what: &str) -> Result<()> {
+        let v = self.load(from, method, path, requests, extra)?;
+        let got = v.pointer(&format!("/statuses/{status}")).and_then(Value::as_u64).unwrap_or(0);
+        if got != u64::from(requests) {
+            bail!("{what}: {method} {path} from {} wanted {requests} × {status}, got {v}", from.name);
+        }
+        if status == 403 && v.pointer(&format!("/bodies/{DENIED}")).and_then(Value::as_u64) != Some(u64::from(requests)) {
+            bail!("{what}: the 403s do not carry {DENIED:?}: {v}");
+        }
+        Ok(())
+    }
+}
+
+fn request_refusals(keel: &Keel) -> Result<u64> {
+    Ok(keel.stats()?["refused"]["request_policy"].as_u64().unwrap_or(0))
+}
+
+/// Waits (access-log lines are written in batches) for a JSON line of `keel` whose `fields` have these values.
+fn logged(keel: &Keel, fields: &[(&str, Value)]) -> bool {
+    let matches =
+        |line: &str| serde_json::from_str::<Value>(line).is_ok_and(|v| fields.iter().all(|(k, want)| v.get(*k).is_some_and(|got| got == want)));
+    (0..30).any(|_| {
+        keel.log().lines().any(matches) || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    })
+}
+
+pub fn http_policies_are_enforced_per_request_by_the_destination() {
+    with_nodes("l7-authz", 2, |lab| {
+        require_python_h2()?;
+        let client = lab.node(0).add_pod("client")?;
+        let other = lab.node(0).add_pod("other")?;
+        let probe_pod = lab.node(0).add_pod("probe")?;
+        let web = lab.node(1).add_pod("web")?;
+        let neighbour = lab.node(1).add_pod("neighbour")?;
+        let config_dir = lab.dir().join("mesh");
+        let base = vec![
+            mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+            mesh_config::pod_object(&other, "other", &[("app", "other")]),
+            mesh_config::pod_object(&neighbour, "neighbour", &[("app", "neighbour")]),
+            mesh_config::pod_object(&web, "web", &[("app", "web")]),
+            web_service(),
+        ];
+        mesh_config::write(&config_dir, "mesh.yaml", &base)?;
+        let control = lab.start_control_on(0, &config_dir)?;
+        let keels = lab.start_keels_following(&control, &[])?;
+        keels.iter().try_for_each(wait_ready)?;
+        keels[0].enroll(&client)?;
+        keels[0].enroll(&other)?;
+        keels[1].enroll(&web)?;
+        keels[1].enroll(&neighbour)?;
+        // The probe pod is not enrolled: it speaks HBONE itself, with a mesh certificate of its own.
+        let _servers = [web.http_serve(8080, "web", &[])?, web.serve(9000, ServeMode::Echo, &[])?];
+        let w = Web { config_dir, base, client: &client, other: &other, neighbour: &neighbour, web: &web, keels: &keels };
+        run(&w, lab, &control, &probe_pod).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 1) log tail:\n{}", keels[1].log_tail(40)))
+    });
+}
+
+fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()> {
+    let destination = &w.keels[1];
+    // 0. Without policies every request gets through.
+    w.expect(w.client, "POST", "/items", 5, 200, &[], "no policy")?;
+
+    // 1. ALLOW GET /items* for sleep: the same caller's GET passes, its POST and its GET /admin are refused,
+    //    each with Envoy's 403, counted by the destination as refusals and as Istio request metrics.
+    w.apply(&[READS])?;
+    let refused_before = request_refusals(destination)?;
+    w.expect(w.client, "GET", "/items", 20, 200, &[], "an allowed read")?;
+    w.expect(w.client, "GET", "/items/42?expand=1", 5, 200, &[], "a read below /items")?;
+    w.expect(w.client, "POST", "/items", 10, 403, &[], "a write by the same caller")?;
+    w.expect(w.client, "GET", "/admin", 5, 403, &[], "a path outside /items")?;
+    // The path is decided (and forwarded) normalized: /items/../admin is /admin.
+    w.expect(w.client, "GET", "/items/../admin", 5, 403, &[], "a dot-segment escape from /items")?;
+    w.expect(w.other, "GET", "/items", 5, 403, &[], "a caller the policy does not name")?;
+    let refused = request_refusals(destination)? - refused_before;
+    if refused != 25 {
+        bail!("the destination counted {refused} request_policy refusals, want 25: {}", destination.stats()?);
+    }
+    let (_, metrics) = destination.admin_get("/metrics")?;
+    let reported = |code: &str| {
+        metric_value(
+            &metrics,
+            "istio_requests_total",
+            &[("reporter", "destination"), ("response_code", code), ("destination_workload", "web"), ("connection_security_policy", "mutual_tls")],
+        )
+    };
+    if reported("403") < 25.0 || reported("200") < 25.0 {
+        bail!("the destination's istio_requests_total does not count the decisions:\n{}", grep(&metrics, "istio_requests_total"));
+    }
+    let line = |method: &str, status: u16, policy: &str| {
+        [("reporter", json!("destination")), ("method", json!(method)), ("status", json!(status)), ("policy", json!(policy))]
+    };
+    if !logged(destination, &line("POST", 403, "no ALLOW policy matched (1 candidates)")) {
+        bail!("no destination access-log line records the denied POST and its decision");
+    }
+    if !logged(destination, &line("GET", 200, "allowed by ALLOW policy default/web-reads")) {
+        bail!("no destination access-log line records the allowed GET and the policy that allowed it");
+    }
+
+    // 2. A port that carries no HTTP keeps the L4 meaning, fail closed: the ALLOW's HTTP rule allows nothing there.
+    refused_on_port_9000(w, "no ALLOW policy matched (1 candidates)")?;
+
+    // 3. A DENY on a header, next to the ALLOW: the header refuses a request the ALLOW admits.
+    w.apply(&[READS, BLOCK_HEADER])?;
+    w.expect(w.client, "GET", "/items", 5, 200, &[], "no x-block header")?;
+    w.expect(w.client, "GET", "/items", 5, 403, &["--header", "x-block: yes"], "x-block: yes")?;
+    if !logged(destination, &line("GET", 403, "denied by DENY policy default/web-block-header")) {
+        bail!("the header denial is not logged with the DENY policy that decided it");
+    }
+    // Where no HTTP is parsed, that DENY keeps its L4 part, which has no condition left: it refuses everything
+    // (what istiod sends ztunnel for it too).
+    refused_on_port_9000(w, "denied by DENY policy default/web-block-header")?;
+
+    // 4. Same node: the neighbour reaches web through node 1's keel without HBONE; the same decisions apply.
+    w.expect(w.neighbour, "GET", "/items", 5, 200, &[], "same-node read")?;
+    w.expect(w.neighbour, "DELETE", "/items/1", 5, 403, &[], "same-node delete")?;
+
+    // 5. A client that skips keel's outbound path: an HBONE tunnel of its own, the request inside it. The
+    //    tunnel opens (200) and the request in it is decided like any other.
+    let creds = issue(lab, &control.ca_dir, "cluster.local", PROBE_IDENTITY, "probe-creds")?;
+    let probe = Probe { pod: probe_pod, script: workspace_root().join("tests/hbone/hbone_probe.py"), ca: control.ca_dir.join("root-cert.pem") };
+    let (hbone, app) = (format!("{}:15008", w.web.ip), format!("{}:8080", w.web.ip));
+    for (request, status) in [("POST /items", 403), ("GET /items", 200), ("GET /admin", 403)] {
+        let answer = probe.run_with(&hbone, &app, "CONNECT", Some(&creds), &["--http-request", request])?;
+        if answer["status"] != 200 || answer["http_status"] != status {
+            bail!("raw HBONE client, {request}: want CONNECT 200 then HTTP {status}, got {answer}");
+        }
+        if status == 403 && !answer["received"].as_str().is_some_and(|r| r.ends_with(DENIED)) {
+            bail!("raw HBONE client, {request}: the 403 does not carry {DENIED:?}: {answer}");
+        }
+    }
+
+    // 6. Policies removed: everything passes again (the HTTP half is withdrawn with the policy).
+    w.apply(&[])?;
+    w.expect(w.other, "POST", "/admin", 5, 200, &[], "after the policies were removed")?;
+    Ok(())
+}
+
+/// A connection from the client to web's port 9000 (plain TCP echo, no HTTP) is refused by web's keel with
+/// 401 on the CONNECT, decided `why`.
+fn refused_on_port_9000(w: &Web, why: &str) -> Result<()> {
+    let destination = &w.keels[1];
+    let since = Since::now(destination)?;
+    let sent = w.client.send(w.web.addr(9000), 1024, ServeMode::Echo, Duration::from_secs(5))?;
+    if sent["ok"] == true {
+        bail!("a connection to web's non-HTTP port 9000 got through (want it refused: {why}): {sent}");
+    }
+    let to = w.web.addr(9000).to_string();
+    let record = since.wait_connection("the refused connection to port 9000", |c| c.original_destination == to)?;
+    if record.response_status != Some(401) || record.policy.as_deref() != Some(why) {
+        bail!("port 9000 was not refused for the stated reason ({why}): {record:?}");
+    }
+    Ok(())
+}
