@@ -1,5 +1,5 @@
 //! Accepting on a pod's listeners, bounded: the captured-traffic listeners ([`crate::captured`]) and the HBONE
-//! listener ([`crate::l4::hbone_inbound`]) both run [`accept_loop`].
+//! listener ([`crate::hbone_server`]) both run [`accept_loop`].
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{

@@ -136,7 +136,14 @@ async fn carry(
         Plan::Relay { route, path, source } => outbound::relay(client, pod, dp, route, path, source, record).await.map(|()| Carried::Done),
         Plan::Inbound => match inbound::proxy(client, destination, pod, dp, record).await? {
             inbound::Served::Relayed => Ok(Carried::Done),
-            inbound::Served::PerRequest(served) => Ok(Carried::InboundHttp(served)),
+            inbound::Served::PerRequest { source_identity, cluster } => Ok(Carried::InboundHttp(Arc::new(l7::inbound::Inbound::new(
+                dp.clone(),
+                pod.clone(),
+                record.source.ip(),
+                source_identity,
+                destination,
+                cluster,
+            )))),
         },
     }
 }

@@ -4,6 +4,7 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use keel_proto::{
+    http_security::{HttpMatch, HttpRule},
     security::{self, string_match::MatchType, Action, Authorization, Scope},
     workload::{Service, TunnelProtocol, Workload, WorkloadStatus},
 };
@@ -64,6 +65,10 @@ pub struct PolicyEntry {
     pub dry_run: bool,
     /// One line per rule: clauses joined by AND, matches within a clause by OR.
     pub rules: Vec<String>,
+    /// The same for the policy's HTTP rules (keel's `HttpAuthorization`), which decide requests on ports that
+    /// carry HTTP; empty for a policy without any.
+    #[serde(default)]
+    pub http_rules: Vec<String>,
 }
 
 pub use crate::identity::manager::CertificateEntry;
@@ -74,7 +79,11 @@ impl ConfigDump {
         workloads.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         let mut services: Vec<ServiceEntry> = snapshot.services.values().map(|s| service(s, snapshot)).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut policies: Vec<PolicyEntry> = snapshot.policies.values().map(|p| policy(p)).collect();
+        let mut policies: Vec<PolicyEntry> = snapshot
+            .policies
+            .iter()
+            .map(|(name, p)| policy(p, snapshot.http_policies.get(name).map(|h| h.rules.as_slice()).unwrap_or_default()))
+            .collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         ConfigDump { workloads, services, policies, certificates, xds, l7: crate::l7_config::dump::L7Dump::build(&snapshot.l7) }
     }
@@ -113,73 +122,129 @@ fn service(s: &Service, snapshot: &Snapshot) -> ServiceEntry {
     }
 }
 
-fn policy(p: &Authorization) -> PolicyEntry {
+fn policy(p: &Authorization, http_rules: &[HttpRule]) -> PolicyEntry {
     PolicyEntry {
         name: format!("{}/{}", p.namespace, p.name),
         scope: Scope::try_from(p.scope).map_or_else(|_| p.scope.to_string(), |s| s.as_str_name().into()),
         action: Action::try_from(p.action).map_or_else(|_| p.action.to_string(), |a| a.as_str_name().into()),
         dry_run: p.dry_run,
         rules: p.rules.iter().map(describe_rule).collect(),
+        http_rules: http_rules.iter().map(describe_http_rule).collect(),
     }
 }
 
 /// `principals=[cluster.local/ns/a/sa/b] AND (ports=[80] OR not_ports=[81])`; an empty rule matches everything.
 pub fn describe_rule(rule: &security::Rule) -> String {
-    if rule.clauses.is_empty() {
-        return "any".into();
-    }
-    let clauses: Vec<String> = rule
-        .clauses
-        .iter()
-        .map(|c| {
-            let matches: Vec<String> = c.matches.iter().map(describe_match).collect();
-            if matches.len() == 1 {
-                matches[0].clone()
-            } else {
-                format!("({})", matches.join(" OR "))
-            }
-        })
-        .collect();
-    clauses.join(" AND ")
+    describe_clauses(rule.clauses.iter().map(|c| c.matches.iter().map(describe_match).collect()))
 }
 
-fn describe_match(m: &security::Match) -> String {
-    let strings = |v: &[security::StringMatch]| -> String {
-        v.iter()
-            .map(|s| match &s.match_type {
-                Some(MatchType::Exact(x)) => x.clone(),
-                Some(MatchType::Prefix(x)) => format!("{x}*"),
-                Some(MatchType::Suffix(x)) => format!("*{x}"),
-                Some(MatchType::Presence(())) => "*".into(),
-                None => "?".into(),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let cidrs = |v: &[security::Address]| -> String {
-        v.iter().map(|a| ip_of(&a.address).map_or_else(|| "?".into(), |ip| format!("{ip}/{}", a.length))).collect::<Vec<_>>().join(",")
-    };
-    let ports = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let accounts =
-        |v: &[security::ServiceAccountMatch]| v.iter().map(|a| format!("{}/{}", a.namespace, a.service_account)).collect::<Vec<_>>().join(",");
-    let fields = [
-        ("namespaces", strings(&m.namespaces)),
-        ("not_namespaces", strings(&m.not_namespaces)),
-        ("principals", strings(&m.principals)),
-        ("not_principals", strings(&m.not_principals)),
-        ("source_ips", cidrs(&m.source_ips)),
-        ("not_source_ips", cidrs(&m.not_source_ips)),
-        ("destination_ips", cidrs(&m.destination_ips)),
-        ("not_destination_ips", cidrs(&m.not_destination_ips)),
-        ("ports", ports(&m.destination_ports)),
-        ("not_ports", ports(&m.not_destination_ports)),
-        ("service_accounts", accounts(&m.service_accounts)),
-        ("not_service_accounts", accounts(&m.not_service_accounts)),
-    ];
+/// An HTTP rule the same way: `methods=[GET] paths=[/items*]`, `header[x-tenant]=[blue]`, ...
+pub fn describe_http_rule(rule: &HttpRule) -> String {
+    describe_clauses(rule.clauses.iter().map(|c| c.matches.iter().map(describe_http_match).collect()))
+}
+
+/// Clauses joined by AND, the matches of each by OR; no clause at all is `any`.
+fn describe_clauses(clauses: impl Iterator<Item = Vec<String>>) -> String {
+    let clauses: Vec<String> =
+        clauses.map(|matches| if matches.len() == 1 { matches[0].clone() } else { format!("({})", matches.join(" OR ")) }).collect();
+    if clauses.is_empty() {
+        "any".into()
+    } else {
+        clauses.join(" AND ")
+    }
+}
+
+fn describe_strings(v: &[security::StringMatch]) -> String {
+    v.iter()
+        .map(|s| match &s.match_type {
+            Some(MatchType::Exact(x)) => x.clone(),
+            Some(MatchType::Prefix(x)) => format!("{x}*"),
+            Some(MatchType::Suffix(x)) => format!("*{x}"),
+            Some(MatchType::Presence(())) => "*".into(),
+            None => "?".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn describe_cidrs(v: &[security::Address]) -> String {
+    v.iter().map(|a| ip_of(&a.address).map_or_else(|| "?".into(), |ip| format!("{ip}/{}", a.length))).collect::<Vec<_>>().join(",")
+}
+
+/// The fields that are set, as `name=[values]`; `any` when none is.
+fn describe_fields(fields: Vec<(String, String)>) -> String {
     let set: Vec<String> = fields.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}=[{v}]")).collect();
     if set.is_empty() {
         "any".into()
     } else {
         set.join(" ")
     }
+}
+
+fn describe_http_match(m: &HttpMatch) -> String {
+    use keel_proto::http_security::{path_match::Kind, request_condition::Attribute, PathMatch};
+    let paths = |v: &[PathMatch]| {
+        v.iter()
+            .map(|p| match &p.kind {
+                Some(Kind::String(s)) => describe_strings(std::slice::from_ref(s)),
+                Some(Kind::Template(t)) => t.clone(),
+                None => "?".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut fields = vec![
+        ("hosts".to_owned(), describe_strings(&m.hosts)),
+        ("not_hosts".to_owned(), describe_strings(&m.not_hosts)),
+        ("methods".to_owned(), describe_strings(&m.methods)),
+        ("not_methods".to_owned(), describe_strings(&m.not_methods)),
+        ("paths".to_owned(), paths(&m.paths)),
+        ("not_paths".to_owned(), paths(&m.not_paths)),
+        ("request_principals".to_owned(), describe_strings(&m.request_principals)),
+        ("not_request_principals".to_owned(), describe_strings(&m.not_request_principals)),
+        ("remote_ips".to_owned(), describe_cidrs(&m.remote_ips)),
+        ("not_remote_ips".to_owned(), describe_cidrs(&m.not_remote_ips)),
+    ];
+    for condition in &m.conditions {
+        let attribute = match &condition.attribute {
+            Some(Attribute::Header(name)) => format!("header[{name}]"),
+            Some(Attribute::Claim(path)) => format!("claims[{}]", path.segments.join("][")),
+            Some(Attribute::Principal(())) => "request.auth.principal".into(),
+            Some(Attribute::ServerName(())) => "connection.sni".into(),
+            None => "?".into(),
+        };
+        fields.push((attribute.clone(), describe_strings(&condition.values)));
+        fields.push((format!("not {attribute}"), describe_strings(&condition.not_values)));
+    }
+    let request = describe_fields(fields);
+    match m.connection.as_ref().map(describe_match).filter(|c| c != "any") {
+        Some(connection) if request == "any" => connection,
+        Some(connection) => format!("{connection} {request}"),
+        None => request,
+    }
+}
+
+fn describe_match(m: &security::Match) -> String {
+    let ports = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let accounts =
+        |v: &[security::ServiceAccountMatch]| v.iter().map(|a| format!("{}/{}", a.namespace, a.service_account)).collect::<Vec<_>>().join(",");
+    describe_fields(
+        [
+            ("namespaces", describe_strings(&m.namespaces)),
+            ("not_namespaces", describe_strings(&m.not_namespaces)),
+            ("principals", describe_strings(&m.principals)),
+            ("not_principals", describe_strings(&m.not_principals)),
+            ("source_ips", describe_cidrs(&m.source_ips)),
+            ("not_source_ips", describe_cidrs(&m.not_source_ips)),
+            ("destination_ips", describe_cidrs(&m.destination_ips)),
+            ("not_destination_ips", describe_cidrs(&m.not_destination_ips)),
+            ("ports", ports(&m.destination_ports)),
+            ("not_ports", ports(&m.not_destination_ports)),
+            ("service_accounts", accounts(&m.service_accounts)),
+            ("not_service_accounts", accounts(&m.not_service_accounts)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    )
 }

@@ -16,8 +16,8 @@ use crate::{
     capture::{Direction, PodCapture},
     captured,
     data_path::{DataPath, PodContext},
+    hbone_server,
     identity::Identity,
-    l4,
     netns::Netns,
     pods::{EnrollRequest, PodName, PodSpec},
     sockets,
@@ -182,7 +182,7 @@ impl Enrollment {
             tokio::spawn(captured::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
         }
         let hbone = sockets::into_tokio(listeners.hbone)?;
-        tokio::spawn(l4::hbone_inbound::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
+        tokio::spawn(hbone_server::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
         Ok(EnrolledPod { spec, context, inbound_listener, stop })
     }
 

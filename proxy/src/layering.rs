@@ -7,7 +7,7 @@ use std::{
 
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
-const DATA_PATH: [&str; 18] = [
+const DATA_PATH: [&str; 19] = [
     "accept",
     "bypass",
     "captured",
@@ -16,6 +16,7 @@ const DATA_PATH: [&str; 18] = [
     "data_path",
     "dial",
     "hbone",
+    "hbone_server",
     "l4",
     "l7",
     "l7_config",

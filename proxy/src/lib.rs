@@ -24,6 +24,7 @@ pub mod dial;
 pub mod enrollment;
 pub mod hashing;
 pub mod hbone;
+pub mod hbone_server;
 pub mod identity;
 pub mod kubelet_pods;
 pub mod kubernetes;

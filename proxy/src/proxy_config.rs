@@ -39,11 +39,13 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
                 .map(|s| vec![s.name.clone(), s.vips.join(","), s.ports.join(","), format!("{}/{}", s.healthy_endpoints, s.endpoints)]),
         ),
         View::Policies => table(
-            &["NAME", "SCOPE", "ACTION", "RULES"],
+            &["NAME", "SCOPE", "ACTION", "RULES", "HTTP RULES"],
             dump.policies.iter().map(|p| {
                 let action = if p.dry_run { format!("{} (dry run)", p.action) } else { p.action.clone() };
                 let rules = if p.rules.is_empty() { "(none: matches nothing)".into() } else { p.rules.join(" | ") };
-                vec![p.name.clone(), p.scope.clone(), action, rules]
+                // Without HTTP rules the L4 rules decide requests too.
+                let http_rules = if p.http_rules.is_empty() { "-".into() } else { p.http_rules.join(" | ") };
+                vec![p.name.clone(), p.scope.clone(), action, rules, http_rules]
             }),
         ),
         View::Certs => table(

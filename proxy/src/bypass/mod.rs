@@ -139,8 +139,8 @@ impl Bypass {
         let mut closed = 0;
         for (key, flow) in ebpf.bypass_flows().into_iter().filter(|(_, f)| f.state != BYPASS_FLOW_CLOSED) {
             let Some(grant) = self.grant_of(&flow) else { continue };
-            let decision = grant.connection.reauthorize(snapshot);
-            if !decision.allowed() && self.close(&key, flow.verdict.source_netns, &format!("closed by a policy change: {}", decision.reason)).await {
+            let Some(reason) = grant.connection.revocation(snapshot) else { continue };
+            if self.close(&key, flow.verdict.source_netns, &reason).await {
                 closed += 1;
             }
         }

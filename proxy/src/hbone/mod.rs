@@ -1,7 +1,7 @@
 //! HBONE: TCP connections carried as HTTP/2 CONNECT streams inside mutual TLS to port 15008 of the destination
 //! workload, wire-compatible with Istio's ztunnel (the reference's section 1): `client` opens (pooled) tunnels,
 //! `headers` is the request on the wire, `stream_io` turns a stream into byte-stream halves for the relay. The
-//! server side executes inbound streams and so lives above, in `l4::hbone_inbound`; this module imports only
+//! server side executes inbound streams and so lives above, in `hbone_server`; this module imports only
 //! `chunk_io`, `identity`, `netns` and `sockets`.
 pub mod client;
 pub mod headers;

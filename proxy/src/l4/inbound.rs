@@ -1,4 +1,4 @@
-//! Inbound: connections arriving at an enrolled pod. HBONE streams come through [`super::hbone_inbound`]; everything else
+//! Inbound: connections arriving at an enrolled pod. HBONE streams come through [`crate::hbone_server`]; everything else
 //! (plaintext captured by sk_lookup or REDIRECT: a same-node keel connection, or a client outside the mesh)
 //! through [`proxy`]. Both are authorized here, on the destination side, then delivered to the application from
 //! inside the pod, and tracked so that a later policy can close them. Where a policy with HTTP rules applies and
@@ -22,7 +22,6 @@ use crate::{
     data_path::{DataPath, PodContext},
     dial::local_peers::LocalPeer,
     identity::Identity,
-    l7,
     limits::RelayTimeouts,
     plan::{self, Path},
     policy::{self, open_connections::Tracked, ConnectionAttributes, OpenConnection},
@@ -97,8 +96,9 @@ pub fn authorize(
 pub enum Served {
     /// Relayed to its end.
     Relayed,
-    /// To be served as HTTP with a decision per request (the caller owns the socket).
-    PerRequest(Arc<l7::inbound::Inbound>),
+    /// Admitted for a decision per request: the caller, which owns the socket, serves it as HTTP
+    /// (`crate::l7::inbound`). The source's identity and the port's inbound cluster name come along.
+    PerRequest { source_identity: Option<Identity>, cluster: String },
 }
 
 /// Connects to the application in the pod (the pod's own address, from inside the pod).
@@ -156,8 +156,7 @@ pub async fn proxy(
     let tracked = match admission {
         Admission::Relay(tracked) => tracked,
         Admission::PerRequest { cluster } => {
-            let identity = record.source_peer.identity.clone();
-            return Ok(Served::PerRequest(Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), source_ip, identity, destination, cluster))));
+            return Ok(Served::PerRequest { source_identity: record.source_peer.identity.clone(), cluster });
         }
     };
     if let (Some(source_netns), Some(destination_workload)) = (bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {

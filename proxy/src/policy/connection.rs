@@ -3,8 +3,8 @@ use std::net::IpAddr;
 
 use keel_proto::workload::Workload;
 
-use super::{authorize, Decision, Reason};
-use crate::{identity::Identity, xds::state::Snapshot};
+use super::{authorize, needs_requests, Decision, Reason};
+use crate::{identity::Identity, plan, xds::state::Snapshot};
 
 /// A new inbound connection, borrowed from what the data path already holds (no copies per connection).
 #[derive(Clone, Copy, Debug)]
@@ -60,5 +60,24 @@ impl OpenConnection {
             Some(destination) => authorize(snapshot, &self.attributes(destination)),
             None => Decision { reason: Reason::DestinationGone, dry_run: Vec::new() },
         }
+    }
+
+    /// Why this connection, admitted as a byte stream, must close under `snapshot`, if it must: a policy now
+    /// denies it, or a policy with HTTP rules now applies to its HTTP port, whose requests keel must then decide
+    /// one by one, which it cannot do on a stream it does not parse (the client's next connection is served so).
+    pub fn revocation(&self, snapshot: &Snapshot) -> Option<String> {
+        let decision = self.reauthorize(snapshot);
+        if !decision.allowed() {
+            return Some(format!("closed by a policy change: {}", decision.reason));
+        }
+        let destination = snapshot.workloads.get(&self.destination_uid)?;
+        let per_request = needs_requests(snapshot, &self.attributes(destination))
+            && plan::inbound_http_service(snapshot, destination, self.destination_port).is_some();
+        per_request.then(|| {
+            format!(
+                "closed by a policy change: policies with HTTP rules now apply to port {}, whose requests are decided one by one",
+                self.destination_port
+            )
+        })
     }
 }

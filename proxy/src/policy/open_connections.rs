@@ -79,9 +79,10 @@ impl OpenConnections {
         let open = self.open.lock().expect("open connections poisoned");
         let mut closed = 0;
         for (connection, revoke) in open.values() {
-            let decision = connection.reauthorize(snapshot);
-            if !decision.allowed() && revoke.borrow().is_none() {
-                let reason = format!("closed by a policy change: {}", decision.reason);
+            if revoke.borrow().is_some() {
+                continue;
+            }
+            if let Some(reason) = connection.revocation(snapshot) {
                 info!(source = %connection.source_ip, destination = %connection.destination_ip,
                       port = connection.destination_port, %reason, "closing an open connection");
                 revoke.send_replace(Some(reason));

@@ -351,7 +351,8 @@ mod tests {
         assert_eq!(value["dst_workload"], "-");
         assert_eq!(value["cluster"], "outbound|80||catalog.default.svc.cluster.local");
         assert!((value["duration_ms"].as_f64().unwrap() - 1.234_56).abs() < 1e-9);
-        assert_eq!(value.as_object().unwrap().len(), 22, "{value}");
+        assert_eq!((&value["reporter"], &value["policy"]), (&"source".into(), &"-".into()));
+        assert_eq!(value.as_object().unwrap().len(), 24, "{value}");
     }
 
     #[test]
@@ -363,7 +364,10 @@ mod tests {
         let text = String::from_utf8(buffer).unwrap();
         assert!(text.starts_with("2026-12-06T23:41:02.123456Z  INFO keel::access: request pod=default/sleep method=GET "), "{text}");
         assert!(text.contains(r#"authority="a status=500" path="/items?\"x\"""#), "{text}");
-        assert!(text.contains(" status=200 ") && text.contains(" duration_ms=1.235 ") && text.ends_with("dst_workload=-\n"), "{text}");
+        assert!(
+            text.contains(" status=200 ") && text.contains(" duration_ms=1.235 ") && text.ends_with("dst_workload=- reporter=source policy=\"-\"\n"),
+            "{text}"
+        );
     }
 
     #[test]

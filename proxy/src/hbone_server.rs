@@ -1,9 +1,11 @@
-//! The HBONE server (inbound execution of HBONE streams; the protocol pieces are in [`crate::hbone`]): keel listens on 15008 inside every enrolled pod and terminates mTLS there with that pod's
+//! The HBONE server (inbound execution of HBONE streams; the protocol pieces are in [`crate::hbone`]): keel listens
+//! on 15008 inside every enrolled pod and terminates mTLS there with that pod's
 //! workload certificate. The client's chain must lead to the mesh root and its trust domain must be the pod's;
 //! its SPIFFE identity is the source principal for authorization, logs and metrics. Each CONNECT stream is
 //! checked (400: not CONNECT, bad `:authority`, an address that is not this pod's, or one of keel's own ports;
 //! 401: authorization denies or keel has no Workload for the pod; 503: the application refuses or does not
-//! answer), then answered 200 and relayed to the application.
+//! answer), then answered 200 and relayed to the application by [`crate::l4`], or, where policies decide HTTP
+//! requests one by one, served as HTTP by [`crate::l7::inbound`].
 //!
 //! Everything a peer can hold is bounded (see [`crate::limits`]): connections per pod and per node (beyond
 //! them a connection is reset at accept), the TLS handshake and HTTP/2 preface together (a handshake timeout),
@@ -29,7 +31,6 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
-use super::inbound;
 use crate::{
     accept::accept_loop,
     chunk_io,
@@ -41,6 +42,7 @@ use crate::{
         CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS, STREAM_WINDOW, TLS_SEND_BUFFER,
     },
     identity::{tls, Identity},
+    l4::inbound,
     l7,
     plan::{is_keel_port, Direction, Path},
     sockets,
