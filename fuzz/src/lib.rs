@@ -14,13 +14,15 @@ use keel::{
 };
 
 /// The xDS types `xds_decode` chooses from by its first byte (modulo their number).
-pub const TYPE_URLS: [&str; 6] = [
+pub const TYPE_URLS: [&str; 7] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
     keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
     keel_proto::CLUSTER_TYPE_URL,
     keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+    // Appended: a seed's first byte keeps naming the type it was written for.
+    keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
 ];
 
 /// `name\0value` lines (`\n`-separated): headers of an HTTP request.
@@ -50,9 +52,42 @@ pub fn decode_and_use(type_url: &str, bytes: &[u8]) {
             exercise_cluster(&Cluster::new(config, Some(assignment.clone())));
         }
         Resource::Routes(table) => exercise_plans(table),
+        Resource::HttpPolicy(policy) => exercise_http_policy(policy),
         _ => {}
     }
     WorkloadStore::default().apply(vec![("fuzz".into(), resource)], &[]);
+}
+
+/// Decides a few requests with the policy's HTTP rules, as the destination's keel would (every matcher, path
+/// templates and claim paths included).
+fn exercise_http_policy(policy: &keel_proto::http_security::HttpAuthorization) {
+    use keel::policy::{authorize_request, normalize_path, ConnectionAttributes, RequestAttributes};
+    use keel_proto::{security::Authorization, workload::Workload};
+    let name = format!("{}/{}", policy.namespace, policy.name);
+    let l4 = Authorization { name: policy.name.clone(), namespace: policy.namespace.clone(), ..Default::default() };
+    let workload = Workload { uid: "w".into(), namespace: policy.namespace.clone(), ..Default::default() };
+    let snapshot = keel::xds::state::Snapshot {
+        policies: [(name.clone(), Arc::new(l4))].into(),
+        http_policies: [(name, Arc::new(policy.clone()))].into(),
+        ..Default::default()
+    };
+    let connection = ConnectionAttributes {
+        source_ip: [10, 0, 0, 1].into(),
+        source_identity: None,
+        destination_ip: [10, 0, 0, 2].into(),
+        destination_port: 8080,
+        destination_workload: &workload,
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-tenant", http::HeaderValue::from_static("blue, red"));
+    let claims = serde_json::json!({"groups": ["dev", 1, true], "org": {"team": "db"}});
+    for (method, host, path) in [("GET", "catalog", "/items/1?x=1"), ("POST", "catalog:80", "/v1/a/../b/./reviews"), ("DELETE", "", "")] {
+        let path = normalize_path(path);
+        for (principal, claims) in [(None, None), (Some("iss/sub"), Some(&claims))] {
+            let request = RequestAttributes { method, host, path: &path, headers: &headers, principal, claims, server_name: None };
+            let _ = authorize_request(&snapshot, &connection, &request);
+        }
+    }
 }
 
 fn exercise_cluster(cluster: &Cluster) {

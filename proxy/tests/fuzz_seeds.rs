@@ -17,13 +17,15 @@ use keel_mesh::{
 };
 use prost::Message;
 
-const TYPE_URLS: [&str; 6] = [
+const TYPE_URLS: [&str; 7] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
     keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
     keel_proto::CLUSTER_TYPE_URL,
     keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+    // Appended: a seed's first byte keeps naming the type it was written for.
+    keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
 ];
 
 fn root() -> PathBuf {
@@ -43,7 +45,8 @@ spec:
   rules:
   - from: [{source: {principals: ["cluster.local/ns/istioinaction/sa/webapp"], notNamespaces: ["kube-*"]}}, {source: {ipBlocks: [10.1.0.0/16]}}]
     to: [{operation: {ports: ["3000"]}}]
-  - to: [{operation: {methods: [GET]}}]
+  - to: [{operation: {methods: [GET], paths: ["/items*", "/v1/{*}/reviews"], hosts: [catalog]}}]
+    when: [{key: "request.headers[x-tenant]", values: [blue]}, {key: "request.auth.claims[groups]", notValues: [guest]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -85,13 +88,14 @@ fn write_fuzz_seeds() {
         assert!(loaded.errors.is_empty(), "{scenario}: {:?}", loaded.errors);
         let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
         let r = translate(&Mesh::default(), &objects).unwrap();
-        let encoded: [Vec<Vec<u8>>; 6] = [
+        let encoded: [Vec<Vec<u8>>; 7] = [
             r.addresses.values().map(Message::encode_to_vec).collect(),
             r.authorizations.values().map(Message::encode_to_vec).collect(),
             r.listeners.values().map(Message::encode_to_vec).collect(),
             r.route_configurations.values().map(Message::encode_to_vec).collect(),
             r.clusters.values().map(Message::encode_to_vec).collect(),
             r.cluster_load_assignments.values().map(Message::encode_to_vec).collect(),
+            r.http_authorizations.values().map(Message::encode_to_vec).collect(),
         ];
         for (kind, resources) in encoded.iter().enumerate() {
             // The topology's workloads and services repeat in every scenario: the hash names dedupe them.

@@ -131,6 +131,10 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
     // 1. ALLOW GET /items* for sleep: the same caller's GET passes, its POST and its GET /admin are refused,
     //    each with Envoy's 403, counted by the destination as refusals and as Istio request metrics.
     w.apply(&[READS])?;
+    let pc = destination.cli(&["pc", "policies"])?;
+    if !pc.lines().any(|l| l.contains("default/web-reads") && l.contains("methods=[GET] paths=[/items*]")) {
+        bail!("keel pc policies does not show the policy's HTTP rule:\n{pc}");
+    }
     let refused_before = request_refusals(destination)?;
     w.expect(w.client, "GET", "/items", 20, 200, &[], "an allowed read")?;
     w.expect(w.client, "GET", "/items/42?expand=1", 5, 200, &[], "a read below /items")?;
