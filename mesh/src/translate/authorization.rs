@@ -81,16 +81,12 @@ pub(super) fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result
         }
         for (j, condition) in rule.when.iter().enumerate() {
             let at = format!("field spec.rules[{i}].when[{j}]");
-            match condition_match(condition).map_err(|e| format!("{at}: {e}"))? {
-                Attribute::Connection(m) => {
-                    l4.push(Clause { matches: vec![m.clone()] });
-                    http.push(HttpClause { matches: vec![HttpMatch { connection: Some(m), ..Default::default() }] });
-                }
-                Attribute::Request(m) => {
-                    http_only = true;
-                    http.push(HttpClause { matches: vec![m] });
-                }
+            let m = condition_match(condition).map_err(|e| format!("{at}: {e}"))?;
+            match &m.connection {
+                Some(connection) => l4.push(Clause { matches: vec![connection.clone()] }),
+                None => http_only = true,
             }
+            http.push(HttpClause { matches: vec![m] });
         }
         http_rules.push(HttpRule { clauses: http });
         any_http |= http_only;
@@ -116,7 +112,8 @@ pub(super) fn authorization(mesh: &Mesh, policy: &AuthorizationPolicy) -> Result
 
 /// A `from` source: its connection part, and its request part if it has one (request principals, remote IPs).
 fn source_match(s: &Source, namespace: &str, at: impl Fn(&str) -> String) -> Result<(Match, Option<HttpMatch>), String> {
-    if !s.service_accounts.is_empty() && !(s.principals.is_empty() && s.namespaces.is_empty()) {
+    let by_service_account_only = s.principals.is_empty() && s.namespaces.is_empty();
+    if !s.service_accounts.is_empty() && !by_service_account_only {
         return Err(at("serviceAccounts: cannot be set with principals or namespaces"));
     }
     let connection = Match {
@@ -161,34 +158,28 @@ fn operation_match(op: &Operation, at: impl Fn(&str) -> String) -> Result<(Match
     Ok((connection, (request != HttpMatch::default()).then_some(request)))
 }
 
-/// A `when` condition: on the connection (what ztunnel can evaluate too) or on the request.
-enum Attribute {
-    Connection(Match),
-    Request(HttpMatch),
-}
-
-/// The condition keys of https://istio.io/latest/docs/reference/config/security/conditions/. Unknown keys are
-/// refused rather than ignored: a condition read as no condition would widen an ALLOW rule.
-fn condition_match(c: &Condition) -> Result<Attribute, String> {
+/// The condition keys of https://istio.io/latest/docs/reference/config/security/conditions/, as an HTTP match:
+/// one on the connection (what ztunnel evaluates too) has only `connection` set. Unknown keys are refused rather
+/// than ignored: a condition read as no condition would widen an ALLOW rule.
+fn condition_match(c: &Condition) -> Result<HttpMatch, String> {
     let (values, not_values) = (strings(&c.values), strings(&c.not_values));
-    let request = |attribute| {
-        Attribute::Request(HttpMatch {
-            conditions: vec![RequestCondition { attribute: Some(attribute), values: values.clone(), not_values: not_values.clone() }],
-            ..Default::default()
-        })
+    let request = |attribute| HttpMatch {
+        conditions: vec![RequestCondition { attribute: Some(attribute), values: values.clone(), not_values: not_values.clone() }],
+        ..Default::default()
     };
+    let connection = |m: Match| HttpMatch { connection: Some(m), ..Default::default() };
     let key = c.key.as_str();
     Ok(match key {
-        "source.ip" => Attribute::Connection(Match { source_ips: cidrs(&c.values)?, not_source_ips: cidrs(&c.not_values)?, ..Default::default() }),
-        "source.namespace" => Attribute::Connection(Match { namespaces: values, not_namespaces: not_values, ..Default::default() }),
-        "source.principal" => Attribute::Connection(Match { principals: values, not_principals: not_values, ..Default::default() }),
+        "source.ip" => connection(Match { source_ips: cidrs(&c.values)?, not_source_ips: cidrs(&c.not_values)?, ..Default::default() }),
+        "source.namespace" => connection(Match { namespaces: values, not_namespaces: not_values, ..Default::default() }),
+        "source.principal" => connection(Match { principals: values, not_principals: not_values, ..Default::default() }),
         "destination.ip" => {
-            Attribute::Connection(Match { destination_ips: cidrs(&c.values)?, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() })
+            connection(Match { destination_ips: cidrs(&c.values)?, not_destination_ips: cidrs(&c.not_values)?, ..Default::default() })
         }
         "destination.port" => {
-            Attribute::Connection(Match { destination_ports: ports(&c.values)?, not_destination_ports: ports(&c.not_values)?, ..Default::default() })
+            connection(Match { destination_ports: ports(&c.values)?, not_destination_ports: ports(&c.not_values)?, ..Default::default() })
         }
-        "remote.ip" => Attribute::Request(HttpMatch { remote_ips: cidrs(&c.values)?, not_remote_ips: cidrs(&c.not_values)?, ..Default::default() }),
+        "remote.ip" => HttpMatch { remote_ips: cidrs(&c.values)?, not_remote_ips: cidrs(&c.not_values)?, ..Default::default() },
         "request.auth.principal" => request(request_condition::Attribute::Principal(())),
         "request.auth.audiences" => request(claim(&["aud"])),
         "request.auth.presenter" => request(claim(&["azp"])),

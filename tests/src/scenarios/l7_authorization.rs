@@ -62,8 +62,9 @@ impl Web<'_> {
         Ok(v)
     }
 
-    /// Every one of `requests` answered `status`; a 403 must carry Envoy's RBAC body.
-    fn expect(&self, from: &Pod, method: &str, path: &str, requests: u32, status: u16, extra: &[&str], what: &str) -> Result<()> {
+    /// Every one of `requests` requests (`"METHOD /path"`) answered `status`; a 403 must carry Envoy's RBAC body.
+    fn expect(&self, from: &Pod, request: &str, requests: u32, status: u16, extra: &[&str], what: &str) -> Result<()> {
+        let (method, path) = request.split_once(' ').context("a request is \"METHOD /path\"")?;
         let v = self.load(from, method, path, requests, extra)?;
         let got = v.pointer(&format!("/statuses/{status}")).and_then(Value::as_u64).unwrap_or(0);
         if got != u64::from(requests) {
@@ -126,7 +127,7 @@ pub fn http_policies_are_enforced_per_request_by_the_destination() {
 fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()> {
     let destination = &w.keels[1];
     // 0. Without policies every request gets through.
-    w.expect(w.client, "POST", "/items", 5, 200, &[], "no policy")?;
+    w.expect(w.client, "POST /items", 5, 200, &[], "no policy")?;
 
     // 1. ALLOW GET /items* for sleep: the same caller's GET passes, its POST and its GET /admin are refused,
     //    each with Envoy's 403, counted by the destination as refusals and as Istio request metrics.
@@ -136,13 +137,13 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
         bail!("keel pc policies does not show the policy's HTTP rule:\n{pc}");
     }
     let refused_before = request_refusals(destination)?;
-    w.expect(w.client, "GET", "/items", 20, 200, &[], "an allowed read")?;
-    w.expect(w.client, "GET", "/items/42?expand=1", 5, 200, &[], "a read below /items")?;
-    w.expect(w.client, "POST", "/items", 10, 403, &[], "a write by the same caller")?;
-    w.expect(w.client, "GET", "/admin", 5, 403, &[], "a path outside /items")?;
+    w.expect(w.client, "GET /items", 20, 200, &[], "an allowed read")?;
+    w.expect(w.client, "GET /items/42?expand=1", 5, 200, &[], "a read below /items")?;
+    w.expect(w.client, "POST /items", 10, 403, &[], "a write by the same caller")?;
+    w.expect(w.client, "GET /admin", 5, 403, &[], "a path outside /items")?;
     // The path is decided (and forwarded) normalized: /items/../admin is /admin.
-    w.expect(w.client, "GET", "/items/../admin", 5, 403, &[], "a dot-segment escape from /items")?;
-    w.expect(w.other, "GET", "/items", 5, 403, &[], "a caller the policy does not name")?;
+    w.expect(w.client, "GET /items/../admin", 5, 403, &[], "a dot-segment escape from /items")?;
+    w.expect(w.other, "GET /items", 5, 403, &[], "a caller the policy does not name")?;
     let refused = request_refusals(destination)? - refused_before;
     if refused != 25 {
         bail!("the destination counted {refused} request_policy refusals, want 25: {}", destination.stats()?);
@@ -173,8 +174,8 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
 
     // 3. A DENY on a header, next to the ALLOW: the header refuses a request the ALLOW admits.
     w.apply(&[READS, BLOCK_HEADER])?;
-    w.expect(w.client, "GET", "/items", 5, 200, &[], "no x-block header")?;
-    w.expect(w.client, "GET", "/items", 5, 403, &["--header", "x-block: yes"], "x-block: yes")?;
+    w.expect(w.client, "GET /items", 5, 200, &[], "no x-block header")?;
+    w.expect(w.client, "GET /items", 5, 403, &["--header", "x-block: yes"], "x-block: yes")?;
     if !logged(destination, &line("GET", 403, "denied by DENY policy default/web-block-header")) {
         bail!("the header denial is not logged with the DENY policy that decided it");
     }
@@ -183,8 +184,8 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
     refused_on_port_9000(w, "denied by DENY policy default/web-block-header")?;
 
     // 4. Same node: the neighbour reaches web through node 1's keel without HBONE; the same decisions apply.
-    w.expect(w.neighbour, "GET", "/items", 5, 200, &[], "same-node read")?;
-    w.expect(w.neighbour, "DELETE", "/items/1", 5, 403, &[], "same-node delete")?;
+    w.expect(w.neighbour, "GET /items", 5, 200, &[], "same-node read")?;
+    w.expect(w.neighbour, "DELETE /items/1", 5, 403, &[], "same-node delete")?;
 
     // 5. A client that skips keel's outbound path: an HBONE tunnel of its own, the request inside it. The
     //    tunnel opens (200) and the request in it is decided like any other.
@@ -203,7 +204,7 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
 
     // 6. Policies removed: everything passes again (the HTTP half is withdrawn with the policy).
     w.apply(&[])?;
-    w.expect(w.other, "POST", "/admin", 5, 200, &[], "after the policies were removed")?;
+    w.expect(w.other, "POST /admin", 5, 200, &[], "after the policies were removed")?;
     Ok(())
 }
 
