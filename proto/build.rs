@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         "proto/istio/ca/ca.proto",
         // keel's own: the HTTP rules of AuthorizationPolicies, next to the L4 ones (see the file).
         "proto/keel/security/http_authorization.proto",
+        "proto/keel/security/request_authentication.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -1,7 +1,10 @@
 //! The config directory as a sequence of snapshots: read it when it changed on disk, keep the last good version
 //! of each object, translate. Shared by `keel-control serve` and keel's local (no control plane) mode, so both
 //! read the same YAML the same way.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tracing::warn;
 
@@ -10,13 +13,15 @@ use crate::{
     objects::Object,
     snapshot::Snapshot,
     source,
-    translate::{translate, Mesh},
+    translate::{inline_key_sets, translate, KeySets, Mesh},
     watch::{fingerprint, Fingerprint},
 };
 
 pub struct ConfigDir {
     dir: PathBuf,
     mesh: Mesh,
+    /// Fills `jwksUri` key sets (keel-control); without it such rules ship no keys and a warning says so.
+    key_sets: Option<Arc<dyn KeySets>>,
     state: ConfigState,
     seen: Option<Fingerprint>,
     /// The errors of the last read, kept for status pages.
@@ -25,7 +30,11 @@ pub struct ConfigDir {
 
 impl ConfigDir {
     pub fn new(dir: &Path, mesh: Mesh) -> ConfigDir {
-        ConfigDir { dir: dir.to_owned(), mesh, state: ConfigState::default(), seen: None, last_errors: Vec::new() }
+        ConfigDir { dir: dir.to_owned(), mesh, key_sets: None, state: ConfigState::default(), seen: None, last_errors: Vec::new() }
+    }
+
+    pub fn with_key_sets(self, key_sets: Arc<dyn KeySets>) -> ConfigDir {
+        ConfigDir { key_sets: Some(key_sets), ..self }
     }
 
     pub fn dir(&self) -> &Path {
@@ -49,8 +58,22 @@ impl ConfigDir {
         if !outcome.changed && !first_read {
             return None;
         }
+        self.republish()
+    }
+
+    /// Translates the objects in force again (a fetched key set changed).
+    pub fn republish(&mut self) -> Option<Snapshot> {
         match translate(&self.mesh, &self.state.objects()) {
-            Ok(resources) => {
+            Ok(mut resources) => {
+                match &self.key_sets {
+                    Some(key_sets) => inline_key_sets(&mut resources, key_sets.as_ref()),
+                    None => {
+                        let by_uri = resources.request_authentications.values().filter(|ra| ra.rules.iter().any(|r| r.jwks.is_empty()));
+                        for ra in by_uri {
+                            warn!("config: RequestAuthentication {}/{}: jwksUri is fetched by keel-control; without it (local mode) give jwks inline: this issuer's tokens are refused", ra.namespace, ra.name);
+                        }
+                    }
+                }
                 for warning in &resources.warnings {
                     warn!("config: {warning}");
                 }

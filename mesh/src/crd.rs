@@ -92,13 +92,23 @@ istio_kind!(service_entry: kind "ServiceEntry", plural "serviceentries", short "
 istio_kind!(authorization_policy: kind "AuthorizationPolicy", plural "authorizationpolicies", short "ap",
     group "security.istio.io", category "security-istio-io", spec "crate::objects::AuthorizationPolicySpec",
     versions [v1 "v1", v1beta1 "v1beta1"], stored "v1beta1");
+istio_kind!(request_authentication: kind "RequestAuthentication", plural "requestauthentications", short "ra",
+    group "security.istio.io", category "security-istio-io", spec "crate::objects::RequestAuthenticationSpec",
+    versions [v1 "v1", v1beta1 "v1beta1"], stored "v1beta1");
 istio_kind!(peer_authentication: kind "PeerAuthentication", plural "peerauthentications", short "pa",
     group "security.istio.io", category "security-istio-io", spec "crate::objects::PeerAuthenticationSpec",
     versions [v1 "v1", v1beta1 "v1beta1"], stored "v1beta1");
 
 /// The CRDs of every Istio kind keel reads, in a stable order.
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, MergeError> {
-    Ok(vec![authorization_policy::crd()?, destination_rule::crd()?, peer_authentication::crd()?, service_entry::crd()?, virtual_service::crd()?])
+    Ok(vec![
+        authorization_policy::crd()?,
+        destination_rule::crd()?,
+        peer_authentication::crd()?,
+        request_authentication::crd()?,
+        service_entry::crd()?,
+        virtual_service::crd()?,
+    ])
 }
 
 /// Drops the `default` schemars writes for every `#[serde(default)]` field: in a CRD a default is written into

@@ -60,6 +60,7 @@ pub enum Object {
     ServiceEntry(ServiceEntry),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    RequestAuthentication(RequestAuthentication),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     EndpointSlice(EndpointSlice),
@@ -73,6 +74,7 @@ impl Object {
             Object::ServiceEntry(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
@@ -86,6 +88,7 @@ impl Object {
             Object::ServiceEntry(_) => "ServiceEntry",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::PeerAuthentication(_) => "PeerAuthentication",
+            Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::VirtualService(_) => "VirtualService",
             Object::DestinationRule(_) => "DestinationRule",
             Object::EndpointSlice(_) => "EndpointSlice",
@@ -497,6 +500,72 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+// ---- RequestAuthentication ------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestAuthentication {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: RequestAuthenticationSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+    #[schemars(schema_with = "schema::any_values")]
+    #[serde(default)]
+    pub target_refs: Vec<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The key set as JSON text.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// The JWKS fetch's timeout (Istio's default: 5 s).
+    #[serde(default)]
+    pub timeout: Option<duration::ProtoDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
 }
 
 // ---- PeerAuthentication ---------------------------------------------------------------------------------------

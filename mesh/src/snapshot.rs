@@ -8,7 +8,7 @@ use std::{
 
 use keel_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_AUTHORIZATION_TYPE_URL, LISTENER_TYPE_URL,
-    ROUTE_CONFIGURATION_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
 };
 use prost::Message;
 use prost_types::Any;
@@ -46,6 +46,7 @@ impl Snapshot {
         types.insert(ADDRESS_TYPE_URL.to_owned(), addresses);
         types.insert(AUTHORIZATION_TYPE_URL.to_owned(), authorizations);
         types.insert(HTTP_AUTHORIZATION_TYPE_URL.to_owned(), entries(HTTP_AUTHORIZATION_TYPE_URL, &resources.http_authorizations));
+        types.insert(REQUEST_AUTHENTICATION_TYPE_URL.to_owned(), entries(REQUEST_AUTHENTICATION_TYPE_URL, &resources.request_authentications));
         types.insert(LISTENER_TYPE_URL.to_owned(), entries(LISTENER_TYPE_URL, &resources.listeners));
         types.insert(ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &resources.route_configurations));
         types.insert(CLUSTER_TYPE_URL.to_owned(), entries(CLUSTER_TYPE_URL, &resources.clusters));

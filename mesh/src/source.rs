@@ -194,6 +194,10 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
             expect_group(&["security.istio.io"])?;
             Object::PeerAuthentication(typed(value).map_err(fail)?)
         }
+        "RequestAuthentication" => {
+            expect_group(&["security.istio.io"])?;
+            Object::RequestAuthentication(typed(value).map_err(fail)?)
+        }
         "VirtualService" => {
             expect_version(NETWORKING_VERSIONS)?;
             Object::VirtualService(typed(value).map_err(fail)?)

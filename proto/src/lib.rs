@@ -4,7 +4,8 @@
 //! short names below are what the rest of keel uses:
 //! - `workload`: `istio.workload.Address` (Workload, Service), pushed per workload and service;
 //! - `security`: `istio.security.Authorization`, L4 policies;
-//! - `http_security`: `keel.security.HttpAuthorization`, keel's own: the HTTP rules of the same policies;
+//! - `http_security`: keel's own `keel.security.HttpAuthorization` (the HTTP rules of the same policies) and
+//!   `keel.security.RequestAuthentication` (end-user JWT rules);
 //! - `ca`: `istio.v1.auth.IstioCertificateService/CreateCertificate`;
 //! - `discovery`: Envoy's delta aggregated discovery transport (`DeltaAggregatedResources`);
 //! - `listener`, `route`, `cluster`, `endpoint`: the subset of Envoy's L7 resources keel consumes (Listener,
@@ -137,6 +138,8 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 /// keel's HTTP rules of an AuthorizationPolicy, named as its `AUTHORIZATION_TYPE_URL` resource.
 pub const HTTP_AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/keel.security.HttpAuthorization";
+/// keel's RequestAuthentication (JWT rules with their key sets inline), named `<ns>/<name>`.
+pub const REQUEST_AUTHENTICATION_TYPE_URL: &str = "type.googleapis.com/keel.security.RequestAuthentication";
 /// Envoy's L7 resource types (a documented subset, see ENVOY-SUBSET.md), on the same delta ADS stream.
 pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_CONFIGURATION_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";

@@ -7,7 +7,7 @@ use std::{
 
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
-const DATA_PATH: [&str; 19] = [
+const DATA_PATH: [&str; 20] = [
     "accept",
     "bypass",
     "captured",
@@ -17,6 +17,7 @@ const DATA_PATH: [&str; 19] = [
     "dial",
     "hbone",
     "hbone_server",
+    "jwt",
     "l4",
     "l7",
     "l7_config",

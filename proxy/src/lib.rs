@@ -26,6 +26,7 @@ pub mod hashing;
 pub mod hbone;
 pub mod hbone_server;
 pub mod identity;
+pub mod jwt;
 pub mod kubelet_pods;
 pub mod kubernetes;
 pub mod l4;

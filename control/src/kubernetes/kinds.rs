@@ -21,12 +21,13 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// The Istio kinds keel reads: group, kind, and the versions keel understands, newest first.
-const ISTIO_KINDS: [(&str, &str, &[&str]); 5] = [
+const ISTIO_KINDS: [(&str, &str, &[&str]); 6] = [
     (NETWORKING_GROUP, "VirtualService", &["v1", "v1beta1", "v1alpha3"]),
     (NETWORKING_GROUP, "DestinationRule", &["v1", "v1beta1", "v1alpha3"]),
     (NETWORKING_GROUP, "ServiceEntry", &["v1", "v1beta1", "v1alpha3"]),
     (SECURITY_GROUP, "AuthorizationPolicy", &["v1", "v1beta1"]),
     (SECURITY_GROUP, "PeerAuthentication", &["v1", "v1beta1"]),
+    (SECURITY_GROUP, "RequestAuthentication", &["v1", "v1beta1"]),
 ];
 
 /// Pods, Services, EndpointSlices (for Services without a selector), Namespaces and Nodes: served by every API server.

@@ -11,6 +11,9 @@ mod destination_rule;
 mod field;
 mod l7;
 mod peer_authentication;
+mod request_authentication;
+
+pub use request_authentication::{check_jwks, inline_key_sets, KeySets};
 mod service_entry;
 mod virtual_service;
 
@@ -70,6 +73,9 @@ pub struct Resources {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// The HTTP rules of the policies that have some (keel's own type, see authorization.rs), by the same name.
     pub http_authorizations: BTreeMap<String, keel_proto::http_security::HttpAuthorization>,
+    /// RequestAuthentications (keel's own type, see request_authentication.rs), `<ns>/<name>`; key sets given by
+    /// `jwksUri` are still empty here: keel-control fills them.
+    pub request_authentications: BTreeMap<String, keel_proto::http_security::RequestAuthentication>,
     /// The Envoy L7 subset (l7/), each keyed by resource name: listeners `0.0.0.0_<port>`, route configs by
     /// port, clusters and their load assignments `outbound|<port>|<subset>|<host>`.
     pub listeners: BTreeMap<String, keel_proto::listener::Listener>,
@@ -88,6 +94,7 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
         Object::AuthorizationPolicy(policy) => authorization(mesh, policy).map(drop),
         Object::ServiceEntry(entry) => service_entry::check(entry),
         Object::PeerAuthentication(peer) => peer_authentication::check(peer),
+        Object::RequestAuthentication(ra) => request_authentication::check(mesh, ra),
         Object::VirtualService(vs) => virtual_service::check(vs).map(drop),
         Object::DestinationRule(rule) => destination_rule::check(rule).map(drop),
         Object::Pod(_) | Object::EndpointSlice(_) => Ok(()),
@@ -124,7 +131,11 @@ impl<'a> ByKind<'a> {
                 Object::AuthorizationPolicy(o) => by_kind.authorization_policies.push(o),
                 Object::ServiceEntry(o) if service_entry::check(o).is_ok() => by_kind.service_entries.push(o),
                 Object::PeerAuthentication(o) if peer_authentication::check(o).is_ok() => by_kind.peer_authentications.push(o),
-                Object::ServiceEntry(_) | Object::PeerAuthentication(_) | Object::VirtualService(_) | Object::DestinationRule(_) => {}
+                Object::ServiceEntry(_)
+                | Object::PeerAuthentication(_)
+                | Object::RequestAuthentication(_)
+                | Object::VirtualService(_)
+                | Object::DestinationRule(_) => {}
             }
         }
         by_kind
@@ -199,6 +210,17 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                 }
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
+            Object::RequestAuthentication(ra) => {
+                let namespace = ra.metadata.namespace.as_str();
+                let pods: Vec<_> = by_kind.pods.iter().filter(|p| p.metadata.namespace == namespace).map(|p| (*p, workload_uid(mesh, p))).collect();
+                match request_authentication::translate(mesh, ra, &pods) {
+                    Ok(request_authentication::NodeRules::Enforced(r)) => {
+                        out.request_authentications.insert(format!("{}/{}", r.namespace, r.name), r);
+                    }
+                    Ok(request_authentication::NodeRules::NoEffect(why)) => out.warnings.push(format!("{}: {why}", object.reference())),
+                    Err(e) => errors.push(format!("{}: {e}", object.reference())),
+                }
+            }
             // Translated as a set above; an invalid one is only reported here.
             Object::PeerAuthentication(peer) => {
                 if let Err(e) = peer_authentication::check(peer) {
@@ -274,6 +296,11 @@ pub fn hostname(mesh: &Mesh, name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}.svc.{}", mesh.domain)
 }
 
+/// A pod's Workload uid, as istiod names it.
+fn workload_uid(mesh: &Mesh, pod: &Pod) -> String {
+    format!("{}//Pod/{}/{}", mesh.cluster_id, pod.metadata.namespace, pod.metadata.name)
+}
+
 fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], slices: &[&EndpointSlice], policies: &[&AuthorizationPolicy]) -> workload::Workload {
     let m = &pod.metadata;
     let in_mesh = in_mesh(mesh, pod);
@@ -304,7 +331,7 @@ fn pod_workload(mesh: &Mesh, pod: &Pod, services: &[&Service], slices: &[&Endpoi
         .collect();
     let (canonical_name, canonical_revision) = canonical_name_and_revision(&m.labels, &m.name);
     workload::Workload {
-        uid: format!("{}//Pod/{}/{}", mesh.cluster_id, m.namespace, m.name),
+        uid: workload_uid(mesh, pod),
         name: m.name.clone(),
         namespace: m.namespace.clone(),
         addresses: pod.ips().iter().map(ip_bytes).collect(),

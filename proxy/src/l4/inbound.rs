@@ -77,7 +77,7 @@ pub fn authorize(
     let decision = policy::authorize(snapshot, &attributes);
     if policy::needs_requests(snapshot, &attributes) && !policy::denies_every_request(snapshot, &decision) {
         if let Some((host, _)) = plan::inbound_http_service(snapshot, destination, target_port) {
-            record.policy = Some(format!("decided per request: policies with HTTP rules apply to port {target_port}"));
+            record.policy = Some(format!("decided per request: HTTP policy rules or a RequestAuthentication apply to port {target_port}"));
             return Ok(Admission::PerRequest { cluster: format!("inbound|{target_port}||{host}") });
         }
     }

@@ -1,8 +1,9 @@
 //! HTTP on the destination side. When a policy that applies to a pod has HTTP rules (methods, paths, hosts,
-//! headers, request principals: keel's `HttpAuthorization`), keel cannot decide its connections once: it serves
-//! them as HTTP here, decides every request with the policies as written ([`policy::authorize_request`]), answers
-//! a denied one `403 RBAC: access denied` as Envoy does, and forwards the rest to the application from inside the
-//! pod. It runs for HBONE streams and same-node connections alike, so a client that skips its own keel's L7 path
+//! headers, request principals: keel's `HttpAuthorization`), or a RequestAuthentication does, keel cannot decide
+//! its connections once: it serves them as HTTP here, verifies the request's JWT ([`jwt::authenticate`]: a bad
+//! one is answered 401/403), decides every request with the policies as written ([`policy::authorize_request`]),
+//! answers a denied one `403 RBAC: access denied` as Envoy does, and forwards the rest to the application from
+//! inside the pod. It runs for HBONE streams and same-node connections alike, so a client that skips its own keel's L7 path
 //! (a ztunnel, a raw HBONE client) meets the same decision.
 //!
 //! Each client connection gets its own connection to the application, opened at its first allowed request (a
@@ -36,6 +37,7 @@ use crate::{
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     identity::Identity,
+    jwt,
     policy::{self, ConnectionAttributes, RequestAttributes},
     sockets,
     telemetry::{http::RequestRecord, Refusal},
@@ -113,6 +115,32 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
     (record.cluster, record.cluster_found) = (inbound.cluster.clone(), true);
     (record.authority, record.path) = (authority.clone(), path_and_query.clone());
 
+    // The end user first (RequestAuthentication): a token that is present must verify.
+    let providers = snapshot
+        .request_authentications
+        .values()
+        .filter(|r| record.destination.as_deref().is_some_and(|d| r.applies_to(d)))
+        .flat_map(|r| r.providers.iter());
+    let user = match jwt::authenticate(providers, &mut parts) {
+        Ok(user) => user,
+        Err(refused) => {
+            inbound.dp.telemetry.refused(Refusal::RequestAuthentication);
+            record.policy = Some(format!("request authentication failed: {}", refused.message));
+            debug!(pod = %inbound.pod.name, source = %inbound.source_ip, method = %record.method, path = %path, reason = refused.message, "request refused: JWT");
+            let mut response = local_reply(refused.status, refused.message);
+            if refused.status == StatusCode::UNAUTHORIZED {
+                // RFC 6750's challenge, as Envoy sends it.
+                let challenge = format!("Bearer realm=\"http://{authority}{path}\", error=\"invalid_token\"");
+                if let Ok(value) = http::HeaderValue::from_str(&challenge) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            record.status = response.status().as_u16();
+            let metrics = inbound.dp.telemetry.http.clone();
+            return Ok(response.map(|body| ReportingBody::new(body, record, metrics, started)));
+        }
+    };
+    record.request_principal = user.as_ref().map(|u| u.principal.clone());
     let decision = match record.destination.as_deref() {
         None => policy::Decision { reason: policy::Reason::DestinationGone, dry_run: Vec::new() },
         Some(destination) => {
@@ -129,8 +157,8 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
                 host: &host,
                 path: &path,
                 headers: &parts.headers,
-                principal: None,
-                claims: None,
+                principal: user.as_ref().map(|u| u.principal.as_str()),
+                claims: user.as_ref().map(|u| &u.claims),
                 server_name: None,
             };
             policy::authorize_request(&snapshot, &connection, &attributes)

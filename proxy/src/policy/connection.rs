@@ -75,7 +75,7 @@ impl OpenConnection {
             && plan::inbound_http_service(snapshot, destination, self.destination_port).is_some();
         per_request.then(|| {
             format!(
-                "closed by a policy change: policies with HTTP rules now apply to port {}, whose requests are decided one by one",
+                "closed by a policy change: policies with HTTP rules or a RequestAuthentication now apply to port {}, whose requests are decided one by one",
                 self.destination_port
             )
         })

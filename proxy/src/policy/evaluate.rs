@@ -24,11 +24,12 @@ pub fn authorize_request<'s>(snapshot: &'s Snapshot, connection: &ConnectionAttr
     })
 }
 
-/// Whether some policy that applies to connections to `connection.destination_workload` has HTTP rules: then
-/// its requests must be decided one by one, on ports that carry HTTP.
+/// Whether some policy that applies to connections to `connection.destination_workload` has HTTP rules, or a
+/// RequestAuthentication applies to it: then its requests must be decided one by one, on ports that carry HTTP.
 pub fn needs_requests(snapshot: &Snapshot, connection: &ConnectionAttributes<'_>) -> bool {
-    !snapshot.http_policies.is_empty()
-        && candidates(snapshot, connection.destination_workload).any(|(name, _)| snapshot.http_policies.contains_key(name))
+    let workload = connection.destination_workload;
+    let http_rules = !snapshot.http_policies.is_empty() && candidates(snapshot, workload).any(|(name, _)| snapshot.http_policies.contains_key(name));
+    http_rules || snapshot.request_authentications.values().any(|r| r.applies_to(workload))
 }
 
 /// Whether a connection-level decision already settles every request on the connection: a DENY that matched by

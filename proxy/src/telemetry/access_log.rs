@@ -80,6 +80,8 @@ pub struct AccessLine<'a> {
     pub reporter: &'a str,
     /// The authorization decision on the destination side; `-` on the source side.
     pub policy: &'a str,
+    /// `<iss>/<sub>` of the request's verified JWT; `-` without one.
+    pub request_principal: &'a str,
 }
 
 /// A workload as `namespace/name`.
@@ -105,7 +107,7 @@ impl LogLine for AccessLine<'_> {
             out,
             "pod={} method={} authority={:?} path={:?} protocol={} status={} grpc_status={} flags={} route={} cluster={} \
              upstream={} attempts={} request_bytes={} response_bytes={} duration_ms={:.3} request_id={:?} src_workload={} \
-             dst_workload={} reporter={} policy={:?}",
+             dst_workload={} reporter={} policy={:?} request_principal={:?}",
             self.pod,
             self.method,
             self.authority,
@@ -126,6 +128,7 @@ impl LogLine for AccessLine<'_> {
             OrDash(&self.dst_workload),
             self.reporter,
             self.policy,
+            self.request_principal,
         );
     }
 
@@ -329,6 +332,7 @@ mod tests {
             dst_workload: None,
             reporter: "source",
             policy: "-",
+            request_principal: "-",
         }
     }
 
@@ -352,7 +356,7 @@ mod tests {
         assert_eq!(value["cluster"], "outbound|80||catalog.default.svc.cluster.local");
         assert!((value["duration_ms"].as_f64().unwrap() - 1.234_56).abs() < 1e-9);
         assert_eq!((&value["reporter"], &value["policy"]), (&"source".into(), &"-".into()));
-        assert_eq!(value.as_object().unwrap().len(), 24, "{value}");
+        assert_eq!(value.as_object().unwrap().len(), 25, "{value}");
     }
 
     #[test]
@@ -365,7 +369,9 @@ mod tests {
         assert!(text.starts_with("2026-12-06T23:41:02.123456Z  INFO keel::access: request pod=default/sleep method=GET "), "{text}");
         assert!(text.contains(r#"authority="a status=500" path="/items?\"x\"""#), "{text}");
         assert!(
-            text.contains(" status=200 ") && text.contains(" duration_ms=1.235 ") && text.ends_with("dst_workload=- reporter=source policy=\"-\"\n"),
+            text.contains(" status=200 ")
+                && text.contains(" duration_ms=1.235 ")
+                && text.ends_with("dst_workload=- reporter=source policy=\"-\" request_principal=\"-\"\n"),
             "{text}"
         );
     }

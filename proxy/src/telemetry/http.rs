@@ -56,6 +56,8 @@ pub struct RequestRecord {
     pub reporter: &'static str,
     /// The authorization decision, on the destination side (`allowed by ALLOW policy demo/reads`, ...).
     pub policy: Option<String>,
+    /// `<iss>/<sub>` of the request's verified JWT (destination side).
+    pub request_principal: Option<String>,
 }
 
 impl RequestRecord {
@@ -83,6 +85,7 @@ impl RequestRecord {
             duration_ms: 0.0,
             reporter: "source",
             policy: None,
+            request_principal: None,
         }
     }
 
@@ -257,6 +260,7 @@ impl HttpMetrics {
             dst_workload: workload(r.destination.as_ref()),
             reporter: r.reporter,
             policy: r.policy.as_deref().unwrap_or("-"),
+            request_principal: r.request_principal.as_deref().unwrap_or("-"),
         });
     }
 }

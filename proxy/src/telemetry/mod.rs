@@ -83,12 +83,14 @@ pub enum Refusal {
     Policy,
     /// Authorization denied an HTTP request on the destination side (answered 403).
     RequestPolicy,
+    /// An HTTP request's JWT did not verify (answered 401, or 403 for its audience).
+    RequestAuthentication,
     /// The pod's namespace thread has too many socket requests queued.
     NamespaceQueueFull,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::PodConnectionLimit,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
@@ -100,6 +102,7 @@ impl Refusal {
         Refusal::KeelPort,
         Refusal::Policy,
         Refusal::RequestPolicy,
+        Refusal::RequestAuthentication,
         Refusal::NamespaceQueueFull,
     ];
 
@@ -116,6 +119,7 @@ impl Refusal {
             Refusal::KeelPort => "keel_port",
             Refusal::Policy => "policy",
             Refusal::RequestPolicy => "request_policy",
+            Refusal::RequestAuthentication => "request_authentication",
             Refusal::NamespaceQueueFull => "namespace_queue_full",
         }
     }

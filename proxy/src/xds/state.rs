@@ -11,6 +11,7 @@ use keel_proto::{
 };
 use prost::Message as _;
 
+use crate::jwt;
 use crate::l7_config::{
     cluster_config::ClusterConfig,
     config::{self as l7_config, L7Config, ListenerConfig, LoadAssignment},
@@ -30,6 +31,8 @@ pub struct Snapshot {
     /// The HTTP rules of the policies that have some (keel's own type), by the policy's name: requests on ports
     /// that carry HTTP are decided with these instead of the policy's L4 rules.
     pub http_policies: HashMap<String, Arc<HttpAuthorization>>,
+    /// RequestAuthentications by `<ns>/<name>`, key sets parsed.
+    pub request_authentications: HashMap<String, Arc<jwt::RequestAuthentication>>,
     /// Listeners, routes, clusters and endpoints of the L7 engine.
     pub l7: L7Config,
 }
@@ -42,6 +45,7 @@ pub enum Resource {
     Service(Service),
     Policy(Authorization),
     HttpPolicy(HttpAuthorization),
+    RequestAuthentication(Arc<jwt::RequestAuthentication>),
     Listener(Arc<ListenerConfig>),
     Routes(Arc<RouteTable>),
     Cluster(Arc<ClusterConfig>),
@@ -143,6 +147,15 @@ pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Reje
         keel_proto::ADDRESS_TYPE_URL => decode_address(name, bytes),
         keel_proto::AUTHORIZATION_TYPE_URL => decode_authorization(name, bytes),
         keel_proto::HTTP_AUTHORIZATION_TYPE_URL => decode_http_authorization(name, bytes),
+        keel_proto::REQUEST_AUTHENTICATION_TYPE_URL => {
+            let reject = |reason: String| Rejected { name: name.to_owned(), reason };
+            let decoded = keel_proto::http_security::RequestAuthentication::decode(bytes)
+                .map_err(|e| reject(format!("not a keel.security.RequestAuthentication: {e}")))?;
+            if decoded.name.is_empty() || decoded.namespace.is_empty() {
+                return Err(reject("field `name`/`namespace`: empty".into()));
+            }
+            jwt::compile(decoded).map(|r| Resource::RequestAuthentication(Arc::new(r))).map_err(reject)
+        }
         keel_proto::LISTENER_TYPE_URL => l7(name, l7_config::decode_listener(bytes).map(|l| Resource::Listener(Arc::new(l)))),
         keel_proto::ROUTE_CONFIGURATION_TYPE_URL => l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r)))),
         keel_proto::CLUSTER_TYPE_URL => l7(name, l7_config::decode_cluster(bytes).map(|c| Resource::Cluster(Arc::new(c)))),
@@ -316,6 +329,7 @@ impl Resource {
             Resource::Workload(_) | Resource::Service(_) => keel_proto::ADDRESS_TYPE_URL,
             Resource::Policy(_) => keel_proto::AUTHORIZATION_TYPE_URL,
             Resource::HttpPolicy(_) => keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
+            Resource::RequestAuthentication(_) => keel_proto::REQUEST_AUTHENTICATION_TYPE_URL,
             Resource::Listener(_) => keel_proto::LISTENER_TYPE_URL,
             Resource::Routes(_) => keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
             Resource::Cluster(_) => keel_proto::CLUSTER_TYPE_URL,
@@ -347,6 +361,9 @@ impl Snapshot {
             Resource::HttpPolicy(p) => {
                 self.http_policies.insert(name, Arc::new(p));
             }
+            Resource::RequestAuthentication(r) => {
+                self.request_authentications.insert(name, r);
+            }
             Resource::Listener(l) => {
                 self.l7.listeners.insert(name, l);
             }
@@ -370,6 +387,7 @@ impl Snapshot {
             keel_proto::ADDRESS_TYPE_URL => self.remove_address(name),
             keel_proto::AUTHORIZATION_TYPE_URL => drop(self.policies.remove(name)),
             keel_proto::HTTP_AUTHORIZATION_TYPE_URL => drop(self.http_policies.remove(name)),
+            keel_proto::REQUEST_AUTHENTICATION_TYPE_URL => drop(self.request_authentications.remove(name)),
             keel_proto::LISTENER_TYPE_URL => drop(l7.listeners.remove(name)),
             keel_proto::ROUTE_CONFIGURATION_TYPE_URL => drop(l7.route_tables.remove(name)),
             keel_proto::CLUSTER_TYPE_URL => drop(l7.cluster_configs.remove(name)),

@@ -187,6 +187,7 @@ impl Registry {
             istio("networking.istio.io", &net, "ServiceEntry", "serviceentries", "se"),
             istio("security.istio.io", &sec, "AuthorizationPolicy", "authorizationpolicies", "ap"),
             istio("security.istio.io", &sec, "PeerAuthentication", "peerauthentications", "pa"),
+            istio("security.istio.io", &sec, "RequestAuthentication", "requestauthentications", "ra"),
         ];
         Self { types: types.into_iter().map(Arc::new).collect() }
     }
