@@ -4,6 +4,7 @@
 //! (the delta ADS server for clients `client_auth` authenticated) and `ca_service` (the Istio CA gRPC API).
 pub mod ca_service;
 pub mod client_auth;
+pub mod jwks;
 pub mod kubernetes;
 pub mod serve;
 pub mod tokens;

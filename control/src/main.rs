@@ -76,6 +76,9 @@ enum Command {
         /// DNS names of the serving certificate (repeatable).
         #[arg(long = "server-name", default_values_t = ["keel-control".to_owned(), "istiod.istio-system.svc".to_owned()])]
         server_names: Vec<String>,
+        /// How often RequestAuthentication `jwksUri` key sets are fetched again (istiod's default: 20 minutes).
+        #[arg(long, default_value_t = 20 * 60 * 1000)]
+        jwks_refresh_interval_ms: u64,
     },
 }
 
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             ca_dir,
             trust_domain,
             server_names,
+            jwks_refresh_interval_ms,
         } => {
             // Colours only for a terminal: a log file or a container log gets plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -115,7 +119,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = keel_control::serve::ServeOptions { source, listen, mesh, ca_dir, trust_domain, server_names, readiness_addr };
+            let jwks_refresh = std::time::Duration::from_millis(jwks_refresh_interval_ms);
+            let options =
+                keel_control::serve::ServeOptions { source, listen, mesh, ca_dir, trust_domain, server_names, readiness_addr, jwks_refresh };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(e) => {

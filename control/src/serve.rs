@@ -27,6 +27,7 @@ use keel_mesh::{
 use crate::{
     ca_service::{CaService, NodeIdentities},
     client_auth::ClientAuth,
+    jwks::JwksCache,
     kubernetes::{self, token_review::TokenReviewer},
     tokens::Tokens,
     xds::server::AdsServer,
@@ -85,6 +86,8 @@ pub struct ServeOptions {
     pub server_names: Vec<String>,
     /// Where `GET /ready` answers (the kubelet's readiness probe), if anywhere.
     pub readiness_addr: Option<SocketAddr>,
+    /// How often `jwksUri` key sets are fetched again.
+    pub jwks_refresh: std::time::Duration,
 }
 
 /// The task that follows the config source and publishes what it makes.
@@ -95,18 +98,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
     let (publish_identities, identities) = watch::channel(Arc::new(NodeIdentities::default()));
     let (publish_synced, mut synced) = watch::channel(false);
+    let key_sets = JwksCache::new(options.jwks_refresh);
+    tokio::spawn(key_sets.clone().run());
     let (auth, mut feed, source): (ClientAuth, Feed, String) = match options.source {
         ConfigSource::Directory { config_dir, tokens } => {
             let tokens = Tokens::load(&tokens)?;
-            let mut config = ConfigDir::new(&config_dir, options.mesh.clone());
+            let mut config = ConfigDir::new(&config_dir, options.mesh.clone()).with_key_sets(key_sets.clone());
+            let mut key_set_changes = key_sets.changes();
             publish.send_replace(Arc::new(config.poll().unwrap_or_default()));
             publish_identities.send_replace(Arc::new(NodeIdentities::from_objects(&options.trust_domain, &config.objects())));
             publish_synced.send_replace(true);
             let trust_domain = options.trust_domain.clone();
             let feed = async move {
                 loop {
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    if let Some(snapshot) = config.poll() {
+                    let polled = tokio::select! {
+                        () = tokio::time::sleep(POLL_INTERVAL) => config.poll(),
+                        // A fetched key set changed: the same objects, translated again.
+                        Ok(()) = key_set_changes.changed() => config.republish(),
+                    };
+                    if let Some(snapshot) = polled {
                         publish_identities.send_replace(Arc::new(NodeIdentities::from_objects(&trust_domain, &config.objects())));
                         if **publish.borrow() != snapshot {
                             info!(types = ?snapshot.types.iter().map(|(t, r)| (t.rsplit('.').next().unwrap_or(t), r.len())).collect::<Vec<_>>(), "config changed: pushing");
@@ -122,7 +132,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let reviewer = TokenReviewer::new(client.clone(), token_audiences, node_proxy_accounts, identities.clone());
             let mesh = Mesh { membership: Membership::AmbientLabels, ..options.mesh.clone() };
             let outputs = kubernetes::Outputs { snapshots: publish, identities: publish_identities, synced: publish_synced };
-            let feed = kubernetes::run(client, mesh, options.trust_domain.clone(), replica, outputs);
+            let feed = kubernetes::run(client, mesh, options.trust_domain.clone(), replica, outputs, key_sets.clone());
             (ClientAuth::TokenReview(Box::new(reviewer)), Box::pin(feed), "the Kubernetes API".to_owned())
         }
     };

@@ -31,6 +31,7 @@ async fn directory_changes_are_pushed_within_a_second_and_bad_edits_keep_the_las
         trust_domain: "cluster.local".into(),
         server_names: vec!["keel-control".into()],
         readiness_addr: None,
+        jwks_refresh: keel_control::jwks::DEFAULT_REFRESH,
     };
     tokio::spawn(serve(options));
     let addr = format!("https://127.0.0.1:{port}");

@@ -49,6 +49,7 @@ async fn keel_follows_the_control_plane_and_keeps_its_state_without_it() {
         trust_domain: "cluster.local".into(),
         server_names: vec!["keel-control".into()],
         readiness_addr: None,
+        jwks_refresh: keel_control::jwks::DEFAULT_REFRESH,
     }));
     let root_path = dir.join("ca/root-cert.pem");
     eventually("the CA root on disk", Duration::from_secs(5), || std::fs::metadata(&root_path).is_ok_and(|m| m.len() > 0)).await;

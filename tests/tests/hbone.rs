@@ -21,3 +21,8 @@ fn virtual_services_and_destination_rules_route_http_across_nodes() {
 fn http_authorization_policies_are_enforced_per_request_by_the_destination() {
     keel_tests::scenarios::l7_authorization::http_policies_are_enforced_per_request_by_the_destination();
 }
+
+#[test]
+fn request_authentication_jwts_are_verified_by_the_destination() {
+    keel_tests::scenarios::l7_authorization::jwts_are_verified_by_the_destination_and_name_the_request_principal();
+}

@@ -36,9 +36,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::jwks::JwksCache;
 use keel_mesh::{
     snapshot::Snapshot,
-    translate::{translate, Mesh},
+    translate::{inline_key_sets, translate, Mesh},
 };
 
 use crate::ca_service::NodeIdentities;
@@ -73,7 +74,14 @@ pub struct Replica {
 }
 
 /// Runs until every watch has ended (they do not, short of the process ending): errors are retried with backoff.
-pub async fn run(client: Client, mesh: Mesh, trust_domain: String, replica: Replica, outputs: Outputs) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    mesh: Mesh,
+    trust_domain: String,
+    replica: Replica,
+    outputs: Outputs,
+    key_sets: Arc<JwksCache>,
+) -> anyhow::Result<()> {
     let (leading, leads) = watch::channel(false);
     tokio::spawn(leader::run(client.clone(), replica.namespace, replica.name.clone(), leading));
     let (reports, reporter) = events::reporter(client.clone(), replica.name, leads);
@@ -98,7 +106,8 @@ pub async fn run(client: Client, mesh: Mesh, trust_domain: String, replica: Repl
         warn!(missing = ?missing, "Istio kinds not served by the API server (CRDs not installed?): watched once they appear");
     }
     kinds.extend(istio);
-    let mut state = Controller::new(mesh, trust_domain, outputs, reports, kinds.iter().map(|k| k.kind));
+    let mut key_set_changes = key_sets.changes();
+    let mut state = Controller::new(mesh, trust_domain, outputs, reports, kinds.iter().map(|k| k.kind), key_sets);
     let mut watched: HashSet<&'static str> = HashSet::new();
     for kind in kinds {
         watched.insert(kind.kind);
@@ -115,6 +124,12 @@ pub async fn run(client: Client, mesh: Mesh, trust_domain: String, replica: Repl
                 if state.handle(kind, event) {
                     let now = Instant::now();
                     pending = Some((pending.map_or(now, |(first, _)| first), now));
+                }
+            }
+            // A fetched key set changed: the same objects, translated again.
+            Ok(()) = key_set_changes.changed() => {
+                if state.synced() {
+                    state.publish();
                 }
             }
             () = sleep_until(deadline), if deadline.is_some() => {
@@ -204,10 +219,19 @@ struct Controller {
     reports: Reports,
     /// The translation's warnings at the last push, so each is logged once rather than on every push.
     warnings: Vec<String>,
+    /// Fills `jwksUri` key sets into the translation.
+    key_sets: Arc<JwksCache>,
 }
 
 impl Controller {
-    fn new(mesh: Mesh, trust_domain: String, outputs: Outputs, reports: Reports, kinds: impl Iterator<Item = &'static str>) -> Controller {
+    fn new(
+        mesh: Mesh,
+        trust_domain: String,
+        outputs: Outputs,
+        reports: Reports,
+        kinds: impl Iterator<Item = &'static str>,
+        key_sets: Arc<JwksCache>,
+    ) -> Controller {
         Controller {
             state: ClusterState::default(),
             relisting: HashMap::new(),
@@ -217,6 +241,7 @@ impl Controller {
             outputs,
             reports,
             warnings: Vec::new(),
+            key_sets,
         }
     }
 
@@ -263,7 +288,7 @@ impl Controller {
     /// Translates the cluster state and publishes the snapshot if it differs from the one in force.
     fn publish(&mut self) {
         let objects = self.state.objects();
-        let resources = match translate(&self.mesh, &objects) {
+        let mut resources = match translate(&self.mesh, &objects) {
             Ok(resources) => resources,
             Err(errors) => {
                 // Unreachable for checked objects, but never publish a half-translated snapshot.
@@ -271,6 +296,7 @@ impl Controller {
                 return;
             }
         };
+        inline_key_sets(&mut resources, self.key_sets.as_ref());
         if resources.warnings != self.warnings {
             resources.warnings.iter().filter(|w| !self.warnings.contains(w)).for_each(|warning| warn!(%warning, "config"));
             self.warnings.clone_from(&resources.warnings);

@@ -42,6 +42,8 @@ pub(super) struct ControlSpec<'a> {
     pub listen: SocketAddr,
     /// Every node of the lab, index order.
     pub nodes: Vec<NodeCredentials>,
+    /// More `keel-control serve` flags.
+    pub extra_args: &'a [&'a str],
 }
 
 pub struct ControlPlane {
@@ -73,7 +75,8 @@ impl ControlPlane {
             .arg("--tokens")
             .arg(&tokens)
             .arg("--ca-dir")
-            .arg(&ca_dir);
+            .arg(&ca_dir)
+            .args(spec.extra_args);
         let _fds = sys::place(&mut cmd, &Placement { netns: Some(spec.netns), cgroup: Some(spec.cgroup) })?;
         let mut child = process::spawn_logged("keel-control", &mut cmd, &spec.dir.join("keel-control.log"))?;
         child.wait_for_line(READY_TIMEOUT, |line| line.contains("serving delta ADS"))?;

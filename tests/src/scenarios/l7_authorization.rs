@@ -224,3 +224,194 @@ fn refused_on_port_9000(w: &Web, why: &str) -> Result<()> {
     }
     Ok(())
 }
+
+// ---- RequestAuthentication ------------------------------------------------------------------------------------
+
+const ISSUER: &str = "https://issuer.keel.test";
+
+/// A JWT signer: one of the fixture keys under a key id.
+struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    alg: jsonwebtoken::Algorithm,
+    kid: &'static str,
+}
+
+impl Signer {
+    fn fixture(file: &str, alg: jsonwebtoken::Algorithm, kid: &'static str) -> Result<Signer> {
+        let pem = std::fs::read(workspace_root().join("tests/fixtures/jwt").join(file))?;
+        let key = match alg {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem)?,
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem)?,
+        };
+        Ok(Signer { key, alg, kid })
+    }
+
+    /// The public key as a JWK.
+    fn jwk(&self) -> Result<Value> {
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.key, self.alg)?;
+        jwk.common.key_id = Some(self.kid.into());
+        Ok(serde_json::to_value(jwk)?)
+    }
+
+    /// A token for `sub` with `extra` claims over the defaults (this issuer, audience `web`, valid 10 minutes).
+    fn token(&self, sub: &str, extra: Value) -> Result<String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = json!({"iss": ISSUER, "sub": sub, "aud": "web", "iat": now, "exp": now + 600, "groups": ["dev"]});
+        claims.as_object_mut().context("claims")?.extend(extra.as_object().cloned().unwrap_or_default());
+        let header = jsonwebtoken::Header { kid: Some(self.kid.into()), ..jsonwebtoken::Header::new(self.alg) };
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+}
+
+fn key_set(signers: &[&Signer]) -> Result<String> {
+    Ok(json!({"keys": signers.iter().map(|s| s.jwk()).collect::<Result<Vec<_>>>()?}).to_string())
+}
+
+fn request_authentication(jwks_uri: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: web-jwt, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  jwtRules:\n  - issuer: {ISSUER}\n    jwksUri: {jwks_uri}\n    audiences: [web]\n    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]\n"
+    )
+}
+
+/// Only alice, and only with a token of the `dev` group.
+const ALICE_ONLY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: web-alice, namespace: default}\nspec:\n  selector: {matchLabels: {app: web}}\n  rules:\n  - from: [{source: {requestPrincipals: ['https://issuer.keel.test/alice']}}]\n    when: [{key: 'request.auth.claims[groups]', values: [dev]}]\n";
+
+pub fn jwts_are_verified_by_the_destination_and_name_the_request_principal() {
+    with_nodes("jwt", 2, |lab| {
+        let client = lab.node(0).add_pod("client")?;
+        let issuer = lab.node(0).add_pod("issuer")?;
+        let web = lab.node(1).add_pod("web")?;
+        let config_dir = lab.dir().join("mesh");
+        let base = vec![
+            mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+            mesh_config::pod_object(&web, "web", &[("app", "web")]),
+            web_service(),
+        ];
+        // The issuer publishes its key set over plain HTTP from a pod keel-control reaches (not in the mesh).
+        let rsa = Signer::fixture("rsa-2048.pem", jsonwebtoken::Algorithm::RS256, "rsa-1")?;
+        let ec = Signer::fixture("ec-p256.pem", jsonwebtoken::Algorithm::ES256, "ec-1")?;
+        let rotated = Signer::fixture("rsa-2048-rotated.pem", jsonwebtoken::Algorithm::RS256, "rsa-2")?;
+        let served = lab.dir().join("issuer");
+        std::fs::create_dir_all(&served)?;
+        std::fs::write(served.join("jwks.json"), key_set(&[&rsa, &ec])?)?;
+        let served_arg = served.display().to_string();
+        let mut jwks_server =
+            issuer.spawn(&["/usr/bin/python3", "-u", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", &served_arg])?;
+        jwks_server.wait_for_line(Duration::from_secs(10), |l| l.contains("Serving HTTP"))?;
+        let jwks_uri = format!("http://{}:8000/jwks.json", issuer.ip);
+        let mut objects = base.clone();
+        objects.push(request_authentication(&jwks_uri));
+        mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+        // A short refresh, so a rotated key set is seen within the test.
+        let control = lab.start_control_with(0, &config_dir, &["--jwks-refresh-interval-ms", "1000"])?;
+        let keels = lab.start_keels_following(&control, &[])?;
+        keels.iter().try_for_each(wait_ready)?;
+        keels[0].enroll(&client)?;
+        keels[1].enroll(&web)?;
+        let _server = web.http_serve(8080, "web", &[])?;
+        let w = Web { config_dir, base: objects, client: &client, other: &client, neighbour: &client, web: &web, keels: &keels };
+        let signers = Signers { rsa: &rsa, ec: &ec, rotated: &rotated };
+        run_jwt(&w, &signers, &served, &jwks_uri).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n---- keel (node 1) log tail:\n{}\n---- keel-control log tail:\n{}",
+                keels[1].log_tail(30),
+                tail(&control.log(), 20)
+            )
+        })
+    });
+}
+
+struct Signers<'a> {
+    rsa: &'a Signer,
+    ec: &'a Signer,
+    rotated: &'a Signer,
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn run_jwt(w: &Web, s: &Signers, served: &std::path::Path, jwks_uri: &str) -> Result<()> {
+    let destination = &w.keels[1];
+    let bearer = |t: &str| format!("authorization: Bearer {t}");
+    let now = jsonwebtoken::get_current_timestamp();
+    // keel-control fetched the key set (the first fetch follows the first translation): wait for a valid token to pass.
+    let alice = s.rsa.token("alice", json!({}))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.load(w.client, "GET", "/items", 1, &["--header", &bearer(&alice)])?.pointer("/statuses/200").is_none() {
+        if std::time::Instant::now() > deadline {
+            bail!("a valid RS256 token was never accepted: the key set from {jwks_uri} did not reach keel");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // 1. RequestAuthentication alone: no token passes; valid RS256 and ES256 tokens pass (and are not forwarded:
+    //    the application sees no Authorization header, but the claim copied to x-jwt-sub); bad ones are refused
+    //    with Envoy's status and reason.
+    w.expect(w.client, "GET /items", 3, 200, &[], "no token")?;
+    let v = w.load(
+        w.client,
+        "GET",
+        "/items",
+        3,
+        &["--header", &bearer(&alice), "--record-header", "x-echo-authorization", "--record-header", "x-echo-x-jwt-sub"],
+    )?;
+    if v.pointer("/statuses/200").and_then(Value::as_u64) != Some(3)
+        || v.pointer("/headers/x-echo-authorization/").and_then(Value::as_u64) != Some(3)
+        || v.pointer("/headers/x-echo-x-jwt-sub/alice").and_then(Value::as_u64) != Some(3)
+    {
+        bail!("a verified token must not reach the application, and its sub must (x-jwt-sub): {v}");
+    }
+    let es = s.ec.token("alice", json!({}))?;
+    w.expect(w.client, "GET /items", 3, 200, &["--header", &bearer(&es)], "an ES256 token")?;
+    let bad = [
+        (s.rsa.token("alice", json!({"exp": now - 600}))?, 401, "Jwt is expired"),
+        (s.rsa.token("alice", json!({"iss": "https://elsewhere.test"}))?, 401, "Jwt issuer is not configured"),
+        (s.rsa.token("alice", json!({"aud": "bank"}))?, 403, "Audiences in Jwt are not allowed"),
+        (
+            Signer { kid: "rsa-1", ..Signer::fixture("rsa-2048-rotated.pem", jsonwebtoken::Algorithm::RS256, "rsa-1")? }.token("alice", json!({}))?,
+            401,
+            "Jwt verification fails",
+        ),
+    ];
+    let refused_before = destination.stats()?["refused"]["request_authentication"].as_u64().unwrap_or(0);
+    for (token, status, reason) in &bad {
+        let v = w.load(w.client, "GET", "/items", 2, &["--header", &bearer(token)])?;
+        if v.pointer(&format!("/statuses/{status}")).and_then(Value::as_u64) != Some(2)
+            || v.pointer(&format!("/bodies/{reason}")).and_then(Value::as_u64) != Some(2)
+        {
+            bail!("a token that should be refused {status} {reason:?}: {v}");
+        }
+    }
+    let refused = destination.stats()?["refused"]["request_authentication"].as_u64().unwrap_or(0) - refused_before;
+    if refused != 8 {
+        bail!("the destination counted {refused} request_authentication refusals, want 8");
+    }
+
+    // 2. With an AuthorizationPolicy on the principal and a claim: alice (group dev) passes, bob and no token are
+    //    refused by RBAC, and the destination's access log names the principal.
+    w.apply(&[ALICE_ONLY])?;
+    w.expect(w.client, "GET /items", 3, 200, &["--header", &bearer(&alice)], "alice")?;
+    w.expect(w.client, "GET /items", 3, 403, &["--header", &bearer(&s.rsa.token("bob", json!({}))?)], "bob")?;
+    w.expect(w.client, "GET /items", 3, 403, &["--header", &bearer(&s.rsa.token("alice", json!({"groups": ["ops"]}))?)], "alice outside dev")?;
+    w.expect(w.client, "GET /items", 3, 403, &[], "no token")?;
+    let principal = format!("{ISSUER}/alice");
+    if !logged(destination, &[("reporter", json!("destination")), ("status", json!(200)), ("request_principal", json!(principal))]) {
+        bail!("no destination access-log line names the request principal {principal}");
+    }
+
+    // 3. Key rotation at the issuer: the new key set replaces the old within a refresh; new tokens pass, tokens of
+    //    the retired key are refused.
+    std::fs::write(served.join("jwks.json"), key_set(&[s.rotated])?)?;
+    let fresh = s.rotated.token("alice", json!({}))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.load(w.client, "GET", "/items", 1, &["--header", &bearer(&fresh)])?.pointer("/statuses/200").is_none() {
+        if std::time::Instant::now() > deadline {
+            bail!("a token of the rotated key was never accepted");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    w.expect(w.client, "GET /items", 2, 401, &["--header", &bearer(&alice)], "a token of the retired key")?;
+    Ok(())
+}

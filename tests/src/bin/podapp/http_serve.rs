@@ -179,7 +179,7 @@ async fn ordinary(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
     let mut r = response(state, status, "application/json", Full::new(Bytes::from(body)).boxed());
     // The request's id and trace context, echoed as `x-echo-<name>` so `http-load --record-header` can see
     // what a proxy on the way set.
-    for name in ["x-request-id", "traceparent", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-my-header"] {
+    for name in ["x-request-id", "traceparent", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-my-header", "authorization", "x-jwt-sub"] {
         if let Some(v) = parts.headers.get(name) {
             if let Ok(echo) = http::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes()) {
                 r.headers_mut().insert(echo, v.clone());
