@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         (keel_proto::ADDRESS_TYPE_URL, resources.addresses.iter().map(|(n, r)| (n, r.encode_to_vec())).collect::<Vec<_>>()),
         (keel_proto::AUTHORIZATION_TYPE_URL, resources.authorizations.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),
         (keel_proto::HTTP_AUTHORIZATION_TYPE_URL, resources.http_authorizations.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),
+        (keel_proto::REQUEST_AUTHENTICATION_TYPE_URL, resources.request_authentications.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),
         (keel_proto::LISTENER_TYPE_URL, resources.listeners.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),
         (keel_proto::ROUTE_CONFIGURATION_TYPE_URL, resources.route_configurations.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),
         (keel_proto::CLUSTER_TYPE_URL, resources.clusters.iter().map(|(n, r)| (n, r.encode_to_vec())).collect()),

@@ -14,7 +14,7 @@ use keel::{
 };
 
 /// The xDS types `xds_decode` chooses from by its first byte (modulo their number).
-pub const TYPE_URLS: [&str; 7] = [
+pub const TYPE_URLS: [&str; 8] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
@@ -23,6 +23,7 @@ pub const TYPE_URLS: [&str; 7] = [
     keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
     // Appended: a seed's first byte keeps naming the type it was written for.
     keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
+    keel_proto::REQUEST_AUTHENTICATION_TYPE_URL,
 ];
 
 /// `name\0value` lines (`\n`-separated): headers of an HTTP request.
@@ -53,6 +54,7 @@ pub fn decode_and_use(type_url: &str, bytes: &[u8]) {
         }
         Resource::Routes(table) => exercise_plans(table),
         Resource::HttpPolicy(policy) => exercise_http_policy(policy),
+        Resource::RequestAuthentication(rules) => exercise_request_authentication(rules),
         _ => {}
     }
     WorkloadStore::default().apply(vec![("fuzz".into(), resource)], &[]);
@@ -86,6 +88,21 @@ fn exercise_http_policy(policy: &keel_proto::http_security::HttpAuthorization) {
         for (principal, claims) in [(None, None), (Some("iss/sub"), Some(&claims))] {
             let request = RequestAttributes { method, host, path: &path, headers: &headers, principal, claims, server_name: None };
             let _ = authorize_request(&snapshot, &connection, &request);
+        }
+    }
+}
+
+/// Looks for and checks tokens in a few requests, as the destination's keel would (none verifies: no test key
+/// signs them, but every location and refusal path runs).
+fn exercise_request_authentication(rules: &keel::jwt::RequestAuthentication) {
+    let tokens = ["a.b.c", "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIn0.c2ln", ""];
+    for token in tokens {
+        for (name, value) in
+            [("authorization", format!("Bearer {token}")), ("x-jwt", format!("Bearer {token}")), ("cookie", format!("session={token}"))]
+        {
+            let request = http::Request::builder().uri(format!("/items?access_token={token}")).header(name, value).body(()).expect("a request");
+            let (mut parts, ()) = request.into_parts();
+            let _ = keel::jwt::authenticate(rules.providers.iter(), &mut parts);
         }
     }
 }

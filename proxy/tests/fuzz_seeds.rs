@@ -17,7 +17,7 @@ use keel_mesh::{
 };
 use prost::Message;
 
-const TYPE_URLS: [&str; 7] = [
+const TYPE_URLS: [&str; 8] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
@@ -26,6 +26,7 @@ const TYPE_URLS: [&str; 7] = [
     keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
     // Appended: a seed's first byte keeps naming the type it was written for.
     keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
+    keel_proto::REQUEST_AUTHENTICATION_TYPE_URL,
 ];
 
 fn root() -> PathBuf {
@@ -52,6 +53,17 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-all, namespace: istio-system}
 spec: {action: DENY, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istioinaction}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-1", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
 "#;
 
 /// `(scenario name, topology + scenario YAML)`, and the policies on their own topology.
@@ -88,7 +100,7 @@ fn write_fuzz_seeds() {
         assert!(loaded.errors.is_empty(), "{scenario}: {:?}", loaded.errors);
         let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
         let r = translate(&Mesh::default(), &objects).unwrap();
-        let encoded: [Vec<Vec<u8>>; 7] = [
+        let encoded: [Vec<Vec<u8>>; 8] = [
             r.addresses.values().map(Message::encode_to_vec).collect(),
             r.authorizations.values().map(Message::encode_to_vec).collect(),
             r.listeners.values().map(Message::encode_to_vec).collect(),
@@ -96,6 +108,7 @@ fn write_fuzz_seeds() {
             r.clusters.values().map(Message::encode_to_vec).collect(),
             r.cluster_load_assignments.values().map(Message::encode_to_vec).collect(),
             r.http_authorizations.values().map(Message::encode_to_vec).collect(),
+            r.request_authentications.values().map(Message::encode_to_vec).collect(),
         ];
         for (kind, resources) in encoded.iter().enumerate() {
             // The topology's workloads and services repeat in every scenario: the hash names dedupe them.
