@@ -88,14 +88,14 @@ const CONTROL_RULES: [Rule; 8] = [
     },
     Rule {
         api_group: "security.istio.io",
-        resources: &["authorizationpolicies", "peerauthentications"],
+        resources: &["authorizationpolicies", "peerauthentications", "requestauthentications"],
         verbs: &["get", "list", "watch"],
         resource_names: &[],
         why: "The Istio security objects keel enforces.",
     },
     Rule {
         api_group: "security.istio.io",
-        resources: &["authorizationpolicies/status", "peerauthentications/status"],
+        resources: &["authorizationpolicies/status", "peerauthentications/status", "requestauthentications/status"],
         verbs: &["update", "patch"],
         resource_names: &[],
         why: "As for the traffic objects: a status condition on an object keel cannot accept (the leader only).",

@@ -247,6 +247,7 @@ fn rbac_is_least_privilege() {
             "networking.istio.io/virtualservices/status update,patch",
             "security.istio.io/authorizationpolicies/status update,patch",
             "security.istio.io/peerauthentications/status update,patch",
+            "security.istio.io/requestauthentications/status update,patch",
         ],
         "keel-control writes status, events and token reviews only"
     );
