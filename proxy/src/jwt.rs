@@ -281,7 +281,7 @@ fn remove_token(location: &Location, request: &mut Parts) {
             let cookies: Vec<String> = request.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
             request.headers.remove(header::COOKIE);
             let kept: Vec<&str> =
-                cookies.iter().flat_map(|c| c.split(';')).map(str::trim).filter(|c| c.split_once('=').map_or(true, |(k, _)| k != name)).collect();
+                cookies.iter().flat_map(|c| c.split(';')).map(str::trim).filter(|c| c.split_once('=').is_none_or(|(k, _)| k != name)).collect();
             if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
                 if !kept.is_empty() {
                     request.headers.insert(header::COOKIE, value);
