@@ -27,6 +27,8 @@ pub struct NodeIdentities {
     identities: HashMap<String, HashSet<String>>,
     /// `namespace/name` → node: where a caller whose token is bound to a pod runs.
     pod_nodes: HashMap<String, String>,
+    /// `namespace/name` → the pod's identity (what a gateway in that pod may ask for).
+    pod_identities: HashMap<String, String>,
 }
 
 impl NodeIdentities {
@@ -35,8 +37,10 @@ impl NodeIdentities {
         for object in objects {
             if let Object::Pod(pod) = object {
                 let identity = format!("spiffe://{trust_domain}/ns/{}/sa/{}", pod.metadata.namespace, pod.service_account());
-                nodes.identities.entry(pod.spec.node_name.clone()).or_default().insert(identity);
-                nodes.pod_nodes.insert(format!("{}/{}", pod.metadata.namespace, pod.metadata.name), pod.spec.node_name.clone());
+                let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+                nodes.identities.entry(pod.spec.node_name.clone()).or_default().insert(identity.clone());
+                nodes.pod_nodes.insert(key.clone(), pod.spec.node_name.clone());
+                nodes.pod_identities.insert(key, identity);
             }
         }
         nodes
@@ -79,6 +83,17 @@ impl IstioCertificateService for CaService {
                     return Err(Status::permission_denied(format!("node {node} runs no workload with identity {identity}")));
                 }
                 (identity, format!("node {node}"))
+            }
+            // A gateway: its own pod's identity, never another's.
+            Caller::Gateway { pod } => {
+                let Some(own) = self.identities.borrow().pod_identities.get(&pod).cloned() else {
+                    return Err(Status::permission_denied(format!("gateway pod {pod} is not in the config: no identity to issue")));
+                };
+                if asked.as_ref().is_some_and(|asked| *asked != own) {
+                    warn!(%pod, asked = ?asked, "certificate refused: a gateway asked for another identity");
+                    return Err(Status::permission_denied(format!("gateway {pod} may ask only for its own identity {own}")));
+                }
+                (own, format!("gateway {pod}"))
             }
             // istiod's rule for any other caller: a certificate for its own ServiceAccount, never another's.
             Caller::Workload { namespace, service_account } => {

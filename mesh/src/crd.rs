@@ -86,6 +86,9 @@ istio_kind!(virtual_service: kind "VirtualService", plural "virtualservices", sh
 istio_kind!(destination_rule: kind "DestinationRule", plural "destinationrules", short "dr", group "networking.istio.io",
     category "networking-istio-io", spec "crate::objects::DestinationRuleSpec",
     versions [v1 "v1", v1beta1 "v1beta1", v1alpha3 "v1alpha3"], stored "v1alpha3");
+istio_kind!(gateway: kind "Gateway", plural "gateways", short "gw", group "networking.istio.io",
+    category "networking-istio-io", spec "crate::objects::GatewaySpec",
+    versions [v1 "v1", v1beta1 "v1beta1", v1alpha3 "v1alpha3"], stored "v1alpha3");
 istio_kind!(service_entry: kind "ServiceEntry", plural "serviceentries", short "se", group "networking.istio.io",
     category "networking-istio-io", spec "crate::objects::ServiceEntrySpec",
     versions [v1 "v1", v1beta1 "v1beta1", v1alpha3 "v1alpha3"], stored "v1alpha3");
@@ -104,6 +107,7 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, MergeError> {
     Ok(vec![
         authorization_policy::crd()?,
         destination_rule::crd()?,
+        gateway::crd()?,
         peer_authentication::crd()?,
         request_authentication::crd()?,
         service_entry::crd()?,

@@ -4,6 +4,7 @@
 //! of which object is wrong.
 mod destination_rule;
 mod duration;
+mod gateway;
 pub mod names;
 mod schema;
 mod virtual_service;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use destination_rule::*;
 pub use duration::ProtoDuration;
+pub use gateway::*;
 pub use virtual_service::*;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -62,6 +64,7 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
     VirtualService(VirtualService),
+    Gateway(Gateway),
     DestinationRule(DestinationRule),
     EndpointSlice(EndpointSlice),
 }
@@ -76,6 +79,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
         }
@@ -90,6 +94,7 @@ impl Object {
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::VirtualService(_) => "VirtualService",
+            Object::Gateway(_) => "Gateway",
             Object::DestinationRule(_) => "DestinationRule",
             Object::EndpointSlice(_) => "EndpointSlice",
         }

@@ -23,8 +23,19 @@ pub struct Entry {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    /// type URL → resource name → entry.
+    /// type URL → resource name → entry: what node proxies get.
     pub types: BTreeMap<String, BTreeMap<String, Entry>>,
+    /// Gateway pod (`<namespace>/<pod>`) → its own listeners and route configurations, which replace the mesh's
+    /// for that gateway's stream (the other types are the same for every client).
+    pub gateways: BTreeMap<String, BTreeMap<String, BTreeMap<String, Entry>>>,
+}
+
+/// Whose view of the snapshot a client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View<'a> {
+    NodeProxy,
+    /// `keel gateway` in the pod `<namespace>/<pod>`.
+    Gateway(&'a str),
 }
 
 fn entry(type_url: &str, message: &impl Message) -> Entry {
@@ -51,11 +62,35 @@ impl Snapshot {
         types.insert(ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &resources.route_configurations));
         types.insert(CLUSTER_TYPE_URL.to_owned(), entries(CLUSTER_TYPE_URL, &resources.clusters));
         types.insert(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL.to_owned(), entries(CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, &resources.cluster_load_assignments));
-        Snapshot { types }
+        let gateways = resources
+            .gateway_views
+            .iter()
+            .map(|(pod, view)| {
+                let types = BTreeMap::from([
+                    (LISTENER_TYPE_URL.to_owned(), entries(LISTENER_TYPE_URL, &view.listeners)),
+                    (ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &view.route_configurations)),
+                ]);
+                (pod.clone(), types)
+            })
+            .collect();
+        Snapshot { types, gateways }
     }
 
+    /// What node proxies get of `type_url`.
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Entry>> {
         self.types.get(type_url)
+    }
+
+    /// What `view` gets of `type_url`: a gateway has its own listeners and routes (none if no Gateway selects
+    /// its pod: it then serves nothing), and the mesh's resources of every other type.
+    pub fn of_type_for(&self, view: View<'_>, type_url: &str) -> Option<&BTreeMap<String, Entry>> {
+        static EMPTY: BTreeMap<String, Entry> = BTreeMap::new();
+        match view {
+            View::Gateway(pod) if type_url == LISTENER_TYPE_URL || type_url == ROUTE_CONFIGURATION_TYPE_URL => {
+                Some(self.gateways.get(pod).and_then(|types| types.get(type_url)).unwrap_or(&EMPTY))
+            }
+            _ => self.types.get(type_url),
+        }
     }
 }
 

@@ -206,6 +206,10 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
             expect_version(NETWORKING_VERSIONS)?;
             Object::DestinationRule(typed(value).map_err(fail)?)
         }
+        "Gateway" => {
+            expect_version(NETWORKING_VERSIONS)?;
+            Object::Gateway(typed(value).map_err(fail)?)
+        }
         other => return Err(fail(format!("field `kind`: {other:?} is not a kind keel-control reads"))),
     };
     Ok(object)

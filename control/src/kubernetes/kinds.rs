@@ -21,10 +21,11 @@ pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// The Istio kinds keel reads: group, kind, and the versions keel understands, newest first.
-const ISTIO_KINDS: [(&str, &str, &[&str]); 6] = [
+const ISTIO_KINDS: [(&str, &str, &[&str]); 7] = [
     (NETWORKING_GROUP, "VirtualService", &["v1", "v1beta1", "v1alpha3"]),
     (NETWORKING_GROUP, "DestinationRule", &["v1", "v1beta1", "v1alpha3"]),
     (NETWORKING_GROUP, "ServiceEntry", &["v1", "v1beta1", "v1alpha3"]),
+    (NETWORKING_GROUP, "Gateway", &["v1", "v1beta1", "v1alpha3"]),
     (SECURITY_GROUP, "AuthorizationPolicy", &["v1", "v1beta1"]),
     (SECURITY_GROUP, "PeerAuthentication", &["v1", "v1beta1"]),
     (SECURITY_GROUP, "RequestAuthentication", &["v1", "v1beta1"]),

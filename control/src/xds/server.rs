@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::client_auth::ClientAuth;
-use keel_mesh::snapshot::{diff, Snapshot};
+use crate::client_auth::{ClientAuth, XdsClient};
+use keel_mesh::snapshot::{diff, Snapshot, View};
 
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -48,7 +48,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.auth.node_of(request.metadata()).await?;
+        let node = self.auth.xds_client(request.metadata()).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let mut snapshots = self.snapshots.clone();
@@ -61,7 +61,7 @@ impl AggregatedDiscoveryService for AdsServer {
                     message = inbound.message() => match message {
                         Ok(Some(request)) => {
                             let snapshot = snapshots.borrow().clone();
-                            if let Some(response) = on_request(&node, request, &mut subs, &snapshot, &nonces) {
+                            if let Some(response) = on_request(&node, request, &mut subs, &snapshot.view(&node), &nonces) {
                                 if tx.send(Ok(response)).await.is_err() { break; }
                             }
                         }
@@ -71,7 +71,7 @@ impl AggregatedDiscoveryService for AdsServer {
                     changed = snapshots.changed() => {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
-                        for response in on_snapshot(&mut subs, &snapshot, &nonces) {
+                        for response in on_snapshot(&mut subs, &snapshot.view(&node), &nonces) {
                             if tx.send(Ok(response)).await.is_err() { return; }
                         }
                     }
@@ -83,9 +83,30 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
-fn response(type_url: &str, known: &mut BTreeMap<String, String>, snapshot: &Snapshot, nonces: &AtomicU64) -> DeltaDiscoveryResponse {
+/// One client's view of a snapshot: node proxies see the mesh's resources; a gateway its own listeners and routes
+/// in place of the mesh's.
+struct ClientSnapshot<'s> {
+    snapshot: &'s Snapshot,
+    view: View<'s>,
+}
+
+trait ViewOf {
+    fn view<'s>(&'s self, client: &'s XdsClient) -> ClientSnapshot<'s>;
+}
+
+impl ViewOf for Arc<Snapshot> {
+    fn view<'s>(&'s self, client: &'s XdsClient) -> ClientSnapshot<'s> {
+        let view = match client {
+            XdsClient::NodeProxy { .. } => View::NodeProxy,
+            XdsClient::Gateway { pod } => View::Gateway(pod),
+        };
+        ClientSnapshot { snapshot: self, view }
+    }
+}
+
+fn response(type_url: &str, known: &mut BTreeMap<String, String>, snapshot: &ClientSnapshot<'_>, nonces: &AtomicU64) -> DeltaDiscoveryResponse {
     let empty = BTreeMap::new();
-    let current = snapshot.of_type(type_url).unwrap_or(&empty);
+    let current = snapshot.snapshot.of_type_for(snapshot.view, type_url).unwrap_or(&empty);
     let d = diff(known, current);
     for (name, entry) in &d.updated {
         known.insert(name.clone(), entry.version.clone());
@@ -107,10 +128,10 @@ fn response(type_url: &str, known: &mut BTreeMap<String, String>, snapshot: &Sna
 }
 
 fn on_request(
-    node: &str,
+    node: &XdsClient,
     request: DeltaDiscoveryRequest,
     subs: &mut Subscriptions,
-    snapshot: &Snapshot,
+    snapshot: &ClientSnapshot<'_>,
     nonces: &AtomicU64,
 ) -> Option<DeltaDiscoveryResponse> {
     let type_url = request.type_url.clone();
@@ -131,7 +152,7 @@ fn on_request(
     Some(first)
 }
 
-fn on_snapshot(subs: &mut Subscriptions, snapshot: &Snapshot, nonces: &AtomicU64) -> Vec<DeltaDiscoveryResponse> {
+fn on_snapshot(subs: &mut Subscriptions, snapshot: &ClientSnapshot<'_>, nonces: &AtomicU64) -> Vec<DeltaDiscoveryResponse> {
     subs.known
         .iter_mut()
         .map(|(type_url, known)| response(type_url, known, snapshot, nonces))

@@ -73,6 +73,9 @@ pub struct Resources {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// The HTTP rules of the policies that have some (keel's own type, see authorization.rs), by the same name.
     pub http_authorizations: BTreeMap<String, keel_proto::http_security::HttpAuthorization>,
+    /// What each gateway pod serves (`keel gateway`), by `<namespace>/<pod>`: its own listeners and route
+    /// configurations, served to that gateway's xDS stream only (see `snapshot.rs`).
+    pub gateway_views: BTreeMap<String, l7::gateway::GatewayView>,
     /// RequestAuthentications (keel's own type, see request_authentication.rs), `<ns>/<name>`; key sets given by
     /// `jwksUri` are still empty here: keel-control fills them.
     pub request_authentications: BTreeMap<String, keel_proto::http_security::RequestAuthentication>,
@@ -97,6 +100,7 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
         Object::RequestAuthentication(ra) => request_authentication::check(mesh, ra),
         Object::VirtualService(vs) => virtual_service::check(vs).map(drop),
         Object::DestinationRule(rule) => destination_rule::check(rule).map(drop),
+        Object::Gateway(gateway) => l7::gateway::check(gateway).map(drop),
         Object::Pod(_) | Object::EndpointSlice(_) => Ok(()),
     }
 }
@@ -135,7 +139,8 @@ impl<'a> ByKind<'a> {
                 | Object::PeerAuthentication(_)
                 | Object::RequestAuthentication(_)
                 | Object::VirtualService(_)
-                | Object::DestinationRule(_) => {}
+                | Object::DestinationRule(_)
+                | Object::Gateway(_) => {}
             }
         }
         by_kind
@@ -237,6 +242,10 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
                 Ok(warnings) => out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference()))),
                 Err(e) => errors.push(format!("{}: {e}", object.reference())),
             },
+            Object::Gateway(gateway) => match l7::gateway::check(gateway) {
+                Ok(warnings) => out.warnings.extend(warnings.into_iter().map(|w| format!("{}: {w}", object.reference()))),
+                Err(e) => errors.push(format!("{}: {e}", object.reference())),
+            },
         }
     }
     // Across objects: which ports are HTTP, which subsets and hosts routes name, which pods back each cluster.
@@ -246,6 +255,7 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
     out.route_configurations = l7.route_configurations;
     out.clusters = l7.clusters;
     out.cluster_load_assignments = l7.cluster_load_assignments;
+    out.gateway_views = l7.gateway_views;
     if errors.is_empty() {
         Ok(out)
     } else {

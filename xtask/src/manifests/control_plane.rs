@@ -73,14 +73,14 @@ const CONTROL_RULES: [Rule; 8] = [
     },
     Rule {
         api_group: "networking.istio.io",
-        resources: &["virtualservices", "destinationrules", "serviceentries"],
+        resources: &["virtualservices", "destinationrules", "serviceentries", "gateways"],
         verbs: &["get", "list", "watch"],
         resource_names: &[],
         why: "The Istio traffic objects keel serves.",
     },
     Rule {
         api_group: "networking.istio.io",
-        resources: &["virtualservices/status", "destinationrules/status", "serviceentries/status"],
+        resources: &["virtualservices/status", "destinationrules/status", "serviceentries/status", "gateways/status"],
         verbs: &["update", "patch"],
         resource_names: &[],
         why: "A condition naming the field of an object keel cannot accept (the leader only). Status only: keel-control \

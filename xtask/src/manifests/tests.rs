@@ -243,6 +243,7 @@ fn rbac_is_least_privilege() {
             "authentication.k8s.io/tokenreviews create",
             "events.k8s.io/events create,patch",
             "networking.istio.io/destinationrules/status update,patch",
+            "networking.istio.io/gateways/status update,patch",
             "networking.istio.io/serviceentries/status update,patch",
             "networking.istio.io/virtualservices/status update,patch",
             "security.istio.io/authorizationpolicies/status update,patch",

@@ -30,10 +30,15 @@ pub fn name(port: u16) -> String {
 }
 
 pub fn listener(port: u16) -> Listener {
+    listener_with_routes(port, &port.to_string(), &format!("outbound_0.0.0.0_{port}"))
+}
+
+/// A listener whose routes are the route configuration `routes` (a gateway's `http.<port>`).
+pub fn listener_with_routes(port: u16, routes: &str, stat_prefix: &str) -> Listener {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
-        stat_prefix: format!("outbound_0.0.0.0_{port}"),
-        route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: port.to_string() })),
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: routes.to_owned() })),
         http_filters: vec![
             // An empty HTTPFault: faults come only from routes' typed_per_filter_config, as in Istio.
             http_filter(FAULT_FILTER, HTTP_FAULT_TYPE_URL),

@@ -11,6 +11,7 @@
 mod actions;
 mod clusters;
 mod endpoints;
+pub mod gateway;
 mod listeners;
 mod matches;
 mod policy;
@@ -35,6 +36,8 @@ pub struct L7 {
     pub route_configurations: BTreeMap<String, RouteConfiguration>,
     pub clusters: BTreeMap<String, Cluster>,
     pub cluster_load_assignments: BTreeMap<String, ClusterLoadAssignment>,
+    /// What each gateway pod serves, by `<namespace>/<pod>` (see gateway.rs).
+    pub gateway_views: BTreeMap<String, gateway::GatewayView>,
     pub warnings: Vec<String>,
 }
 
@@ -194,6 +197,7 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> L7 {
             table.add(virtual_host);
         }
     }
+    out.gateway_views = gateway::translate(&inputs, objects, &mut cluster_keys, &mut out.warnings);
     for key in &cluster_keys {
         let name = key.name();
         out.clusters.insert(name.clone(), clusters::cluster(&inputs, key, &mut out.warnings));

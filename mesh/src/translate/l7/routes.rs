@@ -91,6 +91,19 @@ fn hash_policy(mesh: &Mesh7, key: &ClusterKey) -> Option<keel_proto::route::rout
     actions::hash_policy(policy::merged(mesh.rules.get(&key.host).copied(), key.subset.as_deref(), key.port).load_balancer)
 }
 
+/// The routes of `vs` on a gateway's listener on `port` (its `match.port`s name the gateway's port); the
+/// clusters they name are added to `cluster_keys`.
+pub fn gateway_routes(
+    mesh: &Mesh7,
+    vs: &VirtualService,
+    port: u16,
+    cluster_keys: &mut BTreeSet<ClusterKey>,
+    warnings: &mut Vec<String>,
+) -> Vec<Route> {
+    let mut context = RouteContext { mesh, vs, port, cluster_keys, warnings };
+    vs.spec.http.iter().enumerate().flat_map(|(i, http)| context.http_routes(i, http)).collect()
+}
+
 /// What translating one VirtualService's routes for one port needs.
 struct RouteContext<'m, 'a> {
     mesh: &'m Mesh7<'a>,

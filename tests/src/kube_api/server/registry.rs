@@ -185,6 +185,7 @@ impl Registry {
             istio("networking.istio.io", &net, "VirtualService", "virtualservices", "vs"),
             istio("networking.istio.io", &net, "DestinationRule", "destinationrules", "dr"),
             istio("networking.istio.io", &net, "ServiceEntry", "serviceentries", "se"),
+            istio("networking.istio.io", &net, "Gateway", "gateways", "gw"),
             istio("security.istio.io", &sec, "AuthorizationPolicy", "authorizationpolicies", "ap"),
             istio("security.istio.io", &sec, "PeerAuthentication", "peerauthentications", "pa"),
             istio("security.istio.io", &sec, "RequestAuthentication", "requestauthentications", "ra"),

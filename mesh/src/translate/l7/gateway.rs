@@ -1,0 +1,188 @@
+//! Gateways: for each gateway pod (a pod some Gateway's `selector` matches), the listeners and route
+//! configurations `keel gateway` serves there, as istiod builds them for a gateway Envoy: the Gateways selecting
+//! the pod merged, one listener `0.0.0.0_<port>` per server port, its routes in `http.<port>`, one virtual host
+//! `<host>:<port>` per VirtualService host bound to one of those Gateways (`spec.gateways`) and exposed by a
+//! server on that port (its `hosts`), and a `blackhole:<port>` host matching everything else with no route (404,
+//! `NR`). Routes are the VirtualService's HTTP routes, translated by the same code as the mesh's, to the same
+//! `outbound|<port>|<subset>|<host>` clusters. Only HTTP servers are served here; the checks below say which
+//! fields and protocols are not, naming them.
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_proto::{
+    listener::Listener,
+    route::{RouteConfiguration, VirtualHost},
+};
+
+use super::{listeners, routes, ClusterKey, Mesh7};
+use crate::objects::{Gateway, Object, Pod, VirtualService};
+
+/// What one gateway pod serves.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayView {
+    pub listeners: BTreeMap<String, Listener>,
+    pub route_configurations: BTreeMap<String, RouteConfiguration>,
+}
+
+/// The server protocols served as HTTP.
+fn serves_http(protocol: &str) -> bool {
+    matches!(protocol.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC")
+}
+
+/// Checks one Gateway: errors name the field; warnings name what is accepted but not served yet.
+pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    if gateway.spec.selector.is_empty() {
+        warnings.push("spec.selector: empty: selects no gateway pod".to_owned());
+    }
+    for (i, server) in gateway.spec.servers.iter().enumerate() {
+        let at = |field: &str| format!("spec.servers[{i}].{field}");
+        let port = u16::try_from(server.port.number).ok().filter(|p| *p != 0);
+        if port.is_none() {
+            return Err(format!("field {}: {} is not a port number", at("port.number"), server.port.number));
+        }
+        let protocol = server.port.protocol.to_ascii_uppercase();
+        if !matches!(protocol.as_str(), "HTTP" | "HTTPS" | "GRPC" | "HTTP2" | "MONGO" | "TCP" | "TLS") {
+            return Err(format!("field {}: {:?} is not HTTP, HTTPS, GRPC, HTTP2, MONGO, TCP or TLS", at("port.protocol"), server.port.protocol));
+        }
+        if server.hosts.is_empty() {
+            return Err(format!("field {}: at least one host is required", at("hosts")));
+        }
+        if !serves_http(&protocol) {
+            warnings.push(format!("{}: {protocol} servers are not served by keel gateway yet: ignored", at("port.protocol")));
+        }
+        if server.tls.is_some() {
+            warnings.push(format!("{}: TLS settings (and httpsRedirect) are not served by keel gateway yet: ignored", at("tls")));
+        }
+        if server.bind.is_some() {
+            warnings.push(format!("{}: keel gateway listens on every address of its pod: ignored", at("bind")));
+        }
+        if server.default_endpoint.is_some() {
+            warnings.push(format!("{}: not supported (a sidecar setting): ignored", at("defaultEndpoint")));
+        }
+        if server.port.target_port.is_some() {
+            warnings.push(format!("{}: keel gateway listens on port.number: ignored", at("port.targetPort")));
+        }
+    }
+    Ok(warnings)
+}
+
+/// The views of every gateway pod, by `<namespace>/<pod name>`. Clusters the routes name are added to
+/// `cluster_keys` (the mesh's clusters: a gateway reaches services as a mesh workload does).
+pub(super) fn translate(
+    inputs: &Mesh7,
+    objects: &[Object],
+    cluster_keys: &mut BTreeSet<ClusterKey>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, GatewayView> {
+    let gateways: Vec<&Gateway> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Gateway(g) if check(g).is_ok() && !g.spec.selector.is_empty() => Some(g),
+            _ => None,
+        })
+        .collect();
+    let virtual_services: Vec<&VirtualService> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::VirtualService(vs) if !vs.spec.gateways.is_empty() && super::virtual_service::check(vs).is_ok() => Some(vs),
+            _ => None,
+        })
+        .collect();
+    let mut views = BTreeMap::new();
+    for pod in objects.iter().filter_map(|o| match o {
+        Object::Pod(p) => Some(p),
+        _ => None,
+    }) {
+        let selecting: Vec<&Gateway> = gateways.iter().copied().filter(|g| super::super::selects(&g.spec.selector, &pod.metadata.labels)).collect();
+        if !selecting.is_empty() {
+            views.insert(
+                format!("{}/{}", pod.metadata.namespace, pod.metadata.name),
+                view(inputs, pod, &selecting, &virtual_services, cluster_keys, warnings),
+            );
+        }
+    }
+    views
+}
+
+fn view(
+    inputs: &Mesh7,
+    _pod: &Pod,
+    gateways: &[&Gateway],
+    virtual_services: &[&VirtualService],
+    cluster_keys: &mut BTreeSet<ClusterKey>,
+    warnings: &mut Vec<String>,
+) -> GatewayView {
+    // Port → the (gateway, server hosts) that serve HTTP on it, merged across the Gateways selecting the pod.
+    let mut ports: BTreeMap<u16, Vec<(&Gateway, &[String])>> = BTreeMap::new();
+    for gateway in gateways {
+        for server in gateway.spec.servers.iter().filter(|s| serves_http(&s.port.protocol)) {
+            let Ok(port) = u16::try_from(server.port.number) else { continue };
+            ports.entry(port).or_default().push((gateway, &server.hosts));
+        }
+    }
+    let mut out = GatewayView::default();
+    for (port, servers) in ports {
+        let route_name = format!("http.{port}");
+        let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+        let mut claimed = BTreeSet::new();
+        for vs in virtual_services {
+            let exposed_by: Vec<(&Gateway, &[String])> = servers.iter().filter(|(g, _)| binds(vs, g)).copied().collect();
+            if exposed_by.is_empty() {
+                continue;
+            }
+            for host in &vs.spec.hosts {
+                let host = host.to_ascii_lowercase();
+                let exposed =
+                    |(g, hosts): &(&Gateway, &[String])| hosts.iter().any(|p| exposes(p, &host, &vs.metadata.namespace, &g.metadata.namespace));
+                if !exposed_by.iter().any(exposed) {
+                    continue;
+                }
+                // One VirtualService per host and port, the first by name (Istio merges a few special cases).
+                if !claimed.insert(host.clone()) {
+                    warnings.push(format!(
+                        "VirtualService {}/{}: host {host} on gateway port {port} is already routed: ignored",
+                        vs.metadata.namespace, vs.metadata.name
+                    ));
+                    continue;
+                }
+                let routes = routes::gateway_routes(inputs, vs, port, cluster_keys, warnings);
+                virtual_hosts.push(VirtualHost {
+                    name: format!("{host}:{port}"),
+                    domains: vec![host.clone(), format!("{host}:{port}")],
+                    routes,
+                    ..Default::default()
+                });
+            }
+        }
+        // Everything else: no route (404), as istiod's blackhole host answers.
+        virtual_hosts.push(VirtualHost { name: format!("blackhole:{port}"), domains: vec!["*".into()], ..Default::default() });
+        out.listeners.insert(listeners::name(port), listeners::listener_with_routes(port, &route_name, &format!("gateway_0.0.0.0_{port}")));
+        out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name, virtual_hosts });
+    }
+    out
+}
+
+/// Whether `vs` lists `gateway` in `spec.gateways` (`<namespace>/<name>`, or a bare name in the VS's namespace).
+fn binds(vs: &VirtualService, gateway: &Gateway) -> bool {
+    let (namespace, name) = (&gateway.metadata.namespace, &gateway.metadata.name);
+    vs.spec.gateways.iter().any(|g| match g.split_once('/') {
+        Some((ns, n)) => ns == namespace && n == name,
+        None => vs.metadata.namespace == *namespace && g == name,
+    })
+}
+
+/// Whether a server host pattern (`[namespace/]host`, `*`, `*.suffix`) of a Gateway in `gateway_namespace`
+/// exposes `host` of a VirtualService in `vs_namespace` (`./` is the Gateway's own namespace).
+fn exposes(pattern: &str, host: &str, vs_namespace: &str, gateway_namespace: &str) -> bool {
+    let (namespace, pattern) = pattern.split_once('/').unwrap_or(("*", pattern));
+    let namespace = if namespace == "." { gateway_namespace } else { namespace };
+    if namespace != "*" && namespace != vs_namespace {
+        return false;
+    }
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
