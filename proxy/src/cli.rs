@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon.
     Run(Box<RunArgs>),
+    /// Run as an ingress gateway in this pod: serve the listeners of the Gateways that select it (keel-control
+    /// sends them to a gateway token), reaching mesh pods over HBONE.
+    Gateway(Box<GatewayArgs>),
     /// Enroll a pod: capture its traffic from now on.
     Enroll(EnrollArgs),
     /// Stop capturing a pod.
@@ -250,6 +253,7 @@ pub struct PodArgs {
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_daemon(cli.api_socket, *args),
+        Command::Gateway(args) => run_gateway(*args),
         Command::Enroll(a) => client(
             &cli.api_socket,
             Request::Enroll(EnrollRequest {
@@ -292,6 +296,85 @@ fn proxy_config(socket: &std::path::Path, view: View) -> anyhow::Result<()> {
     let dump: ConfigDump = serde_json::from_value(api::call(socket, &Request::ConfigDump)?)?;
     print!("{}", crate::proxy_config::render(view, &dump));
     Ok(())
+}
+
+/// `keel gateway`'s flags: the control plane and the pod it runs in.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// keel-control (e.g. https://keel-control.istio-system:15012).
+    #[arg(long)]
+    pub xds_address: String,
+    /// PEM root the control plane's certificate chains to.
+    #[arg(long)]
+    pub xds_root: PathBuf,
+    /// File holding the gateway's bearer token (a tokens-file line `<token> <node> gateway=<namespace>/<pod>`).
+    #[arg(long)]
+    pub xds_token_file: PathBuf,
+    #[arg(long, default_value = "keel-control")]
+    pub xds_server_name: String,
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// The gateway's pod, namespace, IP and node (Downward API env).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: String,
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: std::net::Ipv4Addr,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+    /// Where the last good config is kept across restarts.
+    #[arg(long, default_value = "/var/lib/keel-gateway")]
+    pub state_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    pub drain_timeout_ms: u64,
+    #[arg(long, default_value_t = 86_400)]
+    pub certificate_validity_secs: u64,
+    #[arg(long, default_value_t = 30_000)]
+    pub http_header_read_timeout_ms: u64,
+    #[arg(long, default_value_t = 3600)]
+    pub http_idle_timeout_secs: u64,
+    #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let access_log = crate::logging::init(args.log_format);
+    let limits = crate::limits::Limits {
+        http_header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
+        http_idle_timeout: Duration::from_secs(args.http_idle_timeout_secs.max(1)),
+        ..Default::default()
+    };
+    let settings = crate::gateway::GatewaySettings {
+        source: WorkloadSource::ControlPlane(crate::xds::setup::XdsSettings {
+            address: args.xds_address,
+            root_pem: args.xds_root,
+            token_file: args.xds_token_file,
+            server_name: args.xds_server_name,
+            cluster_id: args.cluster_id,
+            pod_name: args.pod_name.clone(),
+            pod_namespace: args.pod_namespace.clone(),
+            instance_ip: args.instance_ip.to_string(),
+            node_name: args.node_name,
+            insecure: false,
+        }),
+        pod_name: format!("{}/{}", args.pod_namespace, args.pod_name),
+        pod_ip: args.instance_ip,
+        state_dir: args.state_dir,
+        limits,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        certificate_validity: Duration::from_secs(args.certificate_validity_secs.max(1)),
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).thread_name("keel-worker").enable_all().build()?;
+    let result = runtime.block_on(crate::gateway::run(settings));
+    access_log.flush();
+    result
 }
 
 fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub mod connection_error;
 pub mod data_path;
 pub mod dial;
 pub mod enrollment;
+pub mod gateway;
 pub mod hashing;
 pub mod hbone;
 pub mod hbone_server;

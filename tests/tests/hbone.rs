@@ -26,3 +26,8 @@ fn http_authorization_policies_are_enforced_per_request_by_the_destination() {
 fn request_authentication_jwts_are_verified_by_the_destination() {
     keel_tests::scenarios::l7_authorization::jwts_are_verified_by_the_destination_and_name_the_request_principal();
 }
+
+#[test]
+fn an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone() {
+    keel_tests::scenarios::gateway::an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone();
+}

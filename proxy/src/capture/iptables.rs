@@ -25,6 +25,11 @@ impl IptablesCapture {
         IptablesCapture { rules: rule_set(&config.exclusions) }
     }
 
+    /// Installs nothing anywhere: for a keel that enrolls no pod.
+    pub fn inactive() -> IptablesCapture {
+        IptablesCapture { rules: String::new() }
+    }
+
     /// Installs the rules in the pod, replacing any a previous keel left there (after `kill -9`).
     pub fn enroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
         let netns = pod.netns.path();

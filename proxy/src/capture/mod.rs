@@ -61,6 +61,11 @@ pub enum Capture {
 }
 
 impl Capture {
+    /// A capture that captures nothing: `keel gateway` enrolls no pod (it serves its own listeners).
+    pub fn none() -> Capture {
+        Capture::Iptables(iptables::IptablesCapture::inactive())
+    }
+
     /// Loads and attaches whatever the backend needs node-wide; fails with a message saying what is missing.
     pub fn start(config: &Config) -> anyhow::Result<Capture> {
         Ok(match config.capture {

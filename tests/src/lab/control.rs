@@ -44,6 +44,8 @@ pub(super) struct ControlSpec<'a> {
     pub nodes: Vec<NodeCredentials>,
     /// More `keel-control serve` flags.
     pub extra_args: &'a [&'a str],
+    /// Gateway pods (`<namespace>/<name>`) that get a token of their own (their pod's view and identity).
+    pub gateways: &'a [&'a str],
 }
 
 pub struct ControlPlane {
@@ -53,6 +55,8 @@ pub struct ControlPlane {
     pub token_file: PathBuf,
     listen: SocketAddr,
     nodes: Vec<NodeCredentials>,
+    /// Gateway pod → its token file.
+    gateway_tokens: Vec<(String, PathBuf)>,
 }
 
 impl ControlPlane {
@@ -63,7 +67,15 @@ impl ControlPlane {
         let ca_dir = spec.dir.join("ca");
         let tokens = spec.dir.join("control-tokens");
         // `<token> <node-name>` per line: each node's keel authenticates as itself.
-        let lines: String = spec.nodes.iter().map(|n| format!("{} {}\n", n.token(), n.name)).collect();
+        let mut lines: String = spec.nodes.iter().map(|n| format!("{} {}\n", n.token(), n.name)).collect();
+        let mut gateway_tokens = Vec::new();
+        for pod in spec.gateways {
+            let token = format!("gateway-token-{}", pod.replace('/', "-"));
+            let file = spec.dir.join(format!("{}.token", token));
+            std::fs::write(&file, format!("{token}\n")).with_context(|| format!("writing {}", file.display()))?;
+            lines.push_str(&format!("{token} {} gateway={pod}\n", spec.nodes[0].name));
+            gateway_tokens.push((pod.to_string(), file));
+        }
         std::fs::write(&tokens, lines).with_context(|| format!("writing {}", tokens.display()))?;
         for n in &spec.nodes {
             std::fs::write(&n.token_file, format!("{}\n", n.token())).with_context(|| format!("writing {}", n.token_file.display()))?;
@@ -80,7 +92,7 @@ impl ControlPlane {
         let _fds = sys::place(&mut cmd, &Placement { netns: Some(spec.netns), cgroup: Some(spec.cgroup) })?;
         let mut child = process::spawn_logged("keel-control", &mut cmd, &spec.dir.join("keel-control.log"))?;
         child.wait_for_line(READY_TIMEOUT, |line| line.contains("serving delta ADS"))?;
-        Ok(ControlPlane { child, ca_dir, token_file: spec.nodes[0].token_file.clone(), listen: spec.listen, nodes: spec.nodes })
+        Ok(ControlPlane { child, ca_dir, token_file: spec.nodes[0].token_file.clone(), listen: spec.listen, nodes: spec.nodes, gateway_tokens })
     }
 
     /// keel's flags for following this control plane, on node 0 (the only node of a single-node lab).
@@ -101,6 +113,20 @@ impl ControlPlane {
             creds.token_file.display().to_string(),
             "--node-name".into(),
             creds.name.clone(),
+        ]
+    }
+
+    /// `keel gateway`'s flags for following this control plane as gateway pod `pod` (`<namespace>/<name>`, given
+    /// when the control plane was started; panics otherwise, a test bug).
+    pub fn gateway_args(&self, pod: &str) -> Vec<String> {
+        let (_, token_file) = self.gateway_tokens.iter().find(|(p, _)| p == pod).unwrap_or_else(|| panic!("no gateway token for {pod}"));
+        vec![
+            "--xds-address".into(),
+            format!("https://{}", self.listen),
+            "--xds-root".into(),
+            self.ca_dir.join("root-cert.pem").display().to_string(),
+            "--xds-token-file".into(),
+            token_file.display().to_string(),
         ]
     }
 

@@ -314,11 +314,12 @@ impl Lab {
     /// node of the lab (see [`ControlPlane::keel_args_for`]). In a single-node lab it listens on 127.0.0.1:15012;
     /// in a multi-node lab on the node's wire address (172.30.0.(node+1):15012), which every node's keel reaches.
     pub fn start_control_on(&self, node: usize, config_dir: &Path) -> Result<ControlPlane> {
-        self.start_control_with(node, config_dir, &[])
+        self.start_control_with(node, config_dir, &[], &[])
     }
 
-    /// [`Self::start_control_on`] with more `keel-control serve` flags.
-    pub fn start_control_with(&self, node: usize, config_dir: &Path, extra_args: &[&str]) -> Result<ControlPlane> {
+    /// [`Self::start_control_on`] with more `keel-control serve` flags, and tokens for gateway pods
+    /// (`<namespace>/<name>`, see [`ControlPlane::gateway_args`]).
+    pub fn start_control_with(&self, node: usize, config_dir: &Path, extra_args: &[&str], gateways: &[&str]) -> Result<ControlPlane> {
         let layout = self.layout(node)?;
         let listen = match layout.wire_ip {
             Some(ip) => SocketAddr::new(ip.into(), CONTROL_PORT),
@@ -333,6 +334,7 @@ impl Lab {
             listen,
             nodes: self.nodes.iter().map(|n| NodeCredentials { name: n.name.clone(), token_file: n.token_file() }).collect(),
             extra_args,
+            gateways,
         })
     }
 }

@@ -303,7 +303,7 @@ pub fn jwts_are_verified_by_the_destination_and_name_the_request_principal() {
         objects.push(request_authentication(&jwks_uri));
         mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
         // A short refresh, so a rotated key set is seen within the test.
-        let control = lab.start_control_with(0, &config_dir, &["--jwks-refresh-interval-ms", "1000"])?;
+        let control = lab.start_control_with(0, &config_dir, &["--jwks-refresh-interval-ms", "1000"], &[])?;
         let keels = lab.start_keels_following(&control, &[])?;
         keels.iter().try_for_each(wait_ready)?;
         keels[0].enroll(&client)?;

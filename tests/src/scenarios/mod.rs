@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cni;
 pub mod control_plane;
 pub mod fast_path;
+pub mod gateway;
 pub mod hbone_wire;
 pub mod hostile;
 pub mod kubernetes_mesh;

@@ -1,0 +1,191 @@
+//! `keel gateway`: the same binary as an ingress gateway, run in its own pod (a Deployment, not the DaemonSet).
+//! It captures nothing and enrolls no pod: it follows keel-control with a gateway token, which gets its pod's own
+//! view of the config (the listeners and routes of the Gateways selecting the pod, see keel-control's
+//! `snapshot::View`), listens on each listener's port in its own network namespace, and serves the requests with
+//! the L7 engine that routes mesh traffic (routes, retries, timeouts, faults, mirrors, balancing, circuit
+//! breaking, outlier detection, Istio metrics). Upstream it reaches mesh pods over HBONE with its own workload
+//! identity (its pod's, the only one keel-control issues to a gateway token).
+//!
+//! Listeners follow the config: a port appears, it is bound; it goes, its listener stops accepting (connections
+//! on it finish). A port that cannot be bound is logged and retried on the next config change.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    accept::accept_loop,
+    bypass::Bypass,
+    capture::Capture,
+    data_path::{DataPath, PodContext},
+    dial::Dialer,
+    hbone::client::HboneClient,
+    identity::CertificateManager,
+    l7::{request::Downstream, server::serve_connection},
+    limits::{Limits, PerSourceSlots, Slots},
+    netns::Netns,
+    policy::open_connections::OpenConnections,
+    telemetry::{Refusal, Telemetry},
+    xds::setup::WorkloadSource,
+};
+
+pub struct GatewaySettings {
+    /// keel-control, with the gateway's token (a tokens-file line `... gateway=<namespace>/<pod>`).
+    pub source: WorkloadSource,
+    /// The gateway's pod: `<namespace>/<name>` and its address (the source of its upstream connections).
+    pub pod_name: String,
+    pub pod_ip: Ipv4Addr,
+    pub state_dir: std::path::PathBuf,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+    pub certificate_validity: Duration,
+    pub drain_timeout: Duration,
+}
+
+pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.state_dir).with_context(|| format!("creating {}", settings.state_dir.display()))?;
+    let xds = settings.source.start(&settings.state_dir)?;
+    let certificates = CertificateManager::new(settings.source.certificate_provider()?, settings.certificate_validity);
+    let limits = settings.limits;
+    let data_path = Arc::new(DataPath {
+        capture: Capture::none(),
+        bypass: Bypass::default(),
+        telemetry: Telemetry::new(),
+        workloads: xds.store.clone(),
+        dialer: Dialer {
+            hbone: HboneClient::new(),
+            certificates: Some(certificates),
+            node_pods: Default::default(),
+            local_peers: Arc::default(),
+            cluster_id: settings.source.cluster_id().to_owned(),
+            connect_timeout: settings.connect_timeout,
+        },
+        upstreams: Default::default(),
+        open_connections: OpenConnections::new(false),
+        limits,
+        hbone_node_slots: Slots::new(limits.hbone.connections_per_node, Refusal::NodeHboneLimit),
+        hbone_handshakes: PerSourceSlots::new(limits.hbone.handshakes_per_source),
+        mesh: true,
+        responder: false,
+    });
+    let netns = Netns::own().context("opening the gateway's own network namespace")?;
+    let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits));
+    let (stop, stopped) = watch::channel(false);
+    let listeners = tokio::spawn(follow_listeners(data_path.clone(), pod.clone(), stopped));
+    info!(pod = %settings.pod_name, ip = %settings.pod_ip, "keel gateway running");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("keel gateway stopping: draining");
+    stop.send_replace(true);
+    listeners.abort();
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+    while data_path.telemetry.connection_stats().outbound.active > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Binds a listener per configured port and drops the ones no longer configured, on every config change.
+async fn follow_listeners(dp: Arc<DataPath>, pod: Arc<PodContext>, stopped: watch::Receiver<bool>) {
+    let mut changes = dp.workloads.subscribe();
+    let mut open: BTreeMap<u16, watch::Sender<bool>> = BTreeMap::new();
+    loop {
+        let wanted: Vec<u16> = dp.workloads.snapshot().l7.listeners.values().map(|l| l.port).collect();
+        open.retain(|port, stop| {
+            let keep = wanted.contains(port);
+            if !keep {
+                info!(port, "gateway listener removed: it stops accepting");
+                stop.send_replace(true);
+            }
+            keep
+        });
+        for port in wanted {
+            if open.contains_key(&port) {
+                continue;
+            }
+            match bind(port) {
+                Ok(listener) => {
+                    info!(port, "gateway listener bound");
+                    let (stop, this_stopped) = watch::channel(false);
+                    open.insert(port, stop);
+                    tokio::spawn(serve(listener, port, dp.clone(), pod.clone(), merge(this_stopped, stopped.clone())));
+                }
+                Err(e) => warn!(port, error = %format!("{e:#}"), "cannot bind a gateway listener; retried on the next config change"),
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bind(port: u16) -> anyhow::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Flips when either does: the listener's own removal or the gateway's stop.
+fn merge(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.wait_for(|s| *s) => {}
+            _ = b.wait_for(|s| *s) => {}
+        }
+        tx.send_replace(true);
+    });
+    rx
+}
+
+/// Accepts on one listener (bounded like a pod's captured connections) and serves each connection with the L7
+/// engine; `port` selects the listener's routes.
+async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<PodContext>, stop: watch::Receiver<bool>) {
+    let slots = vec![pod.connection_slots.clone()];
+    let telemetry_dp = dp.clone();
+    let draining = stop.clone();
+    accept_loop(listener, "gateway", pod.clone(), &telemetry_dp.telemetry, slots, stop, move |stream, peer, slots| {
+        let (dp, pod, draining) = (dp.clone(), pod.clone(), draining.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
+            dp.telemetry.connection_opened(crate::plan::Direction::Outbound);
+            let started = std::time::Instant::now();
+            // The gateway's own Workload is the source of what it sends on (its identity, its locality).
+            let source = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
+            let downstream = Arc::new(Downstream {
+                dp: dp.clone(),
+                pod: pod.clone(),
+                pod_name: Arc::from(pod.name.as_str()),
+                port,
+                client_ip: peer.ip(),
+                locality: source.as_ref().and_then(|w| w.locality.as_ref()).map(|l| (l.region.clone(), l.zone.clone(), l.subzone.clone())),
+                source,
+                metrics: dp.telemetry.http.clone(),
+            });
+            if let Err(e) = serve_connection(stream, downstream, draining).await {
+                debug!(%peer, port, error = %e, "gateway connection ended with an error");
+            }
+            let mut record = crate::telemetry::ConnectionRecord::new(crate::plan::Direction::Outbound, &pod.name, peer);
+            record.path = Some(crate::plan::Path::Http);
+            record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+            dp.telemetry.connection_closed(record, started.elapsed());
+            drop(slots);
+        }
+    })
+    .await
+}
