@@ -12,7 +12,7 @@ const GATEWAY_ID: &str = "spiffe://cluster.local/ns/default/sa/ingress";
 
 const WEBAPP_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: webapp, namespace: default}\nspec:\n  clusterIP: 10.96.0.50\n  selector: {app: webapp}\n  ports:\n  - {name: http-web, port: 80, targetPort: 8080}\n";
 
-const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: coolstore-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [webapp.istioinaction.io]\n";
+const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: coolstore-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [webapp.istioinaction.io]\n  - port: {number: 8081, name: http-redirect, protocol: HTTP}\n    hosts: [secure.istioinaction.io]\n    tls: {httpsRedirect: true}\n";
 
 /// The book's VirtualService bound to the gateway, plus a route with an injected abort (a VirtualService
 /// feature served through the gateway by the same L7 engine).
@@ -103,7 +103,21 @@ fn run(curl: &Pod, ingress: &Pod, webapp_keel: &Keel) -> Result<()> {
     if count(&v, "/statuses/418") != 5 {
         bail!("the VirtualService's abort on /broken did not apply at the gateway: {v}");
     }
-    // 3. A host no VirtualService binds to the gateway: 404, never webapp.
+    // 3. httpsRedirect: a 301 to the https:// form of the same request.
+    let v = curl.http_load(&[
+        "--url",
+        "http://secure.istioinaction.io:8081/orders?id=1",
+        "--connect",
+        &format!("{}:8081", ingress.ip),
+        "--requests",
+        "3",
+        "--record-header",
+        "location",
+    ])?;
+    if count(&v, "/statuses/301") != 3 || count(&v, "/headers/location/https:~1~1secure.istioinaction.io~1orders?id=1") != 3 {
+        bail!("httpsRedirect: want 301 to https://secure.istioinaction.io/orders?id=1, got {v}");
+    }
+    // 4. A host no VirtualService binds to the gateway: 404, never webapp.
     let v = load("http://catalog.istioinaction.io/", "5")?;
     if count(&v, "/statuses/404") != 5 || count(&v, "/served_by/webapp") != 0 {
         bail!("a host the gateway does not serve must get 404: {v}");

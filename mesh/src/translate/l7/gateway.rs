@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keel_proto::{
     listener::Listener,
-    route::{RouteConfiguration, VirtualHost},
+    route::{
+        redirect_action::{RedirectResponseCode, SchemeRewriteSpecifier},
+        route, RedirectAction, Route, RouteConfiguration, VirtualHost,
+    },
 };
 
 use super::{listeners, routes, ClusterKey, Mesh7};
-use crate::objects::{Gateway, Object, Pod, VirtualService};
+use crate::objects::{Gateway, Object, Server, VirtualService};
 
 /// What one gateway pod serves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,8 +53,11 @@ pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
         if !serves_http(&protocol) {
             warnings.push(format!("{}: {protocol} servers are not served by keel gateway yet: ignored", at("port.protocol")));
         }
-        if server.tls.is_some() {
-            warnings.push(format!("{}: TLS settings (and httpsRedirect) are not served by keel gateway yet: ignored", at("tls")));
+        if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
+            warnings.push(format!("{}: TLS termination (mode, certificates) is not served by keel gateway yet: ignored", at("tls")));
+        }
+        if server.tls.as_ref().is_some_and(|tls| tls.https_redirect) && !serves_http(&protocol) {
+            warnings.push(format!("{}: only applies to HTTP servers: ignored", at("tls.httpsRedirect")));
         }
         if server.bind.is_some() {
             warnings.push(format!("{}: keel gateway listens on every address of its pod: ignored", at("bind")));
@@ -97,7 +103,7 @@ pub(super) fn translate(
         if !selecting.is_empty() {
             views.insert(
                 format!("{}/{}", pod.metadata.namespace, pod.metadata.name),
-                view(inputs, pod, &selecting, &virtual_services, cluster_keys, warnings),
+                view(inputs, &selecting, &virtual_services, cluster_keys, warnings),
             );
         }
     }
@@ -106,18 +112,17 @@ pub(super) fn translate(
 
 fn view(
     inputs: &Mesh7,
-    _pod: &Pod,
     gateways: &[&Gateway],
     virtual_services: &[&VirtualService],
     cluster_keys: &mut BTreeSet<ClusterKey>,
     warnings: &mut Vec<String>,
 ) -> GatewayView {
     // Port → the (gateway, server hosts) that serve HTTP on it, merged across the Gateways selecting the pod.
-    let mut ports: BTreeMap<u16, Vec<(&Gateway, &[String])>> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, Vec<(&Gateway, &Server)>> = BTreeMap::new();
     for gateway in gateways {
         for server in gateway.spec.servers.iter().filter(|s| serves_http(&s.port.protocol)) {
             let Ok(port) = u16::try_from(server.port.number) else { continue };
-            ports.entry(port).or_default().push((gateway, &server.hosts));
+            ports.entry(port).or_default().push((gateway, server));
         }
     }
     let mut out = GatewayView::default();
@@ -126,15 +131,18 @@ fn view(
         let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
         let mut claimed = BTreeSet::new();
         for vs in virtual_services {
-            let exposed_by: Vec<(&Gateway, &[String])> = servers.iter().filter(|(g, _)| binds(vs, g)).copied().collect();
+            let exposed_by: Vec<(&Gateway, &Server)> = servers.iter().filter(|(g, _)| binds(vs, g)).copied().collect();
             if exposed_by.is_empty() {
                 continue;
             }
             for host in &vs.spec.hosts {
                 let host = host.to_ascii_lowercase();
-                let exposed =
-                    |(g, hosts): &(&Gateway, &[String])| hosts.iter().any(|p| exposes(p, &host, &vs.metadata.namespace, &g.metadata.namespace));
-                if !exposed_by.iter().any(exposed) {
+                let exposing: Vec<&Server> = exposed_by
+                    .iter()
+                    .filter(|(g, server)| server.hosts.iter().any(|p| exposes(p, &host, &vs.metadata.namespace, &g.metadata.namespace)))
+                    .map(|(_, server)| *server)
+                    .collect();
+                if exposing.is_empty() {
                     continue;
                 }
                 // One VirtualService per host and port, the first by name (Istio merges a few special cases).
@@ -145,7 +153,11 @@ fn view(
                     ));
                     continue;
                 }
-                let routes = routes::gateway_routes(inputs, vs, port, cluster_keys, warnings);
+                let routes = if exposing.iter().any(|s| redirects(s)) {
+                    vec![https_redirect()]
+                } else {
+                    routes::gateway_routes(inputs, vs, port, cluster_keys, warnings)
+                };
                 virtual_hosts.push(VirtualHost {
                     name: format!("{host}:{port}"),
                     domains: vec![host.clone(), format!("{host}:{port}")],
@@ -154,12 +166,44 @@ fn view(
                 });
             }
         }
+        // A redirecting server's own hosts redirect even without a VirtualService (istiod gives them a host too).
+        for (_, server) in servers.iter().filter(|(_, s)| redirects(s)) {
+            for host in server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_ascii_lowercase()) {
+                if !host.contains('*') && claimed.insert(host.clone()) {
+                    virtual_hosts.push(VirtualHost {
+                        name: format!("{host}:{port}"),
+                        domains: vec![host.clone(), format!("{host}:{port}")],
+                        routes: vec![https_redirect()],
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         // Everything else: no route (404), as istiod's blackhole host answers.
         virtual_hosts.push(VirtualHost { name: format!("blackhole:{port}"), domains: vec!["*".into()], ..Default::default() });
         out.listeners.insert(listeners::name(port), listeners::listener_with_routes(port, &route_name, &format!("gateway_0.0.0.0_{port}")));
         out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name, virtual_hosts });
     }
     out
+}
+
+fn redirects(server: &Server) -> bool {
+    server.tls.as_ref().is_some_and(|tls| tls.https_redirect)
+}
+
+/// `httpsRedirect`: every request answered 301 with its `https://` form (Envoy's `require_tls: ALL`).
+fn https_redirect() -> Route {
+    Route {
+        name: "https-redirect".into(),
+        r#match: Some(super::matches::any_path()),
+        action: Some(route::Action::Redirect(RedirectAction {
+            scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::SchemeRedirect("https".into())),
+            port_redirect: 443,
+            response_code: RedirectResponseCode::MovedPermanently as i32,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
 }
 
 /// Whether `vs` lists `gateway` in `spec.gateways` (`<namespace>/<name>`, or a bare name in the VS's namespace).
