@@ -230,3 +230,107 @@ fn exposes(pattern: &str, host: &str, vs_namespace: &str, gateway_namespace: &st
         None => pattern == host,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        source::{load_text, Loaded},
+        translate::{translate, Mesh},
+    };
+
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ingress-0, namespace: istio-system, labels: {istio: ingressgateway}}
+spec: {serviceAccountName: ingress, nodeName: n0}
+status: {podIP: 10.244.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: webapp-0, namespace: shop, labels: {app: webapp}}
+spec: {nodeName: n1}
+status: {podIP: 10.244.1.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: webapp, namespace: shop}
+spec: {clusterIP: 10.96.0.9, selector: {app: webapp}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["shop/webapp.example.com", "*/api.example.com"]
+  - port: {number: 81, name: http-redirect, protocol: HTTP}
+    hosts: [secure.example.com]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [secure.example.com]
+    tls: {mode: SIMPLE, credentialName: secure-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: webapp, namespace: shop}
+spec:
+  hosts: [webapp.example.com, hidden.example.com]
+  gateways: [istio-system/public]
+  http:
+  - route: [{destination: {host: webapp}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other-gateway, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  gateways: [elsewhere]
+  http:
+  - route: [{destination: {host: webapp}}]
+"#;
+
+    #[test]
+    fn a_gateway_pod_gets_the_listeners_and_routes_of_the_virtual_services_bound_to_its_gateways() {
+        let mut loaded = Loaded::default();
+        load_text(std::path::Path::new("t.yaml"), OBJECTS, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
+        let r = translate(&Mesh::default(), &objects).unwrap();
+        assert_eq!(r.gateway_views.keys().collect::<Vec<_>>(), ["istio-system/ingress-0"], "only the selected pod has a view");
+        let view = &r.gateway_views["istio-system/ingress-0"];
+        // HTTP ports only; 443 (HTTPS) is warned about, not served.
+        assert_eq!(view.listeners.keys().collect::<Vec<_>>(), ["0.0.0.0_80", "0.0.0.0_81"]);
+        assert!(r.warnings.iter().any(|w| w.contains("spec.servers[2]") && w.contains("not served")), "{:?}", r.warnings);
+        let hosts = |routes: &str| view.route_configurations[routes].virtual_hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        // webapp.example.com is exposed (its namespace matches); hidden.example.com is on no server; the VS bound to
+        // another gateway gives nothing; everything else falls to the blackhole host.
+        assert_eq!(hosts("http.80"), ["webapp.example.com:80", "blackhole:80"]);
+        let webapp = &view.route_configurations["http.80"].virtual_hosts[0];
+        assert!(format!("{:?}", webapp.routes[0]).contains("outbound|8080||webapp.shop.svc.cluster.local"), "{:?}", webapp.routes);
+        assert!(r.clusters.contains_key("outbound|8080||webapp.shop.svc.cluster.local"));
+        // httpsRedirect: the server's host redirects without any VirtualService.
+        assert_eq!(hosts("http.81"), ["secure.example.com:81", "blackhole:81"]);
+        assert!(format!("{:?}", view.route_configurations["http.81"].virtual_hosts[0].routes[0]).contains("SchemeRedirect(\"https\")"));
+        // The node proxies' view has none of it.
+        assert!(!r.listeners.contains_key("0.0.0.0_81"));
+    }
+
+    #[test]
+    fn gateway_fields_keel_cannot_read_are_refused_naming_them() {
+        let gateway = |servers: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: d}}\nspec: {{selector: {{a: b}}, servers: [{servers}]}}\n")
+        };
+        for (servers, field) in [
+            ("{port: {number: 0, protocol: HTTP}, hosts: [a]}", "spec.servers[0].port.number"),
+            ("{port: {number: 80, protocol: QUIC}, hosts: [a]}", "spec.servers[0].port.protocol"),
+            ("{port: {number: 80, protocol: HTTP}}", "spec.servers[0].hosts"),
+            ("{port: {number: 80, protocol: HTTP}, hosts: [a], tls: {httpsRedirekt: true}}", "httpsRedirekt"),
+        ] {
+            let mut loaded = Loaded::default();
+            load_text(std::path::Path::new("t.yaml"), &gateway(servers), &mut loaded);
+            let error = loaded.errors.first().map(|e| e.message.clone()).unwrap_or_default();
+            assert!(error.contains(field), "{servers}: {error:?}");
+        }
+    }
+}
