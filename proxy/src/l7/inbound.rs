@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, uri::PathAndQuery, HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::{
     body::Incoming,
@@ -30,7 +30,7 @@ use tracing::{debug, info};
 
 use super::{
     body::{full, HttpBody, ReportingBody},
-    request::HOP_BY_HOP,
+    request::{authority_and_path, HOP_BY_HOP},
     server::serve_http,
 };
 use crate::{
@@ -96,13 +96,7 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
     let started = Instant::now();
     let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
-    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str).to_owned();
+    let (authority, path_and_query) = authority_and_path(&parts);
     let path = policy::normalize_path(&path_and_query).into_owned();
     let snapshot = inbound.dp.workloads.snapshot();
     let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();

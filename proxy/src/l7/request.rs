@@ -70,13 +70,7 @@ pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
 pub async fn handle(request: Request<Incoming>, d: Arc<Downstream>) -> Result<Response<ReportingBody>, Infallible> {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let (authority, path_and_query) = authority_and_path(&parts);
     let grpc = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let request_id = trace_headers::prepare(&mut parts.headers);
     let mut record = RequestRecord::new(d.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, d.source.clone());
@@ -90,6 +84,17 @@ pub async fn handle(request: Request<Incoming>, d: Arc<Downstream>) -> Result<Re
     }
     let metrics = d.metrics.clone();
     Ok(response.map(|body| ReportingBody::new(body, record, metrics, started)))
+}
+
+/// Where the request says it goes: `:authority` (HTTP/2, absolute-form) or Host, and the path with its query.
+pub(super) fn authority_and_path(parts: &Parts) -> (String, String) {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    (authority, parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
 }
 
 #[allow(clippy::too_many_arguments)]

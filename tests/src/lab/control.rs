@@ -104,22 +104,13 @@ impl ControlPlane {
     /// root, and that node's token and `--node-name`. Panics for a node the lab does not have (a test bug).
     pub fn keel_args_for(&self, node: usize) -> Vec<String> {
         let creds = self.node_credentials(node);
-        vec![
-            "--xds-address".into(),
-            format!("https://{}", self.listen),
-            "--xds-root".into(),
-            self.ca_dir.join("root-cert.pem").display().to_string(),
-            "--xds-token-file".into(),
-            creds.token_file.display().to_string(),
-            "--node-name".into(),
-            creds.name.clone(),
-        ]
+        let mut args = self.follow_args(&creds.token_file);
+        args.extend(["--node-name".into(), creds.name.clone()]);
+        args
     }
 
-    /// `keel gateway`'s flags for following this control plane as gateway pod `pod` (`<namespace>/<name>`, given
-    /// when the control plane was started; panics otherwise, a test bug).
-    pub fn gateway_args(&self, pod: &str) -> Vec<String> {
-        let (_, token_file) = self.gateway_tokens.iter().find(|(p, _)| p == pod).unwrap_or_else(|| panic!("no gateway token for {pod}"));
+    /// The address every node reaches, the CA root, and the token in `token_file`.
+    fn follow_args(&self, token_file: &Path) -> Vec<String> {
         vec![
             "--xds-address".into(),
             format!("https://{}", self.listen),
@@ -128,6 +119,13 @@ impl ControlPlane {
             "--xds-token-file".into(),
             token_file.display().to_string(),
         ]
+    }
+
+    /// `keel gateway`'s flags for following this control plane as gateway pod `pod` (`<namespace>/<name>`, given
+    /// when the control plane was started; panics otherwise, a test bug).
+    pub fn gateway_args(&self, pod: &str) -> Vec<String> {
+        let (_, token_file) = self.gateway_tokens.iter().find(|(p, _)| p == pod).unwrap_or_else(|| panic!("no gateway token for {pod}"));
+        self.follow_args(token_file)
     }
 
     /// Node `node`'s token file (panics like [`ControlPlane::keel_args_for`]).
