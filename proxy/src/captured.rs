@@ -141,6 +141,7 @@ async fn carry(
                 pod.clone(),
                 record.source.ip(),
                 source_identity,
+                false,
                 destination,
                 cluster,
             )))),

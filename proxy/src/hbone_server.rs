@@ -316,7 +316,7 @@ async fn tunnel(
                 .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
             record.response_status = Some(200);
             let io = tokio::io::join(TunnelReader::new(request.into_body()), TunnelWriter::new(send));
-            let served = Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), peer.ip(), Some(client.clone()), target, cluster));
+            let served = Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), peer.ip(), Some(client.clone()), true, target, cluster));
             return l7::inbound::serve(io, served, draining).await.map_err(|e| (None, e));
         }
     };

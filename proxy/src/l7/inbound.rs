@@ -49,8 +49,10 @@ pub struct Inbound {
     pub pod: Arc<PodContext>,
     pub pod_name: Arc<str>,
     pub source_ip: IpAddr,
-    /// The client's mTLS identity (HBONE, or a same-node pod keel dialled for); `None` for a plaintext peer.
+    /// The client's identity (HBONE, or a same-node pod keel dialled for); `None` for a plaintext peer.
     pub source_identity: Option<Identity>,
+    /// The client came over HBONE (mTLS); a same-node connection carries an identity without it.
+    pub mutual_tls: bool,
     /// The application: the pod's address and the target port the client asked for.
     pub target: SocketAddrV4,
     /// Istio's inbound cluster name for the service behind the port (`inbound|<port>||<host>`), for metrics.
@@ -70,11 +72,12 @@ impl Inbound {
         pod: Arc<PodContext>,
         source_ip: IpAddr,
         source_identity: Option<Identity>,
+        mutual_tls: bool,
         target: SocketAddrV4,
         cluster: String,
     ) -> Inbound {
         let pod_name = Arc::from(pod.name.as_str());
-        Inbound { dp, pod, pod_name, source_ip, source_identity, target, cluster, app: Mutex::new(None) }
+        Inbound { dp, pod, pod_name, source_ip, source_identity, mutual_tls, target, cluster, app: Mutex::new(None) }
     }
 }
 
@@ -105,7 +108,7 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
     let mut record = RequestRecord::new(inbound.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, source);
     record.reporter = "destination";
     record.destination = snapshot.workloads_by_ip.get(&IpAddr::V4(inbound.pod.ip)).cloned();
-    record.mutual_tls = inbound.source_identity.is_some();
+    record.mutual_tls = inbound.mutual_tls;
     (record.cluster, record.cluster_found) = (inbound.cluster.clone(), true);
     (record.authority, record.path) = (authority.clone(), path_and_query.clone());
 
