@@ -29,21 +29,38 @@ pub struct NodeIdentities {
     pod_nodes: HashMap<String, String>,
     /// `namespace/name` → the pod's identity (what a gateway in that pod may ask for).
     pod_identities: HashMap<String, String>,
+    /// `namespace/name` of the pods some Gateway selects: their bound tokens are `keel gateway`s.
+    gateway_pods: HashSet<String>,
 }
 
 impl NodeIdentities {
     pub fn from_objects(trust_domain: &str, objects: &[Object]) -> NodeIdentities {
         let mut nodes = NodeIdentities::default();
+        let selectors: Vec<_> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Gateway(g) if !g.spec.selector.is_empty() => Some(&g.spec.selector),
+                _ => None,
+            })
+            .collect();
         for object in objects {
             if let Object::Pod(pod) = object {
                 let identity = format!("spiffe://{trust_domain}/ns/{}/sa/{}", pod.metadata.namespace, pod.service_account());
                 let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
                 nodes.identities.entry(pod.spec.node_name.clone()).or_default().insert(identity.clone());
                 nodes.pod_nodes.insert(key.clone(), pod.spec.node_name.clone());
+                if selectors.iter().any(|s| s.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))) {
+                    nodes.gateway_pods.insert(key.clone());
+                }
                 nodes.pod_identities.insert(key, identity);
             }
         }
         nodes
+    }
+
+    /// Whether a Gateway selects pod `namespace/name`.
+    pub fn is_gateway(&self, pod: &str) -> bool {
+        self.gateway_pods.contains(pod)
     }
 
     fn allows(&self, node: &str, identity: &str) -> bool {

@@ -1,9 +1,10 @@
 //! Client authentication under `--kubernetes`, istiod's rules: the bearer token is a ServiceAccount token (projected
 //! for the `istio-ca` audience) the API server vouches for (TokenReview). A trusted node proxy account
 //! (`--node-proxy-account`, istiod's `CA_TRUSTED_NODE_ACCOUNTS`) whose token is bound to a pod is the node proxy of
-//! that pod's node: it may hold an xDS stream and ask certificates for the workloads of its node. Any other
-//! ServiceAccount is a workload, which may ask a certificate for its own identity only. Anything else, including an
-//! API server that does not answer, is a refusal.
+//! that pod's node: it may hold an xDS stream and ask certificates for the workloads of its node. A token bound to a
+//! pod some Gateway selects is that pod's `keel gateway`: it holds an xDS stream with the pod's view and may ask a
+//! certificate for the pod's identity. Any other ServiceAccount is a workload, which may ask a certificate for its
+//! own identity only. Anything else, including an API server that does not answer, is a refusal.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -145,11 +146,15 @@ fn caller_of(status: &TokenReviewStatus, accounts: &[String], pods: &NodeIdentit
     let account = username.strip_prefix(SERVICE_ACCOUNT_PREFIX).and_then(|rest| rest.split_once(':'));
     let Some((namespace, name)) = account else { return Err(Refusal::NotAServiceAccount(username)) };
     let account = format!("{namespace}/{name}");
-    if !accounts.contains(&account) {
-        return Ok(Caller::Workload { namespace: namespace.to_owned(), service_account: name.to_owned() });
-    }
     let extra = user.extra.unwrap_or_default();
     let first = |key: &str| extra.get(key).and_then(|values| values.first()).filter(|v| !v.is_empty()).cloned();
+    if !accounts.contains(&account) {
+        let bound_gateway = first(POD_NAME_EXTRA).map(|pod| format!("{namespace}/{pod}")).filter(|pod| pods.is_gateway(pod));
+        return Ok(match bound_gateway {
+            Some(pod) => Caller::Gateway { pod },
+            None => Caller::Workload { namespace: namespace.to_owned(), service_account: name.to_owned() },
+        });
+    }
     if let Some(node) = first(NODE_NAME_EXTRA) {
         return Ok(Caller::NodeProxy { node });
     }
@@ -181,11 +186,18 @@ mod tests {
     }
 
     fn pods() -> NodeIdentities {
-        let pod: keel_mesh::objects::Pod = serde_json::from_value(serde_json::json!(
+        let pod = |json| Object::Pod(serde_json::from_value(json).unwrap());
+        let keel = pod(serde_json::json!(
             {"metadata": {"name": "keel-x7", "namespace": "istio-system"}, "spec": {"nodeName": "node-b", "containers": [{"name": "keel", "image": "keel"}]}}
+        ));
+        let ingress = pod(serde_json::json!(
+            {"metadata": {"name": "ingress-0", "namespace": "istio-system", "labels": {"istio": "ingressgateway"}}, "spec": {"nodeName": "node-a", "serviceAccountName": "ingress"}}
+        ));
+        let gateway: keel_mesh::objects::Gateway = serde_json::from_value(serde_json::json!(
+            {"metadata": {"name": "public", "namespace": "istio-system"}, "spec": {"selector": {"istio": "ingressgateway"}}}
         ))
         .unwrap();
-        NodeIdentities::from_objects("cluster.local", &[Object::Pod(pod)])
+        NodeIdentities::from_objects("cluster.local", &[keel, ingress, Object::Gateway(gateway)])
     }
 
     const KEEL: &str = "system:serviceaccount:istio-system:keel";
@@ -204,6 +216,10 @@ mod tests {
             Caller::Workload { namespace: "default".into(), service_account: "sleep".into() },
             "any other ServiceAccount is a workload, wherever it runs"
         );
+        let gateway = answer(true, "system:serviceaccount:istio-system:ingress", &[(POD_NAME_EXTRA, "ingress-0")]);
+        assert_eq!(caller_of(&gateway, &accounts, &pods()).unwrap(), Caller::Gateway { pod: "istio-system/ingress-0".into() });
+        let unbound = answer(true, "system:serviceaccount:istio-system:ingress", &[]);
+        assert!(matches!(caller_of(&unbound, &accounts, &pods()).unwrap(), Caller::Workload { .. }), "a gateway pod's token must be bound to it");
     }
 
     #[test]
