@@ -91,7 +91,7 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
     }
     info!("keel gateway stopping: draining");
     stop.send_replace(true);
-    listeners.abort();
+    let _ = listeners.await;
     let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     while data_path.telemetry.connection_stats().outbound.active > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -99,8 +99,9 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds a listener per configured port and drops the ones no longer configured, on every config change.
-async fn follow_listeners(dp: Arc<DataPath>, pod: Arc<PodContext>, stopped: watch::Receiver<bool>) {
+/// Binds a listener per configured port and drops the ones no longer configured, on every config change; when
+/// the gateway stops, every listener stops accepting (their connections drain).
+async fn follow_listeners(dp: Arc<DataPath>, pod: Arc<PodContext>, mut stopped: watch::Receiver<bool>) {
     let mut changes = dp.workloads.subscribe();
     let mut open: BTreeMap<u16, watch::Sender<bool>> = BTreeMap::new();
     loop {
@@ -122,12 +123,19 @@ async fn follow_listeners(dp: Arc<DataPath>, pod: Arc<PodContext>, stopped: watc
                     info!(port, "gateway listener bound");
                     let (stop, this_stopped) = watch::channel(false);
                     open.insert(port, stop);
-                    tokio::spawn(serve(listener, port, dp.clone(), pod.clone(), merge(this_stopped, stopped.clone())));
+                    tokio::spawn(serve(listener, port, dp.clone(), pod.clone(), this_stopped));
                 }
                 Err(e) => warn!(port, error = %format!("{e:#}"), "cannot bind a gateway listener; retried on the next config change"),
             }
         }
-        if changes.changed().await.is_err() {
+        let stop_all = tokio::select! {
+            changed = changes.changed() => changed.is_err(),
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        if stop_all {
+            for stop in open.values() {
+                stop.send_replace(true);
+            }
             return;
         }
     }
@@ -138,19 +146,6 @@ fn bind(port: u16) -> anyhow::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
     Ok(socket.listen(1024)?)
-}
-
-/// Flips when either does: the listener's own removal or the gateway's stop.
-fn merge(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = a.wait_for(|s| *s) => {}
-            _ = b.wait_for(|s| *s) => {}
-        }
-        tx.send_replace(true);
-    });
-    rx
 }
 
 /// Accepts on one listener (bounded like a pod's captured connections) and serves each connection with the L7

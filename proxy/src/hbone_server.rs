@@ -311,10 +311,7 @@ async fn tunnel(
         inbound::Admission::Relay(tracked) => tracked,
         inbound::Admission::PerRequest { cluster } => {
             // The tunnel is open to the client; its requests are decided one by one inside it.
-            let send = respond
-                .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
-                .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
-            record.response_status = Some(200);
+            let send = open_tunnel(respond, record)?;
             let io = tokio::io::join(TunnelReader::new(request.into_body()), TunnelWriter::new(send));
             let served = Arc::new(l7::inbound::Inbound::new(dp.clone(), pod.clone(), peer.ip(), Some(client.clone()), true, target, cluster));
             return l7::inbound::serve(io, served, draining).await.map_err(|e| (None, e));
@@ -322,10 +319,7 @@ async fn tunnel(
     };
     let mut app =
         inbound::connect_app(pod, dp, target).await.map_err(|e| (Some(StatusCode::SERVICE_UNAVAILABLE), ConnectionError::ConnectApp(target, e)))?;
-    let send = respond
-        .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
-        .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
-    record.response_status = Some(200);
+    let send = open_tunnel(respond, record)?;
     let reader = TunnelReader::new(request.into_body());
     let mut writer = TunnelWriter::new(send);
     let (outcome, revoked) = inbound::relay_admitted((reader, &mut writer), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
@@ -339,4 +333,13 @@ async fn tunnel(
             Err((None, error))
         }
     }
+}
+
+/// Answers the CONNECT 200: the tunnel is open, and its send half is returned.
+fn open_tunnel(respond: &mut SendResponse<Bytes>, record: &mut ConnectionRecord) -> Result<h2::SendStream<Bytes>, Refused> {
+    let send = respond
+        .send_response(Response::builder().status(StatusCode::OK).body(()).expect("a 200 response"), false)
+        .map_err(|e| (None, ConnectionError::DownstreamIo(format!("answering CONNECT: {e}"))))?;
+    record.response_status = Some(200);
+    Ok(send)
 }

@@ -246,22 +246,27 @@ fn paths(values: &[String]) -> Result<Vec<PathMatch>, String> {
             if !v.contains('{') && !v.contains('}') {
                 return Ok(PathMatch { kind: Some(path_match::Kind::String(string_match(v))) });
             }
-            if !v.starts_with('/') {
-                return Err(format!("{v:?}: a path template starts with '/'"));
-            }
-            let segments: Vec<&str> = v[1..].split('/').collect();
-            for (i, segment) in segments.iter().enumerate() {
-                let operator = segment.contains('{') || segment.contains('}');
-                if operator && *segment != "{*}" && *segment != "{**}" {
-                    return Err(format!("{v:?}: `{{*}}` and `{{**}}` must be whole path segments"));
-                }
-                if *segment == "{**}" && i + 1 != segments.len() {
-                    return Err(format!("{v:?}: `{{**}}` must be the last segment"));
-                }
-            }
+            check_path_template(v)?;
             Ok(PathMatch { kind: Some(path_match::Kind::Template(v.clone())) })
         })
         .collect()
+}
+
+/// Istio's path template: starts with `/`; `{*}` and `{**}` are whole segments, `{**}` only the last. Checked
+/// here when a policy is read and again by keel when the resource arrives.
+pub fn check_path_template(template: &str) -> Result<(), String> {
+    let Some(rest) = template.strip_prefix('/') else { return Err(format!("{template:?}: a path template starts with '/'")) };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let operator = segment.contains(['{', '}']);
+        if operator && *segment != "{*}" && *segment != "{**}" {
+            return Err(format!("{template:?}: `{{*}}` and `{{**}}` must be whole path segments"));
+        }
+        if *segment == "{**}" && i + 1 != segments.len() {
+            return Err(format!("{template:?}: `{{**}}` must be the last segment"));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn cidrs(values: &[String]) -> Result<Vec<security::Address>, String> {

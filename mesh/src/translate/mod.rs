@@ -13,6 +13,7 @@ mod l7;
 mod peer_authentication;
 mod request_authentication;
 
+pub use authorization::check_path_template;
 pub use request_authentication::{check_jwks, inline_key_sets, KeySets};
 mod service_entry;
 mod virtual_service;

@@ -206,7 +206,7 @@ fn check_http_matches(policy: &HttpAuthorization) -> Result<(), String> {
                         match &path.kind {
                             Some(Kind::String(s)) => check_strings(&at(&format!("{field}[{i}]")), std::slice::from_ref(s))?,
                             Some(Kind::Template(t)) => {
-                                check_path_template(t).map_err(|e| format!("field `{}`: {e}", at(&format!("{field}[{i}]"))))?
+                                keel_mesh::translate::check_path_template(t).map_err(|e| format!("field `{}`: {e}", at(&format!("{field}[{i}]"))))?
                             }
                             None => return Err(format!("field `{}`: neither a string nor a template", at(&format!("{field}[{i}]")))),
                         }
@@ -226,22 +226,6 @@ fn check_http_matches(policy: &HttpAuthorization) -> Result<(), String> {
                     check_strings(&format!("{at}.not_values"), &condition.not_values)?;
                 }
             }
-        }
-    }
-    Ok(())
-}
-
-/// Istio's path template: starts with `/`; `{*}` and `{**}` are whole segments, `{**}` only the last.
-fn check_path_template(template: &str) -> Result<(), String> {
-    let Some(rest) = template.strip_prefix('/') else { return Err(format!("{template:?} does not start with '/'")) };
-    let segments: Vec<&str> = rest.split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let operator = segment.contains(['{', '}']);
-        if operator && *segment != "{*}" && *segment != "{**}" {
-            return Err(format!("{template:?}: `{{*}}` and `{{**}}` must be whole segments"));
-        }
-        if *segment == "{**}" && i + 1 != segments.len() {
-            return Err(format!("{template:?}: `{{**}}` must be the last segment"));
         }
     }
     Ok(())
