@@ -7,6 +7,7 @@ mod duration;
 mod gateway;
 pub mod names;
 mod schema;
+mod secret;
 mod virtual_service;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
@@ -17,6 +18,7 @@ use serde::Deserialize;
 pub use destination_rule::*;
 pub use duration::ProtoDuration;
 pub use gateway::*;
+pub use secret::Secret;
 pub use virtual_service::*;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -67,6 +69,7 @@ pub enum Object {
     Gateway(Gateway),
     DestinationRule(DestinationRule),
     EndpointSlice(EndpointSlice),
+    Secret(Secret),
 }
 
 impl Object {
@@ -82,6 +85,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
         }
     }
 
@@ -97,6 +101,7 @@ impl Object {
             Object::Gateway(_) => "Gateway",
             Object::DestinationRule(_) => "DestinationRule",
             Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Secret(_) => "Secret",
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
 
 use keel_proto::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_AUTHORIZATION_TYPE_URL, LISTENER_TYPE_URL,
-    REQUEST_AUTHENTICATION_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, SECRET_TYPE_URL,
 };
 use prost::Message;
 use prost_types::Any;
@@ -25,8 +25,9 @@ pub struct Entry {
 pub struct Snapshot {
     /// type URL → resource name → entry: what node proxies get.
     pub types: BTreeMap<String, BTreeMap<String, Entry>>,
-    /// Gateway pod (`<namespace>/<pod>`) → its own listeners and route configurations, which replace the mesh's
-    /// for that gateway's stream (the other types are the same for every client).
+    /// Gateway pod (`<namespace>/<pod>`) → its own listeners, route configurations and secrets, which replace the
+    /// mesh's for that gateway's stream (the other types are the same for every client). Secrets exist only here:
+    /// a node proxy never receives one.
     pub gateways: BTreeMap<String, BTreeMap<String, BTreeMap<String, Entry>>>,
 }
 
@@ -69,6 +70,7 @@ impl Snapshot {
                 let types = BTreeMap::from([
                     (LISTENER_TYPE_URL.to_owned(), entries(LISTENER_TYPE_URL, &view.listeners)),
                     (ROUTE_CONFIGURATION_TYPE_URL.to_owned(), entries(ROUTE_CONFIGURATION_TYPE_URL, &view.route_configurations)),
+                    (SECRET_TYPE_URL.to_owned(), entries(SECRET_TYPE_URL, &view.secrets)),
                 ]);
                 (pod.clone(), types)
             })
@@ -81,14 +83,15 @@ impl Snapshot {
         self.types.get(type_url)
     }
 
-    /// What `view` gets of `type_url`: a gateway has its own listeners and routes (none if no Gateway selects
-    /// its pod: it then serves nothing), and the mesh's resources of every other type.
+    /// What `view` gets of `type_url`: a gateway has its own listeners, routes and secrets (none if no Gateway
+    /// selects its pod: it then serves nothing), and the mesh's resources of every other type; a node proxy gets
+    /// no secrets.
     pub fn of_type_for(&self, view: View<'_>, type_url: &str) -> Option<&BTreeMap<String, Entry>> {
         static EMPTY: BTreeMap<String, Entry> = BTreeMap::new();
+        let own = [LISTENER_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, SECRET_TYPE_URL];
         match view {
-            View::Gateway(pod) if type_url == LISTENER_TYPE_URL || type_url == ROUTE_CONFIGURATION_TYPE_URL => {
-                Some(self.gateways.get(pod).and_then(|types| types.get(type_url)).unwrap_or(&EMPTY))
-            }
+            View::Gateway(pod) if own.contains(&type_url) => Some(self.gateways.get(pod).and_then(|types| types.get(type_url)).unwrap_or(&EMPTY)),
+            View::NodeProxy if type_url == SECRET_TYPE_URL => Some(&EMPTY),
             _ => self.types.get(type_url),
         }
     }

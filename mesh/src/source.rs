@@ -174,6 +174,8 @@ fn parse_object(value: &Value) -> Result<Object, (Option<String>, String)> {
     let object = match kind {
         "Pod" => Object::Pod(typed(value).map_err(fail)?),
         "Service" => Object::Service(typed(value).map_err(fail)?),
+        // Only for the certificates of Gateways' TLS servers (`credentialName`).
+        "Secret" => Object::Secret(typed(value).map_err(fail)?),
         "EndpointSlice" => {
             expect_group(&["discovery.k8s.io"])?;
             Object::EndpointSlice(typed(value).map_err(fail)?)

@@ -10,7 +10,8 @@
 //! - `discovery`: Envoy's delta aggregated discovery transport (`DeltaAggregatedResources`);
 //! - `listener`, `route`, `cluster`, `endpoint`: the subset of Envoy's L7 resources keel consumes (Listener,
 //!   RouteConfiguration, Cluster, ClusterLoadAssignment), with `core`, `matcher` and `types` (envoy.type.v3) for
-//!   the shared types, and `hcm` / `fault` (plus `fault_common`) for the filter configs carried in `Any` fields.
+//!   the shared types, and `hcm` / `fault` (plus `fault_common`) for the filter configs carried in `Any` fields;
+//!   `tls`: a gateway's TLS contexts and the Secrets (SDS resources) they name.
 //!   ENVOY-SUBSET.md lists what is kept and what is left out; fields outside the subset are skipped on decode.
 
 pub mod istio {
@@ -85,6 +86,15 @@ pub mod envoy {
                 }
             }
         }
+        pub mod transport_sockets {
+            pub mod tls {
+                // Generated code: oneofs hold contexts by value.
+                #[allow(clippy::large_enum_variant)]
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.transport_sockets.tls.v3");
+                }
+            }
+        }
     }
     pub mod service {
         pub mod discovery {
@@ -125,6 +135,7 @@ pub use envoy::config::route::v3 as route;
 pub use envoy::extensions::filters::common::fault::v3 as fault_common;
 pub use envoy::extensions::filters::http::fault::v3 as fault;
 pub use envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy::r#type::matcher::v3 as matcher;
 pub use envoy::r#type::v3 as types;
 pub use envoy::service::discovery::v3 as discovery;
@@ -149,6 +160,12 @@ pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str = "type.googleapis.com/envoy.co
 pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 pub const HTTP_FAULT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+/// A gateway's TLS: the secrets (certificates, CA bundles) its listeners name, sent only to that gateway (SDS on
+/// the ADS stream), and the transport socket config of a TLS-terminating filter chain.
+pub const SECRET_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const DOWNSTREAM_TLS_CONTEXT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// The transport socket name Envoy gives TLS.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
 #[cfg(test)]
 mod tests {

@@ -102,7 +102,7 @@ pub fn check(mesh: &Mesh, object: &Object) -> Result<(), String> {
         Object::VirtualService(vs) => virtual_service::check(vs).map(drop),
         Object::DestinationRule(rule) => destination_rule::check(rule).map(drop),
         Object::Gateway(gateway) => l7::gateway::check(gateway).map(drop),
-        Object::Pod(_) | Object::EndpointSlice(_) => Ok(()),
+        Object::Pod(_) | Object::EndpointSlice(_) | Object::Secret(_) => Ok(()),
     }
 }
 
@@ -141,7 +141,8 @@ impl<'a> ByKind<'a> {
                 | Object::RequestAuthentication(_)
                 | Object::VirtualService(_)
                 | Object::DestinationRule(_)
-                | Object::Gateway(_) => {}
+                | Object::Gateway(_)
+                | Object::Secret(_) => {}
             }
         }
         by_kind
@@ -167,6 +168,8 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> Result<Resources, Vec<Strin
             // EndpointSlices are read through the Services they back (see `backs`).
             Object::Pod(pod) if !pod.is_workload() => {}
             Object::EndpointSlice(_) => {}
+            // Secrets are read through the Gateways that name them (`l7::gateway`).
+            Object::Secret(_) => {}
             Object::Pod(pod) => {
                 let namespace = pod.metadata.namespace.as_str();
                 let (services, policies) = (in_namespace(&services_by_namespace, namespace), in_namespace(&policies_by_namespace, namespace));

@@ -9,14 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_proto::{
-    listener::Listener,
+    listener::{FilterChainMatch, Listener},
+    tls::Secret,
     route::{
         redirect_action::{RedirectResponseCode, SchemeRewriteSpecifier},
         route, RedirectAction, Route, RouteConfiguration, VirtualHost,
     },
 };
 
-use super::{listeners, routes, ClusterKey, Mesh7};
+use super::{gateway_tls, listeners, routes, ClusterKey, Mesh7};
 use crate::objects::{Gateway, Object, Server, VirtualService};
 
 /// What one gateway pod serves.
@@ -24,6 +25,8 @@ use crate::objects::{Gateway, Object, Server, VirtualService};
 pub struct GatewayView {
     pub listeners: BTreeMap<String, Listener>,
     pub route_configurations: BTreeMap<String, RouteConfiguration>,
+    /// The certificates and CA bundles its HTTPS servers name (SDS resources, `kubernetes://<Secret name>`).
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// The server protocols served as HTTP.
@@ -50,11 +53,15 @@ pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
         if server.hosts.is_empty() {
             return Err(format!("field {}: at least one host is required", at("hosts")));
         }
-        if !serves_http(&protocol) {
+        if protocol == "HTTPS" {
+            match gateway_tls::check(server, &at) {
+                Ok(adjusted) => warnings.extend(adjusted),
+                Err(why) => warnings.push(format!("{why}: the server is not served")),
+            }
+        } else if !serves_http(&protocol) {
             warnings.push(format!("{}: {protocol} servers are not served by keel gateway yet: ignored", at("port.protocol")));
-        }
-        if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
-            warnings.push(format!("{}: TLS termination (mode, certificates) is not served by keel gateway yet: ignored", at("tls")));
+        } else if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
+            warnings.push(format!("{}: TLS settings on an {protocol} server are ignored (an HTTPS server terminates TLS)", at("tls")));
         }
         if server.tls.as_ref().is_some_and(|tls| tls.https_redirect) && !serves_http(&protocol) {
             warnings.push(format!("{}: only applies to HTTP servers: ignored", at("tls.httpsRedirect")));
@@ -101,10 +108,19 @@ pub(super) fn translate(
     }) {
         let selecting: Vec<&Gateway> = gateways.iter().copied().filter(|g| super::super::selects(&g.spec.selector, &pod.metadata.labels)).collect();
         if !selecting.is_empty() {
-            views.insert(
-                format!("{}/{}", pod.metadata.namespace, pod.metadata.name),
-                view(inputs, &selecting, &virtual_services, cluster_keys, warnings),
-            );
+            let namespace = pod.metadata.namespace.as_str();
+            let secrets: gateway_tls::NamespaceSecrets = objects
+                .iter()
+                .filter_map(|o| match o {
+                    Object::Secret(s) if s.metadata.namespace == namespace => Some((s.metadata.name.as_str(), s)),
+                    _ => None,
+                })
+                .collect();
+            let pod_name = format!("{namespace}/{}", pod.metadata.name);
+            let mut pod_warnings = Vec::new();
+            let view = view(inputs, (namespace, &secrets), &selecting, &virtual_services, cluster_keys, &mut pod_warnings);
+            warnings.extend(pod_warnings.into_iter().map(|w| format!("gateway pod {pod_name}: {w}")));
+            views.insert(pod_name, view);
         }
     }
     views
@@ -112,79 +128,158 @@ pub(super) fn translate(
 
 fn view(
     inputs: &Mesh7,
+    (pod_namespace, secrets): (&str, &gateway_tls::NamespaceSecrets),
     gateways: &[&Gateway],
     virtual_services: &[&VirtualService],
     cluster_keys: &mut BTreeSet<ClusterKey>,
     warnings: &mut Vec<String>,
 ) -> GatewayView {
-    // Port → the (gateway, server hosts) that serve HTTP on it, merged across the Gateways selecting the pod.
-    let mut ports: BTreeMap<u16, Vec<(&Gateway, &Server)>> = BTreeMap::new();
+    // Port → the servers that serve HTTP or terminate HTTPS on it, merged across the Gateways selecting the pod.
+    let mut ports: BTreeMap<u16, Vec<GatewayServer>> = BTreeMap::new();
     for gateway in gateways {
-        for server in gateway.spec.servers.iter().filter(|s| serves_http(&s.port.protocol)) {
+        for (index, server) in gateway.spec.servers.iter().enumerate() {
+            let at = |field: &str| format!("Gateway {}/{}: spec.servers[{index}].{field}", gateway.metadata.namespace, gateway.metadata.name);
+            let https = server.port.protocol.eq_ignore_ascii_case("HTTPS") && gateway_tls::check(server, &at).is_ok();
             let Ok(port) = u16::try_from(server.port.number) else { continue };
-            ports.entry(port).or_default().push((gateway, server));
+            if serves_http(&server.port.protocol) || https {
+                ports.entry(port).or_default().push(GatewayServer { gateway, index, server, https });
+            }
         }
     }
     let mut out = GatewayView::default();
     for (port, servers) in ports {
-        let route_name = format!("http.{port}");
-        let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
-        let mut claimed = BTreeSet::new();
-        for vs in virtual_services {
-            let exposed_by: Vec<(&Gateway, &Server)> = servers.iter().filter(|(g, _)| binds(vs, g)).copied().collect();
-            if exposed_by.is_empty() {
+        // A port serves one protocol, its first server's (istiod skips the servers that conflict).
+        let https = servers[0].https;
+        let (servers, conflicting): (Vec<GatewayServer>, Vec<GatewayServer>) = servers.into_iter().partition(|s| s.https == https);
+        for s in conflicting {
+            warnings.push(format!("{}: port {port} already serves {}: ignored", s.at("port"), if https { "HTTPS" } else { "plain HTTP" }));
+        }
+        if !https {
+            let route_name = format!("http.{port}");
+            let pairs: Vec<(&Gateway, &Server)> = servers.iter().map(|s| (s.gateway, s.server)).collect();
+            let virtual_hosts = virtual_hosts(inputs, port, &pairs, virtual_services, cluster_keys, warnings);
+            out.listeners.insert(listeners::name(port), listeners::listener_with_routes(port, &route_name, &format!("gateway_0.0.0.0_{port}")));
+            out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name, virtual_hosts });
+            continue;
+        }
+        // HTTPS: a filter chain per server, picked by SNI among the server's hosts, with its own certificate and
+        // its own routes (`https.<port>.<port name>.<gateway>.<namespace>`, as istiod names them).
+        let mut chains = Vec::new();
+        let mut claimed_names: BTreeSet<String> = BTreeSet::new();
+        for s in &servers {
+            let server_names = server_names(s.server);
+            let names_key: Vec<String> = if server_names.is_empty() { vec!["*".into()] } else { server_names.clone() };
+            if let Some(taken) = names_key.iter().find(|n| claimed_names.contains(*n)) {
+                warnings.push(format!("{}: SNI host {taken} on port {port} is already served by another server: ignored", s.at("hosts")));
                 continue;
             }
-            for host in &vs.spec.hosts {
-                let host = host.to_ascii_lowercase();
-                let exposing: Vec<&Server> = exposed_by
-                    .iter()
-                    .filter(|(g, server)| server.hosts.iter().any(|p| exposes(p, &host, &vs.metadata.namespace, &g.metadata.namespace)))
-                    .map(|(_, server)| *server)
-                    .collect();
-                if exposing.is_empty() {
-                    continue;
-                }
-                // One VirtualService per host and port, the first by name (Istio merges a few special cases).
-                if !claimed.insert(host.clone()) {
-                    warnings.push(format!(
-                        "VirtualService {}/{}: host {host} on gateway port {port} is already routed: ignored",
-                        vs.metadata.namespace, vs.metadata.name
-                    ));
-                    continue;
-                }
-                let routes = if exposing.iter().any(|s| redirects(s)) {
-                    vec![https_redirect()]
-                } else {
-                    routes::gateway_routes(inputs, vs, port, cluster_keys, warnings)
-                };
+            let Some(termination) = gateway_tls::termination(s.server, &|f| s.at(f), pod_namespace, secrets, warnings) else { continue };
+            claimed_names.extend(names_key);
+            let (g, port_name) = (&s.gateway.metadata, s.server.port.name.as_deref().unwrap_or("https"));
+            let route_name = format!("https.{port}.{port_name}.{}.{}", g.name, g.namespace);
+            let virtual_hosts = virtual_hosts(inputs, port, &[(s.gateway, s.server)], virtual_services, cluster_keys, warnings);
+            out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name.clone(), virtual_hosts });
+            let mut chain = listeners::http_chain(&route_name, &route_name, &format!("gateway_{route_name}"));
+            if !server_names.is_empty() {
+                chain.filter_chain_match = Some(FilterChainMatch { server_names, ..Default::default() });
+            }
+            chain.transport_socket = Some(termination.transport_socket);
+            out.secrets.extend(termination.secrets);
+            chains.push(chain);
+        }
+        if !chains.is_empty() {
+            out.listeners.insert(listeners::name(port), listeners::listener_with_chains(port, chains));
+        }
+    }
+    out
+}
+
+/// One server of a Gateway selecting the pod, with where it is (for warnings) and whether it terminates HTTPS.
+struct GatewayServer<'a> {
+    gateway: &'a Gateway,
+    index: usize,
+    server: &'a Server,
+    https: bool,
+}
+
+impl GatewayServer<'_> {
+    fn at(&self, field: &str) -> String {
+        format!("Gateway {}/{}: spec.servers[{}].{field}", self.gateway.metadata.namespace, self.gateway.metadata.name, self.index)
+    }
+}
+
+/// The SNI names a server's chain matches: its hosts without their namespace part; none (every name) when one
+/// of them is `*`.
+fn server_names(server: &Server) -> Vec<String> {
+    let hosts: Vec<String> = server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_ascii_lowercase()).collect();
+    if hosts.iter().any(|h| h == "*") {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = hosts;
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The virtual hosts of one route configuration: one `<host>:<port>` per host of a VirtualService bound to one
+/// of `servers`' Gateways and exposed by one of them, the redirecting servers' own hosts, and the blackhole host.
+fn virtual_hosts(
+    inputs: &Mesh7,
+    port: u16,
+    servers: &[(&Gateway, &Server)],
+    virtual_services: &[&VirtualService],
+    cluster_keys: &mut BTreeSet<ClusterKey>,
+    warnings: &mut Vec<String>,
+) -> Vec<VirtualHost> {
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+    let mut claimed = BTreeSet::new();
+    for vs in virtual_services {
+        let exposed_by: Vec<(&Gateway, &Server)> = servers.iter().filter(|(g, _)| binds(vs, g)).copied().collect();
+        if exposed_by.is_empty() {
+            continue;
+        }
+        for host in &vs.spec.hosts {
+            let host = host.to_ascii_lowercase();
+            let exposing: Vec<&Server> = exposed_by
+                .iter()
+                .filter(|(g, server)| server.hosts.iter().any(|p| exposes(p, &host, &vs.metadata.namespace, &g.metadata.namespace)))
+                .map(|(_, server)| *server)
+                .collect();
+            if exposing.is_empty() {
+                continue;
+            }
+            // One VirtualService per host and port, the first by name (Istio merges a few special cases).
+            if !claimed.insert(host.clone()) {
+                warnings.push(format!(
+                    "VirtualService {}/{}: host {host} on gateway port {port} is already routed: ignored",
+                    vs.metadata.namespace, vs.metadata.name
+                ));
+                continue;
+            }
+            let routes = if exposing.iter().any(|s| redirects(s)) {
+                vec![https_redirect()]
+            } else {
+                routes::gateway_routes(inputs, vs, port, cluster_keys, warnings)
+            };
+            virtual_hosts.push(VirtualHost { name: format!("{host}:{port}"), domains: vec![host.clone(), format!("{host}:{port}")], routes, ..Default::default() });
+        }
+    }
+    // A redirecting server's own hosts redirect even without a VirtualService (istiod gives them a host too).
+    for (_, server) in servers.iter().filter(|(_, s)| redirects(s)) {
+        for host in server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_ascii_lowercase()) {
+            if !host.contains('*') && claimed.insert(host.clone()) {
                 virtual_hosts.push(VirtualHost {
                     name: format!("{host}:{port}"),
                     domains: vec![host.clone(), format!("{host}:{port}")],
-                    routes,
+                    routes: vec![https_redirect()],
                     ..Default::default()
                 });
             }
         }
-        // A redirecting server's own hosts redirect even without a VirtualService (istiod gives them a host too).
-        for (_, server) in servers.iter().filter(|(_, s)| redirects(s)) {
-            for host in server.hosts.iter().map(|h| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_ascii_lowercase()) {
-                if !host.contains('*') && claimed.insert(host.clone()) {
-                    virtual_hosts.push(VirtualHost {
-                        name: format!("{host}:{port}"),
-                        domains: vec![host.clone(), format!("{host}:{port}")],
-                        routes: vec![https_redirect()],
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        // Everything else: no route (404), as istiod's blackhole host answers.
-        virtual_hosts.push(VirtualHost { name: format!("blackhole:{port}"), domains: vec!["*".into()], ..Default::default() });
-        out.listeners.insert(listeners::name(port), listeners::listener_with_routes(port, &route_name, &format!("gateway_0.0.0.0_{port}")));
-        out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name, virtual_hosts });
     }
-    out
+    // Everything else: no route (404), as istiod's blackhole host answers.
+    virtual_hosts.push(VirtualHost { name: format!("blackhole:{port}"), domains: vec!["*".into()], ..Default::default() });
+    virtual_hosts
 }
 
 fn redirects(server: &Server) -> bool {
@@ -271,6 +366,19 @@ spec:
     hosts: [secure.example.com]
     tls: {mode: SIMPLE, credentialName: secure-cert}
 ---
+apiVersion: v1
+kind: Secret
+metadata: {name: secure-cert, namespace: istio-system}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: secure-cert, namespace: shop}
+stringData: {tls.crt: OTHER, tls.key: OTHER}
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: webapp, namespace: shop}
@@ -299,9 +407,16 @@ spec:
         let r = translate(&Mesh::default(), &objects).unwrap();
         assert_eq!(r.gateway_views.keys().collect::<Vec<_>>(), ["istio-system/ingress-0"], "only the selected pod has a view");
         let view = &r.gateway_views["istio-system/ingress-0"];
-        // HTTP ports only; 443 (HTTPS) is warned about, not served.
-        assert_eq!(view.listeners.keys().collect::<Vec<_>>(), ["0.0.0.0_80", "0.0.0.0_81"]);
-        assert!(r.warnings.iter().any(|w| w.contains("spec.servers[2]") && w.contains("not served")), "{:?}", r.warnings);
+        assert_eq!(view.listeners.keys().collect::<Vec<_>>(), ["0.0.0.0_443", "0.0.0.0_80", "0.0.0.0_81"]);
+        // 443 terminates TLS for secure.example.com with the Secret of the gateway pod's namespace.
+        let chains = &view.listeners["0.0.0.0_443"].filter_chains;
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0].filter_chain_match.as_ref().unwrap().server_names, ["secure.example.com"]);
+        assert!(chains[0].transport_socket.is_some());
+        assert_eq!(view.secrets.keys().collect::<Vec<_>>(), ["kubernetes://secure-cert"]);
+        assert!(view.route_configurations.contains_key("https.443.https.public.istio-system"));
+        // The Secret of the same name in another namespace is not the gateway's.
+        assert!(!format!("{:?}", view.secrets).contains("OTHER"));
         let hosts = |routes: &str| view.route_configurations[routes].virtual_hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
         // webapp.example.com is exposed (its namespace matches); hidden.example.com is on no server; the VS bound to
         // another gateway gives nothing; everything else falls to the blackhole host.
@@ -312,8 +427,12 @@ spec:
         // httpsRedirect: the server's host redirects without any VirtualService.
         assert_eq!(hosts("http.81"), ["secure.example.com:81", "blackhole:81"]);
         assert!(format!("{:?}", view.route_configurations["http.81"].virtual_hosts[0].routes[0]).contains("SchemeRedirect(\"https\")"));
-        // The node proxies' view has none of it.
+        // The node proxies' view has none of it, and no secret at all.
         assert!(!r.listeners.contains_key("0.0.0.0_81"));
+        let snapshot = crate::snapshot::Snapshot::from_resources(&r);
+        let secrets = |view| snapshot.of_type_for(view, keel_proto::SECRET_TYPE_URL).map(|s| s.len());
+        assert_eq!(secrets(crate::snapshot::View::NodeProxy), Some(0));
+        assert_eq!(secrets(crate::snapshot::View::Gateway("istio-system/ingress-0")), Some(1));
     }
 
     #[test]

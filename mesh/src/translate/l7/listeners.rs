@@ -35,6 +35,11 @@ pub fn listener(port: u16) -> Listener {
 
 /// A listener whose routes are the route configuration `routes` (a gateway's `http.<port>`).
 pub fn listener_with_routes(port: u16, routes: &str, stat_prefix: &str) -> Listener {
+    listener_with_chains(port, vec![http_chain(&name(port), routes, stat_prefix)])
+}
+
+/// A filter chain named `name` whose HTTP connection manager routes by the route configuration `routes`.
+pub fn http_chain(name: &str, routes: &str, stat_prefix: &str) -> FilterChain {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
@@ -45,14 +50,18 @@ pub fn listener_with_routes(port: u16, routes: &str, stat_prefix: &str) -> Liste
             http_filter(ROUTER_FILTER, ROUTER_TYPE_URL),
         ],
     };
-    let chain = FilterChain {
-        name: name(port),
+    FilterChain {
+        name: name.to_owned(),
         filters: vec![Filter {
             name: HCM_FILTER.into(),
             config_type: Some(filter::ConfigType::TypedConfig(Any { type_url: HTTP_CONNECTION_MANAGER_TYPE_URL.into(), value: hcm.encode_to_vec() })),
         }],
         ..Default::default()
-    };
+    }
+}
+
+/// The listener `0.0.0.0_<port>` with `chains` (a gateway's HTTPS port has one per server, chosen by SNI).
+pub fn listener_with_chains(port: u16, chains: Vec<FilterChain>) -> Listener {
     Listener {
         name: name(port),
         address: Some(Address {
@@ -62,7 +71,7 @@ pub fn listener_with_routes(port: u16, routes: &str, stat_prefix: &str) -> Liste
                 ..Default::default()
             })),
         }),
-        filter_chains: vec![chain],
+        filter_chains: chains,
         default_filter_chain: None,
     }
 }

@@ -12,6 +12,7 @@ mod actions;
 mod clusters;
 mod endpoints;
 pub mod gateway;
+pub mod gateway_tls;
 mod listeners;
 mod matches;
 mod policy;
