@@ -31,10 +31,11 @@ const ISTIO_KINDS: [(&str, &str, &[&str]); 7] = [
     (SECURITY_GROUP, "RequestAuthentication", &["v1", "v1beta1"]),
 ];
 
-/// Pods, Services, EndpointSlices (for Services without a selector), Namespaces and Nodes: served by every API server.
+/// Pods, Services, EndpointSlices (for Services without a selector), Namespaces, Nodes and Secrets (the
+/// certificates Gateways name): served by every API server.
 pub fn builtins() -> Vec<WatchedKind> {
     use k8s_openapi::api::{
-        core::v1::{Namespace, Node, Pod, Service},
+        core::v1::{Namespace, Node, Pod, Secret, Service},
         discovery::v1::EndpointSlice,
     };
     vec![
@@ -43,6 +44,7 @@ pub fn builtins() -> Vec<WatchedKind> {
         WatchedKind { kind: "Service", resource: ApiResource::erase::<Service>(&()) },
         WatchedKind { kind: NAMESPACE, resource: ApiResource::erase::<Namespace>(&()) },
         WatchedKind { kind: NODE, resource: ApiResource::erase::<Node>(&()) },
+        WatchedKind { kind: "Secret", resource: ApiResource::erase::<Secret>(&()) },
     ]
 }
 

@@ -54,7 +54,7 @@ pub fn documents(params: &Params) -> Vec<Document> {
     ]
 }
 
-const CONTROL_RULES: [Rule; 8] = [
+const CONTROL_RULES: [Rule; 9] = [
     Rule {
         api_group: "",
         resources: &["pods", "services", "namespaces", "nodes"],
@@ -62,6 +62,14 @@ const CONTROL_RULES: [Rule; 8] = [
         resource_names: &[],
         why: "The mesh's workloads and services: pods (Workloads; the CA checks that a pod keel asks for runs on the \
               caller's node), services (VIPs and ports), namespaces (ambient labels), nodes (topology labels → locality).",
+    },
+    Rule {
+        api_group: "",
+        resources: &["secrets"],
+        verbs: &["get", "list", "watch"],
+        resource_names: &[],
+        why: "The certificates of Gateways' TLS servers (credentialName), as istiod reads them: sent only to the \
+              keel gateway pods of the Secret's own namespace whose servers name them, never logged.",
     },
     Rule {
         api_group: "discovery.k8s.io",
