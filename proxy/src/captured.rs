@@ -162,6 +162,7 @@ fn downstream(
     record.source_peer = Peer::of(source.as_ref());
     record.destination_service = Some(service.hostname.clone());
     Arc::new(Downstream {
+        filter_chain: None,
         dp: dp.clone(),
         pod: pod.clone(),
         pod_name: Arc::from(pod.name.as_str()),

@@ -23,6 +23,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+mod tls_termination;
+
 use crate::{
     accept::accept_loop,
     bypass::Bypass,
@@ -149,7 +151,8 @@ fn bind(port: u16) -> anyhow::Result<TcpListener> {
 }
 
 /// Accepts on one listener (bounded like a pod's captured connections) and serves each connection with the L7
-/// engine; `port` selects the listener's routes.
+/// engine; `port` selects the listener's routes. On a port whose listener terminates TLS (HTTPS servers) the
+/// handshake comes first and picks the filter chain, hence the routes.
 async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<PodContext>, stop: watch::Receiver<bool>) {
     let slots = vec![pod.connection_slots.clone()];
     let telemetry_dp = dp.clone();
@@ -160,9 +163,34 @@ async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<Pod
             let _ = stream.set_nodelay(true);
             dp.telemetry.connection_opened(crate::plan::Direction::Outbound);
             let started = std::time::Instant::now();
+            let record = |path| {
+                let mut record = crate::telemetry::ConnectionRecord::new(crate::plan::Direction::Outbound, &pod.name, peer);
+                record.path = path;
+                record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+                record
+            };
+            let listener = dp.workloads.snapshot().l7.listeners_by_port.get(&port).cloned();
+            let connection = if listener.is_some_and(|l| l.terminates_tls()) {
+                match tls_termination::terminate(stream, port, || dp.workloads.snapshot(), dp.limits.hbone.handshake_timeout).await {
+                    Ok((tls, chain)) => Connection::Tls(Box::new(tls), chain),
+                    Err(why) => {
+                        debug!(%peer, port, %why, "gateway TLS connection refused");
+                        dp.telemetry.refused(Refusal::GatewayTlsHandshake);
+                        dp.telemetry.connection_closed(record(None), started.elapsed());
+                        drop(slots);
+                        return;
+                    }
+                }
+            } else {
+                Connection::Plain(stream)
+            };
             // The gateway's own Workload is the source of what it sends on (its identity, its locality).
             let source = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
             let downstream = Arc::new(Downstream {
+                filter_chain: match &connection {
+                    Connection::Tls(_, chain) => Some(chain.clone()),
+                    Connection::Plain(_) => None,
+                },
                 dp: dp.clone(),
                 pod: pod.clone(),
                 pod_name: Arc::from(pod.name.as_str()),
@@ -172,15 +200,22 @@ async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<Pod
                 source,
                 metrics: dp.telemetry.http.clone(),
             });
-            if let Err(e) = serve_connection(stream, downstream, draining).await {
+            let served = match connection {
+                Connection::Tls(tls, _) => serve_connection(tls, downstream, draining).await,
+                Connection::Plain(plain) => serve_connection(plain, downstream, draining).await,
+            };
+            if let Err(e) = served {
                 debug!(%peer, port, error = %e, "gateway connection ended with an error");
             }
-            let mut record = crate::telemetry::ConnectionRecord::new(crate::plan::Direction::Outbound, &pod.name, peer);
-            record.path = Some(crate::plan::Path::Http);
-            record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-            dp.telemetry.connection_closed(record, started.elapsed());
+            dp.telemetry.connection_closed(record(Some(crate::plan::Path::Http)), started.elapsed());
             drop(slots);
         }
     })
     .await
+}
+
+/// A gateway connection as served: plain, or TLS terminated by the named filter chain.
+enum Connection {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>, Arc<str>),
 }

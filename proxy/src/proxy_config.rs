@@ -1,4 +1,4 @@
-//! `keel pc workloads|services|policies|certs|status|listeners|routes|clusters|endpoints`: the config dump as
+//! `keel pc workloads|services|policies|certs|status|listeners|secrets|routes|clusters|endpoints`: the config dump as
 //! aligned tables, the way `istioctl ztunnel-config` and `istioctl proxy-config` print a proxy's state.
 use crate::config_dump::ConfigDump;
 
@@ -10,6 +10,7 @@ pub enum View {
     Certs,
     Status,
     Listeners,
+    Secrets,
     Routes,
     Clusters,
     Endpoints,
@@ -53,8 +54,19 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
             dump.certificates.iter().map(|c| vec![c.identity.clone(), c.state.clone(), c.serial.clone(), c.not_before.clone(), c.not_after.clone()]),
         ),
         View::Listeners => table(
-            &["NAME", "PORT", "ROUTE CONFIG", "FAULT FILTER"],
-            dump.l7.listeners.iter().map(|l| vec![l.name.clone(), l.port.to_string(), l.route_config.clone(), yes(l.faults)]),
+            &["NAME", "PORT", "SNI", "TLS", "ROUTE CONFIG", "FAULT FILTER"],
+            dump.l7
+                .listeners
+                .iter()
+                .map(|l| vec![l.name.clone(), l.port.to_string(), l.server_names.clone(), l.tls.clone(), l.route_config.clone(), yes(l.faults)]),
+        ),
+        // After `istioctl proxy-config secret`; never the key.
+        View::Secrets => table(
+            &["RESOURCE NAME", "TYPE", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE", "SUBJECT", "SANS"],
+            dump.l7.secrets.iter().map(|s| {
+                let sans = if s.sans.is_empty() { "-".into() } else { s.sans.join(",") };
+                vec![s.name.clone(), s.kind.clone(), s.serial.clone(), s.not_after.clone(), s.not_before.clone(), s.subject.clone(), sans]
+            }),
         ),
         View::Routes => table(
             &["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "ROUTE", "MATCH", "DESTINATION"],

@@ -48,6 +48,9 @@ pub struct Downstream {
     pub pod_name: Arc<str>,
     /// The service port the client dialled (selects the listener and its routes).
     pub port: u16,
+    /// The TLS filter chain a gateway chose for the connection at its handshake (by SNI); `None`: the
+    /// listener's plain chain.
+    pub filter_chain: Option<Arc<str>>,
     pub client_ip: IpAddr,
     pub source: Option<Arc<Workload>>,
     /// The source workload's (region, zone, subzone), for locality-preferring balancing.
@@ -108,7 +111,7 @@ async fn respond(
     record: &mut RequestRecord,
     started: Instant,
 ) -> Response<HttpBody> {
-    let Some((listener, table)) = snapshot.l7.route_table(d.port) else {
+    let Some((listener, table)) = snapshot.l7.route_table(d.port, d.filter_chain.as_deref()) else {
         record.flag("NR");
         return local_reply(StatusCode::NOT_FOUND, "");
     };

@@ -18,7 +18,6 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
     sync::watch,
 };
 
@@ -33,7 +32,10 @@ const MAX_HEADERS_BYTES: usize = 60 * 1024;
 /// Serves the connection until the client closes it, or until `draining` flips: then requests in flight finish
 /// and the connection closes gracefully (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` after the current
 /// response). Errors are the connection's end (a downstream protocol error), returned for the record.
-pub async fn serve_connection(client: TcpStream, downstream: Arc<Downstream>, draining: watch::Receiver<bool>) -> Result<(), ConnectionError> {
+pub async fn serve_connection<IO>(client: IO, downstream: Arc<Downstream>, draining: watch::Receiver<bool>) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &downstream.dp.limits;
     let timeouts = (limits.http_header_read_timeout, limits.http_idle_timeout);
     serve_http(client, timeouts, draining, move |request| handle(request, downstream.clone())).await

@@ -17,19 +17,75 @@ use keel_proto::{
 use prost::Message as _;
 use serde::Serialize;
 
-use super::{cluster::Cluster, cluster_config::ClusterConfig, fault::FAULT_FILTER, route_table::RouteTable};
+use super::{
+    cluster::Cluster,
+    cluster_config::ClusterConfig,
+    downstream_tls::{DownstreamTls, ServerConfigs},
+    fault::FAULT_FILTER,
+    route_table::RouteTable,
+    secret::SecretConfig,
+};
 
 const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
-/// A Listener as the engine uses it: which port's traffic is HTTP, and the route configuration it routes by.
+/// A Listener as the engine uses it: which port's traffic is HTTP, and how each connection to it is served.
 #[derive(Debug, Serialize)]
 pub struct ListenerConfig {
     pub name: String,
     pub port: u16,
+    /// At most one plain chain (what the mesh's listeners have), and TLS-terminating chains picked by SNI (a
+    /// gateway's HTTPS servers).
+    pub chains: Vec<FilterChainConfig>,
+}
+
+/// One filter chain: an HTTP connection manager, behind TLS termination or not.
+#[derive(Debug, Serialize)]
+pub struct FilterChainConfig {
+    pub name: String,
+    /// The SNI names a TLS chain serves (`*.suffix` allowed); empty: any.
+    pub server_names: Vec<String>,
+    pub tls: Option<DownstreamTls>,
     pub route_config: String,
     /// The fault filter is in the chain (routes' fault settings apply only then, as in Envoy).
     pub faults: bool,
+}
+
+impl ListenerConfig {
+    /// The chain serving plain (not TLS) connections.
+    pub fn plain_chain(&self) -> Option<&FilterChainConfig> {
+        self.chains.iter().find(|c| c.tls.is_none())
+    }
+
+    /// Whether connections to this port start with a TLS handshake keel terminates.
+    pub fn terminates_tls(&self) -> bool {
+        self.chains.iter().any(|c| c.tls.is_some())
+    }
+
+    /// The TLS chain for a ClientHello naming `sni`, in Envoy's order: an exact server name, else the longest
+    /// matching `*.suffix`, else a chain without server names.
+    pub fn tls_chain(&self, sni: Option<&str>) -> Option<&FilterChainConfig> {
+        let tls = || self.chains.iter().filter(|c| c.tls.is_some());
+        if let Some(sni) = sni.map(str::to_ascii_lowercase) {
+            if let Some(exact) = tls().find(|c| c.server_names.iter().any(|n| *n == sni)) {
+                return Some(exact);
+            }
+            let wildcard = tls()
+                .filter_map(|c| {
+                    let longest = c.server_names.iter().filter_map(|n| n.strip_prefix('*')).filter(|suffix| sni.ends_with(suffix) && sni.len() > suffix.len()).map(str::len).max()?;
+                    Some((longest, c))
+                })
+                .max_by_key(|(len, _)| *len);
+            if let Some((_, chain)) = wildcard {
+                return Some(chain);
+            }
+        }
+        tls().find(|c| c.server_names.is_empty())
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&FilterChainConfig> {
+        self.chains.iter().find(|c| c.name == name)
+    }
 }
 
 /// One endpoint of a ClusterLoadAssignment.
@@ -61,21 +117,46 @@ fn socket_address(field: &str, a: Option<&Address>) -> Result<SocketAddr, String
 pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
     let l = Listener::decode(bytes).map_err(|e| format!("not an envoy.config.listener.v3.Listener: {e}"))?;
     let port = socket_address("field `address`", l.address.as_ref())?.port();
-    let [chain] = l.filter_chains.as_slice() else {
-        return Err(format!("field `filter_chains`: {} chains (keel supports exactly one)", l.filter_chains.len()));
-    };
-    // The one chain serves all of the port's traffic: conditions on it, or another chain for what they leave
-    // out, would be silently ignored.
-    if chain.filter_chain_match.as_ref().is_some_and(|m| *m != Default::default()) {
-        return Err("field `filter_chains[0].filter_chain_match`: not supported (the chain serves every connection to the port)".into());
+    if l.filter_chains.is_empty() {
+        return Err("field `filter_chains`: empty".into());
     }
     if l.default_filter_chain.is_some() {
-        return Err("field `default_filter_chain`: not supported (keel supports exactly one filter chain)".into());
+        return Err("field `default_filter_chain`: not supported (every connection must match a chain)".into());
     }
-    let [hcm_filter] = chain.filters.as_slice() else {
-        return Err("field `filter_chains[0].filters`: keel supports exactly one filter, the HTTP connection manager".into());
+    let mut chains: Vec<FilterChainConfig> = Vec::new();
+    for (i, chain) in l.filter_chains.iter().enumerate() {
+        let chain = decode_chain(chain, &format!("filter_chains[{i}]"))?;
+        // Two chains for the same connections: Envoy refuses the listener, and so does keel.
+        let same_match = |c: &FilterChainConfig| c.tls.is_some() == chain.tls.is_some() && (c.server_names.is_empty() && chain.server_names.is_empty() || c.server_names.iter().any(|n| chain.server_names.contains(n)));
+        if let Some(other) = chains.iter().find(|c| same_match(c)) {
+            return Err(format!("field `filter_chains[{i}].filter_chain_match`: matches the same connections as chain {:?}", other.name));
+        }
+        chains.push(chain);
+    }
+    Ok(ListenerConfig { name: l.name, port, chains })
+}
+
+/// One filter chain; `at` is its path in the listener (`filter_chains[i]`).
+fn decode_chain(chain: &keel_proto::listener::FilterChain, at: &str) -> Result<FilterChainConfig, String> {
+    let tls = chain.transport_socket.as_ref().map(|socket| super::downstream_tls::decode(socket, &format!("field `{at}.transport_socket`"))).transpose()?;
+    // Conditions keel does not evaluate would be silently ignored: only SNI names, on a TLS chain.
+    let server_names = match &chain.filter_chain_match {
+        None => Vec::new(),
+        Some(m) => {
+            let only_names = keel_proto::listener::FilterChainMatch { server_names: m.server_names.clone(), ..Default::default() };
+            if *m != only_names {
+                return Err(format!("field `{at}.filter_chain_match`: only server_names is supported"));
+            }
+            if tls.is_none() && !m.server_names.is_empty() {
+                return Err(format!("field `{at}.filter_chain_match.server_names`: only on a chain that terminates TLS"));
+            }
+            m.server_names.iter().map(|n| n.to_ascii_lowercase()).collect()
+        }
     };
-    let field = "field `filter_chains[0].filters[0]`";
+    let [hcm_filter] = chain.filters.as_slice() else {
+        return Err(format!("field `{at}.filters`: keel supports exactly one filter, the HTTP connection manager"));
+    };
+    let field = &format!("field `{at}.filters[0]`");
     let Some(filter::ConfigType::TypedConfig(any)) = &hcm_filter.config_type else {
         return Err(format!("{field}.typed_config: missing"));
     };
@@ -127,7 +208,7 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
     if hcm.http_filters.last().is_none_or(|f| f.name != ROUTER_FILTER) {
         return Err(format!("{field}.typed_config.http_filters: the last filter must be {ROUTER_FILTER}"));
     }
-    Ok(ListenerConfig { name: l.name, port, route_config, faults })
+    Ok(FilterChainConfig { name: chain.name.clone(), server_names, tls, route_config, faults })
 }
 
 pub fn decode_route_configuration(bytes: &[u8]) -> Result<RouteTable, String> {
@@ -179,6 +260,10 @@ pub struct L7Config {
     /// Cluster name → its balancer, breaker and outlier state. Rebuilt only for a cluster whose config or
     /// endpoints changed, so ejections and in-flight counts survive unrelated pushes.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// SDS name → a gateway's certificate or CA bundle.
+    pub secrets: HashMap<String, Arc<SecretConfig>>,
+    /// `<listener>/<chain>` → the TLS server config of each TLS-terminating chain.
+    pub server_configs: ServerConfigs,
 }
 
 impl L7Config {
@@ -186,14 +271,26 @@ impl L7Config {
         self.listeners.is_empty() && self.cluster_configs.is_empty()
     }
 
-    /// The route table for traffic to `port`, when the port carries HTTP.
-    pub fn route_table(&self, port: u16) -> Option<(&Arc<ListenerConfig>, &Arc<RouteTable>)> {
+    /// The filter chain and route table for traffic to `port`: the plain chain, or the TLS chain named `chain`
+    /// (what a gateway picked at the handshake), when the port carries HTTP.
+    pub fn route_table(&self, port: u16, chain: Option<&str>) -> Option<(&FilterChainConfig, &Arc<RouteTable>)> {
         let listener = self.listeners_by_port.get(&port)?;
-        Some((listener, self.route_tables.get(&listener.route_config)?))
+        let chain = match chain {
+            None => listener.plain_chain()?,
+            Some(name) => listener.chain(name)?,
+        };
+        Some((chain, self.route_tables.get(&chain.route_config)?))
+    }
+
+    /// The TLS server config of `chain` of `listener`, or why there is none (a secret not received or unusable).
+    pub fn server_config(&self, listener: &ListenerConfig, chain: &FilterChainConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+        self.server_configs.get(&format!("{}/{}", listener.name, chain.name))
     }
 
     pub fn index(&mut self) {
         self.listeners_by_port = self.listeners.values().map(|l| (l.port, l.clone())).collect();
+        let tls_chains = self.listeners.values().flat_map(|l| l.chains.iter().filter_map(move |c| Some((format!("{}/{}", l.name, c.name), c.tls.as_ref()?))));
+        self.server_configs.update(tls_chains, &self.secrets);
         let previous = std::mem::take(&mut self.clusters);
         for (name, config) in &self.cluster_configs {
             let assignment = self.load_assignments.get(name);
@@ -263,7 +360,8 @@ mod tests {
     #[test]
     fn listener_settings_keel_would_ignore_are_refused() {
         let l = decode_listener(&listener(|_| {}).encode_to_vec()).unwrap();
-        assert_eq!((l.port, l.route_config.as_str(), l.faults), (80, "80", true));
+        let chain = l.plain_chain().unwrap();
+        assert_eq!((l.port, chain.route_config.as_str(), chain.faults, l.chains.len()), (80, "80", true, 1));
         assert_eq!(refused(&listener(|h| h.codec_type = CodecType::Http2 as i32)), format!("{HCM}.codec_type: HTTP2 is not supported (AUTO is)"));
         assert_eq!(refused(&listener(|h| h.codec_type = 9)), format!("{HCM}.codec_type: unknown value 9"));
         let no_ads = listener(|h| {
@@ -274,7 +372,12 @@ mod tests {
         assert_eq!(refused(&disabled), format!("{HCM}.http_filters[0].disabled: not supported"));
         let mut matched = listener(|_| {});
         matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { destination_port: Some(8080), ..Default::default() });
-        assert!(refused(&matched).starts_with("field `filter_chains[0].filter_chain_match`: not supported"));
+        assert!(refused(&matched).starts_with("field `filter_chains[0].filter_chain_match`: only server_names is supported"));
+        matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { server_names: vec!["a.example.com".into()], ..Default::default() });
+        assert!(refused(&matched).contains("only on a chain that terminates TLS"), "SNI names without TLS are passthrough, not served here");
+        let mut twice = listener(|_| {});
+        twice.filter_chains.push(twice.filter_chains[0].clone());
+        assert!(refused(&twice).contains("matches the same connections"));
         matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch::default());
         assert!(decode_listener(&matched.encode_to_vec()).is_ok(), "an empty match matches everything");
         let mut default_chain = listener(|_| {});

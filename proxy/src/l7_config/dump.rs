@@ -5,7 +5,23 @@ use std::sync::atomic::Ordering;
 use keel_proto::route::{route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route};
 use serde::{Deserialize, Serialize};
 
-use super::{balancer::Policy, config::L7Config};
+use super::{
+    balancer::Policy,
+    config::L7Config,
+    downstream_tls::{ClientCertificates, DownstreamTls},
+    secret::SecretSummary,
+};
+
+/// A TLS chain in a line: `SIMPLE cert=kubernetes://web` or `MUTUAL cert=... ca=...`.
+fn describe_tls(tls: &DownstreamTls) -> String {
+    let mode = match tls.client_certificates {
+        ClientCertificates::NotAsked => "SIMPLE",
+        ClientCertificates::Optional => "OPTIONAL_MUTUAL",
+        ClientCertificates::Required => "MUTUAL",
+    };
+    let ca = tls.trusted_ca.as_ref().map(|ca| format!(" ca={ca}")).unwrap_or_default();
+    format!("{mode} cert={}{ca}", tls.certificate)
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct L7Dump {
@@ -13,12 +29,22 @@ pub struct L7Dump {
     pub routes: Vec<RouteEntry>,
     pub clusters: Vec<ClusterEntry>,
     pub endpoints: Vec<EndpointEntry>,
+    /// A gateway's certificates and CA bundles (never their keys).
+    #[serde(default)]
+    pub secrets: Vec<SecretSummary>,
 }
 
+/// One filter chain of a listener.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ListenerEntry {
     pub name: String,
     pub port: u16,
+    /// The SNI names a TLS chain serves (`-`: a plain chain; `*`: any name).
+    #[serde(default)]
+    pub server_names: String,
+    /// `-`, or the TLS termination: client certificates asked, certificate and CA secrets.
+    #[serde(default)]
+    pub tls: String,
     pub route_config: String,
     pub faults: bool,
 }
@@ -105,9 +131,24 @@ impl L7Dump {
         let mut listeners: Vec<ListenerEntry> = l7
             .listeners
             .values()
-            .map(|l| ListenerEntry { name: l.name.clone(), port: l.port, route_config: l.route_config.clone(), faults: l.faults })
+            .flat_map(|l| {
+                l.chains.iter().map(|c| ListenerEntry {
+                    name: l.name.clone(),
+                    port: l.port,
+                    server_names: match (&c.tls, c.server_names.is_empty()) {
+                        (None, _) => "-".into(),
+                        (Some(_), true) => "*".into(),
+                        (Some(_), false) => c.server_names.join(","),
+                    },
+                    tls: c.tls.as_ref().map_or_else(|| "-".into(), describe_tls),
+                    route_config: c.route_config.clone(),
+                    faults: c.faults,
+                })
+            })
             .collect();
-        listeners.sort_by_key(|l| l.port);
+        listeners.sort_by(|a, b| (a.port, &a.server_names).cmp(&(b.port, &b.server_names)));
+        let mut secrets: Vec<SecretSummary> = l7.secrets.values().map(|s| s.summary.clone()).collect();
+        secrets.sort_by(|a, b| a.name.cmp(&b.name));
         let mut names: Vec<&String> = l7.route_tables.keys().collect();
         names.sort();
         let routes = names
@@ -158,6 +199,6 @@ impl L7Dump {
             })
             .collect();
         endpoints.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
-        L7Dump { listeners, routes, clusters, endpoints }
+        L7Dump { listeners, routes, clusters, endpoints, secrets }
     }
 }

@@ -150,7 +150,7 @@ pub fn plan(inputs: &Inputs<'_>, direction: Direction, pod_ip: Ipv4Addr, destina
 /// everything else stays L4.
 fn http_service(snapshot: &Snapshot, destination: SocketAddrV4) -> Option<Arc<Service>> {
     let service = snapshot.services_by_vip.get(&IpAddr::V4(*destination.ip()))?;
-    let (_, table) = snapshot.l7.route_table(destination.port())?;
+    let (_, table) = snapshot.l7.route_table(destination.port(), None)?;
     table.virtual_host(&service.hostname)?;
     Some(service.clone())
 }
@@ -166,7 +166,7 @@ pub fn inbound_http_service<'s>(snapshot: &'s Snapshot, workload: &Workload, tar
             if destination::target_port(workload, name, service_port, port.target_port)? != target_port {
                 return None;
             }
-            let (_, table) = snapshot.l7.route_table(service_port)?;
+            let (_, table) = snapshot.l7.route_table(service_port, None)?;
             table.virtual_host(&service.hostname)?;
             Some((service.hostname.as_str(), service_port))
         })
@@ -239,7 +239,17 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let listener = ListenerConfig { name: "0.0.0.0_80".into(), port: 80, route_config: "80".into(), faults: false };
+        let listener = ListenerConfig {
+            name: "0.0.0.0_80".into(),
+            port: 80,
+            chains: vec![crate::l7_config::config::FilterChainConfig {
+                name: "0.0.0.0_80".into(),
+                server_names: vec![],
+                tls: None,
+                route_config: "80".into(),
+                faults: false,
+            }],
+        };
         vec![
             ("0.0.0.0_80".into(), Resource::Listener(Arc::new(listener))),
             ("80".into(), Resource::Routes(Arc::new(RouteTable::compile(&routes).unwrap()))),

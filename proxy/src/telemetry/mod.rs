@@ -87,10 +87,13 @@ pub enum Refusal {
     RequestAuthentication,
     /// The pod's namespace thread has too many socket requests queued.
     NamespaceQueueFull,
+    /// A gateway's TLS server: no filter chain for the client's SNI, its certificate not there, or the
+    /// handshake failed or timed out (a MUTUAL server's client without a valid certificate).
+    GatewayTlsHandshake,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::PodConnectionLimit,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
@@ -104,6 +107,7 @@ impl Refusal {
         Refusal::RequestPolicy,
         Refusal::RequestAuthentication,
         Refusal::NamespaceQueueFull,
+        Refusal::GatewayTlsHandshake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +125,7 @@ impl Refusal {
             Refusal::RequestPolicy => "request_policy",
             Refusal::RequestAuthentication => "request_authentication",
             Refusal::NamespaceQueueFull => "namespace_queue_full",
+            Refusal::GatewayTlsHandshake => "gateway_tls_handshake",
         }
     }
 }

@@ -13,7 +13,7 @@ use keel_proto::{
     },
     google::rpc,
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, CLUSTER_TYPE_URL, HTTP_AUTHORIZATION_TYPE_URL, LISTENER_TYPE_URL,
-    REQUEST_AUTHENTICATION_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL, ROUTE_CONFIGURATION_TYPE_URL, SECRET_TYPE_URL,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,13 +26,15 @@ use super::{
 
 /// The workload types in the order ztunnel subscribes in, keel's HTTP half of policies, then the Envoy types of the L7 engine in the order
 /// Envoy's ADS sequencing uses (clusters before their endpoints, listeners before their routes).
-pub const TYPE_URLS: [&str; 8] = [
+pub const TYPE_URLS: [&str; 9] = [
     ADDRESS_TYPE_URL,
     AUTHORIZATION_TYPE_URL,
     HTTP_AUTHORIZATION_TYPE_URL,
     REQUEST_AUTHENTICATION_TYPE_URL,
     CLUSTER_TYPE_URL,
     CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+    // A gateway's certificates, before the listeners that name them (none for a node proxy).
+    SECRET_TYPE_URL,
     LISTENER_TYPE_URL,
     ROUTE_CONFIGURATION_TYPE_URL,
 ];

@@ -16,6 +16,7 @@ use crate::l7_config::{
     cluster_config::ClusterConfig,
     config::{self as l7_config, L7Config, ListenerConfig, LoadAssignment},
     route_table::RouteTable,
+    secret::{decode_secret, SecretConfig},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -50,6 +51,7 @@ pub enum Resource {
     Routes(Arc<RouteTable>),
     Cluster(Arc<ClusterConfig>),
     LoadAssignment(Arc<LoadAssignment>),
+    Secret(Arc<SecretConfig>),
 }
 
 /// A resource keel refuses: the NACK's `error_detail` names it and the field.
@@ -157,6 +159,7 @@ pub fn decode(type_url: &str, name: &str, bytes: &[u8]) -> Result<Resource, Reje
             jwt::compile(decoded).map(|r| Resource::RequestAuthentication(Arc::new(r))).map_err(reject)
         }
         keel_proto::LISTENER_TYPE_URL => l7(name, l7_config::decode_listener(bytes).map(|l| Resource::Listener(Arc::new(l)))),
+        keel_proto::SECRET_TYPE_URL => l7(name, decode_secret(bytes).map(|s| Resource::Secret(Arc::new(s)))),
         keel_proto::ROUTE_CONFIGURATION_TYPE_URL => l7(name, l7_config::decode_route_configuration(bytes).map(|r| Resource::Routes(Arc::new(r)))),
         keel_proto::CLUSTER_TYPE_URL => l7(name, l7_config::decode_cluster(bytes).map(|c| Resource::Cluster(Arc::new(c)))),
         keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => {
@@ -318,6 +321,7 @@ impl Resource {
             Resource::Routes(_) => keel_proto::ROUTE_CONFIGURATION_TYPE_URL,
             Resource::Cluster(_) => keel_proto::CLUSTER_TYPE_URL,
             Resource::LoadAssignment(_) => keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL,
+            Resource::Secret(_) => keel_proto::SECRET_TYPE_URL,
         }
     }
 }
@@ -360,6 +364,9 @@ impl Snapshot {
             Resource::LoadAssignment(a) => {
                 self.l7.load_assignments.insert(name, a);
             }
+            Resource::Secret(s) => {
+                self.l7.secrets.insert(name, s);
+            }
         }
     }
 
@@ -376,6 +383,7 @@ impl Snapshot {
             keel_proto::ROUTE_CONFIGURATION_TYPE_URL => drop(l7.route_tables.remove(name)),
             keel_proto::CLUSTER_TYPE_URL => drop(l7.cluster_configs.remove(name)),
             keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL => drop(l7.load_assignments.remove(name)),
+            keel_proto::SECRET_TYPE_URL => drop(l7.secrets.remove(name)),
             _ => {}
         }
     }
