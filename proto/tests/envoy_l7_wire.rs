@@ -5,7 +5,7 @@
 //! The bytes are built from (field number, wire type) pairs written out below, so each number is stated once, next
 //! to the Envoy field it stands for.
 
-use keel_proto::{cluster, core, endpoint, fault, fault_common, hcm, listener, matcher, route, types};
+use keel_proto::{cluster, core, endpoint, fault, fault_common, hcm, listener, matcher, route, tls, types};
 use prost::Message;
 use prost_types::{Any, Duration};
 
@@ -704,6 +704,7 @@ fn resources_round_trip() {
                 })),
             }],
             name: String::new(),
+            transport_socket: None,
         }],
         ..Default::default()
     };
@@ -720,4 +721,60 @@ fn type_urls() {
     assert_eq!(keel_proto::ROUTE_CONFIGURATION_TYPE_URL, "type.googleapis.com/envoy.config.route.v3.RouteConfiguration");
     assert_eq!(keel_proto::CLUSTER_TYPE_URL, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
     assert_eq!(keel_proto::CLUSTER_LOAD_ASSIGNMENT_TYPE_URL, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
+}
+
+/// A gateway's TLS filter chain as istiod sends it: SNI names, the tls transport socket with a
+/// DownstreamTlsContext naming its certificate and CA over SDS, and the Secret resources themselves.
+#[test]
+fn tls_filter_chain_and_secrets_decode_envoy_bytes() {
+    let ads = ld(3, &[]); // ConfigSource.ads = 3 (AggregatedConfigSource {})
+    let sds = |name: &str| [ld(1, name.as_bytes()), ld(2, &ads)].concat(); // SdsSecretConfig: name = 1, sds_config = 2
+    let common = [
+        ld(1, &[v(1, 3), v(2, 4), ld(3, b"ECDHE-RSA-AES128-GCM-SHA256")].concat()), // tls_params: min = 1 (TLSv1_2 = 3), max = 2 (TLSv1_3 = 4), cipher_suites = 3
+        ld(4, b"h2"),                                                                 // alpn_protocols = 4
+        ld(6, &sds("kubernetes://web")),                                              // tls_certificate_sds_secret_configs = 6
+        // combined_validation_context = 8: default_validation_context = 1 { match_subject_alt_names = 9 { exact = 1 } },
+        // validation_context_sds_secret_config = 2
+        ld(8, &[ld(1, &ld(9, &ld(1, b"client.example.com"))), ld(2, &sds("kubernetes://web-cacert"))].concat()),
+        ld(15, b"key_log is outside the subset"),
+    ]
+    .concat();
+    // DownstreamTlsContext: common_tls_context = 1, require_client_certificate = 2 (BoolValue), require_sni = 3.
+    let context = [ld(1, &common), ld(2, &v(1, 1)), ld(3, &v(1, 0))].concat();
+    let socket = [ld(1, b"envoy.transport_sockets.tls"), ld(3, &[ld(1, keel_proto::DOWNSTREAM_TLS_CONTEXT_TYPE_URL.as_bytes()), ld(2, &context)].concat())].concat();
+    // FilterChain: filter_chain_match = 1 { server_names = 11 }, transport_socket = 6, name = 7.
+    let chain = [ld(1, &ld(11, b"web.example.com")), ld(6, &socket), ld(7, b"https.443.https.gw.ns")].concat();
+    let decoded = listener::FilterChain::decode(chain.as_slice()).unwrap();
+    assert_eq!(decoded.filter_chain_match.unwrap().server_names, ["web.example.com"]);
+    let socket = decoded.transport_socket.unwrap();
+    assert_eq!(socket.name, keel_proto::TLS_TRANSPORT_SOCKET);
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = socket.config_type else { panic!("typed_config = 3") };
+    let context = tls::DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!((context.require_client_certificate, context.require_sni), (Some(true), Some(false)));
+    let common = context.common_tls_context.unwrap();
+    let params = common.tls_params.unwrap();
+    assert_eq!(
+        (params.tls_minimum_protocol_version(), params.tls_maximum_protocol_version(), params.cipher_suites.as_slice()),
+        (tls::tls_parameters::TlsProtocol::TlSv12, tls::tls_parameters::TlsProtocol::TlSv13, &["ECDHE-RSA-AES128-GCM-SHA256".to_owned()][..])
+    );
+    assert_eq!(common.alpn_protocols, ["h2"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes://web");
+    let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(combined)) = common.validation_context_type else { panic!("combined = 8") };
+    assert_eq!(combined.validation_context_sds_secret_config.unwrap().name, "kubernetes://web-cacert");
+    assert_eq!(
+        combined.default_validation_context.unwrap().match_subject_alt_names[0].match_pattern,
+        Some(matcher::string_matcher::MatchPattern::Exact("client.example.com".into()))
+    );
+
+    // Secret: name = 1, tls_certificate = 2 { certificate_chain = 1, private_key = 2 } (DataSource inline_bytes = 2),
+    // validation_context = 4 { trusted_ca = 1 }.
+    let secret = [ld(1, b"kubernetes://web"), ld(2, &[ld(1, &ld(2, b"CHAIN")), ld(2, &ld(2, b"KEY"))].concat())].concat();
+    let decoded = tls::Secret::decode(secret.as_slice()).unwrap();
+    let Some(tls::secret::Type::TlsCertificate(c)) = decoded.r#type else { panic!("tls_certificate = 2") };
+    assert_eq!(c.certificate_chain.unwrap().specifier, Some(core::data_source::Specifier::InlineBytes(b"CHAIN".to_vec())));
+    assert_eq!(c.private_key.unwrap().specifier, Some(core::data_source::Specifier::InlineBytes(b"KEY".to_vec())));
+    let ca = [ld(1, b"kubernetes://web-cacert"), ld(4, &ld(1, &ld(2, b"CA")))].concat();
+    let Some(tls::secret::Type::ValidationContext(v)) = tls::Secret::decode(ca.as_slice()).unwrap().r#type else { panic!("validation_context = 4") };
+    assert_eq!(v.trusted_ca.unwrap().specifier, Some(core::data_source::Specifier::InlineBytes(b"CA".to_vec())));
+    assert_eq!(keel_proto::SECRET_TYPE_URL, "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret");
 }

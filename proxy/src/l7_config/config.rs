@@ -67,7 +67,7 @@ impl ListenerConfig {
     pub fn tls_chain(&self, sni: Option<&str>) -> Option<&FilterChainConfig> {
         let tls = || self.chains.iter().filter(|c| c.tls.is_some());
         if let Some(sni) = sni.map(str::to_ascii_lowercase) {
-            if let Some(exact) = tls().find(|c| c.server_names.iter().any(|n| *n == sni)) {
+            if let Some(exact) = tls().find(|c| c.server_names.contains(&sni)) {
                 return Some(exact);
             }
             let wildcard = tls()
