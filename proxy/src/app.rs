@@ -91,6 +91,24 @@ pub struct Stats {
     pub open_files_limit: u64,
 }
 
+impl crate::admin::Admin for Daemon {
+    fn is_ready(&self) -> bool {
+        Daemon::is_ready(self)
+    }
+
+    fn stats_json(&self) -> String {
+        serde_json::to_string_pretty(&self.stats()).expect("stats serialize")
+    }
+
+    fn metrics(&self) -> String {
+        Daemon::metrics(self)
+    }
+
+    fn config_dump(&self) -> impl std::future::Future<Output = ConfigDump> + Send {
+        Daemon::config_dump(self)
+    }
+}
+
 impl Daemon {
     /// Ready: capture up, persisted pods restored, (with a control plane) one response of each xDS type, and
     /// (under `--kubernetes`) the node's pods listed and reconciled.

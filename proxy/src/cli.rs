@@ -47,6 +47,10 @@ pub enum Command {
     ProxyConfig {
         #[arg(value_enum)]
         view: View,
+        /// Read the config dump from this admin address (`keel gateway`'s, e.g. 127.0.0.1:15000) instead of the
+        /// node daemon's API socket.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Turn the same-node sockmap fast path on or off.
     FastPath {
@@ -271,7 +275,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Stats => client(&cli.api_socket, Request::Stats),
         Command::Connections => client(&cli.api_socket, Request::Connections),
         Command::ConfigDump => client(&cli.api_socket, Request::ConfigDump),
-        Command::ProxyConfig { view } => proxy_config(&cli.api_socket, view),
+        Command::ProxyConfig { view, admin } => proxy_config(&cli.api_socket, admin, view),
         Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
         Command::Uninstall => client(&cli.api_socket, Request::Uninstall),
     };
@@ -292,10 +296,30 @@ fn client(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proxy_config(socket: &std::path::Path, view: View) -> anyhow::Result<()> {
-    let dump: ConfigDump = serde_json::from_value(api::call(socket, &Request::ConfigDump)?)?;
+fn proxy_config(socket: &std::path::Path, admin: Option<std::net::SocketAddr>, view: View) -> anyhow::Result<()> {
+    let dump: ConfigDump = match admin {
+        Some(addr) => serde_json::from_slice(&admin_get(addr, "/config_dump")?)?,
+        None => serde_json::from_value(api::call(socket, &Request::ConfigDump)?)?,
+    };
     print!("{}", crate::proxy_config::render(view, &dump));
     Ok(())
+}
+
+/// GET `path` from an admin server (HTTP/1.0: the response ends with the connection), bounded in time and size.
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_secs(10);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.take(64 << 20).read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow::anyhow!("{addr}{path}: not an HTTP response"))?;
+    let status = String::from_utf8_lossy(&response[..split]).lines().next().unwrap_or_default().to_owned();
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{addr}{path}: {status}");
+    }
+    Ok(response[split + 4..].to_vec())
 }
 
 /// `keel gateway`'s flags: the control plane and the pod it runs in.
@@ -340,6 +364,12 @@ pub struct GatewayArgs {
     pub http_idle_timeout_secs: u64,
     #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// The admin server: stats, Prometheus metrics, the config dump (`keel pc --admin <addr> listeners`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Serve only `/healthz/ready` here too (the pod's address, for the kubelet's readiness probe).
+    #[arg(long)]
+    pub readiness_addr: Option<std::net::SocketAddr>,
 }
 
 fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -369,6 +399,8 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         certificate_validity: Duration::from_secs(args.certificate_validity_secs.max(1)),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        admin_addr: args.admin_addr,
+        readiness_addr: args.readiness_addr,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).thread_name("keel-worker").enable_all().build()?;

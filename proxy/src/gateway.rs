@@ -27,6 +27,7 @@ mod tls_termination;
 
 use crate::{
     accept::accept_loop,
+    config_dump::ConfigDump,
     bypass::Bypass,
     capture::Capture,
     data_path::{DataPath, PodContext},
@@ -52,6 +53,39 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     pub certificate_validity: Duration,
     pub drain_timeout: Duration,
+    /// The admin server (stats, metrics, config dump for `keel pc --admin`), on loopback by default.
+    pub admin_addr: SocketAddr,
+    /// Only `/healthz/ready`, on the pod's address for the kubelet's probe.
+    pub readiness_addr: Option<SocketAddr>,
+}
+
+/// What the gateway's admin server shows.
+struct GatewayAdmin {
+    dp: Arc<DataPath>,
+    xds: crate::xds::setup::Xds,
+}
+
+impl crate::admin::Admin for GatewayAdmin {
+    fn is_ready(&self) -> bool {
+        *self.xds.ready.borrow()
+    }
+
+    fn stats_json(&self) -> String {
+        let stats = serde_json::json!({
+            "connections": self.dp.telemetry.connection_stats(),
+            "refused": self.dp.telemetry.refusals(),
+        });
+        serde_json::to_string_pretty(&stats).expect("stats serialize")
+    }
+
+    fn metrics(&self) -> String {
+        self.dp.telemetry.encode_metrics()
+    }
+
+    async fn config_dump(&self) -> ConfigDump {
+        let certificates = self.dp.dialer.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+        ConfigDump::build(&self.dp.workloads.snapshot(), &Default::default(), certificates, Some(self.xds.status.borrow().clone()))
+    }
 }
 
 pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
@@ -80,6 +114,11 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
         mesh: true,
         responder: false,
     });
+    let admin = Arc::new(GatewayAdmin { dp: data_path.clone(), xds });
+    tokio::spawn(crate::admin::serve(crate::admin::bind(settings.admin_addr).await?, admin.clone()));
+    if let Some(addr) = settings.readiness_addr {
+        tokio::spawn(crate::admin::serve_readiness(crate::admin::bind(addr).await?, admin));
+    }
     let netns = Netns::own().context("opening the gateway's own network namespace")?;
     let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits));
     let (stop, stopped) = watch::channel(false);

@@ -31,3 +31,8 @@ fn request_authentication_jwts_are_verified_by_the_destination() {
 fn an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone() {
     keel_tests::scenarios::gateway::an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone();
 }
+
+#[test]
+fn an_ingress_gateway_terminates_tls_by_sni_with_certificates_from_rotating_secrets() {
+    keel_tests::scenarios::gateway_tls::an_ingress_gateway_terminates_tls_by_sni_with_certificates_from_rotating_secrets();
+}

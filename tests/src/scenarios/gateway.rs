@@ -7,10 +7,10 @@ use super::traffic_management::{grep, metric_value};
 use super::*;
 use crate::lab::{mesh_config, ControlPlane, Keel, Pod};
 
-const GATEWAY_POD: &str = "default/ingress";
+pub(super) const GATEWAY_POD: &str = "default/ingress";
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/default/sa/ingress";
 
-const WEBAPP_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: webapp, namespace: default}\nspec:\n  clusterIP: 10.96.0.50\n  selector: {app: webapp}\n  ports:\n  - {name: http-web, port: 80, targetPort: 8080}\n";
+pub(super) const WEBAPP_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: webapp, namespace: default}\nspec:\n  clusterIP: 10.96.0.50\n  selector: {app: webapp}\n  ports:\n  - {name: http-web, port: 80, targetPort: 8080}\n";
 
 const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: coolstore-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [webapp.istioinaction.io]\n  - port: {number: 8081, name: http-redirect, protocol: HTTP}\n    hosts: [secure.istioinaction.io]\n    tls: {httpsRedirect: true}\n";
 
@@ -42,8 +42,9 @@ pub fn an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone() {
     });
 }
 
-/// `keel gateway` in the gateway pod, once its port 80 listener is bound.
-fn start_gateway(lab: &Lab, control: &ControlPlane, pod: &Pod) -> Result<crate::lab::process::ChildGuard> {
+/// `keel gateway` in the gateway pod, once its listener on `port` is bound; its admin server on the pod's
+/// 127.0.0.1:15000.
+pub(super) fn start_gateway_on(lab: &Lab, control: &ControlPlane, pod: &Pod, port: u16) -> Result<crate::lab::process::ChildGuard> {
     let (namespace, name) = GATEWAY_POD.split_once('/').context("a namespace/name")?;
     let mut argv = vec![lab.binaries().keel.display().to_string(), "gateway".into()];
     argv.extend(control.gateway_args(GATEWAY_POD));
@@ -64,11 +65,16 @@ fn start_gateway(lab: &Lab, control: &ControlPlane, pod: &Pod) -> Result<crate::
         .map(str::to_owned),
     );
     let mut child = pod.spawn(&argv)?;
-    child.wait_for_line(Duration::from_secs(15), |l| l.contains("gateway listener bound") && l.contains("80"))?;
+    let bound = |l: &str| l.contains("gateway listener bound") && [",", "}"].iter().any(|end| l.contains(&format!("\"port\":{port}{end}")));
+    child.wait_for_line(Duration::from_secs(15), bound)?;
     Ok(child)
 }
 
-fn tail(text: &str, lines: usize) -> String {
+fn start_gateway(lab: &Lab, control: &ControlPlane, pod: &Pod) -> Result<crate::lab::process::ChildGuard> {
+    start_gateway_on(lab, control, pod, 80)
+}
+
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

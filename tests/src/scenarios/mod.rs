@@ -9,6 +9,7 @@ pub mod cni;
 pub mod control_plane;
 pub mod fast_path;
 pub mod gateway;
+pub mod gateway_tls;
 pub mod hbone_wire;
 pub mod hostile;
 pub mod kubernetes_mesh;
