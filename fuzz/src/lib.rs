@@ -14,7 +14,7 @@ use keel::{
 };
 
 /// The xDS types `xds_decode` chooses from by its first byte (modulo their number).
-pub const TYPE_URLS: [&str; 8] = [
+pub const TYPE_URLS: [&str; 9] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
@@ -24,6 +24,7 @@ pub const TYPE_URLS: [&str; 8] = [
     // Appended: a seed's first byte keeps naming the type it was written for.
     keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
     keel_proto::REQUEST_AUTHENTICATION_TYPE_URL,
+    keel_proto::SECRET_TYPE_URL,
 ];
 
 /// `name\0value` lines (`\n`-separated): headers of an HTTP request.

@@ -731,8 +731,8 @@ fn tls_filter_chain_and_secrets_decode_envoy_bytes() {
     let sds = |name: &str| [ld(1, name.as_bytes()), ld(2, &ads)].concat(); // SdsSecretConfig: name = 1, sds_config = 2
     let common = [
         ld(1, &[v(1, 3), v(2, 4), ld(3, b"ECDHE-RSA-AES128-GCM-SHA256")].concat()), // tls_params: min = 1 (TLSv1_2 = 3), max = 2 (TLSv1_3 = 4), cipher_suites = 3
-        ld(4, b"h2"),                                                                 // alpn_protocols = 4
-        ld(6, &sds("kubernetes://web")),                                              // tls_certificate_sds_secret_configs = 6
+        ld(4, b"h2"),                                                               // alpn_protocols = 4
+        ld(6, &sds("kubernetes://web")),                                            // tls_certificate_sds_secret_configs = 6
         // combined_validation_context = 8: default_validation_context = 1 { match_subject_alt_names = 9 { exact = 1 } },
         // validation_context_sds_secret_config = 2
         ld(8, &[ld(1, &ld(9, &ld(1, b"client.example.com"))), ld(2, &sds("kubernetes://web-cacert"))].concat()),
@@ -741,7 +741,9 @@ fn tls_filter_chain_and_secrets_decode_envoy_bytes() {
     .concat();
     // DownstreamTlsContext: common_tls_context = 1, require_client_certificate = 2 (BoolValue), require_sni = 3.
     let context = [ld(1, &common), ld(2, &v(1, 1)), ld(3, &v(1, 0))].concat();
-    let socket = [ld(1, b"envoy.transport_sockets.tls"), ld(3, &[ld(1, keel_proto::DOWNSTREAM_TLS_CONTEXT_TYPE_URL.as_bytes()), ld(2, &context)].concat())].concat();
+    let socket =
+        [ld(1, b"envoy.transport_sockets.tls"), ld(3, &[ld(1, keel_proto::DOWNSTREAM_TLS_CONTEXT_TYPE_URL.as_bytes()), ld(2, &context)].concat())]
+            .concat();
     // FilterChain: filter_chain_match = 1 { server_names = 11 }, transport_socket = 6, name = 7.
     let chain = [ld(1, &ld(11, b"web.example.com")), ld(6, &socket), ld(7, b"https.443.https.gw.ns")].concat();
     let decoded = listener::FilterChain::decode(chain.as_slice()).unwrap();
@@ -759,7 +761,9 @@ fn tls_filter_chain_and_secrets_decode_envoy_bytes() {
     );
     assert_eq!(common.alpn_protocols, ["h2"]);
     assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes://web");
-    let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(combined)) = common.validation_context_type else { panic!("combined = 8") };
+    let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(combined)) = common.validation_context_type else {
+        panic!("combined = 8")
+    };
     assert_eq!(combined.validation_context_sds_secret_config.unwrap().name, "kubernetes://web-cacert");
     assert_eq!(
         combined.default_validation_context.unwrap().match_subject_alt_names[0].match_pattern,

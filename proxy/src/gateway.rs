@@ -27,9 +27,9 @@ mod tls_termination;
 
 use crate::{
     accept::accept_loop,
-    config_dump::ConfigDump,
     bypass::Bypass,
     capture::Capture,
+    config_dump::ConfigDump,
     data_path::{DataPath, PodContext},
     dial::Dialer,
     hbone::client::HboneClient,

@@ -17,7 +17,7 @@ use keel_mesh::{
 };
 use prost::Message;
 
-const TYPE_URLS: [&str; 8] = [
+const TYPE_URLS: [&str; 9] = [
     keel_proto::ADDRESS_TYPE_URL,
     keel_proto::AUTHORIZATION_TYPE_URL,
     keel_proto::LISTENER_TYPE_URL,
@@ -27,6 +27,7 @@ const TYPE_URLS: [&str; 8] = [
     // Appended: a seed's first byte keeps naming the type it was written for.
     keel_proto::HTTP_AUTHORIZATION_TYPE_URL,
     keel_proto::REQUEST_AUTHENTICATION_TYPE_URL,
+    keel_proto::SECRET_TYPE_URL,
 ];
 
 fn root() -> PathBuf {
@@ -124,6 +125,7 @@ fn write_fuzz_seeds() {
             write("route_table", &scenario, &[&length.to_le_bytes()[..], &bytes, request.as_bytes()].concat());
         }
     }
+    gateway_seeds();
     for (label, block) in [
         ("connect", ":method\0CONNECT\n:authority\x0010.244.2.2:8080\nforwarded\0for=\"10.244.1.2:56938\";host=echo.lab-b.svc.cluster.local\n"),
         ("connect-v6", ":method\0CONNECT\n:authority\0[fd00::1]:80\nforwarded\0for=\"[fd00::2]:4000\"\n"),
@@ -131,6 +133,36 @@ fn write_fuzz_seeds() {
         ("baggage", ":method\0CONNECT\n:authority\x0010.0.0.1:80\nbaggage\0k8s.namespace.name=a\ntraceparent\x0000-01-01-00\n"),
     ] {
         write("hbone_request", label, block.as_bytes());
+    }
+}
+
+/// A gateway with an HTTPS server on a real certificate: its TLS listener (type 2) and its Secret (type 8).
+fn gateway_seeds() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["webapp.example.com".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let block = |pem: &str| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: ingress, namespace: gw, labels: {{istio: ingressgateway}}}}\nstatus: {{podIP: 10.0.0.5}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: public, namespace: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n\
+         \x20 - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [webapp.example.com]\n    tls: {{mode: MUTUAL, credentialName: web, subjectAltNames: [client]}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: web, namespace: gw}}\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        block(&certificate.pem()),
+        block(&key.serialize_pem()),
+        block(&certificate.pem()),
+    );
+    write("control_yaml", "gateway", yaml.as_bytes());
+    let mut loaded = Loaded::default();
+    load_text(Path::new("seed.yaml"), &yaml, &mut loaded);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
+    let r = translate(&Mesh::default(), &objects).unwrap();
+    let view = &r.gateway_views["gw/ingress"];
+    assert_eq!(view.secrets.len(), 2, "{:?}", r.warnings);
+    for listener in view.listeners.values() {
+        write("xds_decode", "type2-gateway", &[&[2u8][..], &listener.encode_to_vec()].concat());
+    }
+    for secret in view.secrets.values() {
+        write("xds_decode", "type8", &[&[8u8][..], &secret.encode_to_vec()].concat());
     }
 }
 

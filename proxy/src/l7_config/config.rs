@@ -72,7 +72,13 @@ impl ListenerConfig {
             }
             let wildcard = tls()
                 .filter_map(|c| {
-                    let longest = c.server_names.iter().filter_map(|n| n.strip_prefix('*')).filter(|suffix| sni.ends_with(suffix) && sni.len() > suffix.len()).map(str::len).max()?;
+                    let longest = c
+                        .server_names
+                        .iter()
+                        .filter_map(|n| n.strip_prefix('*'))
+                        .filter(|suffix| sni.ends_with(suffix) && sni.len() > suffix.len())
+                        .map(str::len)
+                        .max()?;
                     Some((longest, c))
                 })
                 .max_by_key(|(len, _)| *len);
@@ -127,7 +133,10 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
     for (i, chain) in l.filter_chains.iter().enumerate() {
         let chain = decode_chain(chain, &format!("filter_chains[{i}]"))?;
         // Two chains for the same connections: Envoy refuses the listener, and so does keel.
-        let same_match = |c: &FilterChainConfig| c.tls.is_some() == chain.tls.is_some() && (c.server_names.is_empty() && chain.server_names.is_empty() || c.server_names.iter().any(|n| chain.server_names.contains(n)));
+        let same_match = |c: &FilterChainConfig| {
+            c.tls.is_some() == chain.tls.is_some()
+                && (c.server_names.is_empty() && chain.server_names.is_empty() || c.server_names.iter().any(|n| chain.server_names.contains(n)))
+        };
         if let Some(other) = chains.iter().find(|c| same_match(c)) {
             return Err(format!("field `filter_chains[{i}].filter_chain_match`: matches the same connections as chain {:?}", other.name));
         }
@@ -138,7 +147,8 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
 
 /// One filter chain; `at` is its path in the listener (`filter_chains[i]`).
 fn decode_chain(chain: &keel_proto::listener::FilterChain, at: &str) -> Result<FilterChainConfig, String> {
-    let tls = chain.transport_socket.as_ref().map(|socket| super::downstream_tls::decode(socket, &format!("field `{at}.transport_socket`"))).transpose()?;
+    let tls =
+        chain.transport_socket.as_ref().map(|socket| super::downstream_tls::decode(socket, &format!("field `{at}.transport_socket`"))).transpose()?;
     // Conditions keel does not evaluate would be silently ignored: only SNI names, on a TLS chain.
     let server_names = match &chain.filter_chain_match {
         None => Vec::new(),
@@ -289,7 +299,8 @@ impl L7Config {
 
     pub fn index(&mut self) {
         self.listeners_by_port = self.listeners.values().map(|l| (l.port, l.clone())).collect();
-        let tls_chains = self.listeners.values().flat_map(|l| l.chains.iter().filter_map(move |c| Some((format!("{}/{}", l.name, c.name), c.tls.as_ref()?))));
+        let tls_chains =
+            self.listeners.values().flat_map(|l| l.chains.iter().filter_map(move |c| Some((format!("{}/{}", l.name, c.name), c.tls.as_ref()?))));
         self.server_configs.update(tls_chains, &self.secrets);
         let previous = std::mem::take(&mut self.clusters);
         for (name, config) in &self.cluster_configs {

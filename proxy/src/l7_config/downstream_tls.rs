@@ -106,14 +106,23 @@ pub fn decode(socket: &TransportSocket, field: &str) -> Result<DownstreamTls, St
         return Err(format!("{}: inline certificates are not supported (keel takes them over SDS)", at("tls_certificates")));
     }
     let [certificate] = common.tls_certificate_sds_secret_configs.as_slice() else {
-        return Err(format!("{}: exactly one certificate is supported, {} given", at("tls_certificate_sds_secret_configs"), common.tls_certificate_sds_secret_configs.len()));
+        return Err(format!(
+            "{}: exactly one certificate is supported, {} given",
+            at("tls_certificate_sds_secret_configs"),
+            common.tls_certificate_sds_secret_configs.len()
+        ));
     };
     let certificate = sds_name(certificate, &at("tls_certificate_sds_secret_configs[0]"))?;
     let (trusted_ca, subject_alt_names) = match &common.validation_context_type {
         None => (None, Vec::new()),
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(c)) => (Some(sds_name(c, &at("validation_context_sds_secret_config"))?), Vec::new()),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(c)) => {
+            (Some(sds_name(c, &at("validation_context_sds_secret_config"))?), Vec::new())
+        }
         Some(ValidationContextType::CombinedValidationContext(combined)) => {
-            let sds = combined.validation_context_sds_secret_config.as_ref().ok_or_else(|| format!("{}: missing", at("combined_validation_context.validation_context_sds_secret_config")))?;
+            let sds = combined
+                .validation_context_sds_secret_config
+                .as_ref()
+                .ok_or_else(|| format!("{}: missing", at("combined_validation_context.validation_context_sds_secret_config")))?;
             let ca = sds_name(sds, &at("combined_validation_context.validation_context_sds_secret_config"))?;
             let default = combined.default_validation_context.clone().unwrap_or_default();
             let d = |f: &str| at(&format!("combined_validation_context.default_validation_context.{f}"));
@@ -187,7 +196,8 @@ impl DownstreamTls {
         let provider = Arc::new(provider);
         let versions: Vec<&'static rustls::SupportedProtocolVersion> =
             self.versions.iter().map(|v| if *v == 12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 }).collect();
-        let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions).map_err(|e| format!("TLS versions: {e}"))?;
+        let builder =
+            ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions).map_err(|e| format!("TLS versions: {e}"))?;
         let builder = match (&self.trusted_ca, self.client_certificates) {
             (None, _) | (_, ClientCertificates::NotAsked) => builder.with_no_client_auth(),
             (Some(ca), asked) => {
@@ -234,7 +244,12 @@ impl ClientCertVerifier for SubjectAltNames {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let names: Vec<String> = match cert.subject_alternative_name() {
@@ -258,11 +273,21 @@ impl ClientCertVerifier for SubjectAltNames {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -296,9 +321,12 @@ impl ServerConfigs {
     pub fn update<'a>(&mut self, chains: impl Iterator<Item = (String, &'a DownstreamTls)>, secrets: &HashMap<String, Arc<SecretConfig>>) {
         let mut built = HashMap::new();
         for (key, tls) in chains {
-            let used: Vec<Option<Arc<SecretConfig>>> = std::iter::once(&tls.certificate).chain(&tls.trusted_ca).map(|n| secrets.get(n).cloned()).collect();
+            let used: Vec<Option<Arc<SecretConfig>>> =
+                std::iter::once(&tls.certificate).chain(&tls.trusted_ca).map(|n| secrets.get(n).cloned()).collect();
             let same = |b: &&BuiltConfig| {
-                b.tls == *tls && b.secrets.len() == used.len() && b.secrets.iter().zip(&used).all(|(a, b)| a.as_ref().map(Arc::as_ptr) == b.as_ref().map(Arc::as_ptr))
+                b.tls == *tls
+                    && b.secrets.len() == used.len()
+                    && b.secrets.iter().zip(&used).all(|(a, b)| a.as_ref().map(Arc::as_ptr) == b.as_ref().map(Arc::as_ptr))
             };
             let entry = match self.built.get(&key).filter(same) {
                 Some(kept) => kept.clone(),
@@ -403,17 +431,24 @@ mod tests {
         let server = l7.server_config(listener, chain)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(server_ca.pem.as_bytes()).unwrap()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider())).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
         let mut config = match client {
             Some((cert, key)) => builder
-                .with_client_auth_cert(vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()], rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
                 .unwrap(),
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let name = ServerName::try_from(sni.to_owned()).unwrap();
-        let accept = tokio::spawn(async move { TlsAcceptor::from(server).accept(server_io).await.map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)) });
+        let accept =
+            tokio::spawn(async move { TlsAcceptor::from(server).accept(server_io).await.map(|s| s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)) });
         let connected = TlsConnector::from(Arc::new(config)).connect(name, client_io).await;
         let accepted = accept.await.unwrap();
         let _ = connected.map_err(|e| e.to_string())?;

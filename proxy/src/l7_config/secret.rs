@@ -14,7 +14,6 @@ use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use x509_parser::{extensions::GeneralName, prelude::*};
 
-
 /// What a secret holds, ready for rustls.
 #[derive(Clone)]
 pub enum Material {
@@ -69,7 +68,11 @@ pub fn decode_secret(bytes: &[u8]) -> Result<SecretConfig, String> {
             let field = "field `validation_context.trusted_ca`";
             let bundle = certificates(v.trusted_ca.as_ref(), field)?;
             // Anything else in a validation context would narrow which clients pass; ignoring it would widen them.
-            if !v.verify_certificate_hash.is_empty() || !v.verify_certificate_spki.is_empty() || v.crl.is_some() || !v.match_subject_alt_names.is_empty() {
+            if !v.verify_certificate_hash.is_empty()
+                || !v.verify_certificate_spki.is_empty()
+                || v.crl.is_some()
+                || !v.match_subject_alt_names.is_empty()
+            {
                 return Err("field `validation_context`: only trusted_ca is supported in a secret (pins, CRLs and SAN matchers are not)".into());
             }
             let summary = summarize(&secret.name, "CA", &bundle, field)?;

@@ -42,10 +42,8 @@ impl Ca {
 }
 
 fn secret(name: &str, entries: &[(&str, &str)]) -> String {
-    let data: String = entries
-        .iter()
-        .map(|(key, pem)| format!("  {key}: |\n{}", pem.lines().map(|l| format!("    {l}\n")).collect::<String>()))
-        .collect();
+    let data: String =
+        entries.iter().map(|(key, pem)| format!("  {key}: |\n{}", pem.lines().map(|l| format!("    {l}\n")).collect::<String>())).collect();
     format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n{data}")
 }
 
@@ -196,7 +194,11 @@ fn check(client: &Client, ingress: &Pod, lab: &Lab) -> Result<()> {
     let tls12 = client.get("webapp.istioinaction.io", 443, &["--tlsv1.2", "--tls-max", "1.2"])?;
     let tls13 = client.get("webapp.istioinaction.io", 443, &["--tlsv1.3"])?;
     if !tls12.stderr.contains("TLSv1.2 /") || !tls13.stderr.contains("TLSv1.3 /") {
-        bail!("TLS versions: want 1.2 and 1.3 negotiated; curl said:\n{}\n---\n{}", grep(&tls12.stderr, "SSL connection"), grep(&tls13.stderr, "SSL connection"));
+        bail!(
+            "TLS versions: want 1.2 and 1.3 negotiated; curl said:\n{}\n---\n{}",
+            grep(&tls12.stderr, "SSL connection"),
+            grep(&tls13.stderr, "SSL connection")
+        );
     }
     // 2. A name no server has: no handshake, counted by the gateway.
     let unknown = client.get("unknown.istioinaction.io", 443, &[])?;
@@ -235,7 +237,9 @@ fn check(client: &Client, ingress: &Pod, lab: &Lab) -> Result<()> {
     let keel = lab.binaries().keel.display().to_string();
     let secrets = ingress.run(&[keel.as_str(), "pc", "--admin", "127.0.0.1:15000", "secrets"])?;
     let secrets = String::from_utf8_lossy(&secrets.stdout).into_owned();
-    for name in ["kubernetes://webapp-credential", "kubernetes://catalog-credential", "kubernetes://mtls-credential", "kubernetes://mtls-credential-cacert"] {
+    for name in
+        ["kubernetes://webapp-credential", "kubernetes://catalog-credential", "kubernetes://mtls-credential", "kubernetes://mtls-credential-cacert"]
+    {
         if !secrets.contains(name) {
             bail!("keel pc secrets on the gateway lacks {name}:\n{secrets}");
         }
@@ -245,7 +249,9 @@ fn check(client: &Client, ingress: &Pod, lab: &Lab) -> Result<()> {
     }
     let listeners = ingress.run(&[keel.as_str(), "pc", "--admin", "127.0.0.1:15000", "listeners"])?;
     let listeners = String::from_utf8_lossy(&listeners.stdout).into_owned();
-    if !listeners.contains("MUTUAL cert=kubernetes://mtls-credential ca=kubernetes://mtls-credential-cacert") || !listeners.contains("catalog.istioinaction.io") {
+    if !listeners.contains("MUTUAL cert=kubernetes://mtls-credential ca=kubernetes://mtls-credential-cacert")
+        || !listeners.contains("catalog.istioinaction.io")
+    {
         bail!("keel pc listeners on the gateway: want the SNI chains and their TLS:\n{listeners}");
     }
     Ok(())

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keel_proto::{
     listener::{FilterChainMatch, Listener},
-    tls::Secret,
     route::{
         redirect_action::{RedirectResponseCode, SchemeRewriteSpecifier},
         route, RedirectAction, Route, RouteConfiguration, VirtualHost,
     },
+    tls::Secret,
 };
 
 use super::{gateway_tls, listeners, routes, ClusterKey, Mesh7};
@@ -261,7 +261,12 @@ fn virtual_hosts(
             } else {
                 routes::gateway_routes(inputs, vs, port, cluster_keys, warnings)
             };
-            virtual_hosts.push(VirtualHost { name: format!("{host}:{port}"), domains: vec![host.clone(), format!("{host}:{port}")], routes, ..Default::default() });
+            virtual_hosts.push(VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.clone(), format!("{host}:{port}")],
+                routes,
+                ..Default::default()
+            });
         }
     }
     // A redirecting server's own hosts redirect even without a VirtualService (istiod gives them a host too).

@@ -94,7 +94,10 @@ pub fn check(server: &Server, at: &dyn Fn(&str) -> String) -> Result<Vec<String>
     if client_certificates == ClientCertificates::NotAsked && !tls.subject_alt_names.is_empty() {
         warnings.push(format!("{}: only applies to MUTUAL servers: ignored", at("tls.subjectAltNames")));
     }
-    let (min, max) = (protocol(tls.min_protocol_version.as_deref(), &at("tls.minProtocolVersion"))?, protocol(tls.max_protocol_version.as_deref(), &at("tls.maxProtocolVersion"))?);
+    let (min, max) = (
+        protocol(tls.min_protocol_version.as_deref(), &at("tls.minProtocolVersion"))?,
+        protocol(tls.max_protocol_version.as_deref(), &at("tls.maxProtocolVersion"))?,
+    );
     if matches!(max, TlsProtocol::TlSv10 | TlsProtocol::TlSv11) {
         return Err(format!("{}: keel serves TLS 1.2 and 1.3 only", at("tls.maxProtocolVersion")));
     }
@@ -162,7 +165,13 @@ fn protocol(version: Option<&str>, field: &str) -> Result<TlsProtocol, String> {
 
 /// The termination of a server that passed [`check`], for a gateway pod in `pod_namespace`. Warnings name the
 /// Secret and key when a secret is missing or unusable.
-pub fn termination(server: &Server, at: &dyn Fn(&str) -> String, pod_namespace: &str, secrets: &NamespaceSecrets, warnings: &mut Vec<String>) -> Option<Termination> {
+pub fn termination(
+    server: &Server,
+    at: &dyn Fn(&str) -> String,
+    pod_namespace: &str,
+    secrets: &NamespaceSecrets,
+    warnings: &mut Vec<String>,
+) -> Option<Termination> {
     let tls = server.tls.as_ref()?;
     let client_certificates = terminating_mode(tls)?;
     let (namespace, name) = credential(tls, at).ok()?;
@@ -174,7 +183,9 @@ pub fn termination(server: &Server, at: &dyn Fn(&str) -> String, pod_namespace: 
     let certificate_name = format!("{KUBERNETES_SECRET_PREFIX}{name}");
     let mut out = BTreeMap::new();
     match certificate(secrets, &name) {
-        Ok(certificate) => drop(out.insert(certificate_name.clone(), Secret { name: certificate_name.clone(), r#type: Some(secret::Type::TlsCertificate(certificate)) })),
+        Ok(certificate) => drop(
+            out.insert(certificate_name.clone(), Secret { name: certificate_name.clone(), r#type: Some(secret::Type::TlsCertificate(certificate)) }),
+        ),
         Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
     }
     let mut validation = None;
@@ -184,17 +195,18 @@ pub fn termination(server: &Server, at: &dyn Fn(&str) -> String, pod_namespace: 
             Ok(ca) => drop(out.insert(ca_name.clone(), Secret { name: ca_name.clone(), r#type: Some(secret::Type::ValidationContext(ca)) })),
             Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
         }
-        validation = Some(ValidationContextType::CombinedValidationContext(keel_proto::tls::common_tls_context::CombinedCertificateValidationContext {
-            default_validation_context: Some(CertificateValidationContext {
-                match_subject_alt_names: tls
-                    .subject_alt_names
-                    .iter()
-                    .map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() })
-                    .collect(),
-                ..Default::default()
-            }),
-            validation_context_sds_secret_config: Some(sds(&ca_name)),
-        }));
+        validation =
+            Some(ValidationContextType::CombinedValidationContext(keel_proto::tls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_subject_alt_names: tls
+                        .subject_alt_names
+                        .iter()
+                        .map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(&ca_name)),
+            }));
     }
     let floor = |p: TlsProtocol| if matches!(p, TlsProtocol::TlSv10 | TlsProtocol::TlSv11) { TlsProtocol::TlSv12 } else { p };
     let context = DownstreamTlsContext {
@@ -258,7 +270,9 @@ fn ca_bundle(secrets: &NamespaceSecrets, name: &str) -> Result<CertificateValida
         .get(ca_secret.as_str())
         .and_then(|s| value(s, &["cacert", "ca.crt"]))
         .or_else(|| secrets.get(name).and_then(|s| value(s, &["ca.crt", "cacert"])))
-        .ok_or_else(|| format!("no CA bundle for client certificates: neither Secret {ca_secret:?} (cacert or ca.crt) nor ca.crt/cacert in {name:?}"))?;
+        .ok_or_else(|| {
+            format!("no CA bundle for client certificates: neither Secret {ca_secret:?} (cacert or ca.crt) nor ca.crt/cacert in {name:?}")
+        })?;
     pem_blocks(bundle, &["CERTIFICATE"]).map_err(|e| format!("Secret {name:?}: its CA bundle {e}"))?;
     Ok(CertificateValidationContext { trusted_ca: inline(bundle), ..Default::default() })
 }
@@ -310,7 +324,11 @@ mod tests {
             let error = check(&server(tls), &at).unwrap_err();
             assert!(error.contains(&at(field)), "{tls}: {error}");
         }
-        let warnings = check(&server("{mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, RC4-SHA]}"), &at).unwrap();
+        let warnings = check(
+            &server("{mode: SIMPLE, credentialName: c, minProtocolVersion: TLSV1_0, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, RC4-SHA]}"),
+            &at,
+        )
+        .unwrap();
         assert!(warnings.iter().any(|w| w.contains("minProtocolVersion") && w.contains("raised")), "{warnings:?}");
         assert!(warnings.iter().any(|w| w.contains("RC4-SHA")), "{warnings:?}");
     }
@@ -328,7 +346,9 @@ mod tests {
         let (cert, ca) = (secret("web", &[("tls.crt", CERT), ("tls.key", KEY)]), secret("web-cacert", &[("ca.crt", CERT)]));
         let secrets = NamespaceSecrets::from([("web", &cert), ("web-cacert", &ca)]);
         let mut warnings = vec![];
-        let t = termination(&server("{mode: MUTUAL, credentialName: web, subjectAltNames: [client.example.com]}"), &at, "gw", &secrets, &mut warnings).unwrap();
+        let t =
+            termination(&server("{mode: MUTUAL, credentialName: web, subjectAltNames: [client.example.com]}"), &at, "gw", &secrets, &mut warnings)
+                .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(t.secrets.keys().collect::<Vec<_>>(), ["kubernetes://web", "kubernetes://web-cacert"]);
         let Some(keel_proto::core::transport_socket::ConfigType::TypedConfig(any)) = &t.transport_socket.config_type else { panic!() };
