@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         // Filter configs carried in Any fields of those resources.
         "proto/envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
         "proto/envoy/extensions/filters/http/fault/v3/fault.proto",
+        "proto/envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
         // A gateway's TLS servers: the transport socket's context, and the secrets (SDS resources on ADS).
         "proto/envoy/extensions/transport_sockets/tls/v3/tls.proto",
         "proto/istio/workload/workload.proto",

@@ -84,6 +84,11 @@ pub mod envoy {
                         tonic::include_proto!("envoy.extensions.filters.network.http_connection_manager.v3");
                     }
                 }
+                pub mod tcp_proxy {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.filters.network.tcp_proxy.v3");
+                    }
+                }
             }
         }
         pub mod transport_sockets {
@@ -135,6 +140,7 @@ pub use envoy::config::route::v3 as route;
 pub use envoy::extensions::filters::common::fault::v3 as fault_common;
 pub use envoy::extensions::filters::http::fault::v3 as fault;
 pub use envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+pub use envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 pub use envoy::extensions::transport_sockets::tls::v3 as tls;
 pub use envoy::r#type::matcher::v3 as matcher;
 pub use envoy::r#type::v3 as types;
@@ -159,6 +165,7 @@ pub const CLUSTER_LOAD_ASSIGNMENT_TYPE_URL: &str = "type.googleapis.com/envoy.co
 /// Any type URLs of the filter configs those resources carry.
 pub const HTTP_CONNECTION_MANAGER_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const TCP_PROXY_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 pub const HTTP_FAULT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 /// A gateway's TLS: the secrets (certificates, CA bundles) its listeners name, sent only to that gateway (SDS on
 /// the ADS stream), and the transport socket config of a TLS-terminating filter chain.

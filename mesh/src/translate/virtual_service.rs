@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::field::{self, error, warning};
 use crate::objects::{
     Destination, FaultAbort, FaultDelay, HeaderMatch, HeaderOperations, Headers, HttpAction, HttpDirectResponse, HttpMatchRequest, HttpRedirect,
-    HttpRetry, HttpRewrite, HttpRoute, L4MatchAttributes, StringMatch, TcpRoute, VirtualService, MESH_GATEWAY,
+    HttpRetry, HttpRewrite, HttpRoute, L4MatchAttributes, StringMatch, TcpRoute, TlsRoute, VirtualService,
 };
 
 /// Istio's and Envoy's retry conditions (`retryOn`); plain status codes are allowed as well.
@@ -37,14 +37,6 @@ pub fn check(virtual_service: &VirtualService) -> Result<Vec<String>, String> {
     let spec = &virtual_service.spec;
     let mut warnings = Vec::new();
     check_hosts(&spec.hosts, spec.applies_to_mesh())?;
-    for (i, gateway) in spec.gateways.iter().enumerate() {
-        if gateway != MESH_GATEWAY {
-            warnings.push(warning(&format!("spec.gateways[{i}]"), format!("{gateway:?} ignored: keel has no gateways, only \"mesh\" applies")));
-        }
-    }
-    if !spec.applies_to_mesh() {
-        warnings.push(warning("spec.gateways", "\"mesh\" is not listed, so these routes apply to no traffic keel carries"));
-    }
     if spec.export_to.iter().any(|e| e != "*") {
         warnings.push(warning("spec.exportTo", "ignored: keel applies every VirtualService mesh-wide"));
     }
@@ -66,8 +58,16 @@ pub fn check(virtual_service: &VirtualService) -> Result<Vec<String>, String> {
     for (i, route) in spec.tcp.iter().enumerate() {
         check_tcp_route(&format!("spec.tcp[{i}]"), route)?;
     }
-    if !spec.tls.is_empty() {
-        warnings.push(warning("spec.tls", "TLS routes are not supported yet; ignored"));
+    for (i, route) in spec.tls.iter().enumerate() {
+        check_tls_route(&format!("spec.tls[{i}]"), route)?;
+    }
+    // keel's node proxies route mesh TCP by service VIP and port only; `keel gateway` applies tcp and tls routes.
+    if spec.applies_to_mesh() {
+        for (field, set) in [("spec.tcp", !spec.tcp.is_empty()), ("spec.tls", !spec.tls.is_empty())] {
+            if set {
+                warnings.push(warning(field, "applied by keel gateway only; mesh traffic is not routed by these routes"));
+            }
+        }
     }
     Ok(warnings)
 }
@@ -400,6 +400,31 @@ fn check_tcp_route(path: &str, route: &TcpRoute) -> Result<(), String> {
     check_weights(&format!("{path}.route"), route.route.iter().map(|d| d.weight))
 }
 
+fn check_tls_route(path: &str, route: &TlsRoute) -> Result<(), String> {
+    if route.matches.is_empty() {
+        return Err(error(&format!("{path}.match"), "at least one match is required"));
+    }
+    for (j, attributes) in route.matches.iter().enumerate() {
+        let at = format!("{path}.match[{j}]");
+        if attributes.sni_hosts.is_empty() {
+            return Err(error(&format!("{at}.sniHosts"), "at least one SNI host is required"));
+        }
+        for (k, host) in attributes.sni_hosts.iter().enumerate() {
+            if let Some(why) = crate::objects::names::not_a_host(host) {
+                return Err(error(&format!("{at}.sniHosts[{k}]"), why));
+            }
+        }
+        check_l4_match(&at, &L4MatchAttributes { destination_subnets: attributes.destination_subnets.clone(), port: attributes.port, source_labels: attributes.source_labels.clone() })?;
+    }
+    if route.route.is_empty() {
+        return Err(error(&format!("{path}.route"), "at least one destination is required"));
+    }
+    for (k, destination) in route.route.iter().enumerate() {
+        check_destination(&format!("{path}.route[{k}].destination"), &destination.destination)?;
+    }
+    check_weights(&format!("{path}.route"), route.route.iter().map(|d| d.weight))
+}
+
 fn check_l4_match(path: &str, attributes: &L4MatchAttributes) -> Result<(), String> {
     for (k, subnet) in attributes.destination_subnets.iter().enumerate() {
         let is_subnet = subnet.parse::<ipnet::IpNet>().is_ok() || subnet.parse::<std::net::IpAddr>().is_ok();
@@ -673,7 +698,8 @@ mod tests {
 "#,
         );
         let Object::VirtualService(vs) = &object else { panic!() };
-        assert!(warnings_of(&object).is_empty(), "{:?}", warnings_of(&object));
+        // Only that keel's node proxies do not route mesh TCP by these routes (keel gateway does).
+        assert_eq!(warnings_of(&object), ["VirtualService demo/vs: spec.tcp: applied by keel gateway only; mesh traffic is not routed by these routes"]);
         let first = &vs.spec.http[0];
         assert_eq!(first.matches[0].headers["x-canary"], HeaderMatch::Present);
         assert_eq!(first.matches[0].uri, Some(StringMatch::Prefix("/api".into())));
@@ -705,18 +731,17 @@ mod tests {
 "#,
         );
         let expected = [
-            "VirtualService demo/vs: spec.gateways[1]: \"istio-system/ingress\" ignored: keel has no gateways",
             "VirtualService demo/vs: spec.exportTo: ignored",
             "VirtualService demo/vs: spec.http[0].fault.delay.percentage: unset, so no request is delayed",
             "VirtualService demo/vs: spec.http[0].corsPolicy: not supported yet; ignored",
             "VirtualService demo/vs: spec.http[1]: never reached: spec.http[0] has no match",
-            "VirtualService demo/vs: spec.tls: TLS routes are not supported yet; ignored",
+            "VirtualService demo/vs: spec.tls: applied by keel gateway only",
         ];
         assert_eq!(found.len(), expected.len(), "{found:#?}");
         for (warning, expected) in found.iter().zip(expected) {
             assert!(warning.starts_with(expected), "{warning}\n  want {expected}");
         }
-        let gateway_only = warnings(&format!("{{hosts: ['*'], gateways: [ingress], http: [{{{ROUTE}}}]}}"));
-        assert!(gateway_only.iter().any(|w| w.contains("spec.gateways: \"mesh\" is not listed")), "{gateway_only:?}");
+        let gateway_only = warnings(&format!("{{hosts: [a.example.com], gateways: [ingress], http: [{{{ROUTE}}}], tls: [{{match: [{{sniHosts: [a.example.com]}}], route: [{{destination: {{host: a}}}}]}}]}}"));
+        assert!(gateway_only.is_empty(), "{gateway_only:?}");
     }
 }

@@ -34,6 +34,46 @@ fn serves_http(protocol: &str) -> bool {
     matches!(protocol.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC")
 }
 
+/// How a server is served, by its protocol and TLS mode (as istiod builds its filter chains).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerKind {
+    /// Plain HTTP (HTTP, HTTP2, GRPC): the HTTP connection manager, routes by Host.
+    Http,
+    /// HTTPS, TLS terminated (SIMPLE, MUTUAL, OPTIONAL_MUTUAL), then HTTP routes.
+    HttpsTerminated,
+    /// HTTPS or TLS with PASSTHROUGH: routed by SNI (VirtualService `tls` routes), bytes untouched.
+    Passthrough,
+    /// TLS terminated, then VirtualService `tcp` routes.
+    TlsTerminatedTcp,
+    /// TCP (or MONGO) without TLS: VirtualService `tcp` routes.
+    Tcp,
+}
+
+impl ServerKind {
+    /// Servers of one class can share a port; the first server's class is the port's (istiod's rule).
+    fn port_class(self) -> u8 {
+        match self {
+            ServerKind::Http => 0,
+            ServerKind::HttpsTerminated | ServerKind::Passthrough | ServerKind::TlsTerminatedTcp => 1,
+            ServerKind::Tcp => 2,
+        }
+    }
+}
+
+/// `Err` when the server is not served (its TLS settings are missing or refused; `check` says why).
+fn server_kind(server: &Server) -> Result<ServerKind, ()> {
+    let protocol = server.port.protocol.to_ascii_uppercase();
+    let mode = server.tls.as_ref().and_then(|tls| tls.mode.as_deref()).map(str::to_ascii_uppercase);
+    match protocol.as_str() {
+        p if serves_http(p) => Ok(ServerKind::Http),
+        "TCP" | "MONGO" => Ok(ServerKind::Tcp),
+        _ if mode.as_deref() == Some("PASSTHROUGH") => Ok(ServerKind::Passthrough),
+        _ if server.tls.is_none() => Err(()),
+        "HTTPS" => gateway_tls::check(server, &|f| f.to_owned()).map(|_| ServerKind::HttpsTerminated).map_err(drop),
+        _ => gateway_tls::check(server, &|f| f.to_owned()).map(|_| ServerKind::TlsTerminatedTcp).map_err(drop),
+    }
+}
+
 /// Checks one Gateway: errors name the field; warnings name what is accepted but not served yet.
 pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
@@ -53,15 +93,22 @@ pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
         if server.hosts.is_empty() {
             return Err(format!("field {}: at least one host is required", at("hosts")));
         }
-        if protocol == "HTTPS" {
-            match gateway_tls::check(server, &at) {
-                Ok(adjusted) => warnings.extend(adjusted),
-                Err(why) => warnings.push(format!("{why}: the server is not served")),
+        match server_kind(server) {
+            Ok(ServerKind::Passthrough) => {
+                if server.tls.as_ref().is_some_and(|tls| tls.credential_name.is_some() || !tls.credential_names.is_empty()) {
+                    warnings.push(format!("{}: a PASSTHROUGH server does not terminate TLS: ignored", at("tls.credentialName")));
+                }
             }
-        } else if !serves_http(&protocol) {
-            warnings.push(format!("{}: {protocol} servers are not served by keel gateway yet: ignored", at("port.protocol")));
-        } else if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
-            warnings.push(format!("{}: TLS settings on an {protocol} server are ignored (an HTTPS server terminates TLS)", at("tls")));
+            Ok(ServerKind::HttpsTerminated | ServerKind::TlsTerminatedTcp) => warnings.extend(gateway_tls::check(server, &at).expect("server_kind checked it")),
+            Ok(ServerKind::Http | ServerKind::Tcp) => {
+                if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
+                    warnings.push(format!("{}: TLS settings on a {protocol} server are ignored (HTTPS and TLS servers terminate TLS)", at("tls")));
+                }
+            }
+            Err(()) => match gateway_tls::check(server, &at) {
+                Err(why) => warnings.push(format!("{why}: the server is not served")),
+                Ok(_) => warnings.push(format!("{}: a {protocol} server needs tls settings: the server is not served", at("tls"))),
+            },
         }
         if server.tls.as_ref().is_some_and(|tls| tls.https_redirect) && !serves_http(&protocol) {
             warnings.push(format!("{}: only applies to HTTP servers: ignored", at("tls.httpsRedirect")));
@@ -134,27 +181,33 @@ fn view(
     cluster_keys: &mut BTreeSet<ClusterKey>,
     warnings: &mut Vec<String>,
 ) -> GatewayView {
-    // Port → the servers that serve HTTP or terminate HTTPS on it, merged across the Gateways selecting the pod.
+    // Port → the servers served on it, merged across the Gateways selecting the pod.
     let mut ports: BTreeMap<u16, Vec<GatewayServer>> = BTreeMap::new();
     for gateway in gateways {
         for (index, server) in gateway.spec.servers.iter().enumerate() {
-            let at = |field: &str| format!("Gateway {}/{}: spec.servers[{index}].{field}", gateway.metadata.namespace, gateway.metadata.name);
-            let https = server.port.protocol.eq_ignore_ascii_case("HTTPS") && gateway_tls::check(server, &at).is_ok();
-            let Ok(port) = u16::try_from(server.port.number) else { continue };
-            if serves_http(&server.port.protocol) || https {
-                ports.entry(port).or_default().push(GatewayServer { gateway, index, server, https });
-            }
+            let (Ok(port), Ok(kind)) = (u16::try_from(server.port.number), server_kind(server)) else { continue };
+            ports.entry(port).or_default().push(GatewayServer { gateway, index, server, kind });
         }
     }
     let mut out = GatewayView::default();
     for (port, servers) in ports {
-        // A port serves one protocol, its first server's (istiod skips the servers that conflict).
-        let https = servers[0].https;
-        let (servers, conflicting): (Vec<GatewayServer>, Vec<GatewayServer>) = servers.into_iter().partition(|s| s.https == https);
+        // A port serves one class of protocol, its first server's (istiod skips the servers that conflict).
+        let class = servers[0].kind.port_class();
+        let (servers, conflicting): (Vec<GatewayServer>, Vec<GatewayServer>) = servers.into_iter().partition(|s| s.kind.port_class() == class);
         for s in conflicting {
-            warnings.push(format!("{}: port {port} already serves {}: ignored", s.at("port"), if https { "HTTPS" } else { "plain HTTP" }));
+            warnings.push(format!("{}: port {port} already serves {:?} servers: ignored", s.at("port"), servers[0].kind));
         }
-        if !https {
+        if servers[0].kind == ServerKind::Tcp {
+            // Plain TCP: one chain for the port, the first `tcp` route of a bound VirtualService that applies.
+            let mut routes = Tcp { inputs, port, virtual_services, cluster_keys, warnings };
+            let pairs: Vec<(&Gateway, &Server)> = servers.iter().map(|s| (s.gateway, s.server)).collect();
+            if let Some(clusters) = routes.tcp_clusters(&pairs) {
+                let chain = listeners::tcp_chain(&listeners::name(port), &clusters, &format!("gateway_tcp_{port}"));
+                out.listeners.insert(listeners::name(port), listeners::listener_with_chains(port, vec![chain]));
+            }
+            continue;
+        }
+        if servers[0].kind == ServerKind::Http {
             let route_name = format!("http.{port}");
             let pairs: Vec<(&Gateway, &Server)> = servers.iter().map(|s| (s.gateway, s.server)).collect();
             let virtual_hosts = virtual_hosts(inputs, port, &pairs, virtual_services, cluster_keys, warnings);
@@ -162,24 +215,54 @@ fn view(
             out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name, virtual_hosts });
             continue;
         }
-        // HTTPS: a filter chain per server, picked by SNI among the server's hosts, with its own certificate and
-        // its own routes (`https.<port>.<port name>.<gateway>.<namespace>`, as istiod names them).
+        // TLS: filter chains picked by SNI. A terminating server is one chain (its hosts, its certificate, its
+        // HTTP routes `https.<port>.<port name>.<gateway>.<namespace>` as istiod names them, or its tcp route); a
+        // PASSTHROUGH server is a chain per `tls` route match of the VirtualServices bound to it (its sniHosts).
         let mut chains = Vec::new();
         let mut claimed_names: BTreeSet<String> = BTreeSet::new();
+        let mut claim = |names: &[String], at: &str, warnings: &mut Vec<String>| {
+            let key: Vec<String> = if names.is_empty() { vec!["*".into()] } else { names.to_vec() };
+            if let Some(taken) = key.iter().find(|n| claimed_names.contains(*n)) {
+                warnings.push(format!("{at}: SNI host {taken} on port {port} is already served by another chain: ignored"));
+                return false;
+            }
+            claimed_names.extend(key);
+            true
+        };
         for s in &servers {
+            if s.kind == ServerKind::Passthrough {
+                let mut routes = Tcp { inputs, port, virtual_services, cluster_keys, warnings };
+                for (sni_hosts, clusters, at) in routes.passthrough(s) {
+                    if !claim(&sni_hosts, &at, routes.warnings) {
+                        continue;
+                    }
+                    let name = format!("{port}_{}", sni_hosts.join(","));
+                    let mut chain = listeners::tcp_chain(&name, &clusters, &format!("gateway_passthrough_{port}"));
+                    chain.filter_chain_match = Some(FilterChainMatch {
+                        server_names: sni_hosts.into_iter().filter(|h| h != "*").collect(),
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    });
+                    chains.push(chain);
+                }
+                continue;
+            }
             let server_names = server_names(s.server);
-            let names_key: Vec<String> = if server_names.is_empty() { vec!["*".into()] } else { server_names.clone() };
-            if let Some(taken) = names_key.iter().find(|n| claimed_names.contains(*n)) {
-                warnings.push(format!("{}: SNI host {taken} on port {port} is already served by another server: ignored", s.at("hosts")));
+            if !claim(&server_names, &s.at("hosts"), warnings) {
                 continue;
             }
             let Some(termination) = gateway_tls::termination(s.server, &|f| s.at(f), pod_namespace, secrets, warnings) else { continue };
-            claimed_names.extend(names_key);
             let (g, port_name) = (&s.gateway.metadata, s.server.port.name.as_deref().unwrap_or("https"));
-            let route_name = format!("https.{port}.{port_name}.{}.{}", g.name, g.namespace);
-            let virtual_hosts = virtual_hosts(inputs, port, &[(s.gateway, s.server)], virtual_services, cluster_keys, warnings);
-            out.route_configurations.insert(route_name.clone(), RouteConfiguration { name: route_name.clone(), virtual_hosts });
-            let mut chain = listeners::http_chain(&route_name, &route_name, &format!("gateway_{route_name}"));
+            let name = format!("https.{port}.{port_name}.{}.{}", g.name, g.namespace);
+            let mut chain = if s.kind == ServerKind::TlsTerminatedTcp {
+                let mut routes = Tcp { inputs, port, virtual_services, cluster_keys, warnings };
+                let Some(clusters) = routes.tcp_clusters(&[(s.gateway, s.server)]) else { continue };
+                listeners::tcp_chain(&name, &clusters, &format!("gateway_{name}"))
+            } else {
+                let virtual_hosts = virtual_hosts(inputs, port, &[(s.gateway, s.server)], virtual_services, cluster_keys, warnings);
+                out.route_configurations.insert(name.clone(), RouteConfiguration { name: name.clone(), virtual_hosts });
+                listeners::http_chain(&name, &name, &format!("gateway_{name}"))
+            };
             if !server_names.is_empty() {
                 chain.filter_chain_match = Some(FilterChainMatch { server_names, ..Default::default() });
             }
@@ -194,12 +277,87 @@ fn view(
     out
 }
 
-/// One server of a Gateway selecting the pod, with where it is (for warnings) and whether it terminates HTTPS.
+/// One server of a Gateway selecting the pod, with where it is (for warnings) and how it is served.
 struct GatewayServer<'a> {
     gateway: &'a Gateway,
     index: usize,
     server: &'a Server,
-    https: bool,
+    kind: ServerKind,
+}
+
+/// VirtualService `tcp` and `tls` routes of the VirtualServices bound to a gateway port.
+struct Tcp<'m, 'a> {
+    inputs: &'m Mesh7<'a>,
+    port: u16,
+    virtual_services: &'m [&'a VirtualService],
+    cluster_keys: &'m mut BTreeSet<ClusterKey>,
+    warnings: &'m mut Vec<String>,
+}
+
+impl Tcp<'_, '_> {
+    /// The VirtualServices bound to one of `servers`' Gateways with a host one of them exposes.
+    fn bound<'v>(&self, servers: &[(&Gateway, &Server)]) -> Vec<&'v VirtualService>
+    where
+        Self: 'v,
+    {
+        self.virtual_services
+            .iter()
+            .copied()
+            .filter(|vs| {
+                servers.iter().any(|(g, server)| {
+                    binds(vs, g)
+                        && vs.spec.hosts.iter().any(|h| server.hosts.iter().any(|p| exposes(p, &h.to_ascii_lowercase(), &vs.metadata.namespace, &g.metadata.namespace)))
+                })
+            })
+            .collect()
+    }
+
+    /// The clusters (with weights) of the first `tcp` route that applies to the port, of the first bound
+    /// VirtualService that has one (istiod's order).
+    fn tcp_clusters(&mut self, servers: &[(&Gateway, &Server)]) -> Option<Vec<(String, u32)>> {
+        for vs in self.bound(servers) {
+            for (i, route) in vs.spec.tcp.iter().enumerate() {
+                if route.matches.is_empty() || route.matches.iter().any(|m| m.port.is_none_or(|p| p == u32::from(self.port))) {
+                    return Some(routes::l4_clusters(self.inputs, vs, self.port, &format!("spec.tcp[{i}]"), &route.route, self.cluster_keys, self.warnings));
+                }
+            }
+        }
+        let (g, s) = servers.first()?;
+        self.warnings.push(format!(
+            "Gateway {}/{}: port {}: no VirtualService bound to it has a tcp route for the port: nothing is served there",
+            g.metadata.namespace, g.metadata.name, s.port.number
+        ));
+        None
+    }
+
+    /// For a PASSTHROUGH server: each `tls` route match of the bound VirtualServices that applies to the port,
+    /// as (its SNI hosts the server exposes, the route's clusters, where it is).
+    fn passthrough(&mut self, s: &GatewayServer) -> Vec<(Vec<String>, Vec<(String, u32)>, String)> {
+        let mut out = Vec::new();
+        for vs in self.bound(&[(s.gateway, s.server)]) {
+            for (i, route) in vs.spec.tls.iter().enumerate() {
+                for (j, m) in route.matches.iter().enumerate() {
+                    if m.port.is_some_and(|p| p != u32::from(self.port)) {
+                        continue;
+                    }
+                    let at = format!("VirtualService {}/{}: spec.tls[{i}].match[{j}]", vs.metadata.namespace, vs.metadata.name);
+                    let sni: Vec<String> = m
+                        .sni_hosts
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .filter(|h| s.server.hosts.iter().any(|p| exposes(p, h, &vs.metadata.namespace, &s.gateway.metadata.namespace)))
+                        .collect();
+                    if sni.is_empty() {
+                        self.warnings.push(format!("{at}.sniHosts: none is a host of {}: ignored", s.at("hosts")));
+                        continue;
+                    }
+                    let clusters = routes::l4_clusters(self.inputs, vs, self.port, &format!("spec.tls[{i}]"), &route.route, self.cluster_keys, self.warnings);
+                    out.push((sni, clusters, at));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl GatewayServer<'_> {
@@ -438,6 +596,42 @@ spec:
         let secrets = |view| snapshot.of_type_for(view, keel_proto::SECRET_TYPE_URL).map(|s| s.len());
         assert_eq!(secrets(crate::snapshot::View::NodeProxy), Some(0));
         assert_eq!(secrets(crate::snapshot::View::Gateway("istio-system/ingress-0")), Some(1));
+    }
+
+    #[test]
+    fn passthrough_and_tcp_servers_relay_to_the_clusters_of_tls_and_tcp_routes() {
+        let text = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n\
+             \x20 - port: {{number: 443, name: tls-passthrough, protocol: TLS}}\n    hosts: [\"shop/*.example.com\"]\n    tls: {{mode: PASSTHROUGH}}\n\
+             \x20 - port: {{number: 31400, name: tcp, protocol: TCP}}\n    hosts: ['*']\n\
+             \x20 - port: {{number: 31400, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: pass, namespace: shop}}\nspec:\n  hosts: [pass.example.com, tcp.example.com]\n  gateways: [istio-system/edge]\n\
+             \x20 tls:\n  - match: [{{sniHosts: [pass.example.com, other.org], port: 443}}]\n    route: [{{destination: {{host: webapp, port: {{number: 8080}}}}}}]\n\
+             \x20 tcp:\n  - match: [{{port: 31400}}]\n    route: [{{destination: {{host: webapp}}, weight: 80}}, {{destination: {{host: webapp, port: {{number: 9000}}}}, weight: 20}}]\n",
+            OBJECTS
+        );
+        let mut loaded = Loaded::default();
+        load_text(std::path::Path::new("t.yaml"), &text, &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let objects: Vec<_> = loaded.objects.into_iter().map(|(_, o)| o).collect();
+        let r = translate(&Mesh::default(), &objects).unwrap();
+        let view = &r.gateway_views["istio-system/ingress-0"];
+        // 443: the HTTPS server of `public` (terminated) and the passthrough chain for pass.example.com share it;
+        // other.org is no host of the server.
+        let chains = &view.listeners["0.0.0.0_443"].filter_chains;
+        assert_eq!(chains.len(), 2, "{chains:#?}");
+        let pass = chains.iter().find(|c| c.transport_socket.is_none()).unwrap();
+        let m = pass.filter_chain_match.as_ref().unwrap();
+        assert_eq!((m.server_names.as_slice(), m.transport_protocol.as_str()), (&["pass.example.com".to_owned()][..], "tls"));
+        assert!(format!("{pass:?}").contains("envoy.filters.network.tcp_proxy"));
+        // 31400: the TCP server (first) wins the port; the HTTP server on it is refused with a warning.
+        let tcp = &view.listeners["0.0.0.0_31400"].filter_chains;
+        assert_eq!(tcp.len(), 1);
+        let keel_proto::listener::filter::ConfigType::TypedConfig(any) = tcp[0].filters[0].config_type.as_ref().unwrap();
+        let proxy = <keel_proto::tcp_proxy::TcpProxy as prost::Message>::decode(any.value.as_slice()).unwrap();
+        assert!(format!("{proxy:?}").contains("outbound|8080||webapp.shop.svc.cluster.local") && format!("{proxy:?}").contains("weight: 80"), "{proxy:?}");
+        assert!(r.clusters.contains_key("outbound|9000||webapp.shop.svc.cluster.local"));
+        assert!(r.warnings.iter().any(|w| w.contains("spec.servers[2].port") && w.contains("31400")), "{:#?}", r.warnings);
     }
 
     #[test]

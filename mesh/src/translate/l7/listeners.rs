@@ -13,7 +13,11 @@ use keel_proto::{
         http_filter, HttpConnectionManager, HttpFilter, Rds,
     },
     listener::{filter, Filter, FilterChain, Listener},
-    HTTP_CONNECTION_MANAGER_TYPE_URL, HTTP_FAULT_TYPE_URL,
+    tcp_proxy::{
+        tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+        TcpProxy,
+    },
+    HTTP_CONNECTION_MANAGER_TYPE_URL, HTTP_FAULT_TYPE_URL, TCP_PROXY_TYPE_URL,
 };
 use prost::Message;
 use prost_types::Any;
@@ -21,6 +25,7 @@ use prost_types::Any;
 use super::clusters::ads;
 
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 const ROUTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -55,6 +60,32 @@ pub fn http_chain(name: &str, routes: &str, stat_prefix: &str) -> FilterChain {
         filters: vec![Filter {
             name: HCM_FILTER.into(),
             config_type: Some(filter::ConfigType::TypedConfig(Any { type_url: HTTP_CONNECTION_MANAGER_TYPE_URL.into(), value: hcm.encode_to_vec() })),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A filter chain named `name` relaying each connection to one of `clusters` (by weight): a gateway's
+/// VirtualService `tcp` or `tls` route.
+pub fn tcp_chain(name: &str, clusters: &[(String, u32)], stat_prefix: &str) -> FilterChain {
+    let cluster_specifier = match clusters {
+        [(only, _)] => ClusterSpecifier::Cluster(only.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters.iter().map(|(name, weight)| ClusterWeight { name: name.clone(), weight: *weight }).collect(),
+        }),
+    };
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(cluster_specifier),
+        // istiod's default idle timeout for TCP routes.
+        idle_timeout: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        ..Default::default()
+    };
+    FilterChain {
+        name: name.to_owned(),
+        filters: vec![Filter {
+            name: TCP_PROXY_FILTER.into(),
+            config_type: Some(filter::ConfigType::TypedConfig(Any { type_url: TCP_PROXY_TYPE_URL.into(), value: proxy.encode_to_vec() })),
         }],
         ..Default::default()
     }

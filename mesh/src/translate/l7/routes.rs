@@ -13,7 +13,7 @@ use keel_proto::route::{
 };
 
 use super::{actions, listeners::FAULT_FILTER, matches, policy, resolve_host, ClusterKey, Mesh7};
-use crate::objects::{Destination, HttpAction, HttpRoute, HttpRouteDestination, Service, VirtualService};
+use crate::objects::{Destination, HttpAction, HttpRoute, HttpRouteDestination, RouteDestination, Service, VirtualService};
 
 /// The virtual hosts of one port, and the domains they already claim: Envoy refuses a route configuration in
 /// which two virtual hosts share a domain.
@@ -102,6 +102,28 @@ pub fn gateway_routes(
 ) -> Vec<Route> {
     let mut context = RouteContext { mesh, vs, port, cluster_keys, warnings };
     vs.spec.http.iter().enumerate().flat_map(|(i, http)| context.http_routes(i, http)).collect()
+}
+
+/// The clusters of a VirtualService `tcp` or `tls` route (`path` names it in warnings) on a gateway port, each
+/// with its weight (a single destination takes all the traffic, as in Istio).
+pub fn l4_clusters(
+    mesh: &Mesh7,
+    vs: &VirtualService,
+    port: u16,
+    path: &str,
+    route: &[RouteDestination],
+    cluster_keys: &mut BTreeSet<ClusterKey>,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, u32)> {
+    let mut context = RouteContext { mesh, vs, port, cluster_keys, warnings };
+    route
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let key = context.destination(&format!("{path}.route[{k}].destination"), &d.destination);
+            (key.name(), if route.len() == 1 { 100 } else { u32::try_from(d.weight).unwrap_or(0) })
+        })
+        .collect()
 }
 
 /// What translating one VirtualService's routes for one port needs.
