@@ -23,7 +23,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+mod client_hello;
+mod tcp_proxy;
 mod tls_termination;
+
+use client_hello::Opening;
 
 use crate::{
     accept::accept_loop,
@@ -35,6 +39,7 @@ use crate::{
     hbone::client::HboneClient,
     identity::CertificateManager,
     l7::{request::Downstream, server::serve_connection},
+    l7_config::filter_chain::{ChainFilter, TcpProxyConfig},
     limits::{Limits, PerSourceSlots, Slots},
     netns::Netns,
     policy::open_connections::OpenConnections,
@@ -208,53 +213,93 @@ async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<Pod
                 record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
                 record
             };
-            let listener = dp.workloads.snapshot().l7.listeners_by_port.get(&port).cloned();
-            let connection = if listener.is_some_and(|l| l.terminates_tls()) {
-                match tls_termination::terminate(stream, port, || dp.workloads.snapshot(), dp.limits.hbone.handshake_timeout).await {
-                    Ok((tls, chain)) => Connection::Tls(Box::new(tls), chain),
-                    Err(why) => {
-                        debug!(%peer, port, %why, "gateway TLS connection refused");
-                        dp.telemetry.refused(Refusal::GatewayTlsHandshake);
-                        dp.telemetry.connection_closed(record(None), started.elapsed());
-                        drop(slots);
-                        return;
-                    }
-                }
-            } else {
-                Connection::Plain(stream)
-            };
             // The gateway's own Workload is the source of what it sends on (its identity, its locality).
             let source = dp.workloads.snapshot().workloads_by_ip.get(&IpAddr::V4(pod.ip)).cloned();
-            let downstream = Arc::new(Downstream {
-                filter_chain: match &connection {
-                    Connection::Tls(_, chain) => Some(chain.clone()),
-                    Connection::Plain(_) => None,
-                },
-                dp: dp.clone(),
-                pod: pod.clone(),
-                pod_name: Arc::from(pod.name.as_str()),
-                port,
-                client_ip: peer.ip(),
-                locality: source.as_ref().and_then(|w| w.locality.as_ref()).map(|l| (l.region.clone(), l.zone.clone(), l.subzone.clone())),
-                source,
-                metrics: dp.telemetry.http.clone(),
-            });
-            let served = match connection {
-                Connection::Tls(tls, _) => serve_connection(tls, downstream, draining).await,
-                Connection::Plain(plain) => serve_connection(plain, downstream, draining).await,
+            let path = match open(stream, port, &dp).await {
+                Err(why) => {
+                    debug!(%peer, port, %why, "gateway connection refused");
+                    dp.telemetry.refused(Refusal::GatewayTlsHandshake);
+                    None
+                }
+                Ok(Opened::Tcp(io, proxy)) => {
+                    let relayed = match io {
+                        Connection::Plain(plain) => tcp_proxy::relay(plain, &proxy, &dp, &pod, source.as_ref()).await,
+                        Connection::Tls(tls) => tcp_proxy::relay(tls, &proxy, &dp, &pod, source.as_ref()).await,
+                    };
+                    match relayed {
+                        Ok(outcome) => debug!(%peer, port, sent = outcome.client_to_server, received = outcome.server_to_client, "gateway TCP connection relayed"),
+                        Err(why) => debug!(%peer, port, %why, "gateway TCP connection not relayed"),
+                    }
+                    Some(crate::plan::Path::Direct)
+                }
+                Ok(Opened::Http(io, chain)) => {
+                    let downstream = Arc::new(Downstream {
+                        filter_chain: chain,
+                        dp: dp.clone(),
+                        pod: pod.clone(),
+                        pod_name: Arc::from(pod.name.as_str()),
+                        port,
+                        client_ip: peer.ip(),
+                        locality: source.as_ref().and_then(|w| w.locality.as_ref()).map(|l| (l.region.clone(), l.zone.clone(), l.subzone.clone())),
+                        source,
+                        metrics: dp.telemetry.http.clone(),
+                    });
+                    let served = match io {
+                        Connection::Tls(tls) => serve_connection(tls, downstream, draining).await,
+                        Connection::Plain(plain) => serve_connection(plain, downstream, draining).await,
+                    };
+                    if let Err(e) = served {
+                        debug!(%peer, port, error = %e, "gateway connection ended with an error");
+                    }
+                    Some(crate::plan::Path::Http)
+                }
             };
-            if let Err(e) = served {
-                debug!(%peer, port, error = %e, "gateway connection ended with an error");
-            }
-            dp.telemetry.connection_closed(record(Some(crate::plan::Path::Http)), started.elapsed());
+            dp.telemetry.connection_closed(record(path), started.elapsed());
             drop(slots);
         }
     })
     .await
 }
 
-/// A gateway connection as served: plain, or TLS terminated by the named filter chain.
+/// A gateway connection, after the filter chain that takes it was chosen (and its TLS terminated, if it says so).
+enum Opened {
+    /// HTTP routes; the TLS chain's name (`None`: the port's plain chain).
+    Http(Connection, Option<Arc<str>>),
+    Tcp(Connection, Arc<TcpProxyConfig>),
+}
+
+/// Chooses the connection's filter chain (by its ClientHello's SNI where the listener has TLS chains, bounded
+/// by the handshake timeout), and terminates its TLS when the chain does. `Err` says why it is refused.
+async fn open(stream: tokio::net::TcpStream, port: u16, dp: &DataPath) -> Result<Opened, String> {
+    let timeout = dp.limits.hbone.handshake_timeout;
+    let listener = dp.workloads.snapshot().l7.listeners_by_port.get(&port).cloned().ok_or_else(|| format!("no listener on port {port} any more"))?;
+    let opening = if listener.reads_client_hello() {
+        tokio::time::timeout(timeout, client_hello::peek(&stream)).await.map_err(|_| format!("no ClientHello within {timeout:?}"))??
+    } else {
+        Opening::Plain
+    };
+    let chain = match &opening {
+        Opening::Plain => listener.plain_chain().ok_or("not TLS, and the port serves TLS only")?,
+        Opening::Tls { sni } => listener.tls_chain(sni.as_deref()).ok_or_else(|| format!("no filter chain for SNI {sni:?}"))?,
+    };
+    if matches!(opening, Opening::Tls { sni: None }) && chain.tls.as_ref().is_some_and(|t| t.require_sni) {
+        return Err(format!("chain {} requires SNI; the client sent none", chain.name));
+    }
+    let io = match &chain.tls {
+        Some(_) => {
+            let config = dp.workloads.snapshot().l7.server_config(&listener, chain).map_err(|why| format!("chain {}: {why}", chain.name))?;
+            Connection::Tls(Box::new(tls_termination::terminate(stream, config, timeout).await?))
+        }
+        None => Connection::Plain(stream),
+    };
+    Ok(match &chain.filter {
+        ChainFilter::Http { .. } => Opened::Http(io, chain.tls_client_hello.then(|| Arc::from(chain.name.as_str()))),
+        ChainFilter::Tcp(proxy) => Opened::Tcp(io, Arc::new(proxy.clone())),
+    })
+}
+
+/// A gateway connection's bytes: as they came, or inside the TLS keel terminated.
 enum Connection {
     Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>, Arc<str>),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }

@@ -414,7 +414,14 @@ fn check_tls_route(path: &str, route: &TlsRoute) -> Result<(), String> {
                 return Err(error(&format!("{at}.sniHosts[{k}]"), why));
             }
         }
-        check_l4_match(&at, &L4MatchAttributes { destination_subnets: attributes.destination_subnets.clone(), port: attributes.port, source_labels: attributes.source_labels.clone() })?;
+        check_l4_match(
+            &at,
+            &L4MatchAttributes {
+                destination_subnets: attributes.destination_subnets.clone(),
+                port: attributes.port,
+                source_labels: attributes.source_labels.clone(),
+            },
+        )?;
     }
     if route.route.is_empty() {
         return Err(error(&format!("{path}.route"), "at least one destination is required"));
@@ -699,7 +706,10 @@ mod tests {
         );
         let Object::VirtualService(vs) = &object else { panic!() };
         // Only that keel's node proxies do not route mesh TCP by these routes (keel gateway does).
-        assert_eq!(warnings_of(&object), ["VirtualService demo/vs: spec.tcp: applied by keel gateway only; mesh traffic is not routed by these routes"]);
+        assert_eq!(
+            warnings_of(&object),
+            ["VirtualService demo/vs: spec.tcp: applied by keel gateway only; mesh traffic is not routed by these routes"]
+        );
         let first = &vs.spec.http[0];
         assert_eq!(first.matches[0].headers["x-canary"], HeaderMatch::Present);
         assert_eq!(first.matches[0].uri, Some(StringMatch::Prefix("/api".into())));

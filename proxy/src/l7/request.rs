@@ -28,6 +28,7 @@ use crate::{
     l7_config::{
         action::{edit_headers, pick_weighted, request_hash, RequestHash},
         cluster::{ActiveRequest, Cluster},
+        filter_chain::ChainFilter,
         matching::RequestView,
         outlier::Outcome,
         retry::AttemptOutcome,
@@ -129,7 +130,7 @@ async fn respond(
             .body(full(Bytes::new()))
             .unwrap_or_else(|_| local_reply(StatusCode::INTERNAL_SERVER_ERROR, "invalid redirect location")),
         RoutePlan::Forward(plan) => {
-            let faults = if listener.faults { plan.faults.as_ref() } else { None };
+            let faults = if matches!(listener.filter, ChainFilter::Http { faults: true, .. }) { plan.faults.as_ref() } else { None };
             let request = Forward { d, snapshot, host, route, plan, parts, authority, path_and_query, started };
             request.run(faults, body, record).await
         }

@@ -4,15 +4,10 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use keel_proto::{
-    core::{address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, Address, HealthStatus},
+    core::{address, socket_address::PortSpecifier, Address, HealthStatus},
     endpoint::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
-    hcm::{
-        http_connection_manager::{CodecType, RouteSpecifier},
-        http_filter, HttpConnectionManager,
-    },
-    listener::{filter, Listener},
+    listener::Listener,
     route::RouteConfiguration,
-    HTTP_CONNECTION_MANAGER_TYPE_URL,
 };
 use prost::Message as _;
 use serde::Serialize;
@@ -20,52 +15,37 @@ use serde::Serialize;
 use super::{
     cluster::Cluster,
     cluster_config::ClusterConfig,
-    downstream_tls::{DownstreamTls, ServerConfigs},
-    fault::FAULT_FILTER,
+    downstream_tls::ServerConfigs,
+    filter_chain::{decode_chain, FilterChainConfig},
     route_table::RouteTable,
     secret::SecretConfig,
 };
-
-const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
-const ROUTER_FILTER: &str = "envoy.filters.http.router";
 
 /// A Listener as the engine uses it: which port's traffic is HTTP, and how each connection to it is served.
 #[derive(Debug, Serialize)]
 pub struct ListenerConfig {
     pub name: String,
     pub port: u16,
-    /// At most one plain chain (what the mesh's listeners have), and TLS-terminating chains picked by SNI (a
-    /// gateway's HTTPS servers).
+    /// At most one plain chain (what the mesh's listeners have), and TLS chains picked by SNI (a gateway's
+    /// HTTPS and TLS servers: terminated, or passed through).
     pub chains: Vec<FilterChainConfig>,
 }
 
-/// One filter chain: an HTTP connection manager, behind TLS termination or not.
-#[derive(Debug, Serialize)]
-pub struct FilterChainConfig {
-    pub name: String,
-    /// The SNI names a TLS chain serves (`*.suffix` allowed); empty: any.
-    pub server_names: Vec<String>,
-    pub tls: Option<DownstreamTls>,
-    pub route_config: String,
-    /// The fault filter is in the chain (routes' fault settings apply only then, as in Envoy).
-    pub faults: bool,
-}
-
 impl ListenerConfig {
-    /// The chain serving plain (not TLS) connections.
+    /// The chain serving connections that do not start with a TLS ClientHello.
     pub fn plain_chain(&self) -> Option<&FilterChainConfig> {
-        self.chains.iter().find(|c| c.tls.is_none())
+        self.chains.iter().find(|c| !c.tls_client_hello)
     }
 
-    /// Whether connections to this port start with a TLS handshake keel terminates.
-    pub fn terminates_tls(&self) -> bool {
-        self.chains.iter().any(|c| c.tls.is_some())
+    /// Whether a connection's chain depends on its ClientHello (some chain takes TLS connections).
+    pub fn reads_client_hello(&self) -> bool {
+        self.chains.iter().any(|c| c.tls_client_hello)
     }
 
     /// The TLS chain for a ClientHello naming `sni`, in Envoy's order: an exact server name, else the longest
     /// matching `*.suffix`, else a chain without server names.
     pub fn tls_chain(&self, sni: Option<&str>) -> Option<&FilterChainConfig> {
-        let tls = || self.chains.iter().filter(|c| c.tls.is_some());
+        let tls = || self.chains.iter().filter(|c| c.tls_client_hello);
         if let Some(sni) = sni.map(str::to_ascii_lowercase) {
             if let Some(exact) = tls().find(|c| c.server_names.contains(&sni)) {
                 return Some(exact);
@@ -134,7 +114,7 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
         let chain = decode_chain(chain, &format!("filter_chains[{i}]"))?;
         // Two chains for the same connections: Envoy refuses the listener, and so does keel.
         let same_match = |c: &FilterChainConfig| {
-            c.tls.is_some() == chain.tls.is_some()
+            c.tls_client_hello == chain.tls_client_hello
                 && (c.server_names.is_empty() && chain.server_names.is_empty() || c.server_names.iter().any(|n| chain.server_names.contains(n)))
         };
         if let Some(other) = chains.iter().find(|c| same_match(c)) {
@@ -143,82 +123,6 @@ pub fn decode_listener(bytes: &[u8]) -> Result<ListenerConfig, String> {
         chains.push(chain);
     }
     Ok(ListenerConfig { name: l.name, port, chains })
-}
-
-/// One filter chain; `at` is its path in the listener (`filter_chains[i]`).
-fn decode_chain(chain: &keel_proto::listener::FilterChain, at: &str) -> Result<FilterChainConfig, String> {
-    let tls =
-        chain.transport_socket.as_ref().map(|socket| super::downstream_tls::decode(socket, &format!("field `{at}.transport_socket`"))).transpose()?;
-    // Conditions keel does not evaluate would be silently ignored: only SNI names, on a TLS chain.
-    let server_names = match &chain.filter_chain_match {
-        None => Vec::new(),
-        Some(m) => {
-            let only_names = keel_proto::listener::FilterChainMatch { server_names: m.server_names.clone(), ..Default::default() };
-            if *m != only_names {
-                return Err(format!("field `{at}.filter_chain_match`: only server_names is supported"));
-            }
-            if tls.is_none() && !m.server_names.is_empty() {
-                return Err(format!("field `{at}.filter_chain_match.server_names`: only on a chain that terminates TLS"));
-            }
-            m.server_names.iter().map(|n| n.to_ascii_lowercase()).collect()
-        }
-    };
-    let [hcm_filter] = chain.filters.as_slice() else {
-        return Err(format!("field `{at}.filters`: keel supports exactly one filter, the HTTP connection manager"));
-    };
-    let field = &format!("field `{at}.filters[0]`");
-    let Some(filter::ConfigType::TypedConfig(any)) = &hcm_filter.config_type else {
-        return Err(format!("{field}.typed_config: missing"));
-    };
-    if hcm_filter.name != HCM_FILTER || any.type_url != HTTP_CONNECTION_MANAGER_TYPE_URL {
-        return Err(format!("{field}: {} is not {HCM_FILTER}", hcm_filter.name));
-    }
-    let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| format!("{field}.typed_config: {e}"))?;
-    // keel's server takes HTTP/1.1 and h2c on every port (by the connection preface), which is AUTO.
-    match CodecType::try_from(hcm.codec_type) {
-        Ok(CodecType::Auto) => {}
-        Ok(other) => return Err(format!("{field}.typed_config.codec_type: {} is not supported (AUTO is)", other.as_str_name())),
-        Err(_) => return Err(format!("{field}.typed_config.codec_type: unknown value {}", hcm.codec_type)),
-    }
-    let route_config = match hcm.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) if !rds.route_config_name.is_empty() => {
-            // Routes come on this ADS stream; any other source would never be fetched.
-            if !matches!(
-                rds.config_source.and_then(|c| c.config_source_specifier),
-                Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))
-            ) {
-                return Err(format!("{field}.typed_config.rds.config_source: keel takes routes over ADS only (ads or self)"));
-            }
-            rds.route_config_name
-        }
-        _ => return Err(format!("{field}.typed_config.rds: keel takes routes over RDS only")),
-    };
-    let mut faults = false;
-    for (i, f) in hcm.http_filters.iter().enumerate() {
-        // A filter off unless a route turns it on: keel has no per-route filter switch.
-        if f.disabled {
-            return Err(format!("{field}.typed_config.http_filters[{i}].disabled: not supported"));
-        }
-        match f.name.as_str() {
-            FAULT_FILTER => {
-                let empty = matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a)) if a.value.is_empty()) || f.config_type.is_none();
-                if !empty {
-                    return Err(format!("{field}.typed_config.http_filters[{i}]: listener-wide faults are not supported (set them per route)"));
-                }
-                faults = true;
-            }
-            ROUTER_FILTER => {}
-            // Envoy's rule: a filter marked optional that the proxy does not know is skipped, not refused.
-            _ if f.is_optional => {}
-            other => {
-                return Err(format!("{field}.typed_config.http_filters[{i}]: {other} is not supported ({FAULT_FILTER} and {ROUTER_FILTER} are)"))
-            }
-        }
-    }
-    if hcm.http_filters.last().is_none_or(|f| f.name != ROUTER_FILTER) {
-        return Err(format!("{field}.typed_config.http_filters: the last filter must be {ROUTER_FILTER}"));
-    }
-    Ok(FilterChainConfig { name: chain.name.clone(), server_names, tls, route_config, faults })
 }
 
 pub fn decode_route_configuration(bytes: &[u8]) -> Result<RouteTable, String> {
@@ -289,7 +193,7 @@ impl L7Config {
             None => listener.plain_chain()?,
             Some(name) => listener.chain(name)?,
         };
-        Some((chain, self.route_tables.get(&chain.route_config)?))
+        Some((chain, self.route_tables.get(chain.route_config()?)?))
     }
 
     /// The TLS server config of `chain` of `listener`, or why there is none (a secret not received or unusable).
@@ -320,11 +224,19 @@ mod tests {
     use keel_proto::{
         core::{config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, AggregatedConfigSource, ConfigSource, SocketAddress},
         endpoint::{Endpoint, LbEndpoint as EnvoyLbEndpoint, LocalityLbEndpoints},
-        hcm::{HttpFilter, Rds},
-        listener::{Filter, FilterChain, FilterChainMatch},
+        hcm::{
+            http_connection_manager::{CodecType, RouteSpecifier},
+            HttpConnectionManager, HttpFilter, Rds,
+        },
+        listener::{filter, Filter, FilterChain, FilterChainMatch},
+        HTTP_CONNECTION_MANAGER_TYPE_URL,
     };
 
     use super::*;
+    use crate::l7_config::{
+        fault::FAULT_FILTER,
+        filter_chain::{ChainFilter, HCM_FILTER, ROUTER_FILTER},
+    };
 
     fn filter(name: &str) -> HttpFilter {
         HttpFilter { name: name.into(), ..Default::default() }
@@ -372,7 +284,8 @@ mod tests {
     fn listener_settings_keel_would_ignore_are_refused() {
         let l = decode_listener(&listener(|_| {}).encode_to_vec()).unwrap();
         let chain = l.plain_chain().unwrap();
-        assert_eq!((l.port, chain.route_config.as_str(), chain.faults, l.chains.len()), (80, "80", true, 1));
+        assert!(matches!(&chain.filter, ChainFilter::Http { route_config, faults: true } if route_config == "80"), "{chain:?}");
+        assert_eq!((l.port, l.chains.len()), (80, 1));
         assert_eq!(refused(&listener(|h| h.codec_type = CodecType::Http2 as i32)), format!("{HCM}.codec_type: HTTP2 is not supported (AUTO is)"));
         assert_eq!(refused(&listener(|h| h.codec_type = 9)), format!("{HCM}.codec_type: unknown value 9"));
         let no_ads = listener(|h| {
@@ -383,9 +296,14 @@ mod tests {
         assert_eq!(refused(&disabled), format!("{HCM}.http_filters[0].disabled: not supported"));
         let mut matched = listener(|_| {});
         matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { destination_port: Some(8080), ..Default::default() });
-        assert!(refused(&matched).starts_with("field `filter_chains[0].filter_chain_match`: only server_names is supported"));
+        assert!(refused(&matched).starts_with("field `filter_chains[0].filter_chain_match`: only server_names and transport_protocol are supported"));
         matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { server_names: vec!["a.example.com".into()], ..Default::default() });
-        assert!(refused(&matched).contains("only on a chain that terminates TLS"), "SNI names without TLS are passthrough, not served here");
+        assert!(refused(&matched).contains("only on a TLS chain"), "SNI names need the TLS transport");
+        matched.filter_chains[0].filter_chain_match =
+            Some(FilterChainMatch { server_names: vec!["a.example.com".into()], transport_protocol: "tls".into(), ..Default::default() });
+        assert!(refused(&matched).contains("HTTP on a TLS chain needs the chain's transport socket"), "HTTP cannot be passed through");
+        matched.filter_chains[0].filter_chain_match = Some(FilterChainMatch { transport_protocol: "raw_buffer".into(), ..Default::default() });
+        assert!(refused(&matched).contains("\"raw_buffer\" is not supported"));
         let mut twice = listener(|_| {});
         twice.filter_chains.push(twice.filter_chains[0].clone());
         assert!(refused(&twice).contains("matches the same connections"));

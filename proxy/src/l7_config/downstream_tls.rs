@@ -461,8 +461,8 @@ mod tests {
         let l7 = gateway_config(&server_ca, &client_ca);
         let listener = &l7.listeners["0.0.0.0_443"];
         assert_eq!(listener.chains.len(), 2);
-        assert!(listener.tls_chain(Some("A.example.com")).unwrap().route_config.contains("https-a"));
-        assert!(listener.tls_chain(Some("x.mtls.example.com")).unwrap().route_config.contains("https-m"));
+        assert!(listener.tls_chain(Some("A.example.com")).unwrap().route_config().unwrap().contains("https-a"));
+        assert!(listener.tls_chain(Some("x.mtls.example.com")).unwrap().route_config().unwrap().contains("https-m"));
         assert!(listener.tls_chain(Some("other.example.com")).is_none(), "no chain for an unknown name");
         assert!(listener.tls_chain(None).is_none());
         // SIMPLE: any client; ALPN h2 negotiated.

@@ -9,6 +9,7 @@ use super::{
     balancer::Policy,
     config::L7Config,
     downstream_tls::{ClientCertificates, DownstreamTls},
+    filter_chain::ChainFilter,
     secret::SecretSummary,
 };
 
@@ -135,14 +136,24 @@ impl L7Dump {
                 l.chains.iter().map(|c| ListenerEntry {
                     name: l.name.clone(),
                     port: l.port,
-                    server_names: match (&c.tls, c.server_names.is_empty()) {
-                        (None, _) => "-".into(),
-                        (Some(_), true) => "*".into(),
-                        (Some(_), false) => c.server_names.join(","),
+                    server_names: match (c.tls_client_hello, c.server_names.is_empty()) {
+                        (false, _) => "-".into(),
+                        (true, true) => "*".into(),
+                        (true, false) => c.server_names.join(","),
                     },
-                    tls: c.tls.as_ref().map_or_else(|| "-".into(), describe_tls),
-                    route_config: c.route_config.clone(),
-                    faults: c.faults,
+                    tls: match (&c.tls, c.tls_client_hello) {
+                        (Some(tls), _) => describe_tls(tls),
+                        (None, true) => "PASSTHROUGH".into(),
+                        (None, false) => "-".into(),
+                    },
+                    route_config: match &c.filter {
+                        ChainFilter::Http { route_config, .. } => route_config.clone(),
+                        ChainFilter::Tcp(proxy) => format!(
+                            "tcp → {}",
+                            proxy.clusters.iter().map(|(name, weight)| format!("{name} ({weight})")).collect::<Vec<_>>().join(", ")
+                        ),
+                    },
+                    faults: matches!(c.filter, ChainFilter::Http { faults: true, .. }),
                 })
             })
             .collect();

@@ -13,6 +13,7 @@ pub mod config;
 pub mod downstream_tls;
 pub mod dump;
 pub mod fault;
+pub mod filter_chain;
 pub mod limits;
 pub mod matching;
 pub mod outlier;

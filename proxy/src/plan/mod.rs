@@ -242,12 +242,12 @@ mod tests {
         let listener = ListenerConfig {
             name: "0.0.0.0_80".into(),
             port: 80,
-            chains: vec![crate::l7_config::config::FilterChainConfig {
+            chains: vec![crate::l7_config::filter_chain::FilterChainConfig {
                 name: "0.0.0.0_80".into(),
+                tls_client_hello: false,
                 server_names: vec![],
                 tls: None,
-                route_config: "80".into(),
-                faults: false,
+                filter: crate::l7_config::filter_chain::ChainFilter::Http { route_config: "80".into(), faults: false },
             }],
         };
         vec![

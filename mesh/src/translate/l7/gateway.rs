@@ -99,7 +99,9 @@ pub fn check(gateway: &Gateway) -> Result<Vec<String>, String> {
                     warnings.push(format!("{}: a PASSTHROUGH server does not terminate TLS: ignored", at("tls.credentialName")));
                 }
             }
-            Ok(ServerKind::HttpsTerminated | ServerKind::TlsTerminatedTcp) => warnings.extend(gateway_tls::check(server, &at).expect("server_kind checked it")),
+            Ok(ServerKind::HttpsTerminated | ServerKind::TlsTerminatedTcp) => {
+                warnings.extend(gateway_tls::check(server, &at).expect("server_kind checked it"))
+            }
             Ok(ServerKind::Http | ServerKind::Tcp) => {
                 if server.tls.as_ref().is_some_and(|tls| tls.terminates()) {
                     warnings.push(format!("{}: TLS settings on a {protocol} server are ignored (HTTPS and TLS servers terminate TLS)", at("tls")));
@@ -306,7 +308,11 @@ impl Tcp<'_, '_> {
             .filter(|vs| {
                 servers.iter().any(|(g, server)| {
                     binds(vs, g)
-                        && vs.spec.hosts.iter().any(|h| server.hosts.iter().any(|p| exposes(p, &h.to_ascii_lowercase(), &vs.metadata.namespace, &g.metadata.namespace)))
+                        && vs
+                            .spec
+                            .hosts
+                            .iter()
+                            .any(|h| server.hosts.iter().any(|p| exposes(p, &h.to_ascii_lowercase(), &vs.metadata.namespace, &g.metadata.namespace)))
                 })
             })
             .collect()
@@ -318,7 +324,15 @@ impl Tcp<'_, '_> {
         for vs in self.bound(servers) {
             for (i, route) in vs.spec.tcp.iter().enumerate() {
                 if route.matches.is_empty() || route.matches.iter().any(|m| m.port.is_none_or(|p| p == u32::from(self.port))) {
-                    return Some(routes::l4_clusters(self.inputs, vs, self.port, &format!("spec.tcp[{i}]"), &route.route, self.cluster_keys, self.warnings));
+                    return Some(routes::l4_clusters(
+                        self.inputs,
+                        vs,
+                        self.port,
+                        &format!("spec.tcp[{i}]"),
+                        &route.route,
+                        self.cluster_keys,
+                        self.warnings,
+                    ));
                 }
             }
         }
@@ -351,7 +365,8 @@ impl Tcp<'_, '_> {
                         self.warnings.push(format!("{at}.sniHosts: none is a host of {}: ignored", s.at("hosts")));
                         continue;
                     }
-                    let clusters = routes::l4_clusters(self.inputs, vs, self.port, &format!("spec.tls[{i}]"), &route.route, self.cluster_keys, self.warnings);
+                    let clusters =
+                        routes::l4_clusters(self.inputs, vs, self.port, &format!("spec.tls[{i}]"), &route.route, self.cluster_keys, self.warnings);
                     out.push((sni, clusters, at));
                 }
             }
@@ -629,7 +644,10 @@ spec:
         assert_eq!(tcp.len(), 1);
         let keel_proto::listener::filter::ConfigType::TypedConfig(any) = tcp[0].filters[0].config_type.as_ref().unwrap();
         let proxy = <keel_proto::tcp_proxy::TcpProxy as prost::Message>::decode(any.value.as_slice()).unwrap();
-        assert!(format!("{proxy:?}").contains("outbound|8080||webapp.shop.svc.cluster.local") && format!("{proxy:?}").contains("weight: 80"), "{proxy:?}");
+        assert!(
+            format!("{proxy:?}").contains("outbound|8080||webapp.shop.svc.cluster.local") && format!("{proxy:?}").contains("weight: 80"),
+            "{proxy:?}"
+        );
         assert!(r.clusters.contains_key("outbound|9000||webapp.shop.svc.cluster.local"));
         assert!(r.warnings.iter().any(|w| w.contains("spec.servers[2].port") && w.contains("31400")), "{:#?}", r.warnings);
     }
