@@ -36,3 +36,8 @@ fn an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone() {
 fn an_ingress_gateway_terminates_tls_by_sni_with_certificates_from_rotating_secrets() {
     keel_tests::scenarios::gateway_tls::an_ingress_gateway_terminates_tls_by_sni_with_certificates_from_rotating_secrets();
 }
+
+#[test]
+fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
+    keel_tests::scenarios::gateway_tls::an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes();
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::gateway::{start_gateway_on, tail, GATEWAY_POD, WEBAPP_SERVICE};
 use super::traffic_management::grep;
 use super::*;
-use crate::lab::{mesh_config, Pod};
+use crate::lab::{mesh_config, Pod, ServeMode};
 
 const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: coolstore-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https-webapp, protocol: HTTPS}\n    hosts: [webapp.istioinaction.io]\n    tls: {mode: SIMPLE, credentialName: webapp-credential}\n  - port: {number: 443, name: https-catalog, protocol: HTTPS}\n    hosts: [catalog.istioinaction.io]\n    tls: {mode: SIMPLE, credentialName: catalog-credential}\n  - port: {number: 8443, name: https-mtls, protocol: HTTPS}\n    hosts: [mtls.istioinaction.io]\n    tls: {mode: MUTUAL, credentialName: mtls-credential, subjectAltNames: [client.istioinaction.io]}\n";
 
@@ -255,4 +255,72 @@ fn check(client: &Client, ingress: &Pod, lab: &Lab) -> Result<()> {
         bail!("keel pc listeners on the gateway: want the SNI chains and their TLS:\n{listeners}");
     }
     Ok(())
+}
+
+const PASSTHROUGH_GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: tls-passthrough, protocol: TLS}\n    hosts: [pass.istioinaction.io]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 31400, name: tcp-echo, protocol: TCP}\n    hosts: ['*']\n";
+
+const BACKENDS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: tls-backend, namespace: default}\nspec:\n  clusterIP: 10.96.0.60\n  selector: {app: tls-backend}\n  ports:\n  - {name: tls, port: 443, targetPort: 8443}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec:\n  clusterIP: 10.96.0.61\n  selector: {app: tls-backend}\n  ports:\n  - {name: tcp-echo, port: 9000}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge-routes, namespace: default}\nspec:\n  hosts: [pass.istioinaction.io, echo.default.svc.cluster.local]\n  gateways: [edge-gateway]\n  tls:\n  - match: [{port: 443, sniHosts: [pass.istioinaction.io]}]\n    route: [{destination: {host: tls-backend, port: {number: 443}}}]\n  tcp:\n  - match: [{port: 31400}]\n    route: [{destination: {host: echo, port: {number: 9000}}}]\n";
+
+/// PASSTHROUGH: the gateway routes a TLS connection by its SNI to a TLS server in the mesh without terminating
+/// it (the client sees the backend's own certificate, issued by a CA the gateway has no key of); a name no route
+/// has gets no connection; a TCP server relays bytes to a VirtualService `tcp` route's service. Both cross to
+/// node 1 over HBONE with the gateway's identity.
+pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
+    with_nodes("gateway-passthrough", 2, |lab| {
+        let ingress = lab.node(0).add_pod("ingress")?;
+        let curl = lab.node(0).add_pod("curl")?;
+        let backend = lab.node(1).add_pod("tls-backend")?;
+        let backend_ca = Ca::new("tls-backend's own CA")?;
+        let (crt, key) = backend_ca.leaf("pass.istioinaction.io", "backend")?;
+        let objects = vec![
+            mesh_config::pod_object(&ingress, "ingress", &[("istio", "ingressgateway")]),
+            mesh_config::pod_object(&backend, "tls-backend", &[("app", "tls-backend")]),
+            PASSTHROUGH_GATEWAY.to_owned(),
+            BACKENDS.to_owned(),
+        ];
+        let config_dir = lab.dir().join("mesh");
+        mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
+        let control = lab.start_control_with(0, &config_dir, &[], &[GATEWAY_POD])?;
+        let keels = lab.start_keels_following(&control, &[])?;
+        keels.iter().try_for_each(wait_ready)?;
+        keels[1].enroll(&backend)?;
+        // The TLS server: openssl's, with the backend's certificate; the gateway never holds its key.
+        let (crt_path, key_path) = (write_pem(lab.dir(), "backend.crt", &crt)?, write_pem(lab.dir(), "backend.key", &key)?);
+        let (crt_arg, key_arg) = (crt_path.display().to_string(), key_path.display().to_string());
+        let mut tls_server = backend.spawn(&["openssl", "s_server", "-accept", "8443", "-cert", &crt_arg, "-key", &key_arg, "-www"])?;
+        tls_server.wait_for_line(Duration::from_secs(10), |l| l.contains("ACCEPT"))?;
+        let _echo = backend.serve(9000, ServeMode::Echo, &[])?;
+        let gateway = start_gateway_on(lab, &control, &ingress, 31400)?;
+        let ca_path = write_pem(lab.dir(), "backend-ca.crt", &backend_ca.pem)?;
+        let run = || -> Result<()> {
+            let resolve = format!("pass.istioinaction.io:443:{}", ingress.ip);
+            let ca = ca_path.display().to_string();
+            let out = curl.run(&["curl", "-sS", "-v", "-o", "/dev/null", "--max-time", "10", "--resolve", &resolve, "--cacert", &ca, "-w", "%{http_code}", "https://pass.istioinaction.io/"])?;
+            let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if stdout.trim() != "200" || !stderr.contains("issuer: CN=tls-backend's own CA") || !stderr.contains("O=backend") {
+                bail!("passthrough: want 200 from openssl's server with its own certificate, got {stdout:?}:\n{stderr}");
+            }
+            // A name no tls route has: the gateway closes without a handshake.
+            let resolve = format!("other.istioinaction.io:443:{}", ingress.ip);
+            let out = curl.run(&["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--resolve", &resolve, "-k", "-w", "%{http_code}", "https://other.istioinaction.io/"])?;
+            if String::from_utf8_lossy(&out.stdout).trim() != "000" {
+                bail!("an SNI no route has must get no connection: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            // The TCP route: bytes echoed through the gateway.
+            let v = curl.send(SocketAddr::new(ingress.ip.into(), 31400), 64 * 1024, ServeMode::Echo, Duration::from_secs(10))?;
+            if v["ok"] != true || v["received"] != 64 * 1024 {
+                bail!("TCP route: want 64 KiB echoed through the gateway, got {v}");
+            }
+            // Both reached node 1 over mTLS with the gateway's identity.
+            let (_, metrics) = keels[1].admin_get("/metrics")?;
+            let from_gateway = grep(&metrics, "source_principal=\"spiffe://cluster.local/ns/default/sa/ingress\"");
+            if !from_gateway.contains("destination_workload=\"tls-backend\"") || !from_gateway.contains("mutual_tls") {
+                bail!("node 1's keel saw no mTLS connection from the gateway's identity:\n{from_gateway}");
+            }
+            Ok(())
+        };
+        let result = run();
+        let _ = tls_server.try_wait();
+        result.map_err(|e| anyhow::anyhow!("{e:#}\n---- keel gateway log:\n{}", tail(&gateway.log(), 30)))
+    });
 }
