@@ -6,6 +6,7 @@
 pub mod arms;
 pub mod chart;
 pub mod control_plane;
+pub mod ingress;
 pub mod l7;
 pub mod measure;
 pub mod model;

@@ -40,6 +40,11 @@ struct Args {
     /// view and enrolling 110 pods on its node (root); writes control-plane.md.
     #[arg(long)]
     control_plane: bool,
+    /// Instead of the data-path arms: keel gateway against nginx as TLS-terminating reverse proxies in front of
+    /// the same backend (HTTPS keep-alive over HTTP/1.1 and HTTP/2, and a new TLS connection per request); writes
+    /// ingress.md and ingress.json.
+    #[arg(long)]
+    ingress: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,10 @@ fn main() -> ExitCode {
     }
     if args.control_plane {
         return control_plane(&binaries, &args.out, args.quick);
+    }
+    if args.ingress {
+        let (reps, seconds) = if args.quick { (1, 2) } else { (args.reps.max(1), args.seconds.max(1)) };
+        return ingress(&binaries, &args.out, reps, seconds);
     }
     let pick = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
     // A misspelt name must not quietly shrink the run.
@@ -145,6 +154,31 @@ fn control_plane(binaries: &Binaries, out: &std::path::Path, quick: bool) -> Exi
     // Every change must reach every node: a miss is a failure, not a number.
     if outcomes.iter().any(|o| o.missed > 0) {
         eprintln!("keel-bench: some changes never reached some nodes");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn ingress(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
+    let samples = match bench::ingress::run(binaries, out, reps, seconds) {
+        Ok(samples) => samples,
+        Err(e) => {
+            eprintln!("keel-bench: ingress: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    let report = bench::ingress::markdown(&samples, &command, seconds);
+    println!("{report}");
+    if let Err(e) = std::fs::write(out.join("ingress.md"), &report) {
+        eprintln!("keel-bench: writing ingress.md: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Every request must have been answered: a failure is a failed run, not a number.
+    let failed: Vec<String> =
+        samples.iter().filter(|s| s.failures > 0).map(|s| format!("{} / {} (rep {}): {} failures", s.arm, s.workload, s.rep, s.failures)).collect();
+    if !failed.is_empty() {
+        eprintln!("keel-bench: ingress: failed requests:\n{}", failed.join("\n"));
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

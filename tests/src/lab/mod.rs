@@ -17,6 +17,7 @@ mod bins;
 mod cgroup;
 pub mod cni_runtime;
 mod control;
+mod gateway;
 mod http;
 mod keel;
 pub mod mesh_config;

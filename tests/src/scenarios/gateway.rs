@@ -42,32 +42,8 @@ pub fn an_ingress_gateway_serves_virtual_services_bound_to_it_over_hbone() {
     });
 }
 
-/// `keel gateway` in the gateway pod, once its listener on `port` is bound; its admin server on the pod's
-/// 127.0.0.1:15000.
 pub(super) fn start_gateway_on(lab: &Lab, control: &ControlPlane, pod: &Pod, port: u16) -> Result<crate::lab::process::ChildGuard> {
-    let (namespace, name) = GATEWAY_POD.split_once('/').context("a namespace/name")?;
-    let mut argv = vec![lab.binaries().keel.display().to_string(), "gateway".into()];
-    argv.extend(control.gateway_args(GATEWAY_POD));
-    let state = lab.dir().join("gateway-state");
-    argv.extend(
-        [
-            "--pod-name",
-            name,
-            "--pod-namespace",
-            namespace,
-            "--instance-ip",
-            &pod.ip.to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "--log-format",
-            "json",
-        ]
-        .map(str::to_owned),
-    );
-    let mut child = pod.spawn(&argv)?;
-    let bound = |l: &str| l.contains("gateway listener bound") && [",", "}"].iter().any(|end| l.contains(&format!("\"port\":{port}{end}")));
-    child.wait_for_line(Duration::from_secs(15), bound)?;
-    Ok(child)
+    lab.start_gateway(control, pod, GATEWAY_POD, port, &[])
 }
 
 fn start_gateway(lab: &Lab, control: &ControlPlane, pod: &Pod) -> Result<crate::lab::process::ChildGuard> {

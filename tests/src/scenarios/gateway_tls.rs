@@ -295,14 +295,42 @@ pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
         let run = || -> Result<()> {
             let resolve = format!("pass.istioinaction.io:443:{}", ingress.ip);
             let ca = ca_path.display().to_string();
-            let out = curl.run(&["curl", "-sS", "-v", "-o", "/dev/null", "--max-time", "10", "--resolve", &resolve, "--cacert", &ca, "-w", "%{http_code}", "https://pass.istioinaction.io/"])?;
+            let out = curl.run(&[
+                "curl",
+                "-sS",
+                "-v",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &ca,
+                "-w",
+                "%{http_code}",
+                "https://pass.istioinaction.io/",
+            ])?;
             let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             if stdout.trim() != "200" || !stderr.contains("issuer: CN=tls-backend's own CA") || !stderr.contains("O=backend") {
                 bail!("passthrough: want 200 from openssl's server with its own certificate, got {stdout:?}:\n{stderr}");
             }
             // A name no tls route has: the gateway closes without a handshake.
             let resolve = format!("other.istioinaction.io:443:{}", ingress.ip);
-            let out = curl.run(&["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--resolve", &resolve, "-k", "-w", "%{http_code}", "https://other.istioinaction.io/"])?;
+            let out = curl.run(&[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "-k",
+                "-w",
+                "%{http_code}",
+                "https://other.istioinaction.io/",
+            ])?;
             if String::from_utf8_lossy(&out.stdout).trim() != "000" {
                 bail!("an SNI no route has must get no connection: {}", String::from_utf8_lossy(&out.stdout));
             }
