@@ -287,6 +287,9 @@ struct GatewayServer<'a> {
     kind: ServerKind,
 }
 
+/// A PASSTHROUGH chain: its SNI hosts, its clusters with their weights, and the route match it comes from.
+type PassthroughRoute = (Vec<String>, Vec<(String, u32)>, String);
+
 /// VirtualService `tcp` and `tls` routes of the VirtualServices bound to a gateway port.
 struct Tcp<'m, 'a> {
     inputs: &'m Mesh7<'a>,
@@ -346,7 +349,7 @@ impl Tcp<'_, '_> {
 
     /// For a PASSTHROUGH server: each `tls` route match of the bound VirtualServices that applies to the port,
     /// as (its SNI hosts the server exposes, the route's clusters, where it is).
-    fn passthrough(&mut self, s: &GatewayServer) -> Vec<(Vec<String>, Vec<(String, u32)>, String)> {
+    fn passthrough(&mut self, s: &GatewayServer) -> Vec<PassthroughRoute> {
         let mut out = Vec::new();
         for vs in self.bound(&[(s.gateway, s.server)]) {
             for (i, route) in vs.spec.tls.iter().enumerate() {
