@@ -235,7 +235,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hbone_handshakes: crate::limits::PerSourceSlots::new(config.limits.hbone.handshakes_per_source),
         mesh: config.workload_source.is_some(),
         responder: config.responder,
+        outbound_policy: config.outbound_policy,
+        dns: Arc::new(crate::dns::DnsResolver::new(config.dns_server)),
     });
+    tokio::spawn(data_path.dns.clone().run(data_path.workloads.clone()));
     tokio::spawn(reauthorize_on_change(data_path.clone()));
     let bypass_task = tokio::spawn(bypass_heartbeat(data_path.clone()));
     let enrollment = Arc::new(Enrollment::new(data_path.clone(), &config.cgroup_root, &config.state_dir));

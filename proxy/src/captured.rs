@@ -114,6 +114,8 @@ async fn carry(
             certificates: dp.dialer.certificates.is_some(),
             mesh: dp.mesh,
             responder: dp.responder,
+            outbound_policy: dp.outbound_policy,
+            resolved: dp.dns.as_ref(),
         };
         plan::plan(&inputs, direction, pod.ip, destination)
     };

@@ -107,6 +107,13 @@ pub struct RunArgs {
     /// `keel fast-path off` stops it at run time.
     #[arg(long, value_enum, default_value = "off")]
     pub same_node_bypass: OnOff,
+    /// Istio's `meshConfig.outboundTrafficPolicy.mode`: `registry-only` refuses (and counts) connections from
+    /// enrolled pods to addresses that are no service, workload or ServiceEntry host.
+    #[arg(long, value_enum, default_value = "allow-any")]
+    pub outbound_traffic_policy: crate::plan::OutboundTrafficPolicy,
+    /// The DNS server (`ip:port`) ServiceEntry hosts with resolution DNS are resolved with; default: the system's.
+    #[arg(long)]
+    pub dns_server: Option<std::net::SocketAddr>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Connect timeout towards original destinations, in milliseconds.
@@ -456,6 +463,8 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             outbound_ports: args.exclude_outbound_ports,
             inbound_ports: args.exclude_inbound_ports,
         },
+        outbound_policy: args.outbound_traffic_policy,
+        dns_server: args.dns_server,
         fast_path: matches!(args.fast_path, OnOff::On) && args.capture == CaptureMode::Ebpf,
         same_node_bypass: matches!(args.same_node_bypass, OnOff::On) && args.capture == CaptureMode::Ebpf,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),

@@ -54,6 +54,10 @@ pub struct Config {
     pub fail_open: bool,
     /// Bounds on what peers can hold (connections, handshakes, idle time).
     pub limits: crate::limits::Limits,
+    /// Istio's `outboundTrafficPolicy.mode`.
+    pub outbound_policy: crate::plan::OutboundTrafficPolicy,
+    /// The DNS server ServiceEntry hosts are resolved with; `None`: the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
     /// Namespaces whose pods a CNI ADD leaves alone (under `--kubernetes` too, before the API's labels).
     pub cni_excluded_namespaces: Vec<String>,
     /// `--kubernetes`: the node agent follows the API for this node's pods.

@@ -69,6 +69,7 @@ impl ConnectionError {
             ConnectionError::OriginalDestination(_) => "NR",
             ConnectionError::Refused(Refused::KeelPort(_)) => "NR",
             ConnectionError::Refused(Refused::UnknownSourceWorkload(_)) => "UAEX",
+            ConnectionError::Refused(Refused::NotInRegistry(_)) => "NR",
             ConnectionError::NoRoute(RouteError::NoServicePort { .. }) => "NR",
             ConnectionError::NoRoute(RouteError::NoHealthyEndpoint { .. }) => "UH",
             ConnectionError::UnknownDestinationWorkload(_) | ConnectionError::PolicyDenied(_) | ConnectionError::Revoked(_) => "UAEX",
@@ -93,6 +94,7 @@ pub fn refusal(refused: &Refused) -> Refusal {
     match refused {
         Refused::KeelPort(_) => Refusal::KeelPort,
         Refused::UnknownSourceWorkload(_) => Refusal::UnknownSourceWorkload,
+        Refused::NotInRegistry(_) => Refusal::RegistryOnly,
     }
 }
 

@@ -69,4 +69,8 @@ pub struct DataPath {
     pub mesh: bool,
     /// Benchmark mode: answer outbound HTTP requests in keel instead of relaying them (see `l4::responder`).
     pub responder: bool,
+    /// Istio's `outboundTrafficPolicy`: whether addresses the mesh does not know are reachable.
+    pub outbound_policy: crate::plan::OutboundTrafficPolicy,
+    /// ServiceEntry hosts with resolution DNS, resolved.
+    pub dns: Arc<crate::dns::DnsResolver>,
 }

@@ -118,6 +118,9 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
         hbone_handshakes: PerSourceSlots::new(limits.hbone.handshakes_per_source),
         mesh: true,
         responder: false,
+        // What a gateway reaches is what its routes name: the policy is a node proxy's.
+        outbound_policy: Default::default(),
+        dns: Arc::new(crate::dns::DnsResolver::new(None)),
     });
     let admin = Arc::new(GatewayAdmin { dp: data_path.clone(), xds });
     tokio::spawn(crate::admin::serve(crate::admin::bind(settings.admin_addr).await?, admin.clone()));

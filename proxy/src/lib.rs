@@ -21,6 +21,7 @@ pub mod config_dump;
 pub mod connection_error;
 pub mod data_path;
 pub mod dial;
+pub mod dns;
 pub mod enrollment;
 pub mod gateway;
 pub mod hashing;

@@ -1,7 +1,8 @@
 //! ServiceEntry (networking.istio.io/v1) → `istio.workload.Address`, as istiod's ambient index shapes it:
 //! - each host is one Service `<ns>/<host>` carrying the entry's VIPs, ports and subject alt names;
 //! - each inline endpoint is one Workload `<cluster>/networking.istio.io/ServiceEntry/<ns>/<name>/<address>` that
-//!   backs every host. A hostname endpoint (resolution DNS) goes in `hostname`, for the proxy to resolve. Endpoints
+//!   backs every host. A hostname endpoint (resolution DNS) goes in `hostname`, for the proxy to resolve; with
+//!   resolution DNS and no endpoints each host is a hostname endpoint of its own Service. Endpoints
 //!   are outside the mesh (tunnel NONE) and on no node, so no inbound policy is attached to them;
 //! - a `workloadSelector` instead adds the hosts to the `services` of the selected pods of the entry's namespace.
 //!
@@ -193,6 +194,15 @@ pub fn translate(mesh: &Mesh, entry: &ServiceEntry) -> Result<Translated, String
         }
         out.workloads.push(endpoint_workload(mesh, entry, endpoint));
     }
+    // Resolution DNS without endpoints: each host is its own endpoint, resolved by the proxy (Envoy's STRICT_DNS
+    // cluster of the host itself).
+    if Resolution::parse(spec.resolution.as_deref())?.resolves_names() && spec.endpoints.is_empty() && spec.workload_selector.is_none() {
+        for host in &spec.hosts {
+            let mut w = endpoint_workload(mesh, entry, &WorkloadEntrySpec { address: host.clone(), ..Default::default() });
+            w.services.retain(|service, _| *service == format!("{}/{host}", m.namespace));
+            out.workloads.push(w);
+        }
+    }
     Ok(out)
 }
 
@@ -360,6 +370,20 @@ spec:
 
         assert!(r.warnings.iter().any(|w| w.contains("spec.endpoints[0].weight")), "{:?}", r.warnings);
         assert_eq!(r.addresses.len(), 4);
+    }
+
+    #[test]
+    fn resolution_dns_without_endpoints_makes_each_host_its_own_hostname_endpoint() {
+        let r = translate_all(
+            &Mesh::default(),
+            &objects("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: shop}\nspec:\n  hosts: [a.example.com, b.example.com]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  resolution: DNS\n"),
+        )
+        .unwrap();
+        for host in ["a.example.com", "b.example.com"] {
+            let w = workload(&r, &format!("Kubernetes/networking.istio.io/ServiceEntry/shop/ext/{host}"));
+            assert_eq!((w.hostname.as_str(), w.addresses.len()), (host, 0));
+            assert_eq!(w.services.keys().collect::<Vec<_>>(), [&format!("shop/{host}")], "each host backs only its own Service");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::{
 use keel_proto::workload::{Service, Workload, WorkloadStatus};
 use rand::Rng as _;
 
+use super::Resolved;
 use crate::xds::state::{ip_of, service_name, Snapshot};
 
 #[derive(Clone, Debug)]
@@ -30,8 +31,9 @@ pub enum RouteError {
     NoHealthyEndpoint { service: String, port: u16 },
 }
 
-/// Resolves an original destination against the workload state.
-pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, RouteError> {
+/// Resolves an original destination against the workload state; a hostname endpoint (a ServiceEntry's with
+/// resolution DNS) counts once per address its name resolves to, as Envoy's STRICT_DNS hosts do.
+pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4, resolved: &dyn Resolved) -> Result<Route, RouteError> {
     let ip = IpAddr::V4(*destination.ip());
     let Some(service) = snapshot.services_by_vip.get(&ip) else {
         return Ok(Route { upstream: destination, service: None, workload: snapshot.workloads_by_ip.get(&ip).cloned() });
@@ -47,12 +49,18 @@ pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4) -> Result<Route, 
         .into_iter()
         .flatten()
         .filter(|w| w.status == WorkloadStatus::Healthy as i32)
-        .filter_map(|w| {
+        .flat_map(|w| {
             let address = w.addresses.iter().filter_map(|a| ip_of(a)).find_map(|ip| match ip {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
-            })?;
-            Some((address, target_port(w, &name, port, service_port.target_port)?, w))
+            });
+            let addresses = match address {
+                Some(address) => vec![address],
+                None if !w.hostname.is_empty() => resolved.addresses(&w.hostname.to_ascii_lowercase()),
+                None => Vec::new(),
+            };
+            let target = target_port(w, &name, port, service_port.target_port);
+            addresses.into_iter().filter_map(move |address| Some((address, target?, w)))
         })
         .collect();
     if candidates.is_empty() {
@@ -82,7 +90,10 @@ mod tests {
     use keel_proto::workload::{NetworkAddress, Port, PortList};
 
     use super::*;
-    use crate::xds::state::{Resource, WorkloadStore};
+    use crate::{
+        plan::NoNames,
+        xds::state::{Resource, WorkloadStore},
+    };
 
     const SERVICE: &str = "demo/echo.demo.svc.cluster.local";
 
@@ -119,7 +130,8 @@ mod tests {
         let store =
             store_with(vec![endpoint("a", [10, 0, 0, 1], true, 0), endpoint("b", [10, 0, 0, 2], true, 9090), endpoint("c", [10, 0, 0, 3], false, 0)]);
         let snapshot = store.snapshot();
-        let seen: HashSet<SocketAddrV4> = (0..200).map(|_| resolve(&snapshot, "10.96.0.10:80".parse().unwrap()).unwrap().upstream).collect();
+        let seen: HashSet<SocketAddrV4> =
+            (0..200).map(|_| resolve(&snapshot, "10.96.0.10:80".parse().unwrap(), &NoNames).unwrap().upstream).collect();
         // a: the service's target port; b: its own mapping; c: unhealthy, never.
         let expected: HashSet<SocketAddrV4> = ["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:9090".parse().unwrap()].into();
         assert_eq!(seen, expected);
@@ -128,19 +140,19 @@ mod tests {
     #[test]
     fn no_endpoint_or_unknown_port_is_an_error_naming_the_service() {
         let snapshot = store_with(vec![endpoint("c", [10, 0, 0, 3], false, 0)]).snapshot();
-        let err = resolve(&snapshot, "10.96.0.10:80".parse().unwrap()).unwrap_err();
+        let err = resolve(&snapshot, "10.96.0.10:80".parse().unwrap(), &NoNames).unwrap_err();
         assert_eq!(err.to_string(), format!("no healthy endpoint for service {SERVICE} port 80"));
-        let err = resolve(&snapshot, "10.96.0.10:81".parse().unwrap()).unwrap_err();
+        let err = resolve(&snapshot, "10.96.0.10:81".parse().unwrap(), &NoNames).unwrap_err();
         assert_eq!(err.to_string(), format!("service {SERVICE} has no port 81"));
     }
 
     #[test]
     fn other_addresses_pass_through_with_their_workload() {
         let snapshot = store_with(vec![endpoint("a", [10, 0, 0, 1], true, 0)]).snapshot();
-        let route = resolve(&snapshot, "10.0.0.1:7000".parse().unwrap()).unwrap();
+        let route = resolve(&snapshot, "10.0.0.1:7000".parse().unwrap(), &NoNames).unwrap();
         assert_eq!(route.upstream, "10.0.0.1:7000".parse().unwrap());
         assert_eq!(route.workload.unwrap().uid, "a");
-        let route = resolve(&snapshot, "192.0.2.1:7000".parse().unwrap()).unwrap();
+        let route = resolve(&snapshot, "192.0.2.1:7000".parse().unwrap(), &NoNames).unwrap();
         assert!(route.workload.is_none() && route.service.is_none());
     }
 }

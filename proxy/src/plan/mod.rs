@@ -76,6 +76,22 @@ pub enum Refused {
     /// it into the mesh unauthenticated (or in plaintext to another node).
     #[error("refusing: keel has no Workload for source pod {0} (no identity to present)")]
     UnknownSourceWorkload(Ipv4Addr),
+    /// `outboundTrafficPolicy: REGISTRY_ONLY`, and the address is no service, workload or ServiceEntry host
+    /// keel knows (Envoy's BlackHoleCluster).
+    #[error("refusing {0}: outbound traffic policy REGISTRY_ONLY, and no service, workload or ServiceEntry has this address")]
+    NotInRegistry(SocketAddrV4),
+}
+
+/// Istio's `outboundTrafficPolicy.mode` (MeshConfig): what happens to a connection to an address the mesh does
+/// not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutboundTrafficPolicy {
+    /// Relayed to the address as dialled (Istio's default).
+    #[default]
+    AllowAny,
+    /// Refused and counted: only services, workloads and ServiceEntry hosts (their addresses, and what their
+    /// DNS names resolve to) are reachable.
+    RegistryOnly,
 }
 
 /// What to do with a captured connection.
@@ -115,6 +131,32 @@ pub struct Inputs<'a> {
     pub mesh: bool,
     /// Benchmark mode: answer outbound HTTP requests in keel.
     pub responder: bool,
+    pub outbound_policy: OutboundTrafficPolicy,
+    /// What ServiceEntry hosts with `resolution: DNS` resolve to (keel's resolver).
+    pub resolved: &'a dyn Resolved,
+}
+
+/// A resolver that knows no name (tests, and what nothing resolves means).
+#[cfg(test)]
+pub(crate) struct NoNames;
+
+#[cfg(test)]
+impl Resolved for NoNames {
+    fn addresses(&self, _: &str) -> Vec<Ipv4Addr> {
+        Vec::new()
+    }
+
+    fn is_known(&self, _: IpAddr) -> bool {
+        false
+    }
+}
+
+/// What keel's resolver knows of the hostname endpoints (ServiceEntry hosts with `resolution: DNS`).
+pub trait Resolved {
+    /// The addresses `host` resolves to now.
+    fn addresses(&self, host: &str) -> Vec<Ipv4Addr>;
+    /// Whether `ip` is (or very recently was) what such a host resolves to.
+    fn is_known(&self, ip: IpAddr) -> bool;
 }
 
 /// Decides a captured connection from `pod_ip` (outbound) or to it (inbound), originally addressed to
@@ -137,8 +179,15 @@ pub fn plan(inputs: &Inputs<'_>, direction: Direction, pod_ip: Ipv4Addr, destina
     if let Some(service) = http_service(snapshot, destination) {
         return Plan::Http { service, source };
     }
-    match destination::resolve(snapshot, destination) {
+    match destination::resolve(snapshot, destination, inputs.resolved) {
         Err(error) => Plan::NoRoute { source, error },
+        Ok(route) if route.service.is_none() && route.workload.is_none() && inputs.outbound_policy == OutboundTrafficPolicy::RegistryOnly => {
+            if inputs.resolved.is_known(IpAddr::V4(*destination.ip())) {
+                Plan::Relay { route, path: Path::Direct, source }
+            } else {
+                Plan::Refuse(Refused::NotInRegistry(destination))
+            }
+        }
         Ok(route) => {
             let path = choose_path(source.as_deref(), &route, (inputs.on_node)(IpAddr::V4(*route.upstream.ip())), inputs.certificates);
             Plan::Relay { route, path, source }
@@ -298,7 +347,15 @@ mod tests {
         let on_node = |ip: IpAddr| ip == IpAddr::from([10, 0, 0, 1]) || ip == IpAddr::from([10, 0, 0, 2]);
         let client: Ipv4Addr = [10, 0, 0, 1].into();
         let stranger: Ipv4Addr = [10, 0, 0, 9].into();
-        let mesh = Inputs { snapshot: &snapshot, on_node: &on_node, certificates: true, mesh: true, responder: false };
+        let mesh = Inputs {
+            snapshot: &snapshot,
+            on_node: &on_node,
+            certificates: true,
+            mesh: true,
+            responder: false,
+            outbound_policy: OutboundTrafficPolicy::AllowAny,
+            resolved: &NoNames,
+        };
         let no_certificates = Inputs { certificates: false, ..mesh };
         let capture_only = Inputs { mesh: false, certificates: false, ..mesh };
         let responder = Inputs { responder: true, ..mesh };
@@ -370,13 +427,91 @@ mod tests {
         }
     }
 
+    /// A resolver that knows one name: api.example.com at 192.0.2.10 (and 192.0.2.9 a moment ago).
+    struct OneName;
+
+    impl Resolved for OneName {
+        fn addresses(&self, host: &str) -> Vec<Ipv4Addr> {
+            if host == "api.example.com" {
+                vec![[192, 0, 2, 10].into()]
+            } else {
+                Vec::new()
+            }
+        }
+
+        fn is_known(&self, ip: IpAddr) -> bool {
+            ip == IpAddr::from([192, 0, 2, 10]) || ip == IpAddr::from([192, 0, 2, 9])
+        }
+    }
+
+    #[test]
+    fn registry_only_refuses_unknown_addresses_and_admits_what_service_entry_hosts_resolve_to() {
+        let store = store();
+        // A ServiceEntry with resolution DNS: VIP 240.240.0.1:443, its endpoint the hostname api.example.com.
+        let entry = Service {
+            name: "api".into(),
+            namespace: "demo".into(),
+            hostname: "api.example.com".into(),
+            addresses: vec![NetworkAddress { network: String::new(), address: vec![240, 240, 0, 1] }],
+            ports: vec![Port { service_port: 443, target_port: 443 }],
+            ..Default::default()
+        };
+        let endpoint = Workload {
+            uid: "se-api".into(),
+            name: "api".into(),
+            namespace: "demo".into(),
+            hostname: "api.example.com".into(),
+            services: BTreeMap::from([("demo/api.example.com".to_owned(), PortList { ports: vec![Port { service_port: 443, target_port: 443 }] })]),
+            ..Default::default()
+        };
+        store.apply(vec![("demo/api.example.com".into(), Resource::Service(entry)), ("se-api".into(), Resource::Workload(Box::new(endpoint)))], &[]);
+        let snapshot = store.snapshot();
+        let on_node = |_: IpAddr| false;
+        let inputs = Inputs {
+            snapshot: &snapshot,
+            on_node: &on_node,
+            certificates: true,
+            mesh: true,
+            responder: false,
+            outbound_policy: OutboundTrafficPolicy::RegistryOnly,
+            resolved: &OneName,
+        };
+        let client: Ipv4Addr = [10, 0, 0, 1].into();
+        let to = |d: &str| shape(&plan(&inputs, Direction::Outbound, client, d.parse().unwrap()));
+        // The ServiceEntry's VIP goes to what its host resolves to; the resolved address itself (and the one it
+        // had a moment ago) is reachable directly; mesh services and workloads as always; anything else refused.
+        assert_eq!(to("240.240.0.1:443"), "direct 192.0.2.10:443");
+        assert_eq!(to("192.0.2.10:443"), "direct 192.0.2.10:443");
+        assert_eq!(to("192.0.2.9:443"), "direct 192.0.2.9:443");
+        assert!(to("10.96.0.10:80").ends_with(":8080"), "a mesh service is balanced over its endpoints: {}", to("10.96.0.10:80"));
+        assert_eq!(to("10.0.1.4:9000"), "direct 10.0.1.4:9000", "a known workload out of the mesh");
+        assert_eq!(
+            to("198.51.100.7:443"),
+            "refuse: refusing 198.51.100.7:443: outbound traffic policy REGISTRY_ONLY, and no service, workload or ServiceEntry has this address"
+        );
+        // ALLOW_ANY: the same unknown address is relayed; a name that resolves to nothing has no endpoint.
+        let allow_any = Inputs { outbound_policy: OutboundTrafficPolicy::AllowAny, resolved: &NoNames, ..inputs };
+        assert_eq!(shape(&plan(&allow_any, Direction::Outbound, client, "198.51.100.7:443".parse().unwrap())), "direct 198.51.100.7:443");
+        assert!(
+            shape(&plan(&allow_any, Direction::Outbound, client, "240.240.0.1:443".parse().unwrap())).starts_with("no route: no healthy endpoint")
+        );
+    }
+
     #[test]
     fn a_service_port_with_l7_routes_is_http_for_the_engine() {
         let store = store();
         store.apply(l7_routes(), &[]);
         let snapshot = store.snapshot();
         let on_node = |_: IpAddr| false;
-        let mesh = Inputs { snapshot: &snapshot, on_node: &on_node, certificates: true, mesh: true, responder: false };
+        let mesh = Inputs {
+            snapshot: &snapshot,
+            on_node: &on_node,
+            certificates: true,
+            mesh: true,
+            responder: false,
+            outbound_policy: OutboundTrafficPolicy::AllowAny,
+            resolved: &NoNames,
+        };
         let client: Ipv4Addr = [10, 0, 0, 1].into();
         let got = shape(&plan(&mesh, Direction::Outbound, client, "10.96.0.10:80".parse().unwrap()));
         assert_eq!(got, "http echo.demo.svc.cluster.local");

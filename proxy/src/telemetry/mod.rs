@@ -90,10 +90,12 @@ pub enum Refusal {
     /// A gateway's TLS server: no filter chain for the client's SNI, its certificate not there, or the
     /// handshake failed or timed out (a MUTUAL server's client without a valid certificate).
     GatewayTlsHandshake,
+    /// `--outbound-traffic-policy registry-only`: a connection to an address the mesh does not know.
+    RegistryOnly,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::PodConnectionLimit,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
@@ -108,6 +110,7 @@ impl Refusal {
         Refusal::RequestAuthentication,
         Refusal::NamespaceQueueFull,
         Refusal::GatewayTlsHandshake,
+        Refusal::RegistryOnly,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +129,7 @@ impl Refusal {
             Refusal::RequestAuthentication => "request_authentication",
             Refusal::NamespaceQueueFull => "namespace_queue_full",
             Refusal::GatewayTlsHandshake => "gateway_tls_handshake",
+            Refusal::RegistryOnly => "registry_only",
         }
     }
 }
