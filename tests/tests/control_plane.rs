@@ -12,3 +12,8 @@ fn control_plane_drives_vip_traffic_and_its_loss_keeps_it_flowing() {
 fn local_config_dir_drives_vip_traffic() {
     vip_traffic_follows_config(Source::LocalDir);
 }
+
+#[test]
+fn registry_only_refuses_unknown_addresses_and_service_entry_dns_is_followed() {
+    keel_tests::scenarios::egress::registry_only_refuses_unknown_addresses_and_service_entry_dns_is_followed();
+}

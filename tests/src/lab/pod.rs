@@ -165,6 +165,13 @@ impl Pod {
         self.spawn_server(&self.podapp_argv(&args))
     }
 
+    /// `podapp dns-serve`: a DNS responder on UDP `port` answering A queries from `answers` (`name ip ttl`
+    /// lines, re-read on every query), running until the guard drops.
+    pub fn dns_serve(&self, port: u16, answers: &std::path::Path) -> Result<ChildGuard> {
+        let args = ["dns-serve".to_owned(), "--port".into(), port.to_string(), "--answers".into(), answers.display().to_string()];
+        self.spawn_server(&self.podapp_argv(&args))
+    }
+
     /// `podapp http-load ARGS`: the parsed result line (`statuses`, `served_by`, `errors`, `latency_ms`, ...).
     pub fn http_load(&self, args: &[&str]) -> Result<Value> {
         self.podapp_json("http-load", args, HTTP_RUN_TIMEOUT)

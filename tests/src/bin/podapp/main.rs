@@ -6,6 +6,7 @@
 //! and exits non-zero on error, so the harness can both parse and assert.
 
 mod connect_loop;
+mod dns_serve;
 mod grpc_call;
 mod http_load;
 mod http_serve;
@@ -72,6 +73,8 @@ enum Cmd {
     },
     /// Serve HTTP/1.1 and h2c (prior knowledge) on 0.0.0.0:PORT, plus a streaming gRPC echo, until killed.
     HttpServe(http_serve::ServeArgs),
+    /// Answer DNS A queries (UDP) from a `name ip ttl` file re-read on every query, until killed.
+    DnsServe(dns_serve::Args),
     /// Send N HTTP requests over C keep-alive connections and tally the outcomes.
     HttpLoad(http_load::LoadArgs),
     /// One streaming h2c gRPC call: send a message, await its reply, repeat; then read the trailers.
@@ -85,6 +88,7 @@ fn main() {
         Cmd::Send { to, bytes, mode, timeout_ms, seed } => send::run(to, bytes, mode, timeout_ms, seed),
         Cmd::ConnectLoop { to, count, bytes, timeout_ms } => connect_loop::run(to, count, bytes, timeout_ms),
         Cmd::HttpServe(a) => http_serve::run(a),
+        Cmd::DnsServe(a) => dns_serve::run(a),
         Cmd::HttpLoad(a) => http_load::run(a),
         Cmd::GrpcCall(a) => grpc_call::run(a),
     };
