@@ -171,6 +171,8 @@ pub const HTTP_FAULT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filt
 /// the ADS stream), and the transport socket config of a TLS-terminating filter chain.
 pub const SECRET_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 pub const DOWNSTREAM_TLS_CONTEXT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// A cluster's TLS origination (DestinationRule `tls` SIMPLE or MUTUAL).
+pub const UPSTREAM_TLS_CONTEXT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 /// The transport socket name Envoy gives TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 

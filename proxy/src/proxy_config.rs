@@ -75,7 +75,7 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
             }),
         ),
         View::Clusters => table(
-            &["CLUSTER", "LB", "PROTOCOL", "ENDPOINTS", "EJECTED", "LIMITS (CONN/PENDING/REQ/RETRY)", "OUTLIER DETECTION"],
+            &["CLUSTER", "LB", "PROTOCOL", "ENDPOINTS", "EJECTED", "LIMITS (CONN/PENDING/REQ/RETRY)", "OUTLIER DETECTION", "TLS"],
             dump.l7.clusters.iter().map(|c| {
                 vec![
                     c.name.clone(),
@@ -85,6 +85,7 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
                     c.ejected.to_string(),
                     c.limits.clone(),
                     yes(c.outlier_detection),
+                    if c.tls.is_empty() { "-".into() } else { c.tls.clone() },
                 ]
             }),
         ),

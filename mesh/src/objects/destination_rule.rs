@@ -55,10 +55,9 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    /// Client TLS settings: accepted so Istio configs load; mesh traffic is always keel's mTLS (HBONE).
-    #[schemars(schema_with = "super::schema::any_value")]
+    /// Client TLS: origination (SIMPLE, MUTUAL) towards ServiceEntry hosts; mesh traffic is always keel's mTLS.
     #[serde(default)]
-    pub tls: Option<serde_yaml_ng::Value>,
+    pub tls: Option<ClientTlsSettings>,
 }
 
 /// A policy for one port of the host, overriding the rule's for that port.
@@ -72,9 +71,55 @@ pub struct PortTrafficPolicy {
     pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
-    #[schemars(schema_with = "super::schema::any_value")]
     #[serde(default)]
-    pub tls: Option<serde_yaml_ng::Value>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+// ---- Client TLS -----------------------------------------------------------------------------------------------
+
+/// Istio's ClientTLSSettings: how the proxy speaks TLS to the host's endpoints. File paths are on the proxy's
+/// filesystem, as for a sidecar.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    /// Unset means DISABLE.
+    #[serde(default)]
+    pub mode: Option<ClientTlsMode>,
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    Disable,
+    /// TLS to the endpoint, verifying its certificate.
+    Simple,
+    /// TLS with a client certificate.
+    Mutual,
+    /// The mesh's own mTLS: what keel always does between mesh workloads.
+    IstioMutual,
+}
+
+impl ClientTlsSettings {
+    /// Whether these settings ask the proxy to originate TLS itself.
+    pub fn originates(&self) -> bool {
+        matches!(self.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
+    }
 }
 
 // ---- Load balancing -------------------------------------------------------------------------------------------

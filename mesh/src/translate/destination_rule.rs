@@ -1,18 +1,16 @@
 //! The semantic rules of a DestinationRule: subsets that can be told apart and select something, one load
 //! balancer per policy with one hash key, Envoy's limits on hash tables, and counts and percentages in range.
-//! Settings keel accepts without applying (client TLS, explicit locality distribution, a client selector,
-//! exportTo) are warnings.
+//! Client TLS that originates TLS (SIMPLE, MUTUAL) must be complete and use only what keel can honour; settings
+//! keel accepts without applying (explicit locality distribution, a client selector, exportTo) are warnings.
 use super::field::{self, error, warning};
 use crate::objects::{
-    ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLb, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, LoadBalancerSettings, OutlierDetection,
+    PortTrafficPolicy, SimpleLb, TrafficPolicy,
 };
 
 /// Envoy's bounds: a Maglev table size must be a prime no larger than this, a ring no larger than that.
 const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 const MAX_RING_SIZE: u64 = 8_388_608;
-
-/// The client TLS mode that says what keel always does between mesh workloads (mTLS), so it needs no warning.
-const ISTIO_MUTUAL: &str = "ISTIO_MUTUAL";
 
 /// Checks one DestinationRule; on success, the warnings about what keel accepts without applying.
 pub fn check(rule: &DestinationRule) -> Result<Vec<String>, String> {
@@ -71,7 +69,7 @@ struct Settings<'a> {
     load_balancer: &'a Option<LoadBalancerSettings>,
     connection_pool: &'a Option<ConnectionPoolSettings>,
     outlier_detection: &'a Option<OutlierDetection>,
-    tls: &'a Option<serde_yaml_ng::Value>,
+    tls: &'a Option<ClientTlsSettings>,
 }
 
 impl<'a> Settings<'a> {
@@ -96,10 +94,52 @@ fn check_settings(path: &str, settings: Settings<'_>, warnings: &mut Vec<String>
         check_outlier_detection(&format!("{path}.outlierDetection"), outlier)?;
     }
     if let Some(tls) = settings.tls {
-        if tls.get("mode").and_then(serde_yaml_ng::Value::as_str) != Some(ISTIO_MUTUAL) {
-            warnings
-                .push(warning(&format!("{path}.tls"), "client TLS settings are not supported yet; ignored (mesh traffic always uses keel's mTLS)"));
+        check_client_tls(&format!("{path}.tls"), tls, warnings)?;
+    }
+    Ok(())
+}
+
+/// TLS origination is applied only as written: what keel cannot honour (revocation lists, certificates from
+/// Kubernetes Secrets) refuses the rule rather than connecting with less verification than asked for.
+fn check_client_tls(path: &str, tls: &ClientTlsSettings, warnings: &mut Vec<String>) -> Result<(), String> {
+    let at = |field: &str| format!("{path}.{field}");
+    if !tls.originates() {
+        return Ok(());
+    }
+    if tls.ca_crl.is_some() {
+        return Err(error(&at("caCrl"), "certificate revocation lists are not supported (keel would accept certificates the list revokes)"));
+    }
+    if tls.credential_name.is_some() {
+        return Err(error(
+            &at("credentialName"),
+            "client TLS from a Kubernetes Secret is not supported (Istio reads it only at gateways); use clientCertificate, privateKey and caCertificates files",
+        ));
+    }
+    for (field, file) in [("clientCertificate", &tls.client_certificate), ("privateKey", &tls.private_key), ("caCertificates", &tls.ca_certificates)]
+    {
+        if let Some(file) = file {
+            if !file.starts_with('/') {
+                return Err(error(&at(field), format!("{file:?} is not an absolute path on the proxy's filesystem")));
+            }
         }
+    }
+    if tls.mode == Some(ClientTlsMode::Mutual) {
+        for (field, file) in [("clientCertificate", &tls.client_certificate), ("privateKey", &tls.private_key)] {
+            if file.is_none() {
+                return Err(error(&at(field), "MUTUAL needs a client certificate and its key"));
+            }
+        }
+    } else if tls.client_certificate.is_some() || tls.private_key.is_some() {
+        warnings.push(warning(&at("clientCertificate"), "SIMPLE sends no client certificate: ignored"));
+    }
+    if let Some(sni) = &tls.sni {
+        field::not_empty(&at("sni"), sni)?;
+    }
+    for (i, san) in tls.subject_alt_names.iter().enumerate() {
+        field::not_empty(&at(&format!("subjectAltNames[{i}]")), san)?;
+    }
+    if tls.insecure_skip_verify == Some(true) && (tls.ca_certificates.is_some() || !tls.subject_alt_names.is_empty()) {
+        warnings.push(warning(&at("insecureSkipVerify"), "the server certificate is not verified: caCertificates and subjectAltNames are ignored"));
     }
     Ok(())
 }
@@ -274,6 +314,13 @@ mod tests {
                 "{host: a, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0s}}}}",
                 "field spec.trafficPolicy.connectionPool.tcp.connectTimeout: must be more than 0",
             ),
+            ("{host: a, trafficPolicy: {tls: {mode: SIMPLE, caCrl: /etc/crl.pem}}}", "field spec.trafficPolicy.tls.caCrl: certificate revocation lists"),
+            ("{host: a, trafficPolicy: {tls: {mode: SIMPLE, credentialName: api-ca}}}", "field spec.trafficPolicy.tls.credentialName: client TLS from a Kubernetes Secret"),
+            ("{host: a, trafficPolicy: {tls: {mode: MUTUAL, privateKey: /k.pem}}}", "field spec.trafficPolicy.tls.clientCertificate: MUTUAL needs"),
+            ("{host: a, trafficPolicy: {tls: {mode: SIMPLE, caCertificates: ca.pem}}}", "field spec.trafficPolicy.tls.caCertificates: \"ca.pem\" is not an absolute path"),
+            ("{host: a, trafficPolicy: {tls: {mode: SIMPLE, sni: ''}}}", "field spec.trafficPolicy.tls.sni: must not be empty"),
+            ("{host: a, trafficPolicy: {tls: {mode: PLAIN}}}", "field `spec.trafficPolicy.tls.mode`: unknown variant `PLAIN`"),
+            ("{host: a, trafficPolicy: {tls: {mode: SIMPLE, verify: true}}}", "field `spec.trafficPolicy.tls.verify`: unknown field `verify`"),
             (
                 "{host: a, trafficPolicy: {outlierDetection: {baseEjectionTime: 0s}}}",
                 "field spec.trafficPolicy.outlierDetection.baseEjectionTime: must be more than 0",
@@ -375,7 +422,7 @@ mod tests {
     loadBalancer:
       simple: LEAST_CONN
       localityLbSetting: {enabled: true, failover: [{from: us-east, to: us-west}]}
-    tls: {mode: SIMPLE}
+    tls: {mode: SIMPLE, clientCertificate: /c.pem}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -386,9 +433,10 @@ mod tests {
         let expected = [
             "DestinationRule demo/dr: spec.trafficPolicy.loadBalancer.simple: LEAST_CONN is deprecated; read as LEAST_REQUEST",
             "DestinationRule demo/dr: spec.trafficPolicy.loadBalancer.localityLbSetting: distribute, failover and failoverPriority are not supported yet",
-            "DestinationRule demo/dr: spec.trafficPolicy.tls: client TLS settings are not supported yet",
+            "DestinationRule demo/dr: spec.trafficPolicy.tls.clientCertificate: SIMPLE sends no client certificate: ignored",
             "DestinationRule demo/dr: spec.workloadSelector: not supported yet",
             "DestinationRule demo/dr: spec.exportTo: ignored",
+            "DestinationRule demo/dr: tls: TLS origination applies to ServiceEntry hosts, and reviews.demo.svc.cluster.local is none",
         ];
         assert_eq!(found.len(), expected.len(), "ISTIO_MUTUAL is no warning: {found:#?}");
         for (warning, expected) in found.iter().zip(expected) {

@@ -59,6 +59,9 @@ pub enum DialError {
     /// The L7 cluster's own `connect_timeout` ran out first.
     #[error("connect to {0} timed out after {1:?} (the cluster's connect_timeout)")]
     ClusterConnectTimeout(SocketAddrV4, Duration),
+    /// The TLS keel originates to the upstream could not be set up (unusable settings, or the handshake failed).
+    #[error("TLS origination to {0}: {1}")]
+    UpstreamTls(SocketAddrV4, String),
 }
 
 /// The addresses of the pods enrolled on this node, read on every outbound connection, written on enrollment.

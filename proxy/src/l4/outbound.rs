@@ -6,7 +6,13 @@
 //!   identity handed to the inbound side in-process (no TLS for bytes that never leave the host);
 //! - **direct** plain TCP when the destination is not in the mesh (or unknown), or the source has no workload
 //!   identity to present.
-use std::{net::SocketAddr, sync::Arc};
+//!
+//! When the service's cluster originates TLS (a ServiceEntry's DestinationRule `tls`), the upstream reached
+//! along the path is wrapped in that TLS before any of the client's bytes go through.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use keel_proto::workload::Workload;
 use tokio::net::TcpStream;
@@ -16,7 +22,9 @@ use crate::{
     chunk_io,
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
+    dial::DialError,
     identity::Identity,
+    l7_config::upstream_tls::{UpstreamTls, HANDSHAKE_TIMEOUT},
     plan::{destination::Route, Path},
     sockets,
     telemetry::{ConnectionRecord, Peer},
@@ -30,6 +38,7 @@ pub async fn relay(
     route: Route,
     path: Path,
     source: Option<Arc<Workload>>,
+    tls: Option<&UpstreamTls>,
     record: &mut ConnectionRecord,
 ) -> Result<(), ConnectionError> {
     record.source_peer = Peer::of(source.as_ref());
@@ -39,6 +48,9 @@ pub async fn relay(
     record.path = Some(path);
     record.mutual_tls = path == Path::Hbone;
     dp.telemetry.connection_identified(record);
+    if let Some(tls) = tls {
+        return originated_tls(client, pod, dp, &route, path, source.as_ref(), tls, record).await;
+    }
     match (path, source) {
         (Path::Hbone, Some(source)) => hbone(client, pod, dp, &source, &route, record).await,
         (Path::SameNode, Some(source)) => direct(client, pod, dp, &route, Some(Identity::of_workload(&source)), record).await,
@@ -78,6 +90,43 @@ async fn hbone(
     if outcome.error.is_some() {
         sockets::reset(client);
         writer.reset();
+    }
+    finish(record, outcome)
+}
+
+/// TLS keel originates: the upstream reached along `path` as for any relay (an HBONE stream carries the TLS
+/// inside its mTLS), the handshake bounded, then the client's bytes relayed inside it. A cluster whose TLS
+/// settings are unusable fails every connection (fail closed).
+#[allow(clippy::too_many_arguments)]
+async fn originated_tls(
+    client: &mut TcpStream,
+    pod: &PodContext,
+    dp: &DataPath,
+    route: &Route,
+    path: Path,
+    source: Option<&Arc<Workload>>,
+    tls: &UpstreamTls,
+    record: &mut ConnectionRecord,
+) -> Result<(), ConnectionError> {
+    let upstream = route.upstream;
+    let failed = |reason: String| DialError::UpstreamTls(upstream, reason);
+    let config = tls.client.clone().map_err(failed)?;
+    let io = dp.dialer.endpoint(pod.origin(), source, route, path, dp.dialer.connect_timeout).await?;
+    // Without an SNI (a wildcard host), the name rustls checks is the address; the verifier then checks the SANs.
+    let server_name = tls.server_name.clone().unwrap_or_else(|| IpAddr::V4(*upstream.ip()).into());
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(server_name, io);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| failed(format!("TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}")))?
+        .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+    let progress = relay::Progress::default();
+    let outcome = {
+        let (client_read, client_write) = chunk_io::socket(client.split());
+        let (server_read, server_write) = chunk_io::socket(tokio::io::split(stream));
+        relay::relay_halves(client_read, client_write, server_read, server_write, dp.limits.relay, &progress).await
+    };
+    if outcome.error.is_some() {
+        sockets::reset(client);
     }
     finish(record, outcome)
 }

@@ -196,6 +196,7 @@ mod tests {
 
     fn cluster(limits: Limits, http2: bool) -> Cluster {
         let config = ClusterConfig {
+            upstream_tls: None,
             name: "c".into(),
             policy: Policy::RoundRobin,
             limits,
@@ -235,6 +236,7 @@ mod tests {
     fn clients_stay_in_their_zone_while_it_has_a_healthy_endpoint() {
         use crate::l7_config::outlier::OutlierSettings;
         let config = ClusterConfig {
+            upstream_tls: None,
             name: "c".into(),
             policy: Policy::RoundRobin,
             limits: Limits::default(),
@@ -280,6 +282,7 @@ mod tests {
                 max_ejection_percent: 100,
             };
             let config = ClusterConfig {
+                upstream_tls: None,
                 name: "c".into(),
                 policy: Policy::RoundRobin,
                 limits: Limits::default(),

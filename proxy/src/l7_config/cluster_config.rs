@@ -1,7 +1,7 @@
 //! An Envoy Cluster as keel's engine uses it: its load-balancing policy, connection-pool limits, outlier
 //! detection and upstream protocol, validated once per config version. What keel cannot honour is refused naming
 //! the field (the xDS client NACKs it and keeps the last good cluster), never silently dropped.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use keel_proto::cluster::{
     circuit_breakers::Thresholds,
@@ -14,6 +14,7 @@ use super::{
     circuit::{Limits, DEFAULT_LIMIT, DEFAULT_MAX_RETRIES},
     limits,
     outlier::OutlierSettings,
+    upstream_tls::{self, UpstreamTls},
 };
 
 /// Envoy's defaults where a Cluster leaves things unset.
@@ -34,6 +35,8 @@ pub struct ClusterConfig {
     pub http2: bool,
     /// `common_lb_config.healthy_panic_threshold` (Istio's `minHealthPercent`), percent.
     pub panic_threshold: f64,
+    /// `transport_socket`: TLS originated to the endpoints (a ServiceEntry's DestinationRule `tls`).
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
 }
 
 /// An optional Duration field; `field` is its name in errors.
@@ -102,6 +105,7 @@ impl ClusterConfig {
             max_requests_per_connection: c.max_requests_per_connection.unwrap_or(0),
             http2: c.http2_protocol_options.is_some(),
             panic_threshold,
+            upstream_tls: c.transport_socket.as_ref().map(|socket| Arc::new(upstream_tls::decode(socket))),
         })
     }
 }

@@ -357,32 +357,8 @@ mod tests {
     use super::*;
     use crate::l7_config::{
         config::{decode_listener, L7Config},
-        secret::decode_secret,
+        secret::{decode_secret, tests::Ca},
     };
-
-    /// A CA, and leaf certificates it signs (PEM), for `names`.
-    struct Ca {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        pem: String,
-    }
-
-    impl Ca {
-        fn new(name: &str) -> Ca {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let pem = params.self_signed(&key).unwrap().pem();
-            let issuer = rcgen::Issuer::new(params, key);
-            Ca { issuer, pem }
-        }
-
-        fn leaf(&self, names: &[&str]) -> (String, String) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-            (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
-        }
-    }
 
     fn yaml_block(pem: &str) -> String {
         pem.lines().map(|l| format!("    {l}\n")).collect()

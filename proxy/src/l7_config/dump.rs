@@ -70,6 +70,9 @@ pub struct ClusterEntry {
     /// `max_connections/max_pending/max_requests/max_retries`.
     pub limits: String,
     pub outlier_detection: bool,
+    /// The TLS keel originates to the endpoints ("" for none).
+    #[serde(default)]
+    pub tls: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,6 +193,7 @@ impl L7Dump {
                     ejected: c.ejected(),
                     limits: format!("{}/{}/{}/{}", l.max_connections, l.max_pending_requests, l.max_requests, l.max_retries),
                     outlier_detection: c.config.outlier.is_some(),
+                    tls: c.config.upstream_tls.as_ref().map(|t| describe_upstream_tls(&t.summary)).unwrap_or_default(),
                 }
             })
             .collect();
@@ -212,4 +216,19 @@ impl L7Dump {
         endpoints.sort_by(|a, b| (&a.cluster, &a.address).cmp(&(&b.cluster, &b.address)));
         L7Dump { listeners, routes, clusters, endpoints, secrets }
     }
+}
+
+/// `sni=<name> verify=<CA> san=<names> cert=<file>`, or why the cluster's connections fail.
+fn describe_upstream_tls(t: &super::upstream_tls::UpstreamTlsSummary) -> String {
+    if let Some(error) = &t.error {
+        return format!("unusable: {error}");
+    }
+    let mut parts = vec![format!("sni={}", if t.sni.is_empty() { "-" } else { &t.sni }), format!("verify={}", t.verify)];
+    if !t.subject_alt_names.is_empty() {
+        parts.push(format!("san={}", t.subject_alt_names.join(",")));
+    }
+    if let Some(cert) = &t.client_certificate {
+        parts.push(format!("cert={cert}"));
+    }
+    parts.join(" ")
 }

@@ -21,6 +21,7 @@ pub mod retry;
 pub mod route_plan;
 pub mod route_table;
 pub mod secret;
+pub mod upstream_tls;
 
 #[cfg(test)]
 mod tests;

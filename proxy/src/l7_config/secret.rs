@@ -152,6 +152,30 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A CA, and leaf certificates it signs (PEM), for `names`.
+    pub struct Ca {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        pub pem: String,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            let issuer = rcgen::Issuer::new(params, key);
+            Ca { issuer, pem }
+        }
+
+        pub fn leaf(&self, names: &[&str]) -> (String, String) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+            (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+        }
+    }
+
     /// A self-signed certificate for `host` and its key, PEM.
     pub fn self_signed(host: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();

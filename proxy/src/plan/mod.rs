@@ -13,7 +13,7 @@ use keel_ebpf_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use keel_proto::workload::{Service, TunnelProtocol, Workload};
 use serde::Serialize;
 
-use crate::xds::state::Snapshot;
+use crate::{l7_config::upstream_tls::UpstreamTls, xds::state::Snapshot};
 use destination::{Route, RouteError};
 
 /// Which way a connection crosses the pod boundary.
@@ -105,11 +105,13 @@ pub enum Plan {
         service: Arc<Service>,
         source: Option<Arc<Workload>>,
     },
-    /// Outbound bytes relayed to `route.upstream`, the way `path` says.
+    /// Outbound bytes relayed to `route.upstream`, the way `path` says; inside TLS keel originates when the
+    /// service's cluster says so (a ServiceEntry's DestinationRule `tls`).
     Relay {
         route: Route,
         path: Path,
         source: Option<Arc<Workload>>,
+        tls: Option<Arc<UpstreamTls>>,
     },
     /// Outbound to a destination that resolves to nothing (a VIP without the port or without a healthy endpoint).
     NoRoute {
@@ -183,16 +185,23 @@ pub fn plan(inputs: &Inputs<'_>, direction: Direction, pod_ip: Ipv4Addr, destina
         Err(error) => Plan::NoRoute { source, error },
         Ok(route) if route.service.is_none() && route.workload.is_none() && inputs.outbound_policy == OutboundTrafficPolicy::RegistryOnly => {
             if inputs.resolved.is_known(IpAddr::V4(*destination.ip())) {
-                Plan::Relay { route, path: Path::Direct, source }
+                Plan::Relay { route, path: Path::Direct, source, tls: None }
             } else {
                 Plan::Refuse(Refused::NotInRegistry(destination))
             }
         }
         Ok(route) => {
             let path = choose_path(source.as_deref(), &route, (inputs.on_node)(IpAddr::V4(*route.upstream.ip())), inputs.certificates);
-            Plan::Relay { route, path, source }
+            let tls = route.service.as_ref().and_then(|service| upstream_tls(snapshot, &service.hostname, destination.port()));
+            Plan::Relay { route, path, source, tls }
         }
     }
+}
+
+/// The TLS keel originates towards a service port: its cluster's (`outbound|<port>||<host>`, as keel-control
+/// names it) transport socket, if it has one.
+fn upstream_tls(snapshot: &Snapshot, hostname: &str, port: u16) -> Option<Arc<UpstreamTls>> {
+    snapshot.l7.cluster_configs.get(&format!("outbound|{port}||{hostname}"))?.upstream_tls.clone()
 }
 
 /// A connection to a service VIP on a port the L7 config routes for that service is HTTP for the L7 engine;

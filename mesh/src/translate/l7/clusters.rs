@@ -15,7 +15,7 @@ use keel_proto::{
     types::Percent,
 };
 
-use super::{declares_http2, policy, ClusterKey, Mesh7};
+use super::{declares_http2, policy, upstream_tls, ClusterKey, Mesh7};
 use crate::objects::{ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlierDetection, SimpleLb};
 
 /// Istio's default upstream connect timeout (meshConfig.connectTimeout).
@@ -71,6 +71,11 @@ pub fn cluster(mesh: &Mesh7, key: &ClusterKey, warnings: &mut Vec<String>) -> Cl
         http2_protocol_options: http2.then_some(Http2ProtocolOptions {}),
         outlier_detection: merged.outlier_detection.map(outlier_detection),
         common_lb_config: merged.outlier_detection.and_then(panic_threshold),
+        // Only towards ServiceEntry hosts (upstream_tls.rs says why).
+        transport_socket: merged
+            .tls
+            .filter(|_| mesh.service_entries.contains_key(&key.host))
+            .and_then(|t| upstream_tls::transport_socket(t, &key.host)),
         ..Default::default()
     }
 }

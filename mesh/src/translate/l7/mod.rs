@@ -17,6 +17,7 @@ mod listeners;
 mod matches;
 mod policy;
 mod routes;
+mod upstream_tls;
 
 pub(super) use actions::GRPC_STATUS_NAMES;
 
@@ -27,8 +28,8 @@ use std::collections::{btree_map::Entry, BTreeMap, BTreeSet, HashMap};
 
 use keel_proto::{cluster::Cluster, endpoint::ClusterLoadAssignment, listener::Listener, route::RouteConfiguration};
 
-use super::{destination_rule, hostname, virtual_service, Mesh};
-use crate::objects::{DestinationRule, EndpointSlice, Object, Pod, Service, ServicePort, VirtualService};
+use super::{destination_rule, hostname, service_entry, virtual_service, Mesh};
+use crate::objects::{DestinationRule, EndpointSlice, Object, Pod, Service, ServiceEntry, ServicePort, VirtualService};
 
 /// The L7 resources, each keyed by its resource name.
 #[derive(Debug, Default)]
@@ -68,6 +69,8 @@ struct Mesh7<'a> {
     slices: Vec<&'a EndpointSlice>,
     rules: BTreeMap<String, &'a DestinationRule>,
     virtual_services: BTreeMap<String, &'a VirtualService>,
+    /// Valid ServiceEntries by host (the first for a host), for TLS origination.
+    service_entries: BTreeMap<String, &'a ServiceEntry>,
 }
 
 /// Istio's rule for hosts in VirtualServices and DestinationRules: a name without a dot is a short name in the
@@ -89,6 +92,7 @@ impl<'a> Mesh7<'a> {
             slices: vec![],
             rules: BTreeMap::new(),
             virtual_services: BTreeMap::new(),
+            service_entries: BTreeMap::new(),
         };
         for object in objects {
             match object {
@@ -97,6 +101,11 @@ impl<'a> Mesh7<'a> {
                 }
                 Object::Pod(p) if p.is_workload() => m.pods_by_namespace.entry(p.metadata.namespace.as_str()).or_default().push(p),
                 Object::EndpointSlice(slice) => m.slices.push(slice),
+                Object::ServiceEntry(entry) if service_entry::check(entry).is_ok() => {
+                    for host in &entry.spec.hosts {
+                        m.service_entries.entry(host.to_ascii_lowercase()).or_insert(entry);
+                    }
+                }
                 Object::DestinationRule(rule) if destination_rule::check(rule).is_ok() => {
                     let host = resolve_host(mesh, &rule.spec.host, &rule.metadata.namespace);
                     // Istio merges DestinationRules per host only in special cases; one rule per host is the
@@ -199,6 +208,7 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> L7 {
         }
     }
     out.gateway_views = gateway::translate(&inputs, objects, &mut cluster_keys, &mut out.warnings);
+    tls_origination(&inputs, &mut cluster_keys, &mut out.warnings);
     for key in &cluster_keys {
         let name = key.name();
         out.clusters.insert(name.clone(), clusters::cluster(&inputs, key, &mut out.warnings));
@@ -209,4 +219,32 @@ pub fn translate(mesh: &Mesh, objects: &[Object]) -> L7 {
         out.route_configurations.insert(port.to_string(), table.into_route_configuration());
     }
     out
+}
+
+/// A cluster for each ServiceEntry port whose DestinationRule originates TLS: what keel's L4 relay reads the TLS
+/// settings of for connections to the entry. A rule that asks it of a host that is no ServiceEntry is warned about:
+/// between mesh workloads, keel's mTLS already carries the bytes.
+fn tls_origination(inputs: &Mesh7<'_>, cluster_keys: &mut BTreeSet<ClusterKey>, warnings: &mut Vec<String>) {
+    for (host, rule) in &inputs.rules {
+        let policies = rule.spec.traffic_policy.iter().map(|p| &**p).chain(rule.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        let originates = policies.into_iter().any(|p| {
+            p.tls.as_ref().is_some_and(|t| t.originates()) || p.port_level_settings.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.originates()))
+        });
+        if !originates {
+            continue;
+        }
+        let Some(entry) = inputs.service_entries.get(host) else {
+            warnings.push(format!(
+                "DestinationRule {}/{}: tls: TLS origination applies to ServiceEntry hosts, and {host} is none: ignored (mesh traffic is keel's mTLS)",
+                rule.metadata.namespace, rule.metadata.name
+            ));
+            continue;
+        };
+        for port in &entry.spec.ports {
+            let key = ClusterKey { host: host.clone(), port: port.number, subset: None };
+            if policy::merged(Some(rule), None, port.number).tls.is_some_and(|t| t.originates()) {
+                cluster_keys.insert(key);
+            }
+        }
+    }
 }

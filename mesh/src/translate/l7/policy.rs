@@ -1,21 +1,24 @@
 //! The traffic policy that applies to one cluster, merged as Istio merges it: the DestinationRule's top-level
 //! policy, overridden by its `portLevelSettings` for the port, then by the subset's policy and the subset's own
-//! port-level settings. Each section (load balancer, connection pool, outlier detection) is replaced whole, not
+//! port-level settings. Each section (load balancer, connection pool, outlier detection, tls) is replaced whole, not
 //! field by field — Istio's rule, so a port-level `connectionPool` with only `tcp` drops the top-level `http` limits.
-use crate::objects::{ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, TrafficPolicy};
+use crate::objects::{ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, TrafficPolicy};
 
 #[derive(Debug, Default)]
 pub struct Merged<'a> {
     pub load_balancer: Option<&'a LoadBalancerSettings>,
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
+    pub tls: Option<&'a ClientTlsSettings>,
 }
 
 impl<'a> Merged<'a> {
     fn apply(&mut self, policy: &'a TrafficPolicy, port: u16) {
         self.override_with(policy.load_balancer.as_ref(), policy.connection_pool.as_ref(), policy.outlier_detection.as_ref());
+        self.tls = policy.tls.as_ref().or(self.tls);
         for level in policy.port_level_settings.iter().filter(|l| l.port.number == u32::from(port)) {
             self.override_with(level.load_balancer.as_ref(), level.connection_pool.as_ref(), level.outlier_detection.as_ref());
+            self.tls = level.tls.as_ref().or(self.tls);
         }
     }
 

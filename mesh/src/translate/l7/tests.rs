@@ -387,3 +387,40 @@ status: {podIP: 10.244.2.9}
     assert_eq!((locality.region.as_str(), locality.zone.as_str()), ("eu", "eu-1a"));
     assert_eq!(endpoints(cla), ["10.244.2.9:80"]);
 }
+
+/// Istio's egress TLS origination shape: the entry's port 80 (targetPort 443) gets a cluster whose transport
+/// socket originates TLS with the host as SNI; port 443 (no tls for it) gets none. A rule asking the same of a
+/// mesh Service is warned about and changes nothing.
+#[test]
+fn a_service_entry_port_with_simple_tls_gets_a_cluster_that_originates_tls() {
+    use keel_proto::tls::{common_tls_context::ValidationContextType, UpstreamTlsContext};
+    let extra = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: istioinaction}\n\
+spec:\n  hosts: [api.example.com]\n  ports:\n  - {number: 80, name: http, protocol: HTTP, targetPort: 443}\n  - {number: 443, name: https, protocol: HTTPS}\n  \
+resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: istioinaction}\n\
+spec:\n  host: api.example.com\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 80}\n      \
+tls: {mode: SIMPLE, caCertificates: /etc/keel/api-ca.pem, subjectAltNames: [api.example.com]}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: webapp, namespace: istioinaction}\n\
+spec:\n  host: webapp\n  trafficPolicy: {tls: {mode: SIMPLE}}\n";
+    let r = resources_with(None, extra);
+    let socket = r.clusters["outbound|80||api.example.com"].transport_socket.as_ref().expect("port 80 originates TLS");
+    assert_eq!(socket.name, keel_proto::TLS_TRANSPORT_SOCKET);
+    let Some(keel_proto::core::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else { panic!("{socket:?}") };
+    assert_eq!(any.type_url, keel_proto::UPSTREAM_TLS_CONTEXT_TYPE_URL);
+    let context = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+    assert_eq!(context.sni, "api.example.com");
+    let common = context.common_tls_context.unwrap();
+    let Some(ValidationContextType::ValidationContext(validation)) = common.validation_context_type else { panic!("{common:?}") };
+    assert_eq!(
+        validation.trusted_ca.and_then(|d| d.specifier),
+        Some(keel_proto::core::data_source::Specifier::Filename("/etc/keel/api-ca.pem".into()))
+    );
+    assert_eq!(validation.match_subject_alt_names.len(), 1);
+    assert!(common.tls_certificates.is_empty(), "SIMPLE: no client certificate");
+    assert!(!r.clusters.contains_key("outbound|443||api.example.com"), "port 443 has no TLS settings: no cluster");
+    assert!(r.clusters["outbound|80||webapp.istioinaction.svc.cluster.local"].transport_socket.is_none());
+    assert!(
+        r.warnings.iter().any(|w| w.starts_with("DestinationRule istioinaction/webapp: tls: TLS origination applies to ServiceEntry hosts")),
+        "{:#?}",
+        r.warnings
+    );
+}
