@@ -135,9 +135,7 @@ async fn carry(
             record.source_peer = Peer::of(source.as_ref());
             Err(error.into())
         }
-        Plan::Relay { route, path, source, tls } => {
-            outbound::relay(client, pod, dp, route, path, source, tls.as_deref(), record).await.map(|()| Carried::Done)
-        }
+        Plan::Relay(relay) => outbound::relay(client, pod, dp, relay, record).await.map(|()| Carried::Done),
         Plan::Inbound => match inbound::proxy(client, destination, pod, dp, record).await? {
             inbound::Served::Relayed => Ok(Carried::Done),
             inbound::Served::PerRequest { source_identity, cluster } => Ok(Carried::InboundHttp(Arc::new(l7::inbound::Inbound::new(

@@ -17,3 +17,8 @@ fn local_config_dir_drives_vip_traffic() {
 fn registry_only_refuses_unknown_addresses_and_service_entry_dns_is_followed() {
     keel_tests::scenarios::egress::registry_only_refuses_unknown_addresses_and_service_entry_dns_is_followed();
 }
+
+#[test]
+fn tls_origination_reaches_an_https_server_outside_the_mesh() {
+    keel_tests::scenarios::egress::tls_origination_reaches_an_https_server_outside_the_mesh();
+}

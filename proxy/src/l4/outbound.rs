@@ -25,22 +25,20 @@ use crate::{
     dial::DialError,
     identity::Identity,
     l7_config::upstream_tls::{UpstreamTls, HANDSHAKE_TIMEOUT},
-    plan::{destination::Route, Path},
+    plan::{destination::Route, Path, Relay},
     sockets,
     telemetry::{ConnectionRecord, Peer},
 };
 
-/// Relays `client` to `route`'s upstream along `path`.
+/// Relays `client` as `relay` says: to its route's upstream along its path, inside the TLS it names if any.
 pub async fn relay(
     client: &mut TcpStream,
     pod: &PodContext,
     dp: &DataPath,
-    route: Route,
-    path: Path,
-    source: Option<Arc<Workload>>,
-    tls: Option<&UpstreamTls>,
+    relay: Relay,
     record: &mut ConnectionRecord,
 ) -> Result<(), ConnectionError> {
+    let Relay { route, path, source, tls } = relay;
     record.source_peer = Peer::of(source.as_ref());
     record.destination_peer = Peer::of(route.workload.as_ref());
     record.destination_service = route.service.as_ref().map(|s| s.hostname.clone());
@@ -49,7 +47,7 @@ pub async fn relay(
     record.mutual_tls = path == Path::Hbone;
     dp.telemetry.connection_identified(record);
     if let Some(tls) = tls {
-        return originated_tls(client, pod, dp, &route, path, source.as_ref(), tls, record).await;
+        return originated_tls(client, pod, dp, &route, path, source.as_ref(), &tls, record).await;
     }
     match (path, source) {
         (Path::Hbone, Some(source)) => hbone(client, pod, dp, &source, &route, record).await,

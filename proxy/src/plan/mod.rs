@@ -94,6 +94,16 @@ pub enum OutboundTrafficPolicy {
     RegistryOnly,
 }
 
+/// Outbound bytes relayed to `route.upstream`, the way `path` says; inside TLS keel originates when the service's
+/// cluster says so (a ServiceEntry's DestinationRule `tls`).
+#[derive(Debug)]
+pub struct Relay {
+    pub route: Route,
+    pub path: Path,
+    pub source: Option<Arc<Workload>>,
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
 /// What to do with a captured connection.
 #[derive(Debug)]
 pub enum Plan {
@@ -105,14 +115,8 @@ pub enum Plan {
         service: Arc<Service>,
         source: Option<Arc<Workload>>,
     },
-    /// Outbound bytes relayed to `route.upstream`, the way `path` says; inside TLS keel originates when the
-    /// service's cluster says so (a ServiceEntry's DestinationRule `tls`).
-    Relay {
-        route: Route,
-        path: Path,
-        source: Option<Arc<Workload>>,
-        tls: Option<Arc<UpstreamTls>>,
-    },
+    /// Outbound bytes relayed (see [`Relay`]).
+    Relay(Relay),
     /// Outbound to a destination that resolves to nothing (a VIP without the port or without a healthy endpoint).
     NoRoute {
         source: Option<Arc<Workload>>,
@@ -185,7 +189,7 @@ pub fn plan(inputs: &Inputs<'_>, direction: Direction, pod_ip: Ipv4Addr, destina
         Err(error) => Plan::NoRoute { source, error },
         Ok(route) if route.service.is_none() && route.workload.is_none() && inputs.outbound_policy == OutboundTrafficPolicy::RegistryOnly => {
             if inputs.resolved.is_known(IpAddr::V4(*destination.ip())) {
-                Plan::Relay { route, path: Path::Direct, source, tls: None }
+                Plan::Relay(Relay { route, path: Path::Direct, source, tls: None })
             } else {
                 Plan::Refuse(Refused::NotInRegistry(destination))
             }
@@ -193,7 +197,7 @@ pub fn plan(inputs: &Inputs<'_>, direction: Direction, pod_ip: Ipv4Addr, destina
         Ok(route) => {
             let path = choose_path(source.as_deref(), &route, (inputs.on_node)(IpAddr::V4(*route.upstream.ip())), inputs.certificates);
             let tls = route.service.as_ref().and_then(|service| upstream_tls(snapshot, &service.hostname, destination.port()));
-            Plan::Relay { route, path, source, tls }
+            Plan::Relay(Relay { route, path, source, tls })
         }
     }
 }
@@ -343,7 +347,7 @@ mod tests {
             Plan::Refuse(r) => format!("refuse: {r}"),
             Plan::Respond => "respond".into(),
             Plan::Http { service, .. } => format!("http {}", service.hostname),
-            Plan::Relay { route, path, .. } => format!("{} {}", path.as_str(), route.upstream),
+            Plan::Relay(Relay { route, path, .. }) => format!("{} {}", path.as_str(), route.upstream),
             Plan::NoRoute { error, .. } => format!("no route: {error}"),
             Plan::Inbound => "inbound".into(),
         }

@@ -3,9 +3,14 @@
 //! is resolved by keel (here with a lab DNS responder) and followed when its address changes: connections to the
 //! entry's VIP go where the name points now, and the addresses it resolves to are reachable directly.
 //!
+//! TLS origination: a pod speaks plain HTTP to a ServiceEntry's port 80, and keel carries it inside TLS it
+//! originates to the entry's HTTPS endpoint (Istio's egress TLS origination), verifying the server's certificate
+//! against the DestinationRule's CA file; with the wrong CA, nothing goes through.
+//!
 //! The "external" servers are lab pods that appear in no config: to the mesh they are the Internet.
 use std::path::Path;
 
+use super::gateway_tls::{write_pem, Ca};
 use super::traffic_management::{grep, metric_value};
 use super::*;
 use crate::lab::{mesh_config, Pod};
@@ -85,6 +90,97 @@ pub fn registry_only_refuses_unknown_addresses_and_service_entry_dns_is_followed
         if served_by(&v, "ext2") != 5 {
             bail!("the host's new address must be reachable directly: {v}");
         }
+        Ok(())
+    });
+}
+
+const SECURE_HOST: &str = "secure.external.test";
+const SECURE_VIP: &str = "240.240.0.2";
+
+/// Istio's egress TLS origination config: port 80 of the entry goes to the endpoint's 8443 with TLS keel originates.
+fn tls_origination_config(endpoint: &Pod, ca_file: &Path) -> [String; 2] {
+    [
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure-api, namespace: default}}\nspec:\n  hosts: [{SECURE_HOST}]\n  addresses: [{SECURE_VIP}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8443}}]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  endpoints: [{{address: {}}}]\n",
+            endpoint.ip
+        ),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure-api, namespace: default}}\nspec:\n  host: {SECURE_HOST}\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 80}}\n      tls: {{mode: SIMPLE, caCertificates: {}}}\n",
+            ca_file.display()
+        ),
+    ]
+}
+
+pub fn tls_origination_reaches_an_https_server_outside_the_mesh() {
+    with_nodes("egress-tls", 1, |lab| {
+        let client = lab.node(0).add_pod("client")?;
+        let external = lab.node(0).add_pod("external")?;
+        let (ca, other_ca) = (Ca::new("external API CA")?, Ca::new("some other CA")?);
+        let (crt, key) = ca.leaf(SECURE_HOST, "external")?;
+        let (crt_path, key_path) = (write_pem(lab.dir(), "external.crt", &crt)?, write_pem(lab.dir(), "external.key", &key)?);
+        let (crt_arg, key_arg) = (crt_path.display().to_string(), key_path.display().to_string());
+        // openssl's server answers an HTTP GET with a page describing the TLS session it was asked over.
+        let mut tls_server = external.spawn(&["openssl", "s_server", "-accept", "8443", "-cert", &crt_arg, "-key", &key_arg, "-www"])?;
+        tls_server.wait_for_line(Duration::from_secs(10), |l| l.contains("ACCEPT"))?;
+        let (ca_file, other_ca_file) = (write_pem(lab.dir(), "ca.pem", &ca.pem)?, write_pem(lab.dir(), "other-ca.pem", &other_ca.pem)?);
+        let config_dir = lab.dir().join("mesh");
+        let objects = |ca_file: &Path| -> Vec<String> {
+            let mut objects = vec![mesh_config::pod_object(&client, "client", &[("app", "client")])];
+            objects.extend(tls_origination_config(&external, ca_file));
+            objects
+        };
+        mesh_config::write(&config_dir, "mesh.yaml", &objects(&ca_file))?;
+        let control = lab.start_control_with(0, &config_dir, &[], &[])?;
+        let keels = lab.start_keels_following(&control, &[])?;
+        wait_ready(&keels[0])?;
+        keels[0].enroll(&client)?;
+        let connect_to = format!("{SECURE_HOST}:80:{SECURE_VIP}:80");
+        let get = || -> Result<(String, String)> {
+            let out = client.run(&["curl", "-sS", "--max-time", "10", "--connect-to", &connect_to, &format!("http://{SECURE_HOST}/")])?;
+            Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        };
+        // 1. Plain HTTP from the pod arrives at the HTTPS server inside TLS keel verified.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (page, errors) = get()?;
+            if page.contains("Ciphers common between both SSL end points") {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "plain HTTP to the entry did not reach the HTTPS server through keel's TLS within 10 s: {page:?} {errors}\n{}",
+                    keels[0].log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let clusters = keels[0].cli(&["pc", "clusters"])?;
+        if !clusters.contains(&format!("sni={SECURE_HOST} verify={}", ca_file.display())) {
+            bail!("keel pc clusters does not show the TLS origination:\n{clusters}");
+        }
+        // 2. The rule now trusts another CA: keel refuses the server's certificate and nothing goes through.
+        mesh_config::write(&config_dir, "mesh.yaml", &objects(&other_ca_file))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (page, _) = get()?;
+            if page.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("keel kept originating TLS to a server the rule's CA did not sign: {page:?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // The connection's record says why (access-log lines are written in batches).
+        let reason = format!("TLS origination to {}:8443: TLS handshake: invalid peer certificate: UnknownIssuer", external.ip);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !keels[0].log_tail(200).contains(&reason) {
+            if std::time::Instant::now() > deadline {
+                bail!("keel's log does not say why the connection failed ({reason}):\n{}", keels[0].log_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = tls_server.try_wait();
         Ok(())
     });
 }

@@ -16,13 +16,13 @@ const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetada
 const VIRTUAL_SERVICE: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: webapp-vs-from-gw, namespace: default}\nspec:\n  hosts: [webapp.istioinaction.io, catalog.istioinaction.io, mtls.istioinaction.io]\n  gateways: [coolstore-gateway]\n  http:\n  - route: [{destination: {host: webapp, port: {number: 80}}}]\n";
 
 /// A CA that signs the lab's certificates.
-struct Ca {
+pub(super) struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
+    pub(super) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Result<Ca> {
+    pub(super) fn new(name: &str) -> Result<Ca> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -32,7 +32,7 @@ impl Ca {
     }
 
     /// A leaf for `san` (also its CN), with `organization` in its subject so a client can tell two apart.
-    fn leaf(&self, san: &str, organization: &str) -> Result<(String, String)> {
+    pub(super) fn leaf(&self, san: &str, organization: &str) -> Result<(String, String)> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(vec![san.to_owned()])?;
         params.distinguished_name.push(rcgen::DnType::CommonName, san);
@@ -47,7 +47,7 @@ fn secret(name: &str, entries: &[(&str, &str)]) -> String {
     format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n{data}")
 }
 
-fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<PathBuf> {
+pub(super) fn write_pem(dir: &Path, name: &str, pem: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
