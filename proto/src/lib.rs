@@ -173,6 +173,11 @@ pub const SECRET_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transpor
 pub const DOWNSTREAM_TLS_CONTEXT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 /// A cluster's TLS origination (DestinationRule `tls` SIMPLE or MUTUAL).
 pub const UPSTREAM_TLS_CONTEXT_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+/// SDS names of certificates and CA bundles read from files in the proxy's own filesystem (istiod's names for a
+/// Gateway's `serverCertificate`/`privateKey` and `caCertificates`; the proxy reads them, nothing is shipped):
+/// `file-cert:<certificate>~<key>` and `file-root:<ca>`.
+pub const FILE_CERTIFICATE_SDS_PREFIX: &str = "file-cert:";
+pub const FILE_ROOT_SDS_PREFIX: &str = "file-root:";
 /// The transport socket name Envoy gives TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 

@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 mod client_hello;
+mod file_secrets;
 mod tcp_proxy;
 mod tls_termination;
 
@@ -130,7 +131,8 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
     let netns = Netns::own().context("opening the gateway's own network namespace")?;
     let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits));
     let (stop, stopped) = watch::channel(false);
-    let listeners = tokio::spawn(follow_listeners(data_path.clone(), pod.clone(), stopped));
+    let listeners = tokio::spawn(follow_listeners(data_path.clone(), pod.clone(), stopped.clone()));
+    tokio::spawn(file_secrets::follow(data_path.workloads.clone(), stopped));
     info!(pod = %settings.pod_name, ip = %settings.pod_ip, "keel gateway running");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

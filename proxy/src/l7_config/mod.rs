@@ -15,6 +15,7 @@ pub mod dump;
 pub mod fault;
 pub mod filter_chain;
 pub mod limits;
+pub mod local_file;
 pub mod matching;
 pub mod outlier;
 pub mod retry;

@@ -208,32 +208,12 @@ fn verifier(
 /// A DataSource's bytes: a file's contents, or inline.
 fn data(source: Option<&DataSource>, field: &str) -> Result<Vec<u8>, String> {
     match source.and_then(|s| s.specifier.as_ref()) {
-        Some(Specifier::Filename(path)) => read_file(path).map_err(|e| format!("{field}: reading {path}: {e}")),
+        Some(Specifier::Filename(path)) => super::local_file::read(path).map_err(|e| format!("{field}: reading {path}: {e}")),
         Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
         Some(Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
         Some(Specifier::EnvironmentVariable(_)) => Err(format!("{field}: environment variables are not supported")),
         None => Err(format!("{field}: missing")),
     }
-}
-
-/// The largest CA bundle or certificate file keel reads (the system bundle is about 200 KiB).
-const MAX_FILE_SIZE: u64 = 4 << 20;
-
-/// A regular file of at most [`MAX_FILE_SIZE`]: the path comes from config, and a device or FIFO there must not
-/// stall the config update that reads it.
-fn read_file(path: &str) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if metadata.len() > MAX_FILE_SIZE {
-        return Err(std::io::Error::other(format!("larger than {MAX_FILE_SIZE} bytes")));
-    }
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 fn source_text(source: Option<&DataSource>) -> String {

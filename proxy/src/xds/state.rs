@@ -270,13 +270,16 @@ fn check_cidrs(field: &str, v: &[keel_proto::security::Address]) -> Result<(), S
 /// The published state and how it changes.
 pub struct WorkloadStore {
     current: ArcSwap<Snapshot>,
+    /// Held while a new snapshot is built from the current one: the xDS client and a gateway's file secrets
+    /// both write, and neither may lose the other's update.
+    writer: std::sync::Mutex<()>,
     /// Bumped on every publish: what re-authorization of open connections waits on.
     version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for WorkloadStore {
     fn default() -> Self {
-        WorkloadStore { current: ArcSwap::default(), version: tokio::sync::watch::channel(0).0 }
+        WorkloadStore { current: ArcSwap::default(), writer: std::sync::Mutex::new(()), version: tokio::sync::watch::channel(0).0 }
     }
 }
 
@@ -290,11 +293,12 @@ impl WorkloadStore {
         self.version.subscribe()
     }
 
-    /// Applies one response in a single step: upserts by resource name, then removals. Only xDS updates write,
-    /// one at a time, so copy-on-write of the maps is race-free.
+    /// Applies one response in a single step: upserts by resource name, then removals. Writers take turns
+    /// (`writer`), so copy-on-write of the maps loses nothing.
     /// Names are unique per type URL only (a Cluster and its ClusterLoadAssignment share one), so removals
     /// name their type.
     pub fn apply(&self, upserts: Vec<(String, Resource)>, removed: &[(String, String)]) {
+        let _turn = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = (*self.current.load_full()).clone();
         for (name, resource) in upserts {
             next.remove(resource.type_url(), &name);

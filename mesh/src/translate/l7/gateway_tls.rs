@@ -18,7 +18,7 @@ use keel_proto::{
         common_tls_context::ValidationContextType, secret, tls_parameters::TlsProtocol, CertificateValidationContext, CommonTlsContext,
         DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate, TlsParameters,
     },
-    DOWNSTREAM_TLS_CONTEXT_TYPE_URL, TLS_TRANSPORT_SOCKET,
+    DOWNSTREAM_TLS_CONTEXT_TYPE_URL, FILE_CERTIFICATE_SDS_PREFIX, FILE_ROOT_SDS_PREFIX, TLS_TRANSPORT_SOCKET,
 };
 use prost::Message as _;
 use prost_types::Any;
@@ -81,7 +81,11 @@ pub fn check(server: &Server, at: &dyn Fn(&str) -> String) -> Result<Vec<String>
     let Some(client_certificates) = terminating_mode(tls) else {
         return Err(format!("{}: {mode} is not served by keel gateway yet (SIMPLE, MUTUAL and OPTIONAL_MUTUAL are)", at("tls.mode")));
     };
-    credential(tls, at)?;
+    if let Source::Files { ca: None, .. } = credential(tls, at)? {
+        if client_certificates != ClientCertificates::NotAsked {
+            return Err(format!("{}: a {mode} server with certificates from files needs the client CA file", at("tls.caCertificates")));
+        }
+    }
     for (field, set) in [
         ("tls.verifyCertificateSpki", !tls.verify_certificate_spki.is_empty()),
         ("tls.verifyCertificateHash", !tls.verify_certificate_hash.is_empty()),
@@ -117,25 +121,51 @@ pub fn check(server: &Server, at: &dyn Fn(&str) -> String) -> Result<Vec<String>
     Ok(warnings)
 }
 
-/// The Secret a server's certificate comes from: `credentialName` (or a single `credentialNames` entry), with
-/// istiod's forms `x`, `kubernetes://x` and `kubernetes://<namespace>/x`.
-fn credential(tls: &ServerTlsSettings, at: &dyn Fn(&str) -> String) -> Result<(Option<String>, String), String> {
-    for (field, set) in [
-        ("tls.serverCertificate", tls.server_certificate.is_some()),
-        ("tls.privateKey", tls.private_key.is_some()),
-        ("tls.caCertificates", tls.ca_certificates.is_some()),
-        ("tls.tlsCertificates", !tls.tls_certificates.is_empty()),
-    ] {
-        if set {
-            return Err(format!("{}: certificates from files are not supported by keel gateway; use tls.credentialName", at(field)));
-        }
+/// Where a server's certificate (and client CA) comes from.
+#[derive(Debug, PartialEq)]
+enum Source {
+    /// A Kubernetes Secret, by `credentialName`: its namespace when the name gives one, and its name.
+    Secret { namespace: Option<String>, name: String },
+    /// Files in the gateway pod (`serverCertificate`, `privateKey`, `caCertificates`): istiod names them as the
+    /// SDS resources `file-cert:<certificate>~<key>` and `file-root:<ca>`, which the gateway reads itself.
+    Files { certificate: String, key: String, ca: Option<String> },
+}
+
+/// The source of a server's certificate: `credentialName` (or a single `credentialNames` entry), with istiod's
+/// forms `x`, `kubernetes://x` and `kubernetes://<namespace>/x`; or files.
+fn credential(tls: &ServerTlsSettings, at: &dyn Fn(&str) -> String) -> Result<Source, String> {
+    if !tls.tls_certificates.is_empty() {
+        return Err(format!("{}: not supported by keel gateway; use tls.credentialName or tls.serverCertificate", at("tls.tlsCertificates")));
     }
-    let name = match (&tls.credential_name, tls.credential_names.as_slice()) {
-        (Some(name), []) => name,
-        (None, [name]) => name,
-        (None, []) => return Err(format!("{}: required (keel gateway takes certificates from Secrets)", at("tls.credentialName"))),
-        (Some(_), [_, ..]) => return Err(format!("{}: set together with tls.credentialName", at("tls.credentialNames"))),
-        (None, [_, _, ..]) => return Err(format!("{}: one certificate per server is supported", at("tls.credentialNames"))),
+    let files =
+        [("tls.serverCertificate", &tls.server_certificate), ("tls.privateKey", &tls.private_key), ("tls.caCertificates", &tls.ca_certificates)];
+    let file_set = files.iter().find(|(_, path)| path.is_some()).map(|(field, _)| *field);
+    let name = match (&tls.credential_name, tls.credential_names.as_slice(), file_set) {
+        (None, [], Some(_)) => {
+            for (field, path) in files {
+                if let Some(path) = path {
+                    if !path.starts_with('/') {
+                        return Err(format!("{}: {path:?} is not an absolute path in the gateway pod", at(field)));
+                    }
+                }
+            }
+            let (Some(certificate), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
+                return Err(format!(
+                    "{}: a server certificate from files needs tls.serverCertificate and tls.privateKey",
+                    at("tls.serverCertificate")
+                ));
+            };
+            if certificate.contains('~') || key.contains('~') {
+                return Err(format!("{}: a path with '~' cannot be named in an SDS resource", at("tls.serverCertificate")));
+            }
+            return Ok(Source::Files { certificate: certificate.clone(), key: key.clone(), ca: tls.ca_certificates.clone() });
+        }
+        (_, _, Some(field)) => return Err(format!("{}: set together with tls.credentialName (one source per server)", at(field))),
+        (Some(name), [], None) => name,
+        (None, [name], None) => name,
+        (None, [], None) => return Err(format!("{}: required (or tls.serverCertificate and tls.privateKey files)", at("tls.credentialName"))),
+        (Some(_), [_, ..], None) => return Err(format!("{}: set together with tls.credentialName", at("tls.credentialNames"))),
+        (None, [_, _, ..], None) => return Err(format!("{}: one certificate per server is supported", at("tls.credentialNames"))),
     };
     let field = if tls.credential_name.is_some() { "tls.credentialName" } else { "tls.credentialNames[0]" };
     let (namespace, secret) = match name.strip_prefix(KUBERNETES_SECRET_PREFIX) {
@@ -149,7 +179,7 @@ fn credential(tls: &ServerTlsSettings, at: &dyn Fn(&str) -> String) -> Result<(O
     if secret.is_empty() || secret.contains('/') {
         return Err(format!("{}: {name:?} is not a Secret name", at(field)));
     }
-    Ok((namespace, secret))
+    Ok(Source::Secret { namespace, name: secret })
 }
 
 fn protocol(version: Option<&str>, field: &str) -> Result<TlsProtocol, String> {
@@ -174,27 +204,41 @@ pub fn termination(
 ) -> Option<Termination> {
     let tls = server.tls.as_ref()?;
     let client_certificates = terminating_mode(tls)?;
-    let (namespace, name) = credential(tls, at).ok()?;
-    if namespace.as_deref().is_some_and(|ns| ns != pod_namespace) {
-        // istiod lets a gateway read another namespace's Secret only with RBAC rights there; keel does not grant it.
-        warnings.push(format!("{}: a Secret in another namespace than the gateway pod's ({pod_namespace}) is not read", at("tls.credentialName")));
-        return None;
-    }
-    let certificate_name = format!("{KUBERNETES_SECRET_PREFIX}{name}");
     let mut out = BTreeMap::new();
-    match certificate(secrets, &name) {
-        Ok(certificate) => drop(
-            out.insert(certificate_name.clone(), Secret { name: certificate_name.clone(), r#type: Some(secret::Type::TlsCertificate(certificate)) }),
-        ),
-        Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
-    }
-    let mut validation = None;
-    if client_certificates != ClientCertificates::NotAsked {
-        let ca_name = format!("{certificate_name}{CA_SUFFIX}");
-        match ca_bundle(secrets, &name) {
-            Ok(ca) => drop(out.insert(ca_name.clone(), Secret { name: ca_name.clone(), r#type: Some(secret::Type::ValidationContext(ca)) })),
-            Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
+    let (certificate_name, ca_name) = match credential(tls, at).ok()? {
+        // The gateway reads the files itself; nothing is shipped.
+        Source::Files { certificate, key, ca } => {
+            (format!("{FILE_CERTIFICATE_SDS_PREFIX}{certificate}~{key}"), ca.map(|ca| format!("{FILE_ROOT_SDS_PREFIX}{ca}")))
         }
+        Source::Secret { namespace, name } => {
+            if namespace.as_deref().is_some_and(|ns| ns != pod_namespace) {
+                // istiod lets a gateway read another namespace's Secret only with RBAC rights there; keel does not grant it.
+                warnings.push(format!(
+                    "{}: a Secret in another namespace than the gateway pod's ({pod_namespace}) is not read",
+                    at("tls.credentialName")
+                ));
+                return None;
+            }
+            let certificate_name = format!("{KUBERNETES_SECRET_PREFIX}{name}");
+            match certificate(secrets, &name) {
+                Ok(certificate) => drop(out.insert(
+                    certificate_name.clone(),
+                    Secret { name: certificate_name.clone(), r#type: Some(secret::Type::TlsCertificate(certificate)) },
+                )),
+                Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
+            }
+            let ca_name = format!("{certificate_name}{CA_SUFFIX}");
+            if client_certificates != ClientCertificates::NotAsked {
+                match ca_bundle(secrets, &name) {
+                    Ok(ca) => drop(out.insert(ca_name.clone(), Secret { name: ca_name.clone(), r#type: Some(secret::Type::ValidationContext(ca)) })),
+                    Err(why) => warnings.push(format!("{}: {why}: the server refuses TLS handshakes until it is fixed", at("tls.credentialName"))),
+                }
+            }
+            (certificate_name, Some(ca_name))
+        }
+    };
+    let mut validation = None;
+    if let Some(ca_name) = ca_name.filter(|_| client_certificates != ClientCertificates::NotAsked) {
         validation =
             Some(ValidationContextType::CombinedValidationContext(keel_proto::tls::common_tls_context::CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
@@ -313,7 +357,11 @@ mod tests {
             ("{mode: PASSTHROUGH}", "tls.mode"),
             ("{mode: ISTIO_MUTUAL}", "tls.mode"),
             ("{mode: SIMPLE}", "tls.credentialName"),
-            ("{mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}", "tls.serverCertificate"),
+            ("{mode: SIMPLE, serverCertificate: /c.pem}", "tls.serverCertificate"),
+            ("{mode: SIMPLE, serverCertificate: c.pem, privateKey: /k.pem}", "tls.serverCertificate"),
+            ("{mode: SIMPLE, credentialName: c, privateKey: /k.pem}", "tls.privateKey"),
+            ("{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}", "tls.caCertificates"),
+            ("{mode: SIMPLE, tlsCertificates: [{}]}", "tls.tlsCertificates"),
             ("{mode: SIMPLE, credentialName: builtin://}", "tls.credentialName"),
             ("{mode: SIMPLE, credentialNames: [a, b]}", "tls.credentialNames"),
             ("{mode: MUTUAL, credentialName: c, verifyCertificateSpki: [x]}", "tls.verifyCertificateSpki"),
@@ -339,6 +387,20 @@ mod tests {
     fn secret(name: &str, data: &[(&str, &str)]) -> objects::Secret {
         let data: String = data.iter().map(|(k, v)| format!("  {k}: {v:?}\n")).collect();
         serde_yaml_ng::from_str(&format!("metadata: {{name: {name}, namespace: gw}}\nstringData:\n{data}")).unwrap()
+    }
+
+    /// Files in the gateway pod: named as istiod names them for pilot-agent's SDS, and nothing shipped.
+    #[test]
+    fn a_server_with_certificates_from_files_names_them_as_sds_resources_the_gateway_reads() {
+        let mut warnings = vec![];
+        let tls = "{mode: MUTUAL, serverCertificate: /etc/certs/tls.crt, privateKey: /etc/certs/tls.key, caCertificates: /etc/certs/ca.crt}";
+        let t = termination(&server(tls), &at, "gw", &NamespaceSecrets::new(), &mut warnings).unwrap();
+        assert!(warnings.is_empty() && t.secrets.is_empty(), "{warnings:?} {:?}", t.secrets);
+        let Some(keel_proto::core::transport_socket::ConfigType::TypedConfig(any)) = &t.transport_socket.config_type else { panic!() };
+        let common = DownstreamTlsContext::decode(any.value.as_slice()).unwrap().common_tls_context.unwrap();
+        assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "file-cert:/etc/certs/tls.crt~/etc/certs/tls.key");
+        let Some(ValidationContextType::CombinedValidationContext(combined)) = common.validation_context_type else { panic!() };
+        assert_eq!(combined.validation_context_sds_secret_config.unwrap().name, "file-root:/etc/certs/ca.crt");
     }
 
     #[test]
