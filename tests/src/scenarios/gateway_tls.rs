@@ -259,12 +259,17 @@ fn check(client: &Client, ingress: &Pod, lab: &Lab) -> Result<()> {
 
 const PASSTHROUGH_GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: tls-passthrough, protocol: TLS}\n    hosts: [pass.istioinaction.io]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 31400, name: tcp-echo, protocol: TCP}\n    hosts: ['*']\n";
 
+/// An HTTPS server whose certificate is files in the gateway pod (`serverCertificate`/`privateKey`), routed to an
+/// HTTP service; `{cert}` and `{key}` are replaced by the paths.
+const FILES_SERVER: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: files-gateway, namespace: default}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 9443, name: https-files, protocol: HTTPS}\n    hosts: [files.istioinaction.io]\n    tls: {mode: SIMPLE, serverCertificate: '{cert}', privateKey: '{key}'}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.62\n  selector: {app: tls-backend}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: files-routes, namespace: default}\nspec:\n  hosts: [files.istioinaction.io]\n  gateways: [files-gateway]\n  http:\n  - route: [{destination: {host: web, port: {number: 80}}}]\n";
+
 const BACKENDS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: tls-backend, namespace: default}\nspec:\n  clusterIP: 10.96.0.60\n  selector: {app: tls-backend}\n  ports:\n  - {name: tls, port: 443, targetPort: 8443}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec:\n  clusterIP: 10.96.0.61\n  selector: {app: tls-backend}\n  ports:\n  - {name: tcp-echo, port: 9000}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge-routes, namespace: default}\nspec:\n  hosts: [pass.istioinaction.io, echo.default.svc.cluster.local]\n  gateways: [edge-gateway]\n  tls:\n  - match: [{port: 443, sniHosts: [pass.istioinaction.io]}]\n    route: [{destination: {host: tls-backend, port: {number: 443}}}]\n  tcp:\n  - match: [{port: 31400}]\n    route: [{destination: {host: echo, port: {number: 9000}}}]\n";
 
 /// PASSTHROUGH: the gateway routes a TLS connection by its SNI to a TLS server in the mesh without terminating
 /// it (the client sees the backend's own certificate, issued by a CA the gateway has no key of); a name no route
 /// has gets no connection; a TCP server relays bytes to a VirtualService `tcp` route's service. Both cross to
-/// node 1 over HBONE with the gateway's identity.
+/// node 1 over HBONE with the gateway's identity. And an HTTPS server whose certificate is files in the gateway's
+/// pod (local mode): the gateway reads them itself.
 pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
     with_nodes("gateway-passthrough", 2, |lab| {
         let ingress = lab.node(0).add_pod("ingress")?;
@@ -272,11 +277,16 @@ pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
         let backend = lab.node(1).add_pod("tls-backend")?;
         let backend_ca = Ca::new("tls-backend's own CA")?;
         let (crt, key) = backend_ca.leaf("pass.istioinaction.io", "backend")?;
+        let files_ca = Ca::new("gateway files CA")?;
+        let (files_crt, files_key) = files_ca.leaf("files.istioinaction.io", "files")?;
+        let (files_crt, files_key) = (write_pem(lab.dir(), "files.crt", &files_crt)?, write_pem(lab.dir(), "files.key", &files_key)?);
+        let files_server = FILES_SERVER.replace("{cert}", &files_crt.display().to_string()).replace("{key}", &files_key.display().to_string());
         let objects = vec![
             mesh_config::pod_object(&ingress, "ingress", &[("istio", "ingressgateway")]),
             mesh_config::pod_object(&backend, "tls-backend", &[("app", "tls-backend")]),
             PASSTHROUGH_GATEWAY.to_owned(),
             BACKENDS.to_owned(),
+            files_server,
         ];
         let config_dir = lab.dir().join("mesh");
         mesh_config::write(&config_dir, "mesh.yaml", &objects)?;
@@ -290,6 +300,7 @@ pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
         let mut tls_server = backend.spawn(&["openssl", "s_server", "-accept", "8443", "-cert", &crt_arg, "-key", &key_arg, "-www"])?;
         tls_server.wait_for_line(Duration::from_secs(10), |l| l.contains("ACCEPT"))?;
         let _echo = backend.serve(9000, ServeMode::Echo, &[])?;
+        let _web = backend.http_serve(8080, "web", &[])?;
         let gateway = start_gateway_on(lab, &control, &ingress, 31400)?;
         let ca_path = write_pem(lab.dir(), "backend-ca.crt", &backend_ca.pem)?;
         let run = || -> Result<()> {
@@ -338,6 +349,35 @@ pub fn an_ingress_gateway_passes_tls_through_by_sni_and_relays_tcp_routes() {
             let v = curl.send(SocketAddr::new(ingress.ip.into(), 31400), 64 * 1024, ServeMode::Echo, Duration::from_secs(10))?;
             if v["ok"] != true || v["received"] != 64 * 1024 {
                 bail!("TCP route: want 64 KiB echoed through the gateway, got {v}");
+            }
+            // The HTTPS server with certificate files: curl verifies the files' certificate, and gets the service.
+            let resolve = format!("files.istioinaction.io:9443:{}", ingress.ip);
+            let files_ca_path = write_pem(lab.dir(), "files-ca.crt", &files_ca.pem)?.display().to_string();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let out = curl.run(&[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-D",
+                    "-",
+                    "--max-time",
+                    "10",
+                    "--resolve",
+                    &resolve,
+                    "--cacert",
+                    &files_ca_path,
+                    "https://files.istioinaction.io:9443/",
+                ])?;
+                let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+                if headers.starts_with("http/2 200") && headers.contains("x-served-by: web") {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("HTTPS with the gateway's certificate files: want 200 from web, got {headers:?} {}", String::from_utf8_lossy(&out.stderr));
+                }
+                std::thread::sleep(Duration::from_millis(300));
             }
             // Both reached node 1 over mTLS with the gateway's identity.
             let (_, metrics) = keels[1].admin_get("/metrics")?;
