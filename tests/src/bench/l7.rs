@@ -242,10 +242,14 @@ pub fn parse_routes(table: &str) -> Vec<RouteRow> {
 /// keel must route port 80 with 1,000 virtual hosts, catalog's among them (to its cluster) exactly when the arm
 /// is L7; for L4, the other 999 only. Returns a one-line description.
 pub fn check_keel_routes(listeners: &str, routes: &str, http: bool) -> Result<String> {
-    let listener = listeners.lines().skip(1).any(|l| {
-        let cells: Vec<&str> = l.split_whitespace().collect();
-        cells.get(1) == Some(&"80") && cells.get(2) == Some(&"80")
-    });
+    // Cells by the header's columns (the table is padded to them), so added columns do not shift what is read.
+    let mut lines = listeners.lines();
+    let header = lines.next().unwrap_or_default();
+    let cell = |line: &'_ str, column: &str| -> Option<String> {
+        let at = header.find(column)?;
+        line.get(at..)?.split_whitespace().next().map(str::to_owned)
+    };
+    let listener = lines.any(|l| cell(l, "PORT").as_deref() == Some("80") && cell(l, "ROUTE CONFIG").as_deref() == Some("80"));
     if !listener {
         bail!("`keel pc listeners` has no listener on port 80 with route config 80:\n{listeners}");
     }
@@ -486,7 +490,8 @@ ROUTE CONFIG  VIRTUAL HOST                               DOMAINS  ROUTE    MATCH
 80            svc-0001.default.svc.cluster.local:80      10       default  /      outbound|80||svc-0001.default.svc.cluster.local
 9090          grpc.default.svc.cluster.local:9090        10       default  /      outbound|9090||grpc.default.svc.cluster.local
 ";
-    const LISTENERS: &str = "NAME        PORT  ROUTE CONFIG  FAULT FILTER\n0.0.0.0_80  80    80            -\n";
+    /// What `keel pc listeners` prints for the mesh's port 80.
+    const LISTENERS: &str = "NAME        PORT  SNI  TLS  ROUTE CONFIG  FAULT FILTER\n0.0.0.0_80  80    -    -    80            yes\n";
 
     #[test]
     fn reads_keel_routes() {
