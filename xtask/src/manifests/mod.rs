@@ -5,8 +5,8 @@
 //! `deploy/charts/keel` (the same documents with Helm expressions at the configurable places), so the chart's
 //! default render is the plain manifest by construction, and a test checks it with the real `helm`.
 //!
-//! Layout: `values` (what an installer may change, with its defaults) → `node_agent` and `control_plane` (the
-//! objects, each privilege next to the reason for it) → `render` (YAML with comments) → `chart` (Helm files);
+//! Layout: `values` (what an installer may change, with its defaults) → `node_agent`, `control_plane` and
+//! `gateway` (the objects, each privilege next to the reason for it) → `render` (YAML with comments) → `chart` (Helm files);
 //! `schema` reads YAML back into the typed structs, refusing any field the types do not know; `crds` writes the
 //! Istio CRDs from keel's typed Istio objects.
 
@@ -14,6 +14,7 @@ mod chart;
 mod control_plane;
 pub mod crds;
 mod document;
+mod gateway;
 mod names;
 mod node_agent;
 mod rbac;
@@ -79,10 +80,13 @@ pub fn generate() -> Result<Vec<GeneratedFile>> {
 }
 
 /// Every document of keel.yaml, in Helm's install order (what a resource needs exists before it: accounts and
-/// RBAC before the workloads), keel before keel-control within a kind.
+/// RBAC before the workloads), by name within a kind.
 pub fn all_documents(params: &values::Params) -> Vec<Document> {
     let mut documents = node_agent::documents(params);
     documents.extend(control_plane::documents(params));
+    if params.values.gateway.enabled {
+        documents.extend(gateway::documents(params));
+    }
     documents.sort_by_key(|d| (install_order(d.object.kind()), d.object.name().to_owned()));
     documents
 }

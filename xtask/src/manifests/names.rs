@@ -6,6 +6,9 @@ pub const NAMESPACE: &str = "istio-system";
 
 /// The node agent: DaemonSet, ServiceAccount, ClusterRole(Binding), label `app=keel`.
 pub const KEEL: &str = "keel";
+/// The ingress gateway (`keel gateway`): Deployment, Service, ServiceAccount, label `app=keel-ingressgateway`
+/// (istio-ingressgateway's role; Istio's `istio: ingressgateway` label selects it from a Gateway).
+pub const GATEWAY: &str = "keel-ingressgateway";
 /// The control plane: Deployment, Service, ServiceAccount, RBAC, PodDisruptionBudget, label `app=keel-control`,
 /// and the name of its leader-election Lease.
 pub const CONTROL: &str = "keel-control";
@@ -19,6 +22,19 @@ pub const CONTROL_READINESS_PATH: &str = "/ready";
 /// (config dump, stats) stays on 127.0.0.1:15000, out of reach of the cluster.
 pub const KEEL_READINESS_PORT: i32 = 15021;
 pub const KEEL_READINESS_PATH: &str = "/healthz/ready";
+
+/// The label (and value) a Gateway's `selector` names to be served by keel's ingress gateway, as Istio's.
+pub const GATEWAY_SELECTOR_LABEL: (&str, &str) = ("istio", "ingressgateway");
+/// keel gateway: plain HTTP readiness only (`GET /healthz/ready`), on the pod IP, as Istio gateways' status-port.
+pub const GATEWAY_STATUS_PORT: i32 = 15021;
+/// The ports the gateway's Service exposes, each to the same port of the pod: keel gateway binds a Gateway
+/// server's `port.number` in its pod (`targetPort` is not served yet), so Gateways use 80 and 443.
+pub const GATEWAY_HTTP_PORT: i32 = 80;
+pub const GATEWAY_HTTPS_PORT: i32 = 443;
+/// keel gateway's --state-dir (its default): the last good config, kept across a restart of the container.
+pub const GATEWAY_STATE_DIR: &str = "/var/lib/keel-gateway";
+/// keel gateway's non-root user (and group), Istio's gateways' 1337.
+pub const GATEWAY_UID: i64 = 1_337;
 
 /// The Secret holding the mesh CA, in istiod's plugged-in layout (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
 /// `cert-chain.pem`) and under istiod's name, so an existing Istio CA carries over. Every keel-control replica

@@ -187,7 +187,7 @@ const KEEL_RULES: [Rule; 3] = [
     },
 ];
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
@@ -214,6 +214,50 @@ pub fn http_probe(path: &str, port: i32) -> Probe {
         failure_threshold: Some(3),
         ..Probe::default()
     }
+}
+
+/// keel's credentials towards keel-control (the node proxy's and the gateway's alike): a projected ServiceAccount
+/// token for audience istio-ca, and only the root certificate of the mesh CA Secret, to verify keel-control.
+pub fn control_credential_volumes() -> [Volume; 2] {
+    [
+        Volume {
+            name: "istio-token".to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.to_owned()),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECS),
+                        path: TOKEN_FILE.to_owned(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "keel-control-root".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(CA_SECRET.to_owned()),
+                items: Some(vec![KeyToPath { key: ROOT_CERT.to_owned(), path: ROOT_CERT.to_owned(), ..KeyToPath::default() }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]
+}
+
+/// Where [`control_credential_volumes`] are mounted (read-only): `--xds-token-file` and `--xds-root` point there.
+pub fn control_credential_mounts() -> [VolumeMount; 2] {
+    [
+        VolumeMount { name: "istio-token".to_owned(), mount_path: TOKEN_DIR.to_owned(), read_only: Some(true), ..VolumeMount::default() },
+        VolumeMount {
+            name: "keel-control-root".to_owned(),
+            mount_path: CONTROL_ROOT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ]
 }
 
 fn host_volume(mount: &HostMount) -> Volume {
@@ -259,6 +303,7 @@ fn keel_container(params: &Params) -> Container {
             format!("--xds-token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             "--cgroup=/sys/fs/cgroup".to_owned(),
             format!("--readiness-addr=0.0.0.0:{KEEL_READINESS_PORT}"),
+            format!("--outbound-traffic-policy={}", params.outbound_traffic_policy),
         ]),
         env: Some(vec![
             field_env("NODE_NAME", "spec.nodeName"),
@@ -288,21 +333,7 @@ fn keel_container(params: &Params) -> Container {
             se_linux_options: Some(spc_t()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(
-            KEEL_HOST_MOUNTS
-                .iter()
-                .map(host_volume_mount)
-                .chain([
-                    VolumeMount { name: "istio-token".to_owned(), mount_path: TOKEN_DIR.to_owned(), read_only: Some(true), ..VolumeMount::default() },
-                    VolumeMount {
-                        name: "keel-control-root".to_owned(),
-                        mount_path: CONTROL_ROOT_DIR.to_owned(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    },
-                ])
-                .collect(),
-        ),
+        volume_mounts: Some(KEEL_HOST_MOUNTS.iter().map(host_volume_mount).chain(control_credential_mounts()).collect()),
         ..Container::default()
     }
 }
@@ -344,37 +375,7 @@ fn install_cni_container(params: &Params) -> Container {
 fn daemon_set(params: &Params) -> Document {
     let selector = labels(&[("app", KEEL)]);
     let pod_labels = labels(&[("app", KEEL), (DATAPLANE_MODE_LABEL, "none"), ("sidecar.istio.io/inject", "false")]);
-    let volumes = KEEL_HOST_MOUNTS
-        .iter()
-        .chain(&CNI_HOST_MOUNTS)
-        .map(host_volume)
-        .chain([
-            Volume {
-                name: "istio-token".to_owned(),
-                projected: Some(ProjectedVolumeSource {
-                    sources: Some(vec![VolumeProjection {
-                        service_account_token: Some(ServiceAccountTokenProjection {
-                            audience: Some(TOKEN_AUDIENCE.to_owned()),
-                            expiration_seconds: Some(TOKEN_EXPIRATION_SECS),
-                            path: TOKEN_FILE.to_owned(),
-                        }),
-                        ..VolumeProjection::default()
-                    }]),
-                    ..ProjectedVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            Volume {
-                name: "keel-control-root".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(CA_SECRET.to_owned()),
-                    items: Some(vec![KeyToPath { key: ROOT_CERT.to_owned(), path: ROOT_CERT.to_owned(), ..KeyToPath::default() }]),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-        ])
-        .collect();
+    let volumes = KEEL_HOST_MOUNTS.iter().chain(&CNI_HOST_MOUNTS).map(host_volume).chain(control_credential_volumes()).collect();
     let daemon_set = DaemonSet {
         metadata: rbac::metadata(KEEL, Some(&params.namespace), KEEL),
         spec: Some(DaemonSetSpec {
@@ -486,6 +487,9 @@ fn daemon_set(params: &Params) -> Document {
              capabilities. Not used: the host network, CAP_NET_RAW (no raw sockets; this image captures with eBPF \
              only and carries no iptables), a host /proc mount.",
             "Tolerations: every taint by default (values keel.tolerations): a node without keel has no mesh.",
+            "Outbound traffic policy (values keel.outboundTrafficPolicy, Istio's meshConfig.outboundTrafficPolicy.mode): \
+             ALLOW_ANY (the default) relays an enrolled pod's connection to an address that is no service, workload or \
+             ServiceEntry host as dialled; REGISTRY_ONLY refuses and counts it.",
         ],
     )
     .with_notes(all_notes)

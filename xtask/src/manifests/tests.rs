@@ -16,6 +16,8 @@ use super::{
 };
 use crate::{kube_tools, ws};
 
+mod gateway;
+
 fn committed(path: &str) -> String {
     let path = ws::root().join(path);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -95,12 +97,15 @@ fn committed_manifests_read_into_the_kubernetes_types_with_no_field_lost() {
             "ClusterRoleBinding keel-control",
             "DaemonSet istio-system/keel",
             "Deployment istio-system/keel-control",
+            "Deployment istio-system/keel-ingressgateway",
             "PodDisruptionBudget istio-system/keel-control",
             "Role istio-system/keel-control",
             "RoleBinding istio-system/keel-control",
             "Service istio-system/keel-control",
+            "Service istio-system/keel-ingressgateway",
             "ServiceAccount istio-system/keel",
             "ServiceAccount istio-system/keel-control",
+            "ServiceAccount istio-system/keel-ingressgateway",
         ]
     );
     let namespace = by_id(parse_or_panic(NAMESPACE_YAML, &committed(NAMESPACE_YAML)));
@@ -114,7 +119,7 @@ fn a_typo_in_the_committed_daemon_set_would_be_refused() {
     let errors: Vec<String> = schema::parse(&text).expect_err("refused").iter().map(ToString::to_string).collect();
     assert_eq!(
         errors,
-        ["document 11 (DaemonSet istio-system/keel): field .spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem is \
+        ["document 13 (DaemonSet istio-system/keel): field .spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem is \
           unknown to the Kubernetes type (dropped when read)"]
     );
 }
@@ -180,7 +185,8 @@ fn the_comments_explain_every_privilege() {
     let text = committed(KEEL_YAML);
     let lines: Vec<&str> = text.lines().collect();
     let commented = |at: usize| at > 0 && lines[at - 1].trim_start().starts_with('#');
-    // Each of these lines grants something; the line just above it must be a comment saying why.
+    // Each of these lines grants something (or, for the gateway, says what it is denied); the line just above each
+    // of its occurrences must be a comment saying why.
     for line in [
         "- NET_ADMIN",
         "- SYS_ADMIN",
@@ -195,12 +201,20 @@ fn the_comments_explain_every_privilege() {
         "path: /opt/cni/bin",
         "path: /etc/cni/net.d",
         "audience: istio-ca",
+        "secretName: cacerts",
+        "automountServiceAccountToken: false",
+        "runAsUser: 1337",
+        "- name: net.ipv4.ip_unprivileged_port_start",
     ] {
-        let at = lines.iter().position(|l| l.trim() == line).unwrap_or_else(|| panic!("{KEEL_YAML} has no `{line}`"));
-        assert!(commented(at), "`{line}` in {KEEL_YAML} has no comment above it");
+        let found: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.trim() == line).map(|(i, _)| i).collect();
+        assert!(!found.is_empty(), "{KEEL_YAML} has no `{line}`");
+        for at in found {
+            assert!(commented(at), "`{line}` at {KEEL_YAML}:{} has no comment above it", at + 1);
+        }
     }
     // And every RBAC rule.
     let rules: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.trim() == "- apiGroups:").map(|(i, _)| i).collect();
+    // keel 3, keel-control 9 + 2 (its Lease Role); the gateway has none.
     assert_eq!(rules.len(), 14, "the RBAC rules of keel.yaml");
     for at in rules {
         assert!(commented(at), "the RBAC rule at {KEEL_YAML}:{} has no comment above it", at + 1);
@@ -308,7 +322,8 @@ fn helm_values_reach_their_fields() {
         &values,
         "image: {hub: registry.example/mesh, tag: '1.2', pullPolicy: Always}\nlogLevel: debug\n\
          keel: {resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}, tolerations: [{key: dedicated, operator: Equal, value: mesh}]}\n\
-         control: {replicas: 3, resources: {requests: {memory: 1Gi}}}\n",
+         control: {replicas: 3, resources: {requests: {memory: 1Gi}}}\n\
+         gateway: {replicas: 4, resources: {requests: {cpu: '1'}}}\n",
     )
     .unwrap();
     let rendered = helm_template(&helm, "mesh", &["--values", &values.to_string_lossy()]);
@@ -334,6 +349,13 @@ fn helm_values_reach_their_fields() {
     assert_eq!(container["image"], "registry.example/mesh/keel-control:1.2");
     assert_eq!(container["resources"], serde_json::json!({"requests": {"cpu": "100m", "memory": "1Gi"}}));
     assert!(container["env"].as_array().unwrap().contains(&serde_json::json!({"name": "CA_TRUSTED_NODE_ACCOUNTS", "value": "mesh/keel"})));
+    let gateway = json("Deployment mesh/keel-ingressgateway");
+    assert_eq!(gateway["spec"]["replicas"], 4);
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/mesh/keel:1.2");
+    assert_eq!(container["resources"], serde_json::json!({"requests": {"cpu": "1", "memory": "128Mi"}}));
+    assert!(container["args"].as_array().unwrap().contains(&"--xds-address=https://keel-control.mesh.svc:15012".into()));
+    assert!(container["env"].as_array().unwrap().contains(&serde_json::json!({"name": "KEEL_LOG", "value": "debug"})));
     let binding = json("ClusterRoleBinding keel-control");
     assert_eq!(binding["subjects"][0]["namespace"], "mesh");
     assert!(rendered.values().all(|o| o.namespace().is_none_or(|ns| ns == "mesh")), "every namespaced object in the release namespace");
@@ -347,11 +369,13 @@ fn the_manifests_use_only_flags_the_binaries_have() {
     let (_, pod) = keel_pod(&objects);
     let Some(Object::Deployment(control)) = objects.get("Deployment istio-system/keel-control") else { panic!("no keel-control") };
     let control_pod = control.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
+    let gateway_pod = gateway::pod(&objects);
     let debug = ws::target_dir().join("debug");
     let binary = |env_name: &str, name: &str| env::var_os(env_name).map(PathBuf::from).unwrap_or_else(|| debug.join(name));
     let cni_crate_exists = fs::read_to_string(ws::root().join("Cargo.lock")).unwrap_or_default().contains("name = \"keel-cni\"");
     let checks = [
         (binary("KEEL_BIN", "keel"), &pod.containers[0], true),
+        (binary("KEEL_BIN", "keel"), &gateway_pod.containers[0], true),
         (binary("KEEL_CONTROL_BIN", "keel-control"), &control_pod.containers[0], true),
         (binary("KEEL_CNI_BIN", "keel-cni"), &pod.init_containers.as_ref().expect("install-cni")[0], cni_crate_exists),
     ];

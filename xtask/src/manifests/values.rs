@@ -13,7 +13,7 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    names::{CONTROL, KEEL},
+    names::{CONTROL, GATEWAY, KEEL},
     render::{Segment, Slot, SlotStyle},
 };
 
@@ -22,10 +22,11 @@ use super::{
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Values {
     pub image: Image,
-    /// keel's and keel-control's log filter (`KEEL_LOG`: a tracing filter such as `info` or `info,keel::xds=debug`).
+    /// keel's, keel-control's and the gateway's log filter (`KEEL_LOG`: a tracing filter such as `info` or `info,keel::xds=debug`).
     pub log_level: String,
     pub keel: NodeAgent,
     pub control: ControlPlane,
+    pub gateway: Gateway,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,8 @@ pub struct Image {
 pub struct NodeAgent {
     pub resources: ResourceRequirements,
     pub tolerations: Vec<Toleration>,
+    /// Istio's `meshConfig.outboundTrafficPolicy.mode`: one of [`OUTBOUND_TRAFFIC_POLICIES`]' value spellings.
+    pub outbound_traffic_policy: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,28 @@ pub struct ControlPlane {
     pub replicas: i32,
     pub resources: ResourceRequirements,
 }
+
+/// The ingress gateway (`keel gateway`, Deployment keel-ingressgateway).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    /// false: the chart renders none of the gateway's objects.
+    pub enabled: bool,
+    pub replicas: i32,
+    pub resources: ResourceRequirements,
+}
+
+/// `keel.outboundTrafficPolicy` as a values.yaml spells it (Istio's meshConfig spelling) and as keel's
+/// `--outbound-traffic-policy` does.
+pub const OUTBOUND_TRAFFIC_POLICIES: [(&str, &str); 2] = [("ALLOW_ANY", "allow-any"), ("REGISTRY_ONLY", "registry-only")];
+
+/// The keel flag value of a values.yaml `keel.outboundTrafficPolicy`; `None` for any other spelling.
+pub fn outbound_traffic_policy_flag(value: &str) -> Option<&'static str> {
+    OUTBOUND_TRAFFIC_POLICIES.iter().find(|(helm, _)| *helm == value).map(|(_, flag)| *flag)
+}
+
+/// The chart's form of [`outbound_traffic_policy_flag`]: Istio's spelling lower-cased, `_` → `-`.
+const OUTBOUND_TRAFFIC_POLICY_EXPR: &str = r#"{{ .Values.keel.outboundTrafficPolicy | lower | replace "_" "-" }}"#;
 
 impl Default for Values {
     fn default() -> Values {
@@ -69,8 +94,12 @@ impl Default for Values {
                 resources: requests("200m", "128Mi"),
                 // Every taint: a node without keel has no mesh, so pods there would be refused or unprotected.
                 tolerations: vec![Toleration { operator: Some("Exists".to_owned()), ..Toleration::default() }],
+                // Istio's default: the mesh does not stand between a pod and an address it does not know.
+                outbound_traffic_policy: "ALLOW_ANY".to_owned(),
             },
             control: ControlPlane { replicas: 2, resources: requests("100m", "256Mi") },
+            // Requests only, as keel's: the gateway holds every client connection of the cluster's ingress.
+            gateway: Gateway { enabled: true, replicas: 1, resources: requests("100m", "128Mi") },
         }
     }
 }
@@ -89,6 +118,8 @@ pub struct Params {
     pub control_image: String,
     pub pull_policy: String,
     pub log_level: String,
+    /// keel's `--outbound-traffic-policy` value.
+    pub outbound_traffic_policy: String,
 }
 
 impl Params {
@@ -101,6 +132,11 @@ impl Params {
             control_image: format!("{}/{CONTROL}:{}", values.image.hub, values.image.tag),
             pull_policy: values.image.pull_policy.clone(),
             log_level: values.log_level.clone(),
+            outbound_traffic_policy: outbound_traffic_policy_flag(&values.keel.outbound_traffic_policy)
+                .unwrap_or_else(|| {
+                    panic!("keel.outboundTrafficPolicy {:?} is none of {OUTBOUND_TRAFFIC_POLICIES:?}", values.keel.outbound_traffic_policy)
+                })
+                .to_owned(),
         }
     }
 
@@ -113,8 +149,21 @@ impl Params {
             control_image: format!("{{{{ .Values.image.hub }}}}/{CONTROL}:{{{{ .Values.image.tag }}}}"),
             pull_policy: "{{ .Values.image.pullPolicy }}".to_owned(),
             log_level: "{{ .Values.logLevel }}".to_owned(),
+            outbound_traffic_policy: OUTBOUND_TRAFFIC_POLICY_EXPR.to_owned(),
         }
     }
+}
+
+/// Template lines that fail rendering on a value the chart cannot map (written at the top of the node agent's
+/// template): `helm install` and `helm template` stop with the message instead of installing a crash-looping keel.
+pub fn helm_checks() -> Vec<String> {
+    let allowed: Vec<String> = OUTBOUND_TRAFFIC_POLICIES.iter().map(|(helm, _)| format!("{helm:?}")).collect();
+    vec![format!(
+        "{{{{- if not (has .Values.keel.outboundTrafficPolicy (list {})) }}}}{{{{ fail \"keel.outboundTrafficPolicy must be {} (Istio's \
+         meshConfig.outboundTrafficPolicy.mode)\" }}}}{{{{- end }}}}",
+        allowed.join(" "),
+        OUTBOUND_TRAFFIC_POLICIES.iter().map(|(helm, _)| *helm).collect::<Vec<_>>().join(" or "),
+    )]
 }
 
 /// Where the chart's non-string values go.
@@ -146,6 +195,20 @@ pub fn helm_slots() -> Vec<Slot> {
             name: CONTROL,
             path: at(container(CONTROL), &["resources"]),
             expr: ".Values.control.resources",
+            style: SlotStyle::Block,
+        },
+        Slot {
+            kind: "Deployment",
+            name: GATEWAY,
+            path: at(Vec::new(), &["spec", "replicas"]),
+            expr: ".Values.gateway.replicas",
+            style: SlotStyle::Inline,
+        },
+        Slot {
+            kind: "Deployment",
+            name: GATEWAY,
+            path: at(container(GATEWAY), &["resources"]),
+            expr: ".Values.gateway.resources",
             style: SlotStyle::Block,
         },
     ]
