@@ -32,6 +32,9 @@ pub struct Netns {
     path: PathBuf,
     file: File,
     cookie: u64,
+    /// A pod's: keel's sockets there carry keel's mark, so capture lets them pass. keel's own (`keel gateway`
+    /// in its pod): nothing captures there, and marking would need CAP_NET_ADMIN the gateway does not have.
+    marks_sockets: bool,
     jobs: mpsc::SyncSender<Job>,
 }
 
@@ -49,7 +52,8 @@ impl Netns {
     fn enter(path: &Path, own_allowed: bool) -> anyhow::Result<Netns> {
         let file = File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
         let own = File::open("/proc/thread-self/ns/net").context("opening keel's own network namespace")?;
-        if !own_allowed && same_file(&file, &own)? {
+        let is_own = same_file(&file, &own)?;
+        if !own_allowed && is_own {
             bail!("{} is keel's own network namespace, not a pod's", path.display());
         }
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_LIMIT);
@@ -58,8 +62,10 @@ impl Netns {
         thread::Builder::new()
             .name(format!("netns-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("pod")))
             .spawn(move || {
+                // keel's own namespace needs no setns (the thread starts in it), nor CAP_SYS_ADMIN, which a
+                // gateway pod does not have.
                 // SAFETY: setns on this thread only; the fd is a valid namespace file.
-                let entered = unsafe { libc::setns(thread_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                let entered = if is_own { 0 } else { unsafe { libc::setns(thread_ns.as_raw_fd(), libc::CLONE_NEWNET) } };
                 let _ = ready_tx.send(if entered == 0 { Ok(()) } else { Err(io::Error::last_os_error()) });
                 if entered != 0 {
                     return;
@@ -74,9 +80,14 @@ impl Netns {
             .recv()
             .context("namespace thread ended before entering the namespace")?
             .with_context(|| format!("entering network namespace {} (setns)", path.display()))?;
-        let mut netns = Netns { path: path.to_owned(), file, cookie: 0, jobs };
+        let mut netns = Netns { path: path.to_owned(), file, cookie: 0, marks_sockets: !is_own, jobs };
         netns.cookie = netns.run_blocking(netns_cookie_of_thread)??;
         Ok(netns)
+    }
+
+    /// Whether keel's sockets in this namespace carry keel's mark (see the field).
+    pub fn marks_sockets(&self) -> bool {
+        self.marks_sockets
     }
 
     pub fn path(&self) -> &Path {

@@ -41,8 +41,15 @@ pub struct PodListeners {
 }
 
 pub fn marked_tcp_socket() -> io::Result<Socket> {
+    tcp_socket(true)
+}
+
+/// A non-blocking TCP socket, with keel's mark when `marked` (capture lets marked sockets pass).
+fn tcp_socket(marked: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
-    socket.set_mark(KEEL_MARK)?;
+    if marked {
+        socket.set_mark(KEEL_MARK)?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
@@ -80,7 +87,8 @@ pub fn into_tokio(listener: std::net::TcpListener) -> io::Result<TcpListener> {
 
 /// Connects to `destination` from inside the pod, as the pod itself would have.
 pub async fn connect_from_pod(netns: &Netns, destination: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = netns.run(marked_tcp_socket).await.map_err(|e| io::Error::other(e.to_string()))??;
+    let marked = netns.marks_sockets();
+    let socket = netns.run(move || tcp_socket(marked)).await.map_err(|e| io::Error::other(e.to_string()))??;
     socket.set_tcp_keepalive(&keepalive())?;
     let socket = TcpSocket::from_std_stream(socket.into());
     socket.set_nodelay(true)?;

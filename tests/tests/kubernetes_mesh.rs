@@ -7,3 +7,8 @@ use keel_tests::scenarios::kubernetes_mesh::*;
 fn two_nodes_follow_the_kubernetes_api_alone() {
     two_nodes_follow_the_api_alone();
 }
+
+#[test]
+fn an_ingress_gateway_follows_the_kubernetes_api() {
+    keel_tests::scenarios::kubernetes_gateway::an_ingress_gateway_follows_the_api();
+}

@@ -45,7 +45,10 @@ pub struct TokenReviewer {
     node_proxy_accounts: Vec<String>,
     /// Where pods run, for tokens that are bound to a pod but do not name its node (API servers before 1.32).
     pods: watch::Receiver<Arc<NodeIdentities>>,
-    cache: Mutex<HashMap<String, (Caller, Instant)>>,
+    /// The API server's answers (authenticated ones), not the callers derived from them: whether a pod-bound
+    /// token is a gateway depends on the Gateways of the moment (a Gateway created after its gateway pod started
+    /// must not leave that pod refused for the cache's lifetime).
+    cache: Mutex<HashMap<String, (TokenReviewStatus, Instant)>>,
     reviews: Semaphore,
 }
 
@@ -66,16 +69,20 @@ impl TokenReviewer {
         if token.is_empty() {
             return Err(Status::unauthenticated("empty bearer token"));
         }
-        if let Some(caller) = self.cached(token) {
-            return Ok(caller);
-        }
-        let status = self.review(token).await?;
-        let caller = caller_of(&status, &self.node_proxy_accounts, &self.pods.borrow()).map_err(|refusal| {
+        let status = match self.cached(token) {
+            Some(status) => status,
+            None => {
+                let status = self.review(token).await?;
+                if status.authenticated == Some(true) {
+                    self.remember(token, &status);
+                }
+                status
+            }
+        };
+        caller_of(&status, &self.node_proxy_accounts, &self.pods.borrow()).map_err(|refusal| {
             warn!(%refusal, "caller refused");
             refusal.status()
-        })?;
-        self.remember(token, &caller);
-        Ok(caller)
+        })
     }
 
     async fn review(&self, token: &str) -> Result<TokenReviewStatus, Status> {
@@ -94,12 +101,12 @@ impl TokenReviewer {
         answer.status.ok_or_else(|| Status::unavailable("the TokenReview came back without a status"))
     }
 
-    fn cached(&self, token: &str) -> Option<Caller> {
+    fn cached(&self, token: &str) -> Option<TokenReviewStatus> {
         let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.get(token).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(caller, _)| caller.clone())
+        cache.get(token).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(status, _)| status.clone())
     }
 
-    fn remember(&self, token: &str, caller: &Caller) {
+    fn remember(&self, token: &str, status: &TokenReviewStatus) {
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -107,7 +114,7 @@ impl TokenReviewer {
                 cache.clear();
             }
         }
-        cache.insert(token.to_owned(), (caller.clone(), Instant::now()));
+        cache.insert(token.to_owned(), (status.clone(), Instant::now()));
     }
 }
 

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod gateway_tls;
 pub mod hbone_wire;
 pub mod hostile;
+pub mod kubernetes_gateway;
 pub mod kubernetes_mesh;
 pub mod l7_authorization;
 pub mod lifecycle;
