@@ -242,11 +242,7 @@ pub fn termination(
         validation =
             Some(ValidationContextType::CombinedValidationContext(keel_proto::tls::common_tls_context::CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
-                    match_subject_alt_names: tls
-                        .subject_alt_names
-                        .iter()
-                        .map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() })
-                        .collect(),
+                    match_subject_alt_names: exact_matchers(&tls.subject_alt_names),
                     ..Default::default()
                 }),
                 validation_context_sds_secret_config: Some(sds(&ca_name)),
@@ -279,6 +275,11 @@ pub fn termination(
         },
         secrets: out,
     })
+}
+
+/// Istio's `subjectAltNames`: Envoy's exact, case-sensitive SAN matchers.
+pub(super) fn exact_matchers(names: &[String]) -> Vec<StringMatcher> {
+    names.iter().map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() }).collect()
 }
 
 fn sds(name: &str) -> SdsSecretConfig {

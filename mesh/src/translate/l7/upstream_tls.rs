@@ -9,7 +9,6 @@
 //! engine for mesh services does not originate TLS (the rule is warned about instead).
 use keel_proto::{
     core::{data_source::Specifier, transport_socket::ConfigType, DataSource, TransportSocket},
-    matcher::{string_matcher::MatchPattern, StringMatcher},
     tls::{
         common_tls_context::ValidationContextType, tls_parameters::TlsProtocol, CertificateValidationContext, CommonTlsContext, TlsCertificate,
         TlsParameters, UpstreamTlsContext,
@@ -28,11 +27,7 @@ pub fn transport_socket(tls: &ClientTlsSettings, host: &str) -> Option<Transport
     let file = |path: &Option<String>| path.as_ref().map(|p| DataSource { specifier: Some(Specifier::Filename(p.clone())) });
     let validation = (tls.insecure_skip_verify != Some(true)).then(|| CertificateValidationContext {
         trusted_ca: file(&tls.ca_certificates),
-        match_subject_alt_names: tls
-            .subject_alt_names
-            .iter()
-            .map(|san| StringMatcher { match_pattern: Some(MatchPattern::Exact(san.clone())), ..Default::default() })
-            .collect(),
+        match_subject_alt_names: super::gateway_tls::exact_matchers(&tls.subject_alt_names),
         ..Default::default()
     });
     let client_certificate = (tls.mode == Some(ClientTlsMode::Mutual))
