@@ -347,7 +347,9 @@ mod tests {
             Plan::Refuse(r) => format!("refuse: {r}"),
             Plan::Respond => "respond".into(),
             Plan::Http { service, .. } => format!("http {}", service.hostname),
-            Plan::Relay(Relay { route, path, .. }) => format!("{} {}", path.as_str(), route.upstream),
+            Plan::Relay(Relay { route, path, tls, .. }) => {
+                format!("{} {}{}", path.as_str(), route.upstream, if tls.is_some() { " inside TLS" } else { "" })
+            }
             Plan::NoRoute { error, .. } => format!("no route: {error}"),
             Plan::Inbound => "inbound".into(),
         }
@@ -508,6 +510,72 @@ mod tests {
         assert!(
             shape(&plan(&allow_any, Direction::Outbound, client, "240.240.0.1:443".parse().unwrap())).starts_with("no route: no healthy endpoint")
         );
+    }
+
+    /// A ServiceEntry port whose cluster has a transport socket (DestinationRule `tls` SIMPLE) is relayed inside
+    /// TLS keel originates; its other port, and every other destination, is not.
+    #[test]
+    fn a_service_entry_port_whose_cluster_originates_tls_is_relayed_inside_it() {
+        use keel_proto::{
+            cluster::Cluster,
+            core::{transport_socket::ConfigType, TransportSocket},
+            tls::UpstreamTlsContext,
+        };
+        use prost::Message as _;
+        let store = store();
+        let ports = vec![Port { service_port: 80, target_port: 443 }, Port { service_port: 8080, target_port: 8080 }];
+        let entry = Service {
+            name: "api".into(),
+            namespace: "demo".into(),
+            hostname: "api.example.com".into(),
+            addresses: vec![NetworkAddress { network: String::new(), address: vec![240, 240, 0, 1] }],
+            ports: ports.clone(),
+            ..Default::default()
+        };
+        let endpoint = Workload {
+            uid: "se-api".into(),
+            name: "api".into(),
+            namespace: "demo".into(),
+            addresses: vec![vec![192, 0, 2, 10].into()],
+            services: BTreeMap::from([("demo/api.example.com".to_owned(), PortList { ports })]),
+            ..Default::default()
+        };
+        let context = UpstreamTlsContext { sni: "api.example.com".into(), ..Default::default() };
+        let cluster = Cluster {
+            name: "outbound|80||api.example.com".into(),
+            transport_socket: Some(TransportSocket {
+                name: keel_proto::TLS_TRANSPORT_SOCKET.into(),
+                config_type: Some(ConfigType::TypedConfig(prost_types::Any {
+                    type_url: keel_proto::UPSTREAM_TLS_CONTEXT_TYPE_URL.into(),
+                    value: context.encode_to_vec(),
+                })),
+            }),
+            ..Default::default()
+        };
+        let cluster = crate::l7_config::cluster_config::ClusterConfig::from_cluster(&cluster).unwrap();
+        store.apply(
+            vec![
+                ("demo/api.example.com".into(), Resource::Service(entry)),
+                ("se-api".into(), Resource::Workload(Box::new(endpoint))),
+                ("outbound|80||api.example.com".into(), Resource::Cluster(Arc::new(cluster))),
+            ],
+            &[],
+        );
+        let snapshot = store.snapshot();
+        let on_node = |_: IpAddr| false;
+        let inputs = Inputs {
+            snapshot: &snapshot,
+            on_node: &on_node,
+            certificates: true,
+            mesh: true,
+            responder: false,
+            outbound_policy: OutboundTrafficPolicy::AllowAny,
+            resolved: &NoNames,
+        };
+        let to = |d: &str| shape(&plan(&inputs, Direction::Outbound, [10, 0, 0, 1].into(), d.parse().unwrap()));
+        assert_eq!(to("240.240.0.1:80"), "direct 192.0.2.10:443 inside TLS");
+        assert_eq!(to("240.240.0.1:8080"), "direct 192.0.2.10:8080");
+        assert_eq!(to("192.0.2.10:443"), "direct 192.0.2.10:443", "the entry's address itself is not its service port");
     }
 
     #[test]
