@@ -536,7 +536,7 @@ mod tests {
             uid: "se-api".into(),
             name: "api".into(),
             namespace: "demo".into(),
-            addresses: vec![vec![192, 0, 2, 10].into()],
+            addresses: vec![vec![192, 0, 2, 10]],
             services: BTreeMap::from([("demo/api.example.com".to_owned(), PortList { ports })]),
             ..Default::default()
         };
