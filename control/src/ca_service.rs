@@ -15,7 +15,10 @@ use tracing::{info, warn};
 
 use keel_mesh::{ca::Authority, objects::Object};
 
-use crate::client_auth::{Caller, ClientAuth};
+use crate::{
+    client_auth::{Caller, ClientAuth},
+    metrics::ControlMetrics,
+};
 
 /// Default and longest validity a caller gets (istiod's defaults: 24 h).
 const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -77,17 +80,32 @@ pub struct CaService {
     authority: Arc<Authority>,
     auth: Arc<ClientAuth>,
     identities: watch::Receiver<Arc<NodeIdentities>>,
+    metrics: ControlMetrics,
 }
 
 impl CaService {
-    pub fn new(authority: Arc<Authority>, auth: Arc<ClientAuth>, identities: watch::Receiver<Arc<NodeIdentities>>) -> CaService {
-        CaService { authority, auth, identities }
+    pub fn new(
+        authority: Arc<Authority>,
+        auth: Arc<ClientAuth>,
+        identities: watch::Receiver<Arc<NodeIdentities>>,
+        metrics: ControlMetrics,
+    ) -> CaService {
+        CaService { authority, auth, identities, metrics }
     }
 }
 
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
+        let issued = self.issue(request).await;
+        self.metrics.certificate_request(issued.as_ref().map(|_| ()).map_err(Status::code));
+        issued
+    }
+}
+
+impl CaService {
+    /// Authenticates the caller, checks the identity it asks for against what it may have, and signs.
+    async fn issue(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
         let caller = self.auth.caller(request.metadata()).await?;
         let request = request.into_inner();
         let asked = impersonated_identity(&request);

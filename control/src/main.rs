@@ -62,8 +62,9 @@ enum Command {
         pod_namespace: String,
         #[arg(long, default_value = "0.0.0.0:15012")]
         listen: std::net::SocketAddr,
-        /// Answer the kubelet's readiness probe here: `GET /ready` is 200 once the config is complete.
-        #[arg(long)]
+        /// The monitoring port (istiod's 15014): the kubelet's readiness probe, `GET /ready` (200 once the config is
+        /// complete), and Prometheus' `GET /metrics`.
+        #[arg(long, alias = "monitoring-addr")]
         readiness_addr: Option<std::net::SocketAddr>,
         #[arg(long, default_value = "Kubernetes")]
         cluster_id: String,

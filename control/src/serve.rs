@@ -4,7 +4,7 @@
 //! every Kubernetes kind listed once). Always over TLS (there is no plaintext mode), and with every connection
 //! bounded: see the constants below.
 mod connections;
-mod readiness;
+mod monitoring;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
@@ -29,6 +29,7 @@ use crate::{
     client_auth::ClientAuth,
     jwks::JwksCache,
     kubernetes::{self, token_review::TokenReviewer},
+    metrics::ControlMetrics,
     tokens::Tokens,
     xds::server::AdsServer,
 };
@@ -84,7 +85,7 @@ pub struct ServeOptions {
     pub trust_domain: String,
     /// Names the serving certificate carries (node proxies check one of them, or the IP they dial).
     pub server_names: Vec<String>,
-    /// Where `GET /ready` answers (the kubelet's readiness probe), if anywhere.
+    /// The monitoring port, if any: `GET /ready` (the kubelet's readiness probe) and `GET /metrics` (Prometheus).
     pub readiness_addr: Option<SocketAddr>,
     /// How often `jwksUri` key sets are fetched again.
     pub jwks_refresh: std::time::Duration,
@@ -136,8 +137,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             (ClientAuth::TokenReview(Box::new(reviewer)), Box::pin(feed), "the Kubernetes API".to_owned())
         }
     };
+    let metrics = ControlMetrics::new();
     let readiness: Feed = match options.readiness_addr {
-        Some(addr) => Box::pin(readiness::serve(addr, synced.clone())),
+        Some(addr) => Box::pin(monitoring::serve(addr, synced.clone(), metrics.clone())),
         None => Box::pin(std::future::pending()),
     };
     let mut readiness = tokio::spawn(readiness);
@@ -168,8 +170,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .timeout(REQUEST_TIMEOUT)
-        .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, auth.clone())))
-        .add_service(IstioCertificateServiceServer::new(CaService::new(authority, auth, identities)))
+        .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, auth.clone(), metrics.clone())))
+        .add_service(IstioCertificateServiceServer::new(CaService::new(authority, auth, identities, metrics)))
         .serve_with_incoming(connections::limit(incoming, MAX_CONNECTIONS));
     tokio::select! {
         served = server => served.context("xDS server"),

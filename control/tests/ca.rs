@@ -45,7 +45,7 @@ async fn start() -> String {
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(IstioCertificateServiceServer::new(CaService::new(authority, tokens, identities)))
+            .add_service(IstioCertificateServiceServer::new(CaService::new(authority, tokens, identities, Default::default())))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     addr

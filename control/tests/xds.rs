@@ -73,7 +73,7 @@ async fn start(initial: Arc<Snapshot>) -> (String, watch::Sender<Arc<Snapshot>>)
     let addr = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, tokens)))
+            .add_service(AggregatedDiscoveryServiceServer::new(AdsServer::new(snapshots, tokens, Default::default())))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     (addr, publish)

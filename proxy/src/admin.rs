@@ -1,5 +1,7 @@
 //! The admin HTTP server in keel's own network namespace (or `keel gateway`'s pod): readiness for the kubelet,
-//! stats, Prometheus metrics and the config dump (`keel pc --admin` reads it).
+//! stats, Prometheus metrics and the config dump (`keel pc --admin` reads it). The same server, reduced to one
+//! purpose, answers on the pod's address: `--readiness-addr` (the kubelet's probe) and `--metrics-addr`
+//! (Prometheus), so that the stats and config dump stay on loopback.
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
@@ -16,26 +18,49 @@ pub trait Admin: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
     /// `/stats`, as JSON.
     fn stats_json(&self) -> String;
-    fn metrics(&self) -> String;
+    /// Prometheus' text format: the traffic metrics and the daemon's own health.
+    fn metrics(&self) -> impl Future<Output = String> + Send;
     fn config_dump(&self) -> impl Future<Output = ConfigDump> + Send;
 }
+
+/// The content type of Prometheus' text exposition format (version 0.0.4).
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
     TcpListener::bind(addr).await.with_context(|| format!("binding the admin server on {addr}"))
 }
 
-pub async fn serve<A: Admin>(listener: TcpListener, daemon: Arc<A>) {
-    serve_paths(listener, daemon, false).await;
+/// Which paths a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paths {
+    /// Everything (`--admin-addr`, loopback by default).
+    All,
+    /// Only `/healthz/ready` (`--readiness-addr`, for the kubelet).
+    Readiness,
+    /// Only `/metrics` and `/stats/prometheus` (`--metrics-addr`, Istio's 15020, for Prometheus).
+    Metrics,
 }
 
-/// `--readiness-addr`: only `/healthz/ready`, for the kubelet's probe on the pod's address (the admin server, with
-/// stats and config, stays on loopback).
-pub async fn serve_readiness<A: Admin>(listener: TcpListener, daemon: Arc<A>) {
-    serve_paths(listener, daemon, true).await;
+impl Paths {
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Paths::All => true,
+            Paths::Readiness => path == "/healthz/ready",
+            Paths::Metrics => matches!(path, "/metrics" | "/stats/prometheus"),
+        }
+    }
+
+    fn refusal(self) -> &'static str {
+        match self {
+            Paths::All => "",
+            Paths::Readiness => "only /healthz/ready is served here\n",
+            Paths::Metrics => "only /metrics and /stats/prometheus are served here\n",
+        }
+    }
 }
 
-async fn serve_paths<A: Admin>(listener: TcpListener, daemon: Arc<A>, readiness_only: bool) {
+pub async fn serve<A: Admin>(listener: TcpListener, daemon: Arc<A>, paths: Paths) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -50,8 +75,8 @@ async fn serve_paths<A: Admin>(listener: TcpListener, daemon: Arc<A>, readiness_
             let service = service_fn(move |request| {
                 let daemon = daemon.clone();
                 async move {
-                    Ok::<_, Infallible>(if readiness_only && request.uri().path() != "/healthz/ready" {
-                        text(StatusCode::NOT_FOUND, "only /healthz/ready is served here\n".into())
+                    Ok::<_, Infallible>(if !paths.serves(request.uri().path()) {
+                        text(StatusCode::NOT_FOUND, paths.refusal().into())
                     } else {
                         route(&request, daemon.as_ref()).await
                     })
@@ -73,7 +98,11 @@ async fn route<A: Admin>(request: &Request<Incoming>, daemon: &A) -> Response<Fu
             response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
             response
         }
-        "/metrics" | "/stats/prometheus" => text(StatusCode::OK, daemon.metrics()),
+        "/metrics" | "/stats/prometheus" => {
+            let mut response = text(StatusCode::OK, daemon.metrics().await);
+            response.headers_mut().insert("content-type", PROMETHEUS_TEXT.parse().expect("static header"));
+            response
+        }
         "/config_dump" => text(StatusCode::OK, serde_json::to_string_pretty(&daemon.config_dump().await).expect("config dump serializes")),
         _ => text(StatusCode::NOT_FOUND, "unknown path; try /healthz/ready, /stats, /metrics, /config_dump\n".into()),
     }

@@ -100,7 +100,7 @@ impl crate::admin::Admin for Daemon {
         serde_json::to_string_pretty(&self.stats()).expect("stats serialize")
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self) -> impl std::future::Future<Output = String> + Send {
         Daemon::metrics(self)
     }
 
@@ -154,8 +154,18 @@ impl Daemon {
         }
     }
 
-    pub fn metrics(&self) -> String {
-        self.data_path.telemetry.encode_metrics()
+    /// The traffic metrics and keel's own health, read now.
+    pub async fn metrics(&self) -> String {
+        let health = crate::health_metrics::Health {
+            xds: self.xds.as_ref().map(|x| x.status.borrow().clone()),
+            certificates: self.data_path.dialer.certificates.as_ref().map(|c| c.expiries()).unwrap_or_default(),
+            pods_enrolled: Some(self.enrollment.specs().await.len()),
+            ebpf: self.data_path.capture.counters(),
+            hbone_pool: self.data_path.dialer.hbone.stats(),
+            hbone_server: Some((self.data_path.hbone_node_slots.in_use(), self.data_path.hbone_node_slots.limit())),
+            process: crate::health_metrics::process_stats(),
+        };
+        self.data_path.telemetry.encode_metrics(&health.registry())
     }
 
     pub async fn handle(&self, request: Request) -> anyhow::Result<Value> {
@@ -258,11 +268,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let admin_listener = admin::bind(config.admin_addr).await?;
-    let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone()));
-    let readiness_task = match config.readiness_addr {
-        Some(addr) => Some(tokio::spawn(admin::serve_readiness(admin::bind(addr).await?, daemon.clone()))),
-        None => None,
-    };
+    let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone(), admin::Paths::All));
+    let mut probe_tasks = Vec::new();
+    for (addr, paths) in [(config.readiness_addr, admin::Paths::Readiness), (config.metrics_addr, admin::Paths::Metrics)] {
+        if let Some(addr) = addr {
+            probe_tasks.push(tokio::spawn(admin::serve(admin::bind(addr).await?, daemon.clone(), paths)));
+        }
+    }
     let restored = daemon.enrollment.restore().await?;
     // The agent starts from the restored pods: what it finds captured already it keeps, by UID.
     let agent_task = agent.map(|agent| tokio::spawn(agent.run(daemon.enrollment.clone())));
@@ -291,7 +303,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drain(&daemon).await;
     admin_task.abort();
-    readiness_task.iter().for_each(tokio::task::JoinHandle::abort);
+    probe_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     // Connections still running past the drain deadline are closed when the process exits.
     if release {
         // Attachments and pins are removed now (iptables rules went with each released pod).

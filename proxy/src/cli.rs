@@ -228,6 +228,10 @@ pub struct RunArgs {
     /// on --admin-addr).
     #[arg(long)]
     pub readiness_addr: Option<std::net::SocketAddr>,
+    /// Serve only the Prometheus metrics (`/metrics`, `/stats/prometheus`) here too: the pod's address for
+    /// Prometheus, as Istio's 15020 (the stats and config dump stay on --admin-addr).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -377,6 +381,9 @@ pub struct GatewayArgs {
     /// Serve only `/healthz/ready` here too (the pod's address, for the kubelet's readiness probe).
     #[arg(long)]
     pub readiness_addr: Option<std::net::SocketAddr>,
+    /// Serve only the Prometheus metrics here too (the pod's address, for Prometheus).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -408,6 +415,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,
+        metrics_addr: args.metrics_addr,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).thread_name("keel-worker").enable_all().build()?;
@@ -451,6 +459,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             .kubernetes
             .then(|| crate::config::KubernetesSettings { kubeconfig: args.kubeconfig.clone(), node_name: args.node_name.clone() }),
         readiness_addr: args.readiness_addr,
+        metrics_addr: args.metrics_addr,
         fail_open: args.fail_open,
         capture: args.capture,
         cgroup_root,

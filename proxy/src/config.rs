@@ -64,6 +64,8 @@ pub struct Config {
     pub kubernetes: Option<KubernetesSettings>,
     /// Where the kubelet's readiness probe gets `/healthz/ready` (and nothing else), if anywhere.
     pub readiness_addr: Option<SocketAddr>,
+    /// Where Prometheus scrapes `/metrics` (and nothing else), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]

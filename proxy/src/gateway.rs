@@ -63,6 +63,8 @@ pub struct GatewaySettings {
     pub admin_addr: SocketAddr,
     /// Only `/healthz/ready`, on the pod's address for the kubelet's probe.
     pub readiness_addr: Option<SocketAddr>,
+    /// Only the Prometheus metrics, on the pod's address (Istio's 15020).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What the gateway's admin server shows.
@@ -84,8 +86,15 @@ impl crate::admin::Admin for GatewayAdmin {
         serde_json::to_string_pretty(&stats).expect("stats serialize")
     }
 
-    fn metrics(&self) -> String {
-        self.dp.telemetry.encode_metrics()
+    async fn metrics(&self) -> String {
+        let health = crate::health_metrics::Health {
+            xds: Some(self.xds.status.borrow().clone()),
+            certificates: self.dp.dialer.certificates.as_ref().map(|c| c.expiries()).unwrap_or_default(),
+            hbone_pool: self.dp.dialer.hbone.stats(),
+            process: crate::health_metrics::process_stats(),
+            ..Default::default()
+        };
+        self.dp.telemetry.encode_metrics(&health.registry())
     }
 
     async fn config_dump(&self) -> ConfigDump {
@@ -124,9 +133,12 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
         dns: Arc::new(crate::dns::DnsResolver::new(None)),
     });
     let admin = Arc::new(GatewayAdmin { dp: data_path.clone(), xds });
-    tokio::spawn(crate::admin::serve(crate::admin::bind(settings.admin_addr).await?, admin.clone()));
+    tokio::spawn(crate::admin::serve(crate::admin::bind(settings.admin_addr).await?, admin.clone(), crate::admin::Paths::All));
+    if let Some(addr) = settings.metrics_addr {
+        tokio::spawn(crate::admin::serve(crate::admin::bind(addr).await?, admin.clone(), crate::admin::Paths::Metrics));
+    }
     if let Some(addr) = settings.readiness_addr {
-        tokio::spawn(crate::admin::serve_readiness(crate::admin::bind(addr).await?, admin));
+        tokio::spawn(crate::admin::serve(crate::admin::bind(addr).await?, admin, crate::admin::Paths::Readiness));
     }
     let netns = Netns::own().context("opening the gateway's own network namespace")?;
     let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits));

@@ -304,6 +304,7 @@ async fn tunnel(
     record.source_peer = Peer::of(snapshot.workloads_by_ip.get(&peer.ip()));
     record.source_peer.identity = Some(client.clone());
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
+    record.destination_service = inbound::destination_service(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).map(AsRef::as_ref), target.port());
     let admission = inbound::authorize(dp, &snapshot, pod, peer.ip(), Some(client), target.port(), record)
         .map_err(|denied| (Some(StatusCode::UNAUTHORIZED), denied))?;
     record.upstream = Some(SocketAddr::V4(target));

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod hashing;
 pub mod hbone;
 pub mod hbone_server;
+pub mod health_metrics;
 pub mod identity;
 pub mod jwt;
 pub mod kubelet_pods;

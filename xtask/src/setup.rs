@@ -20,7 +20,7 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Static LLVM 23 SDK (X86 only) and the wheel we take the BPF backend libraries from.
 const LLVM_WHEELS: [&str; 2] = ["mlc-llvm-static==23.1.1.post0", "mlc-llvm-static-extra-targets==23.1.1.post0"];
 /// Debian packages the end-to-end tests and benchmarks use.
-pub const PACKAGES: [&str; 14] = [
+pub const PACKAGES: [&str; 15] = [
     "iproute2",
     "iptables",
     "procps",
@@ -42,6 +42,8 @@ pub const PACKAGES: [&str; 14] = [
     "containernetworking-plugins",
     // `cargo xtask image` builds keel's OCI images with it, and the image test unpacks them with it.
     "umoci",
+    // The observability suite's real Prometheus: it scrapes the lab's keels and runs the dashboards' queries.
+    "prometheus",
 ];
 
 /// What a command needs beyond the eBPF toolchain (rust-src, bpf-linker), which everything needs.

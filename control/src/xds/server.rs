@@ -19,18 +19,22 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::client_auth::{ClientAuth, XdsClient};
+use crate::{
+    client_auth::{ClientAuth, XdsClient},
+    metrics::ControlMetrics,
+};
 use keel_mesh::snapshot::{diff, Snapshot, View};
 
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     auth: Arc<ClientAuth>,
     nonces: Arc<AtomicU64>,
+    metrics: ControlMetrics,
 }
 
 impl AdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<ClientAuth>) -> AdsServer {
-        AdsServer { snapshots, auth, nonces: Arc::new(AtomicU64::new(1)) }
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, auth: Arc<ClientAuth>, metrics: ControlMetrics) -> AdsServer {
+        AdsServer { snapshots, auth, nonces: Arc::new(AtomicU64::new(1)), metrics }
     }
 }
 
@@ -53,15 +57,19 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(16);
         let mut snapshots = self.snapshots.clone();
         let nonces = self.nonces.clone();
+        let metrics = self.metrics.clone();
+        let gateway = matches!(node, XdsClient::Gateway { .. });
         tokio::spawn(async move {
             info!(%node, "xDS client connected");
+            metrics.client_connected(gateway);
             let mut subs = Subscriptions::default();
-            loop {
+            'session: loop {
                 tokio::select! {
                     message = inbound.message() => match message {
                         Ok(Some(request)) => {
                             let snapshot = snapshots.borrow().clone();
-                            if let Some(response) = on_request(&node, request, &mut subs, &snapshot.view(&node), &nonces) {
+                            if let Some(response) = on_request(&node, request, &mut subs, &snapshot.view(&node), &nonces, &metrics) {
+                                metrics.pushed(&response.type_url);
                                 if tx.send(Ok(response)).await.is_err() { break; }
                             }
                         }
@@ -72,11 +80,13 @@ impl AggregatedDiscoveryService for AdsServer {
                         if changed.is_err() { break; }
                         let snapshot = snapshots.borrow_and_update().clone();
                         for response in on_snapshot(&mut subs, &snapshot.view(&node), &nonces) {
-                            if tx.send(Ok(response)).await.is_err() { return; }
+                            metrics.pushed(&response.type_url);
+                            if tx.send(Ok(response)).await.is_err() { break 'session; }
                         }
                     }
                 }
             }
+            metrics.client_disconnected(gateway);
             info!(%node, "xDS client disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -133,9 +143,11 @@ fn on_request(
     subs: &mut Subscriptions,
     snapshot: &ClientSnapshot<'_>,
     nonces: &AtomicU64,
+    metrics: &ControlMetrics,
 ) -> Option<DeltaDiscoveryResponse> {
     let type_url = request.type_url.clone();
     if let Some(error) = &request.error_detail {
+        metrics.rejected(&type_url);
         warn!(%node, %type_url, nonce = %request.response_nonce, error = %error.message, "xDS NACK");
         return None;
     }

@@ -46,12 +46,33 @@ pub struct ProgramCounters {
     pub errors: u64,
 }
 
+impl ProgramCounters {
+    /// Each outcome by the name the metrics give it (`keel_ebpf_program_decisions_total{decision=...}`).
+    pub fn decisions(&self) -> [(&'static str, u64); 6] {
+        [
+            ("captured", self.captured),
+            ("passed", self.passed),
+            ("redirected", self.redirected),
+            ("refused", self.refused),
+            ("bypassed", self.bypassed),
+            ("error", self.errors),
+        ]
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EbpfCounters {
     pub connect4: ProgramCounters,
     pub sock_ops: ProgramCounters,
     pub sk_msg: ProgramCounters,
     pub sk_lookup: ProgramCounters,
+}
+
+impl EbpfCounters {
+    /// Each program by the hook it runs at (`keel_<hook>` in the eBPF object).
+    pub fn programs(&self) -> [(&'static str, &ProgramCounters); 4] {
+        [("connect4", &self.connect4), ("sock_ops", &self.sock_ops), ("sk_msg", &self.sk_msg), ("sk_lookup", &self.sk_lookup)]
+    }
 }
 
 pub enum Capture {

@@ -30,6 +30,13 @@ pub struct CertificateEntry {
     pub not_after: String,
 }
 
+/// One certificate held, by the SPIFFE identity it proves (the health metrics report when it expires).
+#[derive(Clone, Debug)]
+pub struct CertificateExpiry {
+    pub identity: String,
+    pub not_after: SystemTime,
+}
+
 /// What istiod issues by default.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -126,6 +133,18 @@ impl CertificateManager {
             slot.stop();
             info!(identity = %id, "certificate no longer needed: renewal stopped");
         }
+    }
+
+    /// When each certificate held expires (the health metrics), by identity; identities without one are left out.
+    pub fn expiries(&self) -> Vec<CertificateExpiry> {
+        let slots: Vec<(Identity, Arc<Slot>)> = self.inner.slots.lock().unwrap().iter().map(|(id, slot)| (id.clone(), slot.clone())).collect();
+        slots
+            .into_iter()
+            .filter_map(|(id, slot)| {
+                let not_after = slot.state.lock().unwrap().current.as_ref()?.not_after;
+                Some(CertificateExpiry { identity: id.to_string(), not_after })
+            })
+            .collect()
     }
 
     /// For `keel pc certs`, sorted by identity. State is `expired` when the certificate held has expired,

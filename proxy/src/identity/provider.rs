@@ -182,7 +182,7 @@ pub(crate) mod tests {
         let server = tonic::transport::Server::builder()
             .tls_config(tls)
             .unwrap()
-            .add_service(IstioCertificateServiceServer::new(CaService::new(authority.clone(), tokens, identities)))
+            .add_service(IstioCertificateServiceServer::new(CaService::new(authority.clone(), tokens, identities, Default::default())))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
         let config = CaClientConfig {

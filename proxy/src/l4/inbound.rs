@@ -39,6 +39,19 @@ pub enum Admission {
     PerRequest { cluster: String },
 }
 
+/// The service an inbound connection to `port` of `workload` was for, when the workload's services say so
+/// unambiguously (exactly one of them sends a port to `port`): the destination's metrics then carry the
+/// `destination_service` the client's keel reports. An HBONE stream names the pod's address, not the service.
+pub fn destination_service(workload: Option<&keel_proto::workload::Workload>, port: u16) -> Option<String> {
+    let mut hosts = workload?.services.iter().filter(|(_, ports)| ports.ports.iter().any(|p| p.target_port == u32::from(port)));
+    let (key, _) = hosts.next()?;
+    if hosts.next().is_some() {
+        return None;
+    }
+    // Keys are `<namespace>/<hostname>`.
+    Some(key.split_once('/').map_or(key.as_str(), |(_, host)| host).to_owned())
+}
+
 /// Authorizes a connection to `pod`'s `target_port` and starts tracking it. A pod keel has no Workload for is
 /// refused (as ztunnel does): no policy could be evaluated for it, and admitting it would let any peer reach it
 /// unauthorized. Only `--capture-only` mode, which has no workload source at all, admits it untracked.
@@ -151,6 +164,7 @@ pub async fn proxy(
     record.source_peer.identity = source_identity.clone();
     record.path = Some(if source_identity.is_some() { Path::SameNode } else { Path::Direct });
     record.destination_peer = Peer::of(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)));
+    record.destination_service = destination_service(snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).map(AsRef::as_ref), destination.port());
     let admission = authorize(dp, &snapshot, pod, source_ip, source_identity.as_ref(), destination.port(), record)?;
     record.upstream = Some(SocketAddr::V4(destination));
     let tracked = match admission {
@@ -194,5 +208,29 @@ pub fn ended_by(revoked: Option<String>, error: Option<io::Error>) -> Option<Con
         (Some(reason), _) => Some(ConnectionError::Revoked(reason)),
         (None, Some(e)) => Some(ConnectionError::Relay(e)),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination_service;
+    use keel_proto::workload::{Port, PortList, Workload};
+
+    fn workload(services: &[(&str, u32)]) -> Workload {
+        let services = services
+            .iter()
+            .map(|(key, target)| ((*key).to_owned(), PortList { ports: vec![Port { service_port: 80, target_port: *target }] }))
+            .collect();
+        Workload { services, ..Default::default() }
+    }
+
+    #[test]
+    fn the_destination_service_is_named_only_when_one_service_leads_to_the_port() {
+        let w = workload(&[("default/web.default.svc.cluster.local", 8080), ("default/admin.default.svc.cluster.local", 9090)]);
+        assert_eq!(destination_service(Some(&w), 8080).as_deref(), Some("web.default.svc.cluster.local"));
+        assert_eq!(destination_service(Some(&w), 7000), None, "no service leads there");
+        let shared = workload(&[("default/a.default.svc.cluster.local", 8080), ("default/b.default.svc.cluster.local", 8080)]);
+        assert_eq!(destination_service(Some(&shared), 8080), None, "two services lead there: which one the client dialled is unknown");
+        assert_eq!(destination_service(None, 8080), None);
     }
 }

@@ -5,7 +5,7 @@ use std::{borrow::Cow, sync::Arc};
 use super::{
     access_log::{self, AccessLine},
     series_cache::SeriesCache,
-    Peer,
+    Peer, ServiceLabels,
 };
 use crate::hashing::stable_hash;
 use keel_proto::workload::Workload;
@@ -105,20 +105,12 @@ impl RequestRecord {
         }
     }
 
-    /// `<host>`, `<name>`, `<namespace>` of the destination service, read from the cluster's name as Istio's
-    /// telemetry does (no lookup).
-    pub fn service(&self) -> Option<(&str, &str, &str)> {
+    /// The destination service's host, read from the cluster's name as Istio's telemetry does (no lookup).
+    pub fn service_host(&self) -> Option<&str> {
         if !self.cluster_found {
             return None;
         }
-        let host = self.cluster.rsplit('|').next()?;
-        let mut labels = host.split('.');
-        let (name, namespace) = (labels.next().unwrap_or(host), labels.next().unwrap_or("unknown"));
-        Some((host, name, namespace))
-    }
-
-    fn destination_version(&self) -> Option<&str> {
-        self.destination.as_ref().map(|w| w.canonical_revision.as_str()).filter(|v| !v.is_empty())
+        self.cluster.rsplit('|').next()
     }
 }
 
@@ -128,10 +120,19 @@ struct IstioHttpLabels {
     source_workload: String,
     source_workload_namespace: String,
     source_principal: String,
+    source_app: String,
+    source_version: String,
+    source_canonical_service: String,
+    source_canonical_revision: String,
+    source_cluster: String,
     destination_workload: String,
     destination_workload_namespace: String,
     destination_principal: String,
+    destination_app: String,
     destination_version: String,
+    destination_canonical_service: String,
+    destination_canonical_revision: String,
+    destination_cluster: String,
     destination_service: String,
     destination_service_name: String,
     destination_service_namespace: String,
@@ -144,23 +145,29 @@ struct IstioHttpLabels {
 
 impl IstioHttpLabels {
     fn of(r: &RequestRecord) -> IstioHttpLabels {
-        let unknown = || "unknown".to_owned();
-        let (source_workload, source_workload_namespace, source_principal) = Peer::of(r.source.as_ref()).istio_labels();
-        let (destination_workload, destination_workload_namespace, destination_principal) = Peer::of(r.destination.as_ref()).istio_labels();
-        let (service, service_name, service_namespace) =
-            r.service().map_or_else(|| (unknown(), unknown(), unknown()), |(h, n, ns)| (h.to_owned(), n.to_owned(), ns.to_owned()));
+        let (source, destination) = (Peer::of(r.source.as_ref()).istio_labels(), Peer::of(r.destination.as_ref()).istio_labels());
+        let service = ServiceLabels::of(r.service_host());
         IstioHttpLabels {
             reporter: r.reporter,
-            source_workload,
-            source_workload_namespace,
-            source_principal,
-            destination_workload,
-            destination_workload_namespace,
-            destination_principal,
-            destination_version: r.destination_version().map_or_else(unknown, str::to_owned),
-            destination_service: service,
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
+            source_workload: source.workload,
+            source_workload_namespace: source.namespace,
+            source_principal: source.principal,
+            source_app: source.app,
+            source_version: source.version,
+            source_canonical_service: source.canonical_service,
+            source_canonical_revision: source.canonical_revision,
+            source_cluster: source.cluster,
+            destination_workload: destination.workload,
+            destination_workload_namespace: destination.namespace,
+            destination_principal: destination.principal,
+            destination_app: destination.app,
+            destination_version: destination.version,
+            destination_canonical_service: destination.canonical_service,
+            destination_canonical_revision: destination.canonical_revision,
+            destination_cluster: destination.cluster,
+            destination_service: service.host,
+            destination_service_name: service.name,
+            destination_service_namespace: service.namespace,
             request_protocol: r.protocol,
             response_code: r.status,
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),
@@ -210,11 +217,21 @@ impl HttpMetrics {
 
     fn series(&self, r: &RequestRecord) -> Series {
         // Everything the labels are made of, hashed from where it already is (nothing built per request).
-        fn workload(w: Option<&Arc<Workload>>) -> Option<(&str, &str, &str, &str)> {
-            w.map(|w| (w.namespace.as_str(), w.name.as_str(), w.service_account.as_str(), w.trust_domain.as_str()))
+        fn workload(w: Option<&Arc<Workload>>) -> Option<[&str; 7]> {
+            w.map(|w| {
+                [
+                    w.namespace.as_str(),
+                    w.name.as_str(),
+                    w.service_account.as_str(),
+                    w.trust_domain.as_str(),
+                    w.canonical_name.as_str(),
+                    w.canonical_revision.as_str(),
+                    w.cluster_id.as_str(),
+                ]
+            })
         }
         let key = stable_hash((
-            (&*r.pod, workload(r.source.as_ref()), workload(r.destination.as_ref()), r.destination_version(), r.service()),
+            (&*r.pod, workload(r.source.as_ref()), workload(r.destination.as_ref()), r.service_host()),
             (r.protocol, r.status, &r.grpc_status, &r.flags, r.mutual_tls, r.reporter),
         ));
         self.series.get_or_make(key, || {

@@ -151,24 +151,74 @@ pub struct Peer {
     /// `<namespace>/<name>`.
     pub workload: Option<String>,
     pub identity: Option<Identity>,
+    /// The workload's canonical service and revision (Istio's `service.istio.io/canonical-*`, else `app` and
+    /// `version`), and its cluster: what Istio's dashboards and Kiali group by.
+    #[serde(skip)]
+    pub canonical: Option<Canonical>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Canonical {
+    pub service: String,
+    pub revision: String,
+    pub cluster: String,
+}
+
+/// Istio's labels for one end of a request or connection, `unknown` where the mesh does not know it.
+pub struct IstioPeerLabels {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    /// `app`/`version`: keel is sent the canonical service and revision, which are made from those labels
+    /// first, so they stand for them (a revision not set is `unknown` here, `latest` as a canonical revision).
+    pub app: String,
+    pub version: String,
+    pub cluster: String,
 }
 
 impl Peer {
     pub fn of(workload: Option<&Arc<Workload>>) -> Peer {
         match workload {
             None => Peer::default(),
-            Some(w) => Peer { workload: Some(format!("{}/{}", w.namespace, w.name)), identity: Some(Identity::of_workload(w)) },
+            Some(w) => Peer {
+                workload: Some(format!("{}/{}", w.namespace, w.name)),
+                identity: Some(Identity::of_workload(w)),
+                canonical: Some(Canonical {
+                    service: w.canonical_name.clone(),
+                    revision: w.canonical_revision.clone(),
+                    cluster: w.cluster_id.clone(),
+                }),
+            },
         }
     }
 
-    /// Istio's metric labels for this end: workload name, namespace and principal ("unknown" when not known).
-    pub fn istio_labels(&self) -> (String, String, String) {
+    /// Istio's metric labels for this end ("unknown" where not known, "latest" for a revision not set, as
+    /// Istio's telemetry writes them).
+    pub fn istio_labels(&self) -> IstioPeerLabels {
         let unknown = || "unknown".to_owned();
-        let (name, namespace) = match self.workload.as_deref().and_then(|w| w.split_once('/')) {
+        let (workload, namespace) = match self.workload.as_deref().and_then(|w| w.split_once('/')) {
             Some((ns, name)) => (name.to_owned(), ns.to_owned()),
             None => (unknown(), unknown()),
         };
-        (name, namespace, self.identity.as_ref().map_or_else(unknown, ToString::to_string))
+        let known = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+        let canonical = self.canonical.as_ref();
+        let revision = canonical.and_then(|c| known(&c.revision));
+        let canonical_service = canonical.and_then(|c| known(&c.service)).unwrap_or_else(|| workload.clone());
+        IstioPeerLabels {
+            app: canonical_service.clone(),
+            canonical_service,
+            canonical_revision: match canonical {
+                Some(_) => revision.clone().unwrap_or_else(|| "latest".to_owned()),
+                None => unknown(),
+            },
+            version: revision.unwrap_or_else(unknown),
+            cluster: canonical.and_then(|c| known(&c.cluster)).unwrap_or_else(unknown),
+            principal: self.identity.as_ref().map_or_else(unknown, ToString::to_string),
+            workload,
+            namespace,
+        }
     }
 }
 
@@ -234,31 +284,78 @@ struct IstioTcpLabels {
     source_workload: String,
     source_workload_namespace: String,
     source_principal: String,
+    source_app: String,
+    source_version: String,
+    source_canonical_service: String,
+    source_canonical_revision: String,
+    source_cluster: String,
     destination_workload: String,
     destination_workload_namespace: String,
     destination_principal: String,
+    destination_app: String,
+    destination_version: String,
+    destination_canonical_service: String,
+    destination_canonical_revision: String,
+    destination_cluster: String,
     destination_service: String,
+    destination_service_name: String,
+    destination_service_namespace: String,
     request_protocol: &'static str,
     response_flags: &'static str,
     connection_security_policy: &'static str,
 }
 
+/// `destination_service`, `_name` and `_namespace` from a service host (`<name>.<namespace>.svc...`), as
+/// Istio's telemetry splits it; `unknown` without one.
+pub(crate) struct ServiceLabels {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ServiceLabels {
+    pub fn of(host: Option<&str>) -> ServiceLabels {
+        let unknown = || "unknown".to_owned();
+        match host {
+            None => ServiceLabels { host: unknown(), name: unknown(), namespace: unknown() },
+            Some(host) => {
+                let mut labels = host.split('.');
+                let name = labels.next().unwrap_or(host).to_owned();
+                let namespace = labels.next().map_or_else(unknown, str::to_owned);
+                ServiceLabels { host: host.to_owned(), name, namespace }
+            }
+        }
+    }
+}
+
 impl IstioTcpLabels {
     fn of(record: &ConnectionRecord) -> IstioTcpLabels {
-        let (source_workload, source_workload_namespace, source_principal) = record.source_peer.istio_labels();
-        let (destination_workload, destination_workload_namespace, destination_principal) = record.destination_peer.istio_labels();
+        let (source, destination) = (record.source_peer.istio_labels(), record.destination_peer.istio_labels());
+        let service = ServiceLabels::of(record.destination_service.as_deref());
         IstioTcpLabels {
             reporter: match record.direction {
                 Direction::Outbound => "source",
                 Direction::Inbound => "destination",
             },
-            source_workload,
-            source_workload_namespace,
-            source_principal,
-            destination_workload,
-            destination_workload_namespace,
-            destination_principal,
-            destination_service: record.destination_service.clone().unwrap_or_else(|| "unknown".to_owned()),
+            source_workload: source.workload,
+            source_workload_namespace: source.namespace,
+            source_principal: source.principal,
+            source_app: source.app,
+            source_version: source.version,
+            source_canonical_service: source.canonical_service,
+            source_canonical_revision: source.canonical_revision,
+            source_cluster: source.cluster,
+            destination_workload: destination.workload,
+            destination_workload_namespace: destination.namespace,
+            destination_principal: destination.principal,
+            destination_app: destination.app,
+            destination_version: destination.version,
+            destination_canonical_service: destination.canonical_service,
+            destination_canonical_revision: destination.canonical_revision,
+            destination_cluster: destination.cluster,
+            destination_service: service.host,
+            destination_service_name: service.name,
+            destination_service_namespace: service.namespace,
             request_protocol: "tcp",
             response_flags: Self::response_flags(record),
             connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },
@@ -504,9 +601,13 @@ impl Telemetry {
     }
 
     /// Prometheus text exposition.
-    pub fn encode_metrics(&self) -> String {
+    /// The traffic metrics and `more` (the daemon's health, read at scrape time) in one OpenMetrics exposition.
+    pub fn encode_metrics(&self, more: &Registry) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        encode_registry(&mut out, &self.registry).expect("writing to a String");
+        encode_registry(&mut out, more).expect("writing to a String");
+        encode_eof(&mut out).expect("writing to a String");
         out
     }
 }
@@ -538,7 +639,7 @@ mod tests {
         assert_eq!(stats.outbound, DirectionStats { opened: 2, closed: 1, active: 1, bytes_sent: 10, bytes_received: 20, errors: 0 });
         assert_eq!(stats.inbound.errors, 1);
         assert_eq!(t.recent_connections().len(), 2);
-        let text = t.encode_metrics();
+        let text = t.encode_metrics(&Registry::default());
         assert!(text.contains("keel_sent_bytes_total{direction=\"outbound\"} 10"), "{text}");
     }
 

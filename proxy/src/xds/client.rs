@@ -3,7 +3,12 @@
 //! are NACKed naming resource and field (the rest of the response still applies). After a broken stream it
 //! reconnects with exponential backoff and jitter, sending `initial_resource_versions` for what it holds; the
 //! last good state keeps serving meanwhile. Ready once the first response of each type arrived.
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
 use keel_proto::{
@@ -78,6 +83,30 @@ pub struct XdsStatus {
     pub versions: HashMap<String, usize>,
     pub last_nack: Option<String>,
     pub last_error: Option<String>,
+    /// Per type URL: how the control plane's responses were answered (the health metrics read it).
+    #[serde(default)]
+    pub responses: BTreeMap<String, TypeResponses>,
+}
+
+/// How keel answered one type's responses on the live stream (saved state read at start is not counted).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TypeResponses {
+    pub acks: u64,
+    pub nacks: u64,
+    pub last_ack: Option<SystemTime>,
+    pub last_nack: Option<SystemTime>,
+}
+
+impl TypeResponses {
+    fn record(&mut self, nack: bool, at: SystemTime) {
+        if nack {
+            self.nacks += 1;
+            self.last_nack = Some(at);
+        } else {
+            self.acks += 1;
+            self.last_ack = Some(at);
+        }
+    }
 }
 
 pub struct XdsClient {
@@ -165,6 +194,9 @@ impl XdsClient {
         let mut seen: Vec<String> = Vec::new();
         while let Some(response) = responses.message().await? {
             let ack = self.apply(response);
+            self.status.send_modify(|s| {
+                s.responses.entry(ack.type_url.clone()).or_default().record(ack.error_detail.is_some(), SystemTime::now());
+            });
             self.save();
             if !seen.contains(&ack.type_url) {
                 seen.push(ack.type_url.clone());

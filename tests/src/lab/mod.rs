@@ -28,6 +28,7 @@ mod pod;
 pub mod port_forward;
 mod prereqs;
 pub mod process;
+pub mod prometheus;
 mod sandbox;
 mod sweep;
 pub mod sys;

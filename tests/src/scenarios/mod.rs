@@ -19,6 +19,7 @@ pub mod l7_authorization;
 pub mod lifecycle;
 pub mod mesh_mtls;
 pub mod node_agent;
+pub mod observability;
 pub mod robustness;
 pub mod same_node_bypass;
 pub mod selftest;

@@ -20,7 +20,7 @@ use k8s_openapi::{
 use super::{
     document::{Document, Note},
     names::*,
-    node_agent::{field_env, http_probe, value_env},
+    node_agent::{field_env, http_probe, scrape_annotations, value_env},
     rbac::{self, Rule},
     values::Params,
 };
@@ -198,7 +198,7 @@ fn deployment(params: &Params) -> Document {
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("readiness".to_owned()),
+                name: Some("http-monitoring".to_owned()),
                 container_port: CONTROL_READINESS_PORT,
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
@@ -237,6 +237,7 @@ fn deployment(params: &Params) -> Document {
                         (DATAPLANE_MODE_LABEL.to_owned(), "none".to_owned()),
                         ("sidecar.istio.io/inject".to_owned(), "false".to_owned()),
                     ])),
+                    annotations: Some(scrape_annotations(CONTROL_READINESS_PORT, &[])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

@@ -18,7 +18,7 @@ use k8s_openapi::{
 use super::{
     document::{Document, Note},
     names::*,
-    node_agent::{control_credential_mounts, control_credential_volumes, field_env, http_probe, labels, value_env},
+    node_agent::{control_credential_mounts, control_credential_volumes, field_env, http_probe, labels, scrape_annotations, value_env},
     rbac,
     values::Params,
 };
@@ -99,6 +99,7 @@ fn deployment(params: &Params) -> Document {
             format!("--xds-token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             format!("--state-dir={GATEWAY_STATE_DIR}"),
             format!("--readiness-addr=0.0.0.0:{GATEWAY_STATUS_PORT}"),
+            format!("--metrics-addr=0.0.0.0:{KEEL_METRICS_PORT}"),
         ]),
         env: Some(vec![
             field_env("NODE_NAME", "spec.nodeName"),
@@ -111,6 +112,7 @@ fn deployment(params: &Params) -> Document {
             container_port("http2", GATEWAY_HTTP_PORT),
             container_port("https", GATEWAY_HTTPS_PORT),
             container_port("status-port", GATEWAY_STATUS_PORT),
+            container_port("http-monitoring", KEEL_METRICS_PORT),
         ]),
         readiness_probe: Some(http_probe(KEEL_READINESS_PATH, GATEWAY_STATUS_PORT)),
         resources: Some(params.values.gateway.resources.clone()),
@@ -143,7 +145,7 @@ fn deployment(params: &Params) -> Document {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(labels(&[("ambient.istio.io/redirection", "disabled")])),
+                    annotations: Some(scrape_annotations(KEEL_METRICS_PORT, &[("ambient.istio.io/redirection", "disabled")])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

@@ -22,6 +22,10 @@ pub const CONTROL_READINESS_PATH: &str = "/ready";
 /// (config dump, stats) stays on 127.0.0.1:15000, out of reach of the cluster.
 pub const KEEL_READINESS_PORT: i32 = 15021;
 pub const KEEL_READINESS_PATH: &str = "/healthz/ready";
+/// keel and keel gateway: Prometheus metrics only (`GET /metrics`), on the pod IP, as Istio's 15020.
+pub const KEEL_METRICS_PORT: i32 = 15020;
+/// Where keel, keel gateway and keel-control (on its monitoring port) serve Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The label (and value) a Gateway's `selector` names to be served by keel's ingress gateway, as Istio's.
 pub const GATEWAY_SELECTOR_LABEL: (&str, &str) = ("istio", "ingressgateway");

@@ -191,6 +191,15 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
+/// The annotations Prometheus' usual Kubernetes pod job keeps and follows (deploy/prometheus/scrape-config.yaml),
+/// as Istio's own pods carry them, with `extra` (which must not name them).
+pub fn scrape_annotations(port: i32, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut annotations = labels(extra);
+    annotations.extend(labels(&[("prometheus.io/scrape", "true"), ("prometheus.io/path", METRICS_PATH)]));
+    annotations.insert("prometheus.io/port".to_owned(), port.to_string());
+    annotations
+}
+
 /// An environment variable from the pod's own fields (Downward API).
 pub fn field_env(name: &str, field: &str) -> EnvVar {
     EnvVar {
@@ -303,6 +312,7 @@ fn keel_container(params: &Params) -> Container {
             format!("--xds-token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             "--cgroup=/sys/fs/cgroup".to_owned(),
             format!("--readiness-addr=0.0.0.0:{KEEL_READINESS_PORT}"),
+            format!("--metrics-addr=0.0.0.0:{KEEL_METRICS_PORT}"),
             format!("--outbound-traffic-policy={}", params.outbound_traffic_policy),
         ]),
         env: Some(vec![
@@ -312,12 +322,20 @@ fn keel_container(params: &Params) -> Container {
             field_env("INSTANCE_IP", "status.podIP"),
             value_env("KEEL_LOG", &params.log_level),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("readiness".to_owned()),
-            container_port: KEEL_READINESS_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("readiness".to_owned()),
+                container_port: KEEL_READINESS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("http-monitoring".to_owned()),
+                container_port: KEEL_METRICS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(http_probe(KEEL_READINESS_PATH, KEEL_READINESS_PORT)),
         resources: Some(params.values.keel.resources.clone()),
         security_context: Some(SecurityContext {
@@ -387,7 +405,7 @@ fn daemon_set(params: &Params) -> Document {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(labels(&[("ambient.istio.io/redirection", "disabled")])),
+                    annotations: Some(scrape_annotations(KEEL_METRICS_PORT, &[("ambient.istio.io/redirection", "disabled")])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

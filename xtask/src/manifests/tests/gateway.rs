@@ -117,7 +117,13 @@ fn the_gateway_runs_keel_gateway_without_root_or_capabilities() {
     assert_eq!((probe.path.as_deref(), &probe.port), (Some("/healthz/ready"), &IntOrString::Int(15021)));
     assert_eq!(gateway.liveness_probe, None);
     let ports: Vec<(Option<&str>, i32)> = gateway.ports.iter().flatten().map(|p| (p.name.as_deref(), p.container_port)).collect();
-    assert_eq!(ports, [(Some("http2"), 80), (Some("https"), 443), (Some("status-port"), 15021)]);
+    assert_eq!(ports, [(Some("http2"), 80), (Some("https"), 443), (Some("status-port"), 15021), (Some("http-monitoring"), 15020)]);
+    // Prometheus finds the metrics port by the annotations the documented scrape config follows.
+    let annotations = template_meta.annotations.as_ref().expect("pod annotations");
+    assert_eq!(
+        [&annotations["prometheus.io/scrape"], &annotations["prometheus.io/port"], &annotations["prometheus.io/path"]],
+        ["true", "15020", "/metrics"]
+    );
 
     let resources = gateway.resources.as_ref().expect("resources");
     assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));

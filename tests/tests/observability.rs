@@ -1,0 +1,7 @@
+//! A real Prometheus scrapes the lab's keels and keel-control; Istio's dashboard and Kiali queries, keel's health
+//! metrics and keel's own dashboards are checked against what the clients sent (keel_tests::scenarios::observability).
+
+#[test]
+fn a_real_prometheus_reads_istio_dashboards_and_keel_health() {
+    keel_tests::scenarios::observability::a_real_prometheus_reads_istio_dashboards_and_keel_health();
+}
