@@ -228,7 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_path = Arc::new(DataPath {
         capture,
         bypass: Default::default(),
-        telemetry: Telemetry::new(),
+        telemetry: Telemetry::new().with_traces(config.tracing.as_ref().map(crate::telemetry::traces::Traces::start).transpose()?),
         workloads: xds.as_ref().map(|x| x.store.clone()).unwrap_or_default(),
         dialer: Dialer {
             hbone: HboneClient::new(),

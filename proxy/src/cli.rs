@@ -232,6 +232,44 @@ pub struct RunArgs {
     /// Prometheus, as Istio's 15020 (the stats and config dump stay on --admin-addr).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+}
+
+/// Trace export (both `keel run` and `keel gateway`).
+#[derive(Args, Debug, Clone)]
+pub struct TracingArgs {
+    /// Export the L7 engine's spans over OTLP to this collector: `http://host:4317` (gRPC) or
+    /// `http://host:4318/v1/traces` (with --tracing-otlp-protocol http-protobuf). Unset: no spans (trace headers are
+    /// still continued).
+    #[arg(long)]
+    pub tracing_otlp_endpoint: Option<String>,
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub tracing_otlp_protocol: crate::telemetry::traces::OtlpProtocol,
+    /// Percentage of new traces sampled (Istio's `meshConfig.defaultConfig.tracing.sampling`, default 1); a request
+    /// that arrives with a sampling decision keeps it.
+    #[arg(long, default_value_t = 1.0)]
+    pub tracing_sampling: f64,
+    /// Finished spans waiting for export, at most (more are dropped while the collector is slow or down).
+    #[arg(long, default_value_t = 2048)]
+    pub tracing_max_queued_spans: usize,
+}
+
+impl TracingArgs {
+    /// The settings, when an endpoint is given; `service` names the exporting process.
+    pub fn settings(&self, service: &str) -> anyhow::Result<Option<crate::telemetry::traces::TraceSettings>> {
+        let Some(endpoint) = self.tracing_otlp_endpoint.clone() else { return Ok(None) };
+        if !(0.0..=100.0).contains(&self.tracing_sampling) {
+            anyhow::bail!("--tracing-sampling {}: a percentage from 0 to 100", self.tracing_sampling);
+        }
+        Ok(Some(crate::telemetry::traces::TraceSettings {
+            endpoint,
+            protocol: self.tracing_otlp_protocol,
+            sampling_percent: self.tracing_sampling,
+            max_queued_spans: self.tracing_max_queued_spans,
+            service_name: service.to_owned(),
+        }))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -384,6 +422,8 @@ pub struct GatewayArgs {
     /// Serve only the Prometheus metrics here too (the pod's address, for Prometheus).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -416,6 +456,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         readiness_addr: args.readiness_addr,
         metrics_addr: args.metrics_addr,
+        tracing: args.tracing.settings(&format!("keel-gateway.{}", args.pod_namespace))?,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.worker_threads.max(1)).thread_name("keel-worker").enable_all().build()?;
@@ -460,6 +501,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             .then(|| crate::config::KubernetesSettings { kubeconfig: args.kubeconfig.clone(), node_name: args.node_name.clone() }),
         readiness_addr: args.readiness_addr,
         metrics_addr: args.metrics_addr,
+        tracing: args.tracing.settings("keel")?,
         fail_open: args.fail_open,
         capture: args.capture,
         cgroup_root,

@@ -66,6 +66,8 @@ pub struct Config {
     pub readiness_addr: Option<SocketAddr>,
     /// Where Prometheus scrapes `/metrics` (and nothing else), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Span export, if any.
+    pub tracing: Option<crate::telemetry::traces::TraceSettings>,
 }
 
 #[derive(Clone, Debug)]

@@ -65,6 +65,8 @@ pub struct GatewaySettings {
     pub readiness_addr: Option<SocketAddr>,
     /// Only the Prometheus metrics, on the pod's address (Istio's 15020).
     pub metrics_addr: Option<SocketAddr>,
+    /// Span export, if any.
+    pub tracing: Option<crate::telemetry::traces::TraceSettings>,
 }
 
 /// What the gateway's admin server shows.
@@ -111,7 +113,7 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
     let data_path = Arc::new(DataPath {
         capture: Capture::none(),
         bypass: Bypass::default(),
-        telemetry: Telemetry::new(),
+        telemetry: Telemetry::new().with_traces(settings.tracing.as_ref().map(crate::telemetry::traces::Traces::start).transpose()?),
         workloads: xds.store.clone(),
         dialer: Dialer {
             hbone: HboneClient::new(),

@@ -5,3 +5,8 @@
 fn a_real_prometheus_reads_istio_dashboards_and_keel_health() {
     keel_tests::scenarios::observability::a_real_prometheus_reads_istio_dashboards_and_keel_health();
 }
+
+#[test]
+fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
+    keel_tests::scenarios::trace_export::spans_reach_an_otlp_receiver_and_an_outage_costs_nothing();
+}

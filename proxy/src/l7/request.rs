@@ -76,8 +76,9 @@ pub async fn handle(request: Request<Incoming>, d: Arc<Downstream>) -> Result<Re
     let (mut parts, body) = request.into_parts();
     let (authority, path_and_query) = authority_and_path(&parts);
     let grpc = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let request_id = trace_headers::prepare(&mut parts.headers);
+    let (request_id, spans) = trace_headers::prepare(&mut parts.headers, d.dp.telemetry.traces());
     let mut record = RequestRecord::new(d.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, d.source.clone());
+    record.spans = spans;
     let snapshot = d.dp.workloads.snapshot();
     let response = respond(&d, &snapshot, parts, body.boxed(), &authority, &path_and_query, &mut record, started).await;
     let response = if grpc { grpc_local_reply(response) } else { response };

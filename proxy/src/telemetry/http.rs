@@ -58,6 +58,8 @@ pub struct RequestRecord {
     pub policy: Option<String>,
     /// `<iss>/<sub>` of the request's verified JWT (destination side).
     pub request_principal: Option<String>,
+    /// The request's spans, when keel exports traces (ended when the request is reported).
+    pub spans: Option<super::traces::RequestSpans>,
 }
 
 impl RequestRecord {
@@ -86,6 +88,7 @@ impl RequestRecord {
             reporter: "source",
             policy: None,
             request_principal: None,
+            spans: None,
         }
     }
 
@@ -245,8 +248,38 @@ impl HttpMetrics {
         })
     }
 
-    /// Counts the finished request and writes its access-log line.
+    /// Ends the request's spans (when traces are exported) with Envoy's attributes.
+    fn end_spans(r: &RequestRecord) {
+        let Some(spans) = &r.spans else { return };
+        // Envoy's operation name in Istio: `<service host>:<port>/*`, from the cluster `outbound|<port>|<subset>|<host>`.
+        let mut cluster = r.cluster.split('|');
+        let name = match (cluster.next(), cluster.next(), cluster.nth(1)) {
+            (Some(_), Some(port), Some(host)) if r.cluster_found => format!("{host}:{port}/*"),
+            _ => format!("{}/*", r.authority),
+        };
+        let url = format!("http://{}{}", r.authority, r.path);
+        let flags = r.flags_label();
+        let own = Peer::of(r.source.as_ref()).istio_labels();
+        spans.end(&super::traces::SpanFacts {
+            name: &name,
+            method: r.method.as_str(),
+            url: &url,
+            protocol: r.protocol,
+            status: r.status,
+            request_id: &r.request_id,
+            upstream_cluster: &r.cluster,
+            response_flags: &flags,
+            downstream: None,
+            upstream: r.upstream,
+            canonical: (&own.canonical_service, &own.canonical_revision, &own.namespace),
+            request_size: r.request_bytes,
+            response_size: r.response_bytes,
+        });
+    }
+
+    /// Counts the finished request, ends its spans and writes its access-log line.
     pub fn record(&self, r: &RequestRecord) {
+        Self::end_spans(r);
         let series = self.series(r);
         series.requests.inc();
         series.duration.observe(r.duration_ms);

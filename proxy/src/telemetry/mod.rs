@@ -25,6 +25,7 @@ use crate::{
 pub mod access_log;
 pub mod http;
 mod series_cache;
+pub mod traces;
 
 use access_log::ConnectionLine;
 use series_cache::SeriesCache;
@@ -443,6 +444,8 @@ pub struct Telemetry {
     outbound: DirectionMetrics,
     inbound: DirectionMetrics,
     recent: Mutex<VecDeque<ConnectionRecord>>,
+    /// Span export, when `--tracing-otlp-endpoint` is set.
+    traces: Option<traces::Traces>,
 }
 
 impl Default for Telemetry {
@@ -501,7 +504,17 @@ impl Telemetry {
             hbone_handshake_failures,
             refused,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CONNECTIONS)),
+            traces: None,
         }
+    }
+
+    /// The same, exporting the L7 engine's spans with `traces`.
+    pub fn with_traces(self, traces: Option<traces::Traces>) -> Telemetry {
+        Telemetry { traces, ..self }
+    }
+
+    pub fn traces(&self) -> Option<&traces::Traces> {
+        self.traces.as_ref()
     }
 
     fn metrics(&self, direction: Direction) -> &DirectionMetrics {

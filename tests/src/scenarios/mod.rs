@@ -23,6 +23,7 @@ pub mod observability;
 pub mod robustness;
 pub mod same_node_bypass;
 pub mod selftest;
+pub mod trace_export;
 pub mod traffic_management;
 
 use crate::lab::{Connection, Keel, Lab, Pod, ServeMode};

@@ -10,6 +10,7 @@ mod dns_serve;
 mod grpc_call;
 mod http_load;
 mod http_serve;
+mod otlp_receive;
 mod send;
 mod serve;
 
@@ -79,6 +80,8 @@ enum Cmd {
     HttpLoad(http_load::LoadArgs),
     /// One streaming h2c gRPC call: send a message, await its reply, repeat; then read the trailers.
     GrpcCall(grpc_call::GrpcArgs),
+    /// Receive OTLP traces (gRPC and HTTP/protobuf) and print every span as a JSON line, until killed.
+    OtlpReceive(otlp_receive::Args),
 }
 
 fn main() {
@@ -91,6 +94,7 @@ fn main() {
         Cmd::DnsServe(a) => dns_serve::run(a),
         Cmd::HttpLoad(a) => http_load::run(a),
         Cmd::GrpcCall(a) => grpc_call::run(a),
+        Cmd::OtlpReceive(a) => otlp_receive::run(a),
     };
     std::process::exit(if ok { 0 } else { 1 });
 }

@@ -1,0 +1,172 @@
+//! Spans exported over OTLP to a real receiver (the OpenTelemetry project's generated service, `podapp
+//! otlp-receive`, in a pod of its own): node 0's keel exports over gRPC, node 1's over HTTP/protobuf. A request that
+//! arrives with a W3C trace context gets keel's SERVER span as a child of the caller's span and keel's CLIENT span
+//! as a child of that, and the application sees keel's CLIENT span as its parent; B3 callers are continued the same
+//! way; attributes carry Envoy's names. With the receiver gone, traffic is unaffected and keel's memory stays flat.
+use super::*;
+use crate::lab::{mesh_config, Backend, ChildGuard};
+use std::collections::BTreeMap;
+
+const VIP: &str = "10.96.0.60";
+const HOST: &str = "web.default.svc.cluster.local";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const B3_TRACE: &str = "a3ce929d0e0e47364bf92f3577b34da6";
+const B3_CALLER_SPAN: &str = "1122334455667788";
+
+fn web_service() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  selector: {{app: web}}\n  ports:\n  - {{name: http-web, port: 80, targetPort: 8080}}\n"
+    )
+}
+
+pub fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
+    with_nodes("otlp", 2, |lab| {
+        let client = lab.node(0).add_pod("sleep")?;
+        let near = lab.node(1).add_pod("near")?;
+        let web = lab.node(1).add_pod("web")?;
+        let collector = lab.node(0).add_pod("collector")?;
+        let config_dir = lab.dir().join("mesh");
+        mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[
+                mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+                mesh_config::pod_object(&near, "near", &[("app", "near")]),
+                mesh_config::pod_object(&web, "web", &[("app", "web"), ("version", "v1")]),
+                web_service(),
+            ],
+        )?;
+        let control = lab.start_control_on(0, &config_dir)?;
+        let mut receiver = collector.spawn(&[client.podapp_path().display().to_string(), "otlp-receive".into()])?;
+        receiver.wait_for_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+        let grpc = format!("http://{}:4317", collector.ip);
+        let http = format!("http://{}:4318/v1/traces", collector.ip);
+        let tracing = |endpoint: &str, protocol: &str| -> Vec<String> {
+            ["--tracing-otlp-endpoint", endpoint, "--tracing-otlp-protocol", protocol, "--tracing-sampling", "100"].map(str::to_owned).to_vec()
+        };
+        let node_args = |node: usize, extra: Vec<String>| -> Vec<String> {
+            let mut args = control.keel_args_for(node);
+            args.extend(extra);
+            args
+        };
+        let args0 = node_args(0, tracing(&grpc, "grpc"));
+        let args1 = node_args(1, tracing(&http, "http-protobuf"));
+        let keels = [
+            lab.start_keel_on(0, Backend::Ebpf, &args0.iter().map(String::as_str).collect::<Vec<_>>())?,
+            lab.start_keel_on(1, Backend::Ebpf, &args1.iter().map(String::as_str).collect::<Vec<_>>())?,
+        ];
+        keels.iter().try_for_each(wait_ready)?;
+        keels[0].enroll(&client)?;
+        keels[1].enroll(&near)?;
+        keels[1].enroll(&web)?;
+        let _web = web.http_serve(8080, "web", &[])?;
+        run(&client, &near, &mut receiver, &keels[0]).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 0) log tail:\n{}", keels[0].log_tail(20)))
+    });
+}
+
+fn request(client: &Pod, headers: &[&str], requests: u32) -> Result<Value> {
+    let connect = format!("{VIP}:80");
+    let count = requests.to_string();
+    let mut args =
+        vec!["--url", "http://web/items", "--connect", &connect, "--requests", &count, "--concurrency", "4", "--record-header", "x-echo-traceparent"];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    let v = client.http_load(&args)?;
+    if v["statuses"]["200"].as_u64() != Some(u64::from(requests)) {
+        bail!("want {requests} × 200 through keel: {v}");
+    }
+    Ok(v)
+}
+
+/// The spans the receiver printed so far.
+fn spans(receiver: &ChildGuard) -> Vec<Value> {
+    receiver.log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter_map(|v| v.get("span").cloned()).collect()
+}
+
+/// Waits (the exporters batch every second) for the spans of `trace`, SERVER (kind 2) and CLIENT (kind 3).
+fn wait_for_trace(receiver: &ChildGuard, trace: &str) -> Result<(Value, Value)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let of_trace: Vec<Value> = spans(receiver).into_iter().filter(|s| s["trace_id"] == trace).collect();
+        let kind = |k: u64| of_trace.iter().find(|s| s["kind"] == k).cloned();
+        if let (Some(server), Some(client)) = (kind(2), kind(3)) {
+            if of_trace.len() != 2 {
+                bail!("one request should make two spans of trace {trace}, got {of_trace:#?}");
+            }
+            return Ok((server, client));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("no SERVER and CLIENT spans of trace {trace} within 15 s; received: {:#?}", spans(receiver));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn run(client: &Pod, near: &Pod, receiver: &mut ChildGuard, keel0: &Keel) -> Result<()> {
+    // W3C: keel continues the caller's trace; over gRPC from node 0.
+    let traceparent = format!("traceparent: 00-{TRACE}-{CALLER_SPAN}-01");
+    let v = request(client, &[&traceparent], 1)?;
+    let (server, span) = wait_for_trace(receiver, TRACE)?;
+    let checks: [(&str, bool); 9] = [
+        ("exported over gRPC", server["via"] == "grpc" && span["via"] == "grpc"),
+        ("SERVER span's parent is the caller's span", server["parent_span_id"] == CALLER_SPAN),
+        ("CLIENT span's parent is the SERVER span", span["parent_span_id"] == server["span_id"]),
+        ("named after the service as Envoy names it", server["name"] == format!("{HOST}:80/*") && span["name"] == server["name"]),
+        ("http.method and http.status_code", attribute(&span, "http.method") == "GET" && attribute(&span, "http.status_code") == 200),
+        ("upstream_cluster", attribute(&span, "upstream_cluster") == format!("outbound|80||{HOST}").as_str()),
+        ("istio.canonical_service of the caller's workload", attribute(&server, "istio.canonical_service") == "sleep"),
+        ("peer.address of the CLIENT span is the endpoint", attribute(&span, "peer.address").as_str().is_some_and(|a| a.ends_with(":8080"))),
+        ("http.url and response_flags", attribute(&span, "http.url") == "http://web/items" && attribute(&span, "response_flags") == "-"),
+    ];
+    for (what, ok) in checks {
+        if !ok {
+            bail!("{what}: SERVER {server:#}\nCLIENT {span:#}");
+        }
+    }
+    // The application sees keel's CLIENT span as its caller.
+    let seen: BTreeMap<String, u64> = serde_json::from_value(v["headers"]["x-echo-traceparent"].clone())?;
+    let want = format!("00-{TRACE}-{}-01", span["span_id"].as_str().unwrap_or_default());
+    if seen.keys().collect::<Vec<_>>() != [&want] {
+        bail!("the application should see traceparent {want}, saw {seen:?}");
+    }
+
+    // B3 (what the Bookinfo guides forward): continued the same way; over HTTP/protobuf from node 1.
+    let b3 = [format!("x-b3-traceid: {B3_TRACE}"), format!("x-b3-spanid: {B3_CALLER_SPAN}"), "x-b3-sampled: 1".to_owned()];
+    request(near, &b3.iter().map(String::as_str).collect::<Vec<_>>(), 1)?;
+    let (server, span) = wait_for_trace(receiver, B3_TRACE)?;
+    if server["via"] != "http" || server["parent_span_id"] != B3_CALLER_SPAN || span["parent_span_id"] != server["span_id"] {
+        bail!("B3 caller over HTTP/protobuf: SERVER {server:#}\nCLIENT {span:#}");
+    }
+    // A caller that said "not sampled" is not exported.
+    let unsampled = "c0ffee00c0ffee00c0ffee00c0ffee00";
+    request(client, &[&format!("traceparent: 00-{unsampled}-{CALLER_SPAN}-00")], 1)?;
+    // Two export intervals: had it been exported, it would have arrived.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The collector goes away: requests are unaffected, and keel's memory stays flat while it drops spans.
+    receiver.kill();
+    let rss = || -> Result<f64> {
+        let (_, metrics) = keel0.admin_get("/metrics")?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse::<f64>().ok())
+            .context("no process_resident_memory_bytes in keel's metrics")
+    };
+    request(client, &[], 500)?;
+    let before = rss()?;
+    request(client, &[], 3000)?;
+    let after = rss()?;
+    if after - before > 16.0 * MIB as f64 {
+        bail!("keel's resident memory grew from {before} to {after} bytes over 3000 requests with the collector down");
+    }
+    if spans(receiver).iter().any(|s| s["trace_id"] == unsampled) {
+        bail!("a request its caller marked not sampled was exported");
+    }
+    Ok(())
+}
