@@ -5,7 +5,7 @@ use std::{borrow::Cow, sync::Arc};
 use super::{
     access_log::{self, AccessLine},
     series_cache::SeriesCache,
-    Peer, ServiceLabels,
+    IstioPeersLabels, Peer,
 };
 use crate::hashing::stable_hash;
 use keel_proto::workload::Workload;
@@ -120,25 +120,8 @@ impl RequestRecord {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IstioHttpLabels {
     reporter: &'static str,
-    source_workload: String,
-    source_workload_namespace: String,
-    source_principal: String,
-    source_app: String,
-    source_version: String,
-    source_canonical_service: String,
-    source_canonical_revision: String,
-    source_cluster: String,
-    destination_workload: String,
-    destination_workload_namespace: String,
-    destination_principal: String,
-    destination_app: String,
-    destination_version: String,
-    destination_canonical_service: String,
-    destination_canonical_revision: String,
-    destination_cluster: String,
-    destination_service: String,
-    destination_service_name: String,
-    destination_service_namespace: String,
+    #[prometheus(flatten)]
+    peers: IstioPeersLabels,
     request_protocol: &'static str,
     response_code: u16,
     grpc_response_status: String,
@@ -148,29 +131,9 @@ struct IstioHttpLabels {
 
 impl IstioHttpLabels {
     fn of(r: &RequestRecord) -> IstioHttpLabels {
-        let (source, destination) = (Peer::of(r.source.as_ref()).istio_labels(), Peer::of(r.destination.as_ref()).istio_labels());
-        let service = ServiceLabels::of(r.service_host());
         IstioHttpLabels {
             reporter: r.reporter,
-            source_workload: source.workload,
-            source_workload_namespace: source.namespace,
-            source_principal: source.principal,
-            source_app: source.app,
-            source_version: source.version,
-            source_canonical_service: source.canonical_service,
-            source_canonical_revision: source.canonical_revision,
-            source_cluster: source.cluster,
-            destination_workload: destination.workload,
-            destination_workload_namespace: destination.namespace,
-            destination_principal: destination.principal,
-            destination_app: destination.app,
-            destination_version: destination.version,
-            destination_canonical_service: destination.canonical_service,
-            destination_canonical_revision: destination.canonical_revision,
-            destination_cluster: destination.cluster,
-            destination_service: service.host,
-            destination_service_name: service.name,
-            destination_service_namespace: service.namespace,
+            peers: IstioPeersLabels::of(&Peer::of(r.source.as_ref()), &Peer::of(r.destination.as_ref()), r.service_host()),
             request_protocol: r.protocol,
             response_code: r.status,
             grpc_response_status: r.grpc_status.clone().unwrap_or_default(),

@@ -282,6 +282,17 @@ impl ConnectionRecord {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IstioTcpLabels {
     reporter: &'static str,
+    #[prometheus(flatten)]
+    peers: IstioPeersLabels,
+    request_protocol: &'static str,
+    response_flags: &'static str,
+    connection_security_policy: &'static str,
+}
+
+/// The labels Istio's request and TCP metrics share: both ends, and the destination service (`_name` and
+/// `_namespace` split from its host as Istio's telemetry splits it; `unknown` without one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct IstioPeersLabels {
     source_workload: String,
     source_workload_namespace: String,
     source_principal: String,
@@ -301,43 +312,21 @@ struct IstioTcpLabels {
     destination_service: String,
     destination_service_name: String,
     destination_service_namespace: String,
-    request_protocol: &'static str,
-    response_flags: &'static str,
-    connection_security_policy: &'static str,
 }
 
-/// `destination_service`, `_name` and `_namespace` from a service host (`<name>.<namespace>.svc...`), as
-/// Istio's telemetry splits it; `unknown` without one.
-pub(crate) struct ServiceLabels {
-    pub host: String,
-    pub name: String,
-    pub namespace: String,
-}
-
-impl ServiceLabels {
-    pub fn of(host: Option<&str>) -> ServiceLabels {
+impl IstioPeersLabels {
+    pub(crate) fn of(source: &Peer, destination: &Peer, service_host: Option<&str>) -> IstioPeersLabels {
+        let (source, destination) = (source.istio_labels(), destination.istio_labels());
         let unknown = || "unknown".to_owned();
-        match host {
-            None => ServiceLabels { host: unknown(), name: unknown(), namespace: unknown() },
+        let (destination_service, destination_service_name, destination_service_namespace) = match service_host {
+            None => (unknown(), unknown(), unknown()),
             Some(host) => {
                 let mut labels = host.split('.');
                 let name = labels.next().unwrap_or(host).to_owned();
-                let namespace = labels.next().map_or_else(unknown, str::to_owned);
-                ServiceLabels { host: host.to_owned(), name, namespace }
+                (host.to_owned(), name, labels.next().map_or_else(unknown, str::to_owned))
             }
-        }
-    }
-}
-
-impl IstioTcpLabels {
-    fn of(record: &ConnectionRecord) -> IstioTcpLabels {
-        let (source, destination) = (record.source_peer.istio_labels(), record.destination_peer.istio_labels());
-        let service = ServiceLabels::of(record.destination_service.as_deref());
-        IstioTcpLabels {
-            reporter: match record.direction {
-                Direction::Outbound => "source",
-                Direction::Inbound => "destination",
-            },
+        };
+        IstioPeersLabels {
             source_workload: source.workload,
             source_workload_namespace: source.namespace,
             source_principal: source.principal,
@@ -354,9 +343,21 @@ impl IstioTcpLabels {
             destination_canonical_service: destination.canonical_service,
             destination_canonical_revision: destination.canonical_revision,
             destination_cluster: destination.cluster,
-            destination_service: service.host,
-            destination_service_name: service.name,
-            destination_service_namespace: service.namespace,
+            destination_service,
+            destination_service_name,
+            destination_service_namespace,
+        }
+    }
+}
+
+impl IstioTcpLabels {
+    fn of(record: &ConnectionRecord) -> IstioTcpLabels {
+        IstioTcpLabels {
+            reporter: match record.direction {
+                Direction::Outbound => "source",
+                Direction::Inbound => "destination",
+            },
+            peers: IstioPeersLabels::of(&record.source_peer, &record.destination_peer, record.destination_service.as_deref()),
             request_protocol: "tcp",
             response_flags: Self::response_flags(record),
             connection_security_policy: if record.mutual_tls { "mutual_tls" } else { "none" },

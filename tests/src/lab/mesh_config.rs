@@ -18,10 +18,19 @@ pub fn pod_object(pod: &Pod, service_account: &str, labels: &[(&str, &str)]) -> 
     )
 }
 
-/// A ClusterIP Service in the lab pods' namespace.
+/// A ClusterIP Service in the lab pods' namespace, one TCP port.
 pub fn service_object(name: &str, vip: &str, selector: &[(&str, &str)], port: u16, target_port: u16) -> String {
+    service_with_port(name, vip, selector, "tcp-echo", port, target_port)
+}
+
+/// The same with one port keel serves as HTTP (named `http-web`).
+pub fn http_service_object(name: &str, vip: &str, selector: &[(&str, &str)], port: u16, target_port: u16) -> String {
+    service_with_port(name, vip, selector, "http-web", port, target_port)
+}
+
+fn service_with_port(name: &str, vip: &str, selector: &[(&str, &str)], port_name: &str, port: u16, target_port: u16) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  selector: {{{}}}\n  ports:\n  - {{name: tcp-echo, port: {port}, targetPort: {target_port}}}\n",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  selector: {{{}}}\n  ports:\n  - {{name: {port_name}, port: {port}, targetPort: {target_port}}}\n",
         selector.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
     )
 }

@@ -32,12 +32,6 @@ const SERVER_DELAY_MS: u32 = 30;
 const TCP_CONNECTIONS: u32 = 20;
 const TCP_BYTES: u64 = 64 * KIB;
 
-fn web_service() -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {HTTP_VIP}\n  selector: {{app: web}}\n  ports:\n  - {{name: http-web, port: 80, targetPort: 8080}}\n"
-    )
-}
-
 pub fn a_real_prometheus_reads_istio_dashboards_and_keel_health() {
     with_nodes("prom", 2, |lab| {
         let client = lab.node(0).add_pod("sleep")?;
@@ -49,7 +43,7 @@ pub fn a_real_prometheus_reads_istio_dashboards_and_keel_health() {
             &[
                 mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
                 mesh_config::pod_object(&web, "web", &[("app", "web"), ("version", "v1")]),
-                web_service(),
+                mesh_config::http_service_object("web", HTTP_VIP, &[("app", "web")], 80, 8080),
                 mesh_config::service_object("echo", TCP_VIP, &[("app", "web")], 9000, 9000),
             ],
         )?;

@@ -14,12 +14,6 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const B3_TRACE: &str = "a3ce929d0e0e47364bf92f3577b34da6";
 const B3_CALLER_SPAN: &str = "1122334455667788";
 
-fn web_service() -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {VIP}\n  selector: {{app: web}}\n  ports:\n  - {{name: http-web, port: 80, targetPort: 8080}}\n"
-    )
-}
-
 pub fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
     with_nodes("otlp", 2, |lab| {
         let client = lab.node(0).add_pod("sleep")?;
@@ -34,7 +28,7 @@ pub fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
                 mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
                 mesh_config::pod_object(&near, "near", &[("app", "near")]),
                 mesh_config::pod_object(&web, "web", &[("app", "web"), ("version", "v1")]),
-                web_service(),
+                mesh_config::http_service_object("web", VIP, &[("app", "web")], 80, 8080),
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
