@@ -18,13 +18,14 @@ pub trait Admin: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
     /// `/stats`, as JSON.
     fn stats_json(&self) -> String;
-    /// Prometheus' text format: the traffic metrics and the daemon's own health.
+    /// OpenMetrics text: the traffic metrics and the daemon's own health.
     fn metrics(&self) -> impl Future<Output = String> + Send;
     fn config_dump(&self) -> impl Future<Output = ConfigDump> + Send;
 }
 
-/// The content type of Prometheus' text exposition format (version 0.0.4).
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of what the metrics are written in: OpenMetrics text (`prometheus_client`'s encoding, `# EOF`
+/// last), so Prometheus reads it with its OpenMetrics parser.
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
@@ -100,7 +101,7 @@ async fn route<A: Admin>(request: &Request<Incoming>, daemon: &A) -> Response<Fu
         }
         "/metrics" | "/stats/prometheus" => {
             let mut response = text(StatusCode::OK, daemon.metrics().await);
-            response.headers_mut().insert("content-type", PROMETHEUS_TEXT.parse().expect("static header"));
+            response.headers_mut().insert("content-type", OPENMETRICS_TEXT.parse().expect("static header"));
             response
         }
         "/config_dump" => text(StatusCode::OK, serde_json::to_string_pretty(&daemon.config_dump().await).expect("config dump serializes")),
