@@ -40,6 +40,8 @@ pub enum Request {
     /// The workload state from the control plane and the xDS connection's state.
     ConfigDump,
     FastPath(bool),
+    /// What keel would do with a connection (or request) from an enrolled pod, and why (`keel explain`).
+    Explain(crate::explain::ExplainQuery),
     /// Release every pod, drain, detach and unpin all capture, forget the persisted pods and config, and exit.
     Uninstall,
 }

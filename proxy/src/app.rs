@@ -125,6 +125,31 @@ impl Daemon {
         ConfigDump::build(&self.data_path.workloads.snapshot(), &captured, certificates, self.xds.as_ref().map(|x| x.status.borrow().clone()))
     }
 
+    /// `keel explain`: the live state, read once, handed to the pure explanation.
+    pub async fn explain(&self, query: &crate::explain::ExplainQuery) -> anyhow::Result<crate::explain::Explanation> {
+        let pods = self.enrollment.specs().await;
+        let certificates = self.data_path.dialer.certificates.as_ref().map(|c| c.snapshot()).unwrap_or_default();
+        let snapshot = self.data_path.workloads.snapshot();
+        let dp = &self.data_path;
+        let on_node = |ip: IpAddr| dp.dialer.node_pods.contains(ip);
+        let inputs = crate::explain::Inputs {
+            plan: crate::plan::Inputs {
+                snapshot: &snapshot,
+                on_node: &on_node,
+                certificates: dp.dialer.certificates.is_some(),
+                mesh: dp.mesh,
+                responder: dp.responder,
+                outbound_policy: dp.outbound_policy,
+                resolved: dp.dns.as_ref(),
+            },
+            pods: &pods,
+            capture: self.config.capture,
+            exclusions: &self.config.exclusions,
+            certificates: &certificates,
+        };
+        Ok(crate::explain::explain(&inputs, query)?)
+    }
+
     /// Enrolled pods, each with the Workload its address belongs to (where its identity comes from).
     pub async fn pods(&self) -> Vec<EnrolledPodView> {
         let snapshot = self.data_path.workloads.snapshot();
@@ -185,6 +210,7 @@ impl Daemon {
             Request::Stats => serde_json::to_value(self.stats())?,
             Request::Connections => serde_json::to_value(self.data_path.telemetry.recent_connections())?,
             Request::ConfigDump => serde_json::to_value(self.config_dump().await)?,
+            Request::Explain(query) => serde_json::to_value(self.explain(&query).await?)?,
             Request::FastPath(on) => {
                 self.data_path.capture.set_fast_path(on)?;
                 if !on {

@@ -9,7 +9,7 @@ use crate::{
     config::{cgroup2_mount, CaptureMode, Config, Exclusions},
     config_dump::ConfigDump,
     pods::{EnrollRequest, PodName},
-    proxy_config::View,
+    proxy_config::{Filters, Output, View},
     xds::{local::LocalSettings, setup::WorkloadSource},
 };
 
@@ -42,16 +42,25 @@ pub enum Command {
     Connections,
     /// Workloads, services and policies from the control plane, and the xDS connection's state.
     ConfigDump,
-    /// Workloads, services, policies, certificates or the workload source's status, as a table.
+    /// What keel holds (workloads, services, policies, certificates, listeners, routes, clusters, endpoints,
+    /// secrets, the workload source's status, or all of it), as tables, JSON or YAML.
     #[command(name = "pc", visible_alias = "proxy-config")]
     ProxyConfig {
         #[arg(value_enum)]
         view: View,
-        /// Read the config dump from this admin address (`keel gateway`'s, e.g. 127.0.0.1:15000) instead of the
-        /// node daemon's API socket.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        filters: Filters,
+        /// Read the config dump from this admin address (a remote keel's or `keel gateway`'s, e.g.
+        /// 127.0.0.1:15000) instead of the node daemon's API socket.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// What keel would do right now with a connection (or an HTTP request) from an enrolled pod, and why: capture,
+    /// the service and endpoints, the path, the route, the policies with the one that decides, the identities.
+    /// Nothing is sent.
+    Explain(ExplainArgs),
     /// Turn the same-node sockmap fast path on or off.
     FastPath {
         #[arg(value_enum)]
@@ -61,6 +70,24 @@ pub enum Command {
     /// detaches and unpins its programs, forgets its persisted pods and config, and exits. (SIGTERM, by contrast,
     /// leaves the pods captured: refused until the next keel starts.)
     Uninstall,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The source pod: `namespace/name` or its IP.
+    #[arg(long)]
+    pub from: String,
+    /// Where it connects: `host:port` (an IP, a service name as the pod would write it, or a ServiceEntry host).
+    #[arg(long)]
+    pub to: String,
+    /// An HTTP request on the connection: `'GET /path'`.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// A request header, `name:value` (repeatable; with --http).
+    #[arg(short = 'H', long = "header", requires = "http")]
+    pub headers: Vec<String>,
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Output,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -324,7 +351,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Stats => client(&cli.api_socket, Request::Stats),
         Command::Connections => client(&cli.api_socket, Request::Connections),
         Command::ConfigDump => client(&cli.api_socket, Request::ConfigDump),
-        Command::ProxyConfig { view, admin } => proxy_config(&cli.api_socket, admin, view),
+        Command::ProxyConfig { view, output, filters, admin } => proxy_config(&cli.api_socket, admin, view, output, &filters),
+        Command::Explain(args) => explain(&cli.api_socket, args),
         Command::FastPath { state } => client(&cli.api_socket, Request::FastPath(matches!(state, OnOff::On))),
         Command::Uninstall => client(&cli.api_socket, Request::Uninstall),
     };
@@ -345,12 +373,35 @@ fn client(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proxy_config(socket: &std::path::Path, admin: Option<std::net::SocketAddr>, view: View) -> anyhow::Result<()> {
+fn proxy_config(socket: &std::path::Path, admin: Option<std::net::SocketAddr>, view: View, output: Output, filters: &Filters) -> anyhow::Result<()> {
     let dump: ConfigDump = match admin {
         Some(addr) => serde_json::from_slice(&admin_get(addr, "/config_dump")?)?,
         None => serde_json::from_value(api::call(socket, &Request::ConfigDump)?)?,
     };
-    print!("{}", crate::proxy_config::render(view, &dump));
+    print!("{}", crate::proxy_config::render(view, output, filters, dump)?);
+    Ok(())
+}
+
+fn explain(socket: &std::path::Path, args: ExplainArgs) -> anyhow::Result<()> {
+    use crate::explain::{ExplainError, ExplainQuery, Explanation, HttpQuery};
+    let http = match &args.http {
+        None => None,
+        Some(line) => {
+            let (method, path) = crate::explain::split_request_line(line)?;
+            let headers = args
+                .headers
+                .iter()
+                .map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())).ok_or_else(|| ExplainError::BadHeader(h.clone())))
+                .collect::<Result<_, _>>()?;
+            Some(HttpQuery { method, path, headers })
+        }
+    };
+    let answer = api::call(socket, &Request::Explain(ExplainQuery { from: args.from, to: args.to, http }))?;
+    match args.output {
+        Output::Table => print!("{}", crate::explain::render::text(&serde_json::from_value::<Explanation>(answer)?)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(&answer)?),
+    }
     Ok(())
 }
 

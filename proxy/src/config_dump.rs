@@ -43,6 +43,9 @@ pub struct WorkloadEntry {
     pub protocol: String,
     pub status: String,
     pub services: Vec<String>,
+    /// The authorization policies that apply to connections to it (`<ns>/<name>`, sorted).
+    #[serde(default)]
+    pub policies: Vec<String>,
     /// Enrolled in capture on this node.
     pub captured: bool,
 }
@@ -75,7 +78,7 @@ pub use crate::identity::manager::CertificateEntry;
 
 impl ConfigDump {
     pub fn build(snapshot: &Snapshot, captured_ips: &BTreeSet<IpAddr>, certificates: Vec<CertificateEntry>, xds: Option<XdsStatus>) -> ConfigDump {
-        let mut workloads: Vec<WorkloadEntry> = snapshot.workloads.values().map(|w| workload(w, captured_ips)).collect();
+        let mut workloads: Vec<WorkloadEntry> = snapshot.workloads.values().map(|w| workload(w, snapshot, captured_ips)).collect();
         workloads.sort_by(|a, b| (&a.namespace, &a.name, &a.uid).cmp(&(&b.namespace, &b.name, &b.uid)));
         let mut services: Vec<ServiceEntry> = snapshot.services.values().map(|s| service(s, snapshot)).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -93,9 +96,11 @@ fn addresses(raw: impl Iterator<Item = impl AsRef<[u8]>>) -> Vec<String> {
     raw.filter_map(|a| ip_of(a.as_ref())).map(|ip| ip.to_string()).collect()
 }
 
-fn workload(w: &Workload, captured_ips: &BTreeSet<IpAddr>) -> WorkloadEntry {
+fn workload(w: &Workload, snapshot: &Snapshot, captured_ips: &BTreeSet<IpAddr>) -> WorkloadEntry {
     let mut services: Vec<String> = w.services.keys().cloned().collect();
     services.sort();
+    let mut policies: Vec<String> = crate::policy::candidates(snapshot, w).map(|(name, _)| name.to_owned()).collect();
+    policies.sort();
     WorkloadEntry {
         uid: w.uid.clone(),
         namespace: w.namespace.clone(),
@@ -106,6 +111,7 @@ fn workload(w: &Workload, captured_ips: &BTreeSet<IpAddr>) -> WorkloadEntry {
         protocol: TunnelProtocol::try_from(w.tunnel_protocol).map_or_else(|_| w.tunnel_protocol.to_string(), |p| p.as_str_name().into()),
         status: WorkloadStatus::try_from(w.status).map_or_else(|_| w.status.to_string(), |s| s.as_str_name().into()),
         services,
+        policies,
         captured: w.addresses.iter().filter_map(|a| ip_of(a)).any(|ip| captured_ips.contains(&ip)),
     }
 }

@@ -23,6 +23,7 @@ pub mod data_path;
 pub mod dial;
 pub mod dns;
 pub mod enrollment;
+pub mod explain;
 pub mod gateway;
 pub mod hashing;
 pub mod hbone;

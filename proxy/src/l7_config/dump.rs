@@ -67,12 +67,60 @@ pub struct ClusterEntry {
     pub http2: bool,
     pub endpoints: usize,
     pub ejected: usize,
-    /// `max_connections/max_pending/max_requests/max_retries`.
-    pub limits: String,
+    pub limits: ClusterLimits,
     pub outlier_detection: bool,
     /// The TLS keel originates to the endpoints ("" for none).
     #[serde(default)]
     pub tls: String,
+}
+
+/// A cluster's circuit-breaker thresholds (Envoy's `circuit_breakers.thresholds[0]`, from DestinationRule
+/// `connectionPool`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    pub max_connections: Threshold,
+    pub max_pending_requests: Threshold,
+    pub max_requests: Threshold,
+    pub max_retries: Threshold,
+}
+
+/// One threshold, written as a person writes it: a number, or `unlimited` for the value Istio sends when a
+/// DestinationRule sets none (`4294967295`, u32's largest), in tables and in JSON/YAML alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold(pub u32);
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            u32::MAX => f.write_str("unlimited"),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for Threshold {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            u32::MAX => serializer.serialize_str("unlimited"),
+            n => serializer.serialize_u32(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(u32),
+            Word(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(n) => Ok(Threshold(n)),
+            Written::Word(w) if w == "unlimited" => Ok(Threshold(u32::MAX)),
+            Written::Word(w) => Err(serde::de::Error::custom(format!("a threshold is a number or `unlimited`, not {w:?}"))),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,7 +132,7 @@ pub struct EndpointEntry {
     pub locality: String,
 }
 
-fn describe_match(route: &Route) -> String {
+pub(crate) fn describe_match(route: &Route) -> String {
     let Some(m) = &route.r#match else { return "-".into() };
     let mut parts = vec![match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => format!("prefix {p}"),
@@ -98,7 +146,7 @@ fn describe_match(route: &Route) -> String {
     parts.join(", ")
 }
 
-fn describe_action(route: &Route) -> String {
+pub(crate) fn describe_action(route: &Route) -> String {
     match &route.action {
         Some(Action::Route(a)) => match &a.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) => c.clone(),
@@ -191,7 +239,12 @@ impl L7Dump {
                     http2: c.config.http2,
                     endpoints: c.balancer.endpoints().len(),
                     ejected: c.ejected(),
-                    limits: format!("{}/{}/{}/{}", l.max_connections, l.max_pending_requests, l.max_requests, l.max_retries),
+                    limits: ClusterLimits {
+                        max_connections: Threshold(l.max_connections),
+                        max_pending_requests: Threshold(l.max_pending_requests),
+                        max_requests: Threshold(l.max_requests),
+                        max_retries: Threshold(l.max_retries),
+                    },
                     outlier_detection: c.config.outlier.is_some(),
                     tls: c.config.upstream_tls.as_ref().map(|t| describe_upstream_tls(&t.summary)).unwrap_or_default(),
                 }

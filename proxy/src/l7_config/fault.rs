@@ -44,6 +44,13 @@ pub fn fraction(p: Option<&FractionalPercent>) -> f64 {
 }
 
 impl Faults {
+    /// `delay 5s for 10% of requests, abort 503 for 50%`.
+    pub fn describe(&self) -> String {
+        let delay = self.delay.map(|(d, fraction)| format!("delay {d:?} for {}% of requests", fraction * 100.0));
+        let abort = self.abort.map(|(status, fraction)| format!("abort {status} for {}% of requests", fraction * 100.0));
+        [delay, abort].into_iter().flatten().collect::<Vec<_>>().join(", ")
+    }
+
     /// Decodes a route's fault filter config; `field` names it in errors.
     pub fn decode(field: &str, any: &prost_types::Any) -> Result<Faults, String> {
         if any.type_url != HTTP_FAULT_TYPE_URL {

@@ -112,6 +112,27 @@ impl Retries {
         Ok(r)
     }
 
+    /// The policy as a person writes it: `2 retries on 5xx,connect-failure, 2s per try`.
+    pub fn describe(&self) -> String {
+        let mut on: Vec<String> = [
+            (self.five_xx, "5xx"),
+            (self.gateway_error, "gateway-error"),
+            (self.connect_failure, "connect-failure"),
+            (self.reset, "reset"),
+            (self.refused_stream, "refused-stream"),
+            (self.retriable_4xx, "retriable-4xx"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name.to_owned())
+        .collect();
+        on.extend(self.status_codes.iter().map(u16::to_string));
+        on.extend(self.grpc_codes.iter().map(|c| format!("grpc-{c}")));
+        let per_try = self.per_try_timeout.map(|t| format!(", {t:?} per try")).unwrap_or_default();
+        let on = if on.is_empty() { "nothing".into() } else { on.join(",") };
+        format!("{} retries on {on}{per_try}", self.num_retries)
+    }
+
     /// Whether an attempt that ended so may be retried (the attempt budget is the caller's).
     pub fn is_retriable(&self, outcome: AttemptOutcome) -> bool {
         match outcome {

@@ -31,19 +31,27 @@ pub enum RouteError {
     NoHealthyEndpoint { service: String, port: u16 },
 }
 
-/// Resolves an original destination against the workload state; a hostname endpoint (a ServiceEntry's with
-/// resolution DNS) counts once per address its name resolves to, as Envoy's STRICT_DNS hosts do.
+/// Resolves an original destination against the workload state: one of [`candidates`], picked at random.
 pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4, resolved: &dyn Resolved) -> Result<Route, RouteError> {
+    let mut candidates = candidates(snapshot, destination, resolved)?;
+    let chosen = rand::rng().random_range(0..candidates.len());
+    Ok(candidates.swap_remove(chosen))
+}
+
+/// Every route a connection to `destination` may take (never empty): a service VIP's healthy endpoints on the
+/// port, a hostname endpoint (a ServiceEntry's with resolution DNS) once per address its name resolves to, as
+/// Envoy's STRICT_DNS hosts; any other address is the one route to itself. `keel explain` lists them all.
+pub fn candidates(snapshot: &Snapshot, destination: SocketAddrV4, resolved: &dyn Resolved) -> Result<Vec<Route>, RouteError> {
     let ip = IpAddr::V4(*destination.ip());
     let Some(service) = snapshot.services_by_vip.get(&ip) else {
-        return Ok(Route { upstream: destination, service: None, workload: snapshot.workloads_by_ip.get(&ip).cloned() });
+        return Ok(vec![Route { upstream: destination, service: None, workload: snapshot.workloads_by_ip.get(&ip).cloned() }]);
     };
     let name = service_name(service);
     let port = destination.port();
     let Some(service_port) = service.ports.iter().find(|p| p.service_port == u32::from(port)) else {
         return Err(RouteError::NoServicePort { service: name, port });
     };
-    let candidates: Vec<(Ipv4Addr, u16, &Arc<Workload>)> = snapshot
+    let candidates: Vec<Route> = snapshot
         .endpoints
         .get(&name)
         .into_iter()
@@ -60,14 +68,15 @@ pub fn resolve(snapshot: &Snapshot, destination: SocketAddrV4, resolved: &dyn Re
                 None => Vec::new(),
             };
             let target = target_port(w, &name, port, service_port.target_port);
-            addresses.into_iter().filter_map(move |address| Some((address, target?, w)))
+            addresses.into_iter().filter_map(move |address: Ipv4Addr| {
+                Some(Route { upstream: SocketAddrV4::new(address, target?), service: Some(service.clone()), workload: Some(w.clone()) })
+            })
         })
         .collect();
     if candidates.is_empty() {
         return Err(RouteError::NoHealthyEndpoint { service: name, port });
     }
-    let (address, target, workload) = candidates[rand::rng().random_range(0..candidates.len())];
-    Ok(Route { upstream: SocketAddrV4::new(address, target), service: Some(service.clone()), workload: Some(workload.clone()) })
+    Ok(candidates)
 }
 
 /// The endpoint's own port mapping wins (it resolves named target ports); then the service's target port; a

@@ -28,6 +28,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+pub use candidates::candidates;
 pub use connection::{ConnectionAttributes, OpenConnection};
 pub use decision::{Decision, DryRun, Reason};
 pub use evaluate::{authorize, authorize_request, denies_every_request, needs_requests};

@@ -1,23 +1,13 @@
-//! `keel pc workloads|services|policies|certs|status|listeners|secrets|routes|clusters|endpoints`: the config dump as
-//! aligned tables, the way `istioctl ztunnel-config` and `istioctl proxy-config` print a proxy's state.
-use crate::config_dump::ConfigDump;
+//! The views as aligned tables, the way `istioctl ztunnel-config` and `istioctl proxy-config` print a proxy's
+//! state.
+use std::time::SystemTime;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum View {
-    Workloads,
-    Services,
-    Policies,
-    Certs,
-    Status,
-    Listeners,
-    Secrets,
-    Routes,
-    Clusters,
-    Endpoints,
-}
+use super::View;
+use crate::config_dump::ConfigDump;
 
 pub fn render(view: View, dump: &ConfigDump) -> String {
     match view {
+        View::All => View::EACH.iter().map(|&v| format!("== {} ==\n{}", v.title(), render(v, dump))).collect::<Vec<_>>().join("\n"),
         View::Workloads => table(
             &["NAMESPACE", "NAME", "ADDRESS", "NODE", "IDENTITY", "PROTOCOL", "STATUS", "CAPTURED"],
             dump.workloads.iter().map(|w| {
@@ -75,7 +65,19 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
             }),
         ),
         View::Clusters => table(
-            &["CLUSTER", "LB", "PROTOCOL", "ENDPOINTS", "EJECTED", "LIMITS (CONN/PENDING/REQ/RETRY)", "OUTLIER DETECTION", "TLS"],
+            &[
+                "CLUSTER",
+                "LB",
+                "PROTOCOL",
+                "ENDPOINTS",
+                "EJECTED",
+                "MAX CONNECTIONS",
+                "MAX PENDING",
+                "MAX REQUESTS",
+                "MAX RETRIES",
+                "OUTLIER DETECTION",
+                "TLS",
+            ],
             dump.l7.clusters.iter().map(|c| {
                 vec![
                     c.name.clone(),
@@ -83,7 +85,10 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
                     if c.http2 { "HTTP/2" } else { "HTTP/1.1" }.into(),
                     c.endpoints.to_string(),
                     c.ejected.to_string(),
-                    c.limits.clone(),
+                    c.limits.max_connections.to_string(),
+                    c.limits.max_pending_requests.to_string(),
+                    c.limits.max_requests.to_string(),
+                    c.limits.max_retries.to_string(),
                     yes(c.outlier_detection),
                     if c.tls.is_empty() { "-".into() } else { c.tls.clone() },
                 ]
@@ -103,13 +108,42 @@ pub fn render(view: View, dump: &ConfigDump) -> String {
                 let mut types: Vec<_> = x.versions.iter().collect();
                 types.sort();
                 for (type_url, count) in types {
-                    rows.push(vec![format!("resources {}", type_url.rsplit('/').next().unwrap_or(type_url)), count.to_string()]);
+                    rows.push(vec![format!("resources {}", short_type(type_url)), count.to_string()]);
+                }
+                let now = SystemTime::now();
+                for (type_url, responses) in &x.responses {
+                    let last = |at: Option<SystemTime>| at.map_or_else(|| "never".into(), |at| ago(now, at));
+                    rows.push(vec![
+                        format!("responses {}", short_type(type_url)),
+                        format!(
+                            "{} ACK (last {}), {} NACK (last {})",
+                            responses.acks,
+                            last(responses.last_ack),
+                            responses.nacks,
+                            last(responses.last_nack)
+                        ),
+                    ]);
                 }
                 rows.push(vec!["last NACK".into(), x.last_nack.clone().unwrap_or_else(|| "-".into())]);
                 rows.push(vec!["last error".into(), x.last_error.clone().unwrap_or_else(|| "-".into())]);
                 table(&["FIELD", "VALUE"], rows.into_iter())
             }
         },
+    }
+}
+
+/// `type.googleapis.com/istio.workload.Address` → `Address`.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
+}
+
+/// How long before `now` `at` was, the way a person says it: `12s ago`, `3m ago`, `2h ago`.
+fn ago(now: SystemTime, at: SystemTime) -> String {
+    let seconds = now.duration_since(at).unwrap_or_default().as_secs();
+    match seconds {
+        0..120 => format!("{seconds}s ago"),
+        120..7200 => format!("{}m ago", seconds / 60),
+        _ => format!("{}h ago", seconds / 3600),
     }
 }
 
@@ -140,7 +174,7 @@ fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_dump::ServiceEntry;
+    use crate::config_dump::{ConfigDump, ServiceEntry};
 
     #[test]
     fn tables_align_columns() {
@@ -159,5 +193,36 @@ mod tests {
         assert_eq!(lines[0], "NAME                              VIPS        PORTS    ENDPOINTS");
         assert_eq!(lines[1], "demo/echo.demo.svc.cluster.local  10.96.0.10  80→8080  1/2");
         assert!(render(View::Status, &dump).starts_with("no workload source"));
+    }
+
+    #[test]
+    fn people_read_thresholds_and_times_as_they_write_them() {
+        use crate::l7_config::dump::{ClusterEntry, ClusterLimits, Threshold};
+        let unset = Threshold(u32::MAX);
+        let mut dump = ConfigDump::default();
+        dump.l7.clusters.push(ClusterEntry {
+            name: "outbound|80||web.demo.svc.cluster.local".into(),
+            lb_policy: "ROUND_ROBIN".into(),
+            http2: false,
+            endpoints: 2,
+            ejected: 0,
+            limits: ClusterLimits { max_connections: Threshold(100), max_pending_requests: unset, max_requests: unset, max_retries: unset },
+            outlier_detection: false,
+            tls: String::new(),
+        });
+        let out = render(View::Clusters, &dump);
+        assert!(out.lines().nth(1).unwrap().contains("100              unlimited    unlimited     unlimited"), "{out}");
+        assert!(!out.contains("4294967295"));
+        let json = serde_json::to_value(&dump.l7.clusters[0].limits).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"max_connections": 100, "max_pending_requests": "unlimited", "max_requests": "unlimited", "max_retries": "unlimited"})
+        );
+        let back: ClusterLimits = serde_json::from_value(json).unwrap();
+        assert_eq!(back.max_requests, unset);
+        let now = SystemTime::now();
+        assert_eq!(ago(now, now - std::time::Duration::from_secs(90)), "90s ago");
+        assert_eq!(ago(now, now - std::time::Duration::from_secs(600)), "10m ago");
+        assert_eq!(short_type("type.googleapis.com/istio.workload.Address"), "Address");
     }
 }
