@@ -77,6 +77,22 @@ impl Web<'_> {
     }
 }
 
+/// `keel explain` on `keel` for a connection from `from` to `to` (and `request`, with `extra` flags): its JSON
+/// answer, after checking the verdict it gives is `outcome` for `reason`, exactly.
+fn explained(keel: &Keel, from: &Pod, to: &str, request: Option<&str>, extra: &[&str], outcome: &str, reason: &str) -> Result<Value> {
+    let from = from.qualified();
+    let mut args = vec!["explain", "--from", from.as_str(), "--to", to, "-o", "json"];
+    if let Some(request) = request {
+        args.extend(["--http", request]);
+    }
+    args.extend_from_slice(extra);
+    let answer: Value = serde_json::from_str(&keel.cli(&args)?)?;
+    if answer["verdict"]["outcome"] != outcome || answer["verdict"]["reason"] != reason {
+        bail!("keel explain {args:?}: want {outcome} ({reason}), got {}", serde_json::to_string_pretty(&answer)?);
+    }
+    Ok(answer)
+}
+
 fn request_refusals(keel: &Keel) -> Result<u64> {
     Ok(keel.stats()?["refused"]["request_policy"].as_u64().unwrap_or(0))
 }
@@ -137,6 +153,31 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
         bail!("keel pc policies does not show the policy's HTTP rule:\n{pc}");
     }
     let refused_before = request_refusals(destination)?;
+    // `keel explain` on the client's node says beforehand what the requests below then do, and why.
+    let source = &w.keels[0];
+    let web_identity = "spiffe://cluster.local/ns/default/sa/web";
+    let answer =
+        explained(source, w.client, "web:80", Some("GET /items"), &[], "allowed", "request GET /items: allowed by ALLOW policy default/web-reads")?;
+    let upstream = &answer["upstreams"][0];
+    if answer["route"]["virtual_host"].is_null()
+        || upstream["path"] != "hbone"
+        || upstream["peer_identity"] != web_identity
+        || upstream["per_request"] != true
+        || upstream["address"] != w.web.addr(8080).to_string()
+    {
+        bail!("keel explain does not show the route, the HBONE path to web and web's identity: {answer}");
+    }
+    explained(source, w.client, "web:80", Some("POST /items"), &[], "denied", "request POST /items: no ALLOW policy matched (1 candidates)")?;
+    explained(source, w.other, "web.default:80", Some("GET /items"), &[], "denied", "request GET /items: no ALLOW policy matched (1 candidates)")?;
+    let text = source.cli(&["explain", "--from", &w.client.qualified(), "--to", "web:80", "--http", "GET /admin"])?;
+    if !text.lines().any(|l| l.starts_with("VERDICT") && l.ends_with("denied: request GET /admin: no ALLOW policy matched (1 candidates)")) {
+        bail!("keel explain's text does not end with the verdict:\n{text}");
+    }
+    // `keel pc`, narrowed to web and as JSON: the policy that applies to it, with its HTTP rule.
+    let policies: Value = serde_json::from_str(&destination.cli(&["pc", "policies", "--workload", "default/web", "-o", "json"])?)?;
+    if policies.as_array().map(Vec::len) != Some(1) || policies[0]["name"] != "default/web-reads" {
+        bail!("keel pc policies --workload default/web -o json: want web-reads alone, got {policies}");
+    }
     w.expect(w.client, "GET /items", 20, 200, &[], "an allowed read")?;
     w.expect(w.client, "GET /items/42?expand=1", 5, 200, &[], "a read below /items")?;
     w.expect(w.client, "POST /items", 10, 403, &[], "a write by the same caller")?;
@@ -175,6 +216,15 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
     // 3. A DENY on a header, next to the ALLOW: the header refuses a request the ALLOW admits.
     w.apply(&[READS, BLOCK_HEADER])?;
     w.expect(w.client, "GET /items", 5, 200, &[], "no x-block header")?;
+    explained(
+        source,
+        w.client,
+        "web:80",
+        Some("GET /items"),
+        &["-H", "x-block: yes"],
+        "denied",
+        "request GET /items: denied by DENY policy default/web-block-header",
+    )?;
     w.expect(w.client, "GET /items", 5, 403, &["--header", "x-block: yes"], "x-block: yes")?;
     if !logged(destination, &line("GET", 403, "denied by DENY policy default/web-block-header")) {
         bail!("the header denial is not logged with the DENY policy that decided it");
@@ -212,6 +262,7 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
 /// 401 on the CONNECT, decided `why`.
 fn refused_on_port_9000(w: &Web, why: &str) -> Result<()> {
     let destination = &w.keels[1];
+    explained(&w.keels[0], w.client, &w.web.addr(9000).to_string(), None, &[], "denied", &format!("connection: {why}"))?;
     let since = Since::now(destination)?;
     let sent = w.client.send(w.web.addr(9000), 1024, ServeMode::Echo, Duration::from_secs(5))?;
     if sent["ok"] == true {
