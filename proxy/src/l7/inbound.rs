@@ -107,6 +107,7 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
     let source = snapshot.workloads_by_ip.get(&inbound.source_ip).cloned();
     let mut record = RequestRecord::new(inbound.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, source);
     record.reporter = "destination";
+    record.version = parts.version;
     record.destination = snapshot.workloads_by_ip.get(&IpAddr::V4(inbound.pod.ip)).cloned();
     record.mutual_tls = inbound.mutual_tls;
     (record.cluster, record.cluster_found) = (inbound.cluster.clone(), true);
@@ -123,6 +124,8 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
         Err(refused) => {
             inbound.dp.telemetry.refused(Refusal::RequestAuthentication);
             record.policy = Some(format!("request authentication failed: {}", refused.message));
+            // Envoy's words for it, spaces as underscores as Envoy writes details.
+            record.details = Some(format!("jwt_authn_access_denied{{{}}}", refused.message.replace(' ', "_")).into());
             debug!(pod = %inbound.pod.name, source = %inbound.source_ip, method = %record.method, path = %path, reason = refused.message, "request refused: JWT");
             let mut response = local_reply(refused.status, refused.message);
             if refused.status == StatusCode::UNAUTHORIZED {
@@ -180,11 +183,24 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
         }
     } else {
         inbound.dp.telemetry.refused(Refusal::RequestPolicy);
+        record.details = Some(rbac_details(&decision).into());
         debug!(pod = %inbound.pod.name, source = %inbound.source_ip, method = %record.method, path = %path, decision = %decision, "request denied");
         local_reply(StatusCode::FORBIDDEN, DENIED_BODY)
     };
     record.status = response.status().as_u16();
     Ok(response.map(|body| ReportingBody::new(body, record, metrics, started)))
+}
+
+/// Envoy's RBAC details: the DENY policy that matched, in Istio's `ns[<ns>]-policy[<name>]` naming, or `none`
+/// when no ALLOW policy matched.
+fn rbac_details(decision: &policy::Decision<'_>) -> String {
+    match decision.reason {
+        policy::Reason::DeniedBy(name) => {
+            let (namespace, policy) = name.split_once('/').unwrap_or(("", name));
+            format!("rbac_access_denied_matched_policy[ns[{namespace}]-policy[{policy}]]")
+        }
+        _ => "rbac_access_denied_matched_policy[none]".into(),
+    }
 }
 
 /// Replaces the path of `uri` by the normalized one, keeping the query.

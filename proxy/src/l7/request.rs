@@ -79,6 +79,7 @@ pub async fn handle(request: Request<Incoming>, d: Arc<Downstream>) -> Result<Re
     let (request_id, spans) = trace_headers::prepare(&mut parts.headers, d.dp.telemetry.traces());
     let mut record = RequestRecord::new(d.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, d.source.clone());
     record.spans = spans;
+    record.version = parts.version;
     let snapshot = d.dp.workloads.snapshot();
     let response = respond(&d, &snapshot, parts, body.boxed(), &authority, &path_and_query, &mut record, started).await;
     let response = if grpc { grpc_local_reply(response) } else { response };

@@ -51,26 +51,39 @@ pub trait LogLine: Serialize {
     fn enabled() -> bool;
 }
 
-/// One request's line. Borrowed: nothing is copied to write it.
+/// One request's line, its fields named as Istio's JSON access log names Envoy's (`%RESPONSE_CODE%` is
+/// `response_code`, `%UPSTREAM_CLUSTER%` is `upstream_cluster`, ...), then what only keel knows (the pod, both
+/// workloads, which side reported, the authorization decision and the request principal). Borrowed: nothing is
+/// copied to write it.
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
-    pub pod: &'a str,
+    /// When the request arrived.
+    pub start_time: Timestamp,
     pub method: &'a str,
     pub authority: &'a str,
     pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`: Envoy's `%PROTOCOL%`.
     pub protocol: &'a str,
-    pub status: u16,
+    pub response_code: u16,
+    /// Envoy's flags (`NR`, `UH`, `UT`, `URX`, ...), comma-separated, `-` for none.
+    pub response_flags: &'a str,
+    /// Why the response is what it is, in Envoy's words: `via_upstream`, `route_not_found`,
+    /// `rbac_access_denied_matched_policy[...]`, `upstream_response_timeout`, ...
+    pub response_code_details: &'a str,
     pub grpc_status: &'a str,
-    pub flags: &'a str,
-    pub route: &'a str,
-    pub cluster: &'a str,
+    pub route_name: &'a str,
+    pub upstream_cluster: &'a str,
     #[serde(serialize_with = "or_dash")]
-    pub upstream: Option<SocketAddr>,
-    pub attempts: u32,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub duration_ms: f64,
+    pub upstream_host: Option<SocketAddr>,
+    /// Attempts made: 1, or more when the route's retry policy retried.
+    pub upstream_request_attempt_count: u32,
+    /// The request body's bytes (Envoy counts from the downstream's side).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Milliseconds, request start to the response's last byte.
+    pub duration: u64,
     pub request_id: &'a str,
+    pub pod: &'a str,
     /// `namespace/name`.
     #[serde(serialize_with = "or_dash")]
     pub src_workload: Option<Workload<'a>>,
@@ -105,25 +118,28 @@ impl LogLine for AccessLine<'_> {
         // What the client chose (authority, path, request id) is quoted and escaped, so it cannot forge fields.
         let _ = write!(
             out,
-            "pod={} method={} authority={:?} path={:?} protocol={} status={} grpc_status={} flags={} route={} cluster={} \
-             upstream={} attempts={} request_bytes={} response_bytes={} duration_ms={:.3} request_id={:?} src_workload={} \
-             dst_workload={} reporter={} policy={:?} request_principal={:?}",
-            self.pod,
+            "start_time={} method={} authority={:?} path={:?} protocol={} response_code={} response_flags={} \
+             response_code_details={:?} grpc_status={} route_name={} upstream_cluster={} upstream_host={} \
+             upstream_request_attempt_count={} bytes_received={} bytes_sent={} duration={} request_id={:?} pod={} \
+             src_workload={} dst_workload={} reporter={} policy={:?} request_principal={:?}",
+            self.start_time,
             self.method,
             self.authority,
             self.path,
             self.protocol,
-            self.status,
+            self.response_code,
+            self.response_flags,
+            self.response_code_details,
             self.grpc_status,
-            self.flags,
-            self.route,
-            self.cluster,
-            OrDash(&self.upstream),
-            self.attempts,
-            self.request_bytes,
-            self.response_bytes,
-            self.duration_ms,
+            self.route_name,
+            self.upstream_cluster,
+            OrDash(&self.upstream_host),
+            self.upstream_request_attempt_count,
+            self.bytes_received,
+            self.bytes_sent,
+            self.duration,
             self.request_id,
+            self.pod,
             OrDash(&self.src_workload),
             OrDash(&self.dst_workload),
             self.reporter,
@@ -138,17 +154,22 @@ impl LogLine for AccessLine<'_> {
     }
 }
 
-/// One closed connection's line (ztunnel's access log has one per connection too).
+/// One closed connection's line (ztunnel's access log has one per connection too), with the names Envoy's TCP
+/// access log gives the same facts (`downstream_remote_address`, `upstream_host`, `response_flags`,
+/// `connection_termination_details`, ...).
 #[derive(Serialize)]
 pub struct ConnectionLine<'a> {
     pub direction: &'a str,
     pub pod: &'a str,
+    /// The client.
     #[serde(serialize_with = "display")]
-    pub src: SocketAddr,
+    pub downstream_remote_address: SocketAddr,
+    /// What the client dialled.
     #[serde(serialize_with = "display")]
-    pub original_dst: SocketAddr,
+    pub downstream_local_address: SocketAddr,
+    /// What keel connected to.
     #[serde(serialize_with = "or_dash")]
-    pub upstream: Option<SocketAddr>,
+    pub upstream_host: Option<SocketAddr>,
     #[serde(serialize_with = "or_dash")]
     pub src_workload: Option<&'a str>,
     #[serde(serialize_with = "or_dash")]
@@ -161,11 +182,16 @@ pub struct ConnectionLine<'a> {
     pub dst_service: Option<&'a str>,
     pub path: &'a str,
     pub mtls: bool,
+    /// The authorization decision (inbound), naming the policy that made it.
     pub policy: &'a str,
+    /// Envoy's flag for how it failed (`UAEX`, `UF`, `NR`, ...), `-` when it did not.
+    pub response_flags: &'a str,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    pub duration_ms: f64,
-    pub error: &'a str,
+    /// Milliseconds.
+    pub duration: u64,
+    /// Why it ended early, empty when it did not.
+    pub connection_termination_details: &'a str,
 }
 
 impl LogLine for ConnectionLine<'_> {
@@ -175,14 +201,14 @@ impl LogLine for ConnectionLine<'_> {
     fn write_fields(&self, out: &mut Vec<u8>) {
         let _ = write!(
             out,
-            "direction={} pod={} src={} original_dst={} upstream={} src_workload={} src_identity={} dst_workload={} \
-             dst_identity={} dst_service={} path={} mtls={} policy={:?} bytes_sent={} bytes_received={} duration_ms={:.3} \
-             error={:?}",
+            "direction={} pod={} downstream_remote_address={} downstream_local_address={} upstream_host={} src_workload={} \
+             src_identity={} dst_workload={} dst_identity={} dst_service={} path={} mtls={} policy={:?} response_flags={} \
+             bytes_sent={} bytes_received={} duration={} connection_termination_details={:?}",
             self.direction,
             self.pod,
-            self.src,
-            self.original_dst,
-            OrDash(&self.upstream),
+            self.downstream_remote_address,
+            self.downstream_local_address,
+            OrDash(&self.upstream_host),
             OrDash(&self.src_workload),
             OrDash(&self.src_identity),
             OrDash(&self.dst_workload),
@@ -191,10 +217,11 @@ impl LogLine for ConnectionLine<'_> {
             self.path,
             self.mtls,
             self.policy,
+            self.response_flags,
             self.bytes_sent,
             self.bytes_received,
-            self.duration_ms,
-            self.error,
+            self.duration,
+            self.connection_termination_details,
         );
     }
 
@@ -268,7 +295,7 @@ fn format<L: LogLine>(buffer: &mut Vec<u8>, line: &L, json: bool, now: Timestamp
 
 /// RFC 3339 in UTC with microseconds (`2026-12-06T23:41:02.123456Z`), as `tracing`'s timestamps read.
 #[derive(Clone, Copy)]
-struct Timestamp(SystemTime);
+pub struct Timestamp(pub SystemTime);
 
 thread_local! {
     /// The last second formatted on this thread (`2026-12-06T23:41:02`): a line in the same second only adds
@@ -312,22 +339,24 @@ mod tests {
 
     fn line() -> AccessLine<'static> {
         AccessLine {
-            pod: "default/sleep",
+            start_time: Timestamp(SystemTime::UNIX_EPOCH + AT),
             method: "GET",
             authority: "catalog",
             path: "/items?\"x\"",
-            protocol: "http",
-            status: 200,
+            protocol: "HTTP/1.1",
+            response_code: 200,
+            response_flags: "-",
+            response_code_details: "via_upstream",
             grpc_status: "-",
-            flags: "-",
-            route: "default",
-            cluster: "outbound|80||catalog.default.svc.cluster.local",
-            upstream: Some("10.0.1.5:8080".parse().unwrap()),
-            attempts: 1,
-            request_bytes: 0,
-            response_bytes: 120,
-            duration_ms: 1.234_56,
+            route_name: "default",
+            upstream_cluster: "outbound|80||catalog.default.svc.cluster.local",
+            upstream_host: Some("10.0.1.5:8080".parse().unwrap()),
+            upstream_request_attempt_count: 1,
+            bytes_received: 0,
+            bytes_sent: 120,
+            duration: 1,
             request_id: "abc",
+            pod: "default/sleep",
             src_workload: Some(Workload { namespace: "default", name: "sleep" }),
             dst_workload: None,
             reporter: "source",
@@ -349,14 +378,18 @@ mod tests {
         assert_eq!(value["message"], "request");
         assert_eq!(value["target"], "keel::access");
         assert_eq!(value["path"], "/items?\"x\"");
-        assert_eq!(value["status"], 200);
-        assert_eq!(value["upstream"], "10.0.1.5:8080");
+        // Istio's JSON access log names (Envoy's command operators, lowercased).
+        assert_eq!(value["start_time"], "2026-12-06T23:41:02.123456Z");
+        assert_eq!((&value["protocol"], &value["response_code"], &value["response_flags"]), (&"HTTP/1.1".into(), &200.into(), &"-".into()));
+        assert_eq!(value["response_code_details"], "via_upstream");
+        assert_eq!(value["upstream_host"], "10.0.1.5:8080");
+        assert_eq!(value["upstream_cluster"], "outbound|80||catalog.default.svc.cluster.local");
+        assert_eq!((&value["route_name"], &value["upstream_request_attempt_count"]), (&"default".into(), &1.into()));
+        assert_eq!((&value["bytes_received"], &value["bytes_sent"], &value["duration"]), (&0.into(), &120.into(), &1.into()));
         assert_eq!(value["src_workload"], "default/sleep");
         assert_eq!(value["dst_workload"], "-");
-        assert_eq!(value["cluster"], "outbound|80||catalog.default.svc.cluster.local");
-        assert!((value["duration_ms"].as_f64().unwrap() - 1.234_56).abs() < 1e-9);
         assert_eq!((&value["reporter"], &value["policy"]), (&"source".into(), &"-".into()));
-        assert_eq!(value.as_object().unwrap().len(), 25, "{value}");
+        assert_eq!(value.as_object().unwrap().len(), 27, "{value}");
     }
 
     #[test]
@@ -366,11 +399,14 @@ mod tests {
         forged.authority = "a status=500";
         format(&mut buffer, &forged, false, Timestamp(SystemTime::UNIX_EPOCH + AT));
         let text = String::from_utf8(buffer).unwrap();
-        assert!(text.starts_with("2026-12-06T23:41:02.123456Z  INFO keel::access: request pod=default/sleep method=GET "), "{text}");
+        assert!(
+            text.starts_with("2026-12-06T23:41:02.123456Z  INFO keel::access: request start_time=2026-12-06T23:41:02.123456Z method=GET "),
+            "{text}"
+        );
         assert!(text.contains(r#"authority="a status=500" path="/items?\"x\"""#), "{text}");
         assert!(
-            text.contains(" status=200 ")
-                && text.contains(" duration_ms=1.235 ")
+            text.contains(" response_code=200 response_flags=- response_code_details=\"via_upstream\" ")
+                && text.contains(" duration=1 ")
                 && text.ends_with("dst_workload=- reporter=source policy=\"-\" request_principal=\"-\"\n"),
             "{text}"
         );
@@ -382,9 +418,9 @@ mod tests {
         let line = ConnectionLine {
             direction: "outbound",
             pod: "default/sleep",
-            src: "10.0.0.5:40000".parse().unwrap(),
-            original_dst: "10.96.0.10:80".parse().unwrap(),
-            upstream: None,
+            downstream_remote_address: "10.0.0.5:40000".parse().unwrap(),
+            downstream_local_address: "10.96.0.10:80".parse().unwrap(),
+            upstream_host: None,
             src_workload: Some("default/sleep"),
             src_identity: Some(&identity),
             dst_workload: None,
@@ -393,24 +429,28 @@ mod tests {
             path: "hbone",
             mtls: true,
             policy: "",
+            response_flags: "-",
             bytes_sent: 10,
             bytes_received: 20,
-            duration_ms: 3.0,
-            error: "",
+            duration: 3,
+            connection_termination_details: "",
         };
         let mut buffer = Vec::new();
         format(&mut buffer, &line, true, Timestamp(SystemTime::UNIX_EPOCH + AT));
         let value: serde_json::Value = serde_json::from_slice(&buffer).unwrap();
         assert_eq!(value["message"], "connection closed");
         assert_eq!(value["target"], "keel::telemetry");
-        assert_eq!(value["src"], "10.0.0.5:40000");
-        assert_eq!(value["upstream"], "-");
+        assert_eq!(value["downstream_remote_address"], "10.0.0.5:40000");
+        assert_eq!(value["upstream_host"], "-");
         assert_eq!(value["src_identity"], "spiffe://cluster.local/ns/default/sa/sleep");
         assert_eq!(value["mtls"], true);
         buffer.clear();
         format(&mut buffer, &line, false, Timestamp(SystemTime::UNIX_EPOCH + AT));
         let text = String::from_utf8(buffer).unwrap();
-        assert!(text.contains("keel::telemetry: connection closed direction=outbound pod=default/sleep src=10.0.0.5:40000 "), "{text}");
+        assert!(
+            text.contains("keel::telemetry: connection closed direction=outbound pod=default/sleep downstream_remote_address=10.0.0.5:40000 "),
+            "{text}"
+        );
         assert!(text.contains(" dst_workload=- dst_identity=- dst_service=catalog.default.svc.cluster.local path=hbone mtls=true "), "{text}");
     }
 

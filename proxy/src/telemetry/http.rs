@@ -30,7 +30,10 @@ pub struct RequestRecord {
     pub method: ::http::Method,
     pub authority: String,
     pub path: String,
+    /// Istio's `request_protocol`: `http` or `grpc`.
     pub protocol: &'static str,
+    /// The HTTP version the client spoke (the access log's `protocol`, as Envoy's `%PROTOCOL%`).
+    pub version: ::http::Version,
     pub request_id: String,
     /// The calling workload, when keel knows it.
     pub source: Option<Arc<Workload>>,
@@ -47,6 +50,9 @@ pub struct RequestRecord {
     pub grpc_status: Option<String>,
     /// Envoy response flags (`UH`, `UO`, `UT`, `URX`, `FI`, `DI`, ...), comma-separated; empty = `-`.
     pub flags: Vec<&'static str>,
+    /// Envoy's `response_code_details`, where the code that answered said more than its flags do (an
+    /// authorization or JWT denial); otherwise derived from the flags when reported ([`Self::details`]).
+    pub details: Option<Cow<'static, str>>,
     pub attempts: u32,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -70,6 +76,7 @@ impl RequestRecord {
             authority: String::new(),
             path: String::new(),
             protocol,
+            version: ::http::Version::HTTP_11,
             request_id,
             source,
             destination: None,
@@ -81,6 +88,7 @@ impl RequestRecord {
             status: 0,
             grpc_status: None,
             flags: Vec::new(),
+            details: None,
             attempts: 0,
             request_bytes: 0,
             response_bytes: 0,
@@ -108,12 +116,50 @@ impl RequestRecord {
         }
     }
 
+    /// Envoy's `response_code_details`: what the code that answered set, or what its flags mean in Envoy's
+    /// words (`route_not_found`, `upstream_response_timeout`, ...), or `via_upstream` for an upstream's own
+    /// answer and `direct_response` for keel's (a route's redirect or direct response).
+    pub fn details(&self) -> &str {
+        if let Some(details) = &self.details {
+            return details;
+        }
+        // The flag that ended the request decides (the last one set: a retry's `URX` after the attempt's).
+        let from_flags = self.flags.iter().rev().find_map(|flag| {
+            Some(match *flag {
+                "NR" => "route_not_found",
+                "NC" => "cluster_not_found",
+                "UH" => "no_healthy_upstream",
+                "UT" => "upstream_response_timeout",
+                "UO" => "upstream_reset_before_response_started{overflow}",
+                "UF" => "upstream_reset_before_response_started{connection_failure}",
+                "UC" => "upstream_reset_before_response_started{connection_termination}",
+                "UR" => "upstream_reset_before_response_started{remote_refused_stream_reset}",
+                "FI" => "fault_filter_abort",
+                "DPE" => "downstream_protocol_error",
+                "UPE" => "upstream_protocol_error",
+                "DC" => "downstream_remote_disconnect",
+                _ => return None,
+            })
+        });
+        from_flags.unwrap_or(if self.upstream.is_some() { "via_upstream" } else { "direct_response" })
+    }
+
     /// The destination service's host, read from the cluster's name as Istio's telemetry does (no lookup).
     pub fn service_host(&self) -> Option<&str> {
         if !self.cluster_found {
             return None;
         }
         self.cluster.rsplit('|').next()
+    }
+}
+
+/// Envoy's `%PROTOCOL%`.
+fn version_name(version: ::http::Version) -> &'static str {
+    match version {
+        ::http::Version::HTTP_10 => "HTTP/1.0",
+        ::http::Version::HTTP_2 => "HTTP/2",
+        ::http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -252,28 +298,51 @@ impl HttpMetrics {
         fn workload(w: Option<&Arc<Workload>>) -> Option<access_log::Workload<'_>> {
             w.map(|w| access_log::Workload { namespace: &w.namespace, name: &w.name })
         }
+        let duration = std::time::Duration::from_secs_f64(r.duration_ms / 1e3);
         access_log::write(&AccessLine {
-            pod: &r.pod,
+            start_time: access_log::Timestamp(std::time::SystemTime::now() - duration),
             method: r.method.as_str(),
             authority: &r.authority,
             path: &r.path,
-            protocol: r.protocol,
-            status: r.status,
+            protocol: version_name(r.version),
+            response_code: r.status,
+            response_flags: &flags,
+            response_code_details: r.details(),
             grpc_status: r.grpc_status.as_deref().unwrap_or("-"),
-            flags: &flags,
-            route: if r.route.is_empty() { "-" } else { &r.route },
-            cluster: &r.cluster,
-            upstream: r.upstream,
-            attempts: r.attempts,
-            request_bytes: r.request_bytes,
-            response_bytes: r.response_bytes,
-            duration_ms: r.duration_ms,
+            route_name: if r.route.is_empty() { "-" } else { &r.route },
+            upstream_cluster: if r.cluster.is_empty() { "-" } else { &r.cluster },
+            upstream_host: r.upstream,
+            upstream_request_attempt_count: r.attempts,
+            bytes_received: r.request_bytes,
+            bytes_sent: r.response_bytes,
+            duration: duration.as_millis() as u64,
             request_id: &r.request_id,
+            pod: &r.pod,
             src_workload: workload(r.source.as_ref()),
             dst_workload: workload(r.destination.as_ref()),
             reporter: r.reporter,
             policy: r.policy.as_deref().unwrap_or("-"),
             request_principal: r.request_principal.as_deref().unwrap_or("-"),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_code_details_say_why_in_envoys_words() {
+        let mut r = RequestRecord::new("default/sleep".into(), ::http::Method::GET, "http", String::new(), None);
+        assert_eq!(r.details(), "direct_response", "answered by keel without an upstream");
+        r.upstream = Some("10.0.1.5:8080".parse().unwrap());
+        assert_eq!(r.details(), "via_upstream");
+        r.flag("UF");
+        assert_eq!(r.details(), "upstream_reset_before_response_started{connection_failure}");
+        r.flag("UT");
+        assert_eq!(r.details(), "upstream_response_timeout", "the flag that ended the request decides");
+        r.details = Some("rbac_access_denied_matched_policy[none]".into());
+        assert_eq!(r.details(), "rbac_access_denied_matched_policy[none]");
+        assert_eq!(version_name(::http::Version::HTTP_2), "HTTP/2");
     }
 }

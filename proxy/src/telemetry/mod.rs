@@ -575,9 +575,9 @@ impl Telemetry {
                 Direction::Inbound => "inbound",
             },
             pod: &record.pod,
-            src: record.source,
-            original_dst: record.original_destination,
-            upstream: record.upstream,
+            downstream_remote_address: record.source,
+            downstream_local_address: record.original_destination,
+            upstream_host: record.upstream,
             src_workload: record.source_peer.workload.as_deref(),
             src_identity: record.source_peer.identity.as_ref(),
             dst_workload: record.destination_peer.workload.as_deref(),
@@ -586,10 +586,11 @@ impl Telemetry {
             path: record.path.map_or("-", Path::as_str),
             mtls: record.mutual_tls,
             policy: record.policy.as_deref().unwrap_or("-"),
+            response_flags: record.response_flags.unwrap_or("-"),
             bytes_sent: record.bytes_sent,
             bytes_received: record.bytes_received,
-            duration_ms: elapsed.as_secs_f64() * 1e3,
-            error: record.error.as_deref().unwrap_or(""),
+            duration: elapsed.as_millis() as u64,
+            connection_termination_details: record.error.as_deref().unwrap_or(""),
         });
         let mut recent = self.recent.lock().expect("recent connections poisoned");
         if recent.len() == RECENT_CONNECTIONS {

@@ -201,10 +201,13 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
         bail!("the destination's istio_requests_total does not count the decisions:\n{}", grep(&metrics, "istio_requests_total"));
     }
     let line = |method: &str, status: u16, policy: &str| {
-        [("reporter", json!("destination")), ("method", json!(method)), ("status", json!(status)), ("policy", json!(policy))]
+        [("reporter", json!("destination")), ("method", json!(method)), ("response_code", json!(status)), ("policy", json!(policy))]
     };
-    if !logged(destination, &line("POST", 403, "no ALLOW policy matched (1 candidates)")) {
-        bail!("no destination access-log line records the denied POST and its decision");
+    let denied_post = line("POST", 403, "no ALLOW policy matched (1 candidates)");
+    let mut with_details = denied_post.to_vec();
+    with_details.push(("response_code_details", json!("rbac_access_denied_matched_policy[none]")));
+    if !logged(destination, &with_details) {
+        bail!("no destination access-log line records the denied POST, its decision and Envoy's details for it");
     }
     if !logged(destination, &line("GET", 200, "allowed by ALLOW policy default/web-reads")) {
         bail!("no destination access-log line records the allowed GET and the policy that allowed it");
@@ -226,7 +229,9 @@ fn run(w: &Web, lab: &Lab, control: &ControlPlane, probe_pod: &Pod) -> Result<()
         "request GET /items: denied by DENY policy default/web-block-header",
     )?;
     w.expect(w.client, "GET /items", 5, 403, &["--header", "x-block: yes"], "x-block: yes")?;
-    if !logged(destination, &line("GET", 403, "denied by DENY policy default/web-block-header")) {
+    let mut header_denied = line("GET", 403, "denied by DENY policy default/web-block-header").to_vec();
+    header_denied.push(("response_code_details", json!("rbac_access_denied_matched_policy[ns[default]-policy[web-block-header]]")));
+    if !logged(destination, &header_denied) {
         bail!("the header denial is not logged with the DENY policy that decided it");
     }
     // Where no HTTP is parsed, that DENY keeps its L4 part, which has no condition left: it refuses everything
@@ -448,7 +453,7 @@ fn run_jwt(w: &Web, s: &Signers, served: &std::path::Path, jwks_uri: &str) -> Re
     w.expect(w.client, "GET /items", 3, 403, &["--header", &bearer(&s.rsa.token("alice", json!({"groups": ["ops"]}))?)], "alice outside dev")?;
     w.expect(w.client, "GET /items", 3, 403, &[], "no token")?;
     let principal = format!("{ISSUER}/alice");
-    if !logged(destination, &[("reporter", json!("destination")), ("status", json!(200)), ("request_principal", json!(principal))]) {
+    if !logged(destination, &[("reporter", json!("destination")), ("response_code", json!(200)), ("request_principal", json!(principal))]) {
         bail!("no destination access-log line names the request principal {principal}");
     }
 
