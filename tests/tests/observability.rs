@@ -10,3 +10,8 @@ fn a_real_prometheus_reads_istio_dashboards_and_keel_health() {
 fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
     keel_tests::scenarios::trace_export::spans_reach_an_otlp_receiver_and_an_outage_costs_nothing();
 }
+
+#[test]
+fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
+    keel_tests::scenarios::trace_export::a_request_through_two_apps_is_one_trace_across_four_keel_hops();
+}

@@ -102,12 +102,19 @@ async fn handle(mut request: Request<Incoming>, inbound: Arc<Inbound>) -> Result
     let (authority, path_and_query) = authority_and_path(&parts);
     let path = policy::normalize_path(&path_and_query).into_owned();
     let snapshot = inbound.dp.workloads.snapshot();
-    let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    // With span export on, the destination side is a hop of the trace too (as Envoy's inbound listener is): a
+    // SERVER span under the caller's CLIENT span and a CLIENT span towards the application, which sees the
+    // latter as its parent. Without it the headers pass untouched (the source side already set them).
+    let (request_id, spans) = match inbound.dp.telemetry.traces() {
+        Some(traces) => super::trace_headers::prepare(&mut parts.headers, Some(traces)),
+        None => (parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned(), None),
+    };
     let grpc = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let source = snapshot.workloads_by_ip.get(&inbound.source_ip).cloned();
     let mut record = RequestRecord::new(inbound.pod_name.clone(), parts.method.clone(), if grpc { "grpc" } else { "http" }, request_id, source);
     record.reporter = "destination";
     record.version = parts.version;
+    record.spans = spans;
     record.destination = snapshot.workloads_by_ip.get(&IpAddr::V4(inbound.pod.ip)).cloned();
     record.mutual_tls = inbound.mutual_tls;
     (record.cluster, record.cluster_found) = (inbound.cluster.clone(), true);

@@ -268,7 +268,8 @@ impl HttpMetrics {
         };
         let url = format!("http://{}{}", r.authority, r.path);
         let flags = r.flags_label();
-        let own = Peer::of(r.source.as_ref()).istio_labels();
+        // The reporting side's workload: the caller at the source, the application at the destination.
+        let own = Peer::of(if r.reporter == "destination" { r.destination.as_ref() } else { r.source.as_ref() }).istio_labels();
         spans.end(&super::traces::SpanFacts {
             name: &name,
             method: r.method.as_str(),

@@ -164,3 +164,118 @@ fn run(client: &Pod, near: &Pod, receiver: &mut ChildGuard, keel0: &Keel) -> Res
     }
     Ok(())
 }
+
+// ---- One trace across four keel hops and two apps ---------------------------------------------------------------
+
+const FRONT_VIP: &str = "10.96.0.61";
+const BACK_VIP: &str = "10.96.0.62";
+/// Every GET allowed, namespace-wide: a policy with HTTP rules, so the destination keels serve front's and back's
+/// ports as HTTP and are hops of the trace too.
+const GETS_ONLY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gets-only, namespace: default}\nspec:\n  rules:\n  - to: [{operation: {methods: [GET]}}]\n";
+const CHAIN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// sleep (node 0) → front (node 1), which calls back (node 0) forwarding the trace headers as the Bookinfo apps
+/// do: keel 0 (source), keel 1 (front's destination side), keel 1 (front's own call, source), keel 0 (back's
+/// destination side) each make a SERVER and a CLIENT span, and the eight form one chain under the caller's span,
+/// each reported by the workload whose side it is.
+pub fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
+    with_nodes("otlp-chain", 2, |lab| {
+        let client = lab.node(0).add_pod("sleep")?;
+        let front = lab.node(1).add_pod("front")?;
+        let back = lab.node(0).add_pod("back")?;
+        let collector = lab.node(0).add_pod("collector")?;
+        let config_dir = lab.dir().join("mesh");
+        mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[
+                mesh_config::pod_object(&client, "sleep", &[("app", "sleep")]),
+                mesh_config::pod_object(&front, "front", &[("app", "front")]),
+                mesh_config::pod_object(&back, "back", &[("app", "back")]),
+                mesh_config::http_service_object("front", FRONT_VIP, &[("app", "front")], 80, 8080),
+                mesh_config::http_service_object("back", BACK_VIP, &[("app", "back")], 80, 8080),
+                GETS_ONLY.to_owned(),
+            ],
+        )?;
+        let control = lab.start_control_on(0, &config_dir)?;
+        let mut receiver = collector.spawn(&[client.podapp_path().display().to_string(), "otlp-receive".into()])?;
+        receiver.wait_for_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+        let grpc = format!("http://{}:4317", collector.ip);
+        let args = |node: usize| -> Vec<String> {
+            let mut args = control.keel_args_for(node);
+            args.extend(["--tracing-otlp-endpoint", &grpc, "--tracing-sampling", "100"].map(str::to_owned));
+            args
+        };
+        let (args0, args1) = (args(0), args(1));
+        let keels = [
+            lab.start_keel_on(0, Backend::Ebpf, &args0.iter().map(String::as_str).collect::<Vec<_>>())?,
+            lab.start_keel_on(1, Backend::Ebpf, &args1.iter().map(String::as_str).collect::<Vec<_>>())?,
+        ];
+        keels.iter().try_for_each(wait_ready)?;
+        keels[0].enroll(&client)?;
+        keels[0].enroll(&back)?;
+        keels[1].enroll(&front)?;
+        let back_connect = format!("{BACK_VIP}:80");
+        let _back = back.http_serve(8080, "back", &[])?;
+        let _front = front.http_serve(8080, "front", &["--forward-to", "http://back/items", "--forward-connect", &back_connect])?;
+        chain(&client, &receiver).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 1) log tail:\n{}", keels[1].log_tail(20)))
+    });
+}
+
+fn chain(client: &Pod, receiver: &ChildGuard) -> Result<()> {
+    let connect = format!("{FRONT_VIP}:80");
+    let traceparent = format!("traceparent: 00-{CHAIN_TRACE}-{CALLER_SPAN}-01");
+    let v = client.http_load(&[
+        "--url",
+        "http://front/items",
+        "--connect",
+        &connect,
+        "--requests",
+        "1",
+        "--header",
+        &traceparent,
+        "--record-header",
+        "x-forwarded-status",
+    ])?;
+    if v["statuses"]["200"] != 1 || v["headers"]["x-forwarded-status"]["200"] != 1 {
+        bail!("sleep → front → back: want 200 from front after back answered it 200, got {v}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let of_trace: Vec<Value> = spans(receiver).into_iter().filter(|s| s["trace_id"] == CHAIN_TRACE).collect();
+        if of_trace.len() >= 8 || std::time::Instant::now() > deadline {
+            break of_trace;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if spans.len() != 8 {
+        bail!("want 8 spans of trace {CHAIN_TRACE} (a SERVER and a CLIENT per keel hop), got {}: {spans:#?}", spans.len());
+    }
+    // Walk the chain from the caller's span: each span has exactly one child, kinds alternate SERVER, CLIENT.
+    let mut parent = CALLER_SPAN.to_owned();
+    let mut walked = Vec::new();
+    for hop in 0..8 {
+        let children: Vec<&Value> = spans.iter().filter(|s| s["parent_span_id"] == parent.as_str()).collect();
+        let want_kind = if hop % 2 == 0 { 2 } else { 3 };
+        match children.as_slice() {
+            [child] if child["kind"] == want_kind => {
+                walked.push((child["name"].as_str().unwrap_or_default().to_owned(), attribute(child, "istio.canonical_service").clone()));
+                parent = child["span_id"].as_str().unwrap_or_default().to_owned();
+            }
+            _ => bail!(
+                "hop {hop}: want one {} span under {parent}, got {children:#?}\nall: {spans:#?}",
+                if want_kind == 2 { "SERVER" } else { "CLIENT" }
+            ),
+        }
+    }
+    // Who reported each hop: the caller's side, front's destination side, front's own call, back's destination side.
+    let reporters: Vec<&str> = walked.iter().step_by(2).map(|(_, service)| service.as_str().unwrap_or_default()).collect();
+    if reporters != ["sleep", "front", "front", "back"] {
+        bail!("the hops should be reported by sleep, front, front, back; got {walked:?}");
+    }
+    let names: Vec<&str> = walked.iter().step_by(2).map(|(name, _)| name.as_str()).collect();
+    if names[0] != "front.default.svc.cluster.local:80/*" || names[2] != "back.default.svc.cluster.local:80/*" {
+        bail!("the source hops should be named after the service and port they call: {walked:?}");
+    }
+    Ok(())
+}

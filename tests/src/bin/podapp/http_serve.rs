@@ -41,7 +41,17 @@ pub struct ServeArgs {
     /// Sleep before answering each ordinary request.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Call this URL (HTTP/1.1) for each ordinary request before answering, forwarding the request's id and trace
+    /// headers as the Bookinfo apps do; its status is answered as `x-forwarded-status`.
+    #[arg(long, requires = "forward_connect")]
+    forward_to: Option<http::Uri>,
+    /// The address to connect to for --forward-to (the service VIP the app's DNS would give).
+    #[arg(long)]
+    forward_connect: Option<SocketAddr>,
 }
+
+/// The headers an app forwards so that its calls join the trace (Istio's list for Bookinfo).
+const PROPAGATED: [&str; 7] = ["x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"];
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -54,6 +64,7 @@ struct State {
     /// Every request except the control paths.
     requests: AtomicU64,
     rng: AtomicU64,
+    forward: Option<(http::Uri, SocketAddr)>,
 }
 
 pub fn run(a: ServeArgs) -> bool {
@@ -78,6 +89,7 @@ pub fn run(a: ServeArgs) -> bool {
         delay_ms: AtomicU64::new(a.delay_ms),
         requests: AtomicU64::new(0),
         rng: AtomicU64::new(seed),
+        forward: a.forward_to.zip(a.forward_connect),
     });
     let Some(rt) = crate::runtime() else {
         return false;
@@ -177,6 +189,15 @@ async fn ordinary(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
         Value::Object(headers),
     );
     let mut r = response(state, status, "application/json", Full::new(Bytes::from(body)).boxed());
+    if let Some((uri, connect)) = &state.forward {
+        let forwarded = match forward(uri, *connect, &parts.headers).await {
+            Ok(status) => status.as_u16().to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            r.headers_mut().insert("x-forwarded-status", v);
+        }
+    }
     // The request's id and trace context, echoed as `x-echo-<name>` so `http-load --record-header` can see
     // what a proxy on the way set.
     for name in ["x-request-id", "traceparent", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-my-header", "authorization", "x-jwt-sub"] {
@@ -187,6 +208,32 @@ async fn ordinary(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Re
         }
     }
     r
+}
+
+/// One HTTP/1.1 GET of `uri` through `connect`, carrying the trace headers of `incoming`; its status.
+async fn forward(uri: &http::Uri, connect: SocketAddr, incoming: &HeaderMap) -> Result<StatusCode, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(connect))
+        .await
+        .map_err(|_| format!("connecting to {connect}: timed out"))?
+        .map_err(|e| format!("connecting to {connect}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut request = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(HOST, uri.authority().map_or("", |a| a.as_str()))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    for name in PROPAGATED {
+        if let Some(value) = incoming.get(name) {
+            request.headers_mut().insert(name, value.clone());
+        }
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    Ok(status)
 }
 
 /// `/__set?fail_percent=N&delay_ms=M&fail_status=S`: every parameter optional; answers the settings now in force.
