@@ -71,6 +71,8 @@ pub struct EnrolledPodView {
     pub spec: PodSpec,
     pub workload: Option<String>,
     pub identity: Option<String>,
+    /// Its connection budgets: held, limit, refused (throttled).
+    pub budgets: Vec<crate::health_metrics::PodThrottling>,
 }
 
 #[derive(Serialize)]
@@ -153,13 +155,20 @@ impl Daemon {
     /// Enrolled pods, each with the Workload its address belongs to (where its identity comes from).
     pub async fn pods(&self) -> Vec<EnrolledPodView> {
         let snapshot = self.data_path.workloads.snapshot();
+        let budgets = self.enrollment.throttling().await;
         self.enrollment
             .specs()
             .await
             .into_iter()
             .map(|spec| {
                 let workload = spec.ips.iter().find_map(|ip| snapshot.workloads_by_ip.get(ip));
-                EnrolledPodView { workload: workload.map(|w| w.uid.clone()), identity: workload.map(|w| Identity::of_workload(w).to_string()), spec }
+                let name = spec.pod_name().to_string();
+                EnrolledPodView {
+                    workload: workload.map(|w| w.uid.clone()),
+                    identity: workload.map(|w| Identity::of_workload(w).to_string()),
+                    budgets: budgets.iter().filter(|b| b.pod == name).cloned().collect(),
+                    spec,
+                }
             })
             .collect()
     }
@@ -189,6 +198,7 @@ impl Daemon {
             hbone_pool: self.data_path.dialer.hbone.stats(),
             hbone_server: Some((self.data_path.hbone_node_slots.in_use(), self.data_path.hbone_node_slots.limit())),
             process: crate::health_metrics::process_stats(),
+            pods: self.enrollment.throttling().await,
         };
         self.data_path.telemetry.encode_metrics(&health.registry())
     }

@@ -224,6 +224,24 @@ impl Enrollment {
         result
     }
 
+    /// Each enrolled pod's connection slots (captured connections, HBONE connections): in use, limit, refused.
+    pub async fn throttling(&self) -> Vec<crate::health_metrics::PodThrottling> {
+        use crate::health_metrics::PodThrottling;
+        let pods = self.pods.lock().await;
+        pods.values()
+            .flat_map(|p| {
+                let c = &p.context;
+                [("connections", &c.connection_slots), ("hbone", &c.hbone_slots)].map(|(kind, slots)| PodThrottling {
+                    pod: c.name.clone(),
+                    kind,
+                    in_use: slots.in_use(),
+                    limit: slots.limit(),
+                    refused: slots.refused(),
+                })
+            })
+            .collect()
+    }
+
     pub async fn specs(&self) -> Vec<PodSpec> {
         self.pods.lock().await.values().map(|p| p.spec.clone()).collect()
     }

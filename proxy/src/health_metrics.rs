@@ -38,6 +38,20 @@ pub struct Health {
     /// Inbound HBONE connections open, and the node's limit (`--max-hbone-connections`).
     pub hbone_server: Option<(usize, usize)>,
     pub process: Option<ProcessStats>,
+    /// Each enrolled pod's connection budgets (the node daemon's; none for a gateway).
+    pub pods: Vec<PodThrottling>,
+}
+
+/// One pod's use of one of its connection budgets: how many it holds, its limit, and how many were refused.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PodThrottling {
+    /// `namespace/name`.
+    pub pod: String,
+    /// `connections` (captured: outbound and plaintext inbound) or `hbone` (accepted on the pod's 15008).
+    pub kind: &'static str,
+    pub in_use: usize,
+    pub limit: usize,
+    pub refused: u64,
 }
 
 fn gauge_f64(value: f64) -> Gauge<f64, std::sync::atomic::AtomicU64> {
@@ -82,6 +96,7 @@ impl Health {
             "Outbound HBONE connections dialled (each pooled for many streams)",
             counter(self.hbone_pool.connections_dialled as u64),
         );
+        self.register_pods(registry);
         if let Some((open, limit)) = self.hbone_server {
             registry.register("hbone_server_connections", "Inbound HBONE connections open on this node", gauge_i64(open));
             registry.register("hbone_server_connection_limit", "The node's limit of inbound HBONE connections", gauge_i64(limit));
@@ -98,6 +113,22 @@ impl Health {
         let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         cpu.inc_by(p.cpu_seconds);
         root.register("process_cpu_seconds", "User and system CPU time", cpu);
+    }
+
+    fn register_pods(&self, registry: &mut Registry) {
+        if self.pods.is_empty() {
+            return;
+        }
+        let (open, limits, refused) = (Family::<Labels, Gauge>::default(), Family::<Labels, Gauge>::default(), Family::<Labels, Counter>::default());
+        for p in &self.pods {
+            let labels = vec![("pod", p.pod.clone()), ("kind", p.kind.to_owned())];
+            open.get_or_create(&labels).set(i64::try_from(p.in_use).unwrap_or(i64::MAX));
+            limits.get_or_create(&labels).set(i64::try_from(p.limit).unwrap_or(i64::MAX));
+            refused.get_or_create(&labels).inc_by(p.refused);
+        }
+        registry.register("pod_connections", "Connections a pod holds, by budget (captured, HBONE)", open);
+        registry.register("pod_connection_limit", "A pod's connection limit, by budget", limits);
+        registry.register("pod_connections_refused", "Connections refused because the pod was at its limit (throttled)", refused);
     }
 
     fn register_xds(&self, registry: &mut Registry) {
@@ -208,9 +239,17 @@ mod tests {
             pods_enrolled: Some(4),
             hbone_pool: HbonePoolStats { open_connections: 2, connections_dialled: 5 },
             hbone_server: Some((1, 1000)),
+            pods: vec![PodThrottling { pod: "default/sleep".into(), kind: "connections", in_use: 3, limit: 1024, refused: 9 }],
             ..Default::default()
         };
         let text = encode(&health);
+        for line in [
+            r#"keel_pod_connections{pod="default/sleep",kind="connections"} 3"#,
+            r#"keel_pod_connection_limit{pod="default/sleep",kind="connections"} 1024"#,
+            r#"keel_pod_connections_refused_total{pod="default/sleep",kind="connections"} 9"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
         for line in [
             "keel_xds_connected 1",
             "keel_xds_resources{type_url=\"type.googleapis.com/istio.workload.Address\"} 7",

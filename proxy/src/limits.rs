@@ -5,7 +5,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -81,6 +84,8 @@ impl Default for Limits {
 pub struct Slots {
     semaphore: Arc<Semaphore>,
     limit: usize,
+    /// Connections refused for lack of a slot so far (the per-pod throttling keel reports).
+    refused: AtomicU64,
     /// What a refusal for lack of a slot is counted and logged as.
     pub refusal: Refusal,
 }
@@ -90,12 +95,21 @@ pub type Slot = OwnedSemaphorePermit;
 
 impl Slots {
     pub fn new(limit: usize, refusal: Refusal) -> Arc<Slots> {
-        Arc::new(Slots { semaphore: Arc::new(Semaphore::new(limit)), limit, refusal })
+        Arc::new(Slots { semaphore: Arc::new(Semaphore::new(limit)), limit, refused: AtomicU64::new(0), refusal })
     }
 
-    /// A slot if one is free; never waits (a connection beyond the limit is refused, not queued).
+    /// A slot if one is free; never waits (a connection beyond the limit is refused, not queued, and counted).
     pub fn try_take(&self) -> Option<Slot> {
-        self.semaphore.clone().try_acquire_owned().ok()
+        let slot = self.semaphore.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// How many connections were refused for lack of a slot.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     pub fn limit(&self) -> usize {
@@ -183,7 +197,7 @@ mod tests {
         let a = slots.try_take().expect("first");
         let _b = slots.try_take().expect("second");
         assert!(slots.try_take().is_none(), "a third connection must be refused");
-        assert_eq!(slots.in_use(), 2);
+        assert_eq!((slots.in_use(), slots.refused()), (2, 1), "the refusal is counted");
         drop(a);
         assert!(slots.try_take().is_some(), "a freed slot is reusable");
     }

@@ -282,6 +282,16 @@ pub fn hostile_peers_are_bounded() {
         if hog["connected"].as_u64().unwrap_or(0) + hog["refused"].as_u64().unwrap_or(0) != 100 || capped < 100 - CONNECTIONS_PER_POD {
             bail!("a pod opening 100 connections was not held to {CONNECTIONS_PER_POD}: {hog}; pod_connection_limit = {capped}");
         }
+        // The throttling is reported per pod, with the pod's name, in keel's metrics.
+        let (_, metrics) = keels[0].admin_get("/metrics")?;
+        let series = format!("keel_pod_connections_refused_total{{pod=\"{}\",kind=\"connections\"}} ", client.qualified());
+        let per_pod: u64 = metrics.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0);
+        if per_pod < 100 - CONNECTIONS_PER_POD {
+            bail!(
+                "keel_pod_connections_refused_total does not count the pod's throttled connections ({per_pod}):\n{}",
+                metrics.lines().filter(|l| l.starts_with("keel_pod_")).collect::<Vec<_>>().join("\n")
+            );
+        }
         send_ok(&client, server.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the pod's own connections closed")?;
 
         // 8. Unenrolling the pod sends a GOAWAY on its open HBONE connections: the stream in flight stays, no
