@@ -280,6 +280,9 @@ pub struct TracingArgs {
     /// Finished spans waiting for export, at most (more are dropped while the collector is slow or down).
     #[arg(long, default_value_t = 2048)]
     pub tracing_max_queued_spans: usize,
+    /// Also export a span per closed L4 connection (each its own trace, sampled at --tracing-sampling).
+    #[arg(long)]
+    pub tracing_l4_connections: bool,
 }
 
 impl TracingArgs {
@@ -295,6 +298,7 @@ impl TracingArgs {
             sampling_percent: self.tracing_sampling,
             max_queued_spans: self.tracing_max_queued_spans,
             service_name: service.to_owned(),
+            l4_connections: self.tracing_l4_connections,
         }))
     }
 }

@@ -9,12 +9,12 @@ pub fn text(e: &Explanation) -> String {
             out += &format!("{:<12} {line}\n", if i == 0 { label } else { "" });
         }
     };
-    block("SOURCE", &[e.source.clone()]);
-    block("CAPTURE", &[e.capture.clone()]);
-    block("DESTINATION", &[e.destination.clone()]);
-    block("PLAN", &[e.plan.clone()]);
+    block("SOURCE", std::slice::from_ref(&e.source));
+    block("CAPTURE", std::slice::from_ref(&e.capture));
+    block("DESTINATION", std::slice::from_ref(&e.destination));
+    block("PLAN", std::slice::from_ref(&e.plan));
     if let Some(route) = &e.route {
-        block("REQUEST", &[route.request.clone()]);
+        block("REQUEST", std::slice::from_ref(&route.request));
         let mut lines = vec![format!(
             "route config {}, virtual host {}, route {}",
             if route.route_config.is_empty() { "-" } else { &route.route_config },

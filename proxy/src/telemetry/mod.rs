@@ -592,6 +592,9 @@ impl Telemetry {
             duration: elapsed.as_millis() as u64,
             connection_termination_details: record.error.as_deref().unwrap_or(""),
         });
+        if let Some(traces) = self.traces.as_ref().filter(|t| t.l4_connections()) {
+            connection_span(traces, &record, elapsed);
+        }
         let mut recent = self.recent.lock().expect("recent connections poisoned");
         if recent.len() == RECENT_CONNECTIONS {
             recent.pop_front();
@@ -625,6 +628,28 @@ impl Telemetry {
         encode_eof(&mut out).expect("writing to a String");
         out
     }
+}
+
+/// A closed connection's span (`--tracing-l4-connections`), reported as the workload whose side keel was on.
+fn connection_span(traces: &traces::Traces, record: &ConnectionRecord, elapsed: Duration) {
+    let outbound = record.direction == Direction::Outbound;
+    let own = if outbound { &record.source_peer } else { &record.destination_peer }.istio_labels();
+    let dialled = record.original_destination.to_string();
+    traces.connection(&traces::ConnectionSpanFacts {
+        outbound,
+        destination: record.destination_service.as_deref().unwrap_or(&dialled),
+        original_destination: record.original_destination,
+        peer: if outbound { record.upstream.unwrap_or(record.original_destination) } else { record.source },
+        path: record.path.map_or("-", Path::as_str),
+        mutual_tls: record.mutual_tls,
+        policy: record.policy.as_deref().unwrap_or(""),
+        response_flags: record.response_flags.unwrap_or("-"),
+        error: record.error.as_deref().unwrap_or(""),
+        bytes_sent: record.bytes_sent,
+        bytes_received: record.bytes_received,
+        canonical: (&own.canonical_service, &own.canonical_revision, &own.namespace),
+        started: std::time::SystemTime::now() - elapsed,
+    });
 }
 
 #[cfg(test)]

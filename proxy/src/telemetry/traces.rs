@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use opentelemetry::{
-    trace::{SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState, Tracer as _},
+    trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState, Tracer as _},
     Context, KeyValue,
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
@@ -31,6 +31,8 @@ pub struct TraceSettings {
     pub max_queued_spans: usize,
     /// `service.name` of the exported resource.
     pub service_name: String,
+    /// Also a span per closed L4 connection (keel's relays, HBONE streams, refusals).
+    pub l4_connections: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +50,7 @@ const MAX_BATCH: usize = 512;
 pub struct Traces {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    l4_connections: bool,
 }
 
 impl std::fmt::Debug for Traces {
@@ -85,7 +88,48 @@ impl Traces {
             .with_resource(Resource::builder().with_service_name(settings.service_name.clone()).build())
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "keel");
-        Ok(Traces { provider, tracer })
+        Ok(Traces { provider, tracer, l4_connections: settings.l4_connections })
+    }
+
+    /// Whether closed L4 connections become spans too.
+    pub fn l4_connections(&self) -> bool {
+        self.l4_connections
+    }
+
+    /// One closed connection as a span of its own trace (sampled at the configured rate: a byte stream carries
+    /// no caller's context): CLIENT for an outbound connection, SERVER for an inbound one, from when it was
+    /// accepted to now, with the facts its access-log line has.
+    pub fn connection(&self, c: &ConnectionSpanFacts<'_>) {
+        let kind = if c.outbound { SpanKind::Client } else { SpanKind::Server };
+        let (service, revision, namespace) = c.canonical;
+        let mut attributes = vec![
+            KeyValue::new("net.peer.address", c.peer.to_string()),
+            KeyValue::new("peer.address", c.peer.to_string()),
+            KeyValue::new("downstream_local_address", c.original_destination.to_string()),
+            KeyValue::new("keel.path", c.path.to_owned()),
+            KeyValue::new("connection_security_policy", if c.mutual_tls { "mutual_tls" } else { "none" }),
+            KeyValue::new("bytes_sent", c.bytes_sent as i64),
+            KeyValue::new("bytes_received", c.bytes_received as i64),
+            KeyValue::new("response_flags", c.response_flags.to_owned()),
+            KeyValue::new("istio.canonical_service", service.to_owned()),
+            KeyValue::new("istio.canonical_revision", revision.to_owned()),
+            KeyValue::new("istio.namespace", namespace.to_owned()),
+            KeyValue::new("component", "proxy"),
+        ];
+        if !c.policy.is_empty() {
+            attributes.push(KeyValue::new("keel.policy", c.policy.to_owned()));
+        }
+        let mut span = self
+            .tracer
+            .span_builder(format!("tcp {}", c.destination))
+            .with_kind(kind)
+            .with_start_time(c.started)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &Context::new());
+        if !c.error.is_empty() {
+            span.set_status(Status::error(c.error.to_owned()));
+        }
+        span.end();
     }
 
     /// Starts a request's two spans under the caller's context (`parent`: its trace id, span id and sampling
@@ -127,6 +171,26 @@ pub struct RemoteParent {
 pub struct RequestSpans {
     server: Context,
     client: Context,
+}
+
+/// What a connection's span says about it.
+pub struct ConnectionSpanFacts<'a> {
+    pub outbound: bool,
+    /// The service it was for, else the address dialled: the span is named `tcp <destination>`.
+    pub destination: &'a str,
+    pub original_destination: SocketAddr,
+    /// The other end: the upstream keel connected to (outbound), the client (inbound).
+    pub peer: SocketAddr,
+    pub path: &'a str,
+    pub mutual_tls: bool,
+    pub policy: &'a str,
+    pub response_flags: &'a str,
+    pub error: &'a str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// The reporting side's workload: its canonical service, revision and namespace.
+    pub canonical: (&'a str, &'a str, &'a str),
+    pub started: std::time::SystemTime,
 }
 
 /// What the spans say about a finished request.

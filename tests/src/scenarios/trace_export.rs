@@ -177,7 +177,9 @@ const CHAIN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 /// sleep (node 0) → front (node 1), which calls back (node 0) forwarding the trace headers as the Bookinfo apps
 /// do: keel 0 (source), keel 1 (front's destination side), keel 1 (front's own call, source), keel 0 (back's
 /// destination side) each make a SERVER and a CLIENT span, and the eight form one chain under the caller's span,
-/// each reported by the workload whose side it is.
+/// each reported by the workload whose side it is. Node 0's keel also makes a span per L4 connection
+/// (`--tracing-l4-connections`): one relayed to an address outside the mesh, one refused by the policy (which
+/// allows only HTTP GETs, so nothing on a port that carries no HTTP), with its response flag and the decision.
 pub fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
     with_nodes("otlp-chain", 2, |lab| {
         let client = lab.node(0).add_pod("sleep")?;
@@ -204,6 +206,9 @@ pub fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
         let args = |node: usize| -> Vec<String> {
             let mut args = control.keel_args_for(node);
             args.extend(["--tracing-otlp-endpoint", &grpc, "--tracing-sampling", "100"].map(str::to_owned));
+            if node == 0 {
+                args.push("--tracing-l4-connections".into());
+            }
             args
         };
         let (args0, args1) = (args(0), args(1));
@@ -218,8 +223,49 @@ pub fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
         let back_connect = format!("{BACK_VIP}:80");
         let _back = back.http_serve(8080, "back", &[])?;
         let _front = front.http_serve(8080, "front", &["--forward-to", "http://back/items", "--forward-connect", &back_connect])?;
-        chain(&client, &receiver).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 1) log tail:\n{}", keels[1].log_tail(20)))
+        let _outside = collector.serve(9001, ServeMode::Echo, &[])?;
+        let _back_tcp = back.serve(9000, ServeMode::Echo, &[])?;
+        chain(&client, &receiver).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 1) log tail:\n{}", keels[1].log_tail(20)))?;
+        connection_spans(&client, &back, &collector, &receiver)
     });
+}
+
+fn connection_spans(client: &Pod, back: &Pod, outside: &Pod, receiver: &ChildGuard) -> Result<()> {
+    let relayed = client.send(outside.addr(9001), 4096, ServeMode::Echo, Duration::from_secs(5))?;
+    if relayed["ok"] != true {
+        bail!("a connection to an address outside the mesh should be relayed: {relayed}");
+    }
+    let refused = client.send(back.addr(9000), 1024, ServeMode::Echo, Duration::from_secs(5))?;
+    if refused["ok"] == true {
+        bail!("a connection to back's non-HTTP port should be refused (only HTTP GETs are allowed): {refused}");
+    }
+    // SERVER (2) for the side that accepted the connection, CLIENT (3) for the side that dialled.
+    let named = |name: String, kind: u64| -> Result<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(span) = spans(receiver).into_iter().find(|s| s["name"] == name.as_str() && s["kind"] == kind) {
+                return Ok(span);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no span named {name:?} within 15 s; received: {:#?}", spans(receiver));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let ok = named(format!("tcp {}", outside.addr(9001)), 3)?;
+    if ok["status_code"] == 2 || attribute(&ok, "bytes_sent") != 4096 || attribute(&ok, "keel.path") != "direct" {
+        bail!("the relayed connection's span should be a CLIENT span with its bytes and path: {ok:#}");
+    }
+    // Refused on the destination side (back, on the same node): its inbound span says why.
+    let denied = named(format!("tcp {}", back.addr(9000)), 2)?;
+    if denied["status_code"] != 2
+        || attribute(&denied, "response_flags") != "UAEX"
+        || attribute(&denied, "istio.canonical_service") != "back"
+        || attribute(&denied, "keel.policy") != "no ALLOW policy matched (1 candidates)"
+    {
+        bail!("the refused connection's span should be an error with Envoy's UAEX flag and the decision, reported by back: {denied:#}");
+    }
+    Ok(())
 }
 
 fn chain(client: &Pod, receiver: &ChildGuard) -> Result<()> {
