@@ -127,7 +127,14 @@ impl Retries {
         .map(|(_, name)| name.to_owned())
         .collect();
         on.extend(self.status_codes.iter().map(u16::to_string));
-        on.extend(self.grpc_codes.iter().map(|c| format!("grpc-{c}")));
+        on.extend(self.grpc_codes.iter().map(|c| match c {
+            1 => "cancelled".to_owned(),
+            4 => "deadline-exceeded".to_owned(),
+            8 => "resource-exhausted".to_owned(),
+            13 => "internal".to_owned(),
+            14 => "unavailable".to_owned(),
+            other => format!("grpc-{other}"),
+        }));
         let per_try = self.per_try_timeout.map(|t| format!(", {t:?} per try")).unwrap_or_default();
         let on = if on.is_empty() { "nothing".into() } else { on.join(",") };
         format!("{} retries on {on}{per_try}", self.num_retries)
