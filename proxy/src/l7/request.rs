@@ -360,6 +360,11 @@ impl Forward<'_> {
                 match cluster.admit_retry() {
                     Ok(permit) => {
                         retry_permit = Some(permit);
+                        // Why this attempt is retried, for the access log (a gRPC status by its code).
+                        record.retried_on.push(match grpc_status {
+                            Some(code) if !matches!(outcome, AttemptOutcome::Response(500..)) => format!("grpc-{code}"),
+                            _ => outcome.to_string(),
+                        });
                         let backoff = retries.expect("retriable").backoff(attempt);
                         if until(deadline, tokio::time::sleep(backoff)).await.is_some() {
                             // Only a retry needs the hosts tried so far (no allocation for the one attempt most

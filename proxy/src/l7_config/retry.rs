@@ -25,6 +25,19 @@ pub enum AttemptOutcome {
     PerTryTimeout,
 }
 
+impl std::fmt::Display for AttemptOutcome {
+    /// What an attempt that was retried ended with, in Envoy's retry-condition words (a status by its code).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptOutcome::Response(status) => write!(f, "{status}"),
+            AttemptOutcome::ConnectFailure => f.write_str("connect-failure"),
+            AttemptOutcome::Reset => f.write_str("reset"),
+            AttemptOutcome::RefusedStream => f.write_str("refused-stream"),
+            AttemptOutcome::PerTryTimeout => f.write_str("per-try-timeout"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Retries {
     pub num_retries: u32,

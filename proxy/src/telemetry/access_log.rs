@@ -77,6 +77,9 @@ pub struct AccessLine<'a> {
     pub upstream_host: Option<SocketAddr>,
     /// Attempts made: 1, or more when the route's retry policy retried.
     pub upstream_request_attempt_count: u32,
+    /// Why each retried attempt was retried, comma-separated (`503,connect-failure`); `-` without retries.
+    #[serde(serialize_with = "comma_or_dash")]
+    pub retried_on: &'a [String],
     /// The request body's bytes (Envoy counts from the downstream's side).
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -120,7 +123,7 @@ impl LogLine for AccessLine<'_> {
             out,
             "start_time={} method={} authority={:?} path={:?} protocol={} response_code={} response_flags={} \
              response_code_details={:?} grpc_status={} route_name={} upstream_cluster={} upstream_host={} \
-             upstream_request_attempt_count={} bytes_received={} bytes_sent={} duration={} request_id={:?} pod={} \
+             upstream_request_attempt_count={} retried_on={} bytes_received={} bytes_sent={} duration={} request_id={:?} pod={} \
              src_workload={} dst_workload={} reporter={} policy={:?} request_principal={:?}",
             self.start_time,
             self.method,
@@ -135,6 +138,7 @@ impl LogLine for AccessLine<'_> {
             self.upstream_cluster,
             OrDash(&self.upstream_host),
             self.upstream_request_attempt_count,
+            CommaOrDash(self.retried_on),
             self.bytes_received,
             self.bytes_sent,
             self.duration,
@@ -248,6 +252,22 @@ fn or_dash<S: Serializer, T: Display>(value: &Option<T>, s: S) -> Result<S::Ok, 
     s.collect_str(&OrDash(value))
 }
 
+/// A list, comma-separated, or `-` when it is empty.
+struct CommaOrDash<'a>(&'a [String]);
+
+impl Display for CommaOrDash<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        f.write_str(&self.0.join(","))
+    }
+}
+
+fn comma_or_dash<S: Serializer>(value: &&[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&CommaOrDash(value))
+}
+
 fn display<S: Serializer, T: Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
@@ -352,6 +372,7 @@ mod tests {
             upstream_cluster: "outbound|80||catalog.default.svc.cluster.local",
             upstream_host: Some("10.0.1.5:8080".parse().unwrap()),
             upstream_request_attempt_count: 1,
+            retried_on: &[],
             bytes_received: 0,
             bytes_sent: 120,
             duration: 1,
@@ -389,7 +410,8 @@ mod tests {
         assert_eq!(value["src_workload"], "default/sleep");
         assert_eq!(value["dst_workload"], "-");
         assert_eq!((&value["reporter"], &value["policy"]), (&"source".into(), &"-".into()));
-        assert_eq!(value.as_object().unwrap().len(), 27, "{value}");
+        assert_eq!(value["retried_on"], "-");
+        assert_eq!(value.as_object().unwrap().len(), 28, "{value}");
     }
 
     #[test]

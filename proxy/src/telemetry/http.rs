@@ -53,6 +53,9 @@ pub struct RequestRecord {
     /// Envoy's `response_code_details`, where the code that answered said more than its flags do (an
     /// authorization or JWT denial); otherwise derived from the flags when reported ([`Self::details`]).
     pub details: Option<Cow<'static, str>>,
+    /// Why each retried attempt was retried (`503`, `connect-failure`, `reset`, `per-try-timeout`, `grpc-14`),
+    /// in order; empty (and unallocated) for a request keel did not retry.
+    pub retried_on: Vec<String>,
     pub attempts: u32,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -89,6 +92,7 @@ impl RequestRecord {
             grpc_status: None,
             flags: Vec::new(),
             details: None,
+            retried_on: Vec::new(),
             attempts: 0,
             request_bytes: 0,
             response_bytes: 0,
@@ -314,6 +318,7 @@ impl HttpMetrics {
             upstream_cluster: if r.cluster.is_empty() { "-" } else { &r.cluster },
             upstream_host: r.upstream,
             upstream_request_attempt_count: r.attempts,
+            retried_on: &r.retried_on,
             bytes_received: r.request_bytes,
             bytes_sent: r.response_bytes,
             duration: duration.as_millis() as u64,

@@ -205,6 +205,24 @@ fn run(c: &Catalog, keel: &Keel, control: &ControlPlane) -> Result<()> {
     if !(900..=975).contains(&status(&alone, 200)) {
         bail!("retries on one endpoint: want ~93.75 % success (four tries at p = 0.5), got {alone}");
     }
+    // The access log says why a request was retried: each retried attempt's status, then the attempt count.
+    let retried = |l: &str| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+            v["response_code"] == 200
+                && v["upstream_request_attempt_count"].as_u64().is_some_and(|n| n >= 2)
+                && v["retried_on"].as_str().is_some_and(|r| {
+                    r.split(',').count() as u64 + 1 == v["upstream_request_attempt_count"].as_u64().unwrap_or(0) && r.split(',').all(|c| c == "500")
+                })
+        })
+    };
+    if !(0..20).any(|_| {
+        keel.log().lines().any(retried) || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    }) {
+        bail!("no access-log line shows a request that succeeded after retrying 500s, with its reasons (retried_on)");
+    }
     c.apply(&[SUBSETS, &route("", "    retries: {attempts: 3, retryOn: 5xx}\n")])?;
     let with = c.load(1000, 4, &[])?;
     if status(&with, 200) < 990 {
