@@ -4,7 +4,7 @@
 //! as a child of that, and the application sees keel's CLIENT span as its parent; B3 callers are continued the same
 //! way; attributes carry Envoy's names. With the receiver gone, traffic is unaffected and keel's memory stays flat.
 use super::*;
-use crate::lab::{mesh_config, Backend, ChildGuard};
+use crate::lab::{mesh_config, Backend, ChildGuard, ControlPlane};
 use std::collections::BTreeMap;
 
 const VIP: &str = "10.96.0.60";
@@ -32,31 +32,42 @@ pub fn spans_reach_an_otlp_receiver_and_an_outage_costs_nothing() {
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let mut receiver = collector.spawn(&[client.podapp_path().display().to_string(), "otlp-receive".into()])?;
-        receiver.wait_for_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+        let mut receiver = start_receiver(&collector)?;
         let grpc = format!("http://{}:4317", collector.ip);
         let http = format!("http://{}:4318/v1/traces", collector.ip);
         let tracing = |endpoint: &str, protocol: &str| -> Vec<String> {
             ["--tracing-otlp-endpoint", endpoint, "--tracing-otlp-protocol", protocol, "--tracing-sampling", "100"].map(str::to_owned).to_vec()
         };
-        let node_args = |node: usize, extra: Vec<String>| -> Vec<String> {
-            let mut args = control.keel_args_for(node);
-            args.extend(extra);
-            args
-        };
-        let args0 = node_args(0, tracing(&grpc, "grpc"));
-        let args1 = node_args(1, tracing(&http, "http-protobuf"));
-        let keels = [
-            lab.start_keel_on(0, Backend::Ebpf, &args0.iter().map(String::as_str).collect::<Vec<_>>())?,
-            lab.start_keel_on(1, Backend::Ebpf, &args1.iter().map(String::as_str).collect::<Vec<_>>())?,
-        ];
-        keels.iter().try_for_each(wait_ready)?;
+        let keels = start_keels(lab, &control, [tracing(&grpc, "grpc"), tracing(&http, "http-protobuf")])?;
         keels[0].enroll(&client)?;
         keels[1].enroll(&near)?;
         keels[1].enroll(&web)?;
         let _web = web.http_serve(8080, "web", &[])?;
         run(&client, &near, &mut receiver, &keels[0]).map_err(|e| anyhow::anyhow!("{e:#}\n---- keel (node 0) log tail:\n{}", keels[0].log_tail(20)))
     });
+}
+
+/// The OTLP receiver (`podapp otlp-receive`) in `pod`, listening on 4317 (gRPC) and 4318 (HTTP/protobuf).
+fn start_receiver(pod: &Pod) -> Result<ChildGuard> {
+    let mut receiver = pod.spawn(&[pod.podapp_path().display().to_string(), "otlp-receive".into()])?;
+    receiver.wait_for_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+    Ok(receiver)
+}
+
+/// keel on nodes 0 and 1 following `control`, each with its own extra flags, ready.
+fn start_keels(lab: &Lab, control: &ControlPlane, extra: [Vec<String>; 2]) -> Result<[Keel; 2]> {
+    let args = |node: usize| -> Vec<String> {
+        let mut args = control.keel_args_for(node);
+        args.extend(extra[node].iter().cloned());
+        args
+    };
+    let (args0, args1) = (args(0), args(1));
+    let keels = [
+        lab.start_keel_on(0, Backend::Ebpf, &args0.iter().map(String::as_str).collect::<Vec<_>>())?,
+        lab.start_keel_on(1, Backend::Ebpf, &args1.iter().map(String::as_str).collect::<Vec<_>>())?,
+    ];
+    keels.iter().try_for_each(wait_ready)?;
+    Ok(keels)
 }
 
 fn request(client: &Pod, headers: &[&str], requests: u32) -> Result<Value> {
@@ -200,23 +211,12 @@ pub fn a_request_through_two_apps_is_one_trace_across_four_keel_hops() {
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let mut receiver = collector.spawn(&[client.podapp_path().display().to_string(), "otlp-receive".into()])?;
-        receiver.wait_for_line(Duration::from_secs(10), |l| l.contains("listening"))?;
+        let receiver = start_receiver(&collector)?;
         let grpc = format!("http://{}:4317", collector.ip);
-        let args = |node: usize| -> Vec<String> {
-            let mut args = control.keel_args_for(node);
-            args.extend(["--tracing-otlp-endpoint", &grpc, "--tracing-sampling", "100"].map(str::to_owned));
-            if node == 0 {
-                args.push("--tracing-l4-connections".into());
-            }
-            args
-        };
-        let (args0, args1) = (args(0), args(1));
-        let keels = [
-            lab.start_keel_on(0, Backend::Ebpf, &args0.iter().map(String::as_str).collect::<Vec<_>>())?,
-            lab.start_keel_on(1, Backend::Ebpf, &args1.iter().map(String::as_str).collect::<Vec<_>>())?,
-        ];
-        keels.iter().try_for_each(wait_ready)?;
+        let tracing = ["--tracing-otlp-endpoint", &grpc, "--tracing-sampling", "100"].map(str::to_owned).to_vec();
+        let mut node0 = tracing.clone();
+        node0.push("--tracing-l4-connections".into());
+        let keels = start_keels(lab, &control, [node0, tracing])?;
         keels[0].enroll(&client)?;
         keels[0].enroll(&back)?;
         keels[1].enroll(&front)?;
