@@ -50,6 +50,12 @@ pub struct Daemon {
     xds: Option<crate::xds::setup::Xds>,
     /// Notified by `keel uninstall`.
     uninstall: tokio::sync::Notify,
+    /// Set when a successor keel asks this one to stop (it took over, or cannot and wants the old way).
+    stop_request: tokio::sync::watch::Sender<Option<Stop>>,
+    /// Set once this keel stopped serving its pods (its listeners closed): a successor waits for it.
+    stopped_serving: tokio::sync::watch::Sender<bool>,
+    /// Copies of keel's own listeners (admin, readiness, metrics), for a successor.
+    own_listeners: std::sync::Mutex<Vec<(String, std::net::TcpListener)>>,
 }
 
 /// How a running keel stops.
@@ -61,6 +67,12 @@ enum Stop {
     Restart,
     /// `keel uninstall`: the pods are released and everything keel attached, pinned or persisted is removed.
     Uninstall,
+    /// A successor keel took the listening sockets over (`keel run --takeover`): stop accepting, serve what is
+    /// open to its end (at most `--drain-max-ms`), leave everything else to the successor.
+    HandedOver,
+    /// A successor of another handover version asked for the old way: a restart, with keel's own listeners
+    /// closed as soon as it stops serving so the successor can open them.
+    SuccessorRestart,
 }
 
 /// A pod as `keel pods` lists it: the enrollment request, and the Workload keel tied it to (none until the
@@ -108,6 +120,29 @@ impl crate::admin::Admin for Daemon {
 
     fn config_dump(&self) -> impl std::future::Future<Output = ConfigDump> + Send {
         Daemon::config_dump(self)
+    }
+}
+
+impl crate::handover::Handover for Daemon {
+    fn offer(&self) -> impl std::future::Future<Output = anyhow::Result<crate::handover::Offer>> + Send {
+        async {
+            let pods = self.enrollment.handover_offer().await?;
+            let own = self.own_listeners.lock().expect("own listeners poisoned");
+            let node = own.iter().map(|(name, l)| Ok((name.clone(), l.try_clone()?))).collect::<std::io::Result<_>>()?;
+            Ok(crate::handover::Offer { pods, node })
+        }
+    }
+
+    fn handed_over(&self) {
+        self.stop_request.send_replace(Some(Stop::HandedOver));
+    }
+
+    fn stop_for_restart(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.stop_request.send_replace(Some(Stop::SuccessorRestart));
+        let mut stopped = self.stopped_serving.subscribe();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
     }
 }
 
@@ -301,27 +336,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         open_files_limit,
         xds,
         uninstall: Default::default(),
+        stop_request: tokio::sync::watch::Sender::new(None),
+        stopped_serving: tokio::sync::watch::Sender::new(false),
+        own_listeners: Default::default(),
     });
 
-    let admin_listener = admin::bind(config.admin_addr).await?;
-    let admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone(), admin::Paths::All));
+    // `--takeover`: once this keel could serve (its config in hand), the running keel's sockets pass to it.
+    let mut received = match config.takeover {
+        Some(version) => take_over(&daemon, version).await?,
+        None => None,
+    };
+    let admin_listener = daemon.own_listener("admin", config.admin_addr, received.as_mut()).await?;
+    let mut admin_task = tokio::spawn(admin::serve(admin_listener, daemon.clone(), admin::Paths::All));
     let mut probe_tasks = Vec::new();
-    for (addr, paths) in [(config.readiness_addr, admin::Paths::Readiness), (config.metrics_addr, admin::Paths::Metrics)] {
+    for (name, addr, paths) in
+        [("readiness", config.readiness_addr, admin::Paths::Readiness), ("metrics", config.metrics_addr, admin::Paths::Metrics)]
+    {
         if let Some(addr) = addr {
-            probe_tasks.push(tokio::spawn(admin::serve(admin::bind(addr).await?, daemon.clone(), paths)));
+            probe_tasks.push(tokio::spawn(admin::serve(daemon.own_listener(name, addr, received.as_mut()).await?, daemon.clone(), paths)));
         }
     }
-    let restored = daemon.enrollment.restore().await?;
+    let restored = match received.as_mut() {
+        Some(received) => daemon.enrollment.adopt(std::mem::take(&mut received.pods)).await?,
+        None => daemon.enrollment.restore().await?,
+    };
     // The agent starts from the restored pods: what it finds captured already it keeps, by UID.
     let agent_task = agent.map(|agent| tokio::spawn(agent.run(daemon.enrollment.clone())));
     // The API socket appears only now: a caller that can talk to it talks to a ready keel.
     let api_listener = api::bind(&config.api_socket)?;
     let api_task = tokio::spawn(api::serve(api_listener, daemon.clone()));
     daemon.ready.store(true, Ordering::Relaxed);
+    if let Some(received) = received {
+        tokio::task::spawn_blocking(move || received.took_over()).await?.context("completing the handover")?;
+        info!(pods = restored, "took over from the previous keel: it stopped accepting and drains what it carries");
+    }
+    crate::handover::serve(crate::handover::listen(&config.state_dir)?, daemon.clone(), tokio::runtime::Handle::current());
     info!(capture = ?config.capture, restored_pods = restored, startup_ms = started.elapsed().as_millis() as u64,
           api = %config.api_socket.display(), admin = %config.admin_addr, "keel ready");
 
     let stop = wait_for_stop(&daemon).await?;
+    let handed_over = stop == Stop::HandedOver;
+    // A successor waits for this keel's listeners (pods' and its own) to be closed, or serves them already.
+    let for_successor = handed_over || stop == Stop::SuccessorRestart;
     let release = stop == Stop::Uninstall || config.fail_open;
     info!(?stop, release_pods = release, "terminating: draining connections");
     daemon.ready.store(false, Ordering::Relaxed);
@@ -331,13 +387,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     daemon.data_path.bypass.revoke_all(&daemon.data_path.capture);
     api_task.abort();
     agent_task.iter().for_each(tokio::task::JoinHandle::abort);
-    let _ = std::fs::remove_file(&config.api_socket);
+    if !handed_over {
+        // (After a handover the path is the successor's.)
+        let _ = std::fs::remove_file(&config.api_socket);
+    }
     if release {
         daemon.enrollment.release_all().await;
     } else {
         daemon.enrollment.stop_serving_all().await;
     }
-    drain(&daemon).await;
+    if for_successor {
+        // The successor answers the kubelet and Prometheus from now on: this keel's copies close now.
+        admin_task.abort();
+        probe_tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        let _ = (&mut admin_task).await;
+        for task in &mut probe_tasks {
+            let _ = task.await;
+        }
+        daemon.own_listeners.lock().expect("own listeners poisoned").clear();
+    }
+    daemon.stopped_serving.send_replace(true);
+    drain(&daemon, if handed_over { config.drain_max } else { config.drain_timeout }).await;
     admin_task.abort();
     probe_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     // Connections still running past the drain deadline are closed when the process exits.
@@ -349,6 +419,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         daemon.enrollment.forget_all()?;
         crate::xds::persisted::forget(&config.state_dir)?;
         info!("keel uninstalled: pods released, capture detached, persisted state removed");
+    } else if handed_over {
+        info!("keel stopped after handing over; its successor serves the pods");
     } else if release {
         info!("keel stopped; pods released (--fail-open)");
     } else {
@@ -379,9 +451,44 @@ async fn reauthorize_on_change(data_path: Arc<DataPath>) {
     }
 }
 
-/// Waits for active connections to finish, up to the drain deadline.
-async fn drain(daemon: &Daemon) {
-    let deadline = Instant::now() + daemon.config.drain_timeout;
+/// How long a keel taking over waits for its config before it gives up (the running keel goes on serving).
+const TAKEOVER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `--takeover`: waits until this keel could serve (the control plane's first answer of every type, so a connection
+/// it takes is not refused for want of config), then receives the running keel's pods and sockets.
+async fn take_over(daemon: &Daemon, version: u32) -> anyhow::Result<Option<crate::handover::Received>> {
+    if let Some(xds) = &daemon.xds {
+        let mut ready = xds.ready.clone();
+        tokio::time::timeout(TAKEOVER_READY_TIMEOUT, ready.wait_for(|ready| *ready))
+            .await
+            .map_err(|_| anyhow::anyhow!("no config from the control plane within {TAKEOVER_READY_TIMEOUT:?}: not taking over"))??;
+    }
+    let state_dir = daemon.config.state_dir.clone();
+    tokio::task::spawn_blocking(move || crate::handover::take_over(&state_dir, version)).await?.context("taking over from the running keel")
+}
+
+impl Daemon {
+    /// keel's own listener `name` (admin, readiness, metrics): the one the previous keel handed over, else bound
+    /// on `addr`; a copy is kept for a successor.
+    async fn own_listener(
+        &self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        received: Option<&mut crate::handover::Received>,
+    ) -> anyhow::Result<tokio::net::TcpListener> {
+        let listener = match received.and_then(|r| r.node_listener(name)) {
+            Some(handed_over) => handed_over,
+            None => admin::bind(addr).await?.into_std()?,
+        };
+        listener.set_nonblocking(true)?;
+        self.own_listeners.lock().expect("own listeners poisoned").push((name.to_owned(), listener.try_clone()?));
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    }
+}
+
+/// Waits for active connections to finish, up to `limit`.
+async fn drain(daemon: &Daemon, limit: std::time::Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         let stats = daemon.data_path.telemetry.connection_stats();
         let active = stats.outbound.active + stats.inbound.active;
@@ -396,6 +503,17 @@ async fn drain(daemon: &Daemon) {
     }
 }
 
+/// What a successor keel asked of this one.
+async fn stop_requested(daemon: &Daemon) -> Stop {
+    let mut requests = daemon.stop_request.subscribe();
+    let requested = requests.wait_for(Option::is_some).await.map(|request| request.unwrap_or(Stop::Restart));
+    match requested {
+        Ok(stop) => stop,
+        // The sender lives in the daemon: never dropped while this runs.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 async fn wait_for_stop(daemon: &Daemon) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -403,5 +521,6 @@ async fn wait_for_stop(daemon: &Daemon) -> anyhow::Result<Stop> {
         _ = term.recv() => Stop::Restart,
         _ = int.recv() => Stop::Restart,
         _ = daemon.uninstall.notified() => Stop::Uninstall,
+        requested = stop_requested(daemon) => requested,
     })
 }

@@ -149,6 +149,18 @@ pub struct RunArgs {
     /// How long SIGTERM waits for connections to finish, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub drain_timeout_ms: u64,
+    /// Take over from the keel running on this node, if one is: its listening sockets, pods and admin ports pass
+    /// to this keel without a connection refused, and the old keel serves what it carries to its end (at most
+    /// --drain-max-ms) before it exits. Without a running keel, start as usual.
+    #[arg(long)]
+    pub takeover: bool,
+    /// After handing over to a successor, how long this keel goes on serving its connections, in milliseconds
+    /// (Envoy's hot restart drains for the same purpose).
+    #[arg(long, default_value_t = 3_600_000)]
+    pub drain_max_ms: u64,
+    /// The handover protocol version to speak (tests of version mismatch only).
+    #[arg(long, hide = true, default_value_t = crate::handover::VERSION)]
+    pub handover_version: u32,
     /// Async worker threads for the data path.
     #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -575,6 +587,8 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         same_node_bypass: matches!(args.same_node_bypass, OnOff::On) && args.capture == CaptureMode::Ebpf,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        takeover: args.takeover.then_some(args.handover_version),
+        drain_max: Duration::from_millis(args.drain_max_ms),
         responder: args.responder,
         certificate_validity: Duration::from_secs(args.certificate_validity_secs.max(1)),
         close_denied_connections: !args.keep_denied_connections,

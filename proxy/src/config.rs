@@ -42,6 +42,10 @@ pub struct Config {
     pub same_node_bypass: bool,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `--takeover`: take over from a running keel, speaking this handover version.
+    pub takeover: Option<u32>,
+    /// After a handover, how long the old keel serves its connections before it exits.
+    pub drain_max: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.
     pub responder: bool,
     pub certificate_validity: Duration,

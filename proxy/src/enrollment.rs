@@ -20,7 +20,7 @@ use crate::{
     identity::Identity,
     netns::Netns,
     pods::{EnrollRequest, PodName, PodSpec},
-    sockets,
+    sockets::{self, PodListeners},
 };
 
 /// Where processes' network namespaces are found (a netns keel finds itself is `/proc/<pid>/ns/net`).
@@ -29,8 +29,9 @@ const PROC_ROOT: &str = "/proc";
 struct EnrolledPod {
     spec: PodSpec,
     context: Arc<PodContext>,
-    /// Kept open: the sk_lookup SockHash entry refers to it, and the accept loop serves a clone.
-    inbound_listener: std::net::TcpListener,
+    /// Copies of the pod's listeners (the accept loops serve others): the sk_lookup SockHash entry refers to the
+    /// inbound one, and a successor keel is handed all three (see `crate::handover`).
+    listeners: PodListeners,
     stop: watch::Sender<bool>,
 }
 
@@ -135,18 +136,22 @@ impl Enrollment {
                 bail!("field `ips`: {ip} already belongs to enrolled pod {other}");
             }
         }
-        let enrolled = self.start_pod(spec).await.with_context(|| format!("enrolling {name}"))?;
+        let enrolled = self.start_pod(spec, None).await.with_context(|| format!("enrolling {name}"))?;
         info!(pod = %name, netns = %enrolled.spec.netns.display(), ips = ?enrolled.spec.ips, "pod enrolled");
         pods.insert(name, enrolled);
         drop(pods);
         self.persist().await
     }
 
-    async fn start_pod(&self, spec: PodSpec) -> anyhow::Result<EnrolledPod> {
+    /// Starts serving a pod: on `listeners` a previous keel handed over, or on new ones opened in the pod.
+    async fn start_pod(&self, spec: PodSpec, listeners: Option<PodListeners>) -> anyhow::Result<EnrolledPod> {
         let netns_path = spec.netns.clone();
         let (netns, listeners) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let netns = Netns::open(&netns_path)?;
-            let listeners = sockets::open_pod_listeners(&netns).context("opening keel's listeners inside the pod (is another keel serving it?)")?;
+            let listeners = match listeners {
+                Some(handed_over) => handed_over,
+                None => sockets::open_pod_listeners(&netns).context("opening keel's listeners inside the pod (is another keel serving it?)")?,
+            };
             Ok((netns, listeners))
         })
         .await??;
@@ -176,14 +181,14 @@ impl Enrollment {
         }
         self.data_path.bypass.pod_enrolled(&context.name, context.netns.clone());
         let (stop, stopped) = watch::channel(false);
-        let inbound_listener = listeners.inbound.try_clone()?;
+        let copies = listeners.try_clone()?;
         for (listener, direction) in [(listeners.outbound, Direction::Outbound), (listeners.inbound, Direction::Inbound)] {
             let listener = sockets::into_tokio(listener)?;
             tokio::spawn(captured::serve(listener, direction, context.clone(), self.data_path.clone(), stopped.clone()));
         }
         let hbone = sockets::into_tokio(listeners.hbone)?;
         tokio::spawn(hbone_server::serve(hbone, context.clone(), self.data_path.clone(), stopped.clone()));
-        Ok(EnrolledPod { spec, context, inbound_listener, stop })
+        Ok(EnrolledPod { spec, context, listeners: copies, stop })
     }
 
     pub async fn unenroll(&self, name: &PodName) -> anyhow::Result<()> {
@@ -213,15 +218,42 @@ impl Enrollment {
     /// Turns capture off first (new connections go straight through), then closes keel's listeners.
     async fn stop_pod(&self, pod: EnrolledPod) -> anyhow::Result<()> {
         let data_path = self.data_path.clone();
-        let EnrolledPod { spec, context, inbound_listener, stop } = pod;
+        let EnrolledPod { spec, context, listeners, stop } = pod;
         data_path.bypass.pod_left(&data_path.capture, context.netns.cookie()).await;
         let result = tokio::task::spawn_blocking(move || {
-            let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_listener.as_fd() };
+            let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: listeners.inbound.as_fd() };
             data_path.capture.unenroll(&capture)
         })
         .await?;
         let _ = stop.send(true);
         result
+    }
+
+    /// Serves the pods a previous keel handed over, on their listeners (the same sockets: nothing queued on them is
+    /// lost), and persists them; then releases what the capture maps hold of any other pod, as [`Self::restore`].
+    pub async fn adopt(&self, handed_over: Vec<(PodSpec, PodListeners)>) -> anyhow::Result<usize> {
+        let mut adopted = 0;
+        for (spec, listeners) in handed_over {
+            let name = spec.pod_name();
+            match self.start_pod(spec, Some(listeners)).await {
+                Ok(enrolled) => {
+                    self.pods.lock().await.insert(name, enrolled);
+                    adopted += 1;
+                }
+                // Its listeners close with this error; the old keel still serves it until the handover completes.
+                Err(e) => warn!(pod = %name, error = %format!("{e:#}"), "could not take over pod"),
+            }
+        }
+        self.persist().await?;
+        let enrolled: Vec<(u64, Vec<IpAddr>)> = self.pods.lock().await.values().map(|p| (p.context.netns.cookie(), p.spec.ips.clone())).collect();
+        self.data_path.capture.retain(&enrolled).context("releasing pods the previous keel captured and this one did not take over")?;
+        Ok(adopted)
+    }
+
+    /// Copies of every pod's listeners, for a successor keel.
+    pub async fn handover_offer(&self) -> anyhow::Result<Vec<(PodSpec, PodListeners)>> {
+        let pods = self.pods.lock().await;
+        pods.values().map(|p| Ok((p.spec.clone(), p.listeners.try_clone()?))).collect()
     }
 
     /// Each enrolled pod's connection slots (captured connections, HBONE connections): in use, limit, refused.

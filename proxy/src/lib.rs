@@ -25,6 +25,7 @@ pub mod dns;
 pub mod enrollment;
 pub mod explain;
 pub mod gateway;
+pub mod handover;
 pub mod hashing;
 pub mod hbone;
 pub mod hbone_server;

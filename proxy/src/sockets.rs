@@ -40,6 +40,13 @@ pub struct PodListeners {
     pub hbone: std::net::TcpListener,
 }
 
+impl PodListeners {
+    /// Copies of the three descriptors (the same sockets).
+    pub fn try_clone(&self) -> io::Result<PodListeners> {
+        Ok(PodListeners { outbound: self.outbound.try_clone()?, inbound: self.inbound.try_clone()?, hbone: self.hbone.try_clone()? })
+    }
+}
+
 pub fn marked_tcp_socket() -> io::Result<Socket> {
     tcp_socket(true)
 }

@@ -41,10 +41,46 @@ pub struct KeelSpec {
 pub struct Keel {
     child: ChildGuard,
     spec: KeelSpec,
+    /// A successor took over: the API socket is the successor's, so this keel is never told to uninstall.
+    handed_over: bool,
 }
 
 impl Keel {
     pub(super) fn start(spec: KeelSpec) -> Result<Keel> {
+        let mut keel = Self::spawn(spec)?;
+        keel.wait_ready()?;
+        Ok(keel)
+    }
+
+    /// Starts `keel run --takeover` with this keel's spec (state dir, pins, sockets, admin address) and `extra`
+    /// flags, and returns once it logged that it is ready (this keel answered the API until then). This keel is
+    /// marked handed over: it drains on its own, see [`Keel::wait_exit_within`].
+    pub fn start_successor(&mut self, extra: &[&str]) -> Result<Keel> {
+        let mut spec = self.spec.clone();
+        spec.extra_args.retain(|a| a != "--takeover");
+        spec.extra_args.push("--takeover".into());
+        spec.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let stem = spec.log.file_stem().and_then(|s| s.to_str()).unwrap_or("keel").to_owned();
+        spec.log = spec.log.with_file_name(format!("{stem}-next.log"));
+        self.handed_over = true;
+        let mut next = Self::spawn(spec)?;
+        next.child
+            .wait_for_line(READY_TIMEOUT, |l| l.contains("\"keel ready\""))
+            .with_context(|| format!("the successor keel did not become ready; its log:\n{}", next.log_tail(40)))?;
+        Ok(next)
+    }
+
+    /// Waits up to `timeout` for this keel to exit by itself (after handing over); its exit status.
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.child.wait_timeout(timeout).with_context(|| format!("keel (pid {}) still runs after {timeout:?}", self.pid()))
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().is_none()
+    }
+
+    fn spawn(spec: KeelSpec) -> Result<Keel> {
         if !spec.bin.is_file() {
             bail!("keel binary not found at {} (build it, or set KEEL_BIN)", spec.bin.display());
         }
@@ -69,9 +105,7 @@ impl Keel {
         }
         let _fds = sys::place(&mut cmd, &Placement { netns: Some(&spec.node_netns), cgroup: Some(&spec.own_cgroup) })?;
         let child = process::spawn_logged("keel", &mut cmd, &spec.log)?;
-        let mut keel = Keel { child, spec };
-        keel.wait_ready()?;
-        Ok(keel)
+        Ok(Keel { child, spec, handed_over: false })
     }
 
     /// keel creates its API socket only once it is fully ready, so "ready" = `"pods"` answers.
@@ -237,7 +271,7 @@ impl Drop for Keel {
         // Uninstalled, so the next keel of the lab (or of the benchmark's next arm) starts from a clean slate; a
         // keel that does not answer gets SIGTERM, then SIGKILL (the lab removes what it leaves).
         if self.child.try_wait().is_none() {
-            if self.cli(&["uninstall"]).is_ok() && self.child.wait_timeout(TERM_TIMEOUT).is_some() {
+            if !self.handed_over && self.cli(&["uninstall"]).is_ok() && self.child.wait_timeout(TERM_TIMEOUT).is_some() {
                 return;
             }
             let _ = self.child.signal(libc::SIGTERM);

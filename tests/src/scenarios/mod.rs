@@ -25,6 +25,7 @@ pub mod same_node_bypass;
 pub mod selftest;
 pub mod trace_export;
 pub mod traffic_management;
+pub mod upgrade;
 
 use crate::lab::{Connection, Keel, Lab, Pod, ServeMode};
 use anyhow::{bail, Context, Result};

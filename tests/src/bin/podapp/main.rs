@@ -60,6 +60,9 @@ enum Cmd {
         timeout_ms: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Spread the bytes over this long (16 KiB at a time): a long-lived stream, e.g. across a keel upgrade.
+        #[arg(long, default_value_t = 0)]
+        duration_ms: u64,
     },
     /// COUNT sequential short connections to an echo server.
     ConnectLoop {
@@ -88,7 +91,9 @@ fn main() {
     let cli = Cli::parse();
     let ok = match cli.cmd {
         Cmd::Serve { port, mode, read_delay_ms, read_chunk } => serve::run(port, mode, read_delay_ms, read_chunk.max(1)),
-        Cmd::Send { to, bytes, mode, timeout_ms, seed } => send::run(to, bytes, mode, timeout_ms, seed),
+        Cmd::Send { to, bytes, mode, timeout_ms, seed, duration_ms } => {
+            send::run(to, bytes, mode, timeout_ms, seed, std::time::Duration::from_millis(duration_ms))
+        }
         Cmd::ConnectLoop { to, count, bytes, timeout_ms } => connect_loop::run(to, count, bytes, timeout_ms),
         Cmd::HttpServe(a) => http_serve::run(a),
         Cmd::DnsServe(a) => dns_serve::run(a),

@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -> bool {
+pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64, spread: Duration) -> bool {
     let start = Instant::now();
     let timeout = Duration::from_millis(timeout_ms.max(1));
     // The local port is read after bind, not after connect: a connection reset while (or before) connect()
@@ -42,7 +42,7 @@ pub fn run(to: SocketAddr, bytes: u64, mode: Mode, timeout_ms: u64, seed: u64) -
             return false;
         }
     };
-    let write_thread = std::thread::spawn(move || write_payload(writer, bytes, seed));
+    let write_thread = std::thread::spawn(move || write_payload(writer, bytes, seed, spread));
 
     let mut reader = stream;
     let mut got = Checksum::new();
@@ -110,17 +110,23 @@ fn bound_socket(to: SocketAddr) -> std::io::Result<(socket2::Socket, u16)> {
 }
 
 /// Sends `bytes` of the seeded stream, then half-closes; returns the count and SHA-256 actually written.
-fn write_payload(mut w: TcpStream, bytes: u64, seed: u64) -> Result<(u64, String), String> {
+/// Writes `bytes` of the seed's payload, spread evenly over `spread` when it is not zero.
+fn write_payload(mut w: TcpStream, bytes: u64, seed: u64, spread: Duration) -> Result<(u64, String), String> {
     let mut p = Payload::new(seed);
     let mut sum = Checksum::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; if spread.is_zero() { 64 * 1024 } else { 16 * 1024 }];
     let mut left = bytes;
+    let started = Instant::now();
     while left > 0 {
         let k = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..k]);
         w.write_all(&buf[..k]).map_err(|e| format!("write after {} bytes: {e}", sum.bytes()))?;
         sum.update(&buf[..k]);
         left -= k as u64;
+        if !spread.is_zero() {
+            let due = spread.mul_f64(sum.bytes() as f64 / bytes as f64);
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
     }
     w.shutdown(Shutdown::Write).map_err(|e| format!("shutdown(write): {e}"))?;
     Ok((sum.bytes(), sum.hex()))

@@ -1,0 +1,216 @@
+//! Hitless restart and upgrade (`keel run --takeover`): a new keel on the node takes the running one's listening
+//! sockets over a Unix socket in the state directory, so not one connection is refused or lost in an accept queue
+//! while keel changes, and the old keel serves what it already carries to its natural end.
+//!
+//! The exchange (versioned, JSON documents on SOCK_SEQPACKET with descriptors as SCM_RIGHTS, see [`seqpacket`]):
+//!
+//! 1. new → old `hello {version}`; an old keel of another version answers `refused` and, when the new one then
+//!    asks `stop`, stops as for a restart (today's drain-and-restart: pods refused until the new keel has them);
+//! 2. old → new `offer {pods}`, then one `pod {spec}` per enrolled pod carrying its three listeners (15001,
+//!    15006, 15008 in the pod's network namespace), then `node {names}` carrying the admin, readiness and metrics
+//!    listeners. The old keel keeps accepting meanwhile: both processes accept on the same sockets, so every
+//!    connection in the queues is served by one of them;
+//! 3. the new keel enrolls the pods on those sockets (capture's maps and pinned links are shared: it re-registers
+//!    the same sockets and replaces the pinned links with its own) and starts accepting, then says `took_over`;
+//! 4. the old keel answers `bye`, stops accepting (its copies of the sockets close; the new keel's stay open),
+//!    sends a GOAWAY on its HBONE connections (streams in flight go on; new ones go to the new keel), serves every
+//!    connection it has to its end or until `--drain-max`, and exits.
+//!
+//! If either side dies during the exchange nothing is lost: until `took_over`, the old keel never stopped
+//! accepting, and the capture state in the kernel (pinned maps and links) is the same for both.
+pub mod seqpacket;
+
+use std::{
+    future::Future,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{pods::PodSpec, sockets::PodListeners};
+
+/// This keel's handover protocol version: a pair of keels of different versions falls back to drain-and-restart.
+pub const VERSION: u32 = 1;
+/// How long either side waits for the other's next message.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a running keel listens for its successor.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("handover.sock")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Message {
+    Hello {
+        version: u32,
+    },
+    Refused {
+        reason: String,
+    },
+    Stop,
+    Offer {
+        pods: usize,
+    },
+    /// Carries the pod's outbound, inbound and HBONE listeners, in that order.
+    Pod {
+        spec: PodSpec,
+    },
+    /// Carries these listeners of keel's own (`admin`, `readiness`, `metrics`), in that order.
+    Node {
+        names: Vec<String>,
+    },
+    TookOver,
+    Bye,
+}
+
+/// What a running keel hands over: its pods with their listeners, and its own listeners by name (copies: the
+/// sockets stay open in both processes).
+pub struct Offer {
+    pub pods: Vec<(PodSpec, PodListeners)>,
+    pub node: Vec<(String, std::net::TcpListener)>,
+}
+
+/// The running keel's side.
+pub trait Handover: Send + Sync + 'static {
+    /// Copies of what it would hand over now.
+    fn offer(&self) -> impl Future<Output = anyhow::Result<Offer>> + Send;
+    /// The successor serves everything now: stop accepting, drain, exit.
+    fn handed_over(&self);
+    /// A successor of another version asked for the old way: stop as for a restart; done once this keel's
+    /// listeners are closed (the successor opens its own then).
+    fn stop_for_restart(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Serves successors, one at a time, for as long as keel runs (a blocking thread: handovers are rare).
+pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: tokio::runtime::Handle) {
+    std::thread::Builder::new()
+        .name("keel-handover".into())
+        .spawn(move || loop {
+            let peer = match seqpacket::accept(&listener, EXCHANGE_TIMEOUT) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "handover connection refused");
+                    continue;
+                }
+            };
+            match hand_over(&peer, keel.as_ref(), &runtime) {
+                Ok(true) => return,
+                Ok(false) => {}
+                // The successor went away or misbehaved before taking over: nothing changed here.
+                Err(e) => warn!(error = %format!("{e:#}"), "handover abandoned; this keel goes on serving"),
+            }
+        })
+        .expect("spawning the handover thread");
+}
+
+/// One successor's exchange; `true` once it took over (or this keel was asked to stop).
+fn hand_over<H: Handover>(peer: &OwnedFd, keel: &H, runtime: &tokio::runtime::Handle) -> anyhow::Result<bool> {
+    let (hello, _): (Message, _) = seqpacket::receive(peer)?;
+    let Message::Hello { version } = hello else { bail!("expected hello, got {hello:?}") };
+    if version != VERSION {
+        let reason = format!("this keel speaks handover version {VERSION}, the new one {version}");
+        warn!(%reason, "handover refused: falling back to drain-and-restart if asked");
+        seqpacket::send(peer, &Message::Refused { reason }, &[])?;
+        return match seqpacket::receive::<Message>(peer) {
+            Ok((Message::Stop, _)) => {
+                // The connection stays open until the listeners are closed: the successor waits for its end.
+                runtime.block_on(keel.stop_for_restart());
+                Ok(true)
+            }
+            _ => Ok(false),
+        };
+    }
+    let offer = runtime.block_on(keel.offer())?;
+    seqpacket::send(peer, &Message::Offer { pods: offer.pods.len() }, &[])?;
+    for (spec, listeners) in &offer.pods {
+        let fds = [listeners.outbound.as_fd(), listeners.inbound.as_fd(), listeners.hbone.as_fd()];
+        seqpacket::send(peer, &Message::Pod { spec: spec.clone() }, &fds)?;
+    }
+    let names = offer.node.iter().map(|(name, _)| name.clone()).collect();
+    let fds: Vec<_> = offer.node.iter().map(|(_, listener)| listener.as_fd()).collect();
+    seqpacket::send(peer, &Message::Node { names }, &fds)?;
+    let (answer, _): (Message, _) = seqpacket::receive(peer)?;
+    let Message::TookOver = answer else { bail!("expected took_over, got {answer:?}") };
+    info!(pods = offer.pods.len(), "handed over to the new keel: draining");
+    keel.handed_over();
+    // After the daemon was told: the successor waits for this before it answers on the API.
+    let _ = seqpacket::send(peer, &Message::Bye, &[]);
+    Ok(true)
+}
+
+/// What the new keel received.
+pub struct Received {
+    pub pods: Vec<(PodSpec, PodListeners)>,
+    /// keel's own listeners by name.
+    pub node: Vec<(String, std::net::TcpListener)>,
+    connection: OwnedFd,
+}
+
+impl Received {
+    /// Takes the named listener of keel's own, if the old keel had one.
+    pub fn node_listener(&mut self, name: &str) -> Option<std::net::TcpListener> {
+        let at = self.node.iter().position(|(n, _)| n == name)?;
+        Some(self.node.swap_remove(at).1)
+    }
+
+    /// Tells the old keel this one serves everything now, and waits until it has stopped accepting.
+    pub fn took_over(self) -> anyhow::Result<()> {
+        seqpacket::send(&self.connection, &Message::TookOver, &[])?;
+        let (bye, _): (Message, _) = seqpacket::receive(&self.connection)?;
+        let Message::Bye = bye else { bail!("expected bye, got {bye:?}") };
+        Ok(())
+    }
+}
+
+/// The new keel's side: the running keel's pods and listeners, or `None` when no keel runs here (or one of another
+/// version, which was asked to stop as for a restart: it is gone when this returns).
+pub fn take_over(state_dir: &Path, version: u32) -> anyhow::Result<Option<Received>> {
+    let path = socket_path(state_dir);
+    let Some(connection) = seqpacket::connect(&path, EXCHANGE_TIMEOUT)? else {
+        info!(socket = %path.display(), "no running keel to take over from: starting afresh");
+        return Ok(None);
+    };
+    seqpacket::send(&connection, &Message::Hello { version }, &[])?;
+    let (answer, _): (Message, _) = seqpacket::receive(&connection)?;
+    let pods = match answer {
+        Message::Offer { pods } => pods,
+        Message::Refused { reason } => {
+            warn!(%reason, "the running keel cannot hand over: asking it to stop as for a restart (pods refused until restored)");
+            seqpacket::send(&connection, &Message::Stop, &[])?;
+            wait_until_gone(&connection);
+            return Ok(None);
+        }
+        other => bail!("expected an offer, got {other:?}"),
+    };
+    let mut received = Received { pods: Vec::with_capacity(pods), node: Vec::new(), connection };
+    for i in 0..pods {
+        let (message, fds): (Message, Vec<OwnedFd>) = seqpacket::receive(&received.connection)?;
+        let Message::Pod { spec } = message else { bail!("pod {i} of {pods}: got {message:?}") };
+        let [outbound, inbound, hbone]: [OwnedFd; 3] =
+            fds.try_into().map_err(|fds: Vec<OwnedFd>| anyhow::anyhow!("pod {}: {} listeners, want 3", spec.pod_name(), fds.len()))?;
+        let listeners = PodListeners { outbound: outbound.into(), inbound: inbound.into(), hbone: hbone.into() };
+        received.pods.push((spec, listeners));
+    }
+    let (message, fds): (Message, Vec<OwnedFd>) = seqpacket::receive(&received.connection)?;
+    let Message::Node { names } = message else { bail!("expected keel's own listeners, got {message:?}") };
+    if names.len() != fds.len() {
+        bail!("{} listener names for {} descriptors", names.len(), fds.len());
+    }
+    received.node = names.into_iter().zip(fds.into_iter().map(std::net::TcpListener::from)).collect();
+    Ok(Some(received))
+}
+
+/// Waits (bounded by the exchange timeout) for the old keel to close the connection: it does so as it exits.
+fn wait_until_gone(connection: &OwnedFd) {
+    let _ = seqpacket::receive::<Message>(connection);
+}
+
+/// Binds the handover socket this keel will serve its successor on.
+pub fn listen(state_dir: &Path) -> anyhow::Result<OwnedFd> {
+    seqpacket::listen(&socket_path(state_dir)).context("the handover socket")
+}

@@ -1,0 +1,137 @@
+//! Hitless upgrade: `keel run --takeover` on a node where keel runs takes its listening sockets, pods and admin port
+//! while the pods keep opening connections, and the old keel serves the streams it carries to their end.
+//!
+//! Two nodes following one control plane; on node 0, `client` and `near`, on node 1, `far`. While client opens
+//! short connections one after another to near (same node) and to far (HBONE), and two long streams (same node and
+//! HBONE, each 2 MiB over 8 s) run through node 0's keel, a successor takes over from it, twice in a row. Then:
+//! every short connection succeeded (none refused, none lost in an accept queue), both long streams arrived
+//! whole (checksums), each old keel exited by itself once its last connection ended, and the last keel serves the
+//! pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
+//! instead, said in both logs.
+use super::*;
+use crate::lab::{mesh_config, ChildGuard};
+
+const PORT: u16 = 9000;
+const STREAM_BYTES: u64 = 2 * MIB;
+const STREAM_SPREAD: Duration = Duration::from_secs(8);
+
+pub fn keel_takes_over_without_refusing_a_connection() {
+    with_nodes("takeover", 2, |lab| {
+        let client = lab.node(0).add_pod("client")?;
+        let near = lab.node(0).add_pod("near")?;
+        let far = lab.node(1).add_pod("far")?;
+        let config_dir = lab.dir().join("mesh");
+        mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[
+                mesh_config::pod_object(&client, "client", &[("app", "client")]),
+                mesh_config::pod_object(&near, "near", &[("app", "near")]),
+                mesh_config::pod_object(&far, "far", &[("app", "far")]),
+            ],
+        )?;
+        let control = lab.start_control_on(0, &config_dir)?;
+        let mut keels = lab.start_keels_following(&control, &[])?;
+        keels.iter().try_for_each(wait_ready)?;
+        keels[0].enroll(&client)?;
+        keels[0].enroll(&near)?;
+        keels[1].enroll(&far)?;
+        let _servers = [near.serve(PORT, ServeMode::Echo, &[])?, far.serve(PORT, ServeMode::Echo, &[])?];
+        send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("before any takeover")?;
+
+        let mut current = keels.remove(0);
+        for round in 1..=2 {
+            current = take_over_under_load(&client, &near, &far, current, round)?;
+        }
+        // The last keel is the node's keel now: its API, its admin port and its records.
+        send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the takeovers")?;
+        let to = far.addr(PORT).to_string();
+        current.wait_connection(Duration::from_secs(5), |c| c.original_destination == to && c.error.is_none())?;
+        let (status, _) = current.admin_get("/healthz/ready")?;
+        if status != 200 {
+            bail!("the last keel's admin port does not answer ready: {status}");
+        }
+        mismatched_version_falls_back(&client, &far, current)
+    });
+}
+
+/// One takeover of `old` while short connections and two long streams run; the successor.
+fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, round: u32) -> Result<Keel> {
+    let streams = [spawn_stream(client, near.addr(PORT))?, spawn_stream(client, far.addr(PORT))?];
+    let loops_started = std::time::Instant::now();
+    let loops = [spawn_loop(client, near.addr(PORT))?, spawn_loop(client, far.addr(PORT))?];
+    std::thread::sleep(Duration::from_millis(1500));
+    let old_pid = old.pid();
+    let next = old.start_successor(&[]).with_context(|| format!("round {round}: starting the successor"))?;
+    // The successor logs "keel ready" only after the old keel stopped accepting: from here on only it accepts.
+    let handed_over_at = loops_started.elapsed();
+    for (what, mut child) in ["near", "far"].into_iter().zip(loops) {
+        let result = finished(&mut child, Duration::from_secs(120))?;
+        if result["failed"] != 0 || result["ok"].as_u64().unwrap_or(0) == 0 {
+            bail!("round {round}: short connections to {what} failed across the takeover: {result}");
+        }
+        // The loop must have spanned the handover, or it proved nothing.
+        let ran_for = Duration::from_secs_f64(result["total_ms"].as_f64().unwrap_or(0.0) / 1e3);
+        eprintln!("round {round}: {} connections to {what} over {ran_for:?}, handover done after {handed_over_at:?}", result["ok"]);
+        if ran_for < handed_over_at + Duration::from_millis(500) {
+            bail!("round {round}: the connections to {what} ended {ran_for:?} after they began, before the handover ({handed_over_at:?}) was done");
+        }
+    }
+    for (what, mut child) in ["near (same node)", "far (HBONE)"].into_iter().zip(streams) {
+        let result = finished(&mut child, STREAM_SPREAD + Duration::from_secs(30))?;
+        if result["ok"] != true || result["received"] != STREAM_BYTES {
+            bail!("round {round}: the long stream to {what} did not survive the takeover: {result}");
+        }
+    }
+    // The old keel carried the long streams to their end, then left by itself.
+    let status = old.wait_exit_within(Duration::from_secs(20)).with_context(|| format!("round {round}: the old keel (pid {old_pid})"))?;
+    let log = old.log();
+    if !status.success() || !log.contains("handed over to the new keel") || !log.contains("keel stopped after handing over") {
+        bail!("round {round}: the old keel did not hand over and stop cleanly ({status}); log tail:\n{}", old.log_tail(30));
+    }
+    if !next.log().contains("took over from the previous keel") {
+        bail!("round {round}: the successor does not say it took over; log tail:\n{}", next.log_tail(30));
+    }
+    Ok(next)
+}
+
+/// A successor that speaks another handover version: the running keel refuses, is asked to stop as for a
+/// restart, and the successor restores the pods itself (connections are refused in between: the old way).
+fn mismatched_version_falls_back(client: &Pod, far: &Pod, mut old: Keel) -> Result<()> {
+    let next = old.start_successor(&["--handover-version", "999"])?;
+    old.wait_exit_within(Duration::from_secs(20)).context("the old keel asked to stop for a restart")?;
+    if !old.log().contains("handover refused") || !next.log().contains("cannot hand over") {
+        bail!("the version mismatch is not said in both logs:\nold:\n{}\nnew:\n{}", old.log_tail(20), next.log_tail(20));
+    }
+    send_ok(client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the fallback restart")?;
+    Ok(())
+}
+
+fn spawn_stream(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
+    let (to, bytes, spread) = (to.to_string(), STREAM_BYTES.to_string(), STREAM_SPREAD.as_millis().to_string());
+    client.spawn(&[
+        client.podapp_path().display().to_string(),
+        "send".into(),
+        "--to".into(),
+        to,
+        "--bytes".into(),
+        bytes,
+        "--duration-ms".into(),
+        spread,
+    ])
+}
+
+fn spawn_loop(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
+    let args = ["connect-loop", "--to", &to.to_string(), "--count", "4000", "--bytes", "64"].map(str::to_owned);
+    client.spawn(&std::iter::once(client.podapp_path().display().to_string()).chain(args).collect::<Vec<_>>())
+}
+
+/// The child's JSON result line once it exits (within `timeout`).
+fn finished(child: &mut ChildGuard, timeout: Duration) -> Result<Value> {
+    child.wait_timeout(timeout).with_context(|| format!("{} did not finish within {timeout:?}", child.name()))?;
+    let log = child.log();
+    log.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .with_context(|| format!("{} printed no result:\n{}", child.name(), crate::lab::process::tail(&log, 10)))
+}
