@@ -124,13 +124,11 @@ impl crate::admin::Admin for Daemon {
 }
 
 impl crate::handover::Handover for Daemon {
-    fn offer(&self) -> impl std::future::Future<Output = anyhow::Result<crate::handover::Offer>> + Send {
-        async {
-            let pods = self.enrollment.handover_offer().await?;
-            let own = self.own_listeners.lock().expect("own listeners poisoned");
-            let node = own.iter().map(|(name, l)| Ok((name.clone(), l.try_clone()?))).collect::<std::io::Result<_>>()?;
-            Ok(crate::handover::Offer { pods, node })
-        }
+    async fn offer(&self) -> anyhow::Result<crate::handover::Offer> {
+        let pods = self.enrollment.handover_offer().await?;
+        let own = self.own_listeners.lock().expect("own listeners poisoned");
+        let node = own.iter().map(|(name, l)| Ok((name.clone(), l.try_clone()?))).collect::<std::io::Result<_>>()?;
+        Ok(crate::handover::Offer { pods, node })
     }
 
     fn handed_over(&self) {
