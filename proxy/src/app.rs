@@ -368,7 +368,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || received.took_over()).await?.context("completing the handover")?;
         info!(pods = restored, "took over from the previous keel: it stopped accepting and drains what it carries");
     }
-    crate::handover::serve(crate::handover::listen(&config.state_dir)?, daemon.clone(), tokio::runtime::Handle::current());
+    let handover = crate::handover::listen(&config.state_dir)?;
+    crate::handover::serve(handover.socket.try_clone()?, daemon.clone(), tokio::runtime::Handle::current());
     info!(capture = ?config.capture, restored_pods = restored, startup_ms = started.elapsed().as_millis() as u64,
           api = %config.api_socket.display(), admin = %config.admin_addr, "keel ready");
 
@@ -385,10 +386,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     daemon.data_path.bypass.revoke_all(&daemon.data_path.capture);
     api_task.abort();
     agent_task.iter().for_each(tokio::task::JoinHandle::abort);
-    if !handed_over {
-        // (After a handover the path is the successor's.)
+    if !for_successor {
+        // (Otherwise the paths are, or are about to be, the successor's.)
         let _ = std::fs::remove_file(&config.api_socket);
     }
+    handover.remove_if_ours();
     if release {
         daemon.enrollment.release_all().await;
     } else {

@@ -210,7 +210,29 @@ fn wait_until_gone(connection: &OwnedFd) {
     let _ = seqpacket::receive::<Message>(connection);
 }
 
+/// The handover socket this keel serves its successor on.
+pub struct Listening {
+    pub socket: OwnedFd,
+    path: PathBuf,
+    /// The socket file's inode: a successor's socket at the same path is not this keel's to remove.
+    inode: u64,
+}
+
+impl Listening {
+    /// Removes the socket file, if it is still this keel's (a successor has bound its own there after a handover).
+    pub fn remove_if_ours(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds the handover socket this keel will serve its successor on.
-pub fn listen(state_dir: &Path) -> anyhow::Result<OwnedFd> {
-    seqpacket::listen(&socket_path(state_dir)).context("the handover socket")
+pub fn listen(state_dir: &Path) -> anyhow::Result<Listening> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = socket_path(state_dir);
+    let socket = seqpacket::listen(&path).context("the handover socket")?;
+    let inode = std::fs::metadata(&path)?.ino();
+    Ok(Listening { socket, path, inode })
 }
