@@ -451,20 +451,23 @@ async fn reauthorize_on_change(data_path: Arc<DataPath>) {
     }
 }
 
-/// How long a keel taking over waits for its config before it gives up (the running keel goes on serving).
+/// How long a keel taking over waits for its config before it gives up (the running keel goes on serving); within
+/// the running keel's patience for the hello.
 const TAKEOVER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const _: () = assert!(TAKEOVER_READY_TIMEOUT.as_secs() < crate::handover::HELLO_TIMEOUT.as_secs());
 
-/// `--takeover`: waits until this keel could serve (the control plane's first answer of every type, so a connection
-/// it takes is not refused for want of config), then receives the running keel's pods and sockets.
+/// `--takeover`: when a keel runs here, waits until this one could serve (the control plane's first answer of every
+/// type, so a connection it takes is not refused for want of config), then receives its pods and sockets.
 async fn take_over(daemon: &Daemon, version: u32) -> anyhow::Result<Option<crate::handover::Received>> {
+    let state_dir = daemon.config.state_dir.clone();
+    let Some(pending) = tokio::task::spawn_blocking(move || crate::handover::connect(&state_dir)).await?? else { return Ok(None) };
     if let Some(xds) = &daemon.xds {
         let mut ready = xds.ready.clone();
         tokio::time::timeout(TAKEOVER_READY_TIMEOUT, ready.wait_for(|ready| *ready))
             .await
             .map_err(|_| anyhow::anyhow!("no config from the control plane within {TAKEOVER_READY_TIMEOUT:?}: not taking over"))??;
     }
-    let state_dir = daemon.config.state_dir.clone();
-    tokio::task::spawn_blocking(move || crate::handover::take_over(&state_dir, version)).await?.context("taking over from the running keel")
+    tokio::task::spawn_blocking(move || pending.exchange(version)).await?.context("taking over from the running keel")
 }
 
 impl Daemon {

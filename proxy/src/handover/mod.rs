@@ -37,6 +37,8 @@ use crate::{pods::PodSpec, sockets::PodListeners};
 pub const VERSION: u32 = 1;
 /// How long either side waits for the other's next message.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the running keel waits for a connected successor's hello (it gets its config first).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Where a running keel listens for its successor.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -60,9 +62,12 @@ enum Message {
     Pod {
         spec: PodSpec,
     },
-    /// Carries these listeners of keel's own (`admin`, `readiness`, `metrics`), in that order.
+    /// Carries these listeners of keel's own (`admin`, `readiness`, `metrics`), in that order, bound in the
+    /// network namespace `netns` (its inode): a successor in another one (a new pod, as a DaemonSet's surge
+    /// creates) binds its own.
     Node {
         names: Vec<String>,
+        netns: u64,
     },
     TookOver,
     Bye,
@@ -91,7 +96,7 @@ pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: t
     std::thread::Builder::new()
         .name("keel-handover".into())
         .spawn(move || loop {
-            let peer = match seqpacket::accept(&listener, EXCHANGE_TIMEOUT) {
+            let peer = match seqpacket::accept(&listener, HELLO_TIMEOUT) {
                 Ok(peer) => peer,
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "handover connection refused");
@@ -112,6 +117,7 @@ pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: t
 fn hand_over<H: Handover>(peer: &OwnedFd, keel: &H, runtime: &tokio::runtime::Handle) -> anyhow::Result<bool> {
     let (hello, _): (Message, _) = seqpacket::receive(peer)?;
     let Message::Hello { version } = hello else { bail!("expected hello, got {hello:?}") };
+    seqpacket::set_timeout(peer, EXCHANGE_TIMEOUT)?;
     if version != VERSION {
         let reason = format!("this keel speaks handover version {VERSION}, the new one {version}");
         warn!(%reason, "handover refused: falling back to drain-and-restart if asked");
@@ -133,7 +139,7 @@ fn hand_over<H: Handover>(peer: &OwnedFd, keel: &H, runtime: &tokio::runtime::Ha
     }
     let names = offer.node.iter().map(|(name, _)| name.clone()).collect();
     let fds: Vec<_> = offer.node.iter().map(|(_, listener)| listener.as_fd()).collect();
-    seqpacket::send(peer, &Message::Node { names }, &fds)?;
+    seqpacket::send(peer, &Message::Node { names, netns: own_netns()? }, &fds)?;
     let (answer, _): (Message, _) = seqpacket::receive(peer)?;
     let Message::TookOver = answer else { bail!("expected took_over, got {answer:?}") };
     info!(pods = offer.pods.len(), "handed over to the new keel: draining");
@@ -167,26 +173,44 @@ impl Received {
     }
 }
 
-/// The new keel's side: the running keel's pods and listeners, or `None` when no keel runs here (or one of another
-/// version, which was asked to stop as for a restart: it is gone when this returns).
-pub fn take_over(state_dir: &Path, version: u32) -> anyhow::Result<Option<Received>> {
+/// A connection to the running keel, before the exchange.
+pub struct Pending {
+    connection: OwnedFd,
+}
+
+/// The new keel's first step: connects to the running keel; `None` when no keel runs here. The connection may
+/// wait (up to [`HELLO_TIMEOUT`]) while this keel gets ready to serve, before [`Pending::exchange`].
+pub fn connect(state_dir: &Path) -> anyhow::Result<Option<Pending>> {
     let path = socket_path(state_dir);
-    let Some(connection) = seqpacket::connect(&path, EXCHANGE_TIMEOUT)? else {
+    let connection = seqpacket::connect(&path, EXCHANGE_TIMEOUT)?;
+    if connection.is_none() {
         info!(socket = %path.display(), "no running keel to take over from: starting afresh");
-        return Ok(None);
-    };
-    seqpacket::send(&connection, &Message::Hello { version }, &[])?;
-    let (answer, _): (Message, _) = seqpacket::receive(&connection)?;
-    let pods = match answer {
-        Message::Offer { pods } => pods,
-        Message::Refused { reason } => {
-            warn!(%reason, "the running keel cannot hand over: asking it to stop as for a restart (pods refused until restored)");
-            seqpacket::send(&connection, &Message::Stop, &[])?;
-            wait_until_gone(&connection);
-            return Ok(None);
-        }
-        other => bail!("expected an offer, got {other:?}"),
-    };
+    }
+    Ok(connection.map(|connection| Pending { connection }))
+}
+
+impl Pending {
+    /// The running keel's pods and listeners, or `None` when it speaks another version (it was asked to stop as
+    /// for a restart, and has closed its listeners when this returns).
+    pub fn exchange(self, version: u32) -> anyhow::Result<Option<Received>> {
+        let connection = self.connection;
+        seqpacket::send(&connection, &Message::Hello { version }, &[])?;
+        let (answer, _): (Message, _) = seqpacket::receive(&connection)?;
+        let pods = match answer {
+            Message::Offer { pods } => pods,
+            Message::Refused { reason } => {
+                warn!(%reason, "the running keel cannot hand over: asking it to stop as for a restart (pods refused until restored)");
+                seqpacket::send(&connection, &Message::Stop, &[])?;
+                wait_until_gone(&connection);
+                return Ok(None);
+            }
+            other => bail!("expected an offer, got {other:?}"),
+        };
+        receive_offer(connection, pods).map(Some)
+    }
+}
+
+fn receive_offer(connection: OwnedFd, pods: usize) -> anyhow::Result<Received> {
     let mut received = Received { pods: Vec::with_capacity(pods), node: Vec::new(), connection };
     for i in 0..pods {
         let (message, fds): (Message, Vec<OwnedFd>) = seqpacket::receive(&received.connection)?;
@@ -197,12 +221,22 @@ pub fn take_over(state_dir: &Path, version: u32) -> anyhow::Result<Option<Receiv
         received.pods.push((spec, listeners));
     }
     let (message, fds): (Message, Vec<OwnedFd>) = seqpacket::receive(&received.connection)?;
-    let Message::Node { names } = message else { bail!("expected keel's own listeners, got {message:?}") };
+    let Message::Node { names, netns } = message else { bail!("expected keel's own listeners, got {message:?}") };
     if names.len() != fds.len() {
         bail!("{} listener names for {} descriptors", names.len(), fds.len());
     }
-    received.node = names.into_iter().zip(fds.into_iter().map(std::net::TcpListener::from)).collect();
-    Ok(Some(received))
+    if netns == own_netns()? {
+        received.node = names.into_iter().zip(fds.into_iter().map(std::net::TcpListener::from)).collect();
+    } else {
+        info!("the running keel's admin and probe ports are in another network namespace: binding this keel's own");
+    }
+    Ok(received)
+}
+
+/// The inode of this process's network namespace.
+fn own_netns() -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?.ino())
 }
 
 /// Waits (bounded by the exchange timeout) for the old keel to close the connection: it does so as it exits.
@@ -236,3 +270,6 @@ pub fn listen(state_dir: &Path) -> anyhow::Result<Listening> {
     let inode = std::fs::metadata(&path)?.ino();
     Ok(Listening { socket, path, inode })
 }
+
+#[cfg(test)]
+mod tests;

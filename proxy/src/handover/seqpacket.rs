@@ -59,7 +59,7 @@ pub fn accept(listener: &OwnedFd, timeout: Duration) -> anyhow::Result<OwnedFd> 
     Ok(peer)
 }
 
-fn set_timeout(socket: &OwnedFd, timeout: Duration) -> anyhow::Result<()> {
+pub fn set_timeout(socket: &OwnedFd, timeout: Duration) -> anyhow::Result<()> {
     sockopt::set_socket_timeout(socket, sockopt::Timeout::Recv, Some(timeout))?;
     sockopt::set_socket_timeout(socket, sockopt::Timeout::Send, Some(timeout))?;
     Ok(())

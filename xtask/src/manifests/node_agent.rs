@@ -306,6 +306,7 @@ fn keel_container(params: &Params) -> Container {
         args: Some(vec![
             "run".to_owned(),
             "--kubernetes".to_owned(),
+            "--takeover".to_owned(),
             "--node-name=$(NODE_NAME)".to_owned(),
             format!("--xds-address={xds_address}"),
             format!("--xds-root={CONTROL_ROOT_DIR}/{ROOT_CERT}"),
@@ -415,7 +416,7 @@ fn daemon_set(params: &Params) -> Document {
                     host_network: Some(false),
                     node_selector: Some(labels(&[("kubernetes.io/os", "linux")])),
                     tolerations: Some(params.values.keel.tolerations.clone()),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(3600),
                     init_containers: Some(vec![install_cni_container(params)]),
                     containers: vec![keel_container(params)],
                     volumes: Some(volumes),
@@ -429,8 +430,10 @@ fn daemon_set(params: &Params) -> Document {
     let notes = [
         Note::above(
             "maxSurge: 1",
-            "Upgrades start the new keel on a node before the old one stops (maxSurge 1, maxUnavailable 0): the \
-             new one takes over the pinned capture, so the node's pods are never without a proxy.",
+            "Upgrades start the new keel on a node before the old one stops (maxSurge 1, maxUnavailable 0): with \
+             --takeover the new one takes the old one's listening sockets in every pod (over the handover socket in \
+             /run/keel) and the pinned capture, so no connection is refused; the old one serves what it carries to \
+             its end (--drain-max-ms) and exits.",
         ),
         Note::above(
             "priorityClassName: system-node-critical",
@@ -448,9 +451,10 @@ fn daemon_set(params: &Params) -> Document {
              and keel reaches keel-control and the API server like any pod.",
         ),
         Note::above(
-            "terminationGracePeriodSeconds: 30",
-            "SIGTERM drains open connections (--drain-timeout-ms, 5 s by default) and leaves the pods captured for the \
-             next keel; 30 s covers the drain with room to spare.",
+            "terminationGracePeriodSeconds: 3600",
+            "After a handover the old keel serves its open connections to their end, up to --drain-max-ms (an hour, \
+             as Envoy's hot restart drains); the grace period lets it. A plain SIGTERM drains for --drain-timeout-ms \
+             (5 s) and exits: the grace period is a bound, not a wait.",
         ),
         Note::above("initContainers:", "install-cni copies the keel-cni plugin onto the node and chains it into the node's CNI configuration."),
         Note::above_nth(
