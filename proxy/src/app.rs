@@ -341,7 +341,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // `--takeover`: once this keel could serve (its config in hand), the running keel's sockets pass to it.
     let mut received = match config.takeover {
-        Some(version) => take_over(&daemon, version).await?,
+        Some(takeover) => take_over(&daemon, takeover).await?,
         None => None,
     };
     let admin_listener = daemon.own_listener("admin", config.admin_addr, received.as_mut()).await?;
@@ -458,7 +458,7 @@ const _: () = assert!(TAKEOVER_READY_TIMEOUT.as_secs() < crate::handover::HELLO_
 
 /// `--takeover`: when a keel runs here, waits until this one could serve (the control plane's first answer of every
 /// type, so a connection it takes is not refused for want of config), then receives its pods and sockets.
-async fn take_over(daemon: &Daemon, version: u32) -> anyhow::Result<Option<crate::handover::Received>> {
+async fn take_over(daemon: &Daemon, takeover: crate::config::Takeover) -> anyhow::Result<Option<crate::handover::Received>> {
     let state_dir = daemon.config.state_dir.clone();
     let Some(pending) = tokio::task::spawn_blocking(move || crate::handover::connect(&state_dir)).await?? else { return Ok(None) };
     if let Some(xds) = &daemon.xds {
@@ -467,7 +467,12 @@ async fn take_over(daemon: &Daemon, version: u32) -> anyhow::Result<Option<crate
             .await
             .map_err(|_| anyhow::anyhow!("no config from the control plane within {TAKEOVER_READY_TIMEOUT:?}: not taking over"))??;
     }
-    tokio::task::spawn_blocking(move || pending.exchange(version)).await?.context("taking over from the running keel")
+    let received = tokio::task::spawn_blocking(move || pending.exchange(takeover.version)).await?.context("taking over from the running keel")?;
+    if let Some(received) = &received {
+        info!(pods = received.pods.len(), "received the running keel's sockets");
+        tokio::time::sleep(takeover.pause).await;
+    }
+    Ok(received)
 }
 
 impl Daemon {

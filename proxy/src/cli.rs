@@ -161,6 +161,10 @@ pub struct RunArgs {
     /// The handover protocol version to speak (tests of version mismatch only).
     #[arg(long, hide = true, default_value_t = crate::handover::VERSION)]
     pub handover_version: u32,
+    /// Wait this long between receiving the running keel's sockets and serving them (tests of a successor that
+    /// dies mid-handover only).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub handover_pause_ms: u64,
     /// Async worker threads for the data path.
     #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -587,7 +591,9 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         same_node_bypass: matches!(args.same_node_bypass, OnOff::On) && args.capture == CaptureMode::Ebpf,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
-        takeover: args.takeover.then_some(args.handover_version),
+        takeover: args
+            .takeover
+            .then_some(crate::config::Takeover { version: args.handover_version, pause: Duration::from_millis(args.handover_pause_ms) }),
         drain_max: Duration::from_millis(args.drain_max_ms),
         responder: args.responder,
         certificate_validity: Duration::from_secs(args.certificate_validity_secs.max(1)),

@@ -25,6 +25,15 @@ pub struct Exclusions {
     pub inbound_ports: Vec<u16>,
 }
 
+/// How `--takeover` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Takeover {
+    /// The handover protocol version spoken (another one than the running keel's gets the fallback).
+    pub version: u32,
+    /// A pause after the sockets arrived, before serving them (tests only).
+    pub pause: Duration,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub capture: CaptureMode,
@@ -42,8 +51,8 @@ pub struct Config {
     pub same_node_bypass: bool,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
-    /// `--takeover`: take over from a running keel, speaking this handover version.
-    pub takeover: Option<u32>,
+    /// `--takeover`: take over from a running keel.
+    pub takeover: Option<Takeover>,
     /// After a handover, how long the old keel serves its connections before it exits.
     pub drain_max: Duration,
     /// Benchmark mode: keel answers outbound HTTP requests itself.

@@ -56,18 +56,29 @@ impl Keel {
     /// flags, and returns once it logged that it is ready (this keel answered the API until then). This keel is
     /// marked handed over: it drains on its own, see [`Keel::wait_exit_within`].
     pub fn start_successor(&mut self, extra: &[&str]) -> Result<Keel> {
+        self.handed_over = true;
+        let mut next = self.spawn_successor(extra)?;
+        next.child
+            .wait_for_line(READY_TIMEOUT, |l| l.contains("\"keel ready\""))
+            .with_context(|| format!("the successor keel did not become ready; its log:\n{}", next.log_tail(40)))?;
+        Ok(next)
+    }
+
+    /// Starts `keel run --takeover` with this keel's spec and `extra` flags, and returns at once (this keel is not
+    /// marked handed over: the successor may never complete).
+    pub fn spawn_successor(&self, extra: &[&str]) -> Result<Keel> {
         let mut spec = self.spec.clone();
         spec.extra_args.retain(|a| a != "--takeover");
         spec.extra_args.push("--takeover".into());
         spec.extra_args.extend(extra.iter().map(|s| s.to_string()));
         let stem = spec.log.file_stem().and_then(|s| s.to_str()).unwrap_or("keel").to_owned();
         spec.log = spec.log.with_file_name(format!("{stem}-next.log"));
-        self.handed_over = true;
-        let mut next = Self::spawn(spec)?;
-        next.child
-            .wait_for_line(READY_TIMEOUT, |l| l.contains("\"keel ready\""))
-            .with_context(|| format!("the successor keel did not become ready; its log:\n{}", next.log_tail(40)))?;
-        Ok(next)
+        Self::spawn(spec)
+    }
+
+    /// Waits up to `timeout` for a line of this keel's log that `matches`.
+    pub fn wait_for_log(&mut self, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
+        self.child.wait_for_line(timeout, matches)
     }
 
     /// Waits up to `timeout` for this keel to exit by itself (after handing over); its exit status.

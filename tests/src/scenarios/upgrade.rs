@@ -7,7 +7,7 @@
 //! every short connection succeeded (none refused, none lost in an accept queue), both long streams arrived
 //! whole (checksums), each old keel exited by itself once its last connection ended, and the last keel serves the
 //! pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
-//! instead, said in both logs.
+//! instead, said in both logs; one killed mid-handover changes nothing.
 use super::*;
 use crate::lab::{mesh_config, ChildGuard};
 
@@ -43,6 +43,7 @@ pub fn keel_takes_over_without_refusing_a_connection() {
         for round in 1..=2 {
             current = take_over_under_load(&client, &near, &far, current, round)?;
         }
+        successor_killed_mid_handover(&client, &far, &mut current)?;
         // The last keel is the node's keel now: its API, its admin port and its records.
         send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the takeovers")?;
         let to = far.addr(PORT).to_string();
@@ -93,6 +94,31 @@ fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, roun
         bail!("round {round}: the successor does not say it took over; log tail:\n{}", next.log_tail(30));
     }
     Ok(next)
+}
+
+/// A successor killed (SIGKILL) after it received the sockets and before it served them: the running keel never
+/// stopped accepting, so no connection fails, and it goes on as the node's keel.
+fn successor_killed_mid_handover(client: &Pod, far: &Pod, current: &mut Keel) -> Result<()> {
+    let mut doomed = current.spawn_successor(&["--handover-pause-ms", "5000"])?;
+    let connections = spawn_loop(client, far.addr(PORT))?;
+    doomed.wait_for_log(Duration::from_secs(30), |l| l.contains("received the running keel's sockets"))?;
+    doomed.kill9();
+    let result = finished(&mut { connections }, Duration::from_secs(120))?;
+    if result["failed"] != 0 {
+        bail!("connections failed while a successor died mid-handover: {result}");
+    }
+    // The running keel noticed, and still serves: its API, and a new connection recorded by it.
+    let noticed = (0..50).any(|_| {
+        current.log().contains("handover abandoned") || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    if !noticed || !current.running() {
+        bail!("the running keel should go on after its successor died mid-handover; log tail:\n{}", current.log_tail(20));
+    }
+    send_ok(client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("after a successor died mid-handover")?;
+    Ok(())
 }
 
 /// A successor that speaks another handover version: the running keel refuses, is asked to stop as for a
