@@ -146,6 +146,7 @@ impl Enrollment {
     /// Starts serving a pod: on `listeners` a previous keel handed over, or on new ones opened in the pod.
     async fn start_pod(&self, spec: PodSpec, listeners: Option<PodListeners>) -> anyhow::Result<EnrolledPod> {
         let netns_path = spec.netns.clone();
+        let handed_over = listeners.is_some();
         let (netns, listeners) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let netns = Netns::open(&netns_path)?;
             let listeners = match listeners {
@@ -170,6 +171,10 @@ impl Enrollment {
             let inbound_fd = listeners.inbound.try_clone()?;
             tokio::task::spawn_blocking(move || {
                 let capture = PodCapture { spec: &spec, netns: &context.netns, inbound_listener: inbound_fd.as_fd() };
+                if handed_over {
+                    // Captured already, by the keel that handed it over: kept so, never released on failure.
+                    return data_path.capture.adopt(&capture);
+                }
                 let enrolled = data_path.capture.enroll(&capture);
                 if enrolled.is_err() {
                     // Half-applied capture (some map entries, maybe a link) must not outlive the failed request.

@@ -1,6 +1,14 @@
-//! Hitless upgrade: `keel run --takeover` under load (keel_tests::scenarios::upgrade).
+//! Hitless upgrade: `keel run --takeover` under load, for both capture backends (keel_tests::scenarios::upgrade).
+
+use keel_tests::lab::Backend::{Ebpf, Iptables};
+use keel_tests::scenarios::upgrade::keel_takes_over_without_refusing_a_connection;
 
 #[test]
-fn keel_takes_over_without_refusing_a_connection() {
-    keel_tests::scenarios::upgrade::keel_takes_over_without_refusing_a_connection();
+fn keel_takes_over_without_refusing_a_connection_ebpf() {
+    keel_takes_over_without_refusing_a_connection(Ebpf);
+}
+
+#[test]
+fn keel_takes_over_without_refusing_a_connection_iptables() {
+    keel_takes_over_without_refusing_a_connection(Iptables);
 }

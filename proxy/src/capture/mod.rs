@@ -102,6 +102,17 @@ impl Capture {
         }
     }
 
+    /// Captures a pod a previous keel captured and handed over (`crate::handover`), with the same listeners. eBPF:
+    /// enrolled again (the same socket re-registered, this keel's sk_lookup link replacing the pinned one: each
+    /// step leaves the pod captured). iptables: the previous keel's REDIRECT rules stay as they are; enrolling
+    /// again would remove and re-add them, and connections in between would go around keel.
+    pub fn adopt(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
+        match self {
+            Capture::Ebpf(c) => c.enroll(pod),
+            Capture::Iptables(_) => Ok(()),
+        }
+    }
+
     /// Stops capturing the pod. Existing connections keep running; new ones are no longer captured.
     pub fn unenroll(&self, pod: &PodCapture<'_>) -> anyhow::Result<()> {
         match self {

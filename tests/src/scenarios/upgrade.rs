@@ -1,7 +1,8 @@
 //! Hitless upgrade: `keel run --takeover` on a node where keel runs takes its listening sockets, pods and admin port
 //! while the pods keep opening connections, and the old keel serves the streams it carries to their end.
 //!
-//! Two nodes following one control plane; on node 0, `client` and `near`, on node 1, `far`. While client opens
+//! Both capture backends (iptables keeps the previous keel's REDIRECT rules as they are). Two nodes following one
+//! control plane; on node 0, `client` and `near`, on node 1, `far`. While client opens
 //! short connections one after another to near (same node) and to far (HBONE), and two long streams (same node and
 //! HBONE, each 2 MiB over 8 s) run through node 0's keel, a successor takes over from it, twice in a row. Then:
 //! every short connection succeeded (none refused, none lost in an accept queue), both long streams arrived
@@ -9,13 +10,13 @@
 //! pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
 //! instead, said in both logs; one killed mid-handover changes nothing.
 use super::*;
-use crate::lab::{mesh_config, ChildGuard};
+use crate::lab::{mesh_config, Backend, ChildGuard};
 
 const PORT: u16 = 9000;
 const STREAM_BYTES: u64 = 2 * MIB;
 const STREAM_SPREAD: Duration = Duration::from_secs(8);
 
-pub fn keel_takes_over_without_refusing_a_connection() {
+pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
     with_nodes("takeover", 2, |lab| {
         let client = lab.node(0).add_pod("client")?;
         let near = lab.node(0).add_pod("near")?;
@@ -31,7 +32,12 @@ pub fn keel_takes_over_without_refusing_a_connection() {
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
-        let mut keels = lab.start_keels_following(&control, &[])?;
+        let mut keels = (0..2)
+            .map(|node| {
+                let args = control.keel_args_for(node);
+                lab.start_keel_on(node, backend, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>>>()?;
         keels.iter().try_for_each(wait_ready)?;
         keels[0].enroll(&client)?;
         keels[0].enroll(&near)?;
