@@ -6,18 +6,19 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     data_path::PodContext,
-    limits::{Slot, Slots},
+    limits::{RateBudget, Slot, Slots},
     sockets,
     telemetry::Telemetry,
 };
 
 /// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
 /// task for each connection. A connection gets a slot of every pool in `slots` or is refused at once with a
-/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow.
+/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow. With a
+/// `rate`, a connection beyond it is refused the same way first.
 /// Connections already accepted keep running to their natural end.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
@@ -25,6 +26,7 @@ pub async fn accept_loop<H, F>(
     pod: Arc<PodContext>,
     telemetry: &Telemetry,
     slots: Vec<Arc<Slots>>,
+    rate: Option<Arc<RateBudget>>,
     mut stop: watch::Receiver<bool>,
     handle: H,
 ) where
@@ -39,6 +41,12 @@ pub async fn accept_loop<H, F>(
         match accepted {
             Ok((stream, peer)) => {
                 sockets::set_keepalive(&stream);
+                if let Some(rate) = rate.as_ref().filter(|rate| !rate.try_take()) {
+                    telemetry.refused(rate.refusal);
+                    debug!(pod = %pod.name, listener = what, %peer, per_second = rate.per_second(), "connection refused: the pod's connection rate");
+                    sockets::reset(&stream);
+                    continue;
+                }
                 let mut held = Vec::with_capacity(slots.len());
                 let refused = slots.iter().find(|pool| match pool.try_take() {
                     Some(slot) => {

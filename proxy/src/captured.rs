@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodCont
     let draining = stop.clone();
     let slots = vec![pod.connection_slots.clone()];
     let dp = data_path.clone();
-    accept_loop(listener, what, pod.clone(), &dp.telemetry, slots, stop, move |stream, peer, slots| {
+    accept_loop(listener, what, pod.clone(), &dp.telemetry, slots, pod.connection_rate.clone(), stop, move |stream, peer, slots| {
         let (pod, data_path, draining) = (pod.clone(), data_path.clone(), draining.clone());
         async move {
             handle(stream, peer, direction, &pod, &data_path, draining).await;

@@ -334,6 +334,12 @@ pub struct EnrollArgs {
     /// The pod's IP (repeatable).
     #[arg(long = "ip", required = true)]
     pub ips: Vec<IpAddr>,
+    /// Captured connections the pod may have open at once (its `keel.dev/max-connections` annotation).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// New captured connections per second (its `keel.dev/connections-per-second` annotation).
+    #[arg(long)]
+    pub connections_per_second: Option<u32>,
     #[arg(long)]
     pub namespace: String,
     #[arg(long)]
@@ -364,6 +370,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 cgroup: a.cgroup,
                 uid: a.uid,
                 ips: a.ips,
+                budgets: crate::pods::PodBudgets { max_connections: a.max_connections, connections_per_second: a.connections_per_second },
             }),
         ),
         Command::Unenroll(a) => client(&cli.api_socket, Request::Unenroll(PodName { namespace: a.namespace, name: a.name })),

@@ -105,7 +105,7 @@ impl CniPod {
         PodName { namespace: self.namespace.clone(), name: self.name.clone() }
     }
 
-    fn enroll_request(&self) -> EnrollRequest {
+    fn enroll_request(&self, budgets: crate::pods::PodBudgets) -> EnrollRequest {
         EnrollRequest {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -115,6 +115,7 @@ impl CniPod {
             cgroup: None,
             uid: Some(self.uid.clone()),
             ips: self.ips.clone(),
+            budgets,
         }
     }
 }
@@ -127,7 +128,9 @@ pub async fn add(enrollment: &Enrollment, policy: &AmbientPolicy, pod: CniPod) -
         info!(pod = %name, %reason, "CNI ADD: not ambient, left alone");
         return Ok(CniPodState::NotAmbient { reason });
     }
-    let spec = enrollment.resolve(pod.enroll_request()).await?;
+    // The pod's budgets come from its annotations, which only the node agent (under --kubernetes) has read.
+    let budgets = policy.agent.as_ref().map(|agent| agent.budgets(&pod.uid, &name)).unwrap_or_default();
+    let spec = enrollment.resolve(pod.enroll_request(budgets)).await?;
     enrollment.enroll_replacing(spec).await?;
     info!(pod = %name, container = pod.container_id.as_deref().unwrap_or(""), "CNI ADD: captured");
     Ok(CniPodState::Captured)
@@ -193,7 +196,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pod.container_id, None);
-        let request = pod.enroll_request();
+        let request = pod.enroll_request(Default::default());
         assert_eq!((request.cgroup, request.uid.as_deref()), (None, Some("0b6c1a52-3c1d-4d58-9b9c-2f0b1e1e8a11")));
     }
 }

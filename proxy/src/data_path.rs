@@ -6,8 +6,9 @@ use std::sync::Arc;
 use crate::{
     capture::Capture,
     dial::{Dialer, Origin},
-    limits::{Limits, PerSourceSlots, Slots},
+    limits::{Limits, PerSourceSlots, RateBudget, Slots},
     netns::Netns,
+    pods::PodBudgets,
     policy::open_connections::OpenConnections,
     telemetry::{Refusal, Telemetry},
     upstream::Upstreams,
@@ -23,17 +24,21 @@ pub struct PodContext {
     pub ip: std::net::Ipv4Addr,
     /// Captured connections (outbound and plaintext inbound) the pod may have in flight.
     pub connection_slots: Arc<Slots>,
+    /// New captured connections per second, when the pod has such a budget.
+    pub connection_rate: Option<Arc<RateBudget>>,
     /// HBONE connections the pod's 15008 accepts.
     pub hbone_slots: Arc<Slots>,
 }
 
 impl PodContext {
-    pub fn new(name: String, netns: Netns, ip: std::net::Ipv4Addr, limits: &Limits) -> PodContext {
+    /// The pod's context; its own `budgets` replace keel's defaults where they are set.
+    pub fn new(name: String, netns: Netns, ip: std::net::Ipv4Addr, limits: &Limits, budgets: PodBudgets) -> PodContext {
         PodContext {
             name,
             netns: Arc::new(netns),
             ip,
-            connection_slots: Slots::new(limits.connections_per_pod, Refusal::PodConnectionLimit),
+            connection_slots: Slots::new(budgets.max_connections.unwrap_or(limits.connections_per_pod), Refusal::PodConnectionLimit),
+            connection_rate: budgets.connections_per_second.map(|rate| RateBudget::new(rate, Refusal::PodConnectionRate)),
             hbone_slots: Slots::new(limits.hbone.connections_per_pod, Refusal::PodHboneLimit),
         }
     }

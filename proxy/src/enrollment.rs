@@ -68,6 +68,7 @@ impl Enrollment {
                     cgroup: None,
                     uid: spec.uid,
                     ips: spec.ips,
+                    budgets: spec.budgets,
                 };
                 match self.resolve(again).await {
                     Ok(spec) => spec,
@@ -164,7 +165,7 @@ impl Enrollment {
                 IpAddr::V6(_) => None,
             })
             .context("field `ips`: no IPv4 address")?;
-        let context = Arc::new(PodContext::new(spec.pod_name().to_string(), netns, ip, &self.data_path.limits));
+        let context = Arc::new(PodContext::new(spec.pod_name().to_string(), netns, ip, &self.data_path.limits, spec.budgets));
         {
             let data_path = self.data_path.clone();
             let (spec, context) = (spec.clone(), context.clone());
@@ -268,13 +269,22 @@ impl Enrollment {
         pods.values()
             .flat_map(|p| {
                 let c = &p.context;
-                [("connections", &c.connection_slots), ("hbone", &c.hbone_slots)].map(|(kind, slots)| PodThrottling {
+                let slots = [("connections", &c.connection_slots), ("hbone", &c.hbone_slots)].map(|(kind, slots)| PodThrottling {
                     pod: c.name.clone(),
                     kind,
                     in_use: slots.in_use(),
                     limit: slots.limit(),
                     refused: slots.refused(),
-                })
+                });
+                // A rate has no "held": its limit is per second.
+                let rate = c.connection_rate.as_ref().map(|rate| PodThrottling {
+                    pod: c.name.clone(),
+                    kind: "connections_per_second",
+                    in_use: 0,
+                    limit: rate.per_second() as usize,
+                    refused: rate.refused(),
+                });
+                slots.into_iter().chain(rate)
             })
             .collect()
     }

@@ -143,7 +143,7 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
         tokio::spawn(crate::admin::serve(crate::admin::bind(addr).await?, admin, crate::admin::Paths::Readiness));
     }
     let netns = Netns::own().context("opening the gateway's own network namespace")?;
-    let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits));
+    let pod = Arc::new(PodContext::new(settings.pod_name.clone(), netns, settings.pod_ip, &limits, Default::default()));
     let (stop, stopped) = watch::channel(false);
     let listeners = tokio::spawn(follow_listeners(data_path.clone(), pod.clone(), stopped.clone()));
     tokio::spawn(file_secrets::follow(data_path.workloads.clone(), stopped));
@@ -220,7 +220,7 @@ async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<Pod
     let slots = vec![pod.connection_slots.clone()];
     let telemetry_dp = dp.clone();
     let draining = stop.clone();
-    accept_loop(listener, "gateway", pod.clone(), &telemetry_dp.telemetry, slots, stop, move |stream, peer, slots| {
+    accept_loop(listener, "gateway", pod.clone(), &telemetry_dp.telemetry, slots, None, stop, move |stream, peer, slots| {
         let (dp, pod, draining) = (dp.clone(), pod.clone(), draining.clone());
         async move {
             let _ = stream.set_nodelay(true);

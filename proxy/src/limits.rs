@@ -121,6 +121,57 @@ impl Slots {
     }
 }
 
+/// A rate budget: a token bucket refilled at `per_second` and holding one second's worth (bursts up to it are
+/// allowed), taken from without waiting (a connection beyond it is refused, not queued) and counting refusals.
+#[derive(Debug)]
+pub struct RateBudget {
+    per_second: u32,
+    /// Tokens left and when they were counted.
+    bucket: Mutex<(f64, std::time::Instant)>,
+    refused: AtomicU64,
+    pub refusal: Refusal,
+}
+
+impl RateBudget {
+    pub fn new(per_second: u32, refusal: Refusal) -> Arc<RateBudget> {
+        let per_second = per_second.max(1);
+        Arc::new(RateBudget {
+            per_second,
+            bucket: Mutex::new((f64::from(per_second), std::time::Instant::now())),
+            refused: AtomicU64::new(0),
+            refusal,
+        })
+    }
+
+    /// One token if there is one now.
+    pub fn try_take(&self) -> bool {
+        self.try_take_at(std::time::Instant::now())
+    }
+
+    fn try_take_at(&self, now: std::time::Instant) -> bool {
+        let mut bucket = self.bucket.lock().expect("rate budget poisoned");
+        let (tokens, counted) = *bucket;
+        let refilled = (tokens + now.saturating_duration_since(counted).as_secs_f64() * f64::from(self.per_second)).min(f64::from(self.per_second));
+        if refilled >= 1.0 {
+            *bucket = (refilled - 1.0, now);
+            true
+        } else {
+            *bucket = (refilled, now);
+            drop(bucket);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
 /// Slots per source address (see [`HboneServerLimits::handshakes_per_source`]).
 #[derive(Debug)]
 pub struct PerSourceSlots {
@@ -200,6 +251,17 @@ mod tests {
         assert_eq!((slots.in_use(), slots.refused()), (2, 1), "the refusal is counted");
         drop(a);
         assert!(slots.try_take().is_some(), "a freed slot is reusable");
+    }
+
+    #[test]
+    fn a_rate_budget_allows_a_second_of_burst_then_its_rate() {
+        let budget = RateBudget::new(10, Refusal::PodConnectionRate);
+        let start = std::time::Instant::now();
+        let taken = (0..25).filter(|_| budget.try_take_at(start)).count();
+        assert_eq!((taken, budget.refused()), (10, 15), "a burst of one second's worth");
+        let later = start + std::time::Duration::from_millis(500);
+        let taken = (0..10).filter(|_| budget.try_take_at(later)).count();
+        assert_eq!(taken, 5, "half a second refills half");
     }
 
     #[test]

@@ -42,6 +42,64 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub netns_discovered: bool,
     pub ips: Vec<IpAddr>,
+    /// The pod's own connection budgets, over keel's defaults.
+    #[serde(default, skip_serializing_if = "PodBudgets::is_default")]
+    pub budgets: PodBudgets,
+}
+
+/// A pod's connection budgets where they differ from keel's defaults (the same for every pod), from its
+/// annotations `keel.dev/max-connections` and `keel.dev/connections-per-second`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodBudgets {
+    /// Captured connections the pod may have open at once (keel's default: `--max-connections-per-pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// New captured connections per second (a token bucket holding one second's worth; default: no rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_second: Option<u32>,
+}
+
+pub const MAX_CONNECTIONS_ANNOTATION: &str = "keel.dev/max-connections";
+pub const CONNECTIONS_PER_SECOND_ANNOTATION: &str = "keel.dev/connections-per-second";
+/// The largest budget accepted (beyond it a budget limits nothing a node can carry anyway).
+const MAX_BUDGET: u64 = 1_000_000;
+
+impl PodBudgets {
+    pub fn is_default(&self) -> bool {
+        *self == PodBudgets::default()
+    }
+
+    /// The budgets a pod's annotations set; an annotation that is no number from 1 to 1,000,000 is left out,
+    /// with a warning naming it (the default applies).
+    pub fn from_annotations(annotations: &std::collections::BTreeMap<String, String>) -> (PodBudgets, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut read = |name: &str| {
+            let value = annotations.get(name)?;
+            match value.trim().parse::<u64>() {
+                Ok(n) if (1..=MAX_BUDGET).contains(&n) => Some(n),
+                _ => {
+                    warnings.push(format!("annotation {name}: {value:?} is not a number from 1 to {MAX_BUDGET}; keel's default applies"));
+                    None
+                }
+            }
+        };
+        let budgets = PodBudgets {
+            max_connections: read(MAX_CONNECTIONS_ANNOTATION).map(|n| n as usize),
+            connections_per_second: read(CONNECTIONS_PER_SECOND_ANNOTATION).map(|n| n as u32),
+        };
+        (budgets, warnings)
+    }
+
+    fn validate(&self) -> Result<(), InvalidPod> {
+        let in_range = |n: u64| (1..=MAX_BUDGET).contains(&n);
+        if self.max_connections.is_some_and(|n| !in_range(n as u64)) {
+            return Err(invalid("budgets.max_connections", format!("a number from 1 to {MAX_BUDGET}")));
+        }
+        if self.connections_per_second.is_some_and(|n| !in_range(u64::from(n))) {
+            return Err(invalid("budgets.connections_per_second", format!("a number from 1 to {MAX_BUDGET}")));
+        }
+        Ok(())
+    }
 }
 
 /// An `enroll` request as it arrives on the API: the pod's cgroup is given (`cgroup`) or found from its Kubernetes
@@ -59,6 +117,8 @@ pub struct EnrollRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     pub ips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "PodBudgets::is_default")]
+    pub budgets: PodBudgets,
 }
 
 impl EnrollRequest {
@@ -92,6 +152,7 @@ impl EnrollRequest {
             uid: self.uid,
             netns_discovered,
             ips: self.ips,
+            budgets: self.budgets,
         })
     }
 }
@@ -118,6 +179,7 @@ impl PodSpec {
     /// Checks the request against the rules of Kubernetes names and keel's capture: `cgroup_root` is the cgroup
     /// keel's hooks are attached to, which the pod's cgroup must be inside of for connect() capture to see it.
     pub fn validate(&self, cgroup_root: &Path) -> Result<(), InvalidPod> {
+        self.budgets.validate()?;
         check_dns_label("namespace", &self.namespace)?;
         check_dns_subdomain("name", &self.name)?;
         check_dns_subdomain("service_account", &self.service_account)?;
@@ -195,6 +257,7 @@ mod tests {
             uid: None,
             netns_discovered: false,
             ips: vec!["10.244.0.11".parse().unwrap()],
+            budgets: PodBudgets::default(),
         }
     }
 
@@ -259,6 +322,7 @@ mod tests {
             cgroup: None,
             uid: None,
             ips: vec!["10.244.0.11".parse().unwrap()],
+            budgets: PodBudgets::default(),
         }
     }
 
@@ -330,5 +394,27 @@ mod tests {
         assert_eq!(resolve(elsewhere), Err("cgroup"), "a cgroup that is not the uid's is refused");
         std::fs::write(node.pod_cgroup().join("cri-containerd-a.scope/cgroup.procs"), "").unwrap();
         assert_eq!(resolve(EnrollRequest { uid: Some(UID.into()), ..request() }), Err("netns"), "no process: no netns");
+    }
+
+    #[test]
+    fn budgets_come_from_the_annotations_and_bad_values_are_named() {
+        let annotations = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (budgets, warnings) =
+            PodBudgets::from_annotations(&annotations(&[(MAX_CONNECTIONS_ANNOTATION, "64"), (CONNECTIONS_PER_SECOND_ANNOTATION, " 50 ")]));
+        assert_eq!(budgets, PodBudgets { max_connections: Some(64), connections_per_second: Some(50) });
+        assert!(warnings.is_empty());
+        let (budgets, warnings) = PodBudgets::from_annotations(&annotations(&[(CONNECTIONS_PER_SECOND_ANNOTATION, "lots")]));
+        assert!(budgets.is_default());
+        assert_eq!(
+            warnings,
+            [format!("annotation {CONNECTIONS_PER_SECOND_ANNOTATION}: \"lots\" is not a number from 1 to 1000000; keel's default applies")]
+        );
+        let zero = PodSpec { budgets: PodBudgets { max_connections: Some(0), ..Default::default() }, ..spec() };
+        let err = zero.validate(Path::new("/sys/fs/cgroup")).unwrap_err();
+        assert!(err.to_string().contains("budgets.max_connections"), "{err}");
+        // Persisted and read back; absent when default.
+        let json = serde_json::to_value(PodSpec { budgets: PodBudgets { connections_per_second: Some(5), ..Default::default() }, ..spec() }).unwrap();
+        assert_eq!(json["budgets"], serde_json::json!({"connections_per_second": 5}));
+        assert!(serde_json::to_value(spec()).unwrap().get("budgets").is_none());
     }
 }

@@ -119,6 +119,7 @@ fn client_pod() -> PodSpec {
         uid: None,
         netns_discovered: false,
         ips: vec!["10.0.0.5".parse().unwrap()],
+        budgets: Default::default(),
     }
 }
 

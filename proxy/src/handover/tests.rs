@@ -47,6 +47,7 @@ fn running_keel(dir: &Path) -> (Arc<FakeKeel>, tokio::runtime::Runtime) {
             uid: None,
             netns_discovered: false,
             ips: vec!["10.244.0.5".parse().unwrap()],
+            budgets: Default::default(),
         },
         listeners: PodListeners { outbound: loopback(), inbound: loopback(), hbone: loopback() },
         admin: loopback(),

@@ -204,10 +204,21 @@ impl NodeAgent {
         }
     }
 
+    /// The pod's connection budgets from its annotations (a bad value is warned about, naming the annotation).
+    pub fn budgets(&self, uid: &str, name: &crate::pods::PodName) -> crate::pods::PodBudgets {
+        let annotations = lock(&self.view).pods.get(uid).map(|p| p.annotations.clone()).unwrap_or_default();
+        let (budgets, warnings) = crate::pods::PodBudgets::from_annotations(&annotations);
+        for warning in warnings {
+            warn!(pod = %name, "{warning}");
+        }
+        budgets
+    }
+
     async fn execute(&self, enrollment: &Enrollment, action: Action) {
         match action {
             Action::Enroll(wanted) => {
                 let name = wanted.name.clone();
+                let budgets = self.budgets(&wanted.uid, &name);
                 let request = EnrollRequest {
                     namespace: name.namespace.clone(),
                     name: name.name.clone(),
@@ -216,6 +227,7 @@ impl NodeAgent {
                     cgroup: None,
                     uid: Some(wanted.uid.clone()),
                     ips: wanted.ips.clone(),
+                    budgets,
                 };
                 let enrolled = async { enrollment.enroll_replacing(enrollment.resolve(request).await?).await };
                 match enrolled.await {

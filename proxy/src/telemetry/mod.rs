@@ -62,8 +62,10 @@ struct DirectionMetrics {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
-    /// The pod has `--max-connections-per-pod` captured connections open.
+    /// The pod has `--max-connections-per-pod` (or its own budget of) captured connections open.
     PodConnectionLimit,
+    /// The pod opened more new connections per second than its `keel.dev/connections-per-second` budget.
+    PodConnectionRate,
     /// The pod's 15008 has `--max-hbone-connections-per-pod` connections.
     PodHboneLimit,
     /// The node has `--max-hbone-connections` HBONE connections.
@@ -96,8 +98,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::PodConnectionLimit,
+        Refusal::PodConnectionRate,
         Refusal::PodHboneLimit,
         Refusal::NodeHboneLimit,
         Refusal::SourceHandshakeLimit,
@@ -117,6 +120,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::PodConnectionLimit => "pod_connection_limit",
+            Refusal::PodConnectionRate => "pod_connection_rate",
             Refusal::PodHboneLimit => "pod_hbone_limit",
             Refusal::NodeHboneLimit => "node_hbone_limit",
             Refusal::SourceHandshakeLimit => "source_handshake_limit",

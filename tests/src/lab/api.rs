@@ -98,8 +98,9 @@ pub fn counter(stats: &Value, pointer: &str) -> Result<u64> {
 
 /// The reasons keel counts a refused connection under (`"refused": {"<reason>": n}` in `"stats"`; keel's
 /// `telemetry::Refusal`).
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 11] = [
     "pod_connection_limit",
+    "pod_connection_rate",
     "pod_hbone_limit",
     "node_hbone_limit",
     "hbone_handshake_timeout",

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cni;
 pub mod control_plane;
 pub mod egress;
+pub mod fairness;
 pub mod fast_path;
 pub mod gateway;
 pub mod gateway_tls;
