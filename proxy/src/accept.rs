@@ -20,19 +20,26 @@ use crate::{
 /// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow. With a
 /// `rate`, a connection beyond it is refused the same way first.
 /// Connections already accepted keep running to their natural end.
+/// What a connection must get before it is served: a slot of every pool, and first a token of the rate budget, if
+/// there is one.
+pub struct Budgets {
+    pub slots: Vec<Arc<Slots>>,
+    pub rate: Option<Arc<RateBudget>>,
+}
+
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
     what: &'static str,
     pod: Arc<PodContext>,
     telemetry: &Telemetry,
-    slots: Vec<Arc<Slots>>,
-    rate: Option<Arc<RateBudget>>,
+    budgets: Budgets,
     mut stop: watch::Receiver<bool>,
     handle: H,
 ) where
     H: Fn(TcpStream, SocketAddr, Vec<Slot>) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let Budgets { slots, rate } = budgets;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

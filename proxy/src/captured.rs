@@ -12,7 +12,7 @@ use tokio::{net::TcpListener, net::TcpStream, sync::watch};
 use tracing::debug;
 
 use crate::{
-    accept::accept_loop,
+    accept::{accept_loop, Budgets},
     connection_error::{self, ConnectionError},
     data_path::{DataPath, PodContext},
     l4::{inbound, outbound, responder},
@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, direction: Direction, pod: Arc<PodCont
     let draining = stop.clone();
     let slots = vec![pod.connection_slots.clone()];
     let dp = data_path.clone();
-    accept_loop(listener, what, pod.clone(), &dp.telemetry, slots, pod.connection_rate.clone(), stop, move |stream, peer, slots| {
+    accept_loop(listener, what, pod.clone(), &dp.telemetry, Budgets { slots, rate: pod.connection_rate.clone() }, stop, move |stream, peer, slots| {
         let (pod, data_path, draining) = (pod.clone(), data_path.clone(), draining.clone());
         async move {
             handle(stream, peer, direction, &pod, &data_path, draining).await;

@@ -31,7 +31,7 @@ mod tls_termination;
 use client_hello::Opening;
 
 use crate::{
-    accept::accept_loop,
+    accept::{accept_loop, Budgets},
     bypass::Bypass,
     capture::Capture,
     config_dump::ConfigDump,
@@ -220,7 +220,7 @@ async fn serve(listener: TcpListener, port: u16, dp: Arc<DataPath>, pod: Arc<Pod
     let slots = vec![pod.connection_slots.clone()];
     let telemetry_dp = dp.clone();
     let draining = stop.clone();
-    accept_loop(listener, "gateway", pod.clone(), &telemetry_dp.telemetry, slots, None, stop, move |stream, peer, slots| {
+    accept_loop(listener, "gateway", pod.clone(), &telemetry_dp.telemetry, Budgets { slots, rate: None }, stop, move |stream, peer, slots| {
         let (dp, pod, draining) = (dp.clone(), pod.clone(), draining.clone());
         async move {
             let _ = stream.set_nodelay(true);

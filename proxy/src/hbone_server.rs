@@ -32,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::{
-    accept::accept_loop,
+    accept::{accept_loop, Budgets},
     chunk_io,
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
@@ -55,7 +55,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, dp: Arc<DataPath
     let slots = vec![dp.hbone_node_slots.clone(), pod.hbone_slots.clone()];
     let draining = stop.clone();
     let telemetry_dp = dp.clone();
-    accept_loop(listener, "hbone", pod.clone(), &telemetry_dp.telemetry, slots, None, stop, move |stream, peer, slots| {
+    accept_loop(listener, "hbone", pod.clone(), &telemetry_dp.telemetry, Budgets { slots, rate: None }, stop, move |stream, peer, slots| {
         let (pod, dp, draining) = (pod.clone(), dp.clone(), draining.clone());
         async move {
             if let Err(refused) = connection(stream, peer, &pod, &dp, draining).await {
