@@ -15,11 +15,6 @@ use crate::{
     telemetry::Telemetry,
 };
 
-/// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
-/// task for each connection. A connection gets a slot of every pool in `slots` or is refused at once with a
-/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow. With a
-/// `rate`, a connection beyond it is refused the same way first.
-/// Connections already accepted keep running to their natural end.
 /// What a connection must get before it is served: a slot of every pool, and first a token of the rate budget, if
 /// there is one.
 pub struct Budgets {
@@ -27,6 +22,11 @@ pub struct Budgets {
     pub rate: Option<Arc<RateBudget>>,
 }
 
+/// Accepts on one of a pod's listeners until `stop` flips (unenroll or shutdown), running `handle` on its own
+/// task for each connection. A connection gets a slot of every pool in `budgets.slots` or is refused at once with a
+/// reset (counted under the pool's reason): a peer cannot make keel hold more sockets than the limits allow. With a
+/// `budgets.rate`, a connection beyond it is refused the same way first. Connections already accepted keep running
+/// to their natural end.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
     what: &'static str,
