@@ -168,15 +168,7 @@ impl Daemon {
         let dp = &self.data_path;
         let on_node = |ip: IpAddr| dp.dialer.node_pods.contains(ip);
         let inputs = crate::explain::Inputs {
-            plan: crate::plan::Inputs {
-                snapshot: &snapshot,
-                on_node: &on_node,
-                certificates: dp.dialer.certificates.is_some(),
-                mesh: dp.mesh,
-                responder: dp.responder,
-                outbound_policy: dp.outbound_policy,
-                resolved: dp.dns.as_ref(),
-            },
+            plan: dp.plan_inputs(&snapshot, &on_node),
             pods: &pods,
             capture: self.config.capture,
             exclusions: &self.config.exclusions,

@@ -108,15 +108,7 @@ async fn carry(
     let planned = {
         let snapshot = dp.workloads.snapshot();
         let on_node = |ip: IpAddr| dp.dialer.node_pods.contains(ip);
-        let inputs = plan::Inputs {
-            snapshot: &snapshot,
-            on_node: &on_node,
-            certificates: dp.dialer.certificates.is_some(),
-            mesh: dp.mesh,
-            responder: dp.responder,
-            outbound_policy: dp.outbound_policy,
-            resolved: dp.dns.as_ref(),
-        };
+        let inputs = dp.plan_inputs(&snapshot, &on_node);
         plan::plan(&inputs, direction, pod.ip, destination)
     };
     match planned {

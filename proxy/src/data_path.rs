@@ -12,7 +12,7 @@ use crate::{
     policy::open_connections::OpenConnections,
     telemetry::{Refusal, Telemetry},
     upstream::Upstreams,
-    xds::state::WorkloadStore,
+    xds::state::{Snapshot, WorkloadStore},
 };
 
 /// What every connection handler of one pod shares.
@@ -78,4 +78,20 @@ pub struct DataPath {
     pub outbound_policy: crate::plan::OutboundTrafficPolicy,
     /// ServiceEntry hosts with resolution DNS, resolved.
     pub dns: Arc<crate::dns::DnsResolver>,
+}
+
+impl DataPath {
+    /// What a captured connection's plan is decided over (see [`crate::plan::plan`]): `snapshot`, and `on_node`,
+    /// which tells this node's enrolled pods (`|ip| self.dialer.node_pods.contains(ip)`: a closure the caller owns).
+    pub fn plan_inputs<'a>(&'a self, snapshot: &'a Snapshot, on_node: &'a dyn Fn(std::net::IpAddr) -> bool) -> crate::plan::Inputs<'a> {
+        crate::plan::Inputs {
+            snapshot,
+            on_node,
+            certificates: self.dialer.certificates.is_some(),
+            mesh: self.mesh,
+            responder: self.responder,
+            outbound_policy: self.outbound_policy,
+            resolved: self.dns.as_ref(),
+        }
+    }
 }
