@@ -1,13 +1,13 @@
 //! Per-pod connection budgets: a pod's own `connections_per_second` and `max_connections` (what its
 //! `keel.dev/connections-per-second` and `keel.dev/max-connections` annotations set, passed in its enrollment by
 //! the node agent or the CNI path) hold that pod and no other. `noisy` opens connections as fast as it can under a
-//! budget of 50 per second; `quiet`, with keel's defaults, does the same at the same time and loses none; the
+//! budget of 20 per second; `quiet`, with keel's defaults, does the same at the same time and loses none; the
 //! refusals are counted under `noisy`'s name, in `keel pods` and in keel's metrics.
 use super::*;
 use serde_json::json;
 
 const PORT: u16 = 7300;
-const RATE: u64 = 50;
+const RATE: u64 = 20;
 
 pub fn a_pods_connection_budget_holds_it_and_spares_its_neighbour(backend: crate::lab::Backend) {
     run_lab("budgets", |lab| {

@@ -154,7 +154,7 @@ fn spawn_stream(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
 }
 
 fn spawn_loop(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
-    let args = ["connect-loop", "--to", &to.to_string(), "--count", "4000", "--bytes", "64"].map(str::to_owned);
+    let args = ["connect-loop", "--to", &to.to_string(), "--count", "6000", "--bytes", "64"].map(str::to_owned);
     client.spawn(&std::iter::once(client.podapp_path().display().to_string()).chain(args).collect::<Vec<_>>())
 }
 
