@@ -361,7 +361,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(pods = restored, "took over from the previous keel: it stopped accepting and drains what it carries");
     }
     let handover = crate::handover::listen(&config.state_dir)?;
-    crate::handover::serve(handover.socket.try_clone()?, daemon.clone(), tokio::runtime::Handle::current());
+    crate::handover::serve(handover.socket.try_clone()?, daemon.clone(), tokio::runtime::Handle::current())?;
     info!(capture = ?config.capture, restored_pods = restored, startup_ms = started.elapsed().as_millis() as u64,
           api = %config.api_socket.display(), admin = %config.admin_addr, "keel ready");
 

@@ -151,7 +151,7 @@ impl Enrollment {
         let (netns, listeners) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let netns = Netns::open(&netns_path)?;
             let listeners = match listeners {
-                Some(handed_over) => handed_over,
+                Some(given) => given,
                 None => sockets::open_pod_listeners(&netns).context("opening keel's listeners inside the pod (is another keel serving it?)")?,
             };
             Ok((netns, listeners))

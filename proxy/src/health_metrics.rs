@@ -47,7 +47,8 @@ pub struct Health {
 pub struct PodThrottling {
     /// `namespace/name`.
     pub pod: String,
-    /// `connections` (captured: outbound and plaintext inbound) or `hbone` (accepted on the pod's 15008).
+    /// `connections` (captured: outbound and plaintext inbound), `hbone` (accepted on the pod's 15008), or
+    /// `connections_per_second` (its rate budget: `limit` per second, nothing held).
     pub kind: &'static str,
     pub in_use: usize,
     pub limit: usize,

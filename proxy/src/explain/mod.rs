@@ -10,7 +10,7 @@ mod http_route;
 pub mod render;
 mod target;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use serde::{Deserialize, Serialize};
 
@@ -220,16 +220,6 @@ fn sum_up(upstreams: &[Upstream]) -> Verdict {
         (0, _) => Verdict { outcome: Outcome::Denied, reason: upstreams[0].decision.clone() },
         (a, n) => Verdict { outcome: Outcome::DependsOnEndpoint, reason: format!("{a} of {n} endpoints admit it") },
     }
-}
-
-/// An IPv4 address from `text`, if it is one.
-fn ipv4(text: &str) -> Option<Ipv4Addr> {
-    text.parse().ok()
-}
-
-/// Whether `ip` is one of the pod's addresses.
-fn has_ip(pod: &PodSpec, ip: Ipv4Addr) -> bool {
-    pod.ips.contains(&IpAddr::V4(ip))
 }
 
 #[cfg(test)]

@@ -8,8 +8,11 @@ use std::{
 use http::{HeaderMap, HeaderName, HeaderValue};
 use keel_proto::workload::{Service, Workload};
 
-use super::{has_ip, ipv4, ExplainError, HttpQuery, Inputs};
-use crate::{identity::Identity, xds::state::Snapshot};
+use super::{ExplainError, HttpQuery, Inputs};
+use crate::{
+    identity::Identity,
+    xds::state::{ip_of, Snapshot},
+};
 
 /// The source pod: enrolled here or merely known, with its Workload when keel has one.
 pub struct Source {
@@ -35,10 +38,7 @@ pub fn source(inputs: &Inputs<'_>, from: &str) -> Result<Source, ExplainError> {
     let snapshot = inputs.plan.snapshot;
     let pod = inputs.pods.iter().find(|p| format!("{}/{}", p.namespace, p.name) == from || ipv4(from).is_some_and(|ip| has_ip(p, ip)));
     if let Some(pod) = pod {
-        let ip = pod.ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        });
+        let ip = pod.ips.iter().find_map(|ip| v4(*ip));
         let ip = ip.ok_or_else(|| ExplainError::UnknownSource(from.into()))?;
         let workload = snapshot.workloads_by_ip.get(&IpAddr::V4(ip)).cloned();
         return Ok(Source { name: format!("{}/{}", pod.namespace, pod.name), ip, enrolled: true, workload });
@@ -53,7 +53,24 @@ pub fn source(inputs: &Inputs<'_>, from: &str) -> Result<Source, ExplainError> {
 }
 
 fn workload_ip(w: &Workload) -> Option<Ipv4Addr> {
-    w.addresses.iter().find_map(|a| <[u8; 4]>::try_from(a.as_slice()).ok().map(Ipv4Addr::from))
+    w.addresses.iter().find_map(|a| v4(ip_of(a)?))
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// An IPv4 address from `text`, if it is one.
+fn ipv4(text: &str) -> Option<Ipv4Addr> {
+    text.parse().ok()
+}
+
+/// Whether `ip` is one of the pod's addresses.
+fn has_ip(pod: &crate::pods::PodSpec, ip: Ipv4Addr) -> bool {
+    pod.ips.contains(&IpAddr::V4(ip))
 }
 
 /// The address the pod dials, and the name it was asked by.
@@ -110,7 +127,7 @@ pub fn destination(snapshot: &Snapshot, to: &str, source_namespace: &str) -> Res
                 .find(|s| s.name == name && s.namespace == namespace && s.hostname.starts_with(&format!("{name}.{namespace}.svc")))
         })
         .ok_or_else(|| ExplainError::UnknownHost(host.clone()))?;
-    let vip = service.addresses.iter().find_map(|a| <[u8; 4]>::try_from(a.address.as_slice()).ok().map(Ipv4Addr::from));
+    let vip = service.addresses.iter().find_map(|a| v4(ip_of(&a.address)?));
     let vip = vip.ok_or_else(|| ExplainError::NoVip { host: host.clone(), service: format!("{}/{}", service.namespace, service.hostname) })?;
     Ok(Destination { address: SocketAddrV4::new(vip, port), host, service: Some(service.clone()) })
 }

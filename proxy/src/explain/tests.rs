@@ -1,6 +1,6 @@
 //! explain against a snapshot built here: capture's rules, names resolved as a pod's resolver would, the path
 //! and the destination side's decision with the policy that made it, and HTTP routes.
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use keel_proto::{
     route::{route, route_match::PathSpecifier, DirectResponseAction, Route, RouteConfiguration, RouteMatch, VirtualHost},

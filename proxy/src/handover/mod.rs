@@ -92,7 +92,7 @@ pub trait Handover: Send + Sync + 'static {
 }
 
 /// Serves successors, one at a time, for as long as keel runs (a blocking thread: handovers are rare).
-pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: tokio::runtime::Handle) {
+pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("keel-handover".into())
         .spawn(move || loop {
@@ -100,6 +100,8 @@ pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: t
                 Ok(peer) => peer,
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "handover connection refused");
+                    // A failing accept (out of descriptors) must not spin.
+                    std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
             };
@@ -110,7 +112,8 @@ pub fn serve<H: Handover>(listener: OwnedFd, keel: std::sync::Arc<H>, runtime: t
                 Err(e) => warn!(error = %format!("{e:#}"), "handover abandoned; this keel goes on serving"),
             }
         })
-        .expect("spawning the handover thread");
+        .context("starting the handover thread")?;
+    Ok(())
 }
 
 /// One successor's exchange; `true` once it took over (or this keel was asked to stop).

@@ -55,7 +55,7 @@ fn running_keel(dir: &Path) -> (Arc<FakeKeel>, tokio::runtime::Runtime) {
         stopped: AtomicU32::new(0),
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    serve(listen(dir).unwrap().socket, keel.clone(), runtime.handle().clone());
+    serve(listen(dir).unwrap().socket, keel.clone(), runtime.handle().clone()).unwrap();
     (keel, runtime)
 }
 

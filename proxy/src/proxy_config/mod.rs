@@ -68,19 +68,25 @@ pub enum Output {
 /// `view` of `dump`, narrowed by `filters`, written as `output`.
 pub fn render(view: View, output: Output, filters: &Filters, mut dump: ConfigDump) -> anyhow::Result<String> {
     filters.apply(&mut dump)?;
-    let document = || -> serde_json::Value {
-        let all = serde_json::to_value(&dump).expect("the config dump serializes");
+    let document = || -> serde_json::Result<serde_json::Value> {
+        use serde_json::to_value;
         match view {
-            View::All => all,
-            View::Listeners | View::Routes | View::Clusters | View::Endpoints | View::Secrets => all["l7"][view.title()].clone(),
-            View::Certs => all["certificates"].clone(),
-            View::Status => all["xds"].clone(),
-            View::Workloads | View::Services | View::Policies => all[view.title()].clone(),
+            View::All => to_value(&dump),
+            View::Workloads => to_value(&dump.workloads),
+            View::Services => to_value(&dump.services),
+            View::Policies => to_value(&dump.policies),
+            View::Certs => to_value(&dump.certificates),
+            View::Status => to_value(&dump.xds),
+            View::Listeners => to_value(&dump.l7.listeners),
+            View::Routes => to_value(&dump.l7.routes),
+            View::Clusters => to_value(&dump.l7.clusters),
+            View::Endpoints => to_value(&dump.l7.endpoints),
+            View::Secrets => to_value(&dump.l7.secrets),
         }
     };
     Ok(match output {
-        Output::Json => serde_json::to_string_pretty(&document())? + "\n",
-        Output::Yaml => serde_yaml_ng::to_string(&document())?,
+        Output::Json => serde_json::to_string_pretty(&document()?)? + "\n",
+        Output::Yaml => serde_yaml_ng::to_string(&document()?)?,
         Output::Table => tables::render(view, &dump),
     })
 }

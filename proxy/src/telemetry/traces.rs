@@ -102,9 +102,10 @@ impl Traces {
     pub fn connection(&self, c: &ConnectionSpanFacts<'_>) {
         let kind = if c.outbound { SpanKind::Client } else { SpanKind::Server };
         let (service, revision, namespace) = c.canonical;
+        let peer = c.peer.to_string();
         let mut attributes = vec![
-            KeyValue::new("net.peer.address", c.peer.to_string()),
-            KeyValue::new("peer.address", c.peer.to_string()),
+            KeyValue::new("net.peer.address", peer.clone()),
+            KeyValue::new("peer.address", peer),
             KeyValue::new("downstream_local_address", c.original_destination.to_string()),
             KeyValue::new("keel.path", c.path.to_owned()),
             KeyValue::new("connection_security_policy", if c.mutual_tls { "mutual_tls" } else { "none" }),
