@@ -85,6 +85,8 @@ pub struct EnrolledPodView {
     pub identity: Option<String>,
     /// Its connection budgets: held, limit, refused (throttled).
     pub budgets: Vec<crate::health_metrics::PodThrottling>,
+    /// Its bandwidth budget and weight, throttled bytes and time, fair-share yields.
+    pub share: Option<crate::fair_share::ShareStats>,
 }
 
 #[derive(Serialize)]
@@ -181,6 +183,7 @@ impl Daemon {
     pub async fn pods(&self) -> Vec<EnrolledPodView> {
         let snapshot = self.data_path.workloads.snapshot();
         let budgets = self.enrollment.throttling().await;
+        let shares = self.enrollment.shares().await;
         self.enrollment
             .specs()
             .await
@@ -192,6 +195,7 @@ impl Daemon {
                     workload: workload.map(|w| w.uid.clone()),
                     identity: workload.map(|w| Identity::of_workload(w).to_string()),
                     budgets: budgets.iter().filter(|b| b.pod == name).cloned().collect(),
+                    share: shares.iter().find(|s| s.pod == name).map(|s| s.stats.clone()),
                     spec,
                 }
             })
@@ -224,6 +228,7 @@ impl Daemon {
             hbone_server: Some((self.data_path.hbone_node_slots.in_use(), self.data_path.hbone_node_slots.limit())),
             process: crate::health_metrics::process_stats(),
             pods: self.enrollment.throttling().await,
+            shares: self.enrollment.shares().await,
         };
         self.data_path.telemetry.encode_metrics(&health.registry())
     }

@@ -204,6 +204,11 @@ pub struct RunArgs {
     /// Once one direction of a relayed connection has ended, the other may be silent this long.
     #[arg(long, default_value_t = 300)]
     pub half_closed_timeout_secs: u64,
+    /// Share keel's worker time between pods by weight: a relay yields after each slice of bytes, so one pod's
+    /// bulk transfer cannot hold a worker while another pod's connections wait (`off`: relays run as the
+    /// runtime schedules them; per-pod bandwidth budgets hold either way).
+    #[arg(long, default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fair_share: bool,
     /// Captured connections one pod may have open through keel at once; beyond it new ones are reset.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections_per_pod: usize,
@@ -340,6 +345,12 @@ pub struct EnrollArgs {
     /// New captured connections per second (its `keel.dev/connections-per-second` annotation).
     #[arg(long)]
     pub connections_per_second: Option<u32>,
+    /// Bytes per second keel relays for the pod, both directions together (its `keel.dev/bytes-per-second`).
+    #[arg(long)]
+    pub bytes_per_second: Option<u64>,
+    /// The pod's weight in keel's worker time (its `keel.dev/weight`; default 1).
+    #[arg(long)]
+    pub weight: Option<u32>,
     #[arg(long)]
     pub namespace: String,
     #[arg(long)]
@@ -370,7 +381,12 @@ pub fn main(cli: Cli) -> ExitCode {
                 cgroup: a.cgroup,
                 uid: a.uid,
                 ips: a.ips,
-                budgets: crate::pods::PodBudgets { max_connections: a.max_connections, connections_per_second: a.connections_per_second },
+                budgets: crate::pods::PodBudgets {
+                    max_connections: a.max_connections,
+                    connections_per_second: a.connections_per_second,
+                    bytes_per_second: a.bytes_per_second,
+                    weight: a.weight,
+                },
             }),
         ),
         Command::Unenroll(a) => client(&cli.api_socket, Request::Unenroll(PodName { namespace: a.namespace, name: a.name })),
@@ -570,6 +586,7 @@ fn run_daemon(api_socket: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         },
         http_header_read_timeout: Duration::from_millis(args.http_header_read_timeout_ms.max(1)),
         http_idle_timeout: Duration::from_secs(args.http_idle_timeout_secs.max(1)),
+        fair_share: args.fair_share,
     };
     let config = Config {
         limits,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::{
     capture::Capture,
     dial::{Dialer, Origin},
+    fair_share::PodShare,
     limits::{Limits, PerSourceSlots, RateBudget, Slots},
     netns::Netns,
     pods::PodBudgets,
@@ -28,6 +29,8 @@ pub struct PodContext {
     pub connection_rate: Option<Arc<RateBudget>>,
     /// HBONE connections the pod's 15008 accepts.
     pub hbone_slots: Arc<Slots>,
+    /// Its bandwidth budget and share of keel's worker time, over every relay of its connections.
+    pub share: Arc<PodShare>,
 }
 
 impl PodContext {
@@ -40,6 +43,7 @@ impl PodContext {
             connection_slots: Slots::new(budgets.max_connections.unwrap_or(limits.connections_per_pod), Refusal::PodConnectionLimit),
             connection_rate: budgets.connections_per_second.map(|rate| RateBudget::new(rate, Refusal::PodConnectionRate)),
             hbone_slots: Slots::new(limits.hbone.connections_per_pod, Refusal::PodHboneLimit),
+            share: PodShare::new(budgets.bytes_per_second, budgets.weight.unwrap_or(1), limits.fair_share),
         }
     }
 

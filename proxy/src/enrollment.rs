@@ -289,6 +289,12 @@ impl Enrollment {
             .collect()
     }
 
+    /// Each enrolled pod's bandwidth budget and share of keel's worker time, and what they did.
+    pub async fn shares(&self) -> Vec<crate::health_metrics::PodShareReport> {
+        let pods = self.pods.lock().await;
+        pods.values().map(|p| crate::health_metrics::PodShareReport { pod: p.context.name.clone(), stats: p.context.share.stats() }).collect()
+    }
+
     pub async fn specs(&self) -> Vec<PodSpec> {
         self.pods.lock().await.values().map(|p| p.spec.clone()).collect()
     }

@@ -323,7 +323,8 @@ async fn tunnel(
     let send = open_tunnel(respond, record)?;
     let reader = TunnelReader::new(request.into_body());
     let mut writer = TunnelWriter::new(send);
-    let (outcome, revoked) = inbound::relay_admitted((reader, &mut writer), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
+    let (outcome, revoked) =
+        inbound::relay_admitted((reader, &mut writer), chunk_io::socket(app.split()), tracked, dp.limits.relay, &pod.share.pacer()).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match inbound::ended_by(revoked, outcome.error) {

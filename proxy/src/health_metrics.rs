@@ -40,6 +40,17 @@ pub struct Health {
     pub process: Option<ProcessStats>,
     /// Each enrolled pod's connection budgets (the node daemon's; none for a gateway).
     pub pods: Vec<PodThrottling>,
+    /// Each enrolled pod's bandwidth budget and share of keel's worker time.
+    pub shares: Vec<PodShareReport>,
+}
+
+/// One pod's bandwidth budget and weight, and what they did (see [`crate::fair_share`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PodShareReport {
+    /// `namespace/name`.
+    pub pod: String,
+    #[serde(flatten)]
+    pub stats: crate::fair_share::ShareStats,
 }
 
 /// One pod's use of one of its connection budgets: how many it holds, its limit, and how many were refused.
@@ -130,6 +141,31 @@ impl Health {
         registry.register("pod_connections", "Connections a pod holds, by budget (captured, HBONE)", open);
         registry.register("pod_connection_limit", "A pod's connection limit, by budget", limits);
         registry.register("pod_connections_refused", "Connections refused because the pod was at its limit (throttled)", refused);
+        self.register_shares(registry);
+    }
+
+    fn register_shares(&self, registry: &mut Registry) {
+        let bandwidth = Family::<Labels, Gauge>::default();
+        let weight = Family::<Labels, Gauge>::default();
+        let throttled_bytes = Family::<Labels, Counter>::default();
+        let throttled_seconds = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let yields = Family::<Labels, Counter>::default();
+        for share in &self.shares {
+            let labels = vec![("pod", share.pod.clone())];
+            let s = &share.stats;
+            if let Some(limit) = s.bytes_per_second {
+                bandwidth.get_or_create(&labels).set(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+            weight.get_or_create(&labels).set(i64::from(s.weight));
+            throttled_bytes.get_or_create(&labels).inc_by(s.throttled_bytes);
+            throttled_seconds.get_or_create(&labels).inc_by(s.throttled_seconds);
+            yields.get_or_create(&labels).inc_by(s.yields);
+        }
+        registry.register("pod_bandwidth_limit_bytes_per_second", "A pod's bandwidth budget (pods that have one)", bandwidth);
+        registry.register("pod_fair_share_weight", "A pod's weight in keel's worker time", weight);
+        registry.register("pod_throttled_bytes", "Bytes that waited for the pod's bandwidth budget", throttled_bytes);
+        registry.register("pod_throttled_seconds", "Time the pod's relays waited for its bandwidth budget", throttled_seconds);
+        registry.register("pod_relay_yields", "Times a relay of the pod gave its worker back after a slice (fair share)", yields);
     }
 
     fn register_xds(&self, registry: &mut Registry) {
@@ -241,6 +277,16 @@ mod tests {
             hbone_pool: HbonePoolStats { open_connections: 2, connections_dialled: 5 },
             hbone_server: Some((1, 1000)),
             pods: vec![PodThrottling { pod: "default/sleep".into(), kind: "connections", in_use: 3, limit: 1024, refused: 9 }],
+            shares: vec![PodShareReport {
+                pod: "default/sleep".into(),
+                stats: crate::fair_share::ShareStats {
+                    bytes_per_second: Some(1 << 20),
+                    weight: 2,
+                    throttled_bytes: 4096,
+                    throttled_seconds: 1.5,
+                    yields: 7,
+                },
+            }],
             ..Default::default()
         };
         let text = encode(&health);
@@ -248,6 +294,11 @@ mod tests {
             r#"keel_pod_connections{pod="default/sleep",kind="connections"} 3"#,
             r#"keel_pod_connection_limit{pod="default/sleep",kind="connections"} 1024"#,
             r#"keel_pod_connections_refused_total{pod="default/sleep",kind="connections"} 9"#,
+            r#"keel_pod_bandwidth_limit_bytes_per_second{pod="default/sleep"} 1048576"#,
+            r#"keel_pod_fair_share_weight{pod="default/sleep"} 2"#,
+            r#"keel_pod_throttled_bytes_total{pod="default/sleep"} 4096"#,
+            r#"keel_pod_throttled_seconds_total{pod="default/sleep"} 1.5"#,
+            r#"keel_pod_relay_yields_total{pod="default/sleep"} 7"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -7,7 +7,7 @@ use std::{
 
 /// The modules that must read top-down. (`xds` and `identity` are not here yet: `xds::setup` wires the certificate
 /// provider of `identity`, which speaks over `xds`'s channel.)
-const DATA_PATH: [&str; 20] = [
+const DATA_PATH: [&str; 21] = [
     "accept",
     "bypass",
     "captured",
@@ -15,6 +15,7 @@ const DATA_PATH: [&str; 20] = [
     "connection_error",
     "data_path",
     "dial",
+    "fair_share",
     "hbone",
     "hbone_server",
     "jwt",

@@ -3,7 +3,7 @@
 //!
 //! The data path reads top-down (each module imports only the ones below it):
 //! `captured` (accept → plan → execute) → `l4` (relays, inbound, the HBONE server) and `l7` (the HTTP engine)
-//! → `accept`, `data_path` → `upstream` (L7 connection pools) → `dial` (direct, same-node, HBONE) → `plan`
+//! → `accept`, `data_path` (with `fair_share`) → `upstream` (L7 connection pools) → `dial` (direct, same-node, HBONE) → `plan`
 //! (what a connection is) → `hbone` (client protocol), `policy`, `telemetry`, `limits`, `sockets`, `xds`.
 //! Failures on it are [`connection_error::ConnectionError`]s, mapped to log text and response flags once.
 pub mod accept;
@@ -24,6 +24,7 @@ pub mod dial;
 pub mod dns;
 pub mod enrollment;
 pub mod explain;
+pub mod fair_share;
 pub mod gateway;
 pub mod handover;
 pub mod hashing;

@@ -28,6 +28,8 @@ pub struct Limits {
     /// A connection to the L7 engine that starts no request for this long is closed gracefully (HTTP/2 clients
     /// stay otherwise: keel's PINGs keep a live one open forever).
     pub http_idle_timeout: Duration,
+    /// Relays share keel's worker time between pods by weight (`--fair-share`, see [`crate::fair_share`]).
+    pub fair_share: bool,
 }
 
 /// How long a relayed connection may stay silent.
@@ -75,6 +77,7 @@ impl Default for Limits {
             },
             http_header_read_timeout: Duration::from_secs(30),
             http_idle_timeout: Duration::from_secs(3600),
+            fair_share: true,
         }
     }
 }

@@ -47,8 +47,8 @@ pub struct PodSpec {
     pub budgets: PodBudgets,
 }
 
-/// A pod's connection budgets where they differ from keel's defaults (the same for every pod), from its
-/// annotations `keel.dev/max-connections` and `keel.dev/connections-per-second`.
+/// A pod's budgets where they differ from keel's defaults (the same for every pod), from its annotations
+/// `keel.dev/max-connections`, `keel.dev/connections-per-second`, `keel.dev/bytes-per-second` and `keel.dev/weight`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodBudgets {
     /// Captured connections the pod may have open at once (keel's default: `--max-connections-per-pod`).
@@ -57,12 +57,43 @@ pub struct PodBudgets {
     /// New captured connections per second (a token bucket holding one second's worth; default: no rate limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections_per_second: Option<u32>,
+    /// Bytes per second keel relays for the pod, both directions of all its connections together (a token
+    /// bucket holding one second's worth; default: no limit). See [`crate::fair_share`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// The pod's weight in keel's worker time when pods compete for it (default 1: equal shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 pub const MAX_CONNECTIONS_ANNOTATION: &str = "keel.dev/max-connections";
 pub const CONNECTIONS_PER_SECOND_ANNOTATION: &str = "keel.dev/connections-per-second";
-/// The largest budget accepted (beyond it a budget limits nothing a node can carry anyway).
+pub const BYTES_PER_SECOND_ANNOTATION: &str = "keel.dev/bytes-per-second";
+pub const WEIGHT_ANNOTATION: &str = "keel.dev/weight";
+/// The largest connection budget accepted (beyond it a budget limits nothing a node can carry anyway).
 const MAX_BUDGET: u64 = 1_000_000;
+/// Bandwidth budgets from 1 KiB/s to 100 GB/s.
+const BANDWIDTH_RANGE: std::ops::RangeInclusive<u64> = 1024..=100_000_000_000;
+const WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=100;
+
+/// Bytes per second as an annotation writes them: a whole number with an optional suffix, decimal (`k`, `M`,
+/// `G`: 1000s) or binary (`Ki`, `Mi`, `Gi`: 1024s), as Kubernetes quantities are written.
+fn parse_bytes_per_second(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(unit)
+}
 
 impl PodBudgets {
     pub fn is_default(&self) -> bool {
@@ -73,19 +104,26 @@ impl PodBudgets {
     /// with a warning naming it (the default applies).
     pub fn from_annotations(annotations: &std::collections::BTreeMap<String, String>) -> (PodBudgets, Vec<String>) {
         let mut warnings = Vec::new();
-        let mut read = |name: &str| {
+        let mut read = |name: &str, parse: fn(&str) -> Option<u64>, range: std::ops::RangeInclusive<u64>| {
             let value = annotations.get(name)?;
-            match value.trim().parse::<u64>() {
-                Ok(n) if (1..=MAX_BUDGET).contains(&n) => Some(n),
+            match parse(value) {
+                Some(n) if range.contains(&n) => Some(n),
                 _ => {
-                    warnings.push(format!("annotation {name}: {value:?} is not a number from 1 to {MAX_BUDGET}; keel's default applies"));
+                    warnings.push(format!(
+                        "annotation {name}: {value:?} is not a number from {} to {}; keel's default applies",
+                        range.start(),
+                        range.end()
+                    ));
                     None
                 }
             }
         };
+        let plain = |text: &str| text.trim().parse::<u64>().ok();
         let budgets = PodBudgets {
-            max_connections: read(MAX_CONNECTIONS_ANNOTATION).map(|n| n as usize),
-            connections_per_second: read(CONNECTIONS_PER_SECOND_ANNOTATION).map(|n| n as u32),
+            max_connections: read(MAX_CONNECTIONS_ANNOTATION, plain, 1..=MAX_BUDGET).map(|n| n as usize),
+            connections_per_second: read(CONNECTIONS_PER_SECOND_ANNOTATION, plain, 1..=MAX_BUDGET).map(|n| n as u32),
+            bytes_per_second: read(BYTES_PER_SECOND_ANNOTATION, parse_bytes_per_second, BANDWIDTH_RANGE),
+            weight: read(WEIGHT_ANNOTATION, plain, WEIGHT_RANGE).map(|n| n as u32),
         };
         (budgets, warnings)
     }
@@ -97,6 +135,14 @@ impl PodBudgets {
         }
         if self.connections_per_second.is_some_and(|n| !in_range(u64::from(n))) {
             return Err(invalid("budgets.connections_per_second", format!("a number from 1 to {MAX_BUDGET}")));
+        }
+        if self.bytes_per_second.is_some_and(|n| !BANDWIDTH_RANGE.contains(&n)) {
+            let (low, high) = (BANDWIDTH_RANGE.start(), BANDWIDTH_RANGE.end());
+            return Err(invalid("budgets.bytes_per_second", format!("a number from {low} to {high}")));
+        }
+        if self.weight.is_some_and(|n| !WEIGHT_RANGE.contains(&u64::from(n))) {
+            let (low, high) = (WEIGHT_RANGE.start(), WEIGHT_RANGE.end());
+            return Err(invalid("budgets.weight", format!("a number from {low} to {high}")));
         }
         Ok(())
     }
@@ -401,8 +447,21 @@ mod tests {
         let annotations = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (budgets, warnings) =
             PodBudgets::from_annotations(&annotations(&[(MAX_CONNECTIONS_ANNOTATION, "64"), (CONNECTIONS_PER_SECOND_ANNOTATION, " 50 ")]));
-        assert_eq!(budgets, PodBudgets { max_connections: Some(64), connections_per_second: Some(50) });
+        assert_eq!(budgets, PodBudgets { max_connections: Some(64), connections_per_second: Some(50), ..Default::default() });
         assert!(warnings.is_empty());
+        let (budgets, warnings) = PodBudgets::from_annotations(&annotations(&[(BYTES_PER_SECOND_ANNOTATION, "20Mi"), (WEIGHT_ANNOTATION, "3")]));
+        assert_eq!(budgets, PodBudgets { bytes_per_second: Some(20 << 20), weight: Some(3), ..Default::default() });
+        assert!(warnings.is_empty());
+        assert_eq!(PodBudgets::from_annotations(&annotations(&[(BYTES_PER_SECOND_ANNOTATION, "5M")])).0.bytes_per_second, Some(5_000_000));
+        let (budgets, warnings) = PodBudgets::from_annotations(&annotations(&[(BYTES_PER_SECOND_ANNOTATION, "10 mbit"), (WEIGHT_ANNOTATION, "0")]));
+        assert!(budgets.is_default());
+        assert_eq!(
+            warnings,
+            [
+                format!("annotation {BYTES_PER_SECOND_ANNOTATION}: \"10 mbit\" is not a number from 1024 to 100000000000; keel's default applies"),
+                format!("annotation {WEIGHT_ANNOTATION}: \"0\" is not a number from 1 to 100; keel's default applies"),
+            ]
+        );
         let (budgets, warnings) = PodBudgets::from_annotations(&annotations(&[(CONNECTIONS_PER_SECOND_ANNOTATION, "lots")]));
         assert!(budgets.is_default());
         assert_eq!(
@@ -412,6 +471,8 @@ mod tests {
         let zero = PodSpec { budgets: PodBudgets { max_connections: Some(0), ..Default::default() }, ..spec() };
         let err = zero.validate(Path::new("/sys/fs/cgroup")).unwrap_err();
         assert!(err.to_string().contains("budgets.max_connections"), "{err}");
+        let slow = PodSpec { budgets: PodBudgets { bytes_per_second: Some(10), ..Default::default() }, ..spec() };
+        assert!(slow.validate(Path::new("/sys/fs/cgroup")).unwrap_err().to_string().contains("budgets.bytes_per_second"));
         // Persisted and read back; absent when default.
         let json = serde_json::to_value(PodSpec { budgets: PodBudgets { connections_per_second: Some(5), ..Default::default() }, ..spec() }).unwrap();
         assert_eq!(json["budgets"], serde_json::json!({"connections_per_second": 5}));

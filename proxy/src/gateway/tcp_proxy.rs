@@ -48,7 +48,7 @@ where
     let (client_read, client_write) = socket(tokio::io::split(client));
     let (server_read, server_write) = socket(tokio::io::split(upstream));
     let timeouts = RelayTimeouts { idle: proxy.idle_timeout, half_closed: dp.limits.relay.half_closed };
-    Ok(relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress).await)
+    Ok(relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress, &pod.share.pacer()).await)
 }
 
 /// A cluster by weight.

@@ -21,6 +21,7 @@ use crate::{
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     dial::local_peers::LocalPeer,
+    fair_share::Pacer,
     identity::Identity,
     limits::RelayTimeouts,
     plan::{self, Path},
@@ -126,6 +127,7 @@ pub async fn relay_admitted<CR, CW, SR, SW>(
     server: (SR, SW),
     tracked: Option<Tracked>,
     timeouts: RelayTimeouts,
+    pacer: &Pacer,
 ) -> (RelayOutcome, Option<String>)
 where
     CR: ChunkRead,
@@ -134,7 +136,7 @@ where
     SW: ChunkWrite,
 {
     let progress = Progress::default();
-    let relay = relay::relay_halves(client.0, client.1, server.0, server.1, timeouts, &progress);
+    let relay = relay::relay_halves(client.0, client.1, server.0, server.1, timeouts, &progress, pacer);
     match tracked {
         None => (relay.await, None),
         Some(mut tracked) => tokio::select! {
@@ -173,7 +175,8 @@ pub async fn proxy(
             return Ok(Served::PerRequest { source_identity: record.source_peer.identity.clone(), cluster });
         }
     };
-    if let (Some(source_netns), Some(destination_workload)) = (bypass_from, snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip))) {
+    let destination_workload = snapshot.workloads_by_ip.get(&IpAddr::V4(pod.ip)).filter(|_| pod.share.bypass_allowed());
+    if let (Some(source_netns), Some(destination_workload)) = (bypass_from, destination_workload) {
         // Admitted, plain L4, both pods here: the pair's next connections may go straight, decided the same way.
         let key = BypassKey { source_netns, destination_netns: pod.netns.cookie(), port: destination.port().into(), _pad: 0 };
         let grant = || Grant {
@@ -189,7 +192,8 @@ pub async fn proxy(
         dp.bypass.grant(&dp.capture, &dp.workloads, &snapshot, key, grant);
     }
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
-    let (outcome, revoked) = relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay).await;
+    let (outcome, revoked) =
+        relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay, &pod.share.pacer()).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match ended_by(revoked, outcome.error) {

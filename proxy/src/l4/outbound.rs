@@ -66,8 +66,10 @@ async fn direct(
     source_identity: Option<Identity>,
     record: &mut ConnectionRecord,
 ) -> Result<(), ConnectionError> {
-    let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity, true).await?;
-    finish(record, relay::relay(client, &mut upstream, dp.limits.relay).await)
+    // A pod with a bandwidth budget keeps its bytes in keel's relay, where the budget holds (no fast path).
+    let plain_l4 = pod.share.bypass_allowed();
+    let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity, plain_l4).await?;
+    finish(record, relay::relay(client, &mut upstream, dp.limits.relay, &pod.share.pacer()).await)
 }
 
 async fn hbone(
@@ -83,7 +85,7 @@ async fn hbone(
     let progress = relay::Progress::default();
     let outcome = {
         let (client_read, client_write) = chunk_io::socket(client.split());
-        relay::relay_halves(client_read, client_write, reader, &mut writer, dp.limits.relay, &progress).await
+        relay::relay_halves(client_read, client_write, reader, &mut writer, dp.limits.relay, &progress, &pod.share.pacer()).await
     };
     if outcome.error.is_some() {
         sockets::reset(client);
@@ -121,7 +123,7 @@ async fn originated_tls(
     let outcome = {
         let (client_read, client_write) = chunk_io::socket(client.split());
         let (server_read, server_write) = chunk_io::socket(tokio::io::split(stream));
-        relay::relay_halves(client_read, client_write, server_read, server_write, dp.limits.relay, &progress).await
+        relay::relay_halves(client_read, client_write, server_read, server_write, dp.limits.relay, &progress, &pod.share.pacer()).await
     };
     if outcome.error.is_some() {
         sockets::reset(client);

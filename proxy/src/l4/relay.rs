@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     chunk_io::{socket, ChunkRead, ChunkWrite},
+    fair_share::{DirectionPacer, Pacer},
     limits::RelayTimeouts as Timeouts,
     sockets::reset,
 };
@@ -76,12 +77,12 @@ impl RelayOutcome {
 }
 
 /// TCP to TCP: on an error both sockets are reset.
-pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts) -> RelayOutcome {
+pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts, pacer: &Pacer) -> RelayOutcome {
     let progress = Progress::default();
     let outcome = {
         let (client_read, client_write) = socket(client.split());
         let (server_read, server_write) = socket(server.split());
-        relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress).await
+        relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress, pacer).await
     };
     if outcome.error.is_some() {
         // A failed direction ends both: close with RST so each peer learns the connection broke.
@@ -92,7 +93,8 @@ pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Tim
 }
 
 /// Both directions at once over any pair of byte streams given as halves (a TCP socket's, an HBONE stream's).
-/// Stops at the first error or timeout, which the caller turns into resets on its own kind of stream.
+/// Stops at the first error or timeout, which the caller turns into resets on its own kind of stream. Each
+/// direction is paced by `pacer` (its pod's bandwidth budget and share of worker time, see [`crate::fair_share`]).
 pub async fn relay_halves<CR, CW, SR, SW>(
     mut client_read: CR,
     mut client_write: CW,
@@ -100,6 +102,7 @@ pub async fn relay_halves<CR, CW, SR, SW>(
     mut server_write: SW,
     timeouts: Timeouts,
     progress: &Progress,
+    pacer: &Pacer,
 ) -> RelayOutcome
 where
     CR: ChunkRead,
@@ -107,8 +110,8 @@ where
     SR: ChunkRead,
     SW: ChunkWrite,
 {
-    let up = copy_until_eof(&mut client_read, &mut server_write, progress, &progress.client_to_server);
-    let down = copy_until_eof(&mut server_read, &mut client_write, progress, &progress.server_to_client);
+    let up = copy_until_eof(&mut client_read, &mut server_write, progress, &progress.client_to_server, pacer.direction());
+    let down = copy_until_eof(&mut server_read, &mut client_write, progress, &progress.server_to_client, pacer.direction());
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let mut error = None;
@@ -137,7 +140,13 @@ where
 }
 
 /// Copies until EOF, then finishes the writer (half-close), counting every byte written into `counter`.
-async fn copy_until_eof<R, W>(reader: &mut R, writer: &mut W, progress: &Progress, counter: &AtomicU64) -> io::Result<()>
+async fn copy_until_eof<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    progress: &Progress,
+    counter: &AtomicU64,
+    mut pacer: DirectionPacer<'_>,
+) -> io::Result<()>
 where
     R: ChunkRead,
     W: ChunkWrite,
@@ -147,6 +156,7 @@ where
         if chunk.is_empty() {
             return poll_fn(|cx| writer.poll_finish(cx)).await;
         }
+        pacer.moved(chunk.len()).await;
         while !chunk.is_empty() {
             let before = chunk.len();
             poll_fn(|cx| writer.poll_write_chunk(cx, &mut chunk)).await?;
@@ -158,6 +168,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fair_share::PodShare;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
@@ -175,7 +186,7 @@ mod tests {
         // app <-> (client, server) <-> upstream
         let (mut app, mut client) = pair().await;
         let (mut server, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -201,7 +212,7 @@ mod tests {
     async fn a_reset_upstream_resets_the_client() {
         let (mut app, mut client) = pair().await;
         let (mut server, upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         app.write_all(b"hello").await.unwrap();
         reset(&upstream);
         drop(upstream);
@@ -221,7 +232,7 @@ mod tests {
     async fn a_reset_reports_the_bytes_both_directions_moved() {
         let (mut app, mut client) = pair().await;
         let (mut server, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default()).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         app.write_all(&[7u8; 3000]).await.unwrap();
         let mut got = vec![0u8; 3000];
         upstream.read_exact(&mut got).await.unwrap();
@@ -242,7 +253,7 @@ mod tests {
         let (mut app, mut client) = pair().await;
         let (mut server, upstream) = pair().await;
         let started = Instant::now();
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, timeouts).await });
+        let relay = tokio::spawn(async move { relay(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
         // Activity postpones the idle deadline.
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -258,7 +269,7 @@ mod tests {
 
         let (mut app, mut client) = pair().await;
         let (mut server, _upstream) = pair().await;
-        let half_closed = tokio::spawn(async move { super::relay(&mut client, &mut server, timeouts).await });
+        let half_closed = tokio::spawn(async move { super::relay(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
         app.shutdown().await.unwrap();
         let error = half_closed.await.unwrap().error.expect("a half-closed timeout");
         assert!(error.to_string().contains("half-closed"), "{error}");
