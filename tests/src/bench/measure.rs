@@ -97,6 +97,11 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// A field of a cgroup v2 directory's cpu.stat (present whether or not the cpu controller is enabled).
+/// A cgroup's user+sys CPU so far, seconds.
+pub fn cgroup_cpu_s(cgroup: &Path) -> Result<f64> {
+    Ok(cgroup_cpu_usec(cgroup, "usage_usec")? as f64 / 1e6)
+}
+
 fn cgroup_cpu_usec(cgroup: &Path, key: &str) -> Result<u64> {
     let stat = std::fs::read_to_string(cgroup.join("cpu.stat")).with_context(|| format!("reading {}/cpu.stat", cgroup.display()))?;
     parse_flat_keyed(&stat, key).with_context(|| format!("no {key} in {}/cpu.stat", cgroup.display()))

@@ -11,7 +11,9 @@ pub mod l7;
 pub mod measure;
 pub mod model;
 pub mod node_scale;
+pub mod noisy_neighbour;
 pub mod report;
+pub mod upgrade;
 pub mod workloads;
 
 use std::{

@@ -152,7 +152,7 @@ impl H2load {
     }
 }
 
-fn wrk(client: &Pod, target: SocketAddr, threads: u32, connections: u32, headers: &[&str], seconds: u32) -> Result<Sample> {
+pub fn wrk(client: &Pod, target: SocketAddr, threads: u32, connections: u32, headers: &[&str], seconds: u32) -> Result<Sample> {
     let mut argv: Vec<String> =
         ["wrk", "--latency", "-t", &threads.to_string(), "-c", &connections.to_string()].iter().map(|s| s.to_string()).collect();
     argv.extend(["-d".into(), format!("{seconds}s"), "--timeout".into(), "5s".into()]);
@@ -276,7 +276,7 @@ pub fn latency_of_h2load_log(text: &str) -> Option<Latency> {
     Some(Latency { p50_ms: rank(50.0), p90_ms: rank(90.0), p99_ms: rank(99.0) })
 }
 
-fn iperf(client: &Pod, target: SocketAddr, streams: u32, seconds: u32) -> Result<Sample> {
+pub fn iperf(client: &Pod, target: SocketAddr, streams: u32, seconds: u32) -> Result<Sample> {
     let argv = [
         "iperf3".to_string(),
         "-c".into(),

@@ -45,6 +45,15 @@ struct Args {
     /// ingress.md and ingress.json.
     #[arg(long)]
     ingress: bool,
+    /// Instead of the data-path arms: one pod's request/response latency alone and while another pod on the node
+    /// runs bulk streams, then a connection storm, through keel with fair share on and off, keel with iptables,
+    /// and no proxy; writes noisy-neighbour.md and noisy-neighbour.json.
+    #[arg(long)]
+    noisy_neighbour: bool,
+    /// Instead of the data-path arms: requests (keep-alive and a new connection each) across a `keel run
+    /// --takeover` halfway through, against the same run without one; writes upgrade.md and upgrade.json.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +71,14 @@ fn main() -> ExitCode {
     if args.ingress {
         let (reps, seconds) = if args.quick { (1, 2) } else { (args.reps.max(1), args.seconds.max(1)) };
         return ingress(&binaries, &args.out, reps, seconds);
+    }
+    if args.noisy_neighbour {
+        let (reps, seconds) = if args.quick { (1, 2) } else { (args.reps.max(1), args.seconds.max(1)) };
+        return noisy_neighbour(&binaries, &args.out, reps, seconds);
+    }
+    if args.upgrade {
+        let (reps, seconds) = if args.quick { (1, 4) } else { (args.reps.max(1), args.seconds.max(1)) };
+        return upgrade(&binaries, &args.out, reps, seconds);
     }
     let pick = |names: &[String], name: &str| names.is_empty() || names.iter().any(|n| n == name);
     // A misspelt name must not quietly shrink the run.
@@ -154,6 +171,42 @@ fn control_plane(binaries: &Binaries, out: &std::path::Path, quick: bool) -> Exi
     // Every change must reach every node: a miss is a failure, not a number.
     if outcomes.iter().any(|o| o.missed > 0) {
         eprintln!("keel-bench: some changes never reached some nodes");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn noisy_neighbour(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
+    let samples = match bench::noisy_neighbour::run(binaries, out, reps, seconds) {
+        Ok(samples) => samples,
+        Err(e) => {
+            eprintln!("keel-bench: noisy-neighbour: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    let report = bench::noisy_neighbour::markdown(&samples, &command, seconds);
+    println!("{report}");
+    if let Err(e) = std::fs::write(out.join("noisy-neighbour.md"), &report) {
+        eprintln!("keel-bench: writing noisy-neighbour.md: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn upgrade(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
+    let samples = match bench::upgrade::run(binaries, out, reps, seconds) {
+        Ok(samples) => samples,
+        Err(e) => {
+            eprintln!("keel-bench: upgrade: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+    let report = bench::upgrade::markdown(&samples, &command, seconds);
+    println!("{report}");
+    if let Err(e) = std::fs::write(out.join("upgrade.md"), &report) {
+        eprintln!("keel-bench: writing upgrade.md: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

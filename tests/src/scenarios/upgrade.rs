@@ -4,7 +4,7 @@
 //! Both capture backends (iptables keeps the previous keel's REDIRECT rules as they are). Two nodes following one
 //! control plane; on node 0, `client` and `near`, on node 1, `far`. While client opens
 //! short connections one after another to near (same node) and to far (HBONE), and two long streams (same node and
-//! HBONE, each 2 MiB over 8 s) run through node 0's keel, a successor takes over from it, twice in a row. Then:
+//! HBONE, each 2 MiB over 8 s) run through node 0's keel, a successor takes over from it, three times in a row. Then:
 //! every short connection succeeded (none refused, none lost in an accept queue), both long streams arrived
 //! whole (checksums), each old keel exited by itself once its last connection ended, and the last keel serves the
 //! pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
@@ -46,7 +46,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
         send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("before any takeover")?;
 
         let mut current = keels.remove(0);
-        for round in 1..=2 {
+        for round in 1..=3 {
             current = take_over_under_load(&client, &near, &far, current, round)?;
         }
         successor_killed_mid_handover(&client, &far, &mut current)?;
