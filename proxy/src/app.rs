@@ -144,6 +144,10 @@ impl crate::handover::Handover for Daemon {
             let _ = stopped.wait_for(|stopped| *stopped).await;
         }
     }
+
+    async fn surrender_relays(&self) -> Vec<crate::handover::relays::Surrendered> {
+        self.data_path.mover.surrender_all().await
+    }
 }
 
 impl Daemon {
@@ -313,6 +317,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         responder: config.responder,
         outbound_policy: config.outbound_policy,
         dns: Arc::new(crate::dns::DnsResolver::new(config.dns_server)),
+        mover: Default::default(),
     });
     tokio::spawn(data_path.dns.clone().run(data_path.workloads.clone()));
     tokio::spawn(reauthorize_on_change(data_path.clone()));
@@ -362,7 +367,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api::serve(api_listener, daemon.clone()));
     daemon.ready.store(true, Ordering::Relaxed);
     if let Some(received) = received {
-        tokio::task::spawn_blocking(move || received.took_over()).await?.context("completing the handover")?;
+        let relays = tokio::task::spawn_blocking(move || received.took_over()).await?.context("completing the handover")?;
+        crate::l4::moving::resume_all(relays, &daemon.enrollment.contexts().await, &daemon.data_path);
         info!(pods = restored, "took over from the previous keel: it stopped accepting and drains what it carries");
     }
     let handover = crate::handover::listen(&config.state_dir)?;

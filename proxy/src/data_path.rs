@@ -82,6 +82,8 @@ pub struct DataPath {
     pub outbound_policy: crate::plan::OutboundTrafficPolicy,
     /// ServiceEntry hosts with resolution DNS, resolved.
     pub dns: Arc<crate::dns::DnsResolver>,
+    /// Pauses the byte relays that move to a successor keel, and collects them (`keel run --takeover`).
+    pub mover: Arc<crate::handover::relays::RelayMover>,
 }
 
 impl DataPath {

@@ -295,6 +295,11 @@ impl Enrollment {
         pods.values().map(|p| crate::health_metrics::PodShareReport { pod: p.context.name.clone(), stats: p.context.share.stats() }).collect()
     }
 
+    /// Every enrolled pod's data-path context.
+    pub async fn contexts(&self) -> Vec<Arc<PodContext>> {
+        self.pods.lock().await.values().map(|p| p.context.clone()).collect()
+    }
+
     pub async fn specs(&self) -> Vec<PodSpec> {
         self.pods.lock().await.values().map(|p| p.spec.clone()).collect()
     }

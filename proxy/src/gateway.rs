@@ -133,6 +133,7 @@ pub async fn run(settings: GatewaySettings) -> anyhow::Result<()> {
         // What a gateway reaches is what its routes name: the policy is a node proxy's.
         outbound_policy: Default::default(),
         dns: Arc::new(crate::dns::DnsResolver::new(None)),
+        mover: Default::default(),
     });
     let admin = Arc::new(GatewayAdmin { dp: data_path.clone(), xds });
     tokio::spawn(crate::admin::serve(crate::admin::bind(settings.admin_addr).await?, admin.clone(), crate::admin::Paths::All));

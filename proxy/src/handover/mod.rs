@@ -12,12 +12,15 @@
 //!    connection in the queues is served by one of them;
 //! 3. the new keel enrolls the pods on those sockets (capture's maps and pinned links are shared: it re-registers
 //!    the same sockets and replaces the pinned links with its own) and starts accepting, then says `took_over`;
-//! 4. the old keel answers `bye`, stops accepting (its copies of the sockets close; the new keel's stay open),
-//!    sends a GOAWAY on its HBONE connections (streams in flight go on; new ones go to the new keel), serves every
-//!    connection it has to its end or until `--drain-max`, and exits.
+//! 4. the old keel stops accepting (its copies of the sockets close; the new keel's stay open), pauses its byte
+//!    relays and sends each as `relay {…}` carrying its two sockets and, when it had read bytes it had not yet
+//!    written, a memfd holding them (see [`relays`]); then `bye`. It sends a GOAWAY on its HBONE connections
+//!    (streams in flight go on; new ones go to the new keel), serves every connection it still has to its end or
+//!    until `--drain-max`, and exits. The new keel resumes the relays where they paused.
 //!
 //! If either side dies during the exchange nothing is lost: until `took_over`, the old keel never stopped
 //! accepting, and the capture state in the kernel (pinned maps and links) is the same for both.
+pub mod relays;
 pub mod seqpacket;
 
 use std::{
@@ -34,7 +37,7 @@ use tracing::{info, warn};
 use crate::{pods::PodSpec, sockets::PodListeners};
 
 /// This keel's handover protocol version: a pair of keels of different versions falls back to drain-and-restart.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// How long either side waits for the other's next message.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the running keel waits for a connected successor's hello (it gets its config first).
@@ -70,6 +73,13 @@ enum Message {
         netns: u64,
     },
     TookOver,
+    /// Carries the relay's client and server sockets, then a memfd with its unwritten bytes (upstream's first)
+    /// when there are any.
+    Relay {
+        relay: relays::MovedRelay,
+        up_unwritten: usize,
+        down_unwritten: usize,
+    },
     Bye,
 }
 
@@ -89,6 +99,9 @@ pub trait Handover: Send + Sync + 'static {
     /// A successor of another version asked for the old way: stop as for a restart; done once this keel's
     /// listeners are closed (the successor opens its own then).
     fn stop_for_restart(&self) -> impl Future<Output = ()> + Send;
+    /// Pauses the relays that can move and gives them up for the successor. Each one marked taken is the
+    /// successor's; one dropped unmarked goes on in this keel.
+    fn surrender_relays(&self) -> impl Future<Output = Vec<relays::Surrendered>> + Send;
 }
 
 /// Serves successors, one at a time, for as long as keel runs (a blocking thread: handovers are rare).
@@ -145,11 +158,29 @@ fn hand_over<H: Handover>(peer: &OwnedFd, keel: &H, runtime: &tokio::runtime::Ha
     seqpacket::send(peer, &Message::Node { names, netns: own_netns()? }, &fds)?;
     let (answer, _): (Message, _) = seqpacket::receive(peer)?;
     let Message::TookOver = answer else { bail!("expected took_over, got {answer:?}") };
-    info!(pods = offer.pods.len(), "handed over to the new keel: draining");
     keel.handed_over();
+    let mut moved = 0;
+    for relay in runtime.block_on(keel.surrender_relays()) {
+        // One that is not sent is dropped unmarked: it goes on here, and so do the ones after it.
+        if let Err(e) = send_relay(peer, &relay) {
+            warn!(error = %format!("{e:#}"), "the successor took no more relays: the rest stay with this keel");
+            break;
+        }
+        relay.taken();
+        moved += 1;
+    }
+    info!(pods = offer.pods.len(), relays = moved, "handed over to the new keel: draining");
     // After the daemon was told: the successor waits for this before it answers on the API.
     let _ = seqpacket::send(peer, &Message::Bye, &[]);
     Ok(true)
+}
+
+fn send_relay(peer: &OwnedFd, relay: &relays::Surrendered) -> anyhow::Result<()> {
+    let message = Message::Relay { relay: relay.relay.clone(), up_unwritten: relay.up_unwritten.len(), down_unwritten: relay.down_unwritten.len() };
+    let unwritten = relays::unwritten_memfd(&relay.up_unwritten, &relay.down_unwritten)?;
+    let mut fds = vec![relay.client.as_fd(), relay.server.as_fd()];
+    fds.extend(unwritten.as_ref().map(AsFd::as_fd));
+    seqpacket::send(peer, &message, &fds)
 }
 
 /// What the new keel received.
@@ -167,12 +198,21 @@ impl Received {
         Some(self.node.swap_remove(at).1)
     }
 
-    /// Tells the old keel this one serves everything now, and waits until it has stopped accepting.
-    pub fn took_over(self) -> anyhow::Result<()> {
+    /// Tells the old keel this one serves everything now, and waits until it has stopped accepting; the relays
+    /// it paused for this keel to resume.
+    pub fn took_over(self) -> anyhow::Result<Vec<relays::Surrendered>> {
         seqpacket::send(&self.connection, &Message::TookOver, &[])?;
-        let (bye, _): (Message, _) = seqpacket::receive(&self.connection)?;
-        let Message::Bye = bye else { bail!("expected bye, got {bye:?}") };
-        Ok(())
+        let mut moved = Vec::new();
+        loop {
+            let (message, fds): (Message, Vec<OwnedFd>) = seqpacket::receive(&self.connection)?;
+            match message {
+                Message::Bye => return Ok(moved),
+                Message::Relay { relay, up_unwritten, down_unwritten } => {
+                    moved.push(relays::Surrendered::received(relay, fds, up_unwritten, down_unwritten)?);
+                }
+                other => bail!("expected a relay or bye, got {other:?}"),
+            }
+        }
     }
 }
 

@@ -16,6 +16,8 @@ struct FakeKeel {
     admin: TcpListener,
     handed_over: AtomicU32,
     stopped: AtomicU32,
+    /// A paused relay to surrender: an accepted connection, with bytes each way it had not written yet.
+    relay: std::sync::Mutex<Option<relays::Surrendered>>,
 }
 
 impl Handover for FakeKeel {
@@ -29,6 +31,26 @@ impl Handover for FakeKeel {
 
     async fn stop_for_restart(&self) {
         self.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn surrender_relays(&self) -> Vec<relays::Surrendered> {
+        self.relay.lock().unwrap().take().into_iter().collect()
+    }
+}
+
+fn moved_relay() -> relays::MovedRelay {
+    relays::MovedRelay {
+        pod: "default/web".into(),
+        inbound: true,
+        source: "10.244.0.9:40000".parse().unwrap(),
+        original_destination: "10.244.0.5:8080".parse().unwrap(),
+        upstream: Some("10.244.0.5:8080".parse().unwrap()),
+        same_node: true,
+        source_identity: Some("spiffe://cluster.local/ns/default/sa/sleep".into()),
+        up_ended: false,
+        down_ended: true,
+        bytes_sent: 70_000,
+        bytes_received: 12,
     }
 }
 
@@ -53,6 +75,7 @@ fn running_keel(dir: &Path) -> (Arc<FakeKeel>, tokio::runtime::Runtime) {
         admin: loopback(),
         handed_over: AtomicU32::new(0),
         stopped: AtomicU32::new(0),
+        relay: std::sync::Mutex::new(None),
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     serve(listen(dir).unwrap().socket, keel.clone(), runtime.handle().clone()).unwrap();
@@ -86,8 +109,27 @@ fn the_successor_receives_the_same_sockets_and_the_old_keel_hears_it_took_over()
     let _client = std::net::TcpStream::connect(addr(&keel.listeners.inbound)).unwrap();
     assert!(listeners.inbound.accept().is_ok());
     assert_eq!(keel.handed_over.load(Ordering::SeqCst), 0, "not before the successor says so");
-    received.took_over().unwrap();
+    // A paused relay: its two sockets, 70,000 unwritten bytes one way, none the other.
+    let (client, server) = (std::net::TcpStream::connect(addr(&keel.admin)).unwrap(), keel.admin.accept().unwrap().0);
+    let unwritten: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    let (handed, mut taken) = tokio::sync::oneshot::channel();
+    *keel.relay.lock().unwrap() = Some(relays::Surrendered {
+        relay: moved_relay(),
+        client: server.try_clone().unwrap().into(),
+        server: client.try_clone().unwrap().into(),
+        up_unwritten: unwritten.clone().into(),
+        down_unwritten: Default::default(),
+        handed: Some(handed),
+    });
+    let moved = received.took_over().unwrap();
     assert_eq!(keel.handed_over.load(Ordering::SeqCst), 1);
+    assert_eq!(moved.len(), 1, "the paused relay arrives");
+    let relay = &moved[0];
+    assert_eq!(relay.relay, moved_relay());
+    assert_eq!((&relay.up_unwritten[..], relay.down_unwritten.len()), (&unwritten[..], 0), "its unwritten bytes, whole");
+    let local = |fd: &OwnedFd| std::net::TcpStream::from(fd.try_clone().unwrap()).local_addr().unwrap();
+    assert_eq!((local(&relay.client), local(&relay.server)), (server.local_addr().unwrap(), client.local_addr().unwrap()), "the same sockets");
+    assert!(taken.try_recv().is_ok(), "the old keel hears the successor has it");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

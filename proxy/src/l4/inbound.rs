@@ -17,7 +17,7 @@ use keel_ebpf_common::BypassKey;
 
 use crate::{
     bypass::Grant,
-    chunk_io::{self, ChunkRead, ChunkWrite},
+    chunk_io::{ChunkRead, ChunkWrite},
     connection_error::ConnectionError,
     data_path::{DataPath, PodContext},
     dial::local_peers::LocalPeer,
@@ -192,8 +192,8 @@ pub async fn proxy(
         dp.bypass.grant(&dp.capture, &dp.workloads, &snapshot, key, grant);
     }
     let mut app = connect_app(pod, dp, destination).await.map_err(|e| ConnectionError::ConnectApp(destination, e))?;
-    let (outcome, revoked) =
-        relay_admitted(chunk_io::socket(client.split()), chunk_io::socket(app.split()), tracked, dp.limits.relay, &pod.share.pacer()).await;
+    // Plain TCP both sides: the relay can move to a successor keel.
+    let (outcome, revoked) = super::moving::relay_admitted_movable(client, &mut app, pod, dp, relay::Resume::default(), tracked, record).await;
     record.bytes_sent = outcome.client_to_server;
     record.bytes_received = outcome.server_to_client;
     match ended_by(revoked, outcome.error) {

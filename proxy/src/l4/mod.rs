@@ -3,6 +3,7 @@
 //! [`crate::captured`], HBONE streams from [`crate::hbone_server`]). Imports `dial`, `plan`, `policy`, `data_path`,
 //! `accept`, `telemetry`, never `l7`.
 pub mod inbound;
+pub mod moving;
 pub mod outbound;
 pub mod relay;
 pub mod responder;

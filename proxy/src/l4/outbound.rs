@@ -69,7 +69,9 @@ async fn direct(
     // A pod with a bandwidth budget keeps its bytes in keel's relay, where the budget holds (no fast path).
     let plain_l4 = pod.share.bypass_allowed();
     let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity, plain_l4).await?;
-    finish(record, relay::relay(client, &mut upstream, dp.limits.relay, &pod.share.pacer()).await)
+    // Plain TCP both sides: the relay can move to a successor keel.
+    let outcome = super::moving::relay_movable(client, &mut upstream, pod, dp, relay::Resume::default(), record).await;
+    finish(record, outcome)
 }
 
 async fn hbone(

@@ -6,6 +6,10 @@
 //! after the other ended, is ended with a timeout error: a peer cannot hold keel's sockets forever.
 //!
 //! Bytes move as owned chunks (see [`crate::chunk_io`]), so the relay adds no copy of its own on the HBONE path.
+//!
+//! A TCP-to-TCP relay can also be *paused* ([`relay_pausable`]): each direction stops at once, keeping what it
+//! had read and not yet written, so another keel can take both sockets and [`Resume`] where this one stopped
+//! (see [`super::moving`]).
 use std::{
     future::poll_fn,
     io,
@@ -13,7 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     chunk_io::{socket, ChunkRead, ChunkWrite},
@@ -96,10 +101,10 @@ pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Tim
 /// Stops at the first error or timeout, which the caller turns into resets on its own kind of stream. Each
 /// direction is paced by `pacer` (its pod's bandwidth budget and share of worker time, see [`crate::fair_share`]).
 pub async fn relay_halves<CR, CW, SR, SW>(
-    mut client_read: CR,
-    mut client_write: CW,
-    mut server_read: SR,
-    mut server_write: SW,
+    client_read: CR,
+    client_write: CW,
+    server_read: SR,
+    server_write: SW,
     timeouts: Timeouts,
     progress: &Progress,
     pacer: &Pacer,
@@ -110,22 +115,125 @@ where
     SR: ChunkRead,
     SW: ChunkWrite,
 {
-    let up = copy_until_eof(&mut client_read, &mut server_write, progress, &progress.client_to_server, pacer.direction());
-    let down = copy_until_eof(&mut server_read, &mut client_write, progress, &progress.server_to_client, pacer.direction());
+    let halves = Halves { client_read, client_write, server_read, server_write };
+    match relay_from(halves, Resume::default(), timeouts, progress, pacer, None).await {
+        Ended::Finished(outcome) => outcome,
+        Ended::Paused(..) => unreachable!("a relay without a pause signal is never paused"),
+    }
+}
+
+/// Where a relay starts: fresh, or where another keel paused it. Per direction: whether it had ended (EOF read
+/// and passed on as a FIN) and the bytes it had read and not yet written, which go first.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub up: DirectionState,
+    pub down: DirectionState,
+}
+
+#[derive(Debug, Default)]
+pub struct DirectionState {
+    pub ended: bool,
+    pub unwritten: Bytes,
+}
+
+/// How a pausable relay ended.
+#[derive(Debug)]
+pub enum Ended {
+    Finished(RelayOutcome),
+    /// Paused on request: both directions stopped, with what each still owed its writer, and what moved until
+    /// then. The sockets are intact.
+    Paused(Resume, RelayOutcome),
+}
+
+/// TCP to TCP, pausable: when `pause` (if any) flips to true both directions stop where they are and the relay returns
+/// [`Ended::Paused`] (the sockets are left open and untouched). Starts from `resume`. On an error both sockets
+/// are reset, as for [`relay`].
+pub async fn relay_pausable(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    resume: Resume,
+    timeouts: Timeouts,
+    pacer: &Pacer,
+    pause: Option<watch::Receiver<bool>>,
+) -> Ended {
+    let progress = Progress::default();
+    let ended = {
+        let (client_read, client_write) = socket(client.split());
+        let (server_read, server_write) = socket(server.split());
+        let halves = Halves { client_read, client_write, server_read, server_write };
+        relay_from(halves, resume, timeouts, &progress, pacer, pause).await
+    };
+    if matches!(&ended, Ended::Finished(outcome) if outcome.error.is_some()) {
+        reset(client);
+        reset(server);
+    }
+    ended
+}
+
+/// A relay's four halves.
+struct Halves<CR, CW, SR, SW> {
+    client_read: CR,
+    client_write: CW,
+    server_read: SR,
+    server_write: SW,
+}
+
+async fn relay_from<CR, CW, SR, SW>(
+    halves: Halves<CR, CW, SR, SW>,
+    resume: Resume,
+    timeouts: Timeouts,
+    progress: &Progress,
+    pacer: &Pacer,
+    pause: Option<watch::Receiver<bool>>,
+) -> Ended
+where
+    CR: ChunkRead,
+    CW: ChunkWrite,
+    SR: ChunkRead,
+    SW: ChunkWrite,
+{
+    let Halves { mut client_read, mut client_write, mut server_read, mut server_write } = halves;
+    let (mut up_done, mut down_done) = (resume.up.ended, resume.down.ended);
+    let up = copy_until_eof(
+        &mut client_read,
+        &mut server_write,
+        Counting { progress, counter: &progress.client_to_server },
+        pacer.direction(),
+        resume.up.unwritten,
+        pause.clone(),
+    );
+    let down = copy_until_eof(
+        &mut server_read,
+        &mut client_write,
+        Counting { progress, counter: &progress.server_to_client },
+        pacer.direction(),
+        resume.down.unwritten,
+        pause,
+    );
     tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
     let mut error = None;
+    let mut paused =
+        Resume { up: DirectionState { ended: up_done, ..Default::default() }, down: DirectionState { ended: down_done, ..Default::default() } };
+    let mut was_paused = false;
     while !(up_done && down_done) {
         let limit = if up_done || down_done { timeouts.half_closed } else { timeouts.idle };
         let check_in = limit.saturating_sub(progress.silent_for());
         tokio::select! {
             r = &mut up, if !up_done => {
                 up_done = true;
-                if let Err(e) = r { error = Some(e); break; }
+                match r {
+                    Ok(Copied::Eof) => paused.up.ended = true,
+                    Ok(Copied::Paused(unwritten)) => { was_paused = true; paused.up.unwritten = unwritten; }
+                    Err(e) => { error = Some(e); break; }
+                }
             }
             r = &mut down, if !down_done => {
                 down_done = true;
-                if let Err(e) = r { error = Some(e); break; }
+                match r {
+                    Ok(Copied::Eof) => paused.down.ended = true,
+                    Ok(Copied::Paused(unwritten)) => { was_paused = true; paused.down.unwritten = unwritten; }
+                    Err(e) => { error = Some(e); break; }
+                }
             }
             () = tokio::time::sleep(check_in) => {
                 if progress.silent_for() >= limit {
@@ -136,39 +244,76 @@ where
             }
         }
     }
-    RelayOutcome::cut_short(progress, error)
+    if was_paused && error.is_none() {
+        return Ended::Paused(paused, RelayOutcome::cut_short(progress, None));
+    }
+    Ended::Finished(RelayOutcome::cut_short(progress, error))
 }
 
-/// Copies until EOF, then finishes the writer (half-close), counting every byte written into `counter`.
+/// How one direction's copy ended.
+enum Copied {
+    Eof,
+    /// Paused, with the bytes read and not yet written.
+    Paused(Bytes),
+}
+
+/// Where one direction counts what it wrote.
+struct Counting<'a> {
+    progress: &'a Progress,
+    counter: &'a AtomicU64,
+}
+
+/// Writes `unwritten` first, then copies until EOF and finishes the writer (half-close), counting every byte
+/// written. With a `pause` signal, stops as soon as it flips, returning what it had read and not yet written.
 async fn copy_until_eof<R, W>(
     reader: &mut R,
     writer: &mut W,
-    progress: &Progress,
-    counter: &AtomicU64,
+    counting: Counting<'_>,
     mut pacer: DirectionPacer<'_>,
-) -> io::Result<()>
+    unwritten: Bytes,
+    mut pause: Option<watch::Receiver<bool>>,
+) -> io::Result<Copied>
 where
     R: ChunkRead,
     W: ChunkWrite,
 {
+    let mut chunk = unwritten;
     loop {
-        let mut chunk = poll_fn(|cx| reader.poll_chunk(cx)).await?;
-        if chunk.is_empty() {
-            return poll_fn(|cx| writer.poll_finish(cx)).await;
-        }
-        pacer.moved(chunk.len()).await;
         while !chunk.is_empty() {
             let before = chunk.len();
-            poll_fn(|cx| writer.poll_write_chunk(cx, &mut chunk)).await?;
-            progress.moved(counter, before - chunk.len());
+            tokio::select! {
+                written = poll_fn(|cx| writer.poll_write_chunk(cx, &mut chunk)) => written?,
+                () = paused(&mut pause) => return Ok(Copied::Paused(chunk)),
+            }
+            counting.progress.moved(counting.counter, before - chunk.len());
+        }
+        chunk = tokio::select! {
+            read = poll_fn(|cx| reader.poll_chunk(cx)) => read?,
+            () = paused(&mut pause) => return Ok(Copied::Paused(Bytes::new())),
+        };
+        if chunk.is_empty() {
+            poll_fn(|cx| writer.poll_finish(cx)).await?;
+            return Ok(Copied::Eof);
+        }
+        pacer.moved(chunk.len()).await;
+    }
+}
+
+/// Resolves once `pause` is set to true; never without a signal (or once its sender is gone).
+async fn paused(pause: &mut Option<watch::Receiver<bool>>) {
+    if let Some(signal) = pause {
+        if signal.wait_for(|paused| *paused).await.is_ok() {
+            return;
         }
     }
+    std::future::pending().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fair_share::PodShare;
+    use std::os::fd::AsFd as _;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
@@ -273,5 +418,56 @@ mod tests {
         app.shutdown().await.unwrap();
         let error = half_closed.await.unwrap().error.expect("a half-closed timeout");
         assert!(error.to_string().contains("half-closed"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_paused_relay_resumes_on_copies_of_its_sockets_with_nothing_lost() {
+        let (mut app, mut client) = pair().await;
+        let (mut server, mut upstream) = pair().await;
+        let (pause, signal) = watch::channel(false);
+        let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            app.write_all(&sent).await.unwrap();
+            app.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            app.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let first = tokio::spawn(async move {
+            let share = PodShare::unshared();
+            let ended = relay_pausable(&mut client, &mut server, Resume::default(), Timeouts::default(), &share.pacer(), Some(signal)).await;
+            // What a surrender hands on: copies of both sockets (the originals close here, untouched).
+            let copies = (client.as_fd().try_clone_to_owned().unwrap(), server.as_fd().try_clone_to_owned().unwrap());
+            (ended, copies)
+        });
+        // Read slowly at first so the relay holds unwritten bytes when it pauses.
+        let mut received = vec![0u8; 1_000_000];
+        upstream.read_exact(&mut received).await.unwrap();
+        pause.send(true).unwrap();
+        let (ended, (client_fd, server_fd)) = first.await.unwrap();
+        let Ended::Paused(state, moved) = ended else { panic!("not paused: {ended:?}") };
+        assert!(moved.client_to_server >= 1_000_000 && moved.error.is_none(), "{moved:?}");
+        assert!(!state.up.ended && !state.down.ended);
+        let as_stream = |fd: std::os::fd::OwnedFd| {
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true).unwrap();
+            TcpStream::from_std(stream).unwrap()
+        };
+        let (mut client, mut server) = (as_stream(client_fd), as_stream(server_fd));
+        let second = tokio::spawn(async move {
+            let share = PodShare::unshared();
+            relay_pausable(&mut client, &mut server, state, Timeouts::default(), &share.pacer(), None).await
+        });
+        let mut rest = Vec::new();
+        upstream.read_to_end(&mut rest).await.unwrap();
+        received.extend_from_slice(&rest);
+        assert!(received == payload, "{} bytes arrived of {}, or out of order", received.len(), payload.len());
+        upstream.write_all(b"done").await.unwrap();
+        drop(upstream);
+        assert_eq!(writer.await.unwrap(), b"done");
+        let Ended::Finished(outcome) = second.await.unwrap() else { panic!("the resumed relay paused") };
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.client_to_server + moved.client_to_server, payload.len() as u64);
     }
 }
