@@ -36,6 +36,7 @@ const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_IFINDEX: u32 = 1;
 const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
 
 // sock_ops callback codes (include/uapi/linux/bpf.h).
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -467,6 +468,8 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Lookup, ()> {
         // keel is down. 15008 takes the regular lookup, which finds no listener either while keel is down.
         Err(e) if e == -ENOENT && slot == LISTENER_INBOUND && fail_closed() && unsafe { POD_IPS.get(&local_ip4) }.is_some() => Ok(Lookup::Refused),
         Err(e) if e == -ENOENT => Ok(Lookup::Passed), // not a pod keel serves
+        // During a takeover both keels' programs run; the first one already assigned the (same, shared) listener.
+        Err(e) if e == -EEXIST => Ok(Lookup::Captured),
         Err(_) => Err(()),
     }
 }

@@ -1,20 +1,25 @@
 //! Hitless upgrade: `keel run --takeover` on a node where keel runs takes its listening sockets, pods and admin port
-//! while the pods keep opening connections, and the old keel serves the streams it carries to their end.
+//! while the pods keep opening connections; the byte relays it carries move to the new keel, and the old keel
+//! serves the HBONE streams it carries to their end.
 //!
 //! Both capture backends (iptables keeps the previous keel's REDIRECT rules as they are). Two nodes following one
 //! control plane; on node 0, `client` and `near`, on node 1, `far`. While client opens
-//! short connections one after another to near (same node) and to far (HBONE), and two long streams (same node and
-//! HBONE, each 2 MiB over 8 s) run through node 0's keel, a successor takes over from it, three times in a row. Then:
-//! every short connection succeeded (none refused, none lost in an accept queue), both long streams arrived
-//! whole (checksums), each old keel exited by itself once its last connection ended, and the last keel serves the
-//! pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
+//! short connections one after another to near (same node) and to far (HBONE), and two long streams (2 MiB each:
+//! to far over HBONE in 8 s, to near on the same node in 20 s) run through node 0's keel, a successor takes over
+//! from it, three times in a row. Then: every short connection succeeded (none refused, none lost in an accept
+//! queue), each old keel moved its relays (the same-node stream's two among them) and exited by itself once its
+//! last HBONE stream ended — while the same-node stream still ran, now through the new keel — both long streams
+//! arrived whole (checksums), and the last keel serves the pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
 //! instead, said in both logs; one killed mid-handover changes nothing.
 use super::*;
 use crate::lab::{mesh_config, Backend, ChildGuard};
 
 const PORT: u16 = 9000;
 const STREAM_BYTES: u64 = 2 * MIB;
+/// The HBONE stream's length (it stays with the old keel), and the same-node stream's, which outlives the old
+/// keel only if its relays moved.
 const STREAM_SPREAD: Duration = Duration::from_secs(8);
+const MOVED_STREAM_SPREAD: Duration = Duration::from_secs(20);
 
 pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
     with_nodes("takeover", 2, |lab| {
@@ -64,7 +69,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
 
 /// One takeover of `old` while short connections and two long streams run; the successor.
 fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, round: u32) -> Result<Keel> {
-    let streams = [spawn_stream(client, near.addr(PORT))?, spawn_stream(client, far.addr(PORT))?];
+    let mut streams = [spawn_stream(client, near.addr(PORT), MOVED_STREAM_SPREAD)?, spawn_stream(client, far.addr(PORT), STREAM_SPREAD)?];
     let loops_started = std::time::Instant::now();
     let loops = [spawn_loop(client, near.addr(PORT))?, spawn_loop(client, far.addr(PORT))?];
     std::thread::sleep(Duration::from_millis(1500));
@@ -72,6 +77,24 @@ fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, roun
     let next = old.start_successor(&[]).with_context(|| format!("round {round}: starting the successor"))?;
     // The successor logs "keel ready" only after the old keel stopped accepting: from here on only it accepts.
     let handed_over_at = loops_started.elapsed();
+    // The old keel carried the HBONE stream to its end, then left by itself — while the same-node stream, moved
+    // to the new keel, still runs.
+    let result = finished(&mut streams[1], STREAM_SPREAD + Duration::from_secs(30))?;
+    if result["ok"] != true || result["received"] != STREAM_BYTES {
+        bail!("round {round}: the long stream to far (HBONE) did not survive the takeover: {result}");
+    }
+    let status = old.wait_exit_within(Duration::from_secs(20)).with_context(|| format!("round {round}: the old keel (pid {old_pid})"))?;
+    let log = old.log();
+    if !status.success() || !log.contains("handed over to the new keel") || !log.contains("keel stopped after handing over") {
+        bail!("round {round}: the old keel did not hand over and stop cleanly ({status}); log tail:\n{}", old.log_tail(30));
+    }
+    let moved = moved_relays(&log);
+    if moved < 2 {
+        bail!("round {round}: the old keel moved {moved} relays, want at least the same-node stream's two; log tail:\n{}", old.log_tail(30));
+    }
+    if streams[0].try_wait().is_some() {
+        bail!("round {round}: the same-node stream ended before the old keel did: nothing shows its relays moved");
+    }
     for (what, mut child) in ["near", "far"].into_iter().zip(loops) {
         let result = finished(&mut child, Duration::from_secs(120))?;
         if result["failed"] != 0 || result["ok"].as_u64().unwrap_or(0) == 0 {
@@ -84,20 +107,12 @@ fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, roun
             bail!("round {round}: the connections to {what} ended {ran_for:?} after they began, before the handover ({handed_over_at:?}) was done");
         }
     }
-    for (what, mut child) in ["near (same node)", "far (HBONE)"].into_iter().zip(streams) {
-        let result = finished(&mut child, STREAM_SPREAD + Duration::from_secs(30))?;
-        if result["ok"] != true || result["received"] != STREAM_BYTES {
-            bail!("round {round}: the long stream to {what} did not survive the takeover: {result}");
-        }
+    let result = finished(&mut streams[0], MOVED_STREAM_SPREAD + Duration::from_secs(30))?;
+    if result["ok"] != true || result["received"] != STREAM_BYTES {
+        bail!("round {round}: the same-node stream did not survive its move to the new keel: {result}");
     }
-    // The old keel carried the long streams to their end, then left by itself.
-    let status = old.wait_exit_within(Duration::from_secs(20)).with_context(|| format!("round {round}: the old keel (pid {old_pid})"))?;
-    let log = old.log();
-    if !status.success() || !log.contains("handed over to the new keel") || !log.contains("keel stopped after handing over") {
-        bail!("round {round}: the old keel did not hand over and stop cleanly ({status}); log tail:\n{}", old.log_tail(30));
-    }
-    if !next.log().contains("took over from the previous keel") {
-        bail!("round {round}: the successor does not say it took over; log tail:\n{}", next.log_tail(30));
+    if !next.log().contains("took over from the previous keel") || !next.log().contains("resumed the previous keel's relays") {
+        bail!("round {round}: the successor does not say it took over and resumed the relays; log tail:\n{}", next.log_tail(30));
     }
     Ok(next)
 }
@@ -139,8 +154,16 @@ fn mismatched_version_falls_back(client: &Pod, far: &Pod, mut old: Keel) -> Resu
     Ok(())
 }
 
-fn spawn_stream(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
-    let (to, bytes, spread) = (to.to_string(), STREAM_BYTES.to_string(), STREAM_SPREAD.as_millis().to_string());
+/// The `relays` count of the old keel's "handed over" line.
+fn moved_relays(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("handed over to the new keel"))
+        .find_map(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["fields"]["relays"].as_u64().or_else(|| v["relays"].as_u64())))
+        .unwrap_or(0)
+}
+
+fn spawn_stream(client: &Pod, to: std::net::SocketAddr, spread: Duration) -> Result<ChildGuard> {
+    let (to, bytes, spread) = (to.to_string(), STREAM_BYTES.to_string(), spread.as_millis().to_string());
     client.spawn(&[
         client.podapp_path().display().to_string(),
         "send".into(),
