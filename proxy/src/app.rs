@@ -367,7 +367,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let api_task = tokio::spawn(api::serve(api_listener, daemon.clone()));
     daemon.ready.store(true, Ordering::Relaxed);
     if let Some(received) = received {
-        let relays = tokio::task::spawn_blocking(move || received.took_over()).await?.context("completing the handover")?;
+        let relays = match tokio::task::spawn_blocking(move || received.took_over()).await? {
+            Ok(relays) => relays,
+            // This keel holds the sockets and serves the pods already: without the previous keel it serves alone.
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "the previous keel went away during the handover: this keel serves everything now");
+                Vec::new()
+            }
+        };
         crate::l4::moving::resume_all(relays, &daemon.enrollment.contexts().await, &daemon.data_path);
         info!(pods = restored, "took over from the previous keel: it stopped accepting and drains what it carries");
     }

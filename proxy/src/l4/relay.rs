@@ -81,22 +81,6 @@ impl RelayOutcome {
     }
 }
 
-/// TCP to TCP: on an error both sockets are reset.
-pub async fn relay(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts, pacer: &Pacer) -> RelayOutcome {
-    let progress = Progress::default();
-    let outcome = {
-        let (client_read, client_write) = socket(client.split());
-        let (server_read, server_write) = socket(server.split());
-        relay_halves(client_read, client_write, server_read, server_write, timeouts, &progress, pacer).await
-    };
-    if outcome.error.is_some() {
-        // A failed direction ends both: close with RST so each peer learns the connection broke.
-        reset(client);
-        reset(server);
-    }
-    outcome
-}
-
 /// Both directions at once over any pair of byte streams given as halves (a TCP socket's, an HBONE stream's).
 /// Stops at the first error or timeout, which the caller turns into resets on its own kind of stream. Each
 /// direction is paced by `pacer` (its pod's bandwidth budget and share of worker time, see [`crate::fair_share`]).
@@ -145,9 +129,9 @@ pub enum Ended {
     Paused(Resume, RelayOutcome),
 }
 
-/// TCP to TCP, pausable: when `pause` (if any) flips to true both directions stop where they are and the relay returns
-/// [`Ended::Paused`] (the sockets are left open and untouched). Starts from `resume`. On an error both sockets
-/// are reset, as for [`relay`].
+/// TCP to TCP, pausable: when `pause` (if any) flips to true both directions stop where they are and the relay
+/// returns [`Ended::Paused`] (the sockets are left open and untouched). Starts from `resume`. On an error both
+/// sockets are reset: a failed direction ends both, and each peer learns the connection broke.
 pub async fn relay_pausable(
     client: &mut TcpStream,
     server: &mut TcpStream,
@@ -319,6 +303,14 @@ mod tests {
         net::TcpListener,
     };
 
+    /// A fresh, unpausable TCP relay to its end.
+    async fn relay_to_end(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts, pacer: &Pacer) -> RelayOutcome {
+        match relay_pausable(client, server, Resume::default(), timeouts, pacer, None).await {
+            Ended::Finished(outcome) => outcome,
+            Ended::Paused(..) => unreachable!("no pause signal"),
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -331,7 +323,7 @@ mod tests {
         // app <-> (client, server) <-> upstream
         let (mut app, mut client) = pair().await;
         let (mut server, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
+        let relay = tokio::spawn(async move { relay_to_end(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -357,7 +349,7 @@ mod tests {
     async fn a_reset_upstream_resets_the_client() {
         let (mut app, mut client) = pair().await;
         let (mut server, upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
+        let relay = tokio::spawn(async move { relay_to_end(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         app.write_all(b"hello").await.unwrap();
         reset(&upstream);
         drop(upstream);
@@ -377,7 +369,7 @@ mod tests {
     async fn a_reset_reports_the_bytes_both_directions_moved() {
         let (mut app, mut client) = pair().await;
         let (mut server, mut upstream) = pair().await;
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
+        let relay = tokio::spawn(async move { relay_to_end(&mut client, &mut server, Timeouts::default(), &PodShare::unshared().pacer()).await });
         app.write_all(&[7u8; 3000]).await.unwrap();
         let mut got = vec![0u8; 3000];
         upstream.read_exact(&mut got).await.unwrap();
@@ -398,7 +390,7 @@ mod tests {
         let (mut app, mut client) = pair().await;
         let (mut server, upstream) = pair().await;
         let started = Instant::now();
-        let relay = tokio::spawn(async move { relay(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
+        let relay = tokio::spawn(async move { relay_to_end(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
         // Activity postpones the idle deadline.
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -414,7 +406,7 @@ mod tests {
 
         let (mut app, mut client) = pair().await;
         let (mut server, _upstream) = pair().await;
-        let half_closed = tokio::spawn(async move { super::relay(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
+        let half_closed = tokio::spawn(async move { relay_to_end(&mut client, &mut server, timeouts, &PodShare::unshared().pacer()).await });
         app.shutdown().await.unwrap();
         let error = half_closed.await.unwrap().error.expect("a half-closed timeout");
         assert!(error.to_string().contains("half-closed"), "{error}");

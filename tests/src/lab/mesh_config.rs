@@ -28,6 +28,11 @@ pub fn http_service_object(name: &str, vip: &str, selector: &[(&str, &str)], por
     service_with_port(name, vip, selector, "http-web", port, target_port)
 }
 
+/// The same with one gRPC port (named `grpc-echo`): keel's L7 engine carries it as HTTP/2.
+pub fn grpc_service_object(name: &str, vip: &str, selector: &[(&str, &str)], port: u16, target_port: u16) -> String {
+    service_with_port(name, vip, selector, "grpc-echo", port, target_port)
+}
+
 fn service_with_port(name: &str, vip: &str, selector: &[(&str, &str)], port_name: &str, port: u16, target_port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  selector: {{{}}}\n  ports:\n  - {{name: {port_name}, port: {port}, targetPort: {target_port}}}\n",

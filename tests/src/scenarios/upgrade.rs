@@ -9,7 +9,9 @@
 //! from it, three times in a row. Then: every short connection succeeded (none refused, none lost in an accept
 //! queue), each old keel moved its relays (the same-node stream's two among them) and exited by itself once its
 //! last HBONE stream ended — while the same-node stream still ran, now through the new keel — both long streams
-//! arrived whole (checksums), and the last keel serves the pods (its API, its admin port, its records). A successor that speaks another handover version gets the old way
+//! arrived whole (checksums), and the last keel serves the pods (its API, its admin port, its records). A gRPC
+//! call streaming both ways through the L7 engine (a message every 250 ms for 10 s, client to `echo`, a Service
+//! of far's) spans each takeover too: the old keel serves it to its end, every reply arrives, status OK. A successor that speaks another handover version gets the old way
 //! instead, said in both logs; one killed mid-handover changes nothing.
 use super::*;
 use crate::lab::{mesh_config, Backend, ChildGuard};
@@ -20,6 +22,11 @@ const STREAM_BYTES: u64 = 2 * MIB;
 /// keel only if its relays moved.
 const STREAM_SPREAD: Duration = Duration::from_secs(8);
 const MOVED_STREAM_SPREAD: Duration = Duration::from_secs(20);
+/// The gRPC Service of far's the client calls through the L7 engine, and its call's messages.
+const ECHO_VIP: &str = "10.96.0.50";
+const GRPC_PORT: u16 = 9090;
+const GRPC_MESSAGES: u32 = 40;
+const GRPC_INTERVAL: Duration = Duration::from_millis(250);
 
 pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
     with_nodes("takeover", 2, |lab| {
@@ -34,6 +41,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
                 mesh_config::pod_object(&client, "client", &[("app", "client")]),
                 mesh_config::pod_object(&near, "near", &[("app", "near")]),
                 mesh_config::pod_object(&far, "far", &[("app", "far")]),
+                mesh_config::grpc_service_object("echo", ECHO_VIP, &[("app", "far")], GRPC_PORT, GRPC_PORT),
             ],
         )?;
         let control = lab.start_control_on(0, &config_dir)?;
@@ -47,7 +55,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
         keels[0].enroll(&client)?;
         keels[0].enroll(&near)?;
         keels[1].enroll(&far)?;
-        let _servers = [near.serve(PORT, ServeMode::Echo, &[])?, far.serve(PORT, ServeMode::Echo, &[])?];
+        let _servers = [near.serve(PORT, ServeMode::Echo, &[])?, far.serve(PORT, ServeMode::Echo, &[])?, far.http_serve(GRPC_PORT, "far", &[])?];
         send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("before any takeover")?;
 
         let mut current = keels.remove(0);
@@ -55,6 +63,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
             current = take_over_under_load(&client, &near, &far, current, round)?;
         }
         successor_killed_mid_handover(&client, &far, &mut current)?;
+        let current = old_killed_mid_handover(&client, &far, current)?;
         // The last keel is the node's keel now: its API, its admin port and its records.
         send_ok(&client, far.addr(PORT), 16 * KIB, ServeMode::Echo).context("after the takeovers")?;
         let to = far.addr(PORT).to_string();
@@ -70,6 +79,7 @@ pub fn keel_takes_over_without_refusing_a_connection(backend: Backend) {
 /// One takeover of `old` while short connections and two long streams run; the successor.
 fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, round: u32) -> Result<Keel> {
     let mut streams = [spawn_stream(client, near.addr(PORT), MOVED_STREAM_SPREAD)?, spawn_stream(client, far.addr(PORT), STREAM_SPREAD)?];
+    let mut grpc = spawn_grpc_stream(client)?;
     let loops_started = std::time::Instant::now();
     let loops = [spawn_loop(client, near.addr(PORT))?, spawn_loop(client, far.addr(PORT))?];
     std::thread::sleep(Duration::from_millis(1500));
@@ -82,6 +92,10 @@ fn take_over_under_load(client: &Pod, near: &Pod, far: &Pod, mut old: Keel, roun
     let result = finished(&mut streams[1], STREAM_SPREAD + Duration::from_secs(30))?;
     if result["ok"] != true || result["received"] != STREAM_BYTES {
         bail!("round {round}: the long stream to far (HBONE) did not survive the takeover: {result}");
+    }
+    let result = finished(&mut grpc, GRPC_INTERVAL * GRPC_MESSAGES + Duration::from_secs(30))?;
+    if result["grpc_status"] != "0" || result["replies"].as_array().map(Vec::len) != Some(GRPC_MESSAGES as usize) {
+        bail!("round {round}: the gRPC stream through the L7 engine did not survive the takeover: {result}");
     }
     let status = old.wait_exit_within(Duration::from_secs(20)).with_context(|| format!("round {round}: the old keel (pid {old_pid})"))?;
     let log = old.log();
@@ -142,6 +156,31 @@ fn successor_killed_mid_handover(client: &Pod, far: &Pod, current: &mut Keel) ->
     Ok(())
 }
 
+/// The running keel killed (SIGKILL) after it handed its sockets to a successor and before the successor served
+/// them: the successor serves alone. The connection the killed keel was carrying dies with it (the loop runs one
+/// at a time: at most one); connections made meanwhile wait in the accept queues of the sockets the successor
+/// holds (the capture in the kernel still leads to them: nothing goes around keel) and are served.
+fn old_killed_mid_handover(client: &Pod, far: &Pod, mut old: Keel) -> Result<Keel> {
+    let mut next = old.spawn_successor(&["--handover-pause-ms", "2000"])?;
+    next.wait_for_log(Duration::from_secs(30), |l| l.contains("received the running keel's sockets"))?;
+    let connections = spawn_loop(client, far.addr(PORT))?;
+    std::thread::sleep(Duration::from_millis(300));
+    old.kill9();
+    next.wait_for_log(Duration::from_secs(30), |l| l.contains("\"keel ready\""))
+        .with_context(|| format!("the successor after the old keel was killed; log tail:\n{}", next.log_tail(30)))?;
+    let result = finished(&mut { connections }, Duration::from_secs(120))?;
+    if result["failed"].as_u64().unwrap_or(u64::MAX) > 1 || result["ok"].as_u64().unwrap_or(0) + 1 < 6000 {
+        bail!("more than the one connection in flight on the killed keel failed: {result}");
+    }
+    if !next.log().contains("the previous keel went away during the handover") {
+        bail!("the successor does not say it serves alone; log tail:\n{}", next.log_tail(20));
+    }
+    // Carried by the successor over HBONE (mTLS), not around it.
+    let to = far.addr(PORT).to_string();
+    next.wait_connection(Duration::from_secs(5), |c| c.original_destination == to && c.mutual_tls && c.error.is_none())?;
+    Ok(next)
+}
+
 /// A successor that speaks another handover version: the running keel refuses, is asked to stop as for a
 /// restart, and the successor restores the pods itself (connections are refused in between: the old way).
 fn mismatched_version_falls_back(client: &Pod, far: &Pod, mut old: Keel) -> Result<()> {
@@ -174,6 +213,25 @@ fn spawn_stream(client: &Pod, to: std::net::SocketAddr, spread: Duration) -> Res
         "--duration-ms".into(),
         spread,
     ])
+}
+
+/// A gRPC call to `echo` that streams both ways for 10 s.
+fn spawn_grpc_stream(client: &Pod) -> Result<ChildGuard> {
+    let timeout = (GRPC_INTERVAL * GRPC_MESSAGES + Duration::from_secs(20)).as_millis().to_string();
+    let args = [
+        "grpc-call".to_owned(),
+        "--url".into(),
+        format!("http://echo:{GRPC_PORT}/echo.Echo/Stream"),
+        "--connect".into(),
+        format!("{ECHO_VIP}:{GRPC_PORT}"),
+        "--messages".into(),
+        GRPC_MESSAGES.to_string(),
+        "--interval-ms".into(),
+        GRPC_INTERVAL.as_millis().to_string(),
+        "--timeout-ms".into(),
+        timeout,
+    ];
+    client.spawn(&std::iter::once(client.podapp_path().display().to_string()).chain(args).collect::<Vec<_>>())
 }
 
 fn spawn_loop(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {

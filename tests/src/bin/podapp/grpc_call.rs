@@ -33,6 +33,9 @@ pub struct GrpcArgs {
     /// For the whole call.
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
+    /// A pause before each message after the first (a call that lasts).
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
 }
 
 /// One gRPC message: uncompressed flag, 4-byte big-endian length, payload.
@@ -154,6 +157,7 @@ async fn call(a: &GrpcArgs, t: &Target, out: &mut Call) -> Result<(), String> {
             }
         }
         if out.replies.len() == sent && sent < a.messages as usize {
+            tokio::time::sleep(Duration::from_millis(a.interval_ms)).await;
             if !message(&mut tx, &a.payload).await {
                 break;
             }
