@@ -21,7 +21,7 @@ use std::{
 };
 
 /// The bytes a relay of weight 1 moves between two yields when it is the pod's only one.
-pub const BASE_QUANTUM: usize = 64 * 1024;
+pub const BASE_QUANTUM: usize = 256 * 1024;
 /// However many relays share a pod's quantum, each still moves this much per slice (below it, switching costs
 /// more than it buys).
 pub const MIN_QUANTUM: usize = 16 * 1024;

@@ -1,7 +1,7 @@
 //! Hitless upgrade: `keel run --takeover` under load, for both capture backends (keel_tests::scenarios::upgrade).
 
 use keel_tests::lab::Backend::{Ebpf, Iptables};
-use keel_tests::scenarios::upgrade::keel_takes_over_without_refusing_a_connection;
+use keel_tests::scenarios::upgrade::{a_ten_minute_stream_outlives_three_keels, keel_takes_over_without_refusing_a_connection};
 
 #[test]
 fn keel_takes_over_without_refusing_a_connection_ebpf() {
@@ -11,4 +11,9 @@ fn keel_takes_over_without_refusing_a_connection_ebpf() {
 #[test]
 fn keel_takes_over_without_refusing_a_connection_iptables() {
     keel_takes_over_without_refusing_a_connection(Iptables);
+}
+
+#[test]
+fn a_ten_minute_stream_outlives_three_keels_ebpf() {
+    a_ten_minute_stream_outlives_three_keels(Ebpf);
 }

@@ -105,14 +105,15 @@ pub struct Entered {
 }
 
 impl Entered {
-    /// Hands a paused relay over; back if the surrender is already over (the relay then goes on here).
-    pub fn surrender(&self, surrendered: Surrendered) -> Result<(), Surrendered> {
+    /// Hands a paused relay over; `false` if the surrender is already over (the relay then goes on here, and the
+    /// copies it offered are dropped).
+    pub fn surrender(&self, surrendered: Surrendered) -> bool {
         let mut state = self.mover.state.lock().expect("relay mover poisoned");
         if state.closed {
-            return Err(surrendered);
+            return false;
         }
         state.surrendered.push(surrendered);
-        Ok(())
+        true
     }
 }
 

@@ -63,8 +63,7 @@ pub async fn relay_movable(
                 up_unwritten: state.up.unwritten.clone(),
                 down_unwritten: state.down.unwritten.clone(),
                 handed: Some(handed),
-            })
-            .is_ok(),
+            }),
         Err(e) => {
             warn!(pod = %pod.name, error = %e, "cannot copy a relay's sockets for the successor: it stays with this keel");
             false

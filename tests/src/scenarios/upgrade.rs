@@ -248,3 +248,68 @@ fn finished(child: &mut ChildGuard, timeout: Duration) -> Result<Value> {
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .with_context(|| format!("{} printed no result:\n{}", child.name(), crate::lab::process::tail(&log, 10)))
 }
+
+/// The long stream: this many bytes over ten minutes, through three takeovers (at 2.5, 5 and 7.5 minutes).
+const LONG_STREAM_BYTES: u64 = 64 * MIB;
+const LONG_STREAM_SPREAD: Duration = Duration::from_secs(600);
+
+/// A ten-minute stream between two pods of one node (echoed back, checksummed both ways) while keel is replaced
+/// three times: each old keel moves the stream's relays and, carrying nothing else, exits within seconds; the
+/// stream ends whole, through the last keel.
+pub fn a_ten_minute_stream_outlives_three_keels(backend: Backend) {
+    with_lab("longstream", |lab| {
+        let client = lab.add_pod("client")?;
+        let near = lab.add_pod("near")?;
+        let (config_dir, ca_dir) = (lab.dir().join("mesh"), lab.dir().join("ca"));
+        mesh_config::write(
+            &config_dir,
+            "mesh.yaml",
+            &[mesh_config::pod_object(&client, "client", &[("app", "client")]), mesh_config::pod_object(&near, "near", &[("app", "near")])],
+        )?;
+        std::fs::create_dir_all(&ca_dir)?;
+        let (config, ca) = (config_dir.display().to_string(), ca_dir.display().to_string());
+        let mut current = lab.start_keel(backend, &["--config-dir", &config, "--ca-dir", &ca])?;
+        wait_ready(&current)?;
+        current.enroll(&client)?;
+        current.enroll(&near)?;
+        let _server = near.serve(PORT, ServeMode::Echo, &[])?;
+        let started = std::time::Instant::now();
+        let mut stream = spawn_long_stream(&client, near.addr(PORT))?;
+        for round in 1..=3u32 {
+            let at = LONG_STREAM_SPREAD * round / 4;
+            std::thread::sleep(at.saturating_sub(started.elapsed()));
+            let mut old = current;
+            current = old.start_successor(&[]).with_context(|| format!("takeover {round}"))?;
+            old.wait_exit_within(Duration::from_secs(30))
+                .with_context(|| format!("takeover {round}: the old keel, which carries only moved relays"))?;
+            let moved = moved_relays(&old.log());
+            if moved < 2 {
+                bail!("takeover {round}: the old keel moved {moved} relays, want the stream's two; log tail:\n{}", old.log_tail(20));
+            }
+            if stream.try_wait().is_some() {
+                bail!("takeover {round}: the stream ended early: {}", stream.log());
+            }
+            eprintln!("takeover {round} at {:?}: {moved} relays moved, the old keel gone", started.elapsed());
+        }
+        let result = finished(&mut stream, LONG_STREAM_SPREAD + Duration::from_secs(120))?;
+        if result["ok"] != true || result["received"] != LONG_STREAM_BYTES {
+            bail!("the ten-minute stream did not survive three takeovers: {result}");
+        }
+        Ok(())
+    });
+}
+
+fn spawn_long_stream(client: &Pod, to: std::net::SocketAddr) -> Result<ChildGuard> {
+    let args = [
+        "send".to_owned(),
+        "--to".into(),
+        to.to_string(),
+        "--bytes".into(),
+        LONG_STREAM_BYTES.to_string(),
+        "--duration-ms".into(),
+        LONG_STREAM_SPREAD.as_millis().to_string(),
+        "--timeout-ms".into(),
+        "60000".into(),
+    ];
+    client.spawn(&std::iter::once(client.podapp_path().display().to_string()).chain(args).collect::<Vec<_>>())
+}
