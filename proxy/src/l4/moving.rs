@@ -55,15 +55,14 @@ pub async fn relay_movable(
     let copies = client.as_fd().try_clone_to_owned().and_then(|c| Ok((c, server.as_fd().try_clone_to_owned()?)));
     let (handed, taken) = tokio::sync::oneshot::channel();
     let surrendered = match copies {
-        Ok((client_copy, server_copy)) => entered
-            .surrender(Surrendered {
-                relay: describe(record, &state, &moved),
-                client: client_copy,
-                server: server_copy,
-                up_unwritten: state.up.unwritten.clone(),
-                down_unwritten: state.down.unwritten.clone(),
-                handed: Some(handed),
-            }),
+        Ok((client_copy, server_copy)) => entered.surrender(Surrendered {
+            relay: describe(record, &state, &moved),
+            client: client_copy,
+            server: server_copy,
+            up_unwritten: state.up.unwritten.clone(),
+            down_unwritten: state.down.unwritten.clone(),
+            handed: Some(handed),
+        }),
         Err(e) => {
             warn!(pod = %pod.name, error = %e, "cannot copy a relay's sockets for the successor: it stays with this keel");
             false

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use super::{
     measure::{self, peak_rss_kib, processes_cpu_s},
+    median,
     model::Sample,
     workloads::{self, HTTP_PORT},
 };
@@ -289,14 +290,6 @@ fn drive(client: &Pod, lab: &Lab, target: SocketAddr, workload: IngressWorkload,
         bail!("no request completed");
     }
     Ok(sample)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The report: per workload, each arm's medians, and keel's ratio to nginx.

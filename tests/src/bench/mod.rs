@@ -74,6 +74,15 @@ pub fn run(options: &BenchOptions) -> Result<Results> {
     Ok(results)
 }
 
+/// The median of `values` (the upper one of an even count; 0 for none): the comparison families' summaries.
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn eta(elapsed: Duration, done: usize, total: usize) -> String {
     if done == 0 {
         return "time left: estimating".into();

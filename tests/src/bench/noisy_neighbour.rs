@@ -24,7 +24,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::workloads::{self, HTTP_PORT, IPERF_PORT};
+use super::{
+    median,
+    workloads::{self, HTTP_PORT, IPERF_PORT},
+};
 use crate::lab::{Backend, Binaries, Lab, Pod};
 
 pub const ARMS: [&str; 4] = ["no-proxy", "keel-iptables", "keel-fair-off", "keel-fair-on"];
@@ -159,14 +162,6 @@ fn measure_phase(quiet: &Pod, noisy: &Pod, server: &Pod, phase: &str, seconds: u
         }
         Ok(sample)
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The medians of `field` over the samples of `arm` in `phase`.

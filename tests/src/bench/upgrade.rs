@@ -19,7 +19,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::workloads::{self, HTTP_PORT};
+use super::{
+    median,
+    workloads::{self, HTTP_PORT},
+};
 use crate::lab::{mesh_config, Backend, Binaries, Lab};
 
 pub const ARMS: [&str; 2] = ["steady", "takeover"];
@@ -142,14 +145,6 @@ fn drain(mut old: crate::lab::Keel, seconds: u32) -> Result<()> {
         bail!("the old keel exited with {status}; log tail:\n{}", old.log_tail(20));
     }
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The report: per load, each arm's medians; the p99 blip and the failures per upgrade.

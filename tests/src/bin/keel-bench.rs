@@ -176,57 +176,54 @@ fn control_plane(binaries: &Binaries, out: &std::path::Path, quick: bool) -> Exi
     ExitCode::SUCCESS
 }
 
-fn noisy_neighbour(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
-    let samples = match bench::noisy_neighbour::run(binaries, out, reps, seconds) {
+/// One comparison family's run: its samples, with its report printed and written to `<out>/<name>.md`; `None`
+/// (said on stderr) when the run or the writing failed.
+fn family<S>(
+    name: &str,
+    out: &std::path::Path,
+    run: impl FnOnce() -> anyhow::Result<Vec<S>>,
+    markdown: impl FnOnce(&[S], &str) -> String,
+) -> Option<Vec<S>> {
+    let samples = match run() {
         Ok(samples) => samples,
         Err(e) => {
-            eprintln!("keel-bench: noisy-neighbour: {e:#}");
-            return ExitCode::FAILURE;
+            eprintln!("keel-bench: {name}: {e:#}");
+            return None;
         }
     };
     let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
-    let report = bench::noisy_neighbour::markdown(&samples, &command, seconds);
+    let report = markdown(&samples, &command);
     println!("{report}");
-    if let Err(e) = std::fs::write(out.join("noisy-neighbour.md"), &report) {
-        eprintln!("keel-bench: writing noisy-neighbour.md: {e}");
-        return ExitCode::FAILURE;
+    if let Err(e) = std::fs::write(out.join(format!("{name}.md")), &report) {
+        eprintln!("keel-bench: writing {name}.md: {e}");
+        return None;
     }
-    ExitCode::SUCCESS
+    Some(samples)
+}
+
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn noisy_neighbour(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
+    let run = || bench::noisy_neighbour::run(binaries, out, reps, seconds);
+    exit_code(family("noisy-neighbour", out, run, |samples, command| bench::noisy_neighbour::markdown(samples, command, seconds)).is_some())
 }
 
 fn upgrade(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
-    let samples = match bench::upgrade::run(binaries, out, reps, seconds) {
-        Ok(samples) => samples,
-        Err(e) => {
-            eprintln!("keel-bench: upgrade: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
-    let report = bench::upgrade::markdown(&samples, &command, seconds);
-    println!("{report}");
-    if let Err(e) = std::fs::write(out.join("upgrade.md"), &report) {
-        eprintln!("keel-bench: writing upgrade.md: {e}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    let run = || bench::upgrade::run(binaries, out, reps, seconds);
+    exit_code(family("upgrade", out, run, |samples, command| bench::upgrade::markdown(samples, command, seconds)).is_some())
 }
 
 fn ingress(binaries: &Binaries, out: &std::path::Path, reps: u32, seconds: u32) -> ExitCode {
-    let samples = match bench::ingress::run(binaries, out, reps, seconds) {
-        Ok(samples) => samples,
-        Err(e) => {
-            eprintln!("keel-bench: ingress: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let command = std::env::var("KEEL_BENCH_COMMAND").unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
-    let report = bench::ingress::markdown(&samples, &command, seconds);
-    println!("{report}");
-    if let Err(e) = std::fs::write(out.join("ingress.md"), &report) {
-        eprintln!("keel-bench: writing ingress.md: {e}");
+    let run = || bench::ingress::run(binaries, out, reps, seconds);
+    let Some(samples) = family("ingress", out, run, |samples, command| bench::ingress::markdown(samples, command, seconds)) else {
         return ExitCode::FAILURE;
-    }
+    };
     // Every request must have been answered: a failure is a failed run, not a number.
     let failed: Vec<String> =
         samples.iter().filter(|s| s.failures > 0).map(|s| format!("{} / {} (rep {}): {} failures", s.arm, s.workload, s.rep, s.failures)).collect();
