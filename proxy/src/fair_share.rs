@@ -49,7 +49,8 @@ impl PodShare {
         })
     }
 
-    /// No budget and no yielding: for relays that belong to no pod (a gateway's TCP routes).
+    /// No budget and no yielding: for relays under test.
+    #[cfg(test)]
     pub fn unshared() -> Arc<PodShare> {
         PodShare::new(None, 1, false)
     }

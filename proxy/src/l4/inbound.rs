@@ -137,11 +137,21 @@ where
 {
     let progress = Progress::default();
     let relay = relay::relay_halves(client.0, client.1, server.0, server.1, timeouts, &progress, pacer);
+    unless_revoked(relay, &progress, tracked).await
+}
+
+/// Runs `relay` (which counts into `progress`) to its end, or until a policy change revokes the connection it
+/// carries (the reason, second; the outcome then counts what moved until the revocation).
+pub async fn unless_revoked(
+    relay: impl std::future::Future<Output = RelayOutcome>,
+    progress: &Progress,
+    tracked: Option<Tracked>,
+) -> (RelayOutcome, Option<String>) {
     match tracked {
         None => (relay.await, None),
         Some(mut tracked) => tokio::select! {
             outcome = relay => (outcome, None),
-            reason = tracked.revoked() => (RelayOutcome::cut_short(&progress, None), Some(reason)),
+            reason = tracked.revoked() => (RelayOutcome::cut_short(progress, None), Some(reason)),
         },
     }
 }

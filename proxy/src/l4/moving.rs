@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     inbound,
-    relay::{self, DirectionState, Ended, RelayOutcome, Resume},
+    relay::{self, DirectionState, Ended, Progress, RelayOutcome, Resume},
 };
 use crate::{
     connection_error::ConnectionError,
@@ -33,9 +33,9 @@ use crate::{
     telemetry::{ConnectionRecord, Peer},
 };
 
-/// Relays `client` and `server` (plain TCP both) from `resume` until the connection ends, pausable: a relay
-/// paused for a handover is surrendered (the outcome then counts what moved here, with no error) and this keel
-/// lets its copies of the sockets go without touching the connection.
+/// Relays `client` and `server` (plain TCP both) from `resume` until the connection ends, pausable, counting into
+/// `progress`: a relay paused for a handover is surrendered (the outcome then counts what moved here, with no
+/// error) and this keel lets its copies of the sockets go without touching the connection.
 pub async fn relay_movable(
     client: &mut TcpStream,
     server: &mut TcpStream,
@@ -43,20 +43,22 @@ pub async fn relay_movable(
     dp: &DataPath,
     resume: Resume,
     record: &ConnectionRecord,
+    progress: &Progress,
 ) -> RelayOutcome {
     let pacer = pod.share.pacer();
+    let counting = (progress, &pacer);
     let Some(entered) = dp.mover.enter() else {
-        return finished(relay::relay_pausable(client, server, resume, dp.limits.relay, &pacer, None).await);
+        return finished(relay::relay_pausable(client, server, resume, dp.limits.relay, counting, None).await, progress);
     };
-    let (state, moved) = match relay::relay_pausable(client, server, resume, dp.limits.relay, &pacer, Some(entered.signal.clone())).await {
+    let state = match relay::relay_pausable(client, server, resume, dp.limits.relay, counting, Some(entered.signal.clone())).await {
         Ended::Finished(outcome) => return outcome,
-        Ended::Paused(state, moved) => (state, moved),
+        Ended::Paused(state) => state,
     };
     let copies = client.as_fd().try_clone_to_owned().and_then(|c| Ok((c, server.as_fd().try_clone_to_owned()?)));
     let (handed, taken) = tokio::sync::oneshot::channel();
     let surrendered = match copies {
         Ok((client_copy, server_copy)) => entered.surrender(Surrendered {
-            relay: describe(record, &state, &moved),
+            relay: describe(record, &state, progress),
             client: client_copy,
             server: server_copy,
             up_unwritten: state.up.unwritten.clone(),
@@ -72,25 +74,22 @@ pub async fn relay_movable(
     // Only once the successor has the sockets does this keel let go; otherwise the relay goes on here.
     if surrendered && taken.await.is_ok() {
         debug!(pod = %pod.name, "relay paused and taken by the successor");
-        return moved;
+        return RelayOutcome::cut_short(progress, None);
     }
     // Not taken (the surrender was over, the copies failed, or the successor went away): carry on here.
-    let rest = finished(relay::relay_pausable(client, server, state, dp.limits.relay, &pacer, None).await);
-    RelayOutcome {
-        client_to_server: moved.client_to_server + rest.client_to_server,
-        server_to_client: moved.server_to_client + rest.server_to_client,
-        error: rest.error,
-    }
+    finished(relay::relay_pausable(client, server, state, dp.limits.relay, counting, None).await, progress)
 }
 
-fn finished(ended: Ended) -> RelayOutcome {
+/// The outcome of a relay run without a pause signal.
+fn finished(ended: Ended, progress: &Progress) -> RelayOutcome {
     match ended {
         Ended::Finished(outcome) => outcome,
-        Ended::Paused(..) => unreachable!("a relay without a pause signal is never paused"),
+        // Never happens without a signal; what moved is still what moved.
+        Ended::Paused(_) => RelayOutcome::cut_short(progress, None),
     }
 }
 
-fn describe(record: &ConnectionRecord, state: &Resume, moved: &RelayOutcome) -> MovedRelay {
+fn describe(record: &ConnectionRecord, state: &Resume, progress: &Progress) -> MovedRelay {
     MovedRelay {
         pod: record.pod.clone(),
         inbound: record.direction == Direction::Inbound,
@@ -101,13 +100,13 @@ fn describe(record: &ConnectionRecord, state: &Resume, moved: &RelayOutcome) -> 
         source_identity: record.source_peer.identity.as_ref().map(ToString::to_string),
         up_ended: state.up.ended,
         down_ended: state.down.ended,
-        bytes_sent: record.bytes_sent + moved.client_to_server,
-        bytes_received: record.bytes_received + moved.server_to_client,
+        bytes_sent: record.bytes_sent + progress.client_to_server(),
+        bytes_received: record.bytes_received + progress.server_to_client(),
     }
 }
 
 /// Relays an admitted inbound connection (plain TCP to the app), pausable, until it ends or a policy change
-/// revokes it (the reason, second).
+/// revokes it (the reason, second). Either way the outcome counts the bytes that really moved.
 pub async fn relay_admitted_movable(
     client: &mut TcpStream,
     app: &mut TcpStream,
@@ -117,14 +116,9 @@ pub async fn relay_admitted_movable(
     tracked: Option<Tracked>,
     record: &ConnectionRecord,
 ) -> (RelayOutcome, Option<String>) {
-    let relay = relay_movable(client, app, pod, dp, resume, record);
-    match tracked {
-        None => (relay.await, None),
-        Some(mut tracked) => tokio::select! {
-            outcome = relay => (outcome, None),
-            reason = tracked.revoked() => (RelayOutcome::default(), Some(reason)),
-        },
-    }
+    let progress = Progress::default();
+    let relay = relay_movable(client, app, pod, dp, resume, record, &progress);
+    inbound::unless_revoked(relay, &progress, tracked).await
 }
 
 /// Resumes a relay a previous keel surrendered, for `pod`, to its end (or its next move), and records it.

@@ -70,7 +70,7 @@ async fn direct(
     let plain_l4 = pod.share.bypass_allowed();
     let (mut upstream, _registration) = dp.dialer.connect_direct(pod.origin(), route.upstream, source_identity, plain_l4).await?;
     // Plain TCP both sides: the relay can move to a successor keel.
-    let outcome = super::moving::relay_movable(client, &mut upstream, pod, dp, relay::Resume::default(), record).await;
+    let outcome = super::moving::relay_movable(client, &mut upstream, pod, dp, relay::Resume::default(), record, &relay::Progress::default()).await;
     finish(record, outcome)
 }
 

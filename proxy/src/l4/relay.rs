@@ -124,28 +124,28 @@ pub struct DirectionState {
 #[derive(Debug)]
 pub enum Ended {
     Finished(RelayOutcome),
-    /// Paused on request: both directions stopped, with what each still owed its writer, and what moved until
-    /// then. The sockets are intact.
-    Paused(Resume, RelayOutcome),
+    /// Paused on request: both directions stopped, with what each still owed its writer (what moved until then
+    /// is in the caller's [`Progress`]). The sockets are intact.
+    Paused(Resume),
 }
 
 /// TCP to TCP, pausable: when `pause` (if any) flips to true both directions stop where they are and the relay
-/// returns [`Ended::Paused`] (the sockets are left open and untouched). Starts from `resume`. On an error both
-/// sockets are reset: a failed direction ends both, and each peer learns the connection broke.
+/// returns [`Ended::Paused`] (the sockets are left open and untouched). Starts from `resume`; counts into
+/// `progress` (one `Progress` across a pause and a resume in this keel counts the whole connection). On an error
+/// both sockets are reset: a failed direction ends both, and each peer learns the connection broke.
 pub async fn relay_pausable(
     client: &mut TcpStream,
     server: &mut TcpStream,
     resume: Resume,
     timeouts: Timeouts,
-    pacer: &Pacer,
+    (progress, pacer): (&Progress, &Pacer),
     pause: Option<watch::Receiver<bool>>,
 ) -> Ended {
-    let progress = Progress::default();
     let ended = {
         let (client_read, client_write) = socket(client.split());
         let (server_read, server_write) = socket(server.split());
         let halves = Halves { client_read, client_write, server_read, server_write };
-        relay_from(halves, resume, timeouts, &progress, pacer, pause).await
+        relay_from(halves, resume, timeouts, progress, pacer, pause).await
     };
     if matches!(&ended, Ended::Finished(outcome) if outcome.error.is_some()) {
         reset(client);
@@ -229,7 +229,7 @@ where
         }
     }
     if was_paused && error.is_none() {
-        return Ended::Paused(paused, RelayOutcome::cut_short(progress, None));
+        return Ended::Paused(paused);
     }
     Ended::Finished(RelayOutcome::cut_short(progress, error))
 }
@@ -279,7 +279,11 @@ where
             poll_fn(|cx| writer.poll_finish(cx)).await?;
             return Ok(Copied::Eof);
         }
-        pacer.moved(chunk.len()).await;
+        // A relay waiting for its pod's bandwidth budget pauses as promptly as one waiting on a socket.
+        tokio::select! {
+            () = pacer.moved(chunk.len()) => {}
+            () = paused(&mut pause) => return Ok(Copied::Paused(chunk)),
+        }
     }
 }
 
@@ -305,7 +309,7 @@ mod tests {
 
     /// A fresh, unpausable TCP relay to its end.
     async fn relay_to_end(client: &mut TcpStream, server: &mut TcpStream, timeouts: Timeouts, pacer: &Pacer) -> RelayOutcome {
-        match relay_pausable(client, server, Resume::default(), timeouts, pacer, None).await {
+        match relay_pausable(client, server, Resume::default(), timeouts, (&Progress::default(), pacer), None).await {
             Ended::Finished(outcome) => outcome,
             Ended::Paused(..) => unreachable!("no pause signal"),
         }
@@ -427,19 +431,20 @@ mod tests {
             reply
         });
         let first = tokio::spawn(async move {
-            let share = PodShare::unshared();
-            let ended = relay_pausable(&mut client, &mut server, Resume::default(), Timeouts::default(), &share.pacer(), Some(signal)).await;
+            let (share, progress) = (PodShare::unshared(), Progress::default());
+            let ended =
+                relay_pausable(&mut client, &mut server, Resume::default(), Timeouts::default(), (&progress, &share.pacer()), Some(signal)).await;
             // What a surrender hands on: copies of both sockets (the originals close here, untouched).
             let copies = (client.as_fd().try_clone_to_owned().unwrap(), server.as_fd().try_clone_to_owned().unwrap());
-            (ended, copies)
+            (ended, copies, progress.client_to_server())
         });
         // Read slowly at first so the relay holds unwritten bytes when it pauses.
         let mut received = vec![0u8; 1_000_000];
         upstream.read_exact(&mut received).await.unwrap();
         pause.send(true).unwrap();
-        let (ended, (client_fd, server_fd)) = first.await.unwrap();
-        let Ended::Paused(state, moved) = ended else { panic!("not paused: {ended:?}") };
-        assert!(moved.client_to_server >= 1_000_000 && moved.error.is_none(), "{moved:?}");
+        let (ended, (client_fd, server_fd), moved) = first.await.unwrap();
+        let Ended::Paused(state) = ended else { panic!("not paused: {ended:?}") };
+        assert!(moved >= 1_000_000, "{moved} bytes moved before the pause");
         assert!(!state.up.ended && !state.down.ended);
         let as_stream = |fd: std::os::fd::OwnedFd| {
             let stream = std::net::TcpStream::from(fd);
@@ -449,7 +454,7 @@ mod tests {
         let (mut client, mut server) = (as_stream(client_fd), as_stream(server_fd));
         let second = tokio::spawn(async move {
             let share = PodShare::unshared();
-            relay_pausable(&mut client, &mut server, state, Timeouts::default(), &share.pacer(), None).await
+            relay_pausable(&mut client, &mut server, state, Timeouts::default(), (&Progress::default(), &share.pacer()), None).await
         });
         let mut rest = Vec::new();
         upstream.read_to_end(&mut rest).await.unwrap();
@@ -460,6 +465,6 @@ mod tests {
         assert_eq!(writer.await.unwrap(), b"done");
         let Ended::Finished(outcome) = second.await.unwrap() else { panic!("the resumed relay paused") };
         assert!(outcome.error.is_none(), "{:?}", outcome.error);
-        assert_eq!(outcome.client_to_server + moved.client_to_server, payload.len() as u64);
+        assert_eq!(outcome.client_to_server + moved, payload.len() as u64);
     }
 }
